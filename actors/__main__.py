@@ -1,0 +1,35 @@
+"""`python -m actors [ROLE ...]`: run actors in one process until SIGTERM/SIGINT.
+
+Roles: orchestrator, dummy, job-manager, ib, trainer (default: all of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from actors.registry import ROLES, build
+from actors.runtime import run_actors
+from ktrdr.config import settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m actors", description=__doc__)
+    p.add_argument("roles", nargs="*", default=list(ROLES), help=f"any of: {', '.join(ROLES)}")
+    p.add_argument("--url", default=None, help="NATS URL (default: NATS_URL or the embedded server)")
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    unknown = [r for r in args.roles if r not in ROLES]
+    if unknown:
+        p.error(f"unknown role(s) {', '.join(unknown)}; expected any of {', '.join(ROLES)}")
+    cfg = settings()
+    asyncio.run(run_actors([build(r, cfg, url=args.url) for r in args.roles]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

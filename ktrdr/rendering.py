@@ -1,0 +1,131 @@
+"""Renderers: fold an operation's events into a view (ktrdr.operations) and turn the view into one
+line of text. The live CLI, `ops watch`, `ops replay` and `ops list` all go through these, so a
+replayed operation renders exactly as it did live. Names follow the seed: ProgressRenderer,
+DataProgressRenderer, TrainingProgressRenderer.
+"""
+
+from __future__ import annotations
+
+from events.messages import DataContext, DummyContext, TrainingContext
+from ktrdr.operations import OperationView
+
+
+def _pct(view: OperationView) -> str:
+    return f"{view.percentage:5.1f}%"
+
+
+def short_symbols(symbols: list[str], keep: int = 2) -> str:
+    """`AAPL, MSFT (+1 more)` past two symbols, as the seed's TrainingProgressRenderer did."""
+    if len(symbols) <= keep:
+        return ", ".join(symbols)
+    return f"{', '.join(symbols[:keep])} (+{len(symbols) - keep} more)"
+
+
+class ProgressRenderer:
+    """Base: status-aware one-line rendering of an OperationView."""
+
+    domain = ""
+
+    def progress_text(self, view: OperationView) -> str:
+        return view.message or view.phase or view.status
+
+    def line(self, view: OperationView) -> str:
+        if view.status == "queued":
+            return f"{view.op_id}: queued, waiting for a worker"
+        if view.terminal:
+            return self.final(view)
+        return f"{self.progress_text(view)} {_pct(view)}"
+
+    def final(self, view: OperationView) -> str:
+        elapsed = f" in {view.elapsed_s:.1f} s" if view.elapsed_s is not None else ""
+        if view.status == "completed":
+            return f"{self.completed_text(view)}{elapsed}"
+        if view.status == "cancelled":
+            return view.message or f"Operation cancelled{' at ' + view.where if view.where else ''}"
+        if view.status == "failed":
+            return f"Operation failed: {view.error}"
+        if view.status == "rejected":
+            return f"Operation rejected: {view.error}"
+        return self.line(view)
+
+    def completed_text(self, view: OperationView) -> str:
+        return "Operation completed"
+
+    @staticmethod
+    def for_domain(domain: str) -> ProgressRenderer:
+        return {"dummy": DummyProgressRenderer, "data": DataProgressRenderer,
+                "training": TrainingProgressRenderer}.get(domain, ProgressRenderer)()
+
+
+class DummyProgressRenderer(ProgressRenderer):
+    domain = "dummy"
+
+    def progress_text(self, view: OperationView) -> str:
+        ctx = view.context
+        if isinstance(ctx, DummyContext) and ctx.iterations:
+            return f"Dummy operation [{ctx.iteration}/{ctx.iterations}]"
+        return super().progress_text(view)
+
+    def completed_text(self, view: OperationView) -> str:
+        n = (view.result or {}).get("iterations_completed")
+        return f"Dummy operation completed: {n} iterations" if n is not None else "Dummy operation completed"
+
+
+class DataProgressRenderer(ProgressRenderer):
+    domain = "data"
+
+    def progress_text(self, view: OperationView) -> str:
+        ctx = view.context
+        if not isinstance(ctx, DataContext) or not ctx.symbol:
+            return super().progress_text(view)
+        text = f"Loading {ctx.symbol} {ctx.timeframe} data ({ctx.mode} mode)"
+        if ctx.segment_count:
+            text += f" [{ctx.segment_index}/{ctx.segment_count}]"
+        if ctx.bars_fetched:
+            text += f" · {ctx.bars_fetched:,} bars"
+        if ctx.waiting_s > 0:
+            text += f" · waiting {ctx.waiting_s:.0f} s for IB pacing"
+        elif ctx.state and ctx.state not in ("fetching",):
+            text += f" · {ctx.state}"
+        if ctx.source == "sim":
+            text += " (simulated)"
+        return text
+
+    def completed_text(self, view: OperationView) -> str:
+        r = view.result or {}
+        if not r:
+            return "Data load completed"
+        sim = " (simulated data)" if r.get("simulated") else ""
+        return (f"Loaded {r.get('symbol')} {r.get('timeframe')} ({r.get('mode')} mode): "
+                f"{r.get('bars_added', 0):,} bars added, {r.get('bars_total', 0):,} stored; segments "
+                f"{r.get('segments_fetched', 0)}/{r.get('segments_planned', 0)} fetched, "
+                f"{r.get('segments_failed', 0)} failed; {r.get('gaps_found', 0)} gaps{sim}")
+
+
+class TrainingProgressRenderer(ProgressRenderer):
+    domain = "training"
+
+    def progress_text(self, view: OperationView) -> str:
+        ctx = view.context
+        if not isinstance(ctx, TrainingContext) or not ctx.symbols:
+            return super().progress_text(view)
+        model = (ctx.model_type or "model").upper()
+        text = f"Training {model} on {short_symbols(ctx.symbols)} [{', '.join(ctx.timeframes)}]"
+        if ctx.epoch and ctx.total_epochs:
+            text += f" [epoch {ctx.epoch}/{ctx.total_epochs}]"
+            if ctx.batch and ctx.total_batches:
+                text += f" · Epoch {ctx.epoch}/{ctx.total_epochs} · Batch {ctx.batch}/{ctx.total_batches}"
+        elif view.phase:
+            text += f" · {view.message or view.phase}"
+        if ctx.device and ctx.device != "cpu":
+            text += f" · {ctx.gpu_name or ctx.device}"
+        return text
+
+    def completed_text(self, view: OperationView) -> str:
+        r = view.result or {}
+        tm, test = r.get("training_metrics", {}), r.get("test_metrics", {})
+        path = r.get("artifacts", {}).get("model_path", "")
+        if not tm:
+            return "Training completed"
+        return (f"Training completed: {tm.get('epochs_completed')} epochs, val_acc "
+                f"{tm.get('final_val_accuracy', 0):.3f}, test_acc {test.get('test_accuracy', 0):.3f}; model at {path}")
