@@ -90,6 +90,8 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
             have = info.config
             for name in _COMPARED:
                 want, got = getattr(cfg, name), getattr(have, name)
+                if want is None:
+                    continue  # the server's default: nothing asked for
                 if isinstance(want, float) and isinstance(got, float) and abs(want - got) < 1e-3:
                     continue
                 if want != got:

@@ -162,7 +162,8 @@ class Orchestrator(Actor):
             return
         op_id = cmd.op_id
         expected = subjects.COMMAND_SUBJECTS.get(type(cmd).__name__)
-        if not subjects.is_op_id(op_id) or msg.subject != expected or subjects.domain_of(op_id) != expected.split(".")[1]:
+        wrong_domain = subjects.is_op_id(op_id) and subjects.domain_of(op_id) != expected.split(".")[1]
+        if not subjects.is_op_id(op_id) or msg.subject != expected or wrong_domain:
             reason = (f"command {type(cmd).__name__} on {msg.subject} with op_id {op_id!r}: expected subject "
                       f"{expected} and an op_id like {subjects.new_op_id(expected.split('.')[1])}")
             if subjects.is_op_id(op_id) and op_id not in self.known_ops:

@@ -442,6 +442,8 @@ class Actor:
             self.tokens.pop(op_id, None)
             self._work_msgs.pop(op_id, None)
             with contextlib.suppress(Exception):
+                await self._heartbeat()  # presence shows it idle now, not a second later
+            with contextlib.suppress(Exception):
                 if handed_back:
                     if not self._stopped.is_set() and self.nc is not None and self.nc.is_connected:
                         await msg.nak()

@@ -6,8 +6,16 @@ from typing import Any
 
 import msgspec
 
-from events.messages import AnyCommand, AnyEvent, Heartbeat, IbBarsRequest, IbContractRequest, IbHeadRequest
-from events.messages import IbReply, WorkItem
+from events.messages import (
+    AnyCommand,
+    AnyEvent,
+    Heartbeat,
+    IbBarsRequest,
+    IbContractRequest,
+    IbHeadRequest,
+    IbReply,
+    WorkItem,
+)
 
 _encoder = msgspec.json.Encoder()
 _command_decoder = msgspec.json.Decoder(AnyCommand)

@@ -34,7 +34,8 @@ class Settings:
     drain_timeout_s: float = field(default_factory=lambda: _float("KTRDR_DRAIN_TIMEOUT", 5.0))
     max_deliver: int = field(default_factory=lambda: int(_float("KTRDR_MAX_DELIVER", 5)))
     ib_host: str = field(default_factory=lambda: os.environ.get("IB_HOST", "127.0.0.1"))
-    ib_port: int | None = field(default_factory=lambda: int(os.environ["IB_PORT"]) if os.environ.get("IB_PORT") else None)
+    ib_port: int | None = field(default_factory=lambda: int(os.environ["IB_PORT"]) if os.environ.get("IB_PORT")
+                                else None)
     ib_client_id: int = field(default_factory=lambda: int(_float("IB_CLIENT_ID", 1)))
     device: str = field(default_factory=lambda: os.environ.get("KTRDR_DEVICE", "auto"))
 

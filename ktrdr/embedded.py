@@ -226,7 +226,9 @@ def up(settings: Settings, *, actors: bool = True) -> str:
                 env["IB_PORT"] = sim_port_file.read_text().strip()
                 env["IB_HOST"] = "127.0.0.1"
             if not _alive(_read_pid(settings, "actors"), "actors"):
-                _spawn(settings, "actors", [sys.executable, "-m", "actors"], env)
+                # KTRDR_LOCAL_ROLES limits the local actors, e.g. when the trainer runs on a GPU host.
+                roles = [r for r in os.environ.get("KTRDR_LOCAL_ROLES", "").replace(",", " ").split() if r]
+                _spawn(settings, "actors", [sys.executable, "-m", "actors", *roles], env)
         return url
 
 

@@ -5,7 +5,6 @@ work. Heavy modules (torch, pandas, rich, nats) are imported inside the commands
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Coroutine
@@ -33,6 +32,8 @@ JSON = typer.Option(False, "--json", help="Print data as JSON.")
 
 
 def _run(coro: Coroutine[Any, Any, int | None]) -> None:
+    import asyncio
+
     from ktrdr.errors import KtrdrError, ValidationError
 
     try:
@@ -331,6 +332,7 @@ def ops_tail(json_out: bool = JSON) -> None:
 
 
 async def _ops_tail(json_out: bool) -> int:
+    import asyncio
     import signal
 
     from ktrdr.client import Client

@@ -71,8 +71,9 @@ class LiveDisplay:
                                   self.renderer.progress_text(view), completed=view.percentage)
             return
         now = time.monotonic()
-        if line != self._last_line and (view.terminal or now - self._last_print >= 0.5 or
-                                        view.status != "running"):
+        if view.terminal:
+            return  # print_final says how it ended
+        if line != self._last_line and (now - self._last_print >= 0.5 or view.status != "running"):
             print(line, flush=True)
             self._last_line, self._last_print = line, now
 
@@ -85,13 +86,14 @@ async def follow(client: Client, op_id: str, *, json_out: bool = False, cancel_o
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     interrupts = 0
+    cancel_tasks: list[asyncio.Task[None]] = []
 
     def on_sigint() -> None:
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1 and cancel_on_interrupt:
             print(f"\nCancelling {op_id} ...", file=sys.stderr, flush=True)
-            loop.create_task(client.cancel(op_id, reason="Ctrl+C", requested_by="cli"))
+            cancel_tasks.append(loop.create_task(client.cancel(op_id, reason="Ctrl+C", requested_by="cli")))
         else:
             stop.set()
 

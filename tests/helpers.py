@@ -1,0 +1,42 @@
+"""Test helpers: waiting on events with timeouts (never fixed sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from events.messages import AnyEvent
+from ktrdr.client import Client
+from ktrdr.operations import OperationView
+
+
+async def wait_for_event(client: Client, op_id: str, predicate: Callable[[AnyEvent, OperationView], bool],
+                         timeout: float = 10.0) -> OperationView:
+    """Watch op_id (replay + live) until predicate(event, view) holds; TimeoutError otherwise."""
+    hit = asyncio.Event()
+
+    def on_event(ev: AnyEvent, view: OperationView) -> None:
+        if predicate(ev, view):
+            hit.set()
+
+    view = await client.watch(op_id, on_event, stop=hit, idle_timeout=timeout)
+    if not hit.is_set():
+        raise TimeoutError(f"{op_id}: condition not met within {timeout} s (status {view.status})")
+    return view
+
+
+async def wait_terminal(client: Client, op_id: str, timeout: float = 20.0) -> OperationView:
+    return await wait_for_event(client, op_id, lambda ev, v: v.terminal, timeout)
+
+
+async def eventually(check: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
+    """Poll a cheap local condition (not a server) until truthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(interval)
