@@ -8,12 +8,14 @@ differ from what the server has says so (a warning naming the field) and uses th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
@@ -119,41 +121,63 @@ def msg_id_headers(msg_id: str) -> dict[str, str]:
 async def read_events(
     js: JetStreamContext,
     filter_subjects: list[str],
+    on_msg: Callable[[str, bytes], None],
     *,
-    batch: int = 2000,
-    timeout: float = 2.0,
-) -> AsyncIterator[tuple[str, bytes]]:
-    """Yield (subject, data) of every stored OPS message matching the filters, in stream order, then
-    stop. Uses an ephemeral in-memory pull consumer that the server drops on its own."""
+    timeout: float = 10.0,
+) -> int:
+    """Call on_msg(subject, data) for every stored OPS message matching the filters, in stream
+    order; return how many there were. An ephemeral push consumer (no acks, flow control) on a plain
+    core subscription, handled inside the subscription callback: about 1.6x the rate of nats-py's
+    ordered consumer, which parses every reply subject (figures in bench/backbone.py)."""
+    nc = js._nc  # the connection behind the context; nats-py exposes no public accessor
+    inbox = nc.new_inbox()
+    done = asyncio.Event()
+    total: list[int] = []
+    delivered = 0
+
+    async def cb(msg: Msg) -> None:
+        nonlocal delivered
+        if not msg.data and msg.headers and "Status" in msg.headers:
+            if msg.reply:  # flow control request: answer it or the server pauses delivery
+                await nc.publish(msg.reply, b"")
+            return
+        delivered += 1
+        on_msg(msg.subject, msg.data)
+        if total and delivered >= total[0]:
+            done.set()
+
+    sub = await nc.subscribe(inbox, cb=cb, pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30)
     cfg = js_api.ConsumerConfig(
+        deliver_subject=inbox,
         filter_subjects=filter_subjects if len(filter_subjects) > 1 else None,
         filter_subject=filter_subjects[0] if len(filter_subjects) == 1 else None,
         deliver_policy=js_api.DeliverPolicy.ALL,
         ack_policy=js_api.AckPolicy.NONE,
+        flow_control=True,
+        idle_heartbeat=5.0,
         mem_storage=True,
         inactive_threshold=10.0,
-        max_ack_pending=-1,
     )
-    info = await js.add_consumer(subjects.STREAM_OPS, cfg)
-    remaining = info.num_pending
-    if remaining == 0:
-        await _delete_consumer(js, info.name)
-        return
-    sub = await js.pull_subscribe_bind(consumer=info.name, stream=subjects.STREAM_OPS,
-                                       pending_msgs_limit=batch * 4)
+    info = None
     try:
-        while remaining > 0:
+        info = await js.add_consumer(subjects.STREAM_OPS, cfg)
+        total.append(info.num_pending or 0)
+        if delivered >= total[0]:
+            done.set()
+        last = -1
+        while not done.is_set():  # time out only when delivery stalls, not on a long replay
             try:
-                msgs = await sub.fetch(min(batch, remaining), timeout=timeout)
+                await asyncio.wait_for(done.wait(), timeout)
             except TimeoutError:
-                break
-            for m in msgs:
-                yield m.subject, m.data
-            pending = msgs[-1].metadata.num_pending if msgs else 0
-            remaining = pending
+                if delivered == last:
+                    raise
+                last = delivered
+        return total[0]
     finally:
-        await sub.unsubscribe()
-        await _delete_consumer(js, info.name)
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        if info is not None:
+            await _delete_consumer(js, info.name)
 
 
 async def _delete_consumer(js: JetStreamContext, name: str) -> None:
@@ -170,11 +194,14 @@ async def read_operation(js: JetStreamContext, op_id: str, *, lifecycle_only: bo
     else:
         filters = [subjects.ops(op_id)]
     out: list[AnyEvent] = []
-    async for _subject, data in read_events(js, filters):
+
+    def on_msg(_subject: str, data: bytes) -> None:
         try:
             out.append(decode_event(data))
         except DecodeError:
-            continue
+            pass  # garbage published on an ops subject is not an event of this operation
+
+    await read_events(js, filters, on_msg)
     return out
 
 

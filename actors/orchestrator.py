@@ -77,8 +77,7 @@ class Orchestrator(Actor):
         """Live operations from the stored lifecycle events (survives any restart)."""
         assert self.js is not None
         filters = [f"ops.*.*.{e}" for e in ("created", "started", "completed", "failed", "cancelled", "rejected")]
-        async for subject, data in read_events(self.js, filters):
-            self._apply(subject, data)
+        await read_events(self.js, filters, self._apply)
         now = time.monotonic()
         for op in self.live_ops.values():
             op.last_seen = now  # grace: workers get a full timeout to show up again

@@ -27,7 +27,7 @@ import secrets
 import signal
 import socket
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -141,7 +141,11 @@ class Actor:
         self._work_tasks: set[asyncio.Task[Any]] = set()
         self._bg: list[asyncio.Task[Any]] = []
         self._seq = 0
-        self._pending_progress: set[asyncio.Task[Any]] = set()
+        self._outbox: deque[tuple[str, bytes, dict[str, str]]] = deque()
+        self._outbox_wake = asyncio.Event()
+        self._progress_subjects: dict[str, str] = {}
+        self._outbox_idle = asyncio.Event()
+        self._outbox_idle.set()
         self._stopping = False
         self._stopped = asyncio.Event()
         self._loop_thread = threading.get_ident()
@@ -184,6 +188,7 @@ class Actor:
             spec = getattr(fn, "_ktrdr_handles", None)
             if spec:
                 await self.nc.subscribe(spec[0], queue=spec[1] or "", cb=self._guard(fn, spec[0]))
+        self._bg.append(asyncio.create_task(self._publisher(), name=f"{self.id}-publisher"))
         await self.on_start()
         await self._heartbeat()
         self._bg.append(asyncio.create_task(self._heartbeat_loop(), name=f"{self.id}-heartbeat"))
@@ -211,6 +216,8 @@ class Actor:
             t.cancel()
         with contextlib.suppress(Exception):
             await self.on_stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush_progress(), 2.0)
         for t in self._bg:
             t.cancel()
         if self.kv is not None and self.nc is not None and self.nc.is_connected:
@@ -262,8 +269,7 @@ class Actor:
     async def publish_event(self, event: Event, name: str) -> None:
         """Store a lifecycle event (awaited: it is in the stream when this returns)."""
         assert self.js is not None
-        if self._pending_progress:  # keep stream order: earlier progress is stored first
-            await asyncio.gather(*self._pending_progress, return_exceptions=True)
+        await self.flush_progress()  # keep stream order: earlier progress is sent first
         seq, msg_id = self._next_msg_id(event.op_id)
         event.actor, event.seq = self.id, seq
         if isinstance(event, OperationCompleted | OperationFailed | OperationCancelled):
@@ -273,23 +279,37 @@ class Actor:
         await self.js.publish(subjects.ops(event.op_id, name), encode(event), headers=msg_id_headers(msg_id))
 
     def emit_progress(self, op_id: str, state: ProgressState) -> None:
-        """Publish a progress event without waiting for the store ack (batched by the client)."""
+        """Queue a progress event; one publisher task sends the queue in order with publish_async
+        (no per-event task, no per-event round trip)."""
         if self.js is None or self._stopped.is_set():
             return
         seq, msg_id = self._next_msg_id(op_id)
         ev = OperationProgress(op_id=op_id, actor=self.id, seq=seq, progress=state)
-        task = asyncio.ensure_future(self.js.publish_async(
-            subjects.ops(op_id, "progress"), encode(ev), headers=msg_id_headers(msg_id)))
-        self._pending_progress.add(task)
-        task.add_done_callback(self._progress_sent)
+        subject = self._progress_subjects.get(op_id)
+        if subject is None:
+            subject = self._progress_subjects[op_id] = subjects.ops(op_id, "progress")
+            if len(self._progress_subjects) > 10_000:
+                self._progress_subjects.clear()
+        self._outbox.append((subject, encode(ev), {"Nats-Msg-Id": msg_id}))
+        self._outbox_idle.clear()
+        self._outbox_wake.set()
 
-    def _progress_sent(self, task: asyncio.Future[Any]) -> None:
-        self._pending_progress.discard(task)  # type: ignore[arg-type]
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("progress publish failed: %s", task.exception())
-            return
-        if not task.cancelled():
-            task.result().add_done_callback(_log_failed_publish)
+    async def _publisher(self) -> None:
+        assert self.js is not None
+        while True:
+            await self._outbox_wake.wait()
+            self._outbox_wake.clear()
+            while self._outbox:
+                subject, payload, headers = self._outbox.popleft()
+                try:
+                    await self.js.publish_async(subject, payload, headers=headers)
+                except Exception as exc:  # server away: progress is best effort, lifecycle is not
+                    log.debug("progress publish failed: %s", exc)
+            self._outbox_idle.set()
+
+    async def flush_progress(self) -> None:
+        """Wait until every queued progress event has been handed to the connection."""
+        await self._outbox_idle.wait()
 
     async def report_error(self, op_id: str | None, error: str, subject: str) -> None:
         """A malformed/unexpected message: log it; record an error event when the op is known."""
@@ -452,11 +472,6 @@ class Actor:
 
     def cancelled_message(self, op: OperationContext, where: str) -> str:
         return f"Operation cancelled at {where}" if where else "Operation cancelled"
-
-
-def _log_failed_publish(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.debug("progress publish failed: %s", fut.exception())
 
 
 async def run_actors(actors: list[Actor], *, stop: asyncio.Event | None = None) -> None:

@@ -114,12 +114,15 @@ class Client:
         filters = [f"ops.*.*.{e}" for e in ("created", "started", "completed", "failed", "cancelled", "rejected",
                                              "cancel_requested")]
         views: dict[str, OperationView] = {}
-        async for _subject, data in read_events(self.js, filters, batch=5000):
+
+        def on_msg(_subject: str, data: bytes) -> None:
             try:
                 ev = decode_event(data)
             except DecodeError:
-                continue
+                return
             fold(views.setdefault(ev.op_id, OperationView(op_id=ev.op_id)), ev)
+
+        await read_events(self.js, filters, on_msg)
         for v in views.values():
             if not v.terminal:
                 await self._latest_progress(v)

@@ -1,0 +1,24 @@
+"""`python -m bench [backbone|data|training ...]`: run the benchmarks and print the figures."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+
+from bench._common import report
+
+SUITES = ("backbone", "data", "training")
+
+
+def main() -> None:
+    names = sys.argv[1:] or list(SUITES)
+    for name in names:
+        if name not in SUITES:
+            raise SystemExit(f"unknown suite {name!r}; expected any of {', '.join(SUITES)}")
+        mod = importlib.import_module(f"bench.{name}")
+        report(name, asyncio.run(mod.main()))
+
+
+if __name__ == "__main__":
+    main()

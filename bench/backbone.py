@@ -1,0 +1,234 @@
+"""Backbone benchmarks, each against raw nats-py measured in the same run on the same server:
+progress latency, cancel latency, replay throughput, publish throughput, CLI cold start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from nats.js import api as js_api
+
+from actors.runtime import Actor
+from bench._common import BenchServer, pct, report
+from events import subjects
+from events.codec import decode_event, encode
+from events.messages import DummyContext, OperationProgress, ProgressState, RunDummy
+from ktrdr.client import Client
+from ktrdr.operations import OperationView, fold
+
+
+class _Emitter(Actor):
+    role = "bench"
+
+
+async def progress_latency(srv: BenchServer, n: int = 2000) -> dict[str, Any]:
+    settings = srv.settings
+    actor = _Emitter(settings)
+    await actor.start()
+    async with Client(settings) as c:
+        await c.ensure_streams()
+        # ours: actor.emit_progress -> CLI-side ordered consumer + decode + fold
+        op_id = subjects.new_op_id("dummy")
+        lat: list[float] = []
+        got = asyncio.Event()
+        view = OperationView(op_id=op_id)
+
+        async def cb(msg: Any) -> None:
+            ev = decode_event(msg.data)
+            fold(view, ev)
+            lat.append(time.perf_counter_ns() - int(ev.progress.message))
+            if len(lat) >= n:
+                got.set()
+
+        sub = await c.js.subscribe(subjects.ops(op_id), cb=cb, ordered_consumer=True,
+                                   deliver_policy=js_api.DeliverPolicy.ALL)
+        for i in range(n):
+            actor.emit_progress(op_id, ProgressState(percentage=i / n * 100, message=str(time.perf_counter_ns()),
+                                                     context=DummyContext(iteration=i, iterations=n)))
+            await asyncio.sleep(0.0005)  # a paced stream, as progress is
+        await asyncio.wait_for(got.wait(), 30)
+        await sub.unsubscribe()
+        # raw: js.publish_async of bytes -> ordered consumer, no decode
+        raw: list[float] = []
+        raw_done = asyncio.Event()
+        subj = f"ops.dummy.{subjects.new_op_id('dummy')}.progress"
+
+        async def raw_cb(msg: Any) -> None:
+            raw.append(time.perf_counter_ns() - int(msg.data))
+            if len(raw) >= n:
+                raw_done.set()
+
+        sub = await c.js.subscribe(subj, cb=raw_cb, ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL)
+        for _ in range(n):
+            await c.js.publish_async(subj, str(time.perf_counter_ns()).encode())
+            await asyncio.sleep(0.0005)
+        await asyncio.wait_for(raw_done.wait(), 30)
+        await sub.unsubscribe()
+    await actor.stop()
+    ours, base = [x / 1e6 for x in lat], [x / 1e6 for x in raw]
+    return {"p50_ms": pct(ours, 50), "p99_ms": pct(ours, 99), "raw_p50_ms": pct(base, 50),
+            "raw_p99_ms": pct(base, 99), "n": n, "target": "p99 <= 2 ms"}
+
+
+async def cancel_latency(srv: BenchServer, runs: int = 30) -> dict[str, Any]:
+    from actors.dummy import DummyWorker
+    from actors.orchestrator import Orchestrator
+
+    actors = [Orchestrator(srv.settings), DummyWorker(srv.settings)]
+    for a in actors:
+        await a.start()
+    out: list[float] = []
+    async with Client(srv.settings) as c:
+        await c.ensure_streams()
+        for _ in range(runs):
+            cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=10, interval_s=30.0)
+            started, cancelled = asyncio.Event(), asyncio.Event()
+            t_cancel: list[int] = []
+
+            async def cb(msg: Any, started: asyncio.Event = started, cancelled: asyncio.Event = cancelled,
+                         t_cancel: list[int] = t_cancel) -> None:
+                if msg.subject.endswith(".started"):
+                    started.set()
+                elif msg.subject.endswith(".cancelled"):
+                    t_cancel.append(time.perf_counter_ns())
+                    cancelled.set()
+
+            # Stored events only: an ordered consumer sees `cancelled` once it is in the stream.
+            sub = await c.js.subscribe(subjects.ops(cmd.op_id), cb=cb, ordered_consumer=True,
+                                       deliver_policy=js_api.DeliverPolicy.ALL)
+            await c.submit(cmd)
+            await asyncio.wait_for(started.wait(), 10)
+            await asyncio.sleep(0.02)  # in the middle of a 30 s iteration
+            t0 = time.perf_counter_ns()
+            await c.cancel(cmd.op_id)
+            await asyncio.wait_for(cancelled.wait(), 10)
+            out.append((t_cancel[0] - t0) / 1e6)
+            await sub.unsubscribe()
+    for a in actors:
+        await a.stop()
+    return {"p50_ms": pct(out, 50), "p99_ms": pct(out, 99), "max_ms": max(out), "runs": runs,
+            "target": "p99 <= 20 ms"}
+
+
+async def replay_throughput(srv: BenchServer, n: int = 100_000) -> dict[str, Any]:
+    async with Client(srv.settings) as c:
+        await c.ensure_streams()
+        op_id = subjects.new_op_id("dummy")
+        subj = subjects.ops(op_id, "progress")
+        for i in range(n):
+            ev = OperationProgress(op_id=op_id, progress=ProgressState(
+                percentage=i / n * 100, message=f"Working on iteration {i}/{n}", current_step=i, total_steps=n,
+                context=DummyContext(iteration=i, iterations=n)))
+            await c.js.publish_async(subj, encode(ev))
+        await c.js.publish_async_completed()
+        # ours: the CLI's replay path (read stored events, decode, fold into a view)
+        t0 = time.perf_counter()
+        events = await c.events(op_id)
+        view = OperationView(op_id=op_id)
+        for ev in events:
+            fold(view, ev)
+        ours_s = time.perf_counter() - t0
+        assert view.events == n, view.events
+        # ours, live-attach path: ordered consumer + decode + fold until the last one
+        done = asyncio.Event()
+        view2 = OperationView(op_id=op_id)
+
+        async def cb(msg: Any) -> None:
+            fold(view2, decode_event(msg.data))
+            if view2.events >= n:
+                done.set()
+
+        t0 = time.perf_counter()
+        sub = await c.js.subscribe(subjects.ops(op_id), cb=cb, ordered_consumer=True,
+                                   deliver_policy=js_api.DeliverPolicy.ALL)
+        await asyncio.wait_for(done.wait(), 120)
+        watch_s = time.perf_counter() - t0
+        await sub.unsubscribe()
+        # raw: ordered consumer, count only
+        count = 0
+        raw_done = asyncio.Event()
+
+        async def raw_cb(msg: Any) -> None:
+            nonlocal count
+            count += 1
+            if count >= n:
+                raw_done.set()
+
+        t0 = time.perf_counter()
+        sub = await c.js.subscribe(subjects.ops(op_id), cb=raw_cb, ordered_consumer=True,
+                                   deliver_policy=js_api.DeliverPolicy.ALL)
+        await asyncio.wait_for(raw_done.wait(), 120)
+        raw_s = time.perf_counter() - t0
+        await sub.unsubscribe()
+    return {"events": n, "replay_events_per_s": n / ours_s, "watch_events_per_s": n / watch_s,
+            "raw_ordered_consumer_per_s": n / raw_s, "target": ">= 100k events/s"}
+
+
+async def publish_throughput(srv: BenchServer, n: int = 20_000, rounds: int = 3) -> dict[str, Any]:
+    actor = _Emitter(srv.settings)
+    await actor.start()
+    assert actor.js is not None
+    ours, raw, raw_hdr = [], [], []
+    state = ProgressState(percentage=50.0, message="Working on iteration 5/10", context=DummyContext(iteration=5))
+    payload = encode(OperationProgress(op_id="dummy-x", progress=state))
+    for _ in range(rounds):
+        op_id = subjects.new_op_id("dummy")
+        t0 = time.perf_counter()
+        for _ in range(n):
+            actor.emit_progress(op_id, state)
+        await actor.flush_progress()
+        await actor.js.publish_async_completed()
+        ours.append(n / (time.perf_counter() - t0))
+        subj = f"ops.dummy.{subjects.new_op_id('dummy')}.progress"
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await actor.js.publish_async(subj, payload)
+        await actor.js.publish_async_completed()
+        raw.append(n / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for i in range(n):  # the same bytes with the same Nats-Msg-Id header every event carries
+            await actor.js.publish_async(subj, payload, headers={"Nats-Msg-Id": f"{subj}.{i}"})
+        await actor.js.publish_async_completed()
+        raw_hdr.append(n / (time.perf_counter() - t0))
+    await actor.stop()
+    o, r, rh = statistics.median(ours), statistics.median(raw), statistics.median(raw_hdr)
+    return {"actor_events_per_s": o, "raw_publish_async_per_s": r, "raw_with_msg_id_per_s": rh,
+            "ratio_vs_raw": o / r, "ratio_vs_raw_with_msg_id": o / rh, "target": "ratio >= 0.8"}
+
+
+def cold_start(srv: BenchServer, runs: int = 7) -> dict[str, Any]:
+    env = {**os.environ, "NATS_URL": srv.url, "KTRDR_HOME": str(srv.settings.home)}
+    exe = os.path.join(os.path.dirname(sys.executable), "ktrdr")
+    argv0 = [exe] if os.path.exists(exe) else [sys.executable, "-m", "ktrdr"]
+
+    def timed(argv: list[str]) -> float:
+        samples = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            subprocess.run(argv, env=env, capture_output=True, check=True)
+            samples.append(time.perf_counter() - t0)
+        return statistics.median(samples)
+
+    base = timed([sys.executable, "-c", "pass"])
+    return {"python_startup_s": base, "help_s": timed([*argv0, "--help"]), "ops_list_s": timed([*argv0, "ops", "list"]),
+            "target": "--help <= 0.3 s, ops list <= 0.5 s"}
+
+
+async def main() -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with BenchServer("backbone") as srv:
+        results["progress_latency"] = await progress_latency(srv)
+        results["cancel_latency_dummy"] = await cancel_latency(srv)
+        results["replay_throughput"] = await replay_throughput(srv)
+        results["publish_throughput"] = await publish_throughput(srv)
+        results["cold_start"] = cold_start(srv)
+    return results
+
+
+if __name__ == "__main__":
+    report("backbone", asyncio.run(main()))
