@@ -295,6 +295,9 @@ class IbReply(Message, tag="IbReply", kw_only=True):
     vol: list[float] = msgspec.field(default_factory=list)
     source: str = ""  # "ib" or "sim"
     pacing_wait_s: float = 0.0
+    # final=False: an interim notice (e.g. "waiting 12 s for IB pacing") before the answer itself.
+    final: bool = True
+    message: str = ""
 
 
 COMMANDS: tuple[type, ...] = (RunDummy, LoadData, StartTraining)

@@ -37,6 +37,8 @@ class Settings:
     ib_port: int | None = field(default_factory=lambda: int(os.environ["IB_PORT"]) if os.environ.get("IB_PORT")
                                 else None)
     ib_client_id: int = field(default_factory=lambda: int(_float("IB_CLIENT_ID", 1)))
+    # Shrinks IB's pacing windows (sim gateway and client alike) for tests and benchmarks; 1.0 = IB's rules.
+    ib_time_scale: float = field(default_factory=lambda: _float("KTRDR_IB_TIME_SCALE", 1.0))
     device: str = field(default_factory=lambda: os.environ.get("KTRDR_DEVICE", "auto"))
 
     @property

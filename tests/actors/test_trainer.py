@@ -1,0 +1,108 @@
+"""The trainer actor through NATS: end to end, batch-level cancel, resume after a killed trainer,
+invalid strategies rejected by the orchestrator with the field path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from events import subjects
+from events.messages import OperationProgress, StartTraining, TrainingContext
+from ktrdr.data.store import DataStore
+from tests.helpers import wait_for_event, wait_terminal
+from tests.training.conftest import make_bars
+
+STRATEGY = Path(__file__).parents[2] / "strategies" / "mlp_rsi_aapl.yaml"
+
+
+@pytest.fixture
+def bars_in_store(settings):
+    store = DataStore(settings.home)
+    store.write("AAPL", "1h", make_bars(3000, seed=1), source="sim")
+    return store
+
+
+def start_training(epochs: int = 3, text: str | None = None) -> StartTraining:
+    return StartTraining(op_id=subjects.new_op_id("training"), strategy_path=str(STRATEGY),
+                         strategy_yaml=text if text is not None else STRATEGY.read_text(), epochs=epochs)
+
+
+def batch_level(ev, view) -> bool:
+    return isinstance(ev, OperationProgress) and isinstance(ev.progress.context, TrainingContext) \
+        and ev.progress.context.batch > 0
+
+
+async def test_training_end_to_end_saves_a_model_and_reports_epochs(start_actors, client, bars_in_store, settings):
+    await start_actors("orchestrator", "trainer")
+    cmd = start_training(epochs=3)
+    lines: list[str] = []
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id, timeout=90)
+    assert view.status == "completed", view.error
+    events = await client.events(cmd.op_id)
+    lines = [e.progress.message for e in events if isinstance(e, OperationProgress)]
+    assert any("Training MLP on AAPL [1h] [epoch 3/3]" in m for m in lines)
+    phases = {e.progress.phase for e in events if isinstance(e, OperationProgress)}
+    assert {"initializing", "loading_data", "building_features", "training", "evaluating", "saving"} <= phases
+    r = view.result
+    for key in ("training_metrics", "validation_metrics", "test_metrics", "resource_usage", "artifacts",
+                "session_info", "model_info", "data_summary"):
+        assert key in r
+    assert r["training_metrics"]["epochs_completed"] == 3
+    assert r["resource_usage"]["device"] == "cpu" and r["resource_usage"]["training_mode"] == "local"
+    assert r["session_info"]["operation_id"] == cmd.op_id
+    assert Path(r["artifacts"]["model_path"]).exists()
+    assert r["data_summary"]["simulated"] is True
+
+
+async def test_cancel_mid_epoch_stops_at_batch_level(start_actors, client, bars_in_store):
+    from actors.trainer import Trainer
+
+    Trainer.batch_every = 1  # a progress event per batch, so the cancel lands mid-epoch
+    try:
+        await start_actors("orchestrator", "trainer")
+        cmd = start_training(epochs=50)
+        await client.submit(cmd)
+        await wait_for_event(client, cmd.op_id, batch_level, timeout=60)
+        await client.cancel(cmd.op_id)
+        view = await wait_terminal(client, cmd.op_id, timeout=30)
+    finally:
+        Trainer.batch_every = 20
+    assert view.status == "cancelled"
+    assert view.where is not None and view.where.startswith("epoch ") and ", batch " in view.where
+    assert view.message == f"Training cancelled at {view.where}"
+
+
+async def test_killed_trainer_resumes_from_checkpoint_on_redelivery(start_actors, client, bars_in_store, settings):
+    await start_actors("orchestrator")
+    first, = await start_actors("trainer")
+    cmd = start_training(epochs=12)
+    await client.submit(cmd)
+    await wait_for_event(client, cmd.op_id, lambda ev, v: isinstance(v.context, TrainingContext)
+                         and v.context.epoch >= 3 and v.context.batch == 0 and v.phase == "training", timeout=60)
+    await first.kill()
+    await start_actors("trainer")
+    view = await wait_terminal(client, cmd.op_id, timeout=90)
+    assert view.status == "completed", view.error
+    assert view.attempts == 2
+    events = await client.events(cmd.op_id)
+    resumed = [e for e in events if isinstance(e, OperationProgress) and "Resumed from checkpoint" in e.progress.message]
+    assert resumed and resumed[0].progress.context.resumed_from_epoch >= 2
+    assert view.result["training_metrics"]["epochs_completed"] == 12
+
+
+@pytest.mark.parametrize(("mutate", "path"), [
+    (lambda t: t.replace("optimizer: adam", "optimizer: lbfgs"), "model.training.optimizer"),
+    (lambda t: t.replace("period: 14", "period: -3"), "indicators[0].period"),
+    (lambda t: t.replace("train: 0.7", "train: 0.9"), "training.data_split"),
+])
+async def test_invalid_strategy_is_rejected_with_field_path(start_actors, client, mutate, path):
+    await start_actors("orchestrator", "trainer")
+    cmd = start_training(text=mutate(STRATEGY.read_text()))
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id)
+    assert view.status == "rejected"
+    assert path in view.error and "mlp_rsi_aapl.yaml" in view.error
+    events = await client.events(cmd.op_id)
+    assert not any(type(e).__name__ == "OperationStarted" for e in events)
