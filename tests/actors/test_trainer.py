@@ -87,7 +87,8 @@ async def test_killed_trainer_resumes_from_checkpoint_on_redelivery(start_actors
     assert view.status == "completed", view.error
     assert view.attempts == 2
     events = await client.events(cmd.op_id)
-    resumed = [e for e in events if isinstance(e, OperationProgress) and "Resumed from checkpoint" in e.progress.message]
+    resumed = [e for e in events
+               if isinstance(e, OperationProgress) and "Resumed from checkpoint" in e.progress.message]
     assert resumed and resumed[0].progress.context.resumed_from_epoch >= 2
     assert view.result["training_metrics"]["epochs_completed"] == 12
 
