@@ -1,0 +1,60 @@
+"""The ib actor between NATS and the simulated gateway (real ib_async client inside the actor)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from actors.ib import IbRequester
+from ktrdr.errors import UnknownSymbolError
+from ktrdr.ib.sim import SimGateway
+from ktrdr.ib.sim.data import generate_bars
+from tests.conftest import make_settings
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[SimGateway]:
+    gw = SimGateway(port=0)
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
+@pytest.fixture
+def ib_settings(settings, gateway):
+    return make_settings(settings.home, settings.nats_url, ib_port=gateway.port, ib_client_id=7)
+
+
+async def test_ib_actor_serves_contracts_heads_and_bars_over_nats(start_actors, client, ib_settings, gateway):
+    await start_actors("ib", settings=ib_settings)
+    ib = IbRequester(client.nc, idle_timeout=20)
+    contract, source = await ib.contract("EUR.USD")
+    assert contract.sec_type == "CASH" and source == "sim"
+    head = await ib.head("AAPL", "1h")
+    assert head is not None and head.year < 2020
+    start, end = datetime(2024, 3, 4, tzinfo=UTC), datetime(2024, 3, 9, tzinfo=UTC)
+    df, source = await ib.bars("AAPL", "1h", start, end)
+    assert source == "sim" and len(df) == 5 * 7  # five sessions of seven 1h bars
+    from ktrdr.data.calendar import lookup
+
+    expected = generate_bars(lookup("AAPL"), "1h", start, end, seed=0)
+    assert (df.index == expected.index).all()
+    assert (df["close"].to_numpy() == expected["close"].to_numpy()).all()
+
+
+async def test_unknown_symbol_comes_back_as_a_typed_error(start_actors, client, ib_settings):
+    await start_actors("ib", settings=ib_settings)
+    ib = IbRequester(client.nc, idle_timeout=20)
+    with pytest.raises(UnknownSymbolError) as err:
+        await ib.contract("NOPE")
+    assert err.value.ib_code == 200 and "NOPE" in str(err.value)
+
+
+async def test_malformed_ib_request_is_answered_and_the_actor_keeps_serving(start_actors, client, ib_settings):
+    await start_actors("ib", settings=ib_settings)
+    reply = await client.nc.request("ib.bars", b"{garbage", timeout=10)
+    assert b'"ok":false' in reply.data and b"malformed" in reply.data
+    contract, _ = await IbRequester(client.nc, idle_timeout=20).contract("MSFT")
+    assert contract.symbol == "MSFT"
