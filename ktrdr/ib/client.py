@@ -1,0 +1,281 @@
+"""IbClient: the one read-only ib_async connection of an ib actor, and the data calls it serves.
+
+It connects with exponential backoff, reconnects by itself when the gateway drops (disconnectedEvent)
+and follows IB's connectivity messages (1100 lost: in-flight requests fail, new ones wait; 1101/1102
+restored). Every historical request goes through one PacingLimiter so IB never has to answer 162.
+`source` is "sim" for a simulated gateway (account names starting with "SIM"), else "ib".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, date, datetime
+
+import pandas as pd
+from ib_async import IB, Contract, StartupFetchNONE
+
+from events.messages import ContractInfo
+from ktrdr.cancellation import CancellationToken
+from ktrdr.data.calendar import Instrument
+from ktrdr.data.timeframes import Timeframe, parse_timeframe
+from ktrdr.errors import DisconnectedError, NoDataError, OperationCancelledError, UnknownSymbolError
+from ktrdr.ib import errors as ib_errors
+from ktrdr.ib.contracts import contract_for, contract_info, instrument_for, pick_details, qualified_contract
+from ktrdr.ib.historical import fetch_bars, to_utc
+from ktrdr.ib.pacing import OnWait, PacingLimiter, PacingRules
+from ktrdr.ib.requests import RequestTracker
+
+log = logging.getLogger("ktrdr.ib")
+
+
+class IbClient:
+    """Owns ONE ib_async `IB` connection (read-only). Use `async with IbClient(...)` or connect/close."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 4002,
+        client_id: int = 1,
+        *,
+        pacing: PacingRules | None = None,
+        connect_timeout: float = 10.0,
+        request_timeout: float = 120.0,
+        reconnect: bool = True,
+        max_backoff_s: float = 10.0,
+        universe: dict[str, Instrument] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.reconnect = reconnect
+        self.max_backoff_s = max_backoff_s
+        self.universe = universe
+        self.ib = IB()
+        self.limiter = PacingLimiter(pacing)
+        self._tracker = RequestTracker(self.ib)
+        self._connected = asyncio.Event()
+        self._upstream_ok = asyncio.Event()  # cleared by 1100, set again by 1101/1102
+        self._upstream_ok.set()
+        self._closing = False
+        self._started = False
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._accounts: list[str] = []
+        self._contracts: dict[str, tuple[Instrument, Contract, ContractInfo]] = {}
+        self.reconnects = 0  # successful reconnections after a drop
+        self.ib.disconnectedEvent += self._on_disconnected
+        self.ib.errorEvent += self._on_error
+
+    # --- connection ---------------------------------------------------------------------------
+    @property
+    def is_connected(self) -> bool:
+        return self._connected.is_set() and self.ib.isConnected()
+
+    @property
+    def accounts(self) -> list[str]:
+        return list(self._accounts)
+
+    @property
+    def source(self) -> str:
+        """"sim" when the gateway is simulated (its accounts start with "SIM"), else "ib"."""
+        return "sim" if self._accounts and all(a.startswith("SIM") for a in self._accounts) else "ib"
+
+    async def __aenter__(self) -> IbClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect, retrying with exponential backoff for up to `connect_timeout` seconds."""
+        self._started = True
+        self._closing = False
+        deadline = time.monotonic() + self.connect_timeout
+        delay = 0.1
+        last: BaseException | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                await self._connect_once(min(remaining, 5.0))
+                return
+            except (OSError, TimeoutError, ConnectionError) as e:
+                last = e
+                log.info("IB connect to %s:%d failed (%r); retrying in %.2g s", self.host, self.port, e, delay)
+            await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+            delay = min(delay * 2, self.max_backoff_s)
+        raise DisconnectedError(
+            f"cannot connect to IB Gateway/TWS at {self.host}:{self.port} (client id {self.client_id}): {last!r}",
+            hint="is the gateway running with the API enabled on that port, and is the client id free?",
+        )
+
+    async def _connect_once(self, timeout: float) -> None:
+        # Read-only and no start-up downloads: a data client needs only the handshake.
+        await self.ib.connectAsync(
+            self.host, self.port, self.client_id, timeout=timeout, readonly=True, fetchFields=StartupFetchNONE
+        )
+        self._accounts = list(self.ib.managedAccounts())
+        self._upstream_ok.set()
+        self._connected.set()
+        log.info("connected to %s:%d as client %d (%s)", self.host, self.port, self.client_id, self.source)
+
+    def _on_disconnected(self) -> None:
+        self._connected.clear()
+        if self._closing or not self.reconnect:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # dropped while no loop runs (interpreter shutdown): nothing to do
+            return
+        if self._reconnect_task is None or self._reconnect_task.done():
+            log.warning("IB connection to %s:%d lost; reconnecting", self.host, self.port)
+            self._reconnect_task = loop.create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = 0.05
+        while not self._closing and not self.ib.isConnected():
+            try:
+                await self._connect_once(max(self.connect_timeout, 1.0))
+                self.reconnects += 1
+                return
+            except (OSError, TimeoutError, ConnectionError) as e:
+                log.info("IB reconnect failed (%r); next try in %.2g s", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff_s)
+
+    def _on_error(self, req_id: int, code: int, text: str, _contract: object = None) -> None:
+        if code == ib_errors.CONNECTIVITY_LOST:
+            # IB's servers are gone behind the gateway: answers to requests in flight will not come.
+            self._upstream_ok.clear()
+            self._tracker.fail_all(code, text)
+        elif code in (ib_errors.RESTORED_DATA_LOST, ib_errors.RESTORED_DATA_KEPT):
+            # No subscriptions to renew (historical requests only); waiting requests may go again.
+            self._upstream_ok.set()
+
+    async def _ready(self, cancel: CancellationToken | None) -> None:
+        """Wait (up to connect_timeout, interruptibly) until connected and IB connectivity is OK."""
+        if not self._started:
+            await self.connect()
+        if self._connected.is_set() and self._upstream_ok.is_set() and self.ib.isConnected():
+            return
+        waits = [asyncio.ensure_future(self._until_ready())]
+        if cancel is not None:
+            waits.append(asyncio.ensure_future(cancel.wait()))
+        try:
+            done, _ = await asyncio.wait(waits, timeout=self.connect_timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if cancel is not None and cancel.is_cancelled:
+            raise OperationCancelledError("waiting for the IB connection", cancel.reason)
+        if not done:
+            raise DisconnectedError(
+                f"not connected to IB at {self.host}:{self.port} after {self.connect_timeout:g} s",
+                hint="the client keeps reconnecting; check the gateway",
+            )
+
+    async def _until_ready(self) -> None:
+        while not (self._connected.is_set() and self._upstream_ok.is_set()):
+            await self._connected.wait()
+            await self._upstream_ok.wait()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reconnect_task
+        self._connected.clear()
+        if self.ib.isConnected():
+            self.ib.disconnect()
+
+    # --- contracts ----------------------------------------------------------------------------
+    async def _qualified(
+        self, symbol: str, cancel: CancellationToken | None = None
+    ) -> tuple[Instrument, Contract, ContractInfo]:
+        inst = instrument_for(symbol, self.universe)
+        hit = self._contracts.get(inst.symbol)
+        if hit is not None:
+            return hit
+        await self._ready(cancel)
+        contract = contract_for(inst)
+        details = await self._tracker.run(
+            lambda rid: self.ib.client.reqContractDetails(rid, contract),
+            symbol=inst.symbol,
+            what="contract lookup",
+            timeout=self.request_timeout,
+            contract=contract,
+            cancel=cancel,
+        )
+        chosen = pick_details(inst, list(details or []))
+        if chosen is None:
+            raise UnknownSymbolError(
+                f"IB does not know the symbol {symbol!r} as a {inst.kind}",
+                ib_code=200,
+                hint="check the spelling; stocks are looked up on SMART in USD, forex pairs are written "
+                "EURUSD or EUR.USD",
+            )
+        hit = (inst, qualified_contract(inst, chosen), contract_info(inst, chosen))
+        self._contracts[inst.symbol] = hit  # contract ids never change: cache for the session
+        return hit
+
+    async def qualify(self, symbol: str) -> ContractInfo:
+        """IB's contract for `symbol` ("AAPL", "EURUSD", "EUR.USD"); UnknownSymbolError (200) if none."""
+        return (await self._qualified(symbol))[2]
+
+    async def head_timestamp(self, symbol: str, what_to_show: str | None = None) -> datetime:
+        """The first instant IB has data for `symbol` (UTC); earlier bars do not exist."""
+        inst, contract, _ = await self._qualified(symbol)
+        await self._ready(None)
+        wts = what_to_show or inst.what_to_show
+        use_rth = inst.kind == "stock"
+        sent: list[int] = []
+
+        def send(rid: int) -> None:
+            sent.append(rid)
+            self.ib.client.reqHeadTimeStamp(rid, contract, wts, use_rth, 2)
+
+        result = await self._tracker.run(
+            send, symbol=inst.symbol, what="head timestamp", timeout=self.request_timeout, contract=contract,
+            on_abandon=self.ib.client.cancelHeadTimeStamp,
+        )  # fmt: skip
+        with contextlib.suppress(ConnectionError):
+            self.ib.client.cancelHeadTimeStamp(sent[0])  # as ib_async does once answered
+        if isinstance(result, datetime):
+            return to_utc(result)
+        if isinstance(result, date):
+            return datetime(result.year, result.month, result.day, tzinfo=UTC)
+        raise NoDataError(f"IB gave no head timestamp for {inst.symbol} ({wts})", ib_code=162)
+
+    # --- bars ---------------------------------------------------------------------------------
+    async def bars(
+        self,
+        symbol: str,
+        timeframe: str | Timeframe,
+        start: datetime,
+        end: datetime,
+        *,
+        cancel: CancellationToken | None = None,
+        on_wait: OnWait | None = None,
+    ) -> pd.DataFrame:
+        """Bars of `symbol` starting in [start, end): ONE paced IB request (split longer ranges by
+        `Timeframe.max_request` first). UTC index "timestamp", float open/high/low/close/volume;
+        `attrs`: source ("ib"/"sim"), pacing_wait_s. Typed errors: UnknownSymbolError, NoDataError,
+        PacingError, DisconnectedError, OperationCancelledError, ValidationError."""
+        tf = parse_timeframe(timeframe)
+        if cancel is not None:
+            cancel.raise_if_cancelled(f"{tf.name} bars for {symbol}")
+        inst, contract, _ = await self._qualified(symbol, cancel)
+        await self._ready(cancel)
+        df = await fetch_bars(
+            self.ib, self._tracker, self.limiter, contract, inst, tf, start, end,
+            timeout=self.request_timeout, cancel=cancel, on_wait=on_wait,
+        )  # fmt: skip
+        df.attrs["source"] = self.source
+        return df

@@ -1,0 +1,227 @@
+"""IB historical-data pacing: the four rules as data, and a limiter that makes requests obey them.
+
+IB answers error 162 ("Historical data request pacing violation") and returns nothing when a client
+breaks one of these rules (REFERENCE.md):
+
+1. no identical request within 15 s;
+2. no 6 or more requests for the same contract + exchange + tick type within 2 s;
+3. no more than 60 historical requests within any 10 minutes;
+4. at most 50 historical requests open at once.
+
+`PacingLimiter.acquire` waits just long enough that the next request obeys all four, announcing every
+wait through `on_wait` before sleeping (so a progress line can say "waiting 12 s for IB pacing"
+instead of going silent), and stops waiting the moment a CancellationToken trips. The simulated
+gateway enforces the very same `PacingRules`, so both sides agree on what a violation is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ktrdr.cancellation import CancellationToken
+from ktrdr.errors import OperationCancelledError
+
+OnWait = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class PacingRules:
+    """IB's pacing limits; `time_scale` shrinks every window (0.01 makes 10 min last 6 s) for tests."""
+
+    identical_window_s: float = 15.0
+    burst_count: int = 6  # this many requests for one contract within burst_window_s is a violation
+    burst_window_s: float = 2.0
+    max_requests: int = 60  # more than this within window_s is a violation
+    window_s: float = 600.0
+    max_open: int = 50
+    time_scale: float = 1.0
+    # Not a historical rule and never scaled: the API accepts ~50 messages/s and ib_async queues
+    # anything above 45/s, which would delay a request past the instant the limiter stamped it.
+    max_per_second: int = 40
+
+    @property
+    def identical_window(self) -> float:
+        return self.identical_window_s * self.time_scale
+
+    @property
+    def burst_window(self) -> float:
+        return self.burst_window_s * self.time_scale
+
+    @property
+    def window(self) -> float:
+        return self.window_s * self.time_scale
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """What IB compares when pacing: the contract + exchange + tick type, and the full request."""
+
+    contract: str  # conId (or symbol when unknown)
+    exchange: str
+    what_to_show: str
+    params: str = ""  # end, duration, bar size, useRTH: equal params on an equal contract = identical
+
+    @property
+    def contract_key(self) -> tuple[str, str, str]:
+        return (self.contract, self.exchange, self.what_to_show)
+
+
+def _margin(window: float) -> float:
+    # Clocks differ a little between the limiter and the gateway (the request travels after it is
+    # stamped here), so stay a hair beyond each window rather than exactly on its edge.
+    return window * 0.02 + 0.005
+
+
+def lower_bound_seconds(n_requests: int, rules: PacingRules | None = None) -> float:
+    """Minimum wall time IB's rules allow between the first and last of `n` distinct requests on one
+    contract (latency and safety margins ignored): the earliest schedule where every request is
+    burst_count-1 or fewer per burst window, max_requests per window, max_per_second per second."""
+    rules = rules or PacingRules()
+    times: list[float] = []
+    per_burst = rules.burst_count - 1
+    for i in range(n_requests):
+        t = 0.0
+        if i >= per_burst:
+            t = max(t, times[i - per_burst] + rules.burst_window)
+        if i >= rules.max_requests:
+            t = max(t, times[i - rules.max_requests] + rules.window)
+        if i >= rules.max_per_second:
+            t = max(t, times[i - rules.max_per_second] + 1.0)
+        times.append(max(t, times[-1] if times else 0.0))
+    return times[-1] if times else 0.0
+
+
+class PacingLimiter:
+    """Gate every historical request through `acquire` / `release`; one limiter per IB connection."""
+
+    def __init__(self, rules: PacingRules | None = None, *, clock: Callable[[], float] = time.monotonic):
+        self.rules = rules or PacingRules()
+        self._clock = clock
+        self._all: deque[float] = deque()  # start times of every request (rule 3)
+        self._last_second: deque[float] = deque()  # message-rate cap (see PacingRules.max_per_second)
+        self._per_contract: dict[tuple[str, str, str], deque[float]] = {}  # rule 2
+        self._identical: dict[RequestKey, float] = {}  # last start per identical request (rule 1)
+        self._open = 0  # rule 4
+        self._released = asyncio.Event()
+        self.waits = 0  # how many times acquire had to wait (for measurements)
+        self.waited_s = 0.0
+
+    @property
+    def open_requests(self) -> int:
+        return self._open
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.rules.window - _margin(self.rules.window)
+        while self._all and self._all[0] <= horizon:
+            self._all.popleft()
+        while self._last_second and self._last_second[0] <= now - 1.0 - _margin(1.0):
+            self._last_second.popleft()
+        burst_h = now - self.rules.burst_window - _margin(self.rules.burst_window)
+        for key in [k for k, q in self._per_contract.items() if not q or q[-1] <= burst_h]:
+            del self._per_contract[key]
+        ident_h = now - self.rules.identical_window - _margin(self.rules.identical_window)
+        for key in [k for k, t in self._identical.items() if t <= ident_h]:
+            del self._identical[key]
+
+    def required_wait(self, key: RequestKey, now: float | None = None) -> tuple[float, str]:
+        """Seconds to wait before `key` may be sent (0 when it may go now) and which rule says so.
+        -1 means "until an open request finishes" (rule 4 has no known end time)."""
+        now = self._clock() if now is None else now
+        self._prune(now)
+        r = self.rules
+        wait, reason = 0.0, ""
+        if self._open >= r.max_open:
+            return -1.0, f"{self._open} IB requests open (limit {r.max_open})"
+        last = self._identical.get(key)
+        if last is not None:
+            w = last + r.identical_window + _margin(r.identical_window) - now
+            if w > wait:
+                wait, reason = w, f"an identical request was sent less than {r.identical_window:g} s ago"
+        recent = self._per_contract.get(key.contract_key)
+        allowed = r.burst_count - 2  # earlier requests allowed inside the window besides this one
+        if recent is not None:
+            bw = r.burst_window + _margin(r.burst_window)
+            inside = [t for t in recent if t > now - bw]
+            if len(inside) > allowed:
+                w = inside[len(inside) - allowed - 1] + bw - now
+                if w > wait:
+                    wait, reason = w, f"{r.burst_count} requests for {key.contract} within {r.burst_window:g} s"
+        if len(self._all) > r.max_requests - 1:
+            ww = r.window + _margin(r.window)
+            w = self._all[len(self._all) - r.max_requests] + ww - now
+            if w > wait:
+                wait, reason = w, f"{r.max_requests} requests within {r.window:g} s"
+        if len(self._last_second) > r.max_per_second - 1:
+            w = self._last_second[len(self._last_second) - r.max_per_second] + 1.0 + _margin(1.0) - now
+            if w > wait:
+                wait, reason = w, f"{r.max_per_second} API messages per second"
+        return wait, reason
+
+    async def acquire(
+        self,
+        key: RequestKey,
+        on_wait: OnWait | None = None,
+        cancel: CancellationToken | None = None,
+    ) -> float:
+        """Wait until `key` obeys every rule, then count it as sent and open. Returns seconds waited.
+        Raises OperationCancelledError as soon as `cancel` trips (nothing is counted then)."""
+        waited = 0.0
+        while True:
+            if cancel is not None and cancel.is_cancelled:
+                raise OperationCancelledError("waiting for IB pacing", cancel.reason)
+            now = self._clock()
+            wait, reason = self.required_wait(key, now)
+            if wait <= 0 and wait != -1.0:
+                self._record(key, now)
+                return waited
+            self.waits += 1
+            if on_wait is not None:
+                # Report first: the caller shows the wait while it happens, not after.
+                on_wait(max(wait, 0.0), f"waiting {max(wait, 0.0):.3g} s for IB pacing: {reason}")
+            started = self._clock()
+            if wait == -1.0:
+                self._released.clear()
+                await _sleep_or_cancel(None, self._released, cancel)
+            else:
+                await _sleep_or_cancel(wait, None, cancel)
+            spent = self._clock() - started
+            waited += spent
+            self.waited_s += spent
+
+    def _record(self, key: RequestKey, now: float) -> None:
+        self._all.append(now)
+        self._last_second.append(now)
+        self._per_contract.setdefault(key.contract_key, deque()).append(now)
+        self._identical[key] = now
+        self._open += 1
+
+    def release(self, key: RequestKey) -> None:
+        """The request for `key` finished (answered, failed or cancelled): it is no longer open."""
+        if self._open > 0:
+            self._open -= 1
+        self._released.set()
+
+
+async def _sleep_or_cancel(
+    seconds: float | None, event: asyncio.Event | None, cancel: CancellationToken | None
+) -> None:
+    """Sleep `seconds` (or until `event` is set), returning early with OperationCancelledError on cancel."""
+    waiters: list[asyncio.Task[object]] = []
+    if event is not None:
+        waiters.append(asyncio.ensure_future(event.wait()))
+    if cancel is not None:
+        waiters.append(asyncio.ensure_future(cancel.wait()))
+    try:
+        if waiters:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(seconds or 0.0)
+    finally:
+        for w in waiters:
+            w.cancel()
+    if cancel is not None and cancel.is_cancelled:
+        raise OperationCancelledError("waiting for IB pacing", cancel.reason)

@@ -1,0 +1,91 @@
+"""PacingLimiter with scaled rules: waits exactly as long as IB's rules require, reports waits first,
+stops at once on cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from ktrdr.cancellation import CancellationToken
+from ktrdr.errors import OperationCancelledError
+from ktrdr.ib.pacing import PacingLimiter, PacingRules, RequestKey, lower_bound_seconds
+from ktrdr.ib.sim.enforcer import PacingEnforcer
+
+
+def _key(i: int, contract: str = "265598") -> RequestKey:
+    return RequestKey(contract, "SMART", "TRADES", f"end{i}")
+
+
+async def test_burst_of_distinct_requests_obeys_every_rule_as_judged_by_the_gateway() -> None:
+    rules = PacingRules(time_scale=0.05)  # burst window 0.1 s, 10-min window 30 s
+    limiter = PacingLimiter(rules)
+    judge = PacingEnforcer(rules)
+    waits: list[tuple[float, str]] = []
+    for i in range(12):
+        await limiter.acquire(_key(i), on_wait=lambda s, why: waits.append((s, why)))
+        now = time.monotonic()
+        assert judge.violation(_key(i), now) is None
+        judge.record(_key(i), now)
+        limiter.release(_key(i))
+    assert len(waits) >= 2  # requests 6 and 11 had to wait for the burst window
+    assert all("IB pacing" in why for _, why in waits)
+
+
+async def test_identical_request_waits_for_identical_window() -> None:
+    rules = PacingRules(time_scale=0.01)  # identical window 0.15 s
+    limiter = PacingLimiter(rules)
+    await limiter.acquire(_key(0))
+    limiter.release(_key(0))
+    reported: list[float] = []
+    t0 = time.monotonic()
+    await limiter.acquire(_key(0), on_wait=lambda s, _why: reported.append(s))
+    elapsed = time.monotonic() - t0
+    assert reported and reported[0] == pytest.approx(0.15, abs=0.03)
+    assert 0.15 <= elapsed < 0.4
+
+
+async def test_window_rule_limits_to_max_requests() -> None:
+    rules = PacingRules(max_requests=5, window_s=10.0, burst_count=100, time_scale=0.02)  # window 0.2 s
+    limiter = PacingLimiter(rules)
+    t0 = time.monotonic()
+    for i in range(6):
+        await limiter.acquire(_key(i, contract=f"c{i}"))
+        limiter.release(_key(i, contract=f"c{i}"))
+    assert time.monotonic() - t0 >= 0.2
+
+
+async def test_open_limit_waits_for_release() -> None:
+    limiter = PacingLimiter(PacingRules(max_open=2, time_scale=0.001))
+    await limiter.acquire(_key(0, "a"))
+    await limiter.acquire(_key(1, "b"))
+    third = asyncio.create_task(limiter.acquire(_key(2, "c")))
+    await asyncio.sleep(0)
+    assert not third.done()
+    limiter.release(_key(0, "a"))
+    await asyncio.wait_for(third, 1.0)
+    assert limiter.open_requests == 2
+
+
+async def test_cancel_during_wait_raises_promptly() -> None:
+    limiter = PacingLimiter(PacingRules())  # real windows: the second identical request waits 15 s
+    await limiter.acquire(_key(0))
+    token = CancellationToken()
+    task = asyncio.create_task(limiter.acquire(_key(0), cancel=token))
+    await asyncio.sleep(0.01)
+    t0 = time.monotonic()
+    token.cancel("test")
+    with pytest.raises(OperationCancelledError):
+        await asyncio.wait_for(task, 1.0)
+    assert time.monotonic() - t0 < 0.1
+
+
+def test_lower_bound_matches_rules() -> None:
+    rules = PacingRules()
+    assert lower_bound_seconds(1, rules) == 0
+    assert lower_bound_seconds(5, rules) == 0  # five fit in one burst window
+    assert lower_bound_seconds(6, rules) == 2.0
+    assert lower_bound_seconds(60, rules) == 11 * 2.0
+    assert lower_bound_seconds(61, rules) == 600.0
+    assert lower_bound_seconds(61, PacingRules(time_scale=0.01)) == pytest.approx(6.0)
