@@ -220,3 +220,29 @@ async def test_pacing_bound_load_runs_near_lower_bound_with_zero_violations() ->
     bound = lower_bound_seconds(62, rules)
     assert gw.pacing_violations == 0
     assert bound <= elapsed < bound * 1.2 + 0.3
+
+
+async def test_csv_replay_serves_file_bars(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    times = pd.date_range(T0 + timedelta(hours=14, minutes=30), periods=4, freq="1h", tz="UTC")
+    pd.DataFrame(
+        {"timestamp": times, "open": [1.0, 2, 3, 4], "high": [2.0, 3, 4, 5], "low": [0.5, 1, 2, 3],
+         "close": [1.5, 2.5, 3.5, 4.5], "volume": [10.0, 20, 30, 40]}
+    ).to_csv(tmp_path / "AAPL_1h.csv", index=False)  # fmt: skip
+    async with SimGateway(csv_dir=tmp_path) as gw:
+        async with IbClient("127.0.0.1", gw.port, next(_ids)) as c:
+            df = await c.bars("AAPL", "1h", T0, T0 + timedelta(days=1))
+            synthetic = await c.bars("MSFT", "1h", T0, T0 + timedelta(days=1))  # no file: synthetic
+    assert list(df.index) == list(times) and df["close"].tolist() == [1.5, 2.5, 3.5, 4.5]
+    assert len(synthetic) == 7
+
+
+async def test_unknown_message_ids_are_ignored_and_counted(gateway: SimGateway) -> None:
+    ib = IB()
+    await ib.connectAsync("127.0.0.1", gateway.port, next(_ids), timeout=5, readonly=True,
+                          fetchFields=StartupFetchNONE)  # fmt: skip
+    try:
+        ib.client.reqMarketDataType(3)  # message id 59: not simulated
+        assert await asyncio.wait_for(ib.reqCurrentTimeAsync(), 2.0)  # the connection still works
+        assert gateway.unknown_messages.get(59) == 1
+    finally:
+        ib.disconnect()
