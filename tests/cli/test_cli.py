@@ -53,7 +53,7 @@ async def test_dummy_ctrl_c_cancels_and_exits_130(start_actors, settings):
 
 async def test_rejected_command_exits_2_with_reason(start_actors, settings):
     await start_actors("orchestrator", "dummy")
-    rc, out, err = await ktrdr(settings, "dummy", "--iterations", "0")
+    rc, _out, err = await ktrdr(settings, "dummy", "--iterations", "0")
     assert rc == 2
     assert "iterations" in err and "between 1 and" in err
 
