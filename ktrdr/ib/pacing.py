@@ -121,8 +121,8 @@ class PacingLimiter:
         while self._last_second and self._last_second[0] <= now - 1.0 - _margin(1.0):
             self._last_second.popleft()
         burst_h = now - self.rules.burst_window - _margin(self.rules.burst_window)
-        for key in [k for k, q in self._per_contract.items() if not q or q[-1] <= burst_h]:
-            del self._per_contract[key]
+        for ckey in [k for k, q in self._per_contract.items() if not q or q[-1] <= burst_h]:
+            del self._per_contract[ckey]
         ident_h = now - self.rules.identical_window - _margin(self.rules.identical_window)
         for key in [k for k, t in self._identical.items() if t <= ident_h]:
             del self._identical[key]

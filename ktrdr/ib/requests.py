@@ -86,7 +86,10 @@ class RequestTracker:
         remove_cancel: Callable[[], None] = lambda: None  # noqa: E731
         if cancel is not None:
             # The token may be tripped from another thread: hop onto this loop to wake the wait.
-            remove_cancel = cancel.on_cancel(lambda: loop.call_soon_threadsafe(cancelled.set))
+            def wake() -> None:
+                loop.call_soon_threadsafe(cancelled.set)
+
+            remove_cancel = cancel.on_cancel(wake)
         failed_wait = asyncio.ensure_future(pending.failed.wait())
         cancel_wait = asyncio.ensure_future(cancelled.wait())
         try:

@@ -160,9 +160,8 @@ class CsvBars:
         raw.columns = [c.strip().lower() for c in raw.columns]
         tcol = next(c for c in ("timestamp", "date", "datetime", "time") if c in raw.columns)
         t = raw[tcol]
-        idx = pd.to_datetime(t, unit="s", utc=True) if np.issubdtype(t.dtype, np.number) else (
-            pd.to_datetime(t, utc=True)
-        )
+        numeric = pd.api.types.is_numeric_dtype(t.dtype)
+        idx = pd.to_datetime(t, unit="s", utc=True) if numeric else pd.to_datetime(t, utc=True)
         df = raw[COLUMNS].astype("float64")
         df.index = pd.DatetimeIndex(idx, name="timestamp")
         return df.sort_index()

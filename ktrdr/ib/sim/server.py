@@ -184,9 +184,9 @@ class SimGateway:
     def instrument_for(self, c: p.WireContract) -> Instrument | None:
         """The universe entry a wire contract designates (by conId, else symbol [+ currency])."""
         if c.con_id:
-            for inst in self.universe.values():
-                if self.con_id_of(inst) == c.con_id:
-                    return inst
+            for candidate in self.universe.values():
+                if self.con_id_of(candidate) == c.con_id:
+                    return candidate
             return None
         if c.sec_type == "CASH":
             key = normalize_symbol(c.local_symbol or f"{c.symbol}{c.currency}")
@@ -441,6 +441,11 @@ class SimGateway:
             if rec.outcome == "pending":
                 rec.outcome = "dropped"
             raise
+        except Exception as e:
+            # Answer anyway: a silent gateway would leave the client waiting for its timeout.
+            log.exception("sim-gateway: failed to answer historical reqId %d", req.req_id)
+            rec.outcome = "error"
+            client.send(self._error(req.req_id, 322, f"Error processing request: simulated gateway: {e}"))
         finally:
             self._enforcer.open = max(0, self._enforcer.open - 1)
             if client.inflight.get(req.req_id) is asyncio.current_task():
