@@ -49,7 +49,8 @@ class JobManager(Actor):
             op.update(context=_with(ctx, waiting_s=wait_s, state=why or f"waiting {wait_s:.0f} s for IB pacing"))
 
         async def fetch(seg: Segment) -> pd.DataFrame:
-            df, _src = await ib.bars(symbol, tf.name, seg.start, seg.end, op_id=op.op_id, on_wait=on_wait)
+            df, _src = await ib.bars(symbol, tf.name, pd.Timestamp(seg.start).to_pydatetime(),
+                                     pd.Timestamp(seg.end).to_pydatetime(), op_id=op.op_id, on_wait=on_wait)
             return df
 
         async def head() -> datetime | None:
@@ -63,7 +64,7 @@ class JobManager(Actor):
                               waiting_s=round(waiting, 1), state=p.state)
             op.progress(ProgressState(percentage=p.percentage, message=p.message, current_step=p.current_step,
                                       total_steps=p.total_steps, items_processed=p.items_processed,
-                                      items_total=p.items_total, phase=p.phase, context=ctx))
+                                      phase=p.phase, context=ctx))
 
         job = DataLoadingJob(store, symbol, tf.name, cmd.mode, cmd.start, cmd.end, fetch=fetch, head_timestamp=head,
                              cancel=op.token, on_progress=on_progress, max_concurrency=self.segment_concurrency,

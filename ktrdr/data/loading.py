@@ -1,0 +1,348 @@
+"""DataLoadingJob: one data load (symbol, timeframe, mode) as async domain code.
+
+The job resolves the range, finds gaps against the trading calendar, plans IB-sized segments and
+fetches them CONCURRENTLY (at most `max_concurrency` in flight; IB pacing is the fetcher's job).
+Each segment is repaired and merged into the store as soon as it arrives, so whatever was fetched
+before a cancel or a failure stays stored and the next load fetches only what is still missing.
+
+Errors: DisconnectedError / PacingError are retried with backoff that a cancel interrupts;
+NoDataError marks a segment empty; UnknownSymbolError fails the whole job at once; any segment still
+failing after retries makes the job raise DataError after every other segment has finished.
+Cancellation: the token is checked before each segment; a cancel also cancels the in-flight fetch
+tasks, waits for them, and raises OperationCancelledError(where="segment i/n").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from events.messages import DataContext
+from ktrdr.cancellation import CancellationToken
+from ktrdr.data.calendar import Instrument, expected_bar_starts, lookup, normalize_symbol, to_utc
+from ktrdr.data.gaps import find_gaps
+from ktrdr.data.planning import Segment, parse_mode, plan_segments, resolve_range
+from ktrdr.data.store import DataStore
+from ktrdr.data.timeframes import Timeframe, parse_timeframe
+from ktrdr.data.validation import RepairReport, repair_bars
+from ktrdr.errors import (
+    DataError,
+    DisconnectedError,
+    NoDataError,
+    OperationCancelledError,
+    PacingError,
+    UnknownSymbolError,
+    ValidationError,
+)
+
+FetchFn = Callable[[Segment], Awaitable[pd.DataFrame]]
+HeadFn = Callable[[], Awaitable[datetime | None]]
+
+
+@dataclass
+class ProgressInfo:
+    """One progress report; fields mirror the seed's GenericProgressState plus the data context."""
+
+    percentage: float
+    message: str
+    current_step: int  # segments done (fetched, empty or failed)
+    total_steps: int  # segments planned
+    items_processed: int  # bars fetched so far
+    phase: str  # "analyzing", "fetching", "merging", "done"
+    segment_index: int = 0  # 1-based segment this report is about (0: none)
+    segment_count: int = 0
+    state: str = ""  # e.g. "fetching", "waiting for IB pacing", "retrying"
+    waiting_s: float = 0.0
+    symbol: str = ""
+    timeframe: str = ""
+    mode: str = ""
+    source: str = ""
+
+    def to_context(self) -> DataContext:
+        return DataContext(
+            symbol=self.symbol,
+            timeframe=self.timeframe,
+            mode=self.mode,
+            segment_index=self.segment_index,
+            segment_count=self.segment_count,
+            bars_fetched=self.items_processed,
+            source=self.source,
+            waiting_s=self.waiting_s,
+            state=self.state,
+        )
+
+
+@dataclass
+class LoadResult:
+    symbol: str
+    timeframe: str
+    mode: str
+    segments_planned: int = 0
+    segments_fetched: int = 0
+    segments_failed: int = 0
+    segments_empty: int = 0
+    bars_added: int = 0
+    bars_total: int = 0
+    gaps_found: int = 0
+    requested_start: str | None = None
+    requested_end: str | None = None
+    elapsed_s: float = 0.0
+    source: str = "ib"
+    simulated: bool = False
+    repairs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DataLoadingJob:
+    def __init__(
+        self,
+        store: DataStore,
+        instrument: Instrument | str,
+        timeframe: Timeframe | str,
+        mode: str,
+        start: datetime | pd.Timestamp | str | None,
+        end: datetime | pd.Timestamp | str | None,
+        fetch: FetchFn,
+        head_timestamp: HeadFn,
+        cancel: CancellationToken,
+        on_progress: Callable[[ProgressInfo], None] | None = None,
+        max_concurrency: int = 4,
+        source: str = "ib",
+        now: datetime | pd.Timestamp | str | None = None,
+        *,
+        retries: int = 3,
+        backoff_s: float = 1.0,
+        pacing_wait_s: float = 60.0,
+        universe: dict[str, Instrument] | None = None,
+    ) -> None:
+        if isinstance(instrument, str):
+            inst = lookup(instrument, universe)
+            if inst is None:
+                raise ValidationError(f"unknown symbol {normalize_symbol(instrument)!r}")
+            instrument = inst
+        if max_concurrency < 1:
+            raise ValidationError("max_concurrency must be at least 1")
+        self.store = store
+        self.inst = instrument
+        self.tf = parse_timeframe(timeframe)
+        self.mode = parse_mode(mode)
+        self.start = start
+        self.end = end
+        self.fetch = fetch
+        self.head_timestamp = head_timestamp
+        self.cancel = cancel
+        self.on_progress = on_progress
+        self.max_concurrency = max_concurrency
+        self.source = source
+        self.now = to_utc(now, "now") if now is not None else None
+        self.retries = retries
+        self.backoff_s = backoff_s
+        # KTRDR waited a fixed 60 s after a pacing violation; the fetcher normally paces before that.
+        self.pacing_wait_s = pacing_wait_s
+        self.result = LoadResult(self.inst.symbol, self.tf.name, self.mode, source=source)
+        self.repairs = RepairReport()
+        self._done = 0
+        self._bars = 0
+        self._inflight: set[int] = set()
+        self._cancel_event: asyncio.Event | None = None
+        self._first_error = ""
+        self._aborted = False
+
+    # --- progress ---------------------------------------------------------------------------------
+    def _emit(self, phase: str, state: str = "", segment: int = 0, waiting_s: float = 0.0) -> None:
+        if self.on_progress is None:
+            return
+        n = self.result.segments_planned
+        pct = 100.0 if phase == "done" else (100.0 * self._done / n if n else 0.0)
+        self.on_progress(
+            ProgressInfo(
+                percentage=round(pct, 2),
+                message=f"Loading {self.inst.symbol} {self.tf.name} data ({self.mode} mode) [{self._done}/{n}]",
+                current_step=self._done,
+                total_steps=n,
+                items_processed=self._bars,
+                phase=phase,
+                segment_index=segment,
+                segment_count=n,
+                state=state or phase,
+                waiting_s=waiting_s,
+                symbol=self.inst.symbol,
+                timeframe=self.tf.name,
+                mode=self.mode,
+                source=self.source,
+            )
+        )
+
+    def _where(self) -> str:
+        n = self.result.segments_planned
+        i = min(self._inflight) if self._inflight else min(self._done + 1, n)
+        return f"segment {i}/{n}" if n else "analyzing"
+
+    # --- the job ----------------------------------------------------------------------------------
+    async def run(self) -> LoadResult:
+        t0 = time.monotonic()
+        self.cancel.raise_if_cancelled("analyzing")
+        self._emit("analyzing")
+        now = self.now if self.now is not None else pd.Timestamp.now(tz="UTC")
+        stored = await asyncio.to_thread(self.store.covered_range, self.inst.symbol, self.tf)
+        head = await self.head_timestamp() if self.mode != "local" else None
+        self.cancel.raise_if_cancelled("analyzing")
+        start, end = resolve_range(self.mode, stored, head, self.start, self.end, now)
+        r = self.result
+        r.requested_start, r.requested_end = start.isoformat(), end.isoformat()
+        segments: list[Segment] = []
+        if self.mode != "local" and start < end:
+            stored_df = await asyncio.to_thread(self.store.read, self.inst.symbol, self.tf, start, end)
+            gaps = find_gaps(stored_df.index, self.inst, self.tf, start, end)
+            r.gaps_found = len(gaps)
+            expected = expected_bar_starts(self.inst, self.tf, start, end)
+            segments = plan_segments(gaps, self.tf, bar_starts=expected)
+        r.segments_planned = len(segments)
+        if segments:
+            await self._fetch_all(segments)
+        meta = await asyncio.to_thread(self.store.metadata, self.inst.symbol, self.tf)
+        r.bars_total = meta.rows if meta else 0
+        r.simulated = meta.simulated if meta else self.source == "sim"
+        r.repairs = self.repairs.to_dict()
+        r.elapsed_s = round(time.monotonic() - t0, 3)
+        if r.segments_failed:
+            raise DataError(
+                f"{r.segments_failed} of {r.segments_planned} segments failed for {r.symbol} {r.timeframe}; "
+                f"the {r.segments_fetched} fetched segments ({r.bars_added} new bars) are stored",
+                hint=f"first error: {self._first_error}; rerun the load to fetch only what is missing",
+            )
+        self._emit("done")
+        return r
+
+    async def _fetch_all(self, segments: list[Segment]) -> None:
+        loop = asyncio.get_running_loop()
+        self._cancel_event = asyncio.Event()
+        # The token may be tripped from another thread: wake this loop safely.
+        unregister = self.cancel.on_cancel(lambda: loop.call_soon_threadsafe(self._cancel_event.set))
+        sem = asyncio.Semaphore(self.max_concurrency)
+        tasks = {asyncio.create_task(self._segment(seg, sem, len(segments))) for seg in segments}
+        cancel_wait = asyncio.create_task(self._cancel_event.wait())
+        pending = set(tasks)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending | {cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(cancel_wait)
+                if cancel_wait in done or self.cancel.is_cancelled:
+                    where = self._where()
+                    await self._stop(pending)
+                    raise OperationCancelledError(where, self.cancel.reason)
+                for t in done:
+                    exc = t.exception()
+                    if isinstance(exc, OperationCancelledError):
+                        await self._stop(pending)
+                        raise exc
+                    if isinstance(exc, UnknownSymbolError):
+                        await self._stop(pending)  # nothing else will succeed for this symbol
+                        raise exc
+                    if exc is not None:
+                        raise exc
+        finally:
+            cancel_wait.cancel()
+            unregister()
+            await self._stop(pending)
+
+    @staticmethod
+    async def _stop(tasks: set[asyncio.Task[None]]) -> None:
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        tasks.clear()
+
+    async def _sleep_or_cancel(self, delay: float) -> None:
+        assert self._cancel_event is not None
+        try:
+            await asyncio.wait_for(self._cancel_event.wait(), timeout=delay)
+        except TimeoutError:
+            return
+        raise OperationCancelledError(self._where(), self.cancel.reason)
+
+    async def _segment(self, seg: Segment, sem: asyncio.Semaphore, n: int) -> None:
+        async with sem:
+            self.cancel.raise_if_cancelled(f"segment {seg.index}/{n}")  # checked before each segment
+            if self._aborted:
+                return  # the job is failing fast; this segment never starts
+            self._inflight.add(seg.index)
+            try:
+                await self._fetch_and_merge(seg)
+            except UnknownSymbolError:
+                # Set before the semaphore is released, so no queued segment starts a request.
+                self._aborted = True
+                raise
+            finally:
+                self._inflight.discard(seg.index)
+
+    async def _fetch_and_merge(self, seg: Segment) -> None:
+        r = self.result
+        attempt = 0
+        while True:
+            self._emit("fetching", "fetching", seg.index)
+            try:
+                df = await self.fetch(seg)
+                break
+            except NoDataError:
+                r.segments_empty += 1
+                self._done += 1
+                self._emit("fetching", "no data", seg.index)
+                return
+            except UnknownSymbolError:
+                raise
+            except (DisconnectedError, PacingError) as e:
+                attempt += 1
+                if attempt > self.retries:
+                    return self._failed(seg, e)
+                pacing = isinstance(e, PacingError)
+                delay = self.pacing_wait_s if pacing else self.backoff_s * 2 ** (attempt - 1)
+                state = "waiting for IB pacing" if pacing else f"retrying after {e.code}"
+                self._emit("fetching", state, seg.index, waiting_s=delay)
+                await self._sleep_or_cancel(delay)
+            except (OperationCancelledError, asyncio.CancelledError):
+                raise
+            except Exception as e:  # a bug or bad answer in the fetcher: this segment failed
+                return self._failed(seg, e)
+        if df is None or len(df) == 0:
+            r.segments_empty += 1
+            self._done += 1
+            self._emit("fetching", "no data", seg.index)
+            return
+        fixed, report = repair_bars(df)
+        self.repairs.add(report)
+        self._emit("merging", "merging", seg.index)
+        # Run the merge to completion even if this task is cancelled: the bars are already paid for.
+        fut = asyncio.ensure_future(
+            asyncio.to_thread(self.store.merge, self.inst.symbol, self.tf, fixed, self.source)
+        )
+        try:
+            added = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            added = await fut
+            self._count_fetched(seg, len(fixed), added)
+            raise
+        self._count_fetched(seg, len(fixed), added)
+        self._emit("fetching", "stored", seg.index)
+
+    def _count_fetched(self, seg: Segment, n_bars: int, added: int) -> None:
+        self.result.segments_fetched += 1
+        self.result.bars_added += added
+        self._bars += n_bars
+        self._done += 1
+
+    def _failed(self, seg: Segment, e: BaseException) -> None:
+        self.result.segments_failed += 1
+        self._done += 1
+        if not self._first_error:
+            self._first_error = f"segment {seg.index}: {e}"
+        self._emit("fetching", "failed", seg.index)

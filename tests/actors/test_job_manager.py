@@ -1,0 +1,182 @@
+"""Data loads end to end: CLI-side client -> orchestrator -> job-manager -> ib actor (real ib_async)
+-> simulated gateway (TWS wire protocol), with bars checked against the gateway's own generator."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+
+from events import subjects
+from events.messages import DataContext, LoadData, OperationProgress
+from ktrdr.data.calendar import lookup
+from ktrdr.data.store import DataStore
+from ktrdr.ib.sim import SimGateway
+from ktrdr.ib.sim.data import generate_bars
+from tests.conftest import make_settings
+from tests.helpers import eventually, wait_for_event, wait_terminal
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def expected(symbol: str, tf: str, start: datetime, end: datetime) -> pd.DataFrame:
+    return generate_bars(lookup(symbol), tf, start, end, seed=0)
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[SimGateway]:
+    gw = SimGateway(port=0, time_scale=0.05)  # IB's pacing windows x 0.05: 10 min -> 30 s, 2 s -> 0.1 s
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
+@pytest.fixture
+def data_settings(settings, gateway):
+    return make_settings(settings.home, settings.nats_url, ib_port=gateway.port, ib_client_id=11,
+                         ib_time_scale=0.05)
+
+
+@pytest.fixture
+async def data_stack(start_actors, data_settings):
+    await start_actors("orchestrator", "job-manager", "ib", settings=data_settings)
+    return DataStore(data_settings.home)
+
+
+async def load(client, symbol: str, tf: str, mode: str, start: datetime | None = None,
+               end: datetime | None = None, timeout: float = 60):
+    cmd = LoadData(op_id=subjects.new_op_id("data"), symbol=symbol, timeframe=tf, mode=mode, start=start, end=end)
+    await client.submit(cmd)
+    return cmd, await wait_terminal(client, cmd.op_id, timeout=timeout)
+
+
+def assert_same_bars(stored: pd.DataFrame, want: pd.DataFrame) -> None:
+    assert not stored.index.duplicated().any()
+    assert stored.index.is_monotonic_increasing
+    missing, extra = want.index.difference(stored.index), stored.index.difference(want.index)
+    assert len(missing) == 0 and len(extra) == 0, (f"{len(missing)} missing, e.g. {list(missing[:3])}; "
+                                                   f"{len(extra)} extra, e.g. {list(extra[:3])}")
+    pd.testing.assert_frame_equal(stored[want.columns], want, check_freq=False, check_names=False)
+
+
+async def test_full_load_over_many_segments_stores_exactly_the_gateways_bars(client, data_stack, gateway):
+    start, end = utc(2023, 1, 1), utc(2023, 9, 1)
+    cmd, view = await load(client, "AAPL", "1h", "full", start, end)
+    assert view.status == "completed", view.error
+    r = view.result
+    assert r["segments_planned"] >= 8 and r["segments_fetched"] == r["segments_planned"]
+    assert r["segments_failed"] == 0 and r["simulated"] is True
+    want = expected("AAPL", "1h", start, end)
+    assert r["bars_added"] == len(want)
+    assert_same_bars(data_stack.read("AAPL", "1h"), want)
+    assert data_stack.metadata("AAPL", "1h").simulated
+    assert gateway.pacing_violations == 0
+    events = await client.events(cmd.op_id)
+    msgs = [e.progress.message for e in events if isinstance(e, OperationProgress)]
+    assert any(m.startswith("Loading AAPL 1h data (full mode) [") for m in msgs)
+    ctxs = [e.progress.context for e in events if isinstance(e, OperationProgress)
+            and isinstance(e.progress.context, DataContext) and e.progress.context.segment_count]
+    assert ctxs and ctxs[-1].segment_count == r["segments_planned"] and ctxs[-1].source == "sim"
+
+
+async def test_tail_update_fetches_only_the_new_bars(client, data_stack, gateway):
+    _, first = await load(client, "MSFT", "1h", "full", utc(2024, 1, 2), utc(2024, 2, 1))
+    assert first.status == "completed", first.error
+    requests_before = gateway.historical_requests
+    _, tail = await load(client, "MSFT", "1h", "tail", None, utc(2024, 2, 15))
+    assert tail.status == "completed", tail.error
+    new = expected("MSFT", "1h", utc(2024, 2, 1), utc(2024, 2, 15))
+    assert tail.result["bars_added"] == len(new)
+    assert gateway.historical_requests - requests_before == tail.result["segments_fetched"] == 1
+    assert_same_bars(data_stack.read("MSFT", "1h"), expected("MSFT", "1h", utc(2024, 1, 2), utc(2024, 2, 15)))
+
+
+async def test_backfill_fetches_history_before_the_stored_range(client, data_stack):
+    end = utc(2024, 3, 1)
+    _, first = await load(client, "GOOGL", "1d", "full", utc(2023, 6, 1), end)
+    assert first.status == "completed", first.error
+    _, back = await load(client, "GOOGL", "1d", "backfill", utc(2021, 1, 1), end)
+    assert back.status == "completed", back.error
+    assert back.result["bars_added"] == len(expected("GOOGL", "1d", utc(2021, 1, 1), utc(2023, 6, 1)))
+    assert_same_bars(data_stack.read("GOOGL", "1d"), expected("GOOGL", "1d", utc(2021, 1, 1), end))
+
+
+async def test_internal_gaps_are_found_and_filled(client, data_stack):
+    start, end = utc(2023, 3, 1), utc(2023, 6, 1)
+    want = expected("AAPL", "1h", start, end)
+    holey = want.drop(want.index[100:180]).drop(want.index[400:420])
+    data_stack.write("AAPL", "1h", holey, source="sim")
+    _, view = await load(client, "AAPL", "1h", "full", start, end)
+    assert view.status == "completed", view.error
+    assert view.result["gaps_found"] == 2 and view.result["bars_added"] == 100
+    assert_same_bars(data_stack.read("AAPL", "1h"), want)
+
+
+async def test_load_hitting_pacing_limits_completes_without_any_162(client, data_stack, gateway):
+    # 1m bars: one request per day; 12 trading days at 4 segments in flight would break the
+    # 6-in-2 s rule without the ib actor's PacingLimiter.
+    start, end = utc(2024, 4, 1), utc(2024, 4, 17)
+    cmd, view = await load(client, "AAPL", "1m", "full", start, end, timeout=120)
+    assert view.status == "completed", view.error
+    assert view.result["segments_fetched"] >= 12
+    assert gateway.pacing_violations == 0
+    assert_same_bars(data_stack.read("AAPL", "1m"), expected("AAPL", "1m", start, end))
+    events = await client.events(cmd.op_id)
+    waits = [e.progress.context.waiting_s for e in events if isinstance(e, OperationProgress)
+             and isinstance(e.progress.context, DataContext)]
+    assert any(w > 0 for w in waits), "pacing waits are reported as visible state"
+
+
+async def test_unknown_symbol_fails_with_a_clear_message(client, data_stack):
+    _, view = await load(client, "NOSUCH", "1h", "tail")
+    assert view.status == "failed"
+    assert view.error_code == "unknown_symbol" and "NOSUCH" in view.error
+    assert data_stack.metadata("NOSUCH", "1h") is None
+
+
+async def test_gateway_disconnect_mid_load_reconnects_without_missing_or_duplicate_bars(client, data_stack, gateway):
+    gateway.latency_s = 0.3
+    start, end = utc(2022, 1, 1), utc(2023, 1, 1)
+    cmd = LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", timeframe="1h", mode="full", start=start, end=end)
+    await client.submit(cmd)
+    await wait_for_event(client, cmd.op_id, lambda ev, v: isinstance(v.context, DataContext)
+                         and v.context.segment_index >= 2, timeout=60)
+    assert gateway.disconnect_all() >= 1
+    view = await wait_terminal(client, cmd.op_id, timeout=120)
+    assert view.status == "completed", view.error
+    assert_same_bars(data_stack.read("AAPL", "1h"), expected("AAPL", "1h", start, end))
+
+
+async def test_cancel_mid_load_stops_cancels_inflight_request_and_keeps_fetched_segments(client, data_stack,
+                                                                                          gateway):
+    gateway.latency_s = 1.0
+    start, end = utc(2021, 1, 1), utc(2023, 1, 1)
+    cmd = LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", timeframe="1h", mode="full", start=start, end=end)
+    await client.submit(cmd)
+    await wait_for_event(client, cmd.op_id, lambda ev, v: isinstance(v.context, DataContext)
+                         and v.context.bars_fetched > 0, timeout=60)
+    # Cancel while the gateway is working on a request (1 s each), so there is one to cancel.
+    pending = await eventually(lambda: [r for r in gateway.requests if r.answered_at is None], timeout=10)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await client.cancel(cmd.op_id)
+    view = await wait_terminal(client, cmd.op_id, timeout=10)
+    took = loop.time() - t0
+    assert view.status == "cancelled" and view.where and "segment" in view.where
+    assert took < 0.9  # well inside one 1 s in-flight request: it did not wait for the answer
+    # cancelHistoricalData reached the gateway for the request in flight
+    await eventually(lambda: all(r.outcome == "cancelled" for r in pending), timeout=2)
+    assert gateway.cancels >= len(pending)
+    kept = data_stack.read("AAPL", "1h")
+    assert 0 < len(kept) < len(expected("AAPL", "1h", start, end))
+    # The next load fetches only what is missing and ends with the full series.
+    gateway.latency_s = 0.0
+    _, again = await load(client, "AAPL", "1h", "full", start, end, timeout=120)
+    assert again.status == "completed", again.error
+    assert again.result["bars_added"] == len(expected("AAPL", "1h", start, end)) - len(kept)
+    assert_same_bars(data_stack.read("AAPL", "1h"), expected("AAPL", "1h", start, end))
