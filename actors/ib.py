@@ -155,17 +155,39 @@ class IbActor(Actor):
                 await self.nc.publish(msg.reply, encode(reply))
 
 
+class _NoResponders(Exception):
+    pass
+
+
 class IbRequester:
     """Caller side of ib.*: one request, interim pacing notices, a typed answer or a typed error.
     Cancelling the awaiting task abandons the request (the ib actor cancels it through the
     operation's cancel broadcast)."""
 
-    def __init__(self, nc: NATS, *, idle_timeout: float = 120.0) -> None:
+    def __init__(self, nc: NATS, *, idle_timeout: float = 120.0, responder_wait: float = 15.0) -> None:
         self.nc = nc
         self.idle_timeout = idle_timeout
+        self.responder_wait = responder_wait  # an ib actor that is (re)starting gets this long to appear
 
     async def _request(self, subject: str, payload: Any,
                        on_wait: Callable[[float, str], None] | None = None) -> IbReply:
+        """Retry with backoff while no ib actor answers (the seed's adapter retries); a cancel of the
+        calling task interrupts the wait."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.responder_wait
+        delay = 0.05
+        while True:
+            try:
+                return await self._request_once(subject, payload, on_wait)
+            except _NoResponders:
+                if loop.time() + delay > deadline:
+                    raise DisconnectedError(f"no ib actor is serving {subject} (waited {self.responder_wait:g} s)",
+                                            hint="start one: ktrdr up, or python -m hosts.ib") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def _request_once(self, subject: str, payload: Any,
+                            on_wait: Callable[[float, str], None] | None) -> IbReply:
         inbox = self.nc.new_inbox()
         replies: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -182,7 +204,7 @@ class IbRequester:
                     raise DisconnectedError(f"no answer from any ib actor on {subject} within "
                                             f"{self.idle_timeout:g} s", hint="is an ib actor running?") from None
                 if not data:  # "no responders" status: nobody serves ib.* right now
-                    raise DisconnectedError(f"no ib actor is serving {subject}", hint="start one (ktrdr up)")
+                    raise _NoResponders
                 reply = decode_ib_reply(data)
                 if not reply.final:
                     if on_wait is not None:

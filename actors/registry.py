@@ -7,12 +7,13 @@ import importlib
 from actors.runtime import Actor
 from ktrdr.config import Settings
 
+# Start order: services before the workers that call them, the orchestrator last.
 ROLES: dict[str, str] = {
-    "orchestrator": "actors.orchestrator:Orchestrator",
+    "ib": "actors.ib:IbActor",
     "dummy": "actors.dummy:DummyWorker",
     "job-manager": "actors.job_manager:JobManager",
-    "ib": "actors.ib:IbActor",
     "trainer": "actors.trainer:Trainer",
+    "orchestrator": "actors.orchestrator:Orchestrator",
 }
 
 

@@ -14,13 +14,6 @@ def _pct(view: OperationView) -> str:
     return f"{view.percentage:5.1f}%"
 
 
-def short_symbols(symbols: list[str], keep: int = 2) -> str:
-    """`AAPL, MSFT (+1 more)` past two symbols, as the seed's TrainingProgressRenderer did."""
-    if len(symbols) <= keep:
-        return ", ".join(symbols)
-    return f"{', '.join(symbols[:keep])} (+{len(symbols) - keep} more)"
-
-
 class ProgressRenderer:
     """Base: status-aware one-line rendering of an OperationView."""
 
@@ -83,8 +76,9 @@ class DataProgressRenderer(ProgressRenderer):
             text += f" [{ctx.segment_index}/{ctx.segment_count}]"
         if ctx.bars_fetched:
             text += f" · {ctx.bars_fetched:,} bars"
-        if ctx.waiting_s > 0:
-            text += f" · waiting {ctx.waiting_s:.0f} s for IB pacing"
+        if ctx.waiting_s >= 0.05:
+            text += f" · waiting {ctx.waiting_s:.0f} s for IB pacing" if ctx.waiting_s >= 1 else \
+                f" · waiting {ctx.waiting_s:.1f} s for IB pacing"
         elif ctx.state and ctx.state not in ("fetching",):
             text += f" · {ctx.state}"
         if ctx.source == "sim":
@@ -109,14 +103,14 @@ class TrainingProgressRenderer(ProgressRenderer):
         ctx = view.context
         if not isinstance(ctx, TrainingContext) or not ctx.symbols:
             return super().progress_text(view)
-        model = (ctx.model_type or "model").upper()
-        text = f"Training {model} on {short_symbols(ctx.symbols)} [{', '.join(ctx.timeframes)}]"
-        if ctx.epoch and ctx.total_epochs:
-            text += f" [epoch {ctx.epoch}/{ctx.total_epochs}]"
-            if ctx.batch and ctx.total_batches:
-                text += f" · Epoch {ctx.epoch}/{ctx.total_epochs} · Batch {ctx.batch}/{ctx.total_batches}"
-        elif view.phase:
-            text += f" · {view.message or view.phase}"
+        from ktrdr.training.progress import format_training_line  # no torch: safe for the CLI
+
+        if ctx.epoch and ctx.total_epochs and view.phase == "training":
+            text = format_training_line(ctx.symbols, ctx.timeframes, ctx.epoch, ctx.total_epochs,
+                                        ctx.batch or None, ctx.total_batches if ctx.batch else None,
+                                        ctx.model_type or "mlp")
+        else:  # the phases around training: the bridge's message says what is happening
+            text = view.message or view.phase
         if ctx.device and ctx.device != "cpu":
             text += f" · {ctx.gpu_name or ctx.device}"
         return text
