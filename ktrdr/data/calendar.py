@@ -85,7 +85,7 @@ _SYMBOL_RE = re.compile(r"^[A-Z0-9]+$")
 
 
 def normalize_symbol(s: str) -> str:
-    """"eur.usd", "EUR.USD", "EUR/USD", "EURUSD" -> "EURUSD"; " aapl " -> "AAPL".
+    """ "eur.usd", "EUR.USD", "EUR/USD", "EURUSD" -> "EURUSD"; " aapl " -> "AAPL".
 
     Separators (. / - _ space) are dropped; anything else that is not a letter or digit is rejected.
     """
@@ -215,8 +215,7 @@ def trading_sessions(
     _, opens, closes = _session_arrays(inst, s, e)
     keep = (closes > s.value) & (opens < e.value)
     return [
-        (pd.Timestamp(o, tz="UTC"), pd.Timestamp(c, tz="UTC"))
-        for o, c in zip(opens[keep], closes[keep], strict=True)
+        (pd.Timestamp(o, tz="UTC"), pd.Timestamp(c, tz="UTC")) for o, c in zip(opens[keep], closes[keep], strict=True)
     ]
 
 
@@ -254,7 +253,9 @@ def expected_bar_starts(
         ok = grid < closes[:, None]
         values = grid[ok]
     else:
-        dates = _daily_dates(inst, s, e)
+        week = pd.Timedelta(days=7)
+        # A week's bar exists if ANY day of that week trades (Monday may be a holiday): look a week wider.
+        dates = _daily_dates(inst, s - week, e + week) if tf.name == "1w" else _daily_dates(inst, s, e)
         if tf.name == "1w":
             # Monday of each week with a session (datetime64 day 0 is a Thursday, hence the +3).
             dates = np.unique(dates - ((dates.astype(np.int64) + 3) % 7).astype("timedelta64[D]"))

@@ -43,7 +43,7 @@ def import_csv(path: Path | str) -> pd.DataFrame:
     lines = raw.index.to_numpy() + 2
     errors: list[str] = []
 
-    def fail(mask: np.ndarray, reason: str, values: pd.Series | None = None) -> None:
+    def fail(mask: np.ndarray | np.bool_, reason: str, values: pd.Series | None = None) -> None:
         for i in np.flatnonzero(mask)[:_MAX_REPORTED]:
             shown = f" {values.iloc[i]!r}" if values is not None else ""
             errors.append(f"row {lines[i]}: {reason}{shown}")

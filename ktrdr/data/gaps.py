@@ -45,7 +45,4 @@ def find_gaps(
     firsts = np.concatenate(([pos[0]], pos[breaks + 1]))
     lasts = np.concatenate((pos[breaks], [pos[-1]]))
     step = pd.Timedelta(seconds=tf.seconds)
-    return [
-        Gap(expected[f], expected[la] + step, int(la - f + 1))
-        for f, la in zip(firsts, lasts, strict=True)
-    ]
+    return [Gap(expected[f], expected[la] + step, int(la - f + 1)) for f, la in zip(firsts, lasts, strict=True)]

@@ -193,7 +193,12 @@ class DataLoadingJob:
         self._emit("analyzing")
         now = self.now if self.now is not None else pd.Timestamp.now(tz="UTC")
         stored = await asyncio.to_thread(self.store.covered_range, self.inst.symbol, self.tf)
-        head = await self.head_timestamp() if self.mode != "local" else None
+        head: datetime | None = None
+        if self.mode != "local":
+            try:
+                head = await self.head_timestamp()
+            except NoDataError:
+                head = None  # IB knows no head timestamp: fall back to the requested/default start
         self.cancel.raise_if_cancelled("analyzing")
         start, end = resolve_range(self.mode, stored, head, self.start, self.end, now)
         r = self.result
@@ -224,23 +229,28 @@ class DataLoadingJob:
 
     async def _fetch_all(self, segments: list[Segment]) -> None:
         loop = asyncio.get_running_loop()
-        self._cancel_event = asyncio.Event()
+        event = self._cancel_event = asyncio.Event()
+
         # The token may be tripped from another thread: wake this loop safely.
-        unregister = self.cancel.on_cancel(lambda: loop.call_soon_threadsafe(self._cancel_event.set))
+        def wake() -> None:
+            loop.call_soon_threadsafe(event.set)
+
+        unregister = self.cancel.on_cancel(wake)
         sem = asyncio.Semaphore(self.max_concurrency)
         tasks = {asyncio.create_task(self._segment(seg, sem, len(segments))) for seg in segments}
-        cancel_wait = asyncio.create_task(self._cancel_event.wait())
-        pending = set(tasks)
+        cancel_wait = asyncio.create_task(event.wait())
+        pending: set[asyncio.Task[Any]] = set(tasks)
         try:
             while pending:
                 done, pending = await asyncio.wait(pending | {cancel_wait}, return_when=asyncio.FIRST_COMPLETED)
                 pending.discard(cancel_wait)
-                if cancel_wait in done or self.cancel.is_cancelled:
+                done.discard(cancel_wait)
+                errors = [t.exception() for t in done if not t.cancelled()]  # retrieved, so never "lost"
+                if cancel_wait.done() or self.cancel.is_cancelled:
                     where = self._where()
                     await self._stop(pending)
                     raise OperationCancelledError(where, self.cancel.reason)
-                for t in done:
-                    exc = t.exception()
+                for exc in errors:
                     if isinstance(exc, OperationCancelledError):
                         await self._stop(pending)
                         raise exc
@@ -255,7 +265,7 @@ class DataLoadingJob:
             await self._stop(pending)
 
     @staticmethod
-    async def _stop(tasks: set[asyncio.Task[None]]) -> None:
+    async def _stop(tasks: set[asyncio.Task[Any]]) -> None:
         for t in tasks:
             t.cancel()
         if tasks:
@@ -322,9 +332,7 @@ class DataLoadingJob:
         self.repairs.add(report)
         self._emit("merging", "merging", seg.index)
         # Run the merge to completion even if this task is cancelled: the bars are already paid for.
-        fut = asyncio.ensure_future(
-            asyncio.to_thread(self.store.merge, self.inst.symbol, self.tf, fixed, self.source)
-        )
+        fut = asyncio.ensure_future(asyncio.to_thread(self.store.merge, self.inst.symbol, self.tf, fixed, self.source))
         try:
             added = await asyncio.shield(fut)
         except asyncio.CancelledError:

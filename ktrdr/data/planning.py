@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import pandas as pd
 
@@ -30,7 +30,7 @@ DEFAULT_LOOKBACK = timedelta(days=365)
 # An end beyond now + this is a typo, not a request (bars in the future do not exist).
 FUTURE_TOLERANCE = timedelta(days=1)
 
-TimeLike = datetime | pd.Timestamp | str
+TimeLike: TypeAlias = datetime | pd.Timestamp | str
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ import contextlib
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 import pandas as pd
@@ -81,18 +82,18 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _write_parquet(df: pd.DataFrame, f: object) -> None:
+def _write_parquet(df: pd.DataFrame, f: BinaryIO) -> None:
     """Serialise bars to an open binary file (a seam that tests replace to simulate a crash)."""
     table = pa.Table.from_pandas(df, preserve_index=True)
     pq.write_table(table, f)
 
 
-def _atomic_write(path: Path, write: object) -> None:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write via `write(fileobj)` to a temp file beside `path`, fsync, then os.replace it over `path`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)  # type: ignore[operator]
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

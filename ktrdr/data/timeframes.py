@@ -82,9 +82,7 @@ def parse_timeframe(s: str | Timeframe) -> Timeframe:
     for tf in TIMEFRAMES.values():  # IB spellings: "1 hour", "5 mins"
         if key == tf.ib_bar_size.replace(" ", "").lower():
             return tf
-    raise ValidationError(
-        f"unknown timeframe {s!r}", hint=f"valid timeframes: {', '.join(TIMEFRAMES)}"
-    )
+    raise ValidationError(f"unknown timeframe {s!r}", hint=f"valid timeframes: {', '.join(TIMEFRAMES)}")
 
 
 def ib_duration_str(td: timedelta) -> str:

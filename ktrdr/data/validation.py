@@ -61,9 +61,7 @@ class RepairReport:
 
 
 def _issues(df: pd.DataFrame, mask: np.ndarray, kind: str, what: str) -> list[Issue]:
-    return [
-        Issue(kind, int(i), df.index[i], f"row {int(i)} ({df.index[i]}): {what}") for i in np.flatnonzero(mask)
-    ]
+    return [Issue(kind, int(i), df.index[i], f"row {int(i)} ({df.index[i]}): {what}") for i in np.flatnonzero(mask)]
 
 
 def validate_bars(df: pd.DataFrame) -> list[Issue]:

@@ -1,0 +1,92 @@
+"""Gap analysis and load planning scenarios."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from ktrdr.data.calendar import DEFAULT_UNIVERSE, expected_bar_starts
+from ktrdr.data.gaps import find_gaps
+from ktrdr.data.planning import plan_segments, resolve_range
+from ktrdr.data.timeframes import TIMEFRAMES
+from ktrdr.errors import ValidationError
+
+AAPL = DEFAULT_UNIVERSE["AAPL"]
+NOW = pd.Timestamp("2024-06-28 20:00", tz="UTC")
+
+
+def test_complete_series_over_a_weekend_has_no_gaps() -> None:
+    idx = expected_bar_starts(AAPL, "1h", "2024-06-07", "2024-06-11")  # Fri .. Mon
+    assert find_gaps(idx, AAPL, "1h", "2024-06-07", "2024-06-11") == []
+
+
+def test_removed_contiguous_bars_are_found_as_one_gap() -> None:
+    idx = expected_bar_starts(AAPL, "1h", "2024-06-03", "2024-06-08")
+    removed = idx[10:15]  # crosses an overnight close: still contiguous in the calendar
+    gaps = find_gaps(idx.difference(removed), AAPL, "1h", "2024-06-03", "2024-06-08")
+    assert len(gaps) == 1
+    assert gaps[0].start == removed[0] and gaps[0].missing_bars == 5
+    assert gaps[0].end == removed[-1] + pd.Timedelta(hours=1)
+
+
+def test_two_separate_holes_are_two_gaps() -> None:
+    idx = expected_bar_starts(AAPL, "1d", "2024-01-01", "2024-04-01")
+    gaps = find_gaps(idx.delete([3, 4, 20]), AAPL, "1d", "2024-01-01", "2024-04-01")
+    assert [g.missing_bars for g in gaps] == [2, 1]
+
+
+@pytest.mark.parametrize("tf", list(TIMEFRAMES))
+def test_segments_never_exceed_max_request(tf: str) -> None:
+    span = TIMEFRAMES[tf].max_request * 3.5
+    segs = plan_segments([(NOW - span, NOW)], tf)
+    assert len(segs) == 4
+    assert all(s.end - s.start <= TIMEFRAMES[tf].max_request for s in segs)
+    assert segs[0].start == NOW - span and segs[-1].end == NOW
+    assert [s.index for s in segs] == [1, 2, 3, 4]
+    assert all(a.end == b.start for a, b in itertools.pairwise(segs))
+
+
+def test_small_neighbouring_gaps_share_one_request() -> None:
+    day = pd.Timedelta(days=1)
+    ranges = [(NOW - 5 * day, NOW - 4 * day), (NOW - 2 * day, NOW - day)]
+    assert len(plan_segments(ranges, "1h")) == 1
+    assert len(plan_segments(ranges, "1m")) == 2
+
+
+def test_full_start_before_head_is_clamped_to_head() -> None:
+    head = pd.Timestamp("2020-01-02", tz="UTC")
+    s, e = resolve_range("full", None, head, "2010-01-01", "2024-01-01", NOW)
+    assert s == head and e == pd.Timestamp("2024-01-01", tz="UTC")
+
+
+def test_tail_with_nothing_stored_covers_thirty_days() -> None:
+    s, e = resolve_range("tail", None, None, None, None, NOW)
+    assert e == NOW and e - s == timedelta(days=30)
+
+
+def test_tail_starts_at_last_stored_bar() -> None:
+    stored = (pd.Timestamp("2024-01-02", tz="UTC"), pd.Timestamp("2024-06-01", tz="UTC"))
+    assert resolve_range("tail", stored, None, None, None, NOW) == (stored[1], NOW)
+
+
+def test_backfill_ends_at_first_stored_bar() -> None:
+    stored = (pd.Timestamp("2024-01-02", tz="UTC"), pd.Timestamp("2024-06-01", tz="UTC"))
+    head = pd.Timestamp("2023-01-03", tz="UTC")
+    assert resolve_range("backfill", stored, head, None, None, NOW) == (head, stored[0])
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [("2024-02-01", "2024-01-01"), ("2024-01-01", "2030-01-01"), ("not a date", None), ("2024-01-01", "2024-01-01")],
+)
+def test_bad_dates_are_rejected(start: str, end: str | None) -> None:
+    with pytest.raises(ValidationError):
+        resolve_range("full", None, None, start, end, NOW)
+
+
+def test_unknown_mode_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="tail"):
+        resolve_range("sideways", None, None, None, None, NOW)
