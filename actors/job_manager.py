@@ -26,7 +26,10 @@ class JobManager(Actor):
     role = "job-manager"
     work_domain = "data"
     max_concurrency = 4
-    segment_concurrency = 4  # segments in flight per load; IB pacing (in the ib actor) has the last word
+    # Segments in flight per load. IB's burst rule allows 5 requests per contract per 2 s, so keeping
+    # the pace takes 2.5 x latency requests open (5 at 2 s per answer); extra ones wait in the ib actor's
+    # PacingLimiter, not at IB. IB's pacing (in the ib actor) has the last word.
+    segment_concurrency = 8
 
     async def handle(self, op: OperationContext) -> dict[str, Any]:
         cmd = op.command

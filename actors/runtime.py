@@ -224,8 +224,10 @@ class Actor:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.kv.delete(subjects.heartbeat_key(self.role, self.id)), 1.0)
         if self.nc is not None:
+            # Flush, not drain: work still pending in our subscriptions is redelivered by JetStream,
+            # and nats-py's drain waits forever on a pull subscription whose fetch was cancelled.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 3.0)
+                await asyncio.wait_for(self.nc.flush(), 2.0)
             with contextlib.suppress(Exception):
                 await self.nc.close()
         self._stopped.set()
@@ -244,6 +246,8 @@ class Actor:
 
     # ------------------------------------------------------------------ NATS callbacks
     async def _on_disconnected(self) -> None:
+        if self._stopping:
+            return  # our own close
         self.log.warning("%s disconnected from NATS; reconnecting", self.id)
 
     async def _on_reconnected(self) -> None:

@@ -44,8 +44,11 @@ class Client:
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
         if self.nc is not None:
+            # flush + close rather than drain: drain can wait on subscriptions nobody reads any more
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.drain(), 2.0)
+                await asyncio.wait_for(self.nc.flush(), 2.0)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
 
     @property
     def js(self) -> JetStreamContext:
