@@ -146,6 +146,12 @@ class Actor:
         self._progress_subjects: dict[str, str] = {}
         self._outbox_idle = asyncio.Event()
         self._outbox_idle.set()
+        self._ack_inbox = ""
+        self._acks_pending = 0  # progress publishes whose PubAck has not come back yet
+        self._acks_room = asyncio.Event()
+        self._acks_room.set()
+        self._acks_all = asyncio.Event()
+        self._acks_all.set()
         self._stopping = False
         self._stopped = asyncio.Event()
         self._loop_thread = threading.get_ident()
@@ -179,9 +185,8 @@ class Actor:
         self.js = self.nc.jetstream()
         await ensure_streams(self.js, self.settings)
         self.kv = await self.js.key_value(subjects.ACTORS_BUCKET)
-        init_async = getattr(self.js, "_init_async_reply", None)
-        if init_async is not None:  # once, before concurrent publish_async calls race to do it
-            await init_async()
+        self._ack_inbox = self.nc.new_inbox()
+        await self.nc.subscribe(self._ack_inbox, cb=self._on_progress_ack)
         await self.nc.subscribe(subjects.CANCEL_ALL, cb=self._on_cancel_msg)
         for name in dir(type(self)):
             fn = getattr(self, name, None)
@@ -217,7 +222,7 @@ class Actor:
         with contextlib.suppress(Exception):
             await self.on_stop()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.flush_progress(), 2.0)
+            await asyncio.wait_for(self.flush_progress(acked=True), 2.0)
         for t in self._bg:
             t.cancel()
         if self.kv is not None and self.nc is not None and self.nc.is_connected:
@@ -251,6 +256,7 @@ class Actor:
         self.log.warning("%s disconnected from NATS; reconnecting", self.id)
 
     async def _on_reconnected(self) -> None:
+        self._acks_lost()  # acks of publishes sent before the disconnect will not come
         self.log.info("%s reconnected to NATS", self.id)
 
     async def _on_error(self, exc: Exception) -> None:
@@ -298,22 +304,65 @@ class Actor:
         self._outbox_idle.clear()
         self._outbox_wake.set()
 
+    # Progress goes out as JetStream publishes with one shared reply inbox: the server's PubAcks are
+    # counted (and errors logged) instead of each becoming a future with its own inbox token and a JSON
+    # parse, which is what nats-py's publish_async spends most of its time on. At most
+    # MAX_PENDING_ACKS are outstanding; acks lost to a reconnect are written off after ACK_TIMEOUT_S.
+    MAX_PENDING_ACKS: ClassVar[int] = 4000
+    ACK_TIMEOUT_S: ClassVar[float] = 5.0
+
+    async def _on_progress_ack(self, msg: Msg) -> None:
+        data = msg.data
+        if not data or b'"error"' in data:  # empty: a status (503 no responders) in the headers
+            status = (msg.headers or {}).get("Status", "")
+            log.warning("%s: a progress event was not stored: %s", self.id, data.decode() or f"status {status}")
+        self._ack_received()
+
+    def _ack_received(self) -> None:
+        if self._acks_pending > 0:
+            self._acks_pending -= 1
+        if self._acks_pending < self.MAX_PENDING_ACKS:
+            self._acks_room.set()
+        if self._acks_pending == 0:
+            self._acks_all.set()
+
+    def _acks_lost(self) -> None:
+        self._acks_pending = 0
+        self._acks_room.set()
+        self._acks_all.set()
+
     async def _publisher(self) -> None:
-        assert self.js is not None
+        assert self.nc is not None
+        nc, inbox = self.nc, self._ack_inbox
         while True:
             await self._outbox_wake.wait()
             self._outbox_wake.clear()
             while self._outbox:
                 subject, payload, headers = self._outbox.popleft()
+                if self._acks_pending >= self.MAX_PENDING_ACKS:
+                    self._acks_room.clear()
+                    try:
+                        await asyncio.wait_for(self._acks_room.wait(), self.ACK_TIMEOUT_S)
+                    except TimeoutError:
+                        self._acks_lost()
                 try:
-                    await self.js.publish_async(subject, payload, headers=headers)
+                    self._acks_pending += 1
+                    self._acks_all.clear()
+                    await nc.publish(subject, payload, reply=inbox, headers=headers)
                 except Exception as exc:  # server away: progress is best effort, lifecycle is not
+                    self._ack_received()
                     log.debug("progress publish failed: %s", exc)
             self._outbox_idle.set()
 
-    async def flush_progress(self) -> None:
-        """Wait until every queued progress event has been handed to the connection."""
+    async def flush_progress(self, *, acked: bool = False) -> None:
+        """Wait until every queued progress event has been handed to the connection; with acked=True,
+        also until the server has acknowledged storing them (or ACK_TIMEOUT_S passed without a word)."""
         await self._outbox_idle.wait()
+        if acked and self._acks_pending:
+            try:
+                await asyncio.wait_for(self._acks_all.wait(), self.ACK_TIMEOUT_S)
+            except TimeoutError:
+                self._acks_lost()
 
     async def report_error(self, op_id: str | None, error: str, subject: str) -> None:
         """A malformed/unexpected message: log it; record an error event when the op is known."""

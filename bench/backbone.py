@@ -181,8 +181,7 @@ async def publish_throughput(srv: BenchServer, n: int = 20_000, rounds: int = 3)
         t0 = time.perf_counter()
         for _ in range(n):
             actor.emit_progress(op_id, state)
-        await actor.flush_progress()
-        await actor.js.publish_async_completed()
+        await actor.flush_progress(acked=True)  # every event stored (PubAck back), as for raw below
         ours.append(n / (time.perf_counter() - t0))
         subj = f"ops.dummy.{subjects.new_op_id('dummy')}.progress"
         t0 = time.perf_counter()
