@@ -40,6 +40,8 @@ class Settings:
     # Shrinks IB's pacing windows (sim gateway and client alike) for tests and benchmarks; 1.0 = IB's rules.
     ib_time_scale: float = field(default_factory=lambda: _float("KTRDR_IB_TIME_SCALE", 1.0))
     device: str = field(default_factory=lambda: os.environ.get("KTRDR_DEVICE", "auto"))
+    # Training progress: a batch-level event for the first, the last and every N-th batch of an epoch.
+    progress_batch_every: int = field(default_factory=lambda: int(_float("KTRDR_PROGRESS_BATCH_EVERY", 20)))
 
     @property
     def run_dir(self) -> Path:

@@ -14,9 +14,16 @@ from ktrdr.training.strategy import Strategy
 
 
 def train_bare(
-    x: np.ndarray, y: np.ndarray, strategy: Strategy, epochs: int, seed: int = 42, device: str = "cpu"
+    x: np.ndarray,
+    y: np.ndarray,
+    strategy: Strategy,
+    epochs: int,
+    seed: int = 42,
+    device: str = "cpu",
+    val: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> nn.Module:
-    """Train the strategy's MLP on (x, y) for `epochs` epochs and return the model."""
+    """Train the strategy's MLP on (x, y) for `epochs` epochs and return the model. With `val`, also
+    compute the validation loss after every epoch, as any loop with early stopping must."""
     dev = torch.device(device)
     seed_everything(seed)
     params = strategy.model.training
@@ -28,8 +35,12 @@ def train_bare(
     n = len(xt)
     batch_size = min(params.batch_size, n)
     n_batches = (n + batch_size - 1) // batch_size
-    model.train()
+    xv = yv = None
+    if val is not None:
+        xv = torch.as_tensor(val[0], dtype=torch.float32).to(dev)
+        yv = torch.as_tensor(val[1], dtype=torch.long).to(dev)
     for epoch in range(1, epochs + 1):
+        model.train()
         perm = epoch_permutation(n, seed, epoch, dev)
         for b in range(n_batches):
             idx = perm[b * batch_size : (b + 1) * batch_size]
@@ -37,6 +48,10 @@ def train_bare(
             loss = criterion(model(xt[idx]), yt[idx])
             loss.backward()
             optimizer.step()
+        if xv is not None and yv is not None:
+            model.eval()
+            with torch.no_grad():
+                float(criterion(model(xv), yv).item())
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     return model

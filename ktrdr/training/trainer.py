@@ -22,6 +22,8 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -285,6 +287,44 @@ def save_checkpoint(checkpoint_dir: Path, payload: dict[str, Any]) -> Path:
     return target
 
 
+class CheckpointWriter:
+    """Writes epoch checkpoints on a background thread: the training thread pays only for copying the
+    state, and pickling + the disk write overlap the next epoch. One write in flight at a time, in
+    epoch order (a slow disk holds the next epoch's write, not the training). `close()` waits for the
+    last write, so when the operation ends (done, cancelled or failed) its last checkpoint is on disk."""
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self._last: Future[Path] | None = None
+
+    def submit(self, payload: dict[str, Any]) -> None:
+        if self._last is not None:
+            self._last.result()  # raises the previous write's error here, in the training thread
+        self._last = self._pool.submit(save_checkpoint, self.checkpoint_dir, payload)
+
+    def close(self, *, raise_errors: bool = True) -> None:
+        try:
+            if self._last is not None:
+                if raise_errors:
+                    self._last.result()
+                else:
+                    wait_for_futures([self._last])
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def _detached_copy(obj: Any) -> Any:
+    """A copy of a (nested) state dict whose tensors no later training step can change."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _detached_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_detached_copy(v) for v in obj)
+    return obj
+
+
 def load_checkpoint(checkpoint_dir: Path) -> dict[str, Any] | None:
     path = checkpoint_dir / CHECKPOINT_FILE
     if not path.exists():
@@ -421,72 +461,77 @@ def train_strategy(
         format_training_line(symbols, timeframes, start_epoch, epochs, model_type=strategy.model.type),
     )
     train_started = time.monotonic()
-    for epoch in range(start_epoch + 1, epochs + 1):
-        if stopped:
-            break
-        if cancel.is_cancelled:
-            raise OperationCancelledError(f"epoch {epoch}, batch 0", cancel.reason)
-        model.train()
-        perm = epoch_permutation(n_train, ctx.seed, epoch, dev)
-        # Keep per-batch results on the device and reduce once per epoch: no host sync per batch
-        # and a single extra kernel (argmax) per batch.
-        batch_losses: list[torch.Tensor] = []
-        batch_preds: list[torch.Tensor] = []
-        for b in range(n_batches):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            xb, yb = x_train[idx], y_train[idx]
-            optimizer.zero_grad(set_to_none=True)
-            out = model(xb)
-            loss = criterion(out, yb)
-            loss.backward()
-            optimizer.step()
-            batch_losses.append(loss.detach())
-            batch_preds.append(out.detach().argmax(dim=1))
-            batch_no = b + 1
-            if bridge.wants_batch(batch_no):
-                bridge.batch(epoch, batch_no, {"batch_loss": float(loss.detach())})
+    writer = CheckpointWriter(checkpoint_dir)
+    try:
+        for epoch in range(start_epoch + 1, epochs + 1):
+            if stopped:
+                break
             if cancel.is_cancelled:
-                raise OperationCancelledError(f"epoch {epoch}, batch {batch_no}", cancel.reason)
+                raise OperationCancelledError(f"epoch {epoch}, batch 0", cancel.reason)
+            model.train()
+            perm = epoch_permutation(n_train, ctx.seed, epoch, dev)
+            # Keep per-batch results on the device and reduce once per epoch: no host sync per batch
+            # and a single extra kernel (argmax) per batch.
+            batch_losses: list[torch.Tensor] = []
+            batch_preds: list[torch.Tensor] = []
+            for b in range(n_batches):
+                idx = perm[b * batch_size : (b + 1) * batch_size]
+                xb, yb = x_train[idx], y_train[idx]
+                optimizer.zero_grad(set_to_none=True)
+                out = model(xb)
+                loss = criterion(out, yb)
+                loss.backward()
+                optimizer.step()
+                batch_losses.append(loss.detach())
+                batch_preds.append(out.detach().argmax(dim=1))
+                batch_no = b + 1
+                if bridge.wants_batch(batch_no):
+                    bridge.batch(epoch, batch_no, {"batch_loss": float(loss.detach())})
+                if cancel.is_cancelled:
+                    raise OperationCancelledError(f"epoch {epoch}, batch {batch_no}", cancel.reason)
 
-        val = evaluate(model, x_val, y_val, criterion)
-        metrics = {
-            "train_loss": float((torch.stack(batch_losses) * batch_sizes).sum().item()) / n_train,
-            "train_accuracy": float((torch.cat(batch_preds) == y_train[perm]).sum().item()) / n_train,
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-        }
-        history.append({"epoch": epoch, **metrics})
-        score = metrics["val_loss"] if minimize else metrics["val_accuracy"]
-        delta = es.min_delta if es is not None else 0.0
-        improved = score < best_score - delta if minimize else score > best_score + delta
-        if improved or best_epoch == 0:
-            best_score, best_epoch, best_state, wait = score, epoch, _cpu_state(model), 0
-        else:
-            wait += 1
-        note = ""
-        if es is not None and wait >= es.patience:
-            stopped = True
-            note = f"early stopping: no {es.monitor} improvement for {es.patience} epochs"
-        save_checkpoint(
-            checkpoint_dir,
-            {
-                "fingerprint": fingerprint,
-                "epoch": epoch,
-                "model": _cpu_state(model),
-                "optimizer": optimizer.state_dict(),
-                "best_score": best_score,
-                "best_epoch": best_epoch,
-                "best_state": best_state,
-                "wait": wait,
-                "stopped": stopped,
-                "history": history,
-                "rng": _rng_state(),
-                "elapsed_s": elapsed_before + time.monotonic() - train_started,
-            },
-        )
-        bridge.epoch(epoch, metrics, note)
-        if cancel.is_cancelled:
-            raise OperationCancelledError(f"epoch {epoch}, end", cancel.reason)
+            val = evaluate(model, x_val, y_val, criterion)
+            metrics = {
+                "train_loss": float((torch.stack(batch_losses) * batch_sizes).sum().item()) / n_train,
+                "train_accuracy": float((torch.cat(batch_preds) == y_train[perm]).sum().item()) / n_train,
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+            }
+            history.append({"epoch": epoch, **metrics})
+            score = metrics["val_loss"] if minimize else metrics["val_accuracy"]
+            delta = es.min_delta if es is not None else 0.0
+            improved = score < best_score - delta if minimize else score > best_score + delta
+            if improved or best_epoch == 0:
+                best_score, best_epoch, best_state, wait = score, epoch, _cpu_state(model), 0
+            else:
+                wait += 1
+            note = ""
+            if es is not None and wait >= es.patience:
+                stopped = True
+                note = f"early stopping: no {es.monitor} improvement for {es.patience} epochs"
+            writer.submit(
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": _cpu_state(model),
+                    "optimizer": _detached_copy(optimizer.state_dict()),
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                    "wait": wait,
+                    "stopped": stopped,
+                    "history": list(history),
+                    "rng": _rng_state(),
+                    "elapsed_s": elapsed_before + time.monotonic() - train_started,
+                },
+            )
+            bridge.epoch(epoch, metrics, note)
+            if cancel.is_cancelled:
+                raise OperationCancelledError(f"epoch {epoch}, end", cancel.reason)
+    except BaseException:
+        writer.close(raise_errors=False)
+        raise
+    writer.close()
     train_seconds = elapsed_before + time.monotonic() - train_started
 
     # -- evaluation ---------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ async def test_cancel_mid_epoch_stops_at_batch_level(start_actors, client, bars_
         await client.cancel(cmd.op_id)
         view = await wait_terminal(client, cmd.op_id, timeout=30)
     finally:
-        Trainer.batch_every = 20
+        Trainer.batch_every = None
     assert view.status == "cancelled"
     assert view.where is not None and view.where.startswith("epoch ") and ", batch " in view.where
     assert view.message == f"Training cancelled at {view.where}"
