@@ -31,6 +31,15 @@ from ktrdr.ib.requests import RequestTracker
 log = logging.getLogger("ktrdr.ib")
 
 
+def _not_our_own_cancel(record: logging.LogRecord) -> bool:
+    # ib_async logs IB's answer to every cancelHistoricalData ("162 ... query cancelled") as an
+    # ERROR; those cancels are ours (an operation was cancelled) and the operation's events say so.
+    return "historical data query cancelled" not in record.getMessage()
+
+
+logging.getLogger("ib_async.wrapper").addFilter(_not_our_own_cancel)
+
+
 class IbClient:
     """Owns ONE ib_async `IB` connection (read-only). Use `async with IbClient(...)` or connect/close."""
 
