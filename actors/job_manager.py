@@ -71,7 +71,7 @@ class JobManager(Actor):
 
         job = DataLoadingJob(store, symbol, tf.name, cmd.mode, cmd.start, cmd.end, fetch=fetch, head_timestamp=head,
                              cancel=op.token, on_progress=on_progress, max_concurrency=self.segment_concurrency,
-                             source=source)
+                             source=source, pacing_wait_s=60.0 * self.settings.ib_time_scale)
         result = await job.run()
         return result.to_dict()
 
