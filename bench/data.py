@@ -33,7 +33,7 @@ from ktrdr.config import Settings
 from ktrdr.data.calendar import lookup
 from ktrdr.data.timeframes import parse_timeframe
 from ktrdr.ib.pacing import PacingRules, lower_bound_seconds
-from ktrdr.ib.sim import SimGateway
+from ktrdr.ib.sim.threaded import SimGatewayThread
 
 
 def utc(*a: int) -> datetime:
@@ -47,8 +47,8 @@ class _Stack:
         self.srv, self.latency, self.time_scale = srv, latency, time_scale
 
     async def __aenter__(self) -> _Stack:
-        self.gw = SimGateway(port=0, latency_s=self.latency, time_scale=self.time_scale)
-        await self.gw.start()
+        # Its own thread, as IB Gateway is its own process (its pacing clock must not wait on ours).
+        self.gw = SimGatewayThread(port=0, latency_s=self.latency, time_scale=self.time_scale).start()
         s = self.srv.settings
         self.settings = Settings(home=s.home, nats_url=s.nats_url, heartbeat_s=1.0, ib_port=self.gw.port,
                                  ib_client_id=int(time.time()) % 1000 + 100, ib_time_scale=self.time_scale)
@@ -60,7 +60,7 @@ class _Stack:
     async def __aexit__(self, *exc: object) -> None:
         for a in self.actors:
             await a.stop()
-        await self.gw.stop()
+        self.gw.stop()
 
     def wipe_store(self) -> None:
         shutil.rmtree(self.settings.home / "data", ignore_errors=True)

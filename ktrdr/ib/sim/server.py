@@ -415,25 +415,12 @@ class SimGateway:
                 what = f"{normalize_symbol(inst.symbol)}@{req.contract.exchange} {req.what_to_show}"
                 client.send(self._error(req.req_id, 162, MSG_NO_DATA.format(what=what)))
                 return
-            df = self.bars_for(inst, req.bar_size, start, end)
-            fmt = req.format_date
-            out: list[object] = [
-                p.OUT_HISTORICAL_DATA, req.req_id,
-                p.format_ib_time(start, 1), p.format_ib_time(end, 1), len(df),
-            ]  # fmt: skip
-            ts = df.index.as_unit("s").asi8.tolist()
-            daily = not parse_timeframe(req.bar_size).is_intraday
-            cols = [df[c].tolist() for c in ("open", "high", "low", "close", "volume")]
-            for i, t in enumerate(ts):
-                o, h, lo, c, v = (col[i] for col in cols)
-                when = datetime.fromtimestamp(t, UTC)
-                # Like IB: daily and weekly bars are dated "YYYYMMDD" whatever formatDate says.
-                date = f"{when:%Y%m%d}" if daily else (str(t) if fmt == 2 else p.format_ib_time(when, fmt))
-                count = int(v // 100) if v > 0 else -1
-                out += [date, o, h, lo, c, v, round((h + lo + c) / 3, 6), count]
-            client.send(p.encode(*out))
+            # Off the loop: generating and encoding bars must not delay reading (and stamping, for
+            # pacing) the requests that arrive meanwhile.
+            payload, n_bars = await asyncio.to_thread(self._historical_answer, req, inst, start, end)
+            client.send(payload)
             rec.outcome = "ok"
-            rec.bars = len(df)
+            rec.bars = n_bars
             rec.answered_at = time.monotonic()
             with contextlib.suppress(ConnectionError):
                 await client.writer.drain()
@@ -450,6 +437,27 @@ class SimGateway:
             self._enforcer.open = max(0, self._enforcer.open - 1)
             if client.inflight.get(req.req_id) is asyncio.current_task():
                 del client.inflight[req.req_id]
+
+    def _historical_answer(
+        self, req: p.HistoricalRequest, inst: Instrument, start: datetime, end: datetime
+    ) -> tuple[bytes, int]:
+        df = self.bars_for(inst, req.bar_size, start, end)
+        fmt = req.format_date
+        out: list[object] = [
+            p.OUT_HISTORICAL_DATA, req.req_id,
+            p.format_ib_time(start, 1), p.format_ib_time(end, 1), len(df),
+        ]  # fmt: skip
+        ts = df.index.as_unit("s").asi8.tolist()
+        daily = not parse_timeframe(req.bar_size).is_intraday
+        cols = [df[c].tolist() for c in ("open", "high", "low", "close", "volume")]
+        for i, t in enumerate(ts):
+            o, h, lo, c, v = (col[i] for col in cols)
+            when = datetime.fromtimestamp(t, UTC)
+            # Like IB: daily and weekly bars are dated "YYYYMMDD" whatever formatDate says.
+            date = f"{when:%Y%m%d}" if daily else (str(t) if fmt == 2 else p.format_ib_time(when, fmt))
+            count = int(v // 100) if v > 0 else -1
+            out += [date, o, h, lo, c, v, round((h + lo + c) / 3, 6), count]
+        return p.encode(*out), len(df)
 
     def _on_cancel_historical(self, client: _Client, req_id: int) -> None:
         task = client.inflight.pop(req_id, None)
