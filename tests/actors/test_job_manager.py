@@ -30,7 +30,10 @@ def expected(symbol: str, tf: str, start: datetime, end: datetime) -> pd.DataFra
 
 @pytest.fixture
 def time_scale() -> float:
-    return 0.05  # IB's pacing windows x 0.05: 10 min -> 30 s, 2 s -> 0.1 s (a test may parametrize it)
+    # IB's pacing windows x 0.25: 2 s -> 0.5 s, 15 s -> 3.75 s, 10 min -> 150 s. Smaller windows make a
+    # 30 ms stall anywhere in the process (a cold import holding the GIL) look like a burst to the
+    # gateway's clock; 0.5 s leaves room for that. A test may parametrize it.
+    return 0.25
 
 
 @pytest.fixture
