@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
+from actors.ib import IbRequester
 from events import subjects
 from events.messages import DataContext, LoadData, OperationProgress
 from ktrdr.data.calendar import lookup
@@ -50,8 +51,17 @@ def data_settings(settings, gateway, time_scale):
 
 
 @pytest.fixture
-async def data_stack(start_actors, data_settings):
+async def data_stack(start_actors, data_settings, client, tmp_path):
     await start_actors("orchestrator", "job-manager", "ib", settings=data_settings)
+    # Warm this process up before any paced load. The sim gateway shares our GIL (IB Gateway would
+    # be another process); a cold first use (pyarrow's parquet writer, ib_async's contract path) can
+    # hold it long enough that the gateway reads several requests at once and sees a "burst".
+    warm = DataStore(tmp_path / "warm-up")
+    warm.write("AAPL", "1h", expected("AAPL", "1h", utc(2024, 1, 2), utc(2024, 1, 4)), source="sim")
+    warm.read("AAPL", "1h")
+    ib = IbRequester(client.nc)
+    await ib.contract("AAPL")
+    await ib.head("AAPL", "1h")
     return DataStore(data_settings.home)
 
 
