@@ -93,7 +93,7 @@ class DataProgressRenderer(ProgressRenderer):
         return (f"Loaded {r.get('symbol')} {r.get('timeframe')} ({r.get('mode')} mode): "
                 f"{r.get('bars_added', 0):,} bars added, {r.get('bars_total', 0):,} stored; segments "
                 f"{r.get('segments_fetched', 0)}/{r.get('segments_planned', 0)} fetched, "
-                f"{r.get('segments_failed', 0)} failed; {r.get('gaps_found', 0)} gaps{sim}")
+                f"{r.get('segments_failed', 0)} failed; {_plural(r.get('gaps_found', 0), 'gap')}{sim}")
 
 
 class TrainingProgressRenderer(ProgressRenderer):
@@ -123,3 +123,7 @@ class TrainingProgressRenderer(ProgressRenderer):
             return "Training completed"
         return (f"Training completed: {tm.get('epochs_completed')} epochs, val_acc "
                 f"{tm.get('final_val_accuracy', 0):.3f}, test_acc {test.get('test_accuracy', 0):.3f}; model at {path}")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

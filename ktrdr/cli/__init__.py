@@ -191,9 +191,10 @@ async def _ops_list(limit: int, json_out: bool) -> int:
     if not views:
         typer.echo("no operations yet (try `ktrdr dummy`)")
         return 0
-    typer.echo(f"{'OPERATION':<34} {'STATUS':<10} {'TYPE':<10} {'PROGRESS':>8} {'AGE':>5}  DESCRIPTION")
+    w = max(len("OPERATION"), *(len(v.op_id) for v in views))
+    typer.echo(f"{'OPERATION':<{w}} {'STATUS':<10} {'TYPE':<10} {'PROGRESS':>8} {'AGE':>5}  DESCRIPTION")
     for v in views:
-        typer.echo(f"{v.op_id:<34} {v.status:<10} {v.op_type or '-':<10} {v.percentage:7.1f}% {_age(v):>5}  "
+        typer.echo(f"{v.op_id:<{w}} {v.status:<10} {v.op_type or '-':<10} {v.percentage:7.1f}% {_age(v):>5}  "
                    f"{v.description or v.error or ''}")
     return 0
 
