@@ -32,9 +32,11 @@ log = logging.getLogger("ktrdr.ib")
 
 
 def _not_our_own_cancel(record: logging.LogRecord) -> bool:
-    # ib_async logs IB's answer to every cancelHistoricalData ("162 ... query cancelled") as an
-    # ERROR; those cancels are ours (an operation was cancelled) and the operation's events say so.
-    return "historical data query cancelled" not in record.getMessage()
+    # ib_async logs IB's answers to our cancelHistoricalData ("162 ... query cancelled", or 366 "No
+    # historical data query found" when the answer crossed the cancel) as ERRORs; those cancels are
+    # ours (an operation was cancelled) and the operation's events say so.
+    text = record.getMessage()
+    return "historical data query cancelled" not in text and "No historical data query found" not in text
 
 
 logging.getLogger("ib_async.wrapper").addFilter(_not_our_own_cancel)

@@ -137,7 +137,7 @@ async def test_internal_gaps_are_found_and_filled(client, data_stack):
 @pytest.mark.parametrize("time_scale", [0.5])
 async def test_load_hitting_pacing_limits_completes_without_any_162(client, data_stack, gateway):
     # 1m bars: one request per day. At half IB's windows (6 requests per contract in 1 s) 12 trading
-    # days at 8 segments in flight break the burst rule unless the ib actor's PacingLimiter holds them.
+    # days at 5 segments in flight break the burst rule unless the ib actor's PacingLimiter holds them.
     start, end = utc(2024, 4, 1), utc(2024, 4, 17)
     cmd, view = await load(client, "AAPL", "1m", "full", start, end, timeout=120)
     assert view.status == "completed", view.error
