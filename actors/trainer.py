@@ -39,7 +39,8 @@ class Trainer(Actor):
         return ThreadPoolExecutor(1, thread_name_prefix=f"{self.id}-torch")
 
     async def on_stop(self) -> None:
-        self.torch_thread.shutdown(wait=False, cancel_futures=True)
+        if "torch_thread" in self.__dict__:  # created on first use only
+            self.torch_thread.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, op: OperationContext) -> dict[str, Any]:
         cmd = op.command

@@ -28,7 +28,7 @@ from nats.js import api as js_api
 from actors.orchestrator import Orchestrator
 from bench._common import BenchServer, pct
 from events import subjects
-from events.codec import decode_event, decode_heartbeat
+from events.codec import decode_event
 from events.messages import OperationProgress, StartTraining, TrainingContext
 from ktrdr.cancellation import CancellationToken
 from ktrdr.client import Client
@@ -59,18 +59,9 @@ async def trainer_process(srv: BenchServer, c: Client, batch_every: int = 20) ->
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "actors", "trainer", env=env,
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        kv = await c.js.key_value(subjects.ACTORS_BUCKET)
         deadline = time.monotonic() + 60
         while True:
-            keys: list[str] = []
-            with contextlib.suppress(Exception):  # no keys yet
-                keys = await kv.keys()
-            pids = set()
-            for k in keys:
-                entry = await kv.get(k)
-                if entry.value:
-                    pids.add(decode_heartbeat(entry.value).pid)
-            if proc.pid in pids:
+            if proc.pid in {hb.pid for hb in await c.live_actors()}:
                 break
             if proc.returncode is not None or time.monotonic() > deadline:
                 raise RuntimeError("the trainer process did not come up")

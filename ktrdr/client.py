@@ -19,12 +19,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
 
 from actors._jetstream import connect, ensure_streams, msg_id_headers, read_events, read_operation
 from events import subjects
-from events.codec import DecodeError, decode_event, encode
-from events.messages import AnyCommand, AnyEvent, CancelOperation, OperationProgress
+from events.codec import DecodeError, decode_event, decode_heartbeat, encode
+from events.messages import AnyCommand, AnyEvent, CancelOperation, Heartbeat, OperationProgress
 from ktrdr.config import Settings
 from ktrdr.operations import OperationView, fold, fold_all
 
@@ -57,6 +57,23 @@ class Client:
 
     async def ensure_streams(self) -> list[str]:
         return await ensure_streams(self.js, self.settings)
+
+    async def live_actors(self) -> list[Heartbeat]:
+        """The last heartbeat of every live actor (KV bucket ACTORS; an entry expires with its actor)."""
+        kv = await self.js.key_value(subjects.ACTORS_BUCKET)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:  # no actor is alive
+            return []
+        beats = []
+        for key in keys:
+            try:
+                entry = await kv.get(key)
+            except (KeyNotFoundError, KeyDeletedError):  # that actor stopped (or expired) meanwhile
+                continue
+            if entry.value:
+                beats.append(decode_heartbeat(entry.value))
+        return beats
 
     async def submit(self, cmd: AnyCommand) -> None:
         """Publish a command (stored in CMD; a retried publish of the same op is stored once)."""

@@ -6,7 +6,6 @@ actor against the sim gateway, then a training runs on the host trainer (python 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import os
 import signal
@@ -21,7 +20,6 @@ import pytest
 import yaml
 
 from events import subjects
-from events.codec import decode_heartbeat
 from events.messages import LoadData, StartTraining
 from ktrdr.client import Client
 from ktrdr.embedded import free_port
@@ -105,14 +103,7 @@ def compose(tmp_path: Path, nats_server: NatsServer) -> Iterator[_Compose]:
 
 
 async def _live_roles(client: Client) -> set[str]:
-    kv = await client.js.key_value(subjects.ACTORS_BUCKET)
-    roles = set()
-    with contextlib.suppress(Exception):  # no keys yet
-        for key in await kv.keys():
-            entry = await kv.get(key)
-            if entry.value:
-                roles.add(decode_heartbeat(entry.value).role)
-    return roles
+    return {hb.role for hb in await client.live_actors()}
 
 
 @pytest.mark.slow

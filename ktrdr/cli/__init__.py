@@ -108,8 +108,6 @@ async def _status(json_out: bool) -> int:
     out: dict[str, Any] = {"nats_url": url, "processes": [p.__dict__ for p in procs], "streams": {}, "actors": []}
     reachable = bool(url) and (s.nats_url is not None or embedded._url_alive(url))
     if reachable:
-        from events.codec import decode_heartbeat
-        from events.subjects import ACTORS_BUCKET
         from ktrdr.client import Client
 
         async with Client(s, url=url) as c:
@@ -120,13 +118,8 @@ async def _status(json_out: bool) -> int:
                 except Exception:
                     out["streams"][name] = None
             try:
-                kv = await c.js.key_value(ACTORS_BUCKET)
-                for key in await kv.keys():
-                    entry = await kv.get(key)
-                    if entry.value:
-                        hb = decode_heartbeat(entry.value)
-                        out["actors"].append({"actor": hb.actor, "role": hb.role, "host": hb.host, "pid": hb.pid,
-                                              "busy": hb.busy, "last_seen": hb.ts.isoformat()})
+                out["actors"] = [{"actor": hb.actor, "role": hb.role, "host": hb.host, "pid": hb.pid,
+                                  "busy": hb.busy, "last_seen": hb.ts.isoformat()} for hb in await c.live_actors()]
             except Exception:
                 pass
     if json_out:
