@@ -18,7 +18,8 @@ from ktrdr.config import settings
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m actors", description=__doc__)
     p.add_argument("roles", nargs="*", default=list(ROLES), help=f"any of: {', '.join(ROLES)}")
-    p.add_argument("--url", default=None, help="NATS URL (default: NATS_URL or the embedded server)")
+    p.add_argument("--url", default=None, help="NATS URL, or several comma-separated (default: NATS_URL, else "
+                                               "the running embedded server's)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -27,7 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown role(s) {', '.join(unknown)}; expected any of {', '.join(ROLES)}")
     cfg = settings()
-    asyncio.run(run_actors([build(r, cfg, url=args.url) for r in args.roles]))
+    from ktrdr.embedded import recorded_url
+
+    url = args.url or cfg.nats_url or recorded_url(cfg)
+    if not url:
+        p.error("no NATS server: set NATS_URL or --url, or start the embedded stack with `ktrdr up`")
+    asyncio.run(run_actors([build(r, cfg, url=url) for r in args.roles]))
     return 0
 
 

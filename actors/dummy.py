@@ -3,6 +3,7 @@ cancellable between and during iterations (the sleep wakes on the cancel)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -20,7 +21,11 @@ class DummyWorker(Actor):
         assert isinstance(cmd, RunDummy)
         n, t0 = cmd.iterations, time.monotonic()
         for i in range(1, n + 1):
-            await op.sleep(cmd.interval_s, where=f"iteration {i}/{n}")
+            if cmd.interval_s > 0:
+                await op.sleep(cmd.interval_s, where=f"iteration {i}/{n}")
+            else:
+                await asyncio.sleep(0)  # a zero interval still yields: heartbeats and cancels get through
+                op.token.raise_if_cancelled(f"iteration {i}/{n}")
             op.progress(
                 percentage=100.0 * i / n, message=f"Working on iteration {i}/{n}", current_step=i,
                 total_steps=n, items_processed=i, items_total=n, phase="running",

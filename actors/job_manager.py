@@ -1,25 +1,24 @@
-"""job-manager: the seed's DataManager + DataJobManager as an actor. Handles `work.data`: runs a
+"""job-manager: the seed's DataManager + DataJobManager as an actor. Handles `work.data.<pool>`: runs a
 DataLoadingJob (gap analysis, segment plan, concurrent paced fetching, merge, validate/repair,
-store) whose fetches go to the ib actor(s) over `ib.*`, and turns the job's progress into events
-that the DataProgressRenderer draws. Pacing waits reported by the ib actor show up in the progress
-context (`waiting 12 s for IB pacing`). Segments stored before a cancel or failure stay stored.
+store) whose fetches go to the ib actor(s) over `ib.*`, and publishes the job's progress as is.
+Pacing waits reported by the ib actor show up in the progress context (`waiting 12 s for IB
+pacing`). Segments stored before a cancel or failure stay stored.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
-from actors.ib import IbRequester
 from actors.runtime import Actor, OperationContext
-from events.messages import DataContext, LoadData, ProgressState
+from events.messages import LoadData
 from ktrdr.data.calendar import normalize_symbol
-from ktrdr.data.loading import DataLoadingJob, ProgressInfo, Segment
+from ktrdr.data.loading import DataLoadingJob, Segment
 from ktrdr.data.store import DataStore
 from ktrdr.data.timeframes import parse_timeframe
+from ktrdr.transport import IbRequester
 
 
 class JobManager(Actor):
@@ -38,41 +37,22 @@ class JobManager(Actor):
         symbol = normalize_symbol(cmd.symbol)
         tf = parse_timeframe(cmd.timeframe)
         ib = IbRequester(self.nc)
-        store = DataStore(self.settings.home)
-        ctx = DataContext(symbol=symbol, timeframe=tf.name, mode=cmd.mode)
-        op.progress(percentage=0.0, message=f"Loading {symbol} {tf.name} data ({cmd.mode} mode)", phase="analyzing",
-                    context=ctx)
         source = "local"
         if cmd.mode != "local":
             _contract, source = await ib.contract(symbol, op.op_id)  # unknown symbols fail here, fast
-            ctx.source = source
-        waits: dict[str, float] = {}
-
-        def on_wait(wait_s: float, why: str) -> None:
-            waits["until"] = time.monotonic() + wait_s
-            op.update(context=_with(ctx, waiting_s=wait_s, state=why or f"waiting {wait_s:.0f} s for IB pacing"))
 
         async def fetch(seg: Segment) -> pd.DataFrame:
             df, _src = await ib.bars(symbol, tf.name, pd.Timestamp(seg.start).to_pydatetime(),
-                                     pd.Timestamp(seg.end).to_pydatetime(), op_id=op.op_id, on_wait=on_wait)
+                                     pd.Timestamp(seg.end).to_pydatetime(), op_id=op.op_id, on_wait=job.note_wait)
             return df
 
         async def head() -> datetime | None:
             return await ib.head(symbol, tf.name, op.op_id)
 
-        def on_progress(p: ProgressInfo) -> None:
-            nonlocal ctx
-            waiting = max(0.0, waits.get("until", 0.0) - time.monotonic())
-            ctx = DataContext(symbol=symbol, timeframe=tf.name, mode=cmd.mode, segment_index=p.segment_index,
-                              segment_count=p.segment_count, bars_fetched=p.items_processed, source=source,
-                              waiting_s=round(waiting, 1), state=p.state)
-            op.progress(ProgressState(percentage=p.percentage, message=p.message, current_step=p.current_step,
-                                      total_steps=p.total_steps, items_processed=p.items_processed,
-                                      phase=p.phase, context=ctx))
-
-        job = DataLoadingJob(store, symbol, tf.name, cmd.mode, cmd.start, cmd.end, fetch=fetch, head_timestamp=head,
-                             cancel=op.token, on_progress=on_progress, max_concurrency=self.segment_concurrency,
-                             source=source, pacing_wait_s=60.0 * self.settings.ib_time_scale)
+        job = DataLoadingJob(DataStore(self.settings.home), symbol, tf.name, cmd.mode, cmd.start, cmd.end,
+                             fetch=fetch, head_timestamp=head, cancel=op.token, on_progress=op.progress,
+                             max_concurrency=self.segment_concurrency, source=source,
+                             pacing_wait_s=60.0 * self.settings.ib_time_scale)
         result = await job.run()
         return result.to_dict()
 
@@ -81,9 +61,3 @@ class JobManager(Actor):
         assert isinstance(cmd, LoadData)
         return (f"Data load of {cmd.symbol} {cmd.timeframe} cancelled at {where}; segments fetched before the "
                 f"cancel are stored" if where else "Data load cancelled")
-
-
-def _with(ctx: DataContext, **changes: Any) -> DataContext:
-    import msgspec
-
-    return msgspec.structs.replace(ctx, **changes)

@@ -1,10 +1,13 @@
 """orchestrator: the seed's ServiceOrchestrator as an actor.
 
-Consumes CMD, validates each command (a bad one gets `rejected` with a reason a person can act on),
-creates the operation, routes its work to WORK, answers cancels of queued work, and supervises
-liveness: an operation whose worker stops heartbeating is picked up again by JetStream redelivery
-or, when nobody picks it up in time, marked failed with the reason. No operation stays running
-forever. Its table of live operations is rebuilt from the OPS stream on start: nothing to lose.
+Consumes CMD, validates each command off the event loop (a bad one gets `rejected` with a reason a
+person can act on), creates the operation, honours a cancel recorded before the operation existed,
+routes its work to `work.<domain>.<pool>`, and runs workflows (a training is a parent operation with
+data children, then a training child; ktrdr/workflows.py decides each step). It supervises every live
+operation: a worker that stops heartbeating loses it (redelivered to a replica or failed with the
+reason), a pool with no live worker is said out loud and then fails the operation, and a deadline
+cancels it with reason `deadline`. Its state is the fold of the OPS stream, rebuilt on start: nothing
+lives only in its memory.
 """
 
 from __future__ import annotations
@@ -13,41 +16,68 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
-from actors._jetstream import read_events
+from actors._leases import drop
+from actors._pull import pull_loop
 from actors.runtime import Actor
 from events import subjects
 from events.codec import DecodeError, decode_command, decode_event, decode_heartbeat, encode, sniff_op_id
 from events.messages import (
+    ROLE_FOR_DOMAIN,
     CancelOperation,
     CancelRequested,
+    Command,
+    Event,
     OperationCancelled,
     OperationCreated,
     OperationFailed,
+    OperationProgress,
     OperationRejected,
+    OperationStarted,
+    ProgressState,
+    StartTraining,
     WorkItem,
 )
-from ktrdr import commands
+from ktrdr import commands, workflows
 from ktrdr.errors import KtrdrError
+from ktrdr.operations import OperationView, fold
+from ktrdr.rendering import ProgressRenderer
+from ktrdr.transport import last_message, publish, read_events
 
-ROLE_FOR_DOMAIN = {"dummy": "dummy", "data": "job-manager", "training": "trainer"}
+MAX_REASON = 2000
 
 
 @dataclass
-class LiveOp:
-    domain: str
-    status: str  # queued | running
-    worker: str = ""
+class Tracked:
+    """A live operation as the orchestrator follows it."""
+
+    view: OperationView
     last_seen: float = field(default_factory=time.monotonic)
+    queued_since: float = field(default_factory=time.monotonic)
+    deadline_fired: bool = False
+    cancel_handled: bool = False
+    pool_note: str = ""
+    seen: set[tuple[str, int, str]] = field(default_factory=set)
+
+
+@dataclass
+class Workflow:
+    plan: list[Command]
+    children: dict[str, OperationView] = field(default_factory=dict)
+    lines: dict[str, str] = field(default_factory=dict)
+    cancels_sent: set[str] = field(default_factory=set)
+    last_progress: tuple[float, str] = (-1.0, "")
 
 
 @dataclass
 class LiveActor:
     role: str
     domain: str
+    pools: list[str]
     busy: list[str]
     seen: float
 
@@ -57,160 +87,335 @@ class Orchestrator(Actor):
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
-        self.live_ops: dict[str, LiveOp] = {}
-        self.known_ops: set[str] = set()
+        self.live: dict[str, Tracked] = {}
+        self.known: set[str] = set()
+        self.workflows: dict[str, Workflow] = {}
         self.actors: dict[str, LiveActor] = {}
+        self._buffer: list[tuple[str, bytes]] | None = []
+        self._advancing: set[str] = set()
+        self._since = time.monotonic()
 
+    # ------------------------------------------------------------------ start
     async def on_start(self) -> None:
         assert self.js is not None and self.nc is not None
+        # Follow live events first (buffered), then read the stored ones, so nothing falls between.
+        await self.nc.subscribe(subjects.OPS_ALL, cb=self._guard(self._on_ops_msg, subjects.OPS_ALL))
+        await self.nc.subscribe(subjects.kv_updates(subjects.ACTORS_BUCKET),
+                                cb=self._guard(self._on_presence, "presence"))
         await self._rebuild()
-        for ev in ("started", "completed", "failed", "cancelled", "rejected", "created", "progress"):
-            await self.nc.subscribe(f"ops.*.*.{ev}", cb=self._guard(self._on_op_event, f"ops.*.*.{ev}"))
-        await self.nc.subscribe(f"$KV.{subjects.ACTORS_BUCKET}.>", cb=self._guard(self._on_presence, "presence"))
         await self.js.add_consumer(subjects.STREAM_CMD, js_api.ConsumerConfig(
-            durable_name="orchestrator", filter_subject=subjects.CMD_ALL,
+            durable_name=subjects.ORCHESTRATOR_CONSUMER, filter_subject=subjects.CMD_ALL,
             ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=10))
-        self._bg.append(asyncio.create_task(self._command_loop(), name=f"{self.id}-commands"))
-        self._bg.append(asyncio.create_task(self._supervise_loop(), name=f"{self.id}-supervise"))
+        psub = await self.js.pull_subscribe_bind(durable=subjects.ORCHESTRATOR_CONSUMER, stream=subjects.STREAM_CMD)
+        self.spawn(pull_loop(psub, self._on_command, stopped=lambda: self.stopping, on_fault=self.on_fault,
+                             batch=16), name=f"{self.id}-commands")
+        self.spawn(self._supervise_loop(), name=f"{self.id}-supervise")
 
     async def _rebuild(self) -> None:
-        """Live operations from the stored lifecycle events (survives any restart)."""
+        """Live operations and workflows from the stored lifecycle events (survives any restart)."""
         assert self.js is not None
-        filters = [f"ops.*.*.{e}" for e in ("created", "started", "completed", "failed", "cancelled", "rejected")]
-        await read_events(self.js, filters, self._apply)
-        now = time.monotonic()
-        for op in self.live_ops.values():
-            op.last_seen = now  # grace: workers get a full timeout to show up again
+        views: dict[str, OperationView] = {}
 
-    def _apply(self, subject: str, data: bytes) -> None:
-        parsed = subjects.parse_ops_subject(subject)
-        if parsed is None:
-            return
-        domain, op_id, name = parsed
-        if name == "progress":
-            op = self.live_ops.get(op_id)
-            if op is not None:
-                op.last_seen = time.monotonic()
-                op.status = "running"
-            return
-        if name == "created":
-            self.known_ops.add(op_id)
-            self.live_ops.setdefault(op_id, LiveOp(domain, "queued"))
-        elif name == "started":
+        def on_msg(_subject: str, data: bytes) -> None:
             try:
-                worker = decode_event(data).actor
+                ev = decode_event(data)
             except DecodeError:
-                worker = ""
-            op = self.live_ops.get(op_id)
-            if op is not None:
-                op.status, op.worker, op.last_seen = "running", worker, time.monotonic()
-        elif name in ("completed", "failed", "cancelled", "rejected"):
-            self.known_ops.add(op_id)
-            self.live_ops.pop(op_id, None)
+                return
+            if subjects.is_op_id(ev.op_id):
+                fold(views.setdefault(ev.op_id, OperationView(op_id=ev.op_id)), ev)
 
-    async def _on_op_event(self, msg: Msg) -> None:
-        self._apply(msg.subject, msg.data)
+        await read_events(self.js, subjects.lifecycle_filters(), on_msg)
+        self.known.update(views)
+        for op_id, view in views.items():
+            if not view.terminal and view.created_at is not None:
+                self.live[op_id] = Tracked(view)
+        for op_id, tracked in list(self.live.items()):
+            if tracked.view.children:
+                await self._load_workflow(op_id, views)
+        buffered, self._buffer = self._buffer or [], None
+        for subject, data in buffered:
+            await self._apply(subject, data)
+        for op_id in [o for o, t in self.live.items() if t.view.status == "queued" and not t.view.children]:
+            view = self.live[op_id].view
+            if view.cancel_requested:  # recorded while no orchestrator ran
+                await self._finish(op_id, OperationCancelled(
+                    op_id=op_id, where="queued, before any worker started it",
+                    reason=view.cancel_reason or "cancel requested",
+                    reason_code=view.cancel_reason_code or "user",  # type: ignore[arg-type]
+                    message="Operation cancelled before it started"))
+            else:
+                await self._dispatch_again(op_id)
+        for op_id in list(self.workflows):
+            await self._advance(op_id)
+
+    async def _load_workflow(self, op_id: str, views: dict[str, OperationView]) -> None:
+        view = self.live[op_id].view
+        try:
+            cmd = decode_command(encode(view.command))
+            assert isinstance(cmd, StartTraining)
+            symbols, timeframes = await asyncio.to_thread(commands.training_inputs, cmd)
+        except (DecodeError, KtrdrError, AssertionError) as exc:
+            await self._finish(op_id, OperationFailed(op_id=op_id, error=f"cannot resume the workflow: {exc}",
+                                                      error_code="internal"))
+            return
+        wf = Workflow(workflows.plan_training(cmd, symbols, timeframes))
+        for child in wf.plan:
+            if child.op_id in views:
+                wf.children[child.op_id] = views[child.op_id]
+        self.workflows[op_id] = wf
+
+    async def _dispatch_again(self, op_id: str) -> None:
+        """A queued operation's work item, published again after a restart: the orchestrator may have
+        died between creating the operation and routing it. Duplicates are harmless (same msg id
+        within the window; after it, workers drop an item whose operation runs or ended)."""
+        view = self.live[op_id].view
+        try:
+            cmd = decode_command(encode(view.command))
+        except DecodeError:
+            return
+        await self._route(cmd)
+
+    # ------------------------------------------------------------------ events in
+    async def _on_ops_msg(self, msg: Msg) -> None:
+        if self._buffer is not None:
+            self._buffer.append((msg.subject, msg.data))
+            return
+        await self._apply(msg.subject, msg.data)
+
+    async def _apply(self, subject: str, data: bytes) -> None:
+        parsed = subjects.parse_ops_subject(subject)
+        if parsed is None or not subjects.is_op_id(parsed[1]):
+            return
+        _domain, op_id, name = parsed
+        if name == CancelOperation.name:
+            return  # a cancel request is handled by on_cancel_request (the broadcast), not folded here
+        tracked = self.live.get(op_id)
+        if name == OperationProgress.name:
+            if tracked is not None:
+                tracked.last_seen = time.monotonic()
+                if tracked.view.parent_op_id in self.workflows:
+                    self._fold(tracked, data)
+                    await self._child_progress(tracked)
+            return
+        if tracked is None and name == OperationCreated.name and op_id not in self.known:
+            tracked = self.live[op_id] = Tracked(OperationView(op_id=op_id))
+        if tracked is None:
+            return
+        ev = self._fold(tracked, data)
+        if ev is None:
+            return
+        if isinstance(ev, OperationStarted):
+            tracked.last_seen = time.monotonic()
+        if tracked.view.terminal:
+            await self._ended(op_id, tracked)
+        elif tracked.view.parent_op_id in self.workflows:
+            await self._child_progress(tracked)
+
+    def _fold(self, tracked: Tracked, data: bytes) -> Event | None:
+        try:
+            ev = decode_event(data)
+        except DecodeError:
+            return None  # garbage on an ops subject is nobody's event
+        if ev.op_id != tracked.view.op_id:
+            return None
+        key = (ev.actor, getattr(ev, "seq", 0), ev.ts.isoformat())
+        if key in tracked.seen and not isinstance(ev, OperationProgress):
+            return None  # our own event, applied when we published it
+        tracked.seen.add(key)
+        fold(tracked.view, ev)
+        return ev
+
+    async def _ended(self, op_id: str, tracked: Tracked) -> None:
+        self.live.pop(op_id, None)
+        self.known.add(op_id)
+        if self.js is not None:
+            with contextlib.suppress(Exception):
+                await drop(await self.js.key_value(subjects.LEASES_BUCKET), op_id)
+        parent = tracked.view.parent_op_id
+        if parent in self.workflows:
+            self.workflows[parent].children[op_id] = tracked.view
+            await self._advance(parent)
+        self.workflows.pop(op_id, None)
 
     async def _on_presence(self, msg: Msg) -> None:
-        key = msg.subject.split(".", 2)[-1]
+        key = subjects.kv_key_of(subjects.ACTORS_BUCKET, msg.subject)
         op = (msg.headers or {}).get("KV-Operation")
         if op in ("DEL", "PURGE") or not msg.data:
             self.actors.pop(key, None)
             return
-        hb = decode_heartbeat(msg.data)
-        self.actors[key] = LiveActor(hb.role, hb.domain, hb.busy, time.monotonic())
+        try:
+            hb = decode_heartbeat(msg.data)
+        except DecodeError:
+            return
+        now = time.monotonic()
+        self.actors[key] = LiveActor(hb.role, hb.domain, hb.pools, hb.busy, now)
         for op_id in hb.busy:
-            live = self.live_ops.get(op_id)
+            live = self.live.get(op_id)
             if live is not None:
-                live.last_seen = time.monotonic()
+                live.last_seen = now
+
+    # ------------------------------------------------------------------ publishing our own events
+    async def _publish(self, ev: Event) -> None:
+        await self.publish_event(ev)
+        tracked = self.live.get(ev.op_id)
+        if tracked is not None:  # apply now; the echo from the subscription is then skipped
+            tracked.seen.add((ev.actor, ev.seq, ev.ts.isoformat()))
+            fold(tracked.view, ev)
+
+    async def _finish(self, op_id: str, ev: Event) -> None:
+        tracked = self.live.get(op_id)
+        if tracked is None or tracked.view.terminal:
+            return
+        await self._publish(ev)
+        await self._ended(op_id, tracked)
+
+    async def _route(self, cmd: Command) -> None:
+        assert self.js is not None
+        item = WorkItem(op_id=cmd.op_id, domain=cmd.domain, command=cmd)
+        await publish(self.js, subjects.work(cmd.domain, cmd.pool), encode(item), f"work-{cmd.op_id}")
 
     # ------------------------------------------------------------------ commands
-    async def _command_loop(self) -> None:
-        assert self.js is not None
-        psub = await self.js.pull_subscribe_bind(durable="orchestrator", stream=subjects.STREAM_CMD)
-        while not self._stopping:
-            try:
-                msgs = await psub.fetch(16, timeout=5.0)
-            except TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.log.debug("command fetch failed: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                try:
-                    await self._on_command(msg)
-                except Exception as exc:  # never let one command kill the loop; retry it later
-                    await self.on_fault(exc, f"command on {msg.subject}")
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=1.0)
-
     async def _on_command(self, msg: Msg) -> None:
         try:
             cmd = decode_command(msg.data)
         except DecodeError as exc:
-            op_id = sniff_op_id(msg.data)
-            reason = f"malformed command on {msg.subject}: {exc}"
-            if op_id and subjects.is_op_id(op_id) and op_id not in self.known_ops:
-                await self._reject(op_id, reason, "malformed")
-            else:
-                self.log.warning("%s (dropped)", reason)
-            await msg.term()
+            await self._malformed(msg, sniff_op_id(msg.data), f"malformed command on {msg.subject[:100]}: {exc}")
             return
         op_id = cmd.op_id
-        expected = subjects.COMMAND_SUBJECTS.get(type(cmd).__name__)
-        wrong_domain = subjects.is_op_id(op_id) and subjects.domain_of(op_id) != expected.split(".")[1]
-        if not subjects.is_op_id(op_id) or msg.subject != expected or wrong_domain:
-            reason = (f"command {type(cmd).__name__} on {msg.subject} with op_id {op_id!r}: expected subject "
-                      f"{expected} and an op_id like {subjects.new_op_id(expected.split('.')[1])}")
-            if subjects.is_op_id(op_id) and op_id not in self.known_ops:
-                await self._reject(op_id, reason, "malformed")
-            else:
-                self.log.warning("%s (dropped)", reason)
-            await msg.term()
+        if subjects.command_for_subject(msg.subject) is not type(cmd) or not subjects.is_op_id(op_id) \
+                or subjects.domain_of(op_id) != cmd.domain:
+            await self._malformed(msg, op_id, f"command {type(cmd).__name__} on {msg.subject[:100]} with op_id "
+                                              f"{commands.short(op_id)}: expected subject {subjects.command(cmd)} "
+                                              f"and an op_id like {subjects.new_op_id(cmd.domain)}")
             return
-        if op_id in self.known_ops:
+        if op_id in self.known or op_id in self.live:
             self.log.info("duplicate command for %s ignored", op_id)
             await msg.ack()
             return
-        try:
-            commands.validate(cmd)
-        except KtrdrError as exc:
-            await self._reject(op_id, str(exc), exc.code, getattr(exc, "field", None))
-            await msg.ack()
-            return
-        domain = subjects.domain_of(op_id)
-        op_type, description = commands.describe(cmd)
-        await self.publish_event(OperationCreated(op_id=op_id, domain=domain, op_type=op_type, command=cmd,
-                                                  description=description), "created")
-        self.known_ops.add(op_id)
-        self.live_ops.setdefault(op_id, LiveOp(domain, "queued"))
-        assert self.js is not None
-        await self.js.publish(subjects.work(domain), encode(WorkItem(op_id=op_id, domain=domain, command=cmd)),
-                              headers={"Nats-Msg-Id": f"work-{op_id}"})
+        if cmd.parent_op_id is not None:
+            await self._reject(op_id, "parent_op_id: only the orchestrator creates child operations", "validation")
+        else:
+            try:
+                await asyncio.to_thread(commands.validate, cmd)
+            except KtrdrError as exc:
+                await self._reject(op_id, str(exc), exc.code, getattr(exc, "field", None))
+            else:
+                await self.create(cmd)
         await msg.ack()
 
+    async def _malformed(self, msg: Msg, op_id: str | None, reason: str) -> None:
+        if op_id and subjects.is_op_id(op_id) and op_id not in self.known and op_id not in self.live:
+            await self._reject(op_id, reason, "malformed")
+        else:
+            self.log.warning("%s (dropped)", reason[:500])
+        await msg.term()
+
     async def _reject(self, op_id: str, reason: str, code: str, field_path: str | None = None) -> None:
-        self.known_ops.add(op_id)
-        await self.publish_event(OperationRejected(op_id=op_id, reason=reason, error_code=code, field=field_path),
-                                 "rejected")
+        self.known.add(op_id)
+        if len(reason) > MAX_REASON:
+            reason = reason[:MAX_REASON] + " ..."
+        await self.publish_event(OperationRejected(op_id=op_id, reason=reason, error_code=code,
+                                                   field=(field_path or "")[:200] or None))
+
+    async def create(self, cmd: Command, *, children: list[str] | None = None) -> None:
+        """Create an operation (validated), then cancel it at once if a cancel was recorded for it
+        before it existed, else route it (or start its workflow)."""
+        assert self.js is not None
+        op_id = cmd.op_id
+        op_type, description = commands.describe(cmd)
+        plan: list[Command] = []
+        if isinstance(cmd, StartTraining) and cmd.parent_op_id is None and cmd.data_mode != "none":
+            symbols, timeframes = await asyncio.to_thread(commands.training_inputs, cmd)
+            plan = workflows.plan_training(cmd, symbols, timeframes)
+            op_type, description = "training_workflow", f"{description} (load data, then train)"
+        self.live[op_id] = Tracked(OperationView(op_id=op_id))
+        await self._publish(OperationCreated(op_id=op_id, domain=cmd.domain, op_type=op_type, command=cmd,
+                                             description=description, parent_op_id=cmd.parent_op_id,
+                                             children=[c.op_id for c in plan]))
+        recorded = await last_message(self.js, subjects.cancel(op_id))
+        if recorded is not None:
+            with contextlib.suppress(DecodeError):
+                fold(self.live[op_id].view, decode_event(recorded))
+        if self.live[op_id].view.cancel_requested:
+            view = self.live[op_id].view
+            await self._finish(op_id, OperationCancelled(
+                op_id=op_id, where="queued, before any worker started it",
+                reason=view.cancel_reason or "cancel requested",
+                reason_code=view.cancel_reason_code or "user",  # type: ignore[arg-type]
+                message="Operation cancelled before it started"))
+            return
+        if plan:
+            self.workflows[op_id] = Workflow(plan)
+            await self._publish(OperationStarted(op_id=op_id, worker=self.id, message="workflow started"))
+            await self._advance(op_id)
+        else:
+            await self._route(cmd)
+
+    # ------------------------------------------------------------------ workflows
+    async def _advance(self, op_id: str) -> None:
+        wf, tracked = self.workflows.get(op_id), self.live.get(op_id)
+        if wf is None or tracked is None or op_id in self._advancing:
+            return
+        self._advancing.add(op_id)
+        try:
+            for child in list(wf.children.values()):  # children still live: their current views
+                live_child = self.live.get(child.op_id)
+                if live_child is not None:
+                    wf.children[child.op_id] = live_child.view
+            d = workflows.advance(tracked.view, wf.plan, wf.children, wf.lines, wf.cancels_sent)
+            for child_op in d.cancel:
+                wf.cancels_sent.add(child_op)
+                await self._cancel_child(op_id, child_op, tracked.view)
+            for cmd in d.create:
+                await self.create(cmd)
+                wf.children[cmd.op_id] = self.live[cmd.op_id].view if cmd.op_id in self.live else \
+                    OperationView(op_id=cmd.op_id, status="queued")
+            if d.finish is not None:
+                await self._finish(op_id, d.finish)
+            elif d.progress is not None and (d.progress.percentage, d.progress.message) != wf.last_progress:
+                wf.last_progress = (d.progress.percentage, d.progress.message)
+                self.emit_progress(op_id, d.progress)
+        finally:
+            self._advancing.discard(op_id)
+        if d.create and op_id in self.workflows:
+            await self._advance(op_id)  # a child that ended at once (e.g. rejected) moves it on
+
+    async def _child_progress(self, child: Tracked) -> None:
+        parent = child.view.parent_op_id
+        wf = self.workflows.get(parent or "")
+        if wf is None or parent is None:
+            return
+        wf.children[child.view.op_id] = child.view
+        wf.lines[child.view.op_id] = ProgressRenderer.for_domain(child.view.domain).line(child.view)
+        await self._advance(parent)
+
+    async def _cancel_child(self, parent_id: str, child_op: str, parent: OperationView) -> None:
+        assert self.js is not None
+        reason = f"parent {parent_id} is ending: {parent.cancel_reason or 'a sibling failed'}"
+        await publish(self.js, subjects.cancel(child_op), encode(CancelOperation(
+            op_id=child_op, reason=reason, reason_code="parent", requested_by=self.id)), f"{child_op}.cancel.parent")
 
     # ------------------------------------------------------------------ cancels
     async def on_cancel_request(self, op_id: str, cancel: CancelOperation) -> None:
-        op = self.live_ops.get(op_id)
-        if op is None:
-            self.log.info("cancel for %s: not a live operation; nothing to do", op_id)
+        tracked = self.live.get(op_id)
+        if tracked is None:
+            self.log.info("cancel for %s: not a live operation; recorded for when it is created", op_id)
             return
-        await self.publish_event(CancelRequested(op_id=op_id, reason=cancel.reason,
-                                                 requested_by=cancel.requested_by), "cancel_requested")
-        if op.status == "queued" and not self._claimed(op_id):
+        if tracked.cancel_handled:
+            return
+        tracked.cancel_handled = True
+        await self._publish(CancelRequested(op_id=op_id, reason=cancel.reason, reason_code=cancel.reason_code,
+                                            requested_by=cancel.requested_by))
+        if op_id in self.workflows:
+            await self._advance(op_id)
+        elif tracked.view.status == "queued" and not self._claimed(op_id):
             # Nobody is working on it: cancel it here; a worker that picks it up later drops it.
-            await self.publish_event(OperationCancelled(
+            await self._finish(op_id, OperationCancelled(
                 op_id=op_id, where="queued, before any worker started it", reason=cancel.reason,
-                message="Operation cancelled before it started"), "cancelled")
-            self.live_ops.pop(op_id, None)
+                reason_code=cancel.reason_code, message="Operation cancelled before it started"))
+
+    async def on_malformed_cancel(self, op_id: str, subject: str, error: str) -> None:
+        await self.report_error(op_id, f"malformed cancel request ignored: {error}", subject)
 
     def _claimed(self, op_id: str) -> bool:
         return any(op_id in a.busy for a in self.actors.values())
@@ -227,26 +432,70 @@ class Orchestrator(Actor):
 
     async def supervise(self) -> None:
         now = time.monotonic()
-        timeout, orphan = self.settings.worker_timeout_s, self.settings.orphan_timeout_s
         stale_after = max(self.settings.heartbeat_s * 3, 1.0)
-        for key in [k for k, a in self.actors.items() if now - a.seen > max(timeout, stale_after)]:
+        for key in [k for k, a in self.actors.items() if now - a.seen > max(self.settings.worker_timeout_s,
+                                                                             stale_after)]:
             self.actors.pop(key, None)
-        for op_id, op in list(self.live_ops.items()):
-            if op.status != "running":
+        wall = datetime.now(UTC)
+        for op_id, tracked in list(self.live.items()):
+            view = tracked.view
+            if view.deadline is not None and not tracked.deadline_fired and view.parent_op_id is None \
+                    and wall >= view.deadline:
+                tracked.deadline_fired = True
+                await self._deadline(op_id, view)
+            if op_id in self.workflows:
                 continue
-            silent = now - op.last_seen
-            if silent <= timeout:
-                continue
-            role = ROLE_FOR_DOMAIN.get(op.domain, op.domain)
-            alive = [a for a in self.actors.values() if a.domain == op.domain and now - a.seen <= stale_after]
-            if not alive:
-                reason = (f"worker {op.worker or '?'} stopped heartbeating {silent:.0f} s ago and no {role} actor "
-                          f"is alive to take the operation over; start one and run the operation again")
-            elif silent > orphan:
-                reason = (f"worker {op.worker or '?'} stopped heartbeating {silent:.0f} s ago and no {role} "
-                          f"picked the operation up again within {orphan:g} s")
-            else:
-                continue  # a live replica will get the redelivery when the lease (ack_wait) runs out
-            self.log.warning("%s: %s", op_id, reason)
-            await self.publish_event(OperationFailed(op_id=op_id, error=reason, error_code="worker_lost"), "failed")
-            self.live_ops.pop(op_id, None)
+            if view.status == "running":
+                await self._check_worker(op_id, tracked, now, stale_after)
+            elif view.status == "queued" and now - self._since > 2 * stale_after:
+                await self._check_pool(op_id, tracked, now, stale_after)
+
+    async def _deadline(self, op_id: str, view: OperationView) -> None:
+        assert self.js is not None and view.deadline is not None and view.created_at is not None
+        allowed = (view.deadline - view.created_at).total_seconds()
+        await publish(self.js, subjects.cancel(op_id), encode(CancelOperation(
+            op_id=op_id, reason=f"deadline of {allowed:.0f} s passed", reason_code="deadline",
+            requested_by=self.id)), f"{op_id}.cancel.deadline")
+
+    def _alive(self, domain: str, pool: str | None, now: float, stale_after: float) -> list[LiveActor]:
+        return [a for a in self.actors.values() if a.domain == domain and now - a.seen <= stale_after
+                and (pool is None or pool in a.pools)]
+
+    async def _check_worker(self, op_id: str, tracked: Tracked, now: float, stale_after: float) -> None:
+        view = tracked.view
+        silent = now - tracked.last_seen
+        if silent <= self.settings.worker_timeout_s:
+            return
+        role = ROLE_FOR_DOMAIN.get(view.domain, view.domain)
+        if not self._alive(view.domain, view.pool, now, stale_after):
+            reason = (f"worker {view.worker or '?'} stopped heartbeating {silent:.0f} s ago and no {role} actor "
+                      f"is alive to take the operation over; start one and run the operation again")
+        elif silent > self.settings.orphan_timeout_s:
+            reason = (f"worker {view.worker or '?'} stopped heartbeating {silent:.0f} s ago and no {role} "
+                      f"picked the operation up again within {self.settings.orphan_timeout_s:g} s")
+        else:
+            return  # a live replica will get the redelivery when the lease (ack_wait) runs out
+        self.log.warning("%s: %s", op_id, reason)
+        await self._finish(op_id, OperationFailed(op_id=op_id, error=reason, error_code="worker_lost"))
+
+    async def _check_pool(self, op_id: str, tracked: Tracked, now: float, stale_after: float) -> None:
+        view = tracked.view
+        pool = view.pool or subjects.DEFAULT_POOL
+        role = ROLE_FOR_DOMAIN.get(view.domain, view.domain)
+        if self._alive(view.domain, pool, now, stale_after):
+            tracked.queued_since = now
+            if tracked.pool_note:
+                tracked.pool_note = ""
+                self.emit_progress(op_id, ProgressState(message=f"a {role} in pool {pool} is alive", phase="queued"))
+            return
+        note = f"waiting for a {role} in pool {pool}: none alive"
+        if tracked.pool_note != note:
+            tracked.pool_note = note
+            self.emit_progress(op_id, ProgressState(message=note, phase="queued"))
+        waited = now - tracked.queued_since
+        if waited > self.settings.orphan_timeout_s:
+            await self._finish(op_id, OperationFailed(
+                op_id=op_id, error=f"no {role} in pool {pool} came up within {self.settings.orphan_timeout_s:g} s "
+                                   f"(waited {waited:.0f} s); start one (KTRDR_POOLS={pool}) and run it again",
+                error_code="no_worker"))
+

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from actors.runtime import Actor
+from events.subjects import ACTOR_ROLES
 from ktrdr.config import Settings
 
-# Start order: services before the workers that call them, the orchestrator last.
-ROLES: dict[str, str] = {
+if TYPE_CHECKING:
+    from actors.runtime import Actor
+
+_CLASSES: dict[str, str] = {
     "ib": "actors.ib:IbActor",
     "dummy": "actors.dummy:DummyWorker",
     "job-manager": "actors.job_manager:JobManager",
     "trainer": "actors.trainer:Trainer",
     "orchestrator": "actors.orchestrator:Orchestrator",
 }
+ROLES: dict[str, str] = {role: _CLASSES[role] for role in ACTOR_ROLES}
 
 
-def build(role: str, settings: Settings, *, url: str | None = None) -> Actor:
+def build(role: str, settings: Settings, *, url: str | list[str] | None = None) -> Actor:
     module, _, cls = ROLES[role].partition(":")
     actor_cls = getattr(importlib.import_module(module), cls)
     return actor_cls(settings, url=url)

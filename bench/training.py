@@ -74,7 +74,7 @@ async def trainer_process(srv: BenchServer, c: Client, batch_every: int = 20) ->
 
 async def _run_training(c: Client, text: str, epochs: int) -> tuple[list[Any], Any]:
     cmd = StartTraining(op_id=subjects.new_op_id("training"), strategy_path=str(STRATEGY), strategy_yaml=text,
-                        epochs=epochs, start=START, end=END)
+                        epochs=epochs, start=START, end=END, data_mode="none")
     await c.submit(cmd)
     view = await c.watch(cmd.op_id, lambda ev, v: None, idle_timeout=600)
     assert view.status == "completed", view.error
@@ -154,7 +154,7 @@ async def cancel_latency(srv: BenchServer, runs: int = 12) -> dict[str, Any]:
         async with trainer_process(srv, c):
             for _ in range(runs):
                 cmd = StartTraining(op_id=subjects.new_op_id("training"), strategy_path=str(STRATEGY),
-                                    strategy_yaml=text, epochs=50, start=START, end=END)
+                                    strategy_yaml=text, epochs=50, start=START, end=END, data_mode="none")
                 in_training, cancelled = asyncio.Event(), asyncio.Event()
                 t_cancelled: list[int] = []
                 ctx_seen: list[TrainingContext] = []
@@ -211,7 +211,7 @@ async def progress_latency(srv: BenchServer) -> dict[str, Any]:
         await c.ensure_streams()
         async with trainer_process(srv, c, batch_every=1):
             cmd = StartTraining(op_id=subjects.new_op_id("training"), strategy_path=str(STRATEGY),
-                                strategy_yaml=text, epochs=2, start=START, end=END)
+                                strategy_yaml=text, epochs=2, start=START, end=END, data_mode="none")
             done = asyncio.Event()
 
             async def cb(msg: Any) -> None:

@@ -1,67 +1,74 @@
-"""JSON codec for the wire: one encoder, typed decoders built once. Validation happens at decode."""
+"""JSON codec for the wire: one encoder, typed decoders built once. Validation happens at decode.
+
+Every decoder is bounded: a payload nested deeper than msgspec's recursion guard (a hostile
+`[[[[...]]]]`) raises DecodeError like any other malformed payload, never RecursionError, so a
+consumer can always answer it with an error event or terminate the message.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
-from events.messages import (
-    AnyCommand,
-    AnyEvent,
-    Heartbeat,
-    IbBarsRequest,
-    IbContractRequest,
-    IbHeadRequest,
-    IbReply,
-    WorkItem,
-)
-
-_encoder = msgspec.json.Encoder()
-_command_decoder = msgspec.json.Decoder(AnyCommand)
-_event_decoder = msgspec.json.Decoder(AnyEvent)
-_work_decoder = msgspec.json.Decoder(WorkItem)
-_heartbeat_decoder = msgspec.json.Decoder(Heartbeat)
-_ib_request_decoder = msgspec.json.Decoder(IbBarsRequest | IbContractRequest | IbHeadRequest)
-_ib_reply_decoder = msgspec.json.Decoder(IbReply)
-_loose = msgspec.json.Decoder()
+from events.messages import AnyCommand, AnyEvent, AnyIbRequest, CancelOperation, Heartbeat, IbReply, WorkItem
 
 DecodeError = msgspec.DecodeError  # raised for malformed or invalid payloads (ValidationError is a subclass)
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+_loose = msgspec.json.Decoder()
 
 
 def encode(msg: Any) -> bytes:
     return _encoder.encode(msg)
 
 
-def decode_command(data: bytes) -> AnyCommand:
-    return _command_decoder.decode(data)
+def decode(data: bytes, type: type[T]) -> T:
+    """Decode `data` as `type`; DecodeError for anything malformed, however it is malformed."""
+    dec = _decoders.get(type)
+    if dec is None:
+        dec = _decoders[type] = msgspec.json.Decoder(type)
+    try:
+        return dec.decode(data)
+    except RecursionError:
+        raise DecodeError("payload nested too deeply") from None
 
 
-def decode_event(data: bytes) -> AnyEvent:
-    return _event_decoder.decode(data)
+def decode_command(data: bytes) -> AnyCommand:  # type: ignore[valid-type]
+    return decode(data, AnyCommand)
+
+
+def decode_event(data: bytes) -> AnyEvent:  # type: ignore[valid-type]
+    return decode(data, AnyEvent)
 
 
 def decode_work(data: bytes) -> WorkItem:
-    return _work_decoder.decode(data)
+    return decode(data, WorkItem)
+
+
+def decode_cancel(data: bytes) -> CancelOperation:
+    return decode(data, CancelOperation)
 
 
 def decode_heartbeat(data: bytes) -> Heartbeat:
-    return _heartbeat_decoder.decode(data)
+    return decode(data, Heartbeat)
 
 
-def decode_ib_request(data: bytes) -> IbBarsRequest | IbContractRequest | IbHeadRequest:
-    return _ib_request_decoder.decode(data)
+def decode_ib_request(data: bytes) -> AnyIbRequest:  # type: ignore[valid-type]
+    return decode(data, AnyIbRequest)
 
 
 def decode_ib_reply(data: bytes) -> IbReply:
-    return _ib_reply_decoder.decode(data)
+    return decode(data, IbReply)
 
 
 def sniff_op_id(data: bytes) -> str | None:
     """Best effort: the op_id of a payload that failed to decode, so the error can be reported on it."""
     try:
         obj = _loose.decode(data)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     if isinstance(obj, dict) and isinstance(obj.get("op_id"), str):
         return obj["op_id"]

@@ -4,16 +4,22 @@ Each message has a `type` tag (msgspec tagged unions make the JSON self-describi
 version `v`. Events carry `op_id`, `ts` (UTC) and `actor` (the emitting actor's id). Commands carry the
 operation id chosen by the client so it can watch `ops.<domain>.<op_id>.>` before anything happens
 and so a retried command is deduplicated.
+
+Subjects are derived from the types (events/subjects.py): a command class names its `domain` and
+`verb` (`cmd.<domain>.<verb>`), an event class its `name` (`ops.<domain>.<op_id>.<name>`), an IB
+request its `verb` (`ib.<verb>`). Adding a domain is one command class added to COMMANDS.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> datetime:
@@ -36,8 +42,9 @@ class DataContext(msgspec.Struct, tag="data", tag_field="kind", kw_only=True):
     symbol: str = ""
     timeframe: str = ""
     mode: str = ""
-    segment_index: int = 0  # 1-based index of the segment being / just fetched
+    segment_index: int = 0  # 1-based index of the segment this report is about (0: none)
     segment_count: int = 0
+    segments_done: int = 0  # segments finished (fetched, empty or failed)
     bars_fetched: int = 0
     source: str = ""  # "ib" or "sim": simulated data is marked everywhere it appears
     waiting_s: float = 0.0  # >0 while waiting on IB pacing: visible state, not silence
@@ -57,10 +64,22 @@ class TrainingContext(msgspec.Struct, tag="training", tag_field="kind", kw_only=
     device: str = ""
     gpu_name: str | None = None
     gpu_memory_gb: float | None = None
+    gpu_memory_used_gb: float | None = None  # on CUDA only: memory allocated by this training
+    gpu_utilization: float | None = None  # on CUDA only, percent, when the driver reports it
     resumed_from_epoch: int | None = None
 
 
-Context = DummyContext | DataContext | TrainingContext
+class WorkflowContext(msgspec.Struct, tag="workflow", tag_field="kind", kw_only=True):
+    """A parent operation's progress: which child is running and how many are done."""
+
+    step: str = ""  # "data" or "training"
+    children_done: int = 0
+    children_total: int = 0
+    child_op_id: str = ""
+    child_line: str = ""  # the running child's rendered line
+
+
+Context = DummyContext | DataContext | TrainingContext | WorkflowContext
 
 
 class ProgressState(msgspec.Struct, kw_only=True):
@@ -80,17 +99,32 @@ class ProgressState(msgspec.Struct, kw_only=True):
 # Commands (cmd.<domain>.<verb>) — imperative names
 # --------------------------------------------------------------------------------------------------
 class Command(Message, kw_only=True):
+    domain: ClassVar[str] = ""
+    verb: ClassVar[str] = ""
+    role: ClassVar[str] = ""  # the actor role that does this domain's work
+
     op_id: str
     ts: datetime = msgspec.field(default_factory=utcnow)
     requested_by: str = "cli"
+    pool: str = "any"  # which pool of workers takes it: work.<domain>.<pool>
+    deadline: datetime | None = None  # the orchestrator cancels it (reason "deadline") at this time
+    parent_op_id: str | None = None  # set by the orchestrator on a workflow's children only
 
 
 class RunDummy(Command, tag="RunDummy", kw_only=True):
+    domain: ClassVar[str] = "dummy"
+    verb: ClassVar[str] = "run"
+    role: ClassVar[str] = "dummy"
+
     iterations: int = 100
     interval_s: float = 2.0
 
 
 class LoadData(Command, tag="LoadData", kw_only=True):
+    domain: ClassVar[str] = "data"
+    verb: ClassVar[str] = "load"
+    role: ClassVar[str] = "job-manager"
+
     symbol: str
     timeframe: str = "1h"
     mode: Literal["local", "tail", "backfill", "full"] = "tail"
@@ -99,6 +133,10 @@ class LoadData(Command, tag="LoadData", kw_only=True):
 
 
 class StartTraining(Command, tag="StartTraining", kw_only=True):
+    domain: ClassVar[str] = "training"
+    verb: ClassVar[str] = "start"
+    role: ClassVar[str] = "trainer"
+
     strategy_path: str = ""
     strategy_yaml: str = ""  # the file's text, so a remote trainer needs no shared filesystem
     symbols: list[str] = msgspec.field(default_factory=list)
@@ -106,55 +144,84 @@ class StartTraining(Command, tag="StartTraining", kw_only=True):
     start: datetime | None = None
     end: datetime | None = None
     epochs: int | None = None
-    load_data: bool = True  # load missing bars through a data operation first
+    # How the workflow gets the bars first: "full" loads what the store lacks from IB, "local" only
+    # checks what is stored, "none" plans no data step (one plain training operation).
+    data_mode: Literal["full", "local", "none"] = "full"
+
+
+# Adding a domain: a Command subclass above, added here. Subjects, the decoder's union, the role
+# that serves it and the list of domains all derive from this tuple.
+COMMANDS: tuple[type[Command], ...] = (RunDummy, LoadData, StartTraining)
+AnyCommand = functools.reduce(operator.or_, COMMANDS)  # type: ignore[arg-type]
+DOMAINS: tuple[str, ...] = tuple(c.domain for c in COMMANDS)
+COMMAND_FOR_DOMAIN: dict[str, type[Command]] = {c.domain: c for c in COMMANDS}
+ROLE_FOR_DOMAIN: dict[str, str] = {c.domain: c.role for c in COMMANDS}
+
+CancelReason = Literal["user", "deadline", "shutdown", "parent", "lease_lost"]
 
 
 class CancelOperation(Message, tag="CancelOperation", kw_only=True):
-    """Published on ops.<domain>.<op_id>.cancel; every actor subscribes."""
+    """Published on ops.<domain>.<op_id>.cancel (and stored there); every actor subscribes."""
+
+    name: ClassVar[str] = "cancel"
+    lifecycle: ClassVar[bool] = True
+    terminal: ClassVar[bool] = False
 
     op_id: str
     ts: datetime = msgspec.field(default_factory=utcnow)
     reason: str = "cancel requested"
+    reason_code: CancelReason = "user"
     requested_by: str = "cli"
-
-
-AnyCommand = RunDummy | LoadData | StartTraining
+    actor: str = ""  # not an event of the operation's workers; kept for a uniform event shape
 
 
 # --------------------------------------------------------------------------------------------------
-# Work items (work.<domain>) — what the orchestrator routes to workers
+# Work items (work.<domain>.<pool>) — what the orchestrator routes to workers
 # --------------------------------------------------------------------------------------------------
 class WorkItem(Message, tag="WorkItem", kw_only=True):
     op_id: str
     domain: str
-    command: AnyCommand
+    command: AnyCommand  # type: ignore[valid-type]
     ts: datetime = msgspec.field(default_factory=utcnow)
 
 
 # --------------------------------------------------------------------------------------------------
-# Operation lifecycle events (ops.<domain>.<op_id>.<event>) — past tense
+# Operation lifecycle events (ops.<domain>.<op_id>.<name>) — past tense
 # --------------------------------------------------------------------------------------------------
 class Event(Message, kw_only=True):
+    name: ClassVar[str] = ""  # the last subject token
+    lifecycle: ClassVar[bool] = True  # read when rebuilding state (everything but progress)
+    terminal: ClassVar[bool] = False  # exactly one of these ends an operation
+
     op_id: str
     ts: datetime = msgspec.field(default_factory=utcnow)
     actor: str = ""
-    seq: int = 0  # per-actor-per-operation sequence, part of the Nats-Msg-Id
+    seq: int = 0  # per-actor sequence, part of the Nats-Msg-Id
 
 
 class OperationCreated(Event, tag="OperationCreated", kw_only=True):
+    name: ClassVar[str] = "created"
+
     domain: str
     op_type: str
-    command: AnyCommand
+    command: AnyCommand  # type: ignore[valid-type]
     description: str = ""
+    parent_op_id: str | None = None
+    children: list[str] = msgspec.field(default_factory=list)  # a workflow's planned child operations
 
 
 class OperationRejected(Event, tag="OperationRejected", kw_only=True):
+    name: ClassVar[str] = "rejected"
+    terminal: ClassVar[bool] = True
+
     reason: str
     error_code: str = "validation"
     field: str | None = None
 
 
 class OperationStarted(Event, tag="OperationStarted", kw_only=True):
+    name: ClassVar[str] = "started"
+
     worker: str = ""
     attempt: int = 1
     resumed: bool = False
@@ -162,15 +229,24 @@ class OperationStarted(Event, tag="OperationStarted", kw_only=True):
 
 
 class OperationProgress(Event, tag="OperationProgress", kw_only=True):
+    name: ClassVar[str] = "progress"
+    lifecycle: ClassVar[bool] = False
+
     progress: ProgressState
 
 
 class OperationCompleted(Event, tag="OperationCompleted", kw_only=True):
+    name: ClassVar[str] = "completed"
+    terminal: ClassVar[bool] = True
+
     result: dict[str, Any] = msgspec.field(default_factory=dict)
     message: str = ""
 
 
 class OperationFailed(Event, tag="OperationFailed", kw_only=True):
+    name: ClassVar[str] = "failed"
+    terminal: ClassVar[bool] = True
+
     error: str
     error_code: str = "error"
     where: str = ""
@@ -179,51 +255,49 @@ class OperationFailed(Event, tag="OperationFailed", kw_only=True):
 class CancelRequested(Event, tag="CancelRequested", kw_only=True):
     """The orchestrator's acknowledgement that a cancel was recorded for a live operation."""
 
+    name: ClassVar[str] = "cancel_requested"
+
     reason: str = "cancel requested"
+    reason_code: CancelReason = "user"
     requested_by: str = ""
 
 
 class OperationCancelled(Event, tag="OperationCancelled", kw_only=True):
+    name: ClassVar[str] = "cancelled"
+    terminal: ClassVar[bool] = True
+
     where: str = ""
     reason: str = "cancel requested"
+    reason_code: CancelReason = "user"
     message: str = ""
 
 
 class ActorError(Event, tag="ActorError", kw_only=True):
     """A malformed or unexpected message about a known operation; the actor keeps running."""
 
+    name: ClassVar[str] = "error"
+
     error: str
     subject: str = ""
 
 
-AnyEvent = (
-    OperationCreated
-    | OperationRejected
-    | OperationStarted
-    | OperationProgress
-    | OperationCompleted
-    | OperationFailed
-    | CancelRequested
-    | OperationCancelled
-    | ActorError
-    | CancelOperation
+EVENTS: tuple[type[Event] | type[CancelOperation], ...] = (
+    OperationCreated,
+    OperationRejected,
+    OperationStarted,
+    OperationProgress,
+    OperationCompleted,
+    OperationFailed,
+    CancelRequested,
+    OperationCancelled,
+    ActorError,
+    CancelOperation,
 )
-
-TERMINAL_EVENTS = (OperationCompleted, OperationFailed, OperationCancelled, OperationRejected)
-
-# Event name used as the last subject token, e.g. ops.data.<id>.progress
-EVENT_SUBJECT_NAMES: dict[type, str] = {
-    OperationCreated: "created",
-    OperationRejected: "rejected",
-    OperationStarted: "started",
-    OperationProgress: "progress",
-    OperationCompleted: "completed",
-    OperationFailed: "failed",
-    CancelRequested: "cancel_requested",
-    OperationCancelled: "cancelled",
-    ActorError: "error",
-    CancelOperation: "cancel",
-}
+AnyEvent = functools.reduce(operator.or_, EVENTS)  # type: ignore[arg-type]
+TERMINAL_EVENTS: tuple[type, ...] = tuple(e for e in EVENTS if e.terminal)
+EVENT_NAMES: tuple[str, ...] = tuple(e.name for e in EVENTS)
+LIFECYCLE_NAMES: tuple[str, ...] = tuple(e.name for e in EVENTS if e.lifecycle)
+TERMINAL_NAMES: tuple[str, ...] = tuple(e.name for e in TERMINAL_EVENTS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,6 +307,7 @@ class Heartbeat(Message, tag="Heartbeat", kw_only=True):
     actor: str
     role: str
     domain: str = ""  # the work domain it serves (dummy, data, training), "" for none
+    pools: list[str] = msgspec.field(default_factory=list)  # the pools it takes work from
     host: str
     pid: int
     started: datetime
@@ -240,29 +315,54 @@ class Heartbeat(Message, tag="Heartbeat", kw_only=True):
     busy: list[str] = msgspec.field(default_factory=list)  # op_ids in progress
     interval_s: float = 1.0
     stopping: bool = False
+    rss_mb: float = 0.0  # resident memory now
+    peak_rss_mb: float = 0.0  # the process's peak resident memory
+
+
+class Lease(Message, tag="Lease", kw_only=True):
+    """Who runs an operation now (KV LEASES, key <op_id>). The holder renews it with compare-and-set
+    on every heartbeat; another worker takes it over only after seeing the same revision for a whole
+    lease time, and a holder whose renewal fails has lost it and stops without a terminal event."""
+
+    holder: str
+    attempt: int = 1
+    ts: datetime = msgspec.field(default_factory=utcnow)
 
 
 # --------------------------------------------------------------------------------------------------
 # IB request/reply (ib.<verb>), queue group "ib"
 # --------------------------------------------------------------------------------------------------
-class IbContractRequest(Message, tag="IbContractRequest", kw_only=True):
-    symbol: str
+class IbRequest(Message, kw_only=True):
+    verb: ClassVar[str] = ""
+
     op_id: str = ""
 
 
-class IbHeadRequest(Message, tag="IbHeadRequest", kw_only=True):
+class IbContractRequest(IbRequest, tag="IbContractRequest", kw_only=True):
+    verb: ClassVar[str] = "contract"
+
+    symbol: str
+
+
+class IbHeadRequest(IbRequest, tag="IbHeadRequest", kw_only=True):
+    verb: ClassVar[str] = "head"
+
     symbol: str
     timeframe: str = "1h"
-    op_id: str = ""
 
 
-class IbBarsRequest(Message, tag="IbBarsRequest", kw_only=True):
+class IbBarsRequest(IbRequest, tag="IbBarsRequest", kw_only=True):
+    verb: ClassVar[str] = "bars"
+
     symbol: str
     timeframe: str
     start: datetime
     end: datetime
-    op_id: str = ""
     request_id: str = ""
+
+
+IB_REQUESTS: tuple[type[IbRequest], ...] = (IbContractRequest, IbHeadRequest, IbBarsRequest)
+AnyIbRequest = functools.reduce(operator.or_, IB_REQUESTS)  # type: ignore[arg-type]
 
 
 class ContractInfo(msgspec.Struct, kw_only=True):
@@ -298,7 +398,3 @@ class IbReply(Message, tag="IbReply", kw_only=True):
     # final=False: an interim notice (e.g. "waiting 12 s for IB pacing") before the answer itself.
     final: bool = True
     message: str = ""
-
-
-COMMANDS: tuple[type, ...] = (RunDummy, LoadData, StartTraining)
-EVENTS: tuple[type, ...] = tuple(EVENT_SUBJECT_NAMES)

@@ -8,17 +8,23 @@ import msgspec
 
 from events import messages as m
 
+# The message families a client may meet, each as it is decoded on the wire.
+FAMILIES: dict[str, Any] = {
+    "commands": m.AnyCommand,
+    "work": m.WorkItem,
+    "events": m.AnyEvent,
+    "heartbeat": m.Heartbeat,
+    "ib_requests": m.AnyIbRequest,
+    "ib_reply": m.IbReply,
+}
+
 
 def schema() -> dict[str, Any]:
-    types = [m.AnyCommand, m.WorkItem, m.AnyEvent, m.Heartbeat, m.IbBarsRequest, m.IbContractRequest,
-             m.IbHeadRequest, m.IbReply]
-    schemas, components = msgspec.json.schema_components(types, ref_template="#/$defs/{name}")
+    schemas, components = msgspec.json.schema_components(list(FAMILIES.values()), ref_template="#/$defs/{name}")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "KTRDR on NATS wire vocabulary",
         "schema_version": m.SCHEMA_VERSION,
-        "messages": {name: s for name, s in zip(["commands", "work", "events", "heartbeat", "ib_bars_request",
-                                                 "ib_contract_request", "ib_head_request", "ib_reply"],
-                                                schemas, strict=True)},
+        "messages": dict(zip(FAMILIES, schemas, strict=True)),
         "$defs": components,
     }

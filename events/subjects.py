@@ -1,31 +1,49 @@
-"""Subject builders for every subject in DESIGN.md, and operation ids.
+"""Every subject, stream, bucket and consumer name, derived from the message types in events/messages.py.
 
-An operation id is one NATS token, unique, sortable by time, with the domain readable in it:
-`<domain>-<YYYYmmddTHHMMSSffffff>-<6 hex>`, e.g. `data-20261128T174900123456-3f9a1c`.
+No other package writes a subject string: it asks this module. An operation id is one NATS token,
+unique, sortable by time, with the domain readable in it: `<domain>-<YYYYmmddTHHMMSSffffff>-<6 hex>`,
+e.g. `data-20261128T174900123456-3f9a1c`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from datetime import UTC, datetime
 
-DOMAINS = ("dummy", "data", "training")
-# cmd.<domain>.<verb> for each command type
-COMMAND_SUBJECTS = {"RunDummy": "cmd.dummy.run", "LoadData": "cmd.data.load", "StartTraining": "cmd.training.start"}
+from events.messages import (
+    COMMAND_FOR_DOMAIN,
+    DOMAINS,
+    LIFECYCLE_NAMES,
+    CancelOperation,
+    Command,
+    IbRequest,
+)
 
 STREAM_CMD = "CMD"
 STREAM_WORK = "WORK"
 STREAM_OPS = "OPS"
-ACTORS_BUCKET = "ACTORS"
+ACTORS_BUCKET = "ACTORS"  # KV: presence, key <role>.<actor_id>
+LEASES_BUCKET = "LEASES"  # KV: which actor holds which operation, key <op_id>
+PACING_BUCKET = "PACING"  # KV: IB pacing history, key <ib pool>
+BARS_BUCKET = "BARS"  # object store: <SYMBOL>/<TF> parquet
+MODELS_BUCKET = "MODELS"  # object store: <strategy>/<key>/<file>
+CHECKPOINTS_BUCKET = "CHECKPOINTS"  # object store: <op_id>/latest
 
 CMD_ALL = "cmd.>"
 WORK_ALL = "work.>"
 OPS_ALL = "ops.>"
-CANCEL_ALL = "ops.*.*.cancel"
+CANCEL_ALL = f"ops.*.*.{CancelOperation.name}"
 IB_QUEUE_GROUP = "ib"
+ORCHESTRATOR_CONSUMER = "orchestrator"
+# The actor roles, in start order: services before the workers that call them, the orchestrator last.
+ACTOR_ROLES: tuple[str, ...] = ("ib", "dummy", "job-manager", "trainer", "orchestrator")
+DEFAULT_POOL = "any"
 
-_OP_ID = re.compile(r"^(?P<domain>[a-z]+)-\d{8}T\d{12}-[0-9a-f]{6}$")
+_OP_ID = re.compile(r"^(?P<domain>[a-z]+)-(?P<ts>\d{8}T\d{12})-[0-9a-f]{6}$")
+# Pools, roles and actor ids become subject tokens and consumer names: one safe token each.
+_TOKEN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 def new_op_id(domain: str) -> str:
@@ -34,41 +52,101 @@ def new_op_id(domain: str) -> str:
     return f"{domain}-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{secrets.token_hex(3)}"
 
 
-def is_op_id(op_id: str) -> bool:
-    return bool(_OP_ID.match(op_id))
+def child_op_id(parent_op_id: str, domain: str, key: str) -> str:
+    """A workflow child's id, derived from its parent and what it is for, so an orchestrator that
+    restarts mid-workflow plans the very same children (and their creation is deduplicated)."""
+    m = _OP_ID.match(parent_op_id)
+    if not m or domain not in DOMAINS:
+        raise ValueError(f"cannot derive a {domain!r} child of {parent_op_id!r}")
+    digest = hashlib.sha256(f"{parent_op_id}/{domain}/{key}".encode()).hexdigest()[:6]
+    return f"{domain}-{m['ts']}-{digest}"
+
+
+def is_op_id(op_id: object) -> bool:
+    """A well-formed id of a known domain (anything else is never joined into a subject or path)."""
+    if not isinstance(op_id, str):
+        return False
+    m = _OP_ID.match(op_id)
+    return bool(m) and m is not None and m["domain"] in DOMAINS
 
 
 def domain_of(op_id: str) -> str:
     """The domain encoded in an operation id ('dummy', 'data', 'training')."""
-    m = _OP_ID.match(op_id)
+    m = _OP_ID.match(op_id) if isinstance(op_id, str) else None
     if not m or m["domain"] not in DOMAINS:
         raise ValueError(f"{op_id!r} is not an operation id (expected e.g. data-20261128T174900123456-3f9a1c)")
     return m["domain"]
 
 
-def cmd(domain: str, verb: str) -> str:
-    return f"cmd.{domain}.{verb}"
+def created_at_of(op_id: str) -> datetime:
+    """When the id was made (its timestamp part): `ops list` orders by this."""
+    m = _OP_ID.match(op_id)
+    if not m:
+        raise ValueError(f"{op_id!r} is not an operation id")
+    return datetime.strptime(m["ts"], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
 
 
-def work(domain: str) -> str:
-    return f"work.{domain}"
+def is_token(value: object) -> bool:
+    return isinstance(value, str) and bool(_TOKEN.match(value))
 
 
+# ---------------------------------------------------------------------------------------------- cmd
+def command(cmd: Command | type[Command]) -> str:
+    """cmd.<domain>.<verb> of a command (instance or class)."""
+    return f"cmd.{cmd.domain}.{cmd.verb}"
+
+
+def command_for_subject(subject: str) -> type[Command] | None:
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != "cmd":
+        return None
+    cls = COMMAND_FOR_DOMAIN.get(parts[1])
+    return cls if cls is not None and cls.verb == parts[2] else None
+
+
+# ---------------------------------------------------------------------------------------------- work
+def work(domain: str, pool: str = DEFAULT_POOL) -> str:
+    if domain not in DOMAINS or not is_token(pool):
+        raise ValueError(f"no work subject for domain {domain!r}, pool {pool!r}")
+    return f"work.{domain}.{pool}"
+
+
+def work_consumer(domain: str, pool: str = DEFAULT_POOL) -> str:
+    return f"work-{domain}-{pool}"
+
+
+def parse_work_subject(subject: str) -> tuple[str, str] | None:
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != "work" or parts[1] not in DOMAINS:
+        return None
+    return parts[1], parts[2]
+
+
+# ---------------------------------------------------------------------------------------------- ops
 def ops(op_id: str, event: str = ">") -> str:
     """ops.<domain>.<op_id>.<event>; event '>' gives the wildcard for the whole operation."""
     return f"ops.{domain_of(op_id)}.{op_id}.{event}"
 
 
+def event(ev: object) -> str:
+    """The subject an event (or a cancel request) is published on."""
+    return ops(ev.op_id, type(ev).name)  # type: ignore[attr-defined]
+
+
 def cancel(op_id: str) -> str:
-    return ops(op_id, "cancel")
+    return ops(op_id, CancelOperation.name)
 
 
-def ib(verb: str) -> str:
-    return f"ib.{verb}"
+def all_ops(event_name: str) -> str:
+    """ops.*.*.<event name>: that event of every operation."""
+    return f"ops.*.*.{event_name}"
 
 
-def heartbeat_key(role: str, actor_id: str) -> str:
-    return f"{role}.{actor_id}"
+def lifecycle_filters(op_id: str | None = None) -> list[str]:
+    """Filters for the lifecycle events (everything but progress) of one operation or of all."""
+    if op_id is None:
+        return [all_ops(n) for n in LIFECYCLE_NAMES]
+    return [ops(op_id, n) for n in LIFECYCLE_NAMES]
 
 
 def parse_ops_subject(subject: str) -> tuple[str, str, str] | None:
@@ -77,3 +155,22 @@ def parse_ops_subject(subject: str) -> tuple[str, str, str] | None:
     if len(parts) != 4 or parts[0] != "ops":
         return None
     return parts[1], parts[2], parts[3]
+
+
+# ---------------------------------------------------------------------------------------------- ib
+def ib(request: IbRequest | type[IbRequest]) -> str:
+    return f"ib.{request.verb}"
+
+
+# ---------------------------------------------------------------------------------------------- presence
+def heartbeat_key(role: str, actor_id: str) -> str:
+    return f"{role}.{actor_id}"
+
+
+def kv_updates(bucket: str) -> str:
+    """The subject every update of a KV bucket is published on (a core subscription sees them)."""
+    return f"$KV.{bucket}.>"
+
+
+def kv_key_of(bucket: str, subject: str) -> str:
+    return subject[len(f"$KV.{bucket}.") :]

@@ -1,9 +1,10 @@
-"""The client side of the wire: what the CLI (and any Python program) uses to submit commands,
-follow an operation live or from its stored record, list operations and cancel them.
+"""The client side of the wire: what the CLI, the web page (and any Python program) use to submit
+commands, follow an operation live or from its stored record, list operations and cancel them.
 
 Watching starts an ordered consumer on `ops.<domain>.<op_id>.>` from the first stored event, so a
 client sees the same sequence whether it attaches before, during or after the operation: replay
-first, then live, through the same fold.
+first, then live, through the same fold. The URL is given (or NATS_URL): opening a connection never
+starts anything; the CLI resolves the embedded stack's URL before it gets here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -19,25 +19,50 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
 
-from actors._jetstream import connect, ensure_streams, msg_id_headers, read_events, read_operation
 from events import subjects
 from events.codec import DecodeError, decode_event, decode_heartbeat, encode
-from events.messages import AnyCommand, AnyEvent, CancelOperation, Heartbeat, OperationProgress
+from events.messages import AnyEvent, CancelOperation, CancelReason, Command, Heartbeat, OperationProgress
 from ktrdr.config import Settings
-from ktrdr.operations import OperationView, fold, fold_all
+from ktrdr.errors import KtrdrError
+from ktrdr.operations import OperationView, apply_progress, fold, fold_all
+from ktrdr.transport import connect, ensure_streams, last_message, publish, read_events, read_operation
+
+
+class NoServerError(KtrdrError):
+    code = "no_server"
 
 
 class Client:
-    def __init__(self, settings: Settings, *, url: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, url: str | list[str] | None = None, name: str = "ktrdr-cli",
+                 reconnect_attempts: int = 5) -> None:
         self.settings = settings
-        self.url = url
+        self.url = url or settings.nats_url
+        self.name = name
+        self.reconnect_attempts = reconnect_attempts
         self.nc: NATS | None = None
         self._js: JetStreamContext | None = None
+        self.on_disconnect: Callable[[], None] | None = None
+        self.on_reconnect: Callable[[], None] | None = None
 
     async def __aenter__(self) -> Client:
-        self.nc = await connect(self.settings, "ktrdr-cli", url=self.url, max_reconnect_attempts=5)
+        if not self.url:
+            raise NoServerError("no NATS server given", hint="set NATS_URL, or run `ktrdr up`")
+
+        async def disconnected() -> None:
+            if self.on_disconnect is not None:
+                self.on_disconnect()
+
+        async def reconnected() -> None:
+            if self.on_reconnect is not None:
+                self.on_reconnect()
+
+        async def error(_exc: Exception) -> None:
+            pass  # reconnect attempts are reported through on_disconnect/on_reconnect, not tracebacks
+
+        self.nc = await connect(self.url, self.settings, self.name, max_reconnect_attempts=self.reconnect_attempts,
+                                disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error)
         self._js = self.nc.jetstream()
         return self
 
@@ -54,6 +79,10 @@ class Client:
     def js(self) -> JetStreamContext:
         assert self._js is not None, "use `async with Client(...)`"
         return self._js
+
+    @property
+    def closed(self) -> bool:
+        return self.nc is None or self.nc.is_closed
 
     async def ensure_streams(self) -> list[str]:
         return await ensure_streams(self.js, self.settings)
@@ -72,41 +101,54 @@ class Client:
             except (KeyNotFoundError, KeyDeletedError):  # that actor stopped (or expired) meanwhile
                 continue
             if entry.value:
-                beats.append(decode_heartbeat(entry.value))
+                with contextlib.suppress(DecodeError):
+                    beats.append(decode_heartbeat(entry.value))
         return beats
 
-    async def submit(self, cmd: AnyCommand) -> None:
+    async def submit(self, cmd: Command) -> None:
         """Publish a command (stored in CMD; a retried publish of the same op is stored once)."""
         await self.ensure_streams()
-        subject = subjects.COMMAND_SUBJECTS[type(cmd).__name__]
-        await self.js.publish(subject, encode(cmd), headers=msg_id_headers(f"cmd-{cmd.op_id}"))
+        await publish(self.js, subjects.command(cmd), encode(cmd), f"cmd-{cmd.op_id}")
 
-    async def cancel(self, op_id: str, reason: str = "cancel requested", requested_by: str = "cli") -> None:
-        await self.js.publish(subjects.cancel(op_id), encode(CancelOperation(
-            op_id=op_id, reason=reason, requested_by=requested_by)))
+    async def cancel(self, op_id: str, reason: str = "cancel requested", requested_by: str = "cli",
+                     code: CancelReason = "user") -> None:
+        """Record a cancel on ops.<domain>.<op_id>.cancel, whatever state the operation is in (even
+        before it exists: the orchestrator honours it when it creates the operation)."""
+        cancel = CancelOperation(op_id=op_id, reason=reason, reason_code=code, requested_by=requested_by)
+        await publish(self.js, subjects.cancel(op_id), encode(cancel), f"{op_id}.cancel.{cancel.ts.timestamp()}")
 
-    async def events(self, op_id: str) -> list[AnyEvent]:
+    async def events(self, op_id: str) -> list[AnyEvent]:  # type: ignore[valid-type]
         return await read_operation(self.js, op_id)
 
     async def view(self, op_id: str) -> OperationView:
         return fold_all(await self.events(op_id))
 
+    async def exists(self, op_id: str) -> bool:
+        """Whether the orchestrator has recorded the operation (created or rejected) — one read."""
+        for name in ("created", "rejected"):
+            if await last_message(self.js, subjects.ops(op_id, name)) is not None:
+                return True
+        return False
+
     async def watch(
         self,
         op_id: str,
-        on_event: Callable[[AnyEvent, OperationView], None],
+        on_event: Callable[[AnyEvent, OperationView], None],  # type: ignore[valid-type]
         *,
         until_terminal: bool = True,
         stop: asyncio.Event | None = None,
         idle_timeout: float | None = None,
     ) -> OperationView:
         """Replay the operation's stored events, then follow it live, calling on_event after each
-        fold. Returns the view when the operation is terminal (or `stop` is set)."""
+        fold. Returns the view when the operation is terminal (or `stop` is set, or nothing arrived
+        for idle_timeout seconds)."""
         view = OperationView(op_id=op_id)
         done = stop or asyncio.Event()
         finished = asyncio.Event()
+        activity = asyncio.Event()
 
         async def cb(msg: Msg) -> None:
+            activity.set()
             try:
                 ev = decode_event(msg.data)
             except DecodeError:
@@ -118,21 +160,23 @@ class Client:
 
         sub = await self.js.subscribe(subjects.ops(op_id), cb=cb, ordered_consumer=True,
                                       deliver_policy=js_api.DeliverPolicy.ALL)
+        waiters = [asyncio.ensure_future(finished.wait()), asyncio.ensure_future(done.wait())]
         try:
-            waiters = [asyncio.ensure_future(finished.wait()), asyncio.ensure_future(done.wait())]
-            await asyncio.wait(waiters, timeout=idle_timeout, return_when=asyncio.FIRST_COMPLETED)
+            while not (finished.is_set() or done.is_set()):
+                activity.clear()
+                await asyncio.wait(waiters, timeout=idle_timeout, return_when=asyncio.FIRST_COMPLETED)
+                if idle_timeout is not None and not activity.is_set():
+                    break
+        finally:
             for w in waiters:
                 w.cancel()
-        finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         return view
 
     async def list_operations(self, *, limit: int | None = None) -> list[OperationView]:
-        """Every stored operation (lifecycle events only; the latest progress of running ones)."""
-        await self.ensure_streams()
-        filters = [f"ops.*.*.{e}" for e in ("created", "started", "completed", "failed", "cancelled", "rejected",
-                                             "cancel_requested")]
+        """Stored operations by creation time, oldest first (the newest `limit`), from their lifecycle
+        events and the last progress each reported."""
         views: dict[str, OperationView] = {}
 
         def on_msg(_subject: str, data: bytes) -> None:
@@ -140,34 +184,36 @@ class Client:
                 ev = decode_event(data)
             except DecodeError:
                 return
-            fold(views.setdefault(ev.op_id, OperationView(op_id=ev.op_id)), ev)
+            if subjects.is_op_id(ev.op_id):
+                fold(views.setdefault(ev.op_id, OperationView(op_id=ev.op_id)), ev)
 
-        await read_events(self.js, filters, on_msg)
-        for v in views.values():
-            if not v.terminal:
-                await self._latest_progress(v)
-        out = sorted(views.values(), key=lambda v: v.op_id)
-        return out[-limit:] if limit else out
+        await read_events(self.js, subjects.lifecycle_filters(), on_msg)
+        out = sorted((v for v in views.values() if v.created_at is not None or v.terminal),
+                     key=lambda v: (subjects.created_at_of(v.op_id), v.op_id))
+        out = out[-limit:] if limit else out
+        await asyncio.gather(*(self._latest_progress(v) for v in out if v.status != "completed"))
+        return out
 
     async def _latest_progress(self, view: OperationView) -> None:
-        try:
-            raw = await self.js.get_last_msg(subjects.STREAM_OPS, subjects.ops(view.op_id, "progress"), direct=True)
-        except (NotFoundError, Exception):
+        """The last progress of an operation, kept by the view even when it ended cancelled or failed."""
+        raw = await last_message(self.js, subjects.ops(view.op_id, OperationProgress.name))
+        if raw is None:
             return
-        try:
-            ev = decode_event(raw.data or b"")
-        except DecodeError:
-            return
-        if isinstance(ev, OperationProgress):
-            fold(view, ev)
+        with contextlib.suppress(DecodeError):
+            ev = decode_event(raw)
+            if isinstance(ev, OperationProgress):
+                if view.terminal:  # keep how it ended; show how far it got
+                    view.percentage, view.context = ev.progress.percentage, ev.progress.context or view.context
+                else:
+                    apply_progress(view, ev.progress)
 
-    async def tail(self, on_event: Callable[[str, AnyEvent | None, bytes], None], stop: asyncio.Event) -> None:
+    async def tail(self, on_event: Callable[[str, Any, bytes], None], stop: asyncio.Event) -> None:
         """Every operation's events live (core subscription on ops.>)."""
         assert self.nc is not None
 
         async def cb(msg: Msg) -> None:
             try:
-                ev: AnyEvent | None = decode_event(msg.data)
+                ev: Any = decode_event(msg.data)
             except DecodeError:
                 ev = None
             on_event(msg.subject, ev, msg.data)
@@ -175,7 +221,3 @@ class Client:
         sub = await self.nc.subscribe(subjects.OPS_ALL, cb=cb)
         await stop.wait()
         await sub.unsubscribe()
-
-
-def event_time(ev: Any) -> datetime | None:
-    return getattr(ev, "ts", None)

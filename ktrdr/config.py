@@ -1,47 +1,81 @@
-"""Settings from the environment, read once per process. Every knob a user can turn is here."""
+"""Settings from the environment, read once per process. Every knob a user can turn is here, and no
+other module reads os.environ for one: a bad value is refused here, with the variable's name."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
-def _float(name: str, default: float) -> float:
+def _env(name: str) -> str | None:
     raw = os.environ.get(name)
-    if raw is None or raw == "":
+    return raw if raw not in (None, "") else None
+
+
+def _float(name: str, default: float, lo: float = 0.0, hi: float = float("inf")) -> float:
+    raw = _env(name)
+    if raw is None:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError as exc:
         raise SystemExit(f"{name}={raw!r} is not a number") from exc
+    if not lo <= value <= hi:
+        raise SystemExit(f"{name}={raw!r} is out of range [{lo:g}, {hi:g}]")
+    return value
+
+
+def _int(name: str, default: int, lo: int = 0, hi: int = 2**62) -> int:
+    return int(_float(name, default, lo, hi))
+
+
+def _list(name: str) -> list[str]:
+    return [v for v in (_env(name) or "").replace(",", " ").split() if v]
 
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path = field(default_factory=lambda: Path(os.environ.get("KTRDR_HOME", "~/.ktrdr")).expanduser())
-    nats_url: str | None = field(default_factory=lambda: os.environ.get("NATS_URL") or None)
-    nats_user: str | None = field(default_factory=lambda: os.environ.get("NATS_USER") or None)
-    nats_password: str | None = field(default_factory=lambda: os.environ.get("NATS_PASSWORD") or None)
-    nats_creds: str | None = field(default_factory=lambda: os.environ.get("NATS_CREDS") or None)
-    # OPS retention (seconds); 30 days like the design says.
-    ops_max_age_s: float = field(default_factory=lambda: _float("KTRDR_OPS_MAX_AGE", 30 * 86400))
-    heartbeat_s: float = field(default_factory=lambda: _float("KTRDR_HEARTBEAT_S", 1.0))
+    home: Path = field(default_factory=lambda: Path(_env("KTRDR_HOME") or "~/.ktrdr").expanduser())
+    nats_url: str | None = field(default_factory=lambda: _env("NATS_URL"))
+    nats_user: str | None = field(default_factory=lambda: _env("NATS_USER"))
+    nats_password: str | None = field(default_factory=lambda: _env("NATS_PASSWORD"))
+    nats_creds: str | None = field(default_factory=lambda: _env("NATS_CREDS"))
+    nats_nkey: str | None = field(default_factory=lambda: _env("NATS_NKEY"))  # a seed file
+    nats_tls_ca: str | None = field(default_factory=lambda: _env("NATS_TLS_CA"))
+    # Who this process is on the bus (its credentials' role); "" = no per-role credentials.
+    role: str = field(default_factory=lambda: _env("KTRDR_ROLE") or "")
+    # Embedded stack: where nats-server listens (loopback unless told otherwise) and which actors run.
+    nats_host: str = field(default_factory=lambda: _env("KTRDR_NATS_HOST") or "127.0.0.1")
+    nats_port: int = field(default_factory=lambda: _int("KTRDR_NATS_PORT", 4222, 1, 65535))
+    local_roles: list[str] = field(default_factory=lambda: _list("KTRDR_LOCAL_ROLES"))
+    # Work pools this process's workers join besides their device's (e.g. "gpu,any").
+    pools: list[str] = field(default_factory=lambda: _list("KTRDR_POOLS"))
+    # Stream and bucket replicas: 1 on one server, 3 on a 3-node cluster.
+    replicas: int = field(default_factory=lambda: _int("KTRDR_REPLICAS", 1, 1, 5))
+    # OPS retention: age (30 days like the design says), bytes, and events per subject (per operation
+    # and event type: its event budget).
+    ops_max_age_s: float = field(default_factory=lambda: _float("KTRDR_OPS_MAX_AGE", 30 * 86400, 1.0))
+    ops_max_bytes: int = field(default_factory=lambda: _int("KTRDR_OPS_MAX_BYTES", 4 << 30, 1 << 20))
+    ops_max_events_per_subject: int = field(
+        default_factory=lambda: _int("KTRDR_OPS_MAX_EVENTS_PER_SUBJECT", 2_000_000, 100))
+    heartbeat_s: float = field(default_factory=lambda: _float("KTRDR_HEARTBEAT_S", 1.0, 0.01, 60))
     # A worker silent this long loses its lease: JetStream redelivers the work (ack_wait).
-    worker_timeout_s: float = field(default_factory=lambda: _float("KTRDR_WORKER_TIMEOUT", 10.0))
-    # An operation nobody has picked up again this long after its worker went silent is failed.
-    orphan_timeout_s: float = field(default_factory=lambda: _float("KTRDR_ORPHAN_TIMEOUT", 30.0))
-    drain_timeout_s: float = field(default_factory=lambda: _float("KTRDR_DRAIN_TIMEOUT", 5.0))
-    max_deliver: int = field(default_factory=lambda: int(_float("KTRDR_MAX_DELIVER", 5)))
-    ib_host: str = field(default_factory=lambda: os.environ.get("IB_HOST", "127.0.0.1"))
-    ib_port: int | None = field(default_factory=lambda: int(os.environ["IB_PORT"]) if os.environ.get("IB_PORT")
-                                else None)
-    ib_client_id: int = field(default_factory=lambda: int(_float("IB_CLIENT_ID", 1)))
+    worker_timeout_s: float = field(default_factory=lambda: _float("KTRDR_WORKER_TIMEOUT", 10.0, 0.1, 3600))
+    # An operation nobody has picked up again (or nobody in its pool can take) this long is failed.
+    orphan_timeout_s: float = field(default_factory=lambda: _float("KTRDR_ORPHAN_TIMEOUT", 30.0, 0.1, 86400))
+    drain_timeout_s: float = field(default_factory=lambda: _float("KTRDR_DRAIN_TIMEOUT", 5.0, 0, 3600))
+    max_deliver: int = field(default_factory=lambda: _int("KTRDR_MAX_DELIVER", 5, 1, 1000))
+    ib_host: str = field(default_factory=lambda: _env("IB_HOST") or "127.0.0.1")
+    ib_port: int | None = field(default_factory=lambda: _int("IB_PORT", 0, 1, 65535) if _env("IB_PORT") else None)
+    ib_client_id: int = field(default_factory=lambda: _int("IB_CLIENT_ID", 1, 0, 2**31 - 1))
     # Shrinks IB's pacing windows (sim gateway and client alike) for tests and benchmarks; 1.0 = IB's rules.
-    ib_time_scale: float = field(default_factory=lambda: _float("KTRDR_IB_TIME_SCALE", 1.0))
-    device: str = field(default_factory=lambda: os.environ.get("KTRDR_DEVICE", "auto"))
+    ib_time_scale: float = field(default_factory=lambda: _float("KTRDR_IB_TIME_SCALE", 1.0, 1e-4, 100))
+    device: str = field(default_factory=lambda: _env("KTRDR_DEVICE") or "auto")
     # Training progress: a batch-level event for the first, the last and every N-th batch of an epoch.
-    progress_batch_every: int = field(default_factory=lambda: int(_float("KTRDR_PROGRESS_BATCH_EVERY", 20)))
+    progress_batch_every: int = field(default_factory=lambda: _int("KTRDR_PROGRESS_BATCH_EVERY", 20, 1, 10**6))
+    web_port: int = field(default_factory=lambda: _int("KTRDR_WEB_PORT", 8765, 0, 65535))
 
     @property
     def run_dir(self) -> Path:
@@ -52,16 +86,31 @@ class Settings:
         return self.home / "logs"
 
     @property
-    def data_dir(self) -> Path:
-        return self.home
-
-    @property
     def models_dir(self) -> Path:
         return self.home / "models"
 
     @property
     def checkpoints_dir(self) -> Path:
         return self.home / "checkpoints"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    def connect_options(self) -> dict[str, Any]:
+        """nats.connect keyword arguments for this process's credentials."""
+        opts: dict[str, Any] = {}
+        if self.nats_user:
+            opts["user"], opts["password"] = self.nats_user, self.nats_password
+        if self.nats_creds:
+            opts["user_credentials"] = self.nats_creds
+        if self.nats_nkey:
+            opts["nkeys_seed"] = self.nats_nkey
+        if self.nats_tls_ca:
+            import ssl
+
+            opts["tls"] = ssl.create_default_context(cafile=self.nats_tls_ca)
+        return opts
 
 
 def settings() -> Settings:

@@ -145,7 +145,7 @@ def recorded_url(settings: Settings) -> str | None:
         return None
 
 
-def _url_alive(url: str | None) -> bool:
+def url_alive(url: str | None) -> bool:
     if not url:
         return False
     hostport = url.split("://", 1)[-1]
@@ -177,7 +177,7 @@ def current_url(settings: Settings) -> str:
     if settings.nats_url:
         return settings.nats_url
     url = recorded_url(settings)
-    if _url_alive(url) and _alive(_read_pid(settings, "nats"), "nats-server"):
+    if url_alive(url) and _alive(_read_pid(settings, "nats"), "nats-server"):
         assert url is not None
         return url
     return up(settings)
@@ -201,10 +201,10 @@ def up(settings: Settings, *, actors: bool = True) -> str:
     settings.home.mkdir(parents=True, exist_ok=True)
     with _stack_lock(settings):
         url = recorded_url(settings)
-        if not (_url_alive(url) and _alive(_read_pid(settings, "nats"), "nats-server")):
+        if not (url_alive(url) and _alive(_read_pid(settings, "nats"), "nats-server")):
             _kill(settings, "nats")
             # Reuse the recorded port when possible: running actors reconnect to it by themselves.
-            port = int(url.rsplit(":", 1)[1]) if url else int(os.environ.get("KTRDR_NATS_PORT", DEFAULT_NATS_PORT))
+            port = int(url.rsplit(":", 1)[1]) if url else settings.nats_port
             if port_open("127.0.0.1", port):
                 port = free_port()  # someone else has it: pick a free one and record it
             proc = start_nats_server(settings.home / "nats", port, settings.log_dir / "nats.log")
@@ -227,9 +227,15 @@ def up(settings: Settings, *, actors: bool = True) -> str:
                 env["IB_HOST"] = "127.0.0.1"
             if not _alive(_read_pid(settings, "actors"), "actors"):
                 # KTRDR_LOCAL_ROLES limits the local actors, e.g. when the trainer runs on a GPU host.
-                roles = [r for r in os.environ.get("KTRDR_LOCAL_ROLES", "").replace(",", " ").split() if r]
-                _spawn(settings, "actors", [sys.executable, "-m", "actors", *roles], env)
+                _spawn(settings, "actors", [sys.executable, "-m", "actors", *local_roles(settings)], env)
         return url
+
+
+def local_roles(settings: Settings) -> list[str]:
+    """The actors the embedded stack runs here: KTRDR_LOCAL_ROLES, or all of them."""
+    from events.subjects import ACTOR_ROLES
+
+    return [r for r in settings.local_roles if r in ACTOR_ROLES] or list(ACTOR_ROLES)
 
 
 def _wait_port(port: int, log_file: Path, timeout: float = 20) -> None:

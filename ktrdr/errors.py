@@ -50,10 +50,11 @@ class OperationCancelledError(KtrdrError):
 
     code = "cancelled"
 
-    def __init__(self, where: str = "", reason: str = "cancel requested") -> None:
+    def __init__(self, where: str = "", reason: str = "cancel requested", reason_code: str = "user") -> None:
         super().__init__(f"cancelled{' at ' + where if where else ''}: {reason}")
         self.where = where
         self.reason = reason
+        self.reason_code = reason_code
 
 
 # --- IB errors: typed, so callers never parse strings --------------------------------------------

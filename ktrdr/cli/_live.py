@@ -1,7 +1,11 @@
 """Running an operation from the terminal: submit, render live progress, Ctrl+C cancels.
 
-Exit codes (DESIGN.md): 0 success · 1 the operation failed · 2 usage or validation error ·
-130 cancelled (Ctrl+C or cancel).
+Exit codes: 0 success · 1 the operation failed or hit its deadline · 2 usage or validation error ·
+130 cancelled (Ctrl+C or a cancel).
+
+The line printer is a pure function of the event sequence: it prints a changed line at most every
+THROTTLE_S of the events' recorded time (not the wall clock), so `ops replay` at any speed, to a
+terminal or a pipe, prints exactly the lines the live display printed.
 """
 
 from __future__ import annotations
@@ -11,22 +15,24 @@ import contextlib
 import json
 import signal
 import sys
-import time
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from events import subjects
-from events.messages import AnyCommand, AnyEvent
+from events.messages import AnyEvent, Command
 from ktrdr.client import Client
-from ktrdr.config import Settings
 from ktrdr.operations import OperationView
 from ktrdr.rendering import ProgressRenderer
 
 EXIT = {"completed": 0, "failed": 1, "rejected": 2, "cancelled": 130}
+THROTTLE_S = 0.5
 
 
 def exit_code(view: OperationView) -> int:
+    if view.status == "cancelled" and view.reason_code == "deadline":
+        return 1  # a deadline is a failure to finish in time, not the user's choice
     return EXIT.get(view.status, 1)
 
 
@@ -36,17 +42,39 @@ def view_json(view: OperationView) -> dict[str, Any]:
     return d
 
 
+class LinePrinter:
+    """The text lines of an operation's progress, throttled by the events' own timestamps."""
+
+    def __init__(self, renderer: ProgressRenderer) -> None:
+        self.renderer = renderer
+        self._last_line = ""
+        self._last_ts: datetime | None = None
+
+    def line_for(self, ev: AnyEvent, view: OperationView) -> str | None:  # type: ignore[valid-type]
+        if view.terminal:
+            return None  # print_final says how it ended
+        line = self.renderer.line(view)
+        if line == self._last_line:
+            return None
+        ts = ev.ts
+        due = self._last_ts is None or (ts - self._last_ts).total_seconds() >= THROTTLE_S \
+            or view.status != "running"
+        if not due:
+            return None
+        self._last_line, self._last_ts = line, ts
+        return line
+
+
 class LiveDisplay:
-    """A rich progress bar on a terminal; one line per change (throttled) otherwise."""
+    """A rich progress bar on a terminal; the throttled lines otherwise."""
 
     def __init__(self, renderer: ProgressRenderer, *, quiet: bool = False) -> None:
         self.renderer = renderer
         self.quiet = quiet
         self.tty = sys.stdout.isatty()
+        self.printer = LinePrinter(renderer)
         self._progress: Any = None
         self._task: Any = None
-        self._last_line = ""
-        self._last_print = 0.0
 
     def __enter__(self) -> LiveDisplay:
         if self.tty and not self.quiet:
@@ -62,27 +90,26 @@ class LiveDisplay:
         if self._progress is not None:
             self._progress.__exit__(None, None, None)
 
-    def update(self, view: OperationView) -> None:
+    def update(self, ev: AnyEvent, view: OperationView) -> None:  # type: ignore[valid-type]
         if self.quiet:
             return
-        line = self.renderer.line(view)
         if self._progress is not None:
-            self._progress.update(self._task, description=line if not view.terminal else
+            self._progress.update(self._task, description=self.renderer.line(view) if not view.terminal else
                                   self.renderer.progress_text(view), completed=view.percentage)
             return
-        now = time.monotonic()
-        if view.terminal:
-            return  # print_final says how it ended
-        if line != self._last_line and (now - self._last_print >= 0.5 or view.status != "running"):
+        line = self.printer.line_for(ev, view)
+        if line is not None:
             print(line, flush=True)
-            self._last_line, self._last_print = line, now
 
 
-async def follow(client: Client, op_id: str, *, json_out: bool = False, cancel_on_interrupt: bool = True,
-                 speed: float | None = None) -> OperationView:
+def _renderer(op_id: str) -> ProgressRenderer:
+    return ProgressRenderer.for_domain(subjects.domain_of(op_id))
+
+
+async def follow(client: Client, op_id: str, *, json_out: bool = False, cancel_on_interrupt: bool = True
+                 ) -> OperationView:
     """Watch an operation until terminal, rendering live; the first Ctrl+C publishes the cancel and
     waits for the `cancelled` event, a second one leaves at once."""
-    renderer = ProgressRenderer.for_domain(subjects.domain_of(op_id))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     interrupts = 0
@@ -100,8 +127,8 @@ async def follow(client: Client, op_id: str, *, json_out: bool = False, cancel_o
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
-        with LiveDisplay(renderer, quiet=json_out) as display:
-            view = await client.watch(op_id, lambda ev, v: display.update(v), stop=stop)
+        with LiveDisplay(_renderer(op_id), quiet=json_out) as display:
+            view = await client.watch(op_id, display.update, stop=stop)
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
@@ -115,8 +142,7 @@ def print_final(view: OperationView, *, json_out: bool) -> None:
     if json_out:
         print(json.dumps(view_json(view), default=str))
         return
-    renderer = ProgressRenderer.for_domain(view.domain or subjects.domain_of(view.op_id))
-    line = renderer.final(view)
+    line = ProgressRenderer.for_domain(view.domain or subjects.domain_of(view.op_id)).final(view)
     if view.status == "cancelled":
         print(f"{line} (operation {view.op_id})")
     elif view.status in ("failed", "rejected"):
@@ -125,26 +151,28 @@ def print_final(view: OperationView, *, json_out: bool) -> None:
         print(line)
 
 
-async def run_command(settings: Settings, cmd: AnyCommand, *, wait: bool, json_out: bool) -> int:
-    async with Client(settings) as client:
-        await client.submit(cmd)
+async def run_command(cmd: Command, *, wait: bool, json_out: bool) -> int:
+    from ktrdr.cli import client
+
+    async with client() as c:
+        await c.submit(cmd)
         if not wait:
             print(json.dumps({"op_id": cmd.op_id}) if json_out else cmd.op_id)
             return 0
-        view = await follow(client, cmd.op_id, json_out=json_out)
+        view = await follow(c, cmd.op_id, json_out=json_out)
     print_final(view, json_out=json_out)
     return exit_code(view)
 
 
 async def replay(client: Client, op_id: str, *, speed: float | None, json_out: bool) -> OperationView:
-    """Re-render the stored stream. With `speed`, sleep the recorded gaps divided by speed."""
+    """Re-render the stored stream. With `speed`, sleep the recorded gaps divided by speed; with
+    json_out, print the events themselves, one JSON object a line."""
     from ktrdr.operations import fold
 
-    events: list[AnyEvent] = await client.events(op_id)
+    events: list[AnyEvent] = await client.events(op_id)  # type: ignore[valid-type]
     view = OperationView(op_id=op_id)
-    renderer = ProgressRenderer.for_domain(subjects.domain_of(op_id))
     prev = None
-    with LiveDisplay(renderer, quiet=json_out) as display:
+    with LiveDisplay(_renderer(op_id), quiet=json_out) as display:
         for ev in events:
             if speed and prev is not None:
                 gap = (ev.ts - prev).total_seconds() / speed
@@ -152,5 +180,8 @@ async def replay(client: Client, op_id: str, *, speed: float | None, json_out: b
                     await asyncio.sleep(min(gap, 10.0))
             prev = ev.ts
             fold(view, ev)
-            display.update(view)
+            if json_out:
+                sys.stdout.write(msgspec.json.encode(ev).decode() + "\n")
+            else:
+                display.update(ev, view)
     return view

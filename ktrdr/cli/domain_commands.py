@@ -13,7 +13,20 @@ from typing import Any
 
 import typer
 
-from ktrdr.cli import JSON, _run, _usage, app, data_app, models_app, parse_date, strategies_app
+from ktrdr.cli import (
+    JSON,
+    TIMEOUT,
+    _run,
+    _usage,
+    app,
+    check_pool,
+    check_range,
+    data_app,
+    deadline_from,
+    models_app,
+    parse_date,
+    strategies_app,
+)
 from ktrdr.config import Settings, settings
 
 TF_OPTION = typer.Option("1h", "--timeframe", "-t", help="1m, 5m, 15m, 30m, 1h, 4h, 1d or 1w.")
@@ -31,6 +44,8 @@ def data_load(
     mode: str = typer.Option("tail", help="local, tail (last 30 days to now), backfill or full."),
     start: str | None = typer.Option(None, help="YYYY-MM-DD (UTC)."),
     end: str | None = typer.Option(None, help="YYYY-MM-DD (UTC)."),
+    on: str = typer.Option("any", "--on", help="The ib pool to load through (one per IB account/gateway)."),
+    timeout: float | None = TIMEOUT,
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the operation id and return."),
     json_out: bool = JSON,
 ) -> None:
@@ -40,10 +55,13 @@ def data_load(
     from ktrdr.cli._live import run_command
 
     if mode not in ("local", "tail", "backfill", "full"):
-        raise _usage(f"--mode {mode!r}: expected local, tail, backfill or full")
-    cmd = LoadData(op_id=new_op_id("data"), symbol=symbol, timeframe=timeframe, mode=mode,  # type: ignore[arg-type]
-                   start=parse_date(start, "start"), end=parse_date(end, "end"))
-    _run(run_command(settings(), cmd, wait=not no_wait, json_out=json_out))
+        raise _usage(f"--mode {mode[:20]!r}: expected local, tail, backfill or full")
+    sym, tf = _norm(symbol, timeframe)
+    start_dt, end_dt = parse_date(start, "start"), parse_date(end, "end")
+    check_range(start_dt, end_dt)
+    cmd = LoadData(op_id=new_op_id("data"), symbol=sym, timeframe=tf, mode=mode,  # type: ignore[arg-type]
+                   start=start_dt, end=end_dt, pool=check_pool(on), deadline=deadline_from(timeout))
+    _run(run_command(cmd, wait=not no_wait, json_out=json_out))
 
 
 def _store(s: Settings) -> Any:
@@ -53,12 +71,11 @@ def _store(s: Settings) -> Any:
 
 
 def _norm(symbol: str, timeframe: str) -> tuple[str, str]:
-    from ktrdr.data.calendar import normalize_symbol
-    from ktrdr.data.timeframes import parse_timeframe
+    from ktrdr.commands import check_symbol, check_timeframe
     from ktrdr.errors import ValidationError
 
     try:
-        return normalize_symbol(symbol), parse_timeframe(timeframe).name
+        return check_symbol(symbol), check_timeframe(timeframe)
     except ValidationError as exc:
         raise _usage(str(exc)) from exc
 
@@ -118,8 +135,7 @@ def data_import(file: Path, symbol: str = typer.Option(..., "--symbol", "-s"), t
     from ktrdr.errors import ValidationError
 
     sym, tf = _norm(symbol, timeframe)
-    if not file.exists():
-        raise _usage(f"{file}: no such file")
+    read_text_file(file, "CSV", max_bytes=512 * 1024 * 1024, head_only=True)
     try:
         df = import_csv(file)
     except ValidationError as exc:
@@ -187,66 +203,72 @@ def train(
     start: str | None = typer.Option(None, help="YYYY-MM-DD (UTC); default: one year before --end."),
     end: str | None = typer.Option(None, help="YYYY-MM-DD (UTC); default: now."),
     epochs: int | None = typer.Option(None, help="Override the strategy's epochs."),
-    load_data: bool = typer.Option(True, help="Load missing bars through data operations first."),
-    no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the operation id(s) and return."),
+    on: str = typer.Option("any", "--on", help="The trainer pool: any, cpu, gpu or a KTRDR_POOLS name."),
+    timeout: float | None = TIMEOUT,
+    no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the operation id and return."),
     json_out: bool = JSON,
 ) -> None:
-    """Train a strategy: loads missing data first, then trains, with one live progress display.
-    Ctrl+C cancels whichever operation is running (exit 130)."""
-    if not strategy_file.exists():
-        raise _usage(f"{strategy_file}: no such file")
+    """Train a strategy: one operation whose children load the missing data, then train, with one live
+    progress display. Ctrl+C cancels the whole workflow (exit 130)."""
+    text = read_text_file(strategy_file, "strategy", max_bytes=256 * 1024)
     end_dt = parse_date(end, "end") or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     start_dt = parse_date(start, "start") or end_dt - timedelta(days=365)
-    _run(_train(settings(), strategy_file, _split(symbols), _split(timeframes), start_dt, end_dt, epochs,
-                load_data, not no_wait, json_out))
+    check_range(start_dt, end_dt)
+    if epochs is not None and not 1 <= epochs <= 100_000:
+        raise _usage(f"--epochs must be between 1 and 100000, got {epochs}")
+    from events.messages import StartTraining
+    from events.subjects import new_op_id
+
+    cmd = StartTraining(op_id=new_op_id("training"), strategy_path=str(strategy_file), strategy_yaml=text,
+                        symbols=[_norm(s, "1h")[0] for s in _split(symbols)],
+                        timeframes=[_norm("AAPL", t)[1] for t in _split(timeframes)], start=start_dt, end=end_dt,
+                        epochs=epochs, pool=check_pool(on), deadline=deadline_from(timeout))
+    _run(_train(cmd, not no_wait, json_out))
+
+
+def read_text_file(path: Path, what: str, *, max_bytes: int, head_only: bool = False) -> str:
+    """A user's text file, or one line saying why not (missing, a directory, too big, binary)."""
+    shown = str(path)[:200] or "''"
+    if not str(path).strip():
+        raise _usage(f"empty {what} path")
+    try:
+        if not path.exists():
+            raise _usage(f"{shown}: no such file")
+        if path.is_dir():
+            raise _usage(f"{shown}: is a directory; expected a {what} file")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise _usage(f"{shown}: {size:,} bytes; a {what} file is at most {max_bytes:,} bytes")
+        with open(path, "rb") as fh:
+            data = fh.read(65536 if head_only else max_bytes)
+    except OSError as exc:
+        raise _usage(f"{shown}: cannot read it ({exc.strerror or exc})") from None
+    if b"\0" in data:
+        raise _usage(f"{shown}: a binary file; expected a {what} file (text)")
+    if not data.strip():
+        raise _usage(f"{shown}: empty; expected a {what} file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if head_only and exc.start > len(data) - 4:
+            return ""  # a multi-byte character cut at the end of the sample
+        raise _usage(f"{shown}: not UTF-8 text; expected a {what} file") from None
 
 
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
-async def _train(s: Settings, path: Path, symbols: list[str], timeframes: list[str], start: datetime,
-                 end: datetime, epochs: int | None, load_data: bool, wait: bool, json_out: bool) -> int:
-    from events.messages import LoadData, StartTraining
-    from events.subjects import new_op_id
+async def _train(cmd: Any, wait: bool, json_out: bool) -> int:
+    from ktrdr.cli import client
     from ktrdr.cli._live import exit_code, follow, print_final
-    from ktrdr.client import Client
-    from ktrdr.errors import StrategyError
-    from ktrdr.training.strategy import parse_strategy
 
-    text = path.read_text()
-    try:
-        strategy = parse_strategy(text, file=str(path))
-        want_symbols = symbols or list(strategy.training_data.symbols)
-        want_tfs = timeframes or list(strategy.training_data.timeframes)
-    except StrategyError:
-        load_data = False  # the orchestrator rejects it with the field path; no data to load for it
-        want_symbols, want_tfs = symbols, timeframes
-    async with Client(s) as client:
-        await client.ensure_streams()
-        if load_data:
-            for sym in want_symbols:
-                for tf in want_tfs:
-                    load = LoadData(op_id=new_op_id("data"), symbol=sym, timeframe=tf, mode="full", start=start,
-                                    end=end, requested_by="ktrdr train")
-                    await client.submit(load)
-                    if not wait:
-                        typer.echo(load.op_id)
-                        continue
-                    view = await follow(client, load.op_id, json_out=json_out)
-                    if view.status != "completed":
-                        print_final(view, json_out=json_out)
-                        return exit_code(view)
-                    if not json_out:
-                        print_final(view, json_out=False)
-        cmd = StartTraining(op_id=new_op_id("training"), strategy_path=str(path), strategy_yaml=text,
-                            symbols=symbols, timeframes=timeframes, start=start, end=end, epochs=epochs,
-                            load_data=load_data)
-        await client.submit(cmd)
+    async with client() as c:
+        await c.submit(cmd)
         if not wait:
             typer.echo(json.dumps({"op_id": cmd.op_id}) if json_out else cmd.op_id)
             return 0
-        view = await follow(client, cmd.op_id, json_out=json_out)
+        view = await follow(c, cmd.op_id, json_out=json_out)
     print_final(view, json_out=json_out)
     if view.status == "completed" and not json_out and view.result:
         r = view.result

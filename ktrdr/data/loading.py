@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from events.messages import DataContext
+from events.messages import DataContext, ProgressState
 from ktrdr.cancellation import CancellationToken
 from ktrdr.data.calendar import Instrument, expected_bar_starts, lookup, normalize_symbol, to_utc
 from ktrdr.data.gaps import find_gaps
@@ -43,39 +43,6 @@ from ktrdr.errors import (
 
 FetchFn = Callable[[Segment], Awaitable[pd.DataFrame]]
 HeadFn = Callable[[], Awaitable[datetime | None]]
-
-
-@dataclass
-class ProgressInfo:
-    """One progress report; fields mirror the seed's GenericProgressState plus the data context."""
-
-    percentage: float
-    message: str
-    current_step: int  # segments done (fetched, empty or failed)
-    total_steps: int  # segments planned
-    items_processed: int  # bars fetched so far
-    phase: str  # "analyzing", "fetching", "merging", "done"
-    segment_index: int = 0  # 1-based segment this report is about (0: none)
-    segment_count: int = 0
-    state: str = ""  # e.g. "fetching", "waiting for IB pacing", "retrying"
-    waiting_s: float = 0.0
-    symbol: str = ""
-    timeframe: str = ""
-    mode: str = ""
-    source: str = ""
-
-    def to_context(self) -> DataContext:
-        return DataContext(
-            symbol=self.symbol,
-            timeframe=self.timeframe,
-            mode=self.mode,
-            segment_index=self.segment_index,
-            segment_count=self.segment_count,
-            bars_fetched=self.items_processed,
-            source=self.source,
-            waiting_s=self.waiting_s,
-            state=self.state,
-        )
 
 
 @dataclass
@@ -113,7 +80,7 @@ class DataLoadingJob:
         fetch: FetchFn,
         head_timestamp: HeadFn,
         cancel: CancellationToken,
-        on_progress: Callable[[ProgressInfo], None] | None = None,
+        on_progress: Callable[[ProgressState], None] | None = None,
         max_concurrency: int = 4,
         source: str = "ib",
         now: datetime | pd.Timestamp | str | None = None,
@@ -152,34 +119,29 @@ class DataLoadingJob:
         self._done = 0
         self._bars = 0
         self._inflight: set[int] = set()
-        self._cancel_event: asyncio.Event | None = None
         self._first_error = ""
         self._aborted = False
 
     # --- progress ---------------------------------------------------------------------------------
     def _emit(self, phase: str, state: str = "", segment: int = 0, waiting_s: float = 0.0) -> None:
+        """Report progress as the wire's ProgressState: segments done of planned (never the index of
+        the segment in flight, which goes back and forth with several in flight)."""
         if self.on_progress is None:
             return
         n = self.result.segments_planned
         pct = 100.0 if phase == "done" else (100.0 * self._done / n if n else 0.0)
-        self.on_progress(
-            ProgressInfo(
-                percentage=round(pct, 2),
-                message=f"Loading {self.inst.symbol} {self.tf.name} data ({self.mode} mode) [{self._done}/{n}]",
-                current_step=self._done,
-                total_steps=n,
-                items_processed=self._bars,
-                phase=phase,
-                segment_index=segment,
-                segment_count=n,
-                state=state or phase,
-                waiting_s=waiting_s,
-                symbol=self.inst.symbol,
-                timeframe=self.tf.name,
-                mode=self.mode,
-                source=self.source,
-            )
-        )
+        self.on_progress(ProgressState(
+            percentage=round(pct, 2),
+            message=f"Loading {self.inst.symbol} {self.tf.name} data ({self.mode} mode) [{self._done}/{n}]",
+            current_step=self._done, total_steps=n, items_processed=self._bars, phase=phase,
+            context=DataContext(symbol=self.inst.symbol, timeframe=self.tf.name, mode=self.mode,
+                                segment_index=segment, segment_count=n, segments_done=self._done,
+                                bars_fetched=self._bars, source=self.source, waiting_s=round(waiting_s, 3),
+                                state=state or phase)))
+
+    def note_wait(self, wait_s: float, why: str = "") -> None:
+        """The fetcher is waiting (IB pacing): say so while it happens, not after."""
+        self._emit("fetching", why or "waiting for IB pacing", waiting_s=wait_s)
 
     def _where(self) -> str:
         n = self.result.segments_planned
@@ -228,17 +190,9 @@ class DataLoadingJob:
         return r
 
     async def _fetch_all(self, segments: list[Segment]) -> None:
-        loop = asyncio.get_running_loop()
-        event = self._cancel_event = asyncio.Event()
-
-        # The token may be tripped from another thread: wake this loop safely.
-        def wake() -> None:
-            loop.call_soon_threadsafe(event.set)
-
-        unregister = self.cancel.on_cancel(wake)
         sem = asyncio.Semaphore(self.max_concurrency)
         tasks = {asyncio.create_task(self._segment(seg, sem, len(segments))) for seg in segments}
-        cancel_wait = asyncio.create_task(event.wait())
+        cancel_wait = asyncio.ensure_future(self.cancel.wait())  # wakes even when tripped from a thread
         pending: set[asyncio.Task[Any]] = set(tasks)
         try:
             while pending:
@@ -249,19 +203,15 @@ class DataLoadingJob:
                 if cancel_wait.done() or self.cancel.is_cancelled:
                     where = self._where()
                     await self._stop(pending)
-                    raise OperationCancelledError(where, self.cancel.reason)
+                    self.cancel.raise_if_cancelled(where)
                 for exc in errors:
-                    if isinstance(exc, OperationCancelledError):
-                        await self._stop(pending)
-                        raise exc
-                    if isinstance(exc, UnknownSymbolError):
+                    if isinstance(exc, OperationCancelledError | UnknownSymbolError):
                         await self._stop(pending)  # nothing else will succeed for this symbol
                         raise exc
                     if exc is not None:
                         raise exc
         finally:
             cancel_wait.cancel()
-            unregister()
             await self._stop(pending)
 
     @staticmethod
@@ -271,14 +221,6 @@ class DataLoadingJob:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         tasks.clear()
-
-    async def _sleep_or_cancel(self, delay: float) -> None:
-        assert self._cancel_event is not None
-        try:
-            await asyncio.wait_for(self._cancel_event.wait(), timeout=delay)
-        except TimeoutError:
-            return
-        raise OperationCancelledError(self._where(), self.cancel.reason)
 
     async def _segment(self, seg: Segment, sem: asyncio.Semaphore, n: int) -> None:
         async with sem:
@@ -318,7 +260,8 @@ class DataLoadingJob:
                 delay = self.pacing_wait_s if pacing else self.backoff_s * 2 ** (attempt - 1)
                 state = "waiting for IB pacing" if pacing else f"retrying after {e.code}"
                 self._emit("fetching", state, seg.index, waiting_s=delay)
-                await self._sleep_or_cancel(delay)
+                if await self.cancel.sleep(delay):
+                    self.cancel.raise_if_cancelled(self._where())
             except (OperationCancelledError, asyncio.CancelledError):
                 raise
             except Exception as e:  # a bug or bad answer in the fetcher: this segment failed

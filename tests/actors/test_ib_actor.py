@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from actors.ib import IbRequester
+from ktrdr.transport import IbRequester
 from ktrdr.errors import UnknownSymbolError
 from ktrdr.ib.sim import SimGateway
 from ktrdr.ib.sim.data import generate_bars

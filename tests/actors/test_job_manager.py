@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from actors.ib import IbRequester
+from ktrdr.transport import IbRequester
 from events import subjects
 from events.messages import DataContext, LoadData, OperationProgress
 from ktrdr.data.calendar import lookup

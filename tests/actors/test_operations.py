@@ -89,7 +89,7 @@ async def test_same_command_twice_creates_one_operation(start_actors, client, se
     await client.submit(cmd)
     await client.submit(cmd)  # a retried publish (same Nats-Msg-Id): stored once
     # Beyond the dedupe window the orchestrator's own check catches it: publish with another msg id.
-    await client.js.publish(subjects.cmd("dummy", "run"), encode(cmd), headers={"Nats-Msg-Id": "other-id"})
+    await client.js.publish(subjects.command(cmd), encode(cmd), headers={"Nats-Msg-Id": "other-id"})
     await wait_terminal(client, cmd.op_id)
     marker = dummy(iterations=1)  # commands are consumed in order: once this one ends, all were seen
     await client.submit(marker)
@@ -120,12 +120,12 @@ async def test_malformed_payloads_do_not_crash_any_actor(start_actors, client, s
     for g in garbage:
         await js.publish("cmd.dummy.run", g)
         await js.publish("cmd.unknown.verb", g)
-        await js.publish("work.dummy", g)
+        await js.publish(subjects.work("dummy"), g)
         await nc.publish(subjects.cancel(bad_op), g)
         await nc.publish("ops.dummy.not-an-op.cancel", g)
     # A work item whose command does not match its op id is dropped too.
     wrong = WorkItem(op_id=bad_op, domain="dummy", command=LoadData(op_id="data-x", symbol="AAPL"))
-    await js.publish("work.dummy", encode(wrong))
+    await js.publish(subjects.work("dummy"), encode(wrong))
     await nc.flush()
     # The malformed command with a sniffable op id is rejected with a reason.
     view = await wait_terminal(client, bad_op)
@@ -184,7 +184,7 @@ async def test_restart_of_everything_keeps_history(start_actors, client, setting
 
 
 async def test_streams_with_other_settings_are_reported_not_changed(client, settings):
-    from actors._jetstream import ensure_streams
+    from ktrdr.transport import ensure_streams
 
     assert await ensure_streams(client.js, settings) == []  # same settings: nothing to say
     other = make_settings(settings.home, settings.nats_url, ops_max_age_s=60.0)

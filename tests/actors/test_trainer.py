@@ -25,7 +25,8 @@ def bars_in_store(settings):
 
 def start_training(epochs: int = 3, text: str | None = None) -> StartTraining:
     return StartTraining(op_id=subjects.new_op_id("training"), strategy_path=str(STRATEGY),
-                         strategy_yaml=text if text is not None else STRATEGY.read_text(), epochs=epochs)
+                         strategy_yaml=text if text is not None else STRATEGY.read_text(), epochs=epochs,
+                         data_mode="none")
 
 
 def batch_level(ev, view) -> bool:

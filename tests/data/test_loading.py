@@ -11,7 +11,8 @@ import pytest
 
 from ktrdr.cancellation import CancellationToken
 from ktrdr.data.calendar import DEFAULT_UNIVERSE, expected_bar_starts
-from ktrdr.data.loading import DataLoadingJob, ProgressInfo
+from events.messages import DataContext, ProgressState
+from ktrdr.data.loading import DataLoadingJob
 from ktrdr.data.planning import Segment
 from ktrdr.data.store import DataStore
 from ktrdr.errors import (
@@ -103,7 +104,7 @@ def expected_count(start: pd.Timestamp = HEAD, end: pd.Timestamp = NOW) -> int:
 
 async def test_full_load_stores_every_expected_bar_and_reports_progress(tmp_path: Path) -> None:
     store, ib = DataStore(tmp_path), FakeIB()
-    seen: list[ProgressInfo] = []
+    seen: list[ProgressState] = []
     result = await job(store, ib, on_progress=seen.append).run()
     assert result.bars_total == result.bars_added == expected_count()
     assert result.segments_planned == result.segments_fetched == len(ib.calls) > 4
@@ -112,7 +113,9 @@ async def test_full_load_stores_every_expected_bar_and_reports_progress(tmp_path
     assert seen[-1].phase == "done" and seen[-1].percentage == 100
     n = result.segments_planned
     assert seen[-1].message == f"Loading AAPL 1m data (full mode) [{n}/{n}]"
-    assert seen[-1].to_context().bars_fetched == result.bars_total
+    ctx = seen[-1].context
+    assert isinstance(ctx, DataContext) and ctx.bars_fetched == result.bars_total
+    assert ctx.segments_done == ctx.segment_count == n
     assert result.to_dict()["requested_start"] == HEAD.isoformat()
 
 
@@ -190,9 +193,10 @@ async def test_cancel_interrupts_a_pacing_wait(tmp_path: Path) -> None:
     store, ib, token = DataStore(tmp_path), FakeIB(), CancellationToken()
     ib.errors = {1: [PacingError("pacing violation", ib_code=162)]}
 
-    def on_progress(p: ProgressInfo) -> None:
-        if p.state == "waiting for IB pacing":
-            assert p.waiting_s == 600
+    def on_progress(p: ProgressState) -> None:
+        assert isinstance(p.context, DataContext)
+        if p.context.state == "waiting for IB pacing":
+            assert p.context.waiting_s == 600
             token.cancel()
 
     with pytest.raises(OperationCancelledError):

@@ -1,0 +1,293 @@
+"""The base Actor: a connection, lifecycle hooks, presence, the cancel broadcast, typed request
+handlers and (for workers) the work runner. Each piece lives in its own module; this class wires
+them and holds the hooks a subclass overrides:
+
+- `on_start` / `on_stop` / `on_fault(exc, where)`: lifecycle;
+- `handle(op) -> result`: a worker's operation (work_domain set);
+- `on_cancel_request(op_id, cancel)`: every actor sees every cancel (the orchestrator ends queued
+  work, the ib actor cancels in-flight requests);
+- `on_malformed_cancel(op_id, subject, error)`: only the orchestrator answers those with an event;
+- `cancelled_message(op, where)`: the words of a worker's `cancelled` event;
+- `pools()`: the work pools a worker joins.
+Request/reply handlers are one line: `@handles(IbBarsRequest, queue="ib")` on
+`async def bars(self, req: IbBarsRequest, call: Call) -> IbReply`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from actors._presence import Presence
+from actors._publisher import EventPublisher
+from actors._requests import Call, RequestHandler, request_handlers
+from actors._work import OperationContext, WorkRunner
+from events import subjects
+from events.codec import DecodeError, decode_cancel
+from events.messages import ActorError, CancelOperation, Event, Message, ProgressState
+from ktrdr.config import Settings
+from ktrdr.transport import connect, ensure_streams
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def handles(request_type: type[Message], *, queue: str | None = None) -> Callable[[F], F]:
+    """Declare a request/reply handler for a typed request; its subject derives from the type."""
+
+    def deco(fn: F) -> F:
+        fn._ktrdr_handles = RequestHandler(request_type, queue)  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
+class Actor:
+    """Subclass, set `role` (and `work_domain` for workers), implement the hooks you need."""
+
+    role: ClassVar[str] = "actor"
+    work_domain: ClassVar[str | None] = None
+    max_concurrency: ClassVar[int] = 1
+
+    def __init__(self, settings: Settings, *, url: str | list[str] | None = None, actor_id: str | None = None) -> None:
+        self.settings = settings
+        self.url = url or settings.nats_url
+        self.id = actor_id or f"{self.role}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self.started_at = datetime.now(UTC)
+        self.log = logging.getLogger(f"ktrdr.{self.role}")
+        self.recent_cancels: OrderedDict[str, CancelOperation] = OrderedDict()
+        self.work: WorkRunner | None = None
+        self.publisher: EventPublisher | None = None
+        self.presence: Presence | None = None
+        self._bg: list[asyncio.Task[Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+
+    # ------------------------------------------------------------------ hooks
+    async def on_start(self) -> None:
+        """Called once connected, before any message is taken."""
+
+    async def on_stop(self) -> None:
+        """Called while stopping, after work has drained."""
+
+    async def on_fault(self, exc: BaseException, where: str) -> None:
+        """Called for an unexpected exception; the actor keeps running."""
+        self.log.error("fault in %s: %s", where, exc, exc_info=exc)
+
+    async def handle(self, op: OperationContext) -> dict[str, Any]:
+        """Do the work of one operation and return its result. Raise KtrdrError to fail it,
+        OperationCancelledError (e.g. via op.token.raise_if_cancelled) when cancelled."""
+        raise NotImplementedError
+
+    async def on_cancel_request(self, op_id: str, cancel: CancelOperation) -> None:
+        """Every actor sees every cancel; override to act on it beyond tripping a running op's token."""
+
+    async def on_malformed_cancel(self, op_id: str, subject: str, error: str) -> None:
+        self.log.warning("malformed cancel on %s ignored: %s", subject, error)
+
+    def cancelled_message(self, op: OperationContext, where: str) -> str:
+        return f"Operation cancelled at {where}" if where else "Operation cancelled"
+
+    def pools(self) -> list[str]:
+        """The work pools this worker takes work from (always including the default pool)."""
+        pools = [p for p in self.settings.pools if subjects.is_token(p)]
+        return list(dict.fromkeys([*pools, subjects.DEFAULT_POOL]))
+
+    # ------------------------------------------------------------------ start/stop
+    async def start(self) -> None:
+        """Connect and start everything; on failure leave nothing running, so start() can be retried."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._abort_start()
+            raise
+
+    async def _abort_start(self) -> None:
+        if self.work is not None:
+            self.work.stop_taking()
+        if self.publisher is not None:
+            self.publisher.close()
+        for t in self._bg:
+            t.cancel()
+        self._bg.clear()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        self.nc = self.js = self.work = self.publisher = self.presence = None
+
+    async def _start(self) -> None:
+        if not self.url:
+            raise RuntimeError(f"{self.role}: no NATS URL (set NATS_URL or pass url=)")
+        self.nc = await connect(self.url, self.settings, self.id, disconnected_cb=self._on_disconnected,
+                                reconnected_cb=self._on_reconnected, error_cb=self._on_error)
+        self.js = self.nc.jetstream()
+        await ensure_streams(self.js, self.settings)
+        self.publisher = EventPublisher(self.nc, self.js, self.id)
+        await self.publisher.start()
+        await self.nc.subscribe(subjects.CANCEL_ALL, cb=self._guard(self._on_cancel_msg, "cancel"))
+        for spec, fn in request_handlers(self):
+            await self.nc.subscribe(subjects.ib(spec.request_type), queue=spec.queue or "",  # type: ignore[arg-type]
+                                    cb=self._guard(self._request_cb(spec, fn), spec.subject))
+        if self.work_domain:
+            self.work = WorkRunner(self, self.work_domain, self.pools(), self.max_concurrency)
+        await self.on_start()
+        self.presence = Presence(self, await self.js.key_value(subjects.ACTORS_BUCKET))
+        await self.presence.beat()
+        self._bg.append(asyncio.create_task(self.presence.loop(), name=f"{self.id}-presence"))
+        if self.work is not None:
+            await self.work.start()
+        self.log.info("%s started (%s)", self.id, self.nc.connected_url.netloc if self.nc.connected_url else "?")
+
+    async def stop(self, *, drain: bool = True) -> None:
+        """Stop taking work; let running work finish for drain_timeout_s; then hand it back."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        if self.work is not None:
+            self.work.stop_taking()
+            if self.work.tasks and drain:
+                _done, pending = await asyncio.wait(self.work.tasks, timeout=self.settings.drain_timeout_s)
+                self.work.cancel_all("worker shutting down", "shutdown")
+                if pending:
+                    await asyncio.wait(pending, timeout=max(self.settings.drain_timeout_s, 5.0))
+            for t in list(self.work.tasks):
+                t.cancel()
+        with contextlib.suppress(Exception):
+            await self.on_stop()
+        if self.publisher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.publisher.flush(acked=True), 2.0)
+            self.publisher.close()
+        for t in self._bg:
+            t.cancel()
+        if self.presence is not None and self.nc is not None and self.nc.is_connected:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.presence.leave(), 1.0)
+        if self.nc is not None:
+            # Flush, not drain: work still pending in our subscriptions is redelivered by JetStream,
+            # and nats-py's drain waits forever on a pull subscription whose fetch was cancelled.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.flush(), 2.0)
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        self._stopped.set()
+
+    async def kill(self) -> None:
+        """Drop everything without draining (tests: a worker that dies)."""
+        self._stopping = True
+        if self.work is not None:
+            self.work.cancel_all("killed", "shutdown")  # threads of this actor stop as a dead process's would
+        tasks = [*self._bg, *(self.work.tasks if self.work else ()), *(self.work._loops if self.work else ())]
+        for t in tasks:
+            t.cancel()
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        self._stopped.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def spawn(self, coro: Awaitable[Any], name: str | None = None) -> asyncio.Task[Any]:
+        """A background task the actor keeps a reference to (and cancels on stop)."""
+        task = asyncio.ensure_future(coro)
+        if name:
+            task.set_name(name)
+        self._bg.append(task)
+        return task
+
+    # ------------------------------------------------------------------ NATS callbacks
+    async def _on_disconnected(self) -> None:
+        if not self._stopping:
+            self.log.warning("%s disconnected from NATS; reconnecting", self.id)
+
+    async def _on_reconnected(self) -> None:
+        if self.publisher is not None:
+            self.publisher.acks_lost()  # acks of publishes sent before the disconnect will not come
+        self.log.info("%s reconnected to NATS", self.id)
+
+    async def _on_error(self, exc: Exception) -> None:
+        self.log.debug("NATS error: %s", exc)
+
+    def _guard(self, fn: Callable[[Msg], Awaitable[None]], where: str) -> Callable[[Msg], Awaitable[None]]:
+        async def wrapped(msg: Msg) -> None:
+            try:
+                await fn(msg)
+            except Exception as exc:
+                await self.on_fault(exc, where)
+
+        return wrapped
+
+    def _request_cb(self, spec: RequestHandler,
+                    fn: Callable[..., Awaitable[Message]]) -> Callable[[Msg], Awaitable[None]]:
+        async def cb(msg: Msg) -> None:
+            # Callbacks of one subscription run one at a time: serve each request in its own task so
+            # requests overlap.
+            task = asyncio.create_task(spec.serve(self, fn, Call(self, msg)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return cb
+
+    # ------------------------------------------------------------------ events out
+    async def publish_event(self, event: Event) -> None:
+        """Store a lifecycle event (awaited: it is in the stream when this returns)."""
+        assert self.publisher is not None
+        await self.publisher.publish(event)
+
+    def emit_progress(self, op_id: str, state: ProgressState) -> None:
+        """Queue a progress event (no round trip; published in order by one task)."""
+        if self.publisher is not None and not self._stopped.is_set():
+            self.publisher.progress(op_id, state)
+
+    async def flush_progress(self, *, acked: bool = False) -> None:
+        if self.publisher is not None:
+            await self.publisher.flush(acked=acked)
+
+    async def report_error(self, op_id: str | None, error: str, subject: str) -> None:
+        """A malformed/unexpected message: log it; record an error event when the op is known."""
+        self.log.warning("%s: %s", subject, error)
+        if op_id and subjects.is_op_id(op_id):
+            with contextlib.suppress(Exception):
+                await self.publish_event(ActorError(op_id=op_id, error=error[:2000], subject=subject[:200]))
+
+    def busy(self) -> list[str]:
+        return self.work.busy if self.work is not None else []
+
+    # ------------------------------------------------------------------ cancellation
+    async def _on_cancel_msg(self, msg: Msg) -> None:
+        parsed = subjects.parse_ops_subject(msg.subject)
+        op_id = parsed[1] if parsed else ""
+        try:
+            cancel = decode_cancel(msg.data)
+        except DecodeError as exc:
+            await self.on_malformed_cancel(op_id, msg.subject, str(exc))
+            return
+        if cancel.op_id != op_id or not subjects.is_op_id(op_id):
+            self.log.warning("cancel on %s names another operation (%r); ignored", msg.subject, cancel.op_id)
+            return
+        self.recent_cancels[op_id] = cancel
+        while len(self.recent_cancels) > 1000:
+            self.recent_cancels.popitem(last=False)
+        if self.work is not None:
+            self.work.on_cancel(cancel)
+        await self.on_cancel_request(op_id, cancel)

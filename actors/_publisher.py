@@ -1,0 +1,150 @@
+"""How an actor's events reach the OPS stream.
+
+Lifecycle events (created, started, terminal, ...) are published one at a time with a PubAck round
+trip and retried through a server restart or an election, so when `publish` returns the event is
+stored. Progress events are pipelined: one task sends the queue in order with one shared reply
+inbox, and the server's PubAcks are counted (errors logged) instead of each becoming a future with
+its own inbox token and a JSON parse, which is what nats-py's publish_async spends most of its time
+on. At most MAX_PENDING_ACKS are outstanding; acks lost to a reconnect are written off after
+ACK_TIMEOUT_S. A lost progress event is superseded by the next one; a lost lifecycle event is not
+allowed to happen.
+
+Every publish carries a Nats-Msg-Id: `<op_id>.<actor>.<seq>`; a terminal event's is
+`<op_id>.<actor>.terminal` (a retried terminal is stored once; another actor cannot claim the id),
+a creation's `<op_id>.created` (an orchestrator that restarts mid-command creates the op once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, ClassVar
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from events import subjects
+from events.codec import encode
+from events.messages import Event, OperationCreated, OperationProgress, ProgressState
+from ktrdr.transport import publish
+
+log = logging.getLogger(__name__)
+
+
+class EventPublisher:
+    MAX_PENDING_ACKS: ClassVar[int] = 4000
+    ACK_TIMEOUT_S: ClassVar[float] = 5.0
+
+    def __init__(self, nc: NATS, js: JetStreamContext, actor_id: str) -> None:
+        self.nc, self.js, self.actor_id = nc, js, actor_id
+        self._seq = 0
+        self._outbox: deque[tuple[str, bytes, dict[str, str]]] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._subjects: dict[str, str] = {}
+        self._inbox = ""
+        self._pending = 0  # progress publishes whose PubAck has not come back yet
+        self._room = asyncio.Event()
+        self._room.set()
+        self._all_acked = asyncio.Event()
+        self._all_acked.set()
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    async def start(self) -> None:
+        self._inbox = self.nc.new_inbox()
+        await self.nc.subscribe(self._inbox, cb=self._on_ack)
+        self._task = asyncio.create_task(self._send_loop(), name=f"{self.actor_id}-publisher")
+
+    def close(self) -> None:
+        self.closed = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def _next(self, op_id: str) -> tuple[int, str]:
+        self._seq += 1
+        return self._seq, f"{op_id}.{self.actor_id}.{self._seq}"
+
+    async def publish(self, event: Event) -> None:
+        """Store a lifecycle event (awaited: it is in the stream when this returns)."""
+        await self.flush()  # keep stream order: earlier progress is sent first
+        seq, msg_id = self._next(event.op_id)
+        event.actor, event.seq = self.actor_id, seq
+        if type(event).terminal:
+            msg_id = f"{event.op_id}.{self.actor_id}.terminal"
+        elif isinstance(event, OperationCreated):
+            msg_id = f"{event.op_id}.created"
+        await publish(self.js, subjects.event(event), encode(event), msg_id)
+
+    def progress(self, op_id: str, state: ProgressState) -> None:
+        """Queue a progress event; the send loop publishes the queue in order."""
+        if self.closed:
+            return
+        seq, msg_id = self._next(op_id)
+        ev = OperationProgress(op_id=op_id, actor=self.actor_id, seq=seq, progress=state)
+        subject = self._subjects.get(op_id)
+        if subject is None:
+            subject = self._subjects[op_id] = subjects.event(ev)
+            if len(self._subjects) > 10_000:
+                self._subjects.clear()
+        self._outbox.append((subject, encode(ev), {"Nats-Msg-Id": msg_id}))
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self, *, acked: bool = False) -> None:
+        """Wait until every queued progress event has been handed to the connection; with acked=True,
+        also until the server has acknowledged storing them (or ACK_TIMEOUT_S passed without a word)."""
+        await self._idle.wait()
+        if acked and self._pending:
+            try:
+                await asyncio.wait_for(self._all_acked.wait(), self.ACK_TIMEOUT_S)
+            except TimeoutError:
+                self.acks_lost()
+
+    def acks_lost(self) -> None:
+        """Acks of publishes sent before a disconnect will not come: stop waiting for them."""
+        self._pending = 0
+        self._room.set()
+        self._all_acked.set()
+
+    async def _on_ack(self, msg: Msg) -> None:
+        data = msg.data
+        if not data or b'"error"' in data:  # empty: a status (503 no responders) in the headers
+            status = (msg.headers or {}).get("Status", "")
+            log.warning("%s: a progress event was not stored: %s", self.actor_id,
+                        data.decode(errors="replace") or f"status {status}")
+        self._acked()
+
+    def _acked(self) -> None:
+        if self._pending > 0:
+            self._pending -= 1
+        if self._pending < self.MAX_PENDING_ACKS:
+            self._room.set()
+        if self._pending == 0:
+            self._all_acked.set()
+
+    async def _send_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                await self._send_one(*self._outbox.popleft())
+            self._idle.set()
+
+    async def _send_one(self, subject: str, payload: bytes, headers: dict[str, Any]) -> None:
+        if self._pending >= self.MAX_PENDING_ACKS:
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), self.ACK_TIMEOUT_S)
+            except TimeoutError:
+                self.acks_lost()
+        try:
+            self._pending += 1
+            self._all_acked.clear()
+            await self.nc.publish(subject, payload, reply=self._inbox, headers=headers)
+        except Exception as exc:  # server away: progress is best effort, lifecycle is not
+            self._acked()
+            log.debug("progress publish failed: %s", exc)

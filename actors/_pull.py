@@ -1,0 +1,62 @@
+"""The one pull loop: fetch from a durable JetStream consumer, hand each message to a handler, keep
+going through timeouts, server restarts and handler faults. The orchestrator's command loop and
+every worker's work loop are this loop with different handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Msg], Awaitable[None]]
+OnFault = Callable[[BaseException, str], Awaitable[None]]
+
+
+async def pull_loop(
+    psub: JetStreamContext.PullSubscription,
+    handle: Handler,
+    *,
+    stopped: Callable[[], bool],
+    on_fault: OnFault,
+    batch: int = 1,
+    slots: asyncio.Semaphore | None = None,
+    fetch_timeout: float = 5.0,
+) -> None:
+    """Fetch up to `batch` messages at a time and await `handle(msg)` for each, in order.
+
+    With `slots`, one slot is taken before each fetch of a single message and the handler owns it
+    (it releases it when the work it spawned ends): that is how a worker runs several operations
+    at once without fetching more than it can start. A handler that raises gets the message nak'ed
+    with a delay (it comes back later) and the loop goes on."""
+    while not stopped():
+        if slots is not None:
+            await slots.acquire()
+        try:
+            msgs = await psub.fetch(batch, timeout=fetch_timeout)
+        except TimeoutError:
+            if slots is not None:
+                slots.release()
+            continue
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # server restarting or leader moving: retry shortly
+            if slots is not None:
+                slots.release()
+            log.debug("fetch failed: %s", exc)
+            await asyncio.sleep(0.5)
+            continue
+        for msg in msgs:
+            try:
+                await handle(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await on_fault(exc, f"message on {msg.subject}")
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1.0)

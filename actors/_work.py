@@ -1,0 +1,283 @@
+"""The worker side of an actor: take work items from WORK and run each operation at most once at a
+time in the whole system.
+
+A worker joins one durable pull consumer per pool (`work-<domain>-<pool>` on `work.<domain>.<pool>`).
+For each item it:
+1. decodes it and checks it belongs on this subject (else terminates it: a poison message never
+   stays in the stream);
+2. ignores it when this worker already runs that operation (a redelivery after a server restart);
+3. reads the operation's stored lifecycle: runs only what the orchestrator created (a work item
+   published by anyone else is dropped), drops what already ended, honours a recorded cancel, and
+   runs the command as the orchestrator recorded and validated it (re-validated here);
+4. takes the operation's lease (actors/_leases.py) or, when another live worker holds it, hands the
+   item back with a delay;
+5. runs the actor's `handle()`, extends the ack deadline and renews the lease on every heartbeat,
+   and publishes exactly one terminal event while it still holds the lease, then acks.
+A cancel for shutdown or a lost lease hands the work back instead of ending it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+
+from actors._leases import Busy, Held, Leases
+from actors._pull import pull_loop
+from events import subjects
+from events.codec import DecodeError, decode_work, sniff_op_id
+from events.messages import (
+    AnyCommand,
+    CancelOperation,
+    Context,
+    Event,
+    OperationCancelled,
+    OperationCompleted,
+    OperationCreated,
+    OperationFailed,
+    OperationStarted,
+    ProgressState,
+)
+from ktrdr import commands
+from ktrdr.cancellation import CancellationToken
+from ktrdr.errors import KtrdrError, OperationCancelledError
+from ktrdr.operations import fold_all
+from ktrdr.transport import read_lifecycle
+
+if TYPE_CHECKING:
+    from actors._actor import Actor
+
+
+class OperationContext:
+    """What a work handler sees of its operation: the command, its token, and progress out.
+
+    `progress()` may be called from any thread (the trainer's loop runs outside the event loop)."""
+
+    def __init__(self, actor: Actor, op_id: str, command: AnyCommand, token: CancellationToken,  # type: ignore[valid-type]
+                 attempt: int) -> None:
+        self.actor = actor
+        self.op_id = op_id
+        self.domain = subjects.domain_of(op_id)
+        self.command = command
+        self.token = token
+        self.attempt = attempt
+        self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.last_progress: ProgressState | None = None
+
+    def progress(self, progress: ProgressState | None = None, /, **fields: Any) -> None:
+        state = progress if progress is not None else ProgressState(**fields)
+        self.last_progress = state
+        if threading.get_ident() == self._loop_thread:
+            self.actor.emit_progress(self.op_id, state)
+        else:
+            self.loop.call_soon_threadsafe(self.actor.emit_progress, self.op_id, state)
+
+    def update(self, *, message: str | None = None, context: Context | None = None, **fields: Any) -> None:
+        """Re-emit the last progress with some fields changed (e.g. a pacing wait in the context)."""
+        changes: dict[str, Any] = dict(fields)
+        if message is not None:
+            changes["message"] = message
+        if context is not None:
+            changes["context"] = context
+        self.progress(msgspec.structs.replace(self.last_progress or ProgressState(), **changes))
+
+    async def sleep(self, seconds: float, where: str) -> None:
+        """Sleep, but wake at once on cancel and raise OperationCancelledError(where)."""
+        if seconds > 0:
+            await self.token.sleep(seconds)
+        self.token.raise_if_cancelled(where)
+
+
+@dataclass
+class _Running:
+    op_id: str
+    msg: Msg
+    held: Held
+    token: CancellationToken = field(default_factory=CancellationToken)
+
+
+class WorkRunner:
+    def __init__(self, actor: Actor, domain: str, pools: list[str], max_concurrency: int) -> None:
+        self.actor, self.domain, self.pools = actor, domain, pools
+        self.slots = asyncio.Semaphore(max_concurrency)
+        self.running: dict[str, _Running] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.leases: Leases | None = None
+
+    @property
+    def busy(self) -> list[str]:
+        return list(self.running)
+
+    async def start(self) -> None:
+        a = self.actor
+        assert a.js is not None
+        self.leases = Leases(await a.js.key_value(subjects.LEASES_BUCKET), a.id, a.settings.worker_timeout_s)
+        for pool in self.pools:
+            cfg = js_api.ConsumerConfig(
+                durable_name=subjects.work_consumer(self.domain, pool),
+                filter_subject=subjects.work(self.domain, pool),
+                ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=a.settings.worker_timeout_s,
+                max_deliver=-1, max_ack_pending=1000)
+            await a.js.add_consumer(subjects.STREAM_WORK, cfg)
+            psub = await a.js.pull_subscribe_bind(durable=cfg.durable_name, stream=subjects.STREAM_WORK)
+            self._loops.append(asyncio.create_task(
+                pull_loop(psub, self._spawn, stopped=lambda: self._stopping, on_fault=a.on_fault, slots=self.slots),
+                name=f"{a.id}-work-{pool}"))
+
+    def stop_taking(self) -> None:
+        self._stopping = True
+        for t in self._loops:
+            t.cancel()
+
+    def cancel_all(self, reason: str, code: Any) -> None:
+        for run in self.running.values():
+            run.token.cancel(reason, code=code, requested_by=self.actor.id)
+
+    def on_cancel(self, cancel: CancelOperation) -> None:
+        run = self.running.get(cancel.op_id)
+        if run is not None:
+            run.token.cancel(cancel.reason, code=cancel.reason_code, requested_by=cancel.requested_by)
+
+    async def on_beat(self) -> None:
+        """Every heartbeat: extend the ack deadline and the lease of each running operation."""
+        assert self.leases is not None
+        for run in list(self.running.values()):
+            with contextlib.suppress(Exception):
+                await run.msg.in_progress()
+            try:
+                if not await self.leases.renew(run.held):
+                    self.actor.log.warning("%s: lease of %s lost; stopping it without a verdict", self.actor.id,
+                                           run.op_id)
+                    run.token.cancel("lease lost to another worker", code="lease_lost", requested_by=self.actor.id)
+            except Exception as exc:  # server away: try again at the next beat
+                self.actor.log.debug("lease renewal failed: %s", exc)
+
+    async def _spawn(self, msg: Msg) -> None:
+        task = asyncio.create_task(self._take(msg))
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self.tasks.discard(t)
+            self.slots.release()
+
+        task.add_done_callback(done)
+
+    async def _take(self, msg: Msg) -> None:
+        a = self.actor
+        try:
+            item = decode_work(msg.data)
+            if (item.op_id != item.command.op_id or not subjects.is_op_id(item.op_id)
+                    or subjects.parse_work_subject(msg.subject) != (self.domain, msg.subject.rsplit(".", 1)[-1])
+                    or subjects.domain_of(item.op_id) != self.domain):
+                raise DecodeError(f"work item for {item.op_id!r} does not belong on {msg.subject}")
+        except (DecodeError, ValueError) as exc:
+            await a.report_error(sniff_op_id(msg.data), f"malformed work item dropped: {exc}", msg.subject)
+            await msg.term()
+            return
+        running = self.running.get(item.op_id)
+        if running is not None:  # a redelivery of what this worker runs now: one run, the newest handle
+            running.msg = msg
+            return
+        await self._check_and_run(item.op_id, msg)
+
+    async def _check_and_run(self, op_id: str, msg: Msg) -> None:
+        a = self.actor
+        assert a.js is not None and self.leases is not None
+        events = await read_lifecycle(a.js, op_id)
+        created = next((e for e in events if isinstance(e, OperationCreated)), None)
+        view = fold_all(events)
+        if created is None or not created.actor.startswith("orchestrator"):
+            a.log.warning("%s: work item for an operation no orchestrator created; dropped", op_id)
+            await msg.term()
+            return
+        if view.terminal:
+            a.log.info("%s is already %s; dropping its work item", op_id, view.status)
+            await msg.ack()
+            return
+        try:
+            await asyncio.to_thread(commands.validate, created.command, created.ts)
+        except KtrdrError as exc:
+            await a.publish_event(OperationFailed(op_id=op_id, error=f"refused by {a.role}: {exc}",
+                                                  error_code="validation"))
+            await msg.ack()
+            return
+        held = await self.leases.acquire(op_id)
+        if isinstance(held, Busy):
+            a.log.info("%s is held by %s; handing the redelivery back", op_id, held.holder)
+            await msg.nak(delay=max(held.retry_in, 0.1))
+            return
+        run = _Running(op_id, msg, held)
+        if view.cancel_requested:
+            cancel = view.cancel_request
+            run.token.cancel(cancel[0] if cancel else "cancel requested", code=cancel[1] if cancel else "user")
+        self.running[op_id] = run
+        try:
+            await self._run(run, created.command)
+        finally:
+            self.running.pop(op_id, None)
+
+    async def _run(self, run: _Running, command: AnyCommand) -> None:  # type: ignore[valid-type]
+        a = self.actor
+        op_id, token = run.op_id, run.token
+        ctx = OperationContext(a, op_id, command, token, run.held.attempt)
+        attempt = run.held.attempt
+        outcome: Event | None = None
+        try:
+            token.raise_if_cancelled("queued, before it started")
+            await a.publish_event(OperationStarted(
+                op_id=op_id, worker=a.id, attempt=attempt, resumed=attempt > 1,
+                message=f"picked up again by {a.id} (attempt {attempt})" if attempt > 1 else ""))
+            result = await a.handle(ctx)
+            outcome = OperationCompleted(op_id=op_id, result=result or {})
+        except OperationCancelledError as exc:
+            if not token.hand_back:
+                outcome = OperationCancelled(
+                    op_id=op_id, where=exc.where, reason=token.reason or exc.reason, reason_code=token.reason_code,
+                    message=a.cancelled_message(ctx, exc.where))
+        except KtrdrError as exc:
+            outcome = OperationFailed(op_id=op_id, error=str(exc), error_code=exc.code)
+        except asyncio.CancelledError:
+            raise  # killed: leave the message unacked so JetStream redelivers it
+        except Exception as exc:
+            await a.on_fault(exc, f"work {op_id}")
+            outcome = OperationFailed(op_id=op_id, error=f"internal error in {a.role}: {type(exc).__name__}: {exc}",
+                                      error_code="internal")
+        await self._finish(run, ctx, outcome)
+
+    async def _finish(self, run: _Running, ctx: OperationContext, outcome: Event | None) -> None:
+        a = self.actor
+        assert self.leases is not None
+        if outcome is not None and await self._still_ours(run):
+            await a.publish_event(outcome)
+            with contextlib.suppress(Exception):
+                await self.leases.release(run.held, done=True)
+            with contextlib.suppress(Exception):
+                await run.msg.ack()
+            return
+        if run.token.reason_code == "shutdown":
+            ctx.progress(msgspec.structs.replace(
+                ctx.last_progress or ProgressState(),
+                message=f"worker {a.id} stopping; handed back for redelivery"))
+            with contextlib.suppress(Exception):
+                await self.leases.release(run.held, done=False)
+            with contextlib.suppress(Exception):
+                await run.msg.nak()
+        # A lost lease: another worker runs it now; nothing of ours may end it.
+
+    async def _still_ours(self, run: _Running) -> bool:
+        assert self.leases is not None
+        for _ in range(50):  # a server restart in the way: try for a while before giving up the verdict
+            try:
+                return await self.leases.renew(run.held)
+            except Exception:
+                await asyncio.sleep(0.2)
+        return False

@@ -1,0 +1,278 @@
+"""`ktrdr ops ...`: every verb works on every operation in every state (queued, running, each terminal
+state, a workflow parent or child, rejected), from the stored events, so they survive a restart of
+everything."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import typer
+
+from ktrdr.cli import JSON, _check_op_id, _run, client, ops_app
+from ktrdr.operations import OperationView
+
+
+def _age(view: OperationView) -> str:
+    if view.created_at is None and view.updated_at is None:
+        return "-"
+    secs = (datetime.now(UTC) - (view.created_at or view.updated_at)).total_seconds()  # type: ignore[operator]
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs / size:.0f}{unit}"
+    return f"{secs:.0f}s"
+
+
+def tree_order(views: list[OperationView]) -> list[tuple[int, OperationView]]:
+    """(depth, view): children right under their parent, in creation order; orphans at the top level."""
+    by_id = {v.op_id: v for v in views}
+    kids: dict[str, list[OperationView]] = {}
+    for v in views:
+        if v.parent_op_id and v.parent_op_id in by_id:
+            kids.setdefault(v.parent_op_id, []).append(v)
+    out: list[tuple[int, OperationView]] = []
+
+    def walk(v: OperationView, depth: int) -> None:
+        out.append((depth, v))
+        for k in kids.get(v.op_id, []):
+            walk(k, depth + 1)
+
+    for v in views:
+        if not (v.parent_op_id and v.parent_op_id in by_id):
+            walk(v, 0)
+    return out
+
+
+@ops_app.command("list")
+def ops_list(limit: int = typer.Option(50, help="Show the latest N (0 = all)."),
+             flat: bool = typer.Option(False, "--flat", help="Children as rows of their own, not under parents."),
+             json_out: bool = JSON) -> None:
+    """Operations from the stored events, oldest first, children under their parents."""
+    if limit < 0:
+        raise typer.Exit(_fail(f"--limit must be 0 or more, got {limit}"))
+    _run(_ops_list(limit, flat, json_out))
+
+
+def _fail(message: str) -> int:
+    typer.echo(f"error: {message}", err=True)
+    return 2
+
+
+async def _ops_list(limit: int, flat: bool, json_out: bool) -> int:
+    from ktrdr.cli._live import view_json
+
+    async with client() as c:
+        views = await c.list_operations(limit=limit or None)
+    if json_out:
+        typer.echo(json.dumps([view_json(v) for v in views], default=str))
+        return 0
+    if not views:
+        typer.echo("no operations yet (try `ktrdr dummy`)")
+        return 0
+    rows = [(0, v) for v in views] if flat else tree_order(views)
+    w = max(len("OPERATION"), *(len(v.op_id) + 2 * d for d, v in rows))
+    typer.echo(f"{'OPERATION':<{w}} {'STATUS':<10} {'TYPE':<17} {'PROGRESS':>8} {'AGE':>5}  DESCRIPTION")
+    for depth, v in rows:
+        name = "  " * depth + v.op_id
+        typer.echo(f"{name:<{w}} {v.status:<10} {v.op_type or '-':<17} {v.percentage:7.1f}% {_age(v):>5}  "
+                   f"{v.description or v.error or ''}")
+    return 0
+
+
+@ops_app.command("show")
+def ops_show(op_id: str, json_out: bool = JSON, events: bool = typer.Option(False, help="List every event.")) -> None:
+    """One operation: status, progress, timings, its children, result or error."""
+    _check_op_id(op_id)
+    _run(_ops_show(op_id, json_out, events))
+
+
+async def _ops_show(op_id: str, json_out: bool, show_events: bool) -> int:
+    import msgspec
+
+    from ktrdr.cli._live import view_json
+    from ktrdr.operations import fold_all
+
+    async with client() as c:
+        evs = await c.events(op_id)
+        if not evs:
+            typer.echo(f"error: no operation {op_id} is stored", err=True)
+            return 2
+        view = fold_all(evs)
+        children = [await c.view(k) for k in view.children]
+    if json_out:
+        d = view_json(view)
+        d["children_views"] = [view_json(k) for k in children]
+        if show_events:
+            d["event_list"] = [msgspec.to_builtins(e) for e in evs]
+        typer.echo(json.dumps(d, default=str))
+        return 0
+    _print_view(view, children)
+    if show_events:
+        for e in evs:
+            typer.echo(f"  {e.ts.isoformat()} {type(e).__name__:<20} {e.actor or '-'}  {_detail(e)}")
+    return 0
+
+
+def _print_view(view: OperationView, children: list[OperationView]) -> None:
+    from ktrdr.rendering import ProgressRenderer
+
+    r = ProgressRenderer.for_domain(view.domain)
+    typer.echo(f"operation  {view.op_id}\ntype       {view.op_type}  ({view.description})\nstatus     {view.status}")
+    typer.echo(f"progress   {view.percentage:.1f}%  {r.line(view)}")
+    if view.parent_op_id:
+        typer.echo(f"parent     {view.parent_op_id}")
+    for label, val in (("created", view.created_at), ("started", view.started_at), ("finished", view.finished_at),
+                       ("deadline", view.deadline)):
+        if val:
+            typer.echo(f"{label:<10} {val.isoformat()}")
+    if view.elapsed_s is not None:
+        typer.echo(f"elapsed    {view.elapsed_s:.1f} s")
+    if view.worker:
+        typer.echo(f"worker     {view.worker} (attempt {view.attempts})")
+    if view.where:
+        typer.echo(f"stopped at {view.where}")
+    if view.reason and view.status == "cancelled":
+        typer.echo(f"reason     {view.reason} ({view.reason_code})")
+    if view.error:
+        typer.echo(f"error      {view.error}")
+    for note in view.errors:
+        typer.echo(f"note       {note}")
+    if children:
+        typer.echo("children")
+        for k in children:
+            kr = ProgressRenderer.for_domain(k.domain or "")
+            line = kr.final(k) if k.terminal else kr.line(k)
+            typer.echo(f"  ├─ {k.op_id} {k.status:<10} {k.percentage:5.1f}%  {line}")
+    if view.result:
+        typer.echo("result     " + json.dumps(view.result, indent=2, default=str).replace("\n", "\n           "))
+    typer.echo(f"events     {view.events}")
+
+
+def _detail(e: Any) -> str:
+    for attr in ("error", "reason", "where", "description", "message"):
+        value = getattr(e, attr, None)
+        if value:
+            return str(value)[:120]
+    progress = getattr(e, "progress", None)
+    return progress.message[:120] if progress is not None else ""
+
+
+@ops_app.command("watch")
+def ops_watch(op_id: str, json_out: bool = JSON) -> None:
+    """Attach to a running or finished operation: replay, then follow live; it rides out a server
+    outage for as long as you wait. Ctrl+C detaches (the operation goes on)."""
+    _check_op_id(op_id)
+    _run(_ops_watch(op_id, json_out))
+
+
+async def _ops_watch(op_id: str, json_out: bool) -> int:
+    from ktrdr.cli._live import exit_code, follow, print_final
+
+    c = client(reconnect_attempts=-1)
+    c.on_disconnect = lambda: print("connection to NATS lost; reconnecting (Ctrl+C leaves) ...", file=sys.stderr,
+                                    flush=True)
+    c.on_reconnect = lambda: print("reconnected to NATS", file=sys.stderr, flush=True)
+    async with c:
+        if not await c.exists(op_id):
+            typer.echo(f"error: no operation {op_id} is stored", err=True)
+            return 2
+        view = await follow(c, op_id, json_out=json_out, cancel_on_interrupt=False)
+    if not view.terminal:
+        typer.echo(f"detached from {op_id} ({view.status})")
+        return 0
+    print_final(view, json_out=json_out)
+    return exit_code(view)
+
+
+@ops_app.command("replay")
+def ops_replay(op_id: str, speed: float = typer.Option(0.0, help="Replay at the recorded pace x SPEED "
+                                                                  "(0: as fast as possible)."),
+               json_out: bool = typer.Option(False, "--json", help="Print the events, one JSON object a line.")
+               ) -> None:
+    """Re-render an operation's stored event stream: the same lines its live display printed."""
+    _check_op_id(op_id)
+    if not 0 <= speed <= 1e6:
+        raise typer.Exit(_fail(f"--speed must be between 0 and 1000000, got {speed:g}"))
+    _run(_ops_replay(op_id, speed, json_out))
+
+
+async def _ops_replay(op_id: str, speed: float, json_out: bool) -> int:
+    from ktrdr.cli._live import exit_code, print_final, replay
+
+    async with client() as c:
+        view = await replay(c, op_id, speed=speed or None, json_out=json_out)
+    if view.events == 0:
+        typer.echo(f"error: no operation {op_id} is stored", err=True)
+        return 2
+    if not json_out:
+        print_final(view, json_out=False)
+    return exit_code(view) if view.terminal else 0
+
+
+@ops_app.command("cancel")
+def ops_cancel(op_id: str, wait: bool = typer.Option(True, help="Wait for the cancelled event."),
+               json_out: bool = JSON) -> None:
+    """Cancel an operation. The cancel is recorded whatever the operation's state, even before it is
+    created; a finished one is left as it is, and the command says so."""
+    _check_op_id(op_id)
+    _run(_ops_cancel(op_id, wait, json_out))
+
+
+async def _ops_cancel(op_id: str, wait: bool, json_out: bool) -> int:
+    from ktrdr.cli._live import view_json
+
+    async with client() as c:
+        view = await c.view(op_id)
+        if view.terminal:
+            msg = f"{op_id} is already {view.status}; nothing to cancel"
+            typer.echo(json.dumps({**view_json(view), "note": msg}, default=str) if json_out else msg)
+            return 0
+        await c.cancel(op_id, reason="ktrdr ops cancel")
+        if not view.created_at:  # not created yet (or never will be): give the orchestrator a moment
+            view = await c.watch(op_id, lambda ev, v: None, stop=None, idle_timeout=3.0) if wait else view
+            if not view.created_at and not view.terminal:
+                typer.echo(f"no operation {op_id} is stored yet; the cancel is recorded and applies if it is "
+                           f"created", err=True)
+                return 2
+        if wait and not view.terminal:
+            view = await c.watch(op_id, lambda ev, v: None, idle_timeout=30.0)
+    if json_out:
+        typer.echo(json.dumps(view_json(view), default=str))
+    elif view.status == "cancelled":
+        typer.echo(f"{op_id} cancelled{' at ' + view.where if view.where else ''}")
+    elif view.terminal:
+        typer.echo(f"{op_id} finished as {view.status} before the cancel reached it")
+    else:
+        typer.echo(f"cancel requested for {op_id}; not confirmed yet")
+    return 0
+
+
+@ops_app.command("tail")
+def ops_tail(json_out: bool = JSON) -> None:
+    """Every operation's events, live (like `nats sub 'ops.>'`, rendered). Ctrl+C stops."""
+    _run(_ops_tail(json_out))
+
+
+async def _ops_tail(json_out: bool) -> int:
+    import asyncio
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def show(subject: str, ev: Any, raw: bytes) -> None:
+        if json_out:
+            sys.stdout.write(raw.decode(errors="replace") + "\n")
+        elif ev is None:
+            sys.stdout.write(f"{subject}: (undecodable payload, {len(raw)} bytes)\n")
+        else:
+            sys.stdout.write(f"{ev.ts:%H:%M:%S.%f} {ev.op_id} {type(ev).__name__} {_detail(ev)}\n")
+        sys.stdout.flush()
+
+    async with client() as c:
+        await c.tail(show, stop)
+    return 0

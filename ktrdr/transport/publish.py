@@ -1,0 +1,38 @@
+"""JetStream publishing that a server restart or a cluster election does not turn into a lost event:
+every publish carries a `Nats-Msg-Id`, so retrying it until the stream answers stores it once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+
+# What a publish raises while no stream leader can answer (server restarting, leader election).
+PUBLISH_RETRY_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.ConnectionReconnectingError,
+    TimeoutError,
+)
+
+
+async def publish(js: JetStreamContext, subject: str, payload: bytes, msg_id: str, *,
+                  retry_for: float = 30.0, timeout: float = 2.0) -> js_api.PubAck:
+    """Store `payload` on `subject` once; retry with backoff for up to `retry_for` seconds while the
+    stream cannot answer. Other errors (permission, bad request) raise at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry_for
+    delay = 0.05
+    while True:
+        try:
+            return await js.publish(subject, payload, timeout=timeout, headers={"Nats-Msg-Id": msg_id})
+        except PUBLISH_RETRY_ERRORS:
+            if loop.time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)

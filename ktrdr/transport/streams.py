@@ -1,0 +1,101 @@
+"""The streams and buckets, created idempotently by whichever process needs them first.
+
+A process whose settings differ from what the server has says so (a warning naming the field) and
+uses the server's. OPS has a byte limit as well as an age limit (so a flood of events cannot fill the
+server's disk) and a per-subject cap, which is each operation's event budget per event type.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import BadRequestError, NotFoundError
+
+from events import subjects
+from ktrdr.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
+    replicas = settings.replicas
+    return [
+        js_api.StreamConfig(
+            name=subjects.STREAM_CMD, subjects=[subjects.CMD_ALL],
+            retention=js_api.RetentionPolicy.WORK_QUEUE, storage=js_api.StorageType.FILE,
+            duplicate_window=120.0, num_replicas=replicas, max_msg_size=1 << 20,
+        ),
+        js_api.StreamConfig(
+            name=subjects.STREAM_WORK, subjects=[subjects.WORK_ALL],
+            retention=js_api.RetentionPolicy.WORK_QUEUE, storage=js_api.StorageType.FILE,
+            duplicate_window=120.0, num_replicas=replicas, max_msg_size=1 << 20,
+        ),
+        js_api.StreamConfig(
+            name=subjects.STREAM_OPS, subjects=[subjects.OPS_ALL],
+            retention=js_api.RetentionPolicy.LIMITS, storage=js_api.StorageType.FILE,
+            max_age=settings.ops_max_age_s, max_bytes=settings.ops_max_bytes,
+            max_msgs_per_subject=settings.ops_max_events_per_subject,
+            discard=js_api.DiscardPolicy.OLD, duplicate_window=120.0, allow_direct=True,
+            num_replicas=replicas,
+        ),
+    ]
+
+
+_COMPARED = ("subjects", "retention", "storage", "max_age", "duplicate_window", "max_bytes",
+             "max_msgs_per_subject", "num_replicas")
+
+
+async def _ensure_stream(js: JetStreamContext, cfg: js_api.StreamConfig) -> list[str]:
+    warnings: list[str] = []
+    for _ in range(3):
+        try:
+            info = await js.stream_info(cfg.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(cfg)
+                return warnings
+            except BadRequestError:
+                continue  # another process created it between our two calls: compare instead
+        have = info.config
+        for name in _COMPARED:
+            want, got = getattr(cfg, name), getattr(have, name)
+            if want is None:
+                continue  # the server's default: nothing asked for
+            if isinstance(want, float) and isinstance(got, float) and abs(want - got) < 1e-3:
+                continue
+            if want != got:
+                msg = (f"stream {cfg.name} exists with {name}={got!r}; this process wants {want!r}; "
+                       f"using the server's (delete or edit the stream to change it)")
+                log.warning(msg)
+                warnings.append(msg)
+        return warnings
+    return warnings
+
+
+async def _ensure_kv(js: JetStreamContext, cfg: js_api.KeyValueConfig) -> None:
+    try:
+        await js.key_value(cfg.bucket)
+    except Exception:
+        try:
+            await js.create_key_value(cfg)
+        except BadRequestError:
+            pass  # created concurrently
+
+
+async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
+    """Create CMD, WORK, OPS and the KV buckets if missing. Returns warnings for streams whose
+    settings differ from this process's."""
+    warnings: list[str] = []
+    for cfg in stream_configs(settings):
+        warnings += await _ensure_stream(js, cfg)
+    kv_ttl = max(settings.heartbeat_s * 10, 10.0)
+    await _ensure_kv(js, js_api.KeyValueConfig(
+        bucket=subjects.ACTORS_BUCKET, history=1, ttl=kv_ttl, storage=js_api.StorageType.MEMORY,
+        replicas=settings.replicas))
+    await _ensure_kv(js, js_api.KeyValueConfig(
+        bucket=subjects.LEASES_BUCKET, history=1, storage=js_api.StorageType.FILE, replicas=settings.replicas))
+    await _ensure_kv(js, js_api.KeyValueConfig(
+        bucket=subjects.PACING_BUCKET, history=1, storage=js_api.StorageType.FILE, replicas=settings.replicas))
+    return warnings
