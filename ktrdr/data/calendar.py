@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import re
 import threading
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from functools import lru_cache
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -137,8 +140,6 @@ def _load_nyse() -> tuple[ExchangeCalendar, _Sessions]:
     if _nyse is None:
         with _NYSE_LOCK:  # several loads in one process (threads) must not each build it
             if _nyse is None:
-                import warnings
-
                 from exchange_calendars.exchange_calendar_xnys import XNYSExchangeCalendar
 
                 # exchange-calendars reads Series.values, which pandas 3 deprecates: not ours to fix.
@@ -147,12 +148,14 @@ def _load_nyse() -> tuple[ExchangeCalendar, _Sessions]:
                     warnings.simplefilter("ignore", category)
                     last_day = (CALENDAR_END - pd.Timedelta(days=1)).tz_localize(None)
                     cal = XNYSExchangeCalendar(start=CALENDAR_START.tz_localize(None), end=last_day)
-                    sessions = _Sessions(
+                    arrays = (
                         cal.sessions.to_numpy().astype("datetime64[D]"),
                         cal.opens.dt.tz_convert(None).to_numpy().astype("datetime64[ns]").astype(np.int64),
                         cal.closes.dt.tz_convert(None).to_numpy().astype("datetime64[ns]").astype(np.int64),
                     )
-                _nyse = (cal, sessions)
+                for a in arrays:
+                    a.setflags(write=False)  # shared by every caller in the process: slices are views
+                _nyse = (cal, _Sessions(*arrays))
     return _nyse
 
 
@@ -184,13 +187,14 @@ def nyse_holidays(year: int) -> frozenset[date]:
 
 
 @lru_cache(maxsize=256)
-def nyse_early_closes(year: int) -> dict[date, time]:
-    """NYSE sessions of `year` that close before 16:00 New York: {date: local close time}."""
+def nyse_early_closes(year: int) -> Mapping[date, time]:
+    """NYSE sessions of `year` that close before 16:00 New York: {date: local close time} (read-only:
+    the mapping is cached)."""
     s = _load_nyse()[1]
     sel = (s.dates >= np.datetime64(f"{year}-01-01", "D")) & (s.dates < np.datetime64(f"{year + 1}-01-01", "D"))
     closes = pd.to_datetime(s.closes[sel], unit="ns", utc=True).tz_convert(NEW_YORK)
     days = pd.DatetimeIndex(s.dates[sel]).date
-    return {d: c.time() for d, c in zip(days, closes, strict=True) if c.time() < time(16)}
+    return MappingProxyType({d: c.time() for d, c in zip(days, closes, strict=True) if c.time() < time(16)})
 
 
 # --- time helpers -----------------------------------------------------------------------------------
