@@ -1,4 +1,4 @@
-"""`python -m bench [backbone|data|training ...]`: run the benchmarks and print the figures."""
+"""`python -m bench [backbone|data|training|calendar|indicators ...]`: run the benchmarks and print the figures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from bench._common import report
 
-SUITES = ("backbone", "data", "training")
+SUITES = ("backbone", "data", "training", "calendar", "indicators")
 
 
 def main() -> None:

@@ -2,15 +2,20 @@
 
 `expected_bar_starts` is THE definition of the bars an instrument has at a timeframe in a range. The
 simulated IB gateway generates exactly these bars and gap analysis compares stored bars against
-exactly these, so weekends, closed hours and exchange holidays are never reported as gaps.
+exactly these, so weekends, closed hours, holidays and unscheduled closures are never reported as gaps
+(a closure reported as a gap would be asked of IB again on every load, for bars that never exist).
 
 Conventions (all timestamps are UTC, the bar's START):
-- Stocks trade 09:30-16:00 America/New_York Mon-Fri except NYSE holidays (no early closes modelled).
-  Intraday bars start at session open + k*timeframe while before the close (1h: 09:30, 10:30 ... 15:30
-  New York time, whatever the DST offset).
+- Stocks trade the NYSE sessions of the exchange-calendars library's XNYS calendar (regular hours,
+  as IB's useRTH bars): 09:30-16:00 America/New_York, except its holidays, its unscheduled closures and
+  its early closes (half days end at 13:00). Intraday bars start at session open + k*timeframe while
+  before the close (1h: 09:30, 10:30 ... 15:30 New York time, whatever the DST offset; 12:30 is the
+  last one on a half day).
 - Forex (IDEALPRO) trades 24x5: Sunday 17:00 New York to Friday 17:00 New York; holidays are not
-  modelled. Intraday bars are aligned to UTC multiples of the timeframe; a bar exists when its
-  interval overlaps the open hours.
+  modelled. That week is built here from the rule: exchange-calendars' "24/5" calendar has sessions of
+  UTC days (Monday 00:00 to Friday 24:00 UTC), not the New York 17:00 roll, and pandas-market-calendars'
+  FX calendar has a Saturday 17:00 to Sunday 17:00 session. Intraday bars are aligned to UTC multiples
+  of the timeframe; a bar exists when its interval overlaps the open hours.
 - 1d: one bar per session, timestamped at the session's DATE 00:00 UTC (for forex the trading day
   that opens Sunday 17:00 New York is Monday's bar, so Monday-Friday dates).
 - 1w: one bar per week that has at least one session, timestamped at that week's Monday 00:00 UTC.
@@ -19,16 +24,23 @@ Conventions (all timestamps are UTC, the bar's START):
 from __future__ import annotations
 
 import re
+import threading
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time
 from functools import lru_cache
-from typing import Literal
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 
 from ktrdr.data.timeframes import Timeframe, parse_timeframe
 from ktrdr.errors import ValidationError
+
+if TYPE_CHECKING:
+    from exchange_calendars import ExchangeCalendar
 
 NEW_YORK = "America/New_York"
 
@@ -104,60 +116,85 @@ def lookup(symbol: str, universe: dict[str, Instrument] | None = None) -> Instru
     return (DEFAULT_UNIVERSE if universe is None else universe).get(normalize_symbol(symbol))
 
 
-# --- NYSE holidays ----------------------------------------------------------------------------------
-def _nth_weekday(year: int, month: int, weekday: int, n: int) -> date:
-    """The n-th (1-based) `weekday` (Mon=0) of the month; n=-1 is the last one."""
-    if n > 0:
-        first = date(year, month, 1)
-        return first + timedelta(days=(weekday - first.weekday()) % 7 + 7 * (n - 1))
-    nxt = date(year + (month == 12), month % 12 + 1, 1)
-    last = nxt - timedelta(days=1)
-    return last - timedelta(days=(last.weekday() - weekday) % 7)
+# --- NYSE sessions (exchange-calendars) ---------------------------------------------------------------
+# The library's XNYS calendar is the source of truth for stock sessions: rule-based holidays, the
+# exchange's unscheduled closures (2001-09-11..14, 2012-10-29/30, 2018-12-05, 2025-01-09 ...) that no
+# rule can know, and early closes (13:00 New York half days; 14:00 before 1993). Building it takes a
+# few hundred milliseconds and importing the package ~0.7 s, so it is imported lazily here (the CLI's
+# fast paths never pay for it) and built once per process, over one fixed span, into plain arrays.
+CALENDAR_START = pd.Timestamp("1970-01-01", tz="UTC")
+CALENDAR_END = pd.Timestamp("2100-01-01", tz="UTC")  # exclusive
+_NYSE_LOCK = threading.Lock()
+_nyse: tuple[ExchangeCalendar, _Sessions] | None = None
 
 
-def _easter(year: int) -> date:
-    """Gregorian Easter Sunday (anonymous Gregorian algorithm)."""
-    a = year % 19
-    b, c = divmod(year, 100)
-    d, e = divmod(b, 4)
-    f = (b + 8) // 25
-    g = (b - f + 1) // 3
-    h = (19 * a + b - d - g + 15) % 30
-    i, k = divmod(c, 4)
-    ell = (32 + 2 * e + 2 * i - h - k) % 7
-    m = (a + 11 * h + 22 * ell) // 451
-    month, day = divmod(h + ell - 7 * m + 114, 31)
-    return date(year, month, day + 1)
+@dataclass(frozen=True)
+class _Sessions:
+    dates: np.ndarray  # datetime64[D], the session's New York date, sorted
+    opens: np.ndarray  # int64 ns UTC
+    closes: np.ndarray  # int64 ns UTC
 
 
-def _observed(d: date) -> date:
-    """Saturday holidays are observed on Friday, Sunday holidays on Monday."""
-    if d.weekday() == 5:
-        return d - timedelta(days=1)
-    if d.weekday() == 6:
-        return d + timedelta(days=1)
-    return d
+def _load_nyse() -> tuple[ExchangeCalendar, _Sessions]:
+    global _nyse
+    if _nyse is None:
+        with _NYSE_LOCK:  # several loads in one process (threads) must not each build it
+            if _nyse is None:
+                from exchange_calendars.exchange_calendar_xnys import XNYSExchangeCalendar
+
+                # exchange-calendars reads Series.values, which pandas 3 deprecates: not ours to fix.
+                category = getattr(pd.errors, "Pandas4Warning", FutureWarning)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", category)
+                    last_day = (CALENDAR_END - pd.Timedelta(days=1)).tz_localize(None)
+                    cal = XNYSExchangeCalendar(start=CALENDAR_START.tz_localize(None), end=last_day)
+                    arrays = (
+                        cal.sessions.to_numpy().astype("datetime64[D]"),
+                        cal.opens.dt.tz_convert(None).to_numpy().astype("datetime64[ns]").astype(np.int64),
+                        cal.closes.dt.tz_convert(None).to_numpy().astype("datetime64[ns]").astype(np.int64),
+                    )
+                for a in arrays:
+                    a.setflags(write=False)  # shared by every caller in the process: slices are views
+                _nyse = (cal, _Sessions(*arrays))
+    return _nyse
+
+
+def nyse_calendar() -> ExchangeCalendar:
+    """The process-wide exchange_calendars XNYS calendar (1970 to 2099), built on first use."""
+    return _load_nyse()[0]
+
+
+def _nyse_sessions(start: pd.Timestamp, end: pd.Timestamp) -> tuple[np.ndarray, ...]:
+    """(dates, opens, closes) of the NYSE sessions whose New York date is within a day of [start, end)."""
+    if start < CALENDAR_START or end > CALENDAR_END:
+        raise ValidationError(
+            f"{start.date()}..{end.date()} is outside the NYSE calendar",
+            hint=f"stock sessions are known from {CALENDAR_START.date()} to {CALENDAR_END.date()}",
+        )
+    s = _load_nyse()[1]
+    days = _local_days(start, end, NEW_YORK)
+    first, last = days[[0, -1]].values.astype("datetime64[D]")
+    lo, hi = int(np.searchsorted(s.dates, first, "left")), int(np.searchsorted(s.dates, last, "right"))
+    return s.dates[lo:hi], s.opens[lo:hi], s.closes[lo:hi]
 
 
 @lru_cache(maxsize=256)
 def nyse_holidays(year: int) -> frozenset[date]:
-    """NYSE full-day closures in `year` (rules, not a table; early closes are not modelled)."""
-    days: set[date] = set()
-    ny = date(year, 1, 1)
-    # NYSE does not close on Friday Dec 31 when Jan 1 is a Saturday; a Sunday Jan 1 moves to Monday.
-    if ny.weekday() != 5:
-        days.add(_observed(ny))
-    days.add(_nth_weekday(year, 1, 0, 3))  # Martin Luther King Jr. Day
-    days.add(_nth_weekday(year, 2, 0, 3))  # Presidents' Day
-    days.add(_easter(year) - timedelta(days=2))  # Good Friday
-    days.add(_nth_weekday(year, 5, 0, -1))  # Memorial Day
-    if year >= 2022:
-        days.add(_observed(date(year, 6, 19)))  # Juneteenth
-    days.add(_observed(date(year, 7, 4)))  # Independence Day
-    days.add(_nth_weekday(year, 9, 0, 1))  # Labor Day
-    days.add(_nth_weekday(year, 11, 3, 4))  # Thanksgiving
-    days.add(_observed(date(year, 12, 25)))  # Christmas
-    return frozenset(days)
+    """NYSE full-day closures on weekdays of `year`: holidays and unscheduled closures alike."""
+    dates = _load_nyse()[1].dates
+    weekdays = pd.bdate_range(date(year, 1, 1), date(year, 12, 31)).values.astype("datetime64[D]")
+    return frozenset(pd.DatetimeIndex(np.setdiff1d(weekdays, dates)).date)
+
+
+@lru_cache(maxsize=256)
+def nyse_early_closes(year: int) -> Mapping[date, time]:
+    """NYSE sessions of `year` that close before 16:00 New York: {date: local close time} (read-only:
+    the mapping is cached)."""
+    s = _load_nyse()[1]
+    sel = (s.dates >= np.datetime64(f"{year}-01-01", "D")) & (s.dates < np.datetime64(f"{year + 1}-01-01", "D"))
+    closes = pd.to_datetime(s.closes[sel], unit="ns", utc=True).tz_convert(NEW_YORK)
+    days = pd.DatetimeIndex(s.dates[sel]).date
+    return MappingProxyType({d: c.time() for d, c in zip(days, closes, strict=True) if c.time() < time(16)})
 
 
 # --- time helpers -----------------------------------------------------------------------------------
@@ -182,27 +219,16 @@ def _local_days(start: pd.Timestamp, end: pd.Timestamp, tz: str) -> pd.DatetimeI
 
 def _session_arrays(inst: Instrument, start: pd.Timestamp, end: pd.Timestamp) -> tuple[np.ndarray, ...]:
     """(session dates as datetime64[D], opens ns UTC, closes ns UTC) for sessions near [start, end)."""
-    days = _local_days(start, end, inst.tz)
     if inst.kind == "stock":
-        holidays: set[date] = set()
-        for y in range(days[0].year, days[-1].year + 1):
-            holidays |= nyse_holidays(y)
-        hol = np.array(sorted(holidays), dtype="datetime64[D]")
-        d64 = days.values.astype("datetime64[D]")
-        keep = (days.day_of_week < 5) & ~np.isin(d64, hol)
-        sdays = days[keep]
-        opens = (sdays + pd.Timedelta(hours=9, minutes=30)).tz_localize(inst.tz).tz_convert("UTC")
-        closes = (sdays + pd.Timedelta(hours=16)).tz_localize(inst.tz).tz_convert("UTC")
-        session_dates = sdays.values.astype("datetime64[D]")
-    else:
-        # One continuous session per week: Sunday 17:00 to Friday 17:00 New York.
-        first = days[0] - pd.Timedelta(days=7)
-        sundays = pd.date_range(first, days[-1] + pd.Timedelta(days=7), freq="W-SUN")
-        opens = (sundays + pd.Timedelta(hours=17)).tz_localize(inst.tz).tz_convert("UTC")
-        closes = (sundays + pd.Timedelta(days=5, hours=17)).tz_localize(inst.tz).tz_convert("UTC")
-        session_dates = sundays.values.astype("datetime64[D]")
+        return _nyse_sessions(start, end)
+    # One continuous session per week: Sunday 17:00 to Friday 17:00 New York.
+    days = _local_days(start, end, inst.tz)
+    first = days[0] - pd.Timedelta(days=7)
+    sundays = pd.date_range(first, days[-1] + pd.Timedelta(days=7), freq="W-SUN")
+    opens = (sundays + pd.Timedelta(hours=17)).tz_localize(inst.tz).tz_convert("UTC")
+    closes = (sundays + pd.Timedelta(days=5, hours=17)).tz_localize(inst.tz).tz_convert("UTC")
     # pandas 3 may pick second resolution; everything here computes in nanoseconds.
-    return session_dates, opens.as_unit("ns").asi8, closes.as_unit("ns").asi8
+    return sundays.values.astype("datetime64[D]"), opens.as_unit("ns").asi8, closes.as_unit("ns").asi8
 
 
 def trading_sessions(

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from ktrdr.data.calendar import DEFAULT_UNIVERSE, expected_bar_starts
+from ktrdr.data.calendar import DEFAULT_UNIVERSE, NEW_YORK, expected_bar_starts, nyse_calendar
 from ktrdr.data.gaps import find_gaps
 from ktrdr.data.planning import plan_segments, resolve_range
 from ktrdr.data.timeframes import TIMEFRAMES
@@ -36,6 +36,46 @@ def test_two_separate_holes_are_two_gaps() -> None:
     idx = expected_bar_starts(AAPL, "1d", "2024-01-01", "2024-04-01")
     gaps = find_gaps(idx.delete([3, 4, 20]), AAPL, "1d", "2024-01-01", "2024-04-01")
     assert [g.missing_bars for g in gaps] == [2, 1]
+
+
+def _ib_like_hourly_bars(start: str, end: str, closed: set) -> pd.DatetimeIndex:
+    """1h bars as IB returns them, built without the calendar under test: 09:30..15:30 New York on
+    every weekday except the `closed` dates (so the test can catch a calendar that misses one)."""
+    days = pd.bdate_range(start, end, inclusive="left")
+    days = days[~days.to_series().dt.date.isin(closed).to_numpy()]
+    hours = [pd.Timedelta(hours=9, minutes=30) + pd.Timedelta(hours=h) for h in range(7)]
+    local = pd.DatetimeIndex([d + h for d in days for h in hours]).tz_localize(NEW_YORK)
+    return local.tz_convert("UTC")
+
+
+# The library's own unscheduled closures since 2000, with the week around each as the analysed range.
+_CLOSURES = sorted({t.date() for t in nyse_calendar().adhoc_holidays if t.year >= 2000 and t.weekday() < 5})
+
+
+@pytest.mark.parametrize("day", _CLOSURES)
+def test_gap_analysis_plans_no_segment_for_an_unscheduled_closure(day) -> None:
+    start, end = str(day - timedelta(days=5)), str(day + timedelta(days=9))
+    # The days IB has no bars for, from the library's own tables (2007-01-02's week has New Year too).
+    regular = nyse_calendar().regular_holidays.holidays(start, end, return_name=False)
+    closed = {d for d in _CLOSURES if start <= str(d) < end} | set(regular.date)
+    stored = _ib_like_hourly_bars(start, end, closed)
+    assert len(stored) > 0
+    gaps = find_gaps(stored, AAPL, "1h", start, end)
+    assert gaps == []
+    assert plan_segments(gaps, "1h", bar_starts=expected_bar_starts(AAPL, "1h", start, end)) == []
+    # A real hole around the closure is still found, and its request starts at a real bar.
+    hole = stored[stored.tz_convert(NEW_YORK).date > max(closed)][:3]
+    gaps = find_gaps(stored.difference(hole), AAPL, "1h", start, end)
+    assert [(g.start, g.missing_bars) for g in gaps] == [(hole[0], 3)]
+
+
+def test_unsorted_stored_index_finds_the_same_gaps() -> None:
+    idx = expected_bar_starts(AAPL, "1h", "2024-06-03", "2024-06-08")
+    kept = idx.delete([4, 5, 20])
+    assert find_gaps(kept[::-1], AAPL, "1h", "2024-06-03", "2024-06-08") == find_gaps(
+        kept, AAPL, "1h", "2024-06-03", "2024-06-08"
+    )
+    assert find_gaps(idx[:0], AAPL, "1h", "2024-06-03", "2024-06-08")[0].missing_bars == len(idx)
 
 
 @pytest.mark.parametrize("tf", list(TIMEFRAMES))

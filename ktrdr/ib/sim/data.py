@@ -4,7 +4,9 @@
 derived from a per-minute price path that is itself seeded per (symbol, seed, UTC day), chained
 between deterministic daily anchors. So the same bar is bit-identical whatever request range contains
 it, and bars of different timeframes agree with each other (a 1h bar spans the same minutes as its
-1m bars). Which bars exist is `expected_bar_starts`' decision, never this module's.
+1m bars). Which bars exist is `expected_bar_starts`' decision, never this module's: the sim has no
+bars on the library calendar's holidays and unscheduled closures and stops at 13:00 New York on half
+days, exactly where gap analysis expects none, so a sim load never plans requests for missing bars.
 """
 
 from __future__ import annotations
@@ -175,7 +177,8 @@ class CsvBars:
 
 def trading_hours(inst: Instrument, now: datetime, days: int = 7) -> str:
     """IB's tradingHours string for the next `days` days, derived from the calendar's 30-minute bars
-    ("20240102:0930-20240102:1600;20240106:CLOSED;..." in the instrument's time zone)."""
+    ("20240102:0930-20240102:1600;20240106:CLOSED;..." in the instrument's time zone; half days end
+    at 1300, closures are CLOSED)."""
     from zoneinfo import ZoneInfo
 
     tz = ZoneInfo(inst.tz)
