@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ktrdr.transport import IbRequester
 from ktrdr.errors import UnknownSymbolError
 from ktrdr.ib.sim import SimGateway
 from ktrdr.ib.sim.data import generate_bars
+from ktrdr.transport import IbRequester
 from tests.conftest import make_settings
 
 

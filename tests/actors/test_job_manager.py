@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from ktrdr.transport import IbRequester
 from events import subjects
 from events.messages import DataContext, LoadData, OperationProgress
 from ktrdr.data.calendar import lookup
 from ktrdr.data.store import DataStore
 from ktrdr.ib.sim.data import generate_bars
 from ktrdr.ib.sim.threaded import SimGatewayThread
+from ktrdr.transport import IbRequester
 from tests.conftest import make_settings
 from tests.helpers import eventually, wait_for_event, wait_terminal
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from events.messages import DataContext, ProgressState
 from ktrdr.cancellation import CancellationToken
 from ktrdr.data.calendar import DEFAULT_UNIVERSE, expected_bar_starts
-from events.messages import DataContext, ProgressState
 from ktrdr.data.loading import DataLoadingJob
 from ktrdr.data.planning import Segment
 from ktrdr.data.store import DataStore
