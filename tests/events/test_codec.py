@@ -1,0 +1,90 @@
+"""The wire codec: every message round-trips, tags make the JSON self-describing, and hostile payloads
+(deep nesting, wrong types, unknown tags) are a DecodeError, never another exception."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from events import subjects
+from events.codec import DecodeError, decode, decode_command, decode_event, decode_work, encode, sniff_op_id
+from events.messages import (
+    COMMANDS,
+    EVENTS,
+    CancelOperation,
+    DataContext,
+    LoadData,
+    OperationProgress,
+    ProgressState,
+    RunDummy,
+    StartTraining,
+    WorkItem,
+)
+
+
+def sample_commands():
+    t = datetime(2024, 1, 2, tzinfo=UTC)
+    return [RunDummy(op_id=subjects.new_op_id("dummy"), iterations=3),
+            LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", start=t, end=t.replace(day=3)),
+            StartTraining(op_id=subjects.new_op_id("training"), strategy_yaml="name: x", epochs=2, pool="gpu")]
+
+
+@pytest.mark.parametrize("cmd", sample_commands(), ids=lambda c: type(c).__name__)
+def test_every_command_round_trips_with_its_type_tag(cmd):
+    data = encode(cmd)
+    assert json.loads(data)["type"] == type(cmd).__name__
+    assert decode_command(data) == cmd
+    item = WorkItem(op_id=cmd.op_id, domain=cmd.domain, command=cmd)
+    assert decode_work(encode(item)) == item
+
+
+def test_every_command_type_is_sampled():
+    assert {type(c) for c in sample_commands()} == set(COMMANDS)
+
+
+def test_progress_event_with_typed_context_round_trips():
+    op_id = subjects.new_op_id("data")
+    ev = OperationProgress(op_id=op_id, actor="job-manager-x", seq=7, progress=ProgressState(
+        percentage=42.5, message="m", context=DataContext(symbol="AAPL", timeframe="1h", segments_done=3)))
+    back = decode_event(encode(ev))
+    assert back == ev and isinstance(back.progress.context, DataContext)
+
+
+@pytest.mark.parametrize("payload", [
+    b"", b"not json", b"[1,2]", b'{"type":"Nope","op_id":"x"}', b'{"type":"RunDummy"}',
+    b'{"type":"RunDummy","op_id":"dummy-x","iterations":"many"}', b"\xff\xfe",
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than any recursion limit
+    b'{"type":"RunDummy","op_id":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+])
+def test_hostile_payloads_are_decode_errors(payload):
+    for dec in (decode_command, decode_event, decode_work):
+        with pytest.raises(DecodeError):
+            dec(payload)
+    sniff_op_id(payload)  # best effort, never raises
+
+
+def test_stored_v1_events_still_decode():
+    """Events written by the first version (no pool, no reason_code, a load_data field) still read."""
+    op_id = subjects.new_op_id("training")
+    v1 = {"type": "OperationCreated", "v": 1, "op_id": op_id, "ts": "2026-11-28T10:00:00Z", "actor": "orch",
+          "seq": 1, "domain": "training", "op_type": "training", "description": "",
+          "command": {"type": "StartTraining", "v": 1, "op_id": op_id, "ts": "2026-11-28T10:00:00Z",
+                      "requested_by": "cli", "strategy_yaml": "x", "load_data": True}}
+    ev = decode_event(json.dumps(v1).encode())
+    assert ev.command.pool == "any" and ev.command.deadline is None
+    cancel = decode(json.dumps({"type": "CancelOperation", "v": 1, "op_id": op_id}).encode(), CancelOperation)
+    assert cancel.reason_code == "user"
+
+
+def test_every_event_has_a_distinct_subject_name():
+    names = [e.name for e in EVENTS]
+    assert len(names) == len(set(names)) and all(n and "." not in n for n in names)
+    assert {e.name for e in EVENTS if e.terminal} == {"completed", "failed", "cancelled", "rejected"}
+
+
+def test_encode_is_plain_json_for_nats_sub():
+    ev = CancelOperation(op_id=subjects.new_op_id("dummy"), reason="r")
+    assert msgspec.json.decode(encode(ev))["reason"] == "r"

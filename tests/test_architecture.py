@@ -1,0 +1,76 @@
+"""The structure a newcomer relies on, checked: the domain/client/CLI never import the actors,
+subject strings live only in events/, and no product function grows past 120 lines."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRODUCT = ("actors", "events", "hosts", "ktrdr")
+MAX_FUNCTION_LINES = 120
+SUBJECT_LITERAL = re.compile(r"^(ops|cmd|work|ib|\$KV|\$JS|\$O)\.[A-Za-z*>]")
+
+
+def product_files(*packages: str) -> list[Path]:
+    return sorted(p for pkg in packages for p in (ROOT / pkg).rglob("*.py"))
+
+
+def imported_modules(tree: ast.AST) -> set[str]:
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def test_nothing_under_ktrdr_imports_the_actors():
+    offenders = [f"{p.relative_to(ROOT)} imports {m}" for p in product_files("ktrdr")
+                 for m in imported_modules(ast.parse(p.read_text())) if m == "actors" or m.startswith("actors.")]
+    assert offenders == []
+
+
+def test_events_import_nothing_but_themselves_and_libraries():
+    offenders = [f"{p.relative_to(ROOT)} imports {m}" for p in product_files("events")
+                 for m in imported_modules(ast.parse(p.read_text())) if m.split(".")[0] in ("actors", "ktrdr", "hosts")]
+    assert offenders == []
+
+
+def test_subject_strings_appear_only_in_events():
+    offenders = []
+    for p in product_files("actors", "hosts", "ktrdr"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and SUBJECT_LITERAL.match(node.value):
+                offenders.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+            if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant) \
+                    and SUBJECT_LITERAL.match(str(node.values[0].value)):
+                offenders.append(f"{p.relative_to(ROOT)}:{node.lineno} f-string {node.values[0].value!r}...")
+    assert offenders == []
+
+
+def test_no_product_function_is_longer_than_120_lines():
+    long = []
+    for p in product_files(*PRODUCT):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = (node.end_lineno or node.lineno) - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert long == []
+
+
+def test_environment_is_read_only_through_settings():
+    offenders = []
+    for p in product_files(*PRODUCT):
+        if p.name == "config.py":
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in ("getenv", "environ") and \
+                    isinstance(node.value, ast.Name) and node.value.id == "os":
+                offenders.append(f"{p.relative_to(ROOT)}:{node.lineno} os.{node.attr}")
+    # Passing the whole environment on to a child process is not reading a setting.
+    allowed = {"ktrdr/embedded.py"}
+    assert [o for o in offenders if o.split(":")[0] not in allowed] == []
