@@ -70,7 +70,22 @@ class LoadTimeline:
     segments: dict[int, SegmentSpan] = field(default_factory=dict)
     bars: list[tuple[datetime, int]] = field(default_factory=list)  # (time, bars fetched so far)
     waits: list[tuple[datetime, float]] = field(default_factory=list)  # (time, seconds of IB pacing wait)
+    end: datetime | None = None  # the last event
     title: str = ""
+
+    def wait_spans(self) -> list[tuple[datetime, datetime]]:
+        """The pacing waits as time spans, overlaps merged (every progress report during a wait
+        repeats it with the time left) and cut at the last event."""
+        spans = sorted((t, t + timedelta(seconds=w)) for t, w in self.waits)
+        merged: list[tuple[datetime, datetime]] = []
+        for a, b in spans:
+            if self.end is not None:
+                b = min(b, self.end)
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            elif b > a:
+                merged.append((a, b))
+        return merged
 
 
 def segment_timeline(events: Iterable[AnyEvent]) -> LoadTimeline:
@@ -81,6 +96,7 @@ def segment_timeline(events: Iterable[AnyEvent]) -> LoadTimeline:
     for ev in events:
         if tl.start is None:
             tl.start = ev.ts
+        tl.end = ev.ts
         if not isinstance(ev, OperationProgress) or not isinstance(ev.progress.context, DataContext):
             continue
         ctx = ev.progress.context
@@ -160,19 +176,23 @@ def plot_data_load(tl: LoadTimeline, out: Path, title: str) -> None:
         ax_seg.barh(seg.index, width, left=x0, height=0.7, color=colors.get(seg.outcome, "tab:olive"))
         if seg.bars and len(tl.segments) <= 60:
             ax_seg.text(x0 + width, seg.index, f" {seg.bars:,}", va="center", fontsize=7)
+    spans = tl.wait_spans()
     for ax in (ax_seg, ax_bars):
-        for i, (t, wait) in enumerate(tl.waits):
-            ax.axvspan(secs(t), secs(t) + wait, color="tab:orange", alpha=0.25,
-                       label="IB pacing wait" if i == 0 and ax is ax_seg else None)
+        for a, b in spans:
+            ax.axvspan(secs(a), secs(b), color="tab:orange", alpha=0.25, linewidth=0)
     from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
 
     handles = [Patch(color=c, label=k or "in flight") for k, c in colors.items()
                if any(s.outcome == k for s in tl.segments.values())]
-    if tl.waits:
-        handles.append(Patch(color="tab:orange", alpha=0.25, label="IB pacing wait"))
-    if handles:
-        ax_seg.legend(handles=handles, loc="upper left", fontsize=8)
+    if spans:
+        waited = sum((b - a).total_seconds() for a, b in spans)
+        handles.append(Patch(color="tab:orange", alpha=0.25, label=f"waiting for IB pacing ({waited:.1f} s)"))
+    if handles:  # above the axes: inside, it would cover the first segments
+        ax_seg.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=len(handles),
+                      fontsize=8, frameon=False)
     ax_seg.set_ylabel("segment")
+    ax_seg.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax_seg.invert_yaxis()
     ax_seg.grid(axis="x", alpha=0.3)
     if tl.bars:
@@ -200,7 +220,14 @@ def plot_series(df: pd.DataFrame, gaps: Sequence[Gap], out: Path, title: str, ba
         body = (df["close"] - df["open"]).abs().clip(lower=(df["high"] - df["low"]).max() * 0.002)
         ax.bar(x, body, width, bottom=body_low, color=color)
     else:
-        ax.plot(x, df["close"], linewidth=0.8, color="tab:blue", label="close")
+        import numpy as np
+        import pandas as pd
+
+        # A NaN at each gap's start breaks the line there instead of bridging the missing bars.
+        close = pd.concat([df["close"], pd.Series(np.nan, index=pd.DatetimeIndex([g.start for g in gaps]))])
+        close = close.sort_index()
+        ax.plot(mdates.date2num(close.index.to_pydatetime()), close.to_numpy(), linewidth=0.8, color="tab:blue",
+                label="close")
     shown = list(gaps)[:MAX_GAP_BANDS]
     if shown:
         spans = [(mdates.date2num(g.start.to_pydatetime()),
@@ -235,7 +262,3 @@ def plot_progress(events: Sequence[AnyEvent], out: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
     _save(fig, out)
-
-
-def duration_text(seconds: float) -> str:
-    return str(timedelta(seconds=round(seconds)))

@@ -5,6 +5,7 @@ and that what it pushes is the CLI's fold and wording."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 
@@ -133,6 +134,16 @@ async def test_server_records_where_it_serves(settings, web):
     web.proc.terminate()
     assert await asyncio.wait_for(web.proc.wait(), 10) == 0  # SIGTERM is a clean stop
     assert not url_file(settings).exists() and running_url(settings) is None
+
+
+async def test_ktrdr_web_prints_the_running_page(settings, web):
+    env = {**os.environ, "NATS_URL": settings.nats_url, "KTRDR_HOME": str(settings.home)}
+    code = "import ktrdr.cli.view_commands; from ktrdr.cli import main; main()"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, "web", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    assert out.decode().strip() == web.url
 
 
 def test_bad_arguments_are_refused_before_connecting():
