@@ -44,15 +44,17 @@ async def start_web(settings: Settings) -> AsyncIterator[Callable[..., Awaitable
     async def start(*extra: str) -> WebServer:
         env = {**os.environ, "NATS_URL": settings.nats_url or "", "KTRDR_HOME": str(settings.home),
                "PYTHONUNBUFFERED": "1"}
-        proc = await asyncio.create_subprocess_exec(*spawn_argv("127.0.0.1", 0), *extra, env=env,
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        # stderr to a file: a pipe nobody reads would fill up with reconnect warnings and block the server.
+        log = settings.home.parent / f"web-{len(procs)}.log"
+        with open(log, "wb") as err_file:
+            proc = await asyncio.create_subprocess_exec(*spawn_argv("127.0.0.1", 0), *extra, env=env,
+                                                        stdout=asyncio.subprocess.PIPE, stderr=err_file)
         procs.append(proc)
         assert proc.stdout is not None
         while True:
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
             if not line:
-                err = await proc.stderr.read() if proc.stderr else b""
-                raise RuntimeError(f"ktrdr.web exited before serving: {err.decode()}")
+                raise RuntimeError(f"ktrdr.web exited before serving: {log.read_text()}")
             if line.startswith(READY_PREFIX):
                 return WebServer(line[len(READY_PREFIX):].strip(), proc)
 

@@ -9,8 +9,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from events import subjects
 from events.messages import CancelOperation, RunDummy
+from ktrdr.client import Client
 from ktrdr.operations import fold_all
 from ktrdr.rendering import ProgressRenderer
 from tests.helpers import wait_for_event, wait_terminal
@@ -192,3 +195,33 @@ async def test_training_curves_grow_live_and_replay_whole(start_actors, client, 
         _, again = await read_sse(r)
     assert {e: m for e, m in again["curves"]} == points
     assert again["view"]["line"].startswith(f"Training completed: {epochs} epochs")
+
+
+async def test_page_reconnects_after_nats_was_away(start_actors, settings, nats_server, web, http):
+    """Client gives up after a few reconnects; the page's server starts a new connection by itself."""
+    await start_actors("orchestrator", "dummy")
+    async with http.get(web.at("/events")) as r:
+        name, _ = await read_sse(r)
+        assert name == "snapshot"
+        nats_server.stop()
+        with pytest.raises(EOFError):  # the server ends the streams of a connection it lost
+            while True:
+                await read_sse(r)
+    nats_server.restart()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        async with http.get(web.at("/events")) as r:
+            if r.status == 200:
+                name, _ = await read_sse(r)
+                assert name == "snapshot"
+                async with Client(settings) as fresh:  # the test's own Client gave up too
+                    op_id = await run_dummy(fresh, 2, 0.01)
+                while True:
+                    _, push = await read_sse(r)
+                    if any(row["op_id"] == op_id and row["status"] == "completed" for row in push["rows"]):
+                        break
+                break
+            assert r.status == 503 and "Not connected to NATS" in await r.text()
+        assert loop.time() < deadline, "the page never reconnected"
+        await asyncio.sleep(0.1)
