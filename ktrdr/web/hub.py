@@ -228,7 +228,9 @@ class Hub:
         client = self.client
         if client is None:
             raise ConnectionError("not connected to NATS")
-        view = await client.view(op_id)
+        # The list's fold has every lifecycle event: enough to know whether it is finished, without
+        # replaying a long operation's whole history for one click.
+        view = self.views.get(op_id) or await client.view(op_id)
         if view.events == 0:
             return 404, {"ok": False, "note": f"no operation {op_id} is stored"}
         if view.terminal:

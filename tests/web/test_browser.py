@@ -143,3 +143,49 @@ async def test_training_page_draws_a_point_per_epoch_as_epochs_finish(start_acto
         assert (tmp_path / name).stat().st_size > 10_000
     await client.cancel(running)
     await wait_terminal(client, running)
+
+
+async def test_children_are_listed_under_their_parent(settings, browser):
+    """Operations whose view names a parent_op_id (parent/child workflows) are drawn under it. The
+    field is not in OperationView yet, so the views here are a subclass that has it, served by the
+    real app in this process."""
+    from aiohttp import web as aioweb
+    from selenium.webdriver.common.by import By
+
+    from ktrdr.operations import OperationView
+    from ktrdr.web.hub import Hub
+    from ktrdr.web.server import create_app
+
+    class WorkflowView(OperationView, kw_only=True):
+        parent_op_id: str | None = None
+
+    def op(domain: str, stamp: str, parent: str | None = None, status: str = "running") -> WorkflowView:
+        return WorkflowView(op_id=f"{domain}-20260101T{stamp}-abcdef", domain=domain, op_type=domain,
+                            status=status, parent_op_id=parent)
+
+    parent = op("training", "000000000000")
+    child_a = op("data", "000001000000", parent.op_id, "completed")
+    child_b = op("training", "000002000000", parent.op_id)
+    other = op("dummy", "000003000000")
+    hub = Hub(settings)
+    hub.views = {v.op_id: v for v in (parent, child_a, child_b, other)}
+    hub.client = object()  # type: ignore[assignment]  # only checked for "connected"
+    runner = aioweb.AppRunner(create_app(hub, allowed_hosts=None), handler_cancellation=True)
+    await runner.setup()
+    site = aioweb.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+
+    def read_rows() -> list[tuple[str, str]]:
+        browser.get(url)
+        wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ops tbody tr")) == 4)
+        return [(tr.get_attribute("data-op-id"), tr.get_attribute("class") or "")
+                for tr in browser.find_elements(By.CSS_SELECTOR, "#ops tbody tr")]
+
+    try:
+        rows = await asyncio.to_thread(read_rows)
+    finally:
+        hub.close_streams()
+        await runner.cleanup()
+    assert [r[0] for r in rows] == [other.op_id, parent.op_id, child_a.op_id, child_b.op_id]
+    assert [("child" in r[1]) for r in rows] == [False, False, True, True]
