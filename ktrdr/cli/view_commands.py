@@ -1,0 +1,152 @@
+"""Commands that show things: `ktrdr web` (the live operations page), `ktrdr ops plot` and
+`ktrdr data plot` (PNG pictures). Registered on the app by importing this module (ktrdr.cli.main).
+
+matplotlib and aiohttp are imported inside the commands, so `ktrdr --help` does not pay for them.
+Bad input (an id, a path, a series that is not stored) is one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ktrdr.cli import _run, _usage, app, data_app, ops_app, settings
+
+OUT_OPTION = typer.Option(..., "--out", "-o", help="PNG file to write (its folder must exist).")
+
+
+def _png_path(out: Path) -> Path:
+    """The picture goes to an existing folder, as a .png, and does not replace a folder."""
+    if out.suffix.lower() != ".png":
+        raise _usage(f"-o {out}: the picture is a PNG; give a file name ending in .png")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise _usage(f"-o {out}: folder {parent} does not exist")
+    if out.is_dir():
+        raise _usage(f"-o {out}: is a folder")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ web
+@app.command()
+def web(
+    open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
+    host: str = typer.Option("127.0.0.1", help="When none is running: the address to serve on (loopback)."),
+    port: int | None = typer.Option(None, help="When none is running: the port (default KTRDR_WEB_PORT or 8780)."),
+) -> None:
+    """The live operations page: print (or --open) the URL the stack serves it on; when none is
+    running, serve it here in the foreground until Ctrl+C."""
+    from ktrdr.web import running_url
+
+    s = settings()
+    url = running_url(s)
+    if url is not None:
+        typer.echo(url)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+        return
+    if port is not None and not 0 <= port <= 65535:
+        raise _usage(f"--port {port}: a port is 0..65535 (0: any free port)")
+    from ktrdr.web.server import run
+
+    typer.echo("no page is running for this stack; serving one here (Ctrl+C stops)", err=True)
+    raise typer.Exit(run(s, host, port))
+
+
+# ------------------------------------------------------------------------------------------ ops plot
+@ops_app.command("plot")
+def ops_plot(op_id: str, out: Path = OUT_OPTION) -> None:
+    """Draw an operation from its stored events: a training's loss and accuracy per epoch, a data
+    load's segments over time with the IB pacing waits, any other its progress over time."""
+    from events.subjects import is_op_id
+
+    if not is_op_id(op_id):
+        raise _usage(f"{op_id!r} is not an operation id (see `ktrdr ops list`)")
+    _run(_ops_plot(op_id, _png_path(out)))
+
+
+async def _ops_plot(op_id: str, out: Path) -> int:
+    from ktrdr import plotting
+    from ktrdr.client import Client
+    from ktrdr.operations import fold_all
+
+    async with Client(settings()) as c:
+        events = await c.events(op_id)
+    if not events:
+        raise _usage(f"no operation {op_id} is stored")
+    view = fold_all(events)
+    title = f"{op_id} · {view.description or view.op_type} · {view.status}"
+    try:
+        if view.domain == "training":
+            points = plotting.epoch_points(events)
+            if not points:
+                raise _usage(f"{op_id} has no finished epoch to draw yet ({view.status}: {view.message or '-'})")
+            plotting.plot_training(points, out, title)
+            what = f"{len(points)} epochs"
+        elif view.domain == "data":
+            timeline = plotting.segment_timeline(events)
+            if not timeline.segments:
+                raise _usage(f"{op_id} fetched no segment to draw ({view.status}: {view.message or '-'})")
+            plotting.plot_data_load(timeline, out, f"{title}\n{timeline.title}")
+            what = f"{len(timeline.segments)} segments, {len(timeline.waits)} pacing waits"
+        else:
+            plotting.plot_progress(events, out, title)
+            what = "progress over time"
+    except OSError as exc:
+        raise _usage(f"-o {out}: cannot write it ({exc.strerror or exc})") from exc
+    typer.echo(f"wrote {out} ({what})")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ data plot
+@data_app.command("plot")
+def data_plot(
+    symbol: str,
+    timeframe: str = typer.Option("1h", "--timeframe", "-t", help="1m, 5m, 15m, 30m, 1h, 4h, 1d or 1w."),
+    out: Path = OUT_OPTION,
+    start: str | None = typer.Option(None, help="YYYY-MM-DD (UTC); default: the first stored bar."),
+    end: str | None = typer.Option(None, help="YYYY-MM-DD (UTC); default: after the last stored bar."),
+) -> None:
+    """Draw a stored series (candles up to 300 bars, the close line beyond) with its gaps shaded."""
+    from ktrdr.cli import parse_date
+    from ktrdr.data.calendar import lookup, normalize_symbol
+    from ktrdr.data.timeframes import parse_timeframe
+    from ktrdr.errors import KtrdrError, ValidationError
+
+    try:
+        sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe)
+    except ValidationError as exc:
+        raise _usage(str(exc)) from exc
+    out = _png_path(out)
+    start_dt, end_dt = parse_date(start, "start"), parse_date(end, "end")
+    if start_dt and end_dt and start_dt >= end_dt:
+        raise _usage(f"--start {start} is not before --end {end}")
+    from ktrdr import plotting
+    from ktrdr.data.gaps import find_gaps
+    from ktrdr.data.store import DataStore
+
+    store = DataStore(settings().home)
+    try:
+        df = store.read(sym, tf, start_dt, end_dt)
+        meta = store.metadata(sym, tf)
+    except KtrdrError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if df.empty:
+        span = f" between {start or 'the start'} and {end or 'the end'}" if start or end else ""
+        raise _usage(f"no {tf.name} bars stored for {sym}{span} (try `ktrdr data load {sym} -t {tf.name}`)")
+    inst = lookup(sym)
+    gaps = find_gaps(df.index, inst, tf, df.index[0], df.index[-1] + tf.delta) if inst is not None else []
+    kind = "candles" if len(df) <= plotting.MAX_CANDLES else "close"
+    note = f"{len(gaps):,} gaps" if inst is not None else "gaps not analysed: instrument unknown"
+    sim = " · SIMULATED data" if getattr(meta, "simulated", False) else ""
+    span = f"{df.index[0]:%Y-%m-%d %H:%M} .. {df.index[-1]:%Y-%m-%d %H:%M} UTC"
+    title = f"{sym} {tf.name}{sim} · {len(df):,} bars {span} · {note}"
+    try:
+        plotting.plot_series(df, gaps, out, title, tf.seconds)
+    except OSError as exc:
+        raise _usage(f"-o {out}: cannot write it ({exc.strerror or exc})") from exc
+    typer.echo(f"wrote {out} ({len(df):,} bars as {kind}, {note})")

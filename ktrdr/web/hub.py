@@ -1,0 +1,259 @@
+"""The server's side of NATS: one Client connection, every operation kept folded for the list page,
+and the fan-out of changes to the browsers' event streams.
+
+Live and stored meet without a gap: the hub subscribes to `ops.>` first, then reads the stored list
+(Client.list_operations), then folds whatever arrived meanwhile, in order. A page for one operation
+gets its own ordered consumer on `ops.<domain>.<op_id>.>` from the first stored event (replay, then
+live, like `ktrdr ops watch`), and its first message says when the replay has caught up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import api as js_api
+
+from events import subjects
+from events.codec import DecodeError, decode_event
+from ktrdr.client import Client
+from ktrdr.config import Settings
+from ktrdr.operations import OperationView, fold
+from ktrdr.web.views import OpPage, row_json, sort_key
+
+log = logging.getLogger("ktrdr.web")
+
+# A browser gets list changes at most this often: a training's batch events would otherwise redraw
+# the table dozens of times a second for nobody's benefit.
+LIST_PUSH_INTERVAL_S = 0.1
+# Events waiting for a slow browser; past this it is dropped and reconnects to a fresh snapshot.
+STREAM_QUEUE = 512
+# Operations kept in memory for the list (the newest; older ones are still in the OPS stream).
+MAX_VIEWS = 20_000
+
+
+class TooManyStreams(Exception):
+    pass
+
+
+class Stream:
+    """One browser's event stream: a bounded queue of (event name, JSON text); None ends it."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue(STREAM_QUEUE + 1)
+        self.dropped = False
+
+    def offer(self, name: str, data: dict[str, Any]) -> None:
+        if self.dropped:
+            return
+        if self.queue.qsize() >= STREAM_QUEUE:
+            self.end()  # too slow: it reconnects and starts again from a snapshot
+            return
+        self.queue.put_nowait((name, json.dumps(data, default=str)))
+
+    def end(self) -> None:
+        self.dropped = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+
+
+class Hub:
+    def __init__(self, settings: Settings, *, max_streams: int = 64, history: int = 200,
+                 list_limit: int = 200) -> None:
+        self.settings = settings
+        self.max_streams = max_streams
+        self.history = history
+        self.list_limit = list_limit
+        self.client: Client | None = None
+        self.views: dict[str, OperationView] = {}
+        self._list_streams: set[Stream] = set()
+        self._op_streams: set[Stream] = set()
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._buffer: list[bytes] | None = None
+        self.connected = asyncio.Event()
+
+    # ------------------------------------------------------------------------------- connection
+    async def run(self, stop: asyncio.Event, on_first_attach: Callable[[], None] | None = None) -> None:
+        """Stay attached to NATS until `stop`: Client gives up after a few failed reconnects (it is
+        made for short CLI runs), so a closed connection is replaced by a new one here."""
+        flusher = asyncio.create_task(self._push_loop())
+        try:
+            while not stop.is_set():
+                try:
+                    async with Client(self.settings) as client:
+                        await self._attach(client)
+                        if on_first_attach is not None:
+                            on_first_attach()
+                            on_first_attach = None
+                        # Client offers no closed-callback: look at the connection once a second.
+                        while not stop.is_set() and client.nc is not None and not client.nc.is_closed:
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(stop.wait(), 1.0)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # any failure to connect or sync: say so and try again
+                    log.warning("ktrdr web: NATS connection lost or refused (%s); retrying", exc)
+                finally:
+                    self._detach()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+        finally:
+            flusher.cancel()
+            self._detach()
+
+    async def _attach(self, client: Client) -> None:
+        assert client.nc is not None
+        self._buffer = []
+        await client.nc.subscribe(subjects.OPS_ALL, cb=self._on_live)
+        await client.nc.flush()  # the server has the subscription before we read what is stored
+        views = await client.list_operations()
+        self.views = {v.op_id: v for v in views}
+        buffered, self._buffer = self._buffer, None
+        for data in buffered:
+            self._apply(data)
+        self._trim()
+        self.client = client
+        self.connected.set()
+
+    def _detach(self) -> None:
+        self.client = None
+        self.connected.clear()
+        self._buffer = None
+        for s in [*self._list_streams, *self._op_streams]:
+            s.end()  # their consumers went with the connection; the browsers reconnect
+
+    async def _on_live(self, msg: Msg) -> None:
+        if self._buffer is not None:
+            self._buffer.append(msg.data)
+        else:
+            self._apply(msg.data)
+
+    def _apply(self, data: bytes) -> None:
+        try:
+            ev = decode_event(data)
+        except DecodeError:
+            return  # garbage on an ops subject is not ours to show
+        if not subjects.is_op_id(ev.op_id):
+            return
+        view = self.views.get(ev.op_id)
+        if view is None:
+            view = self.views[ev.op_id] = OperationView(op_id=ev.op_id)
+            if len(self.views) > MAX_VIEWS * 1.1:
+                self._trim()
+        fold(view, ev)
+        self._dirty.add(ev.op_id)
+        self._wake.set()
+
+    def _trim(self) -> None:
+        if len(self.views) > MAX_VIEWS:
+            keep = sorted(self.views, key=sort_key)[-MAX_VIEWS:]
+            self.views = {k: self.views[k] for k in keep}
+
+    # ------------------------------------------------------------------------------- list page
+    def list_snapshot(self) -> dict[str, Any]:
+        newest = sorted(self.views.values(), key=lambda v: sort_key(v.op_id))[-self.list_limit:]
+        return {"rows": [row_json(v) for v in newest], "total": len(self.views), "now": _now()}
+
+    async def _push_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            rows = [row_json(self.views[i]) for i in dirty if i in self.views]
+            if rows:
+                payload = {"rows": rows, "total": len(self.views), "now": _now()}
+                for s in list(self._list_streams):
+                    s.offer("ops", payload)
+            await asyncio.sleep(LIST_PUSH_INTERVAL_S)  # coalesce bursts into one push
+
+    @contextlib.asynccontextmanager
+    async def list_stream(self) -> AsyncIterator[Stream]:
+        async with self._slot(self._list_streams) as stream:
+            stream.offer("snapshot", self.list_snapshot())
+            yield stream
+
+    # ------------------------------------------------------------------------------- one operation
+    async def exists(self, op_id: str) -> bool:
+        """Is anything stored for this operation? (the list knows most; the stream knows all)"""
+        if op_id in self.views:
+            return True
+        client = self.client
+        if client is None:
+            raise ConnectionError("not connected to NATS")
+        info = await client.js.stream_info(subjects.STREAM_OPS, subjects_filter=subjects.ops(op_id))
+        return bool(info.state.subjects)
+
+    @contextlib.asynccontextmanager
+    async def op_stream(self, op_id: str) -> AsyncIterator[Stream]:
+        """Replay then follow one operation: a `snapshot` once the stored events are read (the last
+        `history` rows, how many came before, the curves), then one `update` per event."""
+        client = self.client
+        if client is None:
+            raise ConnectionError("not connected to NATS")
+        page = OpPage(op_id, self.history)
+        async with self._slot(self._op_streams) as stream:
+            caught_up = False
+
+            async def cb(msg: Msg) -> None:
+                nonlocal caught_up
+                try:
+                    ev = decode_event(msg.data)
+                except DecodeError:
+                    ev = None
+                update = page.apply(ev) if ev is not None and ev.op_id == op_id else None
+                if caught_up:
+                    if update is not None:
+                        stream.offer("update", update)
+                elif msg.metadata.num_pending == 0:  # the last stored event: show the page
+                    caught_up = True
+                    stream.offer("snapshot", page.snapshot())
+
+            sub = await client.js.subscribe(subjects.ops(op_id), cb=cb, ordered_consumer=True,
+                                            deliver_policy=js_api.DeliverPolicy.ALL)
+            try:
+                yield stream
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def cancel(self, op_id: str) -> tuple[int, dict[str, Any]]:
+        """Publish the cancel (requested_by "web"); a finished operation is left as it is, as in the CLI."""
+        client = self.client
+        if client is None:
+            raise ConnectionError("not connected to NATS")
+        # The list's fold has every lifecycle event: enough to know whether it is finished, without
+        # replaying a long operation's whole history for one click.
+        view = self.views.get(op_id) or await client.view(op_id)
+        if view.events == 0:
+            return 404, {"ok": False, "note": f"no operation {op_id} is stored"}
+        if view.terminal:
+            return 200, {"ok": False, "note": f"{op_id} is already {view.status}; nothing to cancel"}
+        await client.cancel(op_id, reason="cancel from the web page", requested_by="web")
+        return 202, {"ok": True, "note": f"cancel requested for {op_id}"}
+
+    # ------------------------------------------------------------------------------- bounds
+    @contextlib.asynccontextmanager
+    async def _slot(self, group: set[Stream]) -> AsyncIterator[Stream]:
+        if len(self._list_streams) + len(self._op_streams) >= self.max_streams:
+            raise TooManyStreams(f"{self.max_streams} live pages are open; close one and reload")
+        stream = Stream()
+        group.add(stream)
+        try:
+            yield stream
+        finally:
+            group.discard(stream)
+
+    def close_streams(self) -> None:
+        for s in [*self._list_streams, *self._op_streams]:
+            s.end()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()

@@ -1,0 +1,331 @@
+"""The operations page's HTTP side (aiohttp): two HTML pages, their static files, two server-sent-event
+streams and the cancel POST. Everything a browser sends is checked here, once:
+
+- operation ids match events.subjects.is_op_id (400 otherwise, 404 when nothing is stored for one);
+- static files come from a fixed list read from the package at start; no request names a path;
+- request bodies are capped (client_max_size) and the live streams are capped (max_streams);
+- the Host header must name this server when it listens on loopback (DNS rebinding);
+- the cancel POST needs the per-server token embedded in the page, in a header (a cross-site form or
+  fetch cannot set it without a CORS preflight we never answer), and a same-origin Origin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import html
+import ipaddress
+import logging
+import secrets
+import signal
+import sys
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from events.subjects import is_op_id
+from ktrdr.config import Settings
+from ktrdr.config import settings as default_settings
+from ktrdr.web import DEFAULT_HOST, READY_PREFIX, default_port, url_file
+from ktrdr.web.hub import Hub, Stream, TooManyStreams
+
+log = logging.getLogger("ktrdr.web")
+
+STATIC = {  # name -> content type: the only files served
+    "style.css": "text/css; charset=utf-8",
+    "common.js": "text/javascript; charset=utf-8",
+    "list.js": "text/javascript; charset=utf-8",
+    "op.js": "text/javascript; charset=utf-8",
+}
+TOKEN_HEADER = "X-KTRDR-Token"
+KEEPALIVE_S = 15.0  # a comment line on an idle stream, so proxies and the browser keep it open
+MAX_BODY = 4096  # nothing we accept has a body; this bounds what anyone can make us read
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+HUB: web.AppKey[Hub] = web.AppKey("hub", Hub)
+CONF: web.AppKey[dict[str, Any]] = web.AppKey("conf", dict)
+
+
+def _read(name: str) -> bytes:
+    return (resources.files("ktrdr.web") / "static" / name).read_bytes()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _page(text: bytes, token: str) -> bytes:
+    return text.replace(b"__KTRDR_TOKEN__", token.encode())
+
+
+def _error_page(status: int, title: str, detail: str) -> web.Response:
+    body = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<link rel=stylesheet href=/static/style.css></head><body><header><a class=brand href=/>KTRDR</a> "
+            f"operations</header><main><h1>{html.escape(title)}</h1><p>{html.escape(detail)}</p>"
+            f"<p><a href=/>all operations</a></p></main></body></html>")
+    return web.Response(status=status, text=body, content_type="text/html")
+
+
+def _op_id(request: web.Request) -> str:
+    op_id = request.match_info["op_id"]
+    if len(op_id) > 64 or not is_op_id(op_id):
+        raise _HTTPError(_error_page(400, "Not an operation id",
+                                     "Operation ids look like dummy-20261128T174900123456-3f9a1c."))
+    return op_id
+
+
+class _HTTPError(Exception):
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+# ------------------------------------------------------------------------------------------ middleware
+@web.middleware
+async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    allowed: set[str] | None = request.app[CONF]["allowed_hosts"]
+    if allowed is not None and request.host.lower() not in allowed:
+        return web.Response(status=421, text="this server does not answer for that Host\n")
+    try:
+        return await handler(request)
+    except _HTTPError as err:
+        return err.response
+    except web.HTTPNotFound:
+        return _error_page(404, "Not found", "There is no such page here.")
+    except web.HTTPMethodNotAllowed:
+        return web.Response(status=405, text="method not allowed\n")
+    except web.HTTPRequestEntityTooLarge:
+        return web.Response(status=413, text="request too large\n")
+    except ConnectionError:
+        return _error_page(503, "Not connected to NATS", "The server is reconnecting; reload in a moment.")
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers.setdefault("Cache-Control", "no-store")
+
+
+# ------------------------------------------------------------------------------------------ handlers
+async def list_page(request: web.Request) -> web.Response:
+    conf = request.app[CONF]
+    return web.Response(body=conf["list_html"], content_type="text/html", charset="utf-8")
+
+
+async def op_page(request: web.Request) -> web.Response:
+    op_id = _op_id(request)
+    if not await request.app[HUB].exists(op_id):
+        return _error_page(404, "Unknown operation", f"No operation {op_id} is stored.")
+    return web.Response(body=request.app[CONF]["op_html"], content_type="text/html", charset="utf-8")
+
+
+async def static_file(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    files: dict[str, bytes] = request.app[CONF]["static"]
+    if name not in files:  # a fixed list: nothing from the request reaches the filesystem
+        raise web.HTTPNotFound()
+    return web.Response(body=files[name], headers={"Content-Type": STATIC[name], "Cache-Control": "no-cache"})
+
+
+async def list_events(request: web.Request) -> web.StreamResponse:
+    hub = request.app[HUB]
+    if hub.client is None:
+        raise ConnectionError("not connected")
+    try:
+        async with hub.list_stream() as stream:
+            return await _pump(request, stream)
+    except TooManyStreams as exc:
+        return web.Response(status=503, text=f"{exc}\n", headers={"Retry-After": "10"})
+
+
+async def op_events(request: web.Request) -> web.StreamResponse:
+    op_id = _op_id(request)
+    hub = request.app[HUB]
+    if not await hub.exists(op_id):
+        return web.Response(status=404, text=f"no operation {op_id} is stored\n")
+    try:
+        async with hub.op_stream(op_id) as stream:
+            return await _pump(request, stream)
+    except TooManyStreams as exc:
+        return web.Response(status=503, text=f"{exc}\n", headers={"Retry-After": "10"})
+
+
+async def _pump(request: web.Request, stream: Stream) -> web.StreamResponse:
+    """Write a stream's queue to the browser as server-sent events until either side ends it."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    # A browser that goes away cancels this handler (handler_cancellation): its slot and consumer are
+    # released by the callers' context managers at once, not at the next keepalive.
+    with contextlib.suppress(ConnectionError):
+        await resp.write(b"retry: 1000\n\n")
+        while True:
+            try:
+                item = await asyncio.wait_for(stream.queue.get(), KEEPALIVE_S)
+            except TimeoutError:
+                await resp.write(b": keepalive\n\n")
+                continue
+            if item is None:
+                break
+            name, data = item
+            await resp.write(f"event: {name}\ndata: {data}\n\n".encode())
+    return resp
+
+
+async def cancel(request: web.Request) -> web.Response:
+    op_id = _op_id(request)
+    conf = request.app[CONF]
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return web.json_response({"ok": False, "note": "cross-origin request refused"}, status=403)
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return web.json_response({"ok": False, "note": "cross-site request refused"}, status=403)
+    token = request.headers.get(TOKEN_HEADER, "")
+    if not hmac.compare_digest(token.encode(), conf["token"].encode()):
+        return web.json_response({"ok": False, "note": "missing or wrong page token; reload the page"}, status=403)
+    status, body = await request.app[HUB].cancel(op_id)
+    return web.json_response(body, status=status)
+
+
+# ------------------------------------------------------------------------------------------ app
+def create_app(hub: Hub, *, allowed_hosts: set[str] | None, token: str | None = None) -> web.Application:
+    token = token or secrets.token_urlsafe(32)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard])
+    app[HUB] = hub
+    app[CONF] = {
+        "token": token,
+        "allowed_hosts": allowed_hosts,
+        "list_html": _page(_read("list.html"), token),
+        "op_html": _page(_read("op.html"), token),
+        "static": {name: _read(name) for name in STATIC},
+    }
+    app.on_response_prepare.append(_security_headers)
+    app.router.add_get("/", list_page)
+    app.router.add_get("/events", list_events)
+    app.router.add_get("/ops/{op_id}", op_page)
+    app.router.add_get("/ops/{op_id}/events", op_events)
+    app.router.add_post("/ops/{op_id}/cancel", cancel)
+    app.router.add_get("/static/{name}", static_file)
+    return app
+
+
+def _allowed_hosts(host: str, port: int, extra: list[str]) -> set[str] | None:
+    """Host header values accepted: this server's loopback names (and --allow-host ones). None (any)
+    when it listens on a non-loopback address without --allow-host: the operator chose exposure."""
+    names = {h.lower() for h in extra}
+    if _is_loopback(host):
+        names |= {"127.0.0.1", "localhost", "[::1]", host.lower()}
+    elif not names:
+        return None
+    return names | {f"{n}:{port}" for n in names}
+
+
+def _url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # a wildcard bind: the name that reaches it here
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}/"
+
+
+async def serve(settings: Settings, host: str = DEFAULT_HOST, port: int | None = None, *,
+                stop: asyncio.Event | None = None, allow_hosts: list[str] | None = None,
+                max_streams: int = 64, history: int = 200, connect_timeout: float = 30.0) -> None:
+    """Connect to NATS (ktrdr.client.Client(settings)), listen on host:port (0 = a free port), print
+    `ktrdr web: serving on <url>`, record it in <run_dir>/web.url, and serve until `stop` is set."""
+    stop = stop or asyncio.Event()
+    hub = Hub(settings, max_streams=max_streams, history=history)
+    hub_task = asyncio.create_task(hub.run(stop))
+    waiter = asyncio.create_task(hub.connected.wait())
+    done, _ = await asyncio.wait({hub_task, waiter}, timeout=connect_timeout, return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        waiter.cancel()
+        stop.set()
+        hub_task.cancel()
+        raise ConnectionError(f"could not reach NATS within {connect_timeout:g} s (is the stack up? `ktrdr status`)")
+    runner = web.AppRunner(create_app(hub, allowed_hosts=None), access_log=None, handle_signals=False,
+                           handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, default_port() if port is None else port, shutdown_timeout=2.0)
+    url = ""
+    try:
+        await site.start()
+        bound = runner.addresses[0][1]
+        runner.app[CONF]["allowed_hosts"] = _allowed_hosts(host, bound, allow_hosts or [])
+        url = _url(host, bound)
+        with contextlib.suppress(OSError):
+            url_file(settings).parent.mkdir(parents=True, exist_ok=True)
+            url_file(settings).write_text(url + "\n")
+        print(f"{READY_PREFIX}{url}", flush=True)
+        if runner.app[CONF]["allowed_hosts"] is None:
+            print("ktrdr web: warning: listening beyond loopback with no --allow-host; anyone who reaches "
+                  "this port can see operations and cancel them", file=sys.stderr, flush=True)
+        await stop.wait()
+    finally:
+        stop.set()
+        hub.close_streams()
+        with contextlib.suppress(OSError):
+            if url and url_file(settings).read_text().strip() == url:  # still ours: a newer server may own it
+                url_file(settings).unlink()
+        await runner.cleanup()
+        hub_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await hub_task
+
+
+def run(settings: Settings, host: str, port: int | None, **kwargs: Any) -> int:
+    """Serve in the foreground until SIGINT/SIGTERM; 0 on a clean stop, 1 when NATS cannot be reached."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, host, port, stop=stop, **kwargs)
+
+    try:
+        asyncio.run(main())
+    except (ConnectionError, OSError) as exc:
+        print(f"ktrdr web: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("a port is 0..65535 (0: any free port)")
+    return value
+
+
+def _bounded(lo: int, hi: int) -> Any:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {lo}..{hi}")
+        return value
+
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ktrdr.web", description="KTRDR's live operations page.")
+    p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=_port, default=None, help="port (default KTRDR_WEB_PORT or 8780; 0: any free)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="another Host name browsers use to reach this server (repeatable)")
+    p.add_argument("--max-streams", type=_bounded(1, 1000), default=64, help="live pages open at once")
+    p.add_argument("--history", type=_bounded(10, 10_000), default=200, help="events shown on an operation's page")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run(default_settings(), args.host, args.port, allow_hosts=args.allow_host,
+               max_streams=args.max_streams, history=args.history)

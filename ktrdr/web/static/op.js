@@ -1,0 +1,173 @@
+// One operation: its progress line and bar, its event history, a cancel button and, for a training,
+// loss and accuracy per epoch drawn as SVG that grows with each epoch.
+"use strict";
+
+(function () {
+  const match = /^\/ops\/([^/]+)$/.exec(location.pathname);
+  const opId = match ? decodeURIComponent(match[1]) : "";
+  if (!KT.OP_ID.test(opId)) return; // the server answers malformed ids with 400; nothing to follow
+  const SVG = "http://www.w3.org/2000/svg";
+  const state = { view: null, rows: [], omitted: 0, count: 0, curves: new Map(), maxRows: 200 };
+  const $ = (id) => document.getElementById(id);
+  $("op-id").textContent = opId;
+  document.title = `${opId} · KTRDR`;
+
+  // ------------------------------------------------------------------------------------ header
+  function renderView() {
+    const v = state.view;
+    if (!v) return;
+    const st = $("status");
+    st.textContent = v.status;
+    st.className = "status " + v.status;
+    $("type").textContent = v.type;
+    $("description").textContent = v.description;
+    $("line").textContent = v.line;
+    $("pct").textContent = KT.pct(v.percentage);
+    const fill = $("bar-fill");
+    fill.style.width = Math.max(0, Math.min(100, v.percentage)) + "%";
+    fill.parentElement.className = "bar big " + v.status;
+    const cancel = $("cancel");
+    cancel.disabled = v.terminal || cancel.dataset.sent === "1";
+    const facts = [["created", v.created], ["started", v.started], ["finished", v.finished],
+                   ["elapsed", v.elapsed_s != null ? v.elapsed_s.toFixed(1) + " s" : null],
+                   ["worker", v.worker ? `${v.worker} (attempt ${v.attempts})` : null],
+                   ["stopped at", v.where], ["error", v.error], ["events", String(state.count)]];
+    const dl = document.createDocumentFragment();
+    for (const [k, val] of facts) {
+      if (!val) continue;
+      dl.appendChild(KT.el("dt", {}, k));
+      dl.appendChild(KT.el("dd", {}, val));
+    }
+    $("facts").replaceChildren(dl);
+  }
+
+  // ------------------------------------------------------------------------------------ history
+  function rowEl(r) {
+    const tr = KT.el("tr", { "data-type": r.type });
+    tr.appendChild(KT.el("td", { class: "time", title: r.ts }, KT.time(r.ts)));
+    tr.appendChild(KT.el("td", {}, r.type));
+    tr.appendChild(KT.el("td", { class: "mono" }, r.actor));
+    tr.appendChild(KT.el("td", { class: "detail" }, r.detail));
+    return tr;
+  }
+
+  function renderHistory() {
+    const frag = document.createDocumentFragment();
+    for (let i = state.rows.length - 1; i >= 0; i--) frag.appendChild(rowEl(state.rows[i])); // newest on top
+    document.querySelector("#history tbody").replaceChildren(frag);
+    $("event-count").textContent = `(${state.count})`;
+    const om = $("omitted");
+    om.hidden = state.omitted <= 0;
+    om.textContent = `${state.omitted} earlier events not shown (ktrdr ops show ${opId} --events lists them all).`;
+  }
+
+  // ------------------------------------------------------------------------------------ curves
+  function niceTicks(lo, hi, n) {
+    const span = hi - lo || Math.abs(hi) || 1;
+    const step0 = span / n;
+    const mag = Math.pow(10, Math.floor(Math.log10(step0)));
+    const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= step0) || step0;
+    const out = [];
+    for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) out.push(+t.toFixed(10));
+    return out;
+  }
+
+  function svgEl(tag, attrs, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function drawChart(svg, keys) {
+    const W = 560, H = 250, m = { l: 56, r: 14, t: 26, b: 34 };
+    const epochs = [...state.curves.keys()].sort((a, b) => a - b);
+    const series = keys.map((k) => epochs.filter((e) => state.curves.get(e)[k] != null)
+                                         .map((e) => [e, state.curves.get(e)[k]]));
+    const ys = series.flat().map((p) => p[1]);
+    const parts = [];
+    if (!ys.length) { svg.replaceChildren(); return; }
+    let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+    const pad = (y1 - y0) * 0.08 || Math.abs(y1) * 0.05 || 0.05;
+    y0 -= pad; y1 += pad;
+    // Half an epoch either side, so the first and last points are off the axes.
+    const [x0, x1] = [epochs[0] - 0.5, Math.max(epochs[epochs.length - 1], epochs[0] + 1) + 0.5];
+    const sx = (x) => m.l + ((x - x0) / (x1 - x0)) * (W - m.l - m.r);
+    const sy = (y) => H - m.b - ((y - y0) / (y1 - y0)) * (H - m.t - m.b);
+    for (const t of niceTicks(y0, y1, 5)) {
+      parts.push(svgEl("line", { class: "grid", x1: m.l, x2: W - m.r, y1: sy(t), y2: sy(t) }));
+      parts.push(svgEl("text", { x: m.l - 6, y: sy(t) + 4, "text-anchor": "end" }, String(+t.toPrecision(4))));
+    }
+    const xticks = niceTicks(x0 + 0.5, x1 - 0.5, Math.min(10, x1 - x0)).filter((t) => Number.isInteger(t));
+    for (const t of xticks) {
+      parts.push(svgEl("text", { x: sx(t), y: H - m.b + 16, "text-anchor": "middle" }, String(t)));
+    }
+    parts.push(svgEl("text", { x: (m.l + W - m.r) / 2, y: H - 4, "text-anchor": "middle" }, "epoch"));
+    parts.push(svgEl("line", { class: "axis", x1: m.l, x2: m.l, y1: m.t, y2: H - m.b }));
+    parts.push(svgEl("line", { class: "axis", x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b }));
+    series.forEach((pts, i) => {
+      if (!pts.length) return;
+      parts.push(svgEl("polyline", { class: `series s${i}`, "data-series": keys[i],
+                                     points: pts.map(([x, y]) => `${sx(x)},${sy(y)}`).join(" ") }));
+      for (const [x, y] of pts) {
+        const c = svgEl("circle", { class: `pt s${i}`, cx: sx(x), cy: sy(y), r: 3.2,
+                                    "data-series": keys[i], "data-epoch": x });
+        c.appendChild(svgEl("title", {}, `epoch ${x}: ${keys[i]} ${y.toFixed(4)}`));
+        parts.push(c);
+      }
+      parts.push(svgEl("text", { class: `legend${i}`, x: m.l + 8 + i * 130, y: 14 }, keys[i]));
+    });
+    svg.replaceChildren(...parts);
+  }
+
+  function renderCurves() {
+    const training = state.view && state.view.domain === "training";
+    $("curves").hidden = !(training && state.curves.size);
+    if (!state.curves.size) return;
+    drawChart($("loss-chart"), ["train_loss", "val_loss"]);
+    drawChart($("acc-chart"), ["train_accuracy", "val_accuracy"]);
+  }
+
+  // ------------------------------------------------------------------------------------ cancel
+  $("cancel").addEventListener("click", async () => {
+    const button = $("cancel");
+    const note = $("cancel-note");
+    button.disabled = true;
+    button.dataset.sent = "1";
+    note.hidden = false;
+    note.textContent = "cancelling…";
+    try {
+      const resp = await fetch(`/ops/${encodeURIComponent(opId)}/cancel`, {
+        method: "POST", credentials: "same-origin", headers: { "X-KTRDR-Token": KT.token() },
+      });
+      const body = await resp.json();
+      note.textContent = body.note || `HTTP ${resp.status}`;
+      if (!body.ok) { button.dataset.sent = ""; renderView(); }
+    } catch (err) {
+      note.textContent = "the cancel could not be sent: " + err;
+      button.dataset.sent = "";
+      renderView();
+    }
+  });
+
+  // ------------------------------------------------------------------------------------ stream
+  KT.follow(`/ops/${encodeURIComponent(opId)}/events`, {
+    snapshot(d) {
+      state.view = d.view;
+      state.rows = d.history;
+      state.maxRows = d.limit || 200;
+      state.omitted = d.omitted;
+      state.count = d.count;
+      state.curves = new Map(d.curves.map(([e, m]) => [e, m]));
+      renderView(); renderHistory(); renderCurves();
+    },
+    update(d) {
+      state.view = d.view;
+      state.count = d.count;
+      state.rows.push(d.row);
+      if (state.rows.length > state.maxRows) { state.rows.shift(); state.omitted += 1; }
+      renderView(); renderHistory();
+      if (d.point) { state.curves.set(d.point[0], d.point[1]); renderCurves(); }
+    },
+  });
+})();

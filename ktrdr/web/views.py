@@ -1,0 +1,109 @@
+"""What the page shows, as JSON: one row per operation (the `ops list` columns plus the renderer's
+line), one row per event, and the state of one operation's page (`OpPage`: the fold, the last N
+events, the per-epoch metrics). The wording comes from ktrdr.rendering, so the page says what the CLI
+says.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime
+from typing import Any
+
+from events import subjects
+from events.messages import AnyEvent
+from ktrdr.operations import OperationView, fold
+from ktrdr.plotting import epoch_metrics
+from ktrdr.rendering import ProgressRenderer
+
+# A training reports one point per epoch; more than this is not a curve anyone reads in a browser.
+MAX_CURVE_POINTS = 5000
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t else None
+
+
+def sort_key(op_id: str) -> str:
+    """The time token of an operation id: ids sort by domain first, the list wants newest first."""
+    parts = op_id.split("-")
+    return parts[1] if len(parts) == 3 else ""
+
+
+def _domain(view: OperationView) -> str:
+    if view.domain:
+        return view.domain
+    try:
+        return subjects.domain_of(view.op_id)
+    except ValueError:
+        return ""
+
+
+def row_json(view: OperationView) -> dict[str, Any]:
+    """One line of the operations list (the `ktrdr ops list` columns, plus the rendered line)."""
+    renderer = ProgressRenderer.for_domain(_domain(view))
+    return {
+        "op_id": view.op_id,
+        "status": view.status,
+        "type": view.op_type or "-",
+        "domain": _domain(view),
+        "percentage": round(view.percentage, 1),
+        "created": _iso(view.created_at or view.updated_at),
+        "description": view.description or view.error or "",
+        "line": renderer.line(view),
+        # Parent/child workflows: the field arrives with the lead's workflow change; flat until then.
+        "parent_op_id": getattr(view, "parent_op_id", None),
+        "sort": sort_key(view.op_id),
+    }
+
+
+def view_json(view: OperationView) -> dict[str, Any]:
+    """The header of an operation's page."""
+    d = row_json(view)
+    d.update({
+        "started": _iso(view.started_at), "finished": _iso(view.finished_at), "elapsed_s": view.elapsed_s,
+        "terminal": view.terminal, "where": view.where, "error": view.error, "worker": view.worker,
+        "attempts": view.attempts, "cancel_requested": view.cancel_requested, "message": view.message,
+        "phase": view.phase,
+    })
+    return d
+
+
+def event_detail(ev: AnyEvent) -> str:
+    """The detail column: the same choice as `ktrdr ops tail`, then the reason for the events that
+    carry one (a cancel request, a rejection)."""
+    return (getattr(getattr(ev, "progress", None), "message", "") or getattr(ev, "error", "")
+            or getattr(ev, "where", "") or getattr(ev, "description", "") or getattr(ev, "reason", "")
+            or getattr(ev, "message", "") or "")
+
+
+def event_row(ev: AnyEvent) -> dict[str, Any]:
+    actor = getattr(ev, "actor", "") or getattr(ev, "requested_by", "")
+    return {"ts": ev.ts.isoformat(), "type": type(ev).__name__, "actor": actor, "detail": event_detail(ev)}
+
+
+class OpPage:
+    """One operation as its page sees it: every event folded, the last `history` kept for display."""
+
+    def __init__(self, op_id: str, history: int) -> None:
+        self.view = OperationView(op_id=op_id)
+        self.rows: deque[dict[str, Any]] = deque(maxlen=history)
+        self.count = 0
+        self.curves: dict[int, dict[str, float]] = {}
+
+    def apply(self, ev: AnyEvent) -> dict[str, Any]:
+        """Fold one event; return the update the page needs for it."""
+        fold(self.view, ev)
+        self.count += 1
+        row = event_row(ev)
+        self.rows.append(row)
+        point = epoch_metrics(ev)
+        if point is not None and (point[0] in self.curves or len(self.curves) < MAX_CURVE_POINTS):
+            self.curves[point[0]] = point[1]
+        return {"view": view_json(self.view), "row": row, "count": self.count,
+                "point": [point[0], point[1]] if point else None}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"view": view_json(self.view), "history": list(self.rows), "count": self.count,
+                "omitted": self.count - len(self.rows), "limit": self.rows.maxlen,
+                "curves": sorted(self.curves.items())}
