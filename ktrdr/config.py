@@ -75,7 +75,8 @@ class Settings:
     device: str = field(default_factory=lambda: _env("KTRDR_DEVICE") or "auto")
     # Training progress: a batch-level event for the first, the last and every N-th batch of an epoch.
     progress_batch_every: int = field(default_factory=lambda: _int("KTRDR_PROGRESS_BATCH_EVERY", 20, 1, 10**6))
-    web_port: int = field(default_factory=lambda: _int("KTRDR_WEB_PORT", 8765, 0, 65535))
+    # The live operations page (`ktrdr up` serves it on loopback); 0 = any free port.
+    web_port: int = field(default_factory=lambda: _int("KTRDR_WEB_PORT", 8780, 0, 65535))
 
     @property
     def run_dir(self) -> Path:

@@ -28,7 +28,7 @@ from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 
 DEFAULT_NATS_PORT = 4222
-PROCESSES = ("nats", "sim-gateway", "actors")
+PROCESSES = ("nats", "sim-gateway", "actors", "web")
 
 
 class StackError(KtrdrError):
@@ -123,7 +123,7 @@ def _alive(pid: int | None, expect: str) -> bool:
     return expect in cmdline
 
 
-_EXPECT = {"nats": "nats-server", "actors": "actors", "sim-gateway": "ktrdr.ib.sim"}
+_EXPECT = {"nats": "nats-server", "actors": "actors", "sim-gateway": "ktrdr.ib.sim", "web": "ktrdr.web"}
 
 
 def process_infos(settings: Settings) -> list[ProcInfo]:
@@ -200,35 +200,67 @@ def up(settings: Settings, *, actors: bool = True) -> str:
                          hint="unset NATS_URL to run the local stack, or start actors with python -m actors")
     settings.home.mkdir(parents=True, exist_ok=True)
     with _stack_lock(settings):
-        url = recorded_url(settings)
-        if not (url_alive(url) and _alive(_read_pid(settings, "nats"), "nats-server")):
-            _kill(settings, "nats")
-            # Reuse the recorded port when possible: running actors reconnect to it by themselves.
-            port = int(url.rsplit(":", 1)[1]) if url else settings.nats_port
-            if port_open("127.0.0.1", port):
-                port = free_port()  # someone else has it: pick a free one and record it
-            proc = start_nats_server(settings.home / "nats", port, settings.log_dir / "nats.log")
-            _pid_file(settings, "nats").write_text(f"{proc.pid}\n")
-            url = f"nats://127.0.0.1:{port}"
-            url_file(settings).write_text(url + "\n")
-        assert url is not None
+        url = _ensure_nats(settings)
         env = {**os.environ, "NATS_URL": url, "KTRDR_HOME": str(settings.home), "PYTHONUNBUFFERED": "1"}
         if actors:
             if settings.ib_port is None:
-                sim_port_file = settings.run_dir / "sim-gateway.port"
-                if not _alive(_read_pid(settings, "sim-gateway"), "ktrdr.ib.sim"):
-                    sim_port = free_port()
-                    _spawn(settings, "sim-gateway",
-                           [sys.executable, "-m", "ktrdr.ib.sim", "--host", "127.0.0.1", "--port", str(sim_port)],
-                           env)
-                    sim_port_file.write_text(f"{sim_port}\n")
-                    _wait_port(sim_port, settings.log_dir / "sim-gateway.log")
-                env["IB_PORT"] = sim_port_file.read_text().strip()
-                env["IB_HOST"] = "127.0.0.1"
-            if not _alive(_read_pid(settings, "actors"), "actors"):
+                env["IB_HOST"], env["IB_PORT"] = "127.0.0.1", str(_ensure_sim_gateway(settings, env))
+            if not _alive(_read_pid(settings, "actors"), _EXPECT["actors"]):
                 # KTRDR_LOCAL_ROLES limits the local actors, e.g. when the trainer runs on a GPU host.
                 _spawn(settings, "actors", [sys.executable, "-m", "actors", *local_roles(settings)], env)
+            _ensure_web(settings, env)
         return url
+
+
+def _stable_port(recorded: Path, preferred: int) -> int:
+    """The port a restarted process takes: the one it had (running clients reconnect to it by
+    themselves), else `preferred`, else any free one when that is taken by someone else."""
+    try:
+        port = int(recorded.read_text().strip())
+    except (OSError, ValueError):
+        port = preferred
+    return port if port and not port_open("127.0.0.1", port) else free_port()
+
+
+def _ensure_nats(settings: Settings) -> str:
+    url = recorded_url(settings)
+    if url_alive(url) and _alive(_read_pid(settings, "nats"), _EXPECT["nats"]):
+        assert url is not None
+        return url
+    _kill(settings, "nats")
+    port_file = settings.run_dir / "nats.port"
+    port = _stable_port(port_file, settings.nats_port)
+    proc = start_nats_server(settings.home / "nats", port, settings.log_dir / "nats.log")
+    _pid_file(settings, "nats").write_text(f"{proc.pid}\n")
+    port_file.write_text(f"{port}\n")
+    url = f"nats://127.0.0.1:{port}"
+    url_file(settings).write_text(url + "\n")
+    return url
+
+
+def _ensure_sim_gateway(settings: Settings, env: dict[str, str]) -> int:
+    """The simulated gateway, on the same port as before a restart: a running ib actor reconnects to
+    that port by itself (a new port would leave it knocking on the old one)."""
+    port_file = settings.run_dir / "sim-gateway.port"
+    if _alive(_read_pid(settings, "sim-gateway"), _EXPECT["sim-gateway"]):
+        return int(port_file.read_text().strip())
+    port = _stable_port(port_file, 0)
+    _spawn(settings, "sim-gateway",
+           [sys.executable, "-m", "ktrdr.ib.sim", "--host", "127.0.0.1", "--port", str(port)], env)
+    port_file.write_text(f"{port}\n")
+    _wait_port(port, settings.log_dir / "sim-gateway.log")
+    return port
+
+
+def _ensure_web(settings: Settings, env: dict[str, str]) -> None:
+    from ktrdr.web import spawn_argv
+
+    if _alive(_read_pid(settings, "web"), _EXPECT["web"]):
+        return
+    port_file = settings.run_dir / "web.port"
+    port = _stable_port(port_file, settings.web_port)
+    port_file.write_text(f"{port}\n")
+    _spawn(settings, "web", spawn_argv("127.0.0.1", port), env)
 
 
 def local_roles(settings: Settings) -> list[str]:
@@ -268,7 +300,7 @@ def down(settings: Settings) -> list[str]:
     """Stop the stack (actors first, so they drain while the server is still there)."""
     stopped = []
     with _stack_lock(settings):
-        for name in ("actors", "sim-gateway", "nats"):
+        for name in ("web", "actors", "sim-gateway", "nats"):
             if _kill(settings, name):
                 stopped.append(name)
         with contextlib.suppress(OSError):

@@ -181,7 +181,10 @@ async def _status(json_out: bool) -> int:
     s = settings()
     procs = [] if s.nats_url else embedded.process_infos(s)
     url = s.nats_url or embedded.recorded_url(s)
-    out: dict[str, Any] = {"nats_url": url, "processes": [p.__dict__ for p in procs], "streams": {}, "actors": []}
+    from ktrdr.web import running_url
+
+    out: dict[str, Any] = {"nats_url": url, "web_url": running_url(s), "processes": [p.__dict__ for p in procs],
+                           "streams": {}, "actors": []}
     reachable = bool(url) and (s.nats_url is not None or embedded.url_alive(url))
     if reachable:
         from ktrdr.client import Client
@@ -204,6 +207,8 @@ async def _status(json_out: bool) -> int:
         typer.echo(json.dumps(out, default=str))
         return 0
     typer.echo(f"NATS: {url or 'not running'}{'' if reachable else ' (not reachable)'}")
+    if out["web_url"]:
+        typer.echo(f"web:  {out['web_url']}")
     for p in procs:
         typer.echo(f"  {p.name:<12} {'running' if p.alive else 'stopped'}{f' (pid {p.pid})' if p.pid else ''}")
     for name, st in out["streams"].items():
@@ -246,7 +251,7 @@ def events_schema() -> None:
 
 
 def main() -> None:
-    from ktrdr.cli import domain_commands, ops_commands  # noqa: F401  (register their commands)
+    from ktrdr.cli import domain_commands, ops_commands, view_commands  # noqa: F401  (register their commands)
 
     try:
         rv = app(standalone_mode=False)

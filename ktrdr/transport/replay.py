@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import Callable
 
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
@@ -112,6 +113,6 @@ async def last_message(js: JetStreamContext, subject: str) -> bytes | None:
     """The last stored message on one OPS subject (a direct get: one round trip), or None."""
     try:
         raw = await js.get_last_msg(subjects.STREAM_OPS, subject, direct=True)
-    except NotFoundError:
+    except (NotFoundError, NoRespondersError):  # no such message, or no OPS stream (nobody answers)
         return None
     return raw.data or None

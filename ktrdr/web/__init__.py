@@ -9,7 +9,6 @@ which `running_url(settings)` reads back (None when nothing answers there).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -22,14 +21,9 @@ READY_PREFIX = "ktrdr web: serving on "
 
 def default_port() -> int:
     """KTRDR_WEB_PORT, else 8780 (0 = any free port)."""
-    raw = os.environ.get("KTRDR_WEB_PORT", "")
-    try:
-        port = int(raw) if raw else DEFAULT_PORT
-    except ValueError:
-        raise SystemExit(f"KTRDR_WEB_PORT={raw!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise SystemExit(f"KTRDR_WEB_PORT={raw!r} is not a port number (0..65535)")
-    return port
+    from ktrdr.config import settings
+
+    return settings().web_port
 
 
 def spawn_argv(host: str = DEFAULT_HOST, port: int | None = None) -> list[str]:

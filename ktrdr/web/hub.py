@@ -87,7 +87,7 @@ class Hub:
         try:
             while not stop.is_set():
                 try:
-                    async with Client(self.settings) as client:
+                    async with Client(self.settings, name="ktrdr-web") as client:
                         await self._attach(client)
                         if on_first_attach is not None:
                             on_first_attach()
@@ -187,8 +187,7 @@ class Hub:
         client = self.client
         if client is None:
             raise ConnectionError("not connected to NATS")
-        info = await client.js.stream_info(subjects.STREAM_OPS, subjects_filter=subjects.ops(op_id))
-        return bool(info.state.subjects)
+        return await client.exists(op_id)
 
     @contextlib.asynccontextmanager
     async def op_stream(self, op_id: str) -> AsyncIterator[Stream]:

@@ -72,7 +72,7 @@ async def test_ops_plot_of_a_training_draws_its_epochs(start_actors, client, set
     DataStore(settings.home).write("AAPL", "1h", _cycle_bars(), source="sim")
     await start_actors("orchestrator", "trainer")
     cmd = StartTraining(op_id=subjects.new_op_id("training"), strategy_path=str(STRATEGY),
-                        strategy_yaml=STRATEGY.read_text(), epochs=6)
+                        strategy_yaml=STRATEGY.read_text(), epochs=6, data_mode="none")
     await client.submit(cmd)
     assert (await wait_terminal(client, cmd.op_id, timeout=120)).status == "completed"
     out = tmp_path / "training.png"

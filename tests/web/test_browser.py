@@ -97,7 +97,7 @@ async def test_training_page_draws_a_point_per_epoch_as_epochs_finish(start_acto
     await start_actors("orchestrator", "trainer", "dummy")
     epochs = 8
     cmd = StartTraining(op_id=subjects.new_op_id("training"), strategy_path=str(STRATEGY),
-                        strategy_yaml=STRATEGY.read_text(), epochs=epochs)
+                        strategy_yaml=STRATEGY.read_text(), epochs=epochs, data_mode="none")
     await client.submit(cmd)
     await wait_for_event(client, cmd.op_id, lambda ev, v: v.status != "unknown")  # its page exists now
 
@@ -146,9 +146,8 @@ async def test_training_page_draws_a_point_per_epoch_as_epochs_finish(start_acto
 
 
 async def test_children_are_listed_under_their_parent(settings, browser):
-    """Operations whose view names a parent_op_id (parent/child workflows) are drawn under it. The
-    field is not in OperationView yet, so the views here are a subclass that has it, served by the
-    real app in this process."""
+    """Operations whose view names a parent_op_id (parent/child workflows) are drawn under it (views
+    served by the real app in this process)."""
     from aiohttp import web as aioweb
     from selenium.webdriver.common.by import By
 
@@ -156,11 +155,8 @@ async def test_children_are_listed_under_their_parent(settings, browser):
     from ktrdr.web.hub import Hub
     from ktrdr.web.server import create_app
 
-    class WorkflowView(OperationView, kw_only=True):
-        parent_op_id: str | None = None
-
-    def op(domain: str, stamp: str, parent: str | None = None, status: str = "running") -> WorkflowView:
-        return WorkflowView(op_id=f"{domain}-20260101T{stamp}-abcdef", domain=domain, op_type=domain,
+    def op(domain: str, stamp: str, parent: str | None = None, status: str = "running") -> OperationView:
+        return OperationView(op_id=f"{domain}-20260101T{stamp}-abcdef", domain=domain, op_type=domain,
                             status=status, parent_op_id=parent)
 
     parent = op("training", "000000000000")

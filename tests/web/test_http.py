@@ -173,7 +173,7 @@ async def test_training_curves_grow_live_and_replay_whole(start_actors, client, 
     web = await start_web()
     epochs = 12
     cmd = StartTraining(op_id=subjects.new_op_id("training"), strategy_path=str(strategy),
-                        strategy_yaml=strategy.read_text(), epochs=epochs)
+                        strategy_yaml=strategy.read_text(), epochs=epochs, data_mode="none")
     await client.submit(cmd)
     await wait_for_event(client, cmd.op_id, lambda ev, v: v.status != "unknown")
     async with http.get(web.at(f"/ops/{cmd.op_id}/events")) as r:
