@@ -414,8 +414,9 @@ def make_ca_and_server_cert(d: Path, hosts: Sequence[str], *, force: bool = Fals
         have = cur.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         if set(have) == set(sans) and cur.not_valid_after_utc > now + dt.timedelta(days=30):
             return existing_tls(d)
-    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    signer = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    if not isinstance(signer, ec.EllipticCurvePrivateKey):
+        raise AuthError(f"{ca_key_path} is not the EC key `ktrdr auth init` makes", hint="run it with --force")
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ktrdr nats-server")]))
@@ -425,8 +426,8 @@ def make_ca_and_server_cert(d: Path, hosts: Sequence[str], *, force: bool = Fals
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False)
+            .sign(signer, hashes.SHA256()))
     write_atomic(files.key_file, key.private_bytes(pem, pkcs8, no_enc).decode())
     write_atomic(files.cert_file, cert.public_bytes(pem).decode())
     return existing_tls(d)
