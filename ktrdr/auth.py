@@ -1,0 +1,538 @@
+"""Who may do what on the bus: per-role NKEY credentials, the least-privilege permission list of
+each role (NATS's own `authorization` users; nothing home-made), TLS material, and the connection
+options / environment lines a process of a role needs.
+
+Layout under KTRDR_HOME/auth (directory 0700, every file 0600):
+  <role>.nk             NKEY seed of the role (nats-py: `nkeys_seed=`); the server knows only the
+                        public key, so the server config holds no secret of a client
+  authorization.conf    the server's `authorization { users = [...] }` block (for `include`)
+  route.pass            the password servers of a cluster use on their routes
+  tls/                  ca.pem, ca-key.pem, server.pem, server-key.pem (when a TLS host was given)
+
+Each role gets its own inbox prefix (`_INBOX_<role>`) and may subscribe only below it, so replies
+and pull deliveries meant for one role are not readable by another. The JetStream API subjects in
+the lists are the ones nats-py 2.16 sends (read from its js/manager.py, js/client.py, js/kv.py and
+js/object_store.py); the security tests run every call of every role against a real server.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import os
+import re
+import secrets
+import shlex
+import ssl
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ktrdr.errors import KtrdrError
+from ktrdr.natsconf import ServerUser, TlsFiles, authorization_block, write_atomic
+
+ROLES: tuple[str, ...] = ("cli", "observer", "orchestrator", "job-manager", "ib", "trainer", "dummy")
+# The pools each worker domain serves (work.<domain>.<pool>, durable `work-<domain>-<pool>`).
+# Consumer names are whole tokens in the API subjects, so each pool is listed: adding a pool
+# (an ib pool name, say) means re-rendering the server config with it (`ktrdr up` does).
+DEFAULT_POOLS: Mapping[str, tuple[str, ...]] = {
+    "data": ("any",), "training": ("any", "cpu", "gpu"), "dummy": ("any", "cpu", "gpu"),
+}
+WORKER_DOMAIN = {"job-manager": "data", "trainer": "training", "dummy": "dummy"}
+
+STREAMS = ("CMD", "WORK", "OPS")
+KV_BUCKETS = ("ACTORS", "LEASES", "PACING")
+OBJECT_BUCKETS = ("BARS", "MODELS", "CHECKPOINTS")
+IB_QUEUE_GROUP = "ib"
+# The ib actor answers a request with interim pacing notices and one final reply; IB's 60-per-10-
+# minutes rule can hold a request for up to 10 minutes, so replies stay allowed for 15.
+IB_RESPONSES_MAX = 200
+IB_RESPONSES_EXPIRES = "15m"
+
+_HOST_RE = re.compile(r"^(?=.{1,253}$)(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_POOL_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_SEED_RE = re.compile(r"^SU[A-Z2-7]{56}$")
+
+
+class AuthError(KtrdrError):
+    code = "auth"
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise AuthError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    return role
+
+
+def inbox_prefix(role: str) -> str:
+    return f"_INBOX_{check_role(role)}"
+
+
+# ------------------------------------------------------------------------------------ permissions
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    responses_max: int | None = None
+    responses_expires: str | None = None
+
+
+class _Grant:
+    """Collects one role's allow-lists from the building blocks below (order kept, no duplicates)."""
+
+    def __init__(self, role: str) -> None:
+        self.pub: dict[str, None] = {}
+        self.sub: dict[str, None] = {}
+        self.allow_sub(f"{inbox_prefix(role)}.>")
+        # Every process binds to the streams the orchestrator made; reading their config is harmless.
+        self.api("INFO", *(f"STREAM.INFO.{s}" for s in STREAMS))
+
+    def allow_pub(self, *subjects: str) -> None:
+        self.pub.update(dict.fromkeys(subjects))
+
+    def allow_sub(self, *subjects: str) -> None:
+        self.sub.update(dict.fromkeys(subjects))
+
+    def api(self, *calls: str) -> None:
+        self.allow_pub(*(f"$JS.API.{c}" for c in calls))
+
+    def _consumer_reads(self, stream: str) -> None:
+        # Ephemeral push / ordered consumers (nats-py: CONSUMER.CREATE.<S> without a name, or
+        # .<S>.<name>.<filter> with one), their flow-control replies (v1 `$JS.FC.<S>.<C>.*`; the
+        # v2 format behind a server feature flag is `$JS.FC.<domain>.<acc hash>.<S>.<C>.*`),
+        # consumer info (KV keys/watch), delete (read_events cleans up), direct and plain gets.
+        self.api(f"STREAM.INFO.{stream}", f"CONSUMER.CREATE.{stream}", f"CONSUMER.CREATE.{stream}.>",
+                 f"CONSUMER.INFO.{stream}.*", f"CONSUMER.DELETE.{stream}.*", f"DIRECT.GET.{stream}",
+                 f"DIRECT.GET.{stream}.>", f"STREAM.MSG.GET.{stream}")
+        self.allow_pub(f"$JS.FC.{stream}.>", f"$JS.FC._.*.{stream}.>")
+
+    def read_ops(self) -> None:
+        self._consumer_reads("OPS")
+        self.api("STREAM.NAMES")  # js.subscribe(subject) without stream= looks the stream up
+
+    def kv_read(self, bucket: str) -> None:
+        self._consumer_reads(f"KV_{bucket}")
+
+    def kv_write(self, bucket: str, keys: str) -> None:
+        # put / create / update (CAS: Nats-Expected-Last-Subject-Sequence) / delete are JetStream
+        # publishes on $KV.<bucket>.<key>; the PubAck comes back on the role's inbox.
+        self.api(f"STREAM.INFO.KV_{bucket}")
+        self.allow_pub(f"$KV.{bucket}.{keys}")
+
+    def obj_read(self, bucket: str) -> None:
+        # get: info via STREAM.MSG.GET (last $O.<B>.M.<name>), chunks via an ordered consumer
+        # found by subject (STREAM.NAMES); list: a watch (ordered consumer, last per subject).
+        self._consumer_reads(f"OBJ_{bucket}")
+        self.api("STREAM.NAMES")
+
+    def obj_write(self, bucket: str) -> None:
+        # put publishes chunks and the meta record, then purges the replaced object's chunks;
+        # delete publishes a deleted meta record and purges the chunks. A writer of a bucket can
+        # therefore purge that bucket (the purge filter is in the payload, not the subject).
+        self.obj_read(bucket)
+        self.allow_pub(f"$O.{bucket}.C.>", f"$O.{bucket}.M.>")
+        self.api(f"STREAM.PURGE.OBJ_{bucket}")
+
+    def presence(self, role: str) -> None:
+        self.kv_write("ACTORS", f"{role}.>")  # own key <role>.<actor_id>; host names may hold dots
+
+    def lease_cas(self) -> None:
+        self.kv_read("LEASES")
+        self.kv_write("LEASES", "*")
+
+    def durable_pull(self, stream: str, consumer: str, filter_subject: str) -> None:
+        # Only the named create whose subject carries the filter: the server checks the payload's
+        # filter against the subject, so a job-manager cannot make `work-data-any` read training
+        # work. (The legacy CONSUMER.DURABLE.CREATE has no filter in its subject: not granted.)
+        self.api(f"CONSUMER.CREATE.{stream}.{consumer}.{filter_subject}", f"CONSUMER.INFO.{stream}.{consumer}",
+                 f"CONSUMER.MSG.NEXT.{stream}.{consumer}")
+        # ack / nak / in_progress / term are publishes on the delivery's reply subject.
+        self.allow_pub(f"$JS.ACK.{stream}.{consumer}.>", f"$JS.ACK._.*.{stream}.{consumer}.>")
+
+    def worker(self, role: str, pools: Mapping[str, Sequence[str]]) -> None:
+        domain = WORKER_DOMAIN[role]
+        for pool in pools.get(domain, ("any",)):
+            self.durable_pull("WORK", f"work-{domain}-{pool}", f"work.{domain}.{pool}")
+        self.allow_pub(f"ops.{domain}.>")
+        self.allow_sub("ops.*.*.cancel")
+        self.read_ops()
+        self.presence(role)
+        self.lease_cas()
+
+    def build(self, **responses: Any) -> Permissions:
+        return Permissions(tuple(self.pub), tuple(self.sub), **responses)
+
+
+def _orchestrator(g: _Grant) -> None:
+    managed = [*STREAMS, *(f"KV_{b}" for b in KV_BUCKETS), *(f"OBJ_{b}" for b in OBJECT_BUCKETS)]
+    for s in managed:  # provisions; never deletes or purges a stream
+        g.api(f"STREAM.CREATE.{s}", f"STREAM.UPDATE.{s}", f"STREAM.INFO.{s}")
+    g.durable_pull("CMD", "orchestrator", "cmd.>")
+    g.api("CONSUMER.DURABLE.CREATE.CMD.orchestrator")  # what today's code sends; CMD has one consumer
+    g.api("CONSUMER.INFO.WORK.*", "CONSUMER.NAMES.WORK", "CONSUMER.LIST.WORK")  # queued work per pool
+    g.allow_pub("ops.>", "work.>")
+    g.allow_sub("ops.>", "$KV.ACTORS.>")
+    g.read_ops()
+    g.kv_read("ACTORS")
+    g.presence("orchestrator")
+    g.kv_read("LEASES")
+    g.kv_write("LEASES", "*")  # deletes a dead worker's lease (a delete is a marker publish)
+    g.obj_write("CHECKPOINTS")  # deletes the checkpoints of finished operations
+
+
+def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS) -> Permissions:
+    """The allow-lists of one role. Anything not listed is refused by the server."""
+    check_role(role)
+    for domain, names in pools.items():
+        for p in names:
+            if not _POOL_RE.match(p):
+                raise AuthError(f"pool name {p!r} of {domain} must be 1-32 letters, digits, '_' or '-'")
+    g = _Grant(role)
+    if role == "orchestrator":
+        _orchestrator(g)
+    elif role in WORKER_DOMAIN:
+        g.worker(role, pools)
+        if role == "job-manager":
+            g.allow_pub("ib.>")  # requests; the answers come back on _INBOX_job-manager.>
+            g.obj_write("BARS")
+        elif role == "trainer":
+            g.obj_read("BARS")
+            g.obj_write("MODELS")
+            g.obj_write("CHECKPOINTS")
+    elif role == "ib":
+        g.allow_sub(f"ib.> {IB_QUEUE_GROUP}", "ops.*.*.cancel")  # only inside the queue group
+        g.presence("ib")
+        g.kv_read("PACING")
+        g.kv_write("PACING", ">")
+        return g.build(responses_max=IB_RESPONSES_MAX, responses_expires=IB_RESPONSES_EXPIRES)
+    elif role == "cli":
+        g.allow_pub("cmd.>", "ops.*.*.cancel")
+        g.allow_sub("ops.>")
+        g.read_ops()
+        g.kv_read("ACTORS")
+        g.obj_read("MODELS")
+        g.obj_write("BARS")  # ktrdr data import
+    elif role == "observer":
+        g.allow_sub("ops.>")
+        g.read_ops()
+        g.kv_read("ACTORS")
+    return g.build()
+
+
+# ------------------------------------------------------------------------------------ files
+def _secure_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    _verify(path, 0o700)
+
+
+def _verify(path: Path, mode: int) -> None:
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise AuthError(f"{path} is a symbolic link", hint="credentials are never read through links")
+    if st.st_uid != os.getuid():
+        raise AuthError(f"{path} belongs to uid {st.st_uid}, not to this user ({os.getuid()})")
+    if stat.S_IMODE(st.st_mode) != mode:
+        raise AuthError(f"{path} has mode {stat.S_IMODE(st.st_mode):o}; expected {mode:o}")
+
+
+def _secure_file(path: Path) -> None:
+    """Tighten a file we own to 0600 (an editor or a copy may have loosened it), then check."""
+    if path.is_symlink():
+        raise AuthError(f"{path} is a symbolic link", hint="credentials are never read through links")
+    os.chmod(path, 0o600)
+    _verify(path, 0o600)
+
+
+def _new_seed() -> bytes:
+    import nkeys
+
+    return bytes(nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER))
+
+
+def public_key(seed: bytes) -> str:
+    import nkeys
+
+    kp = nkeys.from_seed(bytearray(seed))
+    try:
+        return bytes(kp.public_key).decode()
+    finally:
+        kp.wipe()
+
+
+def read_seed(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes().strip()
+    except OSError as exc:
+        raise AuthError(f"cannot read NKEY seed {path}: {exc.strerror}", hint="run `ktrdr auth init`") from exc
+    if not _SEED_RE.match(raw.decode(errors="replace")):
+        raise AuthError(f"{path} does not hold a user NKEY seed (SU... 58 characters)",
+                        hint="run `ktrdr auth init --force` to make new credentials")
+    return raw
+
+
+@dataclass(frozen=True)
+class AuthFiles:
+    dir: Path
+    seeds: dict[str, Path]
+    public_keys: dict[str, str]
+    authorization_conf: Path
+    route_password_file: Path
+    tls: TlsFiles | None = None
+    created: tuple[str, ...] = field(default=())
+
+    def users(self, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS) -> list[ServerUser]:
+        """The server's user list: each role's public key with its permissions."""
+        out = []
+        for role, key in self.public_keys.items():
+            p = permissions(role, pools=pools)
+            out.append(ServerUser(nkey=key, publish=p.publish, subscribe=p.subscribe,
+                                  responses_max=p.responses_max, responses_expires=p.responses_expires))
+        return out
+
+    def route_password(self) -> str:
+        _verify(self.route_password_file, 0o600)
+        return self.route_password_file.read_text().strip()
+
+
+def auth_dir(home: Path) -> Path:
+    return home / "auth"
+
+
+def init(
+    home: Path,
+    *,
+    roles: Sequence[str] = ROLES,
+    tls_hosts: Sequence[str] | None = None,
+    force: bool = False,
+    pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS,
+) -> AuthFiles:
+    """Create (or keep) the credentials of every role under home/auth and write the server's
+    authorization block. Idempotent: existing seeds are kept unless `force`. With `tls_hosts`, a
+    CA and a server certificate for those names (the CA is kept across runs unless `force`, so
+    clients keep trusting it; the server certificate is reissued when the host list changes)."""
+    d = auth_dir(home)
+    _secure_dir(d)
+    seeds, keys, created = {}, {}, []
+    for role in roles:
+        path = d / f"{check_role(role)}.nk"
+        if force or not path.exists():
+            write_atomic(path, _new_seed().decode() + "\n")
+            created.append(role)
+        _secure_file(path)
+        seeds[role], keys[role] = path, public_key(read_seed(path))
+    route = d / "route.pass"
+    if force or not route.exists():
+        write_atomic(route, secrets.token_urlsafe(24) + "\n")
+    _secure_file(route)
+    tls = None
+    if tls_hosts:
+        tls = make_ca_and_server_cert(d / "tls", tls_hosts, force=force)
+    elif (d / "tls" / "ca.pem").exists():
+        tls = existing_tls(d / "tls")
+    files = AuthFiles(d, seeds, keys, d / "authorization.conf", route, tls, tuple(created))
+    write_atomic(files.authorization_conf, authorization_block(files.users(pools)) + "\n")
+    _secure_file(files.authorization_conf)
+    return files
+
+
+def load(home: Path, *, roles: Sequence[str] = ROLES) -> AuthFiles:
+    """The credentials `init` made, checked (modes, owner, seed format); AuthError when missing."""
+    d = auth_dir(home)
+    if not d.is_dir():
+        raise AuthError(f"no credentials under {d}", hint="run `ktrdr auth init`")
+    _verify(d, 0o700)
+    seeds, keys = {}, {}
+    for role in roles:
+        path = d / f"{check_role(role)}.nk"
+        _verify(path, 0o600)
+        seeds[role], keys[role] = path, public_key(read_seed(path))
+    tls = existing_tls(d / "tls") if (d / "tls" / "ca.pem").exists() else None
+    return AuthFiles(d, seeds, keys, d / "authorization.conf", d / "route.pass", tls)
+
+
+# ------------------------------------------------------------------------------------ TLS
+def existing_tls(d: Path) -> TlsFiles:
+    files = TlsFiles(d / "ca.pem", d / "server.pem", d / "server-key.pem")
+    for p in (files.ca_file, files.cert_file, files.key_file, d / "ca-key.pem"):
+        _verify(p, 0o600)
+    return files
+
+
+def _san_entries(hosts: Sequence[str]) -> list[Any]:
+    from cryptography import x509
+
+    names: list[Any] = []
+    for h in dict.fromkeys(h.strip() for h in [*hosts, "localhost", "127.0.0.1"]):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(h.strip("[]"))))
+        except ValueError:
+            if not _HOST_RE.match(h):
+                raise AuthError(f"{h!r} is not a host name or IP address") from None
+            names.append(x509.DNSName(h))
+    return names
+
+
+def make_ca_and_server_cert(d: Path, hosts: Sequence[str], *, force: bool = False) -> TlsFiles:
+    """A CA (kept when present) and a server certificate for `hosts` (+ localhost, 127.0.0.1),
+    EC P-256, valid for server and client auth (cluster routes verify each other with it)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    _secure_dir(d)
+    files = TlsFiles(d / "ca.pem", d / "server.pem", d / "server-key.pem")
+    ca_key_path = d / "ca-key.pem"
+    sans = _san_entries(hosts)
+    now = dt.datetime.now(dt.UTC)
+    pem = serialization.Encoding.PEM
+    no_enc = serialization.NoEncryption()
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    if force or not (files.ca_file.exists() and ca_key_path.exists()):
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ktrdr NATS CA")])
+        ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(ca_key.public_key())
+              .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+              .not_valid_after(now + dt.timedelta(days=3650))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+              .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                           content_commitment=False, key_encipherment=False,
+                                           data_encipherment=False, key_agreement=False, encipher_only=False,
+                                           decipher_only=False), critical=True)
+              .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+              .sign(ca_key, hashes.SHA256()))
+        write_atomic(ca_key_path, ca_key.private_bytes(pem, pkcs8, no_enc).decode())
+        write_atomic(files.ca_file, ca.public_bytes(pem).decode())
+        force = True  # a new CA needs a new server certificate
+    ca = x509.load_pem_x509_certificate(files.ca_file.read_bytes())
+    if not force and files.cert_file.exists() and files.key_file.exists():
+        cur = x509.load_pem_x509_certificate(files.cert_file.read_bytes())
+        have = cur.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        if set(have) == set(sans) and cur.not_valid_after_utc > now + dt.timedelta(days=30):
+            return existing_tls(d)
+    signer = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    if not isinstance(signer, ec.EllipticCurvePrivateKey):
+        raise AuthError(f"{ca_key_path} is not the EC key `ktrdr auth init` makes", hint="run it with --force")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ktrdr nats-server")]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=825))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False)
+            .sign(signer, hashes.SHA256()))
+    write_atomic(files.key_file, key.private_bytes(pem, pkcs8, no_enc).decode())
+    write_atomic(files.cert_file, cert.public_bytes(pem).decode())
+    return existing_tls(d)
+
+
+def tls_context(ca_file: Path | None = None, *, ca_pem: str | None = None) -> ssl.SSLContext:
+    """A client context that trusts only our CA and checks the server's name."""
+    if (ca_file is None) == (ca_pem is None):
+        raise AuthError("a TLS context needs exactly one of a CA file or CA PEM text")
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None,
+                                     cadata=ca_pem)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+# ------------------------------------------------------------------------------------ clients
+def connect_options(
+    role: str,
+    *,
+    auth_dir: Path | None = None,
+    seed_file: Path | None = None,
+    seed: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    creds_file: Path | None = None,
+    tls_ca: Path | None = None,
+    tls_ca_pem: str | None = None,
+) -> dict[str, Any]:
+    """nats.connect() keyword arguments for a process of `role`: its inbox prefix, one way of
+    authenticating (first given wins: seed, seed_file, auth_dir/<role>.nk, user+password, creds),
+    and a TLS context verifying our CA when a CA is given."""
+    opts: dict[str, Any] = {"inbox_prefix": inbox_prefix(role)}
+    if seed is not None:
+        if not _SEED_RE.match(seed.strip()):
+            raise AuthError("NATS_NKEY_SEED is not a user NKEY seed (SU... 58 characters)")
+        opts["nkeys_seed_str"] = seed.strip()
+    elif seed_file is not None or auth_dir is not None:
+        path = seed_file if seed_file is not None else auth_dir / f"{role}.nk"  # type: ignore[operator]
+        read_seed(path)  # fail here, with a hint, rather than inside the connect
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise AuthError(f"{path} is readable by others (mode {mode:o})", hint=f"chmod 600 {path}")
+        opts["nkeys_seed"] = str(path)
+    elif user is not None:
+        opts["user"], opts["password"] = user, password or ""
+    elif creds_file is not None:
+        opts["user_credentials"] = str(creds_file)
+    if tls_ca is not None or tls_ca_pem is not None:
+        opts["tls"] = tls_context(tls_ca, ca_pem=tls_ca_pem)
+    return opts
+
+
+def connect_options_from_env(role: str | None = None, *, home: Path | None = None,
+                             env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """connect_options() from the variables `ktrdr auth env` prints: KTRDR_ROLE (overrides `role`),
+    NATS_NKEY_SEED, NATS_NKEY, NATS_USER/NATS_PASSWORD, NATS_CREDS, NATS_TLS_CA_PEM, NATS_TLS_CA.
+    With none of the credential variables, home/auth/<role>.nk when it exists (the embedded stack)."""
+    env = os.environ if env is None else env
+    role = check_role(env.get("KTRDR_ROLE") or role or "cli")
+
+    def get(name: str) -> str | None:
+        return env.get(name) or None
+
+    local = auth_dir(home) if home is not None and (auth_dir(home) / f"{role}.nk").exists() else None
+    nkey = get("NATS_NKEY")
+    ca = get("NATS_TLS_CA")
+    return connect_options(
+        role, seed=get("NATS_NKEY_SEED"), seed_file=Path(nkey).expanduser() if nkey else None,
+        user=get("NATS_USER"), password=get("NATS_PASSWORD"),
+        creds_file=Path(c).expanduser() if (c := get("NATS_CREDS")) else None,
+        auth_dir=local if not any(get(v) for v in ("NATS_USER", "NATS_CREDS")) else None,
+        tls_ca=Path(ca).expanduser() if ca else None, tls_ca_pem=get("NATS_TLS_CA_PEM"),
+    )
+
+
+def env_lines(role: str, home: Path, *, url: str | None = None, inline: bool = False) -> list[str]:
+    """Shell lines for `eval "$(ktrdr auth env ROLE)"`. With `inline`, the seed and the CA travel in
+    the variables themselves (NATS_NKEY_SEED, NATS_TLS_CA_PEM), for a host without these files."""
+    check_role(role)
+    files = load(home, roles=[role])
+    if url is None:
+        try:
+            url = (home / "run" / "nats.url").read_text().strip() or None
+        except OSError:
+            url = None
+    lines = ["unset NATS_USER NATS_PASSWORD NATS_CREDS NATS_NKEY NATS_NKEY_SEED NATS_TLS_CA NATS_TLS_CA_PEM"]
+    if url:
+        lines.append(f"export NATS_URL={shlex.quote(url)}")
+    if inline:
+        lines.append(f"export NATS_NKEY_SEED={shlex.quote(read_seed(files.seeds[role]).decode())}")
+    else:
+        lines.append(f"export NATS_NKEY={shlex.quote(str(files.seeds[role]))}")
+    if files.tls is not None:
+        if inline:
+            lines.append(f"export NATS_TLS_CA_PEM={shlex.quote(files.tls.ca_file.read_text())}")
+        else:
+            lines.append(f"export NATS_TLS_CA={shlex.quote(str(files.tls.ca_file))}")
+    lines.append(f"export KTRDR_ROLE={shlex.quote(role)}")
+    return lines
+
+
+def fingerprint(pem: str) -> str:
+    """Short SHA-256 of a certificate, for `ktrdr auth init` to print (compare across hosts)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    digest = x509.load_pem_x509_certificate(pem.encode()).fingerprint(hashes.SHA256())
+    return base64.b16encode(digest).decode()[:16]
