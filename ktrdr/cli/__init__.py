@@ -252,6 +252,9 @@ def events_schema() -> None:
 
 def main() -> None:
     from ktrdr.cli import domain_commands, ops_commands, view_commands  # noqa: F401  (register their commands)
+    from ktrdr.cli.auth_commands import auth_app
+
+    app.add_typer(auth_app, name="auth")
 
     try:
         rv = app(standalone_mode=False)
