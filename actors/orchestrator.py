@@ -386,7 +386,8 @@ class Orchestrator(Actor):
         if wf is None or parent is None:
             return
         wf.children[child.view.op_id] = child.view
-        wf.lines[child.view.op_id] = ProgressRenderer.for_domain(child.view.domain).line(child.view)
+        if child.view.context is not None:  # the child's own words, without its percentage
+            wf.lines[child.view.op_id] = ProgressRenderer.for_domain(child.view.domain).progress_text(child.view)
         await self._advance(parent)
 
     async def _cancel_child(self, parent_id: str, child_op: str, parent: OperationView) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,10 @@ from actors.registry import build
 from actors.runtime import Actor
 from ktrdr.client import Client
 from ktrdr.config import Settings
+from ktrdr.data.store import DataStore
 from ktrdr.embedded import free_port, start_nats_server
+from ktrdr.ib.sim.threaded import SimGatewayThread
+from ktrdr.transport import IbRequester
 
 
 @dataclass
@@ -87,6 +91,49 @@ async def start_actors(settings: Settings) -> AsyncIterator[Callable[..., asynci
     for a in reversed(started):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(a.stop(), 10)
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+
+@pytest.fixture
+def time_scale() -> float:
+    # IB's pacing windows x 0.25: 2 s -> 0.5 s, 15 s -> 3.75 s, 10 min -> 150 s. Smaller windows make a
+    # 30 ms stall anywhere in the process (a cold import holding the GIL) look like a burst to the
+    # gateway's clock; 0.5 s leaves room for that. A test may parametrize it.
+    return 0.25
+
+
+@pytest.fixture
+def gateway(time_scale: float) -> Iterator[SimGatewayThread]:
+    # On its own thread, as IB Gateway is its own process: its pacing clock must not wait on ours.
+    with SimGatewayThread(port=0, time_scale=time_scale) as gw:
+        yield gw
+
+
+@pytest.fixture
+def data_settings(settings, gateway, time_scale):
+    return make_settings(settings.home, settings.nats_url, ib_port=gateway.port, ib_client_id=11,
+                         ib_time_scale=time_scale)
+
+
+@pytest.fixture
+async def data_stack(start_actors, data_settings, client, tmp_path):
+    await start_actors("orchestrator", "job-manager", "ib", settings=data_settings)
+    # Warm this process up before any paced load. The sim gateway shares our GIL (IB Gateway would
+    # be another process); a cold first use (pyarrow's parquet writer, ib_async's contract path) can
+    # hold it long enough that the gateway reads several requests at once and sees a "burst".
+    warm = DataStore(tmp_path / "warm-up")
+    from ktrdr.data.calendar import lookup
+    from ktrdr.ib.sim.data import generate_bars
+
+    warm.write("AAPL", "1h", generate_bars(lookup("AAPL"), "1h", utc(2024, 1, 2), utc(2024, 1, 4)), source="sim")
+    warm.read("AAPL", "1h")
+    ib = IbRequester(client.nc)
+    await ib.contract("AAPL")
+    await ib.head("AAPL", "1h")
+    return DataStore(data_settings.home)
 
 
 @pytest.fixture

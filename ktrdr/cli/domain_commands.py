@@ -204,6 +204,8 @@ def train(
     end: str | None = typer.Option(None, help="YYYY-MM-DD (UTC); default: now."),
     epochs: int | None = typer.Option(None, help="Override the strategy's epochs."),
     on: str = typer.Option("any", "--on", help="The trainer pool: any, cpu, gpu or a KTRDR_POOLS name."),
+    data: str = typer.Option("full", "--data", help="full: load missing bars first; local: use stored bars "
+                                                   "only; none: no data step (a single training operation)."),
     timeout: float | None = TIMEOUT,
     no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the operation id and return."),
     json_out: bool = JSON,
@@ -216,13 +218,16 @@ def train(
     check_range(start_dt, end_dt)
     if epochs is not None and not 1 <= epochs <= 100_000:
         raise _usage(f"--epochs must be between 1 and 100000, got {epochs}")
+    if data not in ("full", "local", "none"):
+        raise _usage(f"--data {data[:20]!r}: expected full, local or none")
     from events.messages import StartTraining
     from events.subjects import new_op_id
 
     cmd = StartTraining(op_id=new_op_id("training"), strategy_path=str(strategy_file), strategy_yaml=text,
                         symbols=[_norm(s, "1h")[0] for s in _split(symbols)],
                         timeframes=[_norm("AAPL", t)[1] for t in _split(timeframes)], start=start_dt, end=end_dt,
-                        epochs=epochs, pool=check_pool(on), deadline=deadline_from(timeout))
+                        epochs=epochs, pool=check_pool(on), deadline=deadline_from(timeout),
+                        data_mode=data)  # type: ignore[arg-type]
     _run(_train(cmd, not no_wait, json_out))
 
 
