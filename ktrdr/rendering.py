@@ -9,15 +9,24 @@ from __future__ import annotations
 from events.messages import DataContext, DummyContext, TrainingContext
 from ktrdr.operations import OperationView
 
+MIN_WAIT_SHOWN_S = 0.1  # shorter pacing waits are not worth a line
+
 
 def _pct(view: OperationView) -> str:
     return f"{view.percentage:5.1f}%"
 
 
 class ProgressRenderer:
-    """Base: status-aware one-line rendering of an OperationView."""
+    """Base: status-aware one-line rendering of an OperationView. A subclass names its `domain` and
+    is found by `for_domain` (registered when it is defined)."""
 
     domain = ""
+    _by_domain: dict[str, type[ProgressRenderer]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.domain:
+            ProgressRenderer._by_domain[cls.domain] = cls
 
     def progress_text(self, view: OperationView) -> str:
         return view.message or view.phase or view.status
@@ -34,6 +43,8 @@ class ProgressRenderer:
         if view.status == "completed":
             return f"{self.completed_text(view)}{elapsed}"
         if view.status == "cancelled":
+            if view.reason_code == "deadline":
+                return f"cancelled: {view.reason or 'deadline passed'}{' at ' + view.where if view.where else ''}"
             return view.message or f"Operation cancelled{' at ' + view.where if view.where else ''}"
         if view.status == "failed":
             return f"Operation failed: {view.error}"
@@ -46,8 +57,7 @@ class ProgressRenderer:
 
     @staticmethod
     def for_domain(domain: str) -> ProgressRenderer:
-        return {"dummy": DummyProgressRenderer, "data": DataProgressRenderer,
-                "training": TrainingProgressRenderer}.get(domain, ProgressRenderer)()
+        return ProgressRenderer._by_domain.get(domain, ProgressRenderer)()
 
 
 class DummyProgressRenderer(ProgressRenderer):
@@ -72,14 +82,14 @@ class DataProgressRenderer(ProgressRenderer):
         if not isinstance(ctx, DataContext) or not ctx.symbol:
             return super().progress_text(view)
         text = f"Loading {ctx.symbol} {ctx.timeframe} data ({ctx.mode} mode)"
-        if ctx.segment_count:
-            text += f" [{ctx.segment_index}/{ctx.segment_count}]"
+        if ctx.segment_count:  # segments finished of planned: it only ever goes up
+            text += f" [{ctx.segments_done}/{ctx.segment_count}]"
         if ctx.bars_fetched:
             text += f" · {ctx.bars_fetched:,} bars"
-        if ctx.waiting_s >= 0.05:
-            text += f" · waiting {ctx.waiting_s:.0f} s for IB pacing" if ctx.waiting_s >= 1 else \
+        if ctx.waiting_s >= MIN_WAIT_SHOWN_S:
+            text += f" · waiting {ctx.waiting_s:.0f} s for IB pacing" if ctx.waiting_s >= 10 else \
                 f" · waiting {ctx.waiting_s:.1f} s for IB pacing"
-        elif ctx.state and ctx.state not in ("fetching",):
+        elif ctx.state and ctx.state not in ("fetching", "waiting for IB pacing") and not ctx.waiting_s:
             text += f" · {ctx.state}"
         if ctx.source == "sim":
             text += " (simulated)"

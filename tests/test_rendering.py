@@ -13,9 +13,10 @@ def view_with(progress: ProgressState) -> OperationView:
 
 def test_data_line_has_symbol_timeframe_mode_and_segment():
     v = view_with(ProgressState(percentage=60, phase="fetching", context=DataContext(
-        symbol="AAPL", timeframe="1h", mode="backfill", segment_index=3, segment_count=5, bars_fetched=1234,
-        source="sim", state="fetching")))
+        symbol="AAPL", timeframe="1h", mode="backfill", segment_index=5, segment_count=5, segments_done=3,
+        bars_fetched=1234, source="sim", state="fetching")))
     line = DataProgressRenderer().line(v)
+    # segments done of planned, not the index of the one in flight (which goes back and forth)
     assert line.startswith("Loading AAPL 1h data (backfill mode) [3/5] · 1,234 bars")
     assert "(simulated)" in line and line.endswith("60.0%")
 
@@ -24,6 +25,26 @@ def test_data_line_shows_pacing_waits_as_state():
     v = view_with(ProgressState(context=DataContext(symbol="AAPL", timeframe="1m", mode="full", segment_index=1,
                                                     segment_count=70, waiting_s=12.4, source="ib")))
     assert "waiting 12 s for IB pacing" in DataProgressRenderer().line(v)
+
+
+def test_short_pacing_waits_are_not_rendered_and_long_ones_are_rounded():
+    def line(wait: float) -> str:
+        return DataProgressRenderer().line(view_with(ProgressState(context=DataContext(
+            symbol="AAPL", timeframe="1m", mode="full", segment_count=9, waiting_s=wait,
+            state=f"waiting {wait:.3g} s for IB pacing: 6 requests for 265598 within 2 s"))))
+
+    assert "waiting" not in line(0.00422) and "0.00422" not in line(0.00422)
+    assert "waiting 4.2 s for IB pacing" in line(4.2)
+    assert "waiting 12 s for IB pacing" in line(12.4)
+
+
+def test_a_deadline_is_rendered_with_where_it_stopped():
+    from events.messages import OperationCancelled
+
+    v = view_with(ProgressState(percentage=40))
+    fold(v, OperationCancelled(op_id="x", where="epoch 12, batch 3", reason="deadline of 60 s passed",
+                               reason_code="deadline"))
+    assert TrainingProgressRenderer().final(v) == "cancelled: deadline of 60 s passed at epoch 12, batch 3"
 
 
 def test_training_line_shortens_symbols_and_shows_batches():

@@ -25,7 +25,7 @@ async def _assert_replay_equals_live(settings, live_out: str) -> None:
     op_id = await _only_op(settings)
     for speed in ("0", "1000"):
         rc, replayed, err = await ktrdr(settings, "ops", "replay", op_id, "--speed", speed)
-        assert replayed == live_out, (speed, err)
+        assert rc == 0 and replayed == live_out, (speed, err)
     assert len(live_out.splitlines()) >= 3  # progress lines, not just the first and the last
 
 
@@ -51,8 +51,8 @@ async def test_training_workflow_replay_prints_the_live_lines(data_stack, data_s
                                 "--start", "2023-01-02", "--end", "2023-12-01", timeout=180)
     assert rc == 0, err
     assert "Training completed" in live and "model:" in live
-    rc, out, err = await ktrdr(data_settings, "ops", "list", "--json")
+    _rc, out, err = await ktrdr(data_settings, "ops", "list", "--json")
     parent = next(v["op_id"] for v in json.loads(out) if v["op_type"] == "training_workflow")
-    rc, replayed, err = await ktrdr(data_settings, "ops", "replay", parent)
+    _rc, replayed, err = await ktrdr(data_settings, "ops", "replay", parent)
     # The foreground `train` adds the result summary after the final line; the rest is the replay.
     assert live.startswith(replayed), (live, replayed)
