@@ -132,7 +132,7 @@ async def follow(client: Client, op_id: str, *, json_out: bool = False, cancel_o
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
-    if interrupts and not view.terminal:
+    if interrupts and cancel_on_interrupt and not view.terminal:
         view.status = "cancelled"
         view.where = view.where or "not confirmed: the worker did not answer before the CLI left"
     return view
@@ -151,9 +151,18 @@ def print_final(view: OperationView, *, json_out: bool) -> None:
         print(line)
 
 
+def check_locally(cmd: Command) -> None:
+    """The orchestrator's validation, run here first: a bad command is refused at once with exit 2,
+    without a server (the orchestrator checks again: other clients exist)."""
+    from ktrdr.commands import validate
+
+    validate(cmd)
+
+
 async def run_command(cmd: Command, *, wait: bool, json_out: bool) -> int:
     from ktrdr.cli import client
 
+    check_locally(cmd)
     async with client() as c:
         await c.submit(cmd)
         if not wait:

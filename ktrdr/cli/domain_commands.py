@@ -155,7 +155,16 @@ def data_export(symbol: str, timeframe: str = TF_OPTION,
                 start: str | None = typer.Option(None), end: str | None = typer.Option(None)) -> None:
     """Export a stored series to CSV."""
     sym, tf = _norm(symbol, timeframe)
-    n = _store(settings()).export_csv(sym, tf, out, parse_date(start, "start"), parse_date(end, "end"))
+    start_dt, end_dt = parse_date(start, "start"), parse_date(end, "end")
+    check_range(start_dt, end_dt)
+    if out.is_dir():
+        raise _usage(f"--out {str(out)[:200]}: is a directory; name a CSV file")
+    if not out.parent.is_dir():
+        raise _usage(f"--out {str(out)[:200]}: the folder {str(out.parent)[:200]} does not exist")
+    try:
+        n = _store(settings()).export_csv(sym, tf, out, start_dt, end_dt)
+    except OSError as exc:
+        raise _usage(f"--out {str(out)[:200]}: cannot write it ({exc.strerror or exc})") from None
     typer.echo(f"wrote {n:,} bars to {out}")
 
 
@@ -266,8 +275,9 @@ def _split(value: str | None) -> list[str]:
 
 async def _train(cmd: Any, wait: bool, json_out: bool) -> int:
     from ktrdr.cli import client
-    from ktrdr.cli._live import exit_code, follow, print_final
+    from ktrdr.cli._live import check_locally, exit_code, follow, print_final
 
+    check_locally(cmd)
     async with client() as c:
         await c.submit(cmd)
         if not wait:
@@ -325,6 +335,10 @@ def sim_gateway(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(
     """Run the simulated IB gateway (TWS wire protocol; serves simulated data, marked as such)."""
     from ktrdr.ib.sim.__main__ import main as sim_main
 
+    if not 0 <= port <= 65535:
+        raise _usage(f"--port {port}: not a port number (0..65535)")
+    if not 0 <= latency <= 3600 or not 1e-4 <= time_scale <= 100:
+        raise _usage("--latency must be 0..3600 s and --time-scale 0.0001..100")
     argv = ["--host", host, "--port", str(port), "--latency", str(latency), "--time-scale", str(time_scale)]
     if csv_dir is not None:
         argv += ["--csv-dir", str(csv_dir)]

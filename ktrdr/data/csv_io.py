@@ -29,6 +29,8 @@ def import_csv(path: Path | str) -> pd.DataFrame:
         raise ValidationError(f"{p}: file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise ValidationError(f"{p}: not a readable CSV: {e}") from None
+    if raw.dropna(how="all").empty or (raw.apply(lambda col: col.str.strip()) == "").all(axis=None):
+        raise ValidationError(f"{p}: no rows (an empty CSV)")
     cols = {str(c).strip().lower(): c for c in raw.columns}
     cols = {("" if k.startswith("unnamed:") else k): v for k, v in cols.items()}
     time_col = next((cols[n] for n in _TIME_NAMES if n in cols), None)

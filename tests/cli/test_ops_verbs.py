@@ -1,0 +1,101 @@
+"""Every ops verb works on every operation in every state: queued, running, completed, failed,
+cancelled, rejected, a workflow parent and its child. No verb shows a traceback; each exits with
+the code of the operation's state; `ops list` shows the last progress of a cancelled operation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+
+import pytest
+
+from events import subjects
+from events.messages import LoadData, RunDummy, StartTraining
+from tests.cli.test_cli import cli_env, ktrdr
+from tests.conftest import make_settings, utc
+from tests.helpers import wait_for_event, wait_terminal
+
+pytestmark = pytest.mark.slow
+EXIT = {"completed": 0, "failed": 1, "cancelled": 130, "rejected": 2}
+
+
+async def watch_until(settings, op_id: str, text: str) -> tuple[int, str]:
+    """`ops watch` on an operation that does not end by itself: read until `text`, then Ctrl+C."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ktrdr", "ops", "watch", op_id,
+                                                env=cli_env(settings), stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    seen = ""
+    while text not in seen:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line, f"watch ended before showing {text!r}: {seen!r}"
+        seen += line
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert b"Traceback" not in err
+    return proc.returncode or 0, seen + out.decode()
+
+
+async def test_every_verb_on_every_state(start_actors, settings, client, data_settings, gateway, tmp_path):
+    patient = make_settings(settings.home, settings.nats_url, orphan_timeout_s=600.0)
+    await start_actors("orchestrator", settings=patient)
+    await start_actors("dummy", "job-manager", "ib", settings=data_settings)
+    ops: dict[str, str] = {}
+
+    async def submit(name: str, cmd, until) -> None:  # type: ignore[no-untyped-def]
+        ops[name] = cmd.op_id
+        await client.submit(cmd)
+        await wait_for_event(client, cmd.op_id, until, timeout=60)
+
+    await submit("completed", RunDummy(op_id=subjects.new_op_id("dummy"), iterations=2, interval_s=0.01),
+                 lambda ev, v: v.terminal)
+    await submit("rejected", RunDummy(op_id=subjects.new_op_id("dummy"), iterations=0), lambda ev, v: v.terminal)
+    await submit("failed", LoadData(op_id=subjects.new_op_id("data"), symbol="ZZZZ", mode="full",
+                                    start=utc(2023, 1, 2), end=utc(2023, 2, 1)), lambda ev, v: v.terminal)
+    await submit("cancelled", RunDummy(op_id=subjects.new_op_id("dummy"), iterations=50, interval_s=0.1),
+                 lambda ev, v: v.percentage >= 20)
+    await client.cancel(ops["cancelled"])
+    await wait_terminal(client, ops["cancelled"])
+    await submit("queued", RunDummy(op_id=subjects.new_op_id("dummy"), iterations=1, pool="nobody"),
+                 lambda ev, v: v.status == "queued")
+    await submit("running", RunDummy(op_id=subjects.new_op_id("dummy"), iterations=600, interval_s=0.5),
+                 lambda ev, v: v.status == "running")
+    parent = StartTraining(op_id=subjects.new_op_id("training"), strategy_yaml=(
+        __import__("pathlib").Path("strategies/mlp_rsi_aapl.yaml").read_text()), symbols=["ZZZZ"],
+        start=utc(2023, 1, 2), end=utc(2023, 2, 1))
+    await submit("parent", parent, lambda ev, v: v.terminal)
+    ops["child"] = (await client.view(parent.op_id)).children[0]
+
+    for state, op_id in ops.items():
+        view = await client.view(op_id)
+        code = EXIT.get(view.status, 0)
+        for args in (["show", op_id], ["show", op_id, "--events"], ["show", op_id, "--json"]):
+            rc, out, err = await ktrdr(settings, "ops", *args)
+            assert rc == 0 and "Traceback" not in err, (state, args, err)
+        assert json.loads((await ktrdr(settings, "ops", "show", op_id, "--json"))[1])["status"] == view.status
+        rc, out, err = await ktrdr(settings, "ops", "replay", op_id)
+        assert rc == (code if view.terminal else 0) and "Traceback" not in err, (state, err)
+        rc, out, err = await ktrdr(settings, "ops", "replay", op_id, "--json")
+        assert all(json.loads(line)["op_id"] == op_id for line in out.splitlines()), state
+        if view.terminal:
+            rc, out, err = await ktrdr(settings, "ops", "watch", op_id)
+            assert rc == code and "Traceback" not in err, (state, err)
+        else:
+            rc, out = await watch_until(settings, op_id, "queued" if state == "queued" else "Dummy operation [")
+            assert rc == 0 and "detached" in out, (state, out)
+    shown = {v["op_id"]: v for v in json.loads((await ktrdr(settings, "ops", "list", "--json"))[1])}
+    assert set(ops.values()) <= set(shown)
+    assert shown[ops["cancelled"]]["percentage"] >= 20  # the last progress, not 0
+    rc, out, err = await ktrdr(settings, "ops", "list")
+    assert f"  {ops['child']}" in out  # the child indented under its parent
+    # cancel last: finished ones are left as they are, live ones end cancelled
+    for state in ("completed", "failed", "rejected", "cancelled", "parent", "child"):
+        rc, out, err = await ktrdr(settings, "ops", "cancel", ops[state])
+        assert rc == 0 and "nothing to cancel" in out, (state, out, err)
+    for state in ("queued", "running"):
+        rc, out, err = await ktrdr(settings, "ops", "cancel", ops[state])
+        assert rc == 0 and "cancelled" in out, (state, out, err)
+    rc, out, err = await ktrdr(settings, "ops", "cancel", subjects.new_op_id("dummy"), "--no-wait")
+    assert rc == 2 and "cancel is recorded" in err
