@@ -381,3 +381,20 @@ def test_no_function_in_the_training_code_is_longer_than_120_lines() -> None:
             for f in files for node in ast.walk(ast.parse(f.read_text()))
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > 120]
     assert long == []
+
+
+def test_gpu_readings_only_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ktrdr.training.fit import gpu_readings
+
+    assert gpu_readings(torch.device("cpu")) == {}
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda _d=None: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda _d=None: 5 * 2**30)
+    monkeypatch.setattr(torch.cuda, "utilization", lambda _d=None: 87)
+    assert gpu_readings(torch.device("cuda")) == {"gpu_memory_used_gb": 3.0, "gpu_memory_peak_gb": 5.0,
+                                                  "gpu_utilization_pct": 87.0}
+
+    def no_nvml(_d: Any = None) -> int:
+        raise ModuleNotFoundError("pynvml")
+
+    monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
+    assert "gpu_utilization_pct" not in gpu_readings(torch.device("cuda"))  # absent, not zero
