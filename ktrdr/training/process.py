@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -96,7 +97,8 @@ class TrainingProcess:
         self.cancel_grace_s = cancel_grace_s  # a child that ignores a cancel this long is killed
         self.python = python or sys.executable
         self.startup_s: float | None = None  # spawn -> ready of the current child, seconds
-        self.pipe_latency_ms: list[float] = []  # child send -> parent receive, per progress frame
+        # child send -> parent receive of the latest progress frames (bounded: the child is long-lived)
+        self.pipe_latency_ms: deque[float] = deque(maxlen=100_000)
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._lifeline_w: int | None = None
