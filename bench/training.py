@@ -6,7 +6,8 @@ and the child's torch thread budget (1 vs 2 threads).
 The trainer runs as it is deployed: `python -m actors trainer`, which runs torch in its own child
 process. The bare loop runs in this process on one dedicated thread (torch here is ~3x slower once two
 Python threads have used it), at 1 and at 2 torch threads; the baseline is the faster of the two in
-each round, so the ratio is against the best bare loop this machine gave in that round. Rounds are
+each round, so the ratio is against the best bare loop this machine gave in that round. It also runs
+in a process of its own (1 thread, as the trainer's child), a second baseline. Rounds are
 interleaved (bare, actor, bare, actor ...) so machine noise hits both alike; figures are medians."""
 
 from __future__ import annotations
@@ -96,12 +97,14 @@ def _phase_times(events: list[Any]) -> tuple[datetime, datetime]:
     return first["training"], first["evaluating"]
 
 
-def _bare(strategy: Strategy, data: Any, threads: int, val: bool = False) -> float:
-    """Seconds for EPOCHS epochs of the bare loop at `threads` torch threads (on the calling thread)."""
+def _bare(strategy: Strategy, data: Any, threads: int, val: bool = False) -> tuple[float, float]:
+    """(wall seconds, CPU share of this thread) for EPOCHS epochs of the bare loop at `threads` torch
+    threads, on the calling thread."""
     torch.set_num_threads(threads)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     train_bare(data.x_train, data.y_train, strategy, EPOCHS, val=(data.x_val, data.y_val) if val else None)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    return wall, (time.thread_time() - c0) / wall
 
 
 def _child_loop(tp: TrainingProcess, job: TrainingJob, bars: Any) -> float:
@@ -115,6 +118,81 @@ def _child_loop(tp: TrainingProcess, job: TrainingJob, bars: Any) -> float:
     return marks["evaluating"] - marks["training"]
 
 
+_BARE_PROCESS = """
+import sys, time, torch
+torch.set_num_threads(1)
+from bench.training import EPOCHS, START, END, bench_strategy_text
+from ktrdr.data.calendar import lookup
+from ktrdr.ib.sim.data import generate_bars
+from ktrdr.training.baseline import train_bare
+from ktrdr.training.features import check_bars
+from ktrdr.training.strategy import parse_strategy
+from ktrdr.training.trainer import prepare_training_data
+s = parse_strategy(bench_strategy_text(), "bench")
+bars = check_bars(generate_bars(lookup("AAPL"), "1h", START, END, seed=0), "AAPL", "1h")
+d = prepare_training_data(s, {"AAPL": {"1h": bars}}, ["AAPL"])
+train_bare(d.x_train, d.y_train, s, 1)
+for _ in sys.stdin:
+    t = time.perf_counter()
+    train_bare(d.x_train, d.y_train, s, EPOCHS)
+    print(time.perf_counter() - t, flush=True)
+"""
+
+
+class BareProcess:
+    """The bare loop (1 torch thread) in a process of its own, as the trainer's child is: separates
+    what the instrumentation and the actor cost from what running in another process costs here."""
+
+    def __init__(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-c", _BARE_PROCESS], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+
+    def seconds(self) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), 0.0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            out += [int(x) for x in (task / "children").read_text().split()]
+    return out
+
+
+async def _actor_round(c: Client, text: str, n: int, pids: dict[str, int]) -> dict[str, float]:
+    """One timed training through the actor, with the CPU each process used while it ran: the
+    training child against everything around it (trainer actor, nats-server, this process)."""
+    before = {k: _cpu_s(p) for k, p in pids.items()}
+    self0, t0 = time.process_time(), time.perf_counter()
+    events, view = await _run_training(c, text, EPOCHS)
+    wall = time.perf_counter() - t0
+    used = {k: _cpu_s(p) - before[k] for k, p in pids.items()}
+    used["bench"] = time.process_time() - self0
+    t_start, t_end = _phase_times(events)
+    assert view.result["data_summary"]["samples"]["train"] * EPOCHS == n
+    return {"actor": n / (t_end - t_start).total_seconds(), "child_cpu_share": used["child"] / wall,
+            "helpers_cpu_share": (used["trainer"] + used["nats"] + used["bench"]) / wall,
+            "load": os.getloadavg()[0]}
+
+
 async def overhead(srv: BenchServer, store: DataStore) -> dict[str, Any]:
     text = bench_strategy_text()
     strategy = parse_strategy(text, file="bench")
@@ -122,43 +200,50 @@ async def overhead(srv: BenchServer, store: DataStore) -> dict[str, Any]:
     data = prepare_training_data(strategy, bars, ["AAPL"])
     n = len(data.x_train) * EPOCHS
     job = TrainingJob(op_id="training-direct", strategy_yaml=text, start=START, end=END, epochs=EPOCHS, device="cpu")
-    figures: dict[str, list[float]] = {k: [] for k in ("bare_1", "bare_2", "bare_val_1", "actor", "child_1",
-                                                       "child_2", "best_bare", "ratio")}
+    fig: dict[str, list[float]] = {}
     loop = asyncio.get_running_loop()
     torch_thread = ThreadPoolExecutor(1)  # one thread for all of this process's torch work
     children = {t: TrainingProcess(threads=t) for t in (1, 2)}
+    bare_process = BareProcess()
     async with Client(srv.settings) as c:
         await c.ensure_streams()
-        async with trainer_process(srv, c):
+        async with trainer_process(srv, c) as trainer_pid:
+            pids = {"trainer": trainer_pid, "child": _children(trainer_pid)[0], "nats": srv.proc.pid}
             for t, tp in children.items():  # warm, untimed
                 await loop.run_in_executor(torch_thread, _bare, strategy, data, t)
                 await loop.run_in_executor(None, _child_loop, tp, job, bars)
+            await loop.run_in_executor(None, bare_process.seconds)
             for _ in range(ROUNDS):
-                for t in (1, 2):
-                    figures[f"bare_{t}"].append(n / await loop.run_in_executor(torch_thread, _bare, strategy, data, t))
-                figures["bare_val_1"].append(n / await loop.run_in_executor(torch_thread, _bare, strategy, data, 1,
-                                                                            True))
-                events, view = await _run_training(c, text, EPOCHS)
-                t_start, t_end = _phase_times(events)
-                figures["actor"].append(n / (t_end - t_start).total_seconds())
-                assert view.result["data_summary"]["samples"]["train"] * EPOCHS == n
+                for t, val in ((1, False), (2, False), (1, True)):
+                    wall, share = await loop.run_in_executor(torch_thread, _bare, strategy, data, t, val)
+                    fig.setdefault(f"bare_{t}{'_val' if val else ''}", []).append(n / wall)
+                    fig.setdefault(f"bare_{t}_cpu_share", []).append(share)
+                fig.setdefault("bare_process", []).append(n / await loop.run_in_executor(None, bare_process.seconds))
+                for k, v in (await _actor_round(c, text, n, pids)).items():
+                    fig.setdefault(k, []).append(v)
                 for t, tp in children.items():
-                    figures[f"child_{t}"].append(n / await loop.run_in_executor(None, _child_loop, tp, job, bars))
-                best = max(figures["bare_1"][-1], figures["bare_2"][-1])
-                figures["best_bare"].append(best)
-                figures["ratio"].append(figures["actor"][-1] / best)
+                    fig.setdefault(f"child_{t}", []).append(n / await loop.run_in_executor(None, _child_loop, tp,
+                                                                                           job, bars))
+                fig.setdefault("ratio", []).append(fig["actor"][-1] / max(fig["bare_1"][-1], fig["bare_2"][-1]))
     for tp in children.values():
         tp.close()
+    bare_process.close()
     torch_thread.shutdown()
-    med = {k: statistics.median(v) for k, v in figures.items()}
+    med = {k: statistics.median(v) for k, v in fig.items()}
     return {
         "train_rows": len(data.x_train), "epochs": EPOCHS, "rounds": ROUNDS,
         "child_torch_threads": training_threads(),
         "bare_1_thread_samples_per_s": med["bare_1"], "bare_2_threads_samples_per_s": med["bare_2"],
-        "bare_with_val_samples_per_s": med["bare_val_1"], "actor_samples_per_s": med["actor"],
-        "ratio_median": med["ratio"], "ratios": [round(r, 3) for r in figures["ratio"]],
-        "ratio_vs_bare_with_val": med["actor"] / med["bare_val_1"],
+        "bare_with_val_samples_per_s": med["bare_1_val"], "actor_samples_per_s": med["actor"],
+        "ratio_median": med["ratio"], "ratios": [round(r, 3) for r in fig["ratio"]],
+        "ratio_vs_bare_with_val": med["actor"] / med["bare_1_val"],
+        "bare_own_process_samples_per_s": med["bare_process"],
+        "ratio_vs_bare_own_process": statistics.median(a / b for a, b in zip(fig["actor"], fig["bare_process"],
+                                                                              strict=True)),
         "child_direct_1_thread_samples_per_s": med["child_1"], "child_direct_2_threads_samples_per_s": med["child_2"],
+        "bare_1_thread_cpu_share": med["bare_1_cpu_share"],
+        "actor_child_cpu_share": med["child_cpu_share"], "actor_helpers_cpu_share": med["helpers_cpu_share"],
+        "load_avg_1m": [round(x, 2) for x in fig["load"]],
         "target": "ratio >= 0.98 of the faster bare loop (the actor also validates and checkpoints every epoch)",
     }
 
