@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ktrdr.data.timeframes import TIMEFRAMES
 from ktrdr.errors import DataError
 from ktrdr.training.fuzzy import fuzzify
 from ktrdr.training.indicators import compute_indicators
 from ktrdr.training.labels import NO_LABEL, zigzag_labels
-from ktrdr.training.strategy import TIMEFRAME_MINUTES, Strategy
+from ktrdr.training.strategy import Strategy
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 
@@ -41,7 +42,7 @@ def timeframe_features(bars: pd.DataFrame, strategy: Strategy) -> pd.DataFrame:
 
 def align_to_base(base_index: pd.DatetimeIndex, features: pd.DataFrame, timeframe: str) -> pd.DataFrame:
     """Higher-timeframe rows onto base bars, each visible only from its bar's close on."""
-    duration = pd.Timedelta(minutes=TIMEFRAME_MINUTES[timeframe])
+    duration = pd.Timedelta(TIMEFRAMES[timeframe].delta)
     right = features.copy()
     right.index = (right.index + duration).as_unit("ns")
     right.index.name = "_visible_from"

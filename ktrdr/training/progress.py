@@ -1,17 +1,17 @@
-"""TrainingProgressBridge: turns training-loop moments into GenericProgressState-shaped updates.
+"""TrainingProgressBridge: turns training-loop moments into the wire `ProgressState` (with a
+`TrainingContext`), the one progress shape every domain emits.
 
-Keeps the seed's semantics. Phases (initializing, loading_data, building_features, training,
+KTRDR's semantics. Phases (initializing, loading_data, building_features, training,
 evaluating, saving) are each reported once; training reports one update per epoch with its metrics
 and throttled batch updates (the first, the last and every N-th batch of an epoch). The percentage
 runs over epochs x batches inside the training band (10%..90% by default); the phases before and
-after take the rest. The bridge knows nothing of NATS: it calls `emit(update)`, and the trainer actor
-turns that into an `OperationProgress` event.
+after take the rest. The bridge knows nothing of NATS or processes: it calls `emit(state)`; in a training
+child process that is a pipe to the trainer actor, which publishes it as an `OperationProgress` event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from events.messages import ProgressState, TrainingContext
 
@@ -34,36 +34,12 @@ PHASE_START: dict[str, float] = {
     "saving": 95.0,
 }
 TRAIN_START, TRAIN_END = 10.0, 90.0
+# The epoch metrics printed in the progress line; the rest (learning rate, epoch time, GPU) stay in
+# the context's metrics.
+SUMMARY_KEYS = frozenset({"train_loss", "train_accuracy", "val_loss", "val_accuracy"})
 
 
-@dataclass
-class ProgressUpdate:
-    """The seed's GenericProgressState fields with a typed training context."""
-
-    percentage: float
-    message: str
-    current_step: int  # epochs completed / current epoch
-    total_steps: int  # epochs
-    items_processed: int  # batches processed over the whole run
-    items_total: int  # epochs x batches
-    phase: str
-    context: TrainingContext = field(default_factory=TrainingContext)
-
-    def to_progress_state(self) -> ProgressState:
-        """The wire form carried by `OperationProgress` events."""
-        return ProgressState(
-            percentage=self.percentage,
-            message=self.message,
-            current_step=self.current_step,
-            total_steps=self.total_steps,
-            items_processed=self.items_processed,
-            items_total=self.items_total,
-            phase=self.phase,
-            context=self.context,
-        )
-
-
-Emit = Callable[[ProgressUpdate], None]
+Emit = Callable[[ProgressState], None]
 
 
 def shorten_symbols(symbols: Sequence[str], limit: int = 2) -> str:
@@ -156,7 +132,7 @@ class TrainingProgressBridge:
         items_processed: int = 0,
     ) -> None:
         self._emit(
-            ProgressUpdate(
+            ProgressState(
                 percentage=round(self.percentage, 2),
                 message=message,
                 current_step=current_step,
@@ -227,13 +203,18 @@ class TrainingProgressBridge:
             items_processed=(epoch - 1) * self.total_batches + batch,
         )
 
-    def epoch(self, epoch: int, metrics: dict[str, float], note: str = "") -> None:
-        self.last_metrics = dict(metrics)
-        self.percentage = self._training_pct(epoch, 0)
-        line = format_training_line(
+    def training_line(self, epoch: int) -> str:
+        """`Training MLP on AAPL [1h] [epoch 3/10]` for this run."""
+        return format_training_line(
             self.symbols, self.timeframes, epoch, self.total_epochs, model_type=self.model_type
         )
-        summary = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+    def epoch(self, epoch: int, metrics: dict[str, float], note: str = "") -> None:
+        """An epoch finished: all its metrics go in the context, the loss/accuracy ones in the line."""
+        self.last_metrics = dict(metrics)
+        self.percentage = self._training_pct(epoch, 0)
+        line = self.training_line(epoch)
+        summary = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in SUMMARY_KEYS)
         self._send(
             f"{line} {summary}{' · ' + note if note else ''}",
             epoch=epoch,

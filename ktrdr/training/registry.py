@@ -1,11 +1,14 @@
-"""Model artifacts on disk: `models_dir/{strategy}/{SYMBOLS}_{timeframe}_v{N}/` plus a latest pointer.
+"""Model artifacts on disk: `models_dir/{strategy}/{SYMBOLS}_{timeframe}_v{N}/` plus a latest pointer,
+written from the bytes a training run returns (`TrainingOutcome.artifacts`).
 
 Each version folder holds model.pt (state dict), config.json (strategy + architecture + input size),
 metrics.json, features.json (feature names + scaler parameters) and metadata.json. The version number
 is claimed with `os.mkdir`, which is atomic, so two trainers saving at once get different versions.
 metadata.json is written last and marks the version complete; listings skip folders without it.
 The pointer `{SYMBOLS}_{timeframe}_latest` is a one-line text file (portable, unlike symlinks)
-naming the latest version folder, replaced atomically.
+naming the latest version folder, replaced atomically. Paths are built only from validated names
+(strategy name, normalised symbols, known timeframes) and checked to resolve inside models_dir, so no
+command can make a save write anywhere else.
 """
 
 from __future__ import annotations
@@ -14,33 +17,58 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ktrdr.errors import ValidationError
 
 FILES: tuple[str, ...] = ("model.pt", "config.json", "metrics.json", "features.json", "metadata.json")
 _VERSION_RE = re.compile(r"^(?P<key>.+)_v(?P<n>\d+)$")
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}$")  # what the data layer's normalize_symbol produces
+MAX_ARTIFACT_BYTES = 4 * 2**30
 
 
 def model_key(symbols: Sequence[str], timeframes: Sequence[str]) -> str:
-    """`AAPL-MSFT_1h-4h` (or `AAPL_1h`): the folder stem shared by all versions of one model."""
+    """`AAPL-MSFT_1h-4h` (or `AAPL_1h`): the folder stem shared by all versions of one model.
+    Built only from normalised symbols and known timeframes, so it can never name another folder."""
+    from ktrdr.data.timeframes import TIMEFRAMES
+
+    if not symbols or not timeframes:
+        raise ValidationError("a model key needs at least one symbol and one timeframe")
+    for sym in symbols:
+        if not isinstance(sym, str) or not _SYMBOL_RE.match(sym):
+            raise ValidationError(f"invalid symbol {str(sym)[:40]!r} for a model key",
+                                  hint="normalised symbols only: letters and digits, e.g. AAPL or EURUSD")
+    for tf in timeframes:
+        if tf not in TIMEFRAMES:
+            raise ValidationError(f"invalid timeframe {str(tf)[:20]!r} for a model key")
     return f"{'-'.join(symbols)}_{'-'.join(timeframes)}"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """temp file + os.replace: readers see the old file or the new one, never half of one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """root/parts..., refused unless the resolved path stays inside the resolved root."""
+    base = Path(root).resolve()
+    path = base.joinpath(*parts).resolve()
+    if not path.is_relative_to(base) or path == base:
+        raise ValidationError(f"refusing a path outside {base}: {'/'.join(parts)[:80]!r}")
+    return path
 
 
 def _claim_version(parent: Path, key: str) -> tuple[int, Path]:
@@ -61,38 +89,43 @@ def save_model(
     strategy_name: str,
     symbols: Sequence[str],
     timeframes: Sequence[str],
-    *,
-    state_dict: dict[str, torch.Tensor],
-    config: dict[str, Any],
-    metrics: dict[str, Any],
-    features: dict[str, Any],
-    metadata: dict[str, Any],
+    artifacts: Mapping[str, bytes],
 ) -> dict[str, Any]:
-    """Write a new version; returns its paths and version number."""
-    parent = Path(models_dir) / strategy_name
+    """Write a new version from the artifact bytes a training run returned (ktrdr.training.job's
+    ARTIFACT_FILES); returns its paths and version number. Every name is validated and the folder is
+    checked to stay inside models_dir before anything is written."""
+    from ktrdr.training.strategy import validate_name
+
+    missing = [f for f in FILES if not isinstance(artifacts.get(f), bytes | bytearray)]
+    if missing:
+        raise ValidationError(f"model artifacts lack {missing}")
+    if sum(len(artifacts[f]) for f in FILES) > MAX_ARTIFACT_BYTES:
+        raise ValidationError(f"model artifacts exceed {MAX_ARTIFACT_BYTES // 2**30} GiB")
+    name = validate_name(strategy_name)
     key = model_key(symbols, timeframes)
+    parent = inside(Path(models_dir), name)
     version, path = _claim_version(parent, key)
-    tmp = path / ".model.pt.tmp"
-    torch.save(state_dict, tmp)
-    os.replace(tmp, path / "model.pt")
-    write_json_atomic(path / "config.json", config)
-    write_json_atomic(path / "metrics.json", metrics)
-    write_json_atomic(path / "features.json", features)
-    write_json_atomic(
-        path / "metadata.json", {**metadata, "version": version, "name": f"{strategy_name}/{path.name}"}
-    )
+    if path.parent != parent:
+        raise ValidationError(f"refusing a model folder outside {parent}")
+    try:
+        metadata = json.loads(artifacts["metadata.json"])
+    except ValueError as exc:
+        raise ValidationError(f"metadata.json is not JSON: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise ValidationError("metadata.json must be a JSON object")
+    for f in FILES[:-1]:
+        write_bytes_atomic(path / f, bytes(artifacts[f]))
+    # metadata.json last: it marks the version complete (listings skip folders without it)
+    write_json_atomic(path / "metadata.json", {**metadata, "version": version, "name": f"{name}/{path.name}"})
     latest = parent / f"{key}_latest"
-    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{latest.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(path.name + "\n")
-    os.replace(tmp_name, latest)
+    write_bytes_atomic(latest, (path.name + "\n").encode())
     return {
         "model_path": str(path / "model.pt"),
         "model_dir": str(path),
         "version": version,
-        "name": f"{strategy_name}/{path.name}",
+        "name": f"{name}/{path.name}",
         "latest_pointer": str(latest),
-        "files": {name: str(path / name) for name in FILES},
+        "files": {f: str(path / f) for f in FILES},
     }
 
 
@@ -157,15 +190,23 @@ def resolve_model(models_dir: str | Path, name_or_path: str) -> Path:
     if key:
         ptr = parent / f"{key}_latest"
         if ptr.exists():
-            return parent / ptr.read_text(encoding="utf-8").strip()
+            return _pointed(parent, ptr)
     elif parent.is_dir():
         ptrs = sorted(parent.glob("*_latest"))
         if len(ptrs) == 1:
-            return parent / ptrs[0].read_text(encoding="utf-8").strip()
+            return _pointed(parent, ptrs[0])
         if len(ptrs) > 1:
             keys = ", ".join(f"{strat}/{x.name[: -len('_latest')]}" for x in ptrs)
             raise ValidationError(f"{name_or_path!r} has several models", hint=f"pick one of: {keys}")
     raise ValidationError(f"no model {name_or_path!r} under {root}", hint="`list_models` shows what exists")
+
+
+def _pointed(parent: Path, ptr: Path) -> Path:
+    """The version folder a latest pointer names: a sibling folder name, nothing else."""
+    target = ptr.read_text(encoding="utf-8").strip()
+    if not _VERSION_RE.match(target) or "/" in target or "\\" in target or target.startswith("."):
+        raise ValidationError(f"{ptr} does not name a version folder: {target[:80]!r}")
+    return parent / target
 
 
 def show_model(models_dir: str | Path, name_or_path: str) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""The trainer actor through NATS: end to end, batch-level cancel, resume after a killed trainer,
-invalid strategies rejected by the orchestrator with the field path."""
+"""The trainer actor through NATS (training in its child process): end to end with the full result
+schema, batch-level cancel, resume after a killed trainer, invalid strategies rejected with the field
+path, and a path-traversal symbol that writes nothing outside KTRDR_HOME."""
 
 from __future__ import annotations
 
@@ -14,6 +15,24 @@ from tests.helpers import wait_for_event, wait_terminal
 from tests.training.conftest import make_bars
 
 STRATEGY = Path(__file__).parents[2] / "strategies" / "mlp_rsi_aapl.yaml"
+
+
+@pytest.fixture(scope="module")
+def shared_child():
+    from ktrdr.training.process import TrainingProcess
+
+    process = TrainingProcess()
+    yield process
+    process.close()
+
+
+@pytest.fixture
+def one_child_for_all_trainers(monkeypatch, shared_child):
+    """Trainers in a test share one training child: each would otherwise import torch in its own
+    (~4 s of CPU on this machine). The actor path is the same; the child serves one run at a time."""
+    from actors.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "training_process", shared_child)
 
 
 @pytest.fixture
@@ -35,7 +54,7 @@ def batch_level(ev, view) -> bool:
 
 
 async def test_training_end_to_end_saves_a_model_and_reports_epochs(start_actors, client, bars_in_store, settings):
-    await start_actors("orchestrator", "trainer")
+    actors = await start_actors("orchestrator", "trainer")
     cmd = start_training(epochs=3)
     lines: list[str] = []
     await client.submit(cmd)
@@ -48,16 +67,26 @@ async def test_training_end_to_end_saves_a_model_and_reports_epochs(start_actors
     assert {"initializing", "loading_data", "building_features", "training", "evaluating", "saving"} <= phases
     r = view.result
     for key in ("training_metrics", "validation_metrics", "test_metrics", "resource_usage", "artifacts",
-                "session_info", "model_info", "data_summary"):
+                "session_info", "model_info", "data_summary", "gpu_used"):
         assert key in r
     assert r["training_metrics"]["epochs_completed"] == 3
+    assert [h["epoch"] for h in r["training_metrics"]["history"]] == [1, 2, 3]
     assert r["resource_usage"]["device"] == "cpu" and r["resource_usage"]["training_mode"] == "local"
-    assert r["session_info"]["operation_id"] == cmd.op_id
-    assert Path(r["artifacts"]["model_path"]).exists()
+    assert r["gpu_used"] is False
+    trainer = next(a for a in actors if a.role == "trainer")
+    assert r["session_info"]["operation_id"] == cmd.op_id and r["session_info"]["actor"] == trainer.id
+    assert r["session_info"]["pool"] == "any" and r["session_info"]["host"]
+    model = Path(r["artifacts"]["model_path"])
+    assert model.exists() and model.is_relative_to(settings.models_dir.resolve())
     assert r["data_summary"]["simulated"] is True
+    assert not (settings.checkpoints_dir / cmd.op_id).exists()  # the model is saved: checkpoint removed
+    child = trainer.training_process.pid
+    assert child is not None  # torch ran in the child, which serves on
+    await trainer.stop()
+    assert trainer.training_process.pid is None  # and is closed with the actor
 
 
-async def test_cancel_mid_epoch_stops_at_batch_level(start_actors, client, bars_in_store):
+async def test_cancel_mid_epoch_stops_at_batch_level(start_actors, client, bars_in_store, one_child_for_all_trainers):
     from actors.trainer import Trainer
 
     Trainer.batch_every = 1  # a progress event per batch, so the cancel lands mid-epoch
@@ -75,14 +104,15 @@ async def test_cancel_mid_epoch_stops_at_batch_level(start_actors, client, bars_
     assert view.message == f"Training cancelled at {view.where}"
 
 
-async def test_killed_trainer_resumes_from_checkpoint_on_redelivery(start_actors, client, bars_in_store, settings):
+async def test_killed_trainer_resumes_from_checkpoint_on_redelivery(start_actors, client, bars_in_store, settings,
+                                                                     one_child_for_all_trainers):
     await start_actors("orchestrator")
     first, = await start_actors("trainer")
     cmd = start_training(epochs=12)
     await client.submit(cmd)
     await wait_for_event(client, cmd.op_id, lambda ev, v: isinstance(v.context, TrainingContext)
                          and v.context.epoch >= 3 and v.context.batch == 0 and v.phase == "training", timeout=60)
-    await first.kill()
+    await first.kill()  # its run is cancelled within a batch; the next trainer resumes from the checkpoint
     await start_actors("trainer")
     view = await wait_terminal(client, cmd.op_id, timeout=90)
     assert view.status == "completed", view.error
@@ -99,7 +129,8 @@ async def test_killed_trainer_resumes_from_checkpoint_on_redelivery(start_actors
     (lambda t: t.replace("period: 14", "period: -3"), "indicators[0].period"),
     (lambda t: t.replace("train: 0.7", "train: 0.9"), "training.data_split"),
 ])
-async def test_invalid_strategy_is_rejected_with_field_path(start_actors, client, mutate, path):
+async def test_invalid_strategy_is_rejected_with_field_path(start_actors, client, mutate, path,
+                                                             one_child_for_all_trainers):
     await start_actors("orchestrator", "trainer")
     cmd = start_training(text=mutate(STRATEGY.read_text()))
     await client.submit(cmd)
@@ -108,3 +139,22 @@ async def test_invalid_strategy_is_rejected_with_field_path(start_actors, client
     assert path in view.error and "mlp_rsi_aapl.yaml" in view.error
     events = await client.events(cmd.op_id)
     assert not any(type(e).__name__ == "OperationStarted" for e in events)
+
+
+async def test_path_traversal_symbol_fails_and_writes_nothing_outside_home(start_actors, client, bars_in_store,
+                                                                           settings, tmp_path,
+                                                                           one_child_for_all_trainers):
+    await start_actors("orchestrator", "trainer")
+    def outside_home() -> set[Path]:
+        return {p for p in tmp_path.rglob("*")
+                if not p.is_relative_to(settings.home) and not p.is_relative_to(tmp_path / "nats-store")}
+
+    before = outside_home()
+    cmd = StartTraining(op_id=subjects.new_op_id("training"), strategy_path=str(STRATEGY),
+                        strategy_yaml=STRATEGY.read_text(), symbols=["../../../AAPL"], epochs=1)
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id, timeout=60)
+    assert view.status in ("rejected", "failed")
+    assert "invalid symbol" in (view.error or "")
+    assert outside_home() == before
+    assert not (tmp_path.parent / "models").exists() and not list(settings.models_dir.glob("**/metadata.json"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,12 +90,11 @@ def resample_bars(bars: pd.DataFrame, tf: str) -> pd.DataFrame:
     return agg.dropna()
 
 
-def bar_loader(bars_by_symbol: dict[str, pd.DataFrame]) -> Callable[[str, str], pd.DataFrame]:
-    def load(symbol: str, tf: str) -> pd.DataFrame:
-        base = bars_by_symbol[symbol]
-        return base.copy() if tf == "1h" else resample_bars(base, tf)
-
-    return load
+def bar_set(bars_by_symbol: dict[str, pd.DataFrame], timeframes: tuple[str, ...] = ("1h", "4h")
+            ) -> dict[str, dict[str, pd.DataFrame]]:
+    """`bars` as run_training takes them: symbol -> timeframe -> frame (higher timeframes resampled)."""
+    return {sym: {tf: base.copy() if tf == "1h" else resample_bars(base, tf) for tf in timeframes}
+            for sym, base in bars_by_symbol.items()}
 
 
 @pytest.fixture
@@ -104,13 +102,13 @@ def small_strategy() -> Strategy:
     return parse_strategy(SMALL_STRATEGY, file="small.yaml")
 
 
-@pytest.fixture
-def aapl_loader() -> Callable[[str, str], pd.DataFrame]:
-    return bar_loader({"AAPL": make_bars(2000, seed=1), "MSFT": make_bars(2000, seed=2)})
+@pytest.fixture(scope="session")
+def two_symbols() -> dict[str, dict[str, pd.DataFrame]]:
+    return bar_set({"AAPL": make_bars(2000, seed=1), "MSFT": make_bars(2000, seed=2)})
 
 
 class Recorder:
-    """A progress sink that keeps every update (and can run a hook on each)."""
+    """A progress sink that keeps every state (and can run a hook on each)."""
 
     def __init__(self, hook: Callable[[Any], None] | None = None) -> None:
         self.updates: list[Any] = []
@@ -122,6 +120,19 @@ class Recorder:
             self.hook(update)
 
 
-@pytest.fixture
-def tmp_dirs(tmp_path: Path) -> tuple[Path, Path]:
-    return tmp_path / "ckpt", tmp_path / "models"
+class Checkpoints:
+    """An on_checkpoint sink: every (epoch, bytes) delivered, in order."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, bytes]] = []
+
+    def __call__(self, epoch: int, data: bytes) -> None:
+        self.items.append((epoch, data))
+
+    @property
+    def epochs(self) -> list[int]:
+        return [e for e, _ in self.items]
+
+    @property
+    def latest(self) -> bytes | None:
+        return self.items[-1][1] if self.items else None

@@ -39,13 +39,17 @@ def test_bridge_throttles_batches_and_maps_percentage_into_training_band() -> No
     assert rec.updates[-1].context.resumed_from_epoch == 1
 
 
-def test_progress_update_converts_to_wire_progress_state() -> None:
+def test_bridge_emits_the_wire_progress_state() -> None:
     import msgspec
+
+    from events.messages import ProgressState, TrainingContext
 
     rec = Recorder()
     bridge = TrainingProgressBridge(rec, strategy="s", symbols=["AAPL"], timeframes=["1h"], total_epochs=1)
     bridge.set_shape(1, 4)
-    bridge.epoch(1, {"train_loss": 0.5})
-    state = rec.updates[-1].to_progress_state()
-    decoded = msgspec.json.decode(msgspec.json.encode(state), type=type(state))
-    assert decoded.context.metrics == {"train_loss": 0.5} and decoded.percentage == 90.0
+    bridge.epoch(1, {"train_loss": 0.5, "learning_rate": 0.01})
+    state = rec.updates[-1]
+    assert isinstance(state, ProgressState) and isinstance(state.context, TrainingContext)
+    assert state.message.endswith("train_loss=0.5000")  # the learning rate stays in the metrics only
+    decoded = msgspec.json.decode(msgspec.json.encode(state), type=ProgressState)
+    assert decoded.context.metrics == {"train_loss": 0.5, "learning_rate": 0.01} and decoded.percentage == 90.0

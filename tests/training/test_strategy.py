@@ -170,3 +170,130 @@ def test_list_strategies_reports_invalid_files(tmp_path: Path) -> None:
     rows = {r["name"]: r for r in list_strategies(tmp_path)}
     assert rows["test_small"]["valid"] is True
     assert rows["bad"]["valid"] is False and "training_data" in rows["bad"]["error"]
+
+
+# --- hostile input -------------------------------------------------------------------------------
+BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+
+
+def test_alias_bomb_is_refused_at_its_first_anchor_before_anything_is_composed(monkeypatch) -> None:
+    import ktrdr.training.strategy as strategy_module
+
+    def never(*_a, **_k):
+        raise AssertionError("the document was composed")
+
+    monkeypatch.setattr(strategy_module.yaml, "load", never)
+    with pytest.raises(StrategyError) as info:
+        parse_strategy(BOMB, file="bomb.yaml")
+    assert info.value.path == "line 1, column 4"
+    assert info.value.problem == "YAML anchors and aliases are not allowed"
+
+
+def test_a_lone_alias_is_refused_too() -> None:
+    text = SMALL_STRATEGY.replace("hidden_layers: [24, 12]", "hidden_layers: &h [24, 12]")
+    with pytest.raises(StrategyError, match="anchors and aliases"):
+        parse_strategy(text)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("a: " + "[" * 40 + "]" * 40, "nested deeper than 32 levels"),
+    ("a: [" + ", ".join(["1"] * 60_000) + "]", "YAML nodes"),
+    ("# " + "x" * (256 * 1024), "larger than 256 KiB"),
+    ("a: 1\n---\nb: 2\n", "one YAML document"),
+])
+def test_size_depth_and_shape_of_the_yaml_are_bounded(text: str, problem: str) -> None:
+    with pytest.raises(StrategyError, match=problem):
+        parse_strategy(text)
+
+
+@pytest.mark.parametrize(("edit", "path", "cap"), [
+    (_set(["model", "architecture", "hidden_layers"], [60000] * 3), "model.architecture.hidden_layers[0]", "8192"),
+    (_set(["model", "architecture", "hidden_layers"], [8] * 17), "model.architecture.hidden_layers", "at most 16"),
+    (_set(["model", "architecture", "hidden_layers"], [8192] * 3), "model.architecture.hidden_layers", "50,000,000"),
+    (_set(["model", "training", "epochs"], 10**9), "model.training.epochs", "100000"),
+    (_set(["model", "training", "epochs"], 10**30), "model.training.epochs", "100000"),
+    (_set(["model", "training", "batch_size"], 10**6), "model.training.batch_size", "65536"),
+    (_set(["model", "features", "lookback_periods"], 1000), "model.features.lookback_periods", "100"),
+    (_set(["training_data", "history_required"], 10**7), "training_data.history_required", "100000"),
+    (_set(["training", "labels", "label_lookahead"], 10**6), "training.labels.label_lookahead", "10000"),
+    (_set(["indicators", 0, "period"], 10**6), "indicators[0].period", "5000"),
+    (_set(["model", "training", "early_stopping"], {"patience": 10**9}), "model.training.early_stopping.patience",
+     "100000"),
+    (_set(["indicators"], [{"name": "rsi", "feature_id": f"r{i}"} for i in range(65)]), "indicators", "at most 64"),
+    (_set(["model", "training", "learning_rate"], float("nan")), "model.training.learning_rate", "nan"),
+])
+def test_every_number_is_capped_and_the_cap_is_in_the_error(edit, path: str, cap: str) -> None:
+    with pytest.raises(StrategyError) as info:
+        parse_strategy(_mutate(edit), file="caps.yaml")
+    assert info.value.path == path
+    assert cap in info.value.problem
+
+
+@pytest.mark.parametrize(("edit", "path"), [
+    (_set(["name"], "../../etc"), "name"),
+    (_set(["name"], "a..b"), "name"),
+    (_set(["name"], "with space"), "name"),
+    (_set(["name"], "x" * 65), "name"),
+    (_set(["training_data", "symbols", "list"], ["../../../AAPL"]), "training_data.symbols.list[0]"),
+    (_set(["training_data", "symbols", "list"], ["..\\AAPL"]), "training_data.symbols.list[0]"),
+    (_set(["training_data", "symbols", "list"], ["AAPL/.."]), "training_data.symbols.list[0]"),
+    (_set(["indicators", 0, "feature_id"], "../rsi"), "indicators[0].feature_id"),
+    (_set(["fuzzy_sets", "rsi", "../up"], [1, 2, 3]), "fuzzy_sets.rsi.../up"),
+])
+def test_names_and_symbols_that_could_form_a_path_are_refused(edit, path: str) -> None:
+    with pytest.raises(StrategyError) as info:
+        parse_strategy(_mutate(edit))
+    assert info.value.path == path
+
+
+def test_symbols_are_stored_as_the_data_layer_names_them() -> None:
+    s = parse_strategy(_mutate(_set(["training_data", "symbols", "list"], ["eur.usd"])))
+    assert s.training_data.symbols == ["EURUSD"]
+
+
+def test_ktrdr_spellings_still_load() -> None:
+    def edit(doc: dict) -> None:
+        doc["version"] = 2.1  # unquoted in many KTRDR files
+        doc["backtesting"] = {"initial_capital": 100000, "nested": {"anything": [1, 2]}}  # ignored section
+        doc["model"]["training"]["optimizer"] = "Adam"
+        doc["model"]["training"]["early_stopping"] = True
+        doc["model"]["extra_key"] = "ignored"
+        doc["training_data"]["symbols"] = {"list": "AAPL"}  # a single symbol as a string, mode inferred
+        doc["training_data"]["timeframes"]["list"] = ["60m"]  # one timeframe table: ktrdr.data.timeframes
+        doc["training_data"]["timeframes"]["base_timeframe"] = "1H"
+        doc["fuzzy_sets"]["rsi"]["oversold"] = [0, 25, 45]  # a bare list is a triangle
+        doc["decisions"] = None
+
+    s = parse_strategy(_mutate(edit))
+    assert s.version == "2.1" and s.model.training.optimizer == "adam"
+    assert s.model.training.early_stopping is not None and s.model.training.early_stopping.patience == 10
+    assert s.training_data.symbols == ["AAPL"] and s.training_data.symbols_mode == "single_symbol"
+    assert s.training_data.timeframes == ["1h"] and s.training_data.base_timeframe == "1h"
+    assert s.fuzzy_sets["rsi"]["oversold"].type == "triangular"
+    assert s.decisions.confidence_threshold == 0.6
+
+
+def test_early_stopping_false_or_disabled_means_none() -> None:
+    assert parse_strategy(_mutate(_set(["model", "training", "early_stopping"], False))).model.training \
+        .early_stopping is None
+    off = _set(["model", "training", "early_stopping"], {"enabled": False, "patience": 3})
+    assert parse_strategy(_mutate(off)).model.training.early_stopping is None
+
+
+def test_unknown_key_inside_a_fuzzy_set_is_an_error() -> None:
+    with pytest.raises(StrategyError) as info:
+        parse_strategy(_mutate(_set(["fuzzy_sets", "rsi", "oversold", "typo"], 1)))
+    assert info.value.path == "fuzzy_sets.rsi.oversold.typo" and "unknown key" in info.value.problem
+
+
+def test_the_same_text_is_parsed_once_per_process() -> None:
+    first = parse_strategy(SMALL_STRATEGY, file="cache.yaml")
+    assert parse_strategy(SMALL_STRATEGY, file="cache.yaml") is first
+    assert parse_strategy(SMALL_STRATEGY, file="other.yaml").source_file == "other.yaml"
+
+
+def test_strategy_structs_are_frozen() -> None:
+    s = parse_strategy(SMALL_STRATEGY)
+    with pytest.raises(AttributeError):
+        s.name = "other"  # type: ignore[misc]

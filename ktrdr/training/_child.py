@@ -1,0 +1,148 @@
+"""The training child process (`python -m ktrdr.training._child SOCK_FD LIFELINE_FD CANCEL_FD THREADS`).
+
+Started by ktrdr.training.process.TrainingProcess, never by hand. It sets its torch thread budget,
+imports the training stack once, says READY, then runs one job after another: progress and
+checkpoints go up the socket as frames while the job runs, then its outcome or its error. A watchdog
+thread blocks on the lifeline pipe and ends the process when the parent is gone.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgspec
+
+_EPOCH = struct.Struct("<q")
+_STAMP = struct.Struct("<d")
+
+
+class SharedCancel:
+    """The CancelFlag the training loop reads at every batch: the parent writes the sequence number of
+    the job to cancel into a shared word; reading it is one memory load."""
+
+    def __init__(self, word: mmap.mmap, seq: int) -> None:
+        self._word = word
+        self._seq = seq
+
+    @property
+    def is_cancelled(self) -> bool:
+        return _EPOCH.unpack_from(self._word)[0] == self._seq
+
+    @property
+    def reason(self) -> str:
+        return "cancel requested"  # the parent re-raises with its token's own reason
+
+
+def _watch_parent(lifeline_fd: int) -> None:
+    """Blocks until the parent's end of the lifeline closes (it never writes), then exits at once:
+    a training left running for a dead actor would hold a core and write checkpoints nobody reads."""
+    while True:
+        try:
+            if not os.read(lifeline_fd, 1):
+                break
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+    os._exit(70)
+
+
+class _Sender:
+    """Frames up the socket from the training thread and the checkpoint thread, one at a time."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.encoder = msgspec.msgpack.Encoder()
+
+    def send(self, tag: bytes, body: bytes) -> None:
+        with self.lock:
+            self.conn.send_bytes(tag + body)
+
+    def progress(self, state: Any) -> None:
+        self.send(b"P", _STAMP.pack(time.time()) + self.encoder.encode(state))
+
+    def checkpoint(self, epoch: int, data: bytes) -> None:
+        self.send(b"C", _EPOCH.pack(epoch) + data)
+
+
+def _warm_up() -> None:
+    """Pay torch's one-off costs now, before READY, not in the first training: the first optimizer
+    imports torch._dynamo (~2.4 s here), the first save/load and backward initialise their machinery."""
+    import io
+
+    import torch
+
+    from ktrdr.training import checkpoint
+    from ktrdr.training.model import build_mlp, make_optimizer
+    from ktrdr.training.strategy import Architecture
+
+    model = build_mlp(4, Architecture(hidden_layers=[8]))
+    for name in ("adam", "sgd", "rmsprop"):
+        optimizer = make_optimizer(name, model.parameters(), 1e-3)
+        loss = torch.nn.functional.cross_entropy(model(torch.zeros(2, 4)), torch.zeros(2, dtype=torch.long))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    checkpoint.decode(checkpoint.encode({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "rng": checkpoint.rng_state()}))
+    torch.save(model.state_dict(), io.BytesIO())
+
+
+def main(argv: list[str]) -> int:
+    sock_fd, lifeline_fd, cancel_fd, threads = (int(a) for a in argv[:4])
+    # The parent decides when this process ends (cancel flag, close, lifeline); a Ctrl+C meant for the
+    # foreground CLI must not kill a training mid-epoch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_parent, args=(lifeline_fd,), name="lifeline", daemon=True).start()
+    began = time.monotonic()
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    from ktrdr.training.job import TrainingJob
+    from ktrdr.training.process import encode_error
+    from ktrdr.training.trainer import run_training
+
+    _warm_up()
+    conn = Connection(sock_fd)
+    word = mmap.mmap(cancel_fd, 8)
+    sender = _Sender(conn)
+    sender.send(b"R", msgspec.msgpack.encode({"pid": os.getpid(), "threads": threads,
+                                              "import_s": time.monotonic() - began}))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return 0
+        if msg[0] == "exit":
+            return 0  # _exit below: nothing to clean up, and torch's interpreter teardown costs ~0.7 s
+        _, seq, job_bytes, bars, resume = msg
+        try:
+            job = msgspec.msgpack.decode(job_bytes, type=TrainingJob)
+            outcome = run_training(job, bars, emit=sender.progress, cancel=SharedCancel(word, seq),
+                                   resume=resume, on_checkpoint=sender.checkpoint)
+        except Exception as exc:  # every failure goes up as an ERROR frame; the child serves on
+            if not hasattr(exc, "code"):
+                traceback.print_exc(file=sys.stderr)
+            sender.send(b"E", encode_error(exc))
+            continue
+        finally:
+            del bars, resume  # a long-lived child must not keep the last job's data alive
+        sender.send(b"D", msgspec.msgpack.encode(outcome))
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

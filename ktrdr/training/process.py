@@ -1,0 +1,304 @@
+"""TrainingProcess: runs `run_training` in a child process with its own thread budget.
+
+Why a process: in the trainer actor's process torch's OpenMP threads competed with the actor's event
+loop, its NATS connection and nats-server for the same cores (end to end 0.81-0.91 of a bare loop on
+2 cores). The child gets `training_threads()` torch threads (cores - 1, at least 1, at most 8) and the
+parent keeps a core for the event loop, cancels and heartbeats; the parent never imports torch.
+
+How it talks (all of it set up explicitly, nothing inherited by accident):
+- the child is `python -m ktrdr.training._child`, started with fork+exec (subprocess), which is as
+  safe after threads and an open NATS connection as multiprocessing's 'spawn', without re-importing
+  the actor's main module; it imports torch once, says ready, and then serves one job after another,
+  so its start-up cost (measured: `startup_s`) is paid when the actor starts, not per training;
+- a socket pair carries the job and bars down (one pickle, the child trusts its parent) and frames
+  up: progress (`ProgressState` as msgpack with its send time), checkpoints (epoch + bytes), the
+  outcome (msgpack) or the error (type, message, where);
+- cancel is one shared-memory word (memfd + mmap) holding the sequence number of the job to cancel,
+  read by the training loop at every batch: a cancel lands within one batch, with no thread wake-up
+  or GIL hand-off in the child;
+- a lifeline pipe whose write end only the parent holds: when the parent dies (even kill -9) the
+  kernel closes it, the child's watchdog thread reads EOF and the child exits. No orphans.
+`run()` is blocking (the actor calls it from a worker thread) and raises what an in-process run
+raises: OperationCancelledError(where), DataError, ValidationError/StrategyError, or a KtrdrError
+saying how the child died ("training process died with signal 9").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from events.messages import ProgressState
+from ktrdr.cancellation import CancellationToken
+from ktrdr.errors import DataError, KtrdrError, OperationCancelledError, StrategyError, ValidationError
+from ktrdr.training.job import TrainingJob, TrainingOutcome
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[ProgressState], None]
+OnCheckpoint = Callable[[int, bytes], None]
+
+# Frame tags (child -> parent); the first byte of every frame.
+READY, PROGRESS, CHECKPOINT, DONE, ERROR = b"R", b"P", b"C", b"D", b"E"
+_STAMP = struct.Struct("<d")  # a progress frame's send time (time.time(), comparable across processes)
+_EPOCH = struct.Struct("<q")
+_PROGRESS_DECODER = msgspec.msgpack.Decoder(ProgressState)
+_OUTCOME_DECODER = msgspec.msgpack.Decoder(TrainingOutcome)
+_ERRORS: dict[str, type[KtrdrError]] = {"data": DataError, "validation": ValidationError, "error": KtrdrError}
+
+
+def training_threads(cores: int | None = None) -> int:
+    """torch threads for the child: one core left to the actor, NATS and nats-server; at most 8
+    (the MLPs trained here stop gaining well before that). 1 on this 2-core machine, where one torch
+    thread also beat two for the bare loop itself (small batches: OpenMP hand-offs cost more than
+    they save)."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+    return max(1, min(cores - 1, 8))
+
+
+def _shared_word() -> tuple[int, mmap.mmap]:
+    """An 8-byte shared-memory word (fd, mapping): memfd on Linux, an unlinked temp file elsewhere."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("ktrdr-training-cancel", os.MFD_CLOEXEC)
+    else:  # pragma: no cover - non-Linux
+        fd, path = tempfile.mkstemp(prefix="ktrdr-cancel-")
+        os.unlink(path)
+    os.ftruncate(fd, 8)
+    return fd, mmap.mmap(fd, 8)
+
+
+class TrainingProcess:
+    """One training child, reused job after job; restarted on the next run if it died."""
+
+    def __init__(self, *, threads: int | None = None, startup_timeout_s: float = 120.0,
+                 cancel_grace_s: float = 30.0, python: str | None = None) -> None:
+        self.threads = threads if threads is not None else training_threads()
+        self.startup_timeout_s = startup_timeout_s
+        self.cancel_grace_s = cancel_grace_s  # a child that ignores a cancel this long is killed
+        self.python = python or sys.executable
+        self.startup_s: float | None = None  # spawn -> ready of the current child, seconds
+        # child send -> parent receive of the latest progress frames (bounded: the child is long-lived)
+        self.pipe_latency_ms: deque[float] = deque(maxlen=100_000)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._lifeline_w: int | None = None
+        self._cancel_fd, self._cancel_word = _shared_word()
+        self._seq = 0
+        self._closed = False
+        self._lock = threading.RLock()  # one run (or start) at a time
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def start(self) -> None:
+        """Start the child and wait until it has imported torch (idempotent while it lives)."""
+        with self._lock:
+            if self._closed:
+                raise KtrdrError("the training process has been closed")
+            if self._proc is None or self._proc.poll() is not None:
+                self._start()
+
+    def _start(self) -> None:
+        self._reset()
+        began = time.monotonic()
+        parent_sock, child_sock = socket.socketpair()
+        life_r, life_w = os.pipe()
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding the ktrdr package
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+               "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        fds = (child_sock.fileno(), life_r, self._cancel_fd)
+        try:
+            self._proc = subprocess.Popen(
+                [self.python, "-m", "ktrdr.training._child", *map(str, fds), str(self.threads)],
+                pass_fds=fds, env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        finally:
+            child_sock.close()  # the child has its copies; ours would hide its death (no EOF)
+            os.close(life_r)
+        self._lifeline_w = life_w
+        self._conn = Connection(parent_sock.detach())
+        try:
+            if not self._conn.poll(self.startup_timeout_s):
+                self._kill()
+                raise KtrdrError(f"the training process did not start within {self.startup_timeout_s:.0f} s")
+            frame = self._recv()
+        except (EOFError, OSError) as exc:  # it died while importing (or close() killed it)
+            raise self._died() from exc
+        if frame[:1] != READY:
+            self._kill()
+            raise KtrdrError("the training process sent an unexpected first message")
+        self.startup_s = time.monotonic() - began
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Ask the child to exit; kill it if it does not within `timeout`. A start or run in progress on
+        another thread is cut short (its child is killed; the run raises). Final: no restart after."""
+        self._closed = True
+        if not self._lock.acquire(blocking=False):
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+            self._lock.acquire()
+        try:
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(OSError, ValueError):
+                    assert self._conn is not None
+                    self._conn.send(("exit",))
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            self._reset()
+        finally:
+            self._lock.release()
+
+    def __del__(self) -> None:  # best effort; close() is the API
+        with contextlib.suppress(Exception):
+            self.close(timeout=1.0)
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._reset()
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._lifeline_w is not None:
+            os.close(self._lifeline_w)
+            self._lifeline_w = None
+        self._proc = None
+
+    def _recv(self) -> bytes:
+        assert self._conn is not None
+        return self._conn.recv_bytes()
+
+    def _died(self) -> KtrdrError:
+        proc = self._proc
+        code = proc.wait() if proc is not None else None
+        self._reset()
+        if code is not None and code < 0:
+            return KtrdrError(f"training process died with signal {-code}",
+                              hint="the operation can be retried; its last epoch checkpoint is kept")
+        return KtrdrError(f"training process exited unexpectedly (exit code {code})",
+                          hint="the operation can be retried; its last epoch checkpoint is kept")
+
+    # -- one run -----------------------------------------------------------------------------------
+    def run(self, job: TrainingJob, bars: dict[str, dict[str, Any]], *, emit: Emit, cancel: CancellationToken,
+            resume: bytes | None = None, on_checkpoint: OnCheckpoint | None = None) -> TrainingOutcome:
+        """Run `job` in the child; blocks until it ends. Progress and checkpoints are delivered on the
+        calling thread, in the order the child produced them."""
+        with self._lock:
+            cancel.raise_if_cancelled("starting the training process")
+            self.start()
+            self._seq += 1
+            seq = self._seq
+            unregister = cancel.on_cancel(lambda: self._request_cancel(seq))
+            settled = False  # the child has answered this job (done or error): it is free again
+            try:
+                try:
+                    assert self._conn is not None
+                    self._conn.send(("job", seq, msgspec.msgpack.encode(job), bars, resume))
+                except (OSError, ValueError) as exc:
+                    raise self._died() from exc
+                outcome, error = self._follow(emit, cancel, on_checkpoint)
+                settled = True
+                if error is not None:
+                    raise error
+                assert outcome is not None
+                return outcome
+            finally:
+                unregister()
+                if not settled and self._proc is not None:
+                    # We stop listening mid-job (emit or on_checkpoint raised, or we are being torn
+                    # down): its later frames would be read as the next job's. Start afresh.
+                    self._kill()
+
+    def _request_cancel(self, seq: int) -> None:
+        self._cancel_word[0:8] = _EPOCH.pack(seq)
+
+    def _follow(self, emit: Emit, cancel: CancellationToken, on_checkpoint: OnCheckpoint | None
+                ) -> tuple[TrainingOutcome | None, KtrdrError | None]:
+        """Deliver frames until the job's answer: (outcome, None) or (None, the error to raise)."""
+        cancelled_at: float | None = None
+        while True:
+            assert self._conn is not None
+            try:
+                ready = self._conn.poll(1.0)
+            except (OSError, ValueError) as exc:
+                raise self._died() from exc
+            if not ready:
+                if cancel.is_cancelled:
+                    cancelled_at = cancelled_at or time.monotonic()
+                    if time.monotonic() - cancelled_at > self.cancel_grace_s:
+                        self._kill()  # stuck where it does not check the flag: stop it the hard way
+                        raise OperationCancelledError("training process stopped", cancel.reason)
+                continue
+            try:
+                frame = self._recv()
+            except (EOFError, OSError) as exc:
+                raise self._died() from exc
+            tag, body = frame[:1], memoryview(frame)[1:]
+            if tag == PROGRESS:
+                (sent,) = _STAMP.unpack_from(body)
+                self.pipe_latency_ms.append((time.time() - sent) * 1000)
+                emit(_PROGRESS_DECODER.decode(body[_STAMP.size :]))
+            elif tag == CHECKPOINT:
+                (epoch,) = _EPOCH.unpack_from(body)
+                if on_checkpoint is not None:
+                    on_checkpoint(epoch, bytes(body[_EPOCH.size :]))
+            elif tag == DONE:
+                return _OUTCOME_DECODER.decode(body), None
+            elif tag == ERROR:
+                return None, _error_from(msgspec.msgpack.decode(body), cancel)
+            else:
+                self._kill()
+                raise KtrdrError(f"the training process sent an unknown frame {bytes(tag)!r}")
+
+
+def _error_from(info: dict[str, Any], cancel: CancellationToken) -> KtrdrError:
+    kind = info.get("type", "error")
+    if kind == "cancelled":
+        return OperationCancelledError(info.get("where", ""), cancel.reason or "cancel requested")
+    if kind == "strategy":
+        return StrategyError(info.get("file", ""), info.get("path", ""), info.get("problem", ""))
+    return _ERRORS.get(kind, KtrdrError)(info.get("message", "training failed"), hint=info.get("hint"))
+
+
+def encode_error(exc: BaseException) -> bytes:
+    """The ERROR frame body for an exception raised in the child (used by ktrdr.training._child)."""
+    if isinstance(exc, OperationCancelledError):
+        info: dict[str, Any] = {"type": "cancelled", "where": exc.where}
+    elif isinstance(exc, StrategyError):
+        info = {"type": "strategy", "file": exc.file, "path": exc.path, "problem": exc.problem}
+    elif isinstance(exc, KtrdrError):
+        kind = "data" if isinstance(exc, DataError) else "validation" if isinstance(exc, ValidationError) else "error"
+        info = {"type": kind, "message": exc.message, "hint": exc.hint}
+    else:
+        info = {"type": "error", "message": f"training failed: {type(exc).__name__}: {exc}"[:2000]}
+    return msgspec.msgpack.encode(info)
+

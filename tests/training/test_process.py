@@ -1,0 +1,192 @@
+"""TrainingProcess against real child processes: the same run as in-process, cancel within one batch,
+typed errors across the boundary, a killed child reported clearly, a killed parent taking its child
+with it, and a parent that never imports torch."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from events.messages import ProgressState
+from ktrdr.cancellation import CancellationToken
+from ktrdr.errors import DataError, KtrdrError, OperationCancelledError, StrategyError, ValidationError
+from ktrdr.training.job import TrainingJob
+from ktrdr.training.process import TrainingProcess, training_threads
+from tests.training.conftest import SMALL_STRATEGY, Checkpoints, Recorder, bar_set, make_bars
+from tests.training.test_trainer import comparable, job, run, weights
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tp() -> Any:
+    process = TrainingProcess()
+    yield process
+    process.close()
+
+
+@pytest.fixture(scope="module")
+def aapl() -> dict[str, Any]:
+    return bar_set({"AAPL": make_bars(2000, seed=1)}, ("1h",))
+
+
+def child_run(tp: TrainingProcess, bars: dict[str, Any], *, emit: Any = None, cancel: CancellationToken | None = None,
+              on_checkpoint: Any = None, resume: bytes | None = None, **kw: Any) -> Any:
+    return tp.run(job(**kw), bars, emit=emit or Recorder(), cancel=cancel or CancellationToken(),
+                  resume=resume, on_checkpoint=on_checkpoint)
+
+
+def test_a_run_in_the_child_equals_the_same_run_in_process(tp, aapl) -> None:
+    rec, ckpts = Recorder(), Checkpoints()
+    outcome = child_run(tp, aapl, emit=rec, on_checkpoint=ckpts)
+    assert tp.startup_s is not None and tp.startup_s > 0  # measured once per child
+    local_rec = Recorder()
+    local = run(aapl, emit=local_rec)
+    assert comparable(outcome.result) == comparable(local.result)
+    a, b = weights(outcome), weights(local)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(isinstance(u, ProgressState) for u in rec.updates)
+    assert [(u.phase, u.context.epoch, u.context.batch) for u in rec.updates] == [
+        (u.phase, u.context.epoch, u.context.batch) for u in local_rec.updates]
+    assert ckpts.epochs == [1, 2, 3, 4, 5, 6]
+    resumed = child_run(tp, aapl, resume=ckpts.items[2][1])  # and resumes from the bytes it handed out
+    assert comparable(resumed.result) == comparable(local.result)
+
+
+def test_cancel_lands_within_one_batch_in_the_child(tp, aapl) -> None:
+    token = CancellationToken()
+
+    def trip(update: ProgressState) -> None:
+        if update.context.epoch == 2 and update.context.batch == 10:
+            token.cancel("test")
+
+    rec, ckpts = Recorder(trip), Checkpoints()
+    with pytest.raises(OperationCancelledError) as info:
+        child_run(tp, aapl, emit=rec, cancel=token, on_checkpoint=ckpts, batch_every=1)
+    err = info.value
+    assert err.reason == "test"
+    epoch, batch = (int(x.split()[-1]) for x in err.where.split(","))
+    assert epoch == 2 and batch >= 10
+    # With a progress frame after every batch and the flag read right after it, the child stopped at
+    # the first batch that ended after the flag was set: its last frame is that very batch.
+    assert (rec.updates[-1].context.epoch, rec.updates[-1].context.batch) == (epoch, batch)
+    assert ckpts.epochs == [1]
+    assert child_run(tp, aapl, epochs=1).result["training_metrics"]["epochs_completed"] == 1  # serves on
+
+
+def test_a_cancelled_token_never_starts_the_job(tp, aapl) -> None:
+    token = CancellationToken()
+    token.cancel("early")
+    with pytest.raises(OperationCancelledError) as info:
+        child_run(tp, aapl, cancel=token)
+    assert info.value.where == "starting the training process"
+
+
+def test_errors_cross_the_process_boundary_typed(tp, aapl) -> None:
+    with pytest.raises(StrategyError) as info:
+        child_run(tp, aapl, text=SMALL_STRATEGY.replace("optimizer: adam", "optimizer: lbfgs"))
+    assert info.value.path == "model.training.optimizer" and info.value.file == "small.yaml"
+    with pytest.raises(DataError, match="no 1h bars for MSFT"):
+        child_run(tp, aapl, symbols=["MSFT"])
+    with pytest.raises(ValidationError, match="epochs must be between 1 and 100000"):
+        child_run(tp, aapl, epochs=10**9)
+
+
+def test_killed_child_fails_clearly_and_the_next_run_starts_a_new_one(tp, aapl) -> None:
+    tp.start()
+    victim = tp.pid
+    assert victim is not None
+
+    def kill(update: ProgressState) -> None:
+        if update.context.batch == 1:
+            os.kill(victim, signal.SIGKILL)
+
+    with pytest.raises(KtrdrError, match="training process died with signal 9"):
+        child_run(tp, aapl, emit=Recorder(kill))
+    assert child_run(tp, aapl, epochs=1).result["training_metrics"]["epochs_completed"] == 1
+    assert tp.pid not in (None, victim)
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie waiting for a reaper (it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait for `pid` (not our child) to exit: a pidfd becomes readable when it does."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    return _gone(pid)
+
+
+PARENT = """
+import sys
+from ktrdr.cancellation import CancellationToken
+from ktrdr.training.process import TrainingProcess
+from ktrdr.training.job import TrainingJob
+from tests.training.conftest import SMALL_STRATEGY, bar_set, make_bars
+
+tp = TrainingProcess()
+
+def emit(state):
+    if state.context is not None and state.context.batch:
+        print(tp.pid, flush=True)  # the child is training now
+
+tp.run(TrainingJob(op_id="op", strategy_yaml=SMALL_STRATEGY, device="cpu", epochs=100000),
+       bar_set({"AAPL": make_bars(2000, seed=1)}, ("1h",)), emit=emit, cancel=CancellationToken())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="Linux pidfd")
+def test_child_exits_when_its_parent_is_killed_mid_training() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, env=env, cwd=ROOT, text=True)
+    try:
+        line = parent.stdout.readline()  # blocks until the child reports a training batch
+        assert line.strip().isdigit(), f"the parent did not start training: {line!r}"
+        child = int(line)
+        assert not _gone(child)
+        parent.kill()
+        parent.wait(30)
+        assert _wait_gone(child, 30), f"child {child} outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def test_the_actor_side_never_imports_torch() -> None:
+    code = "import sys, actors.trainer, ktrdr.training.process, ktrdr.training.job; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "False"
+
+
+def test_training_threads_leave_a_core_to_the_actor() -> None:
+    assert [training_threads(n) for n in (1, 2, 4, 16, 64)] == [1, 1, 3, 8, 8]
+
+
+def test_a_closed_process_refuses_new_work(aapl) -> None:
+    tp = TrainingProcess()
+    tp.close()
+    with pytest.raises(KtrdrError, match="closed"):
+        tp.run(TrainingJob(op_id="op", strategy_yaml=SMALL_STRATEGY), aapl, emit=Recorder(),
+               cancel=CancellationToken())
