@@ -64,8 +64,9 @@ class TrainingContext(msgspec.Struct, tag="training", tag_field="kind", kw_only=
     device: str = ""
     gpu_name: str | None = None
     gpu_memory_gb: float | None = None
-    gpu_memory_used_gb: float | None = None  # on CUDA only: memory allocated by this training
-    gpu_utilization: float | None = None  # on CUDA only, percent, when the driver reports it
+    gpu_memory_used_gb: float | None = None  # on CUDA only: memory allocated by this training now
+    gpu_memory_peak_gb: float | None = None  # on CUDA only: its peak so far
+    gpu_utilization_pct: float | None = None  # on CUDA only, when the driver (NVML) reports it
     resumed_from_epoch: int | None = None
 
 

@@ -118,6 +118,9 @@ class TrainingProgressBridge:
             device=self.device,
             gpu_name=self.gpu_name,
             gpu_memory_gb=self.gpu_memory_gb,
+            gpu_memory_used_gb=metrics.get("gpu_memory_used_gb"),
+            gpu_memory_peak_gb=metrics.get("gpu_memory_peak_gb"),
+            gpu_utilization_pct=metrics.get("gpu_utilization_pct"),
             resumed_from_epoch=self.resumed_from_epoch,
         )
 

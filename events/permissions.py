@@ -1,0 +1,201 @@
+"""Who may use which subject: the least-privilege allow-lists of each role, as NATS's own
+authorization users carry them. This is part of the vocabulary: the subjects come from
+events/subjects.py, and the JetStream API subjects are the ones nats-py 2.16 sends (read from its
+js/manager.py, js/client.py, js/kv.py and js/object_store.py); tests/security runs every call of
+every role against a real server. ktrdr/auth.py makes the credentials that carry these lists.
+
+Each role gets its own inbox prefix (`_INBOX_<role>`) and may subscribe only below it, so replies
+and pull deliveries meant for one role are not readable by another.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from events import subjects
+from events.messages import COMMANDS, ROLE_FOR_DOMAIN
+
+ROLES: tuple[str, ...] = ("cli", "observer", *subjects.ACTOR_ROLES)
+# The pools each worker domain serves (work.<domain>.<pool>, durable `work-<domain>-<pool>`).
+# Consumer names are whole tokens in the API subjects, so each pool is listed: adding a pool
+# (an ib pool name, say) means re-rendering the server config with it (`ktrdr up` does).
+DEFAULT_POOLS: Mapping[str, tuple[str, ...]] = {
+    "data": ("any",), "training": ("any", "cpu", "gpu"), "dummy": ("any", "cpu", "gpu"),
+}
+WORKER_DOMAIN = {role: domain for domain, role in ROLE_FOR_DOMAIN.items()}
+
+STREAMS = (subjects.STREAM_CMD, subjects.STREAM_WORK, subjects.STREAM_OPS)
+KV_BUCKETS = (subjects.ACTORS_BUCKET, subjects.LEASES_BUCKET, subjects.PACING_BUCKET)
+OBJECT_BUCKETS = (subjects.BARS_BUCKET, subjects.MODELS_BUCKET, subjects.CHECKPOINTS_BUCKET)
+IB_QUEUE_GROUP = subjects.IB_QUEUE_GROUP
+# The ib actor answers a request with interim pacing notices and one final reply; IB's 60-per-10-
+# minutes rule can hold a request for up to 10 minutes, so replies stay allowed for 15.
+IB_RESPONSES_MAX = 200
+IB_RESPONSES_EXPIRES = "15m"
+_POOL_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_DOMAINS = tuple(c.domain for c in COMMANDS)
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    return role
+
+
+def inbox_prefix(role: str) -> str:
+    return f"_INBOX_{check_role(role)}"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    responses_max: int | None = None
+    responses_expires: str | None = None
+
+
+class _Grant:
+    """Collects one role's allow-lists from the building blocks below (order kept, no duplicates)."""
+
+    def __init__(self, role: str) -> None:
+        self.pub: dict[str, None] = {}
+        self.sub: dict[str, None] = {}
+        self.allow_sub(f"{inbox_prefix(role)}.>")
+        # Every process binds to the streams the orchestrator made; reading their config is harmless.
+        self.api("INFO", *(f"STREAM.INFO.{s}" for s in STREAMS))
+
+    def allow_pub(self, *subjects: str) -> None:
+        self.pub.update(dict.fromkeys(subjects))
+
+    def allow_sub(self, *subjects: str) -> None:
+        self.sub.update(dict.fromkeys(subjects))
+
+    def api(self, *calls: str) -> None:
+        self.allow_pub(*(f"$JS.API.{c}" for c in calls))
+
+    def _consumer_reads(self, stream: str) -> None:
+        # Ephemeral push / ordered consumers (nats-py: CONSUMER.CREATE.<S> without a name, or
+        # .<S>.<name>.<filter> with one), their flow-control replies (v1 `$JS.FC.<S>.<C>.*`; the
+        # v2 format behind a server feature flag is `$JS.FC.<domain>.<acc hash>.<S>.<C>.*`),
+        # consumer info (KV keys/watch), delete (read_events cleans up), direct and plain gets.
+        self.api(f"STREAM.INFO.{stream}", f"CONSUMER.CREATE.{stream}", f"CONSUMER.CREATE.{stream}.>",
+                 f"CONSUMER.INFO.{stream}.*", f"CONSUMER.DELETE.{stream}.*", f"DIRECT.GET.{stream}",
+                 f"DIRECT.GET.{stream}.>", f"STREAM.MSG.GET.{stream}")
+        self.allow_pub(f"$JS.FC.{stream}.>", f"$JS.FC._.*.{stream}.>")
+
+    def read_ops(self) -> None:
+        self._consumer_reads("OPS")
+        self.api("STREAM.NAMES")  # js.subscribe(subject) without stream= looks the stream up
+
+    def kv_read(self, bucket: str) -> None:
+        self._consumer_reads(f"KV_{bucket}")
+
+    def kv_write(self, bucket: str, keys: str) -> None:
+        # put / create / update (CAS: Nats-Expected-Last-Subject-Sequence) / delete are JetStream
+        # publishes on $KV.<bucket>.<key>; the PubAck comes back on the role's inbox.
+        self.api(f"STREAM.INFO.KV_{bucket}")
+        self.allow_pub(f"$KV.{bucket}.{keys}")
+
+    def obj_read(self, bucket: str) -> None:
+        # get: info via STREAM.MSG.GET (last $O.<B>.M.<name>), chunks via an ordered consumer
+        # found by subject (STREAM.NAMES); list: a watch (ordered consumer, last per subject).
+        self._consumer_reads(f"OBJ_{bucket}")
+        self.api("STREAM.NAMES")
+
+    def obj_write(self, bucket: str) -> None:
+        # put publishes chunks and the meta record, then purges the replaced object's chunks;
+        # delete publishes a deleted meta record and purges the chunks. A writer of a bucket can
+        # therefore purge that bucket (the purge filter is in the payload, not the subject).
+        self.obj_read(bucket)
+        self.allow_pub(f"$O.{bucket}.C.>", f"$O.{bucket}.M.>")
+        self.api(f"STREAM.PURGE.OBJ_{bucket}")
+
+    def presence(self, role: str) -> None:
+        self.kv_write("ACTORS", f"{role}.>")  # own key <role>.<actor_id>; host names may hold dots
+
+    def lease_cas(self) -> None:
+        self.kv_read("LEASES")
+        self.kv_write("LEASES", "*")
+
+    def durable_pull(self, stream: str, consumer: str, filter_subject: str) -> None:
+        # Only the named create whose subject carries the filter: the server checks the payload's
+        # filter against the subject, so a job-manager cannot make `work-data-any` read training
+        # work. (The legacy CONSUMER.DURABLE.CREATE has no filter in its subject: not granted.)
+        self.api(f"CONSUMER.CREATE.{stream}.{consumer}.{filter_subject}", f"CONSUMER.INFO.{stream}.{consumer}",
+                 f"CONSUMER.MSG.NEXT.{stream}.{consumer}")
+        # ack / nak / in_progress / term are publishes on the delivery's reply subject.
+        self.allow_pub(f"$JS.ACK.{stream}.{consumer}.>", f"$JS.ACK._.*.{stream}.{consumer}.>")
+
+    def worker(self, role: str, pools: Mapping[str, Sequence[str]]) -> None:
+        domain = WORKER_DOMAIN[role]
+        for pool in pools.get(domain, ("any",)):
+            self.durable_pull(subjects.STREAM_WORK, subjects.work_consumer(domain, pool), subjects.work(domain, pool))
+        self.allow_pub(f"ops.{domain}.>")
+        self.allow_sub(subjects.CANCEL_ALL)
+        self.read_ops()
+        self.presence(role)
+        self.lease_cas()
+
+    def build(self, **responses: Any) -> Permissions:
+        return Permissions(tuple(self.pub), tuple(self.sub), **responses)
+
+
+def _orchestrator(g: _Grant) -> None:
+    managed = [*STREAMS, *(f"KV_{b}" for b in KV_BUCKETS), *(f"OBJ_{b}" for b in OBJECT_BUCKETS)]
+    for s in managed:  # provisions; never deletes or purges a stream
+        g.api(f"STREAM.CREATE.{s}", f"STREAM.UPDATE.{s}", f"STREAM.INFO.{s}")
+    g.durable_pull("CMD", "orchestrator", "cmd.>")
+    g.api("CONSUMER.DURABLE.CREATE.CMD.orchestrator")  # what today's code sends; CMD has one consumer
+    g.api("CONSUMER.INFO.WORK.*", "CONSUMER.NAMES.WORK", "CONSUMER.LIST.WORK")  # queued work per pool
+    g.allow_pub("ops.>", "work.>")
+    g.allow_sub("ops.>", "$KV.ACTORS.>")
+    g.read_ops()
+    g.kv_read("ACTORS")
+    g.presence("orchestrator")
+    g.kv_read("LEASES")
+    g.kv_write("LEASES", "*")  # deletes a dead worker's lease (a delete is a marker publish)
+    g.obj_write("CHECKPOINTS")  # deletes the checkpoints of finished operations
+
+
+def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS) -> Permissions:
+    """The allow-lists of one role. Anything not listed is refused by the server."""
+    check_role(role)
+    for domain, names in pools.items():
+        for p in names:
+            if not _POOL_RE.match(p):
+                raise ValueError(f"pool name {p!r} of {domain} must be 1-32 letters, digits, '_' or '-'")
+    g = _Grant(role)
+    if role == "orchestrator":
+        _orchestrator(g)
+    elif role in WORKER_DOMAIN:
+        g.worker(role, pools)
+        if role == "job-manager":
+            g.allow_pub("ib.>")  # requests; the answers come back on _INBOX_job-manager.>
+            g.obj_write("BARS")
+        elif role == "trainer":
+            g.obj_read("BARS")
+            g.obj_write("MODELS")
+            g.obj_write("CHECKPOINTS")
+    elif role == "ib":
+        g.allow_sub(f"ib.> {IB_QUEUE_GROUP}", "ops.*.*.cancel")  # only inside the queue group
+        g.presence("ib")
+        g.kv_read("PACING")
+        g.kv_write("PACING", ">")
+        return g.build(responses_max=IB_RESPONSES_MAX, responses_expires=IB_RESPONSES_EXPIRES)
+    elif role == "cli":
+        g.allow_pub("cmd.>", "ops.*.*.cancel")
+        g.allow_sub("ops.>")
+        g.read_ops()
+        g.kv_read("ACTORS")
+        g.obj_read("MODELS")
+        g.obj_write("BARS")  # ktrdr data import
+    elif role == "observer":
+        g.allow_sub("ops.>")
+        g.read_ops()
+        g.kv_read("ACTORS")
+    return g.build()
+
+
