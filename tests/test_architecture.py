@@ -72,5 +72,5 @@ def test_environment_is_read_only_through_settings():
                     isinstance(node.value, ast.Name) and node.value.id == "os":
                 offenders.append(f"{p.relative_to(ROOT)}:{node.lineno} os.{node.attr}")
     # Passing the whole environment on to a child process is not reading a setting.
-    allowed = {"ktrdr/embedded.py"}
+    allowed = {"ktrdr/embedded.py", "ktrdr/training/process.py"}
     assert [o for o in offenders if o.split(":")[0] not in allowed] == []
