@@ -38,7 +38,7 @@ from events import subjects
 from events.codec import DecodeError, decode_cancel
 from events.messages import ActorError, CancelOperation, Event, Message, ProgressState
 from ktrdr.config import Settings
-from ktrdr.transport import connect, ensure_streams
+from ktrdr.transport import check_streams, connect, ensure_streams
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -60,6 +60,7 @@ class Actor:
     role: ClassVar[str] = "actor"
     work_domain: ClassVar[str | None] = None
     max_concurrency: ClassVar[int] = 1
+    provisions: ClassVar[bool] = False  # creates the streams and buckets (the orchestrator); others bind
 
     def __init__(self, settings: Settings, *, url: str | list[str] | None = None, actor_id: str | None = None) -> None:
         self.settings = settings
@@ -133,10 +134,13 @@ class Actor:
     async def _start(self) -> None:
         if not self.url:
             raise RuntimeError(f"{self.role}: no NATS URL (set NATS_URL or pass url=)")
-        self.nc = await connect(self.url, self.settings, self.id, disconnected_cb=self._on_disconnected,
+        self.nc = await connect(self.url, self.settings, self.id, role=self.role, disconnected_cb=self._on_disconnected,
                                 reconnected_cb=self._on_reconnected, error_cb=self._on_error)
         self.js = self.nc.jetstream()
-        await ensure_streams(self.js, self.settings)
+        if self.provisions:
+            await ensure_streams(self.js, self.settings)
+        else:
+            await check_streams(self.js)  # not there yet: start() fails and is tried again
         self.publisher = EventPublisher(self.nc, self.js, self.id)
         await self.publisher.start()
         await self.nc.subscribe(subjects.CANCEL_ALL, cb=self._guard(self._on_cancel_msg, "cancel"))
@@ -146,11 +150,12 @@ class Actor:
         if self.work_domain:
             self.work = WorkRunner(self, self.work_domain, self.pools(), self.max_concurrency)
         await self.on_start()
+        if self.work is not None:
+            await self.work.start()
+        # Presence last: a heartbeat says this actor serves (`ktrdr up` waits for it).
         self.presence = Presence(self, await self.js.key_value(subjects.ACTORS_BUCKET))
         await self.presence.beat()
         self._bg.append(asyncio.create_task(self.presence.loop(), name=f"{self.id}-presence"))
-        if self.work is not None:
-            await self.work.start()
         self.log.info("%s started (%s)", self.id, self.nc.connected_url.netloc if self.nc.connected_url else "?")
 
     async def stop(self, *, drain: bool = True) -> None:

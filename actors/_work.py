@@ -122,8 +122,11 @@ class WorkRunner:
         assert a.js is not None
         self.leases = Leases(await a.js.key_value(subjects.LEASES_BUCKET), a.id, a.settings.worker_timeout_s)
         for pool in self.pools:
+            name = subjects.work_consumer(self.domain, pool)
             cfg = js_api.ConsumerConfig(
-                durable_name=subjects.work_consumer(self.domain, pool),
+                # name + filter: the create call's subject carries both, which is all a worker's
+                # credentials allow (it cannot create a consumer that reads another domain's work)
+                name=name, durable_name=name,
                 filter_subject=subjects.work(self.domain, pool),
                 ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=a.settings.worker_timeout_s,
                 max_deliver=-1, max_ack_pending=1000)

@@ -84,6 +84,7 @@ class LiveActor:
 
 class Orchestrator(Actor):
     role = "orchestrator"
+    provisions = True
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -104,7 +105,8 @@ class Orchestrator(Actor):
                                 cb=self._guard(self._on_presence, "presence"))
         await self._rebuild()
         await self.js.add_consumer(subjects.STREAM_CMD, js_api.ConsumerConfig(
-            durable_name=subjects.ORCHESTRATOR_CONSUMER, filter_subject=subjects.CMD_ALL,
+            name=subjects.ORCHESTRATOR_CONSUMER, durable_name=subjects.ORCHESTRATOR_CONSUMER,
+            filter_subject=subjects.CMD_ALL,
             ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=10))
         psub = await self.js.pull_subscribe_bind(durable=subjects.ORCHESTRATOR_CONSUMER, stream=subjects.STREAM_CMD)
         self.spawn(pull_loop(psub, self._on_command, stopped=lambda: self.stopping, on_fault=self.on_fault,

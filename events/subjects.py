@@ -37,8 +37,9 @@ OPS_ALL = "ops.>"
 CANCEL_ALL = f"ops.*.*.{CancelOperation.name}"
 IB_QUEUE_GROUP = "ib"
 ORCHESTRATOR_CONSUMER = "orchestrator"
-# The actor roles, in start order: services before the workers that call them, the orchestrator last.
-ACTOR_ROLES: tuple[str, ...] = ("ib", "dummy", "job-manager", "trainer", "orchestrator")
+# The actor roles, in start order: the orchestrator first (it provisions the streams and buckets the
+# others bind to), then the services before the workers that call them.
+ACTOR_ROLES: tuple[str, ...] = ("orchestrator", "ib", "dummy", "job-manager", "trainer")
 DEFAULT_POOL = "any"
 
 _OP_ID = re.compile(r"^(?P<domain>[a-z]+)-(?P<ts>\d{8}T\d{12})-[0-9a-f]{6}$")

@@ -34,13 +34,20 @@ class NoServerError(KtrdrError):
     code = "no_server"
 
 
+class NotReadyError(KtrdrError):
+    code = "not_ready"
+
+
 class Client:
     def __init__(self, settings: Settings, *, url: str | list[str] | None = None, name: str = "ktrdr-cli",
-                 reconnect_attempts: int = 5) -> None:
+                 reconnect_attempts: int = 5, ready_roles: list[str] | None = None,
+                 ready_timeout: float = 60.0) -> None:
         self.settings = settings
         self.url = url or settings.nats_url
         self.name = name
         self.reconnect_attempts = reconnect_attempts
+        self.ready_roles = ready_roles  # wait for these actors (and the streams) before use
+        self.ready_timeout = ready_timeout
         self.nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self.on_disconnect: Callable[[], None] | None = None
@@ -61,10 +68,41 @@ class Client:
         async def error(_exc: Exception) -> None:
             pass  # reconnect attempts are reported through on_disconnect/on_reconnect, not tracebacks
 
-        self.nc = await connect(self.url, self.settings, self.name, max_reconnect_attempts=self.reconnect_attempts,
+        self.nc = await connect(self.url, self.settings, self.name, role=self.settings.role or "cli",
+                                max_reconnect_attempts=self.reconnect_attempts,
                                 disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error)
         self._js = self.nc.jetstream()
+        if self.ready_roles is not None:
+            try:
+                await self.wait_ready(self.ready_roles, self.ready_timeout)
+            except BaseException:
+                await self.__aexit__(None, None, None)
+                raise
         return self
+
+    async def wait_ready(self, roles: list[str], timeout: float) -> None:
+        """Until the streams exist and every role in `roles` has a live actor; NotReadyError naming
+        what did not come up otherwise."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        missing, streams_ok = list(roles), False
+        while True:
+            try:
+                for name in (subjects.STREAM_CMD, subjects.STREAM_WORK, subjects.STREAM_OPS):
+                    await self.js.stream_info(name)
+                streams_ok = True
+                alive = {hb.role for hb in await self.live_actors()}
+                missing = [r for r in roles if r not in alive]
+            except Exception:
+                streams_ok = False
+            if streams_ok and not missing:
+                return
+            if loop.time() > deadline:
+                what = (f"actor(s) {', '.join(missing)} did not announce themselves" if streams_ok
+                        else "the streams were not created (is the orchestrator running?)")
+                log_dir = self.settings.log_dir
+                raise NotReadyError(f"{what} within {timeout:g} s", hint=f"see {log_dir / 'actors.log'}")
+            await asyncio.sleep(0.1)
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -107,7 +145,6 @@ class Client:
 
     async def submit(self, cmd: Command) -> None:
         """Publish a command (stored in CMD; a retried publish of the same op is stored once)."""
-        await self.ensure_streams()
         await publish(self.js, subjects.command(cmd), encode(cmd), f"cmd-{cmd.op_id}")
 
     async def cancel(self, op_id: str, reason: str = "cancel requested", requested_by: str = "cli",

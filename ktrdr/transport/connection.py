@@ -20,8 +20,9 @@ def server_list(url: str | list[str]) -> list[str]:
     return out
 
 
-async def connect(url: str | list[str], settings: Settings, name: str, **kwargs: Any) -> NATS:
-    """Connect to `url` (or the first reachable of a list) as `name`; kwargs override the defaults."""
+async def connect(url: str | list[str], settings: Settings, name: str, *, role: str = "cli", **kwargs: Any) -> NATS:
+    """Connect to `url` (or the first reachable of a list) as `name`, with the credentials of
+    `role`; kwargs override the defaults."""
     opts: dict[str, Any] = {
         "servers": server_list(url),
         "name": name,
@@ -30,6 +31,6 @@ async def connect(url: str | list[str], settings: Settings, name: str, **kwargs:
         "connect_timeout": 2,
         "allow_reconnect": True,
     }
-    opts.update(settings.connect_options())
+    opts.update(settings.connect_options(role))
     opts.update(kwargs)
     return await nats.connect(**opts)

@@ -10,6 +10,12 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 
+from ktrdr.errors import KtrdrError
+
+
+class NotStoredError(KtrdrError):
+    code = "not_stored"
+
 # What a publish raises while no stream leader can answer (server restarting, leader election).
 PUBLISH_RETRY_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.TimeoutError,
@@ -31,8 +37,10 @@ async def publish(js: JetStreamContext, subject: str, payload: bytes, msg_id: st
     while True:
         try:
             return await js.publish(subject, payload, timeout=timeout, headers={"Nats-Msg-Id": msg_id})
-        except PUBLISH_RETRY_ERRORS:
+        except PUBLISH_RETRY_ERRORS as exc:
             if loop.time() + delay > deadline:
-                raise
+                raise NotStoredError(f"nothing stored on {subject}: no stream answered within {retry_for:g} s "
+                                     f"({type(exc).__name__})",
+                                     hint="is the server up and the orchestrator running? see `ktrdr status`") from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)

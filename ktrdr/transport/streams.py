@@ -44,7 +44,7 @@ def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
 
 
 _COMPARED = ("subjects", "retention", "storage", "max_age", "duplicate_window", "max_bytes",
-             "max_msgs_per_subject", "num_replicas")
+             "max_msgs_per_subject")
 
 
 async def _ensure_stream(js: JetStreamContext, cfg: js_api.StreamConfig) -> list[str]:
@@ -82,6 +82,14 @@ async def _ensure_kv(js: JetStreamContext, cfg: js_api.KeyValueConfig) -> None:
             await js.create_key_value(cfg)
         except BadRequestError:
             pass  # created concurrently
+
+
+async def check_streams(js: JetStreamContext) -> None:
+    """For a process that does not provision: the streams must exist (NotFoundError otherwise, and
+    the caller tries again later). Every role may read stream info, nobody but the orchestrator
+    creates."""
+    for name in (subjects.STREAM_CMD, subjects.STREAM_WORK, subjects.STREAM_OPS):
+        await js.stream_info(name)
 
 
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
