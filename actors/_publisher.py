@@ -6,8 +6,10 @@ stored. Progress events are pipelined: one task sends the queue in order with on
 inbox, and the server's PubAcks are counted (errors logged) instead of each becoming a future with
 its own inbox token and a JSON parse, which is what nats-py's publish_async spends most of its time
 on. At most MAX_PENDING_ACKS are outstanding; acks lost to a reconnect are written off after
-ACK_TIMEOUT_S. A lost progress event is superseded by the next one; a lost lifecycle event is not
-allowed to happen.
+ACK_TIMEOUT_S. A progress event the server did not store (an error ack, a missing ack, a reconnect: what a
+stream-leader election looks like) is sent again with the same Nats-Msg-Id, together with everything
+sent shortly before it, so whatever a live subscriber saw ends up stored (once: the stream dedupes
+by id). A lost lifecycle event is not allowed to happen either: it is retried until stored.
 
 Every publish carries a Nats-Msg-Id: `<op_id>.<actor>.<seq>`; a terminal event's is
 `<op_id>.<actor>.terminal` (a retried terminal is stored once; another actor cannot claim the id),
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Any, ClassVar
 
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 class EventPublisher:
     MAX_PENDING_ACKS: ClassVar[int] = 4000
     ACK_TIMEOUT_S: ClassVar[float] = 5.0
+    RESEND_WINDOW_S: ClassVar[float] = 60.0  # inside the stream's 120 s dedupe window
 
     def __init__(self, nc: NATS, js: JetStreamContext, actor_id: str) -> None:
         self.nc, self.js, self.actor_id = nc, js, actor_id
@@ -52,6 +56,9 @@ class EventPublisher:
         self._all_acked = asyncio.Event()
         self._all_acked.set()
         self._task: asyncio.Task[None] | None = None
+        self._recent: deque[tuple[float, str, bytes, dict[str, str]]] = deque(maxlen=self.MAX_PENDING_ACKS)
+        self._resend = False
+        self.resent = 0  # progress events sent again after a failed or missing ack (for measurements)
         self.closed = False
 
     async def start(self) -> None:
@@ -105,17 +112,27 @@ class EventPublisher:
                 self.acks_lost()
 
     def acks_lost(self) -> None:
-        """Acks of publishes sent before a disconnect will not come: stop waiting for them."""
+        """Acks of publishes sent before a disconnect will not come: stop waiting for them, and send
+        the recent ones again (stored once: same Nats-Msg-Id)."""
         self._pending = 0
         self._room.set()
         self._all_acked.set()
+        self._schedule_resend()
+
+    def _schedule_resend(self) -> None:
+        if self.closed or not self._recent:
+            return
+        self._resend = True
+        self._idle.clear()
+        self._wake.set()
 
     async def _on_ack(self, msg: Msg) -> None:
         data = msg.data
         if not data or b'"error"' in data:  # empty: a status (503 no responders) in the headers
             status = (msg.headers or {}).get("Status", "")
-            log.warning("%s: a progress event was not stored: %s", self.actor_id,
-                        data.decode(errors="replace") or f"status {status}")
+            log.info("%s: a progress event was not stored (%s); sending the recent ones again", self.actor_id,
+                     data.decode(errors="replace") or f"status {status}")
+            self._schedule_resend()
         self._acked()
 
     def _acked(self) -> None:
@@ -130,9 +147,20 @@ class EventPublisher:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._resend:
+                self._resend = False
+                self._requeue_recent()
             while self._outbox:
                 await self._send_one(*self._outbox.popleft())
             self._idle.set()
+
+    def _requeue_recent(self) -> None:
+        """Put the recently sent events back in front of the queue, oldest first."""
+        horizon = time.monotonic() - self.RESEND_WINDOW_S
+        again = [(subject, payload, headers) for at, subject, payload, headers in self._recent if at >= horizon]
+        self._recent.clear()
+        self.resent += len(again)
+        self._outbox.extendleft(reversed(again))
 
     async def _send_one(self, subject: str, payload: bytes, headers: dict[str, Any]) -> None:
         if self._pending >= self.MAX_PENDING_ACKS:
@@ -141,10 +169,12 @@ class EventPublisher:
                 await asyncio.wait_for(self._room.wait(), self.ACK_TIMEOUT_S)
             except TimeoutError:
                 self.acks_lost()
+                self._requeue_recent()
         try:
             self._pending += 1
             self._all_acked.clear()
+            self._recent.append((time.monotonic(), subject, payload, headers))
             await self.nc.publish(subject, payload, reply=self._inbox, headers=headers)
-        except Exception as exc:  # server away: progress is best effort, lifecycle is not
+        except Exception as exc:  # server away: it goes again once the connection is back
             self._acked()
             log.debug("progress publish failed: %s", exc)

@@ -71,6 +71,10 @@ class Workflow:
     lines: dict[str, str] = field(default_factory=dict)
     cancels_sent: set[str] = field(default_factory=set)
     last_progress: tuple[float, str] = (-1.0, "")
+    last_emit: float = 0.0  # monotonic
+    last_step: str = ""
+    held: ProgressState | None = None  # the newest progress not yet said (throttled)
+    flush: asyncio.TimerHandle | None = None
 
 
 @dataclass
@@ -375,12 +379,40 @@ class Orchestrator(Actor):
             if d.finish is not None:
                 await self._finish(op_id, d.finish)
             elif d.progress is not None and (d.progress.percentage, d.progress.message) != wf.last_progress:
-                wf.last_progress = (d.progress.percentage, d.progress.message)
-                self.emit_progress(op_id, d.progress)
+                self._parent_progress(op_id, wf, d.progress)
         finally:
             self._advancing.discard(op_id)
         if d.create and op_id in self.workflows:
             await self._advance(op_id)  # a child that ended at once (e.g. rejected) moves it on
+
+    PARENT_PROGRESS_EVERY_S = 0.2
+
+    def _parent_progress(self, op_id: str, wf: Workflow, progress: ProgressState) -> None:
+        """A parent mirrors its running child, at most every PARENT_PROGRESS_EVERY_S (a step change
+        goes out at once); the newest state held back goes out when the interval ends."""
+        now = time.monotonic()
+        if now - wf.last_emit >= self.PARENT_PROGRESS_EVERY_S or progress.phase != wf.last_step:
+            if wf.flush is not None:
+                wf.flush.cancel()
+                wf.flush = None
+            wf.held = None
+            wf.last_progress, wf.last_emit, wf.last_step = (progress.percentage, progress.message), now, progress.phase
+            self.emit_progress(op_id, progress)
+            return
+        wf.held = progress
+        if wf.flush is None:
+            wait = self.PARENT_PROGRESS_EVERY_S - (now - wf.last_emit)
+            wf.flush = asyncio.get_running_loop().call_later(max(wait, 0.0), self._flush_parent, op_id)
+
+    def _flush_parent(self, op_id: str) -> None:
+        wf = self.workflows.get(op_id)
+        if wf is None:
+            return
+        wf.flush = None
+        if wf.held is not None and op_id in self.live and not self.live[op_id].view.terminal:
+            held, wf.held = wf.held, None
+            wf.last_progress, wf.last_emit = (held.percentage, held.message), time.monotonic()
+            self.emit_progress(op_id, held)
 
     async def _child_progress(self, child: Tracked) -> None:
         parent = child.view.parent_op_id

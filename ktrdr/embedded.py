@@ -162,6 +162,23 @@ def shape(settings: Settings) -> Shape:
         return Shape(settings.nats_host, 1)
 
 
+def server_infos(settings: Settings) -> list[dict[str, object]]:
+    """Each nats-server of the stack: its name (as the cluster knows it), URL, pid and whether it runs."""
+    sh = shape(settings)
+    scheme = "nats" if sh.loopback else "tls"
+    reach = "127.0.0.1" if sh.host in ("0.0.0.0", "::") else sh.host
+    out: list[dict[str, object]] = []
+    for i, name in enumerate(sh.nats_names, start=1):
+        try:
+            port = int((settings.run_dir / f"{name}.port").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        pid = _read_pid(settings, name)
+        out.append({"name": "ktrdr_embedded" if sh.nodes == 1 else f"ktrdr-{i}", "process": name,
+                    "url": f"{scheme}://{reach}:{port}", "pid": pid, "alive": _alive(pid, "nats-server")})
+    return out
+
+
 def process_infos(settings: Settings) -> list[ProcInfo]:
     out = []
     for name in [*shape(settings).nats_names, *SERVICES]:
@@ -314,7 +331,8 @@ def _ensure_nats(settings: Settings, sh: Shape) -> str:
         proc = start_nats_server(settings.home / "nats", port, settings.log_dir / f"{name}.log", sh.host, conf=conf)
         _pid_file(settings, name).write_text(f"{proc.pid}\n")
         (settings.run_dir / f"{name}.port").write_text(f"{port}\n")
-    url = ",".join(f"{scheme}://127.0.0.1:{p}" for p in client_ports)
+    reach = "127.0.0.1" if sh.host in ("0.0.0.0", "::") else sh.host
+    url = ",".join(f"{scheme}://{reach}:{p}" for p in client_ports)
     url_file(settings).write_text(url + "\n")
     return url
 

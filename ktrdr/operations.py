@@ -79,6 +79,7 @@ class OperationView(msgspec.Struct, kw_only=True):
     pool: str | None = None
     events: int = 0
     errors: list[str] = msgspec.field(default_factory=list)
+    last_progress_seq: int = 0  # of the holder: a progress event sent again after a failover is older
 
     @property
     def terminal(self) -> bool:
@@ -131,6 +132,10 @@ def fold(view: OperationView, ev: AnyEvent) -> OperationView:  # type: ignore[va
 
 
 def _progress(view: OperationView, ev: OperationProgress) -> None:
+    if ev.seq and ev.actor == view.worker:
+        if ev.seq < view.last_progress_seq:
+            return  # stored late (sent again after a leader election): the view does not go back
+        view.last_progress_seq = ev.seq
     if view.status in ("unknown", "queued") and not is_orchestrator(ev.actor):
         view.status = "running"
     apply_progress(view, ev.progress)

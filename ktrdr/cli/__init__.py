@@ -187,7 +187,7 @@ async def _status(json_out: bool) -> int:
     from ktrdr.web import running_url
 
     out: dict[str, Any] = {"nats_url": url, "web_url": running_url(s), "processes": [p.__dict__ for p in procs],
-                           "streams": {}, "actors": []}
+                           "servers": [] if s.nats_url else embedded.server_infos(s), "streams": {}, "actors": []}
     reachable = bool(url) and (s.nats_url is not None or embedded.url_alive(url))
     if reachable:
         from ktrdr.client import Client
@@ -196,9 +196,13 @@ async def _status(json_out: bool) -> int:
             for name in ("CMD", "WORK", "OPS"):
                 try:
                     info = await c.js.stream_info(name)
-                    out["streams"][name] = {"messages": info.state.messages, "bytes": info.state.bytes}
+                    leader = info.cluster.leader if info.cluster is not None else None
+                    out["streams"][name] = {"messages": info.state.messages, "bytes": info.state.bytes,
+                                            "leader": leader, "replicas": info.config.num_replicas}
                 except Exception:
                     out["streams"][name] = None
+            for srv in out["servers"]:
+                srv["leads"] = [n for n, st in out["streams"].items() if st and st["leader"] == srv["name"]]
             try:
                 out["actors"] = [{"actor": hb.actor, "role": hb.role, "host": hb.host, "pid": hb.pid,
                                   "pools": hb.pools, "busy": hb.busy, "rss_mb": hb.rss_mb,
@@ -214,6 +218,9 @@ async def _status(json_out: bool) -> int:
         typer.echo(f"web:  {out['web_url']}")
     for p in procs:
         typer.echo(f"  {p.name:<12} {'running' if p.alive else 'stopped'}{f' (pid {p.pid})' if p.pid else ''}")
+    for srv in out["servers"]:
+        leads = f" leads {', '.join(srv.get('leads', []))}" if srv.get("leads") else ""
+        typer.echo(f"  server {srv['name']:<14} {srv['url']}{leads}")
     for name, st in out["streams"].items():
         typer.echo(f"  stream {name:<5} {st['messages'] if st else '-':>8} messages")
     typer.echo(f"actors: {len(out['actors'])} live")

@@ -4,6 +4,8 @@ every publish carries a `Nats-Msg-Id`, so retrying it until the stream answers s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -16,6 +18,9 @@ from ktrdr.errors import KtrdrError
 class NotStoredError(KtrdrError):
     code = "not_stored"
 
+
+T = TypeVar("T")
+
 # What a publish raises while no stream leader can answer (server restarting, leader election).
 PUBLISH_RETRY_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.TimeoutError,
@@ -25,6 +30,23 @@ PUBLISH_RETRY_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.ConnectionReconnectingError,
     TimeoutError,
 )
+
+
+async def retrying(call: Callable[[], Awaitable[T]], *, retry_for: float = 30.0,
+                   errors: tuple[type[BaseException], ...] = PUBLISH_RETRY_ERRORS) -> T:
+    """Run a JetStream API call, retrying with backoff for up to `retry_for` seconds while no stream
+    leader can answer (a server restarting, a cluster electing a new leader after losing a node)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + retry_for
+    delay = 0.05
+    while True:
+        try:
+            return await call()
+        except errors:
+            if loop.time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 async def publish(js: JetStreamContext, subject: str, payload: bytes, msg_id: str, *,

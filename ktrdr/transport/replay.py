@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+import nats.errors
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
@@ -17,6 +18,7 @@ from nats.js.errors import NotFoundError
 from events import subjects
 from events.codec import DecodeError, decode_event
 from events.messages import AnyEvent
+from ktrdr.transport.publish import retrying
 
 
 async def read_events(
@@ -62,7 +64,7 @@ async def read_events(
     info = None
     try:
         try:
-            info = await js.add_consumer(subjects.STREAM_OPS, cfg)
+            info = await retrying(lambda: js.add_consumer(subjects.STREAM_OPS, cfg))
         except NotFoundError:
             return 0  # no OPS stream yet: nothing was ever stored
         total.append(info.num_pending or 0)
@@ -112,7 +114,9 @@ async def read_lifecycle(js: JetStreamContext, op_id: str) -> list[AnyEvent]:  #
 async def last_message(js: JetStreamContext, subject: str) -> bytes | None:
     """The last stored message on one OPS subject (a direct get: one round trip), or None."""
     try:
-        raw = await js.get_last_msg(subjects.STREAM_OPS, subject, direct=True)
+        # "no responders" means no OPS stream at all here, so only a timeout is worth retrying
+        raw = await retrying(lambda: js.get_last_msg(subjects.STREAM_OPS, subject, direct=True),
+                             errors=(nats.errors.TimeoutError, TimeoutError))
     except (NotFoundError, NoRespondersError):  # no such message, or no OPS stream (nobody answers)
         return None
     return raw.data or None
