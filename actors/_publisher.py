@@ -58,6 +58,8 @@ class EventPublisher:
         self._task: asyncio.Task[None] | None = None
         self._recent: deque[tuple[float, str, bytes, dict[str, str]]] = deque(maxlen=self.MAX_PENDING_ACKS)
         self._resend = False
+        self._last_ack = time.monotonic()
+        self._watchdog: asyncio.Task[None] | None = None
         self.resent = 0  # progress events sent again after a failed or missing ack (for measurements)
         self.closed = False
 
@@ -65,11 +67,24 @@ class EventPublisher:
         self._inbox = self.nc.new_inbox()
         await self.nc.subscribe(self._inbox, cb=self._on_ack)
         self._task = asyncio.create_task(self._send_loop(), name=f"{self.actor_id}-publisher")
+        self._watchdog = asyncio.create_task(self._ack_watchdog(), name=f"{self.actor_id}-acks")
 
     def close(self) -> None:
         self.closed = True
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._watchdog):
+            if task is not None:
+                task.cancel()
+
+    async def _ack_watchdog(self) -> None:
+        """Acks that stop coming without an error (a stream leader that died under our publishes, on
+        a server we stay connected to) are written off after ACK_TIMEOUT_S and the recent events
+        sent again."""
+        while True:
+            await asyncio.sleep(self.ACK_TIMEOUT_S / 5)
+            if self._pending and time.monotonic() - self._last_ack > self.ACK_TIMEOUT_S:
+                log.info("%s: %d progress acks missing for %.0f s; sending the recent events again", self.actor_id,
+                         self._pending, self.ACK_TIMEOUT_S)
+                self.acks_lost()
 
     def _next(self, op_id: str) -> tuple[int, str]:
         self._seq += 1
@@ -136,6 +151,7 @@ class EventPublisher:
         self._acked()
 
     def _acked(self) -> None:
+        self._last_ack = time.monotonic()
         if self._pending > 0:
             self._pending -= 1
         if self._pending < self.MAX_PENDING_ACKS:
@@ -171,6 +187,8 @@ class EventPublisher:
                 self.acks_lost()
                 self._requeue_recent()
         try:
+            if not self._pending:
+                self._last_ack = time.monotonic()  # the clock for missing acks starts now
             self._pending += 1
             self._all_acked.clear()
             self._recent.append((time.monotonic(), subject, payload, headers))

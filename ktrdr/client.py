@@ -28,6 +28,7 @@ from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 from ktrdr.operations import OperationView, apply_progress, fold, fold_all
 from ktrdr.transport import connect, ensure_streams, last_message, publish, read_events, read_operation
+from ktrdr.transport.publish import retrying
 
 
 class NoServerError(KtrdrError):
@@ -195,8 +196,8 @@ class Client:
             if until_terminal and view.terminal:
                 finished.set()
 
-        sub = await self.js.subscribe(subjects.ops(op_id), cb=cb, ordered_consumer=True,
-                                      deliver_policy=js_api.DeliverPolicy.ALL)
+        sub = await retrying(lambda: self.js.subscribe(subjects.ops(op_id), cb=cb, ordered_consumer=True,
+                                                       deliver_policy=js_api.DeliverPolicy.ALL))
         waiters = [asyncio.ensure_future(finished.wait()), asyncio.ensure_future(done.wait())]
         try:
             while not (finished.is_set() or done.is_set()):

@@ -287,6 +287,15 @@ def _stable_port(recorded: Path, preferred: int) -> int:
     return port if port and not port_open("127.0.0.1", port) else free_port()
 
 
+def _port_of(settings: Settings, name: str, suffix: str, preferred: int, running: bool) -> int:
+    """A running server keeps its port; a (re)started one takes its old port back when free."""
+    recorded = settings.run_dir / f"{name}{suffix}"
+    if running:
+        with contextlib.suppress(OSError, ValueError):
+            return int(recorded.read_text().strip())
+    return _stable_port(recorded, preferred)
+
+
 def _tls_hosts(host: str) -> list[str]:
     """The names a server listening on `host` is reached by: the host itself, or (for 0.0.0.0) this
     machine's name and addresses."""
@@ -309,13 +318,14 @@ def _ensure_nats(settings: Settings, sh: Shape) -> str:
     files = auth.init(settings.home, tls_hosts=None if sh.loopback else _tls_hosts(sh.host))
     pools = {d: tuple(dict.fromkeys([*p, *settings.pools])) for d, p in auth.DEFAULT_POOLS.items()}
     users = files.users(pools)
-    client_ports = [_stable_port(settings.run_dir / f"{n}.port", settings.nats_port + i) for i, n in enumerate(names)]
+    alive = {n: _alive(_read_pid(settings, n), "nats-server") for n in names}
+    client_ports = [_port_of(settings, n, ".port", settings.nats_port + i, alive[n]) for i, n in enumerate(names)]
     scheme = "nats" if sh.loopback else "tls"
     if sh.nodes == 1:
         confs = [natsconf.render(server_name="ktrdr_embedded", host=sh.host, port=client_ports[0],
                                  store_dir=settings.home / "nats", users=users, tls=files.tls)]
     else:
-        route_ports = [_stable_port(settings.run_dir / f"{n}.route", 0) for n in names]
+        route_ports = [_port_of(settings, n, ".route", 0, alive[n]) for n in names]
         nodes = natsconf.cluster_nodes(sh.nodes, base_dir=settings.home / "nats", client_ports=client_ports,
                                        route_ports=route_ports, host=sh.host, route_user="route",
                                        route_password=files.route_password())
@@ -323,7 +333,7 @@ def _ensure_nats(settings: Settings, sh: Shape) -> str:
         for n, rp in zip(names, route_ports, strict=True):
             (settings.run_dir / f"{n}.route").write_text(f"{rp}\n")
     for name, port, text in zip(names, client_ports, confs, strict=True):
-        if _alive(_read_pid(settings, name), "nats-server"):
+        if alive[name]:
             continue
         _kill(settings, name)
         conf = settings.run_dir / f"{name}.conf"
