@@ -12,14 +12,17 @@ sent shortly before it, so whatever a live subscriber saw ends up stored (once: 
 by id). A lost lifecycle event is not allowed to happen either: it is retried until stored.
 
 Every publish carries a Nats-Msg-Id: `<op_id>.<actor>.<seq>`; a terminal event's is
-`<op_id>.<actor>.terminal` (a retried terminal is stored once; another actor cannot claim the id),
-a creation's `<op_id>.created` (an orchestrator that restarts mid-command creates the op once).
+`<op_id>.<actor>.<secret>.terminal`, with a secret this process never shows before it publishes the
+terminal event itself (a retried terminal is stored once; nobody else can publish that id first and
+so make the real verdict a "duplicate"); a creation's `<op_id>.created` (an orchestrator that restarts
+mid-command creates the op once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import deque
 from typing import Any, ClassVar
@@ -62,6 +65,7 @@ class EventPublisher:
         self._watchdog: asyncio.Task[None] | None = None
         self.resent = 0  # progress events sent again after a failed or missing ack (for measurements)
         self.closed = False
+        self._secret = secrets.token_hex(8)
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
@@ -96,7 +100,7 @@ class EventPublisher:
         seq, msg_id = self._next(event.op_id)
         event.actor, event.seq = self.actor_id, seq
         if type(event).terminal:
-            msg_id = f"{event.op_id}.{self.actor_id}.terminal"
+            msg_id = f"{event.op_id}.{self.actor_id}.{self._secret}.terminal"
         elif isinstance(event, OperationCreated):
             msg_id = f"{event.op_id}.created"
         await publish(self.js, subjects.event(event), encode(event), msg_id)

@@ -1,0 +1,186 @@
+"""Faults and hostile input, each a finding of the fault campaign reproduced: one run per operation
+across a server restart, work that skipped the orchestrator, forged verdicts and dedupe ids, poison
+messages, oversized rejections, a YAML alias bomb, `ops list` order, SIGTERM drain, a killed actors
+process. Each ends with the stack serving a normal operation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from events import subjects
+from events.codec import encode
+from events.messages import (
+    LoadData,
+    OperationCompleted,
+    OperationProgress,
+    OperationStarted,
+    RunDummy,
+    StartTraining,
+    WorkItem,
+)
+from ktrdr.client import Client
+from tests.helpers import wait_for_event, wait_terminal
+
+pytestmark = pytest.mark.slow
+STRATEGY = Path(__file__).parents[2] / "strategies" / "mlp_rsi_aapl.yaml"
+
+
+def dummy(iterations: int = 3, interval: float = 0.01) -> RunDummy:
+    return RunDummy(op_id=subjects.new_op_id("dummy"), iterations=iterations, interval_s=interval)
+
+
+async def serves(client: Client) -> None:
+    cmd = dummy()
+    await client.submit(cmd)
+    assert (await wait_terminal(client, cmd.op_id, timeout=60)).status == "completed"
+
+
+async def stream_messages(client: Client, name: str) -> int:
+    return (await client.js.stream_info(name)).state.messages
+
+
+async def test_a_server_killed_mid_operation_runs_each_operation_once(start_actors, settings, nats_server):
+    await start_actors("orchestrator", "dummy", "dummy")  # two replicas: either could grab a redelivery
+    cmds = [dummy(iterations=40, interval=0.05) for _ in range(4)]
+    async with Client(settings) as c:
+        for cmd in cmds:
+            await c.submit(cmd)
+        await wait_for_event(c, cmds[-1].op_id, lambda ev, v: v.current_step >= 5, timeout=30)
+    nats_server.kill()  # kill -9: acks, in-progress marks and memory-backed presence are gone
+    nats_server.restart()
+    async with Client(settings, reconnect_attempts=-1) as c:
+        for cmd in cmds:
+            view = await wait_terminal(c, cmd.op_id, timeout=90)
+            assert view.status == "completed", view.error
+            events = await c.events(cmd.op_id)
+            starts = [e for e in events if isinstance(e, OperationStarted)]
+            steps = [e.progress.current_step for e in events if isinstance(e, OperationProgress)]
+            assert len(starts) == 1, [(e.worker, e.attempt) for e in starts]  # never a second run
+            assert len(steps) == len(set(steps)) == 40  # each iteration once, none run twice
+        await serves(c)
+
+
+async def test_work_that_skipped_the_orchestrator_is_dropped(start_actors, client):
+    await start_actors("orchestrator", "dummy", "trainer")
+    forged = [RunDummy(op_id=subjects.new_op_id("dummy"), iterations=5),
+              StartTraining(op_id=subjects.new_op_id("training"), strategy_yaml=STRATEGY.read_text(),
+                            epochs=10**9, data_mode="none")]
+    for cmd in forged:
+        await client.js.publish(subjects.work(cmd.domain), encode(WorkItem(op_id=cmd.op_id, domain=cmd.domain,
+                                                                          command=cmd)))
+    await serves(client)  # consumed in order: the forged items were seen before this one ran
+    for cmd in forged:
+        assert await client.events(cmd.op_id) == []  # never started, never created
+    assert await stream_messages(client, "WORK") == 0  # terminated, not left to poison the stream
+
+
+async def test_forged_verdicts_and_dedupe_ids_change_nothing(start_actors, client):
+    await start_actors("orchestrator", "dummy")
+    cmd = dummy(iterations=20, interval=0.1)
+    await client.submit(cmd)
+    view = await wait_for_event(client, cmd.op_id, lambda ev, v: v.current_step >= 3)
+    holder = view.worker
+    subject = subjects.ops(cmd.op_id, "completed")
+    forged = OperationCompleted(op_id=cmd.op_id, actor="stranger-1", result={"iterations_completed": 3})
+    await client.js.publish(subject, encode(forged))
+    # a forged event that names the holder, and every dedupe id a stranger could guess
+    await client.js.publish(subject, encode(OperationCompleted(op_id=cmd.op_id, actor="stranger-2")),
+                            headers={"Nats-Msg-Id": f"{cmd.op_id}.terminal"})
+    await client.js.publish(subject, b"garbage", headers={"Nats-Msg-Id": f"{cmd.op_id}.{holder}.terminal"})
+    final = await wait_terminal(client, cmd.op_id, timeout=60)
+    assert final.status == "completed" and final.result["iterations_completed"] == 20
+    assert any("does not hold" in note for note in final.errors)
+
+
+async def test_poison_commands_and_work_never_stay_in_the_streams(start_actors, client):
+    await start_actors("orchestrator", "dummy")
+    deep = b'{"type":"RunDummy","op_id":' + b"[" * 60_000 + b"]" * 60_000 + b"}"
+    unknown_domain = encode(dummy()).replace(b'"dummy-', b'"nope-')
+    for payload in (deep, unknown_domain, b"\x00" * 1000, b"{}" * 100_000):
+        await client.js.publish(subjects.command(RunDummy), payload)
+        await client.js.publish(subjects.work("dummy"), payload)
+    await serves(client)
+    assert await stream_messages(client, "CMD") == 0
+    assert await stream_messages(client, "WORK") == 0
+
+
+async def test_a_huge_bad_value_is_rejected_with_a_short_reason(start_actors, client):
+    await start_actors("orchestrator")
+    cmd = LoadData(op_id=subjects.new_op_id("data"), symbol="A" * 900_000)  # ~1 MB: the max payload
+    await client.js.publish(subjects.command(cmd), encode(cmd))
+    view = await wait_terminal(client, cmd.op_id, timeout=30)
+    assert view.status == "rejected" and "symbol" in view.error and len(view.error) < 500
+
+
+async def test_a_yaml_alias_bomb_is_refused_and_stalls_nobody(start_actors, client):
+    await start_actors("orchestrator", "dummy")
+    bomb = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},"
+        f"*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)}]\n" for i in range(12))
+    running = dummy(iterations=30, interval=0.05)
+    await client.submit(running)
+    await wait_for_event(client, running.op_id, lambda ev, v: v.status == "running")
+    cmd = StartTraining(op_id=subjects.new_op_id("training"), strategy_yaml=bomb)
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id, timeout=30)
+    assert view.status == "rejected" and "alias" in view.error.lower()
+    assert (await wait_terminal(client, running.op_id, timeout=60)).status == "completed"
+
+
+async def test_ops_list_is_in_creation_order_whatever_the_domain(start_actors, client):
+    await start_actors("orchestrator", "dummy")
+    made = []
+    for cmd in (RunDummy(op_id=subjects.new_op_id("dummy"), iterations=1),
+                StartTraining(op_id=subjects.new_op_id("training"), strategy_yaml="nope: [", data_mode="none"),
+                LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", start=None, end=None, mode="local",
+                         timeframe="7h")):
+        await client.submit(cmd)
+        await wait_terminal(client, cmd.op_id)
+        made.append(cmd.op_id)
+    listed = [v.op_id for v in await client.list_operations()]
+    assert listed == made  # training- sorts before data- by id, but it was created after
+    assert [v.op_id for v in await client.list_operations(limit=1)] == made[-1:]
+
+
+def _actors_process(settings, *roles: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "NATS_URL": settings.nats_url, "KTRDR_HOME": str(settings.home),
+           "KTRDR_HEARTBEAT_S": "0.2", "KTRDR_WORKER_TIMEOUT": "1.5", "KTRDR_DRAIN_TIMEOUT": "0.5",
+           "PYTHONUNBUFFERED": "1"}
+    log = open(settings.home / f"actors-{'-'.join(roles)}-{os.urandom(2).hex()}.log", "wb")
+    return subprocess.Popen([sys.executable, "-m", "actors", *roles], env=env, stdout=log, stderr=log)
+
+
+async def test_sigterm_hands_work_back_and_kill_9_lets_a_replica_finish(start_actors, settings, client):
+    await start_actors("orchestrator")
+    first = _actors_process(settings, "dummy")
+    try:
+        drained = dummy(iterations=200, interval=0.05)
+        await client.submit(drained)
+        await wait_for_event(client, drained.op_id, lambda ev, v: v.current_step >= 3, timeout=60)
+        first.send_signal(signal.SIGTERM)  # drain: stop taking work, hand running work back
+        assert await asyncio.to_thread(first.wait, 60) == 0
+        second = _actors_process(settings, "dummy")
+        view = await wait_terminal(client, drained.op_id, timeout=120)
+        assert view.status == "completed" and view.attempts == 2
+        killed = dummy(iterations=200, interval=0.05)
+        await client.submit(killed)
+        await wait_for_event(client, killed.op_id, lambda ev, v: v.current_step >= 3, timeout=60)
+        second.kill()  # kill -9: no drain, no verdict
+        third = _actors_process(settings, "dummy")
+        view = await wait_terminal(client, killed.op_id, timeout=120)
+        assert view.status == "completed" and view.attempts == 2
+        starts = [e for e in await client.events(killed.op_id) if isinstance(e, OperationStarted)]
+        assert len({e.worker for e in starts}) == 2
+        third.terminate()
+        await asyncio.to_thread(third.wait, 60)
+    finally:
+        for p in (first,):
+            if p.poll() is None:
+                p.kill()
