@@ -138,7 +138,7 @@ class Actor:
                                 reconnected_cb=self._on_reconnected, error_cb=self._on_error)
         self.js = self.nc.jetstream()
         if self.provisions:
-            await ensure_streams(self.js, self.settings)
+            await ensure_streams(self.js, self.settings, upgrade=True)
         else:
             await check_streams(self.js)  # not there yet: start() fails and is tried again
         self.publisher = EventPublisher(self.nc, self.js, self.id)

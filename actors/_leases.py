@@ -10,6 +10,7 @@ machines). A holder whose renewal fails has lost the lease: it stops without a t
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class Leases:
     def __init__(self, kv: KeyValue, actor_id: str, ttl_s: float) -> None:
         self.kv, self.actor_id, self.ttl_s = kv, actor_id, ttl_s
         self._seen: dict[str, tuple[int, float]] = {}  # op_id -> (revision, when first seen)
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def acquire(self, op_id: str) -> Held | Busy:
         """Take the lease of `op_id`. Its attempt number counts the runs: a lease handed back or taken
@@ -82,15 +84,41 @@ class Leases:
         return Held(op_id, attempt, rev)
 
     async def renew(self, held: Held) -> bool:
-        """Extend the lease; False when it is no longer ours (taken over or removed)."""
+        """Extend the lease; False when it is no longer ours (taken over or removed). Renewals of one
+        lease are serialised (the heartbeat's and the one before a verdict would otherwise race and
+        one would see the other's revision as a takeover)."""
+        lock = self._locks.setdefault(held.op_id, asyncio.Lock())
+        async with lock:
+            for _ in range(2):
+                try:
+                    held.revision = await self.kv.update(
+                        held.op_id, encode(Lease(holder=self.actor_id, attempt=held.attempt)), last=held.revision)
+                    return True
+                except Exception as exc:
+                    if not _is_cas_failure(exc):
+                        raise  # server away: not a verdict; the caller tries again at the next beat
+                if not await self._still_mine(held):
+                    return False
+            return False
+
+    async def _still_mine(self, held: Held) -> bool:
+        """After a failed compare-and-set: is the stored lease still this holder's same attempt (then
+        take its revision and try again)?"""
         try:
-            held.revision = await self.kv.update(
-                held.op_id, encode(Lease(holder=self.actor_id, attempt=held.attempt)), last=held.revision)
-            return True
-        except Exception as exc:
-            if _is_cas_failure(exc):
-                return False
-            raise  # server away: not a verdict; the caller tries again at the next beat
+            entry = await self.kv.get(held.op_id)
+        except (KeyNotFoundError, KeyDeletedError):
+            return False
+        try:
+            lease = decode(entry.value or b"", Lease)
+        except DecodeError:
+            return False
+        if lease.holder != self.actor_id or lease.attempt != held.attempt:
+            return False
+        held.revision = entry.revision or held.revision
+        return True
+
+    def forget(self, op_id: str) -> None:
+        self._locks.pop(op_id, None)
 
     async def release(self, held: Held, *, done: bool) -> None:
         """Done: remove the lease. Not done (handed back): keep its attempt count with no holder, so the

@@ -97,9 +97,12 @@ class OperationContext:
 
 @dataclass
 class _Running:
+    """An operation this worker has taken: from the first delivery on (before its lease is held), so a
+    second delivery of the same item that arrives meanwhile is recognised and never runs beside it."""
+
     op_id: str
-    msg: Msg
-    held: Held
+    msg: Msg  # the newest delivery: the one to ack, nak or extend
+    held: Held | None = None
     token: CancellationToken = field(default_factory=CancellationToken)
 
 
@@ -156,6 +159,8 @@ class WorkRunner:
         for run in list(self.running.values()):
             with contextlib.suppress(Exception):
                 await run.msg.in_progress()
+            if run.held is None:
+                continue  # still being checked: no lease to renew yet
             try:
                 if not await self.leases.renew(run.held):
                     self.actor.log.warning("%s: lease of %s lost; stopping it without a verdict", self.actor.id,
@@ -187,50 +192,58 @@ class WorkRunner:
             await msg.term()
             return
         running = self.running.get(item.op_id)
-        if running is not None:  # a redelivery of what this worker runs now: one run, the newest handle
+        if running is not None:  # a redelivery of what this worker has taken: one run, the newest handle
             running.msg = msg
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
             return
-        await self._check_and_run(item.op_id, msg)
+        run = self.running[item.op_id] = _Running(item.op_id, msg)
+        try:
+            await self._check_and_run(run)
+        finally:
+            self.running.pop(item.op_id, None)
+            if self.leases is not None:
+                self.leases.forget(item.op_id)
 
-    async def _check_and_run(self, op_id: str, msg: Msg) -> None:
+    async def _check_and_run(self, run: _Running) -> None:
         a = self.actor
         assert a.js is not None and self.leases is not None
+        op_id = run.op_id
+        with contextlib.suppress(Exception):
+            await run.msg.in_progress()  # the checks below take a moment under load
         events = await read_lifecycle(a.js, op_id)
         created = next((e for e in events if isinstance(e, OperationCreated)), None)
         view = fold_all(events)
         if created is None or not created.actor.startswith("orchestrator"):
             a.log.warning("%s: work item for an operation no orchestrator created; dropped", op_id)
-            await msg.term()
+            await run.msg.term()
             return
         if view.terminal:
             a.log.info("%s is already %s; dropping its work item", op_id, view.status)
-            await msg.ack()
+            await run.msg.ack()
             return
         try:
             await asyncio.to_thread(commands.validate, created.command, created.ts)
         except KtrdrError as exc:
             await a.publish_event(OperationFailed(op_id=op_id, error=f"refused by {a.role}: {exc}",
                                                   error_code="validation"))
-            await msg.ack()
+            await run.msg.ack()
             return
         held = await self.leases.acquire(op_id)
         if isinstance(held, Busy):
             a.log.info("%s is held by %s; handing the redelivery back", op_id, held.holder)
-            await msg.nak(delay=max(held.retry_in, 0.1))
+            await run.msg.nak(delay=max(held.retry_in, 0.1))
             return
-        run = _Running(op_id, msg, held)
+        run.held = held
         if view.cancel_requested:
-            cancel = view.cancel_request
-            run.token.cancel(cancel[0] if cancel else "cancel requested", code=cancel[1] if cancel else "user")
-        self.running[op_id] = run
-        try:
-            await self._run(run, created.command)
-        finally:
-            self.running.pop(op_id, None)
+            run.token.cancel(view.cancel_reason or "cancel requested",
+                             code=view.cancel_reason_code or "user")  # type: ignore[arg-type]
+        await self._run(run, created.command)
 
     async def _run(self, run: _Running, command: AnyCommand) -> None:  # type: ignore[valid-type]
         a = self.actor
         op_id, token = run.op_id, run.token
+        assert run.held is not None
         ctx = OperationContext(a, op_id, command, token, run.held.attempt)
         attempt = run.held.attempt
         outcome: Event | None = None
@@ -258,7 +271,7 @@ class WorkRunner:
 
     async def _finish(self, run: _Running, ctx: OperationContext, outcome: Event | None) -> None:
         a = self.actor
-        assert self.leases is not None
+        assert self.leases is not None and run.held is not None
         if outcome is not None and await self._still_ours(run):
             await a.publish_event(outcome)
             with contextlib.suppress(Exception):
@@ -277,7 +290,7 @@ class WorkRunner:
         # A lost lease: another worker runs it now; nothing of ours may end it.
 
     async def _still_ours(self, run: _Running) -> bool:
-        assert self.leases is not None
+        assert self.leases is not None and run.held is not None
         for _ in range(50):  # a server restart in the way: try for a while before giving up the verdict
             try:
                 return await self.leases.renew(run.held)

@@ -1,8 +1,9 @@
 """JSON codec for the wire: one encoder, typed decoders built once. Validation happens at decode.
 
 Every decoder is bounded: a payload nested deeper than msgspec's recursion guard (a hostile
-`[[[[...]]]]`) raises DecodeError like any other malformed payload, never RecursionError, so a
-consumer can always answer it with an error event or terminate the message.
+`[[[[...]]]]`) or with bytes that are not UTF-8 where msgspec reads a tag raises DecodeError like any
+other malformed payload, never RecursionError or UnicodeDecodeError, so a consumer can always answer
+it with an error event or terminate the message.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def decode(data: bytes, type: type[T]) -> T:
         return dec.decode(data)
     except RecursionError:
         raise DecodeError("payload nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"payload is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def decode_command(data: bytes) -> AnyCommand:  # type: ignore[valid-type]
@@ -68,7 +71,7 @@ def sniff_op_id(data: bytes) -> str | None:
     """Best effort: the op_id of a payload that failed to decode, so the error can be reported on it."""
     try:
         obj = _loose.decode(data)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return None
     if isinstance(obj, dict) and isinstance(obj.get("op_id"), str):
         return obj["op_id"]

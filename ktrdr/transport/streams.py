@@ -19,18 +19,25 @@ from ktrdr.config import Settings
 log = logging.getLogger(__name__)
 
 
+# CMD and WORK hold what waits to be done: bounded, refusing new messages when full rather than
+# dropping queued work (a flood of commands cannot fill the server's disk).
+QUEUE_MAX_BYTES = 256 << 20
+
+
 def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
     replicas = settings.replicas
     return [
         js_api.StreamConfig(
             name=subjects.STREAM_CMD, subjects=[subjects.CMD_ALL],
             retention=js_api.RetentionPolicy.WORK_QUEUE, storage=js_api.StorageType.FILE,
-            duplicate_window=120.0, num_replicas=replicas, max_msg_size=1 << 20,
+            duplicate_window=120.0, num_replicas=replicas, max_msg_size=1 << 20, max_bytes=QUEUE_MAX_BYTES,
+            discard=js_api.DiscardPolicy.NEW,
         ),
         js_api.StreamConfig(
             name=subjects.STREAM_WORK, subjects=[subjects.WORK_ALL],
             retention=js_api.RetentionPolicy.WORK_QUEUE, storage=js_api.StorageType.FILE,
-            duplicate_window=120.0, num_replicas=replicas, max_msg_size=1 << 20,
+            duplicate_window=120.0, num_replicas=replicas, max_msg_size=1 << 20, max_bytes=QUEUE_MAX_BYTES,
+            discard=js_api.DiscardPolicy.NEW,
         ),
         js_api.StreamConfig(
             name=subjects.STREAM_OPS, subjects=[subjects.OPS_ALL],
@@ -45,9 +52,11 @@ def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
 
 _COMPARED = ("subjects", "retention", "storage", "max_age", "duplicate_window", "max_bytes",
              "max_msgs_per_subject")
+# Limits a provisioner brings an older stream up to (a store made before they existed had none).
+_UPGRADED = ("max_bytes", "max_msgs_per_subject", "discard")
 
 
-async def _ensure_stream(js: JetStreamContext, cfg: js_api.StreamConfig) -> list[str]:
+async def _ensure_stream(js: JetStreamContext, cfg: js_api.StreamConfig, upgrade: bool) -> list[str]:
     warnings: list[str] = []
     for _ in range(3):
         try:
@@ -59,6 +68,15 @@ async def _ensure_stream(js: JetStreamContext, cfg: js_api.StreamConfig) -> list
             except BadRequestError:
                 continue  # another process created it between our two calls: compare instead
         have = info.config
+        if upgrade and any(getattr(have, n) in (None, -1) and getattr(cfg, n) not in (None, -1) for n in _UPGRADED):
+            for n in _UPGRADED:
+                if getattr(have, n) in (None, -1):
+                    setattr(have, n, getattr(cfg, n))
+            if getattr(have, "discard", None) is None:
+                have.discard = cfg.discard
+            info = await js.update_stream(have)
+            log.info("stream %s: limits added (%s)", cfg.name, ", ".join(_UPGRADED))
+            have = info.config
         for name in _COMPARED:
             want, got = getattr(cfg, name), getattr(have, name)
             if want is None:
@@ -92,12 +110,13 @@ async def check_streams(js: JetStreamContext) -> None:
         await js.stream_info(name)
 
 
-async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
+async def ensure_streams(js: JetStreamContext, settings: Settings, *, upgrade: bool = False) -> list[str]:
     """Create CMD, WORK, OPS and the KV buckets if missing. Returns warnings for streams whose
-    settings differ from this process's."""
+    settings differ from this process's. With `upgrade` (the orchestrator), a stream made before a
+    limit existed gets it (byte limits, the per-operation event budget)."""
     warnings: list[str] = []
     for cfg in stream_configs(settings):
-        warnings += await _ensure_stream(js, cfg)
+        warnings += await _ensure_stream(js, cfg, upgrade)
     kv_ttl = max(settings.heartbeat_s * 10, 10.0)
     await _ensure_kv(js, js_api.KeyValueConfig(
         bucket=subjects.ACTORS_BUCKET, history=1, ttl=kv_ttl, storage=js_api.StorageType.MEMORY,

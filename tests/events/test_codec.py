@@ -57,6 +57,7 @@ def test_progress_event_with_typed_context_round_trips():
     b"", b"not json", b"[1,2]", b'{"type":"Nope","op_id":"x"}', b'{"type":"RunDummy"}',
     b'{"type":"RunDummy","op_id":"dummy-x","iterations":"many"}', b"\xff\xfe",
     b"[" * 100_000 + b"]" * 100_000,  # deeper than any recursion limit
+    b'{"type":"R\xednDummy","op_id":"x"}',  # not UTF-8 where the tag is read (msgspec: UnicodeDecodeError)
     b'{"type":"RunDummy","op_id":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
 ])
 def test_hostile_payloads_are_decode_errors(payload):
