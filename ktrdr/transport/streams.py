@@ -68,12 +68,9 @@ async def _ensure_stream(js: JetStreamContext, cfg: js_api.StreamConfig, upgrade
             except BadRequestError:
                 continue  # another process created it between our two calls: compare instead
         have = info.config
-        if upgrade and any(getattr(have, n) in (None, -1) and getattr(cfg, n) not in (None, -1) for n in _UPGRADED):
-            for n in _UPGRADED:
-                if getattr(have, n) in (None, -1):
-                    setattr(have, n, getattr(cfg, n))
-            if getattr(have, "discard", None) is None:
-                have.discard = cfg.discard
+        if upgrade and have.max_bytes in (None, -1) and cfg.max_bytes not in (None, -1):
+            for n in _UPGRADED:  # the byte limit with its discard policy (NEW for a queue: never drop work)
+                setattr(have, n, getattr(cfg, n))
             info = await js.update_stream(have)
             log.info("stream %s: limits added (%s)", cfg.name, ", ".join(_UPGRADED))
             have = info.config
