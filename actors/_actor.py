@@ -229,6 +229,15 @@ class Actor:
         if self.publisher is not None:
             self.publisher.acks_lost()  # acks of publishes sent before the disconnect will not come
         self.log.info("%s reconnected to NATS", self.id)
+        if self.provisions and self.js is not None:  # a server that lost its store gets it back
+            self.spawn(self._reprovision(), name=f"{self.id}-reprovision")
+
+    async def _reprovision(self) -> None:
+        assert self.js is not None
+        try:
+            await ensure_streams(self.js, self.settings, upgrade=True)
+        except Exception as exc:
+            self.log.warning("could not ensure the streams after reconnecting: %s", exc)
 
     async def _on_error(self, exc: Exception) -> None:
         self.log.debug("NATS error: %s", exc)

@@ -53,12 +53,17 @@ class Presence:
     async def loop(self) -> None:
         while True:
             await asyncio.sleep(self.actor.settings.heartbeat_s)
+            # Two independent steps: leases and ack deadlines are renewed even when the presence
+            # record cannot be written (its bucket being recreated after a server restart, say).
             try:
                 await self.beat()
-                if self.actor.work is not None:
-                    await self.actor.work.on_beat()
             except Exception as exc:  # server away: the connection reconnects; keep beating
                 self.actor.log.debug("heartbeat failed: %s", exc)
+            if self.actor.work is not None:
+                try:
+                    await self.actor.work.on_beat()
+                except Exception as exc:
+                    self.actor.log.debug("lease renewal pass failed: %s", exc)
 
     async def leave(self) -> None:
         with contextlib.suppress(Exception):

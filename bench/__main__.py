@@ -8,7 +8,7 @@ import sys
 
 from bench._common import report
 
-SUITES = ("backbone", "data", "training", "calendar", "indicators")
+SUITES = ("backbone", "data", "training", "faults", "calendar", "indicators")
 
 
 def main() -> None:

@@ -115,8 +115,10 @@ async def ensure_streams(js: JetStreamContext, settings: Settings, *, upgrade: b
     for cfg in stream_configs(settings):
         warnings += await _ensure_stream(js, cfg, upgrade)
     kv_ttl = max(settings.heartbeat_s * 10, 10.0)
+    # File storage, with a TTL: presence must survive a server restart (a memory bucket vanishes with
+    # the server, and with it every actor's record until each beats again into a bucket nobody made).
     await _ensure_kv(js, js_api.KeyValueConfig(
-        bucket=subjects.ACTORS_BUCKET, history=1, ttl=kv_ttl, storage=js_api.StorageType.MEMORY,
+        bucket=subjects.ACTORS_BUCKET, history=1, ttl=kv_ttl, storage=js_api.StorageType.FILE,
         replicas=settings.replicas))
     await _ensure_kv(js, js_api.KeyValueConfig(
         bucket=subjects.LEASES_BUCKET, history=1, storage=js_api.StorageType.FILE, replicas=settings.replicas))

@@ -1,0 +1,254 @@
+"""Faults, measured: each row kills or floods something real and reports how the stack came back.
+
+| fault | what is measured |
+|---|---|
+| kill -9 of a worker process mid-operation | time until a replica started the next attempt; runs per op |
+| SIGTERM of a worker process (drain) | time until the work was handed back and taken by a replica |
+| kill -9 of nats-server mid-operation | time from the restart to the next progress event; runs per op |
+| 10,000 hostile messages | time to consume them; bogus operations created; peak memory of the actors |
+| kill -9 of the OPS leader of a 3-node cluster | time to elect; time until progress resumes; events lost |
+
+Actors run as their own processes (`python -m actors`), as the embedded stack runs them. Each row
+prints medians over its rounds; `bench/results/faults.json` keeps the numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._common import BenchServer
+from events import subjects
+from events.codec import DecodeError, decode_event, encode
+from events.messages import OperationProgress, OperationStarted, RunDummy
+from ktrdr.client import Client
+from ktrdr.config import Settings
+from ktrdr.embedded import free_port, start_nats_server
+from ktrdr.transport import read_events
+
+FAST = {"KTRDR_HEARTBEAT_S": "0.2", "KTRDR_WORKER_TIMEOUT": "1.5", "KTRDR_ORPHAN_TIMEOUT": "30",
+        "KTRDR_DRAIN_TIMEOUT": "0.5"}
+
+
+def actors(settings: Settings, *roles: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    e = {**os.environ, "NATS_URL": settings.nats_url or "", "KTRDR_HOME": str(settings.home), **FAST, **(env or {})}
+    log = open(settings.home / f"actors-{os.urandom(3).hex()}.log", "wb")
+    return subprocess.Popen([sys.executable, "-m", "actors", *roles], env=e, stdout=log, stderr=log)
+
+
+def peak_rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def wait_event(c: Client, op_id: str, pred: Any, timeout: float = 60.0) -> float:
+    """Monotonic time at which an event satisfying pred(event, view) was seen (watch: stored events)."""
+    hit = asyncio.Event()
+    at: list[float] = []
+
+    def on(ev: Any, view: Any) -> None:
+        if not at and pred(ev, view):
+            at.append(time.monotonic())
+            hit.set()
+
+    await asyncio.wait_for(c.watch(op_id, on, stop=hit), timeout)
+    return at[0]
+
+
+async def runs_of(c: Client, op_id: str) -> int:
+    return sum(isinstance(e, OperationStarted) for e in await c.events(op_id))
+
+
+async def _started_dummy(c: Client, iterations: int = 400, interval: float = 0.05) -> str:
+    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=iterations, interval_s=interval)
+    await c.submit(cmd)
+    await wait_event(c, cmd.op_id, lambda ev, v: v.current_step >= 3)
+    return cmd.op_id
+
+
+async def worker_kill(srv: BenchServer, rounds: int = 5, sig: int = signal.SIGKILL) -> dict[str, Any]:
+    s = srv.settings
+    orch = actors(s, "orchestrator")
+    pool = [actors(s, "dummy")]
+    recover, runs = [], []
+    try:
+        async with Client(s) as c:
+            await c.wait_ready(["orchestrator", "dummy"], 60)
+            for _ in range(rounds):
+                op = await _started_dummy(c)
+                victim = pool[-1]
+                pool.append(actors(s, "dummy"))  # the replica that will take it over
+                await c.wait_ready(["dummy"], 60)
+                t0 = time.monotonic()
+                victim.send_signal(sig)
+                t1 = await wait_event(c, op, lambda ev, v: isinstance(ev, OperationStarted) and ev.attempt >= 2)
+                recover.append(t1 - t0)
+                await wait_event(c, op, lambda ev, v: v.terminal, timeout=120)
+                runs.append(await runs_of(c, op))
+                await asyncio.to_thread(victim.wait, 60)
+    finally:
+        for p in [orch, *pool]:
+            p.kill()
+    return {"rounds": rounds, "recover_p50_s": statistics.median(recover), "recover_max_s": max(recover),
+            "runs_per_op_max": max(runs), "bogus_ops": 0}
+
+
+async def server_kill(srv: BenchServer, rounds: int = 3) -> dict[str, Any]:
+    s = srv.settings
+    procs = [actors(s, "orchestrator", "dummy", "dummy")]
+    recover, runs, affected, missing = [], [], 0, 0
+    try:
+        async with Client(s, reconnect_attempts=-1) as c:
+            await c.wait_ready(["orchestrator", "dummy"], 60)
+            for _ in range(rounds):
+                ops = [await _started_dummy(c, iterations=200) for _ in range(3)]
+                affected += len(ops)
+                srv.proc.kill()
+                srv.proc.wait()
+                srv.proc = start_nats_server(srv.tmp / "store", srv.port, srv.tmp / "nats.log")
+                restarted = time.time()
+                for op in ops:
+                    await wait_event(c, op, lambda ev, v: v.terminal, timeout=180)
+                    runs.append(await runs_of(c, op))
+                # when the workers' progress resumed (by the events' own timestamps, not the watcher's)
+                resumed = [min(e.ts.timestamp() for e in await c.events(op) if isinstance(e, OperationProgress)
+                               and e.ts.timestamp() > restarted) for op in ops]
+                recover.append(max(resumed) - restarted)
+                for op in ops:  # every iteration's progress event stored, across the outage
+                    steps = {e.progress.current_step for e in await c.events(op) if isinstance(e, OperationProgress)}
+                    missing += 200 - len(steps)
+    finally:
+        for p in procs:
+            p.kill()
+    return {"rounds": rounds, "ops_affected": affected, "progress_resumed_p50_s": statistics.median(recover),
+            "progress_resumed_max_s": max(recover), "runs_per_op_max": max(runs),
+            "progress_events_lost": missing, "bogus_ops": 0}
+
+
+async def fuzz(srv: BenchServer, n: int = 10_000) -> dict[str, Any]:
+    s = srv.settings
+    proc = actors(s, "orchestrator", "dummy")
+    rng = random.Random(99)
+    try:
+        async with Client(s) as c:
+            await c.wait_ready(["orchestrator", "dummy"], 60)
+            before = {v.op_id for v in await c.list_operations()}
+            base = [encode(RunDummy(op_id=subjects.new_op_id("dummy"), iterations=0)), b"{}", b"[" * 4000,
+                    b"\xff\xfe", b'{"type":"RunDummy","op_id":"nope-20261128T174900123456-3f9a1c"}']
+            targets = [subjects.command(RunDummy), subjects.work("dummy"), "cmd.x.y",
+                       subjects.cancel(subjects.new_op_id("dummy")), "ib.bars"]
+            t0 = time.monotonic()
+            for _i in range(n):
+                payload = bytearray(rng.choice(base))
+                if payload and rng.random() < 0.5:
+                    payload[rng.randrange(len(payload))] = rng.randrange(256)
+                subject = rng.choice(targets)
+                if subject.startswith(("cmd.", "work.")):
+                    await c.js.publish(subject, bytes(payload))
+                else:
+                    await c.nc.publish(subject, bytes(payload))
+            marker = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=1, interval_s=0.0)
+            await c.submit(marker)  # commands are consumed in order: when it ends, all were seen
+            await wait_event(c, marker.op_id, lambda ev, v: v.terminal, timeout=300)
+            took = time.monotonic() - t0
+            after = await c.list_operations()
+            bogus = [v for v in after if v.op_id not in before and v.op_id != marker.op_id
+                     and v.status not in ("rejected",)]
+            cmd_left = (await c.js.stream_info("CMD")).state.messages
+    finally:
+        rss = peak_rss_mb(proc.pid)
+        proc.kill()
+    return {"messages": n, "consumed_s": took, "bogus_ops": len(bogus), "cmd_left": cmd_left,
+            "actors_peak_rss_mb": rss}
+
+
+async def cluster_leader_kill(rounds: int = 3) -> dict[str, Any]:
+    """`ktrdr up --cluster 3` in a private home; a dummy runs; kill -9 the OPS leader each round."""
+    import json
+
+    tmp = Path(tempfile.mkdtemp(prefix="ktrdr-bench-cluster-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "KTRDR_", "IB_PORT"))}
+    env.update({"KTRDR_HOME": str(tmp / "home"), "KTRDR_NATS_PORT": str(free_port()),
+                "KTRDR_WEB_PORT": str(free_port()), "KTRDR_LOCAL_ROLES": "orchestrator,dummy"})
+
+    def ktrdr(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ktrdr", *args], env=env, capture_output=True, text=True,
+                              timeout=180)
+
+    elect, resume, lost, affected = [], [], 0, 0
+    try:
+        assert ktrdr("up", "--cluster", "3").returncode == 0
+        home = tmp / "home"
+        url = (home / "run" / "nats.url").read_text().strip()
+        settings = Settings(home=home, nats_url=url)
+        seen: set[tuple[str, str, int]] = set()
+        async with Client(settings, reconnect_attempts=-1) as c:
+            async def live(msg: Any) -> None:
+                with contextlib.suppress(DecodeError):
+                    ev = decode_event(msg.data)
+                    seen.add((msg.subject, ev.actor, getattr(ev, "seq", 0)))
+
+            await c.nc.subscribe(subjects.OPS_ALL, cb=live)
+            for _ in range(rounds):
+                op = await _started_dummy(c, iterations=300, interval=0.02)
+                affected += 1
+                status = json.loads(ktrdr("status", "--json").stdout)
+                leader = next(sv for sv in status["servers"] if "OPS" in sv.get("leads", []))
+                t0 = time.monotonic()
+                os.kill(int(leader["pid"]), signal.SIGKILL)
+                while True:  # a new leader answers stream info
+                    with contextlib.suppress(Exception):
+                        info = await asyncio.wait_for(c.js.stream_info("OPS"), 2)
+                        if info.cluster is not None and info.cluster.leader not in (None, leader["name"]):
+                            break
+                    await asyncio.sleep(0.05)
+                elect.append(time.monotonic() - t0)
+                t1 = await wait_event(c, op, lambda ev, v, t=time.time(): isinstance(ev, OperationProgress)
+                                      and ev.ts.timestamp() > t, timeout=120)
+                resume.append(t1 - t0)
+                await wait_event(c, op, lambda ev, v: v.terminal, timeout=180)
+                assert ktrdr("up").returncode == 0  # the node comes back before the next round
+            stored: set[tuple[str, str, int]] = set()
+
+            def on_stored(subject: str, data: bytes) -> None:
+                with contextlib.suppress(DecodeError):
+                    ev = decode_event(data)
+                    stored.add((subject, ev.actor, getattr(ev, "seq", 0)))
+
+            await read_events(c.js, [subjects.OPS_ALL], on_stored)
+            lost = len(seen - stored)
+    finally:
+        ktrdr("down")
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"rounds": rounds, "ops_affected": affected, "elect_p50_s": statistics.median(elect),
+            "elect_max_s": max(elect), "progress_resumes_p50_s": statistics.median(resume),
+            "events_seen_live_but_not_stored": lost}
+
+
+async def main() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with BenchServer("faults-kill") as srv:
+        out["kill -9 worker"] = await worker_kill(srv)
+    with BenchServer("faults-term") as srv:
+        out["SIGTERM worker (drain)"] = await worker_kill(srv, rounds=3, sig=signal.SIGTERM)
+    with BenchServer("faults-server") as srv:
+        srv.port = int((srv.url or "").rsplit(":", 1)[1])
+        out["kill -9 nats-server"] = await server_kill(srv)
+    with BenchServer("faults-fuzz") as srv:
+        out["10,000 hostile messages"] = await fuzz(srv)
+    out["kill -9 OPS leader (3-node cluster)"] = await cluster_leader_kill()
+    return out
