@@ -2,14 +2,13 @@
 
 Lifecycle events (created, started, terminal, ...) are published one at a time with a PubAck round
 trip and retried through a server restart or an election, so when `publish` returns the event is
-stored. Progress events are pipelined: one task sends the queue in order with one shared reply
-inbox, and the server's PubAcks are counted (errors logged) instead of each becoming a future with
-its own inbox token and a JSON parse, which is what nats-py's publish_async spends most of its time
-on. At most MAX_PENDING_ACKS are outstanding; acks lost to a reconnect are written off after
-ACK_TIMEOUT_S. A progress event the server did not store (an error ack, a missing ack, a reconnect: what a
-stream-leader election looks like) is sent again with the same Nats-Msg-Id, together with everything
-sent shortly before it, so whatever a live subscriber saw ends up stored (once: the stream dedupes
-by id). A lost lifecycle event is not allowed to happen either: it is retried until stored.
+stored. Progress events are pipelined: one task sends the queue in order, each with the reply subject
+`<inbox>.<n>` under one shared wildcard subscription, so every PubAck says which event it answers
+without a future, an inbox token and a JSON parse per message (what nats-py's publish_async spends
+most of its time on). An event the server did not store (an error ack, or no ack within
+ACK_TIMEOUT_S: a stream leader that died under it, a reconnect) is sent again with the same
+Nats-Msg-Id, and again, until it is stored — once: the stream dedupes by id. So whatever a live
+subscriber saw ends up in the stream. At most MAX_PENDING_ACKS are unacknowledged at a time.
 
 Every publish carries a Nats-Msg-Id: `<op_id>.<actor>.<seq>`; a terminal event's is
 `<op_id>.<actor>.<secret>.terminal`, with a secret this process never shows before it publishes the
@@ -25,7 +24,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -38,57 +37,47 @@ from ktrdr.transport import publish
 
 log = logging.getLogger(__name__)
 
+Outgoing = tuple[str, bytes, dict[str, str]]  # subject, payload, headers
+
 
 class EventPublisher:
     MAX_PENDING_ACKS: ClassVar[int] = 4000
     ACK_TIMEOUT_S: ClassVar[float] = 5.0
-    RESEND_WINDOW_S: ClassVar[float] = 60.0  # inside the stream's 120 s dedupe window
+    GIVE_UP_S: ClassVar[float] = 110.0  # inside the stream's 120 s dedupe window: never stored twice
 
     def __init__(self, nc: NATS, js: JetStreamContext, actor_id: str) -> None:
         self.nc, self.js, self.actor_id = nc, js, actor_id
         self._seq = 0
-        self._outbox: deque[tuple[str, bytes, dict[str, str]]] = deque()
+        self._outbox: deque[Outgoing] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._subjects: dict[str, str] = {}
         self._inbox = ""
-        self._pending = 0  # progress publishes whose PubAck has not come back yet
+        self._n = 0
+        # n -> (first sent, last sent, event): sent, not acknowledged yet
+        self._unacked: dict[int, tuple[float, float, Outgoing]] = {}
+        self._first_sent: dict[str, float] = {}  # msg id -> when first sent, for events queued again
         self._room = asyncio.Event()
         self._room.set()
         self._all_acked = asyncio.Event()
         self._all_acked.set()
-        self._task: asyncio.Task[None] | None = None
-        self._recent: deque[tuple[float, str, bytes, dict[str, str]]] = deque(maxlen=self.MAX_PENDING_ACKS)
-        self._resend = False
-        self._last_ack = time.monotonic()
-        self._watchdog: asyncio.Task[None] | None = None
-        self.resent = 0  # progress events sent again after a failed or missing ack (for measurements)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.resent = 0  # progress events sent again (for measurements)
+        self.given_up = 0
         self.closed = False
         self._secret = secrets.token_hex(8)
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
-        await self.nc.subscribe(self._inbox, cb=self._on_ack)
-        self._task = asyncio.create_task(self._send_loop(), name=f"{self.actor_id}-publisher")
-        self._watchdog = asyncio.create_task(self._ack_watchdog(), name=f"{self.actor_id}-acks")
+        await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_ack)
+        self._tasks = [asyncio.create_task(self._send_loop(), name=f"{self.actor_id}-publisher"),
+                       asyncio.create_task(self._ack_watchdog(), name=f"{self.actor_id}-acks")]
 
     def close(self) -> None:
         self.closed = True
-        for task in (self._task, self._watchdog):
-            if task is not None:
-                task.cancel()
-
-    async def _ack_watchdog(self) -> None:
-        """Acks that stop coming without an error (a stream leader that died under our publishes, on
-        a server we stay connected to) are written off after ACK_TIMEOUT_S and the recent events
-        sent again."""
-        while True:
-            await asyncio.sleep(self.ACK_TIMEOUT_S / 5)
-            if self._pending and time.monotonic() - self._last_ack > self.ACK_TIMEOUT_S:
-                log.info("%s: %d progress acks missing for %.0f s; sending the recent events again", self.actor_id,
-                         self._pending, self.ACK_TIMEOUT_S)
-                self.acks_lost()
+        for task in self._tasks:
+            task.cancel()
 
     def _next(self, op_id: str) -> tuple[int, str]:
         self._seq += 1
@@ -122,81 +111,95 @@ class EventPublisher:
 
     async def flush(self, *, acked: bool = False) -> None:
         """Wait until every queued progress event has been handed to the connection; with acked=True,
-        also until the server has acknowledged storing them (or ACK_TIMEOUT_S passed without a word)."""
+        also until the server has acknowledged storing them (for at most ACK_TIMEOUT_S)."""
         await self._idle.wait()
-        if acked and self._pending:
+        if acked and self._unacked:
             try:
                 await asyncio.wait_for(self._all_acked.wait(), self.ACK_TIMEOUT_S)
             except TimeoutError:
-                self.acks_lost()
+                log.info("%s: %d progress events not acknowledged at flush", self.actor_id, len(self._unacked))
 
     def acks_lost(self) -> None:
-        """Acks of publishes sent before a disconnect will not come: stop waiting for them, and send
-        the recent ones again (stored once: same Nats-Msg-Id)."""
-        self._pending = 0
-        self._room.set()
-        self._all_acked.set()
-        self._schedule_resend()
+        """A reconnect: the acks of what was sent before will not come; send all of it again."""
+        self._resend([n for n in self._unacked])
 
-    def _schedule_resend(self) -> None:
-        if self.closed or not self._recent:
+    # ------------------------------------------------------------------ acks
+    async def _on_ack(self, msg: Msg) -> None:
+        try:
+            n = int(msg.subject.rsplit(".", 1)[1])
+        except ValueError:
             return
-        self._resend = True
+        data = msg.data
+        if not data or b'"error"' in data:  # empty: a status (503: no stream leader now) in the headers
+            log.debug("%s: progress event %d not stored (%s); sending it again", self.actor_id, n,
+                      data.decode(errors="replace") or (msg.headers or {}).get("Status", ""))
+            self._resend([n])
+            return
+        self._done(n)
+
+    def _done(self, n: int) -> None:
+        if self._unacked.pop(n, None) is None:
+            return
+        if len(self._unacked) < self.MAX_PENDING_ACKS:
+            self._room.set()
+        if not self._unacked:
+            self._all_acked.set()
+
+    def _resend(self, numbers: list[int]) -> None:
+        """Put these unacknowledged events back in front of the queue, oldest first (their old
+        numbers are forgotten: an ack for them is for an earlier copy and no longer needed)."""
+        now = time.monotonic()
+        again: list[Outgoing] = []
+        for n in sorted(numbers):
+            item = self._unacked.pop(n, None)
+            if item is None:
+                continue
+            first, _last, out = item
+            if now - first > self.GIVE_UP_S:
+                self.given_up += 1  # beyond the dedupe window a copy could be stored twice
+                continue
+            again.append(out)
+            self._first_sent[out[2]["Nats-Msg-Id"]] = first
+        if not again:
+            return
+        self.resent += len(again)
+        self._outbox.extendleft(reversed(again))
+        self._room.set()
         self._idle.clear()
         self._wake.set()
 
-    async def _on_ack(self, msg: Msg) -> None:
-        data = msg.data
-        if not data or b'"error"' in data:  # empty: a status (503 no responders) in the headers
-            status = (msg.headers or {}).get("Status", "")
-            log.info("%s: a progress event was not stored (%s); sending the recent ones again", self.actor_id,
-                     data.decode(errors="replace") or f"status {status}")
-            self._schedule_resend()
-        self._acked()
+    async def _ack_watchdog(self) -> None:
+        """Acks that do not come (a stream leader that died under our publishes, on a server we stay
+        connected to) are written off after ACK_TIMEOUT_S and those events sent again."""
+        while True:
+            await asyncio.sleep(self.ACK_TIMEOUT_S / 5)
+            horizon = time.monotonic() - self.ACK_TIMEOUT_S
+            late = [n for n, (_first, last, _out) in self._unacked.items() if last < horizon]
+            if late:
+                log.info("%s: %d progress acks missing for %.0f s; sending those events again", self.actor_id,
+                         len(late), self.ACK_TIMEOUT_S)
+                self._resend(late)
 
-    def _acked(self) -> None:
-        self._last_ack = time.monotonic()
-        if self._pending > 0:
-            self._pending -= 1
-        if self._pending < self.MAX_PENDING_ACKS:
-            self._room.set()
-        if self._pending == 0:
-            self._all_acked.set()
-
+    # ------------------------------------------------------------------ sending
     async def _send_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._resend:
-                self._resend = False
-                self._requeue_recent()
             while self._outbox:
-                await self._send_one(*self._outbox.popleft())
+                await self._send_one(self._outbox.popleft())
             self._idle.set()
 
-    def _requeue_recent(self) -> None:
-        """Put the recently sent events back in front of the queue, oldest first."""
-        horizon = time.monotonic() - self.RESEND_WINDOW_S
-        again = [(subject, payload, headers) for at, subject, payload, headers in self._recent if at >= horizon]
-        self._recent.clear()
-        self.resent += len(again)
-        self._outbox.extendleft(reversed(again))
-
-    async def _send_one(self, subject: str, payload: bytes, headers: dict[str, Any]) -> None:
-        if self._pending >= self.MAX_PENDING_ACKS:
+    async def _send_one(self, out: Outgoing) -> None:
+        if len(self._unacked) >= self.MAX_PENDING_ACKS:
             self._room.clear()
-            try:
-                await asyncio.wait_for(self._room.wait(), self.ACK_TIMEOUT_S)
-            except TimeoutError:
-                self.acks_lost()
-                self._requeue_recent()
+            await self._room.wait()
+        subject, payload, headers = out
+        self._n += 1
+        now = time.monotonic()
+        first = self._first_sent.pop(headers["Nats-Msg-Id"], now)
+        self._unacked[self._n] = (first, now, out)
+        self._all_acked.clear()
         try:
-            if not self._pending:
-                self._last_ack = time.monotonic()  # the clock for missing acks starts now
-            self._pending += 1
-            self._all_acked.clear()
-            self._recent.append((time.monotonic(), subject, payload, headers))
-            await self.nc.publish(subject, payload, reply=self._inbox, headers=headers)
-        except Exception as exc:  # server away: it goes again once the connection is back
-            self._acked()
+            await self.nc.publish(subject, payload, reply=f"{self._inbox}.{self._n}", headers=headers)
+        except Exception as exc:  # server away: the watchdog sends it again once the connection is back
             log.debug("progress publish failed: %s", exc)
