@@ -78,6 +78,7 @@ async def test_gateway_death_mid_load_says_so_and_resumes_when_it_is_back(client
     assert_same_bars(data_stack.read("AAPL", "1h"), expected("AAPL", "1h", utc(2021, 1, 1), utc(2023, 1, 1)))
 
 
+@pytest.mark.slow  # waits out DataLoadingJob.gateway_wait_s (30 s)
 async def test_gateway_that_stays_down_fails_the_load_naming_the_gateway(client, data_stack, gateway):
     cmd, port = await _start_load_and_kill_gateway(client, gateway)
     await wait_for_event(client, cmd.op_id, _state_is(DISCONNECTED_STATE), timeout=30)
@@ -143,6 +144,7 @@ async def _fill_window(ib: IbRequester, rules: PacingRules) -> None:
         await asyncio.gather(*(ib.bars(s, "1h", a, b) for s, a, b in wave))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("time_scale", [0.02])  # IB's 10-minute window lasts 12 s
 async def test_pacing_history_survives_an_ib_actor_restart(start_actors, client, data_settings, gateway, time_scale):
     rules = PacingRules(time_scale=time_scale)
@@ -161,6 +163,7 @@ async def test_pacing_history_survives_an_ib_actor_restart(start_actors, client,
     assert second.client.limiter.waits >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("time_scale", [0.02])
 async def test_requests_whose_caller_went_away_take_no_pacing_slot(start_actors, client, data_settings, gateway,
                                                                    nats_server, time_scale):
