@@ -5,10 +5,20 @@ the client (PacingLimiter) and every wait is sent to the caller as an interim re
 for IB pacing") before the answer. A cancel of the operation cancels its in-flight IB requests.
 Errors go back typed (error_code + IB's code), never as text to parse. The caller's side is
 ktrdr.transport.IbRequester.
+
+Faults it rides out:
+- the gateway goes away (crash, daily restart, `ktrdr up` bringing it back on the same port): the
+  client reconnects by itself forever; meanwhile requests fail at once with DisconnectedError naming
+  the gateway, and `ib_state()` (logged on every change) says "... disconnected; reconnecting";
+- a restart of this actor: the pacing history is kept in KV PACING and loaded before the first
+  request, so IB's windows are honoured across the restart;
+- a caller that went away: its request is dropped before it takes a pacing slot, or cancelled at IB
+  if already sent (`abandoned` counts them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -16,9 +26,10 @@ from actors.runtime import Actor, Call, handles
 from events import subjects
 from events.messages import CancelOperation, IbBarsRequest, IbContractRequest, IbHeadRequest, IbReply, IbRequest
 from ktrdr.cancellation import CancellationToken
-from ktrdr.errors import DisconnectedError, IbError, KtrdrError, OperationCancelledError
+from ktrdr.errors import IbError, KtrdrError, OperationCancelledError
 from ktrdr.ib.client import IbClient
 from ktrdr.ib.pacing import PacingRules
+from ktrdr.transport.ib import CallerWatch, PacingStore
 
 
 class IbActor(Actor):
@@ -27,26 +38,48 @@ class IbActor(Actor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.client: IbClient | None = None
+        self.pacing_store: PacingStore | None = None
         self.inflight: dict[str, set[CancellationToken]] = {}
+        self.abandoned = 0  # requests dropped or cancelled because their caller went away
+        self._last_state = ""
 
     async def on_start(self) -> None:
         s = self.settings
         port = s.ib_port or 4002
+        # ready_timeout=0: while the gateway is away, requests fail at once and the caller's retry
+        # policy decides how long a load waits (DataLoadingJob: gateway_wait_s).
         self.client = IbClient(s.ib_host, port, s.ib_client_id, pacing=PacingRules(time_scale=s.ib_time_scale),
-                               connect_timeout=30.0)
+                               connect_timeout=30.0, ready_timeout=0.0)
+        assert self.js is not None
+        self.pacing_store = PacingStore(self.js, subjects.pacing_key(s.ib_host, port, s.ib_client_id),
+                                        self.client.limiter, gateway=f"{s.ib_host}:{port}/{s.ib_client_id}")
         try:
-            await self.client.connect()
-        except Exception as exc:  # keep serving: requests answer "disconnected" until it is back
-            self.log.error("IB gateway %s:%s not reachable yet (%s); will keep trying", s.ib_host, port, exc)
-            self.spawn(self._reconnect_forever())
+            await self.pacing_store.load()  # before the first request can take a slot
+        except Exception as exc:  # a missing history costs at most a 162; never a reason not to serve
+            self.log.warning("could not load the IB pacing history: %s", exc)
+        if not await self.client.start():  # keeps reconnecting in the background
+            self.log.error("%s not reachable yet (%s); will keep trying", self.client.gateway,
+                           self.client.last_error)
+        self.spawn(self.pacing_store.run(), name=f"{self.id}-pacing")
+        self.spawn(self._watch_state(), name=f"{self.id}-ib-state")
 
-    async def _reconnect_forever(self) -> None:
-        assert self.client is not None
-        while not self.client.is_connected:
-            with contextlib.suppress(Exception):
-                await self.client.connect()
+    def ib_state(self) -> str:
+        """Where the IB connection stands, in one line ("connected", or why not)."""
+        return self.client.state if self.client is not None else "not started"
+
+    async def _watch_state(self) -> None:
+        """Log every change of the IB connection's state (a presence-visible field could carry it)."""
+        while True:
+            state = self.ib_state()
+            if state.split(" (attempt")[0] != self._last_state.split(" (attempt")[0]:
+                self.log.info("IB connection: %s", state)
+            self._last_state = state
+            await asyncio.sleep(self.settings.heartbeat_s)
 
     async def on_stop(self) -> None:
+        if self.pacing_store is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pacing_store.save(), 2.0)
         if self.client is not None:
             await self.client.close()
 
@@ -84,8 +117,10 @@ class IbActor(Actor):
                     self.inflight.pop(req.op_id, None)
 
     def _client(self) -> IbClient:
-        if self.client is None or not self.client.is_connected:
-            raise DisconnectedError("IB gateway not connected", hint="is IB Gateway/TWS running? see the ib log")
+        if self.client is None:
+            raise IbError("the ib actor is not started")
+        if not self.client.is_connected:
+            raise self.client.down_error()
         return self.client
 
     @handles(IbContractRequest, queue=subjects.IB_QUEUE_GROUP)
@@ -105,8 +140,20 @@ class IbActor(Actor):
         def on_wait(wait_s: float, why: str) -> None:
             self.spawn_note(call, IbReply(ok=True, final=False, pacing_wait_s=wait_s, message=why))
 
+        assert self.nc is not None
         with self._tracked(req) as token:
-            df = await client.bars(req.symbol, req.timeframe, req.start, req.end, cancel=token, on_wait=on_wait)
+            watch = CallerWatch(self.nc, call.msg.reply, token)
+            watcher = asyncio.ensure_future(watch.run())
+            try:
+                df = await client.bars(req.symbol, req.timeframe, req.start, req.end, cancel=token, on_wait=on_wait,
+                                       gate=watch.gate)
+            except OperationCancelledError:
+                if watch.gone:
+                    self.abandoned += 1
+                    self.log.info("dropped %s %s bars: the caller went away", req.symbol, req.timeframe)
+                raise
+            finally:
+                watcher.cancel()
         ts = (df.index.asi8 // 1_000_000_000).tolist() if len(df) else []
         return IbReply(ok=True, source=str(df.attrs.get("source", client.source)),
                        pacing_wait_s=float(df.attrs.get("pacing_wait_s", 0.0)), t=ts,
@@ -114,8 +161,6 @@ class IbActor(Actor):
                        vol=df["volume"].tolist())
 
     def spawn_note(self, call: Call, note: IbReply) -> None:
-        import asyncio
-
         task = asyncio.ensure_future(call.interim(note))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import operator
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -399,3 +399,27 @@ class IbReply(Message, tag="IbReply", kw_only=True):
     # final=False: an interim notice (e.g. "waiting 12 s for IB pacing") before the answer itself.
     final: bool = True
     message: str = ""
+
+
+# --------------------------------------------------------------------------------------------------
+# IB pacing history (KV PACING, key subjects.pacing_key(host, port, client_id)): the requests an ib
+# actor sent inside IB's longest pacing window, so a restarted actor waits where the old one would.
+# --------------------------------------------------------------------------------------------------
+PACING_HISTORY_MAX = 1000  # IB allows 60 per 10 minutes; anything near this bound is not a history
+
+
+class PacingStamp(msgspec.Struct, array_like=True):
+    """One request: when it was sent (wall clock, epoch seconds UTC) and what IB compares for pacing."""
+
+    at: Annotated[float, msgspec.Meta(ge=0, le=1e11)]
+    contract: Annotated[str, msgspec.Meta(max_length=64)]
+    exchange: Annotated[str, msgspec.Meta(max_length=32)]
+    what_to_show: Annotated[str, msgspec.Meta(max_length=32)]
+    params: Annotated[str, msgspec.Meta(max_length=256)]
+
+
+class PacingHistory(Message, tag="PacingHistory", kw_only=True):
+    gateway: Annotated[str, msgspec.Meta(max_length=300)] = ""  # host:port/client id, for people
+    saved: datetime = msgspec.field(default_factory=utcnow)
+    requests: Annotated[list[PacingStamp], msgspec.Meta(max_length=PACING_HISTORY_MAX)] = msgspec.field(
+        default_factory=list)

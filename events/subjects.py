@@ -26,7 +26,7 @@ STREAM_WORK = "WORK"
 STREAM_OPS = "OPS"
 ACTORS_BUCKET = "ACTORS"  # KV: presence, key <role>.<actor_id>
 LEASES_BUCKET = "LEASES"  # KV: which actor holds which operation, key <op_id>
-PACING_BUCKET = "PACING"  # KV: IB pacing history, key <ib pool>
+PACING_BUCKET = "PACING"  # KV: IB pacing history, key pacing_key(host, port, client_id)
 BARS_BUCKET = "BARS"  # object store: <SYMBOL>/<TF> parquet
 MODELS_BUCKET = "MODELS"  # object store: <strategy>/<key>/<file>
 CHECKPOINTS_BUCKET = "CHECKPOINTS"  # object store: <op_id>/latest
@@ -175,3 +175,16 @@ def kv_updates(bucket: str) -> str:
 
 def kv_key_of(bucket: str, subject: str) -> str:
     return subject[len(f"$KV.{bucket}.") :]
+
+
+_KV_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def pacing_key(host: str, port: int, client_id: int) -> str:
+    """The PACING key of one IB connection (`127_0_0_1-4002-11`): IB paces per gateway session, and a
+    restarted ib actor comes back with the same host, port and client id. Any character a KV key or
+    subject token might not take becomes "_"; a very long host name is shortened with a digest."""
+    h = _KV_UNSAFE.sub("_", host) or "_"
+    if len(h) > 64:
+        h = f"{h[:48]}_{hashlib.sha256(host.encode()).hexdigest()[:12]}"
+    return f"{h}-{int(port)}-{int(client_id)}"

@@ -5,9 +5,17 @@ fetches them CONCURRENTLY (at most `max_concurrency` in flight; IB pacing is the
 Each segment is repaired and merged into the store as soon as it arrives, so whatever was fetched
 before a cancel or a failure stays stored and the next load fetches only what is still missing.
 
-Errors: DisconnectedError / PacingError are retried with backoff that a cancel interrupts;
-NoDataError marks a segment empty; UnknownSymbolError fails the whole job at once; any segment still
-failing after retries makes the job raise DataError after every other segment has finished.
+Errors: PacingError is retried with backoff that a cancel interrupts; NoDataError marks a segment
+empty; UnknownSymbolError fails the whole job at once; any segment still failing after retries makes
+the job raise DataError after every other segment has finished.
+A gateway that goes away (DisconnectedError while no request gets through) is waited for, not
+counted per segment: progress says "IB gateway disconnected; reconnecting", segments retry with
+backoff (1, 2, 4, 8, 8 ... s), and the load resumes the moment the gateway is back. If it stays away
+for `gateway_wait_s` (30 s by default, from the first failure with no success since) the job stops at
+once with GatewayUnreachableError (a DisconnectedError) naming the gateway; what was fetched before
+stays stored. So a dead gateway fails a load within gateway_wait_s plus one backoff step (<= 8 s),
+however many segments remain. A DisconnectedError of one segment while others succeed is retried
+`retries` times like any other, then fails that segment.
 Cancellation: the token is checked before each segment; a cancel also cancels the in-flight fetch
 tasks, waits for them, and raises OperationCancelledError(where="segment i/n").
 """
@@ -42,6 +50,10 @@ from ktrdr.errors import (
 )
 
 FetchFn = Callable[[Segment], Awaitable[pd.DataFrame]]
+
+
+class GatewayUnreachableError(DisconnectedError):
+    """The IB gateway stayed away longer than the load waits for it: the whole job stops."""
 HeadFn = Callable[[], Awaitable[datetime | None]]
 
 
@@ -88,6 +100,7 @@ class DataLoadingJob:
         retries: int = 3,
         backoff_s: float = 1.0,
         pacing_wait_s: float = 60.0,
+        gateway_wait_s: float = 30.0,
         universe: dict[str, Instrument] | None = None,
     ) -> None:
         if isinstance(instrument, str):
@@ -114,6 +127,9 @@ class DataLoadingJob:
         self.backoff_s = backoff_s
         # KTRDR waited a fixed 60 s after a pacing violation; the fetcher normally paces before that.
         self.pacing_wait_s = pacing_wait_s
+        self.gateway_wait_s = gateway_wait_s
+        self._down_since: float | None = None  # monotonic time of the first DisconnectedError since a success
+        self._successes = 0  # IB calls that got an answer (an outage is failures with none of these)
         self.result = LoadResult(self.inst.symbol, self.tf.name, self.mode, source=source)
         self.repairs = RepairReport()
         self._done = 0
@@ -158,7 +174,7 @@ class DataLoadingJob:
         head: datetime | None = None
         if self.mode != "local":
             try:
-                head = await self.head_timestamp()
+                head = await self._through_outages(self.head_timestamp, 0)
             except NoDataError:
                 head = None  # IB knows no head timestamp: fall back to the requested/default start
         self.cancel.raise_if_cancelled("analyzing")
@@ -209,7 +225,7 @@ class DataLoadingJob:
                     await self._stop(pending)
                     self.cancel.raise_if_cancelled(where)
                 for exc in errors:
-                    if isinstance(exc, OperationCancelledError | UnknownSymbolError):
+                    if isinstance(exc, OperationCancelledError | UnknownSymbolError | GatewayUnreachableError):
                         await self._stop(pending)  # nothing else will succeed for this symbol
                         raise exc
                     if exc is not None:
@@ -234,7 +250,7 @@ class DataLoadingJob:
             self._inflight.add(seg.index)
             try:
                 await self._fetch_and_merge(seg)
-            except UnknownSymbolError:
+            except (UnknownSymbolError, GatewayUnreachableError):
                 # Set before the semaphore is released, so no queued segment starts a request.
                 self._aborted = True
                 raise
@@ -247,24 +263,23 @@ class DataLoadingJob:
         while True:
             self._emit("fetching", "fetching", seg.index)
             try:
-                df = await self.fetch(seg)
+                df = await self._through_outages(lambda: self.fetch(seg), seg.index)
                 break
             except NoDataError:
                 r.segments_empty += 1
                 self._done += 1
                 self._emit("fetching", "no data", seg.index)
                 return
-            except UnknownSymbolError:
+            except (UnknownSymbolError, GatewayUnreachableError):
                 raise
-            except (DisconnectedError, PacingError) as e:
+            except DisconnectedError as e:  # this segment alone kept failing: retries spent
+                return self._failed(seg, e)
+            except PacingError as e:
                 attempt += 1
                 if attempt > self.retries:
                     return self._failed(seg, e)
-                pacing = isinstance(e, PacingError)
-                delay = self.pacing_wait_s if pacing else self.backoff_s * 2 ** (attempt - 1)
-                state = "waiting for IB pacing" if pacing else f"retrying after {e.code}"
-                self._emit("fetching", state, seg.index, waiting_s=delay)
-                if await self.cancel.sleep(delay):
+                self._emit("fetching", "waiting for IB pacing", seg.index, waiting_s=self.pacing_wait_s)
+                if await self.cancel.sleep(self.pacing_wait_s):
                     self.cancel.raise_if_cancelled(self._where())
             except (OperationCancelledError, asyncio.CancelledError):
                 raise
@@ -288,6 +303,45 @@ class DataLoadingJob:
             raise
         self._count_fetched(seg, len(fixed), added)
         self._emit("fetching", "stored", seg.index)
+
+    async def _through_outages(self, call: Callable[[], Awaitable[Any]], segment: int) -> Any:
+        """`call()`, retried on DisconnectedError with backoff. While nothing else succeeds either
+        (the gateway is away for everyone) it retries until the outage has lasted gateway_wait_s,
+        then raises GatewayUnreachableError, which ends the job. A failure of this call alone while
+        other requests succeed gets `retries` retries, then its DisconnectedError fails the segment."""
+        attempt = 0
+        successes_then: int | None = None  # the job's success count at this call's first failure
+        while True:
+            try:
+                out = await call()
+            except DisconnectedError as e:
+                now = time.monotonic()
+                if self._down_since is None:
+                    self._down_since = now
+                if successes_then is None:
+                    successes_then = self._successes
+                outage = successes_then == self._successes  # nobody got through since we first failed
+                down_for = now - self._down_since
+                if self._aborted or (outage and down_for >= self.gateway_wait_s):
+                    raise GatewayUnreachableError(
+                        f"IB gateway unreachable for {down_for:.0f} s (a load waits up to "
+                        f"{self.gateway_wait_s:g} s): {e.message}",
+                        ib_code=e.ib_code,
+                        hint="segments fetched before are stored; rerun the load once the gateway is back",
+                    ) from e
+                attempt += 1
+                if not outage and attempt > self.retries:
+                    raise
+                delay = min(self.backoff_s * 2 ** (attempt - 1), 8.0)
+                if outage:
+                    delay = min(delay, max(self.gateway_wait_s - down_for, 0.0) + 0.01)
+                self._emit("fetching", "IB gateway disconnected; reconnecting", segment, waiting_s=delay)
+                if await self.cancel.sleep(delay):
+                    self.cancel.raise_if_cancelled(self._where())
+                continue
+            self._successes += 1
+            self._down_since = None  # the gateway answered: a later outage gets the whole budget again
+            return out
 
     def _count_fetched(self, seg: Segment, n_bars: int, added: int) -> None:
         self.result.segments_fetched += 1

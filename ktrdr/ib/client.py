@@ -1,7 +1,12 @@
 """IbClient: the one read-only ib_async connection of an ib actor, and the data calls it serves.
 
-It connects with exponential backoff, reconnects by itself when the gateway drops (disconnectedEvent)
-and follows IB's connectivity messages (1100 lost: in-flight requests fail, new ones wait; 1101/1102
+It connects with exponential backoff and, once started, reconnects by itself FOREVER to the same
+host:port (capped backoff, `max_backoff_s`) whenever the gateway drops or is not there yet: IB
+Gateway restarts (daily, or a crash that `ktrdr up` recovers on the same port) are routine. When the
+connection drops every request in flight fails at once with DisconnectedError naming the gateway,
+and new requests fail fast (`ready_timeout`) while it is away, so callers decide how long to wait.
+`state` says where the connection stands ("connected", "... disconnected; reconnecting ...").
+It follows IB's connectivity messages (1100 lost: in-flight requests fail, new ones wait; 1101/1102
 restored). Every historical request goes through one PacingLimiter so IB never has to answer 162.
 `source` is "sim" for a simulated gateway (account names starting with "SIM"), else "ib".
 """
@@ -25,10 +30,12 @@ from ktrdr.errors import DisconnectedError, NoDataError, OperationCancelledError
 from ktrdr.ib import errors as ib_errors
 from ktrdr.ib.contracts import contract_for, contract_info, instrument_for, pick_details, qualified_contract
 from ktrdr.ib.historical import fetch_bars, to_utc
-from ktrdr.ib.pacing import OnWait, PacingLimiter, PacingRules
+from ktrdr.ib.pacing import Gate, OnWait, PacingLimiter, PacingRules
 from ktrdr.ib.requests import RequestTracker
 
 log = logging.getLogger("ktrdr.ib")
+# IB's "not connected" code: what an in-flight request fails with when the gateway goes away.
+GATEWAY_GONE = 504
 
 
 def _not_our_own_cancel(record: logging.LogRecord) -> bool:
@@ -39,11 +46,20 @@ def _not_our_own_cancel(record: logging.LogRecord) -> bool:
     return "historical data query cancelled" not in text and "No historical data query found" not in text
 
 
+def _not_a_reconnect_attempt(record: logging.LogRecord) -> bool:
+    # ib_async logs every failed connection attempt as two ERRORs; while the gateway is away that is
+    # one pair per backoff step, forever. IbClient logs the outage itself (first failure, then rarely).
+    text = record.getMessage()
+    return not text.startswith("API connection failed") and not text.startswith("Make sure API port")
+
+
 logging.getLogger("ib_async.wrapper").addFilter(_not_our_own_cancel)
+logging.getLogger("ib_async.client").addFilter(_not_a_reconnect_attempt)
 
 
 class IbClient:
-    """Owns ONE ib_async `IB` connection (read-only). Use `async with IbClient(...)` or connect/close."""
+    """Owns ONE ib_async `IB` connection (read-only). Use `async with IbClient(...)` or connect/close;
+    a long-lived owner (the ib actor) calls `start()`, which never fails and keeps reconnecting."""
 
     def __init__(
         self,
@@ -56,6 +72,7 @@ class IbClient:
         request_timeout: float = 120.0,
         reconnect: bool = True,
         max_backoff_s: float = 10.0,
+        ready_timeout: float | None = None,
         universe: dict[str, Instrument] | None = None,
     ) -> None:
         self.host = host
@@ -65,10 +82,13 @@ class IbClient:
         self.request_timeout = request_timeout
         self.reconnect = reconnect
         self.max_backoff_s = max_backoff_s
+        # How long a request waits for a dropped connection to come back before DisconnectedError
+        # (None: connect_timeout). 0 fails at once: the caller owns the retry policy.
+        self.ready_timeout = connect_timeout if ready_timeout is None else ready_timeout
         self.universe = universe
         self.ib = IB()
         self.limiter = PacingLimiter(pacing)
-        self._tracker = RequestTracker(self.ib)
+        self._tracker = RequestTracker(self.ib, gateway=self.gateway)
         self._connected = asyncio.Event()
         self._upstream_ok = asyncio.Event()  # cleared by 1100, set again by 1101/1102
         self._upstream_ok.set()
@@ -77,14 +97,33 @@ class IbClient:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._accounts: list[str] = []
         self._contracts: dict[str, tuple[Instrument, Contract, ContractInfo]] = {}
+        self._qualifying: dict[str, asyncio.Future[tuple[Instrument, Contract, ContractInfo]]] = {}
         self.reconnects = 0  # successful reconnections after a drop
+        self.attempts = 0  # failed connection attempts since the connection was last up
+        self.last_error = ""
         self.ib.disconnectedEvent += self._on_disconnected
         self.ib.errorEvent += self._on_error
 
     # --- connection ---------------------------------------------------------------------------
     @property
+    def gateway(self) -> str:
+        return f"IB gateway at {self.host}:{self.port}"
+
+    @property
     def is_connected(self) -> bool:
         return self._connected.is_set() and self.ib.isConnected()
+
+    @property
+    def state(self) -> str:
+        """One line for logs and presence: "connected", or why not and what it is doing about it."""
+        if self.is_connected:
+            return "connected" if self._upstream_ok.is_set() else f"{self.gateway} lost IB's servers (1100); waiting"
+        if self._closing:
+            return "closed"
+        if not self._started:
+            return "not started"
+        tail = f" (attempt {self.attempts}: {self.last_error})" if self.attempts and self.last_error else ""
+        return f"{self.gateway} disconnected; reconnecting{tail}"
 
     @property
     def accounts(self) -> list[str]:
@@ -101,6 +140,19 @@ class IbClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def start(self) -> bool:
+        """Connect once (up to connect_timeout) and, whether that worked or not, keep the connection
+        up from now on: never raises. Returns whether it is connected now."""
+        self._started = True
+        self._closing = False
+        try:
+            await self._connect_once(max(self.connect_timeout, 1.0))
+            return True
+        except Exception as e:
+            self._note_failure(e)
+            self._ensure_reconnecting()
+            return False
 
     async def connect(self) -> None:
         """Connect, retrying with exponential backoff for up to `connect_timeout` seconds."""
@@ -134,10 +186,31 @@ class IbClient:
         self._accounts = list(self.ib.managedAccounts())
         self._upstream_ok.set()
         self._connected.set()
+        self.attempts, self.last_error = 0, ""
         log.info("connected to %s:%d as client %d (%s)", self.host, self.port, self.client_id, self.source)
 
+    def _note_failure(self, e: BaseException) -> None:
+        self.attempts += 1
+        self.last_error = f"{type(e).__name__}: {e}"[:200]
+        # The first failure of an outage is news; after that one line a minute or so is enough.
+        level = logging.WARNING if self.attempts == 1 else logging.INFO
+        if self.attempts == 1 or self.attempts % 10 == 0:
+            log.log(level, "%s: connect attempt %d failed (%s); reconnecting with backoff up to %g s",
+                    self.gateway, self.attempts, self.last_error, self.max_backoff_s)
+
     def _on_disconnected(self) -> None:
+        was_up = self._connected.is_set()
         self._connected.clear()
+        if was_up:
+            # Their answers will never come: fail every request in flight now, not at its timeout.
+            self._tracker.fail_all(GATEWAY_GONE, f"{self.gateway} disconnected")
+        if self._closing or not self.reconnect:
+            return
+        if was_up:
+            log.warning("%s: connection lost; reconnecting", self.gateway)
+        self._ensure_reconnecting()
+
+    def _ensure_reconnecting(self) -> None:
         if self._closing or not self.reconnect:
             return
         try:
@@ -145,18 +218,21 @@ class IbClient:
         except RuntimeError:  # dropped while no loop runs (interpreter shutdown): nothing to do
             return
         if self._reconnect_task is None or self._reconnect_task.done():
-            log.warning("IB connection to %s:%d lost; reconnecting", self.host, self.port)
             self._reconnect_task = loop.create_task(self._reconnect_loop())
 
     async def _reconnect_loop(self) -> None:
+        """Forever (until close): the same host:port, backoff doubling from 50 ms to max_backoff_s."""
         delay = 0.05
-        while not self._closing and not self.ib.isConnected():
+        while not self._closing and not self.is_connected:
             try:
                 await self._connect_once(max(self.connect_timeout, 1.0))
                 self.reconnects += 1
+                log.warning("%s: reconnected (reconnect #%d)", self.gateway, self.reconnects)
                 return
-            except (OSError, TimeoutError, ConnectionError) as e:
-                log.info("IB reconnect failed (%r); next try in %.2g s", e, delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # anything at all: an outage must never end the loop
+                self._note_failure(e)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff_s)
 
@@ -169,32 +245,48 @@ class IbClient:
             # No subscriptions to renew (historical requests only); waiting requests may go again.
             self._upstream_ok.set()
 
+    def down_error(self) -> DisconnectedError:
+        return DisconnectedError(self.state if not self.is_connected or not self._upstream_ok.is_set()
+                                 else f"{self.gateway} not ready",
+                                 hint="the ib actor keeps reconnecting by itself; retry shortly")
+
     async def _ready(self, cancel: CancellationToken | None) -> None:
-        """Wait (up to connect_timeout, interruptibly) until connected and IB connectivity is OK."""
+        """Wait (up to ready_timeout, interruptibly) until connected and IB connectivity is OK."""
         if not self._started:
             await self.connect()
         if self._connected.is_set() and self._upstream_ok.is_set() and self.ib.isConnected():
             return
+        if self.ready_timeout <= 0:
+            raise self.down_error()
         waits = [asyncio.ensure_future(self._until_ready())]
         if cancel is not None:
             waits.append(asyncio.ensure_future(cancel.wait()))
         try:
-            done, _ = await asyncio.wait(waits, timeout=self.connect_timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waits, timeout=self.ready_timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()
         if cancel is not None and cancel.is_cancelled:
             raise OperationCancelledError("waiting for the IB connection", cancel.reason)
         if not done:
-            raise DisconnectedError(
-                f"not connected to IB at {self.host}:{self.port} after {self.connect_timeout:g} s",
-                hint="the client keeps reconnecting; check the gateway",
-            )
+            raise self.down_error()
 
     async def _until_ready(self) -> None:
         while not (self._connected.is_set() and self._upstream_ok.is_set()):
             await self._connected.wait()
             await self._upstream_ok.wait()
+
+    def _still_ready(self, extra: Gate | None) -> Gate:
+        """The pacing gate: drop a request whose caller went away (`extra`), or that would go to a
+        connection that is down, before it takes a pacing slot."""
+
+        async def gate() -> None:
+            if extra is not None:
+                await extra()
+            if not (self.is_connected and self._upstream_ok.is_set()):
+                raise self.down_error()
+
+        return gate
 
     async def close(self) -> None:
         self._closing = True
@@ -215,14 +307,38 @@ class IbClient:
         if hit is not None:
             return hit
         await self._ready(cancel)
+        # One lookup per symbol however many requests want it at once: 60 concurrent first requests
+        # would otherwise send 60 contract lookups, and ib_async's 45-messages-a-second throttle would
+        # hold back the historical requests the pacing limiter has already stamped as sent.
+        lookup = self._qualifying.get(inst.symbol)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup(inst, symbol))
+            self._qualifying[inst.symbol] = lookup
+            lookup.add_done_callback(lambda f, key=inst.symbol: (self._qualifying.pop(key, None),
+                                                                 f.cancelled() or f.exception()))
+        if cancel is None:
+            return await asyncio.shield(lookup)
+        stop = asyncio.ensure_future(cancel.wait())
+        try:
+            await asyncio.wait({lookup, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not lookup.done():
+            raise OperationCancelledError(f"contract lookup for {inst.symbol}", cancel.reason)
+        return lookup.result()
+
+    async def _lookup(self, inst: Instrument, symbol: str) -> tuple[Instrument, Contract, ContractInfo]:
         contract = contract_for(inst)
+        def send(rid: int) -> None:
+            self.limiter.note_message()
+            self.ib.client.reqContractDetails(rid, contract)
+
         details = await self._tracker.run(
-            lambda rid: self.ib.client.reqContractDetails(rid, contract),
+            send,
             symbol=inst.symbol,
             what="contract lookup",
             timeout=self.request_timeout,
             contract=contract,
-            cancel=cancel,
         )
         chosen = pick_details(inst, list(details or []))
         if chosen is None:
@@ -250,6 +366,7 @@ class IbClient:
 
         def send(rid: int) -> None:
             sent.append(rid)
+            self.limiter.note_message()
             self.ib.client.reqHeadTimeStamp(rid, contract, wts, use_rth, 2)
 
         result = await self._tracker.run(
@@ -274,11 +391,13 @@ class IbClient:
         *,
         cancel: CancellationToken | None = None,
         on_wait: OnWait | None = None,
+        gate: Gate | None = None,
     ) -> pd.DataFrame:
         """Bars of `symbol` starting in [start, end): ONE paced IB request (split longer ranges by
         `Timeframe.max_request` first). UTC index "timestamp", float open/high/low/close/volume;
-        `attrs`: source ("ib"/"sim"), pacing_wait_s. Typed errors: UnknownSymbolError, NoDataError,
-        PacingError, DisconnectedError, OperationCancelledError, ValidationError."""
+        `attrs`: source ("ib"/"sim"), pacing_wait_s. `gate` is awaited right before the request takes
+        its pacing slot; raising there drops it uncounted. Typed errors: UnknownSymbolError,
+        NoDataError, PacingError, DisconnectedError, OperationCancelledError, ValidationError."""
         tf = parse_timeframe(timeframe)
         if cancel is not None:
             cancel.raise_if_cancelled(f"{tf.name} bars for {symbol}")
@@ -286,7 +405,7 @@ class IbClient:
         await self._ready(cancel)
         df = await fetch_bars(
             self.ib, self._tracker, self.limiter, contract, inst, tf, start, end,
-            timeout=self.request_timeout, cancel=cancel, on_wait=on_wait,
+            timeout=self.request_timeout, cancel=cancel, on_wait=on_wait, gate=self._still_ready(gate),
         )  # fmt: skip
         df.attrs["source"] = self.source
         return df

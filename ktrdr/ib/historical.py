@@ -16,7 +16,7 @@ from ktrdr.cancellation import CancellationToken
 from ktrdr.data.calendar import Instrument
 from ktrdr.data.timeframes import Timeframe, ib_duration_str
 from ktrdr.errors import ValidationError
-from ktrdr.ib.pacing import OnWait, PacingLimiter, RequestKey
+from ktrdr.ib.pacing import Gate, OnWait, PacingLimiter, RequestKey
 from ktrdr.ib.requests import RequestTracker
 
 COLUMNS = ["open", "high", "low", "close", "volume"]
@@ -95,9 +95,10 @@ async def fetch_bars(
     timeout: float,
     cancel: CancellationToken | None = None,
     on_wait: OnWait | None = None,
+    gate: Gate | None = None,
 ) -> pd.DataFrame:
     """One paced historical request for [start, end). `df.attrs["pacing_wait_s"]` says how long the
-    pacing limiter held it back."""
+    pacing limiter held it back; `gate` may drop it right before it takes its slot (PacingLimiter)."""
     start, end = to_utc(start), to_utc(end)
     if end <= start:
         raise ValidationError(f"empty range: start {start:%Y-%m-%d %H:%M} is not before end {end:%Y-%m-%d %H:%M}")
@@ -113,7 +114,7 @@ async def fetch_bars(
     use_rth = inst.kind == "stock"
     what = inst.what_to_show
     key = request_key(contract, what, end_str, duration, tf.ib_bar_size, use_rth)
-    waited = await limiter.acquire(key, on_wait=on_wait, cancel=cancel)
+    waited = await limiter.acquire(key, on_wait=on_wait, cancel=cancel, gate=gate)
     try:
         container = BarDataList()
         container.reqId = -1

@@ -12,20 +12,28 @@ breaks one of these rules (REFERENCE.md):
 wait through `on_wait` before sleeping (so a progress line can say "waiting 12 s for IB pacing"
 instead of going silent), and stops waiting the moment a CancellationToken trips. The simulated
 gateway enforces the very same `PacingRules`, so both sides agree on what a violation is.
+
+A `gate` passed to `acquire` is awaited right before a request takes its slot; raising there drops
+the request with nothing counted (its caller went away, the gateway is down). `history()` /
+`restore()` carry the recent requests across a restart as wall-clock stamps (IB's windows keep
+running while the process is away); `changed` is set whenever a request is counted, so whoever
+persists the history can write it coalesced.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from ktrdr.cancellation import CancellationToken
 from ktrdr.errors import OperationCancelledError
 
 OnWait = Callable[[float, str], None]
+Gate = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -99,10 +107,13 @@ def lower_bound_seconds(n_requests: int, rules: PacingRules | None = None) -> fl
 class PacingLimiter:
     """Gate every historical request through `acquire` / `release`; one limiter per IB connection."""
 
-    def __init__(self, rules: PacingRules | None = None, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, rules: PacingRules | None = None, *, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time):
         self.rules = rules or PacingRules()
         self._clock = clock
+        self._wall = wall_clock
         self._all: deque[float] = deque()  # start times of every request (rule 3)
+        self._log: deque[tuple[float, RequestKey]] = deque()  # the same requests with their keys (history)
         self._last_second: deque[float] = deque()  # message-rate cap (see PacingRules.max_per_second)
         self._per_contract: dict[tuple[str, str, str], deque[float]] = {}  # rule 2
         self._identical: dict[RequestKey, float] = {}  # last start per identical request (rule 1)
@@ -110,6 +121,8 @@ class PacingLimiter:
         self._released = asyncio.Event()
         self.waits = 0  # how many times acquire had to wait (for measurements)
         self.waited_s = 0.0
+        self.recorded = 0  # requests counted since start (each one went, or was about to go, to IB)
+        self.changed = asyncio.Event()  # set on every counted request: the history needs saving
 
     @property
     def open_requests(self) -> int:
@@ -119,6 +132,8 @@ class PacingLimiter:
         horizon = now - self.rules.window - _margin(self.rules.window)
         while self._all and self._all[0] <= horizon:
             self._all.popleft()
+        while self._log and self._log[0][0] <= horizon:
+            self._log.popleft()
         while self._last_second and self._last_second[0] <= now - 1.0 - _margin(1.0):
             self._last_second.popleft()
         burst_h = now - self.rules.burst_window - _margin(self.rules.burst_window)
@@ -167,9 +182,11 @@ class PacingLimiter:
         key: RequestKey,
         on_wait: OnWait | None = None,
         cancel: CancellationToken | None = None,
+        gate: Gate | None = None,
     ) -> float:
         """Wait until `key` obeys every rule, then count it as sent and open. Returns seconds waited.
-        Raises OperationCancelledError as soon as `cancel` trips (nothing is counted then)."""
+        Raises OperationCancelledError as soon as `cancel` trips, and whatever `gate` raises when it
+        is awaited right before the slot is taken (nothing is counted then)."""
         waited = 0.0
         while True:
             if cancel is not None and cancel.is_cancelled:
@@ -177,8 +194,20 @@ class PacingLimiter:
             now = self._clock()
             wait, reason = self.required_wait(key, now)
             if wait <= 0 and wait != -1.0:
-                self._record(key, now)
-                return waited
+                if gate is None:
+                    self._record(key, now)
+                    return waited
+                await gate()
+                if cancel is not None and cancel.is_cancelled:
+                    raise OperationCancelledError("waiting for IB pacing", cancel.reason)
+                # The gate took a round trip: someone else may have taken the slot meanwhile. Decide
+                # again without awaiting, so nothing can come between the decision and the count.
+                now = self._clock()
+                wait, reason = self.required_wait(key, now)
+                if wait <= 0 and wait != -1.0:
+                    self._record(key, now)
+                    return waited
+                continue
             self.waits += 1
             if on_wait is not None:
                 # Report first: the caller shows the wait while it happens, not after.
@@ -193,12 +222,48 @@ class PacingLimiter:
             waited += spent
             self.waited_s += spent
 
+    def note_message(self) -> None:
+        """Another API message (a contract lookup, a head timestamp) went out: it shares the
+        per-second budget, or ib_async's throttle would delay historical requests already stamped."""
+        self._last_second.append(self._clock())
+
     def _record(self, key: RequestKey, now: float) -> None:
         self._all.append(now)
+        self._log.append((now, key))
+        self.recorded += 1
+        self.changed.set()
         self._last_second.append(now)
         self._per_contract.setdefault(key.contract_key, deque()).append(now)
         self._identical[key] = now
         self._open += 1
+
+    # --- history across restarts --------------------------------------------------------------
+    def history(self) -> list[tuple[float, RequestKey]]:
+        """The requests still inside the longest window (10 minutes), stamped with the wall clock."""
+        now = self._clock()
+        self._prune(now)
+        offset = self._wall() - now
+        return [(t + offset, key) for t, key in self._log]
+
+    def restore(self, stamps: Iterable[tuple[float, RequestKey]]) -> int:
+        """Count requests a previous process sent (wall-clock stamps, e.g. from `history()`) as if
+        this limiter had sent them. Stamps from the future (clock skew) count as now. Returns how
+        many are still inside a window."""
+        now = self._clock()
+        offset = self._wall() - now
+        horizon = now - self.rules.window - _margin(self.rules.window)
+        merged = sorted([*self._log, *((min(w - offset, now), k) for w, k in stamps
+                                       if math.isfinite(w) and w - offset > horizon)], key=lambda e: e[0])
+        self._log = deque(merged)
+        self._all = deque(t for t, _ in merged)
+        self._last_second = deque(t for t, _ in merged if t > now - 1.0 - _margin(1.0))
+        self._per_contract = {}
+        self._identical = {}
+        for t, key in merged:
+            self._per_contract.setdefault(key.contract_key, deque()).append(t)
+            self._identical[key] = max(t, self._identical.get(key, t))
+        self._prune(now)
+        return len(self._log)
 
     def release(self, key: RequestKey) -> None:
         """The request for `key` finished (answered, failed or cancelled): it is no longer open."""

@@ -35,8 +35,9 @@ class _Pending:
 class RequestTracker:
     """Routes ib_async error events to the request they belong to. One per IB instance."""
 
-    def __init__(self, ib: IB) -> None:
+    def __init__(self, ib: IB, *, gateway: str = "IB gateway") -> None:
         self.ib = ib
+        self.gateway = gateway  # "IB gateway at host:port": named in every connection error
         self._pending: dict[int, _Pending] = {}
         ib.errorEvent += self._on_error
 
@@ -75,7 +76,7 @@ class RequestTracker:
             req_id = self.ib.client.getReqId()
         except ConnectionError:
             raise DisconnectedError(
-                f"not connected to IB: cannot request {what} for {symbol}",
+                f"{self.gateway} not connected: cannot request {what} for {symbol}",
                 hint="the client reconnects by itself; retry shortly",
             ) from None
         pending = _Pending()
@@ -112,7 +113,7 @@ class RequestTracker:
             exc = future.exception()
             if isinstance(exc, ConnectionError):
                 raise DisconnectedError(
-                    f"IB connection dropped during {what} for {symbol}",
+                    f"{self.gateway}: connection dropped during {what} for {symbol}",
                     hint="the client reconnects by itself; retry the request",
                 ) from exc
             if exc is not None:

@@ -3,12 +3,21 @@
 Used by the job-manager (and any client); the ib actor serves the other side. Requests retry with
 backoff while no ib actor answers yet; cancelling the awaiting task abandons the request, and the
 ib actor cancels it at IB through the operation's cancel broadcast.
+
+Abandoned requests: the ib actor asks, before a request takes a pacing slot and now and then while
+it waits or runs, whether its caller is still there (`CallerWatch`). The question is a message with
+the `Ktrdr-Probe` header published to the caller's reply inbox with a reply subject of its own: while
+the caller waits, its inbox subscription exists and the probe is delivered (IbRequester ignores it;
+no answer is needed, so the caller needs no permission to publish); once the caller has gone, the
+server answers "no responders" (status 503) at once, and the actor drops the request. A flush (one
+PING/PONG) tells the two apart without a timeout: the server sends its 503 before its PONG.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -17,8 +26,19 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from events import subjects
-from events.codec import decode_ib_reply, encode
-from events.messages import ContractInfo, IbBarsRequest, IbContractRequest, IbHeadRequest, IbReply, IbRequest
+from events.codec import DecodeError, decode, decode_ib_reply, encode
+from events.messages import (
+    PACING_HISTORY_MAX,
+    ContractInfo,
+    IbBarsRequest,
+    IbContractRequest,
+    IbHeadRequest,
+    IbReply,
+    IbRequest,
+    PacingHistory,
+    PacingStamp,
+)
+from ktrdr.cancellation import CancellationToken
 from ktrdr.errors import (
     DisconnectedError,
     IbError,
@@ -32,12 +52,19 @@ from ktrdr.errors import (
 
 if TYPE_CHECKING:
     import pandas as pd
+    from nats.js import JetStreamContext
+    from nats.js.kv import KeyValue
+
+    from ktrdr.ib.pacing import PacingLimiter
 
 ERRORS: dict[str, type[KtrdrError]] = {
     "unknown_symbol": UnknownSymbolError, "no_data": NoDataError, "pacing": PacingError,
     "disconnected": DisconnectedError, "ib": IbError, "validation": ValidationError,
 }
 OnWait = Callable[[float, str], None]
+PROBE_HEADER = "Ktrdr-Probe"  # "is the caller of this request still there?" (ignored by the caller)
+NO_RESPONDERS = "503"
+log = logging.getLogger("ktrdr.ib")
 
 
 class _NoResponders(Exception):
@@ -83,6 +110,11 @@ class IbRequester:
         replies: asyncio.Queue[bytes] = asyncio.Queue()
 
         async def cb(m: Msg) -> None:
+            if m.headers and PROBE_HEADER in m.headers:
+                return  # the ib actor checking that we are still here: being subscribed is the answer
+            if not m.data and m.headers and m.headers.get("Status") == NO_RESPONDERS:
+                replies.put_nowait(b"")
+                return
             replies.put_nowait(m.data)
 
         subject = subjects.ib(req)
@@ -126,3 +158,146 @@ class IbRequester:
         df = pd.DataFrame({"open": r.o, "high": r.h, "low": r.lo, "close": r.c, "volume": r.vol}, index=idx,
                           dtype="float64")
         return df, r.source
+
+
+_ROUND_TRIPS: set[asyncio.Task[None]] = set()
+
+
+async def _round_trip(nc: NATS, timeout: float) -> bool:
+    """One PING/PONG: True when the server has answered everything we sent before it. The flush runs
+    in a task of its own that is never cancelled from here: nats-py (2.x) leaves a cancelled flush's
+    future in its PONG queue, and the next PONG then raises InvalidStateError inside the connection's
+    read loop, which stops delivering anything to this connection (seen: an ib actor that went deaf
+    when a request finished while its caller probe was flushing)."""
+    task = asyncio.ensure_future(nc.flush(timeout=60))
+    _ROUND_TRIPS.add(task)
+    task.add_done_callback(lambda t: (_ROUND_TRIPS.discard(t), t.cancelled() or t.exception()))
+    done, _ = await asyncio.wait({task}, timeout=timeout)  # a cancel of ours leaves the task running
+    return bool(done) and not task.cancelled() and task.exception() is None
+
+
+async def caller_alive(nc: NATS, reply: str, timeout: float = 2.0) -> bool:
+    """False only when `reply` (a requester's inbox) has no subscriber any more; any doubt (a slow
+    server, a refused publish) answers True, so a live caller is never dropped."""
+    if not reply or nc.is_closed or not nc.is_connected:
+        return True
+    try:
+        sub = await nc.subscribe(nc.new_inbox())
+    except Exception:
+        return True
+    try:
+        await nc.publish(reply, b"", reply=sub.subject, headers={PROBE_HEADER: "1"})
+        # The server sends its 503 for the probe before its PONG for a later PING.
+        if not await _round_trip(nc, timeout) or sub.pending_msgs == 0:
+            return True
+        msg = await sub.next_msg(timeout=timeout)
+        return not (msg.headers and msg.headers.get("Status") == NO_RESPONDERS)
+    except Exception:
+        return True
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+class CallerWatch:
+    """Whether the caller of one request is still there, asked sparingly: `gate()` right before the
+    request takes a pacing slot, and `run()` now and then while it waits or runs (backoff from 0.5 s
+    to `max_interval_s`, since every probe is one of the replies the ib role may send per request).
+    A caller found gone trips `token`, which drops the request or cancels it at IB."""
+
+    def __init__(self, nc: NATS, reply: str, token: CancellationToken, *, max_interval_s: float = 10.0,
+                 fresh_s: float = 0.25) -> None:
+        self.nc, self.reply, self.token = nc, reply, token
+        self.max_interval_s = max_interval_s
+        self.fresh_s = fresh_s  # an answer this recent is still the answer
+        self.gone = False
+        self._checked_at = -1e9
+
+    async def alive(self) -> bool:
+        loop = asyncio.get_running_loop()
+        if self.gone or loop.time() - self._checked_at < self.fresh_s:
+            return not self.gone
+        ok = await caller_alive(self.nc, self.reply)
+        self._checked_at = loop.time()
+        if not ok and not self.gone:
+            self.gone = True
+            self.token.cancel("the caller went away")
+        return ok
+
+    async def gate(self) -> None:
+        """For PacingLimiter.acquire: raise, so the request is dropped uncounted, if the caller left."""
+        if not await self.alive():
+            raise OperationCancelledError("waiting for IB pacing", "the caller went away")
+
+    async def run(self) -> None:
+        interval = 0.5
+        while not self.token.is_cancelled:
+            if await self.token.sleep(interval):
+                return
+            if not await self.alive():
+                return
+            interval = min(interval * 2, self.max_interval_s)
+
+
+class PacingStore:
+    """A PacingLimiter's recent requests in KV PACING (key `subjects.pacing_key(...)`), so a restarted
+    ib actor waits where the old one would have instead of drawing 162s from IB. `load()` once before
+    the first request; `run()` writes whenever a request was counted, at most every `interval_s` (a
+    kill -9 loses at most that much), and `save()` once more at stop. Stamps are wall-clock (IB's
+    windows keep running while no process is there); the limiter converts them to its own clock."""
+
+    def __init__(self, js: JetStreamContext, key: str, limiter: PacingLimiter, *, gateway: str = "",
+                 interval_s: float = 0.5) -> None:
+        self.js, self.key, self.limiter = js, key, limiter
+        self.gateway = gateway[:300]
+        self.interval_s = interval_s
+        self._kv: KeyValue | None = None
+        self.saves = 0
+
+    async def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self.js.key_value(subjects.PACING_BUCKET)
+        return self._kv
+
+    async def load(self) -> int:
+        """Restore the stored history into the limiter; returns how many requests still count."""
+        from nats.js.errors import BucketNotFoundError, KeyDeletedError, KeyNotFoundError
+
+        from ktrdr.ib.pacing import RequestKey
+
+        try:
+            entry = await (await self._bucket()).get(self.key)
+        except (KeyNotFoundError, KeyDeletedError):
+            return 0
+        except BucketNotFoundError:
+            log.warning("KV %s does not exist yet: IB pacing history starts empty", subjects.PACING_BUCKET)
+            return 0
+        try:
+            history = decode(entry.value or b"", PacingHistory)
+        except DecodeError as exc:
+            log.warning("ignoring unreadable IB pacing history %s: %s", self.key, exc)
+            return 0
+        n = self.limiter.restore((st.at, RequestKey(st.contract, st.exchange, st.what_to_show, st.params))
+                                 for st in history.requests)
+        if n:
+            log.info("IB pacing history %s: %d recent requests still count", self.key, n)
+        return n
+
+    async def save(self) -> None:
+        stamps = [PacingStamp(at=max(t, 0.0), contract=k.contract[:64], exchange=k.exchange[:32],
+                              what_to_show=k.what_to_show[:32], params=k.params[:256])
+                  for t, k in self.limiter.history()[-PACING_HISTORY_MAX:]]
+        await (await self._bucket()).put(self.key, encode(PacingHistory(gateway=self.gateway, requests=stamps)))
+        self.saves += 1
+
+    async def run(self) -> None:
+        changed = self.limiter.changed
+        while True:
+            await changed.wait()
+            changed.clear()
+            try:
+                await self.save()
+            except Exception as exc:  # the server is away: the next change (or stop) writes again
+                log.debug("saving IB pacing history failed: %s", exc)
+                changed.set()
+            await asyncio.sleep(self.interval_s)  # coalesce: a burst of requests is one write

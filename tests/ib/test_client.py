@@ -152,6 +152,50 @@ async def test_disconnect_then_client_reconnects_and_next_request_succeeds(
     assert len(df) > 0
 
 
+async def test_gateway_gone_fails_in_flight_requests_at_once_naming_it_and_reconnects_forever() -> None:
+    gw = SimGateway(latency_s=60.0)  # an answer would take a minute: only the drop can end the wait
+    await gw.start()
+    port = gw.port
+    c = IbClient("127.0.0.1", port, next(_ids), connect_timeout=2.0, ready_timeout=0.0, max_backoff_s=0.2)
+    again: SimGateway | None = None
+    try:
+        assert await c.start()
+        await c.qualify("AAPL")
+        task = asyncio.create_task(c.bars("AAPL", "1h", T0, T0 + timedelta(days=2)))
+        await asyncio.wait_for(gw.request_event.wait(), 10.0)
+        await gw.stop()
+        with pytest.raises(DisconnectedError) as err:
+            await asyncio.wait_for(task, 30.0)
+        assert f"127.0.0.1:{port}" in str(err.value)
+        # While it is away: new requests fail at once, and the client says what it is doing.
+        with pytest.raises(DisconnectedError) as down:
+            await c.bars("AAPL", "1h", T0 + timedelta(days=7), T0 + timedelta(days=9))
+        assert "disconnected; reconnecting" in str(down.value) and c.limiter.recorded == 1
+        await _wait_for(lambda: c.attempts >= 3, 30.0)  # more attempts than one connect_timeout allows
+        again = SimGateway(port=port)
+        await again.start()
+        await _wait_for(lambda: c.is_connected, 30.0)
+        assert c.state == "connected" and c.reconnects == 1
+        assert len(await c.bars("AAPL", "1h", T0 + timedelta(days=7), T0 + timedelta(days=9))) > 0
+    finally:
+        await c.close()
+        if again is not None:
+            await again.stop()
+
+
+async def test_concurrent_first_requests_share_one_contract_lookup(gateway: SimGateway) -> None:
+    c = IbClient("127.0.0.1", gateway.port, next(_ids), connect_timeout=5.0)
+    await c.connect()
+    sent: list[int] = []
+    original = c.ib.client.reqContractDetails
+    c.ib.client.reqContractDetails = lambda rid, contract: (sent.append(rid), original(rid, contract))
+    try:
+        infos = await asyncio.gather(*(c.qualify("AAPL") for _ in range(10)))
+        assert len(sent) == 1 and len({i.con_id for i in infos}) == 1
+    finally:
+        await c.close()
+
+
 async def test_connectivity_lost_fails_in_flight_and_restored_lets_requests_go(
     gateway: SimGateway, client: IbClient
 ) -> None:

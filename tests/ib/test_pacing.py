@@ -92,3 +92,67 @@ def test_lower_bound_matches_rules() -> None:
     assert lower_bound_seconds(60, rules) == 11 * 2.0
     assert lower_bound_seconds(61, rules) == 600.0
     assert lower_bound_seconds(61, PacingRules(time_scale=0.01)) == pytest.approx(6.0)
+
+
+class _Clocks:
+    """A monotonic clock and a wall clock that advance together (each process has its own offset)."""
+
+    def __init__(self, mono: float, wall: float) -> None:
+        self.mono, self.wall = mono, wall
+
+    def advance(self, s: float) -> None:
+        self.mono += s
+        self.wall += s
+
+
+async def test_gate_drops_a_request_before_it_takes_a_slot() -> None:
+    limiter = PacingLimiter(PacingRules())
+
+    async def caller_gone() -> None:
+        raise OperationCancelledError("waiting for IB pacing", "the caller went away")
+
+    with pytest.raises(OperationCancelledError):
+        await limiter.acquire(_key(0), gate=caller_gone)
+    assert limiter.recorded == 0 and limiter.open_requests == 0 and not limiter.changed.is_set()
+    passed: list[int] = []
+
+    async def caller_here() -> None:
+        passed.append(1)
+
+    await limiter.acquire(_key(0), gate=caller_here)
+    assert passed == [1] and limiter.recorded == 1 and limiter.changed.is_set()
+
+
+async def test_history_restored_in_a_new_process_keeps_every_window() -> None:
+    rules = PacingRules(burst_count=100)  # the 10-minute window is what this is about
+    old = _Clocks(mono=1000.0, wall=1_700_000_000.0)
+    first = PacingLimiter(rules, clock=lambda: old.mono, wall_clock=lambda: old.wall)
+    for i in range(rules.max_requests):
+        await first.acquire(_key(i, contract=f"c{i}"))
+        first.release(_key(i, contract=f"c{i}"))
+        old.advance(1.0)
+    stamps = first.history()
+    assert len(stamps) == rules.max_requests
+    # A new process 30 s later: another monotonic origin, the same wall clock.
+    new = _Clocks(mono=5.0, wall=old.wall + 30.0)
+    second = PacingLimiter(rules, clock=lambda: new.mono, wall_clock=lambda: new.wall)
+    assert second.restore(stamps) == rules.max_requests
+    wait, why = second.required_wait(_key(999, contract="fresh"))
+    # The oldest request was sent 60 + 30 s ago: the window frees 600 - 90 s from now (+ margin).
+    assert 510 <= wait <= 510 + 600 * 0.02 + 0.03 and f"{rules.max_requests} requests within" in why
+    # The identical-request rule survives too; stamps older than every window are dropped.
+    third = PacingLimiter(rules, clock=lambda: new.mono, wall_clock=lambda: new.wall)
+    assert third.restore([(new.wall - 5.0, _key(7))]) == 1
+    ident_wait, ident_why = third.required_wait(_key(7))
+    assert 10.0 <= ident_wait <= 10.0 + 15 * 0.02 + 0.03 and "identical" in ident_why
+    assert third.required_wait(_key(8))[0] == 0
+    stale = PacingLimiter(rules, clock=lambda: new.mono, wall_clock=lambda: new.wall + 3600)
+    assert stale.restore(stamps) == 0 and stale.required_wait(_key(0, contract="c0"))[0] == 0
+
+
+def test_restore_counts_stamps_from_the_future_as_now() -> None:
+    clocks = _Clocks(mono=50.0, wall=1_700_000_000.0)
+    limiter = PacingLimiter(PacingRules(), clock=lambda: clocks.mono, wall_clock=lambda: clocks.wall)
+    assert limiter.restore([(clocks.wall + 10_000, _key(1)), (float("nan"), _key(2))]) == 1
+    wait, _ = limiter.required_wait(_key(1))
+    assert 15.0 <= wait <= 15.0 + 15.0 * 0.02 + 0.03  # identical rule counted from now, not from the future
