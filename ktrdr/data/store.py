@@ -210,7 +210,7 @@ class SeriesBuffer:
 
     def read(self, symbol: str, tf: Timeframe | str, start: datetime | pd.Timestamp | str | None = None,
              end: datetime | pd.Timestamp | str | None = None) -> pd.DataFrame:
-        return _slice(self.frame(), start, end)
+        return slice_bars(self.frame(), start, end)
 
     def metadata(self, symbol: str, tf: Timeframe | str) -> SeriesMeta | None:
         with self._lock:
@@ -229,7 +229,7 @@ def _members(sorted_i8: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return sorted_i8[pos] == ts
 
 
-def _slice(df: pd.DataFrame, start: datetime | pd.Timestamp | str | None,
+def slice_bars(df: pd.DataFrame, start: datetime | pd.Timestamp | str | None,
            end: datetime | pd.Timestamp | str | None) -> pd.DataFrame:
     if start is not None:
         df = df[df.index >= to_utc(start, "start")]
@@ -396,7 +396,7 @@ class DataStore:
         end: datetime | pd.Timestamp | str | None = None,
     ) -> pd.DataFrame:
         """Stored bars with start <= timestamp < end (either bound optional); empty frame if none."""
-        return _slice(self._read_all(symbol, tf), start, end)
+        return slice_bars(self._read_all(symbol, tf), start, end)
 
     def metadata(self, symbol: str, tf: Timeframe | str) -> SeriesMeta | None:
         _, meta_path, _ = self._paths(symbol, tf)

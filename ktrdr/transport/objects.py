@@ -368,9 +368,9 @@ class BarStore:
     async def read(self, symbol: str, timeframe: str, start: datetime | None = None,
                    end: datetime | None = None) -> pd.DataFrame:
         """Stored bars with start <= t < end (either bound optional); an empty frame when none."""
-        from ktrdr.data.store import _slice
+        from ktrdr.data.store import slice_bars
 
-        return _slice((await self.load(symbol, timeframe)).df, start, end)
+        return slice_bars((await self.load(symbol, timeframe)).df, start, end)
 
     async def _frame(self, st: Stored) -> pd.DataFrame:
         from ktrdr.data.store import from_parquet
@@ -509,19 +509,21 @@ class ModelStore:
                 break
             except ObjectConflict:
                 version += 1  # another trainer claimed this number first
+        saved = {"bucket": MODELS, "name": prefix, "version": version, "model_object": f"{prefix}/model.pt",
+                 "model_path": f"{MODELS}/{prefix}/model.pt", "latest_pointer": f"{name}/{key}_latest",
+                 "objects": [f"{prefix}/{f}" for f in (*FILES, *((RESULT_FILE,) if result is not None else ()))]}
         files: dict[str, bytes] = {f: bytes(artifacts[f]) for f in FILES[1:-1]}
-        if result is not None:
-            files[RESULT_FILE] = (json.dumps(result, indent=2, default=str) + "\n").encode()
+        if result is not None:  # the operation's result as stored with the model (analytics, history)
+            full = {**result, "artifacts": {**(result.get("artifacts") or {}), **saved}}
+            files[RESULT_FILE] = (json.dumps(full, indent=2, default=str) + "\n").encode()
         for f, data in files.items():
-            await put(self.js, MODELS, f"{prefix}/{f}", data, replaces=None, conditional=False)
+            await put(self.js, MODELS, f"{prefix}/{f}", data)
         metadata = {**metadata, "version": version, "name": prefix}
         summary = json.dumps({**model_summary(metadata, metrics), "version": version}, default=str)
         await put(self.js, MODELS, f"{prefix}/metadata.json", (json.dumps(metadata, indent=2, default=str) + "\n")
-                  .encode(), headers={MODEL_HEADER: summary[:MAX_HEADER_BYTES]})
+                  .encode(), headers={MODEL_HEADER: summary if len(summary) <= MAX_HEADER_BYTES else "{}"})
         await self._point(name, key, version)
-        return {"bucket": MODELS, "name": prefix, "version": version, "model_object": f"{prefix}/model.pt",
-                "model_path": f"{MODELS}/{prefix}/model.pt", "latest_pointer": f"{name}/{key}_latest",
-                "objects": [f"{prefix}/{f}" for f in dict.fromkeys([*FILES, *files])]}
+        return saved
 
     async def _point(self, name: str, key: str, version: int) -> None:
         """Move `<strategy>/<KEY>_latest` to `version` unless it already names a newer one (CAS)."""
@@ -679,7 +681,9 @@ class SeriesWriterLease:
         if seen.get("rev") != rev:
             seen.update(rev=rev, since=now)
         silent = now - seen["since"] >= self.ttl_s
-        mine = record.holder == self.holder or (self.op_id and record.op_id == self.op_id)
+        # Ours from before (a server restart, an earlier attempt of this operation): the same operation,
+        # or for an import (no operation) the same holder. Two loads in one job-manager are not "ours".
+        mine = record.op_id == self.op_id if self.op_id else (record.holder == self.holder and not record.op_id)
         if mine or silent:
             with contextlib.suppress(APIError):
                 self.revision = await self.kv.update(self.key, self._value(), last=rev)
