@@ -489,12 +489,16 @@ class DataStore:
         end: datetime | pd.Timestamp | str | None = None,
     ) -> int:
         """Write stored bars (start <= t < end) to a CSV that import_csv reads back. Returns rows."""
-        df = self.read(symbol, tf, start, end)
-        out = df.copy()
-        out.index = out.index.strftime("%Y-%m-%dT%H:%M:%SZ")
-        out.index.name = "timestamp"
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        text = out.to_csv().encode()  # full float precision: a round trip is exact
-        _atomic_write(target, lambda f: f.write(text))
-        return len(df)
+        return write_csv(self.read(symbol, tf, start, end), path)
+
+
+def write_csv(df: pd.DataFrame, path: Path | str) -> int:
+    """Write bars to a CSV that import_csv reads back (atomically: temp file + rename). Returns rows."""
+    out = df.copy()
+    out.index = out.index.strftime("%Y-%m-%dT%H:%M:%SZ")
+    out.index.name = "timestamp"
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = out.to_csv().encode()  # full float precision: a round trip is exact
+    _atomic_write(target, lambda f: f.write(text))
+    return len(df)
