@@ -91,12 +91,17 @@ async def _ensure_kv(js: JetStreamContext, cfg: js_api.KeyValueConfig) -> None:
 async def _ensure_objects(js: JetStreamContext, bucket: str, replicas: int, ttl: float | None = None) -> None:
     try:
         await js.stream_info(OBJ_STREAM_TEMPLATE.format(bucket=bucket))
+        return
     except NotFoundError:
-        try:
-            await js.create_object_store(bucket, config=js_api.ObjectStoreConfig(
-                storage=js_api.StorageType.FILE, replicas=replicas, ttl=ttl))
-        except BadRequestError:
-            pass  # created concurrently
+        pass
+    except Exception as exc:  # a role that may not see this bucket (it never uses it): not fatal
+        log.debug("object bucket %s not visible to this process: %s", bucket, exc)
+        return
+    try:
+        await js.create_object_store(bucket, config=js_api.ObjectStoreConfig(
+            storage=js_api.StorageType.FILE, replicas=replicas, ttl=ttl))
+    except BadRequestError:
+        pass  # created concurrently
 
 
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> list[str]:
