@@ -1,7 +1,9 @@
 """Object-store benchmarks: a 10-year 1m series through BARS against the same Parquet file on local disk,
 in the same run, medians of a few rounds. Each measured operation runs in a fresh subprocess so its
 peak RSS (ru_maxrss) is its own; the figures are the seconds and the peak RSS above the subprocess's
-RSS just before the operation (input frames already loaded for writes).
+RSS just before the operation (input frames already loaded for writes). The peak is the kernel's
+high-water mark of this process's memory (VmHWM), reset right before the operation: ru_maxrss would
+carry the parent's RSS over the fork into the child.
 
 - `series_*`: a whole series, frame to store and back: local = Parquet file write (fsync) / read;
   NATS put = serialise + conditional put to BARS (what the job-manager's every write costs);
@@ -19,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,13 +34,17 @@ ROUNDS = 3
 CHUNKS = (128 * 1024, 512 * 1024, 1000 * 1024)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    return float("nan")
 
 
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak RSS (VmHWM) to the current RSS
+        f.write("5")
 
 
 async def _measure(op: str, url: str, path: Path, work: Path, chunk: int) -> dict[str, float]:
@@ -57,7 +62,8 @@ async def _measure(op: str, url: str, path: Path, work: Path, chunk: int) -> dic
     df = from_parquet(path) if op in ("local-write", "nats-put") else None
     data = path.read_bytes() if op.startswith("bytes-put") else None
     name = "EURUSD/1m"
-    before, t0 = _rss_mb(), time.perf_counter()
+    _reset_peak()
+    before, t0 = _status_mb("VmRSS"), time.perf_counter()
     if op == "local-write":
         with open(work / "local.parquet", "wb") as f:
             _write_parquet(df, f)
@@ -84,7 +90,7 @@ async def _measure(op: str, url: str, path: Path, work: Path, chunk: int) -> dic
         await (await js.object_store(obj.BARS)).get(f"bytes/{chunk}")
     seconds = time.perf_counter() - t0
     await nc.close()
-    return {"s": seconds, "peak_above_mb": max(0.0, _peak_mb() - before)}
+    return {"s": seconds, "peak_above_mb": max(0.0, _status_mb("VmHWM") - before)}
 
 
 def _run(op: str, url: str, path: Path, work: Path, chunk: int = 512 * 1024) -> dict[str, float]:

@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from ktrdr.data.store import DigestCache, SeriesMeta
 
 BARS, MODELS, CHECKPOINTS = subjects.BARS_BUCKET, subjects.MODELS_BUCKET, subjects.CHECKPOINTS_BUCKET
-CHUNK_SIZE = 512 * 1024  # bench/objects.py: put 10-25 % faster than 128 KiB; get the same
+CHUNK_SIZE = 512 * 1024  # bench/objects.py, 60 MB: get 0.22 s vs 0.31 s at 128 KiB, put 0.40 vs 0.42 s
 MAX_SERIES_BYTES = 4 << 30
 MAX_MODEL_FILE_BYTES = 4 << 30
 MAX_JSON_FILE_BYTES = 64 << 20
