@@ -159,6 +159,7 @@ class JobManager(Actor):
         async def head() -> datetime | None:
             return await ib.head(symbol, tf, op.op_id)
 
+        # A SeriesBuffer has the DataStore surface the job uses (merge, read, metadata, covered_range).
         job = DataLoadingJob(buffer, symbol, tf, cmd.mode, cmd.start, cmd.end,  # type: ignore[arg-type]
                              fetch=fetch, head_timestamp=head, cancel=op.token, on_progress=op.progress,
                              max_concurrency=self.segment_concurrency, source=source,

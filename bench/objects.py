@@ -112,7 +112,9 @@ async def main() -> dict[str, Any]:
     from ktrdr.ib.sim.data import generate_bars
 
     symbol = "EURUSD"
-    df = generate_bars(lookup(symbol), "1m", datetime(2015, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC))
+    inst = lookup(symbol)
+    assert inst is not None
+    df = generate_bars(inst, "1m", datetime(2015, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC))
     work = Path(tempfile.mkdtemp(prefix="ktrdr-bench-objects-"))
     path = work / "series.parquet"
     path.write_bytes(to_parquet(df))

@@ -74,6 +74,10 @@ MAX_HEADER_BYTES = 16 * 1024
 SERIES_HEADER, MODEL_HEADER, LATEST_HEADER = "Ktrdr-Series", "Ktrdr-Model", "Ktrdr-Latest"
 _WRONG_LAST_SEQUENCE = 10071
 _nuid = NUID()
+# Aliases for annotations inside classes that define a `list` method (which would shadow the builtin).
+_Metas = list["SeriesMeta"]
+_Rows = list[dict[str, Any]]
+_Paths = list[Path]
 
 
 class ObjectConflict(KtrdrError):
@@ -165,14 +169,15 @@ async def fetch(js: JetStreamContext, st: Stored, *, into: IO[bytes] | None = No
     h = hashlib.sha256()
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    state = {"offset": 0, "chunks": 0, "seen": loop.time()}
+    offset, seen = 0, loop.time()
     if st.size == 0:
         done.set_result(None)
 
     async def on_chunk(msg: Any) -> None:
+        nonlocal offset, seen
         if done.done():
             return
-        data, off = msg.data, state["offset"]
+        data, off = msg.data, offset
         if off + len(data) > st.size:
             done.set_exception(DataError(f"{st.bucket}/{st.name}: more bytes than its meta record says"))
             return
@@ -181,7 +186,7 @@ async def fetch(js: JetStreamContext, st: Stored, *, into: IO[bytes] | None = No
         else:
             into.write(data)  # type: ignore[union-attr]
         h.update(data)
-        state["offset"], state["chunks"], state["seen"] = off + len(data), state["chunks"] + 1, loop.time()
+        offset, seen = off + len(data), loop.time()
         if msg.metadata.num_pending == 0:
             done.set_result(None)
 
@@ -192,16 +197,16 @@ async def fetch(js: JetStreamContext, st: Stored, *, into: IO[bytes] | None = No
     try:
         while not done.done():
             await asyncio.wait([done], timeout=idle_timeout / 4)
-            if not done.done() and loop.time() - state["seen"] > idle_timeout:
+            if not done.done() and loop.time() - seen > idle_timeout:
                 raise DataError(f"{st.bucket}/{st.name}: no chunk for {idle_timeout:g} s "
-                                f"({state['offset']:,} of {st.size:,} bytes)")
+                                f"({offset:,} of {st.size:,} bytes)")
         done.result()
     finally:
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
     digest = "SHA-256=" + base64.urlsafe_b64encode(h.digest()).decode()
-    if state["offset"] != st.size or digest.lower() != st.digest.lower():
+    if offset != st.size or digest.lower() != st.digest.lower():
         raise DataError(f"{st.bucket}/{st.name}: the bytes read do not match the stored digest (replaced "
                         f"while it was read?)", hint="read it again")
     return buf
@@ -426,7 +431,7 @@ class BarStore:
                 continue
         raise DataError(f"BARS/{sym}/{tf} keeps changing; try again")
 
-    async def list(self) -> list[SeriesMeta]:
+    async def list(self) -> _Metas:
         out = []
         for st in await list_objects(self.js, BARS):
             with contextlib.suppress(DataError, ValidationError):
@@ -544,10 +549,10 @@ class ModelStore:
             except ObjectConflict:
                 continue
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def list(self) -> _Rows:
         """Every complete version with its summary, sorted by strategy, key and version."""
         complete, latest = await self._versions()
-        rows = []
+        rows: _Rows = []
         for (strategy, key, n), st in sorted(complete.items()):
             try:
                 summary = json.loads(st.header(MODEL_HEADER) or "{}")
@@ -605,7 +610,7 @@ class ModelStore:
         out["result"] = await self.read_json(prefix, RESULT_FILE)
         return out
 
-    async def pull(self, ref: str, dest: Path) -> tuple[str, list[Path]]:
+    async def pull(self, ref: str, dest: Path) -> tuple[str, _Paths]:
         """Download one version's files into the existing folder `dest` (fixed file names only; each
         written to a temp file in `dest` and renamed, so a file is there whole or not at all)."""
         from ktrdr.training.registry import FILES, RESULT_FILE
@@ -615,7 +620,7 @@ class ModelStore:
             raise ValidationError(f"{str(dest)[:200]}: not an existing folder")
         folder = folder.resolve()
         prefix = await self.resolve(ref)
-        written: list[Path] = []
+        written: _Paths = []
         for f in (*FILES, RESULT_FILE):
             st = await stat(self.js, MODELS, f"{prefix}/{f}")
             if st is None or st.deleted:

@@ -102,9 +102,8 @@ async def test_models_list_show_and_pull_read_models_from_nats(tmp_path: Path, c
     assert pulled.returncode == 0, pulled.stderr
     assert sorted(p.name for p in dest.iterdir()) == sorted([*FILES, "result.json"])
     assert (dest / "model.pt").read_bytes() == b"weights"
-    for bad, code in (("../../etc", 2), ("mlp_rsi/nope_1h", 2)):
-        res = run(home, url, "models", "pull", bad, "-o", str(dest))
-        assert res.returncode == code and "Traceback" not in res.stderr, res.stderr
+    res = run(home, url, "models", "pull", "../../etc", "-o", str(dest))  # more names: tests/transport
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     res = run(home, url, "models", "pull", "mlp_rsi", "-o", str(tmp_path / "nowhere"))
     assert res.returncode == 2 and "not an existing folder" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "nats-store", "nats.log", "pulled"]
