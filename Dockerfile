@@ -11,6 +11,8 @@ COPY hosts hosts
 COPY strategies strategies
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX" "torch>=2.2,<3" \
  && pip install --no-cache-dir -e .
+# /data is this process's KTRDR_HOME: a cache of stored objects keyed by digest (and the embedded
+# stack's files when one runs here). Bars, models and checkpoints live in NATS, so it may be empty.
 ENV KTRDR_HOME=/data PYTHONUNBUFFERED=1
 VOLUME ["/data"]
 CMD ["python", "-m", "actors"]

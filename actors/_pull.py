@@ -30,28 +30,35 @@ async def pull_loop(
 ) -> None:
     """Fetch up to `batch` messages at a time and await `handle(msg)` for each, in order.
 
-    With `slots`, one slot is taken before each fetch of a single message and the handler owns it
-    (it releases it when the work it spawned ends): that is how a worker runs several operations
-    at once without fetching more than it can start. A handler that raises gets the message nak'ed
-    with a delay (it comes back later) and the loop goes on."""
+    With `slots`, a fetch of a single message waits for a free slot, and the handler owns the slot it
+    takes (it releases it when the work it spawned ends): that is how a worker runs several operations
+    at once without fetching more than it can start. The slot is not held through the long poll: a
+    worker in several pools (gpu and any) shares its slots between one loop per pool, and a loop
+    holding the only slot while it waits on an idle pool would keep the other pool's work waiting for
+    the whole poll. A message fetched when the other loop took the last slot meanwhile goes back at
+    once (nak) for another worker. A handler that raises gets the message nak'ed with a delay (it
+    comes back later) and the loop goes on."""
     while not stopped():
         if slots is not None:
-            await slots.acquire()
+            await slots.acquire()  # wait for a free slot without holding it through the poll
+            slots.release()
         try:
             msgs = await psub.fetch(batch, timeout=fetch_timeout)
         except TimeoutError:
-            if slots is not None:
-                slots.release()
             continue
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # server restarting or leader moving: retry shortly
-            if slots is not None:
-                slots.release()
             log.debug("fetch failed: %s", exc)
             await asyncio.sleep(0.5)
             continue
         for msg in msgs:
+            if slots is not None:
+                if slots.locked():
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=0.2)
+                    continue
+                await slots.acquire()  # free: does not wait
             try:
                 await handle(msg)
             except asyncio.CancelledError:

@@ -1,34 +1,114 @@
-"""trainer: takes `work.training`, runs the training in a child process (TrainingProcess, its own
+"""trainer: takes `work.training.<pool>`, runs the training in a child process (TrainingProcess, its own
 torch thread budget) and publishes its progress; cancellation is a shared flag the loop reads at every
-batch. Bars are read from the local DataStore and the model is saved to KTRDR_HOME/models for now;
-each epoch's checkpoint is written to KTRDR_HOME/checkpoints/<op_id>/latest, so work redelivered after
-a trainer died resumes where it stopped. Nothing heavy runs on the event loop: parsing, bar reading and
-file writes go to threads, torch only ever runs in the child.
+batch. Nothing it needs is on its own disk: bars come from the object bucket BARS (through this host's
+digest cache), each epoch's checkpoint goes to CHECKPOINTS as `<op_id>/latest` (work redelivered after a
+trainer died resumes from it, on any host), and the model goes to MODELS with its result. The
+checkpoint is removed when the operation ends (completed, failed or cancelled: only work handed back
+is resumed). Nothing heavy runs on the event loop: parsing and bar decoding go to threads, torch only
+ever runs in the child.
+
+Pools: `KTRDR_POOLS` when set, else the device's (`gpu` when the CUDA driver sees a device, `cpu`
+otherwise), always `any`. The device is probed without torch (the driver library through ctypes), so
+this process never imports torch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import ctypes
 import functools
-import os
-import shutil
+import logging
 import socket
-import tempfile
-from pathlib import Path
+import threading
 from typing import Any, ClassVar
 
 import msgspec
 import pandas as pd
 
 from actors.runtime import Actor, OperationContext
+from events import subjects
 from events.messages import StartTraining
 from events.subjects import is_op_id
-from ktrdr.data.store import DataStore
-from ktrdr.errors import ValidationError
+from ktrdr.data.store import DigestCache, slice_bars
+from ktrdr.errors import KtrdrError, ValidationError
 from ktrdr.training.job import CheckedJob, TrainingJob, check_job
 from ktrdr.training.process import TrainingProcess
-from ktrdr.training.registry import save_model
+from ktrdr.transport import BarStore, CheckpointStore, ModelStore
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_devices() -> int:
+    """CUDA devices the driver sees (0 without a driver), from libcuda itself: no torch import."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return 0
+
+
+def device_pool(device: str) -> str:
+    """The pool a device serves: `gpu` for CUDA (KTRDR_DEVICE=cuda[:n], or auto with a CUDA device)."""
+    d = device.strip().lower()
+    if d.startswith("cuda"):
+        return "gpu"
+    if d == "auto" and cuda_devices() > 0:
+        return "gpu"
+    return "cpu"
+
+
+class CheckpointUploader:
+    """Epoch checkpoints from the training thread to CHECKPOINTS, newest only: a slow upload never
+    holds the training up, and an older checkpoint never overwrites a newer one."""
+
+    def __init__(self, store: CheckpointStore, op_id: str, log: logging.Logger) -> None:
+        self.store, self.op_id, self.log = store, op_id, log
+        self.loop = asyncio.get_running_loop()
+        self.uploaded_epoch = 0
+        self._latest: tuple[int, bytes] | None = None
+        self._lock = threading.Lock()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.create_task(self._run(), name=f"checkpoints-{op_id}")
+
+    def submit(self, epoch: int, data: bytes) -> None:
+        """Called on the training thread."""
+        with self._lock:
+            self._latest = (epoch, data)
+        self.loop.call_soon_threadsafe(self._wake.set)
+
+    def _take(self) -> tuple[int, bytes] | None:
+        with self._lock:
+            item, self._latest = self._latest, None
+        return item
+
+    async def _run(self) -> None:
+        while True:
+            item = self._take()
+            if item is not None:
+                try:
+                    await self.store.put(self.op_id, item[1])
+                    self.uploaded_epoch = item[0]
+                except Exception as exc:  # the next epoch's checkpoint tries again
+                    self.log.warning("%s: checkpoint of epoch %d not stored: %s", self.op_id, item[0], exc)
+                continue
+            if self._closing:
+                return
+            await self._wake.wait()
+            self._wake.clear()
+
+    def abort(self) -> None:
+        self._task.cancel()
+
+    async def close(self) -> None:
+        """Store what is pending, then stop."""
+        self._closing = True
+        self._wake.set()
+        await asyncio.shield(self._task)
 
 
 class Trainer(Actor):
@@ -43,6 +123,14 @@ class Trainer(Actor):
     def training_process(self) -> TrainingProcess:
         return TrainingProcess(threads=self.training_threads)
 
+    @functools.cached_property
+    def cache(self) -> DigestCache:
+        return DigestCache(self.settings.cache_dir)
+
+    def pools(self) -> list[str]:
+        named = [p for p in self.settings.pools if subjects.is_token(p)]
+        return list(dict.fromkeys([*(named or [device_pool(self.settings.device)]), subjects.DEFAULT_POOL]))
+
     async def on_start(self) -> None:
         # Warm the child (python + torch imports, ~2 s here) in the background: the first training
         # need not wait for it, and the actor's start does not either.
@@ -55,8 +143,8 @@ class Trainer(Actor):
 
     async def handle(self, op: OperationContext) -> dict[str, Any]:
         cmd = op.command
-        assert isinstance(cmd, StartTraining)
-        if not is_op_id(op.op_id):  # it names the checkpoint folder
+        assert isinstance(cmd, StartTraining) and self.js is not None
+        if not is_op_id(op.op_id):  # it names the checkpoint object
             raise ValidationError(f"invalid operation id {op.op_id[:80]!r}")
         job = TrainingJob(
             op_id=op.op_id, strategy_yaml=cmd.strategy_yaml, strategy_path=cmd.strategy_path,
@@ -65,48 +153,46 @@ class Trainer(Actor):
             batch_every=self.batch_every or self.settings.progress_batch_every,
             host=socket.gethostname(), actor=self.id, pool=str(getattr(cmd, "pool", "any") or "any"))
         checked = await asyncio.to_thread(check_job, job)  # workers re-validate what they pull
-        bars, simulated = await asyncio.to_thread(self._read_bars, job, checked)
+        bars, simulated = await self._read_bars(job, checked)
         job = msgspec.structs.replace(job, simulated=simulated)
-        ckpt_dir = self.settings.checkpoints_dir / op.op_id
-        resume = await asyncio.to_thread(_read_if_exists, ckpt_dir / "latest")
+        checkpoints = CheckpointStore(self.js)
+        resume = await checkpoints.get(op.op_id)
+        uploader = CheckpointUploader(checkpoints, op.op_id, self.log)
+        try:
+            outcome = await asyncio.to_thread(self.training_process.run, job, bars, emit=op.progress,
+                                              cancel=op.token, resume=resume, on_checkpoint=uploader.submit)
+        except KtrdrError:
+            await uploader.close()
+            if not op.token.hand_back:  # failed or cancelled for good: nobody resumes it
+                await self._forget(checkpoints, op.op_id)
+            raise
+        except BaseException:  # killed: the checkpoint stays for whoever resumes the operation
+            uploader.abort()
+            raise
+        await uploader.close()
+        saved = await ModelStore(self.js).save(checked.strategy.name, checked.symbols, checked.model_timeframes,
+                                               outcome.artifacts, result=outcome.result)
+        await self._forget(checkpoints, op.op_id)  # the model is saved: the checkpoint has served
+        return {**outcome.result, "artifacts": {**outcome.result.get("artifacts", {}), **saved}}
 
-        def on_checkpoint(_epoch: int, data: bytes) -> None:  # on the run thread, not the loop
-            _write_atomic(ckpt_dir / "latest", data)
+    async def _forget(self, checkpoints: CheckpointStore, op_id: str) -> None:
+        try:
+            await checkpoints.delete(op_id)
+        except Exception as exc:  # CHECKPOINTS' max age removes it eventually
+            self.log.warning("%s: checkpoint not removed: %s", op_id, exc)
 
-        outcome = await asyncio.to_thread(self.training_process.run, job, bars, emit=op.progress, cancel=op.token,
-                                          resume=resume, on_checkpoint=on_checkpoint)
-        paths = await asyncio.to_thread(save_model, self.settings.models_dir, checked.strategy.name,
-                                        checked.symbols, checked.model_timeframes, outcome.artifacts)
-        await asyncio.to_thread(shutil.rmtree, ckpt_dir, True)  # the model is saved: the checkpoint has served
-        return {**outcome.result, "artifacts": {**outcome.result.get("artifacts", {}), **paths}}
-
-    def _read_bars(self, job: TrainingJob, checked: CheckedJob) -> tuple[dict[str, dict[str, pd.DataFrame]], bool]:
-        store = DataStore(self.settings.home)
-        bars = {sym: {tf: store.read(sym, tf, job.start, job.end) for tf in checked.timeframes}
-                for sym in checked.symbols}
-        simulated = any((meta := store.metadata(sym, tf)) is not None and bool(getattr(meta, "simulated", False))
-                        for sym in checked.symbols for tf in checked.timeframes)
+    async def _read_bars(self, job: TrainingJob, checked: CheckedJob
+                         ) -> tuple[dict[str, dict[str, pd.DataFrame]], bool]:
+        assert self.js is not None
+        store = BarStore(self.js, self.cache)
+        bars: dict[str, dict[str, pd.DataFrame]] = {}
+        simulated = False
+        for sym in checked.symbols:
+            for tf in checked.timeframes:
+                stored = await store.load(sym, tf)
+                bars.setdefault(sym, {})[tf] = await asyncio.to_thread(slice_bars, stored.df, job.start, job.end)
+                simulated = simulated or bool(stored.meta is not None and stored.meta.simulated)
         return bars, simulated
 
     def cancelled_message(self, op: OperationContext, where: str) -> str:
         return f"Training cancelled at {where}" if where else "Training cancelled"
-
-
-def _read_if_exists(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".latest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -1,4 +1,4 @@
-"""`python -m bench [backbone|data|training|calendar|indicators ...]`: run the benchmarks and print the figures."""
+"""`python -m bench [backbone|data|training|calendar|indicators|objects ...]`: run benchmarks, print figures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from bench._common import report
 
-SUITES = ("backbone", "data", "training", "faults", "calendar", "indicators")
+SUITES = ("backbone", "data", "training", "faults", "objects", "calendar", "indicators")
 
 
 def main() -> None:

@@ -330,6 +330,16 @@ class Lease(Message, tag="Lease", kw_only=True):
     ts: datetime = msgspec.field(default_factory=utcnow)
 
 
+class SeriesLease(Message, tag="SeriesLease", kw_only=True):
+    """Who writes a stored bar series now (KV LEASES, key `series.<SYMBOL>.<TF>`): one writer per
+    series. Taken and renewed with compare-and-set like an operation's Lease; a second load of the same
+    series waits and names `op_id` ("waiting for <op> loading the same series")."""
+
+    holder: str  # actor or client id
+    op_id: str = ""  # the operation loading it ("" for `ktrdr data import`)
+    ts: datetime = msgspec.field(default_factory=utcnow)
+
+
 # --------------------------------------------------------------------------------------------------
 # IB request/reply (ib.<verb>), queue group "ib"
 # --------------------------------------------------------------------------------------------------

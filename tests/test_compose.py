@@ -1,7 +1,9 @@
 """docker-compose.yml, validated without a Docker engine: parsed, then every process it describes is
 started as it would run in its container (same commands, same environment; container names mapped to
-loopback, /data to a temporary folder). A data load runs through the core actors and the ib host
-actor against the sim gateway, then a training runs on the host trainer (python -m hosts.training)."""
+loopback, each named volume to a temporary folder of its own). A data load runs through the core actors
+and the ib host actor against the sim gateway, then a training runs on the host trainer (python -m
+hosts.training), whose home starts empty and shares nothing with the core's: the bars reach it through
+BARS and the model goes to MODELS, where the client lists it."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from events import subjects
 from events.messages import LoadData, StartTraining
 from ktrdr.client import Client
 from ktrdr.embedded import free_port
+from ktrdr.transport import ModelStore
 from tests.conftest import NatsServer, make_settings
 from tests.helpers import wait_terminal
 
@@ -50,8 +53,15 @@ def test_compose_file_describes_the_stack_with_this_repos_nats_conf_and_runnable
         assert importlib.util.find_spec(cmd[2]) is not None, f"{name}: no module {cmd[2]}"
         if "NATS_URL" in svc.get("environment", {}):
             assert svc["environment"]["NATS_URL"] == "nats://nats:4222" and "nats" in svc["depends_on"]
-    # The data store is shared between the job-manager (writes bars) and the trainer (reads them).
-    assert SERVICES["core"]["volumes"] == SERVICES["trainer"]["volumes"] == ["ktrdr-data:/data"]
+    # No volume is shared between containers: bars, models and checkpoints travel through NATS; each
+    # actor's /data is its own cache.
+    mounts = [(name, v.split(":")[0]) for name, svc in SERVICES.items() for v in svc.get("volumes", [])
+              if not v.startswith("./")]
+    owners = {vol: [n for n, v in mounts if v == vol] for _, vol in mounts}
+    assert all(len(names) == 1 for names in owners.values()), owners
+    assert SERVICES["core"]["volumes"] == ["core-cache:/data"]
+    assert SERVICES["trainer"]["volumes"] == ["trainer-cache:/data"]
+    assert set(COMPOSE["volumes"]) == {"nats-data", "core-cache", "trainer-cache"}
 
 
 class _Compose:
@@ -59,20 +69,34 @@ class _Compose:
 
     def __init__(self, tmp: Path, nats_url: str) -> None:
         self.tmp, self.nats_url = tmp, nats_url
-        self.data = tmp / "data"
         self.gw_port = free_port()
         self.procs: dict[str, subprocess.Popen[str]] = {}
 
-    def _translate(self, value: str) -> str:
-        return {"nats://nats:4222": self.nats_url, "/data": str(self.data), "sim-gateway": "127.0.0.1",
+    def volume(self, name: str) -> Path:
+        """Where a named volume lives here (created empty, as docker creates it)."""
+        path = self.tmp / "volumes" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def data_of(self, service: str) -> Path | None:
+        """The folder a service's /data is mounted from (None: the container's own, here a fresh one)."""
+        for v in SERVICES[service].get("volumes", []):
+            source, _, target = v.partition(":")
+            if target == "/data":
+                return self.volume(source)
+        return None
+
+    def _translate(self, value: str, data: Path) -> str:
+        return {"nats://nats:4222": self.nats_url, "/data": str(data), "sim-gateway": "127.0.0.1",
                 "4002": str(self.gw_port)}.get(value, value)
 
     def start(self, name: str) -> subprocess.Popen[str]:
         svc = SERVICES[name]
+        data = self.data_of(name) or self.volume(f"{name}-container")
         env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "IB_PORT", "IB_HOST", "KTRDR_HOME")}
-        env.update({k: self._translate(str(v)) for k, v in svc.get("environment", {}).items()})
+        env.update({k: self._translate(str(v), data) for k, v in svc.get("environment", {}).items()})
         env["KTRDR_HOME"] = env.get("KTRDR_HOME", str(self.tmp / f"{name}-home"))
-        cmd = [sys.executable if c == "python" else self._translate(c) for c in svc["command"]]
+        cmd = [sys.executable if c == "python" else self._translate(c, data) for c in svc["command"]]
         with open(self.tmp / f"{name}.log", "w") as log:  # the child keeps its own copy of the fd
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         self.procs[name] = proc
@@ -108,9 +132,12 @@ async def _live_roles(client: Client) -> set[str]:
 
 @pytest.mark.slow
 async def test_compose_services_run_a_data_load_and_a_host_training(compose: _Compose):
+    trainer_home = compose.data_of("trainer")
+    assert trainer_home is not None and trainer_home != compose.data_of("core")
+    assert list(trainer_home.iterdir()) == []  # the trainer starts with an empty home
     for name in ("sim-gateway", "core", "ib", "trainer"):
         compose.start(name)
-    settings = make_settings(compose.data, compose.nats_url)
+    settings = make_settings(compose.tmp / "client-home", compose.nats_url)
     async with Client(settings) as client:
         await client.ensure_streams()
         want = {"orchestrator", "dummy", "job-manager", "ib", "trainer"}
@@ -144,7 +171,11 @@ async def test_compose_services_run_a_data_load_and_a_host_training(compose: _Co
         usage = view.result["resource_usage"]
         assert usage["training_mode"] == "host" and usage["device"] == "cpu"
         assert view.result["data_summary"]["simulated"] is True
-        assert Path(view.result["artifacts"]["model_path"]).is_relative_to(compose.data / "models")
+        # The bars reached the trainer through BARS (its home holds only their cached copy) and the model
+        # is in MODELS, where any client lists it.
+        assert [m["name"] for m in await ModelStore(client.js).list()] == [view.result["artifacts"]["name"]]
+        cached = sorted(str(p.relative_to(trainer_home)) for p in trainer_home.rglob("*") if p.is_file())
+        assert len(cached) == 1 and cached[0].startswith("cache/") and cached[0].endswith(".parquet"), cached
 
     codes = compose.stop_all()  # SIGTERM, as `docker compose down` sends
     assert codes == {"sim-gateway": 0, "core": 0, "ib": 0, "trainer": 0}, codes

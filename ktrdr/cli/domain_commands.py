@@ -1,6 +1,8 @@
 """Data, strategy, training, model and gateway commands (registered on the app in ktrdr.cli).
 
-`data show/range/import/export` and `models` read KTRDR_HOME directly (the store lives there);
+Everything stored lives in NATS object buckets, so these work from any machine that reaches the
+server: `data show/range/export` read BARS (through this machine's digest cache in KTRDR_HOME),
+`data import` merges into BARS under the series' writer lease, `models list/show/pull` read MODELS.
 `data load` and `train` are operations: they go through NATS like every long operation.
 """
 
@@ -27,7 +29,7 @@ from ktrdr.cli import (
     parse_date,
     strategies_app,
 )
-from ktrdr.config import Settings, settings
+from ktrdr.config import settings
 
 TF_OPTION = typer.Option("1h", "--timeframe", "-t", help="1m, 5m, 15m, 30m, 1h, 4h, 1d or 1w.")
 
@@ -64,10 +66,11 @@ def data_load(
     _run(run_command(cmd, wait=not no_wait, json_out=json_out))
 
 
-def _store(s: Settings) -> Any:
-    from ktrdr.data.store import DataStore
+def _bars(c: Any) -> Any:
+    from ktrdr.data.store import DigestCache
+    from ktrdr.transport import BarStore
 
-    return DataStore(s.home)
+    return BarStore(c.js, DigestCache(settings().cache_dir))
 
 
 def _norm(symbol: str, timeframe: str) -> tuple[str, str]:
@@ -80,57 +83,76 @@ def _norm(symbol: str, timeframe: str) -> tuple[str, str]:
         raise _usage(str(exc)) from exc
 
 
+def _none_stored(sym: str, tf: str) -> int:
+    typer.echo(f"no {tf} data stored for {sym} (try `ktrdr data load {sym} -t {tf}`)", err=True)
+    return 1
+
+
 @data_app.command("show")
 def data_show(symbol: str, timeframe: str = TF_OPTION, rows: int = typer.Option(5, help="Rows from each end."),
               json_out: bool = JSON) -> None:
     """A stored series: source (simulated data is marked), range, and its first and last bars."""
-    import msgspec
-
     sym, tf = _norm(symbol, timeframe)
-    store = _store(settings())
-    meta = store.metadata(sym, tf)
+    if not 0 <= rows <= 10_000:
+        raise _usage(f"--rows must be between 0 and 10000, got {rows}")
+    _run(_data_show(sym, tf, rows, json_out))
+
+
+async def _data_show(sym: str, tf: str, rows: int, json_out: bool) -> int:
+    import msgspec
+    import pandas as pd
+
+    from ktrdr.cli import client
+
+    async with client() as c:
+        stored = await _bars(c).load(sym, tf)
+    meta, df = stored.meta, stored.df
     if meta is None:
-        typer.echo(f"no {tf} data stored for {sym} (try `ktrdr data load {sym} -t {tf}`)", err=True)
-        raise typer.Exit(1)
-    df = store.read(sym, tf)
+        return _none_stored(sym, tf)
     if json_out:
         _echo_json({"metadata": msgspec.to_builtins(meta),
                     "head": json.loads(df.head(rows).reset_index().to_json(orient="records", date_format="iso")),
                     "tail": json.loads(df.tail(rows).reset_index().to_json(orient="records", date_format="iso"))})
-        return
-    sim = "  ** SIMULATED DATA (sim gateway) **" if getattr(meta, "simulated", False) else ""
+        return 0
+    sim = "  ** SIMULATED DATA (sim gateway) **" if meta.simulated else ""
     typer.echo(f"{sym} {tf}: {len(df):,} bars, {meta.start} .. {meta.end}, source {meta.source}{sim}")
-    with __import__("pandas").option_context("display.width", 120):
+    with pd.option_context("display.width", 120):
         typer.echo(df.head(rows).to_string())
         if len(df) > rows:
             typer.echo("...")
             typer.echo(df.tail(rows).to_string(header=False))
+    return 0
 
 
 @data_app.command("range")
 def data_range(symbol: str, timeframe: str = TF_OPTION, json_out: bool = JSON) -> None:
-    """The stored range of a series."""
+    """The stored range of a series (from its metadata: nothing is downloaded)."""
     sym, tf = _norm(symbol, timeframe)
-    store = _store(settings())
-    rng = store.covered_range(sym, tf)
-    meta = store.metadata(sym, tf)
-    if rng is None:
+    _run(_data_range(sym, tf, json_out))
+
+
+async def _data_range(sym: str, tf: str, json_out: bool) -> int:
+    from ktrdr.cli import client
+
+    async with client() as c:
+        meta = await _bars(c).metadata(sym, tf)
+    if meta is None or not meta.rows:
         typer.echo(f"no {tf} data stored for {sym}", err=True)
-        raise typer.Exit(1)
-    out = {"symbol": sym, "timeframe": tf, "start": rng[0].isoformat(), "end": rng[1].isoformat(),
-           "rows": getattr(meta, "rows", None), "source": getattr(meta, "source", None),
-           "simulated": getattr(meta, "simulated", None)}
+        return 1
+    out = {"symbol": sym, "timeframe": tf, "start": meta.start, "end": meta.end, "rows": meta.rows,
+           "source": meta.source, "simulated": meta.simulated, "digest": meta.digest}
     if json_out:
         _echo_json(out)
     else:
-        typer.echo(f"{sym} {tf}: {out['start']} .. {out['end']} ({out['rows']:,} bars, source {out['source']})")
+        typer.echo(f"{sym} {tf}: {out['start']} .. {out['end']} ({meta.rows:,} bars, source {meta.source})")
+    return 0
 
 
 @data_app.command("import")
 def data_import(file: Path, symbol: str = typer.Option(..., "--symbol", "-s"), timeframe: str = TF_OPTION,
                 json_out: bool = JSON) -> None:
-    """Import a CSV (date column or index + open/high/low/close/volume). A bad file is rejected with
-    the row and the reason, and the stored series is left untouched."""
+    """Import a CSV (date column or index + open/high/low/close/volume) into BARS, merged with what is
+    stored. A bad file is rejected with the row and the reason, and the stored series is left untouched."""
     from ktrdr.data.csv_io import import_csv
     from ktrdr.errors import ValidationError
 
@@ -141,12 +163,28 @@ def data_import(file: Path, symbol: str = typer.Option(..., "--symbol", "-s"), t
     except ValidationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    added = _store(settings()).merge(sym, tf, df, source="import")
+    _run(_data_import(sym, tf, df, json_out))
+
+
+async def _data_import(sym: str, tf: str, df: Any, json_out: bool) -> int:
+    import os
+    import socket
+
+    from ktrdr.cli import client
+    from ktrdr.transport import series_lease
+
+    async with client() as c:
+        # One writer per series: an import waits for a load of the same series (and vice versa).
+        lease = await series_lease(c.js, sym, tf, holder=f"cli-{socket.gethostname()}-{os.getpid()}")
+        async with lease.held(on_wait=lambda h: typer.echo(
+                f"waiting for {h.op_id or h.holder} writing {sym} {tf} ...", err=True)):
+            added, _stored = await _bars(c).merge(sym, tf, df, "import")
     out = {"symbol": sym, "timeframe": tf, "rows_read": len(df), "bars_added": added}
     if json_out:
         _echo_json(out)
     else:
         typer.echo(f"imported {len(df):,} rows into {sym} {tf} ({added:,} new bars)")
+    return 0
 
 
 @data_app.command("export")
@@ -161,11 +199,23 @@ def data_export(symbol: str, timeframe: str = TF_OPTION,
         raise _usage(f"--out {str(out)[:200]}: is a directory; name a CSV file")
     if not out.parent.is_dir():
         raise _usage(f"--out {str(out)[:200]}: the folder {str(out.parent)[:200]} does not exist")
+    _run(_data_export(sym, tf, out, start_dt, end_dt))
+
+
+async def _data_export(sym: str, tf: str, out: Path, start: datetime | None, end: datetime | None) -> int:
+    import asyncio
+
+    from ktrdr.cli import client
+    from ktrdr.data.store import write_csv
+
+    async with client() as c:
+        df = await _bars(c).read(sym, tf, start, end)
     try:
-        n = _store(settings()).export_csv(sym, tf, out, start_dt, end_dt)
+        n = await asyncio.to_thread(write_csv, df, out)
     except OSError as exc:
         raise _usage(f"--out {str(out)[:200]}: cannot write it ({exc.strerror or exc})") from None
     typer.echo(f"wrote {n:,} bars to {out}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ strategies
@@ -293,37 +343,98 @@ async def _train(cmd: Any, wait: bool, json_out: bool) -> int:
                    f"{tm.get('final_val_loss', 0):.4f}")
         typer.echo(f"  test accuracy {test.get('test_accuracy', 0):.3f}, f1 {test.get('f1_score', 0):.3f}; "
                    f"device {res.get('device')} ({res.get('training_mode')})")
-        typer.echo(f"  model: {r.get('artifacts', {}).get('model_path')}")
+        name = r.get("artifacts", {}).get("name")
+        typer.echo(f"  model: {name} in MODELS (`ktrdr models show {name}`, `ktrdr models pull {name} -o DIR`)")
     return exit_code(view)
 
 
 # ------------------------------------------------------------------------------------------ models
 @models_app.command("list")
 def models_list(json_out: bool = JSON) -> None:
-    """Trained models under KTRDR_HOME/models."""
-    from ktrdr.training.registry import list_models
+    """Trained models in MODELS (from any machine that reaches the NATS server)."""
+    _run(_models_list(json_out))
 
-    items = list_models(settings().models_dir)
+
+async def _models_list(json_out: bool) -> int:
+    from ktrdr.cli import client
+    from ktrdr.transport import ModelStore
+
+    async with client() as c:
+        items = await ModelStore(c.js).list()
     if json_out:
         _echo_json(items)
-        return
+        return 0
     if not items:
         typer.echo("no models yet (try `ktrdr train strategies/mlp_rsi_aapl.yaml`)")
     for it in items:
-        typer.echo("  ".join(f"{k}={v}" for k, v in it.items() if not isinstance(v, dict | list)))
+        acc = it.get("test_accuracy")
+        typer.echo("  ".join([
+            f"{it['name']}{' (latest)' if it.get('latest') else ''}", f"created {it.get('created') or '?'}",
+            f"device {it.get('device') or '?'} on {it.get('host') or '?'} ({it.get('training_mode') or '?'}, "
+            f"pool {it.get('pool') or '?'})", f"test accuracy {acc:.3f}" if isinstance(acc, float) else "",
+            "SIMULATED data" if it.get("simulated") else ""]).rstrip())
+    return 0
 
 
 @models_app.command("show")
-def models_show(name: str = typer.Argument(..., help="strategy/SYMBOLS_tf[_vN] or a path.")) -> None:
-    """A model's metadata and metrics."""
-    from ktrdr.errors import KtrdrError
-    from ktrdr.training.registry import show_model
+def models_show(name: str = typer.Argument(..., help="strategy, strategy/SYMBOLS_tf (latest) or .../..._vN."),
+                json_out: bool = JSON) -> None:
+    """A model's metadata, metrics and result, with the per-epoch history as a table."""
+    _run(_models_show(name, json_out))
 
-    try:
-        _echo_json(show_model(settings().models_dir, name))
-    except KtrdrError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+
+async def _models_show(name: str, json_out: bool) -> int:
+    from ktrdr.cli import client
+    from ktrdr.transport import ModelStore
+
+    async with client() as c:
+        shown = await ModelStore(c.js).show(name)
+    if json_out:
+        _echo_json(shown)
+        return 0
+    meta, result = shown["metadata"], shown["result"]
+    tm, test = result.get("training_metrics") or {}, result.get("test_metrics") or {}
+    session, usage = result.get("session_info") or {}, result.get("resource_usage") or {}
+    typer.echo(f"{shown['name']}  ({shown['model_bytes'] or 0:,} bytes of weights, {shown['model_digest']})")
+    typer.echo(f"  trained {meta.get('created')} by {session.get('actor') or meta.get('actor')} on "
+               f"{session.get('host') or meta.get('host')} (pool {session.get('pool') or meta.get('pool')}, "
+               f"{session.get('training_mode') or meta.get('training_mode')}); device {usage.get('device')}"
+               f"{' ' + str(usage.get('gpu_name')) if usage.get('gpu_name') else ''}; gpu_used "
+               f"{result.get('gpu_used')}; operation {meta.get('op_id')}")
+    typer.echo(f"  symbols {', '.join(meta.get('symbols') or [])} [{', '.join(meta.get('timeframes') or [])}]"
+               f"{'  ** SIMULATED data **' if meta.get('simulated') else ''}")
+    if test:
+        typer.echo(f"  test accuracy {test.get('test_accuracy', 0):.3f}, loss {test.get('test_loss', 0):.4f}, "
+                   f"f1 {test.get('f1_score', 0):.3f}; best epoch {tm.get('best_epoch')} of "
+                   f"{tm.get('epochs_completed')} (early stop {tm.get('early_stopped')})")
+    history = tm.get("history") or (shown["metrics"] or {}).get("history") or []
+    if history:
+        typer.echo("  epoch  train loss  val loss  train acc  val acc  learning rate  seconds")
+        for h in history:
+            typer.echo(f"  {h.get('epoch', 0):>5}  {h.get('train_loss', 0):>10.4f}  {h.get('val_loss', 0):>8.4f}"
+                       f"  {h.get('train_accuracy', 0):>9.3f}  {h.get('val_accuracy', 0):>7.3f}"
+                       f"  {h.get('learning_rate', 0):>13.2g}  {h.get('epoch_time_s', 0):>7.2f}")
+    return 0
+
+
+@models_app.command("pull")
+def models_pull(name: str = typer.Argument(..., help="strategy, strategy/SYMBOLS_tf (latest) or .../..._vN."),
+                out: Path = typer.Option(..., "--out", "-o", help="An existing folder to write into.")) -> None:
+    """Download a model's files (model.pt, config.json, metrics.json, features.json, metadata.json,
+    result.json) into an existing folder; nothing is written anywhere else."""
+    if not out.is_dir():
+        raise _usage(f"-o {str(out)[:200]}: not an existing folder")
+    _run(_models_pull(name, out))
+
+
+async def _models_pull(name: str, out: Path) -> int:
+    from ktrdr.cli import client
+    from ktrdr.transport import ModelStore
+
+    async with client() as c:
+        resolved, paths = await ModelStore(c.js).pull(name, out)
+    typer.echo(f"pulled {resolved} into {out}: {', '.join(p.name for p in paths)}")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ gateway

@@ -1,10 +1,18 @@
-"""DataStore: the local bar store, one Parquet series per (symbol, timeframe).
+"""Bars as frames and Parquet: the local DataStore, the in-memory SeriesBuffer a data load merges
+into, and the DigestCache that keeps copies of stored objects on a host's disk.
 
-Layout under `home/data/{SYMBOL}/`: `{tf}.parquet` (the bars), `{tf}.meta.json` (SeriesMeta) and
-`{tf}.lock` (the lock file). Every write goes to a temp file in the same directory, is fsynced and then
-`os.replace`d over the old file, so a crash mid-write leaves the previous series intact. `merge` holds
-an exclusive `fcntl.flock` on the lock file around read-merge-write, so concurrent merges from
-coroutines (via threads), threads or processes never lose bars.
+The store of record is the NATS object bucket BARS (ktrdr/transport/objects.py): one Parquet object per
+(symbol, timeframe) with a SeriesMeta in its headers. This module is the NATS-free part:
+- `SeriesBuffer`: one series in memory with DataStore's read/merge surface, so a DataLoadingJob merges
+  fetched segments into it (from several threads) and the job-manager writes snapshots of it to BARS.
+  Merged segments are kept aside and folded in lazily, so a load of thousands of segments does not
+  re-sort the whole series for each one.
+- `DigestCache`: `KTRDR_HOME/cache/<sha256 hex>.parquet`, written atomically (temp file + rename),
+  keyed by the object's SHA-256 digest so a cached copy is never stale, bounded in size with the least
+  recently used files evicted first. Deleting the folder loses nothing.
+- `DataStore`: the former local store, one Parquet series per (symbol, timeframe) under `home/data/`
+  (`{SYMBOL}/{tf}.parquet`, `{tf}.meta.json`, `{tf}.lock`); kept for offline tools and tests. Every
+  write goes to a temp file, is fsynced and `os.replace`d; `merge` holds an exclusive `fcntl.flock`.
 
 Frames everywhere: DatetimeIndex named "timestamp" (UTC, bar start), float64 columns
 open, high, low, close, volume.
@@ -12,16 +20,22 @@ open, high, low, close, volume.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import fcntl
+import io
 import os
+import re
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 import msgspec
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,6 +57,7 @@ class SeriesMeta(msgspec.Struct, kw_only=True):
     end: str | None  # ISO UTC of the last bar start
     rows: int
     updated_at: str  # ISO UTC
+    digest: str = ""  # the stored object's SHA-256 ("SHA-256=<base64url>"), filled in when read from BARS
 
 
 def empty_frame() -> pd.DataFrame:
@@ -86,6 +101,238 @@ def _write_parquet(df: pd.DataFrame, f: BinaryIO) -> None:
     """Serialise bars to an open binary file (a seam that tests replace to simulate a crash)."""
     table = pa.Table.from_pandas(df, preserve_index=True)
     pq.write_table(table, f)
+
+
+def to_parquet(df: pd.DataFrame) -> bytes:
+    """A store-shaped frame as Parquet bytes (what a BARS object holds)."""
+    buf = io.BytesIO()
+    _write_parquet(df, buf)
+    return buf.getvalue()
+
+
+def from_parquet(source: bytes | bytearray | memoryview | Path) -> pd.DataFrame:
+    """Parquet bytes or a file back into a store-shaped frame; DataError when it is not one."""
+    try:
+        src = pa.py_buffer(source) if not isinstance(source, Path) else str(source)
+        df = pq.read_table(src).to_pandas()
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"stored bars are unreadable: {e}") from e
+    return normalize_frame(df)
+
+
+def series_meta(symbol: str, timeframe: str, df: pd.DataFrame, source: str, simulated: bool) -> SeriesMeta:
+    return SeriesMeta(
+        symbol=symbol, timeframe=timeframe, source=source, simulated=simulated,
+        start=df.index[0].isoformat() if len(df) else None, end=df.index[-1].isoformat() if len(df) else None,
+        rows=len(df), updated_at=datetime.now(UTC).isoformat())
+
+
+def merge_frames(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """old + new, one bar per timestamp (the newest wins), sorted."""
+    merged = pd.concat([old, new]) if len(old) else new
+    return merged[~merged.index.duplicated(keep="last")].sort_index()
+
+
+def check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ValidationError(f"unknown data source {source!r}", hint=f"one of {', '.join(SOURCES)}")
+
+
+def merged_source(stored: str | None, source: str) -> str:
+    return source if stored in (None, source) else "mixed"
+
+
+class SeriesBuffer:
+    """One series in memory, with the surface a DataLoadingJob uses of a store (`merge`, `read`,
+    `metadata`, `covered_range`; the symbol/timeframe arguments are this series'). Thread-safe: the
+    job merges segments from worker threads. `version` counts merges that changed something, so a
+    writer knows whether a snapshot is newer than what it stored."""
+
+    # Fold pending segments in when there are this many (each merge only checks which timestamps are new).
+    _FOLD_FRAMES, _FOLD_ROWS = 32, 250_000
+
+    def __init__(self, symbol: str, timeframe: str, df: pd.DataFrame | None = None,
+                 meta: SeriesMeta | None = None) -> None:
+        self.symbol, self.timeframe = symbol, timeframe
+        self._base = normalize_frame(df) if df is not None else empty_frame()
+        self._pending: list[pd.DataFrame] = []
+        self._pending_rows = 0
+        self._source: str | None = meta.source if meta is not None and len(self._base) else None
+        self._simulated = bool(meta.simulated) if meta is not None else False
+        self._lock = threading.Lock()
+        self.version = 0
+        self.merges = 0
+
+    def merge(self, symbol: str, tf: Timeframe | str, df: pd.DataFrame, source: str,
+              simulated: bool | None = None) -> int:
+        """Merge bars (the newest wins); returns how many timestamps are new. Same rules as DataStore."""
+        check_source(source)
+        new = normalize_frame(df)
+        new = new[~new.index.duplicated(keep="last")]
+        with self._lock:
+            self.merges += 1
+            if new.empty and self._source is not None:
+                return 0
+            ts = new.index.asi8
+            known = _members(self._base.index.asi8, ts)
+            for frame in self._pending:
+                known |= np.isin(ts, frame.index.asi8)
+            self._pending.append(new)
+            self._pending_rows += len(new)
+            self._source = merged_source(self._source, source)
+            self._simulated = self._simulated or (source == "sim" if simulated is None else simulated)
+            self.version += 1
+            if len(self._pending) >= self._FOLD_FRAMES or self._pending_rows >= self._FOLD_ROWS:
+                self._fold()
+            return int((~known).sum())
+
+    def _fold(self) -> pd.DataFrame:
+        if self._pending:
+            self._base = merge_frames(self._base, pd.concat(self._pending) if len(self._pending) > 1
+                                      else self._pending[0])
+            self._pending, self._pending_rows = [], 0
+        return self._base
+
+    def frame(self) -> pd.DataFrame:
+        with self._lock:
+            return self._fold()
+
+    def snapshot(self) -> tuple[pd.DataFrame, SeriesMeta | None, int]:
+        """(every bar, its metadata, the version they are of), consistent with each other."""
+        with self._lock:
+            df = self._fold()
+            return df, self._meta(df), self.version
+
+    def _meta(self, df: pd.DataFrame) -> SeriesMeta | None:
+        if self._source is None:
+            return None
+        return series_meta(self.symbol, self.timeframe, df, self._source, self._simulated)
+
+    def read(self, symbol: str, tf: Timeframe | str, start: datetime | pd.Timestamp | str | None = None,
+             end: datetime | pd.Timestamp | str | None = None) -> pd.DataFrame:
+        return slice_bars(self.frame(), start, end)
+
+    def metadata(self, symbol: str, tf: Timeframe | str) -> SeriesMeta | None:
+        with self._lock:
+            return self._meta(self._fold())
+
+    def covered_range(self, symbol: str, tf: Timeframe | str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        df = self.frame()
+        return (df.index[0], df.index[-1]) if len(df) else None
+
+
+def _members(sorted_i8: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Which of `ts` are in the sorted array (binary search: no hash table of the whole series)."""
+    if not len(sorted_i8):
+        return np.zeros(len(ts), dtype=bool)
+    pos = np.searchsorted(sorted_i8, ts).clip(max=len(sorted_i8) - 1)
+    return sorted_i8[pos] == ts
+
+
+def slice_bars(df: pd.DataFrame, start: datetime | pd.Timestamp | str | None,
+           end: datetime | pd.Timestamp | str | None) -> pd.DataFrame:
+    if start is not None:
+        df = df[df.index >= to_utc(start, "start")]
+    if end is not None:
+        df = df[df.index < to_utc(end, "end")]
+    return df
+
+
+_DIGEST_RE = re.compile(r"^SHA-256=[A-Za-z0-9_-]{43}=?$", re.IGNORECASE)
+DEFAULT_CACHE_BYTES = 4 << 30
+
+
+def digest_hex(digest: str) -> str | None:
+    """`SHA-256=<base64url>` (an object's digest) as 64 hex digits, or None when it is not one: only
+    this ever names a cache file."""
+    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(digest.split("=", 1)[1] + "=" * (-len(digest.split("=", 1)[1]) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return raw.hex() if len(raw) == 32 else None
+
+
+class DigestCache:
+    """Copies of stored objects keyed by their SHA-256: `<root>/<hex><suffix>`. A file appears only
+    complete (temp file + rename) and only after its digest was checked; a hit refreshes its mtime,
+    and the least recently used files go first when the folder outgrows `max_bytes`."""
+
+    SUFFIXES = (".parquet",)
+
+    def __init__(self, root: Path, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+
+    def path(self, digest: str, suffix: str = ".parquet") -> Path | None:
+        key = digest_hex(digest)
+        if key is None or suffix not in self.SUFFIXES:
+            return None
+        return self.root / f"{key}{suffix}"
+
+    def lookup(self, digest: str, suffix: str = ".parquet") -> Path | None:
+        path = self.path(digest, suffix)
+        if path is None:
+            return None
+        try:
+            os.utime(path)  # "recently used"
+        except FileNotFoundError:
+            return None
+        return path
+
+    def temp(self) -> tuple[BinaryIO, Path]:
+        """An open temp file in the cache folder (same filesystem: the rename is atomic)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".part.", suffix=".tmp")
+        return os.fdopen(fd, "wb"), Path(tmp)
+
+    def commit(self, tmp: Path, digest: str, suffix: str = ".parquet") -> Path:
+        path = self.path(digest, suffix)
+        if path is None:
+            tmp.unlink(missing_ok=True)
+            raise DataError(f"not a cacheable digest: {str(digest)[:80]!r}")
+        os.replace(tmp, path)
+        self.evict(keep=path)
+        return path
+
+    def put(self, digest: str, data: bytes | bytearray | memoryview, suffix: str = ".parquet") -> Path | None:
+        """Cache bytes whose digest the caller has checked; None when the digest cannot name a file."""
+        if self.path(digest, suffix) is None:
+            return None
+        f, tmp = self.temp()
+        try:
+            with f:
+                f.write(data)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return self.commit(tmp, digest, suffix)
+
+    def evict(self, keep: Path | None = None) -> list[Path]:
+        """Remove least recently used files until the folder fits; stale temp files go too."""
+        entries: list[tuple[float, int, Path]] = []
+        removed: list[Path] = []
+        with contextlib.suppress(FileNotFoundError):
+            for p in self.root.iterdir():
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue
+                if p.name.startswith(".part.") and st.st_mtime < datetime.now().timestamp() - 3600:
+                    p.unlink(missing_ok=True)  # left by a process killed mid-download
+                elif p.suffix in self.SUFFIXES:
+                    entries.append((st.st_mtime, st.st_size, p))
+        total = sum(size for _, size, _ in entries)
+        for _, size, p in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            if p == keep:
+                continue
+            p.unlink(missing_ok=True)
+            removed.append(p)
+            total -= size
+        return removed
 
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -149,12 +396,7 @@ class DataStore:
         end: datetime | pd.Timestamp | str | None = None,
     ) -> pd.DataFrame:
         """Stored bars with start <= timestamp < end (either bound optional); empty frame if none."""
-        df = self._read_all(symbol, tf)
-        if start is not None:
-            df = df[df.index >= to_utc(start, "start")]
-        if end is not None:
-            df = df[df.index < to_utc(end, "end")]
-        return df
+        return slice_bars(self._read_all(symbol, tf), start, end)
 
     def metadata(self, symbol: str, tf: Timeframe | str) -> SeriesMeta | None:
         _, meta_path, _ = self._paths(symbol, tf)
@@ -189,23 +431,9 @@ class DataStore:
         data_path, meta_path, _ = self._paths(symbol, tf)
         data_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(data_path, lambda f: _write_parquet(df, f))
-        meta = SeriesMeta(
-            symbol=sym,
-            timeframe=name,
-            source=source,
-            simulated=simulated,
-            start=df.index[0].isoformat() if len(df) else None,
-            end=df.index[-1].isoformat() if len(df) else None,
-            rows=len(df),
-            updated_at=datetime.now(UTC).isoformat(),
-        )
+        meta = series_meta(sym, name, df, source, simulated)
         payload = msgspec.json.format(msgspec.json.encode(meta))
         _atomic_write(meta_path, lambda f: f.write(payload))
-
-    @staticmethod
-    def _check_source(source: str) -> None:
-        if source not in SOURCES:
-            raise ValidationError(f"unknown data source {source!r}", hint=f"one of {', '.join(SOURCES)}")
 
     def write(
         self,
@@ -218,7 +446,7 @@ class DataStore:
         """Replace the stored series with `df` (deduplicated keeping the last, sorted). Returns rows.
 
         `simulated` defaults to source == "sim"."""
-        self._check_source(source)
+        check_source(source)
         bars = normalize_frame(df)
         bars = bars[~bars.index.duplicated(keep="last")].sort_index()
         with self.lock(symbol, tf):
@@ -237,7 +465,7 @@ class DataStore:
 
         Bars with an already stored timestamp replace the stored one (the newest fetch wins). The
         series' source becomes "mixed" when it differs from what is stored; `simulated` sticks."""
-        self._check_source(source)
+        check_source(source)
         sim = source == "sim" if simulated is None else simulated
         new = normalize_frame(df)
         with self.lock(symbol, tf):
@@ -245,10 +473,9 @@ class DataStore:
             meta = self.metadata(symbol, tf) if len(old) else None
             if new.empty and meta is not None:
                 return 0
-            merged = pd.concat([old, new]) if len(old) else new
-            merged = merged[~merged.index.duplicated(keep="last")].sort_index()
+            merged = merge_frames(old, new)
             if meta is not None:
-                source = source if meta.source == source else "mixed"
+                source = merged_source(meta.source, source)
                 sim = sim or meta.simulated
             self._store(symbol, tf, merged, source, sim)
             return len(merged) - len(old)
@@ -262,12 +489,16 @@ class DataStore:
         end: datetime | pd.Timestamp | str | None = None,
     ) -> int:
         """Write stored bars (start <= t < end) to a CSV that import_csv reads back. Returns rows."""
-        df = self.read(symbol, tf, start, end)
-        out = df.copy()
-        out.index = out.index.strftime("%Y-%m-%dT%H:%M:%SZ")
-        out.index.name = "timestamp"
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        text = out.to_csv().encode()  # full float precision: a round trip is exact
-        _atomic_write(target, lambda f: f.write(text))
-        return len(df)
+        return write_csv(self.read(symbol, tf, start, end), path)
+
+
+def write_csv(df: pd.DataFrame, path: Path | str) -> int:
+    """Write bars to a CSV that import_csv reads back (atomically: temp file + rename). Returns rows."""
+    out = df.copy()
+    out.index = out.index.strftime("%Y-%m-%dT%H:%M:%SZ")
+    out.index.name = "timestamp"
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = out.to_csv().encode()  # full float precision: a round trip is exact
+    _atomic_write(target, lambda f: f.write(text))
+    return len(df)

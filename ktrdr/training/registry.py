@@ -1,5 +1,9 @@
-"""Model artifacts on disk: `models_dir/{strategy}/{SYMBOLS}_{timeframe}_v{N}/` plus a latest pointer,
-written from the bytes a training run returns (`TrainingOutcome.artifacts`).
+"""Model artifacts and their names: `{strategy}/{SYMBOLS}_{timeframe}_v{N}/{file}` plus a latest pointer
+`{strategy}/{SYMBOLS}_{timeframe}_latest`, written from the bytes a training run returns
+(`TrainingOutcome.artifacts`). The store of record is the NATS object bucket MODELS (the same names
+as object names: ktrdr/transport/objects.py ModelStore); this module holds the name rules both
+use (`model_key`, `version_name`, `parse_model_ref`, the listing row) and a local folder registry
+(`save_model`/`list_models`/`show_model` under a models_dir) for offline use and tests.
 
 Each version folder holds model.pt (state dict), config.json (strategy + architecture + input size),
 metrics.json, features.json (feature names + scaler parameters) and metadata.json. The version number
@@ -24,7 +28,12 @@ from typing import Any
 from ktrdr.errors import ValidationError
 
 FILES: tuple[str, ...] = ("model.pt", "config.json", "metrics.json", "features.json", "metadata.json")
+# Stored beside FILES in MODELS: the operation's full result (KTRDR's schema, per-epoch history included).
+RESULT_FILE = "result.json"
 _VERSION_RE = re.compile(r"^(?P<key>.+)_v(?P<n>\d+)$")
+# What model_key produces: SYMBOLS joined by '-', '_', timeframes joined by '-'.
+KEY_RE = re.compile(r"^[A-Z0-9]{1,20}(-[A-Z0-9]{1,20}){0,49}_[0-9a-z]{2,3}(-[0-9a-z]{2,3}){0,7}$")
+MAX_VERSION = 10**9
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}$")  # what the data layer's normalize_symbol produces
 MAX_ARTIFACT_BYTES = 4 * 2**30
 
@@ -44,6 +53,43 @@ def model_key(symbols: Sequence[str], timeframes: Sequence[str]) -> str:
         if tf not in TIMEFRAMES:
             raise ValidationError(f"invalid timeframe {str(tf)[:20]!r} for a model key")
     return f"{'-'.join(symbols)}_{'-'.join(timeframes)}"
+
+
+def version_name(key: str, version: int) -> str:
+    """`AAPL_1h_v3`: one version's folder (or object prefix) name."""
+    if not KEY_RE.match(key) or isinstance(version, bool) or not 1 <= version <= MAX_VERSION:
+        raise ValidationError(f"invalid model version {key[:80]!r} v{version}")
+    return f"{key}_v{version}"
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None, int | None]:
+    """`strategy`, `strategy/KEY` or `strategy/KEY_vN` -> (strategy, key or None, version or None),
+    every part checked against the rules that made it; anything else (a path, `..`) is refused."""
+    from ktrdr.training.strategy import validate_name
+
+    if not isinstance(ref, str) or len(ref) > 300 or ref.count("/") > 1:
+        raise ValidationError(f"not a model name: {str(ref)[:80]!r}",
+                              hint="strategy, strategy/SYMBOLS_tf or strategy/SYMBOLS_tf_vN (see `ktrdr models list`)")
+    strategy, _, rest = ref.partition("/")
+    strategy = validate_name(strategy)
+    if not rest:
+        return strategy, None, None
+    m = _VERSION_RE.match(rest)
+    key, version = (m["key"], int(m["n"])) if m and KEY_RE.match(m["key"]) else (rest, None)
+    if not KEY_RE.match(key) or (version is not None and not 1 <= version <= MAX_VERSION):
+        raise ValidationError(f"not a model name: {ref[:80]!r}",
+                              hint="strategy/SYMBOLS_tf or strategy/SYMBOLS_tf_vN, e.g. mlp_rsi_aapl/AAPL_1h_v1")
+    return strategy, key, version
+
+
+def model_summary(metadata: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The few fields a listing shows, taken from metadata.json (and metrics.json when at hand)."""
+    test = (metrics or {}).get("test_metrics") or {}
+    out = {k: metadata.get(k) for k in ("created", "op_id", "device", "gpu_name", "training_mode", "host", "pool",
+                                        "simulated")}
+    out["simulated"] = bool(out["simulated"])
+    out["test_accuracy"] = test.get("test_accuracy", metadata.get("test_accuracy"))
+    return out
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

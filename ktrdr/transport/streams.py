@@ -1,4 +1,7 @@
-"""The streams and buckets, created idempotently by whichever process needs them first.
+"""The streams and buckets, created idempotently by whichever process needs them first: the streams
+CMD, WORK, OPS; the KV buckets ACTORS, LEASES, PACING; the object buckets BARS, MODELS, CHECKPOINTS
+(file storage, settings.replicas; CHECKPOINTS keeps an object at most ops_max_age_s, so the checkpoint
+of an operation that ended without its trainer, killed for good, does not stay forever).
 
 A process whose settings differ from what the server has says so (a warning naming the field) and
 uses the server's. OPS has a byte limit as well as an age limit (so a flood of events cannot fill the
@@ -12,6 +15,7 @@ import logging
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.object_store import OBJ_STREAM_TEMPLATE
 
 from events import subjects
 from ktrdr.config import Settings
@@ -99,6 +103,22 @@ async def _ensure_kv(js: JetStreamContext, cfg: js_api.KeyValueConfig) -> None:
             pass  # created concurrently
 
 
+async def _ensure_objects(js: JetStreamContext, bucket: str, replicas: int, ttl: float | None = None) -> None:
+    try:
+        await js.stream_info(OBJ_STREAM_TEMPLATE.format(bucket=bucket))
+        return
+    except NotFoundError:
+        pass
+    except Exception as exc:  # a role that may not see this bucket (it never uses it): not fatal
+        log.debug("object bucket %s not visible to this process: %s", bucket, exc)
+        return
+    try:
+        await js.create_object_store(bucket, config=js_api.ObjectStoreConfig(
+            storage=js_api.StorageType.FILE, replicas=replicas, ttl=ttl))
+    except BadRequestError:
+        pass  # created concurrently
+
+
 async def check_streams(js: JetStreamContext) -> None:
     """For a process that does not provision: the streams must exist (NotFoundError otherwise, and
     the caller tries again later). Every role may read stream info, nobody but the orchestrator
@@ -124,4 +144,7 @@ async def ensure_streams(js: JetStreamContext, settings: Settings, *, upgrade: b
         bucket=subjects.LEASES_BUCKET, history=1, storage=js_api.StorageType.FILE, replicas=settings.replicas))
     await _ensure_kv(js, js_api.KeyValueConfig(
         bucket=subjects.PACING_BUCKET, history=1, storage=js_api.StorageType.FILE, replicas=settings.replicas))
+    await _ensure_objects(js, subjects.BARS_BUCKET, settings.replicas)
+    await _ensure_objects(js, subjects.MODELS_BUCKET, settings.replicas)
+    await _ensure_objects(js, subjects.CHECKPOINTS_BUCKET, settings.replicas, ttl=settings.ops_max_age_s)
     return warnings

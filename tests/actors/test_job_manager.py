@@ -1,5 +1,6 @@
 """Data loads end to end: CLI-side client -> orchestrator -> job-manager -> ib actor (real ib_async)
--> simulated gateway (TWS wire protocol), with bars checked against the gateway's own generator."""
+-> simulated gateway (TWS wire protocol), with bars checked against the gateway's own generator and
+read back from the object bucket BARS (the store of record); two loads of one series queue."""
 
 from __future__ import annotations
 
@@ -8,11 +9,20 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
+from actors.job_manager import JobManager
 from events import subjects
 from events.messages import DataContext, LoadData, OperationProgress
 from ktrdr.data.calendar import lookup
 from ktrdr.ib.sim.data import generate_bars
+from ktrdr.transport import BarStore
+from ktrdr.transport.objects import BARS, stat
 from tests.helpers import eventually, wait_for_event, wait_terminal
+
+
+@pytest.fixture
+def data_stack(data_stack, client) -> BarStore:
+    """The stack of conftest, and BARS as the client reads it (no cache: every read is from NATS)."""
+    return BarStore(client.js)
 
 
 def utc(*args: int) -> datetime:
@@ -48,8 +58,8 @@ async def test_full_load_over_many_segments_stores_exactly_the_gateways_bars(cli
     assert r["segments_failed"] == 0 and r["simulated"] is True
     want = expected("AAPL", "1h", start, end)
     assert r["bars_added"] == len(want)
-    assert_same_bars(data_stack.read("AAPL", "1h"), want)
-    assert data_stack.metadata("AAPL", "1h").simulated
+    assert_same_bars(await data_stack.read("AAPL", "1h"), want)
+    assert (await data_stack.metadata("AAPL", "1h")).simulated
     assert gateway.pacing_violations == 0
     events = await client.events(cmd.op_id)
     msgs = [e.progress.message for e in events if isinstance(e, OperationProgress)]
@@ -68,7 +78,7 @@ async def test_tail_update_fetches_only_the_new_bars(client, data_stack, gateway
     new = expected("MSFT", "1h", utc(2024, 2, 1), utc(2024, 2, 15))
     assert tail.result["bars_added"] == len(new)
     assert gateway.historical_requests - requests_before == tail.result["segments_fetched"] == 1
-    assert_same_bars(data_stack.read("MSFT", "1h"), expected("MSFT", "1h", utc(2024, 1, 2), utc(2024, 2, 15)))
+    assert_same_bars(await data_stack.read("MSFT", "1h"), expected("MSFT", "1h", utc(2024, 1, 2), utc(2024, 2, 15)))
 
 
 async def test_backfill_fetches_history_before_the_stored_range(client, data_stack):
@@ -78,18 +88,18 @@ async def test_backfill_fetches_history_before_the_stored_range(client, data_sta
     _, back = await load(client, "GOOGL", "1d", "backfill", utc(2021, 1, 1), end)
     assert back.status == "completed", back.error
     assert back.result["bars_added"] == len(expected("GOOGL", "1d", utc(2021, 1, 1), utc(2023, 6, 1)))
-    assert_same_bars(data_stack.read("GOOGL", "1d"), expected("GOOGL", "1d", utc(2021, 1, 1), end))
+    assert_same_bars(await data_stack.read("GOOGL", "1d"), expected("GOOGL", "1d", utc(2021, 1, 1), end))
 
 
 async def test_internal_gaps_are_found_and_filled(client, data_stack):
     start, end = utc(2023, 3, 1), utc(2023, 6, 1)
     want = expected("AAPL", "1h", start, end)
     holey = want.drop(want.index[100:180]).drop(want.index[400:420])
-    data_stack.write("AAPL", "1h", holey, source="sim")
+    await data_stack.merge("AAPL", "1h", holey, "sim")
     _, view = await load(client, "AAPL", "1h", "full", start, end)
     assert view.status == "completed", view.error
     assert view.result["gaps_found"] == 2 and view.result["bars_added"] == 100
-    assert_same_bars(data_stack.read("AAPL", "1h"), want)
+    assert_same_bars(await data_stack.read("AAPL", "1h"), want)
 
 
 @pytest.mark.parametrize("time_scale", [0.5])
@@ -101,7 +111,7 @@ async def test_load_hitting_pacing_limits_completes_without_any_162(client, data
     assert view.status == "completed", view.error
     assert view.result["segments_fetched"] >= 12
     assert gateway.pacing_violations == 0
-    assert_same_bars(data_stack.read("AAPL", "1m"), expected("AAPL", "1m", start, end))
+    assert_same_bars(await data_stack.read("AAPL", "1m"), expected("AAPL", "1m", start, end))
     events = await client.events(cmd.op_id)
     states = [e.progress.context.state or "" for e in events if isinstance(e, OperationProgress)
               and isinstance(e.progress.context, DataContext)]
@@ -112,7 +122,7 @@ async def test_unknown_symbol_fails_with_a_clear_message(client, data_stack):
     _, view = await load(client, "NOSUCH", "1h", "tail")
     assert view.status == "failed"
     assert view.error_code == "unknown_symbol" and "NOSUCH" in view.error
-    assert data_stack.metadata("NOSUCH", "1h") is None
+    assert await data_stack.metadata("NOSUCH", "1h") is None
 
 
 async def test_gateway_disconnect_mid_load_reconnects_without_missing_or_duplicate_bars(client, data_stack, gateway):
@@ -125,7 +135,7 @@ async def test_gateway_disconnect_mid_load_reconnects_without_missing_or_duplica
     assert gateway.disconnect_all() >= 1
     view = await wait_terminal(client, cmd.op_id, timeout=120)
     assert view.status == "completed", view.error
-    assert_same_bars(data_stack.read("AAPL", "1h"), expected("AAPL", "1h", start, end))
+    assert_same_bars(await data_stack.read("AAPL", "1h"), expected("AAPL", "1h", start, end))
 
 
 async def test_cancel_mid_load_stops_cancels_inflight_request_and_keeps_fetched_segments(client, data_stack,
@@ -149,11 +159,62 @@ async def test_cancel_mid_load_stops_cancels_inflight_request_and_keeps_fetched_
     await eventually(lambda: not [r for r in gateway.requests if r.outcome == "pending"], timeout=2)
     assert all(r.outcome == "cancelled" for r in pending), [r.outcome for r in pending]
     assert gateway.cancels >= len(pending)
-    kept = data_stack.read("AAPL", "1h")
+    kept = await data_stack.read("AAPL", "1h")
     assert 0 < len(kept) < len(expected("AAPL", "1h", start, end))
     # The next load fetches only what is missing and ends with the full series.
     gateway.latency_s = 0.0
     _, again = await load(client, "AAPL", "1h", "full", start, end, timeout=120)
     assert again.status == "completed", again.error
     assert again.result["bars_added"] == len(expected("AAPL", "1h", start, end)) - len(kept)
-    assert_same_bars(data_stack.read("AAPL", "1h"), expected("AAPL", "1h", start, end))
+    assert_same_bars(await data_stack.read("AAPL", "1h"), expected("AAPL", "1h", start, end))
+
+
+async def test_two_loads_of_one_series_queue_and_both_store_every_bar(client, data_stack, gateway):
+    gateway.latency_s = 0.05
+    a = LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", timeframe="1h", mode="full",
+                 start=utc(2023, 1, 1), end=utc(2023, 7, 1))
+    b = LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", timeframe="1h", mode="full",
+                 start=utc(2023, 4, 1), end=utc(2023, 10, 1))
+    await client.submit(a)
+    await client.submit(b)
+    va, vb = await wait_terminal(client, a.op_id, timeout=120), await wait_terminal(client, b.op_id, timeout=120)
+    assert va.status == vb.status == "completed", (va.error, vb.error)
+    want = expected("AAPL", "1h", utc(2023, 1, 1), utc(2023, 10, 1))
+    assert_same_bars(await data_stack.read("AAPL", "1h"), want)
+    # Never merged concurrently: whichever came second waited for the first, said so, and fetched only
+    # what the first had not stored (so no bar was fetched twice and none was lost).
+    assert va.result["bars_added"] + vb.result["bars_added"] == len(want)
+    waits = {}
+    for cmd, other in ((a, b), (b, a)):
+        msgs = [e.progress.message for e in await client.events(cmd.op_id) if isinstance(e, OperationProgress)]
+        waits[cmd.op_id] = [m for m in msgs if f"waiting for {other.op_id} loading the same series" in m]
+    assert sum(bool(w) for w in waits.values()) == 1, waits
+
+
+async def test_a_long_load_writes_the_series_while_it_runs(client, data_stack, gateway, monkeypatch):
+    monkeypatch.setattr(JobManager, "flush_every_segments", 2)
+    gateway.latency_s = 0.2
+    start, end = utc(2021, 1, 1), utc(2023, 1, 1)
+    cmd = LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", timeframe="1h", mode="full", start=start, end=end)
+    await client.submit(cmd)
+    stored = await eventually_async(lambda: stat(client.js, BARS, "AAPL/1h"), timeout=60)
+    assert not (await client.view(cmd.op_id)).terminal  # written before the load ended
+    assert stored.size > 0
+    view = await wait_terminal(client, cmd.op_id, timeout=120)
+    assert view.status == "completed", view.error
+    assert view.result["writes"] >= 2 and view.result["digest"] == (await stat(client.js, BARS, "AAPL/1h")).digest
+    assert_same_bars(await data_stack.read("AAPL", "1h"), expected("AAPL", "1h", start, end))
+
+
+async def eventually_async(check, timeout: float = 10.0, interval: float = 0.05):
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(interval)

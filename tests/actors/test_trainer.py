@@ -1,6 +1,7 @@
 """The trainer actor through NATS (training in its child process): end to end with the full result
-schema, batch-level cancel, resume after a killed trainer, invalid strategies rejected with the field
-path, and a path-traversal symbol that writes nothing outside KTRDR_HOME."""
+schema (bars from BARS, the model and its result into MODELS, KTRDR_HOME holding only a cache),
+batch-level cancel (its checkpoint removed), resume after a killed trainer from CHECKPOINTS, invalid
+strategies rejected with the field path, and a path-traversal symbol that writes nothing anywhere."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from events import subjects
 from events.messages import OperationProgress, StartTraining, TrainingContext
-from ktrdr.data.store import DataStore
+from ktrdr.transport import BarStore, CheckpointStore, ModelStore
 from tests.helpers import wait_for_event, wait_terminal
 from tests.training.conftest import make_bars
 
@@ -36,9 +37,9 @@ def one_child_for_all_trainers(monkeypatch, shared_child):
 
 
 @pytest.fixture
-def bars_in_store(settings):
-    store = DataStore(settings.home)
-    store.write("AAPL", "1h", make_bars(3000, seed=1), source="sim")
+async def bars_in_store(client):
+    store = BarStore(client.js)
+    await store.merge("AAPL", "1h", make_bars(3000, seed=1), "sim")
     return store
 
 
@@ -76,10 +77,17 @@ async def test_training_end_to_end_saves_a_model_and_reports_epochs(start_actors
     trainer = next(a for a in actors if a.role == "trainer")
     assert r["session_info"]["operation_id"] == cmd.op_id and r["session_info"]["actor"] == trainer.id
     assert r["session_info"]["pool"] == "any" and r["session_info"]["host"]
-    model = Path(r["artifacts"]["model_path"])
-    assert model.exists() and model.is_relative_to(settings.models_dir.resolve())
     assert r["data_summary"]["simulated"] is True
-    assert not (settings.checkpoints_dir / cmd.op_id).exists()  # the model is saved: checkpoint removed
+    models = ModelStore(client.js)
+    rows = await models.list()
+    assert [row["name"] for row in rows] == [r["artifacts"]["name"]] == ["mlp_rsi_aapl/AAPL_1h_v1"]
+    assert r["artifacts"]["model_path"] == "MODELS/mlp_rsi_aapl/AAPL_1h_v1/model.pt"
+    assert rows[0]["latest"] and rows[0]["simulated"] and rows[0]["op_id"] == cmd.op_id
+    shown = await models.show("mlp_rsi_aapl")
+    assert [h["epoch"] for h in shown["result"]["training_metrics"]["history"]] == [1, 2, 3]
+    assert {"learning_rate", "val_loss", "train_accuracy", "epoch_time_s"} <= set(shown["metrics"]["history"][0])
+    assert await CheckpointStore(client.js).get(cmd.op_id) is None  # the model is saved: checkpoint removed
+    assert {p.name for p in settings.home.iterdir()} <= {"cache"}  # nothing of record on this disk
     child = trainer.training_process.pid
     assert child is not None  # torch ran in the child, which serves on
     await trainer.stop()
@@ -102,6 +110,7 @@ async def test_cancel_mid_epoch_stops_at_batch_level(start_actors, client, bars_
     assert view.status == "cancelled"
     assert view.where is not None and view.where.startswith("epoch ") and ", batch " in view.where
     assert view.message == f"Training cancelled at {view.where}"
+    assert await CheckpointStore(client.js).get(cmd.op_id) is None  # a cancelled operation is not resumed
 
 
 async def test_killed_trainer_resumes_from_checkpoint_on_redelivery(start_actors, client, bars_in_store, settings,
@@ -158,4 +167,4 @@ async def test_path_traversal_symbol_fails_and_writes_nothing_outside_home(start
     assert view.status in ("rejected", "failed")
     assert view.status == "rejected" and "symbols[0]" in view.error and "not a symbol" in view.error
     assert outside_home() == before
-    assert not (tmp_path.parent / "models").exists() and not list(settings.models_dir.glob("**/metadata.json"))
+    assert not (tmp_path.parent / "models").exists() and await ModelStore(client.js).list() == []

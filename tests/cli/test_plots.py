@@ -69,7 +69,9 @@ def assert_one_line_error(rc: int, err: str, says: str) -> None:
 
 
 async def test_ops_plot_of_a_training_draws_its_epochs(start_actors, client, settings, tmp_path):
-    DataStore(settings.home).write("AAPL", "1h", _cycle_bars(), source="sim")
+    from ktrdr.transport import BarStore
+
+    await BarStore(client.js).merge("AAPL", "1h", _cycle_bars(), "sim")  # the trainer reads BARS
     await start_actors("orchestrator", "trainer")
     cmd = StartTraining(op_id=subjects.new_op_id("training"), strategy_path=str(STRATEGY),
                         strategy_yaml=STRATEGY.read_text(), epochs=6, data_mode="none")

@@ -111,12 +111,13 @@ async def page_token(http: aiohttp.ClientSession, web: WebServer) -> str:
 
 
 @pytest.fixture
-def bars_in_store(settings: Settings) -> None:
-    """A year and a bit of AAPL 1h bars with a learnable cycle, for a tiny training."""
-    from ktrdr.data.store import DataStore
+async def bars_in_store(client: Any) -> None:
+    """A year and a bit of AAPL 1h bars with a learnable cycle in BARS (where trainers read), for a tiny
+    training."""
+    from ktrdr.transport import BarStore
     from tests.training.conftest import make_bars
 
-    DataStore(settings.home).write("AAPL", "1h", make_bars(3000, seed=1), source="sim")
+    await BarStore(client.js).merge("AAPL", "1h", make_bars(3000, seed=1), "sim")
 
 
 # ------------------------------------------------------------------------------------------ browser
