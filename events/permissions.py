@@ -118,7 +118,12 @@ class _Grant:
 
     def lease_cas(self) -> None:
         self.kv_read("LEASES")
-        self.kv_write("LEASES", "*")
+        self.kv_write("LEASES", "*")  # operation leases: the key is the op id
+
+    def series_lease(self) -> None:
+        # One writer per series: `series.<SYMBOL>.<TF>` in LEASES (loads, `ktrdr data import`).
+        self.kv_read("LEASES")
+        self.kv_write("LEASES", "series.>")
 
     def durable_pull(self, stream: str, consumer: str, filter_subject: str) -> None:
         # Only the named create whose subject carries the filter: the server checks the payload's
@@ -175,6 +180,7 @@ def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS
         if role == "job-manager":
             g.allow_pub("ib.>")  # requests; the answers come back on _INBOX_job-manager.>
             g.obj_write("BARS")
+            g.series_lease()
         elif role == "trainer":
             g.obj_read("BARS")
             g.obj_write("MODELS")
@@ -192,6 +198,7 @@ def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS
         g.kv_read("ACTORS")
         g.obj_read("MODELS")
         g.obj_write("BARS")  # ktrdr data import
+        g.series_lease()
     elif role == "observer":
         g.allow_sub("ops.>")
         g.read_ops()

@@ -104,7 +104,9 @@ PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     ("pub", f"$JS.API.DIRECT.GET.OPS.ops.training.{T}.progress", "", READERS, True),
     ("pub", "$JS.FC.OPS.consumer.1", "", READERS, True),
     ("pub", "$JS.API.CONSUMER.CREATE.KV_ACTORS", "", roles("cli", "observer", "orchestrator"), True),
-    ("pub", "$JS.API.CONSUMER.CREATE.KV_LEASES", "", roles("orchestrator", *WORKERS), True),
+    ("pub", "$JS.API.CONSUMER.CREATE.KV_LEASES", "", roles("orchestrator", "cli", *WORKERS), True),
+    # one writer per series: loads and `ktrdr data import` take `series.<SYMBOL>.<TF>`; nobody else
+    ("pub", "$KV.LEASES.series.AAPL.1h", "", roles("job-manager", "cli"), True),
     ("pub", "$JS.API.DIRECT.GET.KV_PACING.$KV.PACING.x", "", roles("ib"), True),
     ("pub", "$JS.API.CONSUMER.CREATE.OBJ_BARS", "", roles("job-manager", "trainer", "cli"), True),
     ("pub", "$JS.API.CONSUMER.CREATE.OBJ_MODELS", "", roles("trainer", "cli"), True),
