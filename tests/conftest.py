@@ -135,7 +135,9 @@ async def data_stack(start_actors, data_settings, client, tmp_path):
     ib = IbRequester(client.nc)
     await ib.contract("AAPL")
     await ib.head("AAPL", "1h")
-    return DataStore(data_settings.home)
+    from ktrdr.transport import BarStore
+
+    return BarStore(client.js)  # the store of record: the BARS bucket
 
 
 @pytest.fixture

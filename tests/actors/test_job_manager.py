@@ -14,15 +14,8 @@ from events import subjects
 from events.messages import DataContext, LoadData, OperationProgress
 from ktrdr.data.calendar import lookup
 from ktrdr.ib.sim.data import generate_bars
-from ktrdr.transport import BarStore
 from ktrdr.transport.objects import BARS, stat
 from tests.helpers import eventually, wait_for_event, wait_terminal
-
-
-@pytest.fixture
-def data_stack(data_stack, client) -> BarStore:
-    """The stack of conftest, and BARS as the client reads it (no cache: every read is from NATS)."""
-    return BarStore(client.js)
 
 
 def utc(*args: int) -> datetime:

@@ -75,7 +75,7 @@ async def test_gateway_death_mid_load_says_so_and_resumes_when_it_is_back(client
     view = await wait_terminal(client, cmd.op_id, timeout=120)
     assert view.status == "completed", view.error
     assert view.result["segments_failed"] == 0
-    assert_same_bars(data_stack.read("AAPL", "1h"), expected("AAPL", "1h", utc(2021, 1, 1), utc(2023, 1, 1)))
+    assert_same_bars(await data_stack.read("AAPL", "1h"), expected("AAPL", "1h", utc(2021, 1, 1), utc(2023, 1, 1)))
 
 
 @pytest.mark.slow  # waits out DataLoadingJob.gateway_wait_s (30 s)
@@ -86,7 +86,7 @@ async def test_gateway_that_stays_down_fails_the_load_naming_the_gateway(client,
     assert view.status == "failed"
     assert "gateway" in view.error.lower() and f":{port}" in view.error, view.error
     # What was fetched before the gateway died stays stored.
-    assert 0 < len(data_stack.read("AAPL", "1h"))
+    assert 0 < len(await data_stack.read("AAPL", "1h"))
 
 
 # --- the ib actor reconnects by itself, forever, to the same host:port ------------------------------
