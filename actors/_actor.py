@@ -74,6 +74,7 @@ class Actor:
         self.work: WorkRunner | None = None
         self.publisher: EventPublisher | None = None
         self.presence: Presence | None = None
+        self.served_pools: list[str] = []  # the pools a request/reply service answers in
         self._bg: list[asyncio.Task[Any]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -103,6 +104,10 @@ class Actor:
 
     def cancelled_message(self, op: OperationContext, where: str) -> str:
         return f"Operation cancelled at {where}" if where else "Operation cancelled"
+
+    def presence_state(self) -> str:
+        """One line about this actor's own link, shown by `ktrdr status` (the ib actor: its gateway)."""
+        return ""
 
     def pools(self) -> list[str]:
         """The work pools this worker takes work from (always including the default pool)."""
@@ -144,9 +149,13 @@ class Actor:
         self.publisher = EventPublisher(self.nc, self.js, self.id)
         await self.publisher.start()
         await self.nc.subscribe(subjects.CANCEL_ALL, cb=self._guard(self._on_cancel_msg, "cancel"))
-        for spec, fn in request_handlers(self):
-            await self.nc.subscribe(subjects.ib(spec.request_type), queue=spec.queue or "",  # type: ignore[arg-type]
-                                    cb=self._guard(self._request_cb(spec, fn), spec.subject))
+        handlers = request_handlers(self)
+        self.served_pools = self.pools() if handlers else []
+        for spec, fn in handlers:
+            for pool in self.served_pools:  # a service serves the pools it joins (the default one at least)
+                subject = spec.subject(pool)
+                await self.nc.subscribe(subject, queue=spec.queue or "", cb=self._guard(self._request_cb(spec, fn),
+                                                                                         subject))
         if self.work_domain:
             self.work = WorkRunner(self, self.work_domain, self.pools(), self.max_concurrency)
         await self.on_start()

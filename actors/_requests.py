@@ -39,9 +39,8 @@ class RequestHandler:
     request_type: type[Message]
     queue: str | None
 
-    @property
-    def subject(self) -> str:
-        return subjects.ib(self.request_type)  # type: ignore[arg-type]
+    def subject(self, pool: str = subjects.DEFAULT_POOL) -> str:
+        return subjects.ib(self.request_type, pool)  # type: ignore[arg-type]
 
     async def serve(self, actor: Any, fn: Callable[..., Awaitable[Message]], call: Call) -> None:
         try:

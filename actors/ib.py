@@ -63,6 +63,9 @@ class IbActor(Actor):
         self.spawn(self.pacing_store.run(), name=f"{self.id}-pacing")
         self.spawn(self._watch_state(), name=f"{self.id}-ib-state")
 
+    def presence_state(self) -> str:
+        return self.ib_state()
+
     def ib_state(self) -> str:
         """Where the IB connection stands, in one line ("connected", or why not)."""
         return self.client.state if self.client is not None else "not started"

@@ -117,14 +117,14 @@ class JobManager(Actor):
 
     @functools.cached_property
     def cache(self) -> DigestCache:
-        return DigestCache(self.settings.cache_dir)
+        return DigestCache(self.settings.cache_dir, self.settings.cache_max_bytes)
 
     async def handle(self, op: OperationContext) -> dict[str, Any]:
         cmd = op.command
         assert isinstance(cmd, LoadData) and self.nc is not None and self.js is not None
         symbol = normalize_symbol(cmd.symbol)
         tf = parse_timeframe(cmd.timeframe)
-        ib = IbRequester(self.nc)
+        ib = IbRequester(self.nc, pool=cmd.pool)  # `--on` names the IB account/gateway's pool
         source = "local"
         if cmd.mode != "local":
             _contract, source = await ib.contract(symbol, op.op_id)  # unknown symbols fail here, fast
@@ -163,7 +163,8 @@ class JobManager(Actor):
         job = DataLoadingJob(buffer, symbol, tf, cmd.mode, cmd.start, cmd.end,  # type: ignore[arg-type]
                              fetch=fetch, head_timestamp=head, cancel=op.token, on_progress=op.progress,
                              max_concurrency=self.segment_concurrency, source=source,
-                             pacing_wait_s=60.0 * self.settings.ib_time_scale)
+                             pacing_wait_s=60.0 * self.settings.ib_time_scale,
+                             gateway_wait_s=self.settings.ib_gateway_wait_s)
         return job
 
     @staticmethod

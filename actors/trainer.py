@@ -125,7 +125,7 @@ class Trainer(Actor):
 
     @functools.cached_property
     def cache(self) -> DigestCache:
-        return DigestCache(self.settings.cache_dir)
+        return DigestCache(self.settings.cache_dir, self.settings.cache_max_bytes)
 
     def pools(self) -> list[str]:
         named = [p for p in self.settings.pools if subjects.is_token(p)]

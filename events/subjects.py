@@ -159,8 +159,13 @@ def parse_ops_subject(subject: str) -> tuple[str, str, str] | None:
 
 
 # ---------------------------------------------------------------------------------------------- ib
-def ib(request: IbRequest | type[IbRequest]) -> str:
-    return f"ib.{request.verb}"
+def ib(request: IbRequest | type[IbRequest], pool: str = DEFAULT_POOL) -> str:
+    """ib.<verb> for the default pool, ib.<verb>.<pool> for the ib actors of one IB account/gateway."""
+    if pool == DEFAULT_POOL:
+        return f"ib.{request.verb}"
+    if not is_token(pool):
+        raise ValueError(f"no ib subject for pool {pool!r}")
+    return f"ib.{request.verb}.{pool}"
 
 
 # ---------------------------------------------------------------------------------------------- presence

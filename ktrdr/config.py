@@ -74,10 +74,14 @@ class Settings:
     ib_client_id: int = field(default_factory=lambda: _int("IB_CLIENT_ID", 1, 0, 2**31 - 1))
     # Shrinks IB's pacing windows (sim gateway and client alike) for tests and benchmarks; 1.0 = IB's rules.
     ib_time_scale: float = field(default_factory=lambda: _float("KTRDR_IB_TIME_SCALE", 1.0, 1e-4, 100))
+    # How long a data load rides out an IB gateway that does not answer before it fails, naming it.
+    ib_gateway_wait_s: float = field(default_factory=lambda: _float("KTRDR_IB_GATEWAY_WAIT_S", 30.0, 0.0, 86400))
     device: str = field(default_factory=lambda: _env("KTRDR_DEVICE") or "auto")
     # Training progress: a batch-level event for the first, the last and every N-th batch of an epoch.
     progress_batch_every: int = field(default_factory=lambda: _int("KTRDR_PROGRESS_BATCH_EVERY", 20, 1, 10**6))
     # The live operations page (`ktrdr up` serves it on loopback); 0 = any free port.
+    # KTRDR_HOME/cache (bars by digest) is trimmed, least recently used first, above this size.
+    cache_max_bytes: int = field(default_factory=lambda: _int("KTRDR_CACHE_MAX_BYTES", 4 << 30, 1 << 20))
     web_port: int = field(default_factory=lambda: _int("KTRDR_WEB_PORT", 8780, 0, 65535))
 
     @property

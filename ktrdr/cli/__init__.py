@@ -206,7 +206,8 @@ async def _status(json_out: bool) -> int:
             try:
                 out["actors"] = [{"actor": hb.actor, "role": hb.role, "host": hb.host, "pid": hb.pid,
                                   "pools": hb.pools, "busy": hb.busy, "rss_mb": hb.rss_mb,
-                                  "peak_rss_mb": hb.peak_rss_mb, "last_seen": hb.ts.isoformat()}
+                                  "peak_rss_mb": hb.peak_rss_mb, "state": hb.state,
+                                  "last_seen": hb.ts.isoformat()}
                                  for hb in await c.live_actors()]
             except Exception:
                 pass
@@ -228,7 +229,8 @@ async def _status(json_out: bool) -> int:
         busy = f" busy: {', '.join(a['busy'])}" if a["busy"] else ""
         pools = f" pools {','.join(a['pools'])}" if a["pools"] else ""
         mem = f" rss {a['rss_mb']:.0f} MB (peak {a['peak_rss_mb']:.0f})"
-        typer.echo(f"  {a['role']:<13} {a['actor']}{pools}{mem}{busy}")
+        state = f" · {a['state']}" if a["state"] else ""
+        typer.echo(f"  {a['role']:<13} {a['actor']}{pools}{mem}{state}{busy}")
     return 0
 
 

@@ -70,7 +70,7 @@ def _bars(c: Any) -> Any:
     from ktrdr.data.store import DigestCache
     from ktrdr.transport import BarStore
 
-    return BarStore(c.js, DigestCache(settings().cache_dir))
+    return BarStore(c.js, DigestCache(settings().cache_dir, settings().cache_max_bytes))
 
 
 def _norm(symbol: str, timeframe: str) -> tuple[str, str]:

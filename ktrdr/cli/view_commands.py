@@ -7,7 +7,9 @@ Bad input (an id, a path, a series that is not stored) is one line on stderr and
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -126,12 +128,17 @@ def data_plot(
         raise _usage(f"--start {start} is not before --end {end}")
     from ktrdr import plotting
     from ktrdr.data.gaps import find_gaps
-    from ktrdr.data.store import DataStore
 
-    store = DataStore(settings().home)
+    async def read() -> tuple[Any, Any]:
+        from ktrdr.cli import client
+        from ktrdr.cli.domain_commands import _bars
+
+        async with client() as c:
+            bars = _bars(c)
+            return await bars.read(sym, tf.name, start_dt, end_dt), await bars.metadata(sym, tf.name)
+
     try:
-        df = store.read(sym, tf, start_dt, end_dt)
-        meta = store.metadata(sym, tf)
+        df, meta = asyncio.run(read())
     except KtrdrError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -84,8 +84,10 @@ def raise_for(reply: IbReply) -> None:
 
 
 class IbRequester:
-    def __init__(self, nc: NATS, *, idle_timeout: float = 120.0, responder_wait: float = 15.0) -> None:
+    def __init__(self, nc: NATS, *, idle_timeout: float = 120.0, responder_wait: float = 15.0,
+                 pool: str = subjects.DEFAULT_POOL) -> None:
         self.nc = nc
+        self.pool = pool  # the ib actors of one IB account/gateway (ib.<verb>.<pool>)
         self.idle_timeout = idle_timeout
         self.responder_wait = responder_wait  # an ib actor that is (re)starting gets this long to appear
 
@@ -99,7 +101,7 @@ class IbRequester:
                 return await self._request_once(req, on_wait)
             except _NoResponders:
                 if loop.time() + delay > deadline:
-                    raise DisconnectedError(f"no ib actor is serving {subjects.ib(req)} (waited "
+                    raise DisconnectedError(f"no ib actor is serving {subjects.ib(req, self.pool)} (waited "
                                             f"{self.responder_wait:g} s)",
                                             hint="start one: ktrdr up, or python -m hosts.ib") from None
                 await asyncio.sleep(delay)
@@ -117,7 +119,7 @@ class IbRequester:
                 return
             replies.put_nowait(m.data)
 
-        subject = subjects.ib(req)
+        subject = subjects.ib(req, self.pool)
         sub = await self.nc.subscribe(inbox, cb=cb)
         try:
             await self.nc.publish(subject, encode(req), reply=inbox)

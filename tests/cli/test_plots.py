@@ -24,7 +24,6 @@ from events.messages import (
 )
 from ktrdr.config import Settings
 from ktrdr.data.calendar import lookup
-from ktrdr.data.store import DataStore
 from ktrdr.ib.sim.data import generate_bars
 from ktrdr.plotting import plot_data_load, segment_timeline
 from tests.conftest import make_settings
@@ -175,11 +174,13 @@ def offline(tmp_path: Path) -> Settings:
     return Settings(home=home, nats_url=None)
 
 
-async def test_data_plot_draws_candles_or_close_with_the_gaps(offline, tmp_path):
-    store = DataStore(offline.home)
+async def test_data_plot_draws_candles_or_close_with_the_gaps(settings, client, tmp_path):
+    from ktrdr.transport import BarStore
+
     bars = generate_bars(lookup("AAPL"), "1h", datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 7, 1, tzinfo=UTC),
                          seed=0)
-    store.write("AAPL", "1h", bars.drop(bars.index[200:260]).drop(bars.index[500:507]), source="sim")
+    await BarStore(client.js).merge("AAPL", "1h", bars.drop(bars.index[200:260]).drop(bars.index[500:507]), "sim")
+    offline = settings  # the series is read through NATS (the BARS bucket), nothing from a local disk
     out = tmp_path / "close.png"
     rc, stdout, err = await ktrdr(offline, "data", "plot", "aapl", "-t", "1h", "-o", str(out))
     assert rc == 0, err
