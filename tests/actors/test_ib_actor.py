@@ -58,3 +58,28 @@ async def test_malformed_ib_request_is_answered_and_the_actor_keeps_serving(star
     assert b'"ok":false' in reply.data and b"malformed" in reply.data
     contract, _ = await IbRequester(client.nc, idle_timeout=20).contract("MSFT")
     assert contract.symbol == "MSFT"
+
+
+async def test_a_data_load_goes_to_the_ib_pool_it_names(start_actors, settings, client):
+    """Two IB accounts/gateways, one ib actor in each pool: `--on acct2` reaches only the second."""
+    from events import subjects
+    from events.messages import LoadData
+    from ktrdr.ib.sim.threaded import SimGatewayThread
+    from tests.helpers import wait_terminal
+
+    with SimGatewayThread(port=0, time_scale=0.25) as gw1, SimGatewayThread(port=0, time_scale=0.25) as gw2:
+        for pool, gw, cid in (("acct1", gw1, 21), ("acct2", gw2, 22)):
+            await start_actors("ib", settings=make_settings(settings.home, settings.nats_url, ib_port=gw.port,
+                                                            ib_client_id=cid, pools=[pool], ib_time_scale=0.25))
+        await start_actors("orchestrator", "job-manager",
+                           settings=make_settings(settings.home, settings.nats_url, pools=["acct1", "acct2"]))
+        for pool, gw, other, sym in (("acct2", gw2, gw1, "AAPL"), ("acct1", gw1, gw2, "MSFT")):
+            seen_here, seen_there = len(gw.requests), len(other.requests)
+            cmd = LoadData(op_id=subjects.new_op_id("data"), symbol=sym, mode="full", pool=pool,
+                           start=datetime(2024, 1, 2, tzinfo=UTC), end=datetime(2024, 2, 1, tzinfo=UTC))
+            await client.submit(cmd)
+            view = await wait_terminal(client, cmd.op_id, timeout=90)
+            assert view.status == "completed", view.error
+            assert len(gw.requests) > seen_here and len(other.requests) == seen_there, (pool, view.result)
+        pools = {hb.actor: hb.pools for hb in await client.live_actors() if hb.role == "ib"}
+        assert sorted(p for ps in pools.values() for p in ps if p != "any") == ["acct1", "acct2"]
