@@ -46,7 +46,7 @@ from ktrdr import commands, workflows
 from ktrdr.errors import KtrdrError
 from ktrdr.operations import OperationView, fold
 from ktrdr.rendering import ProgressRenderer
-from ktrdr.transport import last_message, publish, read_events
+from ktrdr.transport import CheckpointStore, last_message, publish, read_events
 
 MAX_REASON = 2000
 
@@ -237,6 +237,11 @@ class Orchestrator(Actor):
         if self.js is not None:
             with contextlib.suppress(Exception):
                 await drop(await self.js.key_value(subjects.LEASES_BUCKET), op_id)
+            if tracked.view.domain == StartTraining.domain and not tracked.view.children:
+                # an ended training is never resumed: its checkpoint goes (the trainer removes it
+                # itself when it ends the op; this covers a verdict of ours: worker lost, queued cancel)
+                with contextlib.suppress(Exception):
+                    await CheckpointStore(self.js).delete(op_id)
         parent = tracked.view.parent_op_id
         if parent in self.workflows:
             self.workflows[parent].children[op_id] = tracked.view
