@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
 
 from events import subjects
 from events.codec import DecodeError, decode_event, decode_heartbeat, encode
@@ -128,7 +128,10 @@ class Client:
 
     async def live_actors(self) -> list[Heartbeat]:
         """The last heartbeat of every live actor (KV bucket ACTORS; an entry expires with its actor)."""
-        kv = await self.js.key_value(subjects.ACTORS_BUCKET)
+        try:
+            kv = await self.js.key_value(subjects.ACTORS_BUCKET)
+        except NotFoundError:  # not provisioned yet (BucketNotFoundError is one): nobody has announced
+            return []
         try:
             keys = await kv.keys()
         except NoKeysError:  # no actor is alive

@@ -46,6 +46,8 @@ class Settings:
     nats_nkey_seed: str | None = field(default_factory=lambda: _env("NATS_NKEY_SEED"))  # the seed itself
     nats_tls_ca: str | None = field(default_factory=lambda: _env("NATS_TLS_CA"))
     nats_tls_ca_pem: str | None = field(default_factory=lambda: _env("NATS_TLS_CA_PEM"))
+    # Where the per-role credentials are (default KTRDR_HOME/auth): a container mounts them elsewhere.
+    auth_dir_override: str | None = field(default_factory=lambda: _env("KTRDR_AUTH_DIR"))
     # Who this process is on the bus (its credentials' role); "" = no per-role credentials.
     role: str = field(default_factory=lambda: _env("KTRDR_ROLE") or "")
     # Embedded stack: where nats-server listens (loopback unless told otherwise) and which actors run.
@@ -101,6 +103,10 @@ class Settings:
         return self.home / "checkpoints"
 
     @property
+    def auth_dir(self) -> Path:
+        return Path(self.auth_dir_override).expanduser() if self.auth_dir_override else self.home / "auth"
+
+    @property
     def cache_dir(self) -> Path:
         return self.home / "cache"
 
@@ -115,10 +121,15 @@ class Settings:
             ("NATS_NKEY_SEED", self.nats_nkey_seed), ("NATS_NKEY", self.nats_nkey), ("NATS_USER", self.nats_user),
             ("NATS_PASSWORD", self.nats_password), ("NATS_CREDS", self.nats_creds),
             ("NATS_TLS_CA", self.nats_tls_ca), ("NATS_TLS_CA_PEM", self.nats_tls_ca_pem)) if value}
-        local_ca = auth.auth_dir(self.home) / "tls" / "ca.pem"
+        known = role if role in auth.ROLES else "cli"  # a test or bench actor of no real role
+        adir = self.auth_dir
+        local_ca = adir / "tls" / "ca.pem"
         if "NATS_TLS_CA" not in env and "NATS_TLS_CA_PEM" not in env and local_ca.exists():
             env["NATS_TLS_CA"] = str(local_ca)
-        known = role if role in auth.ROLES else "cli"  # a test or bench actor of no real role
+        if self.auth_dir_override and not any(k in env for k in ("NATS_NKEY", "NATS_NKEY_SEED", "NATS_USER")):
+            seed = adir / f"{known}.nk"
+            if seed.exists():
+                env["NATS_NKEY"] = str(seed)
         return auth.connect_options_from_env(known, home=self.home, env=env)
 
 

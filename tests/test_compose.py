@@ -24,9 +24,9 @@ import yaml
 from events import subjects
 from events.messages import LoadData, StartTraining
 from ktrdr.client import Client
-from ktrdr.embedded import free_port
+from ktrdr.embedded import free_port, nats_server_binary, port_open
 from ktrdr.transport import ModelStore
-from tests.conftest import NatsServer, make_settings
+from tests.conftest import make_settings
 from tests.helpers import wait_terminal
 
 ROOT = Path(__file__).parents[1]
@@ -35,15 +35,18 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 STRATEGY = ROOT / "strategies" / "mlp_rsi_aapl.yaml"
 
 
-def test_compose_file_describes_the_stack_with_this_repos_nats_conf_and_runnable_modules():
-    assert set(SERVICES) == {"nats", "core", "sim-gateway", "ib", "trainer"}
+CLUSTER = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
+
+
+def test_compose_file_describes_the_stack_with_auth_tls_and_runnable_modules():
+    assert set(SERVICES) == {"auth", "nats", "core", "sim-gateway", "ib", "trainer"}
     nats = SERVICES["nats"]
-    assert "./nats.conf:/etc/nats/nats.conf:ro" in nats["volumes"]
-    assert nats["command"] == ["-c", "/etc/nats/nats.conf"]
-    # nats.conf reads exactly these variables; the embedded stack sets the same ones.
-    conf = (ROOT / "nats.conf").read_text()
-    for var in nats["environment"]:
-        assert f"${var}" in conf, var
+    assert nats["command"] == ["-c", "/ktrdr-auth/nats.conf"]
+    assert "ktrdr-auth:/ktrdr-auth:ro" in nats["volumes"]
+    assert nats["depends_on"]["auth"]["condition"] == "service_completed_successfully"
+    auth_cmd = SERVICES["auth"]["command"]
+    assert auth_cmd[:5] == ["python", "-m", "ktrdr", "auth", "init"] and "--server-config" in auth_cmd
+    assert "nats" in [auth_cmd[i + 1] for i, a in enumerate(auth_cmd) if a == "--tls-host"]  # 4222 is public
     for name, svc in SERVICES.items():
         if name == "nats":
             continue
@@ -51,25 +54,50 @@ def test_compose_file_describes_the_stack_with_this_repos_nats_conf_and_runnable
         cmd = svc["command"]
         assert cmd[:2] == ["python", "-m"], cmd
         assert importlib.util.find_spec(cmd[2]) is not None, f"{name}: no module {cmd[2]}"
-        if "NATS_URL" in svc.get("environment", {}):
-            assert svc["environment"]["NATS_URL"] == "nats://nats:4222" and "nats" in svc["depends_on"]
-    # No volume is shared between containers: bars, models and checkpoints travel through NATS; each
-    # actor's /data is its own cache.
+        env = svc.get("environment", {})
+        if "NATS_URL" in env:  # every client: TLS, its role's credentials, and the server first
+            assert env["NATS_URL"] == "tls://nats:4222" and "nats" in svc["depends_on"]
+            assert env["KTRDR_AUTH_DIR"] == "/ktrdr-auth/auth" and "ktrdr-auth:/ktrdr-auth:ro" in svc["volumes"]
+    # No data volume is shared between containers: bars, models and checkpoints travel through NATS;
+    # each actor's /data is its own cache. (ktrdr-auth holds credentials, read-only but for `auth`.)
     mounts = [(name, v.split(":")[0]) for name, svc in SERVICES.items() for v in svc.get("volumes", [])
-              if not v.startswith("./")]
+              if not v.startswith("ktrdr-auth:")]
     owners = {vol: [n for n, v in mounts if v == vol] for _, vol in mounts}
     assert all(len(names) == 1 for names in owners.values()), owners
-    assert SERVICES["core"]["volumes"] == ["core-cache:/data"]
-    assert SERVICES["trainer"]["volumes"] == ["trainer-cache:/data"]
-    assert set(COMPOSE["volumes"]) == {"nats-data", "core-cache", "trainer-cache"}
+    assert SERVICES["trainer"]["volumes"][0] == "trainer-cache:/data"
+    assert all(v.endswith(":ro") for n, svc in SERVICES.items() if n != "auth"
+               for v in svc.get("volumes", []) if v.startswith("ktrdr-auth:"))
+
+
+def test_cluster_variant_has_three_nodes_routing_to_each_other_over_tls(tmp_path: Path):
+    services = CLUSTER["services"]
+    nodes = sorted(n for n in services if n.startswith("nats-"))
+    assert nodes == ["nats-1", "nats-2", "nats-3"]
+    assert len({v for n in nodes for v in services[n]["volumes"] if not v.startswith("ktrdr-auth")}) == 3
+    for name in ("core", "ib", "trainer"):
+        env = services[name]["environment"]
+        assert env["NATS_URL"].split(",") == [f"tls://{n}:4222" for n in nodes] and env["KTRDR_REPLICAS"] == "3"
+    # what `auth` renders: each node's config routes to the two others, with TLS and the same users
+    cmd = services["auth"]["command"]
+    args = [a.replace("/ktrdr-auth", str(tmp_path)).replace("/data/nats", str(tmp_path / "store")) for a in cmd[3:]]
+    env = {**os.environ, "KTRDR_HOME": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-m", "ktrdr", *args], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    for i, node in enumerate(nodes, start=1):
+        conf = (tmp_path / f"{node}.conf").read_text()
+        others = [n for n in nodes if n != node]
+        assert all(f"@{o}:6222" in conf for o in others) and f"@{node}:6222" not in conf
+        assert "tls {" in conf and conf.count("nkey:") == 7 and f'server_name: "nats-{i}"' in conf
 
 
 class _Compose:
     """The compose services as local processes."""
 
-    def __init__(self, tmp: Path, nats_url: str) -> None:
-        self.tmp, self.nats_url = tmp, nats_url
-        self.gw_port = free_port()
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.nats_port, self.gw_port = free_port(), free_port()
+        self.nats_url = f"tls://127.0.0.1:{self.nats_port}"
         self.procs: dict[str, subprocess.Popen[str]] = {}
 
     def volume(self, name: str) -> Path:
@@ -80,23 +108,40 @@ class _Compose:
 
     def data_of(self, service: str) -> Path | None:
         """The folder a service's /data is mounted from (None: the container's own, here a fresh one)."""
-        for v in SERVICES[service].get("volumes", []):
-            source, _, target = v.partition(":")
-            if target == "/data":
-                return self.volume(source)
-        return None
+        return self.mounts(service).get("/data")
 
-    def _translate(self, value: str, data: Path) -> str:
-        return {"nats://nats:4222": self.nats_url, "/data": str(data), "sim-gateway": "127.0.0.1",
-                "4002": str(self.gw_port)}.get(value, value)
+    def mounts(self, service: str) -> dict[str, Path]:
+        """Container path -> the local folder its named volume lives in, for one service."""
+        out: dict[str, Path] = {}
+        for v in SERVICES[service].get("volumes", []):
+            source, _, rest = v.partition(":")
+            out[rest.split(":")[0]] = self.volume(source)
+        return out
+
+    def _translate(self, value: str, mounts: dict[str, Path]) -> str:
+        """A container's view (host names, ports, mount points) as this machine's."""
+        fixed = {"tls://nats:4222": f"tls://127.0.0.1:{self.nats_port}", "4222": str(self.nats_port),
+                 "sim-gateway": "127.0.0.1", "4002": str(self.gw_port)}
+        if value in fixed:
+            return fixed[value]
+        for target, local in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
+            if value == target or value.startswith(target + "/"):
+                return str(local) + value[len(target):]
+        return value
 
     def start(self, name: str) -> subprocess.Popen[str]:
         svc = SERVICES[name]
-        data = self.data_of(name) or self.volume(f"{name}-container")
-        env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "IB_PORT", "IB_HOST", "KTRDR_HOME")}
-        env.update({k: self._translate(str(v), data) for k, v in svc.get("environment", {}).items()})
+        mounts = self.mounts(name)
+        if name == "auth":  # it writes the config the nats container reads: translate as nats sees it
+            mounts = {**self.mounts("nats"), **mounts}
+        mounts.setdefault("/data", self.volume(f"{name}-container"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "IB_", "KTRDR_"))}
+        env.update({k: self._translate(str(v), mounts) for k, v in svc.get("environment", {}).items()})
         env["KTRDR_HOME"] = env.get("KTRDR_HOME", str(self.tmp / f"{name}-home"))
-        cmd = [sys.executable if c == "python" else self._translate(c, data) for c in svc["command"]]
+        if "image" in svc:  # nats: the same server binary the image runs
+            cmd = [nats_server_binary(), *(self._translate(c, mounts) for c in svc["command"])]
+        else:
+            cmd = [sys.executable if c == "python" else self._translate(c, mounts) for c in svc["command"]]
         with open(self.tmp / f"{name}.log", "w") as log:  # the child keeps its own copy of the fd
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         self.procs[name] = proc
@@ -120,8 +165,8 @@ class _Compose:
 
 
 @pytest.fixture
-def compose(tmp_path: Path, nats_server: NatsServer) -> Iterator[_Compose]:
-    c = _Compose(tmp_path, nats_server.url)
+def compose(tmp_path: Path) -> Iterator[_Compose]:
+    c = _Compose(tmp_path)
     yield c
     c.stop_all()
 
@@ -135,18 +180,26 @@ async def test_compose_services_run_a_data_load_and_a_host_training(compose: _Co
     trainer_home = compose.data_of("trainer")
     assert trainer_home is not None and trainer_home != compose.data_of("core")
     assert list(trainer_home.iterdir()) == []  # the trainer starts with an empty home
+    assert compose.start("auth").wait(120) == 0, compose.log("auth")
+    compose.start("nats")
+    deadline = asyncio.get_running_loop().time() + 20
+    while not port_open("127.0.0.1", compose.nats_port):
+        assert compose.procs["nats"].poll() is None, compose.log("nats")
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
     for name in ("sim-gateway", "core", "ib", "trainer"):
         compose.start(name)
-    settings = make_settings(compose.tmp / "client-home", compose.nats_url)
+    # the test reads as the cli role would, with the CA the deployment made
+    auth_dir = compose.volume("ktrdr-auth") / "auth"
+    settings = make_settings(compose.tmp / "client-home", compose.nats_url, auth_dir_override=str(auth_dir))
     async with Client(settings) as client:
-        await client.ensure_streams()
         want = {"orchestrator", "dummy", "job-manager", "ib", "trainer"}
         roles: set[str] = set()
 
         async def all_up() -> bool:
             nonlocal roles
             roles = await _live_roles(client)
-            dead = [n for n, p in compose.procs.items() if p.poll() is not None]
+            dead = [n for n, p in compose.procs.items() if p.poll() is not None and n != "auth"]
             assert not dead, f"{dead} exited: {[compose.log(n)[-2000:] for n in dead]}"
             return want <= roles
 
@@ -178,4 +231,4 @@ async def test_compose_services_run_a_data_load_and_a_host_training(compose: _Co
         assert len(cached) == 1 and cached[0].startswith("cache/") and cached[0].endswith(".parquet"), cached
 
     codes = compose.stop_all()  # SIGTERM, as `docker compose down` sends
-    assert codes == {"sim-gateway": 0, "core": 0, "ib": 0, "trainer": 0}, codes
+    assert codes == {"auth": 0, "nats": 0, "sim-gateway": 0, "core": 0, "ib": 0, "trainer": 0}, codes

@@ -43,12 +43,23 @@ def init_cmd(
         [], "--tls-host", help="A host name or IP clients use to reach the server (repeat); makes a CA and "
         "a server certificate for them. Needed whenever the server listens beyond loopback."),
     force: bool = typer.Option(False, "--force", help="Replace every key (and the CA): old credentials stop working."),
+    server_config: Path | None = typer.Option(None, "--server-config", help="Also write the server's config "
+                                              "(users, permissions, TLS) here: FILE, or a folder with --cluster."),
+    cluster: int = typer.Option(1, "--cluster", help="With --server-config: N nodes named nats-1..nats-N "
+                                "(their configs nats-<i>.conf route to each other on port 6222)."),
+    store: Path = typer.Option(Path("/data/nats"), "--store", help="With --server-config: the JetStream store."),
+    port: int = typer.Option(4222, "--port", help="With --server-config: the client port."),
 ) -> None:
-    """Create the credentials of every role (kept when they exist) and the server's user list."""
+    """Create the credentials of every role (kept when they exist) and the server's user list; with
+    --server-config, the nats-server config of a deployment (docker-compose) too."""
     from ktrdr import auth
 
+    if not 1 <= cluster <= 9:
+        raise _fail("--cluster is 1 to 9 nodes", 2)
     try:
         files = auth.init(_home(), tls_hosts=tls_host or None, force=force)
+        if server_config is not None:
+            _write_server_configs(files, server_config, cluster, store, port)
     except (auth.AuthError, OSError, ValueError) as exc:
         raise _exit_for(exc) from None
     for role in auth.ROLES:
@@ -59,6 +70,27 @@ def init_cmd(
         fp = auth.fingerprint(files.tls.ca_file.read_text())
         typer.echo(f"TLS CA:       {files.tls.ca_file} (sha256 {fp}...); server certificate {files.tls.cert_file}")
     typer.echo("next: `ktrdr auth env ROLE` prints what a process of that role needs")
+
+
+def _write_server_configs(files: object, target: Path, nodes: int, store: Path, port: int) -> None:
+    """One config (`target` a file) or nats-1..N.conf in `target` (a folder) routing to each other."""
+    from ktrdr import auth, natsconf
+
+    assert isinstance(files, auth.AuthFiles)
+    if nodes == 1:
+        natsconf.write_atomic(target, natsconf.render(server_name="ktrdr", host="0.0.0.0", port=port,
+                                                      store_dir=store, users=files.users(), tls=files.tls))
+        typer.echo(f"server config: {target}")
+        return
+    password = files.route_password()
+    for i in range(1, nodes + 1):
+        routes = tuple(natsconf.route_url(f"nats-{j}", 6222, "route", password) for j in range(1, nodes + 1) if j != i)
+        cluster = natsconf.Cluster("ktrdr", "0.0.0.0", 6222, routes, "route", password)
+        path = target / f"nats-{i}.conf"
+        natsconf.write_atomic(path, natsconf.render(server_name=f"nats-{i}", host="0.0.0.0", port=port,
+                                                    store_dir=store, users=files.users(), tls=files.tls,
+                                                    cluster=cluster))
+        typer.echo(f"server config: {path}")
 
 
 @auth_app.command("env")
@@ -76,3 +108,41 @@ def env_cmd(
     except (auth.AuthError, OSError, ValueError) as exc:
         raise _exit_for(exc) from None
     typer.echo("\n".join(lines))
+
+
+@auth_app.command("server-config")
+def server_config_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the nats-server config (mode 0600)."),
+    listen: str = typer.Option("0.0.0.0", "--listen", help="Address the server listens on."),
+    port: int = typer.Option(4222, "--port", help="Client port."),
+    store: Path = typer.Option(Path("/data/nats"), "--store", help="JetStream store directory."),
+    name: str = typer.Option("ktrdr", "--name", help="Server name (cluster: each node its own)."),
+    route: list[str] = typer.Option([], "--route", help="host:port of another cluster node (repeat); with "
+                                    "routes the server joins a cluster, listening for routes on --route-port."),
+    route_port: int = typer.Option(6222, "--route-port", help="Port this node takes routes on."),
+) -> None:
+    """Render the nats-server config for a deployment (docker-compose, a server of your own) from the
+    credentials `ktrdr auth init` made: every role's user and permissions, TLS beyond loopback, and
+    for a cluster the routes (with the route password)."""
+    from ktrdr import auth, natsconf
+
+    if not 0 < port < 65536 or not 0 < route_port < 65536:
+        raise _fail("ports are 1..65535", 2)
+    try:
+        files = auth.load(_home())
+        cluster = None
+        if route:
+            routes = []
+            for r in route:
+                host, _, rport = r.rpartition(":")
+                if not host or not rport.isdigit():
+                    raise _fail(f"--route {r[:80]!r}: expected host:port", 2)
+                routes.append(natsconf.route_url(host, int(rport), "route", files.route_password()))
+            cluster = natsconf.Cluster("ktrdr", listen, route_port, tuple(routes), "route", files.route_password())
+        text = natsconf.render(server_name=name, host=listen, port=port, store_dir=store, users=files.users(),
+                               tls=files.tls, cluster=cluster)
+        natsconf.write_atomic(out, text)
+    except (auth.AuthError, OSError, ValueError) as exc:
+        raise _exit_for(exc) from None
+    typer.echo(f"wrote {out} ({len(files.public_keys)} users{', TLS' if files.tls else ''}"
+               f"{f', cluster of {len(route) + 1}' if route else ''})")
