@@ -10,8 +10,6 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from events import subjects
 from events.messages import (
     DataContext,
@@ -166,34 +164,26 @@ def _cycle_bars():
     return make_bars(3000, seed=1)
 
 
-@pytest.fixture
-def offline(tmp_path: Path) -> Settings:
-    """data plot reads the store under KTRDR_HOME: no NATS involved."""
-    home = tmp_path / "home"
-    home.mkdir()
-    return Settings(home=home, nats_url=None)
-
-
 async def test_data_plot_draws_candles_or_close_with_the_gaps(settings, client, tmp_path):
     from ktrdr.transport import BarStore
 
     bars = generate_bars(lookup("AAPL"), "1h", datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 7, 1, tzinfo=UTC),
                          seed=0)
     await BarStore(client.js).merge("AAPL", "1h", bars.drop(bars.index[200:260]).drop(bars.index[500:507]), "sim")
-    offline = settings  # the series is read through NATS (the BARS bucket), nothing from a local disk
     out = tmp_path / "close.png"
-    rc, stdout, err = await ktrdr(offline, "data", "plot", "aapl", "-t", "1h", "-o", str(out))
+    # the series is read through NATS (the BARS bucket), nothing from a local disk
+    rc, stdout, err = await ktrdr(settings, "data", "plot", "aapl", "-t", "1h", "-o", str(out))
     assert rc == 0, err
     assert "as close, 2 gaps" in stdout
     assert_png(out)
     few = tmp_path / "candles.png"
-    rc, stdout, err = await ktrdr(offline, "data", "plot", "AAPL", "-t", "1h", "-o", str(few),
+    rc, stdout, err = await ktrdr(settings, "data", "plot", "AAPL", "-t", "1h", "-o", str(few),
                                   "--start", "2024-02-01", "--end", "2024-02-10")
     assert rc == 0 and "as candles" in stdout, err
     assert_png(few)
 
 
-async def test_data_plot_refuses_bad_input_in_one_line(offline, tmp_path):
+async def test_data_plot_refuses_bad_input_in_one_line(settings, client, tmp_path):
     png = str(tmp_path / "x.png")
     cases = [
         (("data", "plot", "AAPL", "-t", "1h", "-o", png), "no 1h bars stored for AAPL"),
@@ -204,5 +194,5 @@ async def test_data_plot_refuses_bad_input_in_one_line(offline, tmp_path):
         (("data", "plot", "AAPL", "-o", png, "--start", "yesterday"), "is not a date"),
     ]
     for args, says in cases:
-        rc, _, err = await ktrdr(offline, *args)
+        rc, _, err = await ktrdr(settings, *args)
         assert_one_line_error(rc, err, says)
