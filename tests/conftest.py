@@ -115,9 +115,15 @@ def gateway(time_scale: float) -> Iterator[SimGatewayThread]:
 
 
 @pytest.fixture
-def data_settings(settings, gateway, time_scale):
+def gateway_wait_s() -> float:
+    """How long a load rides out a silent gateway (a test may parametrize it)."""
+    return 30.0
+
+
+@pytest.fixture
+def data_settings(settings, gateway, time_scale, gateway_wait_s):
     return make_settings(settings.home, settings.nats_url, ib_port=gateway.port, ib_client_id=11,
-                         ib_time_scale=time_scale)
+                         ib_time_scale=time_scale, ib_gateway_wait_s=gateway_wait_s)
 
 
 @pytest.fixture

@@ -262,11 +262,22 @@ def events_schema() -> None:
     typer.echo(json.dumps(schema(), indent=2))
 
 
-def main() -> None:
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
     from ktrdr.cli import domain_commands, ops_commands, view_commands  # noqa: F401  (register their commands)
     from ktrdr.cli.auth_commands import auth_app
 
     app.add_typer(auth_app, name="auth")
+    _registered = True
+
+
+def main() -> None:
+    _register()
 
     try:
         rv = app(standalone_mode=False)

@@ -13,7 +13,8 @@ import pytest
 
 from events import subjects
 from events.messages import LoadData, RunDummy, StartTraining
-from tests.cli.test_cli import cli_env, ktrdr
+from tests.cli.test_bad_input import run_cli_table
+from tests.cli.test_cli import cli_env
 from tests.conftest import make_settings, utc
 from tests.helpers import wait_for_event, wait_terminal
 
@@ -68,34 +69,42 @@ async def test_every_verb_on_every_state(start_actors, settings, client, data_se
     await submit("parent", parent, lambda ev, v: v.terminal)
     ops["child"] = (await client.view(parent.op_id)).children[0]
 
+    views = {state: await client.view(op_id) for state, op_id in ops.items()}
+    table: list[list[str]] = []
     for state, op_id in ops.items():
-        view = await client.view(op_id)
+        table += [["ops", "show", op_id], ["ops", "show", op_id, "--events"], ["ops", "show", op_id, "--json"],
+                  ["ops", "replay", op_id], ["ops", "replay", op_id, "--json"]]
+        if views[state].terminal:
+            table.append(["ops", "watch", op_id])
+    table += [["ops", "list", "--json"], ["ops", "list"]]
+    results = dict(zip(map(tuple, table), await run_cli_table(table, cli_env(settings)), strict=True))
+    for state, op_id in ops.items():
+        view = views[state]
         code = EXIT.get(view.status, 0)
-        for args in (["show", op_id], ["show", op_id, "--events"], ["show", op_id, "--json"]):
-            rc, out, err = await ktrdr(settings, "ops", *args)
-            assert rc == 0 and "Traceback" not in err, (state, args, err)
-        assert json.loads((await ktrdr(settings, "ops", "show", op_id, "--json"))[1])["status"] == view.status
-        rc, out, err = await ktrdr(settings, "ops", "replay", op_id)
-        assert rc == (code if view.terminal else 0) and "Traceback" not in err, (state, err)
-        rc, out, err = await ktrdr(settings, "ops", "replay", op_id, "--json")
-        assert all(json.loads(line)["op_id"] == op_id for line in out.splitlines()), state
-        if view.terminal:
-            rc, out, err = await ktrdr(settings, "ops", "watch", op_id)
-            assert rc == code and "Traceback" not in err, (state, err)
-        else:
-            rc, out = await watch_until(settings, op_id, "queued" if state == "queued" else "Dummy operation [")
-            assert rc == 0 and "detached" in out, (state, out)
-    shown = {v["op_id"]: v for v in json.loads((await ktrdr(settings, "ops", "list", "--json"))[1])}
+        for verb in ("show", "replay", "watch"):
+            for key in [k for k in results if k[1] == verb and k[2] == op_id]:
+                rc, out, err = results[key]
+                want = 0 if verb == "show" or not view.terminal else code
+                assert rc == want and "Traceback" not in err + out, (state, key, rc, err)
+        assert json.loads(results[("ops", "show", op_id, "--json")][1])["status"] == view.status
+        lines = results[("ops", "replay", op_id, "--json")][1].splitlines()
+        assert lines and all(json.loads(line)["op_id"] == op_id for line in lines), state
+    for state in ("queued", "running"):  # watch does not end by itself: Ctrl+C detaches
+        rc, out = await watch_until(settings, ops[state], "queued" if state == "queued" else "Dummy operation [")
+        assert rc == 0 and "detached" in out, (state, out)
+    shown = {v["op_id"]: v for v in json.loads(results[("ops", "list", "--json")][1])}
     assert set(ops.values()) <= set(shown)
     assert shown[ops["cancelled"]]["percentage"] >= 20  # the last progress, not 0
-    rc, out, err = await ktrdr(settings, "ops", "list")
-    assert f"  {ops['child']}" in out  # the child indented under its parent
+    assert f"  {ops['child']}" in results[("ops", "list")][1]  # the child indented under its parent
     # cancel last: finished ones are left as they are, live ones end cancelled
-    for state in ("completed", "failed", "rejected", "cancelled", "parent", "child"):
-        rc, out, err = await ktrdr(settings, "ops", "cancel", ops[state])
+    cancels = [["ops", "cancel", ops[s]] for s in ("completed", "failed", "rejected", "cancelled", "parent", "child",
+                                                   "queued", "running")]
+    cancels.append(["ops", "cancel", subjects.new_op_id("dummy"), "--no-wait"])
+    done = await run_cli_table(cancels, cli_env(settings))
+    for (rc, out, err), state in zip(done[:6], ("completed", "failed", "rejected", "cancelled", "parent", "child"),
+                                     strict=True):
         assert rc == 0 and "nothing to cancel" in out, (state, out, err)
-    for state in ("queued", "running"):
-        rc, out, err = await ktrdr(settings, "ops", "cancel", ops[state])
+    for (rc, out, err), state in zip(done[6:8], ("queued", "running"), strict=True):
         assert rc == 0 and "cancelled" in out, (state, out, err)
-    rc, out, err = await ktrdr(settings, "ops", "cancel", subjects.new_op_id("dummy"), "--no-wait")
+    rc, out, err = done[8]
     assert rc == 2 and "cancel is recorded" in err
