@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ktrdr.cli import JSON, _check_op_id, _run, client, ops_app
-from ktrdr.operations import OperationView
+
+if TYPE_CHECKING:  # the fold is imported by the verbs that use it: `ktrdr --help` stays fast
+    from ktrdr.operations import OperationView
 
 
 def _age(view: OperationView) -> str:

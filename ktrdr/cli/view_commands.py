@@ -7,7 +7,6 @@ Bad input (an id, a path, a series that is not stored) is one line on stderr and
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +135,8 @@ def data_plot(
         async with client() as c:
             bars = _bars(c)
             return await bars.read(sym, tf.name, start_dt, end_dt), await bars.metadata(sym, tf.name)
+
+    import asyncio
 
     try:
         df, meta = asyncio.run(read())
