@@ -10,13 +10,12 @@ Anonymous clients are refused whenever users are given: no `no_auth_user` is eve
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ktrdr.files import atomic_write
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -266,19 +265,6 @@ def render_node(node: NodeSpec, **kwargs: object) -> str:
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write through a temporary file in the same directory and rename: a server (re)starting at the
-    same moment reads the old file or the new one, never half of one. The file is created with
-    `mode` (0600 by default), never readable by others even briefly."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write a config atomically, mode 0600 from its creation (it may hold the route password): a
+    server (re)starting at the same moment reads the old file or the new one, never half of one."""
+    atomic_write(path, text, mode=mode)

@@ -29,7 +29,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from ktrdr.data.calendar import normalize_symbol, to_utc
 from ktrdr.data.timeframes import Timeframe, parse_timeframe
 from ktrdr.errors import DataError, ValidationError
+from ktrdr.files import atomic_write
 
 COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 SOURCES: tuple[str, ...] = ("ib", "sim", "import", "mixed")
@@ -85,16 +86,6 @@ def normalize_frame(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({c: df[c].to_numpy(dtype="float64") for c in COLUMNS}, index=idx.as_unit("ns"))
     out.index.name = "timestamp"
     return out
-
-
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not every filesystem supports opening a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _write_parquet(df: pd.DataFrame, f: BinaryIO) -> None:
@@ -335,22 +326,6 @@ class DigestCache:
         return removed
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write via `write(fileobj)` to a temp file beside `path`, fsync, then os.replace it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 class DataStore:
     def __init__(self, home: Path | str) -> None:
         self.home = Path(home)
@@ -430,10 +405,10 @@ class DataStore:
         sym, name = self._key(symbol, tf)
         data_path, meta_path, _ = self._paths(symbol, tf)
         data_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(data_path, lambda f: _write_parquet(df, f))
+        atomic_write(data_path, lambda f: _write_parquet(df, f))
         meta = series_meta(sym, name, df, source, simulated)
         payload = msgspec.json.format(msgspec.json.encode(meta))
-        _atomic_write(meta_path, lambda f: f.write(payload))
+        atomic_write(meta_path, lambda f: f.write(payload))
 
     def write(
         self,
@@ -500,5 +475,5 @@ def write_csv(df: pd.DataFrame, path: Path | str) -> int:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     text = out.to_csv().encode()  # full float precision: a round trip is exact
-    _atomic_write(target, lambda f: f.write(text))
+    atomic_write(target, lambda f: f.write(text))
     return len(df)

@@ -18,14 +18,13 @@ command can make a save write anywhere else.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ktrdr.errors import ValidationError
+from ktrdr.files import atomic_write
 
 FILES: tuple[str, ...] = ("model.pt", "config.json", "metrics.json", "features.json", "metadata.json")
 # Stored beside FILES in MODELS: the operation's full result (KTRDR's schema, per-epoch history included).
@@ -93,15 +92,7 @@ def model_summary(metadata: Mapping[str, Any], metrics: Mapping[str, Any] | None
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """temp file + os.replace: readers see the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
