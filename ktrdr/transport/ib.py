@@ -49,6 +49,7 @@ from ktrdr.errors import (
     UnknownSymbolError,
     ValidationError,
 )
+from ktrdr.transport.publish import retrying
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -93,19 +94,13 @@ class IbRequester:
 
     async def request(self, req: IbRequest, on_wait: OnWait | None = None) -> IbReply:
         """Retry with backoff while no ib actor answers; a cancel of the calling task interrupts."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.responder_wait
-        delay = 0.05
-        while True:
-            try:
-                return await self._request_once(req, on_wait)
-            except _NoResponders:
-                if loop.time() + delay > deadline:
-                    raise DisconnectedError(f"no ib actor is serving {subjects.ib(req, self.pool)} (waited "
-                                            f"{self.responder_wait:g} s)",
-                                            hint="start one: ktrdr up, or python -m hosts.ib") from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        try:
+            return await retrying(lambda: self._request_once(req, on_wait), retry_for=self.responder_wait,
+                                  errors=(_NoResponders,))
+        except _NoResponders:
+            raise DisconnectedError(f"no ib actor is serving {subjects.ib(req, self.pool)} (waited "
+                                    f"{self.responder_wait:g} s)",
+                                    hint="start one: ktrdr up, or python -m hosts.ib") from None
 
     async def _request_once(self, req: IbRequest, on_wait: OnWait | None) -> IbReply:
         inbox = self.nc.new_inbox()
