@@ -15,16 +15,19 @@ import contextlib
 import json
 import signal
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from events import subjects
+from events.codec import DecodeError, decode_event
 from events.messages import AnyEvent, Command
 from ktrdr.client import Client
 from ktrdr.operations import OperationView
 from ktrdr.rendering import ProgressRenderer
+from ktrdr.transport.replay import read_events, stream_events
 
 EXIT = {"completed": 0, "failed": 1, "rejected": 2, "cancelled": 130}
 THROTTLE_S = 0.5
@@ -53,13 +56,13 @@ class LinePrinter:
     def line_for(self, ev: AnyEvent, view: OperationView) -> str | None:  # type: ignore[valid-type]
         if view.terminal:
             return None  # print_final says how it ended
-        line = self.renderer.line(view)
-        if line == self._last_line:
-            return None
         ts = ev.ts
         due = self._last_ts is None or (ts - self._last_ts).total_seconds() >= THROTTLE_S \
             or view.status != "running"
-        if not due:
+        if not due:  # decided before rendering: a replay folds events far faster than it prints lines
+            return None
+        line = self.renderer.line(view)
+        if line == self._last_line:
             return None
         self._last_line, self._last_ts = line, ts
         return line
@@ -174,23 +177,54 @@ async def run_command(cmd: Command, *, wait: bool, json_out: bool) -> int:
 
 
 async def replay(client: Client, op_id: str, *, speed: float | None, json_out: bool) -> OperationView:
-    """Re-render the stored stream. With `speed`, sleep the recorded gaps divided by speed; with
-    json_out, print the events themselves, one JSON object a line."""
+    """Re-render the stored stream as it arrives: each event is folded and rendered (or, with
+    json_out, printed as one JSON object a line) before the next is read, so memory does not grow
+    with the number of events. Without `speed` (or 0) as fast as the events come; with it, the
+    recorded gaps divided by speed (each at most 10 s)."""
     from ktrdr.operations import fold
 
-    events: list[AnyEvent] = await client.events(op_id)  # type: ignore[valid-type]
     view = OperationView(op_id=op_id)
-    prev = None
     with LiveDisplay(_renderer(op_id), quiet=json_out) as display:
-        for ev in events:
-            if speed and prev is not None:
+        show = _print_json if json_out else display.update
+
+        def on_event(ev: AnyEvent) -> None:  # type: ignore[valid-type]
+            fold(view, ev)
+            show(ev, view)
+
+        if speed:
+            await _replay_paced(client, op_id, speed, on_event)
+        else:
+            await read_events(client.js, [subjects.ops(op_id)], _decoding(on_event))
+    return view
+
+
+def _print_json(ev: AnyEvent, _view: OperationView) -> None:  # type: ignore[valid-type]
+    sys.stdout.write(msgspec.json.encode(ev).decode() + "\n")
+
+
+def _decoding(on_event: Callable[[AnyEvent], None]) -> Callable[[str, bytes], None]:  # type: ignore[valid-type]
+    def on_msg(_subject: str, data: bytes) -> None:
+        try:
+            ev = decode_event(data)
+        except DecodeError:
+            return  # garbage published on an ops subject is not an event of this operation
+        on_event(ev)
+
+    return on_msg
+
+
+async def _replay_paced(client: Client, op_id: str, speed: float,
+                        on_event: Callable[[AnyEvent], None]) -> None:  # type: ignore[valid-type]
+    prev: datetime | None = None
+    async with contextlib.aclosing(stream_events(client.js, [subjects.ops(op_id)])) as stream:
+        async for _subject, data in stream:
+            try:
+                ev = decode_event(data)
+            except DecodeError:
+                continue
+            if prev is not None:
                 gap = (ev.ts - prev).total_seconds() / speed
                 if gap > 0:
                     await asyncio.sleep(min(gap, 10.0))
             prev = ev.ts
-            fold(view, ev)
-            if json_out:
-                sys.stdout.write(msgspec.json.encode(ev).decode() + "\n")
-            else:
-                display.update(ev, view)
-    return view
+            on_event(ev)

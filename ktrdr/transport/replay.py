@@ -1,15 +1,28 @@
 """Reading stored events back: every event of an operation, the lifecycle events of all of them, or
 the last message on one subject. The same reads serve `ops replay`, `ops list`, a worker checking an
-operation before it runs it, and the orchestrator rebuilding its state after a restart."""
+operation before it runs it, and the orchestrator rebuilding its state after a restart.
+
+A read is an ephemeral push consumer (no acks, flow control) whose messages skip nats-py's
+per-message machinery: the connection hands each one, as bytes, straight to a sink (no header
+parsing, no Msg object, no queue, no task switch per message). That is what lets `ops replay`
+decode and fold at the raw ordered consumer's rate (figures in bench/backbone.py). Two ways to read:
+- `read_events(js, filters, on_msg)`: on_msg(subject, data) is called in stream order as the bytes
+  arrive, on the connection's reading task; nothing is buffered beyond what the socket holds.
+- `stream_events(js, filters)`: an async iterator for a consumer that goes at its own pace (`ops
+  replay --speed X` sleeps between events); flow-control requests are answered only once the
+  consumer has caught up, so the server stops sending and memory stays bounded by its window.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import nats.errors
-from nats.aio.msg import Msg
+from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -20,6 +33,147 @@ from events.codec import DecodeError, decode_event
 from events.messages import AnyEvent
 from ktrdr.transport.publish import retrying
 
+# A status message's header block is "NATS/1.0 100 ..." (a space after the version); a data
+# message's is "NATS/1.0\r\n..." (its own headers, e.g. Nats-Msg-Id, which a read never needs).
+_HDR_VERSION_LEN = len(b"NATS/1.0")
+_STALLED = b"Nats-Consumer-Stalled:"
+
+# sink(subject, reply, data, headers) -> a flow-control reply subject to answer now, or None
+Sink = Callable[[bytes, bytes, bytes, bytes | None], bytes | None]
+
+
+def _sinks(nc: NATS) -> dict[int, Sink]:
+    """Route one subscription's messages to a sink, by subscription id. nats-py has no synchronous
+    per-message hook, so the connection's message dispatch is wrapped while any sink is registered
+    (and restored when the last one leaves): every other subscription goes through unchanged."""
+    sinks: dict[int, Sink] | None = getattr(nc, "_ktrdr_sinks", None)
+    if sinks is not None:
+        return sinks
+    sinks = {}
+    original: Callable[..., Awaitable[None]] = nc._process_msg
+
+    async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        sink = sinks.get(sid)
+        if sink is None:
+            await original(sid, subject, reply, data, headers)
+            return
+        answer = sink(subject, reply, data, headers)
+        if answer:
+            await nc.publish(answer.decode(), b"")
+
+    nc._process_msg = process_msg  # type: ignore[method-assign]
+    nc._ktrdr_sinks = sinks  # type: ignore[attr-defined]
+    return sinks
+
+
+def _release(nc: NATS, sid: int) -> None:
+    sinks: dict[int, Sink] | None = getattr(nc, "_ktrdr_sinks", None)
+    if sinks is None:
+        return
+    sinks.pop(sid, None)
+    if not sinks:
+        del nc._process_msg  # the class's method again
+        del nc._ktrdr_sinks  # type: ignore[attr-defined]
+
+
+def _flow_control_reply(reply: bytes, headers: bytes) -> bytes | None:
+    """The subject a status message asks us to answer: a flow-control request's reply, or the one
+    named by a heartbeat that says the consumer stalled waiting for it; None for a plain heartbeat."""
+    if reply:
+        return reply
+    i = headers.find(_STALLED)
+    if i < 0:
+        return None
+    return headers[i + len(_STALLED):].split(b"\r\n", 1)[0].strip() or None
+
+
+class _PushRead:
+    """One ephemeral push consumer over OPS and the sink its messages go to."""
+
+    def __init__(self, js: JetStreamContext, filter_subjects: list[str],
+                 on_msg: Callable[[str, bytes], None], *, paced: bool) -> None:
+        self.js = js
+        self.nc: NATS = js._nc  # the connection behind the context; nats-py exposes no public accessor
+        self.filters = filter_subjects
+        self.on_msg = on_msg
+        self.paced = paced  # answer flow control only when the consumer has caught up
+        self.total: int | None = None
+        self.delivered = 0  # data messages handed to on_msg
+        self.consumed = 0  # paced: data messages the consumer has taken
+        self.fc_due: list[tuple[int, bytes]] = []  # paced: (answer once consumed >= n, reply)
+        self.error: BaseException | None = None
+        self.changed = asyncio.Event()
+        self.sub: Any = None
+        self.info: js_api.ConsumerInfo | None = None
+
+    def sink(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bytes | None:
+        if headers is not None and not data and headers[_HDR_VERSION_LEN:_HDR_VERSION_LEN + 1] == b" ":
+            answer = _flow_control_reply(reply, headers)
+            if answer is not None and self.paced and self.consumed < self.delivered:
+                if all(r != answer for _, r in self.fc_due):  # a stalled heartbeat repeats a request
+                    self.fc_due.append((self.delivered, answer))
+                return None
+            return answer
+        if self.error is not None or self.done:
+            return None  # published after the read began, or the reader has already failed
+        self.delivered += 1
+        try:
+            self.on_msg(subject.decode(), data)
+        except BaseException as e:  # raised on the connection's reading task: hand it to the reader
+            self.error = e
+        if self.paced or self.error is not None or self.done:
+            self.changed.set()
+        return None
+
+    async def start(self) -> bool:
+        """Subscribe, then create the consumer; False when there is no OPS stream (nothing stored)."""
+        self.sub = await self.nc.subscribe(self.nc.new_inbox())
+        _sinks(self.nc)[self.sub._id] = self.sink
+        cfg = js_api.ConsumerConfig(
+            deliver_subject=self.sub.subject,
+            filter_subjects=self.filters if len(self.filters) > 1 else None,
+            filter_subject=self.filters[0] if len(self.filters) == 1 else None,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            ack_policy=js_api.AckPolicy.NONE,
+            flow_control=True,
+            idle_heartbeat=5.0,
+            mem_storage=True,
+            inactive_threshold=10.0,
+        )
+        try:
+            self.info = await retrying(lambda: self.js.add_consumer(subjects.STREAM_OPS, cfg))
+        except NotFoundError:
+            return False
+        self.total = self.info.num_pending or 0
+        if self.delivered >= self.total:
+            self.changed.set()
+        return True
+
+    @property
+    def done(self) -> bool:
+        return self.total is not None and self.delivered >= self.total
+
+    async def wait(self, timeout: float) -> None:
+        """Until something changes; TimeoutError when nothing arrived for `timeout` seconds."""
+        await asyncio.wait_for(self.changed.wait(), timeout)
+        self.changed.clear()
+        if self.error is not None:
+            raise self.error
+
+    async def caught_up(self) -> None:
+        """Paced: answer the flow-control requests the consumer has now caught up with."""
+        while self.fc_due and self.consumed >= self.fc_due[0][0]:
+            await self.nc.publish(self.fc_due.pop(0)[1].decode(), b"")
+
+    async def close(self) -> None:
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+            _release(self.nc, self.sub._id)
+        if self.info is not None:
+            with contextlib.suppress(Exception):  # already gone (inactive_threshold) or server away
+                await self.js.delete_consumer(subjects.STREAM_OPS, self.info.name)
+
 
 async def read_events(
     js: JetStreamContext,
@@ -29,62 +183,58 @@ async def read_events(
     timeout: float = 10.0,
 ) -> int:
     """Call on_msg(subject, data) for every stored OPS message matching the filters, in stream
-    order; return how many there were. An ephemeral push consumer (no acks, flow control) on a plain
-    core subscription, handled inside the subscription callback: about 1.6x the rate of nats-py's
-    ordered consumer, which parses every reply subject (figures in bench/backbone.py)."""
-    nc = js._nc  # the connection behind the context; nats-py exposes no public accessor
-    inbox = nc.new_inbox()
-    done = asyncio.Event()
-    total: list[int] = []
-    delivered = 0
-
-    async def cb(msg: Msg) -> None:
-        nonlocal delivered
-        if not msg.data and msg.headers and "Status" in msg.headers:
-            if msg.reply:  # flow control request: answer it or the server pauses delivery
-                await nc.publish(msg.reply, b"")
-            return
-        delivered += 1
-        on_msg(msg.subject, msg.data)
-        if total and delivered >= total[0]:
-            done.set()
-
-    sub = await nc.subscribe(inbox, cb=cb, pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30)
-    cfg = js_api.ConsumerConfig(
-        deliver_subject=inbox,
-        filter_subjects=filter_subjects if len(filter_subjects) > 1 else None,
-        filter_subject=filter_subjects[0] if len(filter_subjects) == 1 else None,
-        deliver_policy=js_api.DeliverPolicy.ALL,
-        ack_policy=js_api.AckPolicy.NONE,
-        flow_control=True,
-        idle_heartbeat=5.0,
-        mem_storage=True,
-        inactive_threshold=10.0,
-    )
-    info = None
+    order, as it arrives (on the connection's reading task: keep on_msg quick); return how many
+    there were. An exception from on_msg stops the read and is raised here. TimeoutError only when
+    delivery stalls for `timeout` seconds, however long the whole read takes."""
+    read = _PushRead(js, filter_subjects, on_msg, paced=False)
     try:
-        try:
-            info = await retrying(lambda: js.add_consumer(subjects.STREAM_OPS, cfg))
-        except NotFoundError:
+        if not await read.start():
             return 0  # no OPS stream yet: nothing was ever stored
-        total.append(info.num_pending or 0)
-        if delivered >= total[0]:
-            done.set()
         last = -1
-        while not done.is_set():  # time out only when delivery stalls, not on a long replay
+        while not read.done:
             try:
-                await asyncio.wait_for(done.wait(), timeout)
+                await read.wait(timeout)
             except TimeoutError:
-                if delivered == last:
+                if read.delivered == last:
                     raise
-                last = delivered
-        return total[0]
+                last = read.delivered
+        if read.error is not None:
+            raise read.error
+        return read.delivered
     finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-        if info is not None:
-            with contextlib.suppress(Exception):  # already gone (inactive_threshold) or server away
-                await js.delete_consumer(subjects.STREAM_OPS, info.name)
+        await read.close()
+
+
+async def stream_events(
+    js: JetStreamContext,
+    filter_subjects: list[str],
+    *,
+    timeout: float = 10.0,
+) -> AsyncIterator[tuple[str, bytes]]:
+    """Every stored OPS message matching the filters, in stream order, at the consumer's pace:
+    (subject, data) pairs. Memory is bounded by the server's flow-control window whatever the
+    number of events. Close it (`contextlib.aclosing`) when leaving early."""
+    pending: collections.deque[tuple[str, bytes]] = collections.deque()
+    read = _PushRead(js, filter_subjects, lambda s, d: pending.append((s, d)), paced=True)
+    try:
+        if not await read.start():
+            return
+        while pending or not read.done:
+            if not pending:
+                before = read.delivered
+                try:
+                    await read.wait(timeout)
+                except TimeoutError:
+                    if read.delivered == before:
+                        raise
+                continue
+            item = pending.popleft()
+            read.consumed += 1
+            if read.fc_due:
+                await read.caught_up()
+            yield item
+    finally:
+        await read.close()
 
 
 def _decoded(out: list[AnyEvent]) -> Callable[[str, bytes], None]:  # type: ignore[valid-type]
@@ -98,7 +248,8 @@ def _decoded(out: list[AnyEvent]) -> Callable[[str, bytes], None]:  # type: igno
 
 
 async def read_operation(js: JetStreamContext, op_id: str) -> list[AnyEvent]:  # type: ignore[valid-type]
-    """Every stored event of one operation, decoded (undecodable ones skipped), in stream order."""
+    """Every stored event of one operation, decoded (undecodable ones skipped), in stream order.
+    It holds them all: to fold or render a long operation, stream it (read_events/stream_events)."""
     out: list[AnyEvent] = []  # type: ignore[valid-type]
     await read_events(js, [subjects.ops(op_id)], _decoded(out))
     return out
