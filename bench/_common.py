@@ -1,10 +1,19 @@
-"""Shared benchmark plumbing: a private nats-server with the project's nats.conf, percentiles, output."""
+"""Shared benchmark plumbing: a private nats-server with the project's nats.conf, percentiles, output,
+and processes measured from outside (/proc: resident memory, its peak, CPU time)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +68,150 @@ def report(name: str, results: dict[str, Any]) -> None:
             print(f"    {k:<28} {_fmt(v)}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+# --- processes from outside: memory and CPU from /proc, each actor in a process of its own ---------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def proc_status_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a live process in MiB: resident now and its peak."""
+    rss = hwm = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+        elif line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) / 1024
+    return rss, hwm
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset a process's VmHWM to its current RSS (Linux clear_refs 5), so a later VmHWM is the
+    peak of what ran since. False where the kernel refuses (then VmHWM includes start-up)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a live process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                out.extend(kids)
+                todo.extend(kids)
+    return out
+
+
+class PeakSampler:
+    """Samples the summed RSS of some processes and their descendants (e.g. a training child that
+    exits before its VmHWM can be read) every `interval` seconds on a thread; `.peak_mb` per pid."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.05) -> None:
+        self.pids, self.interval = pids, interval
+        self.peak_mb: dict[str, float] = dict.fromkeys(pids, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in self.pids.items():
+                total = 0.0
+                for p in [pid, *descendants(pid)]:
+                    with contextlib.suppress(OSError):
+                        total += proc_status_mb(p)[0]
+                self.peak_mb[name] = max(self.peak_mb[name], total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a process that joins the bench's stack (its settings come from here)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NATS_URL": settings.nats_url or "",
+           "KTRDR_HOME": str(settings.home), "KTRDR_HEARTBEAT_S": str(settings.heartbeat_s)}
+    env.update(extra)
+    return env
+
+
+# A process started from this (large) one inherits its peak RSS: Linux keeps the high-water mark
+# across exec, and subprocess spawns through vfork, so wait4 would report at least the bench's own
+# size. A small launcher forks the measured process instead and reports that child's own peak, and
+# the time from fork to exit (its own start-up is not counted).
+_LAUNCHER = """import os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvpe(sys.argv[2], sys.argv[2:], os.environ)
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {ru.ru_maxrss} {time.perf_counter() - t0}")
+"""
+
+
+def run_peak(argv: list[str], env: dict[str, str], *, stdout: Any = subprocess.DEVNULL,
+             timeout: float = 1800) -> tuple[int, float, float]:
+    """Run a process to its end: (exit code, its peak RSS in MiB, wall seconds from its start).
+    Exit codes 0 and 2 (the CLI's "nothing stored") are results; anything else raises."""
+    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "err", "w+b") as err:
+        result = Path(tmp) / "result"
+        subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, str(result), *argv], env=env, stdout=stdout,
+                       stderr=err, cwd=ROOT, timeout=timeout, check=True)
+        rc_s, kib, took = result.read_text().split()
+        rc = int(rc_s)
+        if rc not in (0, 2):
+            err.seek(0)
+            raise RuntimeError(f"{argv} exited {rc}: {err.read().decode(errors='replace')[-2000:]}")
+    return rc, int(kib) / 1024, float(took)
+
+
+class ActorProcess:
+    """`python -m bench._actorproc ROLE[:CONCURRENCY]` in a process of its own, stopped with SIGTERM."""
+
+    def __init__(self, settings: Settings, role: str, *, concurrency: int | None = None, **env: str) -> None:
+        self.role = role.split(":")[0]
+        spec = f"{role}:{concurrency}" if concurrency else role
+        self.log = Path(tempfile.mkstemp(prefix=f"ktrdr-bench-{self.role}-", suffix=".log")[1])
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench._actorproc", spec], env=child_env(settings, **env),
+                                     stdout=subprocess.DEVNULL, stderr=self.log.open("wb"), cwd=ROOT)
+        self.pid = self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.unlink(missing_ok=True)
+
+
+async def wait_alive(client: Any, roles: list[str], timeout: float = 60.0) -> None:
+    """Until every role has a heartbeat in the ACTORS bucket."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):
+            alive = {b.role for b in await client.live_actors()}
+            if set(roles) <= alive:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"actors not alive within {timeout} s: {roles}")
+        await asyncio.sleep(0.1)

@@ -4,11 +4,13 @@ progress latency, cancel latency, replay throughput, publish throughput, CLI col
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from typing import Any
 
 from nats.js import api as js_api
@@ -17,9 +19,10 @@ from actors.runtime import Actor
 from bench._common import BenchServer, pct, report
 from events import subjects
 from events.codec import decode_event, encode
-from events.messages import DummyContext, OperationProgress, ProgressState, RunDummy
+from events.messages import DummyContext, OperationProgress, OperationStarted, ProgressState, RunDummy
 from ktrdr.client import Client
 from ktrdr.operations import OperationView, fold
+from ktrdr.transport import read_events
 
 
 class _Emitter(Actor):
@@ -115,58 +118,107 @@ async def cancel_latency(srv: BenchServer, runs: int = 30) -> dict[str, Any]:
             "target": "p99 <= 20 ms"}
 
 
-async def replay_throughput(srv: BenchServer, n: int = 100_000) -> dict[str, Any]:
+async def publish_operation(c: Client, n: int, *, actor: str = "dummy-bench") -> str:
+    """A stored operation of n progress events after its `started`, as an actor stores them (the
+    same JSON, a Nats-Msg-Id header on each). Returns its op_id."""
+    op_id = subjects.new_op_id("dummy")
+    subj = subjects.ops(op_id, "progress")
+    start = OperationStarted(op_id=op_id, actor=actor, worker=actor, attempt=1)
+    await c.js.publish_async(subjects.ops(op_id, "started"), encode(start), headers={"Nats-Msg-Id": f"{op_id}.s"})
+    t0 = start.ts
+    for i in range(n):
+        ev = OperationProgress(op_id=op_id, actor=actor, seq=i + 1, ts=t0 + timedelta(microseconds=50 * i),
+                               progress=ProgressState(
+                                   percentage=i / n * 100, message=f"Working on iteration {i}/{n}", current_step=i,
+                                   total_steps=n, context=DummyContext(iteration=i, iterations=n)))
+        await c.js.publish_async(subj, encode(ev), headers={"Nats-Msg-Id": f"{actor}.{i + 1}"})
+    await c.js.publish_async_completed()
+    return op_id
+
+
+async def _raw_ordered(c: Client, op_id: str, n: int) -> float:
+    """The baseline: nats-py's ordered consumer from the first event, counting only (no decode)."""
+    count = 0
+    done = asyncio.Event()
+
+    async def cb(_msg: Any) -> None:
+        nonlocal count
+        count += 1
+        if count >= n:
+            done.set()
+
+    t0 = time.perf_counter()
+    sub = await c.js.subscribe(subjects.ops(op_id), cb=cb, ordered_consumer=True,
+                               deliver_policy=js_api.DeliverPolicy.ALL)
+    await asyncio.wait_for(done.wait(), 600)
+    took = time.perf_counter() - t0
+    await sub.unsubscribe()
+    return n / took
+
+
+async def _decode_fold(c: Client, op_id: str, n: int) -> float:
+    """Ours: the read `ops replay` does (ktrdr.transport.read_events), every event decoded and folded."""
+    view = OperationView(op_id=op_id)
+
+    def on_msg(_s: str, data: bytes) -> None:
+        fold(view, decode_event(data))
+
+    t0 = time.perf_counter()
+    await read_events(c.js, [subjects.ops(op_id)], on_msg)
+    took = time.perf_counter() - t0
+    assert view.events == n and view.status == "running", view
+    return n / took
+
+
+async def _ops_replay(c: Client, op_id: str, n: int) -> float:
+    """Ours, whole: the CLI's replay() (decode, fold, throttled lines) printing to /dev/null."""
+    from ktrdr.cli._live import replay
+
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        t0 = time.perf_counter()
+        view = await replay(c, op_id, speed=None, json_out=False)
+        took = time.perf_counter() - t0
+    assert view.events == n, view.events
+    return n / took
+
+
+async def _watch(c: Client, op_id: str, n: int) -> float:
+    """`ops watch`'s path (Client.watch: nats-py ordered consumer, decode, fold), for reference."""
+    stop = asyncio.Event()
+
+    def on_event(_ev: Any, view: OperationView) -> None:
+        if view.events >= n:
+            stop.set()
+
+    t0 = time.perf_counter()
+    await c.watch(op_id, on_event, stop=stop)
+    return n / (time.perf_counter() - t0)
+
+
+async def replay_throughput(srv: BenchServer, n: int = 100_000, rounds: int = 5) -> dict[str, Any]:
+    """Replay of an n-event operation: ours (decode + fold; and the whole `ops replay`) against the
+    raw ordered consumer, in alternating order each round; medians and the per-round ratios."""
     async with Client(srv.settings) as c:
         await c.ensure_streams()
-        op_id = subjects.new_op_id("dummy")
-        subj = subjects.ops(op_id, "progress")
-        for i in range(n):
-            ev = OperationProgress(op_id=op_id, progress=ProgressState(
-                percentage=i / n * 100, message=f"Working on iteration {i}/{n}", current_step=i, total_steps=n,
-                context=DummyContext(iteration=i, iterations=n)))
-            await c.js.publish_async(subj, encode(ev))
-        await c.js.publish_async_completed()
-        # ours: the CLI's replay path (read stored events, decode, fold into a view)
-        t0 = time.perf_counter()
-        events = await c.events(op_id)
-        view = OperationView(op_id=op_id)
-        for ev in events:
-            fold(view, ev)
-        ours_s = time.perf_counter() - t0
-        assert view.events == n, view.events
-        # ours, live-attach path: ordered consumer + decode + fold until the last one
-        done = asyncio.Event()
-        view2 = OperationView(op_id=op_id)
-
-        async def cb(msg: Any) -> None:
-            fold(view2, decode_event(msg.data))
-            if view2.events >= n:
-                done.set()
-
-        t0 = time.perf_counter()
-        sub = await c.js.subscribe(subjects.ops(op_id), cb=cb, ordered_consumer=True,
-                                   deliver_policy=js_api.DeliverPolicy.ALL)
-        await asyncio.wait_for(done.wait(), 120)
-        watch_s = time.perf_counter() - t0
-        await sub.unsubscribe()
-        # raw: ordered consumer, count only
-        count = 0
-        raw_done = asyncio.Event()
-
-        async def raw_cb(msg: Any) -> None:
-            nonlocal count
-            count += 1
-            if count >= n:
-                raw_done.set()
-
-        t0 = time.perf_counter()
-        sub = await c.js.subscribe(subjects.ops(op_id), cb=raw_cb, ordered_consumer=True,
-                                   deliver_policy=js_api.DeliverPolicy.ALL)
-        await asyncio.wait_for(raw_done.wait(), 120)
-        raw_s = time.perf_counter() - t0
-        await sub.unsubscribe()
-    return {"events": n, "replay_events_per_s": n / ours_s, "watch_events_per_s": n / watch_s,
-            "raw_ordered_consumer_per_s": n / raw_s, "target": ">= 100k events/s"}
+        op_id = await publish_operation(c, n)
+        total = n + 1
+        runs: dict[str, list[float]] = {"raw": [], "decode_fold": [], "ops_replay": [], "watch": []}
+        order = [("raw", _raw_ordered), ("decode_fold", _decode_fold), ("ops_replay", _ops_replay)]
+        for r in range(rounds):
+            for name, fn in order if r % 2 == 0 else order[::-1]:
+                runs[name].append(await fn(c, op_id, total))
+        runs["watch"].append(await _watch(c, op_id, total))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    per_round = [o / b for o, b in zip(runs["decode_fold"], runs["raw"], strict=True)]
+    whole = [o / b for o, b in zip(runs["ops_replay"], runs["raw"], strict=True)]
+    ratio = med["decode_fold"] / med["raw"]
+    return {"events": total, "rounds": rounds,
+            "decode_fold_events_per_s": med["decode_fold"], "ops_replay_events_per_s": med["ops_replay"],
+            "raw_ordered_consumer_per_s": med["raw"], "watch_events_per_s": med["watch"],
+            "ratio_decode_fold_vs_raw": ratio, "ratio_ops_replay_vs_raw": med["ops_replay"] / med["raw"],
+            "per_round_ratios": [round(x, 3) for x in per_round],
+            "per_round_ratios_ops_replay": [round(x, 3) for x in whole],
+            "min_round_ratio": min(per_round), "target": "ratio >= 0.9 (median of rounds)", "met": ratio >= 0.9}
 
 
 async def publish_throughput(srv: BenchServer, n: int = 20_000, rounds: int = 3) -> dict[str, Any]:
@@ -223,7 +275,8 @@ async def main() -> dict[str, Any]:
     with BenchServer("backbone") as srv:
         results["progress_latency"] = await progress_latency(srv)
         results["cancel_latency_dummy"] = await cancel_latency(srv)
-        results["replay_throughput"] = await replay_throughput(srv)
+        results["replay_100k"] = await replay_throughput(srv, 100_000, rounds=5)
+        results["replay_1m"] = await replay_throughput(srv, 1_000_000, rounds=3)
         results["publish_throughput"] = await publish_throughput(srv)
         results["cold_start"] = cold_start(srv)
     return results

@@ -107,21 +107,25 @@ class _PushRead:
         self.info: js_api.ConsumerInfo | None = None
 
     def sink(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bytes | None:
-        if headers is not None and not data and headers[_HDR_VERSION_LEN:_HDR_VERSION_LEN + 1] == b" ":
+        # Once per stored event: kept to the few checks it needs.
+        if not data and headers is not None and headers[_HDR_VERSION_LEN:_HDR_VERSION_LEN + 1] == b" ":
             answer = _flow_control_reply(reply, headers)
             if answer is not None and self.paced and self.consumed < self.delivered:
                 if all(r != answer for _, r in self.fc_due):  # a stalled heartbeat repeats a request
                     self.fc_due.append((self.delivered, answer))
                 return None
             return answer
-        if self.error is not None or self.done:
+        total = self.total
+        if self.error is not None or (total is not None and self.delivered >= total):
             return None  # published after the read began, or the reader has already failed
         self.delivered += 1
         try:
             self.on_msg(subject.decode(), data)
         except BaseException as e:  # raised on the connection's reading task: hand it to the reader
             self.error = e
-        if self.paced or self.error is not None or self.done:
+            self.changed.set()
+            return None
+        if self.paced or (total is not None and self.delivered >= total):
             self.changed.set()
         return None
 
