@@ -1,4 +1,5 @@
-"""`python -m bench [backbone|data|training|calendar|indicators|objects ...]`: run benchmarks, print figures."""
+"""`python -m bench [backbone|data|training|faults|objects|calendar|indicators|memory|scale|workflows
+...]`: run the benchmarks, print the figures and write bench/results/<suite>.json."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import sys
 
 from bench._common import report
 
-SUITES = ("backbone", "data", "training", "faults", "objects", "calendar", "indicators")
+SUITES = ("backbone", "data", "training", "faults", "objects", "calendar", "indicators", "memory", "scale",
+          "workflows")
 
 
 def main() -> None:

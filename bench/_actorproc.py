@@ -1,10 +1,12 @@
 """`python -m bench._actorproc ROLE[:CONCURRENCY] ...`: actors in one process for the benchmarks, so
 their memory and CPU can be read from outside. CONCURRENCY widens a role's max_concurrency (the
-dummy worker runs 8 at a time; the scaling benchmark needs 1,000 in flight in one worker)."""
+dummy worker runs 8 at a time; the scaling benchmark needs 1,000 in flight in one worker).
+KTRDR_BENCH_PROFILE=PATH runs the process under cProfile and writes the stats to PATH on exit."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from actors.registry import ROLES, build
@@ -23,7 +25,19 @@ def main(argv: list[str]) -> None:
         if width:
             actor.max_concurrency = int(width)  # an instance attribute shadows the class's
         actors.append(actor)
-    asyncio.run(run_actors(actors))
+    profile = os.environ.get("KTRDR_BENCH_PROFILE")  # a path: cProfile the whole run, stats written at exit
+    if not profile:
+        asyncio.run(run_actors(actors))
+        return
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        asyncio.run(run_actors(actors))
+    finally:
+        prof.disable()
+        prof.dump_stats(profile)
 
 
 if __name__ == "__main__":

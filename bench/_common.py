@@ -17,8 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from events import subjects
+from events.codec import encode
 from ktrdr.config import Settings
 from ktrdr.embedded import free_port, start_nats_server
+from ktrdr.transport import publish
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -55,6 +58,8 @@ def pct(values: list[float], p: float) -> float:
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, dict | list):
+        return json.dumps(v, default=str)
     if isinstance(v, float):
         return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
     return str(v)
@@ -215,3 +220,41 @@ async def wait_alive(client: Any, roles: list[str], timeout: float = 60.0) -> No
         if time.monotonic() > deadline:
             raise TimeoutError(f"actors not alive within {timeout} s: {roles}")
         await asyncio.sleep(0.1)
+
+
+async def submit_all(c: Any, cmds: list[Any]) -> None:
+    """Publish commands as Client.submit does, without its per-command stream check."""
+    await c.ensure_streams()
+    await asyncio.gather(*(publish(c.js, subjects.command(cmd), encode(cmd), f"cmd-{cmd.op_id}") for cmd in cmds))
+
+
+class Arrivals:
+    """When each of some operations stored one of `events` (perf_counter seconds), seen on a core
+    subscription opened before anything is submitted: `async with Arrivals(...) as a: submit; await a.wait()`."""
+
+    def __init__(self, c: Any, op_ids: set[str], *events: str) -> None:
+        self.c, self.op_ids, self.events = c, op_ids, events or ("completed",)
+        self.at: dict[str, float] = {}
+        self.done = asyncio.Event()
+        self.subs: list[Any] = []
+
+    async def _cb(self, msg: Any) -> None:
+        parsed = subjects.parse_ops_subject(msg.subject)
+        if parsed and parsed[1] in self.op_ids and parsed[1] not in self.at:
+            self.at[parsed[1]] = time.perf_counter()
+            if len(self.at) >= len(self.op_ids):
+                self.done.set()
+
+    async def __aenter__(self) -> Arrivals:
+        self.subs = [await self.c.nc.subscribe(subjects.all_ops(e), cb=self._cb) for e in self.events]
+        await self.c.nc.flush()  # the server has the subscriptions before anything is published
+        if not self.op_ids:
+            self.done.set()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for sub in self.subs:
+            await sub.unsubscribe()
+
+    async def wait(self, timeout: float) -> None:
+        await asyncio.wait_for(self.done.wait(), timeout)
