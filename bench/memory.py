@@ -223,12 +223,15 @@ async def replay_memory(n_small: int = 100_000, n_large: int = 1_000_000) -> dic
             r[f"replay_{label}_peak_mb"], r[f"replay_{label}_s"] = peak(op)
         r["replay_1m_json_peak_mb"], r["replay_1m_json_s"] = peak(large, "--json")
         r["replay_100k_paced_peak_mb"], r["replay_100k_paced_s"] = peak(small, "--speed", "1000000")
+        r["replay_1m_paced_peak_mb"], r["replay_1m_paced_s"] = peak(large, "--speed", "1000000")
         for label, op in (("100k", small), ("1m", large)):
             _rc, mb, took = run_peak([PY, "-c", OLD_REPLAY, op], env)
             r[f"old_list_path_{label}_peak_mb"], r[f"old_list_path_{label}_s"] = _mb(mb), round(took, 2)
     growth = r["replay_1m_peak_mb"] - r["replay_100k_peak_mb"]
     r["growth_100k_to_1m_mb"] = round(growth, 1)
     r["above_baseline_1m_mb"] = round(r["replay_1m_peak_mb"] - base, 1)
+    r["paced_note"] = ("--speed X reads through flow control answered only when the consumer has caught up: "
+                       "its backlog is bounded by nats-server's 32 MiB window, not by the number of events")
     r["target"] = "no growth with events: 1M peak within 5 MiB of the 100k peak"
     r["met"] = growth <= 5.0
     return r

@@ -148,7 +148,9 @@ class _PushRead:
             self.info = await retrying(lambda: self.js.add_consumer(subjects.STREAM_OPS, cfg))
         except NotFoundError:
             return False
-        self.total = self.info.num_pending or 0
+        # What the consumer holds for us: those it has already pushed (delivery starts before the
+        # server answers, so num_pending alone misses them) plus those still pending.
+        self.total = (self.info.delivered.consumer_seq or 0) + (self.info.num_pending or 0)
         if self.delivered >= self.total:
             self.changed.set()
         return True
