@@ -123,6 +123,7 @@ async def publish_operation(c: Client, n: int, *, actor: str = "dummy-bench") ->
     same JSON, a Nats-Msg-Id header on each). Returns its op_id."""
     op_id = subjects.new_op_id("dummy")
     subj = subjects.ops(op_id, "progress")
+    before = (await c.js.stream_info(subjects.STREAM_OPS)).state.messages
     start = OperationStarted(op_id=op_id, actor=actor, worker=actor, attempt=1)
     await c.js.publish_async(subjects.ops(op_id, "started"), encode(start), headers={"Nats-Msg-Id": f"{op_id}.s"})
     t0 = start.ts
@@ -131,8 +132,10 @@ async def publish_operation(c: Client, n: int, *, actor: str = "dummy-bench") ->
                                progress=ProgressState(
                                    percentage=i / n * 100, message=f"Working on iteration {i}/{n}", current_step=i,
                                    total_steps=n, context=DummyContext(iteration=i, iterations=n)))
-        await c.js.publish_async(subj, encode(ev), headers={"Nats-Msg-Id": f"{actor}.{i + 1}"})
+        await c.js.publish_async(subj, encode(ev), headers={"Nats-Msg-Id": f"{op_id}.{i + 1}"})
     await c.js.publish_async_completed()
+    stored = (await c.js.stream_info(subjects.STREAM_OPS)).state.messages - before
+    assert stored == n + 1, f"{stored} of {n + 1} events stored"  # ids are per op: none deduplicated
     return op_id
 
 
