@@ -15,11 +15,11 @@ def _load(dirs: list[Path], suite: str) -> list[dict[str, Any]]:
 
 
 def _row(label: str, values: list[str], baseline: str, target: str) -> str:
-    return f"| {label} | {' / '.join(values)} | {baseline} | {target} |"
+    return f"| {label} | {' · '.join(values)} | {baseline} | {target} |"
 
 
 def backbone(runs: list[dict[str, Any]]) -> list[str]:
-    out = ["| figure | runs 1 / 2 / 3 | baseline, same run | target |", "|---|---|---|---|"]
+    out = ["| figure | runs 1 · 2 · 3 | baseline, same run | target |", "|---|---|---|---|"]
     for key, label in (("replay_100k", "100,000 events"), ("replay_1m", "1,000,000 events")):
         rs = [r[key] for r in runs if key in r]
         out.append(_row(f"replay of {label}, decode + fold (`ops replay`'s read), ratio to raw (median of rounds)",
@@ -47,7 +47,7 @@ def _ms(seconds: float) -> str:
 
 def workflows(runs: list[dict[str, Any]]) -> list[str]:
     w = [r["parent_cancel_to_last_child"] for r in runs]
-    return ["| figure | runs 1 / 2 / 3 | same run | target |", "|---|---|---|---|",
+    return ["| figure | runs 1 · 2 · 3 | same run | target |", "|---|---|---|---|",
             _row("training workflow: parent cancel → last child's `cancelled` (median of 10)",
                  [f"{x['last_child_cancelled_median_ms']:.0f} ms (max {x['last_child_cancelled_max_ms']:.0f})"
                   for x in w], "parent's own: " + " / ".join(f"{x['parent_cancelled_median_ms']:.0f} ms" for x in w),
@@ -78,7 +78,7 @@ def memory(runs: list[dict[str, Any]]) -> list[str]:
         out.append(f"| {role} | {idle} MiB | {peak} MiB | |")
     out.append(f"| baselines | bare interpreter {a['baseline']['bare_interpreter_peak_mb']} MiB, a process that only "
                f"connects {a['baseline']['connect_only_peak_mb']} MiB | | |")
-    out += ["", "| figure | runs 1 / 2 / 3 | baseline, same run | target |", "|---|---|---|---|"]
+    out += ["", "| figure | runs 1 · 2 · 3 | baseline, same run | target |", "|---|---|---|---|"]
     rps = [r["replay_memory"] for r in runs]
     out.append(_row("`ops replay` peak RSS, 100k / 1M events",
                     [f"{x['replay_100k_peak_mb']} / {x['replay_1m_peak_mb']} MiB" for x in rps],
