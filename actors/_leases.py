@@ -123,15 +123,16 @@ class Leases:
     async def release(self, held: Held, *, done: bool) -> None:
         """Done: remove the lease. Not done (handed back): keep its attempt count with no holder, so the
         next worker takes it at once as the next attempt."""
-        try:
-            if done:
-                await self.kv.delete(held.op_id, last=held.revision)
-            else:
-                held.revision = await self.kv.update(
-                    held.op_id, encode(Lease(holder="", attempt=held.attempt)), last=held.revision)
-        except Exception as exc:
-            if not _is_cas_failure(exc):
-                raise
+        async with self._locks.setdefault(held.op_id, asyncio.Lock()):  # never beside a renewal
+            try:
+                if done:
+                    await self.kv.delete(held.op_id, last=held.revision)
+                else:
+                    held.revision = await self.kv.update(
+                        held.op_id, encode(Lease(holder="", attempt=held.attempt)), last=held.revision)
+            except Exception as exc:
+                if not _is_cas_failure(exc):
+                    raise
 
 
 async def drop(kv: KeyValue, op_id: str) -> None:

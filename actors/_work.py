@@ -104,6 +104,7 @@ class _Running:
     msg: Msg  # the newest delivery: the one to ack, nak or extend
     held: Held | None = None
     token: CancellationToken = field(default_factory=CancellationToken)
+    finishing: bool = False  # the verdict is being published: the heartbeat leaves the lease alone
 
 
 class WorkRunner:
@@ -154,20 +155,25 @@ class WorkRunner:
             run.token.cancel(cancel.reason, code=cancel.reason_code, requested_by=cancel.requested_by)
 
     async def on_beat(self) -> None:
-        """Every heartbeat: extend the ack deadline and the lease of each running operation."""
+        """Every heartbeat: extend the ack deadline and the lease of each running operation, all at
+        once (a worker running many operations must not take one round trip each, in turn)."""
+        runs = list(self.running.values())
+        if runs:
+            await asyncio.gather(*(self._beat(run) for run in runs))
+
+    async def _beat(self, run: _Running) -> None:
         assert self.leases is not None
-        for run in list(self.running.values()):
-            with contextlib.suppress(Exception):
-                await run.msg.in_progress()
-            if run.held is None:
-                continue  # still being checked: no lease to renew yet
-            try:
-                if not await self.leases.renew(run.held):
-                    self.actor.log.warning("%s: lease of %s lost; stopping it without a verdict", self.actor.id,
-                                           run.op_id)
-                    run.token.cancel("lease lost to another worker", code="lease_lost", requested_by=self.actor.id)
-            except Exception as exc:  # server away: try again at the next beat
-                self.actor.log.debug("lease renewal failed: %s", exc)
+        with contextlib.suppress(Exception):
+            await run.msg.in_progress()
+        if run.held is None or run.finishing:
+            return  # still being checked (no lease yet), or its verdict is being published
+        try:
+            if not await self.leases.renew(run.held):
+                self.actor.log.warning("%s: lease of %s lost; stopping it without a verdict", self.actor.id,
+                                       run.op_id)
+                run.token.cancel("lease lost to another worker", code="lease_lost", requested_by=self.actor.id)
+        except Exception as exc:  # server away: try again at the next beat
+            self.actor.log.debug("lease renewal failed: %s", exc)
 
     async def _spawn(self, msg: Msg) -> None:
         task = asyncio.create_task(self._take(msg))
@@ -272,6 +278,7 @@ class WorkRunner:
     async def _finish(self, run: _Running, ctx: OperationContext, outcome: Event | None) -> None:
         a = self.actor
         assert self.leases is not None and run.held is not None
+        run.finishing = True
         if outcome is not None and await self._still_ours(run):
             await a.publish_event(outcome)
             with contextlib.suppress(Exception):

@@ -119,6 +119,13 @@ class JobManager(Actor):
     def cache(self) -> DigestCache:
         return DigestCache(self.settings.cache_dir, self.settings.cache_max_bytes)
 
+    async def on_start(self) -> None:
+        # The exchange calendar takes ~0.5-0.9 s to build, once per process: build it now, off the loop,
+        # rather than inside the first load (whose cancel would wait for it).
+        from ktrdr.data.calendar import nyse_calendar
+
+        self.spawn(asyncio.to_thread(nyse_calendar), name=f"{self.id}-calendar")
+
     async def handle(self, op: OperationContext) -> dict[str, Any]:
         cmd = op.command
         assert isinstance(cmd, LoadData) and self.nc is not None and self.js is not None

@@ -26,7 +26,7 @@ from events.codec import DecodeError, decode_event, decode_heartbeat, encode
 from events.messages import AnyEvent, CancelOperation, CancelReason, Command, Heartbeat, OperationProgress
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
-from ktrdr.operations import OperationView, apply_progress, fold, fold_all
+from ktrdr.operations import OperationView, apply_progress, fold
 from ktrdr.transport import connect, ensure_streams, last_message, publish, read_events, read_operation
 from ktrdr.transport.publish import retrying
 
@@ -162,7 +162,17 @@ class Client:
         return await read_operation(self.js, op_id)
 
     async def view(self, op_id: str) -> OperationView:
-        return fold_all(await self.events(op_id))
+        """The fold of the operation's stored events, folded as they arrive (no list of them)."""
+        view = OperationView(op_id=op_id)
+
+        def on_msg(_subject: str, data: bytes) -> None:
+            try:
+                fold(view, decode_event(data))
+            except DecodeError:
+                pass  # garbage published on an ops subject is not an event of this operation
+
+        await read_events(self.js, [subjects.ops(op_id)], on_msg)
+        return view
 
     async def exists(self, op_id: str) -> bool:
         """Whether the orchestrator has recorded the operation (created or rejected) — one read."""
