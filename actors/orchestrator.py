@@ -1,4 +1,4 @@
-"""orchestrator: the seed's ServiceOrchestrator as an actor.
+"""orchestrator: KTRDR's ServiceOrchestrator as an actor.
 
 Consumes CMD, validates each command off the event loop (a bad one gets `rejected` with a reason a
 person can act on), creates the operation, honours a cancel recorded before the operation existed,

@@ -84,7 +84,7 @@ Context = DummyContext | DataContext | TrainingContext | WorkflowContext
 
 
 class ProgressState(msgspec.Struct, kw_only=True):
-    """The seed's GenericProgressState fields."""
+    """KTRDR's GenericProgressState fields."""
 
     percentage: float = 0.0
     message: str = ""

@@ -58,7 +58,7 @@ class Settings:
     pools: list[str] = field(default_factory=lambda: _list("KTRDR_POOLS"))
     # Stream and bucket replicas: 1 on one server, 3 on a 3-node cluster.
     replicas: int = field(default_factory=lambda: _int("KTRDR_REPLICAS", 1, 1, 5))
-    # OPS retention: age (30 days like the design says), bytes, and events per subject (per operation
+    # OPS retention: age (30 days), bytes, and events per subject (per operation
     # and event type: its event budget).
     ops_max_age_s: float = field(default_factory=lambda: _float("KTRDR_OPS_MAX_AGE", 30 * 86400, 1.0))
     ops_max_bytes: int = field(default_factory=lambda: _int("KTRDR_OPS_MAX_BYTES", 4 << 30, 1 << 20))

@@ -1,6 +1,6 @@
 """Renderers: fold an operation's events into a view (ktrdr.operations) and turn the view into one
 line of text. The live CLI, `ops watch`, `ops replay` and `ops list` all go through these, so a
-replayed operation renders exactly as it did live. Names follow the seed: ProgressRenderer,
+replayed operation renders exactly as it did live. Names follow KTRDR's: ProgressRenderer,
 DataProgressRenderer, TrainingProgressRenderer.
 """
 

@@ -1,4 +1,4 @@
-"""Renderers reproduce the seed's lines from a folded view (the same code renders live and replay)."""
+"""Renderers reproduce KTRDR's lines from a folded view (the same code renders live and replay)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Timeframes: the bar sizes KTRDR loads, how IB names them, and how much one IB request may cover.
 
-`max_request` is the longest span one historical request may ask for at that bar size (IB's limits,
-see REFERENCE.md); segment planning splits every range by it.
+`max_request` is the longest span one historical request may ask for at that bar size (IB's published
+limits per bar size); segment planning splits every range by it.
 """
 
 from __future__ import annotations

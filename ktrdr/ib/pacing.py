@@ -1,7 +1,7 @@
 """IB historical-data pacing: the four rules as data, and a limiter that makes requests obey them.
 
 IB answers error 162 ("Historical data request pacing violation") and returns nothing when a client
-breaks one of these rules (REFERENCE.md):
+breaks one of these rules (IB's historical data limitations page):
 
 1. no identical request within 15 s;
 2. no 6 or more requests for the same contract + exchange + tick type within 2 s;

@@ -1,7 +1,7 @@
 """Faults and hostile input, each a finding of the fault campaign reproduced: one run per operation
 across a server restart, work that skipped the orchestrator, forged verdicts and dedupe ids, poison
-messages, oversized rejections, a YAML alias bomb, `ops list` order, SIGTERM drain, a killed actors
-process. Each ends with the stack serving a normal operation."""
+messages, oversized rejections, a YAML alias bomb, `ops list` order, `ops watch` across an outage,
+SIGTERM drain, a killed actors process. Each ends with the stack serving a normal operation."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.registry import build
 from events import subjects
 from events.codec import encode
 from events.messages import (
@@ -26,6 +27,7 @@ from events.messages import (
     WorkItem,
 )
 from ktrdr.client import Client
+from tests.conftest import make_settings
 from tests.helpers import wait_for_event, wait_terminal
 
 pytestmark = pytest.mark.slow
@@ -147,6 +149,74 @@ async def test_ops_list_is_in_creation_order_whatever_the_domain(start_actors, c
     listed = [v.op_id for v in await client.list_operations()]
     assert listed == made  # training- sorts before data- by id, but it was created after
     assert [v.op_id for v in await client.list_operations(limit=1)] == made[-1:]
+
+
+async def test_ops_watch_rides_out_a_long_outage_and_refuses_an_unknown_id(start_actors, settings, client,
+                                                                         nats_server):
+    """`ops watch` gave up reconnecting after ~3 s of outage and then hung after the operation ended
+    (nats-py tracebacks on stderr); on an unknown id it waited silently."""
+    env = {**os.environ, "NATS_URL": settings.nats_url, "KTRDR_HOME": str(settings.home), "PYTHONUNBUFFERED": "1"}
+    pipe = asyncio.subprocess.PIPE
+    unknown = subjects.new_op_id("dummy")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ktrdr", "ops", "watch", unknown, env=env,
+                                                stdout=pipe, stderr=pipe)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2 and f"no operation {unknown} is stored" in err.decode()
+
+    await start_actors("orchestrator", "dummy")
+    cmd = dummy(iterations=100, interval=0.05)
+    await client.submit(cmd)
+    await wait_for_event(client, cmd.op_id, lambda ev, v: v.current_step >= 2, timeout=60)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ktrdr", "ops", "watch", cmd.op_id, env=env,
+                                                stdout=pipe, stderr=pipe)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert await asyncio.wait_for(proc.stdout.readline(), 60)  # attached: it printed the operation's line
+    nats_server.stop()
+    said = b""
+    while b"connection to NATS lost" not in said:
+        line = await asyncio.wait_for(proc.stderr.readline(), 60)
+        assert line, "watch ended without saying the connection was lost"
+        said += line
+    await asyncio.sleep(6)  # the outage itself (the fault, not a wait for an outcome): twice what it survived before
+    nats_server.restart()
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    said += err
+    assert proc.returncode == 0, said.decode()
+    assert "completed" in out.decode()
+    assert b"reconnected to NATS" in said and b"Traceback" not in said
+    assert (await wait_terminal(client, cmd.op_id, timeout=60)).status == "completed"
+
+
+async def test_an_operation_past_its_event_budget_keeps_its_verdict_and_nobody_elses_events(settings):
+    """OPS had no byte limit and no per-operation budget (fourteen long dummies filled a 10 GB store).
+    Now OPS is capped in bytes and each operation's subject in events: a flooding operation loses its
+    own oldest progress, never its lifecycle events nor another operation's history."""
+    small = make_settings(settings.home, settings.nats_url, ops_max_events_per_subject=100, ops_max_bytes=64 << 20)
+    async with Client(small) as c:
+        await c.ensure_streams()
+        cfg = (await c.js.stream_info("OPS")).config
+        assert cfg.max_bytes == 64 << 20 and cfg.max_msgs_per_subject == 100
+        actors = [build(role, small) for role in ("orchestrator", "dummy")]
+        for a in actors:
+            await a.start()
+        try:
+            other = dummy(iterations=5)
+            await c.submit(other)
+            await wait_terminal(c, other.op_id, timeout=60)
+            kept = len(await c.events(other.op_id))
+            flood = dummy(iterations=400, interval=0)
+            await c.submit(flood)
+            view = await wait_terminal(c, flood.op_id, timeout=120)
+            assert view.status == "completed" and view.percentage == 100
+            events = await c.events(flood.op_id)
+            steps = [e.progress.current_step for e in events if isinstance(e, OperationProgress)]
+            assert len(steps) == 100 and steps[-1] == 400 and steps[0] > 1  # the oldest went, the latest stayed
+            assert any(isinstance(e, OperationStarted) for e in events)
+            assert isinstance(events[-1], OperationCompleted)
+            assert len(await c.events(other.op_id)) == kept
+        finally:
+            for a in reversed(actors):
+                await asyncio.wait_for(a.stop(), 10)
 
 
 def _actors_process(settings, *roles: str) -> subprocess.Popen[bytes]:
