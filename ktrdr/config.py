@@ -54,7 +54,8 @@ class Settings:
     nats_host: str = field(default_factory=lambda: _env("KTRDR_NATS_HOST") or "127.0.0.1")
     nats_port: int = field(default_factory=lambda: _int("KTRDR_NATS_PORT", 4222, 1, 65535))
     local_roles: list[str] = field(default_factory=lambda: _list("KTRDR_LOCAL_ROLES"))
-    # Work pools this process's workers join besides their device's (e.g. "gpu,any").
+    # Work pools this process's workers join (always with "any"); a trainer joins them instead of its
+    # device's pool (e.g. KTRDR_POOLS=gpu on a box whose driver is not seen).
     pools: list[str] = field(default_factory=lambda: _list("KTRDR_POOLS"))
     # Stream and bucket replicas: 1 on one server, 3 on a 3-node cluster.
     replicas: int = field(default_factory=lambda: _int("KTRDR_REPLICAS", 1, 1, 5))

@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="KTRDR on NATS: load IB bars and train strategies as event-sourced operations.")
 ops_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                      help="Operations: list, show, watch, replay, cancel, tail.")
+                      help="Operations: list, show, watch, replay, cancel, tail, plot.")
 events_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The wire vocabulary.")
 data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                       help="Market data: load from IB, show, import, export.")
+                       help="Market data: load from IB, show, range, import, export, plot.")
 strategies_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Strategy files.")
 models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Trained models.")
 app.add_typer(ops_app, name="ops")
