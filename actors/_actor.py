@@ -87,6 +87,12 @@ class Actor:
     async def on_stop(self) -> None:
         """Called while stopping, after work has drained."""
 
+    async def on_connection_lost(self) -> None:
+        """Called when the connection to NATS drops (nats-py is reconnecting)."""
+
+    async def on_connection_back(self) -> None:
+        """Called when the connection to NATS is back, before the streams are re-ensured."""
+
     async def on_fault(self, exc: BaseException, where: str) -> None:
         """Called for an unexpected exception; the actor keeps running."""
         self.log.error("fault in %s: %s", where, exc, exc_info=exc)
@@ -233,11 +239,13 @@ class Actor:
     async def _on_disconnected(self) -> None:
         if not self._stopping:
             self.log.warning("%s disconnected from NATS; reconnecting", self.id)
+        await self.on_connection_lost()
 
     async def _on_reconnected(self) -> None:
         if self.publisher is not None:
             self.publisher.acks_lost()  # acks of publishes sent before the disconnect will not come
         self.log.info("%s reconnected to NATS", self.id)
+        await self.on_connection_back()
         if self.provisions and self.js is not None:  # a server that lost its store gets it back
             self.spawn(self._reprovision(), name=f"{self.id}-reprovision")
 

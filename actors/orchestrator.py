@@ -86,6 +86,9 @@ class LiveActor:
     seen: float
 
 
+RECONNECT_GRACE_S = 2.0  # after the orchestrator reconnects, the others get this long to reconnect too
+
+
 class Orchestrator(Actor):
     role = "orchestrator"
     provisions = True
@@ -99,6 +102,7 @@ class Orchestrator(Actor):
         self._buffer: list[tuple[str, bytes]] | None = []
         self._advancing: set[str] = set()
         self._since = time.monotonic()
+        self._deaf = False  # disconnected from NATS: silence from workers then says nothing about them
 
     # ------------------------------------------------------------------ start
     async def on_start(self) -> None:
@@ -476,7 +480,25 @@ class Orchestrator(Actor):
             except Exception as exc:
                 self.log.debug("supervision pass failed: %s", exc)
 
+    async def on_connection_lost(self) -> None:
+        self._deaf = True
+
+    async def on_connection_back(self) -> None:
+        """Silence the orchestrator could not have heard does not count against anyone: every worker,
+        actor and queue clock starts again once the others have had time to reconnect too (their
+        reconnect attempts are RECONNECT_GRACE_S apart at most; leases on the server run on their own)."""
+        heard_from = time.monotonic() + RECONNECT_GRACE_S
+        self._deaf = False
+        self._since = max(self._since, heard_from)
+        for tracked in self.live.values():
+            tracked.last_seen = max(tracked.last_seen, heard_from)
+            tracked.queued_since = max(tracked.queued_since, heard_from)
+        for actor in self.actors.values():
+            actor.seen = max(actor.seen, heard_from)
+
     async def supervise(self) -> None:
+        if self._deaf or self.nc is None or not self.nc.is_connected:
+            return  # judging workers by a silence we could not hear would fail healthy operations
         now = time.monotonic()
         stale_after = max(self.settings.heartbeat_s * 3, 1.0)
         for key in [k for k, a in self.actors.items() if now - a.seen > max(self.settings.worker_timeout_s,
