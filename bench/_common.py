@@ -40,7 +40,18 @@ class BenchServer:
         kwargs: dict[str, Any] = {"home": self.tmp / "home", "nats_url": self.url, "heartbeat_s": 0.5}
         kwargs.update(self.overrides)
         self.settings = Settings(**kwargs)
+        # The streams first, as the orchestrator or `ktrdr up` provisions them: other actors only
+        # check that they exist. In a thread of its own, since benchmarks enter this from a running loop.
+        provision = threading.Thread(target=asyncio.run, args=(self._provision(),))
+        provision.start()
+        provision.join()
         return self
+
+    async def _provision(self) -> None:
+        from ktrdr.client import Client
+
+        async with Client(self.settings) as c:
+            await c.ensure_streams()
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()

@@ -43,6 +43,7 @@ from ktrdr.training.job import TrainingJob
 from ktrdr.training.process import TrainingProcess, training_threads
 from ktrdr.training.strategy import Strategy, parse_strategy
 from ktrdr.training.trainer import prepare_training_data
+from ktrdr.transport import BarStore
 
 STRATEGY = Path(__file__).parents[1] / "strategies" / "mlp_rsi_aapl.yaml"
 START, END = datetime(2018, 1, 1, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC)
@@ -353,8 +354,11 @@ def child_startup(rounds: int = 2) -> dict[str, Any]:
 async def main() -> dict[str, Any]:
     results: dict[str, Any] = {}
     with BenchServer("training", heartbeat_s=1.0, device="cpu") as srv:
-        store = DataStore(srv.settings.home)
-        store.write("AAPL", "1h", generate_bars(lookup("AAPL"), "1h", START, END, seed=0), source="sim")
+        store = DataStore(srv.settings.home)  # what the bare loop reads
+        frame = generate_bars(lookup("AAPL"), "1h", START, END, seed=0)
+        store.write("AAPL", "1h", frame, source="sim")
+        async with Client(srv.settings) as c:  # what the trainer reads: the BARS bucket
+            await BarStore(c.js).merge("AAPL", "1h", frame, "sim")
         orchestrator = Orchestrator(srv.settings)
         await orchestrator.start()
         try:
