@@ -21,6 +21,7 @@ from ktrdr.data.store import DataStore
 from ktrdr.embedded import free_port, start_nats_server
 from ktrdr.ib.sim.threaded import SimGatewayThread
 from ktrdr.transport import IbRequester
+from tests.helpers import stop_process
 
 
 @dataclass
@@ -32,13 +33,7 @@ class NatsServer:
     proc: subprocess.Popen[bytes]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def kill(self) -> None:
         self.proc.kill()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable
 
 from events.messages import AnyEvent
@@ -40,3 +42,20 @@ async def eventually(check: Callable[[], object], timeout: float = 10.0, interva
         if loop.time() > deadline:
             raise TimeoutError("condition not met")
         await asyncio.sleep(interval)
+
+
+def run_ktrdr(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m ktrdr ARGS` as a user runs it, with this environment; output captured as text."""
+    return subprocess.run([sys.executable, "-m", "ktrdr", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -7,20 +7,19 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from ktrdr.embedded import free_port
+from tests.helpers import run_ktrdr
 
 pytestmark = pytest.mark.slow
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ktrdr", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_ktrdr(env, *args, timeout=timeout)
 
 
 @pytest.fixture

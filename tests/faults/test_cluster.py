@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,14 @@ from ktrdr.client import Client
 from ktrdr.config import Settings
 from ktrdr.embedded import free_port
 from ktrdr.transport import read_events
+from tests.helpers import run_ktrdr
 
 pytestmark = pytest.mark.slow
 STRATEGY = str(Path(__file__).parents[2] / "strategies" / "mlp_rsi_aapl.yaml")
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ktrdr", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_ktrdr(env, *args, timeout=timeout)
 
 
 @pytest.fixture

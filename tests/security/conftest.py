@@ -23,6 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 
 from ktrdr import auth, natsconf
+from tests.helpers import stop_process
 
 
 def free_port() -> int:
@@ -52,13 +53,7 @@ class Server:
     files: auth.AuthFiles
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def start_server(conf_text: str, workdir: Path, port: int, files: auth.AuthFiles, scheme: str = "nats") -> Server:

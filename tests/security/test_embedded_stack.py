@@ -9,7 +9,6 @@ import os
 import ssl
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import nats
@@ -17,13 +16,13 @@ import pytest
 
 from ktrdr import auth
 from ktrdr.embedded import free_port
+from tests.helpers import run_ktrdr
 
 pytestmark = pytest.mark.slow
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ktrdr", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_ktrdr(env, *args, timeout=timeout)
 
 
 @pytest.fixture
