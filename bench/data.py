@@ -13,7 +13,6 @@ every window (gateway and client alike) and reports the ratio to the equally sca
 from __future__ import annotations
 
 import asyncio
-import shutil
 import statistics
 import time
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from ktrdr.data.calendar import lookup
 from ktrdr.data.timeframes import parse_timeframe
 from ktrdr.ib.pacing import PacingRules, lower_bound_seconds
 from ktrdr.ib.sim.threaded import SimGatewayThread
+from ktrdr.transport import objects
 
 
 def utc(*a: int) -> datetime:
@@ -62,8 +62,10 @@ class _Stack:
             await a.stop()
         self.gw.stop()
 
-    def wipe_store(self) -> None:
-        shutil.rmtree(self.settings.home / "data", ignore_errors=True)
+    async def wipe_store(self, c: Client) -> None:
+        """Forget AAPL 1h, as a machine that never loaded it: the series lives in BARS (the job-manager
+        reads it through a cache keyed by its digest, so deleting the object is enough)."""
+        await objects.delete(c.js, subjects.BARS_BUCKET, objects.bars_name("AAPL", "1h"))
 
 
 async def _load(c: Client, symbol: str, tf: str, start: datetime, end: datetime) -> tuple[float, Any]:
@@ -72,6 +74,7 @@ async def _load(c: Client, symbol: str, tf: str, start: datetime, end: datetime)
     await c.submit(cmd)
     view = await c.watch(cmd.op_id, lambda ev, v: None, idle_timeout=1800)
     assert view.status == "completed", view.error
+    assert view.result["bars_added"] > 0, "nothing was fetched: the series was stored already"
     return time.perf_counter() - t0, view
 
 
@@ -84,7 +87,7 @@ async def _fresh_load(srv: BenchServer, per_load: int, *, latency: float, time_s
     try:
         async with _Stack(srv, latency=latency, time_scale=time_scale) as st, Client(st.settings) as c:
             await c.ensure_streams()
-            st.wipe_store()
+            await st.wipe_store(c)
             took, view = await _load(c, "AAPL", "1h", start, end)
             return took, view, st.gw.pacing_violations
     finally:
@@ -117,7 +120,7 @@ async def pacing_bound(srv: BenchServer, time_scale: float = 0.02) -> dict[str, 
     start, end = utc(2024, 1, 2), utc(2024, 4, 1)  # 1m bars over ~90 days: one request per trading day
     async with _Stack(srv, latency=0.05, time_scale=time_scale) as st, Client(st.settings) as c:
         await c.ensure_streams()
-        st.wipe_store()
+        await st.wipe_store(c)
         took, view = await _load(c, "MSFT", "1m", start, end)
         n = st.gw.historical_requests
         violations = st.gw.pacing_violations
@@ -133,7 +136,7 @@ async def cancel_latency(srv: BenchServer, runs: int = 20) -> dict[str, Any]:
     async with _Stack(srv, latency=1.0, time_scale=0.05) as st, Client(st.settings) as c:
         await c.ensure_streams()
         for i in range(runs):
-            st.wipe_store()
+            await st.wipe_store(c)
             cmd = LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", timeframe="1h", mode="full",
                            start=utc(2020, 1, 1), end=utc(2023, 1, 1))
             fetched, cancelled = asyncio.Event(), asyncio.Event()
@@ -141,7 +144,9 @@ async def cancel_latency(srv: BenchServer, runs: int = 20) -> dict[str, Any]:
 
             async def cb(msg: Any, fetched: asyncio.Event = fetched, cancelled: asyncio.Event = cancelled,
                          t_stored: list[int] = t_stored) -> None:
-                if msg.subject.endswith(".cancelled"):
+                if msg.subject.endswith((".completed", ".failed")):
+                    cancelled.set()  # ended without the cancel: reported below, not waited for
+                elif msg.subject.endswith(".cancelled"):
                     t_stored.append(time.perf_counter_ns())
                     cancelled.set()
                 elif msg.subject.endswith(".progress") and b'"bars_fetched":0' not in msg.data:
@@ -155,6 +160,8 @@ async def cancel_latency(srv: BenchServer, runs: int = 20) -> dict[str, Any]:
             t0 = time.perf_counter_ns()
             await c.cancel(cmd.op_id)
             await asyncio.wait_for(cancelled.wait(), 30)
+            if not t_stored:
+                raise RuntimeError("the load ended before the cancel reached it")
             out.append((t_stored[0] - t0) / 1e6)
             await sub.unsubscribe()
         cancels = st.gw.cancels
