@@ -48,7 +48,7 @@ from ktrdr.transport import BarStore
 STRATEGY = Path(__file__).parents[1] / "strategies" / "mlp_rsi_aapl.yaml"
 START, END = datetime(2018, 1, 1, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC)
 EPOCHS = 10
-ROUNDS = 3
+ROUNDS = 5
 
 
 def bench_strategy_text() -> str:
