@@ -74,6 +74,11 @@ async def runs_of(c: Client, op_id: str) -> int:
     return sum(isinstance(e, OperationStarted) for e in await c.events(op_id))
 
 
+async def _bogus(c: Client, before: set[str], submitted: set[str]) -> int:
+    """Operations stored now that were there neither before nor submitted since."""
+    return len({v.op_id for v in await c.list_operations()} - before - submitted)
+
+
 async def _started_dummy(c: Client, iterations: int = 400, interval: float = 0.05) -> str:
     cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=iterations, interval_s=interval)
     await c.submit(cmd)
@@ -89,8 +94,11 @@ async def worker_kill(srv: BenchServer, rounds: int = 5, sig: int = signal.SIGKI
     try:
         async with Client(s) as c:
             await c.wait_ready(["orchestrator", "dummy"], 60)
+            before = {v.op_id for v in await c.list_operations()}
+            submitted: set[str] = set()
             for _ in range(rounds):
                 op = await _started_dummy(c)
+                submitted.add(op)
                 victim = pool[-1]
                 pool.append(actors(s, "dummy"))  # the replica that will take it over
                 await c.wait_ready(["dummy"], 60)
@@ -101,11 +109,12 @@ async def worker_kill(srv: BenchServer, rounds: int = 5, sig: int = signal.SIGKI
                 await wait_event(c, op, lambda ev, v: v.terminal, timeout=120)
                 runs.append(await runs_of(c, op))
                 await asyncio.to_thread(victim.wait, 60)
+            bogus = await _bogus(c, before, submitted)
     finally:
         for p in [orch, *pool]:
             p.kill()
     return {"rounds": rounds, "recover_p50_s": statistics.median(recover), "recover_max_s": max(recover),
-            "runs_per_op_max": max(runs), "bogus_ops": 0}
+            "runs_per_op_max": max(runs), "bogus_ops": bogus}
 
 
 async def server_kill(srv: BenchServer, rounds: int = 3) -> dict[str, Any]:
@@ -115,8 +124,11 @@ async def server_kill(srv: BenchServer, rounds: int = 3) -> dict[str, Any]:
     try:
         async with Client(s, reconnect_attempts=-1) as c:
             await c.wait_ready(["orchestrator", "dummy"], 60)
+            before = {v.op_id for v in await c.list_operations()}
+            submitted: set[str] = set()
             for _ in range(rounds):
                 ops = [await _started_dummy(c, iterations=200) for _ in range(3)]
+                submitted.update(ops)
                 affected += len(ops)
                 srv.proc.kill()
                 srv.proc.wait()
@@ -132,12 +144,13 @@ async def server_kill(srv: BenchServer, rounds: int = 3) -> dict[str, Any]:
                 for op in ops:  # every iteration's progress event stored, across the outage
                     steps = {e.progress.current_step for e in await c.events(op) if isinstance(e, OperationProgress)}
                     missing += 200 - len(steps)
+            bogus = await _bogus(c, before, submitted)
     finally:
         for p in procs:
             p.kill()
     return {"rounds": rounds, "ops_affected": affected, "progress_resumed_p50_s": statistics.median(recover),
             "progress_resumed_max_s": max(recover), "runs_per_op_max": max(runs),
-            "progress_events_lost": missing, "bogus_ops": 0}
+            "progress_events_lost": missing, "bogus_ops": bogus}
 
 
 async def fuzz(srv: BenchServer, n: int = 10_000) -> dict[str, Any]:
