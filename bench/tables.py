@@ -1,6 +1,6 @@
 """`python -m bench.tables RUN_DIR [RUN_DIR ...]`: the README tables (markdown) from the JSON results
-of several runs (each RUN_DIR holds backbone.json, memory.json, scale.json, workflows.json as
-`python -m bench` writes them to bench/results/), one column per run where a target exists."""
+of several runs (each RUN_DIR holds the <suite>.json files `python -m bench` writes to bench/results/),
+one value per run where a suite ran in several; the single-run suites print their last run."""
 
 from __future__ import annotations
 
@@ -106,9 +106,131 @@ def memory(runs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def training(runs: list[dict[str, Any]]) -> list[str]:
+    o = [r["instrumentation_overhead"] for r in runs]
+    c = [r["cancel_latency_training"] for r in runs]
+    p = [r["progress_latency_training"] for r in runs]
+    k = [r["child_startup"] for r in runs]
+
+    def per(xs: list[dict[str, Any]], key: str, fmt: str) -> list[str]:
+        return [format(x[key], fmt) for x in xs]
+
+    return ["| figure | runs 1 · 2 · 3 | baseline, same run | target |", "|---|---|---|---|",
+            _row("end to end through the actor vs the faster bare loop (1 or 2 torch threads, in the bench "
+                 "process), samples/s ratio, median of 5 interleaved rounds",
+                 [f"{x['ratio_median']:.2f} ({x['actor_samples_per_s'] / 1e3:.1f}k vs "
+                  f"{max(x['bare_1_thread_samples_per_s'], x['bare_2_threads_samples_per_s']) / 1e3:.1f}k)" for x in o],
+                 "bare loop, no validation", "≥ 0.98"),
+            _row("the same, vs the bare loop that also validates every epoch (as the trainer does)",
+                 per(o, "ratio_vs_bare_with_val", ".2f"), "bare loop + validation", ""),
+            _row("the same, vs the bare loop in a process of its own (1 thread, as the child runs)",
+                 per(o, "ratio_vs_bare_own_process", ".2f"), "bare loop, own process", ""),
+            _row("the training child called directly (no actor, no NATS), samples/s",
+                 [f"{x['child_direct_1_thread_samples_per_s'] / 1e3:.1f}k" for x in o],
+                 "through the actor: " + " / ".join(f"{x['actor_samples_per_s'] / 1e3:.1f}k" for x in o), ""),
+            _row("CPU while training through the actor: child / trainer actor + nats-server + bench (cores)",
+                 [f"{x['actor_child_cpu_share']:.2f} / {x['actor_helpers_cpu_share']:.2f}" for x in o], "", ""),
+            _row("cancel latency p99 (request → `cancelled` stored)", [f"{x['p99_ms']:.1f} ms" for x in c],
+                 "batch: " + " / ".join(f"{x['batch_time_ms']:.1f} ms" for x in c), "≤ batch + 10 ms"),
+            _row("progress latency p99 during training (child → stored → follower)",
+                 [f"{x['p99_ms']:.2f} ms" for x in p],
+                 "child→actor pipe p99: " + " / ".join(f"{x['child_pipe_p99_ms']:.2f} ms" for x in p), "≤ 2 ms"),
+            _row("training child start-up (paid once per trainer, in the background)",
+                 [f"{x['startup_s_median']:.1f} s" for x in k], "", "")]
+
+
+def data(runs: list[dict[str, Any]]) -> list[str]:
+    out = ["| figure | run | baseline, same run | target |", "|---|---|---|---|"]
+    d = runs[-1]
+    for key, label in (("load_2y_1h_latency_0.2s", "0.2 s"), ("load_2y_1h_latency_2s", "2 s")):
+        x = d[key]
+        out.append(_row(f"2 years of AAPL 1h ({x['segments']} segments), gateway latency {label}: concurrent "
+                        "segments vs one at a time", [f"{x['speedup']:.2f}x ({x['concurrent_s']:.1f} s, "
+                                                      f"{x['concurrent_vs_bound']:.2f}x IB's pacing bound)"],
+                        f"one at a time {x['one_at_a_time_s']:.1f} s", "≥ 3x where latency dominates, 0 violations "
+                        f"({x['pacing_violations']})"))
+    x = d["pacing_bound_1m_90d"]
+    out.append(_row(f"pacing-bound load, {x['requests']} requests (windows x{x['pacing_time_scale']})",
+                    [f"{x['ratio_to_bound']:.3f}x the bound"], f"lower bound {x['lower_bound_s']:.1f} s",
+                    f"≤ 1.2x, 0 violations ({x['pacing_violations']})"))
+    x = d["cancel_latency_load"]
+    out.append(_row("cancel latency during a load, p99", [f"{x['p99_ms']:.1f} ms"],
+                    f"p50 {x['p50_ms']:.1f} ms", "≤ 50 ms"))
+    return out
+
+
+def faults(runs: list[dict[str, Any]]) -> list[str]:
+    f = runs[-1]
+    out = ["| fault | count | outcome | time to recover | bogus operations | peak memory |",
+           "|---|---|---|---|---|---|"]
+    for name in ("kill -9 worker", "SIGTERM worker (drain)"):
+        x = f[name]
+        out.append(f"| {name}, a replica alive | {x['rounds']} | each op ran to its end; at most "
+                   f"{x['runs_per_op_max']} run per op after the handover | next attempt started p50 "
+                   f"{x['recover_p50_s']:.1f} s, max {x['recover_max_s']:.1f} s | {x['bogus_ops']} | |")
+    x = f["kill -9 nats-server"]
+    out.append(f"| kill -9 nats-server, restarted on its store | {x['rounds']} ({x['ops_affected']} ops "
+               f"running) | all completed, {x['runs_per_op_max']} run per op max, "
+               f"{x['progress_events_lost']} progress events lost | progress resumed p50 "
+               f"{x['progress_resumed_p50_s']:.2f} s after restart | {x['bogus_ops']} | |")
+    x = f["10,000 hostile messages"]
+    out.append(f"| hostile messages on cmd, work, cancel, ib subjects | {x['messages']:,} | all consumed, "
+               f"{x['cmd_left']} left in CMD, actors serving | {x['consumed_s']:.1f} s to consume | "
+               f"{x['bogus_ops']} | actors {x['actors_peak_rss_mb']:.0f} MiB |")
+    x = f["kill -9 OPS leader (3-node cluster)"]
+    out.append(f"| kill -9 of the OPS stream's leader, 3-node cluster | {x['rounds']} ({x['ops_affected']} ops "
+               f"running) | all completed, {x['events_seen_live_but_not_stored']} events seen live but not stored "
+               f"| new leader p50 {x['elect_p50_s']:.1f} s (max {x['elect_max_s']:.1f}); progress paused p50 "
+               f"{x['progress_pause_p50_s']:.2f} s | | |")
+    return out
+
+
+def objects(runs: list[dict[str, Any]]) -> list[str]:
+    o = runs[-1]
+    sr, fr = o["series"], o["series (frame <-> store)"]
+    return ["| figure | NATS object store | local Parquet file, same run | ratio |", "|---|---|---|---|",
+            f"| write {sr['symbol']} ({sr['bars']:,} bars, {sr['parquet_mb']:.1f} MB parquet), median of "
+            f"{sr['rounds (median of)']} | {fr['NATS put s']:.2f} s, peak {fr['NATS put peak MB']:.0f} MB | "
+            f"{fr['local write s']:.2f} s | {fr['put / local write']:.2f}x |",
+            f"| read it back into a frame | {fr['NATS get s']:.2f} s, peak {fr['NATS get peak MB']:.0f} MB | "
+            f"{fr['local read s']:.2f} s, peak {fr['local read peak MB']:.0f} MB | {fr['get / local read']:.2f}x |",
+            f"| the job-manager's periodic BARS write (every 30 s) as a share of a long load | "
+            f"{fr['job-manager write every 30 s: share']:.3f} | | |"]
+
+
+def calendar(runs: list[dict[str, Any]]) -> list[str]:
+    c = runs[-1]
+    out = ["| figure | exchange-calendars (now) | rules (before), same run | |", "|---|---|---|---|"]
+    for key in [k for k in c if k.endswith("2025-06-01")]:
+        x = c[key]
+        out.append(f"| gap analysis, {key} ({x['bars_expected']:,} bars), median of {x['rounds']} | "
+                   f"{x['after_median_ms']:.0f} ms | {x['before_median_ms']:.0f} ms | {x['speedup']:.1f}x faster |")
+    a = c["AAPL 1m 2015-06-01..2025-06-01"]
+    out.append(f"| IB requests for gaps that never existed, per load of that series | 0 | "
+               f"{a['phantom_ib_requests_per_load']} ({a['phantom_days']} days) | closures the rules missed: "
+               f"{a['unscheduled_closures']} |")
+    first = c["AAPL first call in a fresh process, imports included"]
+    out.append(f"| first call in a fresh process (imports, building the calendar) | {first['after_median_s']:.2f} s | "
+               f"{first['before_median_s']:.2f} s | paid once per process, off the CLI's fast paths |")
+    return out
+
+
+def indicators(runs: list[dict[str, Any]]) -> list[str]:
+    i = runs[-1]
+    out = [f"| indicator, {i['bars']['count']:,} bars | ours | TA-Lib {i['ta-lib']['version']} | "
+           "max relative difference after warm-up |", "|---|---|---|---|"]
+    for name, x in i.items():
+        if isinstance(x, dict) and "ours_ms" in x:
+            out.append(f"| {name} | {x['ours_ms']:.0f} ms | {x['talib_ms']:.1f} ms | "
+                       f"{x['max_rel_diff_after_warmup']} |")
+    return out
+
+
 def main(argv: list[str]) -> None:
     dirs = [Path(a) for a in argv]
-    for suite, fn in (("backbone", backbone), ("workflows", workflows), ("scale", scale), ("memory", memory)):
+    for suite, fn in (("backbone", backbone), ("training", training), ("workflows", workflows), ("scale", scale),
+                      ("memory", memory), ("data", data), ("faults", faults), ("objects", objects),
+                      ("calendar", calendar), ("indicators", indicators)):
         runs = _load(dirs, suite)
         if runs:
             print(f"**{suite}** ({len(runs)} runs)\n")
