@@ -1,5 +1,5 @@
 """`python -m ktrdr` is the `ktrdr` command."""
 
-from ktrdr.cli import main
+from ktrdr.cli import entry
 
-main()
+entry()

@@ -7,6 +7,7 @@ Bad input (an id, a path, a series that is not stored) is one line on stderr and
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ def web(
         return
     if port is not None and not 0 <= port <= 65535:
         raise _usage(f"--port {port}: a port is 0..65535 (0: any free port)")
+    if "aiohttp" in sys.modules and sys.modules["aiohttp"] is None:
+        del sys.modules["aiohttp"]  # the command's entry point kept nats-py from importing it
     from ktrdr.web.server import run
 
     typer.echo("no page is running for this stack; serving one here (Ctrl+C stops)", err=True)
