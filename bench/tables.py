@@ -165,8 +165,9 @@ def faults(runs: list[dict[str, Any]]) -> list[str]:
            "|---|---|---|---|---|---|"]
     for name in ("kill -9 worker", "SIGTERM worker (drain)"):
         x = f[name]
-        out.append(f"| {name}, a replica alive | {x['rounds']} | each op ran to its end; at most "
-                   f"{x['runs_per_op_max']} run per op after the handover | next attempt started p50 "
+        out.append(f"| {name}, a replica alive | {x['rounds']} | each op completed by the replica; "
+                   f"{x['runs_per_op_max']} attempts per op at most (the killed one, then the replica's: never "
+                   f"two at once) | next attempt started p50 "
                    f"{x['recover_p50_s']:.1f} s, max {x['recover_max_s']:.1f} s | {x['bogus_ops']} | |")
     x = f["kill -9 nats-server"]
     out.append(f"| kill -9 nats-server, restarted on its store | {x['rounds']} ({x['ops_affected']} ops "
