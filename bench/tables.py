@@ -38,6 +38,12 @@ def backbone(runs: list[dict[str, Any]]) -> list[str]:
     pt = [r["publish_throughput"] for r in runs]
     out.append(_row("publish throughput, ratio to raw publish_async", [f"{x['ratio_vs_raw']:.2f}" for x in pt],
                     " / ".join(f"{x['raw_publish_async_per_s'] / 1e3:.1f}k/s" for x in pt), "≥ 0.8"))
+    cs = [r["cold_start"] for r in runs]
+    out.append(_row("cold start: `ktrdr --help` / `ktrdr ops list` (a connect and a read), ratio to a bare "
+                    "interpreter", [f"{x['help_s'] / x['python_startup_s']:.1f}x / "
+                                    f"{x['ops_list_s'] / x['python_startup_s']:.1f}x "
+                                    f"({x['help_s']:.2f} / {x['ops_list_s']:.2f} s)" for x in cs],
+                    "python -c pass: " + " / ".join(f"{x['python_startup_s']:.3f} s" for x in cs), "≤ 4x / ≤ 6x"))
     return out
 
 
