@@ -82,7 +82,12 @@ async def _bogus(c: Client, before: set[str], submitted: set[str]) -> int:
 async def _started_dummy(c: Client, iterations: int = 400, interval: float = 0.05) -> str:
     cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=iterations, interval_s=interval)
     await c.submit(cmd)
-    await wait_event(c, cmd.op_id, lambda ev, v: v.current_step >= 3)
+    try:
+        await wait_event(c, cmd.op_id, lambda ev, v: v.current_step >= 3)
+    except TimeoutError:  # say where it stuck: never created, queued, or running without progress
+        view = await c.view(cmd.op_id)
+        raise RuntimeError(f"{cmd.op_id} did not reach step 3 in 60 s: status {view.status}, step "
+                           f"{view.current_step}, worker {view.worker}, live {await c.live_actors()}") from None
     return cmd.op_id
 
 
