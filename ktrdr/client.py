@@ -59,7 +59,8 @@ class Client:
             raise NoServerError("no NATS server given", hint="set NATS_URL, or run `ktrdr up`")
 
         async def disconnected() -> None:
-            if self.on_disconnect is not None:
+            # nats-py calls this on our own close too (the status is CLOSED by then): not a lost connection
+            if self.on_disconnect is not None and not (self.nc is not None and self.nc.is_closed):
                 self.on_disconnect()
 
         async def reconnected() -> None:

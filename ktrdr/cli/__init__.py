@@ -52,11 +52,25 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> None:
     except KtrdrError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    except BrokenPipeError:
+        # Our stdout was closed (`ktrdr ops list | head -1`): stop quietly, as a Unix tool killed by
+        # SIGPIPE does, rather than blame NATS; nats-py handles its own sockets' errors itself.
+        _silence_stdout()
+        raise typer.Exit(141) from None
     except (OSError, TimeoutError) as exc:
         typer.echo(f"error: cannot reach NATS ({exc or type(exc).__name__}); is the server running? try "
                    f"`ktrdr status`", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code or 0)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit does not fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _usage(message: str) -> typer.Exit:

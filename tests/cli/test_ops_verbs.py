@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 
@@ -86,6 +87,7 @@ async def test_every_verb_on_every_state(start_actors, settings, client, data_se
                 rc, out, err = results[key]
                 want = 0 if verb == "show" or not view.terminal else code
                 assert rc == want and "Traceback" not in err + out, (state, key, rc, err)
+                assert "connection to NATS lost" not in err, (state, key, err)  # closing is not losing it
         assert json.loads(results[("ops", "show", op_id, "--json")][1])["status"] == view.status
         lines = results[("ops", "replay", op_id, "--json")][1].splitlines()
         assert lines and all(json.loads(line)["op_id"] == op_id for line in lines), state
@@ -108,3 +110,21 @@ async def test_every_verb_on_every_state(start_actors, settings, client, data_se
         assert rc == 0 and "cancelled" in out, (state, out, err)
     rc, out, err = done[8]
     assert rc == 2 and "cancel is recorded" in err
+
+
+async def test_a_reader_that_stops_early_is_not_blamed_on_nats(start_actors, settings, client):
+    """`ktrdr ops replay ID --json | head -1` said "cannot reach NATS ([Errno 32] Broken pipe)": the
+    broken pipe was the reader's, not the server's. The command now stops quietly (exit 141)."""
+    await start_actors("orchestrator", "dummy")
+    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=2000, interval_s=0.0)
+    await client.submit(cmd)
+    assert (await wait_terminal(client, cmd.op_id, timeout=120)).status == "completed"
+    read_end, write_end = os.pipe()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ktrdr", "ops", "replay", cmd.op_id, "--json",
+                                                env=cli_env(settings), stdout=write_end,
+                                                stderr=asyncio.subprocess.PIPE)
+    os.close(write_end)
+    with open(read_end, "rb") as reader:  # like `head -1`: one line, then the reader goes away
+        assert json.loads(reader.readline())["op_id"] == cmd.op_id
+    _, err = await asyncio.wait_for(proc.communicate(), 60)  # 2,000 events: far more than a pipe holds
+    assert proc.returncode == 141 and b"NATS" not in err and b"Traceback" not in err, err
