@@ -143,10 +143,11 @@ def _print_view(view: OperationView, children: list[OperationView]) -> None:
         typer.echo(f"note       {note}")
     if children:
         typer.echo("children")
-        for k in children:
+        for i, k in enumerate(children):
             kr = ProgressRenderer.for_domain(k.domain or "")
             line = kr.final(k) if k.terminal else kr.line(k)
-            typer.echo(f"  ├─ {k.op_id} {k.status:<10} {k.percentage:5.1f}%  {line}")
+            branch = "└─" if i == len(children) - 1 else "├─"
+            typer.echo(f"  {branch} {k.op_id} {k.status:<10} {k.percentage:5.1f}%  {line}")
     if view.result:
         typer.echo("result     " + json.dumps(view.result, indent=2, default=str).replace("\n", "\n           "))
     typer.echo(f"events     {view.events}")

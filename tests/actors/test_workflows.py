@@ -48,6 +48,10 @@ async def test_no_wait_train_on_a_fresh_home_prints_one_json_object_and_complete
     assert all(k.status == "completed" and k.parent_op_id == parent for k in kids)
     assert view.result["training_metrics"]["epochs_completed"] == 2
     assert kids[0].result["bars_total"] > 1000  # the data child loaded what the training then used
+    rc, out, err = await ktrdr(data_settings, "ops", "show", parent)  # the tree, each child with its state
+    tree = [line for line in out.splitlines() if line.startswith(("  ├─ ", "  └─ "))]
+    assert rc == 0 and [line.split()[1:3] for line in tree] == [[k.op_id, "completed"] for k in kids], out
+    assert tree[-1].startswith("  └─ "), out
 
 
 async def test_a_raw_client_gets_the_same_workflow(data_stack, data_settings, start_actors, client):
