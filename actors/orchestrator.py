@@ -318,7 +318,17 @@ class Orchestrator(Actor):
             except KtrdrError as exc:
                 await self._reject(op_id, str(exc), exc.code, getattr(exc, "field", None))
             else:
-                await self.create(cmd)
+                try:
+                    await self.create(cmd)
+                except BaseException:
+                    # Not created as far as we can tell (a publish or a read failed, e.g. during an
+                    # election): forget it, so that the redelivery this message gets (nak) creates and
+                    # routes it again, rather than being ignored as a duplicate while the operation
+                    # stays queued with no work item. Every publish of create() carries a fixed
+                    # Nats-Msg-Id (`<op>.created`, `work-<op>`): doing it again stores nothing twice.
+                    self.live.pop(op_id, None)
+                    self.workflows.pop(op_id, None)
+                    raise
         await msg.ack()
 
     async def _malformed(self, msg: Msg, op_id: str | None, reason: str) -> None:
