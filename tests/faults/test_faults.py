@@ -20,6 +20,7 @@ from events.codec import encode
 from events.messages import (
     LoadData,
     OperationCompleted,
+    OperationCreated,
     OperationProgress,
     OperationStarted,
     RunDummy,
@@ -44,8 +45,14 @@ async def serves(client: Client) -> None:
     assert (await wait_terminal(client, cmd.op_id, timeout=60)).status == "completed"
 
 
-async def stream_messages(client: Client, name: str) -> int:
-    return (await client.js.stream_info(name)).state.messages
+async def stream_messages(client: Client, name: str, timeout: float = 30.0) -> int:
+    """Messages left in a work-queue stream, once the acks and terms already sent have been applied
+    (the server removes a message after it processes its ack: under load that lags the ack's send)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (left := (await client.js.stream_info(name)).state.messages) and \
+            asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)  # poll interval while the server applies them
+    return left
 
 
 async def test_a_server_killed_mid_operation_runs_each_operation_once(start_actors, settings, nats_server):
@@ -256,3 +263,28 @@ async def test_sigterm_hands_work_back_and_kill_9_lets_a_replica_finish(start_ac
         for p in (first,):
             if p.poll() is None:
                 p.kill()
+
+
+async def test_a_command_whose_creation_failed_midway_is_created_again_not_left_queued(start_actors, client):
+    """Found by the cluster bench: during an election a publish inside the orchestrator's create()
+    failed after it had started tracking the operation; the redelivered command was then ignored as
+    a duplicate and the operation stayed queued for good, with an idle worker alive. A creation that
+    fails now forgets the operation, so the redelivery creates and routes it (its publishes carry
+    fixed ids: nothing is stored twice). The fault is injected where the election hit it, the route."""
+    orch, _ = await start_actors("orchestrator", "dummy")
+    route, calls = orch._route, []
+
+    async def route_failing_once(cmd):  # type: ignore[no-untyped-def]
+        calls.append(cmd.op_id)
+        if len(calls) == 1:
+            raise TimeoutError("nats: timeout (as a publish during a JetStream election)")
+        await route(cmd)
+
+    orch._route = route_failing_once  # type: ignore[method-assign]
+    cmd = dummy(iterations=3, interval=0.01)
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id, timeout=60)
+    assert view.status == "completed" and calls == [cmd.op_id, cmd.op_id]
+    events = await client.events(cmd.op_id)
+    assert sum(isinstance(e, OperationCreated) for e in events) == 1
+    assert sum(isinstance(e, OperationStarted) for e in events) == 1
