@@ -31,7 +31,7 @@ from nats.js import api as js_api
 from actors._leases import Busy, Held, Leases
 from actors._pull import pull_loop
 from events import subjects
-from events.codec import DecodeError, decode_work, sniff_op_id
+from events.codec import DecodeError, decode_event, decode_work, sniff_op_id
 from events.messages import (
     AnyCommand,
     CancelOperation,
@@ -48,7 +48,7 @@ from ktrdr import commands
 from ktrdr.cancellation import CancellationToken
 from ktrdr.errors import KtrdrError, OperationCancelledError
 from ktrdr.operations import fold_all
-from ktrdr.transport import read_lifecycle
+from ktrdr.transport import last_message, read_lifecycle
 
 if TYPE_CHECKING:
     from actors._actor import Actor
@@ -219,6 +219,15 @@ class WorkRunner:
             await run.msg.in_progress()  # the checks below take a moment under load
         events = await read_lifecycle(a.js, op_id)
         created = next((e for e in events if isinstance(e, OperationCreated)), None)
+        if created is None:
+            # The read above may come from a replica still catching up (a restarted cluster node):
+            # before calling the item forged, ask the OPS stream's leader (it stored the created
+            # event before the orchestrator published this item). Seen dropping real work otherwise.
+            raw = await last_message(a.js, subjects.ops(op_id, OperationCreated.name), from_leader=True)
+            with contextlib.suppress(DecodeError):
+                leader = decode_event(raw) if raw else None
+                if isinstance(leader, OperationCreated):
+                    created, events = leader, [leader, *events]
         view = fold_all(events)
         if created is None or not created.actor.startswith("orchestrator"):
             a.log.warning("%s: work item for an operation no orchestrator created; dropped", op_id)

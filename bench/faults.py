@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import os
 import random
@@ -86,8 +87,18 @@ async def _started_dummy(c: Client, iterations: int = 400, interval: float = 0.0
         await wait_event(c, cmd.op_id, lambda ev, v: v.current_step >= 3)
     except TimeoutError:  # say where it stuck: never created, queued, or running without progress
         view = await c.view(cmd.op_id)
+        work: Any = None
+        try:  # as the orchestrator: a cli may not read consumer info
+            async with Client(dataclasses.replace(c.settings, role="orchestrator"), url=c.url) as o:
+                ci = await o.js.consumer_info(subjects.STREAM_WORK, subjects.work_consumer("dummy"))
+                work = (f"consumer pending {ci.num_pending} ack_pending {ci.num_ack_pending} waiting "
+                        f"{ci.num_waiting} delivered {ci.delivered} ack_floor {ci.ack_floor} cluster {ci.cluster}; "
+                        f"stream {(await o.js.stream_info(subjects.STREAM_WORK)).state}")
+        except Exception as exc:
+            work = f"{type(exc).__name__}: {exc}"
         raise RuntimeError(f"{cmd.op_id} did not reach step 3 in 60 s: status {view.status}, step "
-                           f"{view.current_step}, worker {view.worker}, live {await c.live_actors()}") from None
+                           f"{view.current_step}, worker {view.worker}, live "
+                           f"{[(h.actor, h.busy) for h in await c.live_actors()]}; work: {work}") from None
     return cmd.op_id
 
 

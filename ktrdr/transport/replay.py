@@ -268,11 +268,15 @@ async def read_lifecycle(js: JetStreamContext, op_id: str) -> list[AnyEvent]:  #
     return out
 
 
-async def last_message(js: JetStreamContext, subject: str) -> bytes | None:
-    """The last stored message on one OPS subject (a direct get: one round trip), or None."""
+async def last_message(js: JetStreamContext, subject: str, *, from_leader: bool = False) -> bytes | None:
+    """The last stored message on one OPS subject (a direct get: one round trip), or None.
+
+    A direct get (and a consumer) may be served by any replica, and one still catching up (a
+    restarted cluster node) can lack the newest messages; `from_leader` asks the stream's leader,
+    which has every message it acknowledged."""
     try:
         # "no responders" means no OPS stream at all here, so only a timeout is worth retrying
-        raw = await retrying(lambda: js.get_last_msg(subjects.STREAM_OPS, subject, direct=True),
+        raw = await retrying(lambda: js.get_last_msg(subjects.STREAM_OPS, subject, direct=not from_leader),
                              errors=(nats.errors.TimeoutError, TimeoutError))
     except (NotFoundError, NoRespondersError):  # no such message, or no OPS stream (nobody answers)
         return None
