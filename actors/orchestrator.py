@@ -304,7 +304,14 @@ class Orchestrator(Actor):
                                               f"and an op_id like {subjects.new_op_id(cmd.domain)}")
             return
         if op_id in self.known or op_id in self.live:
-            self.log.info("duplicate command for %s ignored", op_id)
+            tracked = self.live.get(op_id)
+            if tracked is not None and tracked.view.status == "queued" and tracked.view.command is not None \
+                    and op_id not in self.workflows:
+                # Created, maybe never routed (a route that failed midway, then the created event's
+                # echo tracked it again): route it again, as after a restart; the item's fixed id dedupes.
+                await self._dispatch_again(op_id)
+            else:
+                self.log.info("duplicate command for %s ignored", op_id)
             await msg.ack()
             return
         if cmd.parent_op_id is not None:

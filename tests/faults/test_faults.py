@@ -288,3 +288,28 @@ async def test_a_command_whose_creation_failed_midway_is_created_again_not_left_
     events = await client.events(cmd.op_id)
     assert sum(isinstance(e, OperationCreated) for e in events) == 1
     assert sum(isinstance(e, OperationStarted) for e in events) == 1
+
+
+async def test_a_redelivered_command_routes_an_operation_left_queued_without_its_work_item(start_actors, client):
+    """The other way a failed route could end: the created event's echo tracks the operation again
+    after the failed creation was forgotten, so the redelivery looks like a duplicate. A duplicate
+    command for an operation still queued routes it again (the item's fixed id dedupes). The state is
+    made directly here: the first route is lost, then the command comes again."""
+    orch, _ = await start_actors("orchestrator", "dummy")
+    route, calls = orch._route, []
+
+    async def route_lost_once(cmd):  # type: ignore[no-untyped-def]
+        calls.append(cmd.op_id)
+        if len(calls) > 1:
+            await route(cmd)
+
+    orch._route = route_lost_once  # type: ignore[method-assign]
+    cmd = dummy(iterations=3, interval=0.01)
+    await client.submit(cmd)
+    await wait_for_event(client, cmd.op_id, lambda ev, v: v.status == "queued")
+    await client.js.publish(subjects.command(cmd), encode(cmd), headers={"Nats-Msg-Id": "again"})
+    view = await wait_terminal(client, cmd.op_id, timeout=60)
+    assert view.status == "completed" and calls == [cmd.op_id, cmd.op_id]
+    events = await client.events(cmd.op_id)
+    assert sum(isinstance(e, OperationCreated) for e in events) == 1
+    assert sum(isinstance(e, OperationStarted) for e in events) == 1
