@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from events.codec import DecodeError, decode_command, encode
@@ -32,8 +33,8 @@ class WorkflowRunner:
     def __contains__(self, op_id: object) -> bool:
         return op_id in self.flows
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(list(self.flows))
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.flows))  # a copy: stepping one workflow may end another
 
     def forget(self, op_id: str) -> None:
         self.flows.pop(op_id, None)

@@ -38,7 +38,7 @@ class Tracked:
     last_seen: float  # the last sign of life of its worker (progress, started, a heartbeat naming it)
     queued_since: float  # since when nobody alive could take it (restarted whenever someone could)
     deadline_fired: bool = False
-    cancel_handled: bool = False
+    cancel_handled: bool = False  # a cancel broadcast was answered (CancelRequested): the next is a repeat
     pool_note: str = ""  # the "waiting for ..." note said last ("" when none stands)
 
 

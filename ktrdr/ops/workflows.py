@@ -35,18 +35,18 @@ def describe(description: str) -> tuple[str, str]:
 
 def plan_training(cmd: StartTraining, symbols: list[str], timeframes: list[str]) -> list[Command]:
     """The children of a training workflow, in order: data loads, then the training itself."""
-    parent = cmd.op_id
-    common = {"parent_op_id": parent, "deadline": cmd.deadline, "requested_by": f"workflow {parent}"}
+    parent, by = cmd.op_id, f"workflow {cmd.op_id}"
     children: list[Command] = [
         LoadData(op_id=subjects.child_op_id(parent, "data", f"{sym}/{tf}"), symbol=sym, timeframe=tf,
-                 mode="local" if cmd.data_mode == "local" else "full",
-                 start=cmd.start, end=cmd.end, **common)
+                 mode="local" if cmd.data_mode == "local" else "full", start=cmd.start, end=cmd.end,
+                 parent_op_id=parent, deadline=cmd.deadline, requested_by=by)
         for sym in symbols for tf in timeframes
     ]
     children.append(StartTraining(
         op_id=subjects.child_op_id(parent, "training", "train"), strategy_path=cmd.strategy_path,
         strategy_yaml=cmd.strategy_yaml, symbols=list(cmd.symbols), timeframes=list(cmd.timeframes),
-        start=cmd.start, end=cmd.end, epochs=cmd.epochs, pool=cmd.pool, data_mode="none", **common))
+        start=cmd.start, end=cmd.end, epochs=cmd.epochs, pool=cmd.pool, data_mode="none",
+        parent_op_id=parent, deadline=cmd.deadline, requested_by=by))
     return children
 
 

@@ -28,8 +28,8 @@ def parent(**fields: object) -> OperationView:
 
 
 def child(cmd: object, status: str = "running", **fields: object) -> OperationView:
-    return OperationView(op_id=cmd.op_id, domain=cmd.domain, status=status, parent_op_id=PARENT,  # type: ignore[attr-defined]
-                         **fields)  # type: ignore[arg-type]
+    return OperationView(op_id=cmd.op_id, domain=cmd.domain, status=status,  # type: ignore[attr-defined,arg-type]
+                         parent_op_id=PARENT, **fields)  # type: ignore[arg-type]
 
 
 def test_a_training_plans_one_data_child_per_symbol_and_timeframe_then_the_training():
