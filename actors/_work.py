@@ -37,17 +37,14 @@ from events.messages import (
     CancelOperation,
     Context,
     Event,
-    OperationCancelled,
-    OperationCompleted,
     OperationCreated,
-    OperationFailed,
     OperationStarted,
     ProgressState,
 )
 from ktrdr import commands
 from ktrdr.cancellation import CancellationToken
 from ktrdr.errors import KtrdrError, OperationCancelledError
-from ktrdr.operations import fold_all
+from ktrdr.ops import fold_all, verdicts
 from ktrdr.transport import last_message, read_lifecycle
 
 if TYPE_CHECKING:
@@ -240,8 +237,7 @@ class WorkRunner:
         try:
             await asyncio.to_thread(commands.validate, created.command, created.ts)
         except KtrdrError as exc:
-            await a.publish_event(OperationFailed(op_id=op_id, error=f"refused by {a.role}: {exc}",
-                                                  error_code="validation"))
+            await a.publish_event(verdicts.refused(op_id, a.role, exc))
             await run.msg.ack()
             return
         held = await self.leases.acquire(op_id)
@@ -262,26 +258,26 @@ class WorkRunner:
         ctx = OperationContext(a, op_id, command, token, run.held.attempt)
         attempt = run.held.attempt
         outcome: Event | None = None
+        if token.is_cancelled and not token.hand_back:  # a cancel recorded before it started
+            await self._finish(run, ctx, verdicts.cancelled_before_start(op_id, token.reason, token.reason_code))
+            return
         try:
-            token.raise_if_cancelled("queued, before it started")
+            token.raise_if_cancelled("queued, before it started")  # only a hand-back gets here cancelled
             await a.publish_event(OperationStarted(
                 op_id=op_id, worker=a.id, attempt=attempt, resumed=attempt > 1,
                 message=f"picked up again by {a.id} (attempt {attempt})" if attempt > 1 else ""))
-            result = await a.handle(ctx)
-            outcome = OperationCompleted(op_id=op_id, result=result or {})
+            outcome = verdicts.completed(op_id, await a.handle(ctx))
         except OperationCancelledError as exc:
             if not token.hand_back:
-                outcome = OperationCancelled(
-                    op_id=op_id, where=exc.where, reason=token.reason or exc.reason, reason_code=token.reason_code,
-                    message=a.cancelled_message(ctx, exc.where))
+                outcome = verdicts.cancelled_at(op_id, exc.where, token.reason or exc.reason, token.reason_code,
+                                                a.cancelled_message(ctx, exc.where))
         except KtrdrError as exc:
-            outcome = OperationFailed(op_id=op_id, error=str(exc), error_code=exc.code)
+            outcome = verdicts.failed(op_id, str(exc), exc.code)
         except asyncio.CancelledError:
             raise  # killed: leave the message unacked so JetStream redelivers it
         except Exception as exc:
             await a.on_fault(exc, f"work {op_id}")
-            outcome = OperationFailed(op_id=op_id, error=f"internal error in {a.role}: {type(exc).__name__}: {exc}",
-                                      error_code="internal")
+            outcome = verdicts.internal_error(op_id, a.role, exc)
         await self._finish(run, ctx, outcome)
 
     async def _finish(self, run: _Running, ctx: OperationContext, outcome: Event | None) -> None:

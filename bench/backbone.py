@@ -21,7 +21,7 @@ from events import subjects
 from events.codec import decode_event, encode
 from events.messages import DummyContext, OperationProgress, OperationStarted, ProgressState, RunDummy
 from ktrdr.client import Client
-from ktrdr.operations import OperationView, fold
+from ktrdr.ops import OperationView, fold
 from ktrdr.transport import read_events
 
 

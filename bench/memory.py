@@ -57,7 +57,7 @@ CONNECT_ONLY = ("import asyncio\nfrom ktrdr.client import Client\nfrom ktrdr.con
                 "async def m():\n    async with Client(settings()) as c:\n        await c.nc.flush()\n"
                 "asyncio.run(m())\n")
 OLD_REPLAY = ("import asyncio, sys\nfrom ktrdr.client import Client\nfrom ktrdr.config import settings\n"
-              "from ktrdr.operations import fold_all\n"
+              "from ktrdr.ops import fold_all\n"
               "async def m():\n    async with Client(settings()) as c:\n"
               "        fold_all(await c.events(sys.argv[1]))\nasyncio.run(m())\n")
 

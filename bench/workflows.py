@@ -21,7 +21,7 @@ from bench.data import _Stack, utc
 from events import subjects
 from events.messages import StartTraining
 from ktrdr.client import Client
-from ktrdr.operations import OperationView
+from ktrdr.ops import OperationView
 
 STRATEGY = Path(__file__).parents[1] / "strategies" / "mlp_rsi_aapl.yaml"
 

@@ -26,7 +26,7 @@ from events.codec import DecodeError, decode_event, decode_heartbeat, encode
 from events.messages import AnyEvent, CancelOperation, CancelReason, Command, Heartbeat, OperationProgress
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
-from ktrdr.operations import OperationView, apply_progress, fold
+from ktrdr.ops import OperationView, apply_progress, fold
 from ktrdr.transport import connect, ensure_streams, last_message, publish, read_events, read_operation
 from ktrdr.transport.publish import retrying
 

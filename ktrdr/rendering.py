@@ -1,4 +1,4 @@
-"""Renderers: fold an operation's events into a view (ktrdr.operations) and turn the view into one
+"""Renderers: fold an operation's events into a view (ktrdr.ops) and turn the view into one
 line of text. The live CLI, `ops watch`, `ops replay` and `ops list` all go through these, so a
 replayed operation renders exactly as it did live. Names follow KTRDR's: ProgressRenderer,
 DataProgressRenderer, TrainingProgressRenderer.
@@ -7,7 +7,7 @@ DataProgressRenderer, TrainingProgressRenderer.
 from __future__ import annotations
 
 from events.messages import DataContext, DummyContext, TrainingContext
-from ktrdr.operations import OperationView
+from ktrdr.ops import OperationView
 
 MIN_WAIT_SHOWN_S = 0.1  # shorter pacing waits are not worth a line
 

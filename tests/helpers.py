@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from events.messages import AnyEvent
 from ktrdr.client import Client
-from ktrdr.operations import OperationView
+from ktrdr.ops import OperationView
 
 
 async def wait_for_event(client: Client, op_id: str, predicate: Callable[[AnyEvent, OperationView], bool],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from events.messages import DataContext, OperationProgress, ProgressState, TrainingContext
-from ktrdr.operations import OperationView, fold
+from ktrdr.ops import OperationView, fold
 from ktrdr.rendering import DataProgressRenderer, ProgressRenderer, TrainingProgressRenderer
 
 

@@ -25,7 +25,7 @@ from events import subjects
 from events.codec import DecodeError, decode_event
 from events.messages import AnyEvent, Command
 from ktrdr.client import Client
-from ktrdr.operations import OperationView
+from ktrdr.ops import OperationView
 from ktrdr.rendering import ProgressRenderer
 from ktrdr.transport.replay import read_events, stream_events
 
@@ -181,7 +181,7 @@ async def replay(client: Client, op_id: str, *, speed: float | None, json_out: b
     json_out, printed as one JSON object a line) before the next is read, so memory does not grow
     with the number of events. Without `speed` (or 0) as fast as the events come; with it, the
     recorded gaps divided by speed (each at most 10 s)."""
-    from ktrdr.operations import fold
+    from ktrdr.ops import fold
 
     view = OperationView(op_id=op_id)
     with LiveDisplay(_renderer(op_id), quiet=json_out) as display:

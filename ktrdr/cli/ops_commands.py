@@ -14,7 +14,7 @@ import typer
 from ktrdr.cli import JSON, _check_op_id, _run, client, ops_app
 
 if TYPE_CHECKING:  # the fold is imported by the verbs that use it: `ktrdr --help` stays fast
-    from ktrdr.operations import OperationView
+    from ktrdr.ops import OperationView
 
 
 def _age(view: OperationView) -> str:
@@ -94,7 +94,7 @@ async def _ops_show(op_id: str, json_out: bool, show_events: bool) -> int:
     import msgspec
 
     from ktrdr.cli._live import view_json
-    from ktrdr.operations import fold_all
+    from ktrdr.ops import fold_all
 
     async with client() as c:
         evs = await c.events(op_id)

@@ -75,7 +75,7 @@ def ops_plot(op_id: str, out: Path = OUT_OPTION) -> None:
 async def _ops_plot(op_id: str, out: Path) -> int:
     from ktrdr import plotting
     from ktrdr.client import Client
-    from ktrdr.operations import fold_all
+    from ktrdr.ops import fold_all
 
     async with Client(settings()) as c:
         events = await c.events(op_id)

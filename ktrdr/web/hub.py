@@ -24,7 +24,7 @@ from events import subjects
 from events.codec import DecodeError, decode_event
 from ktrdr.client import Client
 from ktrdr.config import Settings
-from ktrdr.operations import OperationView, fold
+from ktrdr.ops import OperationView, fold
 from ktrdr.web.views import OpPage, row_json, sort_key
 
 log = logging.getLogger("ktrdr.web")

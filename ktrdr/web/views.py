@@ -12,7 +12,7 @@ from typing import Any
 
 from events import subjects
 from events.messages import AnyEvent
-from ktrdr.operations import OperationView, fold
+from ktrdr.ops import OperationView, fold
 from ktrdr.plotting import epoch_metrics
 from ktrdr.rendering import ProgressRenderer
 

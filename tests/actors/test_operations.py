@@ -11,7 +11,7 @@ import nats
 from events import subjects
 from events.codec import encode
 from events.messages import LoadData, OperationProgress, RunDummy, WorkItem
-from ktrdr.operations import fold_all
+from ktrdr.ops import fold_all
 from tests.conftest import make_settings
 from tests.helpers import wait_for_event, wait_terminal
 

@@ -11,7 +11,7 @@ import pytest
 
 from events import subjects
 from events.messages import OperationCreated, RunDummy, StartTraining
-from ktrdr.operations import OperationView
+from ktrdr.ops import OperationView
 from tests.cli.test_cli import ktrdr
 from tests.conftest import utc
 from tests.helpers import wait_for_event, wait_terminal

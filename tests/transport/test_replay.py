@@ -14,7 +14,7 @@ from events import subjects
 from events.codec import decode_event, encode
 from events.messages import DummyContext, OperationProgress, ProgressState
 from ktrdr.client import Client
-from ktrdr.operations import OperationView, fold
+from ktrdr.ops import OperationView, fold
 from ktrdr.transport import read_events
 from ktrdr.transport import replay as replay_mod
 from ktrdr.transport.replay import stream_events

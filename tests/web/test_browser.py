@@ -151,7 +151,7 @@ async def test_children_are_listed_under_their_parent(settings, browser):
     from aiohttp import web as aioweb
     from selenium.webdriver.common.by import By
 
-    from ktrdr.operations import OperationView
+    from ktrdr.ops import OperationView
     from ktrdr.web.hub import Hub
     from ktrdr.web.server import create_app
 

@@ -14,7 +14,7 @@ import pytest
 from events import subjects
 from events.messages import CancelOperation, RunDummy
 from ktrdr.client import Client
-from ktrdr.operations import fold_all
+from ktrdr.ops import fold_all
 from ktrdr.rendering import ProgressRenderer
 from tests.helpers import wait_for_event, wait_terminal
 from tests.web.conftest import page_token, read_sse

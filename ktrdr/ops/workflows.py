@@ -1,49 +1,69 @@
-"""Workflows: an operation made of child operations, decided from views alone (no NATS here).
+"""Workflow decisions: an operation made of child operations, decided from views alone (no NATS here).
 
 A training command is one parent operation. Its plan is derived from the command: one `data` child
 per symbol x timeframe the strategy needs (mode `full`, which fetches only what the store lacks),
 then one `training` child. Child ids derive from the parent's id, so an orchestrator that restarts
 mid-workflow plans the very same children. `advance()` looks at the parent's view and its children's
 views and says what to do next: create children, cancel children, report progress, or end the
-parent. The orchestrator does it and feeds the resulting events back in.
+parent. The orchestrator does it and feeds the resulting events back in. The parent's progress
+mirrors its running child at most every PARENT_PROGRESS_EVERY_S (`throttle` and `flush` decide when).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from events import subjects
-from events.messages import (
-    Command,
-    Event,
-    LoadData,
-    OperationCancelled,
-    OperationCompleted,
-    OperationFailed,
-    ProgressState,
-    StartTraining,
-    WorkflowContext,
-)
-from ktrdr.operations import OperationView
+from events.messages import Command, Event, LoadData, ProgressState, StartTraining, WorkflowContext
+from ktrdr.ops import verdicts
+from ktrdr.ops.view import OperationView
 
 DATA_SHARE = 10.0  # percent of the parent's bar given to loading data
+PARENT_PROGRESS_EVERY_S = 0.2
+
+
+def is_workflow(cmd: Command) -> bool:
+    """A top-level training that needs its data loaded first runs as a workflow."""
+    return isinstance(cmd, StartTraining) and cmd.parent_op_id is None and cmd.data_mode != "none"
+
+
+def describe(description: str) -> tuple[str, str]:
+    """(op_type, description) of a workflow's parent, from its command's own description."""
+    return "training_workflow", f"{description} (load data, then train)"
 
 
 def plan_training(cmd: StartTraining, symbols: list[str], timeframes: list[str]) -> list[Command]:
     """The children of a training workflow, in order: data loads, then the training itself."""
-    parent = cmd.op_id
-    common = {"parent_op_id": parent, "deadline": cmd.deadline, "requested_by": f"workflow {parent}"}
+    parent, by = cmd.op_id, f"workflow {cmd.op_id}"
     children: list[Command] = [
         LoadData(op_id=subjects.child_op_id(parent, "data", f"{sym}/{tf}"), symbol=sym, timeframe=tf,
-                 mode="local" if cmd.data_mode == "local" else "full",
-                 start=cmd.start, end=cmd.end, **common)
+                 mode="local" if cmd.data_mode == "local" else "full", start=cmd.start, end=cmd.end,
+                 parent_op_id=parent, deadline=cmd.deadline, requested_by=by)
         for sym in symbols for tf in timeframes
     ]
     children.append(StartTraining(
         op_id=subjects.child_op_id(parent, "training", "train"), strategy_path=cmd.strategy_path,
         strategy_yaml=cmd.strategy_yaml, symbols=list(cmd.symbols), timeframes=list(cmd.timeframes),
-        start=cmd.start, end=cmd.end, epochs=cmd.epochs, pool=cmd.pool, data_mode="none", **common))
+        start=cmd.start, end=cmd.end, epochs=cmd.epochs, pool=cmd.pool, data_mode="none",
+        parent_op_id=parent, deadline=cmd.deadline, requested_by=by))
     return children
+
+
+@dataclass
+class Workflow:
+    """A workflow in flight: its plan, the views of the children created so far, each child's last
+    rendered line, the cancels sent, and the state of the parent's throttled progress."""
+
+    plan: list[Command]
+    children: dict[str, OperationView] = field(default_factory=dict)
+    lines: dict[str, str] = field(default_factory=dict)
+    cancels_sent: set[str] = field(default_factory=set)
+    said: tuple[float, str] = (-1.0, "")  # (percentage, message) of the parent's last progress
+    last_emit: float = float("-inf")  # monotonic
+    last_step: str = ""
+    held: ProgressState | None = None  # the newest progress not yet said (throttled)
+    flush_pending: bool = False  # a flush of `held` is due (the caller holds the timer)
 
 
 @dataclass
@@ -69,7 +89,7 @@ def advance(parent: OperationView, plan: list[Command], children: dict[str, Oper
         if parent.cancel_requested and not live:
             d.finish = _cancelled(parent, plan, children)
         elif bad is not None and not parent.cancel_requested:
-            d.finish = _child_ended(parent, bad)
+            d.finish = verdicts.child_ended(parent, bad)
         return d
     data, training = plan[:-1], plan[-1]
     d.create = [c for c in data if c.op_id not in children]
@@ -78,8 +98,7 @@ def advance(parent: OperationView, plan: list[Command], children: dict[str, Oper
         d.create.append(training)
     trained = children.get(training.op_id)
     if trained is not None and trained.status == "completed":
-        d.finish = OperationCompleted(op_id=parent.op_id, result=trained.result or {},
-                                      message=f"Workflow completed: {len(plan)} operations")
+        d.finish = verdicts.workflow_completed(parent.op_id, trained.result, len(plan))
         return d
     d.progress = _progress(plan, children, line_of)
     return d
@@ -112,21 +131,6 @@ def _progress(plan: list[Command], children: dict[str, OperationView], line_of: 
                                 child_op_id=current.op_id if current is not None else "", child_line=line))
 
 
-def _label(view: OperationView) -> str:
-    return f"{view.op_id} ({view.description})" if view.description else view.op_id
-
-
-def _child_ended(parent: OperationView, child: OperationView) -> Event:
-    if child.status == "cancelled":
-        return OperationCancelled(
-            op_id=parent.op_id, where=f"child {_label(child)}", reason=child.reason or "a child was cancelled",
-            reason_code="user" if child.reason_code in (None, "parent") else child.reason_code,  # type: ignore[arg-type]
-            message=f"Workflow cancelled: child {_label(child)} was cancelled"
-                    f"{' at ' + child.where if child.where else ''}")
-    return OperationFailed(op_id=parent.op_id, error=f"child {_label(child)} {child.status}: {child.error}",
-                           error_code=child.error_code or "child_failed", where=f"child {child.op_id}")
-
-
 def _cancelled(parent: OperationView, plan: list[Command], children: dict[str, OperationView]) -> Event:
     where_child = next((children[c.op_id] for c in reversed(plan) if c.op_id in children
                         and children[c.op_id].status == "cancelled" and children[c.op_id].where), None)
@@ -135,7 +139,60 @@ def _cancelled(parent: OperationView, plan: list[Command], children: dict[str, O
         where = f"{where_child.domain} child: {where_child.where}"
     else:
         where = f"{done}/{len(plan)} child operations done"
-    return OperationCancelled(
-        op_id=parent.op_id, where=where, reason=parent.cancel_reason or "cancel requested",
-        reason_code=parent.cancel_reason_code or "user",  # type: ignore[arg-type]
-        message=f"Workflow cancelled at {where}")
+    return verdicts.workflow_cancelled(parent, where)
+
+
+# ------------------------------------------------------------------------- the workflow runner's steps
+def step(wf: Workflow, parent: OperationView, live_view: Callable[[str], OperationView | None]) -> Decision:
+    """The next step of a workflow in flight: its children's current views (`live_view` gives the
+    view of a child still live, None for one that ended), then advance(); the cancels it decides
+    are counted as sent."""
+    for op_id in list(wf.children):
+        current = live_view(op_id)
+        if current is not None:
+            wf.children[op_id] = current
+    d = advance(parent, wf.plan, wf.children, wf.lines, wf.cancels_sent)
+    wf.cancels_sent.update(d.cancel)
+    return d
+
+
+def created(wf: Workflow, op_id: str, view: OperationView | None) -> None:
+    """A child was just created: follow its live view (one that already ended was recorded when it
+    ended, and stays)."""
+    if view is not None:
+        wf.children[op_id] = view
+    else:
+        wf.children.setdefault(op_id, OperationView(op_id=op_id, status="queued"))
+
+
+def child_moved(wf: Workflow, child: OperationView, line: str | None) -> None:
+    """A child's view changed; `line` is its rendered progress (None: it has said nothing yet)."""
+    wf.children[child.op_id] = child
+    if line is not None:
+        wf.lines[child.op_id] = line
+
+
+def throttle(wf: Workflow, progress: ProgressState, now: float) -> tuple[ProgressState | None, float | None]:
+    """Whether the parent says `progress` now: (progress to say now, None) when the interval since
+    the last one passed or the step changed; else (None, seconds until a flush is due) when a flush
+    must be scheduled, or (None, None) when one already is (it will say the newest, held here)."""
+    if (progress.percentage, progress.message) == wf.said:
+        return None, None
+    if now - wf.last_emit >= PARENT_PROGRESS_EVERY_S or progress.phase != wf.last_step:
+        wf.held, wf.flush_pending = None, False
+        wf.said, wf.last_emit, wf.last_step = (progress.percentage, progress.message), now, progress.phase
+        return progress, None
+    wf.held = progress
+    if wf.flush_pending:
+        return None, None
+    wf.flush_pending = True
+    return None, max(PARENT_PROGRESS_EVERY_S - (now - wf.last_emit), 0.0)
+
+
+def flush(wf: Workflow, now: float) -> ProgressState | None:
+    """The flush is due: the progress held back, to say now (None when nothing is held)."""
+    wf.flush_pending = False
+    held, wf.held = wf.held, None
+    if held is not None:
+        wf.said, wf.last_emit = (held.percentage, held.message), now
+    return held

@@ -1,4 +1,4 @@
-"""An operation's state is the fold of its events: no table to lose on restart.
+"""The fold: an operation's state is the fold of its events, so there is no table to lose on restart.
 
 `fold` is the one place that decides what an operation looks like; the CLI's live view, `ops replay`,
 `ops list`, the web page, the orchestrator and the workers' own checks all go through it, so live and
@@ -13,7 +13,6 @@ replayed views are the same. Rules:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -23,7 +22,6 @@ from events.messages import (
     AnyEvent,
     CancelOperation,
     CancelRequested,
-    Context,
     OperationCancelled,
     OperationCompleted,
     OperationCreated,
@@ -31,67 +29,8 @@ from events.messages import (
     OperationProgress,
     OperationRejected,
     OperationStarted,
-    ProgressState,
 )
-
-TERMINAL = ("completed", "failed", "cancelled", "rejected")
-ORCHESTRATOR_PREFIX = "orchestrator-"
-MAX_NOTES = 20
-
-
-def is_orchestrator(actor: str) -> bool:
-    return actor.startswith(ORCHESTRATOR_PREFIX)
-
-
-class OperationView(msgspec.Struct, kw_only=True):
-    op_id: str = ""
-    domain: str = ""
-    op_type: str = ""
-    description: str = ""
-    status: str = "unknown"  # queued, running, completed, failed, cancelled, rejected
-    created_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    updated_at: datetime | None = None
-    percentage: float = 0.0
-    message: str = ""
-    phase: str = ""
-    current_step: int = 0
-    total_steps: int = 0
-    items_processed: int = 0
-    items_total: int = 0
-    context: Context | None = None
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    error_code: str | None = None
-    where: str | None = None
-    reason: str | None = None  # why it was cancelled
-    reason_code: str | None = None  # user, deadline, shutdown, parent
-    worker: str | None = None  # the holder: the actor running its latest attempt
-    attempts: int = 0
-    cancel_requested: bool = False
-    cancel_reason: str | None = None
-    cancel_reason_code: str | None = None
-    command: dict[str, Any] | None = None
-    parent_op_id: str | None = None
-    children: list[str] = msgspec.field(default_factory=list)
-    deadline: datetime | None = None
-    pool: str | None = None
-    events: int = 0
-    errors: list[str] = msgspec.field(default_factory=list)
-    last_progress_seq: int = 0  # of the holder: a progress event sent again after a failover is older
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    @property
-    def elapsed_s(self) -> float | None:
-        if self.started_at is None and self.created_at is None:
-            return None
-        start = self.started_at or self.created_at
-        end = self.finished_at or self.updated_at
-        return (end - start).total_seconds() if start and end else None
+from ktrdr.ops.view import MAX_NOTES, ORCHESTRATOR_PREFIX, TERMINAL, OperationView, apply_progress, is_orchestrator
 
 
 def _note(view: OperationView, text: str) -> None:
@@ -103,16 +42,6 @@ def _believed(view: OperationView, actor: str) -> bool:
     """Progress and verdicts count from the holder, an orchestrator, or (before anyone holds the
     operation, e.g. events stored by an older version) anyone."""
     return view.worker is None or actor == view.worker or is_orchestrator(actor)
-
-
-def apply_progress(view: OperationView, p: ProgressState) -> None:
-    view.percentage = p.percentage
-    view.message = p.message
-    view.phase = p.phase
-    view.current_step, view.total_steps = p.current_step, p.total_steps
-    view.items_processed, view.items_total = p.items_processed, p.items_total
-    if p.context is not None:
-        view.context = p.context
 
 
 def fold(view: OperationView, ev: AnyEvent) -> OperationView:  # type: ignore[valid-type]

@@ -1,0 +1,82 @@
+"""The orchestrator's intake: each message taken from CMD becomes a created operation, a rejection
+with a reason a person can act on, or (a repeat) nothing new. Decoding and validation happen here
+(ktrdr.commands, off the event loop for a strategy); ktrdr.ops.intake says what a command that does
+not fit, or a repeated one, means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from nats.aio.msg import Msg
+
+from events import subjects
+from events.codec import DecodeError, decode_command, sniff_op_id
+from events.messages import Command, StartTraining
+from ktrdr import commands
+from ktrdr.errors import KtrdrError
+from ktrdr.ops import intake, verdicts
+
+if TYPE_CHECKING:
+    from actors.orchestrator import Orchestrator
+
+
+class CommandIntake:
+    def __init__(self, orch: Orchestrator) -> None:
+        self.orch = orch
+
+    def recorded(self, op_id: str) -> bool:
+        return op_id in self.orch.known or op_id in self.orch.live
+
+    async def on_command(self, msg: Msg) -> None:
+        try:
+            cmd = decode_command(msg.data)
+        except DecodeError as exc:
+            await self._malformed(msg, sniff_op_id(msg.data), f"malformed command on {msg.subject[:100]}: {exc}")
+            return
+        if (problem := intake.misrouted(msg.subject, cmd)) is not None:
+            await self._malformed(msg, cmd.op_id, problem)
+            return
+        op_id = cmd.op_id
+        if self.recorded(op_id):
+            if intake.route_again(self.orch.live_view(op_id), op_id in self.orch.workflows):
+                await self.orch.dispatch_again(op_id)
+            else:
+                self.orch.log.info("duplicate command for %s ignored", op_id)
+        elif cmd.parent_op_id is not None:
+            await self.reject(op_id, "parent_op_id: only the orchestrator creates child operations", "validation")
+        else:
+            await self._validate_and_create(cmd)
+        await msg.ack()
+
+    async def _validate_and_create(self, cmd: Command) -> None:
+        try:
+            if isinstance(cmd, StartTraining):  # a strategy to parse: off the loop
+                await asyncio.to_thread(commands.validate, cmd)
+            else:  # a few bounded field checks: cheaper inline than a thread hop
+                commands.validate(cmd)
+        except KtrdrError as exc:
+            await self.reject(cmd.op_id, str(exc), exc.code, getattr(exc, "field", None))
+            return
+        try:
+            await self.orch.create(cmd)
+        except BaseException:
+            # Not created as far as we can tell (a publish or a read failed, e.g. during an election):
+            # forget it, so that the redelivery this message gets (nak) creates and routes it again
+            # rather than being ignored as a duplicate while the operation stays queued with no work
+            # item. Every publish of create() carries a fixed Nats-Msg-Id: nothing is stored twice.
+            self.orch.live.pop(cmd.op_id, None)
+            self.orch.workflows.forget(cmd.op_id)
+            raise
+
+    async def _malformed(self, msg: Msg, op_id: str | None, reason: str) -> None:
+        if op_id and subjects.is_op_id(op_id) and not self.recorded(op_id):
+            await self.reject(op_id, reason, "malformed")
+        else:
+            self.orch.log.warning("%s (dropped)", reason[:500])
+        await msg.term()
+
+    async def reject(self, op_id: str, reason: str, code: str, field_path: str | None = None) -> None:
+        self.orch.known.add(op_id)
+        await self.orch.publish_event(verdicts.rejected(op_id, reason, code, field_path))

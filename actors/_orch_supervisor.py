@@ -1,0 +1,79 @@
+"""The orchestrator's supervisor: who is alive (the ACTORS bucket's updates) and, every beat while
+connected, what ktrdr.ops.supervision decides about the live operations, applied through the
+orchestrator: a deadline's cancel request, a failed operation, a queued operation's note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from nats.aio.msg import Msg
+
+from events import subjects
+from events.codec import DecodeError, decode_heartbeat
+from events.messages import ProgressState
+from ktrdr.ops import supervision, verdicts
+from ktrdr.ops.supervision import ClearNote, FailOperation, FireDeadline, Peer, SayQueuedNote
+
+if TYPE_CHECKING:
+    from actors.orchestrator import Orchestrator
+
+
+class Supervisor:
+    def __init__(self, orch: Orchestrator) -> None:
+        self.orch = orch
+        s = orch.settings
+        self.limits = supervision.Limits(s.heartbeat_s, s.worker_timeout_s, s.orphan_timeout_s)
+        self.peers: dict[str, Peer] = {}
+        self.since = time.monotonic()  # when it began hearing the others (start, or reconnect + grace)
+        self.deaf = False  # disconnected from NATS: silence from workers then says nothing about them
+
+    def claimed(self, op_id: str) -> bool:
+        return supervision.claimed(self.peers, op_id)
+
+    async def on_presence(self, msg: Msg) -> None:
+        key = subjects.kv_key_of(subjects.ACTORS_BUCKET, msg.subject)
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
+            self.peers.pop(key, None)
+            return
+        with contextlib.suppress(DecodeError):
+            hb = decode_heartbeat(msg.data)
+            supervision.heard(self.orch.live, self.peers, key, Peer(hb.role, hb.domain, hb.pools, hb.busy,
+                                                                    time.monotonic()))
+
+    def connection_lost(self) -> None:
+        self.deaf = True
+
+    def connection_back(self) -> None:
+        self.deaf = False
+        self.since = supervision.reconnect_grace(self.orch.live, self.peers, self.since, time.monotonic())
+
+    async def loop(self) -> None:
+        interval = max(min(self.limits.heartbeat_s, 1.0), 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.supervise()
+            except Exception as exc:
+                self.orch.log.debug("supervision pass failed: %s", exc)
+
+    async def supervise(self) -> None:
+        orch = self.orch
+        actions = supervision.decide(
+            orch.live, self.peers, now=time.monotonic(), wall=datetime.now(UTC), since=self.since,
+            limits=self.limits, workflows=orch.workflows,
+            connected=not self.deaf and orch.nc is not None and orch.nc.is_connected)
+        supervision.settle(orch.live, self.peers, actions)
+        for action in actions:
+            if isinstance(action, FireDeadline):
+                await orch.request_cancel(verdicts.deadline_cancel(action.op_id, action.allowed_s, orch.id),
+                                          "deadline")
+            elif isinstance(action, FailOperation):
+                orch.log.warning("%s: %s", action.op_id, action.event.error)
+                await orch.finish(action.op_id, action.event)
+            elif isinstance(action, SayQueuedNote | ClearNote) and action.op_id in orch.live:
+                orch.emit_progress(action.op_id, ProgressState(message=action.text, phase="queued"))

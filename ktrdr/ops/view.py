@@ -1,0 +1,97 @@
+"""The operation as readers see it: one typed view, its status and its reason codes.
+
+An `OperationView` is what folding an operation's events yields (ktrdr.ops.fold); the CLI, the web
+page, the orchestrator and the workers all read operations through it. Its status and cancel reasons
+are closed sets (`Literal`s); error codes are open (every KtrdrError names its own) but the known
+ones are listed here, so a client can branch on them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, get_args
+
+import msgspec
+
+from events.messages import CancelReason, Context, ProgressState
+
+Status = Literal["unknown", "queued", "running", "completed", "failed", "cancelled", "rejected"]
+TerminalStatus = Literal["completed", "failed", "cancelled", "rejected"]
+TERMINAL: tuple[TerminalStatus, ...] = get_args(TerminalStatus)
+
+# The error codes an operation can end with today: KtrdrError.code values (ktrdr/errors.py) and the
+# verdicts of ktrdr.ops.verdicts. Open-ended on the wire (a new error class brings its own), so the
+# view keeps `str`; constructors that produce one of these say which.
+KnownErrorCode = Literal[
+    "error", "validation", "invalid_strategy", "data", "cancelled", "ib", "unknown_symbol", "no_data", "pacing",
+    "disconnected", "internal", "malformed", "worker_lost", "no_worker", "child_failed",
+]
+KNOWN_ERROR_CODES: tuple[str, ...] = get_args(KnownErrorCode)
+
+ORCHESTRATOR_PREFIX = "orchestrator-"
+MAX_NOTES = 20
+
+
+def is_orchestrator(actor: str) -> bool:
+    return actor.startswith(ORCHESTRATOR_PREFIX)
+
+
+class OperationView(msgspec.Struct, kw_only=True):
+    op_id: str = ""
+    domain: str = ""
+    op_type: str = ""
+    description: str = ""
+    status: Status = "unknown"
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+    percentage: float = 0.0
+    message: str = ""
+    phase: str = ""
+    current_step: int = 0
+    total_steps: int = 0
+    items_processed: int = 0
+    items_total: int = 0
+    context: Context | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    error_code: str | None = None  # one of KNOWN_ERROR_CODES for everything KTRDR itself raises
+    where: str | None = None
+    reason: str | None = None  # why it was cancelled
+    reason_code: CancelReason | None = None
+    worker: str | None = None  # the holder: the actor running its latest attempt
+    attempts: int = 0
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+    cancel_reason_code: CancelReason | None = None
+    command: dict[str, Any] | None = None
+    parent_op_id: str | None = None
+    children: list[str] = msgspec.field(default_factory=list)
+    deadline: datetime | None = None
+    pool: str | None = None
+    events: int = 0
+    errors: list[str] = msgspec.field(default_factory=list)
+    last_progress_seq: int = 0  # of the holder: a progress event sent again after a failover is older
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def elapsed_s(self) -> float | None:
+        if self.started_at is None and self.created_at is None:
+            return None
+        start = self.started_at or self.created_at
+        end = self.finished_at or self.updated_at
+        return (end - start).total_seconds() if start and end else None
+
+
+def apply_progress(view: OperationView, p: ProgressState) -> None:
+    view.percentage = p.percentage
+    view.message = p.message
+    view.phase = p.phase
+    view.current_step, view.total_steps = p.current_step, p.total_steps
+    view.items_processed, view.items_total = p.items_processed, p.items_total
+    if p.context is not None:
+        view.context = p.context
