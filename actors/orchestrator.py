@@ -46,7 +46,8 @@ from ktrdr import commands, workflows
 from ktrdr.errors import KtrdrError
 from ktrdr.operations import OperationView, fold
 from ktrdr.rendering import ProgressRenderer
-from ktrdr.transport import CheckpointStore, last_message, publish, read_events
+from ktrdr.training.checkpoint_store import CheckpointStore
+from ktrdr.transport import last_message, publish, read_events
 
 MAX_REASON = 2000
 
