@@ -6,7 +6,7 @@ reported by the ib actor show up in the progress context (`waiting 12 s for IB p
 The series lives in the object bucket BARS (`<SYMBOL>/<TF>`), not on this host's disk: a load takes
 the series' writer lease (ktrdr.data.series_lease: a second load of the same series waits and says
 for whom), reads the stored series through the digest cache (ktrdr.data.bars_store.BarStore), merges
-fetched segments into it in memory (SeriesBuffer) and writes it back with
+fetched segments into it in memory (SeriesBuffer, the job's SeriesStore) and writes it back with
 compare-and-set (SeriesWriter): every `flush_every_segments` merges or `flush_every_s` seconds
 while it runs (a killed job-manager loses little) and once at the end whatever the outcome, so segments
 fetched before a cancel or a failure stay stored.
@@ -98,8 +98,7 @@ class JobManager(Actor):
         async def head() -> datetime | None:
             return await ib.head(symbol, tf, op.op_id)
 
-        # A SeriesBuffer has the DataStore surface the job uses (merge, read, metadata, covered_range).
-        job = DataLoadingJob(buffer, symbol, tf, cmd.mode, cmd.start, cmd.end,  # type: ignore[arg-type]
+        job = DataLoadingJob(buffer, symbol, tf, cmd.mode, cmd.start, cmd.end,
                              fetch=fetch, head_timestamp=head, cancel=op.token, on_progress=op.progress,
                              max_concurrency=self.segment_concurrency, source=source,
                              pacing_wait_s=60.0 * self.settings.ib_time_scale,
