@@ -98,7 +98,7 @@ class LeaseBucket:
             return int(await self.kv.update(key, value, last=revision))
         except Exception as exc:
             if not is_cas_failure(exc):
-                raise  # the server did not answer: not a verdict on the lease
+                raise  # the server away or refusing the write: not a verdict on who holds it
             return None
 
     async def release(self, key: str, revision: int) -> bool:
@@ -110,10 +110,6 @@ class LeaseBucket:
                 raise
             return False
         return True
-
-    def forget(self, key: str) -> None:
-        """Stop counting `key`'s silence (its lease is of no more interest to this holder)."""
-        self._seen.pop(key, None)
 
 
 async def drop(kv: KeyValue, key: str) -> None:
