@@ -4,9 +4,10 @@ fetches go to the ib actor(s) over `ib.*`, and publishes the job's progress as i
 reported by the ib actor show up in the progress context (`waiting 12 s for IB pacing`).
 
 The series lives in the object bucket BARS (`<SYMBOL>/<TF>`), not on this host's disk: a load takes
-the series' writer lease (a second load of the same series waits and says for whom), reads the
-stored series through the digest cache, merges fetched segments into it in memory (SeriesBuffer) and
-writes it back with compare-and-set: every `flush_every_segments` merges or `flush_every_s` seconds
+the series' writer lease (ktrdr.data.series_lease: a second load of the same series waits and says
+for whom), reads the stored series through the digest cache (ktrdr.data.bars_store.BarStore), merges
+fetched segments into it in memory (SeriesBuffer, the job's SeriesStore) and writes it back with
+compare-and-set (SeriesWriter): every `flush_every_segments` merges or `flush_every_s` seconds
 while it runs (a killed job-manager loses little) and once at the end whatever the outcome, so segments
 fetched before a cancel or a failure stay stored.
 """
@@ -14,10 +15,7 @@ fetched before a cancel or a failure stay stored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -25,79 +23,13 @@ import pandas as pd
 
 from actors.runtime import Actor, OperationContext
 from events.messages import DataContext, LoadData, ProgressState, SeriesLease
+from ktrdr.data.bars_store import BarStore, SeriesWriter
 from ktrdr.data.calendar import normalize_symbol
 from ktrdr.data.loading import DataLoadingJob, Segment
+from ktrdr.data.series_lease import series_lease
 from ktrdr.data.store import DigestCache, SeriesBuffer
 from ktrdr.data.timeframes import parse_timeframe
-from ktrdr.transport import BarStore, IbRequester, ObjectConflict, Stored, series_lease
-
-
-class SeriesWriter:
-    """Writes a load's SeriesBuffer to BARS: periodically while the load runs, and once at the end."""
-
-    def __init__(self, bars: BarStore, buffer: SeriesBuffer, stored: Stored | None, *, every_s: float,
-                 every_segments: int) -> None:
-        self.bars, self.buffer, self.stored = bars, buffer, stored
-        self.every_s, self.every_segments = every_s, every_segments
-        self.written_version = buffer.version
-        self.writes = 0
-        self.write_s = 0.0  # seconds spent writing (serialising + putting), for the result
-        self._lock = asyncio.Lock()
-
-    async def flush(self) -> None:
-        async with self._lock:
-            df, meta, version = await asyncio.to_thread(self.buffer.snapshot)
-            if version == self.written_version or meta is None:
-                return
-            began = time.monotonic()
-            for _ in range(5):
-                try:
-                    self.stored = await self.bars.write(df, meta, replaces=self.stored)
-                    break
-                except ObjectConflict:
-                    # Written by someone outside the lease (or after we lost it): theirs, ours on top.
-                    current = await self.bars.load(meta.symbol, meta.timeframe)
-                    both = SeriesBuffer(meta.symbol, meta.timeframe, current.df, current.meta)
-                    await asyncio.to_thread(both.merge, meta.symbol, meta.timeframe, df, meta.source, meta.simulated)
-                    df, meta, _ = await asyncio.to_thread(both.snapshot)
-                    assert meta is not None
-                    self.stored = current.stored
-            else:
-                raise ObjectConflict(f"BARS/{meta.symbol}/{meta.timeframe} keeps changing under this load")
-            self.written_version = version
-            self.writes += 1
-            self.write_s += time.monotonic() - began
-
-    async def _periodic(self) -> None:
-        last_t, last_merges = time.monotonic(), self.buffer.merges
-        while True:
-            await asyncio.sleep(min(1.0, self.every_s))
-            due = (self.buffer.merges - last_merges >= self.every_segments
-                   or time.monotonic() - last_t >= self.every_s)
-            if due and self.buffer.version != self.written_version:
-                await self.flush()
-                last_t, last_merges = time.monotonic(), self.buffer.merges
-
-    @contextlib.asynccontextmanager
-    async def running(self, log: Any) -> AsyncIterator[SeriesWriter]:
-        task = asyncio.create_task(self._periodic())
-        try:
-            yield self
-        except BaseException:
-            await _stop(task)
-            try:  # the bars are paid for: store them even though the load failed or was cancelled
-                await asyncio.shield(self.flush())
-            except Exception as exc:
-                log.error("could not store the bars fetched before the load ended: %s", exc)
-            raise
-        await _stop(task)
-        await asyncio.shield(self.flush())
-
-
-async def _stop(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
+from ktrdr.transport import IbRequester
 
 
 class JobManager(Actor):
@@ -166,8 +98,7 @@ class JobManager(Actor):
         async def head() -> datetime | None:
             return await ib.head(symbol, tf, op.op_id)
 
-        # A SeriesBuffer has the DataStore surface the job uses (merge, read, metadata, covered_range).
-        job = DataLoadingJob(buffer, symbol, tf, cmd.mode, cmd.start, cmd.end,  # type: ignore[arg-type]
+        job = DataLoadingJob(buffer, symbol, tf, cmd.mode, cmd.start, cmd.end,
                              fetch=fetch, head_timestamp=head, cancel=op.token, on_progress=op.progress,
                              max_concurrency=self.segment_concurrency, source=source,
                              pacing_wait_s=60.0 * self.settings.ib_time_scale,

@@ -43,7 +43,8 @@ from ktrdr import commands
 from ktrdr.ops import OperationView, fold, intake, verdicts, workflows
 from ktrdr.ops.reader import read_views
 from ktrdr.ops.supervision import Tracked
-from ktrdr.transport import CheckpointStore, last_message, publish
+from ktrdr.training.checkpoint_store import CheckpointStore
+from ktrdr.transport import last_message, publish
 
 
 class Orchestrator(Actor):

@@ -29,11 +29,13 @@ from actors.runtime import Actor, OperationContext
 from events import subjects
 from events.messages import StartTraining
 from events.subjects import is_op_id
+from ktrdr.data.bars_store import BarStore
 from ktrdr.data.store import DigestCache, slice_bars
 from ktrdr.errors import KtrdrError, ValidationError
+from ktrdr.training.checkpoint_store import CheckpointStore
 from ktrdr.training.job import CheckedJob, TrainingJob, check_job
+from ktrdr.training.model_store import ModelStore
 from ktrdr.training.process import TrainingProcess
-from ktrdr.transport import BarStore, CheckpointStore, ModelStore
 
 
 @functools.lru_cache(maxsize=1)

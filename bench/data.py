@@ -29,6 +29,7 @@ from events import subjects
 from events.messages import LoadData
 from ktrdr.client import Client
 from ktrdr.config import Settings
+from ktrdr.data.bars_store import bars_name
 from ktrdr.data.calendar import lookup
 from ktrdr.data.timeframes import parse_timeframe
 from ktrdr.ib.pacing import PacingRules, lower_bound_seconds
@@ -65,7 +66,7 @@ class _Stack:
     async def wipe_store(self, c: Client) -> None:
         """Forget AAPL 1h, as a machine that never loaded it: the series lives in BARS (the job-manager
         reads it through a cache keyed by its digest, so deleting the object is enough)."""
-        await objects.delete(c.js, subjects.BARS_BUCKET, objects.bars_name("AAPL", "1h"))
+        await objects.delete(c.js, subjects.BARS_BUCKET, bars_name("AAPL", "1h"))
 
 
 async def _load(c: Client, symbol: str, tf: str, start: datetime, end: datetime) -> tuple[float, Any]:

@@ -178,8 +178,8 @@ async def _ten_years(c: Client, s: Settings, procs: dict[str, ActorProcess], run
     r.update(_store_figures("read", rd))
     # The job-manager reads the series from BARS (the store of record): put what the store wrote
     # there, so the load below fetches only the last 5 trading days, as the figure says.
+    from ktrdr.data.bars_store import BarStore
     from ktrdr.data.store import DataStore
-    from ktrdr.transport import BarStore
 
     await BarStore(c.js).merge("AAPL", "1m", DataStore(home).read("AAPL", "1m"), "sim")
     jm, ib = procs["job-manager"].pid, procs["ib"].pid

@@ -52,8 +52,9 @@ async def _measure(op: str, url: str, path: Path, work: Path, chunk: int) -> dic
     import nats
 
     from ktrdr.config import Settings
+    from ktrdr.data.bars_store import BarStore
     from ktrdr.data.store import DigestCache, SeriesMeta, _write_parquet, from_parquet
-    from ktrdr.transport import BarStore, ensure_streams
+    from ktrdr.transport import ensure_streams
     from ktrdr.transport import objects as obj
 
     nc = await nats.connect(url)

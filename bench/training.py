@@ -35,6 +35,7 @@ from events.codec import decode_event
 from events.messages import OperationProgress, ProgressState, StartTraining, TrainingContext
 from ktrdr.cancellation import CancellationToken
 from ktrdr.client import Client
+from ktrdr.data.bars_store import BarStore
 from ktrdr.data.calendar import lookup
 from ktrdr.data.store import DataStore
 from ktrdr.ib.sim.data import generate_bars
@@ -43,7 +44,6 @@ from ktrdr.training.job import TrainingJob
 from ktrdr.training.process import TrainingProcess, training_threads
 from ktrdr.training.strategy import Strategy, parse_strategy
 from ktrdr.training.trainer import prepare_training_data
-from ktrdr.transport import BarStore
 
 STRATEGY = Path(__file__).parents[1] / "strategies" / "mlp_rsi_aapl.yaml"
 START, END = datetime(2018, 1, 1, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC)

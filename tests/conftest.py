@@ -136,7 +136,7 @@ async def data_stack(start_actors, data_settings, client, tmp_path):
     ib = IbRequester(client.nc)
     await ib.contract("AAPL")
     await ib.head("AAPL", "1h")
-    from ktrdr.transport import BarStore
+    from ktrdr.data.bars_store import BarStore
 
     return BarStore(client.js)  # the store of record: the BARS bucket
 

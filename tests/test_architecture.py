@@ -1,5 +1,6 @@
 """The structure a newcomer relies on, checked: the domain/client/CLI never import the actors,
-subject strings live only in events/, and no product function grows past 120 lines."""
+transport never imports the domain it carries, the domain reaches NATS only through its store
+adapters, subject strings live only in events/, and no product function grows past 120 lines."""
 
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ def imported_modules(tree: ast.AST) -> set[str]:
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)  # `from ktrdr import data`
     return out
+
+
+def _is_under(module: str, *packages: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
 
 
 def test_nothing_under_ktrdr_imports_the_actors():
@@ -37,6 +43,28 @@ def test_events_import_nothing_but_themselves_and_libraries():
     offenders = [f"{p.relative_to(ROOT)} imports {m}" for p in product_files("events")
                  for m in imported_modules(ast.parse(p.read_text())) if m.split(".")[0] in ("actors", "ktrdr", "hosts")]
     assert offenders == []
+
+
+def test_transport_imports_nothing_from_the_data_or_training_domain():
+    # Every import counts, also the ones inside functions or under TYPE_CHECKING: a store that needs
+    # the domain lives beside the domain, not in the transport.
+    offenders = [f"{p.relative_to(ROOT)} imports {m}" for p in product_files("ktrdr/transport")
+                 for m in imported_modules(ast.parse(p.read_text())) if _is_under(m, "ktrdr.data", "ktrdr.training")]
+    assert offenders == []
+
+
+# The NATS-aware adapters that keep the domain's bytes in the object buckets; every other module of
+# the data and training domains is plain Python that a test runs without a server.
+STORE_ADAPTERS = {"ktrdr/data/bars_store.py", "ktrdr/data/series_lease.py", "ktrdr/training/model_store.py",
+                  "ktrdr/training/checkpoint_store.py"}
+
+
+def test_the_data_and_training_domains_reach_nats_only_through_their_store_adapters():
+    offenders = [f"{p.relative_to(ROOT)} imports {m}" for p in product_files("ktrdr/data", "ktrdr/training")
+                 if str(p.relative_to(ROOT)) not in STORE_ADAPTERS
+                 for m in imported_modules(ast.parse(p.read_text())) if _is_under(m, "nats", "ktrdr.transport")]
+    assert offenders == []
+    assert all((ROOT / f).exists() for f in STORE_ADAPTERS)
 
 
 def test_subject_strings_appear_only_in_events():

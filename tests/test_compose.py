@@ -25,7 +25,7 @@ from events import subjects
 from events.messages import LoadData, StartTraining
 from ktrdr.client import Client
 from ktrdr.embedded import free_port, nats_server_binary, port_open
-from ktrdr.transport import ModelStore
+from ktrdr.training.model_store import ModelStore
 from tests.conftest import make_settings
 from tests.helpers import wait_terminal
 

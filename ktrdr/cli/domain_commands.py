@@ -67,8 +67,8 @@ def data_load(
 
 
 def _bars(c: Any) -> Any:
+    from ktrdr.data.bars_store import BarStore
     from ktrdr.data.store import DigestCache
-    from ktrdr.transport import BarStore
 
     return BarStore(c.js, DigestCache(settings().cache_dir, settings().cache_max_bytes))
 
@@ -171,7 +171,7 @@ async def _data_import(sym: str, tf: str, df: Any, json_out: bool) -> int:
     import socket
 
     from ktrdr.cli import client
-    from ktrdr.transport import series_lease
+    from ktrdr.data.series_lease import series_lease
 
     async with client() as c:
         # One writer per series: an import waits for a load of the same series (and vice versa).
@@ -357,7 +357,7 @@ def models_list(json_out: bool = JSON) -> None:
 
 async def _models_list(json_out: bool) -> int:
     from ktrdr.cli import client
-    from ktrdr.transport import ModelStore
+    from ktrdr.training.model_store import ModelStore
 
     async with client() as c:
         items = await ModelStore(c.js).list()
@@ -385,7 +385,7 @@ def models_show(name: str = typer.Argument(..., help="strategy, strategy/SYMBOLS
 
 async def _models_show(name: str, json_out: bool) -> int:
     from ktrdr.cli import client
-    from ktrdr.transport import ModelStore
+    from ktrdr.training.model_store import ModelStore
 
     async with client() as c:
         shown = await ModelStore(c.js).show(name)
@@ -429,7 +429,7 @@ def models_pull(name: str = typer.Argument(..., help="strategy, strategy/SYMBOLS
 
 async def _models_pull(name: str, out: Path) -> int:
     from ktrdr.cli import client
-    from ktrdr.transport import ModelStore
+    from ktrdr.training.model_store import ModelStore
 
     async with client() as c:
         resolved, paths = await ModelStore(c.js).pull(name, out)

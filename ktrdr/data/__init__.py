@@ -1,2 +1,3 @@
 """The data domain: timeframes, trading calendars, bar storage, validation, gap analysis, segment
-planning and the DataLoadingJob. Plain Python with no NATS in it; the job-manager actor drives it."""
+planning and the DataLoadingJob. Plain Python with no NATS in it, but for the adapters that keep its
+series in the BARS bucket (bars_store, series_lease); the job-manager actor drives it."""

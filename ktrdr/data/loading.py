@@ -1,4 +1,5 @@
-"""DataLoadingJob: one data load (symbol, timeframe, mode) as async domain code.
+"""DataLoadingJob: one data load (symbol, timeframe, mode) as async domain code, into a SeriesStore
+(the job-manager's SeriesBuffer of a BARS series, or a local DataStore).
 
 The job resolves the range, finds gaps against the trading calendar, plans IB-sized segments and
 fetches them CONCURRENTLY (at most `max_concurrency` in flight; IB pacing is the fetcher's job).
@@ -36,7 +37,7 @@ from ktrdr.cancellation import CancellationToken
 from ktrdr.data.calendar import Instrument, expected_bar_starts, lookup, normalize_symbol, to_utc
 from ktrdr.data.gaps import find_gaps
 from ktrdr.data.planning import Segment, parse_mode, plan_segments, resolve_range
-from ktrdr.data.store import DataStore
+from ktrdr.data.store import SeriesStore
 from ktrdr.data.timeframes import Timeframe, parse_timeframe
 from ktrdr.data.validation import RepairReport, repair_bars
 from ktrdr.errors import (
@@ -83,7 +84,7 @@ class LoadResult:
 class DataLoadingJob:
     def __init__(
         self,
-        store: DataStore,
+        store: SeriesStore,
         instrument: Instrument | str,
         timeframe: Timeframe | str,
         mode: str,

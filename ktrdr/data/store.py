@@ -1,17 +1,21 @@
-"""Bars as frames and Parquet: the local DataStore, the in-memory SeriesBuffer a data load merges
-into, and the DigestCache that keeps copies of stored objects on a host's disk.
+"""Bars as frames and Parquet: the SeriesStore protocol a data load works against, its two
+implementations (the in-memory SeriesBuffer and the local DataStore), and the DigestCache that keeps
+copies of stored objects on a host's disk.
 
-The store of record is the NATS object bucket BARS (ktrdr/transport/objects.py): one Parquet object per
+The store of record is the NATS object bucket BARS (ktrdr/data/bars_store.py): one Parquet object per
 (symbol, timeframe) with a SeriesMeta in its headers. This module is the NATS-free part:
-- `SeriesBuffer`: one series in memory with DataStore's read/merge surface, so a DataLoadingJob merges
-  fetched segments into it (from several threads) and the job-manager writes snapshots of it to BARS.
+- `SeriesStore`: what a DataLoadingJob calls on the store it loads into (`covered_range`, `read`,
+  `metadata`, `merge`), synchronous because the job calls it on worker threads.
+- `SeriesBuffer`: one series in memory, a SeriesStore, so a DataLoadingJob merges fetched segments
+  into it (from several threads) and the job-manager's SeriesWriter writes snapshots of it to BARS.
   Merged segments are kept aside and folded in lazily, so a load of thousands of segments does not
   re-sort the whole series for each one.
 - `DigestCache`: `KTRDR_HOME/cache/<sha256 hex>.parquet`, written atomically (temp file + rename),
   keyed by the object's SHA-256 digest so a cached copy is never stale, bounded in size with the least
   recently used files evicted first. Deleting the folder loses nothing.
-- `DataStore`: the former local store, one Parquet series per (symbol, timeframe) under `home/data/`
-  (`{SYMBOL}/{tf}.parquet`, `{tf}.meta.json`, `{tf}.lock`); kept for offline tools and tests. Every
+- `DataStore`: the former local store, a SeriesStore with one Parquet series per (symbol, timeframe)
+  under `home/data/` (`{SYMBOL}/{tf}.parquet`, `{tf}.meta.json`, `{tf}.lock`); kept for offline tools,
+  benchmarks and tests (a load into it needs no server). Every
   write goes to a temp file, is fsynced and `os.replace`d; `merge` holds an exclusive `fcntl.flock`.
 
 Frames everywhere: DatetimeIndex named "timestamp" (UTC, bar start), float64 columns
@@ -32,7 +36,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 import numpy as np
@@ -133,10 +137,36 @@ def merged_source(stored: str | None, source: str) -> str:
     return source if stored in (None, source) else "mixed"
 
 
+Bound: TypeAlias = datetime | pd.Timestamp | str | None  # a range bound, as the CLI and commands give it
+
+
+@runtime_checkable
+class SeriesStore(Protocol):
+    """The store a DataLoadingJob loads into: what is stored (its range, its bars, its metadata) and a
+    merge of fetched bars into it. Synchronous: the job runs each call on a worker thread, so a merge
+    of a large series never holds up the event loop that carries cancels."""
+
+    def covered_range(self, symbol: str, tf: Timeframe | str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """(first bar start, last bar start) of the stored series, or None when nothing is stored."""
+        ...
+
+    def read(self, symbol: str, tf: Timeframe | str, start: Bound = None, end: Bound = None) -> pd.DataFrame:
+        """Stored bars with start <= timestamp < end (either bound optional); an empty frame if none."""
+        ...
+
+    def metadata(self, symbol: str, tf: Timeframe | str) -> SeriesMeta | None:
+        ...
+
+    def merge(self, symbol: str, tf: Timeframe | str, df: pd.DataFrame, source: str,
+              simulated: bool | None = None) -> int:
+        """Merge bars into the series (the newest wins); returns how many timestamps are new."""
+        ...
+
+
 class SeriesBuffer:
-    """One series in memory, with the surface a DataLoadingJob uses of a store (`merge`, `read`,
-    `metadata`, `covered_range`; the symbol/timeframe arguments are this series'). Thread-safe: the
-    job merges segments from worker threads. `version` counts merges that changed something, so a
+    """One series in memory, a SeriesStore (the symbol/timeframe arguments are this series'), backed
+    by BARS: the job-manager loads it from there and its SeriesWriter stores snapshots of it back.
+    Thread-safe: the job merges segments from worker threads. `version` counts merges that changed something, so a
     writer knows whether a snapshot is newer than what it stored."""
 
     # Fold pending segments in when there are this many (each merge only checks which timestamps are new).
@@ -199,8 +229,7 @@ class SeriesBuffer:
             return None
         return series_meta(self.symbol, self.timeframe, df, self._source, self._simulated)
 
-    def read(self, symbol: str, tf: Timeframe | str, start: datetime | pd.Timestamp | str | None = None,
-             end: datetime | pd.Timestamp | str | None = None) -> pd.DataFrame:
+    def read(self, symbol: str, tf: Timeframe | str, start: Bound = None, end: Bound = None) -> pd.DataFrame:
         return slice_bars(self.frame(), start, end)
 
     def metadata(self, symbol: str, tf: Timeframe | str) -> SeriesMeta | None:
@@ -327,6 +356,8 @@ class DigestCache:
 
 
 class DataStore:
+    """A SeriesStore on local disk (see the module's docstring)."""
+
     def __init__(self, home: Path | str) -> None:
         self.home = Path(home)
         self.root = self.home / "data"

@@ -1,7 +1,7 @@
 """Model artifacts and their names: `{strategy}/{SYMBOLS}_{timeframe}_v{N}/{file}` plus a latest pointer
 `{strategy}/{SYMBOLS}_{timeframe}_latest`, written from the bytes a training run returns
 (`TrainingOutcome.artifacts`). The store of record is the NATS object bucket MODELS (the same names
-as object names: ktrdr/transport/objects.py ModelStore); this module holds the name rules both
+as object names: ktrdr/training/model_store.py ModelStore); this module holds the name rules both
 use (`model_key`, `version_name`, `parse_model_ref`, the listing row) and a local folder registry
 (`save_model`/`list_models`/`show_model` under a models_dir) for offline use and tests.
 

@@ -21,7 +21,9 @@ import pytest
 from events import subjects
 from events.messages import OperationProgress, OperationStarted, StartTraining, TrainingContext
 from ktrdr.config import Settings
-from ktrdr.transport import BarStore, CheckpointStore, ModelStore
+from ktrdr.data.bars_store import BarStore
+from ktrdr.training.checkpoint_store import CheckpointStore
+from ktrdr.training.model_store import ModelStore
 from ktrdr.transport.objects import CHECKPOINTS, MODELS, stat
 from tests.conftest import make_settings
 from tests.helpers import wait_for_event, wait_terminal

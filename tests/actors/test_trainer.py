@@ -11,7 +11,9 @@ import pytest
 
 from events import subjects
 from events.messages import OperationProgress, StartTraining, TrainingContext
-from ktrdr.transport import BarStore, CheckpointStore, ModelStore
+from ktrdr.data.bars_store import BarStore
+from ktrdr.training.checkpoint_store import CheckpointStore
+from ktrdr.training.model_store import ModelStore
 from tests.helpers import wait_for_event, wait_terminal
 from tests.training.conftest import make_bars
 

@@ -11,10 +11,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ktrdr.data.bars_store import BarStore
 from ktrdr.data.calendar import lookup
 from ktrdr.ib.sim.data import generate_bars
+from ktrdr.training.model_store import ModelStore
 from ktrdr.training.registry import FILES
-from ktrdr.transport import BarStore, ModelStore
 from ktrdr.transport.objects import BARS, stat
 
 

@@ -66,7 +66,7 @@ def assert_one_line_error(rc: int, err: str, says: str) -> None:
 
 
 async def test_ops_plot_of_a_training_draws_its_epochs(start_actors, client, settings, tmp_path):
-    from ktrdr.transport import BarStore
+    from ktrdr.data.bars_store import BarStore
 
     await BarStore(client.js).merge("AAPL", "1h", _cycle_bars(), "sim")  # the trainer reads BARS
     await start_actors("orchestrator", "trainer")
@@ -165,7 +165,7 @@ def _cycle_bars():
 
 
 async def test_data_plot_draws_candles_or_close_with_the_gaps(settings, client, tmp_path):
-    from ktrdr.transport import BarStore
+    from ktrdr.data.bars_store import BarStore
 
     bars = generate_bars(lookup("AAPL"), "1h", datetime(2024, 1, 2, tzinfo=UTC), datetime(2024, 7, 1, tzinfo=UTC),
                          seed=0)

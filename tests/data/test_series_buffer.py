@@ -1,6 +1,6 @@
 """SeriesBuffer (what a load merges into before it is written to BARS) merges like DataStore: counts
 new timestamps, the newest bar wins, the source becomes mixed, simulated sticks; many segments and
-concurrent merges lose nothing."""
+concurrent merges lose nothing. Both are the SeriesStore a DataLoadingJob loads into."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import threading
 
 import pandas as pd
 
-from ktrdr.data.store import DataStore, SeriesBuffer
+from ktrdr.data.store import DataStore, SeriesBuffer, SeriesStore
 from tests.data.conftest import calendar_bars
+
+
+def test_the_buffer_and_the_local_store_are_both_series_stores(tmp_path) -> None:
+    # What DataLoadingJob calls, by name (the type checker checks the signatures).
+    assert isinstance(SeriesBuffer("AAPL", "1h"), SeriesStore) and isinstance(DataStore(tmp_path), SeriesStore)
+    assert not isinstance(object(), SeriesStore)
 
 
 def test_merges_like_the_local_store(tmp_path) -> None:

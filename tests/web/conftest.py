@@ -114,7 +114,7 @@ async def page_token(http: aiohttp.ClientSession, web: WebServer) -> str:
 async def bars_in_store(client: Any) -> None:
     """A year and a bit of AAPL 1h bars with a learnable cycle in BARS (where trainers read), for a tiny
     training."""
-    from ktrdr.transport import BarStore
+    from ktrdr.data.bars_store import BarStore
     from tests.training.conftest import make_bars
 
     await BarStore(client.js).merge("AAPL", "1h", make_bars(3000, seed=1), "sim")

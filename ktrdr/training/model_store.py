@@ -1,0 +1,208 @@
+"""The MODELS bucket as a store of trained models: `<strategy>/<KEY>_v<N>/<file>` per version (the files
+of ktrdr.training.registry.FILES, plus the operation's result) and a `<strategy>/<KEY>_latest` pointer.
+
+A version number is claimed atomically (model.pt is put only if absent: two trainers saving at once
+get different numbers), metadata.json is put last and marks the version complete (listings skip the
+others), and the latest pointer only ever moves forward (compare-and-set). A version's summary rides in
+its metadata.json's header, so `models list` reads no object's bytes. Names come from the registry's
+rules (validated strategy names, model keys); `pull` writes fixed file names into an existing folder.
+This is the training domain's NATS adapter; the bytes go through ktrdr.transport.objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nats.js import JetStreamContext
+
+from ktrdr.errors import DataError, ValidationError
+from ktrdr.training.registry import (
+    FILES,
+    KEY_RE,
+    RESULT_FILE,
+    model_key,
+    model_summary,
+    parse_model_ref,
+    version_name,
+)
+from ktrdr.training.strategy import validate_name
+from ktrdr.transport import objects
+from ktrdr.transport.objects import MAX_HEADER_BYTES, MODELS, ObjectConflict, Stored
+
+MAX_MODEL_FILE_BYTES = 4 << 30
+MAX_JSON_FILE_BYTES = 64 << 20
+MODEL_HEADER, LATEST_HEADER = "Ktrdr-Model", "Ktrdr-Latest"
+# Aliases for annotations inside ModelStore, whose `list` method shadows the builtin.
+_Rows = list[dict[str, Any]]
+_Paths = list[Path]
+_MODEL_OBJECT = re.compile(r"^(?P<strategy>[^/]+)/(?P<key>[^/]+)_v(?P<n>\d{1,10})/(?P<file>[^/]+)$")
+_POINTER = re.compile(r"^(?P<strategy>[^/]+)/(?P<key>[^/]+)_latest$")
+
+
+class ModelStore:
+    """Trained models in MODELS: `<strategy>/<KEY>_v<N>/<file>` and a `<strategy>/<KEY>_latest` pointer."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+
+    async def _versions(self) -> tuple[dict[tuple[str, str, int], Stored], dict[tuple[str, str], str]]:
+        """{(strategy, key, version): its metadata.json} for complete versions; {(strategy, key): latest}."""
+        complete: dict[tuple[str, str, int], Stored] = {}
+        latest: dict[tuple[str, str], str] = {}
+        for st in await objects.list_objects(self.js, MODELS):
+            if (m := _MODEL_OBJECT.match(st.name)) and KEY_RE.match(m["key"]) and m["file"] == "metadata.json":
+                complete[(m["strategy"], m["key"], int(m["n"]))] = st
+            elif (p := _POINTER.match(st.name)) and KEY_RE.match(p["key"]) and (v := st.header(LATEST_HEADER)):
+                latest[(p["strategy"], p["key"])] = v
+        return complete, latest
+
+    async def save(self, strategy: str, symbols: Sequence[str], timeframes: Sequence[str],
+                   artifacts: Mapping[str, bytes], result: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Store a new version (the number is claimed atomically: model.pt is put only if absent),
+        metadata.json last (it marks the version complete), then move the latest pointer forward."""
+        missing = [f for f in FILES if not isinstance(artifacts.get(f), bytes | bytearray)]
+        if missing:
+            raise ValidationError(f"model artifacts lack {missing}")
+        name, key = validate_name(strategy), model_key(list(symbols), list(timeframes))
+        try:
+            metadata = json.loads(artifacts["metadata.json"])
+            metrics = json.loads(artifacts["metrics.json"])
+        except ValueError as exc:
+            raise ValidationError(f"metadata.json / metrics.json are not JSON: {exc}") from exc
+        if not isinstance(metadata, dict) or not isinstance(metrics, dict):
+            raise ValidationError("metadata.json and metrics.json must be JSON objects")
+        complete, _ = await self._versions()
+        version = max((n for (s, k, n) in complete if (s, k) == (name, key)), default=0) + 1
+        while True:
+            prefix = f"{name}/{version_name(key, version)}"
+            try:
+                await objects.put(self.js, MODELS, f"{prefix}/model.pt", artifacts["model.pt"],
+                                  conditional=True)
+                break
+            except ObjectConflict:
+                version += 1  # another trainer claimed this number first
+        saved = {"bucket": MODELS, "name": prefix, "version": version, "model_object": f"{prefix}/model.pt",
+                 "model_path": f"{MODELS}/{prefix}/model.pt", "latest_pointer": f"{name}/{key}_latest",
+                 "objects": [f"{prefix}/{f}" for f in (*FILES, *((RESULT_FILE,) if result is not None else ()))]}
+        files: dict[str, bytes] = {f: bytes(artifacts[f]) for f in FILES[1:-1]}
+        if result is not None:  # the operation's result as stored with the model (analytics, history)
+            full = {**result, "artifacts": {**(result.get("artifacts") or {}), **saved}}
+            files[RESULT_FILE] = (json.dumps(full, indent=2, default=str) + "\n").encode()
+        for f, data in files.items():
+            await objects.put(self.js, MODELS, f"{prefix}/{f}", data)
+        metadata = {**metadata, "version": version, "name": prefix}
+        summary = json.dumps({**model_summary(metadata, metrics), "version": version}, default=str)
+        body = (json.dumps(metadata, indent=2, default=str) + "\n").encode()
+        await objects.put(self.js, MODELS, f"{prefix}/metadata.json", body,
+                          headers={MODEL_HEADER: summary if len(summary) <= MAX_HEADER_BYTES else "{}"})
+        await self._point(name, key, version)
+        return saved
+
+    async def _point(self, name: str, key: str, version: int) -> None:
+        """Move `<strategy>/<KEY>_latest` to `version` unless it already names a newer one (CAS)."""
+        pointer = f"{name}/{key}_latest"
+        for _ in range(20):
+            st = await objects.stat(self.js, MODELS, pointer)
+            current = st.header(LATEST_HEADER) if st is not None and not st.deleted else None
+            m = re.match(r"^.+_v(\d+)$", current or "")
+            if m and int(m[1]) >= version:
+                return
+            target = version_name(key, version)
+            try:
+                await objects.put(self.js, MODELS, pointer, (target + "\n").encode(),
+                                  headers={LATEST_HEADER: target}, conditional=True, replaces=st)
+                return
+            except ObjectConflict:
+                continue
+
+    async def list(self) -> _Rows:
+        """Every complete version with its summary, sorted by strategy, key and version."""
+        complete, latest = await self._versions()
+        rows: _Rows = []
+        for (strategy, key, n), st in sorted(complete.items()):
+            try:
+                summary = json.loads(st.header(MODEL_HEADER) or "{}")
+            except ValueError:
+                summary = {}
+            summary = summary if isinstance(summary, dict) else {}
+            rows.append({"name": f"{strategy}/{key}_v{n}", "strategy": strategy, "key": key, "version": n,
+                         "latest": latest.get((strategy, key)) == f"{key}_v{n}",
+                         **{k: v for k, v in summary.items() if k != "version"}})
+        return rows
+
+    async def resolve(self, ref: str) -> str:
+        """`strategy/KEY_vN` of a model named `strategy`, `strategy/KEY` (its latest) or `strategy/KEY_vN`."""
+        strategy, key, version = parse_model_ref(ref)
+        complete, latest = await self._versions()
+        if key is not None and version is not None:
+            if (strategy, key, version) in complete:
+                return f"{strategy}/{version_name(key, version)}"
+        elif key is not None:
+            target = latest.get((strategy, key))
+            if target is not None:
+                return f"{strategy}/{version_name(key, int(target.rsplit('_v', 1)[1]))}"
+        else:
+            keys = sorted(k for (s, k) in latest if s == strategy)
+            if len(keys) == 1:
+                return await self.resolve(f"{strategy}/{keys[0]}")
+            if len(keys) > 1:
+                raise ValidationError(f"{ref!r} has several models",
+                                      hint="pick one of: " + ", ".join(f"{strategy}/{k}" for k in keys))
+        raise ValidationError(f"no model {ref!r} in {MODELS}", hint="`ktrdr models list` shows what exists")
+
+    async def read_json(self, prefix: str, file: str) -> dict[str, Any]:
+        found = await objects.get(self.js, MODELS, f"{prefix}/{file}", max_bytes=MAX_JSON_FILE_BYTES)
+        if found is None:
+            return {}
+        try:
+            data = json.loads(bytes(found[0]))
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    async def show(self, ref: str) -> dict[str, Any]:
+        """Everything stored about one version but the weights (their object name and size instead)."""
+        prefix = await self.resolve(ref)
+        weights = await objects.stat(self.js, MODELS, f"{prefix}/model.pt")
+        out: dict[str, Any] = {"name": prefix, "bucket": MODELS, "model_object": f"{prefix}/model.pt",
+                               "model_bytes": weights.size if weights else None,
+                               "model_digest": weights.digest if weights else None}
+        for part in ("config", "metrics", "features", "metadata"):
+            out[part] = await self.read_json(prefix, f"{part}.json")
+        out["result"] = await self.read_json(prefix, RESULT_FILE)
+        return out
+
+    async def pull(self, ref: str, dest: Path) -> tuple[str, _Paths]:
+        """Download one version's files into the existing folder `dest` (fixed file names only; each
+        written to a temp file in `dest` and renamed, so a file is there whole or not at all)."""
+        folder = Path(dest)
+        if not folder.is_dir():
+            raise ValidationError(f"{str(dest)[:200]}: not an existing folder")
+        folder = folder.resolve()
+        prefix = await self.resolve(ref)
+        written: _Paths = []
+        for f in (*FILES, RESULT_FILE):
+            st = await objects.stat(self.js, MODELS, f"{prefix}/{f}")
+            if st is None or st.deleted:
+                if f == RESULT_FILE:
+                    continue
+                raise DataError(f"{MODELS}/{prefix}/{f} is missing")
+            target = folder / f
+            if target.parent != folder:
+                raise ValidationError(f"refusing to write outside {folder}")
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{f}.", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    await objects.fetch(self.js, st, into=out, max_bytes=MAX_MODEL_FILE_BYTES)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            written.append(target)
+        return prefix, written
