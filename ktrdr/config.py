@@ -1,8 +1,15 @@
-"""Settings from the environment, read once per process. Every knob a user can turn is here, and no
-other module reads os.environ for one: a bad value is refused here, with the variable's name."""
+"""Settings from the environment. Every knob a user can turn is here, and no other module reads
+os.environ for one: a bad value is refused here, with the variable's name.
+
+`settings()` reads the environment once per process, at its first call, and returns that same frozen
+Settings afterwards (`settings.cache_clear()` makes the next call read it again: a test that changed
+the environment). `Settings(...)` itself reads, at each construction, every variable whose field it
+is not given: tests and tools build their own that way.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,5 +141,7 @@ class Settings:
         return auth.connect_options_from_env(known, home=self.home, env=env)
 
 
+@functools.cache
 def settings() -> Settings:
+    """This process's Settings: read from the environment at the first call, the same object after."""
     return Settings()
