@@ -1,4 +1,4 @@
-"""ib: KTRDR's IbDataAdapter + IB host service as an actor. Owns one ib_async connection
+"""ib: serves IB requests over NATS (the seed's IbDataAdapter + IB host service). Owns one ib_async connection
 (IB_HOST, IB_PORT, IB_CLIENT_ID), read-only, and serves `ib.contract`, `ib.head` and `ib.bars` in the
 queue group "ib", so several ib actors (different client ids) share the load. Pacing is enforced in
 the client (PacingLimiter) and every wait is sent to the caller as an interim reply ("waiting 12 s

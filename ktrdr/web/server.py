@@ -319,7 +319,8 @@ def _bounded(lo: int, hi: int) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ktrdr.web", description="KTRDR's live operations page.")
+    p = argparse.ArgumentParser(prog="python -m ktrdr.web",
+                                description="The live operations page: follows the OPS stream, serves it to browsers.")
     p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=_port, default=None, help="port (default KTRDR_WEB_PORT or 8780; 0: any free)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
