@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 from nats.aio.msg import Msg
 
 from events import subjects
@@ -120,6 +121,8 @@ class RequestHandler:
             return
         try:
             reply = await (fn(req, call) if self.takes_call else fn(req))
+            if not isinstance(reply, msgspec.Struct):  # the caller would wait for an answer never sent
+                raise TypeError(f"{self.request_type.__name__} handler returned {type(reply).__name__}, not a reply")
         except Exception as exc:
             await call.answer(actor.reply_for_error(exc, None), ErrorReply.of(exc, None))
             return

@@ -23,7 +23,7 @@ from tests.conftest import make_settings
 
 class EchoRequest(Message, tag="EchoRequest", kw_only=True):
     text: str
-    fail: str = ""  # "data": raise a DataError; "bug": raise a ZeroDivisionError
+    fail: str = ""  # "data": raise a DataError; "bug": raise a ZeroDivisionError; "none": return None
 
 
 class EchoReply(Message, tag="EchoReply", kw_only=True):
@@ -50,6 +50,8 @@ class EchoActor(Actor):
             raise DataError("no such text", hint="send another")
         if req.fail == "bug":
             raise ZeroDivisionError("division by zero")
+        if req.fail == "none":
+            return None  # type: ignore[return-value]
         return EchoReply(text=req.text.upper())
 
     @handles(CountRequest, subject=lambda pool: f"svc.count.{pool}")
@@ -106,6 +108,9 @@ async def test_a_failing_handler_is_answered_with_its_error_code(echo, client):
     assert reply.headers is not None
     assert (reply.headers[SERVICE_ERROR_CODE], reply.headers[ERROR_CODE]) == ("500", "internal")
     assert "ZeroDivisionError" in reply.headers[SERVICE_ERROR]
+    reply = await client.nc.request("svc.echo", encode(EchoRequest(text="x", fail="none")), timeout=10)
+    assert reply.headers is not None and reply.headers[ERROR_CODE] == "internal"  # answered, not left waiting
+    assert "EchoRequest handler returned NoneType" in reply.headers[SERVICE_ERROR]
 
 
 async def test_an_actor_that_overrides_reply_for_error_answers_in_its_own_type(echo_settings, client):
