@@ -149,7 +149,7 @@ _lock = threading.Lock()
 
 def settings() -> Settings:
     """This process's Settings: built at the first call, the same object while the environment it
-    reads is unchanged (comparing those variables costs microseconds; building Settings does not)."""
+    reads is unchanged (each call compares those variables: a few tens of microseconds)."""
     global _built
     seen = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(READ_PREFIXES)))
     with _lock:
