@@ -8,9 +8,11 @@ them and holds the hooks a subclass overrides:
   work, the ib actor cancels in-flight requests);
 - `on_malformed_cancel(op_id, subject, error)`: only the orchestrator answers those with an event;
 - `cancelled_message(op, where)`: the words of a worker's `cancelled` event;
-- `pools()`: the work pools a worker joins.
+- `pools()`: the work pools a worker joins;
+- `reply_for_error(exc, text)`: the reply to a request whose handler raised (or that was malformed).
 Request/reply handlers are one line: `@handles(IbBarsRequest, queue="ib")` on
-`async def bars(self, req: IbBarsRequest, call: Call) -> IbReply`.
+`async def bars(self, req: IbBarsRequest, call: Call) -> IbReply`, or for any other subject
+`@handles(EchoRequest, subject="svc.echo")` on `async def echo(self, req: EchoRequest) -> EchoReply`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -38,20 +40,10 @@ from events import subjects
 from events.codec import DecodeError, decode_cancel
 from events.messages import ActorError, CancelOperation, Event, Message, ProgressState
 from ktrdr.config import Settings
+from ktrdr.errors import KtrdrError
 from ktrdr.transport import check_streams, connect, ensure_streams
 
 log = logging.getLogger(__name__)
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def handles(request_type: type[Message], *, queue: str | None = None) -> Callable[[F], F]:
-    """Declare a request/reply handler for a typed request; its subject derives from the type."""
-
-    def deco(fn: F) -> F:
-        fn._ktrdr_handles = RequestHandler(request_type, queue)  # type: ignore[attr-defined]
-        return fn
-
-    return deco
 
 
 class Actor:
@@ -111,6 +103,16 @@ class Actor:
     def cancelled_message(self, op: OperationContext, where: str) -> str:
         return f"Operation cancelled at {where}" if where else "Operation cancelled"
 
+    def reply_for_error(self, exc: BaseException, text: str | None) -> Message | None:
+        """The reply to a request that failed: `text` says what was wrong with a malformed request
+        (exc is the decode error), else `exc` is what the handler raised. None, the default, answers
+        with NATS's service-error headers (Nats-Service-Error, Nats-Service-Error-Code 400 or 500) and
+        Ktrdr-Error-Code (the KtrdrError's code, "validation" or "internal") on an empty body; an actor
+        whose callers expect its own reply type overrides it (the ib actor answers an IbReply)."""
+        if text is None and not isinstance(exc, KtrdrError):
+            self.log.error("%s: request handler error: %s", self.id, exc, exc_info=exc)
+        return None
+
     def presence_state(self) -> str:
         """One line about this actor's own link, shown by `ktrdr status` (the ib actor: its gateway)."""
         return ""
@@ -158,8 +160,8 @@ class Actor:
         handlers = request_handlers(self)
         self.served_pools = self.pools() if handlers else []
         for spec, fn in handlers:
-            for pool in self.served_pools:  # a service serves the pools it joins (the default one at least)
-                subject = spec.subject(pool)
+            # a service serves the pools it joins (the default one at least), or its one subject
+            for subject in spec.subjects_for(self.served_pools):
                 await self.nc.subscribe(subject, queue=spec.queue or "", cb=self._guard(self._request_cb(spec, fn),
                                                                                          subject))
         if self.work_domain:

@@ -130,7 +130,7 @@ class WorkRunner:
                 name=name, durable_name=name,
                 filter_subject=subjects.work(self.domain, pool),
                 ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=a.settings.worker_timeout_s,
-                max_deliver=-1, max_ack_pending=1000)
+                max_deliver=a.settings.max_deliver, max_ack_pending=1000)
             await a.js.add_consumer(subjects.STREAM_WORK, cfg)
             psub = await a.js.pull_subscribe_bind(durable=cfg.durable_name, stream=subjects.STREAM_WORK)
             self._loops.append(asyncio.create_task(

@@ -1,5 +1,6 @@
-"""dummy: KTRDR's reference long operation (default 100 iterations x 2 s), progress every iteration,
-cancellable between and during iterations (the sleep wakes on the cancel)."""
+"""dummy: a long operation that only sleeps and reports (the seed's reference operation): 100
+iterations x 2 s by default, progress every iteration, cancellable between and during iterations (the
+sleep wakes on the cancel)."""
 
 from __future__ import annotations
 

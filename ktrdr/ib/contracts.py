@@ -1,4 +1,4 @@
-"""Symbols -> IB contracts, and IB contract details -> KTRDR's ContractInfo.
+"""Symbols -> IB contracts, and IB contract details -> ContractInfo (events.messages).
 
 Stocks are looked up as Stock(symbol, "SMART", "USD"); forex pairs ("EURUSD", "EUR.USD") as
 Forex(pair) on IDEALPRO. The known universe (ktrdr.data.calendar) decides the kind; unknown

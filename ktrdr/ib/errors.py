@@ -1,4 +1,5 @@
-"""IB error codes -> KTRDR's typed errors, so nothing above this layer parses IB's text.
+"""IB error codes -> the typed IbError subclasses (ktrdr.errors), so nothing above this layer parses
+IB's text.
 
 IB reuses code 162 for pacing violations, "no data" answers and server-side cancels; only the text
 tells them apart. Messages name the symbol and say what a person can do about it.

@@ -2,8 +2,9 @@
 
 Started by ktrdr.training.process.TrainingProcess, never by hand. It sets its torch thread budget,
 imports the training stack once, says READY, then runs one job after another: progress and
-checkpoints go up the socket as frames while the job runs, then its outcome or its error. A watchdog
-thread blocks on the lifeline pipe and ends the process when the parent is gone.
+checkpoints go up the socket as frames while the job runs, then its outcome or its error (the frames
+are ktrdr.training.frames'). A watchdog thread blocks on the lifeline pipe and ends the process when
+the parent is gone.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import mmap
 import os
 import signal
-import struct
 import sys
 import threading
 import time
@@ -19,10 +19,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-import msgspec
-
-_EPOCH = struct.Struct("<q")
-_STAMP = struct.Struct("<d")
+from ktrdr.training import frames
 
 
 class SharedCancel:
@@ -35,7 +32,7 @@ class SharedCancel:
 
     @property
     def is_cancelled(self) -> bool:
-        return _EPOCH.unpack_from(self._word)[0] == self._seq
+        return frames.cancelled_seq(self._word) == self._seq
 
     @property
     def reason(self) -> str:
@@ -62,17 +59,16 @@ class _Sender:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.lock = threading.Lock()
-        self.encoder = msgspec.msgpack.Encoder()
 
-    def send(self, tag: bytes, body: bytes) -> None:
+    def send(self, frame: bytes) -> None:
         with self.lock:
-            self.conn.send_bytes(tag + body)
+            self.conn.send_bytes(frame)
 
     def progress(self, state: Any) -> None:
-        self.send(b"P", _STAMP.pack(time.time()) + self.encoder.encode(state))
+        self.send(frames.progress_frame(state))
 
     def checkpoint(self, epoch: int, data: bytes) -> None:
-        self.send(b"C", _EPOCH.pack(epoch) + data)
+        self.send(frames.checkpoint_frame(epoch, data))
 
 
 def _warm_up() -> None:
@@ -109,36 +105,32 @@ def main(argv: list[str]) -> int:
 
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
-    from ktrdr.training.job import TrainingJob
-    from ktrdr.training.process import encode_error
     from ktrdr.training.trainer import run_training
 
     _warm_up()
     conn = Connection(sock_fd)
-    word = mmap.mmap(cancel_fd, 8)
+    word = mmap.mmap(cancel_fd, frames.CANCEL_WORD_SIZE)
     sender = _Sender(conn)
-    sender.send(b"R", msgspec.msgpack.encode({"pid": os.getpid(), "threads": threads,
-                                              "import_s": time.monotonic() - began}))
+    sender.send(frames.ready_frame(os.getpid(), threads, time.monotonic() - began))
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
             return 0
-        if msg[0] == "exit":
-            return 0  # _exit below: nothing to clean up, and torch's interpreter teardown costs ~0.7 s
-        _, seq, job_bytes, bars, resume = msg
+        if not isinstance(msg, frames.JobMessage):
+            return 0  # ExitMessage; _exit below: nothing to clean up, torch's teardown costs ~0.7 s
         try:
-            job = msgspec.msgpack.decode(job_bytes, type=TrainingJob)
-            outcome = run_training(job, bars, emit=sender.progress, cancel=SharedCancel(word, seq),
-                                   resume=resume, on_checkpoint=sender.checkpoint)
+            outcome = run_training(msg.training_job(), msg.bars, emit=sender.progress,
+                                   cancel=SharedCancel(word, msg.seq), resume=msg.resume,
+                                   on_checkpoint=sender.checkpoint)
         except Exception as exc:  # every failure goes up as an ERROR frame; the child serves on
             if not hasattr(exc, "code"):
                 traceback.print_exc(file=sys.stderr)
-            sender.send(b"E", encode_error(exc))
+            sender.send(frames.error_frame(exc))
             continue
         finally:
-            del bars, resume  # a long-lived child must not keep the last job's data alive
-        sender.send(b"D", msgspec.msgpack.encode(outcome))
+            del msg  # a long-lived child must not keep the last job's bars and checkpoint alive
+        sender.send(frames.done_frame(outcome))
 
 
 if __name__ == "__main__":

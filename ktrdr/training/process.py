@@ -11,8 +11,8 @@ How it talks (all of it set up explicitly, nothing inherited by accident):
   the actor's main module; it imports torch once, says ready, and then serves one job after another,
   so its start-up cost (measured: `startup_s`) is paid when the actor starts, not per training;
 - a socket pair carries the job and bars down (one pickle, the child trusts its parent) and frames
-  up: progress (`ProgressState` as msgpack with its send time), checkpoints (epoch + bytes), the
-  outcome (msgpack) or the error (type, message, where);
+  up: progress, checkpoints, the outcome or the error (ktrdr.training.frames defines them all; the
+  error frame carries the child's error code, and a cancel's where, reason and reason_code);
 - cancel is one shared-memory word (memfd + mmap) holding the sequence number of the job to cancel,
   read by the training loop at every batch: a cancel lands within one batch, with no thread wake-up
   or GIL hand-off in the child;
@@ -30,7 +30,6 @@ import logging
 import mmap
 import os
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -42,25 +41,16 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from events.messages import ProgressState
 from ktrdr.cancellation import CancellationToken
-from ktrdr.errors import DataError, KtrdrError, OperationCancelledError, StrategyError, ValidationError
+from ktrdr.errors import KtrdrError, OperationCancelledError
+from ktrdr.training import frames
 from ktrdr.training.job import TrainingJob, TrainingOutcome
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[ProgressState], None]
 OnCheckpoint = Callable[[int, bytes], None]
-
-# Frame tags (child -> parent); the first byte of every frame.
-READY, PROGRESS, CHECKPOINT, DONE, ERROR = b"R", b"P", b"C", b"D", b"E"
-_STAMP = struct.Struct("<d")  # a progress frame's send time (time.time(), comparable across processes)
-_EPOCH = struct.Struct("<q")
-_PROGRESS_DECODER = msgspec.msgpack.Decoder(ProgressState)
-_OUTCOME_DECODER = msgspec.msgpack.Decoder(TrainingOutcome)
-_ERRORS: dict[str, type[KtrdrError]] = {"data": DataError, "validation": ValidationError, "error": KtrdrError}
 
 
 def training_threads(cores: int | None = None) -> int:
@@ -83,8 +73,8 @@ def _shared_word() -> tuple[int, mmap.mmap]:
     else:  # pragma: no cover - non-Linux
         fd, path = tempfile.mkstemp(prefix="ktrdr-cancel-")
         os.unlink(path)
-    os.ftruncate(fd, 8)
-    return fd, mmap.mmap(fd, 8)
+    os.ftruncate(fd, frames.CANCEL_WORD_SIZE)
+    return fd, mmap.mmap(fd, frames.CANCEL_WORD_SIZE)
 
 
 class TrainingProcess:
@@ -145,7 +135,7 @@ class TrainingProcess:
             frame = self._recv()
         except (EOFError, OSError) as exc:  # it died while importing (or close() killed it)
             raise self._died() from exc
-        if frame[:1] != READY:
+        if frame[:1] != frames.READY:
             self._kill()
             raise KtrdrError("the training process sent an unexpected first message")
         self.startup_s = time.monotonic() - began
@@ -164,7 +154,7 @@ class TrainingProcess:
             if proc is not None and proc.poll() is None:
                 with contextlib.suppress(OSError, ValueError):
                     assert self._conn is not None
-                    self._conn.send(("exit",))
+                    self._conn.send(frames.ExitMessage())
                 try:
                     proc.wait(timeout)
                 except subprocess.TimeoutExpired:
@@ -222,7 +212,7 @@ class TrainingProcess:
             try:
                 try:
                     assert self._conn is not None
-                    self._conn.send(("job", seq, msgspec.msgpack.encode(job), bars, resume))
+                    self._conn.send(frames.JobMessage.of(seq, job, bars, resume))
                 except (OSError, ValueError) as exc:
                     raise self._died() from exc
                 outcome, error = self._follow(emit, cancel, on_checkpoint)
@@ -239,7 +229,7 @@ class TrainingProcess:
                     self._kill()
 
     def _request_cancel(self, seq: int) -> None:
-        self._cancel_word[0:8] = _EPOCH.pack(seq)
+        self._cancel_word[0 : frames.CANCEL_WORD_SIZE] = frames.cancel_word_value(seq)
 
     def _follow(self, emit: Emit, cancel: CancellationToken, on_checkpoint: OnCheckpoint | None
                 ) -> tuple[TrainingOutcome | None, KtrdrError | None]:
@@ -262,43 +252,19 @@ class TrainingProcess:
                 frame = self._recv()
             except (EOFError, OSError) as exc:
                 raise self._died() from exc
-            tag, body = frame[:1], memoryview(frame)[1:]
-            if tag == PROGRESS:
-                (sent,) = _STAMP.unpack_from(body)
+            tag, body = frames.split(frame)
+            if tag == frames.PROGRESS:
+                sent, state = frames.read_progress(body)
                 self.pipe_latency_ms.append((time.time() - sent) * 1000)
-                emit(_PROGRESS_DECODER.decode(body[_STAMP.size :]))
-            elif tag == CHECKPOINT:
-                (epoch,) = _EPOCH.unpack_from(body)
+                emit(state)
+            elif tag == frames.CHECKPOINT:
                 if on_checkpoint is not None:
-                    on_checkpoint(epoch, bytes(body[_EPOCH.size :]))
-            elif tag == DONE:
-                return _OUTCOME_DECODER.decode(body), None
-            elif tag == ERROR:
-                return None, _error_from(msgspec.msgpack.decode(body), cancel)
+                    on_checkpoint(*frames.read_checkpoint(body))
+            elif tag == frames.DONE:
+                return frames.read_outcome(body), None
+            elif tag == frames.ERROR:
+                return None, frames.error_from(frames.read_error(body), cancel)
             else:
                 self._kill()
                 raise KtrdrError(f"the training process sent an unknown frame {bytes(tag)!r}")
-
-
-def _error_from(info: dict[str, Any], cancel: CancellationToken) -> KtrdrError:
-    kind = info.get("type", "error")
-    if kind == "cancelled":
-        return OperationCancelledError(info.get("where", ""), cancel.reason or "cancel requested")
-    if kind == "strategy":
-        return StrategyError(info.get("file", ""), info.get("path", ""), info.get("problem", ""))
-    return _ERRORS.get(kind, KtrdrError)(info.get("message", "training failed"), hint=info.get("hint"))
-
-
-def encode_error(exc: BaseException) -> bytes:
-    """The ERROR frame body for an exception raised in the child (used by ktrdr.training._child)."""
-    if isinstance(exc, OperationCancelledError):
-        info: dict[str, Any] = {"type": "cancelled", "where": exc.where}
-    elif isinstance(exc, StrategyError):
-        info = {"type": "strategy", "file": exc.file, "path": exc.path, "problem": exc.problem}
-    elif isinstance(exc, KtrdrError):
-        kind = "data" if isinstance(exc, DataError) else "validation" if isinstance(exc, ValidationError) else "error"
-        info = {"type": kind, "message": exc.message, "hint": exc.hint}
-    else:
-        info = {"type": "error", "message": f"training failed: {type(exc).__name__}: {exc}"[:2000]}
-    return msgspec.msgpack.encode(info)
 

@@ -1,7 +1,7 @@
 """TrainingProgressBridge: turns training-loop moments into the wire `ProgressState` (with a
 `TrainingContext`), the one progress shape every domain emits.
 
-KTRDR's semantics. Phases (initializing, loading_data, building_features, training,
+The seed's semantics: phases (initializing, loading_data, building_features, training,
 evaluating, saving) are each reported once; training reports one update per epoch with its metrics
 and throttled batch updates (the first, the last and every N-th batch of an epoch). The percentage
 runs over epochs x batches inside the training band (10%..90% by default); the phases before and

@@ -232,8 +232,8 @@ def _data_summary(job: TrainingJob, p: Prepared) -> dict[str, Any]:
 
 
 def report(job: TrainingJob, p: Prepared, state: FitState, m: dict[str, dict[str, Any]]) -> TrainingOutcome:
-    """KTRDR's unified result schema and the model's files as bytes (paths are added by whoever
-    stores them: `registry.save_model`). `m` is `evaluate_best`'s answer."""
+    """The result (in the seed's unified result schema) and the model's files as bytes (paths are
+    added by whoever stores them: `registry.save_model`). `m` is `evaluate_best`'s answer."""
     s, symbols, timeframes = p.checked.strategy, p.checked.symbols, p.checked.timeframes
     base_tf = s.training_data.base_timeframe
     key = model_key(symbols, p.checked.model_timeframes)

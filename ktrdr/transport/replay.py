@@ -5,7 +5,11 @@ operation before it runs it, and the orchestrator rebuilding its state after a r
 A read is an ephemeral push consumer (no acks, flow control) whose messages skip nats-py's
 per-message machinery: the connection hands each one, as bytes, straight to a sink (no header
 parsing, no Msg object, no queue, no task switch per message). That is what lets `ops replay`
-decode and fold at the raw ordered consumer's rate (figures in bench/backbone.py). Two ways to read:
+decode and fold at the raw ordered consumer's rate (figures in bench/backbone.py). That hook wraps
+nats-py's private `Client._process_msg`, so it is used only with the nats-py versions it was checked
+against (`NATS_PY_PATCHED`, the same range as pyproject's dependency: a test checks they agree);
+with any other version a read takes the public path, an ordinary subscription whose callback gets
+each Msg (slower, same events in the same order). Two ways to read:
 - `read_events(js, filters, on_msg)`: on_msg(subject, data) is called in stream order as the bytes
   arrive, on the connection's reading task; nothing is buffered beyond what the socket holds.
 - `stream_events(js, filters)`: an async iterator for a consumer that goes at its own pace (`ops
@@ -23,6 +27,8 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.client import __version__ as _nats_py_version
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -32,6 +38,23 @@ from events import subjects
 from events.codec import DecodeError, decode_event
 from events.messages import AnyEvent
 from ktrdr.transport.publish import retrying
+
+# nats-py versions [lowest, first beyond) whose protocol parser calls `nc._process_msg(sid, subject,
+# reply, data, headers)` through the connection object, so that wrapping it on the instance sees
+# every message: read in nats-py's sources for 2.9.0-2.15.0, run by the test suite on 2.16.0.
+NATS_PY_PATCHED = ((2, 9), (2, 17))
+
+
+def patch_applies(version: str) -> bool:
+    """Whether the dispatch hook is used with nats-py `version` (e.g. "2.16.0")."""
+    try:
+        release = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:  # a pre-release or local build we cannot place: the public path
+        return False
+    return NATS_PY_PATCHED[0] <= release < NATS_PY_PATCHED[1]
+
+
+FAST_PATH = patch_applies(_nats_py_version)
 
 # A status message's header block is "NATS/1.0 100 ..." (a space after the version); a data
 # message's is "NATS/1.0\r\n..." (its own headers, e.g. Nats-Msg-Id, which a read never needs).
@@ -109,30 +132,50 @@ class _PushRead:
     def sink(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bytes | None:
         # Once per stored event: kept to the few checks it needs.
         if not data and headers is not None and headers[_HDR_VERSION_LEN:_HDR_VERSION_LEN + 1] == b" ":
-            answer = _flow_control_reply(reply, headers)
-            if answer is not None and self.paced and self.consumed < self.delivered:
-                if all(r != answer for _, r in self.fc_due):  # a stalled heartbeat repeats a request
-                    self.fc_due.append((self.delivered, answer))
-                return None
-            return answer
+            return self._status(_flow_control_reply(reply, headers))
+        self._data(subject.decode(), data)
+        return None
+
+    async def _public(self, msg: Msg) -> None:
+        """The public path's callback: the same handling, from a Msg nats-py has parsed."""
+        headers = msg.headers
+        if not msg.data and headers is not None and headers.get("Status") == "100":  # flow control, heartbeat
+            stalled = headers.get("Nats-Consumer-Stalled")
+            answer = self._status(msg.reply.encode() if msg.reply else stalled.encode() if stalled else None)
+            if answer:
+                await self.nc.publish(answer.decode(), b"")
+            return
+        self._data(msg.subject, msg.data)
+
+    def _status(self, answer: bytes | None) -> bytes | None:
+        """The flow-control reply to send now (None: none, or not yet: paced and not caught up)."""
+        if answer is not None and self.paced and self.consumed < self.delivered:
+            if all(r != answer for _, r in self.fc_due):  # a stalled heartbeat repeats a request
+                self.fc_due.append((self.delivered, answer))
+            return None
+        return answer
+
+    def _data(self, subject: str, data: bytes) -> None:
         total = self.total
         if self.error is not None or (total is not None and self.delivered >= total):
-            return None  # published after the read began, or the reader has already failed
+            return  # published after the read began, or the reader has already failed
         self.delivered += 1
         try:
-            self.on_msg(subject.decode(), data)
+            self.on_msg(subject, data)
         except BaseException as e:  # raised on the connection's reading task: hand it to the reader
             self.error = e
             self.changed.set()
-            return None
+            return
         if self.paced or (total is not None and self.delivered >= total):
             self.changed.set()
-        return None
 
     async def start(self) -> bool:
         """Subscribe, then create the consumer; False when there is no OPS stream (nothing stored)."""
-        self.sub = await self.nc.subscribe(self.nc.new_inbox())
-        _sinks(self.nc)[self.sub._id] = self.sink
+        if FAST_PATH:
+            self.sub = await self.nc.subscribe(self.nc.new_inbox())
+            _sinks(self.nc)[self.sub._id] = self.sink
+        else:  # flow control bounds what is in flight, so the subscription's own limits are never reached
+            self.sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._public)
         cfg = js_api.ConsumerConfig(
             deliver_subject=self.sub.subject,
             filter_subjects=self.filters if len(self.filters) > 1 else None,

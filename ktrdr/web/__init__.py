@@ -3,16 +3,16 @@ what it folds to browsers as server-sent events (ktrdr.web.server). This module 
 KTRDR needs to start and find it, and imports nothing heavy: `ktrdr status` and `ktrdr up` use it.
 
 Start it as its own process with `spawn_argv(host, port)` (`python -m ktrdr.web --host H --port P`);
-once it listens it prints `ktrdr web: serving on <url>` and records the URL in `<run_dir>/web.url`,
-which `running_url(settings)` reads back (None when nothing answers there).
+once it listens it prints `ktrdr web: serving on <url>` and records the URL in `<run_dir>/web.url`
+(ktrdr.runfiles.web_url_file), which `running_url(settings)` reads back (None when nothing answers).
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from ktrdr.config import Settings
+from ktrdr.runfiles import port_open, web_url_file
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: the page can cancel operations, so it is not exposed by default
 DEFAULT_PORT = 8780
@@ -31,16 +31,10 @@ def spawn_argv(host: str = DEFAULT_HOST, port: int | None = None) -> list[str]:
     return [sys.executable, "-m", "ktrdr.web", "--host", host, "--port", str(default_port() if port is None else port)]
 
 
-def url_file(settings: Settings) -> Path:
-    return settings.run_dir / "web.url"
-
-
 def running_url(settings: Settings) -> str | None:
     """The URL of the page the stack serves, when its server answers; None otherwise."""
-    from ktrdr.embedded import port_open
-
     try:
-        url = url_file(settings).read_text().strip()
+        url = web_url_file(settings).read_text().strip()
     except OSError:
         return None
     hostport = url.split("://", 1)[-1].rstrip("/")

@@ -29,7 +29,8 @@ from aiohttp import web
 from events.subjects import is_op_id
 from ktrdr.config import Settings
 from ktrdr.config import settings as default_settings
-from ktrdr.web import DEFAULT_HOST, READY_PREFIX, default_port, url_file
+from ktrdr.runfiles import web_url_file
+from ktrdr.web import DEFAULT_HOST, READY_PREFIX, default_port
 from ktrdr.web.hub import Hub, Stream, TooManyStreams
 
 log = logging.getLogger("ktrdr.web")
@@ -263,8 +264,8 @@ async def serve(settings: Settings, host: str = DEFAULT_HOST, port: int | None =
         runner.app[CONF]["allowed_hosts"] = _allowed_hosts(host, bound, allow_hosts or [])
         url = _url(host, bound)
         with contextlib.suppress(OSError):
-            url_file(settings).parent.mkdir(parents=True, exist_ok=True)
-            url_file(settings).write_text(url + "\n")
+            web_url_file(settings).parent.mkdir(parents=True, exist_ok=True)
+            web_url_file(settings).write_text(url + "\n")
         print(f"{READY_PREFIX}{url}", flush=True)
         if runner.app[CONF]["allowed_hosts"] is None:
             print("ktrdr web: warning: listening beyond loopback with no --allow-host; anyone who reaches "
@@ -274,8 +275,8 @@ async def serve(settings: Settings, host: str = DEFAULT_HOST, port: int | None =
         stop.set()
         hub.close_streams()
         with contextlib.suppress(OSError):
-            if url and url_file(settings).read_text().strip() == url:  # still ours: a newer server may own it
-                url_file(settings).unlink()
+            if url and web_url_file(settings).read_text().strip() == url:  # still ours: a newer server may own it
+                web_url_file(settings).unlink()
         await runner.cleanup()
         hub_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -318,7 +319,8 @@ def _bounded(lo: int, hi: int) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ktrdr.web", description="KTRDR's live operations page.")
+    p = argparse.ArgumentParser(prog="python -m ktrdr.web",
+                                description="The live operations page: follows the OPS stream, serves it to browsers.")
     p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=_port, default=None, help="port (default KTRDR_WEB_PORT or 8780; 0: any free)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",

@@ -7,6 +7,7 @@ import asyncio
 
 import msgspec
 import nats
+from nats.js import api as js_api
 
 from events import subjects
 from events.codec import encode
@@ -209,3 +210,17 @@ async def test_server_restart_mid_operation_is_survived(start_actors, client, se
         assert view.status == "completed"
     finally:
         await nc.close()
+
+
+async def test_work_consumers_deliver_an_item_at_most_max_deliver_times(start_actors, client, settings):
+    """KTRDR_MAX_DELIVER is the WORK consumers' max_deliver (it was -1: unlimited), also for a
+    consumer an earlier version created without it."""
+    name = subjects.work_consumer("dummy", "gpu")
+    await client.js.add_consumer(subjects.STREAM_WORK, js_api.ConsumerConfig(
+        name=name, durable_name=name, filter_subject=subjects.work("dummy", "gpu"),
+        ack_policy=js_api.AckPolicy.EXPLICIT, max_deliver=-1))
+    await start_actors("dummy", settings=make_settings(settings.home, settings.nats_url, max_deliver=3,
+                                                        pools=["gpu"]))
+    for pool in ("any", "gpu"):
+        info = await client.js.consumer_info(subjects.STREAM_WORK, subjects.work_consumer("dummy", pool))
+        assert info.config.max_deliver == 3, pool

@@ -85,6 +85,32 @@ def test_cancel_lands_within_one_batch_in_the_child(tp, aapl) -> None:
     assert child_run(tp, aapl, epochs=1).result["training_metrics"]["epochs_completed"] == 1  # serves on
 
 
+def test_a_deadline_cancel_in_the_child_keeps_its_reason_code(tp, aapl) -> None:
+    """The child's error frame carries a cancel's where, reason and reason_code to the parent: a
+    deadline stays a deadline (it used to come back as reason_code "user")."""
+    token = CancellationToken()
+
+    def trip(update: ProgressState) -> None:
+        if update.context.epoch == 1 and update.context.batch == 5:
+            token.cancel("deadline of 60 s passed", code="deadline", requested_by="orchestrator-test")
+
+    with pytest.raises(OperationCancelledError) as info:
+        child_run(tp, aapl, emit=Recorder(trip), cancel=token, batch_every=1)
+    assert info.value.reason_code == "deadline" and info.value.reason == "deadline of 60 s passed"
+    assert info.value.where.startswith("epoch 1")
+
+
+def test_a_child_error_keeps_its_own_code(tp, aapl) -> None:
+    """An error raised in the child reaches the trainer with the code it was raised with, which is
+    what the trainer's OperationFailed carries as error_code (and its hint)."""
+    with pytest.raises(DataError) as info:
+        child_run(tp, aapl, symbols=["MSFT"])
+    assert info.value.code == "data" and info.value.hint == "load the data first (ktrdr data load)"
+    with pytest.raises(StrategyError) as strategy:
+        child_run(tp, aapl, text=SMALL_STRATEGY.replace("optimizer: adam", "optimizer: lbfgs"))
+    assert strategy.value.code == "invalid_strategy"
+
+
 def test_a_cancelled_token_never_starts_the_job(tp, aapl) -> None:
     token = CancellationToken()
     token.cancel("early")

@@ -1,12 +1,16 @@
 """Reading stored events back (ktrdr/transport/replay.py) against a real nats-server: every event in
 stream order, an on_msg that raises stops the read without hurting the connection, concurrent reads
 on one connection, and a slow consumer of stream_events holds a bounded backlog (the server's
-flow-control window), not every stored event."""
+flow-control window), not every stored event. The dispatch hook on nats-py's private _process_msg is
+used only within the nats-py range pyproject declares; outside it the public path reads the same."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +115,41 @@ async def test_a_slow_consumer_holds_a_bounded_backlog(client: Client, monkeypat
                 await asyncio.sleep(0)
     assert got == n
     assert backlog * size < 48 << 20, backlog  # bounded by the window, not by what is stored
+
+
+def test_the_patched_nats_py_range_is_pyprojects() -> None:
+    """The hook's range and the dependency's range are one declaration seen from two places."""
+    deps = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    spec = next(d for d in deps["dependencies"] if re.match(r"nats-py\b", d))
+    bounds = re.fullmatch(r"nats-py>=(\d+)\.(\d+),<(\d+)\.(\d+)", spec)
+    assert bounds is not None, spec
+    lo_major, lo_minor, hi_major, hi_minor = (int(x) for x in bounds.groups())
+    assert ((lo_major, lo_minor), (hi_major, hi_minor)) == replay_mod.NATS_PY_PATCHED
+    assert replay_mod.FAST_PATH  # the installed nats-py is in the range
+    assert [replay_mod.patch_applies(v) for v in ("2.8.4", "2.9.0", "2.16.0", "2.17.0", "3.0.0", "2.16.0rc1")] \
+        == [False, True, True, False, False, True]
+    assert not replay_mod.patch_applies("main")
+
+
+async def test_outside_the_range_the_public_path_reads_every_event_in_order(client: Client, monkeypatch):
+    monkeypatch.setattr(replay_mod, "FAST_PATH", False)
+    await client.ensure_streams()
+    op_id = subjects.new_op_id("dummy")
+    await _publish(client, op_id, 3000)
+    steps: list[int] = []
+
+    def on_msg(subject: str, data: bytes) -> None:
+        assert "_process_msg" not in vars(client.nc)  # nats-py's dispatch untouched
+        assert subject == subjects.ops(op_id, "progress")
+        steps.append(decode_event(data).progress.current_step)
+
+    assert await read_events(client.js, [subjects.ops(op_id)], on_msg) == 3000
+    assert steps == list(range(3000))
+    paced: list[int] = []
+    async with contextlib.aclosing(stream_events(client.js, [subjects.ops(op_id)])) as stream:
+        async for _s, data in stream:
+            paced.append(decode_event(data).progress.current_step)
+            if len(paced) % 100 == 0:
+                await asyncio.sleep(0)  # a consumer with a pace of its own
+    assert paced == list(range(3000))
+    assert [e.progress.current_step for e in await client.events(op_id)] == list(range(3000))

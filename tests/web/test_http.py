@@ -130,13 +130,14 @@ async def test_live_streams_are_bounded_and_push_changes(start_actors, client, s
 
 
 async def test_server_records_where_it_serves(settings, web):
-    from ktrdr.web import running_url, url_file
+    from ktrdr.runfiles import web_url_file
+    from ktrdr.web import running_url
 
-    assert url_file(settings).read_text().strip() == web.url
+    assert web_url_file(settings).read_text().strip() == web.url
     assert running_url(settings) == web.url
     web.proc.terminate()
     assert await asyncio.wait_for(web.proc.wait(), 10) == 0  # SIGTERM is a clean stop
-    assert not url_file(settings).exists() and running_url(settings) is None
+    assert not web_url_file(settings).exists() and running_url(settings) is None
 
 
 async def test_ktrdr_web_prints_the_running_page(settings, web):
