@@ -29,8 +29,8 @@ def normalize_symbol(value: object) -> str:
         raise ValidationError("symbol is empty", hint="e.g. AAPL or EURUSD")
     if not _SYMBOL.match(text):
         quoted = repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} characters)"
-        raise ValidationError(f"{quoted} is not a symbol (letters and digits with at most one . or /, up to "
-                              f"{MAX_SYMBOL_LENGTH} characters, e.g. AAPL, BRK.B or EUR.USD)")
+        raise ValidationError(f"invalid symbol {quoted}: letters and digits with at most one . or /, up to "
+                              f"{MAX_SYMBOL_LENGTH} characters, e.g. AAPL, BRK.B or EUR.USD")
     return text.replace(".", "").replace("/", "").upper()
 
 

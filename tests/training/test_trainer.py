@@ -312,7 +312,7 @@ def test_missing_bars_and_foreign_timeframes_are_named(aapl) -> None:
         run(aapl, symbols=["MSFT"])
     with pytest.raises(ValidationError, match="differ from the strategy"):
         run(aapl, timeframes=["4h"])
-    with pytest.raises(ValidationError, match="is not a symbol"):
+    with pytest.raises(ValidationError, match="invalid symbol"):
         run(aapl, symbols=["../../../AAPL"])
     with pytest.raises(ValidationError, match="epochs must be between 1 and 100000"):
         run(aapl, epochs=10**9)
