@@ -1,6 +1,7 @@
-"""Every subject, stream, bucket and consumer name, derived from the message types in events/messages.py.
+"""Every subject, stream, bucket and consumer name, derived from the message types in events/messages.py,
+and every Nats-Msg-Id format (`cmd-<op>`, `work-<op>`, `<op>.created`, `<op>.cancel.<reason>`, ...).
 
-No other package writes a subject string: it asks this module. An operation id is one NATS token,
+No other package writes a subject string or a message id: it asks this module. An operation id is one NATS token,
 unique, sortable by time, with the domain readable in it: `<domain>-<YYYYmmddTHHMMSSffffff>-<6 hex>`,
 e.g. `data-20261128T174900123456-3f9a1c`.
 """
@@ -118,6 +119,13 @@ def work_consumer(domain: str, pool: str = DEFAULT_POOL) -> str:
     return f"work-{domain}-{pool}"
 
 
+def parse_work_subject(subject: str) -> tuple[str, str] | None:
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != "work" or parts[1] not in DOMAINS:
+        return None
+    return parts[1], parts[2]
+
+
 # ---------------------------------------------------------------------------------------------- Nats-Msg-Id
 # Each publish that may be retried or repeated carries one of these ids, so the stream stores it once.
 def command_msg_id(op_id: str) -> str:
@@ -149,13 +157,6 @@ def terminal_msg_id(op_id: str, actor_id: str, secret: str) -> str:
     """A terminal event's, with a secret the publisher never shows before it publishes the verdict: a
     retried terminal is stored once, and nobody can publish that id first to make it a "duplicate"."""
     return f"{op_id}.{actor_id}.{secret}.terminal"
-
-
-def parse_work_subject(subject: str) -> tuple[str, str] | None:
-    parts = subject.split(".")
-    if len(parts) != 3 or parts[0] != "work" or parts[1] not in DOMAINS:
-        return None
-    return parts[1], parts[2]
 
 
 # ---------------------------------------------------------------------------------------------- ops
