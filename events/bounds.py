@@ -6,8 +6,10 @@ total duration, a deadline after the command) read the same constants. Nothing e
 numbers: tests/test_bounds.py fails on a second definition.
 
 `Timeframe` is the one bar-size type from the CLI to the IB client: a `StrEnum`, so on the wire and in
-every f-string it is its canonical name ("1h"), and it compares equal to that string. Its nominal
-length is part of what the name means; what IB and pandas call it lives in ktrdr/data/timeframes.py.
+every f-string it is its canonical name ("1h"), and it compares equal to that string. It is made from
+any spelling people type ("1H", "60m", "1 hour": `Timeframe("1H")`, and so by the decoder, which keeps
+commands other clients sent with such spellings, and stored before, readable). Its nominal length is
+part of what the name means; what IB and pandas call it lives in ktrdr/data/timeframes.py.
 """
 
 from __future__ import annotations
@@ -43,8 +45,7 @@ MAX_REASON = 2000  # a rejection or failure reason is cut to this many character
 
 # --- timeframes ----------------------------------------------------------------------------------
 class Timeframe(enum.StrEnum):
-    """A bar size. Parse what people type ("1H", "60m", "1 hour") with ktrdr.data.timeframes.parse_timeframe;
-    the wire takes only these values."""
+    """A bar size, written by its canonical name; other spellings ("1H", "60m", "1 hour") are read as it."""
 
     M1 = "1m"
     M5 = "5m"
@@ -54,6 +55,14 @@ class Timeframe(enum.StrEnum):
     H4 = "4h"
     D1 = "1d"
     W1 = "1w"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Timeframe | None:
+        if not isinstance(value, str) or len(value) > 16:
+            return None
+        key = value.strip().lower().replace(" ", "")
+        key = _ALIASES.get(key, key)
+        return next((tf for tf in cls if tf.value == key), None)
 
     @property
     def seconds(self) -> int:
@@ -70,6 +79,12 @@ class Timeframe(enum.StrEnum):
 
 
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# Spellings people type (IB's bar sizes among them, spaces dropped), lower-cased.
+_ALIASES = {
+    "1min": "1m", "5min": "5m", "5mins": "5m", "15min": "15m", "15mins": "15m", "30min": "30m", "30mins": "30m",
+    "60m": "1h", "1hour": "1h", "4hour": "4h", "4hours": "4h", "240m": "4h",
+    "d": "1d", "1day": "1d", "daily": "1d", "w": "1w", "1week": "1w", "weekly": "1w",
+}
 MAX_TIMEFRAMES = len(Timeframe)  # a strategy or command names each timeframe at most once
 
 # --- field types, as the Structs declare them ----------------------------------------------------

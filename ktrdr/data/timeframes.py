@@ -1,9 +1,10 @@
-"""Timeframes: how people spell them, how IB names them, and how much one IB request may cover.
+"""Timeframes: how IB names them and how much one IB request may cover.
 
-`Timeframe` itself (a StrEnum: "1h" on the wire, equal to "1h", with its nominal `seconds`) is
-declared in events/bounds.py, so a message, the CLI, planning and the IB client all hold the same
-type; this module is its domain table. `max_request` is the longest span one historical request may
-ask for at that bar size (IB's published limits per bar size); segment planning splits every range by it.
+`Timeframe` itself (a StrEnum: "1h" on the wire, equal to "1h", with its nominal `seconds`, made from
+any spelling people type) is declared in events/bounds.py, so a message, the CLI, planning and the IB
+client all hold the same type; this module is its domain table. `max_request` is the longest span one
+historical request may ask for at that bar size (IB's published limits per bar size); segment planning
+splits every range by it.
 """
 
 from __future__ import annotations
@@ -53,38 +54,14 @@ def pandas_freq(tf: Timeframe) -> str:
     return _SPECS[tf].pandas_freq
 
 
-# Spellings people type for the same timeframe; the canonical names are the enum's values.
-_ALIASES = {
-    "1min": "1m",
-    "5min": "5m",
-    "15min": "15m",
-    "30min": "30m",
-    "60m": "1h",
-    "1hour": "1h",
-    "4hour": "4h",
-    "240m": "4h",
-    "d": "1d",
-    "1day": "1d",
-    "daily": "1d",
-    "w": "1w",
-    "1week": "1w",
-    "weekly": "1w",
-}
-_ALIASES.update({spec.ib_bar_size.replace(" ", "").lower(): tf.value for tf, spec in _SPECS.items()})
-
-
 def parse_timeframe(s: object) -> Timeframe:
-    """The Timeframe named `s` ("1h", "1H", "1 hour", a Timeframe ...); ValidationError lists the valid
-    ones. Where people type a timeframe (the CLI, a strategy file) this is the one conversion."""
-    if isinstance(s, Timeframe):
-        return s
-    if not isinstance(s, str) or len(s) > 16:
-        raise ValidationError(f"{str(s)[:20]!r} is not a timeframe", hint=f"valid timeframes: {', '.join(Timeframe)}")
-    key = s.strip().lower().replace(" ", "")
-    key = _ALIASES.get(key, key)
-    if key in TIMEFRAMES:
-        return TIMEFRAMES[key]
-    raise ValidationError(f"unknown timeframe {s!r}", hint=f"valid timeframes: {', '.join(Timeframe)}")
+    """The Timeframe named `s` ("1h", "1H", "1 hour", a Timeframe ...), or ValidationError listing the
+    valid ones: Timeframe(s) with the error a user reads (the CLI, a strategy file)."""
+    try:
+        return Timeframe(s)
+    except ValueError:
+        quoted = (repr(s) if len(s) <= 20 else f"{s[:20]!r}...") if isinstance(s, str) else type(s).__name__
+        raise ValidationError(f"unknown timeframe {quoted}", hint=f"valid timeframes: {', '.join(Timeframe)}") from None
 
 
 def ib_duration_str(td: timedelta) -> str:

@@ -109,7 +109,7 @@ def test_encode_is_plain_json_for_nats_sub():
     ({"type": "RunDummy", "requested_by": "x" * 600}, "requested_by", "longer than 512 characters"),
     ({"type": "LoadData", "symbol": "../../etc"}, "symbol", "'../../etc' is not a symbol"),
     ({"type": "LoadData", "symbol": "A" * 900_000}, "symbol", "(900002 characters) is not a symbol"),
-    ({"type": "LoadData", "symbol": "AAPL", "timeframe": "1H"}, "timeframe", "'1H' is not one of 1m, 5m"),
+    ({"type": "LoadData", "symbol": "AAPL", "timeframe": "7h"}, "timeframe", "'7h' is not one of 1m, 5m"),
     ({"type": "LoadData", "symbol": "AAPL", "mode": "all"}, "mode", "'all' is not one of"),
     ({"type": "StartTraining", "symbols": ["AAPL"] * 51}, "symbols", "at most 50 items, got 51"),
     ({"type": "StartTraining", "symbols": ["AAPL", "A*"]}, "symbols[1]", "'A*' is not a symbol"),
@@ -144,3 +144,7 @@ def test_a_timeframe_is_its_name_on_the_wire_and_one_type_after_decode():
     assert back.timeframe is Timeframe.H4 and back.timeframe == "4h" and f"{back.timeframe}" == "4h"
     old = json.dumps({"type": "LoadData", "op_id": cmd.op_id, "symbol": "AAPL", "timeframe": "1d"}).encode()
     assert decode_command(old).timeframe is Timeframe.D1  # what stored events carry decodes unchanged
+    # Another client's spelling (accepted before the type existed, so maybe stored) reads as the type.
+    typed = json.dumps({"type": "LoadData", "op_id": cmd.op_id, "symbol": "AAPL", "timeframe": "60m"}).encode()
+    back = decode_command(typed)
+    assert back.timeframe is Timeframe.H1 and json.loads(encode(back))["timeframe"] == "1h"
