@@ -21,10 +21,10 @@ from typing import Annotated
 from msgspec import Meta
 
 # --- symbols -------------------------------------------------------------------------------------
-MAX_SYMBOL_LENGTH = 20  # a symbol as typed, separator included: AAPL, BRK.B, EUR.USD, EUR/USD
-# Letters and digits with at most one "." or "/" between them: never "..", never a leading separator,
-# so no spelling of a symbol can name another folder or object.
-SYMBOL_PATTERN = rf"^(?=.{{1,{MAX_SYMBOL_LENGTH}}}$)[A-Za-z0-9]+(?:[./][A-Za-z0-9]+)?$"
+MAX_SYMBOL_LENGTH = 20  # letters and digits of a symbol (its separator aside): EURUSD as stored
+# Letters and digits with at most one "." or "/" between them (AAPL, BRK.B, EUR.USD, EUR/USD): never
+# "..", never a leading separator, so no spelling of a symbol can name another folder or object.
+SYMBOL_PATTERN = rf"^(?=(?:[A-Za-z0-9][./]?){{1,{MAX_SYMBOL_LENGTH}}}$)[A-Za-z0-9]+(?:[./][A-Za-z0-9]+)?$"
 NORMALIZED_SYMBOL = rf"[A-Z0-9]{{1,{MAX_SYMBOL_LENGTH}}}"  # as the data layer names it: EURUSD (unanchored)
 MAX_SYMBOLS = 50  # per command and per strategy; a model key (SYMBOLS_TFS) holds at most this many
 
@@ -88,8 +88,8 @@ _ALIASES = {
 MAX_TIMEFRAMES = len(Timeframe)  # a strategy or command names each timeframe at most once
 
 # --- field types, as the Structs declare them ----------------------------------------------------
-Symbol = Annotated[str, Meta(pattern=SYMBOL_PATTERN, description="a symbol: letters and digits with at most one "
-                             f". or /, up to {MAX_SYMBOL_LENGTH} characters, e.g. AAPL, BRK.B or EUR.USD")]
+Symbol = Annotated[str, Meta(pattern=SYMBOL_PATTERN, description=f"a symbol: up to {MAX_SYMBOL_LENGTH} letters and "
+                             "digits with at most one . or / between them, e.g. AAPL, BRK.B or EUR.USD")]
 Symbols = Annotated[list[Symbol], Meta(max_length=MAX_SYMBOLS)]
 Timeframes = Annotated[list[Timeframe], Meta(max_length=MAX_TIMEFRAMES)]
 Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, description="a pool name (lower-case letters, digits, - and _, "

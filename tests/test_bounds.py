@@ -161,7 +161,8 @@ def test_one_symbol_rule_for_the_wire_the_commands_and_the_data_layer(raw):
 
 
 @pytest.mark.parametrize(("raw", "symbol"), [("eur.usd", "EURUSD"), ("EUR/USD", "EURUSD"), ("BRK.B", "BRKB"),
-                                             ("aapl", "AAPL"), ("A" * 20, "A" * 20)])
+                                             ("aapl", "AAPL"), ("A" * 20, "A" * 20),
+                                             ("ABCDEFGHIJKL.ABCDEFGH", "ABCDEFGHIJKLABCDEFGH")])
 def test_every_spelling_the_wire_takes_normalises_the_same_way(raw, symbol):
     from events.codec import decode_command
     from ktrdr.commands import check_symbol

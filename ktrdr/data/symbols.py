@@ -19,8 +19,8 @@ _NORMALISED = re.compile(rf"^{NORMALIZED_SYMBOL}$")
 def normalize_symbol(value: object) -> str:
     """ "eur.usd", "EUR.USD", "EUR/USD", "EURUSD" -> "EURUSD"; " aapl " -> "AAPL".
 
-    Letters and digits with at most one "." or "/" between them, up to MAX_SYMBOL_LENGTH characters
-    (surrounding spaces ignored); anything that could form a path (`..`, a leading separator, a
+    Up to MAX_SYMBOL_LENGTH letters and digits with at most one "." or "/" between them (surrounding
+    spaces ignored); anything that could form a path (`..`, a leading separator, a
     backslash) is refused, never normalised into a symbol."""
     if not isinstance(value, str):
         raise ValidationError(f"symbol must be a string, got {type(value).__name__}")
@@ -29,8 +29,8 @@ def normalize_symbol(value: object) -> str:
         raise ValidationError("symbol is empty", hint="e.g. AAPL or EURUSD")
     if not _SYMBOL.match(text):
         quoted = repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} characters)"
-        raise ValidationError(f"invalid symbol {quoted}: letters and digits with at most one . or /, up to "
-                              f"{MAX_SYMBOL_LENGTH} characters, e.g. AAPL, BRK.B or EUR.USD")
+        raise ValidationError(f"invalid symbol {quoted}: up to {MAX_SYMBOL_LENGTH} letters and digits with at "
+                              "most one . or / between them, e.g. AAPL, BRK.B or EUR.USD")
     return text.replace(".", "").replace("/", "").upper()
 
 
