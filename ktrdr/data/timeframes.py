@@ -57,11 +57,13 @@ def pandas_freq(tf: Timeframe) -> str:
 def parse_timeframe(s: object) -> Timeframe:
     """The Timeframe named `s` ("1h", "1H", "1 hour", a Timeframe ...), or ValidationError listing the
     valid ones: Timeframe(s) with the error a user reads (the CLI, a strategy file)."""
-    try:
-        return Timeframe(s)
-    except ValueError:
-        quoted = (repr(s) if len(s) <= 20 else f"{s[:20]!r}...") if isinstance(s, str) else type(s).__name__
-        raise ValidationError(f"unknown timeframe {quoted}", hint=f"valid timeframes: {', '.join(Timeframe)}") from None
+    if isinstance(s, str):
+        try:
+            return Timeframe(s)
+        except ValueError:
+            pass
+    quoted = (repr(s) if len(s) <= 20 else f"{s[:20]!r}...") if isinstance(s, str) else type(s).__name__
+    raise ValidationError(f"unknown timeframe {quoted}", hint=f"valid timeframes: {', '.join(Timeframe)}")
 
 
 def ib_duration_str(td: timedelta) -> str:
