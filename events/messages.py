@@ -309,7 +309,7 @@ EVENTS: tuple[type[Event] | type[CancelOperation], ...] = (
 AnyEvent: TypeAlias = (OperationCreated | OperationRejected | OperationStarted | OperationProgress
                        | OperationCompleted | OperationFailed | CancelRequested | OperationCancelled | ActorError
                        | CancelOperation)
-TERMINAL_EVENTS: tuple[type, ...] = tuple(e for e in EVENTS if e.terminal)
+TERMINAL_EVENTS: tuple[type[Event] | type[CancelOperation], ...] = tuple(e for e in EVENTS if e.terminal)
 EVENT_NAMES: tuple[str, ...] = tuple(e.name for e in EVENTS)
 LIFECYCLE_NAMES: tuple[str, ...] = tuple(e.name for e in EVENTS if e.lifecycle)
 TERMINAL_NAMES: tuple[str, ...] = tuple(e.name for e in TERMINAL_EVENTS)
