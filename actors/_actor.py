@@ -39,6 +39,7 @@ from actors._work import OperationContext, WorkRunner
 from events import subjects
 from events.codec import DecodeError, decode_cancel
 from events.messages import ActorError, CancelOperation, Event, Message, ProgressState
+from events.roles import actor_id_prefix
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 from ktrdr.transport import check_streams, connect, ensure_streams
@@ -57,7 +58,7 @@ class Actor:
     def __init__(self, settings: Settings, *, url: str | list[str] | None = None, actor_id: str | None = None) -> None:
         self.settings = settings
         self.url = url or settings.nats_url
-        self.id = actor_id or f"{self.role}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        self.id = actor_id or f"{actor_id_prefix(self.role)}{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self.started_at = datetime.now(UTC)

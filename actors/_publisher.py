@@ -81,7 +81,7 @@ class EventPublisher:
 
     def _next(self, op_id: str) -> tuple[int, str]:
         self._seq += 1
-        return self._seq, f"{op_id}.{self.actor_id}.{self._seq}"
+        return self._seq, subjects.event_msg_id(op_id, self.actor_id, self._seq)
 
     async def publish(self, event: Event) -> None:
         """Store a lifecycle event (awaited: it is in the stream when this returns)."""
@@ -89,9 +89,9 @@ class EventPublisher:
         seq, msg_id = self._next(event.op_id)
         event.actor, event.seq = self.actor_id, seq
         if type(event).terminal:
-            msg_id = f"{event.op_id}.{self.actor_id}.{self._secret}.terminal"
+            msg_id = subjects.terminal_msg_id(event.op_id, self.actor_id, self._secret)
         elif isinstance(event, OperationCreated):
-            msg_id = f"{event.op_id}.created"
+            msg_id = subjects.created_msg_id(event.op_id)
         await publish(self.js, subjects.event(event), encode(event), msg_id)
 
     def progress(self, op_id: str, state: ProgressState) -> None:

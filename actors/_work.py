@@ -30,7 +30,7 @@ from nats.js import api as js_api
 
 from actors._leases import Busy, Held, Leases
 from actors._pull import pull_loop
-from events import subjects
+from events import roles, subjects
 from events.codec import DecodeError, decode_event, decode_work, sniff_op_id
 from events.messages import (
     AnyCommand,
@@ -56,7 +56,7 @@ class OperationContext:
 
     `progress()` may be called from any thread (the trainer's loop runs outside the event loop)."""
 
-    def __init__(self, actor: Actor, op_id: str, command: AnyCommand, token: CancellationToken,  # type: ignore[valid-type]
+    def __init__(self, actor: Actor, op_id: str, command: AnyCommand, token: CancellationToken,
                  attempt: int) -> None:
         self.actor = actor
         self.op_id = op_id
@@ -226,7 +226,7 @@ class WorkRunner:
                 if isinstance(leader, OperationCreated):
                     created, events = leader, [leader, *events]
         view = fold_all(events)
-        if created is None or not created.actor.startswith("orchestrator"):
+        if created is None or not roles.is_actor_of(created.actor, roles.ORCHESTRATOR):
             a.log.warning("%s: work item for an operation no orchestrator created; dropped", op_id)
             await run.msg.term()
             return
@@ -251,7 +251,7 @@ class WorkRunner:
                              code=view.cancel_reason_code or "user")  # type: ignore[arg-type]
         await self._run(run, created.command)
 
-    async def _run(self, run: _Running, command: AnyCommand) -> None:  # type: ignore[valid-type]
+    async def _run(self, run: _Running, command: AnyCommand) -> None:
         a = self.actor
         op_id, token = run.op_id, run.token
         assert run.held is not None

@@ -13,7 +13,7 @@ from events.messages import DummyContext, RunDummy
 
 
 class DummyWorker(Actor):
-    role = "dummy"
+    role = RunDummy.role
     work_domain = "dummy"
     max_concurrency = 8
 

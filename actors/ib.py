@@ -23,7 +23,7 @@ import contextlib
 from typing import Any
 
 from actors.runtime import Actor, Call, handles
-from events import subjects
+from events import roles, subjects
 from events.messages import CancelOperation, IbBarsRequest, IbContractRequest, IbHeadRequest, IbReply, IbRequest
 from ktrdr.cancellation import CancellationToken
 from ktrdr.errors import IbError, KtrdrError, OperationCancelledError
@@ -33,7 +33,7 @@ from ktrdr.transport.ib import CallerWatch, PacingStore
 
 
 class IbActor(Actor):
-    role = "ib"
+    role = roles.IB
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -28,12 +28,11 @@ from ktrdr.data.calendar import normalize_symbol
 from ktrdr.data.loading import DataLoadingJob, Segment
 from ktrdr.data.series_lease import series_lease
 from ktrdr.data.store import DigestCache, SeriesBuffer
-from ktrdr.data.timeframes import parse_timeframe
 from ktrdr.transport import IbRequester
 
 
 class JobManager(Actor):
-    role = "job-manager"
+    role = LoadData.role
     work_domain = "data"
     max_concurrency = 4
     # Segments in flight per load: one burst's worth. IB's burst rule allows 5 requests per contract
@@ -62,33 +61,33 @@ class JobManager(Actor):
         cmd = op.command
         assert isinstance(cmd, LoadData) and self.nc is not None and self.js is not None
         symbol = normalize_symbol(cmd.symbol)
-        tf = parse_timeframe(cmd.timeframe)
+        tf = cmd.timeframe
         ib = IbRequester(self.nc, pool=cmd.pool)  # `--on` names the IB account/gateway's pool
         source = "local"
         if cmd.mode != "local":
             _contract, source = await ib.contract(symbol, op.op_id)  # unknown symbols fail here, fast
         bars = BarStore(self.js, self.cache)
         if cmd.mode == "local":  # reads only: no lease, no write
-            stored = await bars.load(symbol, tf.name)
-            job = self._job(op, SeriesBuffer(symbol, tf.name, stored.df, stored.meta), ib, source)
-            return {**(await job.run()).to_dict(), "object": f"{symbol}/{tf.name}"}
-        lease = await series_lease(self.js, symbol, tf.name, holder=self.id, op_id=op.op_id,
+            stored = await bars.load(symbol, tf)
+            job = self._job(op, SeriesBuffer(symbol, tf, stored.df, stored.meta), ib, source)
+            return {**(await job.run()).to_dict(), "object": f"{symbol}/{tf}"}
+        lease = await series_lease(self.js, symbol, tf, holder=self.id, op_id=op.op_id,
                                    ttl_s=self.settings.worker_timeout_s)
         async with lease.held(op.token, on_wait=functools.partial(self._waiting, op, cmd)):
-            stored = await bars.load(symbol, tf.name)
-            buffer = SeriesBuffer(symbol, tf.name, stored.df, stored.meta)
+            stored = await bars.load(symbol, tf)
+            buffer = SeriesBuffer(symbol, tf, stored.df, stored.meta)
             writer = SeriesWriter(bars, buffer, stored.stored, every_s=self.flush_every_s,
                                   every_segments=self.flush_every_segments)
             async with writer.running(self.log):
                 result = await self._job(op, buffer, ib, source).run()
         st = writer.stored
-        return {**result.to_dict(), "object": f"{symbol}/{tf.name}", "digest": st.digest if st else None,
+        return {**result.to_dict(), "object": f"{symbol}/{tf}", "digest": st.digest if st else None,
                 "writes": writer.writes, "write_s": round(writer.write_s, 3)}
 
     def _job(self, op: OperationContext, buffer: SeriesBuffer, ib: IbRequester, source: str) -> DataLoadingJob:
         cmd = op.command
         assert isinstance(cmd, LoadData)
-        symbol, tf = buffer.symbol, buffer.timeframe
+        symbol, tf = buffer.symbol, cmd.timeframe
 
         async def fetch(seg: Segment) -> pd.DataFrame:
             df, _src = await ib.bars(symbol, tf, pd.Timestamp(seg.start).to_pydatetime(),

@@ -5,18 +5,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from events.subjects import ACTOR_ROLES
+from events import roles
+from events.roles import ACTOR_ROLES
 from ktrdr.config import Settings
 
 if TYPE_CHECKING:
     from actors.runtime import Actor
 
 _CLASSES: dict[str, str] = {
-    "ib": "actors.ib:IbActor",
-    "dummy": "actors.dummy:DummyWorker",
-    "job-manager": "actors.job_manager:JobManager",
-    "trainer": "actors.trainer:Trainer",
-    "orchestrator": "actors.orchestrator:Orchestrator",
+    roles.IB: "actors.ib:IbActor",
+    roles.DUMMY: "actors.dummy:DummyWorker",
+    roles.JOB_MANAGER: "actors.job_manager:JobManager",
+    roles.TRAINER: "actors.trainer:Trainer",
+    roles.ORCHESTRATOR: "actors.orchestrator:Orchestrator",
 }
 ROLES: dict[str, str] = {role: _CLASSES[role] for role in ACTOR_ROLES}
 

@@ -114,7 +114,7 @@ class CheckpointUploader:
 
 
 class Trainer(Actor):
-    role = "trainer"
+    role = StartTraining.role
     work_domain = "training"
     max_concurrency = 1  # one model at a time per device
     training_mode: ClassVar[str] = "local"

@@ -236,7 +236,8 @@ async def wait_alive(client: Any, roles: list[str], timeout: float = 60.0) -> No
 async def submit_all(c: Any, cmds: list[Any]) -> None:
     """Publish commands as Client.submit does, without its per-command stream check."""
     await c.ensure_streams()
-    await asyncio.gather(*(publish(c.js, subjects.command(cmd), encode(cmd), f"cmd-{cmd.op_id}") for cmd in cmds))
+    await asyncio.gather(*(publish(c.js, subjects.command(cmd), encode(cmd), subjects.command_msg_id(cmd.op_id))
+                           for cmd in cmds))
 
 
 class Arrivals:

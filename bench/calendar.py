@@ -27,7 +27,7 @@ import pandas as pd
 from ktrdr.data.calendar import Instrument, expected_bar_starts, lookup, nyse_calendar, to_utc
 from ktrdr.data.gaps import Gap, find_gaps
 from ktrdr.data.planning import plan_segments
-from ktrdr.data.timeframes import parse_timeframe
+from ktrdr.data.timeframes import Timeframe, parse_timeframe
 
 START, END = "2015-06-01", "2025-06-01"  # contains the 2018-12-05 and 2025-01-09 closures
 ROUNDS = 7
@@ -156,7 +156,7 @@ def _phantoms(inst: Instrument) -> dict[str, Any]:
     phantom = old.difference(new)  # bars the rules expect and IB never has
     # A complete store (every bar IB has): the rules still see gaps, and plan requests for them.
     gaps = old_find_gaps(new, old, "1m")
-    segments = plan_segments(gaps, "1m", bar_starts=old)
+    segments = plan_segments(gaps, Timeframe.M1, bar_starts=old)
     closures = sorted({t.date() for t in nyse_calendar().adhoc_holidays if START <= str(t.date()) < END})
     return {
         "phantom_bars": len(phantom),

@@ -31,7 +31,7 @@ from ktrdr.client import Client
 from ktrdr.config import Settings
 from ktrdr.data.bars_store import bars_name
 from ktrdr.data.calendar import lookup
-from ktrdr.data.timeframes import parse_timeframe
+from ktrdr.data.timeframes import max_request, parse_timeframe
 from ktrdr.ib.pacing import PacingRules, lower_bound_seconds
 from ktrdr.ib.sim.threaded import SimGatewayThread
 from ktrdr.transport import objects
@@ -172,7 +172,7 @@ async def cancel_latency(srv: BenchServer, runs: int = 20) -> dict[str, Any]:
 
 
 async def main() -> dict[str, Any]:
-    assert lookup("AAPL") is not None and parse_timeframe("1h").max_request.days == 30
+    assert lookup("AAPL") is not None and max_request(parse_timeframe("1h")).days == 30
     results: dict[str, Any] = {}
     with BenchServer("data") as srv:
         results["load_2y_1h_latency_0.2s"] = await concurrency(srv, latency=0.2, rounds=3)

@@ -12,12 +12,24 @@ request its `verb` (`ib.<verb>`). Adding a domain is one command class added to 
 
 from __future__ import annotations
 
-import functools
-import operator
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 import msgspec
+
+from events import roles
+from events.bounds import (
+    DummyInterval,
+    DummyIterations,
+    Epochs,
+    Label,
+    StrategyText,
+    Symbol,
+    Symbols,
+    Timeframe,
+    Timeframes,
+    Token,
+)
 
 SCHEMA_VERSION = 2
 
@@ -80,7 +92,7 @@ class WorkflowContext(msgspec.Struct, tag="workflow", tag_field="kind", kw_only=
     child_line: str = ""  # the running child's rendered line
 
 
-Context = DummyContext | DataContext | TrainingContext | WorkflowContext
+Context: TypeAlias = DummyContext | DataContext | TrainingContext | WorkflowContext
 
 
 class ProgressState(msgspec.Struct, kw_only=True):
@@ -106,8 +118,8 @@ class Command(Message, kw_only=True):
 
     op_id: str
     ts: datetime = msgspec.field(default_factory=utcnow)
-    requested_by: str = "cli"
-    pool: str = "any"  # which pool of workers takes it: work.<domain>.<pool>
+    requested_by: Label = roles.CLI
+    pool: Token = "any"  # which pool of workers takes it: work.<domain>.<pool>
     deadline: datetime | None = None  # the orchestrator cancels it (reason "deadline") at this time
     parent_op_id: str | None = None  # set by the orchestrator on a workflow's children only
 
@@ -115,19 +127,19 @@ class Command(Message, kw_only=True):
 class RunDummy(Command, tag="RunDummy", kw_only=True):
     domain: ClassVar[str] = "dummy"
     verb: ClassVar[str] = "run"
-    role: ClassVar[str] = "dummy"
+    role: ClassVar[str] = roles.DUMMY
 
-    iterations: int = 100
-    interval_s: float = 2.0
+    iterations: DummyIterations = 100
+    interval_s: DummyInterval = 2.0
 
 
 class LoadData(Command, tag="LoadData", kw_only=True):
     domain: ClassVar[str] = "data"
     verb: ClassVar[str] = "load"
-    role: ClassVar[str] = "job-manager"
+    role: ClassVar[str] = roles.JOB_MANAGER
 
-    symbol: str
-    timeframe: str = "1h"
+    symbol: Symbol
+    timeframe: Timeframe = Timeframe.H1
     mode: Literal["local", "tail", "backfill", "full"] = "tail"
     start: datetime | None = None
     end: datetime | None = None
@@ -136,24 +148,24 @@ class LoadData(Command, tag="LoadData", kw_only=True):
 class StartTraining(Command, tag="StartTraining", kw_only=True):
     domain: ClassVar[str] = "training"
     verb: ClassVar[str] = "start"
-    role: ClassVar[str] = "trainer"
+    role: ClassVar[str] = roles.TRAINER
 
-    strategy_path: str = ""
-    strategy_yaml: str = ""  # the file's text, so a remote trainer needs no shared filesystem
-    symbols: list[str] = msgspec.field(default_factory=list)
-    timeframes: list[str] = msgspec.field(default_factory=list)
+    strategy_path: Label = ""
+    strategy_yaml: StrategyText = ""  # the file's text, so a remote trainer needs no shared filesystem
+    symbols: Symbols = msgspec.field(default_factory=list)
+    timeframes: Timeframes = msgspec.field(default_factory=list)
     start: datetime | None = None
     end: datetime | None = None
-    epochs: int | None = None
+    epochs: Epochs | None = None
     # How the workflow gets the bars first: "full" loads what the store lacks from IB, "local" only
     # checks what is stored, "none" plans no data step (one plain training operation).
     data_mode: Literal["full", "local", "none"] = "full"
 
 
-# Adding a domain: a Command subclass above, added here. Subjects, the decoder's union, the role
-# that serves it and the list of domains all derive from this tuple.
+# Adding a domain: a Command subclass above, added to both lines here (tests/events checks they
+# agree). Subjects, the decoder's union, the role that serves it and the list of domains derive from them.
 COMMANDS: tuple[type[Command], ...] = (RunDummy, LoadData, StartTraining)
-AnyCommand = functools.reduce(operator.or_, COMMANDS)  # type: ignore[arg-type]
+AnyCommand: TypeAlias = RunDummy | LoadData | StartTraining
 DOMAINS: tuple[str, ...] = tuple(c.domain for c in COMMANDS)
 COMMAND_FOR_DOMAIN: dict[str, type[Command]] = {c.domain: c for c in COMMANDS}
 ROLE_FOR_DOMAIN: dict[str, str] = {c.domain: c.role for c in COMMANDS}
@@ -172,7 +184,7 @@ class CancelOperation(Message, tag="CancelOperation", kw_only=True):
     ts: datetime = msgspec.field(default_factory=utcnow)
     reason: str = "cancel requested"
     reason_code: CancelReason = "user"
-    requested_by: str = "cli"
+    requested_by: str = roles.CLI
     actor: str = ""  # not an event of the operation's workers; kept for a uniform event shape
 
 
@@ -182,7 +194,7 @@ class CancelOperation(Message, tag="CancelOperation", kw_only=True):
 class WorkItem(Message, tag="WorkItem", kw_only=True):
     op_id: str
     domain: str
-    command: AnyCommand  # type: ignore[valid-type]
+    command: AnyCommand
     ts: datetime = msgspec.field(default_factory=utcnow)
 
 
@@ -205,7 +217,7 @@ class OperationCreated(Event, tag="OperationCreated", kw_only=True):
 
     domain: str
     op_type: str
-    command: AnyCommand  # type: ignore[valid-type]
+    command: AnyCommand
     description: str = ""
     parent_op_id: str | None = None
     children: list[str] = msgspec.field(default_factory=list)  # a workflow's planned child operations
@@ -294,8 +306,10 @@ EVENTS: tuple[type[Event] | type[CancelOperation], ...] = (
     ActorError,
     CancelOperation,
 )
-AnyEvent = functools.reduce(operator.or_, EVENTS)  # type: ignore[arg-type]
-TERMINAL_EVENTS: tuple[type, ...] = tuple(e for e in EVENTS if e.terminal)
+AnyEvent: TypeAlias = (OperationCreated | OperationRejected | OperationStarted | OperationProgress
+                       | OperationCompleted | OperationFailed | CancelRequested | OperationCancelled | ActorError
+                       | CancelOperation)
+TERMINAL_EVENTS: tuple[type[Event] | type[CancelOperation], ...] = tuple(e for e in EVENTS if e.terminal)
 EVENT_NAMES: tuple[str, ...] = tuple(e.name for e in EVENTS)
 LIFECYCLE_NAMES: tuple[str, ...] = tuple(e.name for e in EVENTS if e.lifecycle)
 TERMINAL_NAMES: tuple[str, ...] = tuple(e.name for e in TERMINAL_EVENTS)
@@ -353,28 +367,28 @@ class IbRequest(Message, kw_only=True):
 class IbContractRequest(IbRequest, tag="IbContractRequest", kw_only=True):
     verb: ClassVar[str] = "contract"
 
-    symbol: str
+    symbol: Symbol
 
 
 class IbHeadRequest(IbRequest, tag="IbHeadRequest", kw_only=True):
     verb: ClassVar[str] = "head"
 
-    symbol: str
-    timeframe: str = "1h"
+    symbol: Symbol
+    timeframe: Timeframe = Timeframe.H1
 
 
 class IbBarsRequest(IbRequest, tag="IbBarsRequest", kw_only=True):
     verb: ClassVar[str] = "bars"
 
-    symbol: str
-    timeframe: str
+    symbol: Symbol
+    timeframe: Timeframe
     start: datetime
     end: datetime
     request_id: str = ""
 
 
 IB_REQUESTS: tuple[type[IbRequest], ...] = (IbContractRequest, IbHeadRequest, IbBarsRequest)
-AnyIbRequest = functools.reduce(operator.or_, IB_REQUESTS)  # type: ignore[arg-type]
+AnyIbRequest: TypeAlias = IbContractRequest | IbHeadRequest | IbBarsRequest
 
 
 class ContractInfo(msgspec.Struct, kw_only=True):

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from events import subjects
+from events.bounds import TOKEN_PATTERN
 from events.messages import COMMANDS, ROLE_FOR_DOMAIN
+from events.roles import CLI, IB, JOB_MANAGER, OBSERVER, ORCHESTRATOR, ROLES, TRAINER
 
-ROLES: tuple[str, ...] = ("cli", "observer", *subjects.ACTOR_ROLES)
+__all__ = ["DEFAULT_POOLS", "KV_BUCKETS", "OBJECT_BUCKETS", "ROLES", "STREAMS", "Permissions", "check_role",
+           "inbox_prefix", "permissions"]
 # The pools each worker domain serves (work.<domain>.<pool>, durable `work-<domain>-<pool>`).
 # Consumer names are whole tokens in the API subjects, so each pool is listed: adding a pool
 # (an ib pool name, say) means re-rendering the server config with it (`ktrdr up` does).
@@ -35,7 +38,7 @@ IB_QUEUE_GROUP = subjects.IB_QUEUE_GROUP
 # minutes rule can hold a request for up to 10 minutes, so replies stay allowed for 15.
 IB_RESPONSES_MAX = 200
 IB_RESPONSES_EXPIRES = "15m"
-_POOL_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_POOL_RE = re.compile(TOKEN_PATTERN)
 _DOMAINS = tuple(c.domain for c in COMMANDS)
 
 
@@ -152,14 +155,15 @@ def _orchestrator(g: _Grant) -> None:
     managed = [*STREAMS, *(f"KV_{b}" for b in KV_BUCKETS), *(f"OBJ_{b}" for b in OBJECT_BUCKETS)]
     for s in managed:  # provisions; never deletes or purges a stream
         g.api(f"STREAM.CREATE.{s}", f"STREAM.UPDATE.{s}", f"STREAM.INFO.{s}")
-    g.durable_pull("CMD", "orchestrator", "cmd.>")
-    g.api("CONSUMER.DURABLE.CREATE.CMD.orchestrator")  # what today's code sends; CMD has one consumer
+    g.durable_pull("CMD", subjects.ORCHESTRATOR_CONSUMER, "cmd.>")
+    # What today's code sends; CMD has one consumer.
+    g.api(f"CONSUMER.DURABLE.CREATE.CMD.{subjects.ORCHESTRATOR_CONSUMER}")
     g.api("CONSUMER.INFO.WORK.*", "CONSUMER.NAMES.WORK", "CONSUMER.LIST.WORK")  # queued work per pool
     g.allow_pub("ops.>", "work.>")
     g.allow_sub("ops.>", "$KV.ACTORS.>")
     g.read_ops()
     g.kv_read("ACTORS")
-    g.presence("orchestrator")
+    g.presence(ORCHESTRATOR)
     g.kv_read("LEASES")
     g.kv_write("LEASES", "*")  # deletes a dead worker's lease (a delete is a marker publish)
     g.obj_write("CHECKPOINTS")  # deletes the checkpoints of finished operations
@@ -171,27 +175,27 @@ def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS
     for domain, names in pools.items():
         for p in names:
             if not _POOL_RE.match(p):
-                raise ValueError(f"pool name {p!r} of {domain} must be 1-32 letters, digits, '_' or '-'")
+                raise ValueError(f"pool name {p!r} of {domain} must be 1-32 lower-case letters, digits, '_' or '-'")
     g = _Grant(role)
-    if role == "orchestrator":
+    if role == ORCHESTRATOR:
         _orchestrator(g)
     elif role in WORKER_DOMAIN:
         g.worker(role, pools)
-        if role == "job-manager":
+        if role == JOB_MANAGER:
             g.allow_pub("ib.>")  # requests; the answers come back on _INBOX_job-manager.>
             g.obj_write("BARS")
             g.series_lease()
-        elif role == "trainer":
+        elif role == TRAINER:
             g.obj_read("BARS")
             g.obj_write("MODELS")
             g.obj_write("CHECKPOINTS")
-    elif role == "ib":
+    elif role == IB:
         g.allow_sub(f"ib.> {IB_QUEUE_GROUP}", "ops.*.*.cancel")  # only inside the queue group
-        g.presence("ib")
+        g.presence(IB)
         g.kv_read("PACING")
         g.kv_write("PACING", ">")
         return g.build(responses_max=IB_RESPONSES_MAX, responses_expires=IB_RESPONSES_EXPIRES)
-    elif role == "cli":
+    elif role == CLI:
         g.allow_pub("cmd.>", "ops.*.*.cancel")
         g.allow_sub("ops.>")
         g.read_ops()
@@ -199,7 +203,7 @@ def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS
         g.obj_read("MODELS")
         g.obj_write("BARS")  # ktrdr data import
         g.series_lease()
-    elif role == "observer":
+    elif role == OBSERVER:
         g.allow_sub("ops.>")
         g.read_ops()
         g.kv_read("ACTORS")

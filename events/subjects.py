@@ -1,6 +1,7 @@
-"""Every subject, stream, bucket and consumer name, derived from the message types in events/messages.py.
+"""Every subject, stream, bucket and consumer name, derived from the message types in events/messages.py,
+and every Nats-Msg-Id format (`cmd-<op>`, `work-<op>`, `<op>.created`, `<op>.cancel.<reason>`, ...).
 
-No other package writes a subject string: it asks this module. An operation id is one NATS token,
+No other package writes a subject string or a message id: it asks this module. An operation id is one NATS token,
 unique, sortable by time, with the domain readable in it: `<domain>-<YYYYmmddTHHMMSSffffff>-<6 hex>`,
 e.g. `data-20261128T174900123456-3f9a1c`.
 """
@@ -12,13 +13,17 @@ import re
 import secrets
 from datetime import UTC, datetime
 
+from events import roles
+from events.bounds import TOKEN_PATTERN
 from events.messages import (
     COMMAND_FOR_DOMAIN,
     DOMAINS,
     LIFECYCLE_NAMES,
     CancelOperation,
+    CancelReason,
     Command,
     IbRequest,
+    OperationCreated,
 )
 
 STREAM_CMD = "CMD"
@@ -35,16 +40,14 @@ CMD_ALL = "cmd.>"
 WORK_ALL = "work.>"
 OPS_ALL = "ops.>"
 CANCEL_ALL = f"ops.*.*.{CancelOperation.name}"
-IB_QUEUE_GROUP = "ib"
-ORCHESTRATOR_CONSUMER = "orchestrator"
-# The actor roles, in start order: the orchestrator first (it provisions the streams and buckets the
-# others bind to), then the services before the workers that call them.
-ACTOR_ROLES: tuple[str, ...] = ("orchestrator", "ib", "dummy", "job-manager", "trainer")
+IB_QUEUE_GROUP = roles.IB
+ORCHESTRATOR_CONSUMER = roles.ORCHESTRATOR
+ACTOR_ROLES: tuple[str, ...] = roles.ACTOR_ROLES  # in start order
 DEFAULT_POOL = "any"
 
 _OP_ID = re.compile(r"^(?P<domain>[a-z]+)-(?P<ts>\d{8}T\d{12})-[0-9a-f]{6}$")
 # Pools, roles and actor ids become subject tokens and consumer names: one safe token each.
-_TOKEN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_TOKEN = re.compile(TOKEN_PATTERN)
 
 
 def new_op_id(domain: str) -> str:
@@ -121,6 +124,39 @@ def parse_work_subject(subject: str) -> tuple[str, str] | None:
     if len(parts) != 3 or parts[0] != "work" or parts[1] not in DOMAINS:
         return None
     return parts[1], parts[2]
+
+
+# ---------------------------------------------------------------------------------------------- Nats-Msg-Id
+# Each publish that may be retried or repeated carries one of these ids, so the stream stores it once.
+def command_msg_id(op_id: str) -> str:
+    """A command's: a client that retries (or a bench that resends) submits it once."""
+    return f"cmd-{op_id}"
+
+
+def work_msg_id(op_id: str) -> str:
+    """An operation's work item: routed again after a restart, stored once."""
+    return f"work-{op_id}"
+
+
+def created_msg_id(op_id: str) -> str:
+    """An operation's OperationCreated: whoever creates it again (a redelivered command) stores nothing."""
+    return f"{op_id}.{OperationCreated.name}"
+
+
+def cancel_msg_id(op_id: str, reason_code: CancelReason) -> str:
+    """A cancel the orchestrator records itself (reason `parent` or `deadline`): once per operation."""
+    return f"{op_id}.{CancelOperation.name}.{reason_code}"
+
+
+def event_msg_id(op_id: str, actor_id: str, seq: int) -> str:
+    """An actor's event: its per-actor sequence makes a resent event the same message."""
+    return f"{op_id}.{actor_id}.{seq}"
+
+
+def terminal_msg_id(op_id: str, actor_id: str, secret: str) -> str:
+    """A terminal event's, with a secret the publisher never shows before it publishes the verdict: a
+    retried terminal is stored once, and nobody can publish that id first to make it a "duplicate"."""
+    return f"{op_id}.{actor_id}.{secret}.terminal"
 
 
 # ---------------------------------------------------------------------------------------------- ops

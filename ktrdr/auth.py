@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from events import permissions as _perm
+from events import roles
 from events.permissions import DEFAULT_POOLS, KV_BUCKETS, OBJECT_BUCKETS, ROLES, STREAMS, Permissions
 from ktrdr.errors import KtrdrError
 from ktrdr.natsconf import ServerUser, TlsFiles, authorization_block, write_atomic
@@ -330,7 +331,7 @@ def connect_options_from_env(role: str | None = None, *, home: Path | None = Non
     """connect_options() from the variables `ktrdr auth env` prints: KTRDR_ROLE (overrides `role`),
     NATS_NKEY_SEED, NATS_NKEY, NATS_USER/NATS_PASSWORD, NATS_CREDS, NATS_TLS_CA_PEM, NATS_TLS_CA.
     With none of the credential variables, home/auth/<role>.nk when it exists (the embedded stack)."""
-    role = check_role(env.get("KTRDR_ROLE") or role or "cli")
+    role = check_role(env.get("KTRDR_ROLE") or role or roles.CLI)
 
     def get(name: str) -> str | None:
         return env.get(name) or None

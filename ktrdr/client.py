@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
 
-from events import subjects
+from events import roles, subjects
 from events.codec import DecodeError, decode_event, decode_heartbeat, encode
 from events.messages import AnyEvent, CancelOperation, CancelReason, Command, Heartbeat, OperationProgress
 from ktrdr.config import Settings
@@ -70,7 +70,7 @@ class Client:
         async def error(_exc: Exception) -> None:
             pass  # reconnect attempts are reported through on_disconnect/on_reconnect, not tracebacks
 
-        self.nc = await connect(self.url, self.settings, self.name, role=self.settings.role or "cli",
+        self.nc = await connect(self.url, self.settings, self.name, role=self.settings.role or roles.CLI,
                                 max_reconnect_attempts=self.reconnect_attempts,
                                 disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error)
         self._js = self.nc.jetstream()
@@ -150,16 +150,16 @@ class Client:
 
     async def submit(self, cmd: Command) -> None:
         """Publish a command (stored in CMD; a retried publish of the same op is stored once)."""
-        await publish(self.js, subjects.command(cmd), encode(cmd), f"cmd-{cmd.op_id}")
+        await publish(self.js, subjects.command(cmd), encode(cmd), subjects.command_msg_id(cmd.op_id))
 
-    async def cancel(self, op_id: str, reason: str = "cancel requested", requested_by: str = "cli",
+    async def cancel(self, op_id: str, reason: str = "cancel requested", requested_by: str = roles.CLI,
                      code: CancelReason = "user") -> None:
         """Record a cancel on ops.<domain>.<op_id>.cancel, whatever state the operation is in (even
         before it exists: the orchestrator honours it when it creates the operation)."""
         cancel = CancelOperation(op_id=op_id, reason=reason, reason_code=code, requested_by=requested_by)
         await publish(self.js, subjects.cancel(op_id), encode(cancel), f"{op_id}.cancel.{cancel.ts.timestamp()}")
 
-    async def events(self, op_id: str) -> list[AnyEvent]:  # type: ignore[valid-type]
+    async def events(self, op_id: str) -> list[AnyEvent]:
         return await read_operation(self.js, op_id)
 
     async def view(self, op_id: str) -> OperationView:
@@ -185,7 +185,7 @@ class Client:
     async def watch(
         self,
         op_id: str,
-        on_event: Callable[[AnyEvent, OperationView], None],  # type: ignore[valid-type]
+        on_event: Callable[[AnyEvent, OperationView], None],
         *,
         until_terminal: bool = True,
         stop: asyncio.Event | None = None,

@@ -1,7 +1,9 @@
 """Validation of commands before any work starts: the orchestrator's gate, repeated by the worker that
 pulls the work (so a work item that skipped the orchestrator is refused there too).
 
-Every field that crossed a process boundary is checked once here, with explicit bounds; each check
+Each field's own bounds are the message type's (events/bounds.py, checked at decode: `validate` puts a
+command made in Python through the same decoder); the checks here span fields or need the domain (the
+strategy's size in bytes and its parse, a deadline after the command, the op id's domain). Each check
 raises CommandError naming the field and the bound, quoting at most a short prefix of the bad value
 (a 1 MB symbol must not become a 1 MB rejection). Domain modules do the real parsing (timeframes,
 symbols, strategy files), so the CLI, the orchestrator and the workers agree on what is valid.
@@ -9,36 +11,21 @@ symbols, strategy files), so the CLI, the orchestrator and the workers agree on 
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 
-from events import subjects
+from events import codec, subjects
+from events.bounds import MAX_DEADLINE, MAX_DUMMY_DURATION_S, MAX_STRATEGY_BYTES, Timeframe
+from events.codec import short
 from events.messages import Command, LoadData, RunDummy, StartTraining
 from ktrdr.errors import StrategyError, ValidationError
 
-MAX_DUMMY_ITERATIONS = 10_000
-MAX_DUMMY_INTERVAL_S = 60.0
-MAX_DUMMY_DURATION_S = 24 * 3600.0
-MAX_EPOCHS = 100_000
-MAX_STRATEGY_BYTES = 256 * 1024
-MAX_SYMBOLS = 50
-MAX_TIMEFRAMES = 8
-MAX_DEADLINE = timedelta(days=30)
-MAX_TEXT = 512  # strategy_path, requested_by: labels, never paths
-# AAPL, BRK.B, EUR.USD, EUR/USD: letters and digits with at most one separator, never "..".
-_SYMBOL = re.compile(r"^[A-Za-z0-9]{1,12}([./][A-Za-z0-9]{1,8})?$")
+__all__ = ["CommandError", "check_symbol", "check_timeframe", "describe", "short", "training_inputs", "validate"]
 
 
 class CommandError(ValidationError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
-
-
-def short(value: object, limit: int = 40) -> str:
-    """repr of a value, cut to `limit` characters: bad input is quoted, not echoed whole."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def describe(cmd: Command) -> tuple[str, str]:
@@ -53,23 +40,21 @@ def describe(cmd: Command) -> tuple[str, str]:
 
 
 def check_symbol(value: object, field: str = "symbol") -> str:
-    from ktrdr.data.calendar import normalize_symbol
+    """The symbol as the data layer names it (ktrdr.data.symbols.normalize_symbol), the error naming `field`."""
+    from ktrdr.data.symbols import normalize_symbol
 
-    if not isinstance(value, str) or not _SYMBOL.match(value):
-        raise CommandError(field, f"{short(value)} is not a symbol (letters and digits, e.g. AAPL, BRK.B or EUR.USD)")
     try:
         return normalize_symbol(value)
     except ValidationError as exc:
         raise CommandError(field, str(exc)) from exc
 
 
-def check_timeframe(value: object, field: str = "timeframe") -> str:
+def check_timeframe(value: object, field: str = "timeframe") -> Timeframe:
+    """The Timeframe `value` names (any spelling people type), the error naming `field`."""
     from ktrdr.data.timeframes import parse_timeframe
 
-    if not isinstance(value, str) or len(value) > 12:
-        raise CommandError(field, f"{short(value)} is not a timeframe")
     try:
-        return parse_timeframe(value).name
+        return parse_timeframe(value)
     except ValidationError as exc:
         raise CommandError(field, str(exc)) from exc
 
@@ -78,12 +63,17 @@ def validate(cmd: Command, now: datetime | None = None) -> None:
     """Raise CommandError for the first field out of bounds. Pure and bounded in time: the strategy
     text is size-checked before it is parsed, and the parser refuses YAML aliases."""
     now = now or datetime.now(UTC)
+    try:
+        codec.check(cmd)  # the type's own bounds, as the orchestrator's decoder applies them
+    except codec.InvalidField as exc:
+        raise CommandError(exc.field, exc.problem) from None
+    except codec.DecodeError as exc:
+        raise CommandError(type(cmd).__name__, str(exc)) from None
     _check_common(cmd, now)
     if isinstance(cmd, RunDummy):
         _check_dummy(cmd)
     elif isinstance(cmd, LoadData):
         check_symbol(cmd.symbol)
-        check_timeframe(cmd.timeframe)
         _check_range(cmd.start, cmd.end, now)
     elif isinstance(cmd, StartTraining):
         _check_training(cmd, now)
@@ -92,10 +82,6 @@ def validate(cmd: Command, now: datetime | None = None) -> None:
 def _check_common(cmd: Command, now: datetime) -> None:
     if not subjects.is_op_id(cmd.op_id) or subjects.domain_of(cmd.op_id) != cmd.domain:
         raise CommandError("op_id", f"{short(cmd.op_id)} is not a {cmd.domain} operation id")
-    if not subjects.is_token(cmd.pool):
-        raise CommandError("pool", f"{short(cmd.pool)} is not a pool name (lower-case letters, digits, - and _)")
-    if len(cmd.requested_by) > MAX_TEXT:
-        raise CommandError("requested_by", f"longer than {MAX_TEXT} characters")
     if cmd.deadline is not None:
         if cmd.deadline.tzinfo is None:
             raise CommandError("deadline", "must carry a timezone (UTC)")
@@ -106,11 +92,6 @@ def _check_common(cmd: Command, now: datetime) -> None:
 
 
 def _check_dummy(cmd: RunDummy) -> None:
-    if not 1 <= cmd.iterations <= MAX_DUMMY_ITERATIONS:
-        raise CommandError("iterations", f"must be between 1 and {MAX_DUMMY_ITERATIONS}, got {short(cmd.iterations)}")
-    if not 0 <= cmd.interval_s <= MAX_DUMMY_INTERVAL_S:
-        raise CommandError("interval_s", f"must be between 0 and {MAX_DUMMY_INTERVAL_S:g} seconds, got "
-                                         f"{short(cmd.interval_s)}")
     if cmd.iterations * cmd.interval_s > MAX_DUMMY_DURATION_S:
         raise CommandError("iterations", f"{cmd.iterations} x {cmd.interval_s:g} s is longer than "
                                          f"{MAX_DUMMY_DURATION_S / 3600:g} h")
@@ -121,23 +102,11 @@ def _check_training(cmd: StartTraining, now: datetime) -> None:
         raise CommandError("strategy_yaml", f"larger than {MAX_STRATEGY_BYTES // 1024} KiB")
     if not cmd.strategy_yaml.strip():
         raise CommandError("strategy_yaml", "empty strategy; pass the strategy file's text")
-    if len(cmd.strategy_path) > MAX_TEXT:
-        raise CommandError("strategy_path", f"longer than {MAX_TEXT} characters")
-    if len(cmd.symbols) > MAX_SYMBOLS:
-        raise CommandError("symbols", f"at most {MAX_SYMBOLS} symbols, got {len(cmd.symbols)}")
-    for i, sym in enumerate(cmd.symbols):
-        check_symbol(sym, f"symbols[{i}]")
-    if len(cmd.timeframes) > MAX_TIMEFRAMES:
-        raise CommandError("timeframes", f"at most {MAX_TIMEFRAMES} timeframes, got {len(cmd.timeframes)}")
-    for i, tf in enumerate(cmd.timeframes):
-        check_timeframe(tf, f"timeframes[{i}]")
-    if cmd.epochs is not None and not 1 <= cmd.epochs <= MAX_EPOCHS:
-        raise CommandError("epochs", f"must be between 1 and {MAX_EPOCHS}, got {short(cmd.epochs)}")
     training_inputs(cmd)
     _check_range(cmd.start, cmd.end, now)
 
 
-def training_inputs(cmd: StartTraining) -> tuple[list[str], list[str]]:
+def training_inputs(cmd: StartTraining) -> tuple[list[str], list[Timeframe]]:
     """The symbols and timeframes a training needs (the command's, else the strategy's), validated."""
     from ktrdr.training.strategy import parse_strategy
 
@@ -145,10 +114,10 @@ def training_inputs(cmd: StartTraining) -> tuple[list[str], list[str]]:
         strategy = parse_strategy(cmd.strategy_yaml, file=cmd.strategy_path or "<strategy>")
     except StrategyError as exc:
         raise CommandError(f"strategy {exc.path}", f"{exc.problem} (in {exc.file})") from exc
+    # The strategy's symbols are normalised by its parser; the command's as a client spelled them.
     symbols = [check_symbol(s, f"symbols[{i}]") for i, s in enumerate(cmd.symbols)] or \
-        [check_symbol(s, "strategy training_data.symbols") for s in strategy.training_data.symbols]
-    timeframes = list(cmd.timeframes) or list(strategy.training_data.timeframes)
-    return symbols, [check_timeframe(tf) for tf in timeframes]
+        list(strategy.training_data.symbols)
+    return symbols, list(cmd.timeframes) or list(strategy.training_data.timeframes)
 
 
 def _check_range(start: datetime | None, end: datetime | None, now: datetime) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from events.bounds import MAX_DEADLINE
 from ktrdr.config import settings
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ app.add_typer(models_app, name="models")
 
 JSON = typer.Option(False, "--json", help="Print data as JSON.")
 TIMEOUT = typer.Option(None, "--timeout", help="Cancel the operation (reason: deadline) after this many seconds.")
-MAX_TIMEOUT_S = 30 * 86400
+MAX_TIMEOUT_S = int(MAX_DEADLINE.total_seconds())  # a command's deadline is at most this far ahead
 
 
 def _run(coro: Coroutine[Any, Any, int | None]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from events import subjects
+from events import roles, subjects
 from events.codec import DecodeError, decode_event
 from events.messages import AnyEvent, Command
 from ktrdr.client import Client
@@ -53,7 +53,7 @@ class LinePrinter:
         self._last_line = ""
         self._last_ts: datetime | None = None
 
-    def line_for(self, ev: AnyEvent, view: OperationView) -> str | None:  # type: ignore[valid-type]
+    def line_for(self, ev: AnyEvent, view: OperationView) -> str | None:
         if view.terminal:
             return None  # print_final says how it ended
         ts = ev.ts
@@ -93,7 +93,7 @@ class LiveDisplay:
         if self._progress is not None:
             self._progress.__exit__(None, None, None)
 
-    def update(self, ev: AnyEvent, view: OperationView) -> None:  # type: ignore[valid-type]
+    def update(self, ev: AnyEvent, view: OperationView) -> None:
         if self.quiet:
             return
         if self._progress is not None:
@@ -123,7 +123,7 @@ async def follow(client: Client, op_id: str, *, json_out: bool = False, cancel_o
         interrupts += 1
         if interrupts == 1 and cancel_on_interrupt:
             print(f"\nCancelling {op_id} ...", file=sys.stderr, flush=True)
-            cancel_tasks.append(loop.create_task(client.cancel(op_id, reason="Ctrl+C", requested_by="cli")))
+            cancel_tasks.append(loop.create_task(client.cancel(op_id, reason="Ctrl+C", requested_by=roles.CLI)))
         else:
             stop.set()
 
@@ -187,7 +187,7 @@ async def replay(client: Client, op_id: str, *, speed: float | None, json_out: b
     with LiveDisplay(_renderer(op_id), quiet=json_out) as display:
         show = _print_json if json_out else display.update
 
-        def on_event(ev: AnyEvent) -> None:  # type: ignore[valid-type]
+        def on_event(ev: AnyEvent) -> None:
             fold(view, ev)
             show(ev, view)
 
@@ -198,11 +198,11 @@ async def replay(client: Client, op_id: str, *, speed: float | None, json_out: b
     return view
 
 
-def _print_json(ev: AnyEvent, _view: OperationView) -> None:  # type: ignore[valid-type]
+def _print_json(ev: AnyEvent, _view: OperationView) -> None:
     sys.stdout.write(msgspec.json.encode(ev).decode() + "\n")
 
 
-def _decoding(on_event: Callable[[AnyEvent], None]) -> Callable[[str, bytes], None]:  # type: ignore[valid-type]
+def _decoding(on_event: Callable[[AnyEvent], None]) -> Callable[[str, bytes], None]:
     def on_msg(_subject: str, data: bytes) -> None:
         try:
             ev = decode_event(data)
@@ -214,7 +214,7 @@ def _decoding(on_event: Callable[[AnyEvent], None]) -> Callable[[str, bytes], No
 
 
 async def _replay_paced(client: Client, op_id: str, speed: float,
-                        on_event: Callable[[AnyEvent], None]) -> None:  # type: ignore[valid-type]
+                        on_event: Callable[[AnyEvent], None]) -> None:
     prev: datetime | None = None
     async with contextlib.aclosing(stream_events(client.js, [subjects.ops(op_id)])) as stream:
         async for _subject, data in stream:

@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 
+from events.bounds import MAX_EPOCHS, MAX_STRATEGY_BYTES, Timeframe
 from ktrdr.cli import (
     JSON,
     TIMEOUT,
@@ -73,7 +74,7 @@ def _bars(c: Any) -> Any:
     return BarStore(c.js, DigestCache(settings().cache_dir, settings().cache_max_bytes))
 
 
-def _norm(symbol: str, timeframe: str) -> tuple[str, str]:
+def _norm(symbol: str, timeframe: str) -> tuple[str, Timeframe]:
     from ktrdr.commands import check_symbol, check_timeframe
     from ktrdr.errors import ValidationError
 
@@ -271,12 +272,12 @@ def train(
 ) -> None:
     """Train a strategy: one operation whose children load the missing data, then train, with one live
     progress display. Ctrl+C cancels the whole workflow (exit 130)."""
-    text = read_text_file(strategy_file, "strategy", max_bytes=256 * 1024)
+    text = read_text_file(strategy_file, "strategy", max_bytes=MAX_STRATEGY_BYTES)
     end_dt = parse_date(end, "end") or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     start_dt = parse_date(start, "start") or end_dt - timedelta(days=365)
     check_range(start_dt, end_dt)
-    if epochs is not None and not 1 <= epochs <= 100_000:
-        raise _usage(f"--epochs must be between 1 and 100000, got {epochs}")
+    if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:
+        raise _usage(f"--epochs must be between 1 and {MAX_EPOCHS}, got {epochs}")
     if data not in ("full", "local", "none"):
         raise _usage(f"--data {data[:20]!r}: expected full, local or none")
     from events.messages import StartTraining

@@ -137,7 +137,7 @@ def data_plot(
 
         async with client() as c:
             bars = _bars(c)
-            return await bars.read(sym, tf.name, start_dt, end_dt), await bars.metadata(sym, tf.name)
+            return await bars.read(sym, tf, start_dt, end_dt), await bars.metadata(sym, tf)
 
     import asyncio
 
@@ -148,14 +148,14 @@ def data_plot(
         raise typer.Exit(1) from exc
     if df.empty:
         span = f" between {start or 'the start'} and {end or 'the end'}" if start or end else ""
-        raise _usage(f"no {tf.name} bars stored for {sym}{span} (try `ktrdr data load {sym} -t {tf.name}`)")
+        raise _usage(f"no {tf} bars stored for {sym}{span} (try `ktrdr data load {sym} -t {tf}`)")
     inst = lookup(sym)
     gaps = find_gaps(df.index, inst, tf, df.index[0], df.index[-1] + tf.delta) if inst is not None else []
     kind = "candles" if len(df) <= plotting.MAX_CANDLES else "close"
     note = f"{len(gaps):,} gaps" if inst is not None else "gaps not analysed: instrument unknown"
     sim = " · SIMULATED data" if getattr(meta, "simulated", False) else ""
     span = f"{df.index[0]:%Y-%m-%d %H:%M} .. {df.index[-1]:%Y-%m-%d %H:%M} UTC"
-    title = f"{sym} {tf.name}{sim} · {len(df):,} bars {span} · {note}"
+    title = f"{sym} {tf}{sim} · {len(df):,} bars {span} · {note}"
     try:
         plotting.plot_series(df, gaps, out, title, tf.seconds)
     except OSError as exc:

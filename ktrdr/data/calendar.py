@@ -23,7 +23,6 @@ Conventions (all timestamps are UTC, the bar's START):
 
 from __future__ import annotations
 
-import re
 import threading
 import warnings
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
+from ktrdr.data.symbols import normalize_symbol
 from ktrdr.data.timeframes import Timeframe, parse_timeframe
 from ktrdr.errors import ValidationError
 
@@ -92,24 +92,6 @@ DEFAULT_UNIVERSE: dict[str, Instrument] = {
         _fx("AUDUSD", 14433401),
     )
 }
-
-_SYMBOL_RE = re.compile(r"^[A-Z0-9]+$")
-
-
-def normalize_symbol(s: str) -> str:
-    """ "eur.usd", "EUR.USD", "EUR/USD", "EURUSD" -> "EURUSD"; " aapl " -> "AAPL".
-
-    Separators (. / - _ space) are dropped; anything else that is not a letter or digit is rejected.
-    """
-    if not isinstance(s, str):
-        raise ValidationError(f"symbol must be a string, got {type(s).__name__}")
-    cleaned = re.sub(r"[./\-_\s]", "", s).upper()
-    if not cleaned:
-        raise ValidationError("symbol is empty", hint="e.g. AAPL or EURUSD")
-    if not _SYMBOL_RE.match(cleaned) or len(cleaned) > 20:
-        raise ValidationError(f"invalid symbol {s!r}", hint="letters and digits only, e.g. AAPL or EUR.USD")
-    return cleaned
-
 
 def lookup(symbol: str, universe: dict[str, Instrument] | None = None) -> Instrument | None:
     """The instrument for `symbol` (any spelling normalize_symbol accepts), or None if unknown."""
@@ -281,8 +263,8 @@ def expected_bar_starts(
     else:
         week = pd.Timedelta(days=7)
         # A week's bar exists if ANY day of that week trades (Monday may be a holiday): look a week wider.
-        dates = _daily_dates(inst, s - week, e + week) if tf.name == "1w" else _daily_dates(inst, s, e)
-        if tf.name == "1w":
+        dates = _daily_dates(inst, s - week, e + week) if tf == Timeframe.W1 else _daily_dates(inst, s, e)
+        if tf == Timeframe.W1:
             # Monday of each week with a session (datetime64 day 0 is a Thursday, hence the +3).
             dates = np.unique(dates - ((dates.astype(np.int64) + 3) % 7).astype("timedelta64[D]"))
         values = dates.astype("datetime64[ns]").astype(np.int64)

@@ -131,7 +131,7 @@ class DataLoadingJob:
         self.gateway_wait_s = gateway_wait_s
         self._down_since: float | None = None  # monotonic time of the first DisconnectedError since a success
         self._successes = 0  # IB calls that got an answer (an outage is failures with none of these)
-        self.result = LoadResult(self.inst.symbol, self.tf.name, self.mode, source=source)
+        self.result = LoadResult(self.inst.symbol, self.tf, self.mode, source=source)
         self.repairs = RepairReport()
         self._done = 0
         self._bars = 0
@@ -149,9 +149,9 @@ class DataLoadingJob:
         pct = 100.0 if phase == "done" else (100.0 * self._done / n if n else 0.0)
         self.on_progress(ProgressState(
             percentage=round(pct, 2),
-            message=f"Loading {self.inst.symbol} {self.tf.name} data ({self.mode} mode) [{self._done}/{n}]",
+            message=f"Loading {self.inst.symbol} {self.tf} data ({self.mode} mode) [{self._done}/{n}]",
             current_step=self._done, total_steps=n, items_processed=self._bars, phase=phase,
-            context=DataContext(symbol=self.inst.symbol, timeframe=self.tf.name, mode=self.mode,
+            context=DataContext(symbol=self.inst.symbol, timeframe=self.tf, mode=self.mode,
                                 segment_index=segment, segment_count=n, segments_done=self._done,
                                 bars_fetched=self._bars, source=self.source, waiting_s=round(waiting_s, 3),
                                 state=state or phase)))

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ktrdr.data.calendar import to_utc
 from ktrdr.data.gaps import Gap
-from ktrdr.data.timeframes import Timeframe, ib_duration_str, parse_timeframe
+from ktrdr.data.timeframes import Timeframe, ib_duration_str, max_request
 from ktrdr.errors import ValidationError
 
 Mode = Literal["local", "tail", "backfill", "full"]
@@ -105,22 +105,21 @@ def resolve_range(
 
 def plan_segments(
     ranges: list[Gap] | list[tuple[pd.Timestamp, pd.Timestamp]],
-    tf: Timeframe | str,
+    tf: Timeframe,
     coalesce: bool = True,
     bar_starts: pd.DatetimeIndex | None = None,
 ) -> list[Segment]:
-    """IB requests covering `ranges`, none longer than tf.max_request, numbered from 1 in time order.
+    """IB requests covering `ranges`, none longer than max_request(tf), numbered from 1 in time order.
 
     With `bar_starts` (the expected bars, calendar.expected_bar_starts), each segment starts at the
     next expected bar, so no request is spent on a weekend or holiday with no bars in it.
     With `coalesce`, neighbouring ranges that fit together in one request share it (many small gaps
     would otherwise cost one paced IB request each); re-fetched stored bars are deduplicated by merge."""
-    tf = parse_timeframe(tf)
     spans = sorted(
         (to_utc(r.start), to_utc(r.end)) if isinstance(r, Gap) else (to_utc(r[0]), to_utc(r[1])) for r in ranges
     )
     spans = [(s, e) for s, e in spans if s < e]
-    limit = pd.Timedelta(tf.max_request)
+    limit = pd.Timedelta(max_request(tf))
     merged: list[tuple[pd.Timestamp, pd.Timestamp]] = []
     for s, e in spans:
         if merged and coalesce and e - merged[-1][0] <= limit:

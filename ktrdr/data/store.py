@@ -364,7 +364,7 @@ class DataStore:
 
     # --- paths ------------------------------------------------------------------------------------
     def _key(self, symbol: str, tf: Timeframe | str) -> tuple[str, str]:
-        return normalize_symbol(symbol), parse_timeframe(tf).name
+        return normalize_symbol(symbol), parse_timeframe(tf)
 
     def _paths(self, symbol: str, tf: Timeframe | str) -> tuple[Path, Path, Path]:
         sym, name = self._key(symbol, tf)

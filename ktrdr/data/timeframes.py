@@ -1,7 +1,10 @@
-"""Timeframes: the bar sizes KTRDR loads, how IB names them, and how much one IB request may cover.
+"""Timeframes: how IB names them and how much one IB request may cover.
 
-`max_request` is the longest span one historical request may ask for at that bar size (IB's published
-limits per bar size); segment planning splits every range by it.
+`Timeframe` itself (a StrEnum: "1h" on the wire, equal to "1h", with its nominal `seconds`, made from
+any spelling people type) is declared in events/bounds.py, so a message, the CLI, planning and the IB
+client all hold the same type; this module is its domain table. `max_request` is the longest span one
+historical request may ask for at that bar size (IB's published limits per bar size); segment planning
+splits every range by it.
 """
 
 from __future__ import annotations
@@ -9,80 +12,58 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import timedelta
+from types import MappingProxyType
 
+from events.bounds import Timeframe
 from ktrdr.errors import ValidationError
+
+__all__ = ["TIMEFRAMES", "Timeframe", "TimeframeSpec", "ib_bar_size", "ib_duration_str", "max_request",
+           "pandas_freq", "parse_timeframe"]
 
 
 @dataclass(frozen=True)
-class Timeframe:
-    name: str  # KTRDR's name: "1m", "1h", "1d", ...
-    seconds: int  # nominal bar length
+class TimeframeSpec:
     ib_bar_size: str  # IB's barSizeSetting
     max_request: timedelta  # longest span of one IB historical request at this bar size
     pandas_freq: str  # pandas offset alias of the bar length
 
-    @property
-    def delta(self) -> timedelta:
-        return timedelta(seconds=self.seconds)
 
-    @property
-    def is_intraday(self) -> bool:
-        return self.seconds < 86400
-
-    def __str__(self) -> str:
-        return self.name
-
-
-_MIN = 60
-_HOUR = 3600
-_DAY = 86400
-
-TIMEFRAMES: dict[str, Timeframe] = {
-    tf.name: tf
-    for tf in (
-        Timeframe("1m", _MIN, "1 min", timedelta(days=1), "1min"),
-        Timeframe("5m", 5 * _MIN, "5 mins", timedelta(days=7), "5min"),
-        Timeframe("15m", 15 * _MIN, "15 mins", timedelta(days=14), "15min"),
-        Timeframe("30m", 30 * _MIN, "30 mins", timedelta(days=30), "30min"),
-        Timeframe("1h", _HOUR, "1 hour", timedelta(days=30), "1h"),
-        Timeframe("4h", 4 * _HOUR, "4 hours", timedelta(days=120), "4h"),
-        Timeframe("1d", _DAY, "1 day", timedelta(days=365), "1D"),
-        Timeframe("1w", 7 * _DAY, "1 week", timedelta(days=730), "7D"),
-    )
+_SPECS: dict[Timeframe, TimeframeSpec] = {
+    Timeframe.M1: TimeframeSpec("1 min", timedelta(days=1), "1min"),
+    Timeframe.M5: TimeframeSpec("5 mins", timedelta(days=7), "5min"),
+    Timeframe.M15: TimeframeSpec("15 mins", timedelta(days=14), "15min"),
+    Timeframe.M30: TimeframeSpec("30 mins", timedelta(days=30), "30min"),
+    Timeframe.H1: TimeframeSpec("1 hour", timedelta(days=30), "1h"),
+    Timeframe.H4: TimeframeSpec("4 hours", timedelta(days=120), "4h"),
+    Timeframe.D1: TimeframeSpec("1 day", timedelta(days=365), "1D"),
+    Timeframe.W1: TimeframeSpec("1 week", timedelta(days=730), "7D"),
 }
-
-# Spellings people type for the same timeframe; the canonical names are the TIMEFRAMES keys.
-_ALIASES = {
-    "1min": "1m",
-    "5min": "5m",
-    "15min": "15m",
-    "30min": "30m",
-    "60m": "1h",
-    "1hour": "1h",
-    "4hour": "4h",
-    "240m": "4h",
-    "d": "1d",
-    "1day": "1d",
-    "daily": "1d",
-    "w": "1w",
-    "1week": "1w",
-    "weekly": "1w",
-}
+# Keyed by the enum, which hashes and compares as its name: TIMEFRAMES["1h"] is TIMEFRAMES[Timeframe.H1].
+TIMEFRAMES: MappingProxyType[str, Timeframe] = MappingProxyType({tf.value: tf for tf in Timeframe})
 
 
-def parse_timeframe(s: str | Timeframe) -> Timeframe:
-    """Return the Timeframe named `s` ("1h", "1H", "1 hour" ...); ValidationError lists the valid ones."""
-    if isinstance(s, Timeframe):
-        return s
-    key = str(s).strip().lower().replace(" ", "")
-    if key in TIMEFRAMES:
-        return TIMEFRAMES[key]
-    if key in _ALIASES:
-        return TIMEFRAMES[_ALIASES[key]]
-    for tf in TIMEFRAMES.values():  # IB spellings: "1 hour", "5 mins"
-        if key == tf.ib_bar_size.replace(" ", "").lower():
-            return tf
-    raise ValidationError(f"unknown timeframe {s!r}", hint=f"valid timeframes: {', '.join(TIMEFRAMES)}")
+def ib_bar_size(tf: Timeframe) -> str:
+    return _SPECS[tf].ib_bar_size
+
+
+def max_request(tf: Timeframe) -> timedelta:
+    return _SPECS[tf].max_request
+
+
+def pandas_freq(tf: Timeframe) -> str:
+    return _SPECS[tf].pandas_freq
+
+
+def parse_timeframe(s: object) -> Timeframe:
+    """The Timeframe named `s` ("1h", "1H", "1 hour", a Timeframe ...), or ValidationError listing the
+    valid ones: Timeframe(s) with the error a user reads (the CLI, a strategy file)."""
+    if isinstance(s, str):
+        try:
+            return Timeframe(s)
+        except ValueError:
+            pass
+    quoted = (repr(s) if len(s) <= 20 else f"{s[:20]!r}...") if isinstance(s, str) else type(s).__name__
+    raise ValidationError(f"unknown timeframe {quoted}", hint=f"valid timeframes: {', '.join(Timeframe)}")
 
 
 def ib_duration_str(td: timedelta) -> str:
@@ -91,11 +72,12 @@ def ib_duration_str(td: timedelta) -> str:
     Rounded UP, so a request always covers the whole span (the caller trims what it did not ask for).
     """
     secs = math.ceil(td.total_seconds())
+    day = Timeframe.D1.seconds
     if secs <= 0:
         raise ValidationError(f"duration must be positive, got {td}")
-    if secs <= _DAY:
+    if secs <= day:
         return f"{secs} S"
-    days = math.ceil(secs / _DAY)
+    days = math.ceil(secs / day)
     if days <= 365:
         return f"{days} D"
     # IB refuses day counts above 365: longer spans are asked for in whole years.

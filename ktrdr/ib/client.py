@@ -25,7 +25,7 @@ from ib_async import IB, Contract, StartupFetchNONE
 from events.messages import ContractInfo
 from ktrdr.cancellation import CancellationToken
 from ktrdr.data.calendar import Instrument
-from ktrdr.data.timeframes import Timeframe, parse_timeframe
+from ktrdr.data.timeframes import Timeframe
 from ktrdr.errors import DisconnectedError, NoDataError, OperationCancelledError, UnknownSymbolError
 from ktrdr.ib import errors as ib_errors
 from ktrdr.ib.contracts import contract_for, contract_info, instrument_for, pick_details, qualified_contract
@@ -385,7 +385,7 @@ class IbClient:
     async def bars(
         self,
         symbol: str,
-        timeframe: str | Timeframe,
+        timeframe: Timeframe,
         start: datetime,
         end: datetime,
         *,
@@ -394,17 +394,16 @@ class IbClient:
         gate: Gate | None = None,
     ) -> pd.DataFrame:
         """Bars of `symbol` starting in [start, end): ONE paced IB request (split longer ranges by
-        `Timeframe.max_request` first). UTC index "timestamp", float open/high/low/close/volume;
+        `max_request(timeframe)` first). UTC index "timestamp", float open/high/low/close/volume;
         `attrs`: source ("ib"/"sim"), pacing_wait_s. `gate` is awaited right before the request takes
         its pacing slot; raising there drops it uncounted. Typed errors: UnknownSymbolError,
         NoDataError, PacingError, DisconnectedError, OperationCancelledError, ValidationError."""
-        tf = parse_timeframe(timeframe)
         if cancel is not None:
-            cancel.raise_if_cancelled(f"{tf.name} bars for {symbol}")
+            cancel.raise_if_cancelled(f"{timeframe} bars for {symbol}")
         inst, contract, _ = await self._qualified(symbol, cancel)
         await self._ready(cancel)
         df = await fetch_bars(
-            self.ib, self._tracker, self.limiter, contract, inst, tf, start, end,
+            self.ib, self._tracker, self.limiter, contract, inst, timeframe, start, end,
             timeout=self.request_timeout, cancel=cancel, on_wait=on_wait, gate=self._still_ready(gate),
         )  # fmt: skip
         df.attrs["source"] = self.source

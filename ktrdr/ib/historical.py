@@ -1,6 +1,6 @@
 """Historical bars: one IB request per call, paced, cancellable, returned as a clean DataFrame.
 
-Callers split long ranges by `Timeframe.max_request`; this module sends exactly one
+Callers split long ranges by `max_request(timeframe)`; this module sends exactly one
 reqHistoricalData covering [start, end) (endDateTime=end, durationStr rounded up by
 `ib_duration_str`) and keeps only the bars that start inside the range.
 """
@@ -14,7 +14,7 @@ from ib_async import IB, BarDataList, Contract
 
 from ktrdr.cancellation import CancellationToken
 from ktrdr.data.calendar import Instrument
-from ktrdr.data.timeframes import Timeframe, ib_duration_str
+from ktrdr.data.timeframes import Timeframe, ib_bar_size, ib_duration_str, max_request
 from ktrdr.errors import ValidationError
 from ktrdr.ib.pacing import Gate, OnWait, PacingLimiter, RequestKey
 from ktrdr.ib.requests import RequestTracker
@@ -56,7 +56,7 @@ def _bar_time(d: datetime | date, tf: Timeframe) -> pd.Timestamp:
         ts = pd.Timestamp(to_utc(d))
     else:
         ts = pd.Timestamp(datetime(d.year, d.month, d.day, tzinfo=UTC))
-    if tf.name == "1w":
+    if tf == Timeframe.W1:
         ts = ts.normalize() - pd.Timedelta(days=ts.day_of_week)
     return ts
 
@@ -103,17 +103,18 @@ async def fetch_bars(
     if end <= start:
         raise ValidationError(f"empty range: start {start:%Y-%m-%d %H:%M} is not before end {end:%Y-%m-%d %H:%M}")
     span = end - start
-    if span > tf.max_request + timedelta(seconds=1):
+    if span > max_request(tf) + timedelta(seconds=1):
         raise ValidationError(
-            f"{tf.name} request of {span} for {inst.symbol} is longer than IB allows in one request "
-            f"({tf.max_request})",
-            hint="split the range into segments of at most Timeframe.max_request",
+            f"{tf} request of {span} for {inst.symbol} is longer than IB allows in one request "
+            f"({max_request(tf)})",
+            hint="split the range into segments of at most max_request(timeframe)",
         )
     duration = ib_duration_str(span)
     end_str = ib_end_datetime(end)
     use_rth = inst.kind == "stock"
     what = inst.what_to_show
-    key = request_key(contract, what, end_str, duration, tf.ib_bar_size, use_rth)
+    bar_size = ib_bar_size(tf)
+    key = request_key(contract, what, end_str, duration, bar_size, use_rth)
     waited = await limiter.acquire(key, on_wait=on_wait, cancel=cancel, gate=gate)
     try:
         container = BarDataList()
@@ -123,13 +124,13 @@ async def fetch_bars(
         def send(req_id: int) -> None:
             container.reqId = req_id
             ib.client.reqHistoricalData(
-                req_id, contract, end_str, duration, tf.ib_bar_size, what, use_rth, 2, False, []
+                req_id, contract, end_str, duration, bar_size, what, use_rth, 2, False, []
             )
 
         bars = await tracker.run(
             send,
             symbol=inst.symbol,
-            what=f"{tf.name} bars {start:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M}",
+            what=f"{tf} bars {start:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M}",
             timeout=timeout,
             contract=contract,
             container=container,

@@ -16,8 +16,10 @@ from typing import Any, Protocol
 
 import msgspec
 
+from events.bounds import MAX_EPOCHS, MAX_SYMBOLS, Timeframe
+from ktrdr.data.symbols import normalize_symbol
 from ktrdr.errors import ValidationError
-from ktrdr.training.strategy import MAX_EPOCHS, MAX_SYMBOLS, Strategy, parse_strategy, validate_symbol
+from ktrdr.training.strategy import Strategy, parse_strategy
 
 ARTIFACT_FILES: tuple[str, ...] = ("model.pt", "config.json", "metrics.json", "features.json", "metadata.json")
 
@@ -30,7 +32,7 @@ class TrainingJob(msgspec.Struct, frozen=True, kw_only=True):
     strategy_yaml: str
     strategy_path: str = ""
     symbols: list[str] = msgspec.field(default_factory=list)
-    timeframes: list[str] = msgspec.field(default_factory=list)
+    timeframes: list[Timeframe] = msgspec.field(default_factory=list)
     start: datetime | None = None
     end: datetime | None = None
     epochs: int | None = None
@@ -64,11 +66,11 @@ class CancelFlag(Protocol):
 class CheckedJob:
     strategy: Strategy
     symbols: list[str]
-    timeframes: list[str]
+    timeframes: list[Timeframe]
     epochs: int
 
     @property
-    def model_timeframes(self) -> list[str]:
+    def model_timeframes(self) -> list[Timeframe]:
         """The timeframes in the model's key: the base one alone for a single-timeframe strategy."""
         td = self.strategy.training_data
         return [td.base_timeframe] if len(self.timeframes) == 1 else list(self.timeframes)
@@ -82,18 +84,15 @@ def check_job(job: TrainingJob) -> CheckedJob:
     strategy = parse_strategy(job.strategy_yaml, file=job.strategy_path or "<strategy>")
     if len(job.symbols) > MAX_SYMBOLS:
         raise ValidationError(f"symbols: at most {MAX_SYMBOLS}, got {len(job.symbols)}")
-    symbols = [validate_symbol(s) for s in job.symbols] or list(strategy.training_data.symbols)
+    symbols = [normalize_symbol(s) for s in job.symbols] or list(strategy.training_data.symbols)
     if len(set(symbols)) != len(symbols):
         raise ValidationError(f"symbols: duplicates in {symbols}")
     timeframes = list(strategy.training_data.timeframes)
-    if job.timeframes:
-        from ktrdr.data.timeframes import parse_timeframe
-
-        wanted = [parse_timeframe(t).name for t in job.timeframes[: len(timeframes) + 1]]
-        if wanted != timeframes:
-            # Features are defined per timeframe by the strategy; other timeframes would change the model.
-            raise ValidationError(f"timeframes {list(job.timeframes)[:8]} differ from the strategy's {timeframes}",
-                                  hint="edit the strategy's training_data.timeframes instead")
+    if job.timeframes and list(job.timeframes) != timeframes:
+        # Features are defined per timeframe by the strategy; other timeframes would change the model.
+        raise ValidationError(f"timeframes {[str(t) for t in job.timeframes]} differ from the strategy's "
+                              f"{[str(t) for t in timeframes]}",
+                              hint="edit the strategy's training_data.timeframes instead")
     epochs = job.epochs if job.epochs is not None else strategy.model.training.epochs
     if isinstance(epochs, bool) or not 1 <= epochs <= MAX_EPOCHS:
         raise ValidationError(f"epochs must be between 1 and {MAX_EPOCHS}, got {epochs}")

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from events.bounds import MAX_SYMBOLS, MAX_TIMEFRAMES, NORMALIZED_SYMBOL
 from ktrdr.errors import ValidationError
 from ktrdr.files import atomic_write
 
@@ -31,21 +32,22 @@ FILES: tuple[str, ...] = ("model.pt", "config.json", "metrics.json", "features.j
 RESULT_FILE = "result.json"
 _VERSION_RE = re.compile(r"^(?P<key>.+)_v(?P<n>\d+)$")
 # What model_key produces: SYMBOLS joined by '-', '_', timeframes joined by '-'.
-KEY_RE = re.compile(r"^[A-Z0-9]{1,20}(-[A-Z0-9]{1,20}){0,49}_[0-9a-z]{2,3}(-[0-9a-z]{2,3}){0,7}$")
+KEY_RE = re.compile(rf"^{NORMALIZED_SYMBOL}(-{NORMALIZED_SYMBOL}){{0,{MAX_SYMBOLS - 1}}}"
+                    rf"_[0-9a-z]{{2,3}}(-[0-9a-z]{{2,3}}){{0,{MAX_TIMEFRAMES - 1}}}$")
 MAX_VERSION = 10**9
-_SYMBOL_RE = re.compile(r"^[A-Z0-9]{1,20}$")  # what the data layer's normalize_symbol produces
 MAX_ARTIFACT_BYTES = 4 * 2**30
 
 
 def model_key(symbols: Sequence[str], timeframes: Sequence[str]) -> str:
     """`AAPL-MSFT_1h-4h` (or `AAPL_1h`): the folder stem shared by all versions of one model.
     Built only from normalised symbols and known timeframes, so it can never name another folder."""
+    from ktrdr.data.symbols import is_normalized_symbol
     from ktrdr.data.timeframes import TIMEFRAMES
 
     if not symbols or not timeframes:
         raise ValidationError("a model key needs at least one symbol and one timeframe")
     for sym in symbols:
-        if not isinstance(sym, str) or not _SYMBOL_RE.match(sym):
+        if not is_normalized_symbol(sym):
             raise ValidationError(f"invalid symbol {str(sym)[:40]!r} for a model key",
                                   hint="normalised symbols only: letters and digits, e.g. AAPL or EURUSD")
     for tf in timeframes:

@@ -31,16 +31,16 @@ import yaml
 from msgspec import Meta
 from msgspec.structs import force_setattr
 
-from ktrdr.data.timeframes import TIMEFRAMES
+from events.bounds import MAX_STRATEGY_BYTES, MAX_SYMBOLS, MAX_TIMEFRAMES, Epochs, Timeframe
+from ktrdr.data.symbols import normalize_symbol
 from ktrdr.errors import StrategyError, ValidationError
 
-# --- bounds on the text and the YAML tree --------------------------------------------------------
-MAX_TEXT_BYTES = 256 * 1024
+# --- bounds on the YAML tree (its text: MAX_STRATEGY_BYTES) --------------------------------------
 MAX_DEPTH = 32
 MAX_NODES = 50_000
 
-# --- caps on fields (each one appears in the error that enforces it) ------------------------------
-MAX_SYMBOLS = 64
+# --- caps on fields (each one appears in the error that enforces it; symbols, timeframes and epochs
+# are bounded as the commands bound them, in events/bounds.py) ------------------------------------
 MAX_INDICATORS = 64
 MAX_INDICATOR_INT_PARAM = 5_000  # periods and other integer indicator parameters
 MAX_FUZZY_COLUMNS = 256
@@ -48,7 +48,6 @@ MAX_FUZZY_SETS = 32
 MAX_LAYERS = 16
 MAX_LAYER_UNITS = 8_192
 MAX_HIDDEN_PARAMETERS = 50_000_000  # weights between hidden layers: a cap on memory, not on taste
-MAX_EPOCHS = 100_000  # the same bound as the orchestrator's epochs override
 MAX_BATCH_SIZE = 65_536
 MAX_LOOKBACK = 100
 MAX_HISTORY = 100_000
@@ -87,9 +86,9 @@ def _choose(obj: msgspec.Struct, field: str, options: tuple[str, ...]) -> None:
 class TrainingData(msgspec.Struct, frozen=True):
     symbols: list[str]
     symbols_mode: str  # single_symbol | multi_symbol
-    timeframes: list[str]
+    timeframes: list[Timeframe]
     timeframes_mode: str  # single_timeframe | multi_timeframe
-    base_timeframe: str
+    base_timeframe: Timeframe
     history_required: int = 200
 
 
@@ -137,7 +136,7 @@ class EarlyStopping(msgspec.Struct, frozen=True):
 class TrainingParams(msgspec.Struct, frozen=True):
     learning_rate: Annotated[float, Meta(gt=0.0, le=10.0)] = 0.001
     batch_size: Annotated[int, Meta(ge=1, le=MAX_BATCH_SIZE)] = 32
-    epochs: Annotated[int, Meta(ge=1, le=MAX_EPOCHS)] = 100
+    epochs: Epochs = 100
     optimizer: str = "adam"
     early_stopping: EarlyStopping | None = None
 
@@ -215,13 +214,13 @@ class Strategy(msgspec.Struct, frozen=True):
 # The file's shape where it differs from the typed strategy (decoded, then checked across fields)
 # --------------------------------------------------------------------------------------------------
 class _SymbolsDoc(msgspec.Struct, frozen=True):
-    items: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(min_length=1, max_length=MAX_SYMBOLS)] = (
+    items: Annotated[list[str], Meta(min_length=1, max_length=MAX_SYMBOLS)] = (
         msgspec.field(name="list"))
     mode: str | None = None
 
 
 class _TimeframesDoc(msgspec.Struct, frozen=True):
-    items: Annotated[list[Annotated[str, Meta(max_length=16)]], Meta(min_length=1, max_length=len(TIMEFRAMES))] = (
+    items: Annotated[list[Annotated[str, Meta(max_length=16)]], Meta(min_length=1, max_length=MAX_TIMEFRAMES)] = (
         msgspec.field(name="list"))
     mode: str | None = None
     base_timeframe: Annotated[str, Meta(max_length=16)] | None = None
@@ -252,8 +251,8 @@ def load_strategy(path: str | Path) -> Strategy:
     """Read and validate a strategy file; every problem raises StrategyError naming the field path."""
     p = Path(path)
     try:
-        if p.stat().st_size > MAX_TEXT_BYTES:
-            raise StrategyError(str(p), "<file>", f"the file is larger than {MAX_TEXT_BYTES // 1024} KiB")
+        if p.stat().st_size > MAX_STRATEGY_BYTES:
+            raise StrategyError(str(p), "<file>", f"the file is larger than {MAX_STRATEGY_BYTES // 1024} KiB")
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise StrategyError(str(p), "<file>", f"cannot read the file: {exc.strerror or exc}") from exc
@@ -292,8 +291,8 @@ def safe_yaml(text: str, file: str = "<string>") -> Any:
     The event stream is walked first: an anchor is refused at the event that declares it, so an alias
     bomb costs the parse of its first line. Only then is the (now known to be small, tree-shaped)
     document composed with the safe loader."""
-    if len(text) > MAX_TEXT_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
-        raise StrategyError(file, "<file>", f"the strategy is larger than {MAX_TEXT_BYTES // 1024} KiB")
+    if len(text) > MAX_STRATEGY_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_STRATEGY_BYTES:
+        raise StrategyError(file, "<file>", f"the strategy is larger than {MAX_STRATEGY_BYTES // 1024} KiB")
     loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         depth = nodes = 0
@@ -466,26 +465,27 @@ class _Checker:
             raise self.fail(f"{tf_path}.list",
                             f"mode single_timeframe needs exactly one timeframe, got {len(timeframes)}")
         # The base timeframe carries the labels; by default the finest one, so higher ones align onto it.
-        finest = min(timeframes, key=lambda t: TIMEFRAMES[t].seconds)
+        finest = min(timeframes, key=lambda t: t.seconds)
         base_raw = td.timeframes.base_timeframe
         base = finest if base_raw is None else _canonical_timeframe(base_raw) or base_raw.strip()
+        names = [str(t) for t in timeframes]
         if base not in timeframes:
-            raise self.fail(f"{tf_path}.base_timeframe", f"{base!r} is not in the timeframe list {timeframes}")
+            raise self.fail(f"{tf_path}.base_timeframe", f"{str(base)!r} is not in the timeframe list {names}")
         if base != finest:
-            raise self.fail(f"{tf_path}.base_timeframe", f"{base!r} must be the finest timeframe ({finest!r}): "
-                                                          "higher timeframes are aligned onto it")
-        return TrainingData(symbols, sym_mode, timeframes, tf_mode, base, td.history_required)
+            raise self.fail(f"{tf_path}.base_timeframe", f"{str(base)!r} must be the finest timeframe "
+                                                          f"({str(finest)!r}): higher timeframes are aligned onto it")
+        return TrainingData(symbols, sym_mode, timeframes, tf_mode, Timeframe(base), td.history_required)
 
     def symbol(self, value: str, path: str) -> str:
         try:
-            return validate_symbol(value)
+            return normalize_symbol(value)
         except ValidationError as exc:
             raise self.fail(path, str(exc)) from None
 
-    def timeframe(self, value: str, path: str) -> str:
+    def timeframe(self, value: str, path: str) -> Timeframe:
         tf = _canonical_timeframe(value)
         if tf is None:
-            raise self.fail(path, f"unknown timeframe {value.strip()!r}; valid: {', '.join(TIMEFRAMES)}")
+            raise self.fail(path, f"unknown timeframe {value.strip()!r}; valid: {', '.join(Timeframe)}")
         return tf
 
     def indicators(self, items: list[dict[str, Any]]) -> list[IndicatorConfig]:
@@ -598,19 +598,6 @@ class _Checker:
 # --------------------------------------------------------------------------------------------------
 # Names shared with the trainer and the model registry
 # --------------------------------------------------------------------------------------------------
-def validate_symbol(value: str) -> str:
-    """A symbol as the data layer stores it (`EUR.USD` -> `EURUSD`); anything that looks like a path
-    (`..`, a leading separator, a backslash) is refused rather than normalised into a symbol."""
-    from ktrdr.data.calendar import normalize_symbol  # pandas: keep this module's import light
-
-    if not isinstance(value, str):
-        raise ValidationError(f"symbol must be a string, got {type(value).__name__}")
-    text = value.strip()
-    if ".." in text or "\\" in text or text[:1] in ("/", ".", "-", "_") or len(text) > 32:
-        raise ValidationError(f"invalid symbol {value[:40]!r}", hint="letters and digits, e.g. AAPL or EUR.USD")
-    return normalize_symbol(text)
-
-
 def validate_name(value: str) -> str:
     """A strategy name safe to use as a folder name (the same rule the strategy file's `name` obeys)."""
     if not isinstance(value, str) or not re.match(NAME_RE, value) or ".." in value:
@@ -619,11 +606,11 @@ def validate_name(value: str) -> str:
     return value
 
 
-def _canonical_timeframe(value: str) -> str | None:
+def _canonical_timeframe(value: str) -> Timeframe | None:
     from ktrdr.data.timeframes import parse_timeframe
 
     try:
-        return parse_timeframe(value).name
+        return parse_timeframe(value)
     except ValidationError:
         return None
 

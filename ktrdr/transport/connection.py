@@ -8,6 +8,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
+from events import roles
 from ktrdr.config import Settings
 
 
@@ -20,7 +21,7 @@ def server_list(url: str | list[str]) -> list[str]:
     return out
 
 
-async def connect(url: str | list[str], settings: Settings, name: str, *, role: str = "cli", **kwargs: Any) -> NATS:
+async def connect(url: str | list[str], settings: Settings, name: str, *, role: str = roles.CLI, **kwargs: Any) -> NATS:
     """Connect to `url` (or the first reachable of a list) as `name`, with the credentials of
     `role`; kwargs override the defaults."""
     opts: dict[str, Any] = {

@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from events import subjects
+from events.bounds import Timeframe
 from events.codec import DecodeError, decode, decode_ib_reply, encode
 from events.messages import (
     PACING_HISTORY_MAX,
@@ -142,10 +143,10 @@ class IbRequester:
         assert r.contract is not None
         return r.contract, r.source
 
-    async def head(self, symbol: str, timeframe: str, op_id: str = "") -> datetime | None:
+    async def head(self, symbol: str, timeframe: Timeframe, op_id: str = "") -> datetime | None:
         return (await self.request(IbHeadRequest(symbol=symbol, timeframe=timeframe, op_id=op_id))).head
 
-    async def bars(self, symbol: str, timeframe: str, start: datetime, end: datetime, *, op_id: str = "",
+    async def bars(self, symbol: str, timeframe: Timeframe, start: datetime, end: datetime, *, op_id: str = "",
                    on_wait: OnWait | None = None) -> tuple[pd.DataFrame, str]:
         import pandas as pd
 

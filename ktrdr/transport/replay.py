@@ -286,7 +286,7 @@ async def stream_events(
         await read.close()
 
 
-def _decoded(out: list[AnyEvent]) -> Callable[[str, bytes], None]:  # type: ignore[valid-type]
+def _decoded(out: list[AnyEvent]) -> Callable[[str, bytes], None]:
     def on_msg(_subject: str, data: bytes) -> None:
         try:
             out.append(decode_event(data))
@@ -296,17 +296,17 @@ def _decoded(out: list[AnyEvent]) -> Callable[[str, bytes], None]:  # type: igno
     return on_msg
 
 
-async def read_operation(js: JetStreamContext, op_id: str) -> list[AnyEvent]:  # type: ignore[valid-type]
+async def read_operation(js: JetStreamContext, op_id: str) -> list[AnyEvent]:
     """Every stored event of one operation, decoded (undecodable ones skipped), in stream order.
     It holds them all: to fold or render a long operation, stream it (read_events/stream_events)."""
-    out: list[AnyEvent] = []  # type: ignore[valid-type]
+    out: list[AnyEvent] = []
     await read_events(js, [subjects.ops(op_id)], _decoded(out))
     return out
 
 
-async def read_lifecycle(js: JetStreamContext, op_id: str) -> list[AnyEvent]:  # type: ignore[valid-type]
+async def read_lifecycle(js: JetStreamContext, op_id: str) -> list[AnyEvent]:
     """One operation's lifecycle events (no progress): what a worker checks before it runs it."""
-    out: list[AnyEvent] = []  # type: ignore[valid-type]
+    out: list[AnyEvent] = []
     await read_events(js, subjects.lifecycle_filters(op_id), _decoded(out))
     return out
 

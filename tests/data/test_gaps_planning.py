@@ -11,7 +11,7 @@ import pytest
 from ktrdr.data.calendar import DEFAULT_UNIVERSE, NEW_YORK, expected_bar_starts, nyse_calendar
 from ktrdr.data.gaps import find_gaps
 from ktrdr.data.planning import plan_segments, resolve_range
-from ktrdr.data.timeframes import TIMEFRAMES
+from ktrdr.data.timeframes import Timeframe, max_request
 from ktrdr.errors import ValidationError
 
 AAPL = DEFAULT_UNIVERSE["AAPL"]
@@ -62,7 +62,7 @@ def test_gap_analysis_plans_no_segment_for_an_unscheduled_closure(day) -> None:
     assert len(stored) > 0
     gaps = find_gaps(stored, AAPL, "1h", start, end)
     assert gaps == []
-    assert plan_segments(gaps, "1h", bar_starts=expected_bar_starts(AAPL, "1h", start, end)) == []
+    assert plan_segments(gaps, Timeframe.H1, bar_starts=expected_bar_starts(AAPL, "1h", start, end)) == []
     # A real hole around the closure is still found, and its request starts at a real bar.
     hole = stored[stored.tz_convert(NEW_YORK).date > max(closed)][:3]
     gaps = find_gaps(stored.difference(hole), AAPL, "1h", start, end)
@@ -78,12 +78,12 @@ def test_unsorted_stored_index_finds_the_same_gaps() -> None:
     assert find_gaps(idx[:0], AAPL, "1h", "2024-06-03", "2024-06-08")[0].missing_bars == len(idx)
 
 
-@pytest.mark.parametrize("tf", list(TIMEFRAMES))
-def test_segments_never_exceed_max_request(tf: str) -> None:
-    span = TIMEFRAMES[tf].max_request * 3.5
+@pytest.mark.parametrize("tf", list(Timeframe))
+def test_segments_never_exceed_max_request(tf: Timeframe) -> None:
+    span = max_request(tf) * 3.5
     segs = plan_segments([(NOW - span, NOW)], tf)
     assert len(segs) == 4
-    assert all(s.end - s.start <= TIMEFRAMES[tf].max_request for s in segs)
+    assert all(s.end - s.start <= max_request(tf) for s in segs)
     assert segs[0].start == NOW - span and segs[-1].end == NOW
     assert [s.index for s in segs] == [1, 2, 3, 4]
     assert all(a.end == b.start for a, b in itertools.pairwise(segs))
@@ -92,8 +92,8 @@ def test_segments_never_exceed_max_request(tf: str) -> None:
 def test_small_neighbouring_gaps_share_one_request() -> None:
     day = pd.Timedelta(days=1)
     ranges = [(NOW - 5 * day, NOW - 4 * day), (NOW - 2 * day, NOW - day)]
-    assert len(plan_segments(ranges, "1h")) == 1
-    assert len(plan_segments(ranges, "1m")) == 2
+    assert len(plan_segments(ranges, Timeframe.H1)) == 1
+    assert len(plan_segments(ranges, Timeframe.M1)) == 2
 
 
 def test_full_start_before_head_is_clamped_to_head() -> None:

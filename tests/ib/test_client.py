@@ -13,6 +13,7 @@ from ib_async import IB, StartupFetchNONE, Stock
 
 from ktrdr.cancellation import CancellationToken
 from ktrdr.data.calendar import DEFAULT_UNIVERSE
+from ktrdr.data.timeframes import Timeframe
 from ktrdr.errors import DisconnectedError, NoDataError, OperationCancelledError, UnknownSymbolError
 from ktrdr.ib import IbClient, PacingRules, lower_bound_seconds
 from ktrdr.ib.sim import SimGateway, generate_bars
@@ -45,15 +46,16 @@ async def test_unknown_symbol_raises_unknown_symbol_error(client: IbClient) -> N
         await client.qualify("ZZZZQ")
     assert e.value.ib_code == 200 and "ZZZZQ" in str(e.value)
     with pytest.raises(UnknownSymbolError):
-        await client.bars("ZZZZQ", "1h", T0, T0 + timedelta(days=2))
+        await client.bars("ZZZZQ", Timeframe.H1, T0, T0 + timedelta(days=2))
 
 
 async def test_head_timestamp_returns_gateway_head(client: IbClient) -> None:
     assert await client.head_timestamp("AAPL") == datetime(2015, 1, 2, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("symbol", "tf", "days"), [("AAPL", "1h", 10), ("EURUSD", "15m", 6), ("MSFT", "1d", 60)])
-async def test_bars_match_generate_bars_exactly(client: IbClient, symbol: str, tf: str, days: int) -> None:
+@pytest.mark.parametrize(("symbol", "tf", "days"), [("AAPL", Timeframe.H1, 10), ("EURUSD", Timeframe.M15, 6),
+                                                    ("MSFT", Timeframe.D1, 60)])
+async def test_bars_match_generate_bars_exactly(client: IbClient, symbol: str, tf: Timeframe, days: int) -> None:
     start, end = T0, T0 + timedelta(days=days)
     df = await client.bars(symbol, tf, start, end)
     expected = generate_bars(DEFAULT_UNIVERSE[symbol], tf, start, end, seed=0)
@@ -67,8 +69,8 @@ async def test_bars_match_generate_bars_exactly(client: IbClient, symbol: str, t
 
 
 async def test_overlapping_requests_give_identical_shared_bars(client: IbClient) -> None:
-    a = await client.bars("AAPL", "1h", T0, T0 + timedelta(days=7))
-    b = await client.bars("AAPL", "1h", T0 + timedelta(days=3), T0 + timedelta(days=12))
+    a = await client.bars("AAPL", Timeframe.H1, T0, T0 + timedelta(days=7))
+    b = await client.bars("AAPL", Timeframe.H1, T0 + timedelta(days=3), T0 + timedelta(days=12))
     shared = a.index.intersection(b.index)
     assert len(shared) >= 14
     pd.testing.assert_frame_equal(a.loc[shared], b.loc[shared])
@@ -77,14 +79,14 @@ async def test_overlapping_requests_give_identical_shared_bars(client: IbClient)
 async def test_bars_before_head_timestamp_are_absent() -> None:
     async with SimGateway(head_timestamps={"AAPL": T0 + timedelta(days=2)}) as gw:
         async with IbClient("127.0.0.1", gw.port, next(_ids)) as c:
-            df = await c.bars("AAPL", "1h", T0, T0 + timedelta(days=4))
+            df = await c.bars("AAPL", Timeframe.H1, T0, T0 + timedelta(days=4))
     assert len(df) > 0 and df.index.min() >= T0 + timedelta(days=2)
 
 
 async def test_no_data_for_symbol_raises_no_data_error(gateway: SimGateway, client: IbClient) -> None:
     gateway.no_data_for("MSFT")
     with pytest.raises(NoDataError) as e:
-        await client.bars("MSFT", "1h", T0, T0 + timedelta(days=3))
+        await client.bars("MSFT", Timeframe.H1, T0, T0 + timedelta(days=3))
     assert e.value.ib_code == 162
 
 
@@ -95,7 +97,8 @@ async def test_burst_through_limiter_gets_zero_pacing_violations_raw_client_gets
             waits: list[str] = []
             for i in range(14):  # > 5 per burst window: the limiter must space them
                 start = T0 + timedelta(days=i)
-                await c.bars("AAPL", "1h", start, start + timedelta(days=1), on_wait=lambda _s, w: waits.append(w))
+                await c.bars("AAPL", Timeframe.H1, start, start + timedelta(days=1),
+                             on_wait=lambda _s, w: waits.append(w))
             assert gw.pacing_violations == 0
             assert gw.historical_requests == 14
             assert waits, "the limiter should have announced at least one pacing wait"
@@ -123,7 +126,7 @@ async def test_cancel_in_flight_request_returns_fast_and_gateway_records_cancel(
     await client.qualify("AAPL")
     gateway.latency_s = 60.0  # the answer would take a minute: only the cancel can end it sooner
     token = CancellationToken()
-    task = asyncio.create_task(client.bars("AAPL", "1h", T0, T0 + timedelta(days=5), cancel=token))
+    task = asyncio.create_task(client.bars("AAPL", Timeframe.H1, T0, T0 + timedelta(days=5), cancel=token))
     gateway.request_event.clear()
     await asyncio.wait_for(gateway.request_event.wait(), 10.0)
     token.cancel("user asked")
@@ -137,9 +140,9 @@ async def test_cancel_in_flight_request_returns_fast_and_gateway_records_cancel(
 async def test_disconnect_then_client_reconnects_and_next_request_succeeds(
     gateway: SimGateway, client: IbClient
 ) -> None:
-    await client.bars("AAPL", "1h", T0, T0 + timedelta(days=2))
+    await client.bars("AAPL", Timeframe.H1, T0, T0 + timedelta(days=2))
     gateway.latency_s = 0.5
-    task = asyncio.create_task(client.bars("AAPL", "1h", T0 + timedelta(days=3), T0 + timedelta(days=5)))
+    task = asyncio.create_task(client.bars("AAPL", Timeframe.H1, T0 + timedelta(days=3), T0 + timedelta(days=5)))
     gateway.request_event.clear()
     await asyncio.wait_for(gateway.request_event.wait(), 2.0)
     assert gateway.disconnect_all() == 1
@@ -148,7 +151,7 @@ async def test_disconnect_then_client_reconnects_and_next_request_succeeds(
     gateway.latency_s = 0.0
     await _wait_for(lambda: client.reconnects == 1 and client.is_connected, 5.0)
     # A different range: repeating the dropped request would rightly wait out IB's 15 s identical rule.
-    df = await client.bars("AAPL", "1h", T0 + timedelta(days=3), T0 + timedelta(days=6))
+    df = await client.bars("AAPL", Timeframe.H1, T0 + timedelta(days=3), T0 + timedelta(days=6))
     assert len(df) > 0
 
 
@@ -161,7 +164,7 @@ async def test_gateway_gone_fails_in_flight_requests_at_once_naming_it_and_recon
     try:
         assert await c.start()
         await c.qualify("AAPL")
-        task = asyncio.create_task(c.bars("AAPL", "1h", T0, T0 + timedelta(days=2)))
+        task = asyncio.create_task(c.bars("AAPL", Timeframe.H1, T0, T0 + timedelta(days=2)))
         await asyncio.wait_for(gw.request_event.wait(), 10.0)
         await gw.stop()
         with pytest.raises(DisconnectedError) as err:
@@ -169,14 +172,14 @@ async def test_gateway_gone_fails_in_flight_requests_at_once_naming_it_and_recon
         assert f"127.0.0.1:{port}" in str(err.value)
         # While it is away: new requests fail at once, and the client says what it is doing.
         with pytest.raises(DisconnectedError) as down:
-            await c.bars("AAPL", "1h", T0 + timedelta(days=7), T0 + timedelta(days=9))
+            await c.bars("AAPL", Timeframe.H1, T0 + timedelta(days=7), T0 + timedelta(days=9))
         assert "disconnected; reconnecting" in str(down.value) and c.limiter.recorded == 1
         await _wait_for(lambda: c.attempts >= 3, 30.0)  # more attempts than one connect_timeout allows
         again = SimGateway(port=port)
         await again.start()
         await _wait_for(lambda: c.is_connected, 30.0)
         assert c.state == "connected" and c.reconnects == 1
-        assert len(await c.bars("AAPL", "1h", T0 + timedelta(days=7), T0 + timedelta(days=9))) > 0
+        assert len(await c.bars("AAPL", Timeframe.H1, T0 + timedelta(days=7), T0 + timedelta(days=9))) > 0
     finally:
         await c.close()
         if again is not None:
@@ -201,7 +204,7 @@ async def test_connectivity_lost_fails_in_flight_and_restored_lets_requests_go(
 ) -> None:
     await client.qualify("AAPL")
     gateway.latency_s = 1.0
-    task = asyncio.create_task(client.bars("AAPL", "1h", T0, T0 + timedelta(days=2)))
+    task = asyncio.create_task(client.bars("AAPL", Timeframe.H1, T0, T0 + timedelta(days=2)))
     gateway.request_event.clear()
     await asyncio.wait_for(gateway.request_event.wait(), 2.0)
     gateway.connectivity_lost()
@@ -210,7 +213,7 @@ async def test_connectivity_lost_fails_in_flight_and_restored_lets_requests_go(
     assert e.value.ib_code == 1100
     gateway.latency_s = 0.0
     gateway.request_event.clear()
-    waiting = asyncio.create_task(client.bars("AAPL", "1h", T0 + timedelta(days=7), T0 + timedelta(days=9)))
+    waiting = asyncio.create_task(client.bars("AAPL", Timeframe.H1, T0 + timedelta(days=7), T0 + timedelta(days=9)))
     with pytest.raises(TimeoutError):  # held back: nothing reaches the gateway until IB says it is back
         await asyncio.wait_for(gateway.request_event.wait(), 0.5)
     assert not waiting.done()
@@ -261,7 +264,8 @@ async def test_pacing_bound_load_waits_for_the_rules_with_zero_violations() -> N
             await c.qualify("AAPL")
             for i in range(62):
                 start = T0 + timedelta(days=i)
-                await c.bars("AAPL", "1h", start, start + timedelta(days=1), on_wait=lambda _s, why: waits.append(why))
+                await c.bars("AAPL", Timeframe.H1, start, start + timedelta(days=1),
+                             on_wait=lambda _s, why: waits.append(why))
     assert gw.pacing_violations == 0
     assert len(gw.requests) >= 62 and all(r.outcome == "ok" for r in gw.requests if r.outcome != "pending")
     assert any("60 requests within" in why for why in waits)  # the 10-minute window made it wait
@@ -276,8 +280,8 @@ async def test_csv_replay_serves_file_bars(tmp_path) -> None:  # type: ignore[no
     ).to_csv(tmp_path / "AAPL_1h.csv", index=False)  # fmt: skip
     async with SimGateway(csv_dir=tmp_path) as gw:
         async with IbClient("127.0.0.1", gw.port, next(_ids)) as c:
-            df = await c.bars("AAPL", "1h", T0, T0 + timedelta(days=1))
-            synthetic = await c.bars("MSFT", "1h", T0, T0 + timedelta(days=1))  # no file: synthetic
+            df = await c.bars("AAPL", Timeframe.H1, T0, T0 + timedelta(days=1))
+            synthetic = await c.bars("MSFT", Timeframe.H1, T0, T0 + timedelta(days=1))  # no file: synthetic
     assert list(df.index) == list(times) and df["close"].tolist() == [1.5, 2.5, 3.5, 4.5]
     assert len(synthetic) == 7
 

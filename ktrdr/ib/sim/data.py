@@ -150,9 +150,9 @@ class CsvBars:
         self._cache: dict[tuple[str, str], pd.DataFrame | None] = {}
 
     def get(self, symbol: str, tf: Timeframe) -> pd.DataFrame | None:
-        key = (symbol, tf.name)
+        key = (symbol, str(tf))
         if key not in self._cache:
-            path = self.directory / f"{symbol}_{tf.name}.csv"
+            path = self.directory / f"{symbol}_{tf}.csv"
             self._cache[key] = self._read(path) if path.exists() else None
         return self._cache[key]
 
@@ -185,7 +185,7 @@ def trading_hours(inst: Instrument, now: datetime, days: int = 7) -> str:
     local_today = now.astimezone(tz).date()
     start_local = datetime(local_today.year, local_today.month, local_today.day, tzinfo=tz)
     end_local = start_local + timedelta(days=days)
-    tf = parse_timeframe("30m")
+    tf = Timeframe.M30
     starts = expected_bar_starts(inst, tf, start_local.astimezone(UTC), end_local.astimezone(UTC))
     sessions: list[tuple[datetime, datetime]] = []
     for ts in starts:

@@ -1,0 +1,101 @@
+"""The limits on what a message may carry and the value types its fields use, each defined once.
+
+Message Structs carry these as msgspec `Meta` constraints (checked at decode, listed in the JSON
+Schema), and the domain checks that span several fields (the strategy's size in bytes, a dummy run's
+total duration, a deadline after the command) read the same constants. Nothing else writes these
+numbers: tests/test_bounds.py fails on a second definition.
+
+`Timeframe` is the one bar-size type from the CLI to the IB client: a `StrEnum`, so on the wire and in
+every f-string it is its canonical name ("1h"), and it compares equal to that string. It is made from
+any spelling people type ("1H", "60m", "1 hour": `Timeframe("1H")`, and so by the decoder, which keeps
+commands other clients sent with such spellings, and stored before, readable). Its nominal length is
+part of what the name means; what IB and pandas call it lives in ktrdr/data/timeframes.py.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import timedelta
+from typing import Annotated
+
+from msgspec import Meta
+
+# --- symbols -------------------------------------------------------------------------------------
+MAX_SYMBOL_LENGTH = 20  # letters and digits of a symbol (its separator aside): EURUSD as stored
+# Letters and digits with at most one "." or "/" between them (AAPL, BRK.B, EUR.USD, EUR/USD): never
+# "..", never a leading separator, so no spelling of a symbol can name another folder or object.
+SYMBOL_PATTERN = rf"^(?=(?:[A-Za-z0-9][./]?){{1,{MAX_SYMBOL_LENGTH}}}$)[A-Za-z0-9]+(?:[./][A-Za-z0-9]+)?$"
+NORMALIZED_SYMBOL = rf"[A-Z0-9]{{1,{MAX_SYMBOL_LENGTH}}}"  # as the data layer names it: EURUSD (unanchored)
+MAX_SYMBOLS = 50  # per command and per strategy; a model key (SYMBOLS_TFS) holds at most this many
+
+# --- names that become subject tokens, consumer names and KV keys ---------------------------------
+MAX_TOKEN_LENGTH = 32
+TOKEN_PATTERN = rf"^[a-z0-9][a-z0-9_-]{{0,{MAX_TOKEN_LENGTH - 1}}}$"  # pools, roles, actor-id parts
+
+# --- commands ------------------------------------------------------------------------------------
+MAX_LABEL = 512  # requested_by, strategy_path: labels for people, never paths
+MAX_STRATEGY_BYTES = 256 * 1024  # a strategy file's text, in UTF-8 bytes
+MAX_EPOCHS = 100_000
+MAX_DUMMY_ITERATIONS = 10_000
+MAX_DUMMY_INTERVAL_S = 60.0
+MAX_DUMMY_DURATION_S = 24 * 3600.0  # iterations x interval
+MAX_DEADLINE = timedelta(days=30)  # a command's deadline, after its ts
+MAX_REASON = 2000  # a rejection or failure reason is cut to this many characters
+
+
+# --- timeframes ----------------------------------------------------------------------------------
+class Timeframe(enum.StrEnum):
+    """A bar size, written by its canonical name; other spellings ("1H", "60m", "1 hour") are read as it."""
+
+    M1 = "1m"
+    M5 = "5m"
+    M15 = "15m"
+    M30 = "30m"
+    H1 = "1h"
+    H4 = "4h"
+    D1 = "1d"
+    W1 = "1w"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Timeframe | None:
+        if not isinstance(value, str) or len(value) > 16:
+            return None
+        key = value.strip().lower().replace(" ", "")
+        key = _ALIASES.get(key, key)
+        return next((tf for tf in cls if tf.value == key), None)
+
+    @property
+    def seconds(self) -> int:
+        """The nominal bar length."""
+        return int(self.value[:-1]) * _UNIT_SECONDS[self.value[-1]]
+
+    @property
+    def delta(self) -> timedelta:
+        return timedelta(seconds=self.seconds)
+
+    @property
+    def is_intraday(self) -> bool:
+        return self.seconds < _UNIT_SECONDS["d"]
+
+
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# Spellings people type (IB's bar sizes among them, spaces dropped), lower-cased.
+_ALIASES = {
+    "1min": "1m", "5min": "5m", "5mins": "5m", "15min": "15m", "15mins": "15m", "30min": "30m", "30mins": "30m",
+    "60m": "1h", "1hour": "1h", "4hour": "4h", "4hours": "4h", "240m": "4h",
+    "d": "1d", "1day": "1d", "daily": "1d", "w": "1w", "1week": "1w", "weekly": "1w",
+}
+MAX_TIMEFRAMES = len(Timeframe)  # a strategy or command names each timeframe at most once
+
+# --- field types, as the Structs declare them ----------------------------------------------------
+Symbol = Annotated[str, Meta(pattern=SYMBOL_PATTERN, description=f"a symbol: up to {MAX_SYMBOL_LENGTH} letters and "
+                             "digits with at most one . or / between them, e.g. AAPL, BRK.B or EUR.USD")]
+Symbols = Annotated[list[Symbol], Meta(max_length=MAX_SYMBOLS)]
+Timeframes = Annotated[list[Timeframe], Meta(max_length=MAX_TIMEFRAMES)]
+Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, description="a pool name (lower-case letters, digits, - and _, "
+                            f"at most {MAX_TOKEN_LENGTH})")]
+Label = Annotated[str, Meta(max_length=MAX_LABEL)]
+StrategyText = Annotated[str, Meta(max_length=MAX_STRATEGY_BYTES)]  # characters; bytes are checked too
+Epochs = Annotated[int, Meta(ge=1, le=MAX_EPOCHS)]
+DummyIterations = Annotated[int, Meta(ge=1, le=MAX_DUMMY_ITERATIONS)]
+DummyInterval = Annotated[float, Meta(ge=0.0, le=MAX_DUMMY_INTERVAL_S)]
