@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from nats.aio.msg import Msg
 
 from events import subjects
-from events.codec import DecodeError, decode_command, sniff_op_id
+from events.codec import DecodeError, InvalidField, decode_command, sniff_op_id
 from events.messages import Command, StartTraining
 from ktrdr import commands
 from ktrdr.errors import KtrdrError
@@ -32,6 +32,10 @@ class CommandIntake:
     async def on_command(self, msg: Msg) -> None:
         try:
             cmd = decode_command(msg.data)
+        except InvalidField as exc:  # well formed, but a field of the wrong type or out of its bounds
+            await self._malformed(msg, sniff_op_id(msg.data), f"malformed command on {msg.subject[:100]}: {exc}",
+                                  "validation", exc.field)
+            return
         except DecodeError as exc:
             await self._malformed(msg, sniff_op_id(msg.data), f"malformed command on {msg.subject[:100]}: {exc}")
             return
@@ -70,9 +74,10 @@ class CommandIntake:
             self.orch.workflows.forget(cmd.op_id)
             raise
 
-    async def _malformed(self, msg: Msg, op_id: str | None, reason: str) -> None:
+    async def _malformed(self, msg: Msg, op_id: str | None, reason: str, code: str = "malformed",
+                         field_path: str | None = None) -> None:
         if op_id and subjects.is_op_id(op_id) and not self.recorded(op_id):
-            await self.reject(op_id, reason, "malformed")
+            await self.reject(op_id, reason, code, field_path)
         else:
             self.orch.log.warning("%s (dropped)", reason[:500])
         await msg.term()

@@ -26,10 +26,11 @@ from actors._orch_supervisor import Supervisor
 from actors._orch_workflows import WorkflowRunner
 from actors._pull import pull_loop
 from actors.runtime import Actor
-from events import subjects
+from events import roles, subjects
 from events.codec import DecodeError, decode_command, decode_event, encode
 from events.messages import (
     CancelOperation,
+    CancelReason,
     CancelRequested,
     Command,
     Event,
@@ -48,7 +49,7 @@ from ktrdr.transport import last_message, publish
 
 
 class Orchestrator(Actor):
-    role = "orchestrator"
+    role = roles.ORCHESTRATOR
     provisions = True
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
@@ -171,11 +172,11 @@ class Orchestrator(Actor):
     async def _route(self, cmd: Command) -> None:
         assert self.js is not None
         item = WorkItem(op_id=cmd.op_id, domain=cmd.domain, command=cmd)
-        await publish(self.js, subjects.work(cmd.domain, cmd.pool), encode(item), f"work-{cmd.op_id}")
+        await publish(self.js, subjects.work(cmd.domain, cmd.pool), encode(item), subjects.work_msg_id(cmd.op_id))
 
-    async def request_cancel(self, cancel: CancelOperation, why: str) -> None:
+    async def request_cancel(self, cancel: CancelOperation, why: CancelReason) -> None:
         assert self.js is not None
-        await publish(self.js, subjects.cancel(cancel.op_id), encode(cancel), f"{cancel.op_id}.cancel.{why}")
+        await publish(self.js, subjects.cancel(cancel.op_id), encode(cancel), subjects.cancel_msg_id(cancel.op_id, why))
 
     # ------------------------------------------------------------------ creation
     async def create(self, cmd: Command) -> None:

@@ -22,7 +22,7 @@ HOMES = {"events/bounds.py", "events/roles.py", "events/subjects.py"}
 # Rewritten on another branch of the same change (the operation's home): the merge wires them to the
 # builders here (subjects.work_msg_id, cancel_msg_id, roles.is_actor_of, bounds.MAX_REASON) and
 # drops them from this set.
-PENDING = {"actors/orchestrator.py", "ktrdr/operations.py", "ktrdr/workflows.py"}
+PENDING: set[str] = set()
 
 BOUND_NAMES = {n for n in vars(bounds) if n.isupper()}
 # What the bounds replaced, as it was written: the 256 KiB strategy limit, the symbol and token patterns.

@@ -44,7 +44,7 @@ def _believed(view: OperationView, actor: str) -> bool:
     return view.worker is None or actor == view.worker or is_orchestrator(actor)
 
 
-def fold(view: OperationView, ev: AnyEvent) -> OperationView:  # type: ignore[valid-type]
+def fold(view: OperationView, ev: AnyEvent) -> OperationView:
     """Apply one event to a view (in place) and return it.
 
     It runs once per event of every replay (a million for a long training), so it is written for
@@ -149,7 +149,7 @@ _FOLDS: dict[type, Any] = {
 }
 
 
-def fold_all(events: Iterable[AnyEvent], view: OperationView | None = None) -> OperationView:  # type: ignore[valid-type]
+def fold_all(events: Iterable[AnyEvent], view: OperationView | None = None) -> OperationView:
     view = view or OperationView()
     for ev in events:
         fold(view, ev)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from events.bounds import MAX_REASON
 from events.messages import (
     CancelOperation,
     CancelReason,
@@ -21,7 +22,6 @@ from events.messages import (
 from ktrdr.ops.view import KnownErrorCode, OperationView
 
 QUEUED_WHERE = "queued, before any worker started it"
-MAX_REASON = 2000  # a rejection quotes at most this much of what was wrong
 MAX_FIELD = 200
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args
 
 import msgspec
 
+from events import roles
 from events.messages import CancelReason, Context, ProgressState
 
 Status = Literal["unknown", "queued", "running", "completed", "failed", "cancelled", "rejected"]
@@ -28,7 +29,7 @@ KnownErrorCode = Literal[
 ]
 KNOWN_ERROR_CODES: tuple[str, ...] = get_args(KnownErrorCode)
 
-ORCHESTRATOR_PREFIX = "orchestrator-"
+ORCHESTRATOR_PREFIX = roles.actor_id_prefix(roles.ORCHESTRATOR)
 MAX_NOTES = 20
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from events import subjects
+from events.bounds import Timeframe
 from events.messages import Command, Event, LoadData, ProgressState, StartTraining, WorkflowContext
 from ktrdr.ops import verdicts
 from ktrdr.ops.view import OperationView
@@ -33,7 +34,7 @@ def describe(description: str) -> tuple[str, str]:
     return "training_workflow", f"{description} (load data, then train)"
 
 
-def plan_training(cmd: StartTraining, symbols: list[str], timeframes: list[str]) -> list[Command]:
+def plan_training(cmd: StartTraining, symbols: list[str], timeframes: list[Timeframe]) -> list[Command]:
     """The children of a training workflow, in order: data loads, then the training itself."""
     parent, by = cmd.op_id, f"workflow {cmd.op_id}"
     children: list[Command] = [
