@@ -163,7 +163,7 @@ def check_locally(cmd: Command) -> None:
 
 
 async def run_command(cmd: Command, *, wait: bool, json_out: bool) -> int:
-    from ktrdr.cli import client
+    from ktrdr.cli._common import client
 
     check_locally(cmd)
     async with client() as c:
