@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from ktrdr.cli._common import client, parse_date, run_async, usage
-from ktrdr.config import settings
+from ktrdr.config import Settings, settings
 
 OUT_OPTION = typer.Option(..., "--out", "-o", help="PNG file to write (its folder must exist).")
 
@@ -37,12 +37,17 @@ def web(
     host: str = typer.Option("127.0.0.1", help="When none is running: the address to serve on (loopback)."),
     port: int | None = typer.Option(None, help="When none is running: the port (default KTRDR_WEB_PORT or 8780)."),
 ) -> None:
-    """The live operations page: print (or --open) the URL the stack serves it on; when none is
-    running, serve it here in the foreground until Ctrl+C."""
-    from ktrdr.web import running_url
+    """The live operations page: print (or --open) the URL the stack serves it on. On the embedded
+    default the stack (and its page) is started when it is not running; with NATS_URL, or --host or
+    --port, a page that is not running is served here in the foreground until Ctrl+C."""
+    from ktrdr.web import DEFAULT_HOST, running_url
 
     s = settings()
+    if port is not None and not 0 <= port <= 65535:
+        raise usage(f"--port {port}: a port is 0..65535 (0: any free port)")
     url = running_url(s)
+    if url is None and s.nats_url is None and port is None and host == DEFAULT_HOST:
+        url = _stack_page(s)
     if url is not None:
         typer.echo(url)
         if open_browser:
@@ -50,14 +55,42 @@ def web(
 
             webbrowser.open(url)
         return
-    if port is not None and not 0 <= port <= 65535:
-        raise usage(f"--port {port}: a port is 0..65535 (0: any free port)")
+    if s.nats_url is None:  # serve here, for the embedded stack's server
+        import dataclasses
+
+        from ktrdr import embedded
+
+        s = dataclasses.replace(s, nats_url=embedded.current_url(s))
     if "aiohttp" in sys.modules and sys.modules["aiohttp"] is None:
         del sys.modules["aiohttp"]  # the command's entry point kept nats-py from importing it
     from ktrdr.web.server import run
 
     typer.echo("no page is running for this stack; serving one here (Ctrl+C stops)", err=True)
     raise typer.Exit(run(s, host, port))
+
+
+def _stack_page(s: Settings, wait_s: float = 20.0) -> str:
+    """Start whatever part of the embedded stack is not running (its page included) and wait until
+    the page has recorded the URL it serves on."""
+    import time
+
+    from ktrdr import embedded
+    from ktrdr.errors import KtrdrError
+    from ktrdr.web import running_url
+
+    try:
+        embedded.up(s)
+    except KtrdrError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    deadline = time.monotonic() + wait_s
+    while (url := running_url(s)) is None:
+        if time.monotonic() > deadline:
+            typer.echo(f"error: the stack's page did not come up within {wait_s:g} s; see {s.log_dir / 'web.log'}",
+                       err=True)
+            raise typer.Exit(1)
+        time.sleep(0.05)
+    return url
 
 
 # ------------------------------------------------------------------------------------------ ops plot
@@ -73,15 +106,24 @@ def ops_plot(op_id: str, out: Path = OUT_OPTION) -> None:
 
 async def _ops_plot(op_id: str, out: Path) -> int:
     from ktrdr import plotting
-    from ktrdr.client import Client
     from ktrdr.operations import fold_all
 
-    async with Client(settings()) as c:
+    async with client() as c:
         events = await c.events(op_id)
-    if not events:
-        raise usage(f"no operation {op_id} is stored")
-    view = fold_all(events)
-    title = f"{op_id} · {view.description or view.op_type} · {view.status}"
+        if not events:
+            raise usage(f"no operation {op_id} is stored")
+        view = fold_all(events)
+        drawn = op_id
+        if view.domain == "training" and not plotting.epoch_points(events):
+            # A training workflow (the id `ktrdr train` prints) reports its epochs on its training
+            # child: draw the last child that has some.
+            for child in reversed(view.children):
+                child_events = await c.events(child)
+                if plotting.epoch_points(child_events):
+                    events, drawn = child_events, child
+                    break
+    shown = op_id if drawn == op_id else f"{op_id} (training {drawn})"
+    title = f"{shown} · {view.description or view.op_type} · {view.status}"
     try:
         if view.domain == "training":
             points = plotting.epoch_points(events)
