@@ -398,11 +398,13 @@ async def _models_show(name: str, json_out: bool) -> int:
 
 
 def models_pull(name: str = typer.Argument(..., help="strategy, strategy/SYMBOLS_tf (latest) or .../..._vN."),
-                out: Path = typer.Option(..., "--out", "-o", help="An existing folder to write into.")) -> None:
+                out: Path = typer.Option(..., "--out", "-o", help="The folder to write into (created, with its "
+                                         "parents, when it does not exist).")) -> None:
     """Download a model's files (model.pt, config.json, metrics.json, features.json, metadata.json,
-    result.json) into an existing folder; nothing is written anywhere else."""
-    if not out.is_dir():
-        raise usage(f"-o {str(out)[:200]}: not an existing folder")
+    result.json) into a folder, made when missing (as `git clone` makes its target); nothing is
+    written anywhere else."""
+    if out.exists() and not out.is_dir():
+        raise usage(f"-o {str(out)[:200]}: exists and is not a folder")
     run_async(_models_pull(name, out))
 
 
@@ -410,7 +412,13 @@ async def _models_pull(name: str, out: Path) -> int:
     from ktrdr.transport import ModelStore
 
     async with client() as c:
-        resolved, paths = await ModelStore(c.js).pull(name, out)
+        store = ModelStore(c.js)
+        resolved = await store.resolve(name)  # an unknown model leaves no empty folder behind
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise usage(f"-o {str(out)[:200]}: cannot create the folder ({exc.strerror or exc})") from None
+        resolved, paths = await store.pull(resolved, out)
     typer.echo(f"pulled {resolved} into {out}: {', '.join(p.name for p in paths)}")
     return 0
 
