@@ -147,8 +147,12 @@ def training_inputs(cmd: StartTraining) -> tuple[list[str], list[str]]:
         raise CommandError(f"strategy {exc.path}", f"{exc.problem} (in {exc.file})") from exc
     symbols = [check_symbol(s, f"symbols[{i}]") for i, s in enumerate(cmd.symbols)] or \
         [check_symbol(s, "strategy training_data.symbols") for s in strategy.training_data.symbols]
-    timeframes = list(cmd.timeframes) or list(strategy.training_data.timeframes)
-    return symbols, [check_timeframe(tf) for tf in timeframes]
+    own = list(strategy.training_data.timeframes)
+    timeframes = [check_timeframe(tf) for tf in cmd.timeframes] or own
+    if timeframes != own:  # the strategy defines features per timeframe: check_job refuses any other set
+        raise CommandError("timeframes", f"{timeframes[:8]} differ from the strategy's {own}; a training uses "
+                                         f"its strategy's own (edit its training_data.timeframes for others)")
+    return symbols, timeframes
 
 
 def _check_range(start: datetime | None, end: datetime | None, now: datetime) -> None:

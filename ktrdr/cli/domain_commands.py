@@ -243,7 +243,9 @@ def strategies_list(directory: Path = typer.Argument(Path("strategies")), json_o
 def train(
     strategy_file: Path = typer.Argument(..., metavar="STRATEGY.yaml"),
     symbols: str | None = typer.Option(None, help="Comma-separated; default: the strategy's."),
-    timeframes: str | None = typer.Option(None, help="Comma-separated; default: the strategy's."),
+    timeframes: str | None = typer.Option(None, help="Comma-separated; only the strategy's own (the default): "
+                                          "its features are defined per timeframe, so edit its "
+                                          "training_data.timeframes to train on others."),
     start: str | None = typer.Option(None, help="YYYY-MM-DD (UTC); default: one year before --end."),
     end: str | None = typer.Option(None, help="YYYY-MM-DD (UTC); default: now."),
     epochs: int | None = typer.Option(None, help="Override the strategy's epochs."),
