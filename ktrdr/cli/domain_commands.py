@@ -311,7 +311,7 @@ def _split(value: str | None) -> list[str]:
 
 
 async def _train(cmd: Any, wait: bool, json_out: bool) -> int:
-    from ktrdr.cli._live import check_locally, exit_code, follow, print_final
+    from ktrdr.cli._live import check_locally, exit_code, follow, print_final, workers_needed
 
     check_locally(cmd)
     async with client() as c:
@@ -319,7 +319,7 @@ async def _train(cmd: Any, wait: bool, json_out: bool) -> int:
         if not wait:
             typer.echo(json.dumps({"op_id": cmd.op_id}) if json_out else cmd.op_id)
             return 0
-        view = await follow(c, cmd.op_id, json_out=json_out)
+        view = await follow(c, cmd.op_id, json_out=json_out, needs=workers_needed(cmd))
     print_final(view, json_out=json_out)
     if view.status == "completed" and not json_out and view.result:
         r = view.result
