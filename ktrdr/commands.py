@@ -117,7 +117,13 @@ def training_inputs(cmd: StartTraining) -> tuple[list[str], list[Timeframe]]:
     # The strategy's symbols are normalised by its parser; the command's as a client spelled them.
     symbols = [check_symbol(s, f"symbols[{i}]") for i, s in enumerate(cmd.symbols)] or \
         list(strategy.training_data.symbols)
-    return symbols, list(cmd.timeframes) or list(strategy.training_data.timeframes)
+    own = list(strategy.training_data.timeframes)
+    timeframes = list(cmd.timeframes) or own
+    if timeframes != own:  # the strategy defines features per timeframe: check_job refuses any other set
+        raise CommandError("timeframes", f"{[str(t) for t in timeframes[:8]]} differ from the strategy's "
+                                         f"{[str(t) for t in own]}; a training uses its strategy's own (edit its "
+                                         f"training_data.timeframes for others)")
+    return symbols, timeframes
 
 
 def _check_range(start: datetime | None, end: datetime | None, now: datetime) -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from nats.aio.client import Client as NATS
+
 from events.messages import AnyEvent
 from ktrdr.client import Client
 from ktrdr.ops import OperationView
@@ -42,6 +44,17 @@ async def eventually(check: Callable[[], object], timeout: float = 10.0, interva
         if loop.time() > deadline:
             raise TimeoutError("condition not met")
         await asyncio.sleep(interval)
+
+
+async def subscribed(nc: NATS) -> None:
+    """Return once the server holds every subscription made so far on `nc`, so that a message
+    another connection publishes next reaches it. One `flush()` does not promise that: nats-py
+    (2.16) writes flush's PING to the socket at once, while the SUB still waits in the pending
+    buffer for the flusher task, so the PONG can come back before the server has read the SUB (a
+    request then gets "no responders" or a listener misses the message). By the time that first
+    PONG is read the flusher has written the SUB, so a second PING goes out behind it."""
+    await nc.flush()
+    await nc.flush()
 
 
 def run_ktrdr(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

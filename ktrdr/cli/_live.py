@@ -16,14 +16,14 @@ import json
 import signal
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from events import roles, subjects
 from events.codec import DecodeError, decode_event
-from events.messages import AnyEvent, Command
+from events.messages import ROLE_FOR_DOMAIN, AnyEvent, Command, Heartbeat, StartTraining
 from ktrdr.client import Client
 from ktrdr.ops import OperationView
 from ktrdr.rendering import ProgressRenderer
@@ -109,14 +109,22 @@ def _renderer(op_id: str) -> ProgressRenderer:
     return ProgressRenderer.for_domain(subjects.domain_of(op_id))
 
 
-async def follow(client: Client, op_id: str, *, json_out: bool = False, cancel_on_interrupt: bool = True
-                 ) -> OperationView:
+async def follow(client: Client, op_id: str, *, json_out: bool = False, cancel_on_interrupt: bool = True,
+                 needs: list[tuple[str, str]] | None = None) -> OperationView:
     """Watch an operation until terminal, rendering live; the first Ctrl+C publishes the cancel and
-    waits for the `cancelled` event, a second one leaves at once."""
+    waits for the `cancelled` event (or, for an operation not created yet, leaves once the cancel is
+    recorded), a second one leaves at once. With `needs` ((domain, pool) of the workers it waits
+    for), an operation that has not started after NOTICE_AFTER_S is told why on stderr."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     interrupts = 0
     cancel_tasks: list[asyncio.Task[None]] = []
+    latest = OperationView(op_id=op_id)
+
+    def left_uncreated(task: asyncio.Task[None]) -> None:
+        # Nobody has created it (no orchestrator, maybe): the recorded cancel applies when one does.
+        if not task.cancelled() and task.exception() is None and latest.created_at is None:
+            stop.set()
 
     def on_sigint() -> None:
         nonlocal interrupts
@@ -124,21 +132,83 @@ async def follow(client: Client, op_id: str, *, json_out: bool = False, cancel_o
         if interrupts == 1 and cancel_on_interrupt:
             print(f"\nCancelling {op_id} ...", file=sys.stderr, flush=True)
             cancel_tasks.append(loop.create_task(client.cancel(op_id, reason="Ctrl+C", requested_by=roles.CLI)))
+            cancel_tasks[-1].add_done_callback(left_uncreated)
         else:
             stop.set()
 
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, on_sigint)
+    notices = loop.create_task(_say_why_waiting(client, needs, lambda: latest)) if needs else None
     try:
         with LiveDisplay(_renderer(op_id), quiet=json_out) as display:
-            view = await client.watch(op_id, display.update, stop=stop)
+            def on_event(ev: AnyEvent, view: OperationView) -> None:  # type: ignore[valid-type]
+                nonlocal latest
+                latest = view
+                display.update(ev, view)
+
+            view = await client.watch(op_id, on_event, stop=stop)
     finally:
+        if notices is not None:
+            notices.cancel()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
     if interrupts and cancel_on_interrupt and not view.terminal:
         view.status = "cancelled"
+        if view.created_at is None:
+            view.message = ("Operation cancelled before anyone created it (the cancel is recorded: an "
+                            "orchestrator that creates it later cancels it at once)")
         view.where = view.where or "not confirmed: the worker did not answer before the CLI left"
     return view
+
+
+NOTICE_AFTER_S = 1.0  # an operation not started by then is told why it waits
+NOTICE_EVERY_S = 2.0  # then presence is read again at this pace, and a changed reason said
+
+
+def workers_needed(cmd: Command) -> list[tuple[str, str]]:
+    """(domain, pool) of the workers a command waits for first: a training workflow's data loads,
+    else the command's own domain and pool."""
+    if isinstance(cmd, StartTraining) and cmd.data_mode != "none":
+        return [("data", subjects.DEFAULT_POOL)]  # its first children: one data load per series
+    return [(cmd.domain, cmd.pool)]
+
+
+def waiting_notice(view: OperationView, beats: list[Heartbeat], needs: list[tuple[str, str]],
+                   now: datetime) -> str | None:
+    """Why an operation that has not started waits, from the actors' presence; None when it is not
+    waiting or nothing is missing. A heartbeat counts while it is recent (by its own timestamp, with
+    room for clock skew): a killed actor's entry outlives it in the bucket."""
+    if view.terminal or view.status == "running":
+        return None
+    live = [hb for hb in beats if not hb.stopping
+            and (now - hb.ts).total_seconds() <= max(5 * hb.interval_s, 5.0)]
+    waiting = "still waiting (Ctrl+C cancels)"
+    if not any(hb.role == "orchestrator" for hb in live):
+        return (f"{view.op_id}: queued; no orchestrator is alive to start it (`ktrdr status` lists the live "
+                f"actors; `ktrdr up` starts the local stack); {waiting}")
+    if view.created_at is None:
+        return None  # an orchestrator is alive and will create it
+    for domain, pool in needs:
+        if not any(hb.domain == domain and pool in hb.pools for hb in live):
+            role = ROLE_FOR_DOMAIN.get(domain, domain)
+            return (f"{view.op_id}: queued; no {role} worker in pool {pool} is alive (`ktrdr status` lists "
+                    f"the live actors); {waiting}")
+    return None
+
+
+async def _say_why_waiting(client: Client, needs: list[tuple[str, str]], current: Callable[[], OperationView]
+                           ) -> None:
+    said: str | None = None
+    await asyncio.sleep(NOTICE_AFTER_S)
+    while not (current().terminal or current().status == "running"):
+        try:
+            note = waiting_notice(current(), await client.live_actors(), needs, datetime.now(UTC))
+        except Exception:  # presence is a courtesy here: a read that fails says nothing
+            note = said
+        if note is not None and note != said:
+            print(note, file=sys.stderr, flush=True)
+        said = note
+        await asyncio.sleep(NOTICE_EVERY_S)
 
 
 def print_final(view: OperationView, *, json_out: bool) -> None:
@@ -163,7 +233,7 @@ def check_locally(cmd: Command) -> None:
 
 
 async def run_command(cmd: Command, *, wait: bool, json_out: bool) -> int:
-    from ktrdr.cli import client
+    from ktrdr.cli._common import client
 
     check_locally(cmd)
     async with client() as c:
@@ -171,7 +241,7 @@ async def run_command(cmd: Command, *, wait: bool, json_out: bool) -> int:
         if not wait:
             print(json.dumps({"op_id": cmd.op_id}) if json_out else cmd.op_id)
             return 0
-        view = await follow(c, cmd.op_id, json_out=json_out)
+        view = await follow(c, cmd.op_id, json_out=json_out, needs=workers_needed(cmd))
     print_final(view, json_out=json_out)
     return exit_code(view)
 

@@ -1,4 +1,4 @@
-"""Data, strategy, training, model and gateway commands (registered on the app in ktrdr.cli).
+"""Data, strategy, training, model and gateway commands; `register` adds them to the app.
 
 Everything stored lives in NATS object buckets, so these work from any machine that reaches the
 server: `data show/range/export` read BARS (through this machine's digest cache in KTRDR_HOME),
@@ -16,19 +16,16 @@ from typing import Any
 import typer
 
 from events.bounds import MAX_EPOCHS, MAX_STRATEGY_BYTES, Timeframe
-from ktrdr.cli import (
+from ktrdr.cli._common import (
     JSON,
     TIMEOUT,
-    _run,
-    _usage,
-    app,
     check_pool,
     check_range,
-    data_app,
+    client,
     deadline_from,
-    models_app,
     parse_date,
-    strategies_app,
+    run_async,
+    usage,
 )
 from ktrdr.config import settings
 
@@ -40,7 +37,6 @@ def _echo_json(obj: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------ data
-@data_app.command("load")
 def data_load(
     symbol: str,
     timeframe: str = TF_OPTION,
@@ -58,13 +54,13 @@ def data_load(
     from ktrdr.cli._live import run_command
 
     if mode not in ("local", "tail", "backfill", "full"):
-        raise _usage(f"--mode {mode[:20]!r}: expected local, tail, backfill or full")
+        raise usage(f"--mode {mode[:20]!r}: expected local, tail, backfill or full")
     sym, tf = _norm(symbol, timeframe)
     start_dt, end_dt = parse_date(start, "start"), parse_date(end, "end")
     check_range(start_dt, end_dt)
     cmd = LoadData(op_id=new_op_id("data"), symbol=sym, timeframe=tf, mode=mode,  # type: ignore[arg-type]
                    start=start_dt, end=end_dt, pool=check_pool(on), deadline=deadline_from(timeout))
-    _run(run_command(cmd, wait=not no_wait, json_out=json_out))
+    run_async(run_command(cmd, wait=not no_wait, json_out=json_out))
 
 
 def _bars(c: Any) -> Any:
@@ -81,7 +77,7 @@ def _norm(symbol: str, timeframe: str) -> tuple[str, Timeframe]:
     try:
         return check_symbol(symbol), check_timeframe(timeframe)
     except ValidationError as exc:
-        raise _usage(str(exc)) from exc
+        raise usage(str(exc)) from exc
 
 
 def _none_stored(sym: str, tf: str) -> int:
@@ -89,21 +85,19 @@ def _none_stored(sym: str, tf: str) -> int:
     return 1
 
 
-@data_app.command("show")
 def data_show(symbol: str, timeframe: str = TF_OPTION, rows: int = typer.Option(5, help="Rows from each end."),
               json_out: bool = JSON) -> None:
     """A stored series: source (simulated data is marked), range, and its first and last bars."""
     sym, tf = _norm(symbol, timeframe)
     if not 0 <= rows <= 10_000:
-        raise _usage(f"--rows must be between 0 and 10000, got {rows}")
-    _run(_data_show(sym, tf, rows, json_out))
+        raise usage(f"--rows must be between 0 and 10000, got {rows}")
+    run_async(_data_show(sym, tf, rows, json_out))
 
 
 async def _data_show(sym: str, tf: str, rows: int, json_out: bool) -> int:
     import msgspec
     import pandas as pd
 
-    from ktrdr.cli import client
 
     async with client() as c:
         stored = await _bars(c).load(sym, tf)
@@ -125,15 +119,13 @@ async def _data_show(sym: str, tf: str, rows: int, json_out: bool) -> int:
     return 0
 
 
-@data_app.command("range")
 def data_range(symbol: str, timeframe: str = TF_OPTION, json_out: bool = JSON) -> None:
     """The stored range of a series (from its metadata: nothing is downloaded)."""
     sym, tf = _norm(symbol, timeframe)
-    _run(_data_range(sym, tf, json_out))
+    run_async(_data_range(sym, tf, json_out))
 
 
 async def _data_range(sym: str, tf: str, json_out: bool) -> int:
-    from ktrdr.cli import client
 
     async with client() as c:
         meta = await _bars(c).metadata(sym, tf)
@@ -149,7 +141,6 @@ async def _data_range(sym: str, tf: str, json_out: bool) -> int:
     return 0
 
 
-@data_app.command("import")
 def data_import(file: Path, symbol: str = typer.Option(..., "--symbol", "-s"), timeframe: str = TF_OPTION,
                 json_out: bool = JSON) -> None:
     """Import a CSV (date column or index + open/high/low/close/volume) into BARS, merged with what is
@@ -164,14 +155,13 @@ def data_import(file: Path, symbol: str = typer.Option(..., "--symbol", "-s"), t
     except ValidationError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    _run(_data_import(sym, tf, df, json_out))
+    run_async(_data_import(sym, tf, df, json_out))
 
 
 async def _data_import(sym: str, tf: str, df: Any, json_out: bool) -> int:
     import os
     import socket
 
-    from ktrdr.cli import client
     from ktrdr.data.series_lease import series_lease
 
     async with client() as c:
@@ -188,7 +178,6 @@ async def _data_import(sym: str, tf: str, df: Any, json_out: bool) -> int:
     return 0
 
 
-@data_app.command("export")
 def data_export(symbol: str, timeframe: str = TF_OPTION,
                 out: Path = typer.Option(..., "--out", "-o", help="CSV file to write."),
                 start: str | None = typer.Option(None), end: str | None = typer.Option(None)) -> None:
@@ -197,16 +186,15 @@ def data_export(symbol: str, timeframe: str = TF_OPTION,
     start_dt, end_dt = parse_date(start, "start"), parse_date(end, "end")
     check_range(start_dt, end_dt)
     if out.is_dir():
-        raise _usage(f"--out {str(out)[:200]}: is a directory; name a CSV file")
+        raise usage(f"--out {str(out)[:200]}: is a directory; name a CSV file")
     if not out.parent.is_dir():
-        raise _usage(f"--out {str(out)[:200]}: the folder {str(out.parent)[:200]} does not exist")
-    _run(_data_export(sym, tf, out, start_dt, end_dt))
+        raise usage(f"--out {str(out)[:200]}: the folder {str(out.parent)[:200]} does not exist")
+    run_async(_data_export(sym, tf, out, start_dt, end_dt))
 
 
 async def _data_export(sym: str, tf: str, out: Path, start: datetime | None, end: datetime | None) -> int:
     import asyncio
 
-    from ktrdr.cli import client
     from ktrdr.data.store import write_csv
 
     async with client() as c:
@@ -214,13 +202,12 @@ async def _data_export(sym: str, tf: str, out: Path, start: datetime | None, end
     try:
         n = await asyncio.to_thread(write_csv, df, out)
     except OSError as exc:
-        raise _usage(f"--out {str(out)[:200]}: cannot write it ({exc.strerror or exc})") from None
+        raise usage(f"--out {str(out)[:200]}: cannot write it ({exc.strerror or exc})") from None
     typer.echo(f"wrote {n:,} bars to {out}")
     return 0
 
 
 # ------------------------------------------------------------------------------------------ strategies
-@strategies_app.command("validate")
 def strategies_validate(file: Path, json_out: bool = JSON) -> None:
     """Validate a v2 strategy file; errors name the file, the field path and the problem."""
     from ktrdr.errors import StrategyError
@@ -241,7 +228,6 @@ def strategies_validate(file: Path, json_out: bool = JSON) -> None:
         typer.echo(f"valid: {strategy.name} ({', '.join(td.symbols)} [{', '.join(td.timeframes)}])")
 
 
-@strategies_app.command("list")
 def strategies_list(directory: Path = typer.Argument(Path("strategies")), json_out: bool = JSON) -> None:
     """Strategy files in a directory (default ./strategies) and whether each is valid."""
     from ktrdr.training.strategy import list_strategies
@@ -255,11 +241,12 @@ def strategies_list(directory: Path = typer.Argument(Path("strategies")), json_o
 
 
 # ------------------------------------------------------------------------------------------ train
-@app.command()
 def train(
     strategy_file: Path = typer.Argument(..., metavar="STRATEGY.yaml"),
     symbols: str | None = typer.Option(None, help="Comma-separated; default: the strategy's."),
-    timeframes: str | None = typer.Option(None, help="Comma-separated; default: the strategy's."),
+    timeframes: str | None = typer.Option(None, help="Comma-separated; only the strategy's own (the default): "
+                                          "its features are defined per timeframe, so edit its "
+                                          "training_data.timeframes to train on others."),
     start: str | None = typer.Option(None, help="YYYY-MM-DD (UTC); default: one year before --end."),
     end: str | None = typer.Option(None, help="YYYY-MM-DD (UTC); default: now."),
     epochs: int | None = typer.Option(None, help="Override the strategy's epochs."),
@@ -277,9 +264,9 @@ def train(
     start_dt = parse_date(start, "start") or end_dt - timedelta(days=365)
     check_range(start_dt, end_dt)
     if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:
-        raise _usage(f"--epochs must be between 1 and {MAX_EPOCHS}, got {epochs}")
+        raise usage(f"--epochs must be between 1 and {MAX_EPOCHS}, got {epochs}")
     if data not in ("full", "local", "none"):
-        raise _usage(f"--data {data[:20]!r}: expected full, local or none")
+        raise usage(f"--data {data[:20]!r}: expected full, local or none")
     from events.messages import StartTraining
     from events.subjects import new_op_id
 
@@ -288,36 +275,36 @@ def train(
                         timeframes=[_norm("AAPL", t)[1] for t in _split(timeframes)], start=start_dt, end=end_dt,
                         epochs=epochs, pool=check_pool(on), deadline=deadline_from(timeout),
                         data_mode=data)  # type: ignore[arg-type]
-    _run(_train(cmd, not no_wait, json_out))
+    run_async(_train(cmd, not no_wait, json_out))
 
 
 def read_text_file(path: Path, what: str, *, max_bytes: int, head_only: bool = False) -> str:
     """A user's text file, or one line saying why not (missing, a directory, too big, binary)."""
     shown = str(path)[:200] or "''"
     if not str(path).strip():
-        raise _usage(f"empty {what} path")
+        raise usage(f"empty {what} path")
     try:
         if not path.exists():
-            raise _usage(f"{shown}: no such file")
+            raise usage(f"{shown}: no such file")
         if path.is_dir():
-            raise _usage(f"{shown}: is a directory; expected a {what} file")
+            raise usage(f"{shown}: is a directory; expected a {what} file")
         size = path.stat().st_size
         if size > max_bytes:
-            raise _usage(f"{shown}: {size:,} bytes; a {what} file is at most {max_bytes:,} bytes")
+            raise usage(f"{shown}: {size:,} bytes; a {what} file is at most {max_bytes:,} bytes")
         with open(path, "rb") as fh:
             data = fh.read(65536 if head_only else max_bytes)
     except OSError as exc:
-        raise _usage(f"{shown}: cannot read it ({exc.strerror or exc})") from None
+        raise usage(f"{shown}: cannot read it ({exc.strerror or exc})") from None
     if b"\0" in data:
-        raise _usage(f"{shown}: a binary file; expected a {what} file (text)")
+        raise usage(f"{shown}: a binary file; expected a {what} file (text)")
     if not data.strip():
-        raise _usage(f"{shown}: empty; expected a {what} file")
+        raise usage(f"{shown}: empty; expected a {what} file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         if head_only and exc.start > len(data) - 4:
             return ""  # a multi-byte character cut at the end of the sample
-        raise _usage(f"{shown}: not UTF-8 text; expected a {what} file") from None
+        raise usage(f"{shown}: not UTF-8 text; expected a {what} file") from None
 
 
 def _split(value: str | None) -> list[str]:
@@ -325,8 +312,7 @@ def _split(value: str | None) -> list[str]:
 
 
 async def _train(cmd: Any, wait: bool, json_out: bool) -> int:
-    from ktrdr.cli import client
-    from ktrdr.cli._live import check_locally, exit_code, follow, print_final
+    from ktrdr.cli._live import check_locally, exit_code, follow, print_final, workers_needed
 
     check_locally(cmd)
     async with client() as c:
@@ -334,7 +320,7 @@ async def _train(cmd: Any, wait: bool, json_out: bool) -> int:
         if not wait:
             typer.echo(json.dumps({"op_id": cmd.op_id}) if json_out else cmd.op_id)
             return 0
-        view = await follow(c, cmd.op_id, json_out=json_out)
+        view = await follow(c, cmd.op_id, json_out=json_out, needs=workers_needed(cmd))
     print_final(view, json_out=json_out)
     if view.status == "completed" and not json_out and view.result:
         r = view.result
@@ -350,14 +336,12 @@ async def _train(cmd: Any, wait: bool, json_out: bool) -> int:
 
 
 # ------------------------------------------------------------------------------------------ models
-@models_app.command("list")
 def models_list(json_out: bool = JSON) -> None:
     """Trained models in MODELS (from any machine that reaches the NATS server)."""
-    _run(_models_list(json_out))
+    run_async(_models_list(json_out))
 
 
 async def _models_list(json_out: bool) -> int:
-    from ktrdr.cli import client
     from ktrdr.training.model_store import ModelStore
 
     async with client() as c:
@@ -377,15 +361,13 @@ async def _models_list(json_out: bool) -> int:
     return 0
 
 
-@models_app.command("show")
 def models_show(name: str = typer.Argument(..., help="strategy, strategy/SYMBOLS_tf (latest) or .../..._vN."),
                 json_out: bool = JSON) -> None:
     """A model's metadata, metrics and result, with the per-epoch history as a table."""
-    _run(_models_show(name, json_out))
+    run_async(_models_show(name, json_out))
 
 
 async def _models_show(name: str, json_out: bool) -> int:
-    from ktrdr.cli import client
     from ktrdr.training.model_store import ModelStore
 
     async with client() as c:
@@ -395,12 +377,12 @@ async def _models_show(name: str, json_out: bool) -> int:
         return 0
     meta, result = shown["metadata"], shown["result"]
     tm, test = result.get("training_metrics") or {}, result.get("test_metrics") or {}
-    session, usage = result.get("session_info") or {}, result.get("resource_usage") or {}
+    session, resources = result.get("session_info") or {}, result.get("resource_usage") or {}
     typer.echo(f"{shown['name']}  ({shown['model_bytes'] or 0:,} bytes of weights, {shown['model_digest']})")
     typer.echo(f"  trained {meta.get('created')} by {session.get('actor') or meta.get('actor')} on "
                f"{session.get('host') or meta.get('host')} (pool {session.get('pool') or meta.get('pool')}, "
-               f"{session.get('training_mode') or meta.get('training_mode')}); device {usage.get('device')}"
-               f"{' ' + str(usage.get('gpu_name')) if usage.get('gpu_name') else ''}; gpu_used "
+               f"{session.get('training_mode') or meta.get('training_mode')}); device {resources.get('device')}"
+               f"{' ' + str(resources.get('gpu_name')) if resources.get('gpu_name') else ''}; gpu_used "
                f"{result.get('gpu_used')}; operation {meta.get('op_id')}")
     typer.echo(f"  symbols {', '.join(meta.get('symbols') or [])} [{', '.join(meta.get('timeframes') or [])}]"
                f"{'  ** SIMULATED data **' if meta.get('simulated') else ''}")
@@ -418,28 +400,33 @@ async def _models_show(name: str, json_out: bool) -> int:
     return 0
 
 
-@models_app.command("pull")
 def models_pull(name: str = typer.Argument(..., help="strategy, strategy/SYMBOLS_tf (latest) or .../..._vN."),
-                out: Path = typer.Option(..., "--out", "-o", help="An existing folder to write into.")) -> None:
+                out: Path = typer.Option(..., "--out", "-o", help="The folder to write into (created, with its "
+                                         "parents, when it does not exist).")) -> None:
     """Download a model's files (model.pt, config.json, metrics.json, features.json, metadata.json,
-    result.json) into an existing folder; nothing is written anywhere else."""
-    if not out.is_dir():
-        raise _usage(f"-o {str(out)[:200]}: not an existing folder")
-    _run(_models_pull(name, out))
+    result.json) into a folder, made when missing (as `git clone` makes its target); nothing is
+    written anywhere else."""
+    if out.exists() and not out.is_dir():
+        raise usage(f"-o {str(out)[:200]}: exists and is not a folder")
+    run_async(_models_pull(name, out))
 
 
 async def _models_pull(name: str, out: Path) -> int:
-    from ktrdr.cli import client
     from ktrdr.training.model_store import ModelStore
 
     async with client() as c:
-        resolved, paths = await ModelStore(c.js).pull(name, out)
+        store = ModelStore(c.js)
+        resolved = await store.resolve(name)  # an unknown model leaves no empty folder behind
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise usage(f"-o {str(out)[:200]}: cannot create the folder ({exc.strerror or exc})") from None
+        resolved, paths = await store.pull(resolved, out)
     typer.echo(f"pulled {resolved} into {out}: {', '.join(p.name for p in paths)}")
     return 0
 
 
 # ------------------------------------------------------------------------------------------ gateway
-@app.command("sim-gateway")
 def sim_gateway(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(4002),
                 latency: float = typer.Option(0.0, help="Seconds of latency per request."),
                 time_scale: float = typer.Option(1.0, help="Scale IB's pacing windows (tests)."),
@@ -448,10 +435,26 @@ def sim_gateway(host: str = typer.Option("127.0.0.1"), port: int = typer.Option(
     from ktrdr.ib.sim.__main__ import main as sim_main
 
     if not 0 <= port <= 65535:
-        raise _usage(f"--port {port}: not a port number (0..65535)")
+        raise usage(f"--port {port}: not a port number (0..65535)")
     if not 0 <= latency <= 3600 or not 1e-4 <= time_scale <= 100:
-        raise _usage("--latency must be 0..3600 s and --time-scale 0.0001..100")
+        raise usage("--latency must be 0..3600 s and --time-scale 0.0001..100")
     argv = ["--host", host, "--port", str(port), "--latency", str(latency), "--time-scale", str(time_scale)]
     if csv_dir is not None:
         argv += ["--csv-dir", str(csv_dir)]
     raise typer.Exit(sim_main(argv) or 0)
+
+
+def register(app: typer.Typer, *, data: typer.Typer, strategies: typer.Typer, models: typer.Typer) -> None:
+    """Add train and sim-gateway to the app, and their commands to the data, strategies and models groups."""
+    data.command("load")(data_load)
+    data.command("show")(data_show)
+    data.command("range")(data_range)
+    data.command("import")(data_import)
+    data.command("export")(data_export)
+    strategies.command("validate")(strategies_validate)
+    strategies.command("list")(strategies_list)
+    app.command()(train)
+    models.command("list")(models_list)
+    models.command("show")(models_show)
+    models.command("pull")(models_pull)
+    app.command("sim-gateway")(sim_gateway)

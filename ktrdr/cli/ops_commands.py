@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from ktrdr.cli import JSON, _check_op_id, _run, client, ops_app
+from ktrdr.cli._common import JSON, check_op_id, client, run_async
 
 if TYPE_CHECKING:  # the fold is imported by the verbs that use it: `ktrdr --help` stays fast
     from ktrdr.ops import OperationView
@@ -47,14 +47,13 @@ def tree_order(views: list[OperationView]) -> list[tuple[int, OperationView]]:
     return out
 
 
-@ops_app.command("list")
 def ops_list(limit: int = typer.Option(50, help="Show the latest N (0 = all)."),
              flat: bool = typer.Option(False, "--flat", help="Children as rows of their own, not under parents."),
              json_out: bool = JSON) -> None:
     """Operations from the stored events, oldest first, children under their parents."""
     if limit < 0:
         raise typer.Exit(_fail(f"--limit must be 0 or more, got {limit}"))
-    _run(_ops_list(limit, flat, json_out))
+    run_async(_ops_list(limit, flat, json_out))
 
 
 def _fail(message: str) -> int:
@@ -83,11 +82,10 @@ async def _ops_list(limit: int, flat: bool, json_out: bool) -> int:
     return 0
 
 
-@ops_app.command("show")
 def ops_show(op_id: str, json_out: bool = JSON, events: bool = typer.Option(False, help="List every event.")) -> None:
     """One operation: status, progress, timings, its children, result or error."""
-    _check_op_id(op_id)
-    _run(_ops_show(op_id, json_out, events))
+    check_op_id(op_id)
+    run_async(_ops_show(op_id, json_out, events))
 
 
 async def _ops_show(op_id: str, json_out: bool, show_events: bool) -> int:
@@ -162,12 +160,11 @@ def _detail(e: Any) -> str:
     return progress.message[:120] if progress is not None else ""
 
 
-@ops_app.command("watch")
 def ops_watch(op_id: str, json_out: bool = JSON) -> None:
     """Attach to a running or finished operation: replay, then follow live; it rides out a server
     outage for as long as you wait. Ctrl+C detaches (the operation goes on)."""
-    _check_op_id(op_id)
-    _run(_ops_watch(op_id, json_out))
+    check_op_id(op_id)
+    run_async(_ops_watch(op_id, json_out))
 
 
 async def _ops_watch(op_id: str, json_out: bool) -> int:
@@ -189,16 +186,15 @@ async def _ops_watch(op_id: str, json_out: bool) -> int:
     return exit_code(view)
 
 
-@ops_app.command("replay")
 def ops_replay(op_id: str, speed: float = typer.Option(0.0, help="Replay at the recorded pace x SPEED "
                                                                   "(0: as fast as possible)."),
                json_out: bool = typer.Option(False, "--json", help="Print the events, one JSON object a line.")
                ) -> None:
     """Re-render an operation's stored event stream: the same lines its live display printed."""
-    _check_op_id(op_id)
+    check_op_id(op_id)
     if not 0 <= speed <= 1e6:
         raise typer.Exit(_fail(f"--speed must be between 0 and 1000000, got {speed:g}"))
-    _run(_ops_replay(op_id, speed, json_out))
+    run_async(_ops_replay(op_id, speed, json_out))
 
 
 async def _ops_replay(op_id: str, speed: float, json_out: bool) -> int:
@@ -214,13 +210,12 @@ async def _ops_replay(op_id: str, speed: float, json_out: bool) -> int:
     return exit_code(view) if view.terminal else 0
 
 
-@ops_app.command("cancel")
 def ops_cancel(op_id: str, wait: bool = typer.Option(True, help="Wait for the cancelled event."),
                json_out: bool = JSON) -> None:
     """Cancel an operation. The cancel is recorded whatever the operation's state, even before it is
     created; a finished one is left as it is, and the command says so."""
-    _check_op_id(op_id)
-    _run(_ops_cancel(op_id, wait, json_out))
+    check_op_id(op_id)
+    run_async(_ops_cancel(op_id, wait, json_out))
 
 
 async def _ops_cancel(op_id: str, wait: bool, json_out: bool) -> int:
@@ -252,10 +247,9 @@ async def _ops_cancel(op_id: str, wait: bool, json_out: bool) -> int:
     return 0
 
 
-@ops_app.command("tail")
 def ops_tail(json_out: bool = JSON) -> None:
     """Every operation's events, live (like `nats sub 'ops.>'`, rendered). Ctrl+C stops."""
-    _run(_ops_tail(json_out))
+    run_async(_ops_tail(json_out))
 
 
 async def _ops_tail(json_out: bool) -> int:
@@ -279,3 +273,13 @@ async def _ops_tail(json_out: bool) -> int:
     async with client() as c:
         await c.tail(show, stop)
     return 0
+
+
+def register(ops: typer.Typer) -> None:
+    """Add list, show, watch, replay, cancel and tail to the `ops` group."""
+    ops.command("list")(ops_list)
+    ops.command("show")(ops_show)
+    ops.command("watch")(ops_watch)
+    ops.command("replay")(ops_replay)
+    ops.command("cancel")(ops_cancel)
+    ops.command("tail")(ops_tail)

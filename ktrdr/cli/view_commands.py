@@ -1,5 +1,5 @@
 """Commands that show things: `ktrdr web` (the live operations page), `ktrdr ops plot` and
-`ktrdr data plot` (PNG pictures). Registered on the app by importing this module (ktrdr.cli.main).
+`ktrdr data plot` (PNG pictures); `register` adds them to the app.
 
 matplotlib and aiohttp are imported inside the commands, so `ktrdr --help` does not pay for them.
 Bad input (an id, a path, a series that is not stored) is one line on stderr and exit 2.
@@ -13,7 +13,8 @@ from typing import Any
 
 import typer
 
-from ktrdr.cli import _run, _usage, app, data_app, ops_app, settings
+from ktrdr.cli._common import client, parse_date, run_async, usage
+from ktrdr.config import Settings, settings
 
 OUT_OPTION = typer.Option(..., "--out", "-o", help="PNG file to write (its folder must exist).")
 
@@ -21,28 +22,32 @@ OUT_OPTION = typer.Option(..., "--out", "-o", help="PNG file to write (its folde
 def _png_path(out: Path) -> Path:
     """The picture goes to an existing folder, as a .png, and does not replace a folder."""
     if out.suffix.lower() != ".png":
-        raise _usage(f"-o {out}: the picture is a PNG; give a file name ending in .png")
+        raise usage(f"-o {out}: the picture is a PNG; give a file name ending in .png")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise _usage(f"-o {out}: folder {parent} does not exist")
+        raise usage(f"-o {out}: folder {parent} does not exist")
     if out.is_dir():
-        raise _usage(f"-o {out}: is a folder")
+        raise usage(f"-o {out}: is a folder")
     return out
 
 
 # ------------------------------------------------------------------------------------------ web
-@app.command()
 def web(
     open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
     host: str = typer.Option("127.0.0.1", help="When none is running: the address to serve on (loopback)."),
     port: int | None = typer.Option(None, help="When none is running: the port (default KTRDR_WEB_PORT or 8780)."),
 ) -> None:
-    """The live operations page: print (or --open) the URL the stack serves it on; when none is
-    running, serve it here in the foreground until Ctrl+C."""
-    from ktrdr.web import running_url
+    """The live operations page: print (or --open) the URL the stack serves it on. On the embedded
+    default the stack (and its page) is started when it is not running; with NATS_URL, or --host or
+    --port, a page that is not running is served here in the foreground until Ctrl+C."""
+    from ktrdr.web import DEFAULT_HOST, running_url
 
     s = settings()
+    if port is not None and not 0 <= port <= 65535:
+        raise usage(f"--port {port}: a port is 0..65535 (0: any free port)")
     url = running_url(s)
+    if url is None and s.nats_url is None and port is None and host == DEFAULT_HOST:
+        url = _stack_page(s)
     if url is not None:
         typer.echo(url)
         if open_browser:
@@ -50,8 +55,12 @@ def web(
 
             webbrowser.open(url)
         return
-    if port is not None and not 0 <= port <= 65535:
-        raise _usage(f"--port {port}: a port is 0..65535 (0: any free port)")
+    if s.nats_url is None:  # serve here, for the embedded stack's server
+        import dataclasses
+
+        from ktrdr import embedded
+
+        s = dataclasses.replace(s, nats_url=embedded.current_url(s))
     if "aiohttp" in sys.modules and sys.modules["aiohttp"] is None:
         del sys.modules["aiohttp"]  # the command's entry point kept nats-py from importing it
     from ktrdr.web.server import run
@@ -60,53 +69,84 @@ def web(
     raise typer.Exit(run(s, host, port))
 
 
+def _stack_page(s: Settings, wait_s: float = 20.0) -> str:
+    """Start whatever part of the embedded stack is not running (its page included) and wait until
+    the page has recorded the URL it serves on."""
+    import time
+
+    from ktrdr import embedded
+    from ktrdr.errors import KtrdrError
+    from ktrdr.web import running_url
+
+    try:
+        embedded.up(s)
+    except KtrdrError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    deadline = time.monotonic() + wait_s
+    while (url := running_url(s)) is None:
+        if time.monotonic() > deadline:
+            typer.echo(f"error: the stack's page did not come up within {wait_s:g} s; see {s.log_dir / 'web.log'}",
+                       err=True)
+            raise typer.Exit(1)
+        time.sleep(0.05)
+    return url
+
+
 # ------------------------------------------------------------------------------------------ ops plot
-@ops_app.command("plot")
 def ops_plot(op_id: str, out: Path = OUT_OPTION) -> None:
     """Draw an operation from its stored events: a training's loss and accuracy per epoch, a data
     load's segments over time with the IB pacing waits, any other its progress over time."""
     from events.subjects import is_op_id
 
     if not is_op_id(op_id):
-        raise _usage(f"{op_id!r} is not an operation id (see `ktrdr ops list`)")
-    _run(_ops_plot(op_id, _png_path(out)))
+        raise usage(f"{op_id!r} is not an operation id (see `ktrdr ops list`)")
+    run_async(_ops_plot(op_id, _png_path(out)))
 
 
 async def _ops_plot(op_id: str, out: Path) -> int:
     from ktrdr import plotting
-    from ktrdr.client import Client
     from ktrdr.ops import fold_all
 
-    async with Client(settings()) as c:
+    async with client() as c:
         events = await c.events(op_id)
-    if not events:
-        raise _usage(f"no operation {op_id} is stored")
-    view = fold_all(events)
-    title = f"{op_id} · {view.description or view.op_type} · {view.status}"
+        if not events:
+            raise usage(f"no operation {op_id} is stored")
+        view = fold_all(events)
+        drawn = op_id
+        if view.domain == "training" and not plotting.epoch_points(events):
+            # A training workflow (the id `ktrdr train` prints) reports its epochs on its training
+            # child: draw the last child that has some.
+            for child in reversed(view.children):
+                child_events = await c.events(child)
+                if plotting.epoch_points(child_events):
+                    events, drawn = child_events, child
+                    break
+    shown = op_id if drawn == op_id else f"{op_id} (training {drawn})"
+    title = f"{shown} · {view.description or view.op_type} · {view.status}"
     try:
         if view.domain == "training":
             points = plotting.epoch_points(events)
             if not points:
-                raise _usage(f"{op_id} has no finished epoch to draw yet ({view.status}: {view.message or '-'})")
+                raise usage(f"{op_id} has no finished epoch to draw yet ({view.status}: {view.message or '-'})")
             plotting.plot_training(points, out, title)
             what = f"{len(points)} epochs"
         elif view.domain == "data":
             timeline = plotting.segment_timeline(events)
             if not timeline.segments:
-                raise _usage(f"{op_id} fetched no segment to draw ({view.status}: {view.message or '-'})")
+                raise usage(f"{op_id} fetched no segment to draw ({view.status}: {view.message or '-'})")
             plotting.plot_data_load(timeline, out, f"{title}\n{timeline.title}")
             what = f"{len(timeline.segments)} segments, {len(timeline.waits)} pacing waits"
         else:
             plotting.plot_progress(events, out, title)
             what = "progress over time"
     except OSError as exc:
-        raise _usage(f"-o {out}: cannot write it ({exc.strerror or exc})") from exc
+        raise usage(f"-o {out}: cannot write it ({exc.strerror or exc})") from exc
     typer.echo(f"wrote {out} ({what})")
     return 0
 
 
 # ------------------------------------------------------------------------------------------ data plot
-@data_app.command("plot")
 def data_plot(
     symbol: str,
     timeframe: str = typer.Option("1h", "--timeframe", "-t", help="1m, 5m, 15m, 30m, 1h, 4h, 1d or 1w."),
@@ -115,7 +155,6 @@ def data_plot(
     end: str | None = typer.Option(None, help="YYYY-MM-DD (UTC); default: after the last stored bar."),
 ) -> None:
     """Draw a stored series (candles up to 300 bars, the close line beyond) with its gaps shaded."""
-    from ktrdr.cli import parse_date
     from ktrdr.data.calendar import lookup, normalize_symbol
     from ktrdr.data.timeframes import parse_timeframe
     from ktrdr.errors import KtrdrError, ValidationError
@@ -123,16 +162,15 @@ def data_plot(
     try:
         sym, tf = normalize_symbol(symbol), parse_timeframe(timeframe)
     except ValidationError as exc:
-        raise _usage(str(exc)) from exc
+        raise usage(str(exc)) from exc
     out = _png_path(out)
     start_dt, end_dt = parse_date(start, "start"), parse_date(end, "end")
     if start_dt and end_dt and start_dt >= end_dt:
-        raise _usage(f"--start {start} is not before --end {end}")
+        raise usage(f"--start {start} is not before --end {end}")
     from ktrdr import plotting
     from ktrdr.data.gaps import find_gaps
 
     async def read() -> tuple[Any, Any]:
-        from ktrdr.cli import client
         from ktrdr.cli.domain_commands import _bars
 
         async with client() as c:
@@ -148,7 +186,7 @@ def data_plot(
         raise typer.Exit(1) from exc
     if df.empty:
         span = f" between {start or 'the start'} and {end or 'the end'}" if start or end else ""
-        raise _usage(f"no {tf} bars stored for {sym}{span} (try `ktrdr data load {sym} -t {tf}`)")
+        raise usage(f"no {tf} bars stored for {sym}{span} (try `ktrdr data load {sym} -t {tf}`)")
     inst = lookup(sym)
     gaps = find_gaps(df.index, inst, tf, df.index[0], df.index[-1] + tf.delta) if inst is not None else []
     kind = "candles" if len(df) <= plotting.MAX_CANDLES else "close"
@@ -159,5 +197,12 @@ def data_plot(
     try:
         plotting.plot_series(df, gaps, out, title, tf.seconds)
     except OSError as exc:
-        raise _usage(f"-o {out}: cannot write it ({exc.strerror or exc})") from exc
+        raise usage(f"-o {out}: cannot write it ({exc.strerror or exc})") from exc
     typer.echo(f"wrote {out} ({len(df):,} bars as {kind}, {note})")
+
+
+def register(app: typer.Typer, *, ops: typer.Typer, data: typer.Typer) -> None:
+    """Add web to the app, plot to the `ops` and `data` groups."""
+    app.command()(web)
+    ops.command("plot")(ops_plot)
+    data.command("plot")(data_plot)

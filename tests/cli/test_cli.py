@@ -114,3 +114,29 @@ async def test_fast_commands_do_not_import_torch_or_pandas(settings, argv):
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert "HEAVY []" in out.decode(), (out, err)
+
+
+def test_commands_are_registered_explicitly_without_an_import_circle():
+    """The package assembles the app (`build_app`); a commands module never imports the package's
+    names, and importing one registers nothing (its `register` does)."""
+    import ast
+    from pathlib import Path
+
+    import ktrdr.cli
+
+    folder = Path(ktrdr.cli.__file__).parent
+    circular = []
+    for path in sorted(folder.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "ktrdr.cli":
+                circular.append(f"{path.name}: from ktrdr.cli import {', '.join(a.name for a in node.names)}")
+    assert circular == []
+    code = ("import ktrdr.cli.ops_commands as m, typer\n"
+            "g = typer.Typer()\nassert not g.registered_commands\nm.register(g)\n"
+            "print(sorted(c.name for c in g.registered_commands))")
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == str(sorted(["list", "show", "watch", "replay", "cancel", "tail"]))

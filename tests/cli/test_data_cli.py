@@ -105,6 +105,18 @@ async def test_models_list_show_and_pull_read_models_from_nats(tmp_path: Path, c
     assert (dest / "model.pt").read_bytes() == b"weights"
     res = run(home, url, "models", "pull", "../../etc", "-o", str(dest))  # more names: tests/transport
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-    res = run(home, url, "models", "pull", "mlp_rsi", "-o", str(tmp_path / "nowhere"))
-    assert res.returncode == 2 and "not an existing folder" in res.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "nats-store", "nats.log", "pulled"]
+    # A folder that is not there yet is made, parents too (as `git clone DIR` does) ...
+    fresh = tmp_path / "new" / "deeper"
+    res = run(home, url, "models", "pull", "mlp_rsi", "-o", str(fresh))
+    assert res.returncode == 0, res.stderr
+    assert (fresh / "model.pt").read_bytes() == b"weights"
+    # ... but not for a model that does not exist, and a path that is a file is refused: one line, exit 2.
+    res = run(home, url, "models", "pull", "no_such_strategy", "-o", str(tmp_path / "nowhere"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and not (tmp_path / "nowhere").exists()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    res = run(home, url, "models", "pull", "mlp_rsi", "-o", str(a_file))
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"error: -o {a_file}: exists and is not a folder"]
+    assert a_file.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "home", "nats-store", "nats.log", "new", "pulled"]

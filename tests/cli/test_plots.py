@@ -28,8 +28,7 @@ from tests.conftest import make_settings
 from tests.helpers import wait_terminal
 
 STRATEGY = Path(__file__).parents[2] / "strategies" / "mlp_rsi_aapl.yaml"
-# `ktrdr` with the view commands registered, whether or not ktrdr.cli.main imports them yet.
-CLI = "import ktrdr.cli.view_commands; from ktrdr.cli import main; main()"
+CLI = "from ktrdr.cli import main; main()"  # `ktrdr` itself
 
 
 async def ktrdr(settings: Settings, *args: str, timeout: float = 120) -> tuple[int, str, str]:

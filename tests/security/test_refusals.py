@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError
 
+from tests.helpers import subscribed
 from tests.security.conftest import Errors, Server
 
 pytestmark = pytest.mark.timeout(60)
@@ -146,7 +147,7 @@ async def test_replies_reach_only_the_requesting_role(as_role: Any) -> None:
         await msg.respond(b"answer")
 
     await ib.subscribe("ib.>", queue="ib", cb=serve)
-    await ib.flush()
+    await subscribed(ib)
     assert (await jm.request("ib.head", b"AAPL", timeout=10)).data == b"answer"
     await trainer.subscribe("_INBOX_job-manager.>")
     await tr_errors.wait_for('subscription to "_inbox_job-manager.>"')
@@ -175,7 +176,7 @@ async def test_push_consumer_redirect_keeps_the_original_subject(as_role: Any) -
             got.set_result(msg)
 
     await ib.subscribe("ib.bars", queue="ib", cb=on_ib)
-    await ib.flush()
+    await subscribed(ib)
     js = cli.jetstream()
     await js.publish("ops.data.data-redirect.cancel", b'{"symbol": "AAPL"}')
     info = await js.add_consumer("OPS", api.ConsumerConfig(

@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
+from tests.helpers import subscribed
 from tests.security.conftest import Errors
 
 pytestmark = pytest.mark.timeout(60)
@@ -105,7 +106,7 @@ async def core_listen(nc: NATS, subject: str) -> tuple[list[Msg], asyncio.Event]
         event.set()
 
     await nc.subscribe(subject, cb=cb)
-    await nc.flush()
+    await subscribed(nc)
     return got, event
 
 
@@ -197,7 +198,7 @@ async def test_job_manager_flow(as_role: Any) -> None:
         await msg.respond(b"bars:" + msg.data)
 
     await ib.subscribe("ib.>", queue="ib", cb=serve)
-    await ib.flush()
+    await subscribed(ib)
     answers: list[bytes] = []
     final = asyncio.Event()
 
@@ -296,7 +297,7 @@ async def test_ib_flow(as_role: Any) -> None:
     assert (await pacing.get("ib-pool-1")).value == b"[1,2,3]"
     await (await js.key_value("ACTORS")).put("ib.ib-1", b"hb")
     await nc.subscribe("ops.*.*.cancel")
-    await nc.flush()
+    await subscribed(nc)  # a refusal of the subscription would have arrived by now
     await js.stream_info("OPS")
     clean(errs)
 

@@ -1,0 +1,152 @@
+"""The stack's commands and the reference operation: `ktrdr up`, `down`, `status`, `dummy` and
+`events schema`. `register` adds them to the app.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+from ktrdr.cli._common import JSON, TIMEOUT, deadline_from, run_async, usage
+from ktrdr.config import settings
+
+
+def register(app: typer.Typer, *, events: typer.Typer) -> None:
+    """Add up, down, status and dummy to the app, and schema to the `events` group."""
+    for command in (up, down, status, dummy):
+        app.command()(command)
+    events.command("schema")(events_schema)
+
+
+def up(wait: float = typer.Option(30.0, help="Seconds to wait for every local actor to announce itself."),
+       listen: str | None = typer.Option(None, "--listen", help="Address the server listens on (default "
+                                         "127.0.0.1; anything else turns TLS on), e.g. 0.0.0.0."),
+       cluster: int | None = typer.Option(None, "--cluster", help="Run N local nats-servers as a cluster "
+                                          "(streams and buckets at 3 replicas), e.g. 3.")) -> None:
+    """Start the embedded stack (nats-server, actors, simulated IB gateway, web page) and wait until it
+    serves: the streams exist and every local actor has announced itself."""
+    from ktrdr import embedded
+    from ktrdr.errors import KtrdrError
+
+    s = settings()
+    if cluster is not None and not 1 <= cluster <= 9:
+        raise usage(f"--cluster {cluster}: a local cluster has 1 to 9 nodes")
+    if listen is not None and (not listen or len(listen) > 253 or any(c.isspace() or c in "/\\" for c in listen)):
+        raise usage(f"--listen {listen[:60]!r} is not an address")
+    try:
+        url = embedded.up(s, listen=listen, nodes=cluster)
+    except KtrdrError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    run_async(_wait_ready(url, embedded.local_roles(s), wait))
+
+
+async def _wait_ready(url: str, roles: list[str], wait: float) -> int:
+    from ktrdr.client import Client, NotReadyError
+
+    s = settings()
+    try:
+        async with Client(s, url=url, ready_roles=roles, ready_timeout=wait):
+            pass
+    except NotReadyError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 1
+    typer.echo(f"ktrdr stack up: NATS {url}; actors {', '.join(roles)}; logs in {s.log_dir}")
+    return 0
+
+
+def down() -> None:
+    """Stop the embedded stack. Stored operations and data stay under KTRDR_HOME."""
+    from ktrdr import embedded
+
+    stopped = embedded.down(settings())
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def status(json_out: bool = JSON) -> None:
+    """The server, each stream's message count, and the live actors."""
+    run_async(_status(json_out))
+
+
+async def _status(json_out: bool) -> int:
+    from ktrdr import embedded
+
+    s = settings()
+    procs = [] if s.nats_url else embedded.process_infos(s)
+    url = s.nats_url or embedded.recorded_url(s)
+    from ktrdr.web import running_url
+
+    out: dict[str, Any] = {"nats_url": url, "web_url": running_url(s), "processes": [p.__dict__ for p in procs],
+                           "servers": [] if s.nats_url else embedded.server_infos(s), "streams": {}, "actors": []}
+    reachable = bool(url) and (s.nats_url is not None or embedded.url_alive(url))
+    if reachable:
+        from ktrdr.client import Client
+
+        async with Client(s, url=url) as c:
+            for name in ("CMD", "WORK", "OPS"):
+                try:
+                    info = await c.js.stream_info(name)
+                    leader = info.cluster.leader if info.cluster is not None else None
+                    out["streams"][name] = {"messages": info.state.messages, "bytes": info.state.bytes,
+                                            "leader": leader, "replicas": info.config.num_replicas}
+                except Exception:
+                    out["streams"][name] = None
+            for srv in out["servers"]:
+                srv["leads"] = [n for n, st in out["streams"].items() if st and st["leader"] == srv["name"]]
+            try:
+                out["actors"] = [{"actor": hb.actor, "role": hb.role, "host": hb.host, "pid": hb.pid,
+                                  "pools": hb.pools, "busy": hb.busy, "rss_mb": hb.rss_mb,
+                                  "peak_rss_mb": hb.peak_rss_mb, "state": hb.state,
+                                  "last_seen": hb.ts.isoformat()}
+                                 for hb in await c.live_actors()]
+            except Exception:
+                pass
+    if json_out:
+        typer.echo(json.dumps(out, default=str))
+        return 0
+    typer.echo(f"NATS: {url or 'not running'}{'' if reachable else ' (not reachable)'}")
+    if out["web_url"]:
+        typer.echo(f"web:  {out['web_url']}")
+    for p in procs:
+        typer.echo(f"  {p.name:<12} {'running' if p.alive else 'stopped'}{f' (pid {p.pid})' if p.pid else ''}")
+    for srv in out["servers"]:
+        leads = f" leads {', '.join(srv.get('leads', []))}" if srv.get("leads") else ""
+        typer.echo(f"  server {srv['name']:<14} {srv['url']}{leads}")
+    for name, st in out["streams"].items():
+        typer.echo(f"  stream {name:<5} {st['messages'] if st else '-':>8} messages")
+    typer.echo(f"actors: {len(out['actors'])} live")
+    for a in sorted(out["actors"], key=lambda a: a["role"]):
+        busy = f" busy: {', '.join(a['busy'])}" if a["busy"] else ""
+        pools = f" pools {','.join(a['pools'])}" if a["pools"] else ""
+        mem = f" rss {a['rss_mb']:.0f} MB (peak {a['peak_rss_mb']:.0f})"
+        state = f" · {a['state']}" if a["state"] else ""
+        typer.echo(f"  {a['role']:<13} {a['actor']}{pools}{mem}{state}{busy}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ dummy
+def dummy(
+    iterations: int = typer.Option(100, help="Number of iterations."),
+    interval: float = typer.Option(2.0, help="Seconds per iteration."),
+    timeout: float | None = TIMEOUT,
+    no_wait: bool = typer.Option(False, "--no-wait", help="Print the operation id and return."),
+    json_out: bool = JSON,
+) -> None:
+    """KTRDR's reference long operation: live progress; Ctrl+C cancels it (exit 130)."""
+    from events.messages import RunDummy
+    from events.subjects import new_op_id
+    from ktrdr.cli._live import run_command
+
+    cmd = RunDummy(op_id=new_op_id("dummy"), iterations=iterations, interval_s=interval,
+                   deadline=deadline_from(timeout))
+    run_async(run_command(cmd, wait=not no_wait, json_out=json_out))
+
+
+# ------------------------------------------------------------------------------------------ events
+def events_schema() -> None:
+    """Print the JSON Schema of every message (generated from the msgspec Structs)."""
+    from events.schema import schema
+
+    typer.echo(json.dumps(schema(), indent=2))
