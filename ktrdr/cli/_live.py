@@ -141,7 +141,7 @@ async def follow(client: Client, op_id: str, *, json_out: bool = False, cancel_o
     notices = loop.create_task(_say_why_waiting(client, needs, lambda: latest)) if needs else None
     try:
         with LiveDisplay(_renderer(op_id), quiet=json_out) as display:
-            def on_event(ev: AnyEvent, view: OperationView) -> None:  # type: ignore[valid-type]
+            def on_event(ev: AnyEvent, view: OperationView) -> None:
                 nonlocal latest
                 latest = view
                 display.update(ev, view)
@@ -183,7 +183,7 @@ def waiting_notice(view: OperationView, beats: list[Heartbeat], needs: list[tupl
     live = [hb for hb in beats if not hb.stopping
             and (now - hb.ts).total_seconds() <= max(5 * hb.interval_s, 5.0)]
     waiting = "still waiting (Ctrl+C cancels)"
-    if not any(hb.role == "orchestrator" for hb in live):
+    if not any(hb.role == roles.ORCHESTRATOR for hb in live):
         return (f"{view.op_id}: queued; no orchestrator is alive to start it (`ktrdr status` lists the live "
                 f"actors; `ktrdr up` starts the local stack); {waiting}")
     if view.created_at is None:
