@@ -31,7 +31,7 @@ from nats.js import api as js_api
 from actors._leases import Busy, Held, Leases
 from actors._pull import pull_loop
 from events import roles, subjects
-from events.codec import DecodeError, decode_event, decode_work, sniff_op_id
+from events.codec import DecodeError, decode_event, decode_work, short, sniff_op_id
 from events.messages import (
     AnyCommand,
     CancelOperation,
@@ -191,7 +191,11 @@ class WorkRunner:
                     or subjects.domain_of(item.op_id) != self.domain):
                 raise DecodeError(f"work item for {item.op_id!r} does not belong on {msg.subject}")
         except (DecodeError, ValueError) as exc:
-            await a.report_error(sniff_op_id(msg.data), f"malformed work item dropped: {exc}", msg.subject)
+            # Only the orchestrator publishes work, and it validated the command: an item that does not
+            # decode is forged (or from another version). Logged, and nothing is written under the op
+            # id it names: a forger must not be able to put events into any operation's history.
+            await a.report_error(None, f"malformed work item for {short(sniff_op_id(msg.data))} dropped: {exc}",
+                                 msg.subject)
             await msg.term()
             return
         running = self.running.get(item.op_id)

@@ -118,7 +118,7 @@ def training_inputs(cmd: StartTraining) -> tuple[list[str], list[Timeframe]]:
     symbols = [check_symbol(s, f"symbols[{i}]") for i, s in enumerate(cmd.symbols)] or \
         list(strategy.training_data.symbols)
     own = list(strategy.training_data.timeframes)
-    timeframes = list(cmd.timeframes) or own
+    timeframes = [check_timeframe(tf, f"timeframes[{i}]") for i, tf in enumerate(cmd.timeframes)] or own
     if timeframes != own:  # the strategy defines features per timeframe: check_job refuses any other set
         raise CommandError("timeframes", f"{[str(t) for t in timeframes[:8]]} differ from the strategy's "
                                          f"{[str(t) for t in own]}; a training uses its strategy's own (edit its "
