@@ -1,4 +1,4 @@
-"""job-manager: KTRDR's DataManager + DataJobManager as an actor. Handles `work.data.<pool>`: runs a
+"""job-manager (the seed's DataManager + DataJobManager): handles `work.data.<pool>`: runs a
 DataLoadingJob (gap analysis, segment plan, concurrent paced fetching, merge, validate/repair) whose
 fetches go to the ib actor(s) over `ib.*`, and publishes the job's progress as is. Pacing waits
 reported by the ib actor show up in the progress context (`waiting 12 s for IB pacing`).

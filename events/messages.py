@@ -96,7 +96,8 @@ Context: TypeAlias = DummyContext | DataContext | TrainingContext | WorkflowCont
 
 
 class ProgressState(msgspec.Struct, kw_only=True):
-    """KTRDR's GenericProgressState fields."""
+    """Where an operation is: percentage, message, steps and items done of total, phase, and a typed
+    context per domain (the seed's GenericProgressState fields)."""
 
     percentage: float = 0.0
     message: str = ""

@@ -90,6 +90,16 @@ def test_no_product_function_is_longer_than_120_lines():
     assert long == []
 
 
+MAX_ORCHESTRATOR_LINES = 200
+
+
+def test_the_orchestrator_is_a_thin_shell():
+    """It applies what ktrdr/ops decides and talks to NATS; the decisions live (and are tested) there."""
+    tree = ast.parse((ROOT / "actors" / "orchestrator.py").read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Orchestrator")
+    assert (cls.end_lineno or cls.lineno) - cls.lineno + 1 < MAX_ORCHESTRATOR_LINES
+
+
 def test_environment_is_read_only_through_settings():
     offenders = []
     for p in product_files(*PRODUCT):

@@ -134,7 +134,7 @@ def dummy(
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the operation id and return."),
     json_out: bool = JSON,
 ) -> None:
-    """KTRDR's reference long operation: live progress; Ctrl+C cancels it (exit 130)."""
+    """Run the reference long operation (N iterations of S seconds): live progress; Ctrl+C cancels it (exit 130)."""
     from events.messages import RunDummy
     from events.subjects import new_op_id
     from ktrdr.cli._live import run_command
