@@ -27,7 +27,8 @@ from events.messages import AnyEvent, CancelOperation, CancelReason, Command, He
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import OperationView, apply_progress, fold
-from ktrdr.transport import connect, ensure_streams, last_message, publish, read_events, read_operation
+from ktrdr.ops.reader import read_view, read_views
+from ktrdr.transport import connect, ensure_streams, last_message, publish, read_operation
 from ktrdr.transport.publish import retrying
 
 
@@ -164,16 +165,7 @@ class Client:
 
     async def view(self, op_id: str) -> OperationView:
         """The fold of the operation's stored events, folded as they arrive (no list of them)."""
-        view = OperationView(op_id=op_id)
-
-        def on_msg(_subject: str, data: bytes) -> None:
-            try:
-                fold(view, decode_event(data))
-            except DecodeError:
-                pass  # garbage published on an ops subject is not an event of this operation
-
-        await read_events(self.js, [subjects.ops(op_id)], on_msg)
-        return view
+        return await read_view(self.js, op_id)
 
     async def exists(self, op_id: str) -> bool:
         """Whether the orchestrator has recorded the operation (created or rejected) — one read."""
@@ -229,17 +221,7 @@ class Client:
     async def list_operations(self, *, limit: int | None = None) -> list[OperationView]:
         """Stored operations by creation time, oldest first (the newest `limit`), from their lifecycle
         events and the last progress each reported."""
-        views: dict[str, OperationView] = {}
-
-        def on_msg(_subject: str, data: bytes) -> None:
-            try:
-                ev = decode_event(data)
-            except DecodeError:
-                return
-            if subjects.is_op_id(ev.op_id):
-                fold(views.setdefault(ev.op_id, OperationView(op_id=ev.op_id)), ev)
-
-        await read_events(self.js, subjects.lifecycle_filters(), on_msg)
+        views = await read_views(self.js)
         out = sorted((v for v in views.values() if v.created_at is not None or v.terminal),
                      key=lambda v: (subjects.created_at_of(v.op_id), v.op_id))
         out = out[-limit:] if limit else out
