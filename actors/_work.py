@@ -31,9 +31,10 @@ from nats.js import api as js_api
 from actors._leases import Busy, Held, Leases
 from actors._pull import pull_loop
 from events import roles, subjects
-from events.codec import DecodeError, decode_event, decode_work, sniff_op_id
+from events.codec import DecodeError, decode_event_on, decode_work, sniff_op_id
 from events.messages import (
     AnyCommand,
+    AnyEvent,
     CancelOperation,
     Context,
     Event,
@@ -214,15 +215,16 @@ class WorkRunner:
         op_id = run.op_id
         with contextlib.suppress(Exception):
             await run.msg.in_progress()  # the checks below take a moment under load
-        events = await read_lifecycle(a.js, op_id)
+        events: list[AnyEvent] = await read_lifecycle(a.js, op_id)
         created = next((e for e in events if isinstance(e, OperationCreated)), None)
         if created is None:
             # The read above may come from a replica still catching up (a restarted cluster node):
             # before calling the item forged, ask the OPS stream's leader (it stored the created
             # event before the orchestrator published this item). Seen dropping real work otherwise.
-            raw = await last_message(a.js, subjects.ops(op_id, OperationCreated.name), from_leader=True)
+            created_subject = subjects.ops(op_id, OperationCreated.name)
+            raw = await last_message(a.js, created_subject, from_leader=True)
             with contextlib.suppress(DecodeError):
-                leader = decode_event(raw) if raw else None
+                leader = decode_event_on(created_subject, raw) if raw else None
                 if isinstance(leader, OperationCreated):
                     created, events = leader, [leader, *events]
         view = fold_all(events)

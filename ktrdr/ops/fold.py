@@ -8,6 +8,7 @@ replayed views are the same. Rules:
   its latest attempt, from its `started` event) or from an orchestrator; anything else is ignored
   and noted in `errors` (a stranger cannot finish someone else's operation);
 - a cancelled or failed operation keeps the last progress it reported.
+Events come from ktrdr.ops.reader / events.codec.decode_event_on: only what its subject proves.
 """
 
 from __future__ import annotations

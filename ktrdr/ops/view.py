@@ -74,6 +74,7 @@ class OperationView(msgspec.Struct, kw_only=True):
     events: int = 0
     errors: list[str] = msgspec.field(default_factory=list)
     last_progress_seq: int = 0  # of the holder: a progress event sent again after a failover is older
+    dropped: int = 0  # messages on its subjects that were not its events (a body disagreeing with its subject)
 
     @property
     def terminal(self) -> bool:
