@@ -13,7 +13,9 @@ For each item it:
    item back with a delay;
 5. runs the actor's `handle()`, extends the ack deadline and renews the lease on every heartbeat,
    and publishes exactly one terminal event while it still holds the lease, then acks.
-A cancel for shutdown or a lost lease hands the work back instead of ending it.
+A cancel for shutdown or a lost lease hands the work back instead of ending it; those are this
+worker's own reasons, never a cancel read from the wire or the log (one that said so made a worker hand
+an operation back on every redelivery, forever: issue 18, F10).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from events.messages import (
     AnyCommand,
     AnyEvent,
     CancelOperation,
+    CancelReason,
     Context,
     Event,
     OperationCreated,
@@ -43,7 +46,7 @@ from events.messages import (
     ProgressState,
 )
 from ktrdr import commands
-from ktrdr.cancellation import CancellationToken
+from ktrdr.cancellation import HAND_BACK, CancellationToken
 from ktrdr.errors import KtrdrError, OperationCancelledError
 from ktrdr.ops import fold_all, verdicts
 from ktrdr.transport import last_message, read_lifecycle
@@ -148,9 +151,11 @@ class WorkRunner:
             run.token.cancel(reason, code=code, requested_by=self.actor.id)
 
     def on_cancel(self, cancel: CancelOperation) -> None:
+        """A cancel from the wire: it stops the work for good (its type has no hand-back reason, and
+        _ending makes sure of it: only this worker's own shutdown or lost lease hands work back)."""
         run = self.running.get(cancel.op_id)
         if run is not None:
-            run.token.cancel(cancel.reason, code=cancel.reason_code, requested_by=cancel.requested_by)
+            run.token.cancel(cancel.reason, code=_ending(cancel.reason_code), requested_by=cancel.requested_by)
 
     async def on_beat(self) -> None:
         """Every heartbeat: extend the ack deadline and the lease of each running operation, all at
@@ -248,9 +253,8 @@ class WorkRunner:
             await run.msg.nak(delay=max(held.retry_in, 0.1))
             return
         run.held = held
-        if view.cancel_requested:
-            run.token.cancel(view.cancel_reason or "cancel requested",
-                             code=view.cancel_reason_code or "user")  # type: ignore[arg-type]
+        if view.cancel_requested:  # a recorded cancel ends the operation: it never hands it back
+            run.token.cancel(view.cancel_reason or "cancel requested", code=_ending(view.cancel_reason_code))
         await self._run(run, created.command)
 
     async def _run(self, run: _Running, command: AnyCommand) -> None:
@@ -311,3 +315,9 @@ class WorkRunner:
             except Exception:
                 await asyncio.sleep(0.2)
         return False
+
+
+def _ending(code: CancelReason | None) -> CancelReason:
+    """The reason a cancel read from the wire or the log stops work with: its own, unless it names a
+    hand-back reason (which no CancelOperation decodes with, nor a fold of one), then `user`."""
+    return "user" if code is None or code in HAND_BACK else code

@@ -1,12 +1,15 @@
 """An event means only what its subject proves (issue 18, F1/F3): `decode_event_on` takes the domain,
-op id and event name from the subject and refuses a body that disagrees. No server."""
+op id and event name from the subject and refuses a body that disagrees; a cancel subject carries
+only a bounded CancelOperation whose reason code is never a worker's own hand-back reason. No server."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from events import subjects
-from events.codec import DecodeError, Misfiled, decode_event_on, encode
+from events.codec import DecodeError, InvalidField, Misfiled, decode_event_on, encode
 from events.messages import (
     CancelOperation,
     OperationCompleted,
@@ -63,3 +66,22 @@ def test_a_creation_must_be_of_its_subjects_domain():
 def test_garbage_on_an_event_subject_is_a_decode_error():
     with pytest.raises(DecodeError):
         decode_event_on(subjects.cancel(OP), b"not json")
+
+
+@pytest.mark.parametrize("code", ["shutdown", "lease_lost"])
+def test_a_cancel_on_the_wire_never_carries_a_hand_back_reason(code):
+    """F10: `shutdown`/`lease_lost` are a worker's own reasons; on the wire they do not decode."""
+    body = json.dumps({"type": "CancelOperation", "op_id": OP, "reason_code": code}).encode()
+    with pytest.raises(InvalidField) as err:
+        decode_event_on(subjects.cancel(OP), body)
+    assert err.value.field == "reason_code" and err.value.problem.startswith(f"{code!r} is not one of")
+    assert sorted(err.value.problem.split(" of ")[1].split(", ")) == ["deadline", "parent", "user"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("reason", "x" * 2001), ("requested_by", "x" * 513),
+                                              ("actor", "x" * 513)])
+def test_a_cancel_is_bounded(field, value):
+    body = json.dumps({"type": "CancelOperation", "op_id": OP, field: value}).encode()
+    with pytest.raises(InvalidField) as err:
+        decode_event_on(subjects.cancel(OP), body)
+    assert err.value.field == field
