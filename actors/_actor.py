@@ -289,10 +289,10 @@ class Actor:
         assert self.publisher is not None
         await self.publisher.publish(event)
 
-    def emit_progress(self, op_id: str, state: ProgressState) -> None:
-        """Queue a progress event (no round trip; published in order by one task)."""
+    def emit_progress(self, op_id: str, state: ProgressState, attempt: int = 0) -> None:
+        """Queue a progress event of `attempt` (no round trip; published in order by one task)."""
         if self.publisher is not None and not self._stopped.is_set():
-            self.publisher.progress(op_id, state)
+            self.publisher.progress(op_id, state, attempt)
 
     async def flush_progress(self, *, acked: bool = False) -> None:
         if self.publisher is not None:

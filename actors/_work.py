@@ -76,9 +76,9 @@ class OperationContext:
         state = progress if progress is not None else ProgressState(**fields)
         self.last_progress = state
         if threading.get_ident() == self._loop_thread:
-            self.actor.emit_progress(self.op_id, state)
+            self.actor.emit_progress(self.op_id, state, self.attempt)
         else:
-            self.loop.call_soon_threadsafe(self.actor.emit_progress, self.op_id, state)
+            self.loop.call_soon_threadsafe(self.actor.emit_progress, self.op_id, state, self.attempt)
 
     def update(self, *, message: str | None = None, context: Context | None = None, **fields: Any) -> None:
         """Re-emit the last progress with some fields changed (e.g. a pacing wait in the context)."""

@@ -255,6 +255,10 @@ class OperationProgress(Event, tag="OperationProgress", kw_only=True):
     lifecycle: ClassVar[bool] = False
 
     progress: ProgressState
+    # The holder's attempt (OperationStarted.attempt) it reports on: the fold orders progress by
+    # (attempt, seq), since a worker that takes over numbers its events from its own sequence
+    # (issue 18, F7). 0: not said (stored by an older version), read as the running attempt.
+    attempt: int = 0
 
 
 class OperationCompleted(Event, tag="OperationCompleted", kw_only=True):
