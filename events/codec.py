@@ -109,9 +109,10 @@ def decode_event_on(subject: str, data: bytes) -> AnyEvent:
     prefix = _DOMAIN_PREFIX.get(domain)
     if expected is None or prefix is None or not op_id.startswith(prefix):
         raise Misfiled(f"{subject[:120]} names no event of a {domain[:20]!r} operation")
-    ev = _decode(data, AnyEvent)
-    if type(ev) is not expected:
-        raise Misfiled(f"a {type(ev).__name__} published on {subject[:120]}, which carries only {expected.__name__}")
+    ev: AnyEvent = _decode(data, AnyEvent)
+    kind = type(ev)
+    if kind is not expected:
+        raise Misfiled(f"a {kind.__name__} published on {subject[:120]}, which carries only {expected.__name__}")
     if ev.op_id != op_id:
         raise Misfiled(f"an event of {short(ev.op_id)} published on {subject[:120]}")
     if isinstance(ev, OperationCreated) and (ev.domain != domain or ev.command.domain != domain):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -37,7 +36,7 @@ from events.messages import (
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import OperationView, apply_progress, is_orchestrator
-from ktrdr.ops.reader import ViewCollector, count_dropped, fold_message
+from ktrdr.ops.reader import ViewCollector, count_dropped, fold_message, read_view
 from ktrdr.transport import connect, ensure_streams, last_message, publish, read_events, read_operation
 from ktrdr.transport.publish import retrying
 from ktrdr.transport.replay import ReadEvents
@@ -179,9 +178,7 @@ class Client:
     async def view(self, op_id: str) -> OperationView:
         """The fold of the operation's stored events, folded as they arrive (no list of them); a
         message whose body disagrees with its subject is dropped and counted in `view.dropped`."""
-        view = OperationView(op_id=op_id)
-        await read_events(self.js, [subjects.ops(op_id)], partial(fold_message, view))
-        return view
+        return await read_view(self.js, op_id)
 
     async def exists(self, op_id: str) -> bool:
         """Whether the orchestrator has recorded the operation (created or rejected) — one read."""

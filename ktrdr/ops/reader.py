@@ -11,8 +11,6 @@ and counted (`OperationView.dropped`, `ViewCollector.dropped`) with a note sayin
 
 from __future__ import annotations
 
-from functools import partial
-
 from nats.js import JetStreamContext
 
 from events import subjects
@@ -85,5 +83,9 @@ async def read_views(js: JetStreamContext, filters: list[str] | None = None) -> 
 async def read_view(js: JetStreamContext, op_id: str) -> OperationView:
     """One operation's view from all its stored events, progress included."""
     view = OperationView(op_id=op_id)
-    await read_events(js, [subjects.ops(op_id)], partial(fold_message, view))
+
+    def on_msg(subject: str, data: bytes) -> None:
+        fold_message(view, subject, data)
+
+    await read_events(js, [subjects.ops(op_id)], on_msg)
     return view
