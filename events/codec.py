@@ -93,6 +93,28 @@ class Misfiled(msgspec.DecodeError):
 
 _EVENT_FOR_NAME: dict[str, type] = {e.name: e for e in EVENTS}
 _DOMAIN_PREFIX: dict[str, str] = {d: f"{d}-" for d in DOMAINS}
+# What each subject seen lately proves (expected event type, op id, domain), or why it proves nothing:
+# a reader meets the same few subjects again and again, and parsing one costs as much as the decode.
+_SUBJECTS: dict[str, tuple[type, str, str] | str] = {}
+_SUBJECTS_MAX = 4096
+
+
+def _learn(subject: str) -> tuple[type, str, str] | str:
+    parsed = parse_ops_subject(subject)
+    info: tuple[type, str, str] | str
+    if parsed is None:
+        info = f"{subject[:120]} is not an operation's event subject"
+    else:
+        domain, op_id, name = parsed
+        expected, prefix = _EVENT_FOR_NAME.get(name), _DOMAIN_PREFIX.get(domain)
+        if expected is None or prefix is None or not op_id.startswith(prefix):
+            info = f"{subject[:120]} names no event of a {domain[:20]!r} operation"
+        else:
+            info = (expected, op_id, domain)
+    if len(_SUBJECTS) >= _SUBJECTS_MAX:
+        _SUBJECTS.clear()
+    _SUBJECTS[subject] = info
+    return info
 
 
 def decode_event_on(subject: str, data: bytes) -> AnyEvent:
@@ -100,22 +122,22 @@ def decode_event_on(subject: str, data: bytes) -> AnyEvent:
     is the one the subject's last token names, its op_id is the subject's, and the subject's domain is
     that op id's (and a creation's). Misfiled when they disagree, DecodeError when it is not an event.
 
-    It runs for every event of every replay, so the checks are string compares, no regex."""
-    parsed = parse_ops_subject(subject)
-    if parsed is None:
-        raise Misfiled(f"{subject[:120]} is not an operation's event subject")
-    domain, op_id, name = parsed
-    expected = _EVENT_FOR_NAME.get(name)
-    prefix = _DOMAIN_PREFIX.get(domain)
-    if expected is None or prefix is None or not op_id.startswith(prefix):
-        raise Misfiled(f"{subject[:120]} names no event of a {domain[:20]!r} operation")
+    It runs for every event of every replay (a million for a long training), so what a subject proves
+    is parsed once (a bounded cache) and the checks are identity and string compares."""
+    info = _SUBJECTS.get(subject)
+    if info is None:
+        info = _learn(subject)
+    if isinstance(info, str):
+        raise Misfiled(info)
+    expected, op_id, domain = info
     ev: AnyEvent = _decode(data, AnyEvent)
     kind = type(ev)
     if kind is not expected:
         raise Misfiled(f"a {kind.__name__} published on {subject[:120]}, which carries only {expected.__name__}")
     if ev.op_id != op_id:
         raise Misfiled(f"an event of {short(ev.op_id)} published on {subject[:120]}")
-    if isinstance(ev, OperationCreated) and (ev.domain != domain or ev.command.domain != domain):
+    if kind is OperationCreated and isinstance(ev, OperationCreated) and (
+            ev.domain != domain or ev.command.domain != domain):
         raise Misfiled(f"a creation of a {short(ev.domain)} operation published on {subject[:120]}")
     return ev
 
