@@ -37,7 +37,7 @@ from actors._publisher import EventPublisher
 from actors._requests import Call, RequestHandler, request_handlers
 from actors._work import OperationContext, WorkRunner
 from events import subjects
-from events.codec import DecodeError, decode_cancel
+from events.codec import DecodeError, decode_event_on
 from events.messages import ActorError, CancelOperation, Event, Message, ProgressState
 from events.roles import actor_id_prefix
 from ktrdr.config import Settings
@@ -64,6 +64,7 @@ class Actor:
         self.started_at = datetime.now(UTC)
         self.log = logging.getLogger(f"ktrdr.{self.role}")
         self.recent_cancels: OrderedDict[str, CancelOperation] = OrderedDict()
+        self.dropped_cancels = 0  # messages on a cancel subject that were not a well-formed cancel of it
         self.work: WorkRunner | None = None
         self.publisher: EventPublisher | None = None
         self.presence: Presence | None = None
@@ -288,10 +289,10 @@ class Actor:
         assert self.publisher is not None
         await self.publisher.publish(event)
 
-    def emit_progress(self, op_id: str, state: ProgressState) -> None:
-        """Queue a progress event (no round trip; published in order by one task)."""
+    def emit_progress(self, op_id: str, state: ProgressState, attempt: int = 0) -> None:
+        """Queue a progress event of `attempt` (no round trip; published in order by one task)."""
         if self.publisher is not None and not self._stopped.is_set():
-            self.publisher.progress(op_id, state)
+            self.publisher.progress(op_id, state, attempt)
 
     async def flush_progress(self, *, acked: bool = False) -> None:
         if self.publisher is not None:
@@ -311,13 +312,13 @@ class Actor:
     async def _on_cancel_msg(self, msg: Msg) -> None:
         parsed = subjects.parse_ops_subject(msg.subject)
         op_id = parsed[1] if parsed else ""
-        try:
-            cancel = decode_cancel(msg.data)
-        except DecodeError as exc:
+        try:  # the one decode path: a cancel subject carries a CancelOperation of its own operation only
+            cancel = decode_event_on(msg.subject, msg.data)
+            if not isinstance(cancel, CancelOperation) or not subjects.is_op_id(op_id):
+                raise DecodeError(f"{msg.subject[:120]} is no operation's cancel subject")
+        except DecodeError as exc:  # an OperationCompleted body, another op's id, a hand-back reason code
+            self.dropped_cancels += 1
             await self.on_malformed_cancel(op_id, msg.subject, str(exc))
-            return
-        if cancel.op_id != op_id or not subjects.is_op_id(op_id):
-            self.log.warning("cancel on %s names another operation (%r); ignored", msg.subject, cancel.op_id)
             return
         self.recent_cancels[op_id] = cancel
         while len(self.recent_cancels) > 1000:

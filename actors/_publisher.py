@@ -94,12 +94,13 @@ class EventPublisher:
             msg_id = subjects.created_msg_id(event.op_id)
         await publish(self.js, subjects.event(event), encode(event), msg_id)
 
-    def progress(self, op_id: str, state: ProgressState) -> None:
-        """Queue a progress event; the send loop publishes the queue in order."""
+    def progress(self, op_id: str, state: ProgressState, attempt: int = 0) -> None:
+        """Queue a progress event of `attempt` (the holder's; 0 for none, e.g. a workflow's parent);
+        the send loop publishes the queue in order."""
         if self.closed:
             return
         seq, msg_id = self._next(op_id)
-        ev = OperationProgress(op_id=op_id, actor=self.actor_id, seq=seq, progress=state)
+        ev = OperationProgress(op_id=op_id, actor=self.actor_id, seq=seq, progress=state, attempt=attempt)
         subject = self._subjects.get(op_id)
         if subject is None:
             subject = self._subjects[op_id] = subjects.event(ev)

@@ -13,7 +13,9 @@ For each item it:
    item back with a delay;
 5. runs the actor's `handle()`, extends the ack deadline and renews the lease on every heartbeat,
    and publishes exactly one terminal event while it still holds the lease, then acks.
-A cancel for shutdown or a lost lease hands the work back instead of ending it.
+A cancel for shutdown or a lost lease hands the work back instead of ending it; those are this
+worker's own reasons, never a cancel read from the wire or the log (one that said so made a worker hand
+an operation back on every redelivery, forever: issue 18, F10).
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from nats.js import api as js_api
 from actors._leases import Busy, Held, Leases
 from actors._pull import pull_loop
 from events import roles, subjects
-from events.codec import DecodeError, decode_event, decode_work, short, sniff_op_id
+from events.codec import DecodeError, decode_event_on, decode_work, short, sniff_op_id
 from events.messages import (
     AnyCommand,
+    AnyEvent,
     CancelOperation,
+    CancelReason,
     Context,
     Event,
     OperationCreated,
@@ -42,7 +46,7 @@ from events.messages import (
     ProgressState,
 )
 from ktrdr import commands
-from ktrdr.cancellation import CancellationToken
+from ktrdr.cancellation import HAND_BACK, CancellationToken
 from ktrdr.errors import KtrdrError, OperationCancelledError
 from ktrdr.ops import fold_all, verdicts
 from ktrdr.transport import last_message, read_lifecycle
@@ -72,9 +76,9 @@ class OperationContext:
         state = progress if progress is not None else ProgressState(**fields)
         self.last_progress = state
         if threading.get_ident() == self._loop_thread:
-            self.actor.emit_progress(self.op_id, state)
+            self.actor.emit_progress(self.op_id, state, self.attempt)
         else:
-            self.loop.call_soon_threadsafe(self.actor.emit_progress, self.op_id, state)
+            self.loop.call_soon_threadsafe(self.actor.emit_progress, self.op_id, state, self.attempt)
 
     def update(self, *, message: str | None = None, context: Context | None = None, **fields: Any) -> None:
         """Re-emit the last progress with some fields changed (e.g. a pacing wait in the context)."""
@@ -147,9 +151,11 @@ class WorkRunner:
             run.token.cancel(reason, code=code, requested_by=self.actor.id)
 
     def on_cancel(self, cancel: CancelOperation) -> None:
+        """A cancel from the wire: it stops the work for good (its type has no hand-back reason, and
+        _ending makes sure of it: only this worker's own shutdown or lost lease hands work back)."""
         run = self.running.get(cancel.op_id)
         if run is not None:
-            run.token.cancel(cancel.reason, code=cancel.reason_code, requested_by=cancel.requested_by)
+            run.token.cancel(cancel.reason, code=_ending(cancel.reason_code), requested_by=cancel.requested_by)
 
     async def on_beat(self) -> None:
         """Every heartbeat: extend the ack deadline and the lease of each running operation, all at
@@ -218,15 +224,16 @@ class WorkRunner:
         op_id = run.op_id
         with contextlib.suppress(Exception):
             await run.msg.in_progress()  # the checks below take a moment under load
-        events = await read_lifecycle(a.js, op_id)
+        events: list[AnyEvent] = await read_lifecycle(a.js, op_id)
         created = next((e for e in events if isinstance(e, OperationCreated)), None)
         if created is None:
             # The read above may come from a replica still catching up (a restarted cluster node):
             # before calling the item forged, ask the OPS stream's leader (it stored the created
             # event before the orchestrator published this item). Seen dropping real work otherwise.
-            raw = await last_message(a.js, subjects.ops(op_id, OperationCreated.name), from_leader=True)
+            created_subject = subjects.ops(op_id, OperationCreated.name)
+            raw = await last_message(a.js, created_subject, from_leader=True)
             with contextlib.suppress(DecodeError):
-                leader = decode_event(raw) if raw else None
+                leader = decode_event_on(created_subject, raw) if raw else None
                 if isinstance(leader, OperationCreated):
                     created, events = leader, [leader, *events]
         view = fold_all(events)
@@ -250,9 +257,8 @@ class WorkRunner:
             await run.msg.nak(delay=max(held.retry_in, 0.1))
             return
         run.held = held
-        if view.cancel_requested:
-            run.token.cancel(view.cancel_reason or "cancel requested",
-                             code=view.cancel_reason_code or "user")  # type: ignore[arg-type]
+        if view.cancel_requested:  # a recorded cancel ends the operation: it never hands it back
+            run.token.cancel(view.cancel_reason or "cancel requested", code=_ending(view.cancel_reason_code))
         await self._run(run, created.command)
 
     async def _run(self, run: _Running, command: AnyCommand) -> None:
@@ -313,3 +319,9 @@ class WorkRunner:
             except Exception:
                 await asyncio.sleep(0.2)
         return False
+
+
+def _ending(code: CancelReason | None) -> CancelReason:
+    """The reason a cancel read from the wire or the log stops work with: its own, unless it names a
+    hand-back reason (which no CancelOperation decodes with, nor a fold of one), then `user`."""
+    return "user" if code is None or code in HAND_BACK else code

@@ -27,8 +27,9 @@ from actors._orch_workflows import WorkflowRunner
 from actors._pull import pull_loop
 from actors.runtime import Actor
 from events import roles, subjects
-from events.codec import DecodeError, decode_command, decode_event, encode
+from events.codec import DecodeError, decode_command, decode_event_on, encode
 from events.messages import (
+    AnyEvent,
     CancelOperation,
     CancelReason,
     CancelRequested,
@@ -60,6 +61,7 @@ class Orchestrator(Actor):
         self.intake = CommandIntake(self)
         self.supervisor = Supervisor(self)
         self._buffer: list[tuple[str, bytes]] | None = []
+        self.dropped = 0  # live ops messages whose body its subject does not prove (the rebuild's: reader)
 
     def _track(self, view: OperationView) -> Tracked:
         now = time.monotonic()
@@ -126,13 +128,13 @@ class Orchestrator(Actor):
         if name == OperationProgress.name:  # the hot path: decoded only for a workflow's child
             if tracked is not None:
                 tracked.last_seen = time.monotonic()
-                if tracked.view.parent_op_id in self.workflows and (ev := _decoded(data, op_id)) is not None:
+                if tracked.view.parent_op_id in self.workflows and (ev := self._decoded(subject, data)) is not None:
                     fold(tracked.view, ev)  # progress is folded from the echo, ours too: it is not awaited
                     await self.workflows.child_moved(tracked.view)
             return
         if tracked is None and (name != OperationCreated.name or op_id in self.known):
             return
-        ev = _decoded(data, op_id)
+        ev = self._decoded(subject, data)
         if ev is None or ev.actor == self.id:
             return  # our own lifecycle events were folded when their publish returned (_publish)
         tracked = tracked or self._track(OperationView(op_id=op_id))
@@ -198,15 +200,24 @@ class Orchestrator(Actor):
                                            description=description, parent_op_id=cmd.parent_op_id,
                                            children=[c.op_id for c in plan])),
             last_message(self.js, subjects.cancel(op_id)))
-        if recorded is not None:
-            with contextlib.suppress(DecodeError):
-                fold(tracked.view, decode_event(recorded))
+        if recorded is not None and (ev := self._decoded(subjects.cancel(op_id), recorded)) is not None:
+            fold(tracked.view, ev)
         if tracked.view.cancel_requested:
             await self.finish(op_id, verdicts.recorded_cancel(tracked.view))
         elif not plan:
             await self._route(cmd)
         else:
             await self.workflows.start(op_id, plan)
+
+    def _decoded(self, subject: str, data: bytes) -> AnyEvent | None:
+        """The event a message on an ops subject carries, or None: garbage, or a body that disagrees
+        with its subject (another operation's id, another event type), is nobody's event, counted."""
+        try:
+            return decode_event_on(subject, data)
+        except DecodeError as exc:
+            self.dropped += 1
+            self.log.debug("dropped a message on %s: %s", subject[:120], exc)
+            return None
 
     def live_view(self, op_id: str) -> OperationView | None:
         tracked = self.live.get(op_id)
@@ -237,15 +248,6 @@ class Orchestrator(Actor):
 
     async def on_connection_back(self) -> None:
         self.supervisor.connection_back()
-
-
-def _decoded(data: bytes, op_id: str) -> Event | None:
-    """The event in a message on one of `op_id`'s subjects, or None (garbage there is nobody's event)."""
-    try:
-        ev = decode_event(data)
-    except DecodeError:
-        return None
-    return ev if ev.op_id == op_id else None
 
 
 async def _release(js: JetStreamContext, view: OperationView) -> None:

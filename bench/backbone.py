@@ -18,7 +18,7 @@ from nats.js import api as js_api
 from actors.runtime import Actor
 from bench._common import BenchServer, pct, report
 from events import subjects
-from events.codec import decode_event, encode
+from events.codec import decode_event_on, encode
 from events.messages import DummyContext, OperationProgress, OperationStarted, ProgressState, RunDummy
 from ktrdr.client import Client
 from ktrdr.ops import OperationView, fold
@@ -42,7 +42,7 @@ async def progress_latency(srv: BenchServer, n: int = 2000) -> dict[str, Any]:
         view = OperationView(op_id=op_id)
 
         async def cb(msg: Any) -> None:
-            ev = decode_event(msg.data)
+            ev = decode_event_on(msg.subject, msg.data)
             fold(view, ev)
             lat.append(time.perf_counter_ns() - int(ev.progress.message))
             if len(lat) >= n:
@@ -163,8 +163,8 @@ async def _decode_fold(c: Client, op_id: str, n: int) -> float:
     """Ours: the read `ops replay` does (ktrdr.transport.read_events), every event decoded and folded."""
     view = OperationView(op_id=op_id)
 
-    def on_msg(_s: str, data: bytes) -> None:
-        fold(view, decode_event(data))
+    def on_msg(s: str, data: bytes) -> None:
+        fold(view, decode_event_on(s, data))
 
     t0 = time.perf_counter()
     await read_events(c.js, [subjects.ops(op_id)], on_msg)

@@ -32,7 +32,7 @@ from typing import Any
 
 from bench._common import BenchServer
 from events import subjects
-from events.codec import DecodeError, decode_event, encode
+from events.codec import DecodeError, decode_event_on, encode
 from events.messages import OperationProgress, OperationStarted, RunDummy
 from ktrdr.client import Client
 from ktrdr.config import Settings
@@ -229,7 +229,7 @@ async def cluster_leader_kill(rounds: int = 3) -> dict[str, Any]:
         async with Client(settings, reconnect_attempts=-1) as c:
             async def live(msg: Any) -> None:
                 with contextlib.suppress(DecodeError):
-                    ev = decode_event(msg.data)
+                    ev = decode_event_on(msg.subject, msg.data)
                     seen.add((msg.subject, ev.actor, getattr(ev, "seq", 0)))
 
             await c.nc.subscribe(subjects.OPS_ALL, cb=live)
@@ -256,7 +256,7 @@ async def cluster_leader_kill(rounds: int = 3) -> dict[str, Any]:
 
             def on_stored(subject: str, data: bytes) -> None:
                 with contextlib.suppress(DecodeError):
-                    ev = decode_event(data)
+                    ev = decode_event_on(subject, data)
                     stored.add((subject, ev.actor, getattr(ev, "seq", 0)))
 
             await read_events(c.js, [subjects.OPS_ALL], on_stored)

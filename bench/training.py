@@ -31,7 +31,7 @@ from nats.js import api as js_api
 from actors.orchestrator import Orchestrator
 from bench._common import BenchServer, pct
 from events import subjects
-from events.codec import decode_event
+from events.codec import decode_event_on
 from events.messages import OperationProgress, ProgressState, StartTraining, TrainingContext
 from ktrdr.cancellation import CancellationToken
 from ktrdr.client import Client
@@ -268,7 +268,7 @@ async def cancel_latency(srv: BenchServer, runs: int = 30) -> dict[str, Any]:
                         t_cancelled.append(time.perf_counter_ns())
                         cancelled.set()
                     elif msg.subject.endswith(".progress"):
-                        ev = decode_event(msg.data)
+                        ev = decode_event_on(msg.subject, msg.data)
                         ctx = ev.progress.context if isinstance(ev, OperationProgress) else None
                         if isinstance(ctx, TrainingContext) and ctx.batch and ev.progress.phase == "training":
                             batches.append((time.perf_counter(), (ctx.epoch - 1) * ctx.total_batches + ctx.batch))
@@ -309,7 +309,7 @@ async def progress_latency(srv: BenchServer) -> dict[str, Any]:
 
             async def cb(msg: Any) -> None:
                 now = time.time()
-                ev = decode_event(msg.data)
+                ev = decode_event_on(msg.subject, msg.data)
                 if isinstance(ev, OperationProgress) and ev.progress.phase == "training":
                     lat.append((now - ev.ts.timestamp()) * 1000)
                 if msg.subject.endswith((".completed", ".failed", ".cancelled")):

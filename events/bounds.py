@@ -95,6 +95,7 @@ Timeframes = Annotated[list[Timeframe], Meta(max_length=MAX_TIMEFRAMES)]
 Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, description="a pool name (lower-case letters, digits, - and _, "
                             f"at most {MAX_TOKEN_LENGTH})")]
 Label = Annotated[str, Meta(max_length=MAX_LABEL)]
+Reason = Annotated[str, Meta(max_length=MAX_REASON)]  # a cancel's words, as a person gave them
 StrategyText = Annotated[str, Meta(max_length=MAX_STRATEGY_BYTES)]  # characters; bytes are checked too
 Epochs = Annotated[int, Meta(ge=1, le=MAX_EPOCHS)]
 DummyIterations = Annotated[int, Meta(ge=1, le=MAX_DUMMY_ITERATIONS)]

@@ -9,6 +9,11 @@ Every decoder is bounded: a payload nested deeper than msgspec's recursion guard
 `[[[[...]]]]`) or with bytes that are not UTF-8 where msgspec reads a tag raises DecodeError like any
 other malformed payload, never RecursionError or UnicodeDecodeError, so a consumer can always answer
 it with an error event or terminate the message.
+
+An event read off NATS is decoded with `decode_event_on(subject, data)`: it means only what the
+subject proves (NATS checked the publisher's permission on the subject, never on the body), so its
+domain, op id and event name come from the subject, and a body that says otherwise raises `Misfiled`.
+`decode_event(data)` is for a body whose subject nobody knows (a file, a test): never for a message.
 """
 
 from __future__ import annotations
@@ -19,7 +24,18 @@ from typing import Any, TypeVar
 import msgspec
 from msgspec import inspect
 
-from events.messages import AnyCommand, AnyEvent, AnyIbRequest, CancelOperation, Heartbeat, IbReply, WorkItem
+from events.messages import (
+    DOMAINS,
+    EVENTS,
+    AnyCommand,
+    AnyEvent,
+    AnyIbRequest,
+    Heartbeat,
+    IbReply,
+    OperationCreated,
+    WorkItem,
+)
+from events.subjects import parse_ops_subject
 
 DecodeError = msgspec.DecodeError  # raised for malformed or invalid payloads (ValidationError is a subclass)
 
@@ -70,12 +86,64 @@ def decode_event(data: bytes) -> AnyEvent:
     return _decode(data, AnyEvent)
 
 
+class Misfiled(msgspec.DecodeError):
+    """A message on an ops subject whose body disagrees with the subject (another event type, another
+    operation, another domain) or a subject that names no operation's event: nobody's event."""
+
+
+_EVENT_FOR_NAME: dict[str, type] = {e.name: e for e in EVENTS}
+_DOMAIN_PREFIX: dict[str, str] = {d: f"{d}-" for d in DOMAINS}
+# What each subject seen lately proves (expected event type, op id, domain), or why it proves nothing:
+# a reader meets the same few subjects again and again, and parsing one costs as much as the decode.
+_SUBJECTS: dict[str, tuple[type, str, str] | str] = {}
+_SUBJECTS_MAX = 4096
+
+
+def _learn(subject: str) -> tuple[type, str, str] | str:
+    parsed = parse_ops_subject(subject)
+    info: tuple[type, str, str] | str
+    if parsed is None:
+        info = f"{subject[:120]} is not an operation's event subject"
+    else:
+        domain, op_id, name = parsed
+        expected, prefix = _EVENT_FOR_NAME.get(name), _DOMAIN_PREFIX.get(domain)
+        if expected is None or prefix is None or not op_id.startswith(prefix):
+            info = f"{subject[:120]} names no event of a {domain[:20]!r} operation"
+        else:
+            info = (expected, op_id, domain)
+    if len(_SUBJECTS) >= _SUBJECTS_MAX:
+        _SUBJECTS.clear()
+    _SUBJECTS[subject] = info
+    return info
+
+
+def decode_event_on(subject: str, data: bytes) -> AnyEvent:
+    """The event a message on `subject` carries, when its body agrees with the subject: the body's type
+    is the one the subject's last token names, its op_id is the subject's, and the subject's domain is
+    that op id's (and a creation's). Misfiled when they disagree, DecodeError when it is not an event.
+
+    It runs for every event of every replay (a million for a long training), so what a subject proves
+    is parsed once (a bounded cache) and the checks are identity and string compares."""
+    info = _SUBJECTS.get(subject)
+    if info is None:
+        info = _learn(subject)
+    if isinstance(info, str):
+        raise Misfiled(info)
+    expected, op_id, domain = info
+    ev: AnyEvent = _decode(data, AnyEvent)
+    kind = type(ev)
+    if kind is not expected:
+        raise Misfiled(f"a {kind.__name__} published on {subject[:120]}, which carries only {expected.__name__}")
+    if ev.op_id != op_id:
+        raise Misfiled(f"an event of {short(ev.op_id)} published on {subject[:120]}")
+    if kind is OperationCreated and isinstance(ev, OperationCreated) and (
+            ev.domain != domain or ev.command.domain != domain):
+        raise Misfiled(f"a creation of a {short(ev.domain)} operation published on {subject[:120]}")
+    return ev
+
+
 def decode_work(data: bytes) -> WorkItem:
     return decode(data, WorkItem)
-
-
-def decode_cancel(data: bytes) -> CancelOperation:
-    return decode(data, CancelOperation)
 
 
 def decode_heartbeat(data: bytes) -> Heartbeat:

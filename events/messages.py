@@ -23,6 +23,7 @@ from events.bounds import (
     DummyIterations,
     Epochs,
     Label,
+    Reason,
     StrategyText,
     Symbol,
     Symbols,
@@ -171,11 +172,19 @@ DOMAINS: tuple[str, ...] = tuple(c.domain for c in COMMANDS)
 COMMAND_FOR_DOMAIN: dict[str, type[Command]] = {c.domain: c for c in COMMANDS}
 ROLE_FOR_DOMAIN: dict[str, str] = {c.domain: c.role for c in COMMANDS}
 
+# Why an operation's work stops. `shutdown` and `lease_lost` are a worker's own, internal reasons:
+# the work is handed back for another attempt, not ended (ktrdr.cancellation.HAND_BACK).
 CancelReason = Literal["user", "deadline", "shutdown", "parent", "lease_lost"]
+# What a CancelOperation on the wire may say: anyone allowed to publish on a cancel subject can ask to
+# stop an operation, nobody can make its worker hand it back (that was a loop forever: issue 18, F10).
+# `deadline` and `parent` come from the orchestrator; telling its cancel from a user's needs a proof
+# of who published it (the holder proof, a later slice), so for now they only change the words.
+WireCancelReason = Literal["user", "deadline", "parent"]
 
 
 class CancelOperation(Message, tag="CancelOperation", kw_only=True):
-    """Published on ops.<domain>.<op_id>.cancel (and stored there); every actor subscribes."""
+    """Published on ops.<domain>.<op_id>.cancel (and stored there); every actor subscribes. It is the
+    only message a cancel subject carries (anything else there is dropped by every reader)."""
 
     name: ClassVar[str] = "cancel"
     lifecycle: ClassVar[bool] = True
@@ -183,10 +192,10 @@ class CancelOperation(Message, tag="CancelOperation", kw_only=True):
 
     op_id: str
     ts: datetime = msgspec.field(default_factory=utcnow)
-    reason: str = "cancel requested"
-    reason_code: CancelReason = "user"
-    requested_by: str = roles.CLI
-    actor: str = ""  # not an event of the operation's workers; kept for a uniform event shape
+    reason: Reason = "cancel requested"
+    reason_code: WireCancelReason = "user"
+    requested_by: Label = roles.CLI
+    actor: Label = ""  # not an event of the operation's workers; kept for a uniform event shape
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,6 +256,10 @@ class OperationProgress(Event, tag="OperationProgress", kw_only=True):
     lifecycle: ClassVar[bool] = False
 
     progress: ProgressState
+    # The holder's attempt (OperationStarted.attempt) it reports on: the fold orders progress by
+    # (attempt, seq), since a worker that takes over numbers its events from its own sequence
+    # (issue 18, F7). 0: not said (stored by an older version), read as the running attempt.
+    attempt: int = 0
 
 
 class OperationCompleted(Event, tag="OperationCompleted", kw_only=True):

@@ -22,14 +22,24 @@ from nats.js import api as js_api
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
 
 from events import roles, subjects
-from events.codec import DecodeError, decode_event, decode_heartbeat, encode
-from events.messages import AnyEvent, CancelOperation, CancelReason, Command, Heartbeat, OperationProgress
+from events.codec import DecodeError, decode_event_on, decode_heartbeat, encode
+from events.messages import (
+    AnyEvent,
+    CancelOperation,
+    Command,
+    Heartbeat,
+    OperationCreated,
+    OperationProgress,
+    OperationRejected,
+    WireCancelReason,
+)
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
-from ktrdr.ops import OperationView, apply_progress, fold
-from ktrdr.ops.reader import read_view, read_views
-from ktrdr.transport import connect, ensure_streams, last_message, publish, read_operation
+from ktrdr.ops import OperationView, apply_progress, is_orchestrator
+from ktrdr.ops.reader import ViewCollector, count_dropped, fold_message, read_view
+from ktrdr.transport import connect, ensure_streams, last_message, publish, read_events, read_operation
 from ktrdr.transport.publish import retrying
+from ktrdr.transport.replay import ReadEvents
 
 
 class NoServerError(KtrdrError):
@@ -54,6 +64,7 @@ class Client:
         self._js: JetStreamContext | None = None
         self.on_disconnect: Callable[[], None] | None = None
         self.on_reconnect: Callable[[], None] | None = None
+        self.dropped = 0  # messages the last list_operations dropped (not events of the operation named)
 
     async def __aenter__(self) -> Client:
         if not self.url:
@@ -154,24 +165,29 @@ class Client:
         await publish(self.js, subjects.command(cmd), encode(cmd), subjects.command_msg_id(cmd.op_id))
 
     async def cancel(self, op_id: str, reason: str = "cancel requested", requested_by: str = roles.CLI,
-                     code: CancelReason = "user") -> None:
+                     code: WireCancelReason = "user") -> None:
         """Record a cancel on ops.<domain>.<op_id>.cancel, whatever state the operation is in (even
         before it exists: the orchestrator honours it when it creates the operation)."""
         cancel = CancelOperation(op_id=op_id, reason=reason, reason_code=code, requested_by=requested_by)
         await publish(self.js, subjects.cancel(op_id), encode(cancel), f"{op_id}.cancel.{cancel.ts.timestamp()}")
 
-    async def events(self, op_id: str) -> list[AnyEvent]:
+    async def events(self, op_id: str) -> ReadEvents:
+        """The operation's stored events (those its subjects prove; `dropped` counts the others)."""
         return await read_operation(self.js, op_id)
 
     async def view(self, op_id: str) -> OperationView:
-        """The fold of the operation's stored events, folded as they arrive (no list of them)."""
+        """The fold of the operation's stored events, folded as they arrive (no list of them); a
+        message whose body disagrees with its subject is dropped and counted in `view.dropped`."""
         return await read_view(self.js, op_id)
 
     async def exists(self, op_id: str) -> bool:
         """Whether the orchestrator has recorded the operation (created or rejected) — one read."""
-        for name in ("created", "rejected"):
-            if await last_message(self.js, subjects.ops(op_id, name)) is not None:
-                return True
+        for name in (OperationCreated.name, OperationRejected.name):
+            subject = subjects.ops(op_id, name)
+            raw = await last_message(self.js, subject)
+            with contextlib.suppress(DecodeError):
+                if raw is not None and decode_event_on(subject, raw):
+                    return True
         return False
 
     async def watch(
@@ -193,11 +209,9 @@ class Client:
 
         async def cb(msg: Msg) -> None:
             activity.set()
-            try:
-                ev = decode_event(msg.data)
-            except DecodeError:
-                return  # someone published garbage on an ops subject: not our business to render
-            fold(view, ev)
+            ev = fold_message(view, msg.subject, msg.data)
+            if ev is None:
+                return  # garbage or a forgery on an ops subject (counted in view.dropped): not rendered
             on_event(ev, view)
             if until_terminal and view.terminal:
                 finished.set()
@@ -221,8 +235,10 @@ class Client:
     async def list_operations(self, *, limit: int | None = None) -> list[OperationView]:
         """Stored operations by creation time, oldest first (the newest `limit`), from their lifecycle
         events and the last progress each reported."""
-        views = await read_views(self.js)
-        out = sorted((v for v in views.values() if v.created_at is not None or v.terminal),
+        collect = ViewCollector()
+        await read_events(self.js, subjects.lifecycle_filters(), collect)
+        self.dropped = collect.dropped
+        out = sorted((v for v in collect.views.values() if v.created_at is not None or v.terminal),
                      key=lambda v: (subjects.created_at_of(v.op_id), v.op_id))
         out = out[-limit:] if limit else out
         await asyncio.gather(*(self._latest_progress(v) for v in out if v.status != "completed"))
@@ -230,16 +246,22 @@ class Client:
 
     async def _latest_progress(self, view: OperationView) -> None:
         """The last progress of an operation, kept by the view even when it ended cancelled or failed."""
-        raw = await last_message(self.js, subjects.ops(view.op_id, OperationProgress.name))
+        subject = subjects.ops(view.op_id, OperationProgress.name)
+        raw = await last_message(self.js, subject)
         if raw is None:
             return
-        with contextlib.suppress(DecodeError):
-            ev = decode_event(raw)
-            if isinstance(ev, OperationProgress):
-                if view.terminal:  # keep how it ended; show how far it got
-                    view.percentage, view.context = ev.progress.percentage, ev.progress.context or view.context
-                else:
-                    apply_progress(view, ev.progress)
+        try:
+            ev = decode_event_on(subject, raw)
+        except DecodeError as exc:
+            count_dropped(view, subject, exc)
+            return
+        if not isinstance(ev, OperationProgress) or (view.worker is not None and ev.actor != view.worker
+                                                      and not is_orchestrator(ev.actor)):
+            return  # the holder rule of the fold: only the holder's (or an orchestrator's) progress counts
+        if view.terminal:  # keep how it ended; show how far it got
+            view.percentage, view.context = ev.progress.percentage, ev.progress.context or view.context
+        else:
+            apply_progress(view, ev.progress)
 
     async def tail(self, on_event: Callable[[str, Any, bytes], None], stop: asyncio.Event) -> None:
         """Every operation's events live (core subscription on ops.>)."""
@@ -247,9 +269,9 @@ class Client:
 
         async def cb(msg: Msg) -> None:
             try:
-                ev: Any = decode_event(msg.data)
-            except DecodeError:
-                ev = None
+                ev: Any = decode_event_on(msg.subject, msg.data)
+            except DecodeError as exc:
+                ev = exc  # undecodable, or a body that disagrees with its subject: shown as dropped
             on_event(msg.subject, ev, msg.data)
 
         sub = await self.nc.subscribe(subjects.OPS_ALL, cb=cb)

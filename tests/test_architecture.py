@@ -205,3 +205,17 @@ def test_no_import_cycle_between_product_modules() -> None:
     did, for port_open) can only be read, tested and changed together."""
     cycles = import_cycles(import_graph(*PRODUCT))
     assert cycles == []
+
+
+def test_no_reader_trusts_an_events_body_alone():
+    """Issue 18 (F1/F3): an event read off NATS means only what its subject proves, so every reader
+    decodes it with events.codec.decode_event_on(subject, data); `decode_event(data)` (the body alone)
+    is called nowhere in the product or the benchmarks."""
+    offenders = []
+    for p in [*product_files(*PRODUCT), *product_files("bench")]:
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                if name in ("decode_event", "decode_cancel"):
+                    offenders.append(f"{p.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []

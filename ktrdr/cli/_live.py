@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from events import roles, subjects
-from events.codec import DecodeError, decode_event
+from events.codec import DecodeError, decode_event_on
 from events.messages import ROLE_FOR_DOMAIN, AnyEvent, Command, Heartbeat, StartTraining
 from ktrdr.client import Client
 from ktrdr.ops import OperationView
@@ -251,20 +251,21 @@ async def replay(client: Client, op_id: str, *, speed: float | None, json_out: b
     json_out, printed as one JSON object a line) before the next is read, so memory does not grow
     with the number of events. Without `speed` (or 0) as fast as the events come; with it, the
     recorded gaps divided by speed (each at most 10 s)."""
-    from ktrdr.ops import fold
+    from ktrdr.ops.reader import fold_message
 
     view = OperationView(op_id=op_id)
     with LiveDisplay(_renderer(op_id), quiet=json_out) as display:
         show = _print_json if json_out else display.update
 
-        def on_event(ev: AnyEvent) -> None:
-            fold(view, ev)
-            show(ev, view)
+        def on_msg(subject: str, data: bytes) -> None:
+            ev = fold_message(view, subject, data)  # a body its subject does not prove: dropped, counted
+            if ev is not None:
+                show(ev, view)
 
         if speed:
-            await _replay_paced(client, op_id, speed, on_event)
+            await _replay_paced(client, op_id, speed, on_msg)
         else:
-            await read_events(client.js, [subjects.ops(op_id)], _decoding(on_event))
+            await read_events(client.js, [subjects.ops(op_id)], on_msg)
     return view
 
 
@@ -272,29 +273,17 @@ def _print_json(ev: AnyEvent, _view: OperationView) -> None:
     sys.stdout.write(msgspec.json.encode(ev).decode() + "\n")
 
 
-def _decoding(on_event: Callable[[AnyEvent], None]) -> Callable[[str, bytes], None]:
-    def on_msg(_subject: str, data: bytes) -> None:
-        try:
-            ev = decode_event(data)
-        except DecodeError:
-            return  # garbage published on an ops subject is not an event of this operation
-        on_event(ev)
-
-    return on_msg
-
-
-async def _replay_paced(client: Client, op_id: str, speed: float,
-                        on_event: Callable[[AnyEvent], None]) -> None:
+async def _replay_paced(client: Client, op_id: str, speed: float, on_msg: Callable[[str, bytes], None]) -> None:
     prev: datetime | None = None
     async with contextlib.aclosing(stream_events(client.js, [subjects.ops(op_id)])) as stream:
-        async for _subject, data in stream:
-            try:
-                ev = decode_event(data)
+        async for subject, data in stream:
+            try:  # paced by the events its subjects prove; on_msg drops (and counts) the others
+                ts = decode_event_on(subject, data).ts
             except DecodeError:
-                continue
-            if prev is not None:
-                gap = (ev.ts - prev).total_seconds() / speed
+                ts = None
+            if prev is not None and ts is not None:
+                gap = (ts - prev).total_seconds() / speed
                 if gap > 0:
                     await asyncio.sleep(min(gap, 10.0))
-            prev = ev.ts
-            on_event(ev)
+            prev = ts or prev
+            on_msg(subject, data)

@@ -100,6 +100,9 @@ async def _ops_show(op_id: str, json_out: bool, show_events: bool) -> int:
             typer.echo(f"error: no operation {op_id} is stored", err=True)
             return 2
         view = fold_all(evs)
+        if evs.dropped:  # what its subjects carried that was not its events (counted, the first noted)
+            view.dropped = evs.dropped
+            view.errors.append(f"dropped {evs.dropped} message(s) not its events; first: {evs.first_dropped}")
         children = [await c.view(k) for k in view.children]
     if json_out:
         d = view_json(view)
@@ -139,6 +142,8 @@ def _print_view(view: OperationView, children: list[OperationView]) -> None:
         typer.echo(f"error      {view.error}")
     for note in view.errors:
         typer.echo(f"note       {note}")
+    if view.dropped:
+        typer.echo(f"dropped    {view.dropped} message(s) on its subjects whose body disagreed with the subject")
     if children:
         typer.echo("children")
         for i, k in enumerate(children):
@@ -262,10 +267,12 @@ async def _ops_tail(json_out: bool) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
 
     def show(subject: str, ev: Any, raw: bytes) -> None:
-        if json_out:
+        if isinstance(ev, Exception):  # undecodable, or a body that disagrees with its subject
+            why = f"{str(ev)[:200]}; {len(raw)} bytes"
+            sys.stdout.write(json.dumps({"subject": subject, "dropped": why}) + "\n" if json_out
+                             else f"{subject}: dropped ({why})\n")
+        elif json_out:
             sys.stdout.write(raw.decode(errors="replace") + "\n")
-        elif ev is None:
-            sys.stdout.write(f"{subject}: (undecodable payload, {len(raw)} bytes)\n")
         else:
             sys.stdout.write(f"{ev.ts:%H:%M:%S.%f} {ev.op_id} {type(ev).__name__} {_detail(ev)}\n")
         sys.stdout.flush()

@@ -7,7 +7,9 @@ replayed views are the same. Rules:
 - progress and terminal events count only from the actor that holds the operation (the worker of
   its latest attempt, from its `started` event) or from an orchestrator; anything else is ignored
   and noted in `errors` (a stranger cannot finish someone else's operation);
+- the holder's progress is ordered by (attempt, seq): a late copy is ignored, a new attempt's is not;
 - a cancelled or failed operation keeps the last progress it reported.
+Events come from ktrdr.ops.reader / events.codec.decode_event_on: only what its subject proves.
 """
 
 from __future__ import annotations
@@ -66,9 +68,12 @@ def fold(view: OperationView, ev: AnyEvent) -> OperationView:
 
 def _progress(view: OperationView, ev: OperationProgress) -> None:
     if ev.seq and ev.actor == view.worker:
-        if ev.seq < view.last_progress_seq:
-            return  # stored late (sent again after a leader election): the view does not go back
-        view.last_progress_seq = ev.seq
+        # Ordered by (attempt, seq): a progress sent again late (after a leader election) is older and
+        # the view does not go back; a newer attempt's counts whatever its worker's seq (issue 18, F7).
+        attempt = ev.attempt or view.progress_attempt  # 0: stored by an older version, the running attempt
+        if attempt < view.progress_attempt or (attempt == view.progress_attempt and ev.seq < view.last_progress_seq):
+            return
+        view.progress_attempt, view.last_progress_seq = attempt, ev.seq
     if view.status != "running" and view.status in ("unknown", "queued") and not is_orchestrator(ev.actor):
         view.status = "running"
     apply_progress(view, ev.progress)
@@ -93,6 +98,8 @@ def _started(view: OperationView, ev: OperationStarted) -> None:
     view.status = "running"
     view.started_at = view.started_at or ev.ts
     view.worker = ev.worker or ev.actor
+    if ev.attempt > view.progress_attempt:  # a new attempt: its worker's progress starts a new order
+        view.progress_attempt, view.last_progress_seq = ev.attempt, 0
     view.attempts = ev.attempt
     if ev.message:
         view.message = ev.message

@@ -1,6 +1,12 @@
 """The one reader that rebuilds views from what OPS stored: every operation's view from its lifecycle
 events (the orchestrator on start, `ops list`), or one operation's whole history (`ops show`). The
 events are folded as they arrive, never held in a list.
+
+Every message is decoded against its subject (events.codec.decode_event_on): an event is filed under
+the operation its subject names, never the one its body names, and a body that disagrees with its
+subject (a completion published on a cancel subject, a training's op id on a data subject) is dropped
+and counted (`OperationView.dropped`, `ViewCollector.dropped`) with a note saying what the first was.
+`fold_message` is that path for one view; every reader of ops subjects goes through it or decode_event_on.
 """
 
 from __future__ import annotations
@@ -8,27 +14,59 @@ from __future__ import annotations
 from nats.js import JetStreamContext
 
 from events import subjects
-from events.codec import DecodeError, decode_event
+from events.codec import DecodeError, decode_event_on
+from events.messages import AnyEvent
 from ktrdr.ops.fold import fold
-from ktrdr.ops.view import OperationView
+from ktrdr.ops.view import MAX_NOTES, OperationView
 from ktrdr.transport import read_events
+
+MAX_NOTE = 300
+
+
+def count_dropped(view: OperationView, subject: str, exc: DecodeError) -> None:
+    """A message on `view`'s subjects that is not one of its events: counted, the first one noted."""
+    view.dropped += 1
+    if view.dropped == 1 and len(view.errors) < MAX_NOTES:
+        view.errors.append(f"dropped a message on {subject[:120]}: {str(exc)[:MAX_NOTE]}")
+
+
+def fold_message(view: OperationView, subject: str, data: bytes) -> AnyEvent | None:
+    """Fold one message read from `view`'s operation's subjects; the event, or None when dropped."""
+    try:
+        ev = decode_event_on(subject, data)
+    except DecodeError as exc:
+        count_dropped(view, subject, exc)
+        return None
+    if view.op_id and ev.op_id != view.op_id:  # a reader that asked for this op and got another's
+        count_dropped(view, subject, DecodeError(f"an event of {ev.op_id} read as one of {view.op_id}"))
+        return None
+    fold(view, ev)
+    return ev
 
 
 class ViewCollector:
-    """An on_msg for transport.read_events: folds each stored event into the view of its operation
-    (garbage published on an ops subject, or an event without a valid op id, is nobody's)."""
+    """An on_msg for transport.read_events: folds each stored event into the view of the operation
+    its subject names (garbage published on an ops subject, or a body that disagrees with its subject,
+    is nobody's: counted in `dropped`, and in the view of the operation whose subject it was on)."""
 
     def __init__(self) -> None:
         self.views: dict[str, OperationView] = {}
+        self.dropped = 0
 
-    def __call__(self, _subject: str, data: bytes) -> None:
+    def __call__(self, subject: str, data: bytes) -> None:
         try:
-            ev = decode_event(data)
-        except DecodeError:
+            ev = decode_event_on(subject, data)
+        except DecodeError as exc:
+            self.dropped += 1
+            parsed = subjects.parse_ops_subject(subject)
+            view = self.views.get(parsed[1]) if parsed else None
+            if view is not None:
+                count_dropped(view, subject, exc)
             return
         view = self.views.get(ev.op_id)
         if view is None:
             if not subjects.is_op_id(ev.op_id):
+                self.dropped += 1
                 return
             view = self.views[ev.op_id] = OperationView(op_id=ev.op_id)
         fold(view, ev)
@@ -46,11 +84,8 @@ async def read_view(js: JetStreamContext, op_id: str) -> OperationView:
     """One operation's view from all its stored events, progress included."""
     view = OperationView(op_id=op_id)
 
-    def on_msg(_subject: str, data: bytes) -> None:
-        try:
-            fold(view, decode_event(data))
-        except DecodeError:
-            pass  # garbage published on an ops subject is not an event of this operation
+    def on_msg(subject: str, data: bytes) -> None:
+        fold_message(view, subject, data)
 
     await read_events(js, [subjects.ops(op_id)], on_msg)
     return view

@@ -53,7 +53,7 @@ def deadline_cancel(op_id: str, allowed_s: float, requested_by: str) -> CancelOp
 
 def parent_cancel(child_op: str, parent: OperationView, requested_by: str) -> CancelOperation:
     """The request that stops a child because its workflow is ending (cancelled, or a sibling failed)."""
-    reason = f"parent {parent.op_id} is ending: {parent.cancel_reason or 'a sibling failed'}"
+    reason = f"parent {parent.op_id} is ending: {parent.cancel_reason or 'a sibling failed'}"[:MAX_REASON]
     return CancelOperation(op_id=child_op, reason=reason, reason_code="parent", requested_by=requested_by)
 
 

@@ -73,7 +73,11 @@ class OperationView(msgspec.Struct, kw_only=True):
     pool: str | None = None
     events: int = 0
     errors: list[str] = msgspec.field(default_factory=list)
-    last_progress_seq: int = 0  # of the holder: a progress event sent again after a failover is older
+    # The (attempt, seq) of the holder's newest progress applied: progress is ordered by it, so a
+    # progress sent again late is ignored and a new attempt's (numbered by its own worker) is not.
+    progress_attempt: int = 0
+    last_progress_seq: int = 0
+    dropped: int = 0  # messages on its subjects that were not its events (a body disagreeing with its subject)
 
     @property
     def terminal(self) -> bool:

@@ -35,7 +35,7 @@ from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from events import subjects
-from events.codec import DecodeError, decode_event
+from events.codec import DecodeError, decode_event_on
 from events.messages import AnyEvent
 from ktrdr.transport.publish import retrying
 
@@ -286,27 +286,38 @@ async def stream_events(
         await read.close()
 
 
-def _decoded(out: list[AnyEvent]) -> Callable[[str, bytes], None]:
-    def on_msg(_subject: str, data: bytes) -> None:
+class ReadEvents(list[AnyEvent]):
+    """Events read back in stream order, with how many messages were dropped on the way: undecodable,
+    or a body that disagrees with its subject (events.codec.decode_event_on)."""
+
+    dropped: int = 0
+    first_dropped: str = ""
+
+
+def _decoded(out: ReadEvents) -> Callable[[str, bytes], None]:
+    def on_msg(subject: str, data: bytes) -> None:
         try:
-            out.append(decode_event(data))
-        except DecodeError:
-            pass  # garbage published on an ops subject is not an event of this operation
+            out.append(decode_event_on(subject, data))
+        except DecodeError as exc:  # garbage, or a forgery, on an ops subject: not an event of this operation
+            out.dropped += 1
+            if not out.first_dropped:
+                out.first_dropped = f"{subject[:120]}: {str(exc)[:300]}"
 
     return on_msg
 
 
-async def read_operation(js: JetStreamContext, op_id: str) -> list[AnyEvent]:
-    """Every stored event of one operation, decoded (undecodable ones skipped), in stream order.
-    It holds them all: to fold or render a long operation, stream it (read_events/stream_events)."""
-    out: list[AnyEvent] = []
+async def read_operation(js: JetStreamContext, op_id: str) -> ReadEvents:
+    """Every stored event of one operation, decoded against its subject (anything else dropped and
+    counted), in stream order. It holds them all: to fold or render a long operation, stream it
+    (read_events/stream_events)."""
+    out = ReadEvents()
     await read_events(js, [subjects.ops(op_id)], _decoded(out))
     return out
 
 
-async def read_lifecycle(js: JetStreamContext, op_id: str) -> list[AnyEvent]:
+async def read_lifecycle(js: JetStreamContext, op_id: str) -> ReadEvents:
     """One operation's lifecycle events (no progress): what a worker checks before it runs it."""
-    out: list[AnyEvent] = []
+    out = ReadEvents()
     await read_events(js, subjects.lifecycle_filters(op_id), _decoded(out))
     return out
 

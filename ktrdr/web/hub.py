@@ -21,10 +21,11 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from events import subjects
-from events.codec import DecodeError, decode_event
+from events.codec import DecodeError, decode_event_on
 from ktrdr.client import Client
 from ktrdr.config import Settings
 from ktrdr.ops import OperationView, fold
+from ktrdr.ops.reader import count_dropped
 from ktrdr.web.views import OpPage, row_json, sort_key
 
 log = logging.getLogger("ktrdr.web")
@@ -76,7 +77,8 @@ class Hub:
         self._op_streams: set[Stream] = set()
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
-        self._buffer: list[bytes] | None = None
+        self._buffer: list[tuple[str, bytes]] | None = None
+        self.dropped = 0  # live messages whose body disagreed with their subject (or did not decode)
         self.connected = asyncio.Event()
 
     # ------------------------------------------------------------------------------- connection
@@ -116,8 +118,8 @@ class Hub:
         views = await client.list_operations()
         self.views = {v.op_id: v for v in views}
         buffered, self._buffer = self._buffer, None
-        for data in buffered:
-            self._apply(data)
+        for subject, data in buffered:
+            self._apply(subject, data)
         self._trim()
         self.client = client
         self.connected.set()
@@ -131,15 +133,19 @@ class Hub:
 
     async def _on_live(self, msg: Msg) -> None:
         if self._buffer is not None:
-            self._buffer.append(msg.data)
+            self._buffer.append((msg.subject, msg.data))
         else:
-            self._apply(msg.data)
+            self._apply(msg.subject, msg.data)
 
-    def _apply(self, data: bytes) -> None:
+    def _apply(self, subject: str, data: bytes) -> None:
         try:
-            ev = decode_event(data)
-        except DecodeError:
-            return  # garbage on an ops subject is not ours to show
+            ev = decode_event_on(subject, data)
+        except DecodeError as exc:  # garbage, or a body its subject does not prove: not ours to show
+            self.dropped += 1
+            parsed = subjects.parse_ops_subject(subject)
+            if parsed is not None and (known := self.views.get(parsed[1])) is not None:
+                count_dropped(known, subject, exc)
+            return
         if not subjects.is_op_id(ev.op_id):
             return
         view = self.views.get(ev.op_id)
@@ -203,8 +209,9 @@ class Hub:
             async def cb(msg: Msg) -> None:
                 nonlocal caught_up
                 try:
-                    ev = decode_event(msg.data)
-                except DecodeError:
+                    ev = decode_event_on(msg.subject, msg.data)
+                except DecodeError as exc:  # garbage, or a body its subject does not prove
+                    count_dropped(page.view, msg.subject, exc)
                     ev = None
                 update = page.apply(ev) if ev is not None and ev.op_id == op_id else None
                 if caught_up:

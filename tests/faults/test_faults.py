@@ -313,3 +313,29 @@ async def test_a_redelivered_command_routes_an_operation_left_queued_without_its
     events = await client.events(cmd.op_id)
     assert sum(isinstance(e, OperationCreated) for e in events) == 1
     assert sum(isinstance(e, OperationStarted) for e in events) == 1
+
+
+async def test_progress_after_a_failover_goes_on_from_the_new_worker_not_frozen(start_actors, client):
+    """Issue 18, F7: the worker that takes over numbers its events from its own sequence (lower than
+    the dead one's last); every progress event of the new attempt is what the view shows."""
+    await start_actors("orchestrator")
+    (first,) = await start_actors("dummy")
+    cmd = dummy(iterations=400, interval=0.02)
+    await client.submit(cmd)
+    await wait_for_event(client, cmd.op_id, lambda ev, v: v.current_step >= 30, timeout=60)
+    await start_actors("dummy")  # the replica that takes it over: its sequence starts near 1
+    await first.kill()
+    behind: list[tuple[int, int]] = []
+
+    def attempt_two_goes_on(ev, view) -> bool:  # type: ignore[no-untyped-def]
+        if not (isinstance(ev, OperationProgress) and view.attempts == 2 and ev.actor == view.worker):
+            return False
+        if view.current_step != ev.progress.current_step:
+            behind.append((ev.progress.current_step, view.current_step))
+        return ev.progress.current_step >= 20
+
+    view = await wait_for_event(client, cmd.op_id, attempt_two_goes_on, timeout=90)
+    assert behind == [], f"the view stayed behind the new attempt's progress: {behind[:5]}"
+    assert view.worker != first.id and view.progress_attempt == 2
+    final = await wait_terminal(client, cmd.op_id, timeout=90)
+    assert final.status == "completed" and final.current_step == 400
