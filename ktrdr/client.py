@@ -36,8 +36,8 @@ from events.messages import (
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import OperationView, apply_progress, is_orchestrator
-from ktrdr.ops.reader import ViewCollector, count_dropped, fold_message, read_view
-from ktrdr.transport import connect, ensure_streams, last_message, publish, read_events, read_operation
+from ktrdr.ops.reader import collect_views, count_dropped, fold_message, read_view
+from ktrdr.transport import connect, ensure_streams, last_message, publish, read_operation
 from ktrdr.transport.publish import retrying
 from ktrdr.transport.replay import ReadEvents
 
@@ -235,8 +235,7 @@ class Client:
     async def list_operations(self, *, limit: int | None = None) -> list[OperationView]:
         """Stored operations by creation time, oldest first (the newest `limit`), from their lifecycle
         events and the last progress each reported."""
-        collect = ViewCollector()
-        await read_events(self.js, subjects.lifecycle_filters(), collect)
+        collect = await collect_views(self.js)
         self.dropped = collect.dropped
         out = sorted((v for v in collect.views.values() if v.created_at is not None or v.terminal),
                      key=lambda v: (subjects.created_at_of(v.op_id), v.op_id))

@@ -44,6 +44,27 @@ def fold_message(view: OperationView, subject: str, data: bytes) -> AnyEvent | N
     return ev
 
 
+def fold_into(views: dict[str, OperationView], subject: str, data: bytes) -> OperationView | None:
+    """Fold one message into the view of the operation its subject names (made when new); None when
+    it is dropped: garbage, a body its subject does not prove (counted in the view of the operation
+    whose subject it was on, when that view exists) or an op id that is not one."""
+    try:
+        ev = decode_event_on(subject, data)
+    except DecodeError as exc:
+        parsed = subjects.parse_ops_subject(subject)
+        view = views.get(parsed[1]) if parsed else None
+        if view is not None:
+            count_dropped(view, subject, exc)
+        return None
+    view = views.get(ev.op_id)
+    if view is None:
+        if not subjects.is_op_id(ev.op_id):
+            return None
+        view = views[ev.op_id] = OperationView(op_id=ev.op_id)
+    fold(view, ev)
+    return view
+
+
 class ViewCollector:
     """An on_msg for transport.read_events: folds each stored event into the view of the operation
     its subject names (garbage published on an ops subject, or a body that disagrees with its subject,
@@ -54,30 +75,21 @@ class ViewCollector:
         self.dropped = 0
 
     def __call__(self, subject: str, data: bytes) -> None:
-        try:
-            ev = decode_event_on(subject, data)
-        except DecodeError as exc:
+        if fold_into(self.views, subject, data) is None:
             self.dropped += 1
-            parsed = subjects.parse_ops_subject(subject)
-            view = self.views.get(parsed[1]) if parsed else None
-            if view is not None:
-                count_dropped(view, subject, exc)
-            return
-        view = self.views.get(ev.op_id)
-        if view is None:
-            if not subjects.is_op_id(ev.op_id):
-                self.dropped += 1
-                return
-            view = self.views[ev.op_id] = OperationView(op_id=ev.op_id)
-        fold(view, ev)
+
+
+async def collect_views(js: JetStreamContext, filters: list[str] | None = None) -> ViewCollector:
+    """Every stored operation's view, folded from the stored events matching `filters` (by default
+    the lifecycle events of all operations: no progress, so it stays quick), with the drop count."""
+    collect = ViewCollector()
+    await read_events(js, filters if filters is not None else subjects.lifecycle_filters(), collect)
+    return collect
 
 
 async def read_views(js: JetStreamContext, filters: list[str] | None = None) -> dict[str, OperationView]:
-    """The views of every stored operation, folded from the stored events matching `filters` (by
-    default the lifecycle events of all operations: no progress, so it stays quick)."""
-    collect = ViewCollector()
-    await read_events(js, filters if filters is not None else subjects.lifecycle_filters(), collect)
-    return collect.views
+    """The views of every stored operation (see collect_views)."""
+    return (await collect_views(js, filters)).views
 
 
 async def read_view(js: JetStreamContext, op_id: str) -> OperationView:

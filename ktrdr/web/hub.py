@@ -24,8 +24,8 @@ from events import subjects
 from events.codec import DecodeError, decode_event_on
 from ktrdr.client import Client
 from ktrdr.config import Settings
-from ktrdr.ops import OperationView, fold
-from ktrdr.ops.reader import count_dropped
+from ktrdr.ops import OperationView
+from ktrdr.ops.reader import count_dropped, fold_into
 from ktrdr.web.views import OpPage, row_json, sort_key
 
 log = logging.getLogger("ktrdr.web")
@@ -138,23 +138,14 @@ class Hub:
             self._apply(msg.subject, msg.data)
 
     def _apply(self, subject: str, data: bytes) -> None:
-        try:
-            ev = decode_event_on(subject, data)
-        except DecodeError as exc:  # garbage, or a body its subject does not prove: not ours to show
+        known = len(self.views)
+        view = fold_into(self.views, subject, data)
+        if view is None:  # garbage, or a body its subject does not prove: not ours to show
             self.dropped += 1
-            parsed = subjects.parse_ops_subject(subject)
-            if parsed is not None and (known := self.views.get(parsed[1])) is not None:
-                count_dropped(known, subject, exc)
             return
-        if not subjects.is_op_id(ev.op_id):
-            return
-        view = self.views.get(ev.op_id)
-        if view is None:
-            view = self.views[ev.op_id] = OperationView(op_id=ev.op_id)
-            if len(self.views) > MAX_VIEWS * 1.1:
-                self._trim()
-        fold(view, ev)
-        self._dirty.add(ev.op_id)
+        if len(self.views) > known and len(self.views) > MAX_VIEWS * 1.1:
+            self._trim()
+        self._dirty.add(view.op_id)
         self._wake.set()
 
     def _trim(self) -> None:
