@@ -43,9 +43,11 @@ async def test_a_second_writer_of_a_series_waits_says_for_whom_and_can_be_cancel
         token.cancel("user")
         with pytest.raises(OperationCancelledError):
             await task
-        task = asyncio.create_task(second.acquire(CancellationToken()))
-        await asyncio.sleep(0.3)
-        assert not task.done()
+        told: list[str] = []
+        task = asyncio.create_task(second.acquire(CancellationToken(), on_wait=lambda rec: told.append(rec.op_id)))
+        while not told:  # it has seen the lease held (a local condition, not a fixed sleep)
+            await asyncio.sleep(0.01)
+        assert told == ["data-20260101T000000000000-aaaaaa"] and not task.done()
     await asyncio.wait_for(task, 10)  # released: the waiter gets it
     assert await second.renew() and not await first.renew()
     await second.release()
