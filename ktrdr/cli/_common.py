@@ -25,7 +25,8 @@ MAX_TIMEOUT_S = int(MAX_DEADLINE.total_seconds())  # a command's timeout is at m
 
 def run_async(coro: Coroutine[Any, Any, int | None]) -> None:
     """Run a command's coroutine and exit with its code; the errors a user can cause become one line
-    on stderr (2: bad input, 1: a failed operation or an unreachable server), never a traceback."""
+    on stderr (2: bad input, 1: a failed operation, or a server that cannot be reached or refused our
+    credentials or TLS handshake: ktrdr.transport.connection.ConnectRefused), never a traceback."""
     import asyncio
 
     from ktrdr.errors import KtrdrError, ValidationError
