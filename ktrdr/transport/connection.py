@@ -85,28 +85,29 @@ async def connect(url: str | list[str], settings: Settings, name: str, *, role: 
     opts.update(settings.connect_options(role))
     opts.update(kwargs)
     causes: list[BaseException] = []
-    certificate_refused = asyncio.Event()
+    refused_for_good = asyncio.Event()
     theirs: Callable[[Exception], Awaitable[None]] | None = opts.get("error_cb")
 
     async def on_error(exc: Exception) -> None:
         # Only the reasons a person can act on are kept: the last one names the refusal.
         if _is_auth(exc) or isinstance(exc, ssl.SSLError):
             causes[:] = [exc]
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            certificate_refused.set()
+        if _is_auth(exc) or isinstance(exc, ssl.SSLCertVerificationError):
+            refused_for_good.set()
         if theirs is not None:
             await theirs(exc)
 
     opts["error_cb"] = on_error
     attempt = asyncio.ensure_future(nats.connect(**opts))
-    refusal = asyncio.ensure_future(certificate_refused.wait())
+    refusal = asyncio.ensure_future(refused_for_good.wait())
     try:
         await asyncio.wait({attempt, refusal}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         refusal.cancel()
         if not attempt.done():
-            # A certificate this client refuses (its clock, its CA) is refused on every retry, and
-            # nats-py 2.16 then waits forever for the failed TLS stream to close: stop here, say why.
+            # Keys the server does not know, or a certificate this client refuses (its clock, its CA),
+            # are refused on every retry (and after a failed TLS handshake nats-py 2.16 waits forever
+            # for the stream to close): stop at the first refusal, and say why.
             attempt.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(attempt, 2.0)
