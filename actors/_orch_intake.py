@@ -7,6 +7,7 @@ not fit, or a repeated one, means.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
@@ -63,6 +64,7 @@ class CommandIntake:
         except KtrdrError as exc:
             await self.reject(cmd.op_id, str(exc), exc.code, getattr(exc, "field", None))
             return
+        cmd = intake.fix_deadline(cmd, datetime.now(UTC))  # on our clock, never the client's (F13)
         try:
             await self.orch.create(cmd)
         except BaseException:

@@ -39,7 +39,7 @@ MAX_EPOCHS = 100_000
 MAX_DUMMY_ITERATIONS = 10_000
 MAX_DUMMY_INTERVAL_S = 60.0
 MAX_DUMMY_DURATION_S = 24 * 3600.0  # iterations x interval
-MAX_DEADLINE = timedelta(days=30)  # a command's deadline, after its ts
+MAX_DEADLINE = timedelta(days=30)  # a command's deadline: its timeout_s at most, or (older clients) after its ts
 MAX_REASON = 2000  # a rejection or failure reason is cut to this many characters
 
 
@@ -100,3 +100,6 @@ StrategyText = Annotated[str, Meta(max_length=MAX_STRATEGY_BYTES)]  # characters
 Epochs = Annotated[int, Meta(ge=1, le=MAX_EPOCHS)]
 DummyIterations = Annotated[int, Meta(ge=1, le=MAX_DUMMY_ITERATIONS)]
 DummyInterval = Annotated[float, Meta(ge=0.0, le=MAX_DUMMY_INTERVAL_S)]
+# A command's deadline as a duration: the orchestrator adds it to its own clock when it accepts the
+# command, so a client's clock never moves it (issue 18, F13).
+TimeoutSeconds = Annotated[float, Meta(gt=0.0, le=MAX_DEADLINE.total_seconds())]

@@ -29,6 +29,7 @@ from events.bounds import (
     Symbols,
     Timeframe,
     Timeframes,
+    TimeoutSeconds,
     Token,
 )
 
@@ -122,7 +123,12 @@ class Command(Message, kw_only=True):
     ts: datetime = msgspec.field(default_factory=utcnow)
     requested_by: Label = roles.CLI
     pool: Token = "any"  # which pool of workers takes it: work.<domain>.<pool>
-    deadline: datetime | None = None  # the orchestrator cancels it (reason "deadline") at this time
+    # The deadline, as a duration: the orchestrator cancels the operation (reason "deadline") this many
+    # seconds after it accepts the command, on its own clock (issue 18, F13: a client's clock is not
+    # trusted). `deadline` is the time it fixed, in the command its `created` carries; from an older
+    # client that sent only `deadline`, the duration it meant (deadline - ts, both on its clock).
+    timeout_s: TimeoutSeconds | None = None
+    deadline: datetime | None = None
     parent_op_id: str | None = None  # set by the orchestrator on a workflow's children only
 
 

@@ -37,8 +37,13 @@ from events.permissions import DEFAULT_POOLS, KV_BUCKETS, OBJECT_BUCKETS, ROLES,
 from ktrdr.errors import KtrdrError
 from ktrdr.natsconf import ServerUser, TlsFiles, authorization_block, write_atomic
 
-__all__ = ["DEFAULT_POOLS", "KV_BUCKETS", "OBJECT_BUCKETS", "ROLES", "STREAMS", "AuthError", "Permissions",
-           "init", "load", "permissions"]
+__all__ = ["CERT_CLOCK_SKEW", "DEFAULT_POOLS", "KV_BUCKETS", "OBJECT_BUCKETS", "ROLES", "STREAMS", "AuthError",
+           "Permissions", "init", "load", "permissions"]
+
+# How far a client's clock may be behind the machine that ran `ktrdr auth init` and still accept the
+# certificates: each is valid from (made - CERT_CLOCK_SKEW). A client further behind gets the TLS
+# handshake's "certificate is not yet valid" in one line, naming its clock (issue 18, F13).
+CERT_CLOCK_SKEW = dt.timedelta(days=2)
 
 _HOST_RE = re.compile(r"^(?=.{1,253}$)(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _SEED_RE = re.compile(r"^SU[A-Z2-7]{56}$")
@@ -224,7 +229,8 @@ def _san_entries(hosts: Sequence[str]) -> list[Any]:
 
 def make_ca_and_server_cert(d: Path, hosts: Sequence[str], *, force: bool = False) -> TlsFiles:
     """A CA (kept when present) and a server certificate for `hosts` (+ localhost, 127.0.0.1),
-    EC P-256, valid for server and client auth (cluster routes verify each other with it)."""
+    EC P-256, valid for server and client auth (cluster routes verify each other with it), both valid
+    from CERT_CLOCK_SKEW before now."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -242,7 +248,7 @@ def make_ca_and_server_cert(d: Path, hosts: Sequence[str], *, force: bool = Fals
         ca_key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ktrdr NATS CA")])
         ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(ca_key.public_key())
-              .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+              .serial_number(x509.random_serial_number()).not_valid_before(now - CERT_CLOCK_SKEW)
               .not_valid_after(now + dt.timedelta(days=3650))
               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
@@ -258,7 +264,10 @@ def make_ca_and_server_cert(d: Path, hosts: Sequence[str], *, force: bool = Fals
     if not force and files.cert_file.exists() and files.key_file.exists():
         cur = x509.load_pem_x509_certificate(files.cert_file.read_bytes())
         have = cur.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        if set(have) == set(sans) and cur.not_valid_after_utc > now + dt.timedelta(days=30):
+        # Kept while it serves these names for a while yet and a client up to CERT_CLOCK_SKEW behind
+        # accepts it (one made before the skew was allowed starts 5 min before it was made).
+        if set(have) == set(sans) and cur.not_valid_after_utc > now + dt.timedelta(days=30) \
+                and cur.not_valid_before_utc <= now - CERT_CLOCK_SKEW:
             return existing_tls(d)
     signer = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
     if not isinstance(signer, ec.EllipticCurvePrivateKey):
@@ -267,7 +276,7 @@ def make_ca_and_server_cert(d: Path, hosts: Sequence[str], *, force: bool = Fals
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ktrdr nats-server")]))
             .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=825))
+            .not_valid_before(now - CERT_CLOCK_SKEW).not_valid_after(now + dt.timedelta(days=825))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),

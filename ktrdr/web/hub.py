@@ -26,6 +26,7 @@ from ktrdr.client import Client
 from ktrdr.config import Settings
 from ktrdr.ops import OperationView
 from ktrdr.ops.reader import count_dropped, fold_into
+from ktrdr.web import MAX_STREAMS, MAX_STREAMS_PER_CLIENT
 from ktrdr.web.views import OpPage, row_json, sort_key
 
 log = logging.getLogger("ktrdr.web")
@@ -40,7 +41,9 @@ MAX_VIEWS = 20_000
 
 
 class TooManyStreams(Exception):
-    pass
+    def __init__(self, message: str, *, per_client: bool = False) -> None:
+        super().__init__(message)
+        self.per_client = per_client  # this client holds its share (the server has room for others)
 
 
 class Stream:
@@ -65,10 +68,12 @@ class Stream:
 
 
 class Hub:
-    def __init__(self, settings: Settings, *, max_streams: int = 64, history: int = 200,
-                 list_limit: int = 200) -> None:
+    def __init__(self, settings: Settings, *, max_streams: int = MAX_STREAMS, history: int = 200,
+                 list_limit: int = 200, per_client: int = MAX_STREAMS_PER_CLIENT) -> None:
         self.settings = settings
         self.max_streams = max_streams
+        self.per_client = min(per_client, max_streams)
+        self._held: dict[str, int] = {}  # live streams per client
         self.history = history
         self.list_limit = list_limit
         self.client: Client | None = None
@@ -171,8 +176,8 @@ class Hub:
             await asyncio.sleep(LIST_PUSH_INTERVAL_S)  # coalesce bursts into one push
 
     @contextlib.asynccontextmanager
-    async def list_stream(self) -> AsyncIterator[Stream]:
-        async with self._slot(self._list_streams) as stream:
+    async def list_stream(self, client_key: str = "") -> AsyncIterator[Stream]:
+        async with self._slot(self._list_streams, client_key) as stream:
             stream.offer("snapshot", self.list_snapshot())
             yield stream
 
@@ -187,14 +192,14 @@ class Hub:
         return await client.exists(op_id)
 
     @contextlib.asynccontextmanager
-    async def op_stream(self, op_id: str) -> AsyncIterator[Stream]:
+    async def op_stream(self, op_id: str, client_key: str = "") -> AsyncIterator[Stream]:
         """Replay then follow one operation: a `snapshot` once the stored events are read (the last
         `history` rows, how many came before, the curves), then one `update` per event."""
         client = self.client
         if client is None:
             raise ConnectionError("not connected to NATS")
         page = OpPage(op_id, self.history)
-        async with self._slot(self._op_streams) as stream:
+        async with self._slot(self._op_streams, client_key) as stream:
             caught_up = False
 
             async def cb(msg: Msg) -> None:
@@ -237,15 +242,23 @@ class Hub:
 
     # ------------------------------------------------------------------------------- bounds
     @contextlib.asynccontextmanager
-    async def _slot(self, group: set[Stream]) -> AsyncIterator[Stream]:
+    async def _slot(self, group: set[Stream], client_key: str) -> AsyncIterator[Stream]:
+        """A stream slot: at most max_streams in all and per_client for one client (issue 18, F15: one
+        local process held every slot)."""
         if len(self._list_streams) + len(self._op_streams) >= self.max_streams:
             raise TooManyStreams(f"{self.max_streams} live pages are open; close one and reload")
+        if self._held.get(client_key, 0) >= self.per_client:
+            raise TooManyStreams(f"this client has {self.per_client} live pages open; close one and reload",
+                                 per_client=True)
         stream = Stream()
         group.add(stream)
+        self._held[client_key] = self._held.get(client_key, 0) + 1
         try:
             yield stream
         finally:
             group.discard(stream)
+            if (left := self._held.pop(client_key, 1) - 1) > 0:
+                self._held[client_key] = left
 
     def close_streams(self) -> None:
         for s in [*self._list_streams, *self._op_streams]:

@@ -3,9 +3,13 @@ streams and the cancel POST. Everything a browser sends is checked here, once:
 
 - operation ids match events.subjects.is_op_id (400 otherwise, 404 when nothing is stored for one);
 - static files come from a fixed list read from the package at start; no request names a path;
-- request bodies are capped (client_max_size) and the live streams are capped (max_streams);
+- request bodies are capped (client_max_size) and the live streams are capped (max_streams), and
+  per client (MAX_STREAMS_PER_CLIENT: a session, or else a peer address) below that;
 - the Host header must name this server when it listens on loopback (DNS rebinding);
-- the cancel POST needs the per-server token embedded in the page, in a header (a cross-site form or
+- the pages carry no secret (anyone who can open a socket here reads them, issue 18, F15): the way
+  in is `/login?code=...`, a one-time code `ktrdr web` signs with the secret in `<run_dir>/web.secret`
+  (0600), exchanged for an HttpOnly, SameSite=Strict session cookie; without it a page is read-only;
+- the cancel POST needs that session cookie, a header a cross-site form cannot send (a cross-site
   fetch cannot set it without a CORS preflight we never answer), and a same-origin Origin.
 """
 
@@ -14,13 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hmac
 import html
 import ipaddress
 import logging
+import os
 import secrets
 import signal
 import sys
+import time
 from importlib import resources
 from typing import Any
 
@@ -30,7 +35,18 @@ from events.subjects import is_op_id
 from ktrdr.config import Settings
 from ktrdr.config import settings as default_settings
 from ktrdr.runfiles import web_url_file
-from ktrdr.web import DEFAULT_HOST, READY_PREFIX, default_port
+from ktrdr.web import (
+    DEFAULT_HOST,
+    LOGIN_PATH,
+    MAX_STREAMS,
+    READY_PREFIX,
+    SESSION_COOKIE,
+    check_login_code,
+    default_port,
+    make_login_code,
+    web_secret_file,
+    write_secret,
+)
 from ktrdr.web.hub import Hub, Stream, TooManyStreams
 
 log = logging.getLogger("ktrdr.web")
@@ -41,7 +57,8 @@ STATIC = {  # name -> content type: the only files served
     "list.js": "text/javascript; charset=utf-8",
     "op.js": "text/javascript; charset=utf-8",
 }
-TOKEN_HEADER = "X-KTRDR-Token"
+CANCEL_HEADER = "X-KTRDR-Cancel"  # a custom header: a cross-site form cannot send it, a fetch only after a preflight
+MAX_SESSIONS = 256  # logged-in browsers remembered (the oldest is forgotten first)
 KEEPALIVE_S = 15.0  # a comment line on an idle stream, so proxies and the browser keep it open
 MAX_BODY = 4096  # nothing we accept has a body; this bounds what anyone can make us read
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -64,8 +81,21 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _page(text: bytes, token: str) -> bytes:
-    return text.replace(b"__KTRDR_TOKEN__", token.encode())
+def _pages(text: bytes) -> dict[bool, bytes]:
+    """The page as a session sees it (it may cancel) and as anyone else does (read-only)."""
+    return {can: text.replace(b"__KTRDR_CAN_CANCEL__", b"1" if can else b"0") for can in (True, False)}
+
+
+def _session(request: web.Request) -> str | None:
+    """The request's session, when its cookie names one this server gave out."""
+    sid = request.cookies.get(SESSION_COOKIE, "")
+    return sid if sid and sid in request.app[CONF]["sessions"] else None
+
+
+def _client(request: web.Request) -> str:
+    """Whom a live stream is counted against: its session, else the address it comes from."""
+    sid = _session(request)
+    return f"session:{sid}" if sid else f"peer:{request.remote}"
 
 
 def _error_page(status: int, title: str, detail: str) -> web.Response:
@@ -120,14 +150,38 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 # ------------------------------------------------------------------------------------------ handlers
 async def list_page(request: web.Request) -> web.Response:
     conf = request.app[CONF]
-    return web.Response(body=conf["list_html"], content_type="text/html", charset="utf-8")
+    return web.Response(body=conf["list_html"][_session(request) is not None], content_type="text/html",
+                        charset="utf-8")
+
+
+async def login(request: web.Request) -> web.Response:
+    """Exchange a one-time code (`ktrdr web`) for a session cookie, then show the list."""
+    conf = request.app[CONF]
+    found = check_login_code(conf["secret"], request.query.get("code", ""))
+    used: dict[str, float] = conf["used_codes"]
+    now = time.time()
+    for nonce in [n for n, exp in used.items() if exp < now]:  # expired codes are refused anyway
+        del used[nonce]
+    if found is None or found[0] in used:
+        return _error_page(403, "This link does not open the page any more",
+                           "A login link works once, for a few minutes: run `ktrdr web` for a new one.")
+    used[found[0]] = found[1]
+    sessions: dict[str, float] = conf["sessions"]
+    while len(sessions) >= MAX_SESSIONS:
+        del sessions[next(iter(sessions))]
+    sid = secrets.token_urlsafe(32)
+    sessions[sid] = now
+    resp = web.Response(status=303, headers={"Location": "/"})
+    resp.set_cookie(SESSION_COOKIE, sid, httponly=True, samesite="Strict", path="/")
+    return resp
 
 
 async def op_page(request: web.Request) -> web.Response:
     op_id = _op_id(request)
     if not await request.app[HUB].exists(op_id):
         return _error_page(404, "Unknown operation", f"No operation {op_id} is stored.")
-    return web.Response(body=request.app[CONF]["op_html"], content_type="text/html", charset="utf-8")
+    return web.Response(body=request.app[CONF]["op_html"][_session(request) is not None], content_type="text/html",
+                        charset="utf-8")
 
 
 async def static_file(request: web.Request) -> web.Response:
@@ -143,10 +197,10 @@ async def list_events(request: web.Request) -> web.StreamResponse:
     if hub.client is None:
         raise ConnectionError("not connected")
     try:
-        async with hub.list_stream() as stream:
+        async with hub.list_stream(_client(request)) as stream:
             return await _pump(request, stream)
     except TooManyStreams as exc:
-        return web.Response(status=503, text=f"{exc}\n", headers={"Retry-After": "10"})
+        return _too_many(exc)
 
 
 async def op_events(request: web.Request) -> web.StreamResponse:
@@ -155,10 +209,15 @@ async def op_events(request: web.Request) -> web.StreamResponse:
     if not await hub.exists(op_id):
         return web.Response(status=404, text=f"no operation {op_id} is stored\n")
     try:
-        async with hub.op_stream(op_id) as stream:
+        async with hub.op_stream(op_id, _client(request)) as stream:
             return await _pump(request, stream)
     except TooManyStreams as exc:
-        return web.Response(status=503, text=f"{exc}\n", headers={"Retry-After": "10"})
+        return _too_many(exc)
+
+
+def _too_many(exc: TooManyStreams) -> web.Response:
+    """503 when the server is full; 429 when this client holds its share."""
+    return web.Response(status=429 if exc.per_client else 503, text=f"{exc}\n", headers={"Retry-After": "10"})
 
 
 async def _pump(request: web.Request, stream: Stream) -> web.StreamResponse:
@@ -185,33 +244,38 @@ async def _pump(request: web.Request, stream: Stream) -> web.StreamResponse:
 
 async def cancel(request: web.Request) -> web.Response:
     op_id = _op_id(request)
-    conf = request.app[CONF]
     origin = request.headers.get("Origin")
     if origin is not None and origin != f"{request.scheme}://{request.host}":
         return web.json_response({"ok": False, "note": "cross-origin request refused"}, status=403)
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         return web.json_response({"ok": False, "note": "cross-site request refused"}, status=403)
-    token = request.headers.get(TOKEN_HEADER, "")
-    if not hmac.compare_digest(token.encode(), conf["token"].encode()):
-        return web.json_response({"ok": False, "note": "missing or wrong page token; reload the page"}, status=403)
+    if request.headers.get(CANCEL_HEADER) != "1":
+        return web.json_response({"ok": False, "note": f"a cancel needs the {CANCEL_HEADER} header"}, status=403)
+    if _session(request) is None:
+        return web.json_response({"ok": False, "note": "this page is read-only: open it through the link "
+                                  "`ktrdr web` prints to cancel"}, status=403)
     status, body = await request.app[HUB].cancel(op_id)
     return web.json_response(body, status=status)
 
 
 # ------------------------------------------------------------------------------------------ app
-def create_app(hub: Hub, *, allowed_hosts: set[str] | None, token: str | None = None) -> web.Application:
-    token = token or secrets.token_urlsafe(32)
+def create_app(hub: Hub, *, allowed_hosts: set[str] | None, secret: bytes | None = None) -> web.Application:
+    """The page's app; `secret` signs the login codes (serve() writes it to web.secret; without one,
+    a random one nobody knows: every page read-only)."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard])
     app[HUB] = hub
     app[CONF] = {
-        "token": token,
+        "secret": secret or secrets.token_bytes(32),
+        "sessions": {},
+        "used_codes": {},
         "allowed_hosts": allowed_hosts,
-        "list_html": _page(_read("list.html"), token),
-        "op_html": _page(_read("op.html"), token),
+        "list_html": _pages(_read("list.html")),
+        "op_html": _pages(_read("op.html")),
         "static": {name: _read(name) for name in STATIC},
     }
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/", list_page)
+    app.router.add_get(LOGIN_PATH, login)
     app.router.add_get("/events", list_events)
     app.router.add_get("/ops/{op_id}", op_page)
     app.router.add_get("/ops/{op_id}/events", op_events)
@@ -240,9 +304,11 @@ def _url(host: str, port: int) -> str:
 
 async def serve(settings: Settings, host: str = DEFAULT_HOST, port: int | None = None, *,
                 stop: asyncio.Event | None = None, allow_hosts: list[str] | None = None,
-                max_streams: int = 64, history: int = 200, connect_timeout: float = 30.0) -> None:
+                max_streams: int = MAX_STREAMS, history: int = 200, connect_timeout: float = 30.0,
+                announce_login: bool = False) -> None:
     """Connect to NATS (ktrdr.client.Client(settings)), listen on host:port (0 = a free port), print
-    `ktrdr web: serving on <url>`, record it in <run_dir>/web.url, and serve until `stop` is set."""
+    `ktrdr web: serving on <url>` (and with `announce_login`, a one-time login link on stderr), record
+    it in <run_dir>/web.url, and serve until `stop` is set."""
     stop = stop or asyncio.Event()
     hub = Hub(settings, max_streams=max_streams, history=history)
     hub_task = asyncio.create_task(hub.run(stop))
@@ -253,8 +319,9 @@ async def serve(settings: Settings, host: str = DEFAULT_HOST, port: int | None =
         stop.set()
         hub_task.cancel()
         raise ConnectionError(f"could not reach NATS within {connect_timeout:g} s (is the stack up? `ktrdr status`)")
-    runner = web.AppRunner(create_app(hub, allowed_hosts=None), access_log=None, handle_signals=False,
-                           handler_cancellation=True)
+    secret = write_secret(settings)
+    runner = web.AppRunner(create_app(hub, allowed_hosts=None, secret=secret), access_log=None,
+                           handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, default_port() if port is None else port, shutdown_timeout=2.0)
     url = ""
@@ -264,9 +331,13 @@ async def serve(settings: Settings, host: str = DEFAULT_HOST, port: int | None =
         runner.app[CONF]["allowed_hosts"] = _allowed_hosts(host, bound, allow_hosts or [])
         url = _url(host, bound)
         with contextlib.suppress(OSError):
-            web_url_file(settings).parent.mkdir(parents=True, exist_ok=True)
+            web_url_file(settings).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             web_url_file(settings).write_text(url + "\n")
+            os.chmod(web_url_file(settings), 0o600)
         print(f"{READY_PREFIX}{url}", flush=True)
+        if announce_login:
+            print(f"ktrdr web: to cancel from the page, open {url.rstrip('/')}{LOGIN_PATH}?code="
+                  f"{make_login_code(secret)} (once)", file=sys.stderr, flush=True)
         if runner.app[CONF]["allowed_hosts"] is None:
             print("ktrdr web: warning: listening beyond loopback with no --allow-host; anyone who reaches "
                   "this port can see operations and cancel them", file=sys.stderr, flush=True)
@@ -277,6 +348,9 @@ async def serve(settings: Settings, host: str = DEFAULT_HOST, port: int | None =
         with contextlib.suppress(OSError):
             if url and web_url_file(settings).read_text().strip() == url:  # still ours: a newer server may own it
                 web_url_file(settings).unlink()
+        with contextlib.suppress(OSError, ValueError):
+            if bytes.fromhex(web_secret_file(settings).read_text().strip()) == secret:  # likewise
+                web_secret_file(settings).unlink()
         await runner.cleanup()
         hub_task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -325,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=_port, default=None, help="port (default KTRDR_WEB_PORT or 8780; 0: any free)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="another Host name browsers use to reach this server (repeatable)")
-    p.add_argument("--max-streams", type=_bounded(1, 1000), default=64, help="live pages open at once")
+    p.add_argument("--max-streams", type=_bounded(1, 1000), default=MAX_STREAMS, help="live pages open at once")
     p.add_argument("--history", type=_bounded(10, 10_000), default=200, help="events shown on an operation's page")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")

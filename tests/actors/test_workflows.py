@@ -114,11 +114,20 @@ async def test_a_deadline_cancels_with_reason_deadline_and_the_cli_exits_1(start
     rc, out, err = await ktrdr(settings, "dummy", "--iterations", "100", "--interval", "0.5", "--timeout", "2")
     assert rc == 1, (out, err)
     assert "cancelled: deadline of 2 s passed at iteration" in out
-    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=100, interval_s=0.5,
-                   deadline=__import__("datetime").datetime.now(__import__("datetime").UTC))
+    # An older client sends an absolute deadline: the duration it meant (deadline - ts, both on its
+    # clock, here a day behind) runs on the orchestrator's clock (issue 18, F13).
+    from datetime import UTC, datetime, timedelta
+
+    behind = datetime.now(UTC) - timedelta(days=1)
+    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=100, interval_s=0.5, ts=behind,
+                   deadline=behind + timedelta(seconds=2))
     await client.submit(cmd)
     view = await wait_terminal(client, cmd.op_id, timeout=30)
-    assert view.status == "cancelled" and view.reason_code == "deadline"
+    assert view.status == "cancelled" and view.reason_code == "deadline" and view.reason == "deadline of 2 s passed"
+    late = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=1, ts=behind, deadline=behind)
+    await client.submit(late)
+    view = await wait_terminal(client, late.op_id, timeout=30)
+    assert view.status == "rejected" and "deadline: not after the command's ts" in (view.error or "")
 
 
 async def test_a_workflow_deadline_cancels_its_children(data_stack, data_settings, client, gateway):

@@ -1,10 +1,15 @@
-"""Intake decisions (no server): a command that does not fit its subject, a repeated command, and who
-ends a cancelled operation that is still queued."""
+"""Intake decisions (no server): a command that does not fit its subject, a repeated command, when its
+deadline is (on the orchestrator's clock), and who ends a cancelled operation that is still queued."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
 from events import subjects
 from events.messages import LoadData, RunDummy
+from ktrdr.commands import CommandError, validate
 from ktrdr.ops import OperationView, intake
 
 OP = "dummy-20261201T120000000000-abcdef"
@@ -40,3 +45,20 @@ def test_a_cancel_ends_a_queued_operation_only_when_nobody_claimed_it():
     assert intake.cancel_while_queued(queued, claimed=False)
     assert not intake.cancel_while_queued(queued, claimed=True)  # its worker ends it
     assert not intake.cancel_while_queued(OperationView(op_id=OP, status="running"), claimed=False)
+
+
+def test_a_deadline_is_fixed_on_the_orchestrators_clock_whatever_the_clients():
+    now = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    behind = now - timedelta(days=1)
+    fixed = intake.fix_deadline(RunDummy(op_id=subjects.new_op_id("dummy"), ts=behind, timeout_s=60.0), now)
+    assert (fixed.deadline, fixed.timeout_s) == (now + timedelta(seconds=60), 60.0)
+    # An older client's absolute deadline: the duration it meant, on its own clock.
+    older = RunDummy(op_id=subjects.new_op_id("dummy"), ts=behind, deadline=behind + timedelta(seconds=90))
+    validate(older, now)
+    assert intake.fix_deadline(older, now).deadline == now + timedelta(seconds=90)
+    assert intake.fix_deadline(RunDummy(op_id=subjects.new_op_id("dummy")), now).deadline is None
+    with pytest.raises(CommandError, match="not after the command's ts"):
+        validate(RunDummy(op_id=subjects.new_op_id("dummy"), ts=behind, deadline=behind), now)
+    with pytest.raises(CommandError, match="timeout_s"):
+        validate(RunDummy(op_id=subjects.new_op_id("dummy"), timeout_s=0.0), now)
+    validate(fixed, now + timedelta(days=40))  # a work item the orchestrator fixed passes a worker's check

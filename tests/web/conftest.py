@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -31,9 +30,18 @@ SCREENSHOTS = Path(__file__).parents[2] / "docs" / "screenshots"
 class WebServer:
     url: str
     proc: asyncio.subprocess.Process
+    settings: Settings
 
     def at(self, path: str) -> str:
         return self.url.rstrip("/") + path
+
+    def login_url(self) -> str:
+        """A one-time login link, made as `ktrdr web` makes it: from the secret the server wrote."""
+        from ktrdr.web import LOGIN_PATH, make_login_code, read_secret
+
+        secret = read_secret(self.settings)
+        assert secret is not None, "the server keeps its secret in run/web.secret (0600)"
+        return self.at(f"{LOGIN_PATH}?code={make_login_code(secret)}")
 
 
 @pytest.fixture
@@ -56,7 +64,7 @@ async def start_web(settings: Settings) -> AsyncIterator[Callable[..., Awaitable
             if not line:
                 raise RuntimeError(f"ktrdr.web exited before serving: {log.read_text()}")
             if line.startswith(READY_PREFIX):
-                return WebServer(line[len(READY_PREFIX):].strip(), proc)
+                return WebServer(line[len(READY_PREFIX):].strip(), proc, settings)
 
     yield start
     for proc in procs:
@@ -76,7 +84,9 @@ async def web(start_web: Callable[..., Awaitable[WebServer]]) -> WebServer:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    # unsafe=True: keep cookies for an IP host (127.0.0.1), as a browser does
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30),
+                                     cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
         yield session
 
 
@@ -102,12 +112,12 @@ async def read_sse(resp: aiohttp.ClientResponse) -> tuple[str, dict[str, Any]]:
             data += value
 
 
-async def page_token(http: aiohttp.ClientSession, web: WebServer) -> str:
+async def log_in(http: aiohttp.ClientSession, web: WebServer) -> None:
+    """Open the page through a one-time login link: the session's cookie may cancel from then on."""
+    async with http.get(web.login_url(), allow_redirects=False) as resp:
+        assert resp.status == 303, await resp.text()
     async with http.get(web.at("/")) as resp:
-        text = await resp.text()
-    m = re.search(r'name="ktrdr-token" content="([^"]+)"', text)
-    assert m, "the page carries its token"
-    return m.group(1)
+        assert 'name="ktrdr-can-cancel" content="1"' in await resp.text()
 
 
 @pytest.fixture

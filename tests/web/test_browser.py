@@ -75,6 +75,13 @@ async def test_cancel_on_the_operation_page_cancels_it(start_actors, client, web
     await wait_for_event(client, op_id, lambda ev, v: v.status == "running")
 
     def click_cancel() -> str:
+        browser.get(web.at("/"))
+        browser.delete_all_cookies()
+        browser.get(web.at(f"/ops/{op_id}"))  # read-only: not opened through a login link
+        wait_until(browser, lambda d: d.find_element(By.ID, "status").text == "running")
+        assert not browser.find_element(By.ID, "cancel").is_enabled()
+        browser.get(web.login_url())  # what `ktrdr web` prints: a cookie, then the list
+        wait_until(browser, lambda d: d.current_url == web.url)
         browser.get(web.at(f"/ops/{op_id}"))
         wait_until(browser, lambda d: d.find_element(By.ID, "status").text == "running")
         button = wait_until(browser, lambda d: (b := d.find_element(By.ID, "cancel")).is_enabled() and b)

@@ -68,10 +68,12 @@ window.KT = (function () {
     open();
   }
 
-  function token() {
-    const meta = document.querySelector('meta[name="ktrdr-token"]');
-    return meta ? meta.getAttribute("content") : "";
+  // Whether this browser may cancel: it came in through the link `ktrdr web` prints (a session
+  // cookie, HttpOnly: the page never sees it). Anyone else gets the page read-only.
+  function canCancel() {
+    const meta = document.querySelector('meta[name="ktrdr-can-cancel"]');
+    return meta !== null && meta.getAttribute("content") === "1";
   }
 
-  return { OP_ID, el, age, pct, time, bar, follow, token };
+  return { OP_ID, el, age, pct, time, bar, follow, canCancel };
 })();

@@ -27,7 +27,7 @@
     fill.style.width = Math.max(0, Math.min(100, v.percentage)) + "%";
     fill.parentElement.className = "bar big " + v.status;
     const cancel = $("cancel");
-    cancel.disabled = v.terminal || cancel.dataset.sent === "1";
+    cancel.disabled = !KT.canCancel() || v.terminal || cancel.dataset.sent === "1";
     const facts = [["created", v.created], ["started", v.started], ["finished", v.finished],
                    ["elapsed", v.elapsed_s != null ? v.elapsed_s.toFixed(1) + " s" : null],
                    ["worker", v.worker ? `${v.worker} (attempt ${v.attempts})` : null],
@@ -129,6 +129,9 @@
   }
 
   // ------------------------------------------------------------------------------------ cancel
+  if (!KT.canCancel()) {
+    $("cancel").title = "read-only: open the page through the link `ktrdr web` prints to cancel";
+  }
   $("cancel").addEventListener("click", async () => {
     const button = $("cancel");
     const note = $("cancel-note");
@@ -138,7 +141,7 @@
     note.textContent = "cancelling…";
     try {
       const resp = await fetch(`/ops/${encodeURIComponent(opId)}/cancel`, {
-        method: "POST", credentials: "same-origin", headers: { "X-KTRDR-Token": KT.token() },
+        method: "POST", credentials: "same-origin", headers: { "X-KTRDR-Cancel": "1" },
       });
       const body = await resp.json();
       note.textContent = body.note || `HTTP ${resp.status}`;
