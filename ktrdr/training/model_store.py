@@ -7,6 +7,13 @@ others), and the latest pointer only ever moves forward (compare-and-set). A ver
 its metadata.json's header, so `models list` reads no object's bytes. Names come from the registry's
 rules (validated strategy names, model keys); `pull` writes fixed file names into an existing folder.
 This is the training domain's NATS adapter; the bytes go through ktrdr.transport.objects.
+
+Every trainer shares one key, so any of them can rewrite any object in MODELS (issue 18, F5: `models
+pull` served junk weights under the original metadata). A version therefore carries the SHA-256 of its
+model.pt (`model_sha256`) in its metadata.json and in the `completed` result of the training that
+made it, and `pull` and `load` refuse weights whose digest is not the expected one: the one in that
+completed result while the operation is still in OPS (the anchor a stranger cannot rewrite once the
+holder signs its verdicts), else the one in metadata.json (which a trainer key could rewrite too).
 """
 
 from __future__ import annotations
@@ -21,8 +28,13 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from events import subjects
+from events.codec import DecodeError, decode_event_on
+from events.messages import OperationCompleted
 from ktrdr.errors import DataError, ValidationError
+from ktrdr.ops.reader import read_views
 from ktrdr.training.registry import (
+    DIGEST_KEY,
     FILES,
     KEY_RE,
     RESULT_FILE,
@@ -32,8 +44,8 @@ from ktrdr.training.registry import (
     version_name,
 )
 from ktrdr.training.strategy import validate_name
-from ktrdr.transport import objects
-from ktrdr.transport.objects import MAX_HEADER_BYTES, MODELS, ObjectConflict, Stored
+from ktrdr.transport import objects, read_events
+from ktrdr.transport.objects import MAX_HEADER_BYTES, MODELS, ObjectConflict, Stored, sha256_hex
 
 MAX_MODEL_FILE_BYTES = 4 << 30
 MAX_JSON_FILE_BYTES = 64 << 20
@@ -82,13 +94,14 @@ class ModelStore:
         while True:
             prefix = f"{name}/{version_name(key, version)}"
             try:
-                await objects.put(self.js, MODELS, f"{prefix}/model.pt", artifacts["model.pt"],
-                                  conditional=True)
+                weights = await objects.put(self.js, MODELS, f"{prefix}/model.pt", artifacts["model.pt"],
+                                            conditional=True)
                 break
             except ObjectConflict:
                 version += 1  # another trainer claimed this number first
         saved = {"bucket": MODELS, "name": prefix, "version": version, "model_object": f"{prefix}/model.pt",
-                 "model_path": f"{MODELS}/{prefix}/model.pt", "latest_pointer": f"{name}/{key}_latest",
+                 "model_path": f"{MODELS}/{prefix}/model.pt", DIGEST_KEY: sha256_hex(weights.digest),
+                 "latest_pointer": f"{name}/{key}_latest",
                  "objects": [f"{prefix}/{f}" for f in (*FILES, *((RESULT_FILE,) if result is not None else ()))]}
         files: dict[str, bytes] = {f: bytes(artifacts[f]) for f in FILES[1:-1]}
         if result is not None:  # the operation's result as stored with the model (analytics, history)
@@ -96,7 +109,7 @@ class ModelStore:
             files[RESULT_FILE] = (json.dumps(full, indent=2, default=str) + "\n").encode()
         for f, data in files.items():
             await objects.put(self.js, MODELS, f"{prefix}/{f}", data)
-        metadata = {**metadata, "version": version, "name": prefix}
+        metadata = {**metadata, "version": version, "name": prefix, DIGEST_KEY: saved[DIGEST_KEY]}
         summary = json.dumps({**model_summary(metadata, metrics), "version": version}, default=str)
         body = (json.dumps(metadata, indent=2, default=str) + "\n").encode()
         await objects.put(self.js, MODELS, f"{prefix}/metadata.json", body,
@@ -193,6 +206,8 @@ class ModelStore:
                 if f == RESULT_FILE:
                     continue
                 raise DataError(f"{MODELS}/{prefix}/{f} is missing")
+            if f == "model.pt":  # before a byte is written: fetch then checks the bytes against st
+                await self.check_weights(prefix, st)
             target = folder / f
             if target.parent != folder:
                 raise ValidationError(f"refusing to write outside {folder}")
@@ -206,3 +221,55 @@ class ModelStore:
                 raise
             written.append(target)
         return prefix, written
+
+    async def load(self, ref: str) -> tuple[str, bytes]:
+        """(version name, model.pt's bytes) of a model, checked against the digest of its weights
+        (DataError naming both digests when they differ): what anything that runs a model loads."""
+        prefix = await self.resolve(ref)
+        found = await objects.get(self.js, MODELS, f"{prefix}/model.pt", max_bytes=MAX_MODEL_FILE_BYTES)
+        if found is None:
+            raise DataError(f"{MODELS}/{prefix}/model.pt is missing")
+        await self.check_weights(prefix, found[1])  # get checked the bytes against found[1]'s digest
+        return prefix, bytes(found[0])
+
+    async def check_weights(self, prefix: str, st: Stored) -> None:
+        """Refuse model.pt's meta record `st` unless its digest is the one expected for `prefix` (a
+        fetch of `st` then checks the bytes against that digest)."""
+        expected, source = await self.expected_digest(prefix)
+        got = sha256_hex(st.digest)
+        if not expected:
+            raise DataError(f"{MODELS}/{prefix}/model.pt: no digest of its weights is recorded ({source}); "
+                            f"refusing it (stored sha256 {got})")
+        if got != expected:
+            raise DataError(f"{MODELS}/{prefix}/model.pt does not match the digest of its weights: expected "
+                            f"sha256 {expected} ({source}), stored {got}; refusing it")
+
+    async def expected_digest(self, prefix: str) -> tuple[str, str]:
+        """(hex SHA-256 model.pt must have, where it comes from): the `completed` result of the training
+        that made `prefix` while it is in OPS, otherwise the version's metadata.json."""
+        for op_id in await self._made_by(prefix):
+            view = (await read_views(self.js, subjects.lifecycle_filters(op_id))).get(op_id)
+            artifacts = (view.result or {}).get("artifacts") if view is not None else None
+            if view is not None and view.status == "completed" and isinstance(artifacts, dict) \
+                    and artifacts.get("name") == prefix and isinstance(artifacts.get(DIGEST_KEY), str):
+                return artifacts[DIGEST_KEY], f"from the completed result of {op_id} in OPS"
+        meta = await self.read_json(prefix, "metadata.json")
+        digest = meta.get(DIGEST_KEY)
+        return (digest if isinstance(digest, str) else "",
+                "from its metadata.json: the operation that made it is no longer in OPS")
+
+    async def _made_by(self, prefix: str) -> list[str]:
+        """The operations whose stored `completed` event names `prefix` as the model they made."""
+        found: list[str] = []
+
+        def on_msg(subject: str, data: bytes) -> None:
+            try:
+                ev = decode_event_on(subject, data)
+            except DecodeError:
+                return
+            artifacts = ev.result.get("artifacts") if isinstance(ev, OperationCompleted) else None
+            if isinstance(artifacts, dict) and artifacts.get("name") == prefix and len(found) < 100:
+                found.append(ev.op_id)
+
+        await read_events(self.js, [subjects.all_ops(OperationCompleted.name)], on_msg)
+        return found
