@@ -2,7 +2,8 @@
 torch thread budget) and publishes its progress; cancellation is a shared flag the loop reads at every
 batch. Nothing it needs is on its own disk: bars come from the object bucket BARS (through this host's
 digest cache), each epoch's checkpoint goes to CHECKPOINTS as `<op_id>/latest` (work redelivered after a
-trainer died resumes from it, on any host), and the model goes to MODELS with its result. The
+trainer died resumes from it, on any host, but only from the checkpoint whose digest the holder reported
+in its progress), and the model goes to MODELS with its result and the digest of its weights. The
 checkpoint is removed when the operation ends (completed, failed or cancelled: only work handed back
 is resumed). Nothing heavy runs on the event loop: parsing and bar decoding go to threads, torch only
 ever runs in the child.
@@ -27,15 +28,17 @@ import pandas as pd
 
 from actors.runtime import Actor, OperationContext
 from events import subjects
-from events.messages import StartTraining
+from events.messages import ProgressState, StartTraining, TrainingContext
 from events.subjects import is_op_id
 from ktrdr.data.bars_store import BarStore
 from ktrdr.data.store import DigestCache, slice_bars
 from ktrdr.errors import KtrdrError, ValidationError
-from ktrdr.training.checkpoint_store import CheckpointStore
+from ktrdr.ops.reader import read_view
+from ktrdr.training.checkpoint_store import CheckpointStore, Reported, Resume, checkpoint_name
 from ktrdr.training.job import CheckedJob, TrainingJob, check_job
 from ktrdr.training.model_store import ModelStore
 from ktrdr.training.process import TrainingProcess
+from ktrdr.transport.objects import CHECKPOINTS
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,23 +68,40 @@ def device_pool(device: str) -> str:
 
 class CheckpointUploader:
     """Epoch checkpoints from the training thread to CHECKPOINTS, newest only: a slow upload never
-    holds the training up, and an older checkpoint never overwrites a newer one."""
+    holds the training up, and an older checkpoint never overwrites a newer one. Each stored
+    checkpoint is reported in the holder's own progress (`stamp`: its epoch and sha256 in every
+    TrainingContext from then on, and one progress event at once), which is what a resumed attempt
+    checks a stored checkpoint against (issue 18, F5)."""
 
-    def __init__(self, store: CheckpointStore, op_id: str, log: logging.Logger) -> None:
-        self.store, self.op_id, self.log = store, op_id, log
+    def __init__(self, store: CheckpointStore, op: OperationContext, log: logging.Logger,
+                 reported: Reported | None = None) -> None:
+        self.store, self.op, self.op_id, self.log = store, op, op.op_id, log
         self.loop = asyncio.get_running_loop()
         self.uploaded_epoch = 0
+        self.reported = reported  # the newest checkpoint stored for this operation (a resumed one at first)
         self._latest: tuple[int, bytes] | None = None
         self._lock = threading.Lock()
         self._wake = asyncio.Event()
         self._closing = False
-        self._task = asyncio.create_task(self._run(), name=f"checkpoints-{op_id}")
+        self._task = asyncio.create_task(self._run(), name=f"checkpoints-{op.op_id}")
 
     def submit(self, epoch: int, data: bytes) -> None:
         """Called on the training thread."""
         with self._lock:
             self._latest = (epoch, data)
         self.loop.call_soon_threadsafe(self._wake.set)
+
+    def stamp(self, state: ProgressState) -> ProgressState:
+        """`state` with the newest stored checkpoint in its TrainingContext (any thread)."""
+        reported, ctx = self.reported, state.context
+        if reported is None or not isinstance(ctx, TrainingContext):
+            return state
+        ctx = msgspec.structs.replace(ctx, checkpoint_epoch=reported.epoch, checkpoint_sha256=reported.sha256)
+        return msgspec.structs.replace(state, context=ctx)
+
+    def emit(self, state: ProgressState) -> None:
+        """The training's progress out (any thread), stamped."""
+        self.op.progress(self.stamp(state))
 
     def _take(self) -> tuple[int, bytes] | None:
         with self._lock:
@@ -93,8 +113,11 @@ class CheckpointUploader:
             item = self._take()
             if item is not None:
                 try:
-                    await self.store.put(self.op_id, item[1])
+                    self.reported = await self.store.put(self.op_id, item[1], attempt=self.op.attempt,
+                                                         epoch=item[0])
                     self.uploaded_epoch = item[0]
+                    if self.op.last_progress is not None:  # reported now, not at the next batch
+                        self.emit(self.op.last_progress)
                 except Exception as exc:  # the next epoch's checkpoint tries again
                     self.log.warning("%s: checkpoint of epoch %d not stored: %s", self.op_id, item[0], exc)
                 continue
@@ -158,11 +181,11 @@ class Trainer(Actor):
         bars, simulated = await self._read_bars(job, checked)
         job = msgspec.structs.replace(job, simulated=simulated)
         checkpoints = CheckpointStore(self.js)
-        resume = await checkpoints.get(op.op_id)
-        uploader = CheckpointUploader(checkpoints, op.op_id, self.log)
+        resume = await self._resume(checkpoints, op)
+        uploader = CheckpointUploader(checkpoints, op, self.log, resume.reported)
         try:
-            outcome = await asyncio.to_thread(self.training_process.run, job, bars, emit=op.progress,
-                                              cancel=op.token, resume=resume, on_checkpoint=uploader.submit)
+            outcome = await asyncio.to_thread(self.training_process.run, job, bars, emit=uploader.emit,
+                                              cancel=op.token, resume=resume.data, on_checkpoint=uploader.submit)
         except KtrdrError:
             await uploader.close()
             if not op.token.hand_back:  # failed or cancelled for good: nobody resumes it
@@ -176,6 +199,23 @@ class Trainer(Actor):
                                                outcome.artifacts, result=outcome.result)
         await self._forget(checkpoints, op.op_id)  # the model is saved: the checkpoint has served
         return {**outcome.result, "artifacts": {**outcome.result.get("artifacts", {}), **saved}}
+
+    async def _resume(self, checkpoints: CheckpointStore, op: OperationContext) -> Resume:
+        """The checkpoint this attempt resumes from: only the one the operation's holder reported in
+        its progress (the fold's view: the newest TrainingContext). A refused one is said in an
+        ActorError and a progress message, and the run starts from scratch."""
+        assert self.js is not None
+        if await checkpoints.stat(op.op_id) is None:
+            return Resume(None)  # nothing stored: no need to read the operation's history
+        ctx = (await read_view(self.js, op.op_id)).context
+        reported = Reported(ctx.checkpoint_epoch, ctx.checkpoint_sha256) \
+            if isinstance(ctx, TrainingContext) and ctx.checkpoint_sha256 else None
+        found = await checkpoints.resume(op.op_id, reported)
+        if found.refused:
+            note = f"{found.refused}; starting from scratch"
+            await self.report_error(op.op_id, note, f"{CHECKPOINTS}/{checkpoint_name(op.op_id)}")
+            op.progress(message=note, phase="initializing")
+        return found
 
     async def _forget(self, checkpoints: CheckpointStore, op_id: str) -> None:
         try:
