@@ -4,6 +4,8 @@ no purge), listing and deleting."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from ktrdr.transport import objects
@@ -15,6 +17,8 @@ async def test_bytes_round_trip_in_nats_py_format_and_a_conditional_put_that_los
     data = bytes(range(256)) * 5000  # 1.28 MB: three chunks
     first = await objects.put(js, BARS, "AAPL/1h", data, conditional=True)
     assert first.chunks == 3 and first.size == len(data)
+    assert objects.sha256_hex(first.digest) == hashlib.sha256(data).hexdigest()  # as sha256sum prints it
+    assert objects.sha256_hex("MD5=abc") == objects.sha256_hex("SHA-256=!!") == ""
     # nats-py's own ObjectStore reads what we wrote (same subjects, meta record and digest)
     assert (await (await js.object_store(BARS)).get("AAPL/1h")).data == data
     got = await objects.get(js, BARS, "AAPL/1h", max_bytes=10 << 20)
