@@ -62,6 +62,7 @@ class ModelStore:
 
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
+        self.verified: dict[str, str] = {}  # version -> "sha256 <hex> (from <anchor>)" of weights it checked
 
     async def _versions(self) -> tuple[dict[tuple[str, str, int], Stored], dict[tuple[str, str], str]]:
         """{(strategy, key, version): its metadata.json} for complete versions; {(strategy, key): latest}."""
@@ -243,6 +244,7 @@ class ModelStore:
         if got != expected:
             raise DataError(f"{MODELS}/{prefix}/model.pt does not match the digest of its weights: expected "
                             f"sha256 {expected} ({source}), stored {got}; refusing it")
+        self.verified[prefix] = f"sha256 {got} ({source})"
 
     async def expected_digest(self, prefix: str) -> tuple[str, str]:
         """(hex SHA-256 model.pt must have, where it comes from): the `completed` result of the training
