@@ -196,6 +196,7 @@ async def test_no_writer_can_purge_a_bucket_and_every_writer_still_works(stack, 
     assert await ckpts.delete(op) and await ckpts.get(op) is None and await ckpts.get(done) is None
     code, out, err = await asyncio.to_thread(pull, stack, saved["name"], tmp_path / "pulled")
     assert code == 0 and "pulled mlp_rsi/AAPL_1h_v1" in out, err
+    assert f"weights checked: sha256 {saved['model_sha256']} (from its metadata.json" in out, out
     assert (tmp_path / "pulled" / "model.pt").read_bytes() == b"weights" * 100
     # What stays of the replaced and deleted objects is one empty marker each, not their chunks.
     for stream, live in (("OBJ_CHECKPOINTS", 0), ("OBJ_BARS", 4)):
@@ -275,6 +276,9 @@ async def test_a_rewritten_checkpoint_is_refused_on_resume_and_the_model_against
     arts = view.result["artifacts"]
     name, good = arts["name"], arts["model_sha256"]
     meta = json.loads(bytes((await objects.get(other, MODELS, f"{name}/metadata.json", max_bytes=1 << 20))[0]))
+    code, out, err = await asyncio.to_thread(pull, stack, name, tmp_path / "genuine")
+    assert code == 0 and f"weights checked: sha256 {good} (from the completed result of {cmd.op_id} in OPS)" in out, \
+        (out, err)
     bad = hashlib.sha256(b"junk").hexdigest()
     await overwrite(other, f"{name}/model.pt", b"junk")
     await overwrite(other, f"{name}/metadata.json", json.dumps({**meta, "model_sha256": bad}).encode())
