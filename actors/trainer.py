@@ -16,8 +16,10 @@ this process never imports torch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
+import hashlib
 import logging
 import socket
 import threading
@@ -66,12 +68,18 @@ def device_pool(device: str) -> str:
     return "cpu"
 
 
+# How long a checkpoint's upload waits for the report of its digest to be acknowledged: past it, the
+# upload goes on (the report is sent; only its ack is late).
+FLUSH_BEFORE_STORE_S = 5.0
+
+
 class CheckpointUploader:
     """Epoch checkpoints from the training thread to CHECKPOINTS, newest only: a slow upload never
-    holds the training up, and an older checkpoint never overwrites a newer one. Each stored
-    checkpoint is reported in the holder's own progress (`stamp`: its epoch and sha256 in every
-    TrainingContext from then on, and one progress event at once), which is what a resumed attempt
-    checks a stored checkpoint against (issue 18, F5)."""
+    holds the training up, and an older checkpoint never overwrites a newer one. Each checkpoint's
+    digest goes into the holder's own progress (`stamp`: every TrainingContext carries the newest
+    stored one and the one being stored), and the one being stored is on record (acked) before its
+    bytes are: a resumed attempt takes only a checkpoint whose digest its holder reported, and a
+    holder killed between storing and reporting leaves it reported all the same (issue 18, F5)."""
 
     def __init__(self, store: CheckpointStore, op: OperationContext, log: logging.Logger,
                  reported: Reported | None = None) -> None:
@@ -79,45 +87,62 @@ class CheckpointUploader:
         self.loop = asyncio.get_running_loop()
         self.uploaded_epoch = 0
         self.reported = reported  # the newest checkpoint stored for this operation (a resumed one at first)
-        self._latest: tuple[int, bytes] | None = None
+        self.pending: Reported | None = None  # the one being stored
+        self._latest: tuple[int, bytes, str] | None = None
         self._lock = threading.Lock()
         self._wake = asyncio.Event()
         self._closing = False
         self._task = asyncio.create_task(self._run(), name=f"checkpoints-{op.op_id}")
 
     def submit(self, epoch: int, data: bytes) -> None:
-        """Called on the training thread."""
+        """Called on the training thread (which also pays for the digest, off the event loop)."""
+        digest = hashlib.sha256(data).hexdigest()
         with self._lock:
-            self._latest = (epoch, data)
+            self._latest = (epoch, data, digest)
         self.loop.call_soon_threadsafe(self._wake.set)
 
     def stamp(self, state: ProgressState) -> ProgressState:
-        """`state` with the newest stored checkpoint in its TrainingContext (any thread)."""
-        reported, ctx = self.reported, state.context
-        if reported is None or not isinstance(ctx, TrainingContext):
+        """`state` with the stored and the pending checkpoint in its TrainingContext (any thread)."""
+        reported, pending, ctx = self.reported, self.pending, state.context
+        if (reported is None and pending is None) or not isinstance(ctx, TrainingContext):
             return state
-        ctx = msgspec.structs.replace(ctx, checkpoint_epoch=reported.epoch, checkpoint_sha256=reported.sha256)
+        ctx = msgspec.structs.replace(
+            ctx, checkpoint_epoch=reported.epoch if reported else 0,
+            checkpoint_sha256=reported.sha256 if reported else "",
+            checkpoint_pending_sha256=pending.sha256 if pending else "")
         return msgspec.structs.replace(state, context=ctx)
 
     def emit(self, state: ProgressState) -> None:
         """The training's progress out (any thread), stamped."""
         self.op.progress(self.stamp(state))
 
-    def _take(self) -> tuple[int, bytes] | None:
+    async def _report(self) -> None:
+        """Publish the checkpoint digests now, not at the next batch."""
+        last = self.op.last_progress or ProgressState()
+        if not isinstance(last.context, TrainingContext):
+            last = msgspec.structs.replace(last, context=TrainingContext())
+        self.emit(last)
+
+    def _take(self) -> tuple[int, bytes, str] | None:
         with self._lock:
             item, self._latest = self._latest, None
         return item
+
+    async def _store(self, epoch: int, data: bytes, digest: str) -> None:
+        self.pending = Reported(epoch, digest)
+        await self._report()
+        with contextlib.suppress(TimeoutError):  # on record before the bytes are stored (bounded wait)
+            await asyncio.wait_for(self.op.actor.flush_progress(acked=True), FLUSH_BEFORE_STORE_S)
+        stored = await self.store.put(self.op_id, data, attempt=self.op.attempt, epoch=epoch)
+        self.reported, self.pending, self.uploaded_epoch = stored, None, epoch
+        await self._report()
 
     async def _run(self) -> None:
         while True:
             item = self._take()
             if item is not None:
                 try:
-                    self.reported = await self.store.put(self.op_id, item[1], attempt=self.op.attempt,
-                                                         epoch=item[0])
-                    self.uploaded_epoch = item[0]
-                    if self.op.last_progress is not None:  # reported now, not at the next batch
-                        self.emit(self.op.last_progress)
+                    await self._store(*item)
                 except Exception as exc:  # the next epoch's checkpoint tries again
                     self.log.warning("%s: checkpoint of epoch %d not stored: %s", self.op_id, item[0], exc)
                 continue
@@ -208,9 +233,9 @@ class Trainer(Actor):
         if await checkpoints.stat(op.op_id) is None:
             return Resume(None)  # nothing stored: no need to read the operation's history
         ctx = (await read_view(self.js, op.op_id)).context
-        reported = Reported(ctx.checkpoint_epoch, ctx.checkpoint_sha256) \
-            if isinstance(ctx, TrainingContext) and ctx.checkpoint_sha256 else None
-        found = await checkpoints.resume(op.op_id, reported)
+        reported = [Reported(ctx.checkpoint_epoch, ctx.checkpoint_sha256),
+                    Reported(0, ctx.checkpoint_pending_sha256)] if isinstance(ctx, TrainingContext) else []
+        found = await checkpoints.resume(op.op_id, [r for r in reported if r.sha256])
         if found.refused:
             note = f"{found.refused}; starting from scratch"
             await self.report_error(op.op_id, note, f"{CHECKPOINTS}/{checkpoint_name(op.op_id)}")

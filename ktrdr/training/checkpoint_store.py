@@ -6,15 +6,16 @@ with no torch in it: the orchestrator removes a checkpoint when the operation en
 Every trainer shares one key, so any of them can rewrite any checkpoint (issue 18, F5: a resumed run
 took zeroed weights under genuine-looking metadata). A checkpoint therefore records the run that wrote
 it (header `Ktrdr-Checkpoint`: op id, attempt, epoch; the meta record's digest of its bytes), the
-holder reports the digest of each checkpoint it stored in its own progress
-(`TrainingContext.checkpoint_sha256`), and `resume` hands out only a checkpoint of this operation
-whose bytes have that digest. The anchor is only as strong as the fold's holder rule: once the
+holder reports the digest of each checkpoint in its own progress (`TrainingContext.checkpoint_sha256`
+stored, `checkpoint_pending_sha256` being stored), and `resume` hands out only a checkpoint of this
+operation whose bytes have one of those digests. The anchor is only as strong as the fold's holder rule: once the
 holder signs its progress, a same-role key cannot forge it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -37,7 +38,8 @@ def checkpoint_name(op_id: str) -> str:
 
 @dataclass(frozen=True)
 class Reported:
-    """A checkpoint as its run reported it: its epoch and the hex SHA-256 of its bytes."""
+    """A checkpoint as its run reported it: its epoch (0: not known, one being stored) and the hex
+    SHA-256 of its bytes."""
 
     epoch: int
     sha256: str
@@ -75,10 +77,10 @@ class CheckpointStore:
         found = await objects.get(self.js, CHECKPOINTS, checkpoint_name(op_id), max_bytes=MAX_CHECKPOINT_BYTES)
         return bytes(found[0]) if found else None
 
-    async def resume(self, op_id: str, reported: Reported | None) -> Resume:
+    async def resume(self, op_id: str, reported: Sequence[Reported]) -> Resume:
         """The checkpoint to resume `op_id` from: only one recorded as this operation's whose bytes have
-        the digest the run `reported` (its holder's newest progress). Anything else is refused with
-        the reason, and the run starts from scratch."""
+        a digest the run `reported` (its holder's newest progress: the stored and the pending one).
+        Anything else is refused with the reason, and the run starts from scratch."""
         st = await self.stat(op_id)
         if st is None:
             return Resume(None)
@@ -89,13 +91,14 @@ class CheckpointStore:
         except DataError as exc:  # the bytes are not the ones its meta record (and the run) names
             return Resume(None, refused=f"checkpoint of {op_id} unreadable: {exc.message}")
         assert data is not None
-        return Resume(bytes(data), reported)
+        digest = sha256_hex(st.digest)
+        return Resume(bytes(data), next(r for r in reported if r.sha256 == digest))
 
     async def delete(self, op_id: str) -> bool:
         return await objects.delete(self.js, CHECKPOINTS, checkpoint_name(op_id))
 
 
-def _problem(st: Stored, op_id: str, reported: Reported | None) -> str | None:
+def _problem(st: Stored, op_id: str, reported: Sequence[Reported]) -> str | None:
     """Why the stored checkpoint `st` is not the one `op_id`'s run reported, or None when it is."""
     try:
         record = json.loads(st.header(CHECKPOINT_HEADER) or "")
@@ -105,9 +108,9 @@ def _problem(st: Stored, op_id: str, reported: Reported | None) -> str | None:
         named = record.get("op_id") if isinstance(record, dict) else None
         return f"checkpoint refused: it is not recorded as {op_id}'s (it names {str(named)[:80]!r})"
     digest = sha256_hex(st.digest)
-    if reported is None or not reported.sha256:
+    if not reported:
         return f"checkpoint refused: {op_id}'s run reported no checkpoint (stored one: sha256 {digest})"
-    if digest != reported.sha256:
-        return (f"checkpoint refused: its sha256 {digest} is not the {reported.sha256} of the epoch "
-                f"{reported.epoch} checkpoint the run reported")
+    if all(digest != r.sha256 for r in reported):
+        return (f"checkpoint refused: its sha256 {digest} is not the {' or '.join(r.sha256 for r in reported)} "
+                f"the run reported")
     return None

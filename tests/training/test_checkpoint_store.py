@@ -32,14 +32,16 @@ async def test_a_resume_takes_only_the_checkpoint_its_run_reported(client):
 
     ckpts = CheckpointStore(client.js)
     op, other = new_op_id("training"), new_op_id("training")
-    assert (await ckpts.resume(op, None)).data is None  # nothing stored: nothing refused either
+    assert (await ckpts.resume(op, [])).data is None  # nothing stored: nothing refused either
     reported = await ckpts.put(op, b"epoch 2" * 1000, attempt=1, epoch=2)
     assert reported.epoch == 2 and len(reported.sha256) == 64
-    found = await ckpts.resume(op, reported)
+    found = await ckpts.resume(op, [reported])
     assert found.data == b"epoch 2" * 1000 and found.refused == "" and found.reported == reported
-    refused = await ckpts.resume(op, None)  # the run reported none
+    pending = await ckpts.resume(op, [Reported(1, "1" * 64), Reported(0, reported.sha256)])  # being stored
+    assert pending.data == b"epoch 2" * 1000 and pending.reported == Reported(0, reported.sha256)
+    refused = await ckpts.resume(op, [])  # the run reported none
     assert refused.data is None and "reported no checkpoint" in refused.refused
-    refused = await ckpts.resume(op, Reported(1, "0" * 64))  # another digest than the one it reported
+    refused = await ckpts.resume(op, [Reported(1, "0" * 64)])  # another digest than the one it reported
     assert refused.data is None and f"is not the {'0' * 64}" in refused.refused
     # another operation's checkpoint (its record naming that operation) put under this one's name
     theirs = await ckpts.put(other, b"theirs", attempt=1, epoch=5)
@@ -47,5 +49,5 @@ async def test_a_resume_takes_only_the_checkpoint_its_run_reported(client):
     assert st is not None
     await objects.put(client.js, CHECKPOINTS, checkpoint_name(op), b"theirs",
                       headers={k: v for k in st.headers if (v := st.header(k)) is not None})
-    refused = await ckpts.resume(op, theirs)
+    refused = await ckpts.resume(op, [theirs])
     assert refused.data is None and f"not recorded as {op}'s" in refused.refused and other in refused.refused
