@@ -36,6 +36,7 @@ from ktrdr.ops.reader import read_views
 from ktrdr.training.registry import (
     DIGEST_KEY,
     FILES,
+    FILES_DIGEST_KEY,
     KEY_RE,
     RESULT_FILE,
     model_key,
@@ -53,6 +54,7 @@ MODEL_HEADER, LATEST_HEADER = "Ktrdr-Model", "Ktrdr-Latest"
 # Aliases for annotations inside ModelStore, whose `list` method shadows the builtin.
 _Rows = list[dict[str, Any]]
 _Paths = list[Path]
+Expected = tuple[dict[str, str], str]  # ({file: hex SHA-256}, where the digests come from)
 _MODEL_OBJECT = re.compile(r"^(?P<strategy>[^/]+)/(?P<key>[^/]+)_v(?P<n>\d{1,10})/(?P<file>[^/]+)$")
 _POINTER = re.compile(r"^(?P<strategy>[^/]+)/(?P<key>[^/]+)_latest$")
 
@@ -108,13 +110,16 @@ class ModelStore:
         if result is not None:  # the operation's result as stored with the model (analytics, history)
             full = {**result, "artifacts": {**(result.get("artifacts") or {}), **saved}}
             files[RESULT_FILE] = (json.dumps(full, indent=2, default=str) + "\n").encode()
+        digests = {"model.pt": saved[DIGEST_KEY]}
         for f, data in files.items():
-            await objects.put(self.js, MODELS, f"{prefix}/{f}", data)
-        metadata = {**metadata, "version": version, "name": prefix, DIGEST_KEY: saved[DIGEST_KEY]}
+            digests[f] = sha256_hex((await objects.put(self.js, MODELS, f"{prefix}/{f}", data)).digest)
+        metadata = {**metadata, "version": version, "name": prefix, DIGEST_KEY: saved[DIGEST_KEY],
+                    FILES_DIGEST_KEY: dict(digests)}
         summary = json.dumps({**model_summary(metadata, metrics), "version": version}, default=str)
         body = (json.dumps(metadata, indent=2, default=str) + "\n").encode()
-        await objects.put(self.js, MODELS, f"{prefix}/metadata.json", body,
-                          headers={MODEL_HEADER: summary if len(summary) <= MAX_HEADER_BYTES else "{}"})
+        st = await objects.put(self.js, MODELS, f"{prefix}/metadata.json", body,
+                               headers={MODEL_HEADER: summary if len(summary) <= MAX_HEADER_BYTES else "{}"})
+        saved[FILES_DIGEST_KEY] = {**digests, "metadata.json": sha256_hex(st.digest)}  # every file, for the result
         await self._point(name, key, version)
         return saved
 
@@ -200,15 +205,18 @@ class ModelStore:
             raise ValidationError(f"{str(dest)[:200]}: not an existing folder")
         folder = folder.resolve()
         prefix = await self.resolve(ref)
-        written: _Paths = []
-        for f in (*FILES, RESULT_FILE):
+        expected = await self.expected_digests(prefix)
+        stored: list[tuple[str, Stored]] = []
+        for f in (*FILES, RESULT_FILE):  # every file checked before a byte is written
             st = await objects.stat(self.js, MODELS, f"{prefix}/{f}")
             if st is None or st.deleted:
                 if f == RESULT_FILE:
                     continue
                 raise DataError(f"{MODELS}/{prefix}/{f} is missing")
-            if f == "model.pt":  # before a byte is written: fetch then checks the bytes against st
-                await self.check_weights(prefix, st)
+            self.check_file(prefix, f, st, expected)  # fetch then checks the bytes against st
+            stored.append((f, st))
+        written: _Paths = []
+        for f, st in stored:
             target = folder / f
             if target.parent != folder:
                 raise ValidationError(f"refusing to write outside {folder}")
@@ -230,35 +238,40 @@ class ModelStore:
         found = await objects.get(self.js, MODELS, f"{prefix}/model.pt", max_bytes=MAX_MODEL_FILE_BYTES)
         if found is None:
             raise DataError(f"{MODELS}/{prefix}/model.pt is missing")
-        await self.check_weights(prefix, found[1])  # get checked the bytes against found[1]'s digest
+        # get checked the bytes against the meta record found[1]; this checks the record's digest
+        self.check_file(prefix, "model.pt", found[1], await self.expected_digests(prefix))
         return prefix, bytes(found[0])
 
-    async def check_weights(self, prefix: str, st: Stored) -> None:
-        """Refuse model.pt's meta record `st` unless its digest is the one expected for `prefix` (a
-        fetch of `st` then checks the bytes against that digest)."""
-        expected, source = await self.expected_digest(prefix)
-        got = sha256_hex(st.digest)
-        if not expected:
+    def check_file(self, prefix: str, file: str, st: Stored, expected: Expected) -> None:
+        """Refuse the meta record `st` of `prefix`'s `file` unless its digest is the expected one (a
+        fetch of `st` then checks the bytes against that digest). model.pt must have a digest on
+        record; the other files are checked where one is (their digests came with this change)."""
+        digests, source = expected
+        want, got = digests.get(file, ""), sha256_hex(st.digest)
+        if file == "model.pt" and not want:
             raise DataError(f"{MODELS}/{prefix}/model.pt: no digest of its weights is recorded ({source}); "
                             f"refusing it (stored sha256 {got})")
-        if got != expected:
-            raise DataError(f"{MODELS}/{prefix}/model.pt does not match the digest of its weights: expected "
-                            f"sha256 {expected} ({source}), stored {got}; refusing it")
-        self.verified[prefix] = f"sha256 {got} ({source})"
+        if want and got != want:
+            what = "the digest of its weights" if file == "model.pt" else "its recorded digest"
+            raise DataError(f"{MODELS}/{prefix}/{file} does not match {what}: expected sha256 {want} ({source}), "
+                            f"stored {got}; refusing it")
+        if file == "model.pt":
+            self.verified[prefix] = f"sha256 {got} ({source})"
 
-    async def expected_digest(self, prefix: str) -> tuple[str, str]:
-        """(hex SHA-256 model.pt must have, where it comes from): the `completed` result of the training
-        that made `prefix` while it is in OPS, otherwise the version's metadata.json."""
+    async def expected_digests(self, prefix: str) -> Expected:
+        """({file: hex SHA-256 it must have}, where they come from): the `completed` result of the
+        training that made `prefix` while it is in OPS, otherwise the version's metadata.json (which
+        holds all digests but its own)."""
         for op_id in await self._made_by(prefix):
             view = (await read_views(self.js, subjects.lifecycle_filters(op_id))).get(op_id)
             artifacts = (view.result or {}).get("artifacts") if view is not None else None
             if view is not None and view.status == "completed" and isinstance(artifacts, dict) \
                     and artifacts.get("name") == prefix and isinstance(artifacts.get(DIGEST_KEY), str):
-                return artifacts[DIGEST_KEY], f"from the completed result of {op_id} in OPS"
+                return _digests(artifacts), f"from the completed result of {op_id} in OPS"
         meta = await self.read_json(prefix, "metadata.json")
-        digest = meta.get(DIGEST_KEY)
-        return (digest if isinstance(digest, str) else "",
-                "from its metadata.json: the operation that made it is no longer in OPS")
+        digests = _digests(meta)
+        digests.pop("metadata.json", None)
+        return digests, "from its metadata.json: the operation that made it is no longer in OPS"
 
     async def _made_by(self, prefix: str) -> list[str]:
         """The operations whose stored `completed` event names `prefix` as the model they made."""
@@ -275,3 +288,14 @@ class ModelStore:
 
         await read_events(self.js, [subjects.all_ops(OperationCompleted.name)], on_msg)
         return found
+
+
+def _digests(record: Mapping[str, Any]) -> dict[str, str]:
+    """{file: hex SHA-256} from a completed result's artifacts or a metadata.json (model.pt's own key
+    wins: it is the one every version has)."""
+    files = record.get(FILES_DIGEST_KEY)
+    out = {f: d for f, d in files.items() if isinstance(f, str) and isinstance(d, str)} \
+        if isinstance(files, dict) else {}
+    if isinstance(record.get(DIGEST_KEY), str):
+        out["model.pt"] = record[DIGEST_KEY]
+    return out

@@ -35,6 +35,7 @@ RESULT_FILE = "result.json"
 # In metadata.json (and a training's completed result): the hex SHA-256 of model.pt, checked on every
 # load and pull (issue 18, F5: a rewritten model.pt was served under the original metadata).
 DIGEST_KEY = "model_sha256"
+FILES_DIGEST_KEY = "files_sha256"  # {file: hex SHA-256} of a version's files, in MODELS (model_store.py)
 _VERSION_RE = re.compile(r"^(?P<key>.+)_v(?P<n>\d+)$")
 # What model_key produces: SYMBOLS joined by '-', '_', timeframes joined by '-'.
 KEY_RE = re.compile(rf"^{NORMALIZED_SYMBOL}(-{NORMALIZED_SYMBOL}){{0,{MAX_SYMBOLS - 1}}}"

@@ -225,6 +225,12 @@ async def test_a_rewritten_model_is_refused_by_pull_and_load_against_its_metadat
     assert good in refused.value.message and bad in refused.value.message
     assert saved["model_sha256"] == good and json.loads((tmp_path / "genuine" / "metadata.json").read_text())[
         "model_sha256"] == good
+    # The other files are checked too: a rewritten features.json (the scaler) is refused as well.
+    again = await ModelStore(trainer_nc.jetstream()).save("mlp_rsi", ["AAPL"], ["1h"], model_artifacts(b"w" * 10))
+    await overwrite(other_nc.jetstream(), f"{again['name']}/features.json", b'{"scaler": "shifted"}')
+    code, out, err = await asyncio.to_thread(pull, stack, again["name"], tmp_path / "features")
+    assert code != 0 and f"{again['name']}/features.json does not match its recorded digest" in err, (out, err)
+    assert again["files_sha256"]["features.json"] in err and not list((tmp_path / "features").iterdir())
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
