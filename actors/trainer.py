@@ -2,7 +2,8 @@
 torch thread budget) and publishes its progress; cancellation is a shared flag the loop reads at every
 batch. Nothing it needs is on its own disk: bars come from the object bucket BARS (through this host's
 digest cache), each epoch's checkpoint goes to CHECKPOINTS as `<op_id>/latest` (work redelivered after a
-trainer died resumes from it, on any host), and the model goes to MODELS with its result. The
+trainer died resumes from it, on any host, but only from the checkpoint whose digest the holder reported
+in its progress), and the model goes to MODELS with its result and the digest of its weights. The
 checkpoint is removed when the operation ends (completed, failed or cancelled: only work handed back
 is resumed). Nothing heavy runs on the event loop: parsing and bar decoding go to threads, torch only
 ever runs in the child.
@@ -15,8 +16,10 @@ this process never imports torch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import functools
+import hashlib
 import logging
 import socket
 import threading
@@ -27,15 +30,17 @@ import pandas as pd
 
 from actors.runtime import Actor, OperationContext
 from events import subjects
-from events.messages import StartTraining
+from events.messages import ProgressState, StartTraining, TrainingContext
 from events.subjects import is_op_id
 from ktrdr.data.bars_store import BarStore
 from ktrdr.data.store import DigestCache, slice_bars
 from ktrdr.errors import KtrdrError, ValidationError
-from ktrdr.training.checkpoint_store import CheckpointStore
+from ktrdr.ops.reader import read_view
+from ktrdr.training.checkpoint_store import CheckpointStore, Reported, Resume, checkpoint_name
 from ktrdr.training.job import CheckedJob, TrainingJob, check_job
 from ktrdr.training.model_store import ModelStore
 from ktrdr.training.process import TrainingProcess
+from ktrdr.transport.objects import CHECKPOINTS
 
 
 @functools.lru_cache(maxsize=1)
@@ -63,38 +68,81 @@ def device_pool(device: str) -> str:
     return "cpu"
 
 
+# How long a checkpoint's upload waits for the report of its digest to be acknowledged: past it, the
+# upload goes on (the report is sent; only its ack is late).
+FLUSH_BEFORE_STORE_S = 5.0
+
+
 class CheckpointUploader:
     """Epoch checkpoints from the training thread to CHECKPOINTS, newest only: a slow upload never
-    holds the training up, and an older checkpoint never overwrites a newer one."""
+    holds the training up, and an older checkpoint never overwrites a newer one. Each checkpoint's
+    digest goes into the holder's own progress (`stamp`: every TrainingContext carries the newest
+    stored one and the one being stored), and the one being stored is on record (acked) before its
+    bytes are: a resumed attempt takes only a checkpoint whose digest its holder reported, and a
+    holder killed between storing and reporting leaves it reported all the same (issue 18, F5)."""
 
-    def __init__(self, store: CheckpointStore, op_id: str, log: logging.Logger) -> None:
-        self.store, self.op_id, self.log = store, op_id, log
+    def __init__(self, store: CheckpointStore, op: OperationContext, log: logging.Logger,
+                 reported: Reported | None = None) -> None:
+        self.store, self.op, self.op_id, self.log = store, op, op.op_id, log
         self.loop = asyncio.get_running_loop()
         self.uploaded_epoch = 0
-        self._latest: tuple[int, bytes] | None = None
+        self.reported = reported  # the newest checkpoint stored for this operation (a resumed one at first)
+        self.pending: Reported | None = None  # the one being stored
+        self._latest: tuple[int, bytes, str] | None = None
         self._lock = threading.Lock()
         self._wake = asyncio.Event()
         self._closing = False
-        self._task = asyncio.create_task(self._run(), name=f"checkpoints-{op_id}")
+        self._task = asyncio.create_task(self._run(), name=f"checkpoints-{op.op_id}")
 
     def submit(self, epoch: int, data: bytes) -> None:
-        """Called on the training thread."""
+        """Called on the training thread (which also pays for the digest, off the event loop)."""
+        digest = hashlib.sha256(data).hexdigest()
         with self._lock:
-            self._latest = (epoch, data)
+            self._latest = (epoch, data, digest)
         self.loop.call_soon_threadsafe(self._wake.set)
 
-    def _take(self) -> tuple[int, bytes] | None:
+    def stamp(self, state: ProgressState) -> ProgressState:
+        """`state` with the stored and the pending checkpoint in its TrainingContext (any thread)."""
+        reported, pending, ctx = self.reported, self.pending, state.context
+        if (reported is None and pending is None) or not isinstance(ctx, TrainingContext):
+            return state
+        ctx = msgspec.structs.replace(
+            ctx, checkpoint_epoch=reported.epoch if reported else 0,
+            checkpoint_sha256=reported.sha256 if reported else "",
+            checkpoint_pending_sha256=pending.sha256 if pending else "")
+        return msgspec.structs.replace(state, context=ctx)
+
+    def emit(self, state: ProgressState) -> None:
+        """The training's progress out (any thread), stamped."""
+        self.op.progress(self.stamp(state))
+
+    async def _report(self) -> None:
+        """Publish the checkpoint digests now, not at the next batch."""
+        last = self.op.last_progress or ProgressState()
+        if not isinstance(last.context, TrainingContext):
+            last = msgspec.structs.replace(last, context=TrainingContext())
+        self.emit(last)
+
+    def _take(self) -> tuple[int, bytes, str] | None:
         with self._lock:
             item, self._latest = self._latest, None
         return item
+
+    async def _store(self, epoch: int, data: bytes, digest: str) -> None:
+        self.pending = Reported(epoch, digest)
+        await self._report()
+        with contextlib.suppress(TimeoutError):  # on record before the bytes are stored (bounded wait)
+            await asyncio.wait_for(self.op.actor.flush_progress(acked=True), FLUSH_BEFORE_STORE_S)
+        stored = await self.store.put(self.op_id, data, attempt=self.op.attempt, epoch=epoch)
+        self.reported, self.pending, self.uploaded_epoch = stored, None, epoch
+        await self._report()
 
     async def _run(self) -> None:
         while True:
             item = self._take()
             if item is not None:
                 try:
-                    await self.store.put(self.op_id, item[1])
-                    self.uploaded_epoch = item[0]
+                    await self._store(*item)
                 except Exception as exc:  # the next epoch's checkpoint tries again
                     self.log.warning("%s: checkpoint of epoch %d not stored: %s", self.op_id, item[0], exc)
                 continue
@@ -158,11 +206,11 @@ class Trainer(Actor):
         bars, simulated = await self._read_bars(job, checked)
         job = msgspec.structs.replace(job, simulated=simulated)
         checkpoints = CheckpointStore(self.js)
-        resume = await checkpoints.get(op.op_id)
-        uploader = CheckpointUploader(checkpoints, op.op_id, self.log)
+        resume = await self._resume(checkpoints, op)
+        uploader = CheckpointUploader(checkpoints, op, self.log, resume.reported)
         try:
-            outcome = await asyncio.to_thread(self.training_process.run, job, bars, emit=op.progress,
-                                              cancel=op.token, resume=resume, on_checkpoint=uploader.submit)
+            outcome = await asyncio.to_thread(self.training_process.run, job, bars, emit=uploader.emit,
+                                              cancel=op.token, resume=resume.data, on_checkpoint=uploader.submit)
         except KtrdrError:
             await uploader.close()
             if not op.token.hand_back:  # failed or cancelled for good: nobody resumes it
@@ -176,6 +224,23 @@ class Trainer(Actor):
                                                outcome.artifacts, result=outcome.result)
         await self._forget(checkpoints, op.op_id)  # the model is saved: the checkpoint has served
         return {**outcome.result, "artifacts": {**outcome.result.get("artifacts", {}), **saved}}
+
+    async def _resume(self, checkpoints: CheckpointStore, op: OperationContext) -> Resume:
+        """The checkpoint this attempt resumes from: only the one the operation's holder reported in
+        its progress (the fold's view: the newest TrainingContext). A refused one is said in an
+        ActorError and a progress message, and the run starts from scratch."""
+        assert self.js is not None
+        if await checkpoints.stat(op.op_id) is None:
+            return Resume(None)  # nothing stored: no need to read the operation's history
+        ctx = (await read_view(self.js, op.op_id)).context
+        reported = [Reported(ctx.checkpoint_epoch, ctx.checkpoint_sha256),
+                    Reported(0, ctx.checkpoint_pending_sha256)] if isinstance(ctx, TrainingContext) else []
+        found = await checkpoints.resume(op.op_id, [r for r in reported if r.sha256])
+        if found.refused:
+            note = f"{found.refused}; starting from scratch"
+            await self.report_error(op.op_id, note, f"{CHECKPOINTS}/{checkpoint_name(op.op_id)}")
+            op.progress(message=note, phase="initializing")
+        return found
 
     async def _forget(self, checkpoints: CheckpointStore, op_id: str) -> None:
         try:

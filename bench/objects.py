@@ -12,6 +12,12 @@ carry the parent's RSS over the fork into the child.
 - `bytes_*`: the Parquet bytes alone, by chunk size (128 KiB is nats-py's default; max_payload is 1 MB),
   plus nats-py's own ObjectStore.get once (it concatenates bytes per chunk).
 
+- `replace (issue 18, F5)`: what replacing and deleting an object costs now that no writer may purge:
+  the old chunks retired by one rollup message on their chunk subject, against the purge of that
+  subject the writers used to send, at 0.6 / 6 / 60 MB (1x / 10x / 100x), same server, same run:
+  the retire alone, a whole replace (put of an existing name) and a delete, medians of REPLACE_ROUNDS.
+  `python -m bench.objects replace` runs this part alone.
+
 `python -m bench objects`. The series is EURUSD (24/5: 3.76M bars, about 60 MB of Parquet), the largest
 10-year 1m series the simulated gateway serves.
 """
@@ -32,6 +38,8 @@ from typing import Any
 
 ROUNDS = 3
 CHUNKS = (128 * 1024, 512 * 1024, 1000 * 1024)
+REPLACE_SIZES = (600 * 1024, 6000 * 1024, 60000 * 1024)  # 1x / 10x / 100x
+REPLACE_ROUNDS = 5
 
 
 def _status_mb(field: str) -> float:
@@ -106,6 +114,58 @@ def _median(op: str, url: str, path: Path, work: Path, chunk: int = 512 * 1024,
     return statistics.median(r["s"] for r in runs), statistics.median(r["peak_above_mb"] for r in runs)
 
 
+async def _purge_retire(js: Any, bucket: str, nuid: str) -> None:
+    """How a writer retired old chunks before issue 18 (F5): a purge of their chunk subject."""
+    from ktrdr.transport import objects as obj
+
+    await js.purge_stream(obj._stream(bucket), subject=obj._chunk_subject(bucket, nuid))
+
+
+async def replace_costs(url: str) -> dict[str, float]:
+    """Retire / replace / delete seconds per size, rollup (now) against purge (before), interleaved."""
+    import nats
+
+    from ktrdr.transport import objects as obj
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    rollup = obj._retire
+    out: dict[str, float] = {}
+    try:
+        for size in REPLACE_SIZES:
+            data = os.urandom(size)
+            runs: dict[str, dict[str, list[float]]] = {m: {"retire": [], "replace": [], "delete": []}
+                                                       for m in ("purge", "rollup")}
+            for r in range(REPLACE_ROUNDS):
+                for mode, retire in (("purge", _purge_retire), ("rollup", rollup)):
+                    obj._retire = retire  # type: ignore[assignment]
+                    name, t = f"bench/{size}/{mode}/{r}", runs[mode]
+                    st = await obj.put(js, obj.BARS, name, data)
+                    spare = await obj.put(js, obj.BARS, f"{name}/spare", data)
+                    t0 = time.perf_counter()
+                    await retire(js, obj.BARS, spare.nuid)
+                    t["retire"].append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    await obj.put(js, obj.BARS, name, data, replaces=st)
+                    t["replace"].append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    await obj.delete(js, obj.BARS, name)
+                    t["delete"].append(time.perf_counter() - t0)
+            obj._retire = rollup  # type: ignore[assignment]
+            k = f"{size / 2**20:.1f} MB"
+            for mode, t in runs.items():
+                for what, xs in t.items():
+                    out[f"{k} {what} ({mode}) ms"] = statistics.median(xs) * 1000
+            out[f"{k} replace MB/s (rollup)"] = size / 2**20 / (out[f"{k} replace (rollup) ms"] / 1000)
+            out[f"{k} replace MB/s (purge)"] = size / 2**20 / (out[f"{k} replace (purge) ms"] / 1000)
+        info = await js.stream_info(obj._stream(obj.BARS))
+        out["markers left (messages in the bucket after the run)"] = float(info.state.messages)
+    finally:
+        obj._retire = rollup  # type: ignore[assignment]
+        await nc.close()
+    return out
+
+
 async def main() -> dict[str, Any]:
     from bench._common import BenchServer
     from ktrdr.data.calendar import lookup
@@ -143,12 +203,25 @@ async def main() -> dict[str, Any]:
         natspy_s, natspy_mb = _median("bytes-get-natspy", url, path, work, CHUNKS[0], rounds=1)
         raw |= {"nats-py get 128 KiB s (1 round)": natspy_s, "nats-py get peak MB": natspy_mb}
         out["bytes (Parquet bytes only)"] = raw
+    with BenchServer("objects-replace") as srv:
+        out["replace (issue 18, F5: rollup now, purge before)"] = await replace_costs(srv.url)
     for p in work.glob("**/*"):
         if p.is_file():
             p.unlink()
     return out
 
 
-if __name__ == "__main__":
+async def _replace_only() -> dict[str, Any]:
+    from bench._common import BenchServer
+
+    with BenchServer("objects-replace") as srv:
+        return {"replace (issue 18, F5: rollup now, purge before)": await replace_costs(srv.url)}
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["replace"]:
+    from bench._common import report
+
+    report("objects-replace", asyncio.run(_replace_only()))
+elif __name__ == "__main__":
     op, url, path, work, chunk = sys.argv[1:6]
     print(json.dumps(asyncio.run(_measure(op, url, Path(path), Path(work), int(chunk)))))

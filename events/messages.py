@@ -82,6 +82,13 @@ class TrainingContext(msgspec.Struct, tag="training", tag_field="kind", kw_only=
     gpu_memory_peak_gb: float | None = None  # on CUDA only: its peak so far
     gpu_utilization_pct: float | None = None  # on CUDA only, when the driver (NVML) reports it
     resumed_from_epoch: int | None = None
+    # The newest checkpoint the holder stored (CHECKPOINTS `<op_id>/latest`): its epoch and the hex
+    # SHA-256 of its bytes, and the one it is storing now (reported before it is stored, so a holder
+    # killed in between leaves a digest on record either way). A resumed attempt takes only a
+    # checkpoint with one of these digests (issue 18, F5).
+    checkpoint_epoch: int = 0
+    checkpoint_sha256: Label = ""
+    checkpoint_pending_sha256: Label = ""
 
 
 class WorkflowContext(msgspec.Struct, tag="workflow", tag_field="kind", kw_only=True):

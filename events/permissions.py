@@ -109,12 +109,12 @@ class _Grant:
         self.api("STREAM.NAMES")
 
     def obj_write(self, bucket: str) -> None:
-        # put publishes chunks and the meta record, then purges the replaced object's chunks;
-        # delete publishes a deleted meta record and purges the chunks. A writer of a bucket can
-        # therefore purge that bucket (the purge filter is in the payload, not the subject).
+        # put publishes chunks and the meta record; replacing or deleting retires the old chunks with
+        # a rollup message on their own chunk subject (ktrdr.transport.objects). No role gets
+        # STREAM.PURGE: a purge's filter is in its payload, so one granted purge empties the whole
+        # bucket (issue 18, F5).
         self.obj_read(bucket)
         self.allow_pub(f"$O.{bucket}.C.>", f"$O.{bucket}.M.>")
-        self.api(f"STREAM.PURGE.OBJ_{bucket}")
 
     def presence(self, role: str) -> None:
         self.kv_write("ACTORS", f"{role}.>")  # own key <role>.<actor_id>; host names may hold dots

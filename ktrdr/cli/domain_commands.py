@@ -423,6 +423,7 @@ async def _models_pull(name: str, out: Path) -> int:
             raise usage(f"-o {str(out)[:200]}: cannot create the folder ({exc.strerror or exc})") from None
         resolved, paths = await store.pull(resolved, out)
     typer.echo(f"pulled {resolved} into {out}: {', '.join(p.name for p in paths)}")
+    typer.echo(f"  weights checked: {store.verified.get(resolved, '?')}")
     return 0
 
 

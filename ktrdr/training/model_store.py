@@ -7,6 +7,13 @@ others), and the latest pointer only ever moves forward (compare-and-set). A ver
 its metadata.json's header, so `models list` reads no object's bytes. Names come from the registry's
 rules (validated strategy names, model keys); `pull` writes fixed file names into an existing folder.
 This is the training domain's NATS adapter; the bytes go through ktrdr.transport.objects.
+
+Every trainer shares one key, so any of them can rewrite any object in MODELS (issue 18, F5: `models
+pull` served junk weights under the original metadata). A version therefore carries the SHA-256 of its
+model.pt (`model_sha256`) in its metadata.json and in the `completed` result of the training that
+made it, and `pull` and `load` refuse weights whose digest is not the expected one: the one in that
+completed result while the operation is still in OPS (the anchor a stranger cannot rewrite once the
+holder signs its verdicts), else the one in metadata.json (which a trainer key could rewrite too).
 """
 
 from __future__ import annotations
@@ -21,9 +28,15 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from events import subjects
+from events.codec import DecodeError, decode_event_on
+from events.messages import OperationCompleted
 from ktrdr.errors import DataError, ValidationError
+from ktrdr.ops.reader import read_views
 from ktrdr.training.registry import (
+    DIGEST_KEY,
     FILES,
+    FILES_DIGEST_KEY,
     KEY_RE,
     RESULT_FILE,
     model_key,
@@ -32,8 +45,8 @@ from ktrdr.training.registry import (
     version_name,
 )
 from ktrdr.training.strategy import validate_name
-from ktrdr.transport import objects
-from ktrdr.transport.objects import MAX_HEADER_BYTES, MODELS, ObjectConflict, Stored
+from ktrdr.transport import objects, read_events
+from ktrdr.transport.objects import MAX_HEADER_BYTES, MODELS, ObjectConflict, Stored, sha256_hex
 
 MAX_MODEL_FILE_BYTES = 4 << 30
 MAX_JSON_FILE_BYTES = 64 << 20
@@ -41,6 +54,7 @@ MODEL_HEADER, LATEST_HEADER = "Ktrdr-Model", "Ktrdr-Latest"
 # Aliases for annotations inside ModelStore, whose `list` method shadows the builtin.
 _Rows = list[dict[str, Any]]
 _Paths = list[Path]
+Expected = tuple[dict[str, str], str]  # ({file: hex SHA-256}, where the digests come from)
 _MODEL_OBJECT = re.compile(r"^(?P<strategy>[^/]+)/(?P<key>[^/]+)_v(?P<n>\d{1,10})/(?P<file>[^/]+)$")
 _POINTER = re.compile(r"^(?P<strategy>[^/]+)/(?P<key>[^/]+)_latest$")
 
@@ -50,6 +64,7 @@ class ModelStore:
 
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
+        self.verified: dict[str, str] = {}  # version -> "sha256 <hex> (from <anchor>)" of weights it checked
 
     async def _versions(self) -> tuple[dict[tuple[str, str, int], Stored], dict[tuple[str, str], str]]:
         """{(strategy, key, version): its metadata.json} for complete versions; {(strategy, key): latest}."""
@@ -82,25 +97,29 @@ class ModelStore:
         while True:
             prefix = f"{name}/{version_name(key, version)}"
             try:
-                await objects.put(self.js, MODELS, f"{prefix}/model.pt", artifacts["model.pt"],
-                                  conditional=True)
+                weights = await objects.put(self.js, MODELS, f"{prefix}/model.pt", artifacts["model.pt"],
+                                            conditional=True)
                 break
             except ObjectConflict:
                 version += 1  # another trainer claimed this number first
         saved = {"bucket": MODELS, "name": prefix, "version": version, "model_object": f"{prefix}/model.pt",
-                 "model_path": f"{MODELS}/{prefix}/model.pt", "latest_pointer": f"{name}/{key}_latest",
+                 "model_path": f"{MODELS}/{prefix}/model.pt", DIGEST_KEY: sha256_hex(weights.digest),
+                 "latest_pointer": f"{name}/{key}_latest",
                  "objects": [f"{prefix}/{f}" for f in (*FILES, *((RESULT_FILE,) if result is not None else ()))]}
         files: dict[str, bytes] = {f: bytes(artifacts[f]) for f in FILES[1:-1]}
         if result is not None:  # the operation's result as stored with the model (analytics, history)
             full = {**result, "artifacts": {**(result.get("artifacts") or {}), **saved}}
             files[RESULT_FILE] = (json.dumps(full, indent=2, default=str) + "\n").encode()
+        digests = {"model.pt": saved[DIGEST_KEY]}
         for f, data in files.items():
-            await objects.put(self.js, MODELS, f"{prefix}/{f}", data)
-        metadata = {**metadata, "version": version, "name": prefix}
+            digests[f] = sha256_hex((await objects.put(self.js, MODELS, f"{prefix}/{f}", data)).digest)
+        metadata = {**metadata, "version": version, "name": prefix, DIGEST_KEY: saved[DIGEST_KEY],
+                    FILES_DIGEST_KEY: dict(digests)}
         summary = json.dumps({**model_summary(metadata, metrics), "version": version}, default=str)
         body = (json.dumps(metadata, indent=2, default=str) + "\n").encode()
-        await objects.put(self.js, MODELS, f"{prefix}/metadata.json", body,
-                          headers={MODEL_HEADER: summary if len(summary) <= MAX_HEADER_BYTES else "{}"})
+        st = await objects.put(self.js, MODELS, f"{prefix}/metadata.json", body,
+                               headers={MODEL_HEADER: summary if len(summary) <= MAX_HEADER_BYTES else "{}"})
+        saved[FILES_DIGEST_KEY] = {**digests, "metadata.json": sha256_hex(st.digest)}  # every file, for the result
         await self._point(name, key, version)
         return saved
 
@@ -186,13 +205,18 @@ class ModelStore:
             raise ValidationError(f"{str(dest)[:200]}: not an existing folder")
         folder = folder.resolve()
         prefix = await self.resolve(ref)
-        written: _Paths = []
-        for f in (*FILES, RESULT_FILE):
+        expected = await self.expected_digests(prefix)
+        stored: list[tuple[str, Stored]] = []
+        for f in (*FILES, RESULT_FILE):  # every file checked before a byte is written
             st = await objects.stat(self.js, MODELS, f"{prefix}/{f}")
             if st is None or st.deleted:
                 if f == RESULT_FILE:
                     continue
                 raise DataError(f"{MODELS}/{prefix}/{f} is missing")
+            self.check_file(prefix, f, st, expected)  # fetch then checks the bytes against st
+            stored.append((f, st))
+        written: _Paths = []
+        for f, st in stored:
             target = folder / f
             if target.parent != folder:
                 raise ValidationError(f"refusing to write outside {folder}")
@@ -206,3 +230,72 @@ class ModelStore:
                 raise
             written.append(target)
         return prefix, written
+
+    async def load(self, ref: str) -> tuple[str, bytes]:
+        """(version name, model.pt's bytes) of a model, checked against the digest of its weights
+        (DataError naming both digests when they differ): what anything that runs a model loads."""
+        prefix = await self.resolve(ref)
+        found = await objects.get(self.js, MODELS, f"{prefix}/model.pt", max_bytes=MAX_MODEL_FILE_BYTES)
+        if found is None:
+            raise DataError(f"{MODELS}/{prefix}/model.pt is missing")
+        # get checked the bytes against the meta record found[1]; this checks the record's digest
+        self.check_file(prefix, "model.pt", found[1], await self.expected_digests(prefix))
+        return prefix, bytes(found[0])
+
+    def check_file(self, prefix: str, file: str, st: Stored, expected: Expected) -> None:
+        """Refuse the meta record `st` of `prefix`'s `file` unless its digest is the expected one (a
+        fetch of `st` then checks the bytes against that digest). model.pt must have a digest on
+        record; the other files are checked where one is (their digests came with this change)."""
+        digests, source = expected
+        want, got = digests.get(file, ""), sha256_hex(st.digest)
+        if file == "model.pt" and not want:
+            raise DataError(f"{MODELS}/{prefix}/model.pt: no digest of its weights is recorded ({source}); "
+                            f"refusing it (stored sha256 {got})")
+        if want and got != want:
+            what = "the digest of its weights" if file == "model.pt" else "its recorded digest"
+            raise DataError(f"{MODELS}/{prefix}/{file} does not match {what}: expected sha256 {want} ({source}), "
+                            f"stored {got}; refusing it")
+        if file == "model.pt":
+            self.verified[prefix] = f"sha256 {got} ({source})"
+
+    async def expected_digests(self, prefix: str) -> Expected:
+        """({file: hex SHA-256 it must have}, where they come from): the `completed` result of the
+        training that made `prefix` while it is in OPS, otherwise the version's metadata.json (which
+        holds all digests but its own)."""
+        for op_id in await self._made_by(prefix):
+            view = (await read_views(self.js, subjects.lifecycle_filters(op_id))).get(op_id)
+            artifacts = (view.result or {}).get("artifacts") if view is not None else None
+            if view is not None and view.status == "completed" and isinstance(artifacts, dict) \
+                    and artifacts.get("name") == prefix and isinstance(artifacts.get(DIGEST_KEY), str):
+                return _digests(artifacts), f"from the completed result of {op_id} in OPS"
+        meta = await self.read_json(prefix, "metadata.json")
+        digests = _digests(meta)
+        digests.pop("metadata.json", None)
+        return digests, "from its metadata.json: the operation that made it is no longer in OPS"
+
+    async def _made_by(self, prefix: str) -> list[str]:
+        """The operations whose stored `completed` event names `prefix` as the model they made."""
+        found: list[str] = []
+
+        def on_msg(subject: str, data: bytes) -> None:
+            try:
+                ev = decode_event_on(subject, data)
+            except DecodeError:
+                return
+            artifacts = ev.result.get("artifacts") if isinstance(ev, OperationCompleted) else None
+            if isinstance(artifacts, dict) and artifacts.get("name") == prefix and len(found) < 100:
+                found.append(ev.op_id)
+
+        await read_events(self.js, [subjects.all_ops(OperationCompleted.name)], on_msg)
+        return found
+
+
+def _digests(record: Mapping[str, Any]) -> dict[str, str]:
+    """{file: hex SHA-256} from a completed result's artifacts or a metadata.json (model.pt's own key
+    wins: it is the one every version has)."""
+    files = record.get(FILES_DIGEST_KEY)
+    out = {f: d for f, d in files.items() if isinstance(f, str) and isinstance(d, str)} \
+        if isinstance(files, dict) else {}
+    if isinstance(record.get(DIGEST_KEY), str):
+        out["model.pt"] = record[DIGEST_KEY]
+    return out

@@ -6,7 +6,8 @@ use (`model_key`, `version_name`, `parse_model_ref`, the listing row) and a loca
 (`save_model`/`list_models`/`show_model` under a models_dir) for offline use and tests.
 
 Each version folder holds model.pt (state dict), config.json (strategy + architecture + input size),
-metrics.json, features.json (feature names + scaler parameters) and metadata.json. The version number
+metrics.json, features.json (feature names + scaler parameters) and metadata.json (which records the
+SHA-256 of model.pt: `load_model` refuses weights that do not have it). The version number
 is claimed with `os.mkdir`, which is atomic, so two trainers saving at once get different versions.
 metadata.json is written last and marks the version complete; listings skip folders without it.
 The pointer `{SYMBOLS}_{timeframe}_latest` is a one-line text file (portable, unlike symlinks)
@@ -17,6 +18,7 @@ command can make a save write anywhere else.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -24,12 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from events.bounds import MAX_SYMBOLS, MAX_TIMEFRAMES, NORMALIZED_SYMBOL
-from ktrdr.errors import ValidationError
+from ktrdr.errors import DataError, ValidationError
 from ktrdr.files import atomic_write
 
 FILES: tuple[str, ...] = ("model.pt", "config.json", "metrics.json", "features.json", "metadata.json")
 # Stored beside FILES in MODELS: the operation's full result (KTRDR's schema, per-epoch history included).
 RESULT_FILE = "result.json"
+# In metadata.json (and a training's completed result): the hex SHA-256 of model.pt, checked on every
+# load and pull (issue 18, F5: a rewritten model.pt was served under the original metadata).
+DIGEST_KEY = "model_sha256"
+FILES_DIGEST_KEY = "files_sha256"  # {file: hex SHA-256} of a version's files, in MODELS (model_store.py)
 _VERSION_RE = re.compile(r"^(?P<key>.+)_v(?P<n>\d+)$")
 # What model_key produces: SYMBOLS joined by '-', '_', timeframes joined by '-'.
 KEY_RE = re.compile(rf"^{NORMALIZED_SYMBOL}(-{NORMALIZED_SYMBOL}){{0,{MAX_SYMBOLS - 1}}}"
@@ -155,7 +161,8 @@ def save_model(
     for f in FILES[:-1]:
         write_bytes_atomic(path / f, bytes(artifacts[f]))
     # metadata.json last: it marks the version complete (listings skip folders without it)
-    write_json_atomic(path / "metadata.json", {**metadata, "version": version, "name": f"{name}/{path.name}"})
+    write_json_atomic(path / "metadata.json", {**metadata, "version": version, "name": f"{name}/{path.name}",
+                                               DIGEST_KEY: hashlib.sha256(artifacts["model.pt"]).hexdigest()})
     latest = parent / f"{key}_latest"
     write_bytes_atomic(latest, (path.name + "\n").encode())
     return {
@@ -246,6 +253,23 @@ def _pointed(parent: Path, ptr: Path) -> Path:
     if not _VERSION_RE.match(target) or "/" in target or "\\" in target or target.startswith("."):
         raise ValidationError(f"{ptr} does not name a version folder: {target[:80]!r}")
     return parent / target
+
+
+def load_model(models_dir: str | Path, name_or_path: str) -> tuple[Path, bytes]:
+    """(version folder, model.pt's bytes), refused (DataError naming both digests) unless the bytes
+    have the SHA-256 its metadata.json records: a rewritten model.pt is never loaded."""
+    d = resolve_model(models_dir, name_or_path)
+    expected = _read_json(d / "metadata.json").get(DIGEST_KEY)
+    try:
+        data = (d / "model.pt").read_bytes()
+    except OSError as exc:
+        raise DataError(f"{d / 'model.pt'}: cannot read it ({exc.strerror or exc})") from None
+    got = hashlib.sha256(data).hexdigest()
+    if not isinstance(expected, str) or got != expected:
+        raise DataError(f"{d / 'model.pt'} does not match the digest of its weights: expected sha256 "
+                        f"{expected if isinstance(expected, str) else '(none recorded)'} (from its "
+                        f"metadata.json), got {got}; refusing it")
+    return d, data
 
 
 def show_model(models_dir: str | Path, name_or_path: str) -> dict[str, Any]:

@@ -17,6 +17,13 @@ cache file (nats-py appends bytes to bytes per chunk: 12 s for a 60 MB series ag
 chunks are 512 KiB (NATS's max_payload is 1 MB); and a put can be conditional (its meta record carries
 Nats-Expected-Last-Subject-Sequence), which makes a series write compare-and-set and a model version
 claim atomic. Every publish carries a Nats-Msg-Id and is retried through a leader election.
+
+Nothing here purges (issue 18, F5): a purge's filter is in its payload, so whoever may purge one object
+of a bucket may purge the whole bucket, and no role is granted one (events/permissions.py). The chunks of
+a replaced or deleted object are retired instead by one empty message on their own chunk subject with
+`Nats-Rollup: sub` (object streams allow rollups): the server drops every older message on that
+subject, and what stays is that one marker, which no meta record points to. A writer's key can retire
+only the chunk subjects it names, one object per publish.
 """
 
 from __future__ import annotations
@@ -99,6 +106,19 @@ def _meta_subject(bucket: str, name: str) -> str:
 
 def _chunk_subject(bucket: str, nuid: str) -> str:
     return OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=bucket, obj=nuid)
+
+
+def sha256_hex(digest: str) -> str:
+    """The hex SHA-256 (as `sha256sum` prints it) of a meta record's `SHA-256=<base64url>` digest; ""
+    when it is not one."""
+    prefix, _, b64 = digest.partition("=")
+    if prefix.upper() != "SHA-256":
+        return ""
+    try:
+        raw = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
+    except ValueError:
+        return ""
+    return raw.hex() if len(raw) == 32 else ""
 
 
 def _stored(bucket: str, data: bytes | None, seq: int) -> Stored:
@@ -213,7 +233,7 @@ async def put(js: JetStreamContext, bucket: str, name: str, data: bytes | bytear
               chunk_size: int = CHUNK_SIZE) -> Stored:
     """Store `data` as `name`; readers see the old object or the new one, never a mix. Conditional:
     only if the object is still `replaces` (None: only if it never existed), else ObjectConflict and
-    nothing changes. The replaced object's chunks are purged afterwards."""
+    nothing changes. The replaced object's chunks are retired afterwards (a rollup, not a purge)."""
     if not conditional and replaces is None:
         replaces = await stat(js, bucket, name)
     nuid = _nuid.next().decode()
@@ -236,20 +256,20 @@ async def put(js: JetStreamContext, bucket: str, name: str, data: bytes | bytear
         ack = await _publish(js, _meta_subject(bucket, name), json.dumps(info.as_dict()).encode(), hdrs)
     except BaseException as exc:
         with contextlib.suppress(Exception):
-            await asyncio.shield(js.purge_stream(_stream(bucket), subject=chunk_subj))
+            await asyncio.shield(_retire(js, bucket, nuid))
         if is_cas_failure(exc):
             raise ObjectConflict(f"{bucket}/{name} changed while it was being written",
                                  hint="read it again and retry") from None
         raise
     if replaces is not None and not replaces.deleted and replaces.nuid and replaces.nuid != nuid:
         with contextlib.suppress(Exception):  # only space: the new meta record no longer points there
-            await js.purge_stream(_stream(bucket), subject=_chunk_subject(bucket, replaces.nuid))
+            await _retire(js, bucket, replaces.nuid)
     return Stored(bucket=bucket, name=name, size=info.size or 0, chunks=n, digest=info.digest or "", nuid=nuid,
                   seq=int(ack.seq), headers=info.headers or {})
 
 
 async def delete(js: JetStreamContext, bucket: str, name: str) -> bool:
-    """Delete an object (a deleted meta record, then its chunks purged); False when there was none."""
+    """Delete an object (a deleted meta record, then its chunks retired); False when there was none."""
     st = await stat(js, bucket, name)
     if st is None or st.deleted:
         return False
@@ -258,8 +278,15 @@ async def delete(js: JetStreamContext, bucket: str, name: str) -> bool:
     await _publish(js, _meta_subject(bucket, name), json.dumps(info.as_dict()).encode(),
                    {js_api.Header.ROLLUP: MSG_ROLLUP_SUBJECT, "Nats-Msg-Id": f"{st.nuid}.deleted"})
     with contextlib.suppress(Exception):
-        await js.purge_stream(_stream(bucket), subject=_chunk_subject(bucket, st.nuid))
+        await _retire(js, bucket, st.nuid)
     return True
+
+
+async def _retire(js: JetStreamContext, bucket: str, nuid: str) -> None:
+    """Drop the chunks of object `nuid` without a purge: one empty rollup message on their subject
+    (the server keeps only it). Its Nats-Msg-Id makes a retried retire one marker, not two."""
+    await _publish(js, _chunk_subject(bucket, nuid), b"",
+                   {js_api.Header.ROLLUP: MSG_ROLLUP_SUBJECT, "Nats-Msg-Id": f"{nuid}.retired"})
 
 
 async def list_objects(js: JetStreamContext, bucket: str, *, timeout: float = 30.0) -> list[Stored]:

@@ -60,9 +60,9 @@ PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     ("pub", "$O.MODELS.C.x", "", roles("trainer"), True),
     ("pub", "$O.MODELS.M.x", "", roles("trainer"), True),
     ("pub", "$O.CHECKPOINTS.C.x", "", roles("trainer", "orchestrator"), True),
-    ("pub", "$JS.API.STREAM.PURGE.OBJ_BARS", "", roles("job-manager", "cli"), False),
-    ("pub", "$JS.API.STREAM.PURGE.OBJ_MODELS", "", roles("trainer"), False),
-    ("pub", "$JS.API.STREAM.PURGE.OBJ_CHECKPOINTS", "", roles("trainer", "orchestrator"), False),
+    # nobody purges an object bucket: one purge would empty it (issue 18, F5); writers retire chunks
+    # with a rollup on the chunk subject instead
+    *[("pub", f"$JS.API.STREAM.PURGE.OBJ_{b}", "", NONE, True) for b in ("BARS", "MODELS", "CHECKPOINTS")],
     # nobody deletes or purges a stream, deletes messages, or steps leaders down
     *[("pub", f"$JS.API.STREAM.{verb}.{s}", "", NONE, True) for verb in ("DELETE", "PURGE")
       for s in ("CMD", "WORK", "OPS", "KV_ACTORS", "KV_LEASES", "KV_PACING")],

@@ -1,7 +1,9 @@
 """Each role can do everything its job needs, with the real nats-py calls (JetStream publish, pull
 consumers with ack/nak/in_progress/term, ordered consumers and direct gets on OPS, KV put/get/
-watch/CAS, Object Store put/get/list/delete, request/reply to ib.>), against a server that
-enforces ktrdr.auth's permissions. Any permission error reaching a connection fails the test."""
+watch/CAS, Object Store put/get/list, request/reply to ib.>), against a server that enforces
+ktrdr.auth's permissions. Objects are replaced and deleted as ktrdr.transport.objects does it (the old
+chunks retired by a rollup): nats-py's ObjectStore purges for that, and no role may purge an object
+bucket (issue 18, F5). Any permission error reaching a connection fails the test."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
+from ktrdr.transport import objects
 from tests.helpers import subscribed
 from tests.security.conftest import Errors
 
@@ -161,7 +164,7 @@ async def test_orchestrator_flow(as_role: Any) -> None:
     assert (await leases.get(lease_op)).value == b"trainer-1"
     await leases.delete(lease_op)
     ckpt = await js.object_store("CHECKPOINTS")
-    await ckpt.delete(f"{lease_op}/latest")
+    assert await objects.delete(js, "CHECKPOINTS", f"{lease_op}/latest")
     with pytest.raises(NotFoundError):
         await ckpt.get(f"{lease_op}/latest")
     clean(errs, cli_errs, tr_errs)
@@ -216,11 +219,11 @@ async def test_job_manager_flow(as_role: Any) -> None:
     # Bars: write, read, list, replace, delete.
     bars = await js.object_store("BARS")
     await bars.put("AAPL/1h", b"x" * 300_000, meta=api.ObjectMeta(description="sim"))
-    await bars.put("AAPL/1h", b"y" * 200_000)
+    await objects.put(js, "BARS", "AAPL/1h", b"y" * 200_000)
     assert (await bars.get("AAPL/1h")).data == b"y" * 200_000
     assert "AAPL/1h" in [o.name for o in await bars.list()]
     await bars.put("TMP/1d", b"t")
-    await bars.delete("TMP/1d")
+    assert await objects.delete(js, "BARS", "TMP/1d")
     # Presence and leases (compare-and-set).
     await (await js.key_value("ACTORS")).put("job-manager.jm-1.host.example", b"hb")
     leases = await js.key_value("LEASES")
@@ -259,9 +262,9 @@ async def test_trainer_flow(as_role: Any) -> None:
     assert {"s1/k1/model.pt", "s1/k1/metadata.json"} <= {o.name for o in await models.list()}
     ckpt = await js.object_store("CHECKPOINTS")
     await ckpt.put(f"{op}/latest", b"c1")
-    await ckpt.put(f"{op}/latest", b"c2")
+    await objects.put(js, "CHECKPOINTS", f"{op}/latest", b"c2")
     assert (await ckpt.get(f"{op}/latest")).data == b"c2"
-    await ckpt.delete(f"{op}/latest")
+    assert await objects.delete(js, "CHECKPOINTS", f"{op}/latest")
     await (await js.key_value("ACTORS")).put("trainer.t-1", b"hb")
     leases = await js.key_value("LEASES")
     rev = await leases.create(op, b"t-1")

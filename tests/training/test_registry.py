@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ktrdr.errors import ValidationError
-from ktrdr.training.registry import FILES, list_models, resolve_model, save_model
+from ktrdr.errors import DataError, ValidationError
+from ktrdr.training.registry import FILES, list_models, load_model, resolve_model, save_model
 
 
 def artifacts() -> dict[str, bytes]:
@@ -69,6 +69,22 @@ def test_saved_version_is_listed_with_its_metadata(tmp_path: Path) -> None:
     assert Path(paths["model_path"]).read_bytes() == b"weights"
     rows = list_models(models)
     assert [(r["name"], r["op_id"], r["latest"]) for r in rows] == [("strat/AAPL-MSFT_1h-4h_v1", "op-1", True)]
+
+
+def test_a_rewritten_model_file_is_refused_on_load_with_both_digests(tmp_path: Path) -> None:
+    import hashlib
+
+    models = tmp_path / "models"
+    paths = save_model(models, "strat", ["AAPL"], ["1h"], artifacts())
+    good = hashlib.sha256(b"weights").hexdigest()
+    assert json.loads(Path(paths["files"]["metadata.json"]).read_text())["model_sha256"] == good
+    assert load_model(models, "strat/AAPL_1h") == (Path(paths["model_dir"]), b"weights")
+    Path(paths["model_path"]).write_bytes(b"zeroed")
+    with pytest.raises(DataError) as refused:
+        load_model(models, "strat/AAPL_1h")
+    message = refused.value.message
+    assert "does not match the digest of its weights" in message and "\n" not in message
+    assert good in message and hashlib.sha256(b"zeroed").hexdigest() in message
 
 
 def test_a_latest_pointer_naming_another_folder_is_refused(tmp_path: Path) -> None:
