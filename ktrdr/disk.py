@@ -123,19 +123,21 @@ def explain(exc: BaseException, settings: Settings) -> DiskFullError | None:
         where = Path(exc.filename) if exc.filename else settings.home
         return full(where.parent if where.suffix or where.name.startswith(".") else where,
                     f"could not write {where.name}" if exc.filename else "")
+    # The record is there when this host runs the embedded stack (its actors have NATS_URL set too).
+    health = read_health(settings)
+    stuck = health is not None and health.state == "write_error"
     if is_no_space(exc):
-        return _store_full(settings)
+        return _store_full(settings, health if stuck else None)
     # A write no stream acknowledged in time (ktrdr.transport.publish's NotStoredError is one).
-    if isinstance(exc, TimeoutError) or getattr(exc, "code", None) == "not_stored":
-        health = read_health(settings) if not settings.nats_url else None
-        if health is not None and health.state == "write_error":
-            return _store_full(settings)
+    if stuck and (isinstance(exc, TimeoutError) or getattr(exc, "code", None) == "not_stored"):
+        return _store_full(settings, health)
     return None
 
 
-def _store_full(settings: Settings) -> DiskFullError:
-    if settings.nats_url:
+def _store_full(settings: Settings, health: StoreHealth | None) -> DiskFullError:
+    if health is None and settings.nats_url:
         return DiskFullError("the NATS server's JetStream store is out of space (it refused a write)",
                              hint="free space on the server's disk; see its log for 'Critical write error'")
-    return full(store_dir(settings), "the NATS server cannot store writes; free space there (the embedded "
-                "server restarts by itself once there is room; `ktrdr status` says when)")
+    where = Path(health.disk) if health is not None and health.disk else store_dir(settings)
+    return full(where, "the NATS server cannot store writes; free space there (the embedded server restarts "
+                "by itself once there is room; `ktrdr status` says when)")
