@@ -121,8 +121,9 @@ def explain(exc: BaseException, settings: Settings) -> DiskFullError | None:
         return exc
     if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
         where = Path(exc.filename) if exc.filename else settings.home
-        return full(where.parent if where.suffix or where.name.startswith(".") else where,
-                    f"could not write {where.name}" if exc.filename else "")
+        if where.is_dir():
+            return full(where)
+        return full(where.parent, f"could not write {where.name}")
     # The record is there when this host runs the embedded stack (its actors have NATS_URL set too).
     health = read_health(settings)
     stuck = health is not None and health.state == "write_error"

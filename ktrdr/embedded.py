@@ -241,7 +241,20 @@ def _spawn(settings: Settings, name: str, argv: list[str], env: dict[str, str]) 
 
 def up(settings: Settings, *, actors: bool = True, listen: str | None = None, nodes: int | None = None) -> str:
     """Start whatever part of the embedded stack is not running; return the NATS URL (a comma-
-    separated list for a cluster). `listen`/`nodes` change the stack's shape (kept for later)."""
+    separated list for a cluster). `listen`/`nodes` change the stack's shape (kept for later). A
+    full disk under KTRDR_HOME is a DiskFullError naming it."""
+    try:
+        return _up(settings, actors=actors, listen=listen, nodes=nodes)
+    except OSError as exc:
+        from ktrdr import disk
+
+        full = disk.explain(exc, settings)
+        if full is None:
+            raise
+        raise full from None
+
+
+def _up(settings: Settings, *, actors: bool, listen: str | None, nodes: int | None) -> str:
     if settings.nats_url:
         raise StackError("NATS_URL is set: the embedded stack is not used",
                          hint="unset NATS_URL to run the local stack, or start actors with python -m actors")

@@ -181,6 +181,20 @@ async def test_a_load_whose_write_the_full_store_never_acknowledged_fails_with_d
     assert f"the disk holding {s.home / 'nats'} is full" in str(failed.value)
 
 
+def test_up_on_a_full_disk_says_so_in_one_line(small_disk):
+    """Before: a traceback ending in OSError: [Errno 28] No space left on device."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "IB_PORT", "KTRDR_"))}
+    env.update({"KTRDR_HOME": str(small_disk / "home"), "KTRDR_NATS_PORT": str(free_port()),
+                "KTRDR_WEB_PORT": str(free_port()), "KTRDR_LOCAL_ROLES": "orchestrator"})
+    _fill(small_disk)
+    try:
+        res = run_ktrdr(env, "up")
+        assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert f"the disk holding {small_disk}" in res.stderr and "is full (0 bytes free)" in res.stderr, res.stderr
+    finally:
+        run_ktrdr(env, "down")
+
+
 # ------------------------------------------------------------------------------------- the whole stack
 def _csv(path: Path, rows: int, start: str) -> Path:
     idx = pd.date_range(start, periods=rows, freq="1min", tz="UTC", name="timestamp")
