@@ -63,9 +63,9 @@ class Record:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        old = disk.read_health_at(path)
-        # The restarts are history; a write error is looked for again in the current server's log.
-        self.health = disk.StoreHealth(restarts=old.restarts if old else [])
+        # A fresh record per supervisor (one per `ktrdr up`): a write error is looked for again in the
+        # current server's log, and `ktrdr status` shows only this stack's restarts.
+        self.health = disk.StoreHealth()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self.write()  # its full size now, while there is room: later writes reuse these blocks
@@ -95,10 +95,18 @@ class Watch:
     error_since: float = 0.0
 
 
-def _logpos(s: Settings, name: str) -> int:
+def _logpos(s: Settings, name: str) -> int | None:
+    """Where the running server's lines begin in its log (None: not recorded)."""
     try:
         return int((s.run_dir / f"{name}.logpos").read_text().strip())
     except (OSError, ValueError):
+        return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
         return 0
 
 
@@ -107,6 +115,8 @@ def look(s: Settings, watches: dict[str, Watch], record: Record) -> None:
     for name in embedded.shape(s).nats_names:
         w = watches.setdefault(name, Watch(name, s.log_dir / f"{name}.log"))
         pos = _logpos(s, name)
+        if pos is None:  # a server started before there was a supervisor: its older lines are not read
+            pos = w.started_at if w.started_at >= 0 else _size(w.log)
         if pos != w.started_at:  # a (re)started server: its own lines only
             w.started_at, w.offset, w.error = pos, pos, None
         w.offset, line = scan(w.log, w.offset)
