@@ -170,7 +170,7 @@ async def test_a_load_whose_write_the_full_store_never_acknowledged_fails_with_d
     async def stuck(op: object) -> dict[str, object]:
         raise nats.errors.TimeoutError
 
-    jm._load = stuck  # type: ignore[method-assign]
+    jm._load = stuck  # type: ignore[attr-defined]
     with pytest.raises(nats.errors.TimeoutError):  # no record of a store write error: not called a disk
         await jm.handle(None)  # type: ignore[arg-type]
     s.run_dir.mkdir(parents=True)  # what the supervisor records on the server's "Critical write error"
