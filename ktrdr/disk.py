@@ -2,11 +2,11 @@
 
 A write can fail for want of space in two places: our own files (the cache, a CSV export, logs: an
 OSError with errno ENOSPC or EDQUOT) and nats-server's JetStream store. The server shows the second
-in three ways: an answer "insufficient resources" (its `max_file_store` reached: it recovers by
-itself once space is freed), a store error carrying the OS's "no space left on device", or no answer
-at all: a stream whose file store hit an I/O error ("Critical write error" in the server's log)
-stops acknowledging writes and stays so until the server restarts (nats-server's filestore keeps the
-error; its source: `fs.werr`). The embedded stack's supervisor (ktrdr.embedded) reads the server's
+in three ways: an answer "insufficient resources" (its `max_file_store` reached: writes resume once
+the streams hold less), a store error carrying the OS's "no space left on device", or no answer at
+all: a stream whose file store hit an I/O error ("Critical write error" in the server's log) stops
+acknowledging writes and stays so until the server restarts (nats-server's filestore keeps the
+error; its source: `fs.werr`). The embedded stack's supervisor (ktrdr.supervisor) reads the server's
 log for that line, records it in `run/store.json` (a `StoreHealth`) and restarts the server once the
 disk has room again; `explain` turns any of these into a `DiskFullError` naming the disk, so neither
 the CLI nor a failure event blames the network for a full disk. Standard library and msgspec only.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -65,7 +66,7 @@ def is_no_space(exc: BaseException) -> bool:
 class StoreHealth(msgspec.Struct, kw_only=True):
     """The supervisor's record of the embedded server's store (run/store.json)."""
 
-    state: str = "ok"  # "ok", or "write_error": a stream stopped storing (restart pending)
+    state: Literal["ok", "write_error"] = "ok"  # write_error: a stream stopped storing (restart pending)
     since: str | None = None  # ISO UTC of the write error
     line: str = ""  # the server's log line that said so
     disk: str = ""  # the store's folder
@@ -127,6 +128,11 @@ def explain(exc: BaseException, settings: Settings) -> DiskFullError | None:
     # The record is there when this host runs the embedded stack (its actors have NATS_URL set too).
     health = read_health(settings)
     stuck = health is not None and health.state == "write_error"
+    if getattr(exc, "err_code", None) in NO_SPACE_ERR_CODES:
+        store = health.disk if stuck and health else ("" if settings.nats_url else str(store_dir(settings)))
+        return DiskFullError(f"the NATS server's JetStream store{f' ({store})' if store else ''} is full: it "
+                             "answered 'insufficient resources' (its max_file_store is reached, or its disk is full)",
+                             hint="free space, or delete what the streams no longer need", path=store)
     if is_no_space(exc):
         return _store_full(settings, health if stuck else None)
     # A write no stream acknowledged in time (ktrdr.transport.publish's NotStoredError is one).

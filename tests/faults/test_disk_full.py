@@ -150,7 +150,9 @@ def test_a_full_disk_is_named_and_a_write_never_acknowledged_is_not_called_unrea
     full = disk.explain(ours, s)
     assert full is not None and full.code == "disk_full" and str(tmp_path / "out") in str(full)
     refused = ServiceUnavailableError(code=503, err_code=10023, description="insufficient resources")
-    assert str(tmp_path / "home" / "nats") in str(disk.explain(refused, s))
+    assert f"JetStream store ({tmp_path / 'home' / 'nats'}) is full" in str(disk.explain(refused, s))
+    stuck = ServiceUnavailableError(code=500, err_code=10051, description="write .../1.blk: no space left on device")
+    assert str(tmp_path / "home" / "nats") in str(disk.explain(stuck, s))
     assert disk.explain(TimeoutError(), s) is None  # no record of a write error: not a disk
     s.run_dir.mkdir(parents=True)
     disk.health_file(s).write_text(json.dumps({"state": "write_error", "line": "Critical write error"}) + " " * 99)
