@@ -348,6 +348,7 @@ def _ensure_nats(settings: Settings, sh: Shape) -> str:
         log_file = settings.log_dir / f"{name}.log"
         # Where this server's own lines begin: the supervisor reads its log from here.
         (settings.run_dir / f"{name}.logpos").write_text(f"{log_file.stat().st_size if log_file.exists() else 0}\n")
+        reserve_tail(log_file)
         proc = start_nats_server(settings.home / "nats", port, log_file, sh.host, conf=conf)
         _pid_file(settings, name).write_text(f"{proc.pid}\n")
         (settings.run_dir / f"{name}.port").write_text(f"{port}\n")
@@ -413,6 +414,31 @@ def _kill(settings: Settings, name: str, timeout: float = 10.0) -> bool:
     with contextlib.suppress(OSError):
         _pid_file(settings, name).unlink()
     return was_alive
+
+
+LOG_RESERVE_BYTES = 256 * 1024  # of disk kept for a server's log beyond its end: its write-error lines
+_FALLOC_FL_KEEP_SIZE = 1
+
+
+def reserve_tail(log_file: Path, size: int = LOG_RESERVE_BYTES) -> bool:
+    """Reserve disk blocks past the end of a log without changing its size (Linux fallocate with
+    KEEP_SIZE), so that the lines a server writes when its disk is full ("Critical write error", the
+    line the supervisor acts on) still land; False where the system or filesystem cannot."""
+    import ctypes
+    import ctypes.util
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):
+        return False
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    try:
+        with open(log_file, "ab") as f:
+            return fallocate(f.fileno(), _FALLOC_FL_KEEP_SIZE, f.tell(), size) == 0
+    except OSError:
+        return False
 
 
 def restart_nats(settings: Settings, name: str) -> None:
