@@ -119,7 +119,10 @@ def look(s: Settings, watches: dict[str, Watch], record: Record) -> None:
             pos = w.started_at if w.started_at >= 0 else _size(w.log)
         if pos != w.started_at:  # a (re)started server: its own lines only
             w.started_at, w.offset, w.error = pos, pos, None
+        before = w.offset
         w.offset, line = scan(w.log, w.offset)
+        if w.offset != before:  # the server wrote: keep room reserved past its log's new end
+            embedded.reserve_tail(w.log)
         if line is not None and w.error is None:
             w.error, w.error_since = line, time.monotonic()
             log.error("%s stopped storing writes: %s", name, line)
