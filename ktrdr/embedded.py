@@ -416,7 +416,7 @@ def _kill(settings: Settings, name: str, timeout: float = 10.0) -> bool:
     return was_alive
 
 
-LOG_RESERVE_BYTES = 256 * 1024  # of disk kept for a server's log beyond its end: its write-error lines
+LOG_RESERVE_BYTES = 1 << 18  # 256 KiB of disk kept past the end of a server's log: for its write-error lines
 _FALLOC_FL_KEEP_SIZE = 1
 
 
