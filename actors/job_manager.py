@@ -9,7 +9,8 @@ for whom), reads the stored series through the digest cache (ktrdr.data.bars_sto
 fetched segments into it in memory (SeriesBuffer, the job's SeriesStore) and writes it back with
 compare-and-set (SeriesWriter): every `flush_every_segments` merges or `flush_every_s` seconds
 while it runs (a killed job-manager loses little) and once at the end whatever the outcome, so segments
-fetched before a cancel or a failure stay stored.
+fetched before a cancel or a failure stay stored. A load that fails on a full disk fails with
+`disk_full`, naming the disk (ktrdr.disk).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ import pandas as pd
 
 from actors.runtime import Actor, OperationContext
 from events.messages import DataContext, LoadData, ProgressState, SeriesLease
+from ktrdr import disk
 from ktrdr.data.bars_store import BarStore, SeriesWriter
 from ktrdr.data.calendar import normalize_symbol
 from ktrdr.data.loading import DataLoadingJob, Segment
 from ktrdr.data.series_lease import series_lease
 from ktrdr.data.store import DigestCache, SeriesBuffer
-from ktrdr.transport import IbRequester
+from ktrdr.transport import IbRequester, objects
 
 
 class JobManager(Actor):
@@ -48,16 +50,44 @@ class JobManager(Actor):
 
     @functools.cached_property
     def cache(self) -> DigestCache:
-        return DigestCache(self.settings.cache_dir, self.settings.cache_max_bytes)
+        return DigestCache(self.settings.cache_dir, self.settings.cache_max_bytes, self.settings.disk_min_free_bytes)
 
     async def on_start(self) -> None:
+        # Downloads a killed process left half-written (this host's cache is shared by its processes).
+        await asyncio.to_thread(self.cache.sweep)
+        self.spawn(self._sweep_orphans(), name=f"{self.id}-orphans")
         # The exchange calendar takes ~0.5-0.9 s to build, once per process: build it now, off the loop,
         # rather than inside the first load (whose cancel would wait for it).
         from ktrdr.data.calendar import nyse_calendar
 
         self.spawn(asyncio.to_thread(nyse_calendar), name=f"{self.id}-calendar")
 
+    async def _sweep_orphans(self) -> None:
+        """Chunks in BARS that no series points to (a writer killed mid-put, or one that gave up
+        before the server took its clean-up) are purged, now and every `chunk_orphan_age_s`."""
+        assert self.js is not None
+        age = self.settings.chunk_orphan_age_s
+        while True:
+            try:
+                n = await objects.sweep_orphans(self.js, objects.BARS, older_than_s=age)
+                if n:
+                    self.log.info("purged %d orphaned chunk set(s) from BARS", n)
+            except Exception as exc:  # the server restarting, say: the next sweep tries again
+                self.log.warning("BARS orphan sweep failed: %s", exc)
+            await asyncio.sleep(age)
+
     async def handle(self, op: OperationContext) -> dict[str, Any]:
+        try:
+            return await self._load(op)
+        except Exception as exc:
+            # A full disk (the server's store, or this host's) is named as such, with what to do, rather
+            # than "internal error: TimeoutError" for a write the server never acknowledged.
+            full = disk.explain(exc, self.settings)
+            if full is None:
+                raise
+            raise full from exc
+
+    async def _load(self, op: OperationContext) -> dict[str, Any]:
         cmd = op.command
         assert isinstance(cmd, LoadData) and self.nc is not None and self.js is not None
         symbol = normalize_symbol(cmd.symbol)

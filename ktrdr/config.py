@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+CACHE_MAX_BYTES = 4 << 30  # the bars cache's size bound when KTRDR_CACHE_MAX_BYTES does not set one
+
 
 def _env(name: str) -> str | None:
     raw = os.environ.get(name)
@@ -90,9 +92,17 @@ class Settings:
     device: str = field(default_factory=lambda: _env("KTRDR_DEVICE") or "auto")
     # Training progress: a batch-level event for the first, the last and every N-th batch of an epoch.
     progress_batch_every: int = field(default_factory=lambda: _int("KTRDR_PROGRESS_BATCH_EVERY", 20, 1, 10**6))
-    # The live operations page (`ktrdr up` serves it on loopback); 0 = any free port.
     # KTRDR_HOME/cache (bars by digest) is trimmed, least recently used first, above this size.
-    cache_max_bytes: int = field(default_factory=lambda: _int("KTRDR_CACHE_MAX_BYTES", 4 << 30, 1 << 20))
+    cache_max_bytes: int = field(default_factory=lambda: _int("KTRDR_CACHE_MAX_BYTES", CACHE_MAX_BYTES, 1 << 20))
+    # Free space kept on a disk we write to: the cache evicts (or skips caching) rather than leave
+    # less on its disk, and the embedded supervisor waits for this much on the server's disk before
+    # it restarts a server whose store hit a write error (a smaller margin fills up again at once).
+    disk_min_free_bytes: int = field(default_factory=lambda: _int("KTRDR_DISK_MIN_FREE", 64 << 20, 0))
+    # Object chunks no object points to (a writer killed mid-put, or one whose clean-up the server
+    # refused) are purged by the job-manager once their newest chunk is this old, looked for as often:
+    # well past a put's longest pause (a chunk's publish is retried for 30 s).
+    chunk_orphan_age_s: float = field(default_factory=lambda: _float("KTRDR_CHUNK_ORPHAN_AGE_S", 120.0, 1.0, 86400))
+    # The live operations page (`ktrdr up` serves it on loopback); 0 = any free port.
     web_port: int = field(default_factory=lambda: _int("KTRDR_WEB_PORT", 8780, 0, 65535))
 
     @property

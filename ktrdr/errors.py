@@ -45,6 +45,16 @@ class DataError(KtrdrError):
     code = "data"
 
 
+class DiskFullError(KtrdrError):
+    """A write failed because a disk is full: the message names the disk (ktrdr.disk builds it)."""
+
+    code = "disk_full"
+
+    def __init__(self, message: str, *, path: str = "", hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+
+
 class OperationCancelledError(KtrdrError):
     """Raised by CancellationToken.raise_if_cancelled(); `where` says where the work stopped."""
 

@@ -37,7 +37,9 @@ def run_async(coro: Coroutine[Any, Any, int | None]) -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KtrdrError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        from ktrdr import disk
+
+        typer.echo(f"error: {disk.explain(exc, settings()) or exc}", err=True)
         raise typer.Exit(1) from None
     except BrokenPipeError:
         # Our stdout was closed (`ktrdr ops list | head -1`): stop quietly, as a Unix tool killed by
@@ -45,10 +47,32 @@ def run_async(coro: Coroutine[Any, Any, int | None]) -> None:
         _silence_stdout()
         raise typer.Exit(141) from None
     except (OSError, TimeoutError) as exc:
-        typer.echo(f"error: cannot reach NATS ({exc or type(exc).__name__}); is the server running? try "
-                   f"`ktrdr status`", err=True)
+        typer.echo(f"error: {_failure(exc)}", err=True)
+        raise typer.Exit(1) from None
+    except Exception as exc:  # the server's own refusal, when it says its store is full
+        from ktrdr import disk
+
+        full = disk.explain(exc, settings())
+        if full is None:
+            raise
+        typer.echo(f"error: {full}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code or 0)
+
+
+def _failure(exc: OSError) -> str:
+    """The line for an OSError: a full disk names the disk (ours, or the server's store when the
+    supervisor saw it stop writing); "cannot reach NATS" only when no server accepts connections."""
+    from ktrdr import disk, embedded
+
+    s = settings()
+    full = disk.explain(exc, s)
+    if full is not None:
+        return str(full)
+    if isinstance(exc, TimeoutError) and embedded.url_alive(s.nats_url or embedded.recorded_url(s)):
+        return (f"NATS did not answer in time ({exc or type(exc).__name__}) though the server accepts connections; "
+                "see `ktrdr status`")
+    return f"cannot reach NATS ({exc or type(exc).__name__}); is the server running? try `ktrdr status`"
 
 
 def _silence_stdout() -> None:

@@ -67,7 +67,8 @@ def _bars(c: Any) -> Any:
     from ktrdr.data.bars_store import BarStore
     from ktrdr.data.store import DigestCache
 
-    return BarStore(c.js, DigestCache(settings().cache_dir, settings().cache_max_bytes))
+    s = settings()
+    return BarStore(c.js, DigestCache(s.cache_dir, s.cache_max_bytes, s.disk_min_free_bytes))
 
 
 def _norm(symbol: str, timeframe: str) -> tuple[str, Timeframe]:
@@ -195,6 +196,7 @@ def data_export(symbol: str, timeframe: str = TF_OPTION,
 async def _data_export(sym: str, tf: str, out: Path, start: datetime | None, end: datetime | None) -> int:
     import asyncio
 
+    from ktrdr import disk
     from ktrdr.data.store import write_csv
 
     async with client() as c:
@@ -202,6 +204,9 @@ async def _data_export(sym: str, tf: str, out: Path, start: datetime | None, end
     try:
         n = await asyncio.to_thread(write_csv, df, out)
     except OSError as exc:
+        if disk.is_no_space(exc):
+            raise disk.full(out.parent, f"--out {str(out)[:200]} not written; free space there or "
+                            "write elsewhere") from None
         raise usage(f"--out {str(out)[:200]}: cannot write it ({exc.strerror or exc})") from None
     typer.echo(f"wrote {n:,} bars to {out}")
     return 0

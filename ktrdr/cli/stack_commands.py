@@ -110,7 +110,8 @@ async def _status(json_out: bool) -> int:
     if out["web_url"]:
         typer.echo(f"web:  {out['web_url']}")
     for p in procs:
-        typer.echo(f"  {p.name:<12} {'running' if p.alive else 'stopped'}{f' (pid {p.pid})' if p.pid else ''}")
+        detail = f" · {p.detail}" if p.detail else ""
+        typer.echo(f"  {p.name:<12} {'running' if p.alive else 'stopped'}{f' (pid {p.pid})' if p.pid else ''}{detail}")
     for srv in out["servers"]:
         leads = f" leads {', '.join(srv.get('leads', []))}" if srv.get("leads") else ""
         typer.echo(f"  server {srv['name']:<14} {srv['url']}{leads}")

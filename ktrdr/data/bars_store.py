@@ -110,16 +110,22 @@ class BarStore:
                 return await asyncio.to_thread(from_parquet, path)
             except DataError:
                 path.unlink(missing_ok=True)  # a damaged cache file is only a cache miss
-        if self.cache is not None and self.cache.path(st.digest) is not None:
-            f, tmp = await asyncio.to_thread(self.cache.temp)
+        cache = self.cache
+        if cache is not None and cache.path(st.digest) is not None and await asyncio.to_thread(cache.reserve, st.size):
+            tmp = None
             try:
+                f, tmp = await asyncio.to_thread(cache.temp)
                 with f:  # streamed to disk: memory stays at one chunk, not the whole object
                     await objects.fetch(self.js, st, into=f, max_bytes=MAX_SERIES_BYTES)
-                path = await asyncio.to_thread(self.cache.commit, tmp, st.digest)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            return await asyncio.to_thread(from_parquet, path)
+                path = await asyncio.to_thread(cache.commit, tmp, st.digest)
+                return await asyncio.to_thread(from_parquet, path)
+            except TimeoutError:
+                raise  # the server's, not the cache's
+            except OSError:
+                pass  # the cache's disk is full (or failing): read into memory instead, below
+            finally:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)  # renamed when committed; never left behind
         data = await objects.fetch(self.js, st, max_bytes=MAX_SERIES_BYTES)
         assert data is not None
         return await asyncio.to_thread(from_parquet, data)

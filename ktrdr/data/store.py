@@ -11,8 +11,9 @@ The store of record is the NATS object bucket BARS (ktrdr/data/bars_store.py): o
   Merged segments are kept aside and folded in lazily, so a load of thousands of segments does not
   re-sort the whole series for each one.
 - `DigestCache`: `KTRDR_HOME/cache/<sha256 hex>.parquet`, written atomically (temp file + rename),
-  keyed by the object's SHA-256 digest so a cached copy is never stale, bounded in size with the least
-  recently used files evicted first. Deleting the folder loses nothing.
+  keyed by the object's SHA-256 digest so a cached copy is never stale, bounded in size and in the
+  free space it leaves on its disk, the least recently used files evicted first; a full disk makes a
+  cache miss, never a failed read or write, and leaves no temp file. Deleting the folder loses nothing.
 - `DataStore`: the former local store, a SeriesStore with one Parquet series per (symbol, timeframe)
   under `home/data/` (`{SYMBOL}/{tf}.parquet`, `{tf}.meta.json`, `{tf}.lock`); kept for offline tools,
   benchmarks and tests (a load into it needs no server). Every
@@ -29,10 +30,12 @@ import binascii
 import contextlib
 import fcntl
 import io
+import logging
 import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +47,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ktrdr import disk
+from ktrdr.config import CACHE_MAX_BYTES
 from ktrdr.data.calendar import normalize_symbol, to_utc
 from ktrdr.data.timeframes import Timeframe, parse_timeframe
 from ktrdr.errors import DataError, ValidationError
@@ -259,7 +264,8 @@ def slice_bars(df: pd.DataFrame, start: datetime | pd.Timestamp | str | None,
 
 
 _DIGEST_RE = re.compile(r"^SHA-256=[A-Za-z0-9_-]{43}=?$", re.IGNORECASE)
-DEFAULT_CACHE_BYTES = 4 << 30
+_PART_PREFIX = ".part."  # a download in progress: `.part.<writer pid>.<random>.tmp`
+log = logging.getLogger(__name__)
 
 
 def digest_hex(digest: str) -> str | None:
@@ -274,16 +280,39 @@ def digest_hex(digest: str) -> str | None:
     return raw.hex() if len(raw) == 32 else None
 
 
+def _writer_gone(name: str, mtime: float) -> bool:
+    """Whether the process that named a temp file `.part.<pid>.<...>` is no longer running (a file
+    named otherwise, from before pids were in the name, counts once it is an hour old)."""
+    pid_text = name[len(_PART_PREFIX):].split(".", 1)[0]
+    if not pid_text.isdigit():
+        return mtime < time.time() - 3600
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # someone else's live process
+    return False
+
+
 class DigestCache:
     """Copies of stored objects keyed by their SHA-256: `<root>/<hex><suffix>`. A file appears only
-    complete (temp file + rename) and only after its digest was checked; a hit refreshes its mtime,
-    and the least recently used files go first when the folder outgrows `max_bytes`."""
+    complete (temp file + rename) and only after its digest was checked; a hit refreshes its mtime.
+    Bounded twice: the least recently used files go first when the folder outgrows `max_bytes` or
+    when its disk has less than `min_free` bytes free (then a new file is not cached at all rather
+    than fill the disk that the server's store may share). A write that fails (a full disk) leaves
+    no temp file, and temp files whose writer died are swept (`sweep`, also at each eviction). Never
+    the reason a read or a write fails: a file it cannot write is only a cache miss."""
 
     SUFFIXES = (".parquet",)
 
-    def __init__(self, root: Path, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    def __init__(self, root: Path, max_bytes: int = CACHE_MAX_BYTES, min_free: int = 0) -> None:
         self.root = Path(root)
         self.max_bytes = max_bytes
+        self.min_free = min_free
 
     def path(self, digest: str, suffix: str = ".parquet") -> Path | None:
         key = digest_hex(digest)
@@ -302,10 +331,22 @@ class DigestCache:
         return path
 
     def temp(self) -> tuple[BinaryIO, Path]:
-        """An open temp file in the cache folder (same filesystem: the rename is atomic)."""
+        """An open temp file in the cache folder (same filesystem: the rename is atomic), named with
+        this process's pid so a sweep can tell a live download from one left by a killed process."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".part.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f"{_PART_PREFIX}{os.getpid()}.", suffix=".tmp")
         return os.fdopen(fd, "wb"), Path(tmp)
+
+    def reserve(self, size: int) -> bool:
+        """Make room for a new file of `size` bytes (evicting the least recently used); False when
+        even an empty cache would leave less than `min_free` on the disk: then do not cache it."""
+        if size > self.max_bytes:
+            return False
+        self.evict(need=size)
+        try:
+            return disk.free_bytes(self.root) - size >= self.min_free
+        except OSError:
+            return False
 
     def commit(self, tmp: Path, digest: str, suffix: str = ".parquet") -> Path:
         path = self.path(digest, suffix)
@@ -317,35 +358,51 @@ class DigestCache:
         return path
 
     def put(self, digest: str, data: bytes | bytearray | memoryview, suffix: str = ".parquet") -> Path | None:
-        """Cache bytes whose digest the caller has checked; None when the digest cannot name a file."""
-        if self.path(digest, suffix) is None:
+        """Cache bytes whose digest the caller has checked; None when the digest cannot name a file,
+        there is no room for it, or the write failed (logged: the caller goes on without the copy)."""
+        if self.path(digest, suffix) is None or not self.reserve(len(data)):
             return None
-        f, tmp = self.temp()
+        tmp: Path | None = None
         try:
+            f, tmp = self.temp()
             with f:
                 f.write(data)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return self.commit(tmp, digest, suffix)
+            return self.commit(tmp, digest, suffix)
+        except OSError as exc:
+            log.warning("not cached (%s): %s", "disk full" if disk.is_no_space(exc) else "write failed", exc)
+            return None
+        finally:
+            if tmp is not None and tmp.exists():
+                tmp.unlink(missing_ok=True)
 
-    def evict(self, keep: Path | None = None) -> list[Path]:
-        """Remove least recently used files until the folder fits; stale temp files go too."""
-        entries: list[tuple[float, int, Path]] = []
-        removed: list[Path] = []
+    def sweep(self) -> list[Path]:
+        """Remove temp files whose writer is no longer running (killed mid-download)."""
+        removed = []
         with contextlib.suppress(FileNotFoundError):
             for p in self.root.iterdir():
-                try:
-                    st = p.stat()
-                except FileNotFoundError:
+                if not p.name.startswith(_PART_PREFIX):
                     continue
-                if p.name.startswith(".part.") and st.st_mtime < datetime.now().timestamp() - 3600:
-                    p.unlink(missing_ok=True)  # left by a process killed mid-download
-                elif p.suffix in self.SUFFIXES:
-                    entries.append((st.st_mtime, st.st_size, p))
+                with contextlib.suppress(FileNotFoundError):
+                    if _writer_gone(p.name, p.stat().st_mtime):
+                        p.unlink(missing_ok=True)
+                        removed.append(p)
+        return removed
+
+    def evict(self, keep: Path | None = None, need: int = 0) -> list[Path]:
+        """Remove least recently used files until the folder fits `max_bytes` (with `need` more) and
+        its disk keeps `min_free` (plus `need`); dead writers' temp files go first."""
+        self.sweep()
+        entries: list[tuple[float, int, Path]] = []
+        with contextlib.suppress(FileNotFoundError):
+            for p in self.root.iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if p.suffix in self.SUFFIXES and not p.name.startswith("."):
+                        st = p.stat()
+                        entries.append((st.st_mtime, st.st_size, p))
         total = sum(size for _, size, _ in entries)
+        removed: list[Path] = []
         for _, size, p in sorted(entries):
-            if total <= self.max_bytes:
+            if total + need <= self.max_bytes and self._free() - need >= self.min_free:
                 break
             if p == keep:
                 continue
@@ -353,6 +410,14 @@ class DigestCache:
             removed.append(p)
             total -= size
         return removed
+
+    def _free(self) -> int:
+        if not self.min_free:
+            return 1 << 62  # no floor asked for: no statvfs per file
+        try:
+            return disk.free_bytes(self.root)
+        except OSError:
+            return 0
 
 
 class DataStore:

@@ -25,7 +25,7 @@ TERMINAL: tuple[TerminalStatus, ...] = get_args(TerminalStatus)
 # view keeps `str`; constructors that produce one of these say which.
 KnownErrorCode = Literal[
     "error", "validation", "invalid_strategy", "data", "cancelled", "ib", "unknown_symbol", "no_data", "pacing",
-    "disconnected", "internal", "malformed", "worker_lost", "no_worker", "child_failed",
+    "disconnected", "internal", "malformed", "worker_lost", "no_worker", "child_failed", "disk_full",
 ]
 KNOWN_ERROR_CODES: tuple[str, ...] = get_args(KnownErrorCode)
 

@@ -255,8 +255,9 @@ async def put(js: JetStreamContext, bucket: str, name: str, data: bytes | bytear
             hdrs[js_api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(replaces.seq if replaces else 0)
         ack = await _publish(js, _meta_subject(bucket, name), json.dumps(info.as_dict()).encode(), hdrs)
     except BaseException as exc:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(_retire(js, bucket, nuid))
+        # In the background: a store that stopped writing (a full disk) takes no retire either until
+        # it is restarted, and the put's caller must hear of its failure now, not after the retries.
+        _retire_later(js, bucket, nuid)
         if is_cas_failure(exc):
             raise ObjectConflict(f"{bucket}/{name} changed while it was being written",
                                  hint="read it again and retry") from None
@@ -266,6 +267,52 @@ async def put(js: JetStreamContext, bucket: str, name: str, data: bytes | bytear
             await _retire(js, bucket, replaces.nuid)
     return Stored(bucket=bucket, name=name, size=info.size or 0, chunks=n, digest=info.digest or "", nuid=nuid,
                   seq=int(ack.seq), headers=info.headers or {})
+
+
+_cleanups: set[asyncio.Task[None]] = set()  # retires retried in the background (kept from the GC)
+
+
+def _retire_later(js: JetStreamContext, bucket: str, nuid: str, *, retry_for: float = 3600.0) -> None:
+    """Retire a failed put's chunks in the background until the server takes it: a stream whose store
+    stopped writing (a full disk) refuses every write until it is restarted, and the chunks of a put
+    that failed then would otherwise stay, unreferenced, for good."""
+
+    async def retry() -> None:
+        loop = asyncio.get_running_loop()
+        deadline, delay = loop.time() + retry_for, 0.5
+        while True:
+            with contextlib.suppress(Exception):
+                await _retire(js, bucket, nuid)
+                return
+            if loop.time() >= deadline:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    task = asyncio.get_running_loop().create_task(retry())
+    _cleanups.add(task)
+    task.add_done_callback(_cleanups.discard)
+
+
+async def sweep_orphans(js: JetStreamContext, bucket: str, *, older_than_s: float) -> int:
+    """Retire chunk sets no live object points to whose newest chunk is older than `older_than_s` (a
+    put in progress writes a chunk at least every few seconds; one killed mid-put never finishes):
+    what a writer killed mid-put, or one that gave up before the server took its clean-up, left.
+    A set already retired (its one empty marker) is left as it is. Returns how many were retired."""
+    prefix = _chunk_subject(bucket, "")
+    info = await js.stream_info(_stream(bucket), subjects_filter=prefix + ">")
+    live = {st.nuid for st in await list_objects(js, bucket)}
+    now, purged = datetime.now(UTC), 0
+    for subject in (info.state.subjects or {}):
+        if subject[len(prefix):] in live:
+            continue
+        last = await js.get_last_msg(_stream(bucket), subject)
+        if not last.data:
+            continue  # the marker of a retired set: nothing left to drop
+        if last.time is not None and (now - last.time).total_seconds() >= older_than_s:
+            await _retire(js, bucket, subject[len(prefix):])
+            purged += 1
+    return purged
 
 
 async def delete(js: JetStreamContext, bucket: str, name: str) -> bool:

@@ -36,7 +36,7 @@ def test_up_status_down_and_operations_survive_a_restart(home_env):
     assert first.returncode == 0, first.stderr
     status = json.loads(run(home_env, "status", "--json").stdout)
     procs = {p["name"]: p["alive"] for p in status["processes"]}
-    assert procs == {"nats": True, "sim-gateway": True, "actors": True, "web": True}
+    assert procs == {"nats": True, "sim-gateway": True, "actors": True, "web": True, "supervisor": True}
     assert status["web_url"] == f"http://127.0.0.1:{home_env['KTRDR_WEB_PORT']}/"
     assert status["streams"]["OPS"]["messages"] > 0
     assert {a["role"] for a in status["actors"]} == {"orchestrator", "dummy"}
