@@ -13,11 +13,22 @@ wait through `on_wait` before sleeping (so a progress line can say "waiting 12 s
 instead of going silent), and stops waiting the moment a CancellationToken trips. The simulated
 gateway enforces the very same `PacingRules`, so both sides agree on what a violation is.
 
+When a request counts: the gateway counts it when it reads it, which can be well after it was sent:
+it reads a connection's messages in order, so a request waits behind earlier ones (the simulated
+gateway, on a loaded 2-core machine: 20-150 ms behind ten contract lookups) and behind any pause
+(seen: a 470 ms garbage collection in the process running the simulated gateway). The send time is
+only a lower bound on that instant, the answer an upper bound (the gateway had the request before
+it answered). So the 10-minute rule counts each request from its answer (from its release: a
+request abandoned mid-way counts from then), and an open request counts as inside the window until
+then: a late read cannot make the gateway's window end later than the limiter's. The short rules
+(identical, burst) still count from the send plus `_margin`: counting them from the answer would
+cost one round trip per burst of a load, while for the 10-minute rule it costs one per window.
+
 A `gate` passed to `acquire` is awaited right before a request takes its slot; raising there drops
 the request with nothing counted (its caller went away, the gateway is down). `history()` /
 `restore()` carry the recent requests across a restart as wall-clock stamps (IB's windows keep
-running while the process is away); `changed` is set whenever a request is counted, so whoever
-persists the history can write it coalesced.
+running while the process is away); `changed` is set whenever a request is counted or answered, so
+whoever persists the history can write it coalesced.
 """
 
 from __future__ import annotations
@@ -79,9 +90,10 @@ class RequestKey:
 
 
 def _margin(window: float) -> float:
-    # The limiter stamps a request before it travels and the gateway stamps it when its event loop
+    # The short rules stamp a request before it travels and the gateway stamps it when its event loop
     # gets to it, so stay beyond each window by 2% plus 25 ms of scheduling jitter (seen: 10-20 ms
-    # on a loaded 2-core machine, where 5 ms let a 162 through at a 0.1 s test window).
+    # on a loaded 2-core machine, where 5 ms let a 162 through at a 0.1 s test window). The 10-minute
+    # rule counts from answers (see the module docstring) and keeps the margin for clock-rate skew.
     return window * 0.02 + 0.025
 
 
@@ -112,21 +124,23 @@ class PacingLimiter:
         self.rules = rules or PacingRules()
         self._clock = clock
         self._wall = wall_clock
-        self._all: deque[float] = deque()  # start times of every request (rule 3)
-        self._log: deque[tuple[float, RequestKey]] = deque()  # the same requests with their keys (history)
+        # Rule 3: answered requests by when their answer came (ascending: answers are stamped as they
+        # come, restored stamps are all in the past) and the requests still open, by send time.
+        self._all: deque[float] = deque()
+        self._log: deque[tuple[float, RequestKey]] = deque()  # the same answered requests with their keys
+        self._sent: deque[tuple[float, RequestKey]] = deque()  # open requests (rules 3 and 4)
         self._last_second: deque[float] = deque()  # message-rate cap (see PacingRules.max_per_second)
         self._per_contract: dict[tuple[str, str, str], deque[float]] = {}  # rule 2
         self._identical: dict[RequestKey, float] = {}  # last start per identical request (rule 1)
-        self._open = 0  # rule 4
         self._released = asyncio.Event()
         self.waits = 0  # how many times acquire had to wait (for measurements)
         self.waited_s = 0.0
         self.recorded = 0  # requests counted since start (each one went, or was about to go, to IB)
-        self.changed = asyncio.Event()  # set on every counted request: the history needs saving
+        self.changed = asyncio.Event()  # set on every counted or answered request: the history needs saving
 
     @property
     def open_requests(self) -> int:
-        return self._open
+        return len(self._sent)
 
     def _prune(self, now: float) -> None:
         horizon = now - self.rules.window - _margin(self.rules.window)
@@ -150,8 +164,8 @@ class PacingLimiter:
         self._prune(now)
         r = self.rules
         wait, reason = 0.0, ""
-        if self._open >= r.max_open:
-            return -1.0, f"{self._open} IB requests open (limit {r.max_open})"
+        if len(self._sent) >= r.max_open:
+            return -1.0, f"{len(self._sent)} IB requests open (limit {r.max_open})"
         last = self._identical.get(key)
         if last is not None:
             w = last + r.identical_window + _margin(r.identical_window) - now
@@ -166,9 +180,11 @@ class PacingLimiter:
                 w = inside[len(inside) - allowed - 1] + bw - now
                 if w > wait:
                     wait, reason = w, f"{r.burst_count} requests for {key.contract} within {r.burst_window:g} s"
-        if len(self._all) > r.max_requests - 1:
-            ww = r.window + _margin(r.window)
-            w = self._all[len(self._all) - r.max_requests] + ww - now
+        excess = len(self._all) + len(self._sent) - (r.max_requests - 1)  # open ones are inside
+        if excess > len(self._all):
+            return -1.0, f"{r.max_requests} requests within {r.window:g} s, {len(self._sent)} not answered yet"
+        if excess > 0:
+            w = self._all[excess - 1] + r.window + _margin(r.window) - now
             if w > wait:
                 wait, reason = w, f"{r.max_requests} requests within {r.window:g} s"
         if len(self._last_second) > r.max_per_second - 1:
@@ -228,47 +244,56 @@ class PacingLimiter:
         self._last_second.append(self._clock())
 
     def _record(self, key: RequestKey, now: float) -> None:
-        self._all.append(now)
-        self._log.append((now, key))
+        self._sent.append((now, key))
         self.recorded += 1
         self.changed.set()
         self._last_second.append(now)
         self._per_contract.setdefault(key.contract_key, deque()).append(now)
         self._identical[key] = now
-        self._open += 1
 
     # --- history across restarts --------------------------------------------------------------
     def history(self) -> list[tuple[float, RequestKey]]:
-        """The requests still inside the longest window (10 minutes), stamped with the wall clock."""
+        """The requests still inside the longest window (10 minutes), stamped with the wall clock: each
+        answered one when its answer came, each open one now (the latest instant known so far)."""
         now = self._clock()
         self._prune(now)
         offset = self._wall() - now
-        return [(t + offset, key) for t, key in self._log]
+        return [(t + offset, key) for t, key in self._log] + [(now + offset, key) for _, key in self._sent]
 
     def restore(self, stamps: Iterable[tuple[float, RequestKey]]) -> int:
         """Count requests a previous process sent (wall-clock stamps, e.g. from `history()`) as if
-        this limiter had sent them. Stamps from the future (clock skew) count as now. Returns how
-        many are still inside a window."""
+        this limiter had sent them and seen them answered then. Stamps from the future (clock skew)
+        count as now. Returns how many requests are still inside a window."""
         now = self._clock()
         offset = self._wall() - now
         horizon = now - self.rules.window - _margin(self.rules.window)
-        merged = sorted([*self._log, *((min(w - offset, now), k) for w, k in stamps
-                                       if math.isfinite(w) and w - offset > horizon)], key=lambda e: e[0])
+        restored = sorted(((min(w - offset, now), k) for w, k in stamps
+                           if math.isfinite(w) and w - offset > horizon), key=lambda e: e[0])
+        merged = sorted([*self._log, *restored], key=lambda e: e[0])
         self._log = deque(merged)
         self._all = deque(t for t, _ in merged)
-        self._last_second = deque(t for t, _ in merged if t > now - 1.0 - _margin(1.0))
-        self._per_contract = {}
-        self._identical = {}
-        for t, key in merged:
+        # The short rules keep what this process counted itself and add the restored stamps.
+        recent = now - 1.0 - _margin(1.0)
+        self._last_second = deque(sorted([*self._last_second, *(t for t, _ in restored if t > recent)]))
+        for t, key in restored:
             self._per_contract.setdefault(key.contract_key, deque()).append(t)
             self._identical[key] = max(t, self._identical.get(key, t))
+        for ckey, q in self._per_contract.items():
+            self._per_contract[ckey] = deque(sorted(q))
         self._prune(now)
-        return len(self._log)
+        return len(self._log) + len(self._sent)
 
     def release(self, key: RequestKey) -> None:
-        """The request for `key` finished (answered, failed or cancelled): it is no longer open."""
-        if self._open > 0:
-            self._open -= 1
+        """The request for `key` finished (answered, failed or cancelled): it is no longer open, and
+        from now on the 10-minute rule counts it from this instant (the gateway had it by now)."""
+        for i, (_, sent_key) in enumerate(self._sent):
+            if sent_key == key:
+                del self._sent[i]
+                now = self._clock()
+                self._all.append(now)
+                self._log.append((now, key))
+                self.changed.set()
+                break
         self._released.set()
 
 

@@ -5,13 +5,17 @@ and the simulated gateway on its own thread (as IB Gateway is its own process).
   gateway, and resumes when the gateway is back on the same port, or fails naming the gateway;
 - the ib actor reconnects by itself, forever, to a gateway that comes back on the same port;
 - pacing history survives an ib actor restart (KV PACING): no 162 after the restart;
-- requests whose caller went away never take a pacing slot nor reach IB.
+- requests whose caller went away never take a pacing slot nor reach IB;
+- a gateway that reads a request late (busy with earlier messages, a pause) still sees the 10-minute
+  window obeyed: the limiter counts each request from its answer, not from its send.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 
@@ -162,6 +166,34 @@ async def test_pacing_history_survives_an_ib_actor_restart(start_actors, client,
     assert gateway.pacing_violations == 0  # the restarted actor knew the window was full
     assert any(f"{rules.max_requests} requests within" in w for w in waits), waits
     assert second.client.limiter.waits >= 1
+
+
+def _hold_the_gateway_loop(started: threading.Event, seconds: float) -> None:
+    """Run on the gateway's loop: it reads nothing meanwhile, so what is sent waits in its socket."""
+    started.set()
+    time.sleep(seconds)
+
+
+@pytest.mark.parametrize("time_scale", [0.005])  # the 10-minute window lasts 3 s, its margin 85 ms
+async def test_the_10_minute_window_counts_from_when_the_gateway_had_the_request(start_actors, client, data_settings,
+                                                                                gateway, time_scale):
+    rules = PacingRules(time_scale=time_scale)
+    await start_actors("ib", settings=data_settings)
+    ib = IbRequester(client.nc, idle_timeout=60)
+    for symbol in sorted(DEFAULT_UNIVERSE):  # contracts known: nothing but bars requests from here on
+        await ib.contract(symbol)
+    # The gateway is busy while the window's first requests are sent: it reads (and stamps) them 0.5 s
+    # after they left, as IB Gateway does behind earlier messages or a pause of its own.
+    started = threading.Event()
+    busy = asyncio.ensure_future(asyncio.to_thread(gateway.call, _hold_the_gateway_loop, started, 0.5))
+    assert await asyncio.to_thread(started.wait, 10)
+    await _fill_window(ib, rules)
+    await busy
+    assert gateway.historical_requests == rules.max_requests and gateway.pacing_violations == 0
+    # The next request: the gateway's window opens 0.5 s later than the send times say.
+    (symbol, start, end), = _distinct_requests(1, offset=rules.max_requests)
+    df, _ = await ib.bars(symbol, "1h", start, end)
+    assert len(df) > 0 and gateway.pacing_violations == 0
 
 
 @pytest.mark.slow

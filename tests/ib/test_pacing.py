@@ -36,13 +36,18 @@ async def test_burst_of_distinct_requests_obeys_every_rule_as_judged_by_the_gate
 async def test_identical_request_waits_for_identical_window() -> None:
     rules = PacingRules(time_scale=0.01)  # identical window 0.15 s
     limiter, judge = PacingLimiter(rules), PacingEnforcer(rules)
+    before = time.monotonic()
     await limiter.acquire(_key(0))
     judge.record(_key(0), time.monotonic())
     limiter.release(_key(0))
-    reported: list[float] = []
-    await limiter.acquire(_key(0), on_wait=lambda s, _why: reported.append(s))
-    # It said how long before waiting, and what it then sent is legal in the gateway's eyes.
-    assert reported and reported[0] == pytest.approx(0.15, abs=0.03)
+    reported: list[tuple[float, float]] = []
+    await limiter.acquire(_key(0), on_wait=lambda s, _why: reported.append((s, time.monotonic())))
+    # It said how long before waiting: the window (and its margin) less what had passed since the first
+    # was counted, however long this process was held up in between (bounds, not a wall-clock guess).
+    full = rules.identical_window * 1.02 + 0.025
+    said, at = reported[0]
+    assert before + full - at <= said <= full
+    # What it then sent is legal in the gateway's eyes.
     assert judge.violation(_key(0), time.monotonic()) is None
 
 
@@ -156,3 +161,33 @@ def test_restore_counts_stamps_from_the_future_as_now() -> None:
     assert limiter.restore([(clocks.wall + 10_000, _key(1)), (float("nan"), _key(2))]) == 1
     wait, _ = limiter.required_wait(_key(1))
     assert 15.0 <= wait <= 15.0 + 15.0 * 0.02 + 0.03  # identical rule counted from now, not from the future
+
+
+async def test_the_10_minute_window_counts_each_request_from_its_answer() -> None:
+    # The send time is only a lower bound on when the gateway counted a request (it may read it late);
+    # the answer proves it had it by then, so the window frees from the answer.
+    rules = PacingRules(max_requests=2, window_s=10.0, burst_count=100)
+    clocks = _Clocks(mono=100.0, wall=1_700_000_000.0)
+    limiter = PacingLimiter(rules, clock=lambda: clocks.mono, wall_clock=lambda: clocks.wall)
+    await limiter.acquire(_key(0, "a"))  # sent at 100, answered at 105
+    clocks.advance(5.0)
+    limiter.release(_key(0, "a"))
+    await limiter.acquire(_key(1, "b"))
+    limiter.release(_key(1, "b"))
+    clocks.advance(5.5)  # 110.5: 10.5 s after the first send, 5.5 s after its answer
+    wait, why = limiter.required_wait(_key(2, "c"))
+    assert wait == pytest.approx(4.5 + 10.0 * 0.02 + 0.025) and "2 requests within" in why
+    # What a restarted process loads says the same.
+    assert [t - clocks.wall for t, _ in limiter.history()] == [pytest.approx(-5.5), pytest.approx(-5.5)]
+
+
+async def test_an_unanswered_request_stays_in_the_10_minute_window() -> None:
+    rules = PacingRules(max_requests=1, window_s=10.0, burst_count=100)
+    clocks = _Clocks(mono=100.0, wall=1_700_000_000.0)
+    limiter = PacingLimiter(rules, clock=lambda: clocks.mono, wall_clock=lambda: clocks.wall)
+    await limiter.acquire(_key(0, "a"))
+    clocks.advance(60.0)  # long past the window, but the gateway may not have counted it yet
+    assert limiter.required_wait(_key(1, "b"))[0] == -1.0  # only its answer can free the slot
+    limiter.release(_key(0, "a"))
+    wait, _ = limiter.required_wait(_key(1, "b"))
+    assert wait == pytest.approx(10.0 + 10.0 * 0.02 + 0.025)
