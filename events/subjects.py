@@ -18,6 +18,7 @@ from events.bounds import TOKEN_PATTERN
 from events.messages import (
     COMMAND_FOR_DOMAIN,
     DOMAINS,
+    EVENT_NAMES,
     LIFECYCLE_NAMES,
     CancelOperation,
     CancelReason,
@@ -29,6 +30,11 @@ from events.messages import (
 STREAM_CMD = "CMD"
 STREAM_WORK = "WORK"
 STREAM_OPS = "OPS"
+# ops.*.*.cancel: what users write, bounded apart from OPS. Named to sort after OPS: a client that
+# looks a stream up by subject (nats-py's js.subscribe("ops.<domain>.<op>.>") without stream=) is
+# given the first of the streams whose subjects overlap, and must keep getting OPS.
+STREAM_CANCELS = "OPS_CANCELS"
+STREAMS: tuple[str, ...] = (STREAM_CMD, STREAM_WORK, STREAM_OPS, STREAM_CANCELS)  # in creation order
 ACTORS_BUCKET = "ACTORS"  # KV: presence, key <role>.<actor_id>
 LEASES_BUCKET = "LEASES"  # KV: which actor holds which operation, key <op_id>
 PACING_BUCKET = "PACING"  # KV: IB pacing history, key pacing_key(host, port, client_id)
@@ -40,6 +46,10 @@ CMD_ALL = "cmd.>"
 WORK_ALL = "work.>"
 OPS_ALL = "ops.>"
 CANCEL_ALL = f"ops.*.*.{CancelOperation.name}"
+# What OPS stores: every event name but the cancel request (OPS_CANCELS holds those). The one list: a new
+# event type is stored once its name is here (it is, when it is in events.messages.EVENTS).
+OPS_EVENT_NAMES: tuple[str, ...] = tuple(n for n in EVENT_NAMES if n != CancelOperation.name)
+OPS_SUBJECTS: tuple[str, ...] = tuple(f"ops.*.*.{n}" for n in OPS_EVENT_NAMES)
 IB_QUEUE_GROUP = roles.IB
 ORCHESTRATOR_CONSUMER = roles.ORCHESTRATOR
 ACTOR_ROLES: tuple[str, ...] = roles.ACTOR_ROLES  # in start order
@@ -180,10 +190,23 @@ def all_ops(event_name: str) -> str:
 
 
 def lifecycle_filters(op_id: str | None = None) -> list[str]:
-    """Filters for the lifecycle events (everything but progress) of one operation or of all."""
+    """Filters for the lifecycle events OPS stores (everything but progress and cancel requests, which
+    OPS_CANCELS holds; the orchestrator records each it honours as CancelRequested) of one operation or
+    of all."""
+    names = [n for n in LIFECYCLE_NAMES if n in OPS_EVENT_NAMES]
     if op_id is None:
-        return [all_ops(n) for n in LIFECYCLE_NAMES]
-    return [ops(op_id, n) for n in LIFECYCLE_NAMES]
+        return [all_ops(n) for n in names]
+    return [ops(op_id, n) for n in names]
+
+
+def direct_get_api(stream: str) -> str:
+    """JetStream's direct get of a stream (a batched get reads without a consumer)."""
+    return f"$JS.API.DIRECT.GET.{stream}"
+
+
+def stream_of(subject: str) -> str:
+    """The stream an ops subject is stored in."""
+    return STREAM_CANCELS if subject.endswith(f".{CancelOperation.name}") else STREAM_OPS
 
 
 def parse_ops_subject(subject: str) -> tuple[str, str, str] | None:

@@ -3,8 +3,10 @@ commands, follow an operation live or from its stored record, list operations an
 
 Watching starts an ordered consumer on `ops.<domain>.<op_id>.>` from the first stored event, so a
 client sees the same sequence whether it attaches before, during or after the operation: replay
-first, then live, through the same fold. The URL is given (or NATS_URL): opening a connection never
-starts anything; the CLI resolves the embedded stack's URL before it gets here.
+first, then live, through the same fold. A cli or observer key makes only ephemeral consumers on OPS
+(they go when nobody reads them); a cancel is stored in OPS_CANCELS (events.subjects). The URL is given (or NATS_URL):
+opening a connection never starts anything; the CLI resolves the embedded stack's URL before it gets
+here.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ class Client:
         missing, streams_ok = list(roles), False
         while True:
             try:
-                for name in (subjects.STREAM_CMD, subjects.STREAM_WORK, subjects.STREAM_OPS):
+                for name in subjects.STREAMS:
                     await self.js.stream_info(name)
                 streams_ok = True
                 alive = {hb.role for hb in await self.live_actors()}
@@ -216,8 +218,8 @@ class Client:
             if until_terminal and view.terminal:
                 finished.set()
 
-        sub = await retrying(lambda: self.js.subscribe(subjects.ops(op_id), cb=cb, ordered_consumer=True,
-                                                       deliver_policy=js_api.DeliverPolicy.ALL))
+        sub = await retrying(lambda: self.js.subscribe(subjects.ops(op_id), stream=subjects.STREAM_OPS, cb=cb,
+                                                       ordered_consumer=True, deliver_policy=js_api.DeliverPolicy.ALL))
         waiters = [asyncio.ensure_future(finished.wait()), asyncio.ensure_future(done.wait())]
         try:
             while not (finished.is_set() or done.is_set()):
