@@ -26,6 +26,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ClassVar
 
 from nats.aio.client import Client as NATS
@@ -47,6 +48,33 @@ from ktrdr.transport import check_streams, connect, ensure_streams
 log = logging.getLogger(__name__)
 
 
+def dedupe_key_path(settings: Settings, role: str) -> Path:
+    """Where a role keeps its lasting dedupe key when it has no NKEY seed to derive it from."""
+    return settings.home / f"{role}.dedupe-key"
+
+
+def lasting_dedupe_key(settings: Settings, role: str) -> bytes:
+    """A dedupe key that outlives the process (the orchestrator's: a restarted one still dedupes what
+    it published before): derived from the role's NKEY seed when it has one, else from a 0600 file of
+    its own in KTRDR_HOME, made at the first start."""
+    try:
+        opts = settings.connect_options(role)
+    except KtrdrError:
+        opts = {}
+    seed: str | None = opts.get("nkeys_seed_str")
+    if seed is None and opts.get("nkeys_seed"):
+        seed = Path(opts["nkeys_seed"]).read_text().strip()
+    if seed:
+        return subjects.derived_dedupe_key(seed.encode())
+    path = dedupe_key_path(settings, role)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(subjects.DEDUPE_KEY_BYTES))
+    return subjects.derived_dedupe_key(path.read_bytes().strip())
+
+
 class Actor:
     """Subclass, set `role` (and `work_domain` for workers), implement the hooks you need."""
 
@@ -65,6 +93,9 @@ class Actor:
         self.log = logging.getLogger(f"ktrdr.{self.role}")
         self.recent_cancels: OrderedDict[str, CancelOperation] = OrderedDict()
         self.dropped_cancels = 0  # messages on a cancel subject that were not a well-formed cancel of it
+        # The ids this actor publishes with (events.subjects.MsgIds): keyed with its own dedupe key,
+        # random per process; the orchestrator's outlives it (set in start).
+        self.ids = subjects.MsgIds(subjects.new_dedupe_key())
         self.work: WorkRunner | None = None
         self.publisher: EventPublisher | None = None
         self.presence: Presence | None = None
@@ -154,9 +185,10 @@ class Actor:
         self.js = self.nc.jetstream()
         if self.provisions:
             await ensure_streams(self.js, self.settings, upgrade=True)
+            self.ids = subjects.MsgIds(await asyncio.to_thread(lasting_dedupe_key, self.settings, self.role))
         else:
             await check_streams(self.js)  # not there yet: start() fails and is tried again
-        self.publisher = EventPublisher(self.nc, self.js, self.id)
+        self.publisher = EventPublisher(self.nc, self.js, self.id, self.ids.key)
         await self.publisher.start()
         await self.nc.subscribe(subjects.CANCEL_ALL, cb=self._guard(self._on_cancel_msg, "cancel"))
         handlers = request_handlers(self)

@@ -171,7 +171,7 @@ class Client:
         """Record a cancel on ops.<domain>.<op_id>.cancel, whatever state the operation is in (even
         before it exists: the orchestrator honours it when it creates the operation)."""
         cancel = CancelOperation(op_id=op_id, reason=reason, reason_code=code, requested_by=requested_by)
-        await publish(self.js, subjects.cancel(op_id), encode(cancel), f"{op_id}.cancel.{cancel.ts.timestamp()}")
+        await publish(self.js, subjects.cancel(op_id), encode(cancel), subjects.user_cancel_msg_id(op_id))
 
     async def events(self, op_id: str) -> ReadEvents:
         """The operation's stored events (those its subjects prove; `dropped` counts the others)."""
