@@ -128,6 +128,11 @@ class ConsumersCapped(Exception):
     """The stream's consumer cap is reached: read without a consumer."""
 
 
+def consumers_capped(exc: BaseException) -> bool:
+    """Whether a consumer create failed because the stream has all the consumers it may have."""
+    return isinstance(exc, APIError) and exc.err_code == _MAX_CONSUMERS
+
+
 async def _batch(nc: NATS, filter_subject: str, seq: int,
                  timeout: float) -> tuple[list[tuple[int, str, bytes]], int]:
     """Up to BATCH stored messages on `filter_subject` from sequence `seq` on, by one batched direct get
@@ -270,7 +275,7 @@ class _PushRead:
         except NotFoundError:
             return False
         except APIError as exc:
-            if exc.err_code == _MAX_CONSUMERS:
+            if consumers_capped(exc):
                 raise ConsumersCapped(str(exc)) from exc
             raise
         # What the consumer holds for us: those it has already pushed (delivery starts before the

@@ -232,17 +232,14 @@ async def test_f8_an_observer_key_fills_no_consumer_slot_the_system_needs(own_st
     await stack.start(roles.ORCHESTRATOR, roles.DUMMY)
     cli = await _client(stack)
     try:
+        cap = int(LIMITS["KTRDR_OPS_MAX_CONSUMERS"])
+        assert (await cli.js.stream_info("OPS")).state.consumer_count == cap  # still all held
         cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=3, interval_s=0.01)
-        done = asyncio.get_running_loop().create_future()
-
-        async def on_ops(msg: object) -> None:
-            if getattr(msg, "subject", "").endswith(".completed") and not done.done():
-                done.set_result(True)
-
-        await cli.nc.subscribe(subjects.ops(cmd.op_id), cb=on_ops)  # a core subscription: no consumer
-        await subscribed(cli.nc)
         await cli.submit(cmd)
-        await asyncio.wait_for(done, 30)
+        # watched as `ops watch` does (its ordered consumer has no room: direct gets, then live)
+        final = await wait_terminal(cli, cmd.op_id, timeout=30)
+        assert final.status == "completed" and final.result is not None
+        assert final.result["iterations_completed"] == 3
         assert (await cli.view(cmd.op_id)).status == "completed"
         listed = await asyncio.to_thread(run_ktrdr, user_env(stack), "ops", "list", "--json", timeout=60)
         assert listed.returncode == 0, listed.stderr
