@@ -32,7 +32,7 @@ import contextlib
 import heapq
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats.errors
@@ -159,7 +159,7 @@ async def _batch(nc: NATS, filter_subject: str, seq: int,
     return got, pending
 
 
-async def _walk_one(nc: NATS, filter_subject: str, timeout: float) -> AsyncIterator[tuple[int, str, bytes]]:
+async def _walk_one(nc: NATS, filter_subject: str, timeout: float) -> AsyncGenerator[tuple[int, str, bytes], None]:
     seq = 1
     while True:
         got, pending = await _batch(nc, filter_subject, seq, timeout)
@@ -170,7 +170,8 @@ async def _walk_one(nc: NATS, filter_subject: str, timeout: float) -> AsyncItera
         seq = got[-1][0] + 1
 
 
-async def _walk(js: JetStreamContext, filter_subjects: list[str], timeout: float) -> AsyncIterator[tuple[str, bytes]]:
+async def _walk(js: JetStreamContext, filter_subjects: list[str],
+                timeout: float) -> AsyncGenerator[tuple[str, bytes], None]:
     """Every stored OPS message matching the filters, in stream order, by batched direct gets: one walk
     per filter, merged by sequence (a message two filters match once)."""
     nc: NATS = js._nc

@@ -275,3 +275,25 @@ async def test_an_old_store_is_migrated_without_losing_an_event(own_stack):
     events = await read_operation(js, op.op_id)  # the old cancel too: it stays where it was stored
     assert [type(e) for e in events][:2] == [OperationCreated, CancelOperation]
     assert (await js.publish(subjects.cancel(op.op_id), cancel)).stream == subjects.STREAM_CANCELS
+
+
+# ---------------------------------------------------------------------------------------------- ids
+def test_ids_are_keyed_and_the_orchestrators_key_outlives_it(tmp_path: Path):
+    a, b = subjects.MsgIds(subjects.new_dedupe_key()), subjects.MsgIds(subjects.new_dedupe_key())
+    op = subjects.new_op_id("dummy")
+    assert a.created(op) == a.created(op) != b.created(op)  # a retry is the same message; nobody else's
+    assert f"{op}.created" != a.created(op) and not a.created(op).endswith(".created")
+    assert len({a.event(op, "dummy-x", n) for n in range(1000)}) == 1000
+    assert a.cancel(op, "parent") != a.cancel(op, "deadline") != a.work(op)
+    # without a seed: a 0600 file in KTRDR_HOME, the same at every start
+    plain = make_settings(tmp_path / "plain", "nats://127.0.0.1:1")
+    first = _actor.lasting_dedupe_key(plain, roles.ORCHESTRATOR)
+    assert _actor.lasting_dedupe_key(plain, roles.ORCHESTRATOR) == first
+    assert _actor.dedupe_key_path(plain, roles.ORCHESTRATOR).stat().st_mode & 0o777 == 0o600
+    # with auth: derived from the role's seed (nothing written), the same across restarts
+    home = tmp_path / "auth-home"
+    auth.init(home)
+    keyed = make_settings(home, "nats://127.0.0.1:1")
+    assert _actor.lasting_dedupe_key(keyed, roles.ORCHESTRATOR) == _actor.lasting_dedupe_key(keyed, roles.ORCHESTRATOR)
+    assert _actor.lasting_dedupe_key(keyed, roles.ORCHESTRATOR) != first
+    assert not _actor.dedupe_key_path(keyed, roles.ORCHESTRATOR).exists()
