@@ -19,16 +19,18 @@ import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError
 
 from actors import _actor
 from events import roles, subjects
-from events.codec import encode
-from events.messages import ActorError, CancelOperation, OperationCreated, RunDummy
+from events.codec import decode_event_on, encode
+from events.messages import ActorError, CancelOperation, OperationCreated, RunDummy, StartTraining
 from ktrdr import auth, natsconf
 from ktrdr.client import Client
 from ktrdr.config import Settings
@@ -36,7 +38,7 @@ from ktrdr.transport import read_events, read_operation
 from tests.conftest import make_settings
 from tests.helpers import eventually, run_ktrdr, subscribed, wait_terminal
 from tests.security.conftest import Server, free_port, start_server
-from tests.security.test_forgery import Stack, user_env
+from tests.security.test_forgery import STRATEGY, Stack, user_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -135,6 +137,42 @@ async def test_f6_an_id_published_first_does_not_make_the_real_creation_a_duplic
             assert final.result["iterations_completed"] == 3
             created = [e for e in await cli.events(cmd.op_id) if isinstance(e, OperationCreated)]
             assert len(created) == 1
+    finally:
+        await cli.__aexit__(None, None, None)
+
+
+async def test_f6_a_workflow_child_whose_creation_id_was_published_first_still_runs(own_stack, gateway, time_scale):
+    """The finding as found: the parent's `created` names its children; a CLI key publishes junk with
+    `Nats-Msg-Id: <child>.created` on each child's cancel subject before the child exists. On the
+    unfixed code the training child's real creation was dropped and the workflow stayed running."""
+    stack = own_stack
+    stack.settings = make_settings(stack.settings.home, stack.server.url, orphan_timeout_s=600.0,
+                                   ib_port=gateway.port, ib_client_id=11, ib_time_scale=time_scale)
+    await stack.start(roles.ORCHESTRATOR, roles.JOB_MANAGER, roles.IB, roles.TRAINER)
+    cli = await _client(stack)
+    try:
+        attacker, _ = await stack.key(roles.CLI)
+        ajs = attacker.jetstream()
+        cmd = StartTraining(op_id=subjects.new_op_id("training"), strategy_path=str(STRATEGY),
+                            strategy_yaml=STRATEGY.read_text(), epochs=1,
+                            start=datetime(2023, 1, 2, tzinfo=UTC), end=datetime(2023, 4, 3, tzinfo=UTC))
+        children: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+
+        async def on_created(msg: Msg) -> None:  # the parent's creation, as any reader sees it
+            ev = decode_event_on(msg.subject, msg.data)
+            if isinstance(ev, OperationCreated) and not children.done():
+                children.set_result(list(ev.children))
+
+        await attacker.subscribe(subjects.ops(cmd.op_id, OperationCreated.name), cb=on_created)
+        await subscribed(attacker)
+        await cli.submit(cmd)
+        kids = await asyncio.wait_for(children, 30)
+        assert len(kids) == 2
+        for child in kids:
+            await ajs.publish(subjects.cancel(child), b"junk", headers={"Nats-Msg-Id": f"{child}.created"})
+        final = await wait_terminal(cli, cmd.op_id, timeout=170)
+        assert final.status == "completed", final.error
+        assert [(await cli.view(k)).status for k in kids] == ["completed", "completed"]
     finally:
         await cli.__aexit__(None, None, None)
 
