@@ -6,7 +6,10 @@ them and holds the hooks a subclass overrides:
 - `handle(op) -> result`: a worker's operation (work_domain set);
 - `on_cancel_request(op_id, cancel)`: every actor sees every cancel (the orchestrator ends queued
   work, the ib actor cancels in-flight requests);
-- `on_malformed_cancel(op_id, subject, error)`: only the orchestrator answers those with an event;
+- `on_malformed_cancel(op_id, subject, error)`: only the orchestrator answers those with an event (a
+  flood is counted: the hook is called at most once per operation per malformed_cancel_every_s, and
+  at most MALFORMED_REPORTS_PER_WINDOW times per window for all operations together, its error
+  saying how many it stands for);
 - `cancelled_message(op, where)`: the words of a worker's `cancelled` event;
 - `pools()`: the work pools a worker joins;
 - `reply_for_error(exc, text)`: the reply to a request whose handler raised (or that was malformed).
@@ -23,9 +26,11 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ClassVar
 
 from nats.aio.client import Client as NATS
@@ -45,6 +50,37 @@ from ktrdr.errors import KtrdrError
 from ktrdr.transport import check_streams, connect, ensure_streams
 
 log = logging.getLogger(__name__)
+# However many operations a flood of malformed cancels names, the hook answers at most this many of
+# them per window (the rest are counted and logged in one line): one ActorError per named operation
+# would let a flood over many (made-up) op ids write as many events into OPS.
+MALFORMED_REPORTS_PER_WINDOW = 20
+
+
+def dedupe_key_path(settings: Settings, role: str) -> Path:
+    """Where a role keeps its lasting dedupe key when it has no NKEY seed to derive it from."""
+    return settings.home / f"{role}.dedupe-key"
+
+
+def lasting_dedupe_key(settings: Settings, role: str) -> bytes:
+    """A dedupe key that outlives the process (the orchestrator's: a restarted one still dedupes what
+    it published before): derived from the role's NKEY seed when it has one, else from a 0600 file of
+    its own in KTRDR_HOME, made at the first start."""
+    try:
+        opts = settings.connect_options(role)
+    except KtrdrError:
+        opts = {}
+    seed: str | None = opts.get("nkeys_seed_str")
+    if seed is None and opts.get("nkeys_seed"):
+        seed = Path(opts["nkeys_seed"]).read_text().strip()
+    if seed:
+        return subjects.derived_dedupe_key(seed.encode())
+    path = dedupe_key_path(settings, role)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(subjects.DEDUPE_KEY_BYTES))
+    return subjects.derived_dedupe_key(path.read_bytes().strip())
 
 
 class Actor:
@@ -65,6 +101,12 @@ class Actor:
         self.log = logging.getLogger(f"ktrdr.{self.role}")
         self.recent_cancels: OrderedDict[str, CancelOperation] = OrderedDict()
         self.dropped_cancels = 0  # messages on a cancel subject that were not a well-formed cancel of it
+        # malformed cancels: op id -> (when last reported, how many since); the window's report count
+        self._malformed: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._malformed_window = (0.0, 0, 0)  # (window start, reports in it, suppressed beyond them)
+        # The ids this actor publishes with (events.subjects.MsgIds): keyed with its own dedupe key,
+        # random per process; the orchestrator's outlives it (set in start).
+        self.ids = subjects.MsgIds(subjects.new_dedupe_key())
         self.work: WorkRunner | None = None
         self.publisher: EventPublisher | None = None
         self.presence: Presence | None = None
@@ -154,9 +196,10 @@ class Actor:
         self.js = self.nc.jetstream()
         if self.provisions:
             await ensure_streams(self.js, self.settings, upgrade=True)
+            self.ids = subjects.MsgIds(await asyncio.to_thread(lasting_dedupe_key, self.settings, self.role))
         else:
             await check_streams(self.js)  # not there yet: start() fails and is tried again
-        self.publisher = EventPublisher(self.nc, self.js, self.id)
+        self.publisher = EventPublisher(self.nc, self.js, self.id, self.ids.key)
         await self.publisher.start()
         await self.nc.subscribe(subjects.CANCEL_ALL, cb=self._guard(self._on_cancel_msg, "cancel"))
         handlers = request_handlers(self)
@@ -318,7 +361,7 @@ class Actor:
                 raise DecodeError(f"{msg.subject[:120]} is no operation's cancel subject")
         except DecodeError as exc:  # an OperationCompleted body, another op's id, a hand-back reason code
             self.dropped_cancels += 1
-            await self.on_malformed_cancel(op_id, msg.subject, str(exc))
+            await self._malformed_cancel(op_id, msg.subject, str(exc))
             return
         self.recent_cancels[op_id] = cancel
         while len(self.recent_cancels) > 1000:
@@ -326,3 +369,27 @@ class Actor:
         if self.work is not None:
             self.work.on_cancel(cancel)
         await self.on_cancel_request(op_id, cancel)
+
+    async def _malformed_cancel(self, op_id: str, subject: str, error: str) -> None:
+        """Count a malformed cancel; call the hook for it unless this operation was reported within
+        malformed_cancel_every_s or the window's reports are spent (then only a log line, counted)."""
+        now = time.monotonic()
+        every = self.settings.malformed_cancel_every_s
+        last, since = self._malformed.get(op_id, (-float("inf"), 0))
+        start, reports, suppressed = self._malformed_window
+        if now - start >= every:
+            if suppressed:
+                self.log.warning("%d more malformed cancels not reported in the last %.0f s", suppressed, every)
+            start, reports, suppressed = now, 0, 0
+        if now - last < every or reports >= MALFORMED_REPORTS_PER_WINDOW:
+            self._malformed[op_id] = (last, since + 1)
+            self._malformed_window = (start, reports, suppressed + 1)
+            self.log.debug("malformed cancel on %s dropped: %s", subject[:120], error[:200])
+        else:
+            self._malformed[op_id] = (now, 0)
+            self._malformed.move_to_end(op_id)
+            self._malformed_window = (start, reports + 1, suppressed)
+            note = f" (and {since} more since the last report)" if since else ""
+            await self.on_malformed_cancel(op_id, subject, f"{error}{note}")
+        while len(self._malformed) > 10_000:
+            self._malformed.popitem(last=False)

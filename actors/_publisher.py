@@ -10,18 +10,18 @@ ACK_TIMEOUT_S: a stream leader that died under it, a reconnect) is sent again wi
 Nats-Msg-Id, and again, until it is stored — once: the stream dedupes by id. So whatever a live
 subscriber saw ends up in the stream. At most MAX_PENDING_ACKS are unacknowledged at a time.
 
-Every publish carries a Nats-Msg-Id: `<op_id>.<actor>.<seq>`; a terminal event's is
-`<op_id>.<actor>.<secret>.terminal`, with a secret this process never shows before it publishes the
-terminal event itself (a retried terminal is stored once; nobody else can publish that id first and
-so make the real verdict a "duplicate"); a creation's `<op_id>.created` (an orchestrator that restarts
-mid-command creates the op once).
+Every publish carries a Nats-Msg-Id keyed with this publisher's dedupe key (events.subjects: an
+HMAC of the op, the actor and its seq; of the op for a terminal event; of the op for a creation), so a
+retried publish is stored once and nobody without the key can publish one of our ids first to make
+the real event a "duplicate". A worker's key is its process's own (it retries only within its life);
+the orchestrator's is the same across its restarts (an orchestrator that restarts mid-command creates
+the op once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections import deque
 from typing import ClassVar
@@ -45,8 +45,9 @@ class EventPublisher:
     ACK_TIMEOUT_S: ClassVar[float] = 5.0
     GIVE_UP_S: ClassVar[float] = 110.0  # inside the stream's 120 s dedupe window: never stored twice
 
-    def __init__(self, nc: NATS, js: JetStreamContext, actor_id: str) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, actor_id: str, dedupe_key: bytes | None = None) -> None:
         self.nc, self.js, self.actor_id = nc, js, actor_id
+        self.ids = subjects.MsgIds(dedupe_key or subjects.new_dedupe_key())
         self._seq = 0
         self._outbox: deque[Outgoing] = deque()
         self._wake = asyncio.Event()
@@ -66,7 +67,6 @@ class EventPublisher:
         self.resent = 0  # progress events sent again (for measurements)
         self.given_up = 0
         self.closed = False
-        self._secret = secrets.token_hex(8)
 
     async def start(self) -> None:
         self._inbox = self.nc.new_inbox()
@@ -81,7 +81,7 @@ class EventPublisher:
 
     def _next(self, op_id: str) -> tuple[int, str]:
         self._seq += 1
-        return self._seq, subjects.event_msg_id(op_id, self.actor_id, self._seq)
+        return self._seq, self.ids.event(op_id, self.actor_id, self._seq)
 
     async def publish(self, event: Event) -> None:
         """Store a lifecycle event (awaited: it is in the stream when this returns)."""
@@ -89,9 +89,9 @@ class EventPublisher:
         seq, msg_id = self._next(event.op_id)
         event.actor, event.seq = self.actor_id, seq
         if type(event).terminal:
-            msg_id = subjects.terminal_msg_id(event.op_id, self.actor_id, self._secret)
+            msg_id = self.ids.terminal(event.op_id, self.actor_id)
         elif isinstance(event, OperationCreated):
-            msg_id = subjects.created_msg_id(event.op_id)
+            msg_id = self.ids.created(event.op_id)
         await publish(self.js, subjects.event(event), encode(event), msg_id)
 
     def progress(self, op_id: str, state: ProgressState, attempt: int = 0) -> None:

@@ -174,11 +174,11 @@ class Orchestrator(Actor):
     async def _route(self, cmd: Command) -> None:
         assert self.js is not None
         item = WorkItem(op_id=cmd.op_id, domain=cmd.domain, command=cmd)
-        await publish(self.js, subjects.work(cmd.domain, cmd.pool), encode(item), subjects.work_msg_id(cmd.op_id))
+        await publish(self.js, subjects.work(cmd.domain, cmd.pool), encode(item), self.ids.work(cmd.op_id))
 
     async def request_cancel(self, cancel: CancelOperation, why: CancelReason) -> None:
         assert self.js is not None
-        await publish(self.js, subjects.cancel(cancel.op_id), encode(cancel), subjects.cancel_msg_id(cancel.op_id, why))
+        await publish(self.js, subjects.cancel(cancel.op_id), encode(cancel), self.ids.cancel(cancel.op_id, why))
 
     # ------------------------------------------------------------------ creation
     async def create(self, cmd: Command) -> None:

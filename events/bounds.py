@@ -41,6 +41,10 @@ MAX_DUMMY_INTERVAL_S = 60.0
 MAX_DUMMY_DURATION_S = 24 * 3600.0  # iterations x interval
 MAX_DEADLINE = timedelta(days=30)  # a command's deadline: its timeout_s at most, or (older clients) after its ts
 MAX_REASON = 2000  # a rejection or failure reason is cut to this many characters
+# The most bytes a CancelOperation can take on the wire: its two free-text fields at their longest, each
+# character at its longest JSON form (a control character is written \u00XX: 6 bytes), plus the fixed
+# fields (type, op id, ts, reason code, actor) and headers. What the OPS_CANCELS stream takes per message.
+MAX_CANCEL_BYTES = 6 * (MAX_REASON + 2 * MAX_LABEL) + 2048
 
 
 # --- timeframes ----------------------------------------------------------------------------------

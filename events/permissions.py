@@ -30,7 +30,7 @@ DEFAULT_POOLS: Mapping[str, tuple[str, ...]] = {
 }
 WORKER_DOMAIN = {role: domain for domain, role in ROLE_FOR_DOMAIN.items()}
 
-STREAMS = (subjects.STREAM_CMD, subjects.STREAM_WORK, subjects.STREAM_OPS)
+STREAMS = subjects.STREAMS
 KV_BUCKETS = (subjects.ACTORS_BUCKET, subjects.LEASES_BUCKET, subjects.PACING_BUCKET)
 OBJECT_BUCKETS = (subjects.BARS_BUCKET, subjects.MODELS_BUCKET, subjects.CHECKPOINTS_BUCKET)
 IB_QUEUE_GROUP = subjects.IB_QUEUE_GROUP
@@ -79,18 +79,38 @@ class _Grant:
     def api(self, *calls: str) -> None:
         self.allow_pub(*(f"$JS.API.{c}" for c in calls))
 
-    def _consumer_reads(self, stream: str) -> None:
+    def _consumer_reads(self, stream: str, *, named: bool = True) -> None:
         # Ephemeral push / ordered consumers (nats-py: CONSUMER.CREATE.<S> without a name, or
         # .<S>.<name>.<filter> with one), their flow-control replies (v1 `$JS.FC.<S>.<C>.*`; the
         # v2 format behind a server feature flag is `$JS.FC.<domain>.<acc hash>.<S>.<C>.*`),
         # consumer info (KV keys/watch), delete (read_events cleans up), direct and plain gets.
-        self.api(f"STREAM.INFO.{stream}", f"CONSUMER.CREATE.{stream}", f"CONSUMER.CREATE.{stream}.>",
-                 f"CONSUMER.INFO.{stream}.*", f"CONSUMER.DELETE.{stream}.*", f"DIRECT.GET.{stream}",
-                 f"DIRECT.GET.{stream}.>", f"STREAM.MSG.GET.{stream}")
+        # Without `named`, only the unnamed create: nats-py 2.16's ordered consumers (js.subscribe,
+        # KV keys/watch, object gets) and our reads (ktrdr.transport.replay) send no name, and on
+        # that subject the server refuses a durable ("consumer expected to be ephemeral"), so such a
+        # role can make only consumers that go away once nobody reads them.
+        self.api(f"STREAM.INFO.{stream}", f"CONSUMER.CREATE.{stream}", f"CONSUMER.INFO.{stream}.*",
+                 f"CONSUMER.DELETE.{stream}.*", f"DIRECT.GET.{stream}", f"DIRECT.GET.{stream}.>",
+                 f"STREAM.MSG.GET.{stream}")
+        if named:
+            self.api(f"CONSUMER.CREATE.{stream}.>")
         self.allow_pub(f"$JS.FC.{stream}.>", f"$JS.FC._.*.{stream}.>")
 
+    def _gets(self, stream: str) -> None:
+        """Direct and plain gets of a stream's messages: no consumer."""
+        self.api(f"DIRECT.GET.{stream}", f"DIRECT.GET.{stream}.>", f"STREAM.MSG.GET.{stream}")
+
     def read_ops(self) -> None:
-        self._consumer_reads("OPS")
+        """The system's processes: consumers on OPS, gets on OPS and OPS_CANCELS (the last cancel request)."""
+        self._consumer_reads(subjects.STREAM_OPS)
+        self._gets(subjects.STREAM_CANCELS)
+        self.api("STREAM.NAMES")  # js.subscribe(subject) without stream= looks the stream up
+
+    def reader_reads(self) -> None:
+        """A reader key (cli, observer): only ephemeral consumers on OPS (they go away once nobody reads
+        them; the stream caps how many there are, and the server refuses one that would deliver into
+        OPS itself), gets on OPS, presence reads."""
+        self._consumer_reads(subjects.STREAM_OPS, named=False)
+        self._consumer_reads(f"KV_{subjects.ACTORS_BUCKET}", named=False)
         self.api("STREAM.NAMES")  # js.subscribe(subject) without stream= looks the stream up
 
     def kv_read(self, bucket: str) -> None:
@@ -198,15 +218,13 @@ def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS
     elif role == CLI:
         g.allow_pub("cmd.>", "ops.*.*.cancel")
         g.allow_sub("ops.>")
-        g.read_ops()
-        g.kv_read("ACTORS")
+        g.reader_reads()
         g.obj_read("MODELS")
         g.obj_write("BARS")  # ktrdr data import
         g.series_lease()
     elif role == OBSERVER:
         g.allow_sub("ops.>")
-        g.read_ops()
-        g.kv_read("ACTORS")
+        g.reader_reads()
     return g.build()
 
 

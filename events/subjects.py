@@ -1,5 +1,14 @@
 """Every subject, stream, bucket and consumer name, derived from the message types in events/messages.py,
-and every Nats-Msg-Id format (`cmd-<op>`, `work-<op>`, `<op>.created`, `<op>.cancel.<reason>`, ...).
+and every Nats-Msg-Id format (`cmd-<op>`, `<op>.created.<mac>`, `<op>.cancel.<reason>.<mac>`, ...).
+
+The streams: OPS stores every event of an operation but its cancel requests (`ops.*.*.<name>` for each
+name of OPS_EVENT_NAMES, the one list of what OPS stores); OPS_CANCELS stores `ops.*.*.cancel`, the only
+ops subject a CLI key may publish, so whatever a user writes there is bounded on its own and can never
+push another operation's events out of OPS nor touch OPS's dedupe window.
+
+The ids the system's processes publish with are keyed hashes (HMAC-SHA256, truncated) of what they
+identify, under a secret only that publisher holds (`dedupe_key`): nobody else can publish a message
+with one of them first and so make the real one a "duplicate" the stream drops.
 
 No other package writes a subject string or a message id: it asks this module. An operation id is one NATS token,
 unique, sortable by time, with the domain readable in it: `<domain>-<YYYYmmddTHHMMSSffffff>-<6 hex>`,
@@ -9,6 +18,7 @@ e.g. `data-20261128T174900123456-3f9a1c`.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 from datetime import UTC, datetime
@@ -18,6 +28,7 @@ from events.bounds import TOKEN_PATTERN
 from events.messages import (
     COMMAND_FOR_DOMAIN,
     DOMAINS,
+    EVENT_NAMES,
     LIFECYCLE_NAMES,
     CancelOperation,
     CancelReason,
@@ -29,6 +40,11 @@ from events.messages import (
 STREAM_CMD = "CMD"
 STREAM_WORK = "WORK"
 STREAM_OPS = "OPS"
+# ops.*.*.cancel: what users write, bounded apart from OPS. Named to sort after OPS: a client that
+# looks a stream up by subject (nats-py's js.subscribe("ops.<domain>.<op>.>") without stream=) is
+# given the first of the streams whose subjects overlap, and must keep getting OPS.
+STREAM_CANCELS = "OPS_CANCELS"
+STREAMS: tuple[str, ...] = (STREAM_CMD, STREAM_WORK, STREAM_OPS, STREAM_CANCELS)  # in creation order
 ACTORS_BUCKET = "ACTORS"  # KV: presence, key <role>.<actor_id>
 LEASES_BUCKET = "LEASES"  # KV: which actor holds which operation, key <op_id>
 PACING_BUCKET = "PACING"  # KV: IB pacing history, key pacing_key(host, port, client_id)
@@ -40,6 +56,10 @@ CMD_ALL = "cmd.>"
 WORK_ALL = "work.>"
 OPS_ALL = "ops.>"
 CANCEL_ALL = f"ops.*.*.{CancelOperation.name}"
+# What OPS stores: every event name but the cancel request (OPS_CANCELS holds those). The one list: a new
+# event type is stored once its name is here (it is, when it is in events.messages.EVENTS).
+OPS_EVENT_NAMES: tuple[str, ...] = tuple(n for n in EVENT_NAMES if n != CancelOperation.name)
+OPS_SUBJECTS: tuple[str, ...] = tuple(f"ops.*.*.{n}" for n in OPS_EVENT_NAMES)
 IB_QUEUE_GROUP = roles.IB
 ORCHESTRATOR_CONSUMER = roles.ORCHESTRATOR
 ACTOR_ROLES: tuple[str, ...] = roles.ACTOR_ROLES  # in start order
@@ -128,35 +148,89 @@ def parse_work_subject(subject: str) -> tuple[str, str] | None:
 
 # ---------------------------------------------------------------------------------------------- Nats-Msg-Id
 # Each publish that may be retried or repeated carries one of these ids, so the stream stores it once.
+# A stream dedupes by id across all its subjects, so an id anyone could compute could be published
+# first, by anyone who may publish anywhere on that stream, and the real message dropped as its
+# duplicate: the system's own ids are keyed (`key`: the publisher's dedupe key, bytes).
+DEDUPE_KEY_BYTES = 32
+_MAC_HEX = 32  # 128 bits of HMAC-SHA256: no one without the key finds or collides with one
+
+
+def _mac(key: bytes, *parts: str) -> str:
+    if len(key) < 16:
+        raise ValueError("a dedupe key has at least 16 bytes")
+    return hmac.new(key, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()[:_MAC_HEX]
+
+
+def new_dedupe_key() -> bytes:
+    """A process's own key (a worker's: it retries only within its own life)."""
+    return secrets.token_bytes(DEDUPE_KEY_BYTES)
+
+
+def derived_dedupe_key(secret: bytes) -> bytes:
+    """The key of a publisher that must keep it across restarts (the orchestrator), from a secret it
+    keeps anyway (its NKEY seed, or a 0600 file of its own)."""
+    return hmac.new(secret, b"ktrdr dedupe ids v1", hashlib.sha256).digest()
+
+
 def command_msg_id(op_id: str) -> str:
-    """A command's: a client that retries (or a bench that resends) submits it once."""
+    """A command's: a client that retries (or a bench that resends) submits it once. The op id is
+    the client's own random choice, and no role but the orchestrator reads CMD."""
     return f"cmd-{op_id}"
 
 
-def work_msg_id(op_id: str) -> str:
+def user_cancel_msg_id(op_id: str) -> str:
+    """A client's cancel: random, so a retried publish of it is stored once and nobody can pre-empt it."""
+    return f"{op_id}.{CancelOperation.name}.{secrets.token_hex(12)}"
+
+
+def work_msg_id(op_id: str, key: bytes) -> str:
     """An operation's work item: routed again after a restart, stored once."""
-    return f"work-{op_id}"
+    return f"work-{op_id}.{_mac(key, 'work', op_id)}"
 
 
-def created_msg_id(op_id: str) -> str:
-    """An operation's OperationCreated: whoever creates it again (a redelivered command) stores nothing."""
-    return f"{op_id}.{OperationCreated.name}"
+def created_msg_id(op_id: str, key: bytes) -> str:
+    """An operation's OperationCreated: whoever creates it again (a redelivered command, a restarted
+    orchestrator: same key) stores nothing."""
+    return f"{op_id}.{OperationCreated.name}.{_mac(key, OperationCreated.name, op_id)}"
 
 
-def cancel_msg_id(op_id: str, reason_code: CancelReason) -> str:
+def cancel_msg_id(op_id: str, reason_code: CancelReason, key: bytes) -> str:
     """A cancel the orchestrator records itself (reason `parent` or `deadline`): once per operation."""
-    return f"{op_id}.{CancelOperation.name}.{reason_code}"
+    return f"{op_id}.{CancelOperation.name}.{reason_code}.{_mac(key, CancelOperation.name, reason_code, op_id)}"
 
 
-def event_msg_id(op_id: str, actor_id: str, seq: int) -> str:
+def event_msg_id(op_id: str, actor_id: str, seq: int, key: bytes) -> str:
     """An actor's event: its per-actor sequence makes a resent event the same message."""
-    return f"{op_id}.{actor_id}.{seq}"
+    return f"{op_id}.{_mac(key, 'event', op_id, actor_id, str(seq))}"
 
 
-def terminal_msg_id(op_id: str, actor_id: str, secret: str) -> str:
-    """A terminal event's, with a secret the publisher never shows before it publishes the verdict: a
-    retried terminal is stored once, and nobody can publish that id first to make it a "duplicate"."""
-    return f"{op_id}.{actor_id}.{secret}.terminal"
+def terminal_msg_id(op_id: str, actor_id: str, key: bytes) -> str:
+    """A terminal event's: a retried terminal is stored once, and nobody can publish that id first to
+    make the real verdict a "duplicate"."""
+    return f"{op_id}.terminal.{_mac(key, 'terminal', op_id, actor_id)}"
+
+
+class MsgIds:
+    """The id builders above bound to one publisher's dedupe key (`actor.ids.work(op_id)`)."""
+
+    def __init__(self, key: bytes) -> None:
+        _mac(key, "check")  # a short key fails here, not at the first publish
+        self.key = key
+
+    def work(self, op_id: str) -> str:
+        return work_msg_id(op_id, self.key)
+
+    def created(self, op_id: str) -> str:
+        return created_msg_id(op_id, self.key)
+
+    def cancel(self, op_id: str, reason_code: CancelReason) -> str:
+        return cancel_msg_id(op_id, reason_code, self.key)
+
+    def event(self, op_id: str, actor_id: str, seq: int) -> str:
+        return event_msg_id(op_id, actor_id, seq, self.key)
+
+    def terminal(self, op_id: str, actor_id: str) -> str:
+        return terminal_msg_id(op_id, actor_id, self.key)
 
 
 # ---------------------------------------------------------------------------------------------- ops
@@ -180,10 +254,23 @@ def all_ops(event_name: str) -> str:
 
 
 def lifecycle_filters(op_id: str | None = None) -> list[str]:
-    """Filters for the lifecycle events (everything but progress) of one operation or of all."""
+    """Filters for the lifecycle events OPS stores (everything but progress and cancel requests, which
+    OPS_CANCELS holds; the orchestrator records each it honours as CancelRequested) of one operation or
+    of all."""
+    names = [n for n in LIFECYCLE_NAMES if n in OPS_EVENT_NAMES]
     if op_id is None:
-        return [all_ops(n) for n in LIFECYCLE_NAMES]
-    return [ops(op_id, n) for n in LIFECYCLE_NAMES]
+        return [all_ops(n) for n in names]
+    return [ops(op_id, n) for n in names]
+
+
+def direct_get_api(stream: str) -> str:
+    """JetStream's direct get of a stream (a batched get reads without a consumer)."""
+    return f"$JS.API.DIRECT.GET.{stream}"
+
+
+def stream_of(subject: str) -> str:
+    """The stream an ops subject is stored in."""
+    return STREAM_CANCELS if subject.endswith(f".{CancelOperation.name}") else STREAM_OPS
 
 
 def parse_ops_subject(subject: str) -> tuple[str, str, str] | None:

@@ -3,15 +3,17 @@ commands, follow an operation live or from its stored record, list operations an
 
 Watching starts an ordered consumer on `ops.<domain>.<op_id>.>` from the first stored event, so a
 client sees the same sequence whether it attaches before, during or after the operation: replay
-first, then live, through the same fold. The URL is given (or NATS_URL): opening a connection never
-starts anything; the CLI resolves the embedded stack's URL before it gets here.
+first, then live, through the same fold. A cli or observer key makes only ephemeral consumers on OPS
+(they go when nobody reads them); a cancel is stored in OPS_CANCELS (events.subjects). The URL is given (or NATS_URL):
+opening a connection never starts anything; the CLI resolves the embedded stack's URL before it gets
+here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -39,7 +41,7 @@ from ktrdr.ops import OperationView, apply_progress, is_orchestrator
 from ktrdr.ops.reader import collect_views, count_dropped, fold_message, read_view
 from ktrdr.transport import connect, ensure_streams, last_message, publish, read_operation
 from ktrdr.transport.publish import retrying
-from ktrdr.transport.replay import ReadEvents
+from ktrdr.transport.replay import ReadEvents, consumers_capped, read_events
 
 
 class NoServerError(KtrdrError):
@@ -102,7 +104,7 @@ class Client:
         missing, streams_ok = list(roles), False
         while True:
             try:
-                for name in (subjects.STREAM_CMD, subjects.STREAM_WORK, subjects.STREAM_OPS):
+                for name in subjects.STREAMS:
                     await self.js.stream_info(name)
                 streams_ok = True
                 alive = {hb.role for hb in await self.live_actors()}
@@ -169,7 +171,7 @@ class Client:
         """Record a cancel on ops.<domain>.<op_id>.cancel, whatever state the operation is in (even
         before it exists: the orchestrator honours it when it creates the operation)."""
         cancel = CancelOperation(op_id=op_id, reason=reason, reason_code=code, requested_by=requested_by)
-        await publish(self.js, subjects.cancel(op_id), encode(cancel), f"{op_id}.cancel.{cancel.ts.timestamp()}")
+        await publish(self.js, subjects.cancel(op_id), encode(cancel), subjects.user_cancel_msg_id(op_id))
 
     async def events(self, op_id: str) -> ReadEvents:
         """The operation's stored events (those its subjects prove; `dropped` counts the others)."""
@@ -216,8 +218,7 @@ class Client:
             if until_terminal and view.terminal:
                 finished.set()
 
-        sub = await retrying(lambda: self.js.subscribe(subjects.ops(op_id), cb=cb, ordered_consumer=True,
-                                                       deliver_policy=js_api.DeliverPolicy.ALL))
+        sub = await self._follow(subjects.ops(op_id), cb)
         waiters = [asyncio.ensure_future(finished.wait()), asyncio.ensure_future(done.wait())]
         try:
             while not (finished.is_set() or done.is_set()):
@@ -231,6 +232,43 @@ class Client:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         return view
+
+    async def _follow(self, subject: str, cb: Callable[[Msg], Awaitable[None]]) -> Any:
+        """Every stored message on `subject` in order, then the live ones: an ordered consumer; where OPS
+        has all the consumers it may have (a key holds them all), a core subscription first (held
+        back), the stored messages by direct gets, then what the subscription saw that the read did
+        not, then live. Returns what to unsubscribe."""
+        try:
+            return await retrying(lambda: self.js.subscribe(subject, stream=subjects.STREAM_OPS, cb=cb,
+                                                            ordered_consumer=True,
+                                                            deliver_policy=js_api.DeliverPolicy.ALL))
+        except Exception as exc:
+            if not consumers_capped(exc):
+                raise
+        assert self.nc is not None
+        held: list[Msg] | None = []
+
+        async def live(msg: Msg) -> None:
+            if held is not None:
+                held.append(msg)
+            else:
+                await cb(msg)
+
+        sub = await self.nc.subscribe(subject, cb=live)
+        for _ in range(2):  # the second PING goes out behind the SUB: the server holds it (tests/helpers.subscribed)
+            await self.nc.flush()
+        stored: list[tuple[str, bytes]] = []
+        await read_events(self.js, [subject], lambda s, d: stored.append((s, d)))
+        for s, d in stored:
+            await cb(Msg(self.nc, subject=s, data=d))
+        seen = set(stored)
+        while held:  # what arrived meanwhile, less what the read had stored already; then live
+            batch, held = held, []
+            for msg in batch:
+                if (msg.subject, msg.data) not in seen:
+                    await cb(msg)
+        held = None
+        return sub
 
     async def list_operations(self, *, limit: int | None = None) -> list[OperationView]:
         """Stored operations by creation time, oldest first (the newest `limit`), from their lifecycle

@@ -75,6 +75,18 @@ class Settings:
     ops_max_bytes: int = field(default_factory=lambda: _int("KTRDR_OPS_MAX_BYTES", 4 << 30, 1 << 20))
     ops_max_events_per_subject: int = field(
         default_factory=lambda: _int("KTRDR_OPS_MAX_EVENTS_PER_SUBJECT", 2_000_000, 100))
+    # OPS_CANCELS (what users write on ops.*.*.cancel, apart from OPS): its bytes (oldest dropped first)
+    # and how many requests it keeps per operation (the newest).
+    cancels_max_bytes: int = field(default_factory=lambda: _int("KTRDR_CANCELS_MAX_BYTES", 256 << 20, 1 << 20))
+    cancels_per_op: int = field(default_factory=lambda: _int("KTRDR_CANCELS_PER_OP", 8, 1, 1000))
+    # OPS's consumers: at most this many at once (reads beyond it use direct gets), and one nobody
+    # reads for this long is removed by the server (a reader's that was abandoned).
+    ops_max_consumers: int = field(default_factory=lambda: _int("KTRDR_OPS_MAX_CONSUMERS", 1000, 1, 1_000_000))
+    ops_consumer_inactive_s: float = field(
+        default_factory=lambda: _float("KTRDR_OPS_CONSUMER_INACTIVE_S", 60.0, 10.0, 86400))
+    # A flood of malformed cancels for one operation: at most one ActorError per this many seconds.
+    malformed_cancel_every_s: float = field(
+        default_factory=lambda: _float("KTRDR_MALFORMED_CANCEL_EVERY_S", 60.0, 0.0, 86400))
     heartbeat_s: float = field(default_factory=lambda: _float("KTRDR_HEARTBEAT_S", 1.0, 0.01, 60))
     # A worker silent this long loses its lease: JetStream redelivers the work (ack_wait).
     worker_timeout_s: float = field(default_factory=lambda: _float("KTRDR_WORKER_TIMEOUT", 10.0, 0.1, 3600))

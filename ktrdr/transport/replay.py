@@ -15,6 +15,13 @@ each Msg (slower, same events in the same order). Two ways to read:
 - `stream_events(js, filters)`: an async iterator for a consumer that goes at its own pace (`ops
   replay --speed X` sleeps between events); flow-control requests are answered only once the
   consumer has caught up, so the server stops sending and memory stays bounded by its window.
+
+OPS caps its consumers (ops_max_consumers) and a reader key may make ephemeral ones there: a read
+that finds the cap reached (someone holds them all) reads the same messages by batched direct gets
+instead (`_walk`: nats-server 2.11+, no consumer, one request per BATCH messages per filter, merged in
+stream order), so no key that fills the cap stops a worker's check, the orchestrator's rebuild or `ops
+list`. Direct gets (`last_message`) need no consumer and go to the stream the subject is stored in
+(OPS, or OPS_CANCELS for a cancel subject).
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import heapq
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats.errors
@@ -32,12 +42,16 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from events import subjects
 from events.codec import DecodeError, decode_event_on
 from events.messages import AnyEvent
 from ktrdr.transport.publish import retrying
+
+log = logging.getLogger(__name__)
+BATCH = 512  # messages per batched direct get (the read without a consumer)
+_MAX_CONSUMERS = 10026  # JetStream's "maximum consumers limit reached"
 
 # nats-py versions [lowest, first beyond) whose protocol parser calls `nc._process_msg(sid, subject,
 # reply, data, headers)` through the connection object, so that wrapping it on the instance sees
@@ -108,6 +122,76 @@ def _flow_control_reply(reply: bytes, headers: bytes) -> bytes | None:
     if i < 0:
         return None
     return headers[i + len(_STALLED):].split(b"\r\n", 1)[0].strip() or None
+
+
+class ConsumersCapped(Exception):
+    """The stream's consumer cap is reached: read without a consumer."""
+
+
+def consumers_capped(exc: BaseException) -> bool:
+    """Whether a consumer create failed because the stream has all the consumers it may have."""
+    return isinstance(exc, APIError) and exc.err_code == _MAX_CONSUMERS
+
+
+async def _batch(nc: NATS, filter_subject: str, seq: int,
+                 timeout: float) -> tuple[list[tuple[int, str, bytes]], int]:
+    """Up to BATCH stored messages on `filter_subject` from sequence `seq` on, by one batched direct get
+    (no consumer), and how many more match after them."""
+    got: list[tuple[int, str, bytes]] = []
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def on_msg(msg: Msg) -> None:
+        h = msg.headers or {}
+        status = h.get("Status")
+        if status is None:
+            got.append((int(h.get("Nats-Sequence", 0)), h.get("Nats-Subject", ""), msg.data))
+        elif not done.done():  # 204 EOB (end of batch, with what is still pending) or 404 (none)
+            done.set_result(int(h.get("Nats-Num-Pending", 0)) if status == "204" else 0)
+
+    sub = await nc.subscribe(nc.new_inbox(), cb=on_msg)
+    try:
+        request = {"seq": seq, "next_by_subj": filter_subject, "batch": BATCH}
+        await nc.publish(subjects.direct_get_api(subjects.STREAM_OPS), json.dumps(request).encode(), reply=sub.subject)
+        pending = await asyncio.wait_for(done, timeout)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return got, pending
+
+
+async def _walk_one(nc: NATS, filter_subject: str, timeout: float) -> AsyncGenerator[tuple[int, str, bytes], None]:
+    seq = 1
+    while True:
+        got, pending = await _batch(nc, filter_subject, seq, timeout)
+        for item in got:
+            yield item
+        if not got or not pending:
+            return
+        seq = got[-1][0] + 1
+
+
+async def _walk(js: JetStreamContext, filter_subjects: list[str],
+                timeout: float) -> AsyncGenerator[tuple[str, bytes], None]:
+    """Every stored OPS message matching the filters, in stream order, by batched direct gets: one walk
+    per filter, merged by sequence (a message two filters match once)."""
+    nc: NATS = js._nc
+    walks = [_walk_one(nc, f, timeout) for f in filter_subjects]
+    heap: list[tuple[int, int, str, bytes]] = []
+    try:
+        for i, w in enumerate(walks):
+            if (first := await anext(w, None)) is not None:
+                heapq.heappush(heap, (first[0], i, first[1], first[2]))
+        last = 0
+        while heap:
+            seq, i, subject, data = heapq.heappop(heap)
+            if seq != last:
+                last = seq
+                yield subject, data
+            if (nxt := await anext(walks[i], None)) is not None:
+                heapq.heappush(heap, (nxt[0], i, nxt[1], nxt[2]))
+    finally:
+        for w in walks:
+            await w.aclose()
 
 
 class _PushRead:
@@ -191,6 +275,10 @@ class _PushRead:
             self.info = await retrying(lambda: self.js.add_consumer(subjects.STREAM_OPS, cfg))
         except NotFoundError:
             return False
+        except APIError as exc:
+            if consumers_capped(exc):
+                raise ConsumersCapped(str(exc)) from exc
+            raise
         # What the consumer holds for us: those it has already pushed (delivery starts before the
         # server answers, so num_pending alone misses them) plus those still pending.
         self.total = (self.info.delivered.consumer_seq or 0) + (self.info.num_pending or 0)
@@ -237,8 +325,16 @@ async def read_events(
     delivery stalls for `timeout` seconds, however long the whole read takes."""
     read = _PushRead(js, filter_subjects, on_msg, paced=False)
     try:
-        if not await read.start():
-            return 0  # no OPS stream yet: nothing was ever stored
+        try:
+            if not await read.start():
+                return 0  # no OPS stream yet: nothing was ever stored
+        except ConsumersCapped:
+            log.info("OPS has all the consumers it may have; reading by direct gets")
+            n = 0
+            async for subject, data in _walk(js, filter_subjects, timeout):
+                n += 1
+                on_msg(subject, data)
+            return n
         last = -1
         while not read.done:
             try:
@@ -266,7 +362,14 @@ async def stream_events(
     pending: collections.deque[tuple[str, bytes]] = collections.deque()
     read = _PushRead(js, filter_subjects, lambda s, d: pending.append((s, d)), paced=True)
     try:
-        if not await read.start():
+        try:
+            if not await read.start():
+                return
+        except ConsumersCapped:
+            log.info("OPS has all the consumers it may have; reading by direct gets")
+            async with contextlib.aclosing(_walk(js, filter_subjects, timeout)) as walk:
+                async for item in walk:
+                    yield item
             return
         while pending or not read.done:
             if not pending:
@@ -316,22 +419,29 @@ async def read_operation(js: JetStreamContext, op_id: str) -> ReadEvents:
 
 
 async def read_lifecycle(js: JetStreamContext, op_id: str) -> ReadEvents:
-    """One operation's lifecycle events (no progress): what a worker checks before it runs it."""
+    """One operation's lifecycle events (no progress) and the last cancel request recorded for it (a
+    direct get on OPS_CANCELS, no consumer): what a worker checks before it runs it."""
     out = ReadEvents()
-    await read_events(js, subjects.lifecycle_filters(op_id), _decoded(out))
+    cancel_subject = subjects.cancel(op_id)
+    cancel, _ = await asyncio.gather(last_message(js, cancel_subject),
+                                     read_events(js, subjects.lifecycle_filters(op_id), _decoded(out)))
+    if cancel is not None:
+        _decoded(out)(cancel_subject, cancel)
     return out
 
 
 async def last_message(js: JetStreamContext, subject: str, *, from_leader: bool = False) -> bytes | None:
-    """The last stored message on one OPS subject (a direct get: one round trip), or None.
+    """The last stored message on one ops subject (a direct get on the stream that stores it, OPS or
+    OPS_CANCELS: one round trip), or None.
 
     A direct get (and a consumer) may be served by any replica, and one still catching up (a
     restarted cluster node) can lack the newest messages; `from_leader` asks the stream's leader,
     which has every message it acknowledged."""
     try:
         # "no responders" means no OPS stream at all here, so only a timeout is worth retrying
-        raw = await retrying(lambda: js.get_last_msg(subjects.STREAM_OPS, subject, direct=not from_leader),
+        stream = subjects.stream_of(subject)
+        raw = await retrying(lambda: js.get_last_msg(stream, subject, direct=not from_leader),
                              errors=(nats.errors.TimeoutError, TimeoutError))
-    except (NotFoundError, NoRespondersError):  # no such message, or no OPS stream (nobody answers)
+    except (NotFoundError, NoRespondersError):  # no such message, or no such stream (nobody answers)
         return None
     return raw.data or None

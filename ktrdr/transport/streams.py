@@ -1,11 +1,27 @@
 """The streams and buckets, created idempotently by whichever process needs them first: the streams
-CMD, WORK, OPS; the KV buckets ACTORS, LEASES, PACING; the object buckets BARS, MODELS, CHECKPOINTS
+CMD, WORK, OPS, OPS_CANCELS; the KV buckets ACTORS, LEASES, PACING; the object buckets BARS, MODELS, CHECKPOINTS
 (file storage, settings.replicas; CHECKPOINTS keeps an object at most ops_max_age_s, so the checkpoint
 of an operation that ended without its trainer, killed for good, does not stay forever).
 
 A process whose settings differ from what the server has says so (a warning naming the field) and
 uses the server's. OPS has a byte limit as well as an age limit (so a flood of events cannot fill the
 server's disk) and a per-subject cap, which is each operation's event budget per event type.
+
+Users write to OPS's neighbour, never to OPS: OPS_CANCELS takes `ops.*.*.cancel` (the one ops subject a CLI
+key may publish), each message at most a bounded CancelOperation's size, a few per operation, its own
+byte limit (oldest dropped), so no flood of cancels pushes an event of any operation out of OPS (the
+orchestrator records each cancel it honours in OPS as CancelRequested). OPS's consumers are capped
+(ops_max_consumers, stream-wide) and one nobody reads goes away after ops_consumer_inactive_s (the
+stream's consumer_limits, which also bound what a consumer may ask for); a reader key may make only
+ephemeral ones (events/permissions.py), and a read that finds the cap reached reads by direct gets
+instead (ktrdr.transport.replay), so a key that fills it stops no read of the system's. A store made
+before these existed (OPS on `ops.>`) is migrated by the provisioner: OPS's subjects become its list
+(nothing stored is lost: the old cancels stay readable) and its consumer limits are set, then
+OPS_CANCELS is made.
+
+CMD is bounded (QUEUE_MAX_BYTES, new messages refused when full): a CLI key that fills it makes the
+server refuse new commands until the orchestrator has taken the queue (it acks each as it creates the
+operation), and queued work is never dropped; per-subject bounds would not help (one subject per verb).
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.object_store import OBJ_STREAM_TEMPLATE
 
 from events import subjects
+from events.bounds import MAX_CANCEL_BYTES
 from ktrdr.config import Settings
 
 log = logging.getLogger(__name__)
@@ -44,10 +61,19 @@ def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
             discard=js_api.DiscardPolicy.NEW,
         ),
         js_api.StreamConfig(
-            name=subjects.STREAM_OPS, subjects=[subjects.OPS_ALL],
+            name=subjects.STREAM_OPS, subjects=list(subjects.OPS_SUBJECTS),
             retention=js_api.RetentionPolicy.LIMITS, storage=js_api.StorageType.FILE,
             max_age=settings.ops_max_age_s, max_bytes=settings.ops_max_bytes,
             max_msgs_per_subject=settings.ops_max_events_per_subject,
+            discard=js_api.DiscardPolicy.OLD, duplicate_window=120.0, allow_direct=True,
+            num_replicas=replicas, max_consumers=settings.ops_max_consumers,
+            consumer_limits=js_api.StreamConsumerLimits(inactive_threshold=settings.ops_consumer_inactive_s),
+        ),
+        js_api.StreamConfig(
+            name=subjects.STREAM_CANCELS, subjects=[subjects.CANCEL_ALL],
+            retention=js_api.RetentionPolicy.LIMITS, storage=js_api.StorageType.FILE,
+            max_age=settings.ops_max_age_s, max_bytes=settings.cancels_max_bytes,
+            max_msgs_per_subject=settings.cancels_per_op, max_msg_size=MAX_CANCEL_BYTES,
             discard=js_api.DiscardPolicy.OLD, duplicate_window=120.0, allow_direct=True,
             num_replicas=replicas,
         ),
@@ -55,9 +81,34 @@ def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
 
 
 _COMPARED = ("subjects", "retention", "storage", "max_age", "duplicate_window", "max_bytes",
-             "max_msgs_per_subject")
+             "max_msgs_per_subject", "max_msg_size", "max_consumers")
 # Limits a provisioner brings an older stream up to (a store made before they existed had none).
 _UPGRADED = ("max_bytes", "max_msgs_per_subject", "discard")
+
+
+async def _upgrade(js: JetStreamContext, cfg: js_api.StreamConfig,
+                   have: js_api.StreamConfig) -> js_api.StreamConfig:
+    """Bring a stream made by an earlier version up to this one's limits and subjects."""
+    changed: list[str] = []
+    if have.max_bytes in (None, -1) and cfg.max_bytes not in (None, -1):
+        for n in _UPGRADED:  # the byte limit with its discard policy (NEW for a queue: never drop work)
+            setattr(have, n, getattr(cfg, n))
+        changed += _UPGRADED
+    if cfg.subjects and sorted(have.subjects or []) != sorted(cfg.subjects):
+        # OPS on `ops.>` (before OPS_CANCELS): narrowed to its event names, so OPS_CANCELS can take cancels.
+        # A stream keeps what it stored when its subjects change: no event is lost.
+        have.subjects = list(cfg.subjects)
+        changed.append("subjects")
+    if cfg.max_consumers not in (None, -1) and have.max_consumers in (None, -1):
+        # The consumer cap and limits (a store made before them: OPS, whose durable-free consumers
+        # may take a cap; a stream's cap can be set, never lowered below the consumers it has).
+        have.max_consumers, have.consumer_limits = cfg.max_consumers, cfg.consumer_limits
+        changed += ["max_consumers", "consumer_limits"]
+    if not changed:
+        return have
+    info = await js.update_stream(have)
+    log.info("stream %s: upgraded (%s)", cfg.name, ", ".join(changed))
+    return info.config
 
 
 async def _ensure_stream(js: JetStreamContext, cfg: js_api.StreamConfig, upgrade: bool) -> list[str]:
@@ -72,12 +123,8 @@ async def _ensure_stream(js: JetStreamContext, cfg: js_api.StreamConfig, upgrade
             except BadRequestError:
                 continue  # another process created it between our two calls: compare instead
         have = info.config
-        if upgrade and have.max_bytes in (None, -1) and cfg.max_bytes not in (None, -1):
-            for n in _UPGRADED:  # the byte limit with its discard policy (NEW for a queue: never drop work)
-                setattr(have, n, getattr(cfg, n))
-            info = await js.update_stream(have)
-            log.info("stream %s: limits added (%s)", cfg.name, ", ".join(_UPGRADED))
-            have = info.config
+        if upgrade:
+            have = await _upgrade(js, cfg, have)
         for name in _COMPARED:
             want, got = getattr(cfg, name), getattr(have, name)
             if want is None:
@@ -123,14 +170,16 @@ async def check_streams(js: JetStreamContext) -> None:
     """For a process that does not provision: the streams must exist (NotFoundError otherwise, and
     the caller tries again later). Every role may read stream info, nobody but the orchestrator
     creates."""
-    for name in (subjects.STREAM_CMD, subjects.STREAM_WORK, subjects.STREAM_OPS):
+    for name in subjects.STREAMS:
         await js.stream_info(name)
 
 
 async def ensure_streams(js: JetStreamContext, settings: Settings, *, upgrade: bool = False) -> list[str]:
-    """Create CMD, WORK, OPS and the KV buckets if missing. Returns warnings for streams whose
-    settings differ from this process's. With `upgrade` (the orchestrator), a stream made before a
-    limit existed gets it (byte limits, the per-operation event budget)."""
+    """Create CMD, WORK, OPS, OPS_CANCELS and the KV buckets if missing (in that order: OPS gives up
+    the cancel subjects before OPS_CANCELS takes them). Returns
+    warnings for streams whose settings differ from this process's. With `upgrade` (the
+    orchestrator), a stream made before a limit existed gets it (byte limits, the per-operation event
+    budget), and OPS on `ops.>` gets its list of subjects."""
     warnings: list[str] = []
     for cfg in stream_configs(settings):
         warnings += await _ensure_stream(js, cfg, upgrade)

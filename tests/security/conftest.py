@@ -22,6 +22,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import api
 
+from events import subjects
 from ktrdr import auth, natsconf
 from tests.helpers import stop_process
 
@@ -142,7 +143,10 @@ async def _provision(server: Server) -> None:
     wq, file = api.RetentionPolicy.WORK_QUEUE, api.StorageType.FILE
     await js.add_stream(name="CMD", subjects=["cmd.>"], retention=wq, storage=file, duplicate_window=120)
     await js.add_stream(name="WORK", subjects=["work.>"], retention=wq, storage=file, duplicate_window=120)
-    await js.add_stream(name="OPS", subjects=["ops.>"], storage=file, allow_direct=True, duplicate_window=120)
+    await js.add_stream(name="OPS", subjects=list(subjects.OPS_SUBJECTS), storage=file, allow_direct=True,
+                        duplicate_window=120)
+    await js.add_stream(name="OPS_CANCELS", subjects=[subjects.CANCEL_ALL], storage=file, allow_direct=True,
+                        duplicate_window=120)
     for b in auth.KV_BUCKETS:
         await js.create_key_value(api.KeyValueConfig(bucket=b, history=1, direct=True))
     for b in auth.OBJECT_BUCKETS:

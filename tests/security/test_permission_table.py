@@ -18,6 +18,7 @@ ALL = frozenset(ROLES)
 NONE: frozenset[str] = frozenset()
 READERS = frozenset({"cli", "observer", "orchestrator", "job-manager", "trainer", "dummy"})
 WORKERS = frozenset({"job-manager", "trainer", "dummy"})
+SYSTEM_READERS = frozenset({"orchestrator", *WORKERS})  # named consumers on OPS, gets on CANCELS
 T, D, Y = "training-x", "data-x", "dummy-x"
 
 
@@ -65,7 +66,7 @@ PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     *[("pub", f"$JS.API.STREAM.PURGE.OBJ_{b}", "", NONE, True) for b in ("BARS", "MODELS", "CHECKPOINTS")],
     # nobody deletes or purges a stream, deletes messages, or steps leaders down
     *[("pub", f"$JS.API.STREAM.{verb}.{s}", "", NONE, True) for verb in ("DELETE", "PURGE")
-      for s in ("CMD", "WORK", "OPS", "KV_ACTORS", "KV_LEASES", "KV_PACING")],
+      for s in ("CMD", "WORK", "OPS", "OPS_CANCELS", "KV_ACTORS", "KV_LEASES", "KV_PACING")],
     *[("pub", f"$JS.API.STREAM.DELETE.OBJ_{b}", "", NONE, True) for b in ("BARS", "MODELS", "CHECKPOINTS")],
     ("pub", "$JS.API.STREAM.MSG.DELETE.OPS", "", NONE, True),
     ("pub", "$JS.API.STREAM.LEADER.STEPDOWN.OPS", "", NONE, True),
@@ -78,6 +79,8 @@ PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     ("pub", "$JS.API.STREAM.CREATE.EVIL", "", NONE, True),
     ("pub", "$JS.API.STREAM.CREATE.OPS", "", roles("orchestrator"), True),
     ("pub", "$JS.API.STREAM.UPDATE.OPS", "", roles("orchestrator"), True),
+    ("pub", "$JS.API.STREAM.CREATE.OPS_CANCELS", "", roles("orchestrator"), True),
+    ("pub", "$JS.API.STREAM.INFO.OPS_CANCELS", "", ALL, True),
     ("pub", "$JS.API.STREAM.UPDATE.KV_ACTORS", "", roles("orchestrator"), True),
     ("pub", "$JS.API.STREAM.INFO.OPS", "", ALL, True),
     ("pub", "$JS.API.STREAM.INFO.KV_PACING", "", roles("orchestrator", "ib"), True),
@@ -99,11 +102,18 @@ PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     # a domain's consumer name with another domain's filter is not in any grant
     ("pub", "$JS.API.CONSUMER.CREATE.WORK.work-data-any.work.training.any", "", NONE, True),
     ("pub", "$JS.API.CONSUMER.CREATE.WORK.work-training-any.work.>", "", NONE, True),
-    # reading OPS and the buckets
+    # reading OPS and the buckets: reader keys (cli, observer) make only unnamed consumers (the
+    # server refuses a durable on that subject); a cancel is read by a direct get on CANCELS
     ("pub", "$JS.API.CONSUMER.CREATE.OPS", "", READERS, True),
+    ("pub", "$JS.API.CONSUMER.CREATE.OPS.evil", "", SYSTEM_READERS, True),
+    ("pub", "$JS.API.CONSUMER.CREATE.OPS.evil.ops.>", "", SYSTEM_READERS, True),
+    ("pub", "$JS.API.CONSUMER.DURABLE.CREATE.OPS.evil", "", NONE, True),
+    ("pub", "$JS.API.CONSUMER.CREATE.OPS_CANCELS", "", NONE, True),
     ("pub", f"$JS.API.DIRECT.GET.OPS.ops.training.{T}.progress", "", READERS, True),
+    ("pub", f"$JS.API.DIRECT.GET.OPS_CANCELS.ops.training.{T}.cancel", "", SYSTEM_READERS, True),
     ("pub", "$JS.FC.OPS.consumer.1", "", READERS, True),
     ("pub", "$JS.API.CONSUMER.CREATE.KV_ACTORS", "", roles("cli", "observer", "orchestrator"), True),
+    ("pub", "$JS.API.CONSUMER.CREATE.KV_ACTORS.evil.$KV.ACTORS.>", "", roles("orchestrator"), True),
     ("pub", "$JS.API.CONSUMER.CREATE.KV_LEASES", "", roles("orchestrator", "cli", *WORKERS), True),
     # one writer per series: loads and `ktrdr data import` take `series.<SYMBOL>.<TF>`; nobody else
     ("pub", "$KV.LEASES.series.AAPL.1h", "", roles("job-manager", "cli"), True),

@@ -169,6 +169,7 @@ async def test_push_consumer_redirect_keeps_the_original_subject(as_role: Any) -
     subscribers here: nothing lands in WORK or CMD this way (no role may core-subscribe there)."""
     cli, _ = await as_role("cli")
     ib, _ = await as_role("ib")
+    orch, _ = await as_role("orchestrator")
     got: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
 
     async def on_ib(msg: Msg) -> None:
@@ -177,13 +178,13 @@ async def test_push_consumer_redirect_keeps_the_original_subject(as_role: Any) -
 
     await ib.subscribe("ib.bars", queue="ib", cb=on_ib)
     await subscribed(ib)
+    await orch.jetstream().publish("ops.data.data-redirect.created", b'{"symbol": "AAPL"}')
     js = cli.jetstream()
-    await js.publish("ops.data.data-redirect.cancel", b'{"symbol": "AAPL"}')
     info = await js.add_consumer("OPS", api.ConsumerConfig(
-        deliver_subject="ib.bars", deliver_group="ib", filter_subject="ops.data.data-redirect.cancel",
+        deliver_subject="ib.bars", deliver_group="ib", filter_subject="ops.data.data-redirect.created",
         ack_policy=api.AckPolicy.NONE))
     msg = await asyncio.wait_for(got, 10)
-    assert msg.subject == "ops.data.data-redirect.cancel"
+    assert msg.subject == "ops.data.data-redirect.created"
     assert msg.reply.startswith("$JS.ACK.OPS.")
     await js.delete_consumer("OPS", info.name)
     with pytest.raises(APIError):  # nor can it deliver into OPS itself (a cycle)

@@ -191,9 +191,11 @@ async def test_job_manager_flow(as_role: Any) -> None:
     _cancels, cancel_seen = await core_listen(nc, "ops.*.*.cancel")
     await cli.jetstream().publish(f"ops.data.{op}.cancel", b"cancel")
     await asyncio.wait_for(cancel_seen.wait(), 10)
-    assert [m.data for m in await push_read(nc, js, [f"ops.data.{op}.>"])] == [b"started", b"p1", b"cancel"]
+    assert [m.data for m in await push_read(nc, js, [f"ops.data.{op}.>"])] == [b"started", b"p1"]
     assert (await js.get_last_msg("OPS", f"ops.data.{op}.progress", direct=True)).data == b"p1"
-    assert len(await replay(js, f"ops.data.{op}.>", 3)) == 3
+    # the cancel is stored beside OPS: a direct get of the last on its subject, no consumer
+    assert (await js.get_last_msg("OPS_CANCELS", f"ops.data.{op}.cancel", direct=True)).data == b"cancel"
+    assert len(await replay(js, f"ops.data.{op}.>", 2)) == 2
     # Request/reply with the ib actor: interim notices and a final answer on the job-manager's inbox.
     async def serve(msg: Msg) -> None:
         await ib.publish(msg.reply, b"wait 1")
@@ -312,15 +314,16 @@ async def test_cli_flow(as_role: Any) -> None:
     op = op_id("training")
     ack = await js.publish("cmd.training.start", b"{}", headers={"Nats-Msg-Id": f"cmd-{op}"})
     assert ack.stream == "CMD"
-    assert (await js.publish(f"ops.training.{op}.cancel", b"cancel")).stream == "OPS"
-    for s in ("CMD", "WORK", "OPS"):
+    # a cancel is stored beside OPS (OPS_CANCELS), never in it
+    assert (await js.publish(f"ops.training.{op}.cancel", b"cancel")).stream == "OPS_CANCELS"
+    for s in ("CMD", "WORK", "OPS", "OPS_CANCELS"):
         await js.stream_info(s)
     _live, seen = await core_listen(nc, "ops.>")
     await tr.jetstream().publish(f"ops.training.{op}.progress", b"p")
     await asyncio.wait_for(seen.wait(), 10)
-    assert len(await replay(js, f"ops.training.{op}.>", 2)) == 2
+    assert len(await replay(js, f"ops.training.{op}.>", 1)) == 1
     assert (await js.get_last_msg("OPS", f"ops.training.{op}.progress", direct=True)).data == b"p"
-    assert len(await push_read(nc, js, [f"ops.training.{op}.>"])) == 2
+    assert len(await push_read(nc, js, [f"ops.training.{op}.>"])) == 1
     await (await tr.jetstream().key_value("ACTORS")).put("trainer.t-9", b"hb")
     actors = await js.key_value("ACTORS")
     assert (await actors.get("trainer.t-9")).value == b"hb"

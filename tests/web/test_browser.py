@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from events import subjects
-from events.messages import CancelOperation, OperationProgress, RunDummy, StartTraining, TrainingContext
+from events.messages import CancelRequested, OperationProgress, RunDummy, StartTraining, TrainingContext
 from tests.helpers import wait_for_event, wait_terminal
 from tests.web.conftest import save_screenshot
 
@@ -92,7 +92,7 @@ async def test_cancel_on_the_operation_page_cancels_it(start_actors, client, web
     line = await asyncio.to_thread(click_cancel)
     view = await wait_terminal(client, op_id)  # the event log, not the page, says how it ended
     assert view.status == "cancelled" and view.where and view.where.startswith("iteration ")
-    cancels = [e for e in await client.events(op_id) if isinstance(e, CancelOperation)]
+    cancels = [e for e in await client.events(op_id) if isinstance(e, CancelRequested)]
     assert len(cancels) == 1 and cancels[0].requested_by == "web"
     assert line.startswith("Operation cancelled at iteration") or "cancelled" in line
 

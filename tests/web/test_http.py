@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from events import subjects
-from events.messages import CancelOperation, RunDummy
+from events.messages import CancelRequested, RunDummy
 from ktrdr.client import Client
 from ktrdr.ops import fold_all
 from ktrdr.rendering import ProgressRenderer
@@ -77,7 +77,7 @@ async def test_cancel_needs_the_login_cookie_and_the_same_origin(start_actors, c
         assert r.status == 202 and (await r.json())["ok"] is True
     view = await wait_terminal(client, op_id)
     assert view.status == "cancelled"
-    cancels = [e for e in await client.events(op_id) if isinstance(e, CancelOperation)]
+    cancels = [e for e in await client.events(op_id) if isinstance(e, CancelRequested)]
     assert cancels and cancels[0].requested_by == "web"
     async with http.post(url, headers={"X-KTRDR-Cancel": "1", "Origin": origin}) as r:
         body = await r.json()
