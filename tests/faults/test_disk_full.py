@@ -137,6 +137,7 @@ async def test_orphaned_chunks_are_retired_and_a_put_in_progress_and_live_object
     # and a second sweep finds nothing more to do.
     info = await client.js.stream_info("OBJ_BARS", subjects_filter="$O.BARS.C.>")
     assert (info.state.subjects or {}).get(f"$O.BARS.C.{half}") == 1
+    assert (info.state.subjects or {}).get(f"$O.BARS.C.{live.nuid}", 0) > 1  # the live object's chunks stay
     assert not (await client.js.get_last_msg("OBJ_BARS", f"$O.BARS.C.{half}")).data
     assert await objects.sweep_orphans(client.js, objects.BARS, older_than_s=0) == 0
     got = await objects.get(client.js, objects.BARS, "AAPL/1h", max_bytes=1 << 30)
