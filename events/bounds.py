@@ -100,3 +100,12 @@ StrategyText = Annotated[str, Meta(max_length=MAX_STRATEGY_BYTES)]  # characters
 Epochs = Annotated[int, Meta(ge=1, le=MAX_EPOCHS)]
 DummyIterations = Annotated[int, Meta(ge=1, le=MAX_DUMMY_ITERATIONS)]
 DummyInterval = Annotated[float, Meta(ge=0.0, le=MAX_DUMMY_INTERVAL_S)]
+
+# The holder proof (events/proof.py): how often a holder signs, how soon a signed event follows an
+# unsigned one, how many unconfirmed events a reader keeps per operation, and how many a replay lets
+# wait behind one deferred signature.
+SIGN_INTERVAL_S = 0.001
+SEAL_S = 0.002
+MAX_UNCONFIRMED = 8192
+CONFIRM_BATCH = 512
+LEASE_REQUEST_TIMEOUT_S = 2.0  # a worker's lease request to the orchestrator

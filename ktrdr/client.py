@@ -15,6 +15,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -31,13 +32,15 @@ from events.messages import (
     OperationCreated,
     OperationProgress,
     OperationRejected,
+    OrchestratorProgress,
     WireCancelReason,
 )
+from events.proof import HEADER
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
-from ktrdr.ops import OperationView, apply_progress, is_orchestrator
-from ktrdr.ops.reader import collect_views, count_dropped, fold_message, read_view
-from ktrdr.transport import connect, ensure_streams, last_message, publish, read_operation
+from ktrdr.ops import OperationView, apply_progress
+from ktrdr.ops.reader import collect_views, fold_message, proven_alone, read_proven, read_view
+from ktrdr.transport import connect, ensure_streams, last_message, publish
 from ktrdr.transport.publish import retrying
 from ktrdr.transport.replay import ReadEvents
 
@@ -173,7 +176,7 @@ class Client:
 
     async def events(self, op_id: str) -> ReadEvents:
         """The operation's stored events (those its subjects prove; `dropped` counts the others)."""
-        return await read_operation(self.js, op_id)
+        return await read_proven(self.js, op_id)
 
     async def view(self, op_id: str) -> OperationView:
         """The fold of the operation's stored events, folded as they arrive (no list of them); a
@@ -209,10 +212,11 @@ class Client:
 
         async def cb(msg: Msg) -> None:
             activity.set()
-            ev = fold_message(view, msg.subject, msg.data)
-            if ev is None:
-                return  # garbage or a forgery on an ops subject (counted in view.dropped): not rendered
-            on_event(ev, view)
+            proof = msg.headers.get(HEADER) if msg.headers else None
+            # garbage or a forgery on an ops subject (counted in view.dropped / unproven): not rendered;
+            # a held event waiting for the holder's signature comes with the one that brings it
+            for ev in fold_message(view, msg.subject, msg.data, proof):
+                on_event(ev, view)
             if until_terminal and view.terminal:
                 finished.set()
 
@@ -245,18 +249,18 @@ class Client:
 
     async def _latest_progress(self, view: OperationView) -> None:
         """The last progress of an operation, kept by the view even when it ended cancelled or failed."""
-        subject = subjects.ops(view.op_id, OperationProgress.name)
-        raw = await last_message(self.js, subject)
-        if raw is None:
-            return
+        name = OperationProgress.name if view.worker is not None else OrchestratorProgress.name
+        subject = subjects.ops(view.op_id, name)
         try:
-            ev = decode_event_on(subject, raw)
-        except DecodeError as exc:
-            count_dropped(view, subject, exc)
+            raw = await retrying(lambda: self.js.get_last_msg(subjects.STREAM_OPS, subject, direct=True),
+                                 errors=(nats.errors.TimeoutError, TimeoutError))
+        except (NotFoundError, nats.errors.NoRespondersError):
             return
-        if not isinstance(ev, OperationProgress) or (view.worker is not None and ev.actor != view.worker
-                                                      and not is_orchestrator(ev.actor)):
-            return  # the holder rule of the fold: only the holder's (or an orchestrator's) progress counts
+        if not raw.data:
+            return
+        ev = proven_alone(view, subject, raw.data, (raw.headers or {}).get(HEADER))
+        if not isinstance(ev, OperationProgress):
+            return  # only the holder's progress (signed by its key) or the orchestrator's counts
         if view.terminal:  # keep how it ended; show how far it got
             view.percentage, view.context = ev.progress.percentage, ev.progress.context or view.context
         else:
