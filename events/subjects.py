@@ -18,11 +18,14 @@ from events.bounds import TOKEN_PATTERN
 from events.messages import (
     COMMAND_FOR_DOMAIN,
     DOMAINS,
+    EVENT_NAMES,
+    HELD_NAMES,
     LIFECYCLE_NAMES,
     CancelOperation,
     CancelReason,
     Command,
     IbRequest,
+    LeaseVerb,
     OperationCreated,
 )
 
@@ -30,7 +33,8 @@ STREAM_CMD = "CMD"
 STREAM_WORK = "WORK"
 STREAM_OPS = "OPS"
 ACTORS_BUCKET = "ACTORS"  # KV: presence, key <role>.<actor_id>
-LEASES_BUCKET = "LEASES"  # KV: which actor holds which operation, key <op_id>
+LEASES_BUCKET = "LEASES"  # KV: which actor holds which operation, key <op_id> (written by the orchestrator alone)
+SERIES_BUCKET = "SERIES"  # KV: who writes a stored bar series, key series.<SYMBOL>.<TF>
 PACING_BUCKET = "PACING"  # KV: IB pacing history, key pacing_key(host, port, client_id)
 BARS_BUCKET = "BARS"  # object store: <SYMBOL>/<TF> parquet
 MODELS_BUCKET = "MODELS"  # object store: <strategy>/<key>/<file>
@@ -40,6 +44,13 @@ CMD_ALL = "cmd.>"
 WORK_ALL = "work.>"
 OPS_ALL = "ops.>"
 CANCEL_ALL = f"ops.*.*.{CancelOperation.name}"
+# Every event name an OPS subject may end with (ops.<domain>.<op_id>.<name>), and who may publish it:
+# a domain's workers the held events only (each carrying the holder proof), the orchestrator all but
+# the cancel request, a CLI key the cancel request. The one list of OPS event subjects.
+OPS_EVENT_NAMES: tuple[str, ...] = EVENT_NAMES
+WORKER_EVENT_NAMES: tuple[str, ...] = HELD_NAMES
+ORCHESTRATOR_EVENT_NAMES: tuple[str, ...] = tuple(n for n in EVENT_NAMES if n != CancelOperation.name)
+LEASE_ALL = "lease.>"
 IB_QUEUE_GROUP = roles.IB
 ORCHESTRATOR_CONSUMER = roles.ORCHESTRATOR
 ACTOR_ROLES: tuple[str, ...] = roles.ACTOR_ROLES  # in start order
@@ -184,6 +195,26 @@ def lifecycle_filters(op_id: str | None = None) -> list[str]:
     if op_id is None:
         return [all_ops(n) for n in LIFECYCLE_NAMES]
     return [ops(op_id, n) for n in LIFECYCLE_NAMES]
+
+
+def worker_events(domain: str) -> list[str]:
+    """What a `domain` worker may publish on OPS: exactly its held events, of any of its operations."""
+    return [f"ops.{domain}.*.{name}" for name in WORKER_EVENT_NAMES]
+
+
+# ---------------------------------------------------------------------------------------------- lease
+def lease(domain: str, verb: LeaseVerb) -> str:
+    """lease.<domain>.<verb>: a worker's lease request to the orchestrator (its role may publish only
+    its own domain's, so NATS proves the requester's domain)."""
+    return f"lease.{domain}.{verb}"
+
+
+def parse_lease_subject(subject: str) -> tuple[str, str] | None:
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != "lease" or parts[1] not in DOMAINS or parts[2] not in ("claim", "renew",
+                                                                                             "release"):
+        return None
+    return parts[1], parts[2]
 
 
 def parse_ops_subject(subject: str) -> tuple[str, str, str] | None:
