@@ -13,7 +13,8 @@ subscriber saw ends up in the stream. At most MAX_PENDING_ACKS are unacknowledge
 Every held event (progress, verdict, error) of a worker carries the holder proof (events/proof.py) in
 its `Ktrdr-Proof` header: the chain hash of the previous one and, at most every SIGN_INTERVAL_S and on
 every verdict and error, a signature by this process's key; an unsigned progress is followed by a
-signed one within SEAL_S (a copy of the latest progress when nothing else came). The orchestrator's
+signed one as soon as a signature is due again (plus SEAL_S; a copy of the latest progress when
+nothing else came), so a reader holds it back less than SIGN_INTERVAL_S + SEAL_S. The orchestrator's
 own events need no proof: they go out on its own subject tokens (OrchestratorFailed, ...), which
 only its role may publish on.
 
@@ -146,11 +147,13 @@ class EventPublisher:
         payload = encode(ev)
         headers = {"Nats-Msg-Id": msg_id}
         if self.signer is not None:
-            headers[proof.HEADER], signed = self.signer.proof(op_id, subject, payload, time.monotonic(), force=force)
+            headers[proof.HEADER], due = self.signer.proof(op_id, subject, payload, time.monotonic(), force=force)
+            if len(self._last) > 10_000:
+                self._last.clear()
             self._last[op_id] = (state, attempt)
-            if not signed and op_id not in self._sealing:  # a signed event follows within SEAL_S
+            if due > 0 and op_id not in self._sealing:  # a signed event follows once one is due again
                 self._sealing.add(op_id)
-                asyncio.get_running_loop().call_later(SEAL_S, self._seal, op_id)
+                asyncio.get_running_loop().call_later(due + SEAL_S, self._seal, op_id)
         self._outbox.append((subject, payload, headers))
         self._idle.clear()
         self._wake.set()

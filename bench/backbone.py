@@ -146,7 +146,7 @@ async def publish_operation(c: Client, n: int, *, actor: str = "dummy-bench") ->
                                    percentage=i / n * 100, message=f"Working on iteration {i}/{n}", current_step=i,
                                    total_steps=n, context=DummyContext(iteration=i, iterations=n)))
         payload = encode(ev)
-        value, _ = signer.proof(op_id, subj, payload, time.monotonic(), force=i == n - 1)
+        value, _due = signer.proof(op_id, subj, payload, time.monotonic(), force=i == n - 1)
         await c.js.publish_async(subj, payload, headers={"Nats-Msg-Id": f"{op_id}.{i + 1}", proof.HEADER: value})
     await c.js.publish_async_completed()
     stored = (await c.js.stream_info(subjects.STREAM_OPS)).state.messages - before

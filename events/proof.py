@@ -5,29 +5,33 @@ holder's key vouches for it. No NATS code here (the publisher and the readers ca
 Why a chain: an Ed25519 verify costs ~80 us here, an event's fold ~3 us, so signing every event would
 make a replay of a long operation 25x slower. Each held event carries, in the `Ktrdr-Proof` header,
 the 16-byte blake2b of the previous held event of its operation (`prev`) and, now and then, a
-signature of its own hash, which is blake2b(subject, prev, body). A signature therefore vouches for
+signature of its own hash, which is blake2b(prev, body) (the body names the event type and op id
+its subject must carry, so it binds the subject too). A signature therefore vouches for
 every event before it on the chain: the reader keeps the unconfirmed events by hash (bounded) and,
 when a signature verifies against the key of the operation's latest grant (`OperationStarted.key`,
 published by the orchestrator alone), applies the chain back to the last confirmed event, in order.
 An event nobody's signature reaches (a forgery: its hash is on no genuine chain) never counts.
 
-The publisher signs an event when SIGN_INTERVAL_S passed since its last signature for that
-operation, always a verdict or an error, and makes sure a signed event follows an unsigned one
-within SEAL_S (actors/_publisher.py). A live reader verifies each signature as it comes (latency);
+The publisher signs about one event per SIGN_INTERVAL_S of each operation (a token bucket: a slow
+stream has every event signed, a fast one is amortised), always a verdict or an error, and makes
+sure a signed event follows an unsigned one once a signature is due again (actors/_publisher.py).
+A live reader verifies each signature as it comes (latency);
 a replay defers them (`lazy`): one signature verified late vouches for everything before it, so a
 replay verifies about one per CONFIRM_BATCH events however densely they were signed.
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
+from binascii import unhexlify
 from collections.abc import Sequence
 from typing import Any
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from events.bounds import CONFIRM_BATCH, MAX_UNCONFIRMED
+from events.bounds import CONFIRM_BATCH, MAX_UNCONFIRMED, SIGN_BURST
 
 HEADER = "Ktrdr-Proof"
 HEADER_BYTES = HEADER.encode()
@@ -64,8 +68,10 @@ def public_key(key: SigningKey) -> str:
 
 
 def chain_hash(subject: str, prev: bytes, data: bytes) -> bytes:
-    """An event's 16-byte hash: its subject, the previous hash and its body."""
-    return hashlib.blake2b(b"".join((subject.encode(), b"\n", prev, data)), digest_size=16).digest()
+    """An event's 16-byte hash: the previous hash and its body. (The subject is bound too: a reader
+    takes an event only when its body's type and op id are the subject's, events.codec.decode_event_on,
+    so hashing the body covers it; `subject` stays in the signature for the day that changes.)"""
+    return hashlib.blake2b(prev + data, digest_size=16).digest()
 
 
 def header_value(prev: bytes, signature: bytes | None) -> str:
@@ -74,12 +80,12 @@ def header_value(prev: bytes, signature: bytes | None) -> str:
 
 
 def parse_proof(value: bytes | str) -> tuple[bytes, bytes | None]:
-    """(prev, signature or None) of a header value; ValueError when it is not one."""
-    text = value.decode("ascii") if isinstance(value, bytes) else value
-    if len(text) == _HASH_HEX:
-        return bytes.fromhex(text), None
-    if len(text) == _HASH_HEX + 1 + _SIG_HEX and text[_HASH_HEX] == ".":
-        return bytes.fromhex(text[:_HASH_HEX]), bytes.fromhex(text[_HASH_HEX + 1:])
+    """(prev, signature or None) of a header value; ValueError (binascii.Error) when it is not one."""
+    n = len(value)
+    if n == _HASH_HEX:
+        return unhexlify(value), None
+    if n == _HASH_HEX + 1 + _SIG_HEX:
+        return unhexlify(value[:_HASH_HEX]), unhexlify(value[_HASH_HEX + 1:])
     raise ValueError("not a proof header")
 
 
@@ -130,29 +136,36 @@ def verify_statement(public_hex: str, message: bytes, signature_hex: str) -> boo
 
 # ------------------------------------------------------------------------------ the publisher's side
 class Signer:
-    """A publisher's chains, one per operation: `proof()` gives an event's header value and says
-    whether it was signed (a signature every SIGN_INTERVAL_S at most, and whenever `force`)."""
+    """A publisher's chains, one per operation: `proof()` gives an event's header value. Signatures
+    are rationed per operation like a token bucket: one per `interval_s` on average, with a burst of
+    `burst`, so a stream slower than that has every event signed (no reader waits) and a faster one
+    is signed about once per `interval_s`; `force` (a verdict, an error, a seal) always signs."""
 
-    def __init__(self, key: SigningKey, interval_s: float) -> None:
-        self.key, self.interval_s = key, interval_s
-        self._tips: dict[str, tuple[bytes, float, bool]] = {}  # op -> (last hash, last signed at, it was signed)
+    def __init__(self, key: SigningKey, interval_s: float, burst: int = SIGN_BURST) -> None:
+        self.key, self.interval_s, self.burst = key, interval_s, float(burst)
+        self._tips: dict[str, tuple[bytes, float, float, bool]] = {}  # op -> (last hash, tokens, at, signed)
 
-    def proof(self, op_id: str, subject: str, data: bytes, now: float, *, force: bool = False) -> tuple[str, bool]:
+    def proof(self, op_id: str, subject: str, data: bytes, now: float, *, force: bool = False) -> tuple[str, float]:
+        """(header value, 0.0 when signed, else the seconds until a signature is due: the publisher
+        seals then if nothing signed came, so an unsigned event waits less than `interval_s`)."""
         tip = self._tips.get(op_id)
-        prev = tip[0] if tip is not None else GENESIS
-        h = chain_hash(subject, prev, data)
-        if force or tip is None or now - tip[1] >= self.interval_s:
-            if tip is None and len(self._tips) >= _MAX_KEYS:
+        if tip is None:
+            if len(self._tips) >= _MAX_KEYS:
                 self._tips.clear()  # chains of operations long ended; a live one just starts anew
-            self._tips[op_id] = (h, now, True)
-            return header_value(prev, self.key.sign(h).signature), True
-        self._tips[op_id] = (h, tip[1], False)
-        return header_value(prev, None), False
+            prev, tokens = GENESIS, self.burst
+        else:
+            prev, tokens = tip[0], min(self.burst, tip[1] + (now - tip[2]) / self.interval_s)
+        h = chain_hash(subject, prev, data)
+        if force or tokens >= 1.0:
+            self._tips[op_id] = (h, max(tokens - 1.0, 0.0), now, True)
+            return header_value(prev, self.key.sign(h).signature), 0.0
+        self._tips[op_id] = (h, tokens, now, False)
+        return header_value(prev, None), (1.0 - tokens) * self.interval_s
 
     def unsealed(self, op_id: str) -> bool:
         """Whether the operation's last event went out unsigned (a signed one must follow)."""
         tip = self._tips.get(op_id)
-        return tip is not None and not tip[2]
+        return tip is not None and not tip[3]
 
     def forget(self, op_id: str) -> None:
         self._tips.pop(op_id, None)
@@ -167,25 +180,26 @@ class Chain:
 
     `admit` returns (the events to count now, in chain order; a note when one is refused). `lazy`:
     defer signatures of events that are not `urgent` until CONFIRM_BATCH are waiting (a replay),
-    then `confirm()` (also called at the end of a read) verifies the newest and applies its chain."""
+    then `confirm()` (also called at the end of a read) verifies the newest and applies its chain.
+    Unconfirmed events are kept in arrival order (hash, prev, event): a confirmation walks back from
+    the signed one, taking each event whose hash is the `prev` the chain expects next."""
 
-    __slots__ = ("key", "lazy", "legacy", "n", "pending", "signed")
+    __slots__ = ("key", "lazy", "legacy", "pending", "signed")
 
     def __init__(self, *, lazy: bool = False) -> None:
         self.key: str | None = None
         self.legacy = False  # a grant stored before the proof existed: its events count as they come
         self.lazy = lazy
-        self.pending: dict[bytes, tuple[bytes, Any, int]] = {}  # hash -> (prev, event, arrival number)
-        self.signed: list[tuple[bytes, bytes, int]] = []  # deferred signatures, oldest first
-        self.n = 0
+        self.pending: list[tuple[bytes, bytes, Any]] = []
+        self.signed: list[tuple[int, bytes]] = []  # deferred signatures: (index in pending, signature)
 
     def grant(self, key: str) -> Sequence[Any]:
         """A new grant (an `OperationStarted`): what the previous holder's deferred signatures vouch
         for is returned first (to be counted before the grant), then only `key` counts."""
         out = self.confirm()[0] if self.signed else ()
         self.key, self.legacy = key or None, not key
-        self.pending.clear()
-        self.signed.clear()
+        self.pending = []
+        self.signed = []
         return out
 
     def admit(self, subject: str, data: bytes, proof: bytes | str | None, item: Any,
@@ -198,18 +212,17 @@ class Chain:
             return (), "it carries no proof"
         try:
             prev, signature = parse_proof(proof)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, binascii.Error):
             return (), "its proof header is malformed"
-        h = chain_hash(subject, prev, data)
-        if len(self.pending) >= MAX_UNCONFIRMED:
+        pending = self.pending
+        if len(pending) >= MAX_UNCONFIRMED:
             self._evict()
-        self.n += 1
-        self.pending[h] = (prev, item, self.n)
+        pending.append((hashlib.blake2b(prev + data, digest_size=16).digest(), prev, item))  # chain_hash, inlined
         if signature is not None:
-            self.signed.append((h, signature, self.n))
+            self.signed.append((len(pending) - 1, signature))
             if not self.lazy or urgent:
                 return self.confirm()
-        if not self.signed or len(self.pending) < CONFIRM_BATCH:
+        if not self.signed or len(pending) < CONFIRM_BATCH:
             return _NOTHING
         return self.confirm()  # lazy: a batch is waiting behind a deferred signature
 
@@ -218,29 +231,33 @@ class Chain:
         return its chain back to the last confirmed event; events older than it that its chain does
         not reach are dropped: nobody's genuine chain holds them."""
         note: str | None = None
-        key = self.key
+        key, pending = self.key, self.pending
         while self.signed:
-            h, signature, n = self.signed.pop()
-            if key is not None and verify(key, h, signature):
+            i, signature = self.signed.pop()
+            if key is not None and verify(key, pending[i][0], signature):
                 break
-            self.pending.pop(h, None)
             note = "its signature is not the holder's"
         else:
             return (), note
-        self.signed.clear()  # older ones are on this chain, or forged: either way not needed
+        self.signed = []  # older ones are on this chain, or forged: either way not needed
         out: list[Any] = []
-        p = h
-        while (entry := self.pending.pop(p, None)) is not None:
-            out.append(entry[1])
-            p = entry[0]
+        expected = pending[i][0]
+        stale = 0
+        for j in range(i, -1, -1):
+            h, prev, item = pending[j]
+            if h == expected:
+                out.append(item)
+                expected = prev
+            else:
+                stale += 1
         out.reverse()
-        stale = [k for k, (_prev, _item, m) in self.pending.items() if m < n]
-        for k in stale:
-            del self.pending[k]
+        del pending[:i + 1]
         if stale:
-            note = f"{len(stale)} event(s) on no chain the holder signed"
+            note = f"{stale} event(s) on no chain the holder signed"
         return out, note
 
     def _evict(self) -> None:
-        """Full (a flood of events no signature reaches): forget the oldest unconfirmed one."""
-        del self.pending[next(iter(self.pending))]
+        """Full (a flood of events no signature reaches): forget the older half of the unconfirmed."""
+        half = len(self.pending) // 2
+        del self.pending[:half]
+        self.signed = [(i - half, sig) for i, sig in self.signed if i >= half]
