@@ -15,13 +15,15 @@ neither finish, move nor stall an operation another process of its role holds, n
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from events import roles, subjects
 from events.codec import encode
 from events.messages import LoadData, OperationCancelled, OperationCompleted, OperationProgress, ProgressState, RunDummy
-from tests.helpers import wait_for_event, wait_terminal
-from tests.security.test_forgery import cli, running_dummy, secure_server, stack  # noqa: F401 (fixtures)
+from tests.helpers import run_ktrdr, wait_for_event, wait_terminal
+from tests.security.test_forgery import cli, running_dummy, secure_server, stack, user_env  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -35,6 +37,9 @@ async def test_f4_another_dummy_process_cannot_complete_a_running_operation(stac
     view = await cli.view(cmd.op_id)
     assert view.status == "running" and view.result is None
     assert view.unproven >= 1 and any("unproven OperationCompleted" in e for e in view.errors)
+    shown = await asyncio.to_thread(run_ktrdr, user_env(stack), "ops", "show", cmd.op_id, timeout=60)
+    assert shown.returncode == 0 and "unproven" in shown.stdout, shown.stderr
+    assert "running" in shown.stdout and "forged" not in shown.stdout
     final = await wait_terminal(cli, cmd.op_id, timeout=60)
     assert final.status == "completed" and final.result is not None
     assert final.result.get("iterations_completed") == 60 and "forged" not in final.result
