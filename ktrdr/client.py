@@ -38,8 +38,8 @@ from events.messages import (
 from events.proof import HEADER
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
-from ktrdr.ops import OperationView, apply_progress
-from ktrdr.ops.reader import collect_views, fold_message, proven_alone, read_proven, read_view
+from ktrdr.ops import OperationView, apply_progress, fold
+from ktrdr.ops.reader import collect_views, proven_alone, proven_events, read_proven, read_view
 from ktrdr.transport import connect, ensure_streams, last_message, publish
 from ktrdr.transport.publish import retrying
 from ktrdr.transport.replay import ReadEvents
@@ -215,7 +215,8 @@ class Client:
             proof = msg.headers.get(HEADER) if msg.headers else None
             # garbage or a forgery on an ops subject (counted in view.dropped / unproven): not rendered;
             # a held event waiting for the holder's signature comes with the one that brings it
-            for ev in fold_message(view, msg.subject, msg.data, proof):
+            for ev in proven_events(view, msg.subject, msg.data, proof):
+                fold(view, ev)
                 on_event(ev, view)
             if until_terminal and view.terminal:
                 finished.set()

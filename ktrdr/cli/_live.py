@@ -251,7 +251,8 @@ async def replay(client: Client, op_id: str, *, speed: float | None, json_out: b
     json_out, printed as one JSON object a line) before the next is read, so memory does not grow
     with the number of events. Without `speed` (or 0) as fast as the events come; with it, the
     recorded gaps divided by speed (each at most 10 s)."""
-    from ktrdr.ops.reader import fold_message, settle
+    from ktrdr.ops import fold
+    from ktrdr.ops.reader import proven_events, settle
 
     view = OperationView(op_id=op_id)
     with LiveDisplay(_renderer(op_id), quiet=json_out) as display:
@@ -260,14 +261,16 @@ async def replay(client: Client, op_id: str, *, speed: float | None, json_out: b
         def on_msg(subject: str, data: bytes, proof: bytes | None) -> None:
             # a body its subject does not prove: dropped, counted; a held event once the holder's
             # signature vouches for it (a replay defers signatures: one verified per batch)
-            for ev in fold_message(view, subject, data, proof, lazy=not speed):
+            for ev in proven_events(view, subject, data, proof, lazy=not speed):
+                fold(view, ev)
                 show(ev, view)
 
         if speed:
             await _replay_paced(client, op_id, speed, on_msg)
         else:
             await read_events(client.js, [subjects.ops(op_id)], on_msg, proofs=True)
-        for ev in settle(view):
+        for ev in settle(view, folded=False):
+            fold(view, ev)
             show(ev, view)
     return view
 

@@ -66,14 +66,15 @@ def admit(view: OperationView, subject: str, data: bytes, proof: Proof, ev: AnyE
     return events
 
 
-def settle(view: OperationView) -> list[AnyEvent]:
-    """At the end of a read: fold what the deferred signatures vouch for; the events folded."""
+def settle(view: OperationView, *, folded: bool = True) -> list[AnyEvent]:
+    """At the end of a read: what the deferred signatures vouch for, folded (unless not `folded`)."""
     chain: Chain | None = getattr(view, "_chain", None)
     if chain is None or not chain.signed:
         return []
     events, _note = chain.confirm()
-    for e in events:
-        fold(view, e)
+    if folded:
+        for e in events:
+            fold(view, e)
     return list(events)
 
 
@@ -90,10 +91,11 @@ def count_dropped(view: OperationView, subject: str, exc: DecodeError) -> None:
         view.errors.append(f"dropped a message on {subject[:120]}: {str(exc)[:MAX_NOTE]}")
 
 
-def fold_message(view: OperationView, subject: str, data: bytes, proof: Proof = None, *,
-                 lazy: bool = False) -> Sequence[AnyEvent]:
-    """Fold one message read from `view`'s operation's subjects (with its holder proof header); the
-    events folded now (none when dropped or not proven yet, several when a signature confirms them)."""
+def proven_events(view: OperationView, subject: str, data: bytes, proof: Proof = None, *,
+                  lazy: bool = False) -> Sequence[AnyEvent]:
+    """The events one message read from `view`'s operation's subjects lets `view` fold now, not yet
+    folded (a renderer folds and shows them one at a time): none when dropped or not proven yet,
+    several when a signature confirms them."""
     try:
         ev = decode_event_on(subject, data)
     except DecodeError as exc:
@@ -102,7 +104,14 @@ def fold_message(view: OperationView, subject: str, data: bytes, proof: Proof = 
     if view.op_id and ev.op_id != view.op_id:  # a reader that asked for this op and got another's
         count_dropped(view, subject, DecodeError(f"an event of {ev.op_id} read as one of {view.op_id}"))
         return ()
-    events = admit(view, subject, data, proof, ev, lazy=lazy)
+    return admit(view, subject, data, proof, ev, lazy=lazy)
+
+
+def fold_message(view: OperationView, subject: str, data: bytes, proof: Proof = None, *,
+                 lazy: bool = False) -> Sequence[AnyEvent]:
+    """Fold one message read from `view`'s operation's subjects (with its holder proof header); the
+    events folded (see proven_events)."""
+    events = proven_events(view, subject, data, proof, lazy=lazy)
     for e in events:
         fold(view, e)
     return events

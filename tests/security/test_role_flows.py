@@ -196,6 +196,7 @@ async def test_job_manager_flow(as_role: Any) -> None:
     await m.in_progress()
     await m.nak(delay=0.01)
     m = await take(js, "WORK", consumer, item)
+    await lease_request(orch, nc, "data")  # the operation's lease, asked of the orchestrator
     await ojs.publish(f"ops.data.{op}.started", b"started")  # the orchestrator grants and says so
     await js.publish(f"ops.data.{op}.progress", b"p1")
     await m.ack()
@@ -236,10 +237,10 @@ async def test_job_manager_flow(as_role: Any) -> None:
     assert "AAPL/1h" in [o.name for o in await bars.list()]
     await bars.put("TMP/1d", b"t")
     await bars.delete("TMP/1d")
-    # Presence; series leases (compare-and-set, SERIES; operation leases: asked as the other workers do).
+    # Presence; series leases (compare-and-set, SERIES).
     await (await js.key_value("ACTORS")).put("job-manager.jm-1.host.example", b"hb")
     series = await js.key_value("SERIES")
-    key = "series.AAPL.1h"
+    key = f"series.{op.rsplit('-', 1)[-1].upper()}.1h"  # its own (the permission table writes series.AAPL.1h)
     rev = await series.create(key, b"jm-1")
     rev = await series.update(key, b"jm-1 renewed", last=rev)
     with pytest.raises(KeyWrongLastSequenceError):
