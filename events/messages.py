@@ -392,9 +392,10 @@ class Heartbeat(Message, tag="Heartbeat", kw_only=True):
 
 
 class Lease(Message, tag="Lease", kw_only=True):
-    """Who runs an operation now (KV LEASES, key <op_id>). The holder renews it with compare-and-set
-    on every heartbeat; another worker takes it over only after seeing the same revision for a whole
-    lease time, and a holder whose renewal fails has lost it and stops without a terminal event."""
+    """Who runs an operation now (KV LEASES, key <op_id>), written by the orchestrator alone (a
+    worker asks it: LeaseRequest). The holder renews it on every heartbeat; the orchestrator grants
+    it to another worker only after seeing the same revision for a whole lease time on its own clock,
+    and a holder whose renewal is refused has lost it and stops without a terminal event."""
 
     holder: str
     attempt: int = 1
