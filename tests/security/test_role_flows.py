@@ -118,7 +118,7 @@ async def lease_request(orch: Any, worker: Any, domain: str) -> None:
         await m.respond(b"granted")
 
     served = await orch.subscribe("lease.>", cb=grant)
-    await orch.flush()
+    await subscribed(orch)  # one flush() may return before the server has read the SUB
     assert (await worker.request(f"lease.{domain}.claim", b"claim", timeout=10)).data == b"granted"
     await served.unsubscribe()
 
