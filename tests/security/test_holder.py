@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (the stack's fixtures come from test_forgery.py, named as the tests' parameters)
 """Issue 18, F4 and F2, as an attacker holding an ordinary key would try them, on a running stack with
 auth on (every role's real NKEY; the orchestrator and the dummy in this process, each with its own
 role's key; the attacker a second connection with the same role's key): a worker role's key can
@@ -16,20 +15,73 @@ neither finish, move nor stall an operation another process of its role holds, n
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from events import roles, subjects
 from events.codec import encode
 from events.messages import LoadData, OperationCancelled, OperationCompleted, OperationProgress, ProgressState, RunDummy
+from ktrdr import auth, natsconf
+from ktrdr.client import Client
+from tests.conftest import make_settings
 from tests.helpers import run_ktrdr, wait_for_event, wait_terminal
-from tests.security.test_forgery import cli, running_dummy, secure_server, stack, user_env  # noqa: F401 (fixtures)
+from tests.security.conftest import Server, free_port, start_server
+from tests.security.test_forgery import Stack, running_dummy, user_env
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+# One stack for the module (a server with every role's user, the orchestrator and one dummy, each
+# with its role's key): every test makes its own operations and its own attacker connections.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180), pytest.mark.asyncio(loop_scope="module")]
+QUEUED_POOL = "gpu"  # no worker here serves it: an operation there stays queued
+
+
+@pytest.fixture(scope="module")
+def holder_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    tmp = tmp_path_factory.mktemp("holder")
+    home = tmp / "home"
+    files = auth.init(home)
+    port = free_port()
+    text = natsconf.render(server_name="holder", host="127.0.0.1", port=port, store_dir=tmp / "store",
+                           users=files.users())
+    server = start_server(text, tmp, port, files)
+    yield server, home
+    server.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(holder_server: tuple[Server, Path]) -> AsyncIterator[Stack]:
+    server, home = holder_server
+    s = Stack(server, make_settings(home, server.url, orphan_timeout_s=600.0), [], [])
+    await s.start(roles.ORCHESTRATOR)
+    yield s
+    for a in reversed(s.actors):
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(a.stop(), 10)
+    for nc in s.connections:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cli(stack: Stack) -> AsyncIterator[Client]:
+    async with Client(stack.settings) as c:
+        yield c
+
+
+async def dummy_running(stack: Stack, cli: Client, iterations: int) -> RunDummy:
+    if not any(a.role == roles.DUMMY for a in stack.actors):
+        return await running_dummy(stack, cli, iterations)  # starts the module's one dummy
+    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=iterations, interval_s=0.05)
+    await cli.submit(cmd)
+    await wait_for_event(cli, cmd.op_id, lambda ev, v: v.current_step >= 3, timeout=60)
+    return cmd
 
 
 async def test_f4_another_dummy_process_cannot_complete_a_running_operation(stack, cli):
-    cmd = await running_dummy(stack, cli, iterations=60)
+    cmd = await dummy_running(stack, cli, iterations=60)
     holder = (await cli.view(cmd.op_id)).worker
     attacker, _errors = await stack.key(roles.DUMMY)
     forged = OperationCompleted(op_id=cmd.op_id, actor=holder or "", seq=10**9, result={"forged": True})
@@ -46,7 +98,7 @@ async def test_f4_another_dummy_process_cannot_complete_a_running_operation(stac
 
 
 async def test_f4_a_forged_progress_does_not_freeze_the_view(stack, cli):
-    cmd = await running_dummy(stack, cli, iterations=40)
+    cmd = await dummy_running(stack, cli, iterations=40)
     view = await cli.view(cmd.op_id)
     attacker, _errors = await stack.key(roles.DUMMY)
     forged = OperationProgress(op_id=cmd.op_id, actor=view.worker or "", seq=10**15, attempt=view.attempts,
@@ -110,9 +162,9 @@ async def test_f4_a_worker_key_cannot_publish_started_or_created(stack, cli):
 
 
 async def test_the_orchestrators_verdict_counts_and_a_workers_imitation_does_not(stack, cli):
-    real = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=3, interval_s=0.01)
-    imitated = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=3, interval_s=0.01)
-    for cmd in (real, imitated):  # no dummy runs: both stay queued
+    real = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=3, interval_s=0.01, pool=QUEUED_POOL)
+    imitated = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=3, interval_s=0.01, pool=QUEUED_POOL)
+    for cmd in (real, imitated):  # no worker serves the pool: both stay queued
         await cli.submit(cmd)
         await wait_for_event(cli, cmd.op_id, lambda ev, v: v.status == "queued", timeout=30)
     await cli.cancel(real.op_id, reason="not wanted")
