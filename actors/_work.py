@@ -127,7 +127,7 @@ class WorkRunner:
 
     async def start(self) -> None:
         a = self.actor
-        assert a.js is not None
+        assert a.js is not None and a.nc is not None
         self.leases = Leases(a.nc, self.domain, a.id, a.key, a.settings.worker_timeout_s)
         for pool in self.pools:
             name = subjects.work_consumer(self.domain, pool)

@@ -323,8 +323,8 @@ def fold_micro(n: int = 100_000, rounds: int = 3) -> dict[str, Any]:
         view = OperationView(op_id=op_id)
         fold_message(view, subjects.event(start), encode(start), None, lazy=True)
         t0 = time.perf_counter()
-        for payload, value in msgs:
-            fold_message(view, subj, payload, value, lazy=True)
+        for payload, header in msgs:
+            fold_message(view, subj, payload, header, lazy=True)
         settle(view)
         proven = max(proven, n / (time.perf_counter() - t0))
         assert view.events == n + 1, view.events

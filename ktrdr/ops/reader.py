@@ -19,12 +19,13 @@ A forged or a stranger's event never counts: `unproven` counts them, a note name
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from nats.js import JetStreamContext
 
 from events import subjects
 from events.codec import DecodeError, decode_event_on
-from events.messages import HELD_EVENTS, AnyEvent, OperationProgress, OperationStarted
+from events.messages import HELD_EVENTS, AnyEvent, Event, OperationProgress, OperationStarted
 from events.proof import Chain
 from ktrdr.ops.fold import fold
 from ktrdr.ops.view import MAX_NOTES, TERMINAL, OperationView
@@ -78,9 +79,9 @@ def settle(view: OperationView, *, folded: bool = True) -> list[AnyEvent]:
     return list(events)
 
 
-def fold_trusted(view: OperationView, ev: AnyEvent) -> None:
+def fold_trusted(view: OperationView, ev: Event) -> None:
     """Fold an event this process published itself (the orchestrator's own; a grant sets the key)."""
-    for e in admit(view, "", b"", None, ev):
+    for e in admit(view, "", b"", None, cast(AnyEvent, ev)):
         fold(view, e)
 
 

@@ -78,7 +78,7 @@ class Hub:
         self._op_streams: set[Stream] = set()
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
-        self._buffer: list[tuple[str, bytes]] | None = None
+        self._buffer: list[tuple[str, bytes, str | None]] | None = None
         self.dropped = 0  # live messages whose body disagreed with their subject (or did not decode)
         self.connected = asyncio.Event()
 
