@@ -41,7 +41,7 @@ from actors._presence import Presence
 from actors._publisher import EventPublisher
 from actors._requests import Call, RequestHandler, request_handlers
 from actors._work import OperationContext, WorkRunner
-from events import subjects
+from events import proof, roles, subjects
 from events.codec import DecodeError, decode_event_on
 from events.messages import ActorError, CancelOperation, Event, Message, ProgressState
 from events.roles import actor_id_prefix
@@ -109,6 +109,10 @@ class Actor:
         self.ids = subjects.MsgIds(subjects.new_dedupe_key())
         self.work: WorkRunner | None = None
         self.publisher: EventPublisher | None = None
+        # This process's own key (the holder proof, events/proof.py): made here, never stored; its
+        # public half travels in the lease grant, and the fold counts our held events only signed by it.
+        self.key = proof.new_key()
+        self.public_key = proof.public_key(self.key)
         self.presence: Presence | None = None
         self.served_pools: list[str] = []  # the pools a request/reply service answers in
         self._bg: list[asyncio.Task[Any]] = []
@@ -199,7 +203,8 @@ class Actor:
             self.ids = subjects.MsgIds(await asyncio.to_thread(lasting_dedupe_key, self.settings, self.role))
         else:
             await check_streams(self.js)  # not there yet: start() fails and is tried again
-        self.publisher = EventPublisher(self.nc, self.js, self.id, self.ids.key)
+        self.publisher = EventPublisher(self.nc, self.js, self.id, self.ids.key, key=self.key,
+                                        orchestrator=self.role == roles.ORCHESTRATOR)
         await self.publisher.start()
         await self.nc.subscribe(subjects.CANCEL_ALL, cb=self._guard(self._on_cancel_msg, "cancel"))
         handlers = request_handlers(self)
@@ -327,10 +332,11 @@ class Actor:
         return cb
 
     # ------------------------------------------------------------------ events out
-    async def publish_event(self, event: Event) -> None:
-        """Store a lifecycle event (awaited: it is in the stream when this returns)."""
+    async def publish_event(self, event: Event) -> Event:
+        """Store a lifecycle event (awaited: it is in the stream when this returns); the event as
+        published (an orchestrator's verdict as its orchestrator-only version)."""
         assert self.publisher is not None
-        await self.publisher.publish(event)
+        return await self.publisher.publish(event)
 
     def emit_progress(self, op_id: str, state: ProgressState, attempt: int = 0) -> None:
         """Queue a progress event of `attempt` (no round trip; published in order by one task)."""

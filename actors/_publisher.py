@@ -10,6 +10,14 @@ ACK_TIMEOUT_S: a stream leader that died under it, a reconnect) is sent again wi
 Nats-Msg-Id, and again, until it is stored — once: the stream dedupes by id. So whatever a live
 subscriber saw ends up in the stream. At most MAX_PENDING_ACKS are unacknowledged at a time.
 
+Every held event (progress, verdict, error) of a worker carries the holder proof (events/proof.py) in
+its `Ktrdr-Proof` header: the chain hash of the previous one and, at most every SIGN_INTERVAL_S and on
+every verdict and error, a signature by this process's key; an unsigned progress is followed by a
+signed one as soon as a signature is due again (plus SEAL_S; a copy of the latest progress when
+nothing else came), so a reader holds it back less than SIGN_INTERVAL_S + SEAL_S. The orchestrator's
+own events need no proof: they go out on its own subject tokens (OrchestratorFailed, ...), which
+only its role may publish on.
+
 Every publish carries a Nats-Msg-Id keyed with this publisher's dedupe key (events.subjects: an
 HMAC of the op, the actor and its seq; of the op for a terminal event; of the op for a creation), so a
 retried publish is stored once and nobody without the key can publish one of our ids first to make
@@ -30,9 +38,18 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from events import subjects
+from events import proof, subjects
+from events.bounds import SEAL_S, SIGN_INTERVAL_S
 from events.codec import encode
-from events.messages import Event, OperationCreated, OperationProgress, ProgressState
+from events.messages import (
+    HELD_EVENTS,
+    ORCHESTRATOR_EVENT,
+    Event,
+    OperationCreated,
+    OperationProgress,
+    OrchestratorProgress,
+    ProgressState,
+)
 from ktrdr.transport import publish
 
 log = logging.getLogger(__name__)
@@ -45,9 +62,16 @@ class EventPublisher:
     ACK_TIMEOUT_S: ClassVar[float] = 5.0
     GIVE_UP_S: ClassVar[float] = 110.0  # inside the stream's 120 s dedupe window: never stored twice
 
-    def __init__(self, nc: NATS, js: JetStreamContext, actor_id: str, dedupe_key: bytes | None = None) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, actor_id: str, dedupe_key: bytes | None = None, *,
+                 key: proof.SigningKey | None = None, orchestrator: bool = False) -> None:
         self.nc, self.js, self.actor_id = nc, js, actor_id
         self.ids = subjects.MsgIds(dedupe_key or subjects.new_dedupe_key())
+        self.orchestrator = orchestrator
+        # The orchestrator's events are proven by their subject; everyone else's held events by the chain.
+        self.signer = proof.Signer(key, SIGN_INTERVAL_S) if key is not None and not orchestrator else None
+        self._progress_type = OrchestratorProgress if orchestrator else OperationProgress
+        self._last: dict[str, tuple[ProgressState, int]] = {}  # op -> its latest progress, for a seal
+        self._sealing: set[str] = set()
         self._seq = 0
         self._outbox: deque[Outgoing] = deque()
         self._wake = asyncio.Event()
@@ -83,32 +107,65 @@ class EventPublisher:
         self._seq += 1
         return self._seq, self.ids.event(op_id, self.actor_id, self._seq)
 
-    async def publish(self, event: Event) -> None:
-        """Store a lifecycle event (awaited: it is in the stream when this returns)."""
+    async def publish(self, event: Event) -> Event:
+        """Store a lifecycle event (awaited: it is in the stream when this returns); the event as
+        published (the orchestrator's own verdicts go out as their orchestrator-only versions)."""
         await self.flush()  # keep stream order: earlier progress is sent first
+        if self.orchestrator and (own := ORCHESTRATOR_EVENT.get(type(event))) is not None:
+            event = own(**{f: getattr(event, f) for f in event.__struct_fields__})
         seq, msg_id = self._next(event.op_id)
         event.actor, event.seq = self.actor_id, seq
-        if type(event).terminal:
+        kind = type(event)
+        if kind.terminal:
             msg_id = self.ids.terminal(event.op_id, self.actor_id)
         elif isinstance(event, OperationCreated):
             msg_id = self.ids.created(event.op_id)
-        await publish(self.js, subjects.event(event), encode(event), msg_id)
+        subject, payload = subjects.event(event), encode(event)
+        headers: dict[str, str] | None = None
+        if self.signer is not None and kind in _HELD:
+            headers = {proof.HEADER: self.signer.proof(event.op_id, subject, payload, time.monotonic(), force=True)[0]}
+        await publish(self.js, subject, payload, msg_id, headers=headers)
+        if kind.terminal and self.signer is not None:
+            self.signer.forget(event.op_id)
+            self._last.pop(event.op_id, None)
+        return event
 
     def progress(self, op_id: str, state: ProgressState, attempt: int = 0) -> None:
         """Queue a progress event of `attempt` (the holder's; 0 for none, e.g. a workflow's parent);
         the send loop publishes the queue in order."""
-        if self.closed:
-            return
+        if not self.closed:
+            self._progress(op_id, state, attempt, force=False)
+
+    def _progress(self, op_id: str, state: ProgressState, attempt: int, *, force: bool) -> None:
         seq, msg_id = self._next(op_id)
-        ev = OperationProgress(op_id=op_id, actor=self.actor_id, seq=seq, progress=state, attempt=attempt)
+        ev = self._progress_type(op_id=op_id, actor=self.actor_id, seq=seq, progress=state, attempt=attempt)
         subject = self._subjects.get(op_id)
         if subject is None:
             subject = self._subjects[op_id] = subjects.event(ev)
             if len(self._subjects) > 10_000:
                 self._subjects.clear()
-        self._outbox.append((subject, encode(ev), {"Nats-Msg-Id": msg_id}))
+        payload = encode(ev)
+        headers = {"Nats-Msg-Id": msg_id}
+        if self.signer is not None:
+            headers[proof.HEADER], due = self.signer.proof(op_id, subject, payload, time.monotonic(), force=force)
+            if len(self._last) > 10_000:
+                self._last.clear()
+            self._last[op_id] = (state, attempt)
+            if due > 0 and op_id not in self._sealing:  # a signed event follows once one is due again
+                self._sealing.add(op_id)
+                asyncio.get_running_loop().call_later(due + SEAL_S, self._seal, op_id)
+        self._outbox.append((subject, payload, headers))
         self._idle.clear()
         self._wake.set()
+
+    def _seal(self, op_id: str) -> None:
+        """The operation's last event went out unsigned and nothing signed followed: sign a copy of its
+        latest progress, so readers need not wait for the next event to count the ones before."""
+        self._sealing.discard(op_id)
+        last = self._last.get(op_id)
+        if self.closed or self.signer is None or last is None or not self.signer.unsealed(op_id):
+            return
+        self._progress(op_id, last[0], last[1], force=True)
 
     async def flush(self, *, acked: bool = False) -> None:
         """Wait until every queued progress event has been handed to the connection; with acked=True,
@@ -204,3 +261,6 @@ class EventPublisher:
             await self.nc.publish(subject, payload, reply=f"{self._inbox}.{self._n}", headers=headers)
         except Exception as exc:  # server away: the watchdog sends it again once the connection is back
             log.debug("progress publish failed: %s", exc)
+
+
+_HELD = frozenset(HELD_EVENTS)

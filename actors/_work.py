@@ -9,10 +9,13 @@ For each item it:
 3. reads the operation's stored lifecycle: runs only what the orchestrator created (a work item
    published by anyone else is dropped), drops what already ended, honours a recorded cancel, and
    runs the command as the orchestrator recorded and validated it (re-validated here);
-4. takes the operation's lease (actors/_leases.py) or, when another live worker holds it, hands the
-   item back with a delay;
+4. asks the orchestrator for the operation's lease (actors/_leases.py): granted, the orchestrator
+   publishes the `started` event naming this process's key; when another live worker holds it (or
+   the orchestrator does not answer), hands the item back with a delay;
 5. runs the actor's `handle()`, extends the ack deadline and renews the lease on every heartbeat,
-   and publishes exactly one terminal event while it still holds the lease, then acks.
+   and publishes exactly one terminal event while it still holds the lease, then acks. Every held
+   event it publishes carries the holder proof (actors/_publisher.py), so only this attempt's worker
+   process can move or end the operation, whatever another process of its role publishes.
 A cancel for shutdown or a lost lease hands the work back instead of ending it; those are this
 worker's own reasons, never a cancel read from the wire or the log (one that said so made a worker hand
 an operation back on every redelivery, forever: issue 18, F10).
@@ -30,7 +33,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
-from actors._leases import Busy, Held, Leases
+from actors._leases import Busy, Held, Leases, LeaseUnavailable
 from actors._pull import pull_loop
 from events import roles, subjects
 from events.codec import DecodeError, decode_event_on, decode_work, short, sniff_op_id
@@ -42,14 +45,14 @@ from events.messages import (
     Context,
     Event,
     OperationCreated,
-    OperationStarted,
     ProgressState,
 )
 from ktrdr import commands
 from ktrdr.cancellation import HAND_BACK, CancellationToken
 from ktrdr.errors import KtrdrError, OperationCancelledError
 from ktrdr.ops import fold_all, verdicts
-from ktrdr.transport import last_message, read_lifecycle
+from ktrdr.ops.reader import read_proven
+from ktrdr.transport import last_message
 
 if TYPE_CHECKING:
     from actors._actor import Actor
@@ -124,8 +127,8 @@ class WorkRunner:
 
     async def start(self) -> None:
         a = self.actor
-        assert a.js is not None
-        self.leases = Leases(await a.js.key_value(subjects.LEASES_BUCKET), a.id, a.settings.worker_timeout_s)
+        assert a.js is not None and a.nc is not None
+        self.leases = Leases(a.nc, self.domain, a.id, a.key, a.settings.worker_timeout_s)
         for pool in self.pools:
             name = subjects.work_consumer(self.domain, pool)
             cfg = js_api.ConsumerConfig(
@@ -224,7 +227,7 @@ class WorkRunner:
         op_id = run.op_id
         with contextlib.suppress(Exception):
             await run.msg.in_progress()  # the checks below take a moment under load
-        events: list[AnyEvent] = await read_lifecycle(a.js, op_id)
+        events: list[AnyEvent] = await read_proven(a.js, op_id, lifecycle=True)
         created = next((e for e in events if isinstance(e, OperationCreated)), None)
         if created is None:
             # The read above may come from a replica still catching up (a restarted cluster node):
@@ -246,36 +249,40 @@ class WorkRunner:
             await run.msg.ack()
             return
         try:
-            await asyncio.to_thread(commands.validate, created.command, created.ts)
-        except KtrdrError as exc:
-            await a.publish_event(verdicts.refused(op_id, a.role, exc))
-            await run.msg.ack()
-            return
-        held = await self.leases.acquire(op_id)
+            held = await self.leases.acquire(op_id)
+        except LeaseUnavailable as exc:
+            held = Busy(f"nobody ({exc})", 1.0)
         if isinstance(held, Busy):
             a.log.info("%s is held by %s; handing the redelivery back", op_id, held.holder)
             await run.msg.nak(delay=max(held.retry_in, 0.1))
             return
         run.held = held
+        try:  # held first: only the holder's verdict counts, a refusal too
+            await asyncio.to_thread(commands.validate, created.command, created.ts)
+        except KtrdrError as exc:
+            await a.publish_event(verdicts.refused(op_id, a.role, exc))
+            with contextlib.suppress(Exception):
+                await self.leases.release(held, done=True)
+            await run.msg.ack()
+            return
         if view.cancel_requested:  # a recorded cancel ends the operation: it never hands it back
             run.token.cancel(view.cancel_reason or "cancel requested", code=_ending(view.cancel_reason_code))
-        await self._run(run, created.command)
+        await self._run(run, created.command, recorded_cancel=view.cancel_requested)
 
-    async def _run(self, run: _Running, command: AnyCommand) -> None:
+    async def _run(self, run: _Running, command: AnyCommand, *, recorded_cancel: bool = False) -> None:
         a = self.actor
         op_id, token = run.op_id, run.token
         assert run.held is not None
         ctx = OperationContext(a, op_id, command, token, run.held.attempt)
-        attempt = run.held.attempt
         outcome: Event | None = None
-        if token.is_cancelled and not token.hand_back:  # a cancel recorded before it started
+        # A cancel recorded before it started ends it unrun; one that came with the grant (the
+        # orchestrator's `started` was already out) stops the work at its first step, as any cancel.
+        if recorded_cancel and token.is_cancelled and not token.hand_back:
             await self._finish(run, ctx, verdicts.cancelled_before_start(op_id, token.reason, token.reason_code))
             return
         try:
-            token.raise_if_cancelled("queued, before it started")  # only a hand-back gets here cancelled
-            await a.publish_event(OperationStarted(
-                op_id=op_id, worker=a.id, attempt=attempt, resumed=attempt > 1,
-                message=f"picked up again by {a.id} (attempt {attempt})" if attempt > 1 else ""))
+            if token.hand_back:
+                token.raise_if_cancelled("queued, before it started")
             outcome = verdicts.completed(op_id, await a.handle(ctx))
         except OperationCancelledError as exc:
             if not token.hand_back:
@@ -313,12 +320,17 @@ class WorkRunner:
 
     async def _still_ours(self, run: _Running) -> bool:
         assert self.leases is not None and run.held is not None
-        for _ in range(50):  # a server restart in the way: try for a while before giving up the verdict
+        # Only the orchestrator's "not yours" withholds the verdict. An orchestrator that does not answer
+        # (restarting) grants nobody else meanwhile, and the fold counts this verdict only under our
+        # grant's key (a newer grant's `started` would outrank it), so it is published (issue 18, F4).
+        for _ in range(3):
             try:
                 return await self.leases.renew(run.held)
+            except LeaseUnavailable:
+                return True
             except Exception:
                 await asyncio.sleep(0.2)
-        return False
+        return True
 
 
 def _ending(code: CancelReason | None) -> CancelReason:

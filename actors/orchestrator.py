@@ -7,7 +7,9 @@ every live operation (ktrdr.ops.supervision decides: a deadline passed, a worker
 with nobody alive). Its state is the fold of the OPS stream, rebuilt on start: nothing lives only in
 its memory. It decides nothing ktrdr.ops can decide; it applies the answers and talks to NATS. Its
 helpers, one concern each: actors/_orch_intake.py (CMD in), _orch_workflows.py (the workflow runner),
-_orch_supervisor.py (presence and supervision).
+_orch_supervisor.py (presence and supervision), _orch_leases.py (it alone grants operation leases and
+publishes each grant as `started`). Its own progress and verdicts go out on orchestrator-only subject
+tokens (OrchestratorFailed, ...); a worker's count only under the holder proof (ktrdr.ops.reader.admit).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from nats.js import api as js_api
 
 from actors._leases import drop
 from actors._orch_intake import CommandIntake
+from actors._orch_leases import LeaseService
 from actors._orch_supervisor import Supervisor
 from actors._orch_workflows import WorkflowRunner
 from actors._pull import pull_loop
@@ -38,12 +41,14 @@ from events.messages import (
     OperationCreated,
     OperationProgress,
     OperationStarted,
+    OrchestratorProgress,
     StartTraining,
     WorkItem,
 )
+from events.proof import HEADER
 from ktrdr import commands
 from ktrdr.ops import OperationView, fold, intake, verdicts, workflows
-from ktrdr.ops.reader import read_views
+from ktrdr.ops.reader import admit, fold_trusted, read_views
 from ktrdr.ops.supervision import Tracked
 from ktrdr.training.checkpoint_store import CheckpointStore
 from ktrdr.transport import last_message, publish
@@ -60,7 +65,8 @@ class Orchestrator(Actor):
         self.workflows = WorkflowRunner(self)
         self.intake = CommandIntake(self)
         self.supervisor = Supervisor(self)
-        self._buffer: list[tuple[str, bytes]] | None = []
+        self._buffer: list[tuple[str, bytes, str | None]] | None = []
+        self.leases: LeaseService | None = None
         self.dropped = 0  # live ops messages whose body its subject does not prove (the rebuild's: reader)
 
     def _track(self, view: OperationView) -> Tracked:
@@ -76,6 +82,7 @@ class Orchestrator(Actor):
         await self.nc.subscribe(subjects.kv_updates(subjects.ACTORS_BUCKET),
                                 cb=self._guard(self.supervisor.on_presence, "presence"))
         await self._rebuild()
+        self.leases = await LeaseService.serve(self)  # once the live operations are known
         await self.js.add_consumer(subjects.STREAM_CMD, js_api.ConsumerConfig(
             name=subjects.ORCHESTRATOR_CONSUMER, durable_name=subjects.ORCHESTRATOR_CONSUMER,
             filter_subject=subjects.CMD_ALL, ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=10))
@@ -95,8 +102,8 @@ class Orchestrator(Actor):
         for op_id in [o for o, t in self.live.items() if t.view.children]:
             await self.workflows.load(op_id, self.live[op_id].view, views)
         buffered, self._buffer = self._buffer or [], None
-        for subject, data in buffered:
-            await self._apply(subject, data)
+        for subject, data, proof in buffered:
+            await self._apply(subject, data, proof)
         for op_id in [o for o, t in self.live.items() if t.view.status == "queued" and not t.view.children]:
             view = self.live[op_id].view
             if view.cancel_requested:  # recorded while no orchestrator ran
@@ -114,22 +121,26 @@ class Orchestrator(Actor):
 
     # ------------------------------------------------------------------ events in
     async def _on_ops_msg(self, msg: Msg) -> None:
+        proof = msg.headers.get(HEADER) if msg.headers else None
         if self._buffer is not None:
-            self._buffer.append((msg.subject, msg.data))
+            self._buffer.append((msg.subject, msg.data, proof))
             return
-        await self._apply(msg.subject, msg.data)
+        await self._apply(msg.subject, msg.data, proof)
 
-    async def _apply(self, subject: str, data: bytes) -> None:
+    async def _apply(self, subject: str, data: bytes, proof: str | None = None) -> None:
         parsed = subjects.parse_ops_subject(subject)
         if parsed is None or not subjects.is_op_id(parsed[1]) or parsed[2] == CancelOperation.name:
             return  # a cancel request is handled by on_cancel_request (the broadcast), not folded here
         _domain, op_id, name = parsed
         tracked = self.live.get(op_id)
+        if name == OrchestratorProgress.name:  # ours (a parent's, a queued note): nothing to fold
+            return
         if name == OperationProgress.name:  # the hot path: decoded only for a workflow's child
             if tracked is not None:
                 tracked.last_seen = time.monotonic()
                 if tracked.view.parent_op_id in self.workflows and (ev := self._decoded(subject, data)) is not None:
-                    fold(tracked.view, ev)  # progress is folded from the echo, ours too: it is not awaited
+                    for e in admit(tracked.view, subject, data, proof, ev):  # the holder's, once signed
+                        fold(tracked.view, e)
                     await self.workflows.child_moved(tracked.view)
             return
         if tracked is None and (name != OperationCreated.name or op_id in self.known):
@@ -138,7 +149,8 @@ class Orchestrator(Actor):
         if ev is None or ev.actor == self.id:
             return  # our own lifecycle events were folded when their publish returned (_publish)
         tracked = tracked or self._track(OperationView(op_id=op_id))
-        fold(tracked.view, ev)
+        for e in admit(tracked.view, subject, data, proof, ev):  # a worker's verdict only under the holder proof
+            fold(tracked.view, e)
         if isinstance(ev, OperationStarted):
             tracked.last_seen = time.monotonic()
         if tracked.view.terminal:
@@ -160,10 +172,10 @@ class Orchestrator(Actor):
         """Publish one of our lifecycle events and fold it once stored; its echo is skipped (_apply).
         On publish, not on the echo: what follows a publish (honouring a recorded cancel, advancing a
         workflow) reads the view, and the echo is handled later, on the subscription's own task."""
-        await self.publish_event(ev)
+        ev = await self.publish_event(ev)
         tracked = self.live.get(ev.op_id)
         if tracked is not None:
-            fold(tracked.view, ev)
+            fold_trusted(tracked.view, ev)  # a grant (`started`) sets the key the holder's events need
 
     async def finish(self, op_id: str, ev: Event) -> None:
         tracked = self.live.get(op_id)
@@ -210,14 +222,7 @@ class Orchestrator(Actor):
             await self.workflows.start(op_id, plan)
 
     def _decoded(self, subject: str, data: bytes) -> AnyEvent | None:
-        """The event a message on an ops subject carries, or None: garbage, or a body that disagrees
-        with its subject (another operation's id, another event type), is nobody's event, counted."""
-        try:
-            return decode_event_on(subject, data)
-        except DecodeError as exc:
-            self.dropped += 1
-            self.log.debug("dropped a message on %s: %s", subject[:120], exc)
-            return None
+        return _decoded(self, subject, data)
 
     def live_view(self, op_id: str) -> OperationView | None:
         tracked = self.live.get(op_id)
@@ -248,6 +253,17 @@ class Orchestrator(Actor):
 
     async def on_connection_back(self) -> None:
         self.supervisor.connection_back()
+
+
+def _decoded(orch: Orchestrator, subject: str, data: bytes) -> AnyEvent | None:
+    """The event a message on an ops subject carries, or None: garbage, or a body that disagrees
+    with its subject (another operation's id, another event type), is nobody's event, counted."""
+    try:
+        return decode_event_on(subject, data)
+    except DecodeError as exc:
+        orch.dropped += 1
+        orch.log.debug("dropped a message on %s: %s", subject[:120], exc)
+        return None
 
 
 async def _release(js: JetStreamContext, view: OperationView) -> None:

@@ -17,11 +17,13 @@ from nats.js import api as js_api
 
 from actors.runtime import Actor
 from bench._common import BenchServer, pct, report
-from events import subjects
-from events.codec import decode_event_on, encode
+from events import proof, subjects
+from events.bounds import SIGN_INTERVAL_S
+from events.codec import encode
 from events.messages import DummyContext, OperationProgress, OperationStarted, ProgressState, RunDummy
 from ktrdr.client import Client
-from ktrdr.ops import OperationView, fold
+from ktrdr.ops import OperationView
+from ktrdr.ops.reader import fold_message, settle
 from ktrdr.transport import read_events
 
 
@@ -40,11 +42,17 @@ async def progress_latency(srv: BenchServer, n: int = 2000) -> dict[str, Any]:
         lat: list[float] = []
         got = asyncio.Event()
         view = OperationView(op_id=op_id)
+        # the grant, as the orchestrator publishes it: the emitter's key, so its progress counts
+        grant = OperationStarted(op_id=op_id, actor="orchestrator-bench", worker=actor.id, key=actor.public_key)
+        await c.js.publish(subjects.event(grant), encode(grant))
+        seen: set[str] = set()
 
         async def cb(msg: Any) -> None:
-            ev = decode_event_on(msg.subject, msg.data)
-            fold(view, ev)
-            lat.append(time.perf_counter_ns() - int(ev.progress.message))
+            # the verifying path every reader takes: an event counts once the holder's signature reaches it
+            for ev in fold_message(view, msg.subject, msg.data, msg.headers.get(proof.HEADER) if msg.headers else None):
+                if isinstance(ev, OperationProgress) and ev.progress.message not in seen:  # (a seal repeats one)
+                    seen.add(ev.progress.message)
+                    lat.append(time.perf_counter_ns() - int(ev.progress.message))
             if len(lat) >= n:
                 got.set()
 
@@ -124,15 +132,22 @@ async def publish_operation(c: Client, n: int, *, actor: str = "dummy-bench") ->
     op_id = subjects.new_op_id("dummy")
     subj = subjects.ops(op_id, "progress")
     before = (await c.js.stream_info(subjects.STREAM_OPS)).state.messages
-    start = OperationStarted(op_id=op_id, actor=actor, worker=actor, attempt=1)
+    key = proof.new_key()
+    start = OperationStarted(op_id=op_id, actor="orchestrator-bench", worker=actor, attempt=1,
+                             key=proof.public_key(key))
     await c.js.publish_async(subjects.ops(op_id, "started"), encode(start), headers={"Nats-Msg-Id": f"{op_id}.s"})
     t0 = start.ts
+    # the holder proof as the publisher makes it: chained, signed at most every SIGN_INTERVAL_S (on the
+    # publishing clock; the last one always)
+    signer = proof.Signer(key, SIGN_INTERVAL_S)
     for i in range(n):
         ev = OperationProgress(op_id=op_id, actor=actor, seq=i + 1, ts=t0 + timedelta(microseconds=50 * i),
                                progress=ProgressState(
                                    percentage=i / n * 100, message=f"Working on iteration {i}/{n}", current_step=i,
                                    total_steps=n, context=DummyContext(iteration=i, iterations=n)))
-        await c.js.publish_async(subj, encode(ev), headers={"Nats-Msg-Id": f"{op_id}.{i + 1}"})
+        payload = encode(ev)
+        value, _due = signer.proof(op_id, subj, payload, time.monotonic(), force=i == n - 1)
+        await c.js.publish_async(subj, payload, headers={"Nats-Msg-Id": f"{op_id}.{i + 1}", proof.HEADER: value})
     await c.js.publish_async_completed()
     stored = (await c.js.stream_info(subjects.STREAM_OPS)).state.messages - before
     assert stored == n + 1, f"{stored} of {n + 1} events stored"  # ids are per op: none deduplicated
@@ -163,11 +178,12 @@ async def _decode_fold(c: Client, op_id: str, n: int) -> float:
     """Ours: the read `ops replay` does (ktrdr.transport.read_events), every event decoded and folded."""
     view = OperationView(op_id=op_id)
 
-    def on_msg(s: str, data: bytes) -> None:
-        fold(view, decode_event_on(s, data))
+    def on_msg(s: str, data: bytes, proof_value: bytes | None) -> None:
+        fold_message(view, s, data, proof_value, lazy=True)  # decode, the holder proof, fold
 
     t0 = time.perf_counter()
-    await read_events(c.js, [subjects.ops(op_id)], on_msg)
+    await read_events(c.js, [subjects.ops(op_id)], on_msg, proofs=True)
+    settle(view)
     took = time.perf_counter() - t0
     assert view.events == n and view.status == "running", view
     return n / took
@@ -277,6 +293,44 @@ async def publish_throughput(srv: BenchServer, n: int = 20_000, rounds: int = 3)
             "ratio_vs_raw": o / r, "ratio_vs_raw_with_msg_id": o / rh, "target": "ratio >= 0.8"}
 
 
+def fold_micro(n: int = 100_000, rounds: int = 3) -> dict[str, Any]:
+    """The fold alone, no server: n stored progress events (as a holder publishes them, its proof in
+    the header) decoded and folded, against the same with the holder proof checked (lazy, as a
+    replay does: the chain hashed per event, one signature verified per batch). Best of rounds."""
+    from events.codec import decode_event_on
+    from ktrdr.ops import fold
+
+    op_id = subjects.new_op_id("dummy")
+    subj = subjects.ops(op_id, "progress")
+    key = proof.new_key()
+    start = OperationStarted(op_id=op_id, actor="orchestrator-bench", worker="w", key=proof.public_key(key))
+    signer = proof.Signer(key, SIGN_INTERVAL_S)
+    msgs: list[tuple[bytes, bytes]] = []
+    for i in range(n):
+        payload = encode(OperationProgress(op_id=op_id, actor="w", seq=i + 1, progress=ProgressState(
+            percentage=i / n * 100, message=f"Working on iteration {i}/{n}", current_step=i, total_steps=n,
+            context=DummyContext(iteration=i, iterations=n))))
+        value, _due = signer.proof(op_id, subj, payload, i * 50e-6, force=i == n - 1)  # 20k events/s published
+        msgs.append((payload, value.encode()))
+    plain, proven = 0.0, 0.0
+    for _ in range(rounds):
+        view = OperationView(op_id=op_id)
+        fold(view, start)
+        t0 = time.perf_counter()
+        for payload, _value in msgs:
+            fold(view, decode_event_on(subj, payload))
+        plain = max(plain, n / (time.perf_counter() - t0))
+        view = OperationView(op_id=op_id)
+        fold_message(view, subjects.event(start), encode(start), None, lazy=True)
+        t0 = time.perf_counter()
+        for payload, header in msgs:
+            fold_message(view, subj, payload, header, lazy=True)
+        settle(view)
+        proven = max(proven, n / (time.perf_counter() - t0))
+        assert view.events == n + 1, view.events
+    return {"decode_fold_per_s": plain, "decode_proof_fold_per_s": proven, "ratio": proven / plain, "events": n}
+
+
 def cold_start(srv: BenchServer, runs: int = 7) -> dict[str, Any]:
     env = {**os.environ, "NATS_URL": srv.url, "KTRDR_HOME": str(srv.settings.home)}
     exe = os.path.join(os.path.dirname(sys.executable), "ktrdr")
@@ -297,6 +351,7 @@ def cold_start(srv: BenchServer, runs: int = 7) -> dict[str, Any]:
 
 async def main() -> dict[str, Any]:
     results: dict[str, Any] = {}
+    results["fold_micro"] = fold_micro()
     with BenchServer("backbone") as srv:
         results["progress_latency"] = await progress_latency(srv)
         results["cancel_latency_dummy"] = await cancel_latency(srv)

@@ -107,3 +107,13 @@ DummyInterval = Annotated[float, Meta(ge=0.0, le=MAX_DUMMY_INTERVAL_S)]
 # A command's deadline as a duration: the orchestrator adds it to its own clock when it accepts the
 # command, so a client's clock never moves it (issue 18, F13).
 TimeoutSeconds = Annotated[float, Meta(gt=0.0, le=MAX_DEADLINE.total_seconds())]
+
+# The holder proof (events/proof.py): how often a holder signs, how soon a signed event follows an
+# unsigned one, how many unconfirmed events a reader keeps per operation, and how many a replay lets
+# wait behind one deferred signature.
+SIGN_INTERVAL_S = 0.001  # on average, per operation
+SIGN_BURST = 4  # signatures a quiet operation has in hand (a slow stream: every event signed)
+SEAL_S = 0.0002  # after a signature is due again: the seal of an unsigned progress nothing followed
+MAX_UNCONFIRMED = 8192
+CONFIRM_BATCH = 512
+LEASE_REQUEST_TIMEOUT_S = 2.0  # a worker's lease request to the orchestrator

@@ -262,6 +262,9 @@ class OperationStarted(Event, tag="OperationStarted", kw_only=True):
     attempt: int = 1
     resumed: bool = False
     message: str = ""
+    # The holder's public key (events/proof.py): the orchestrator grants the lease and publishes this
+    # event itself, and the fold counts the attempt's progress and verdicts only when signed by it.
+    key: str = ""
 
 
 class OperationProgress(Event, tag="OperationProgress", kw_only=True):
@@ -321,6 +324,29 @@ class ActorError(Event, tag="ActorError", kw_only=True):
     subject: str = ""
 
 
+# The orchestrator's own progress and verdicts (a workflow's parent, a queued note, worker lost, no
+# worker, cancelled before start, ...) travel on subject tokens only the orchestrator may publish on,
+# so NATS itself proves who sent them; a worker's (the holder's) carry the holder proof instead.
+class OrchestratorProgress(OperationProgress, tag="OrchestratorProgress", kw_only=True):
+    name: ClassVar[str] = "orch_progress"
+
+
+class OrchestratorCompleted(OperationCompleted, tag="OrchestratorCompleted", kw_only=True):
+    name: ClassVar[str] = "orch_completed"
+
+
+class OrchestratorFailed(OperationFailed, tag="OrchestratorFailed", kw_only=True):
+    name: ClassVar[str] = "orch_failed"
+
+
+class OrchestratorCancelled(OperationCancelled, tag="OrchestratorCancelled", kw_only=True):
+    name: ClassVar[str] = "orch_cancelled"
+
+
+class OrchestratorError(ActorError, tag="OrchestratorError", kw_only=True):
+    name: ClassVar[str] = "orch_error"
+
+
 EVENTS: tuple[type[Event] | type[CancelOperation], ...] = (
     OperationCreated,
     OperationRejected,
@@ -332,10 +358,26 @@ EVENTS: tuple[type[Event] | type[CancelOperation], ...] = (
     OperationCancelled,
     ActorError,
     CancelOperation,
+    OrchestratorProgress,
+    OrchestratorCompleted,
+    OrchestratorFailed,
+    OrchestratorCancelled,
+    OrchestratorError,
 )
 AnyEvent: TypeAlias = (OperationCreated | OperationRejected | OperationStarted | OperationProgress
                        | OperationCompleted | OperationFailed | CancelRequested | OperationCancelled | ActorError
-                       | CancelOperation)
+                       | CancelOperation | OrchestratorProgress | OrchestratorCompleted | OrchestratorFailed
+                       | OrchestratorCancelled | OrchestratorError)
+# The events a worker publishes about an operation it holds (and only those: its role may publish
+# nothing else on ops subjects), each carrying the holder proof.
+HELD_EVENTS: tuple[type[Event], ...] = (OperationProgress, OperationCompleted, OperationFailed, OperationCancelled,
+                                        ActorError)
+HELD_NAMES: tuple[str, ...] = tuple(e.name for e in HELD_EVENTS)
+# A worker's event -> the orchestrator's own version of it (same fields, its own subject token).
+ORCHESTRATOR_EVENT: dict[type[Event], type[Event]] = {
+    OperationProgress: OrchestratorProgress, OperationCompleted: OrchestratorCompleted,
+    OperationFailed: OrchestratorFailed, OperationCancelled: OrchestratorCancelled, ActorError: OrchestratorError,
+}
 TERMINAL_EVENTS: tuple[type[Event] | type[CancelOperation], ...] = tuple(e for e in EVENTS if e.terminal)
 EVENT_NAMES: tuple[str, ...] = tuple(e.name for e in EVENTS)
 LIFECYCLE_NAMES: tuple[str, ...] = tuple(e.name for e in EVENTS if e.lifecycle)
@@ -363,17 +405,47 @@ class Heartbeat(Message, tag="Heartbeat", kw_only=True):
 
 
 class Lease(Message, tag="Lease", kw_only=True):
-    """Who runs an operation now (KV LEASES, key <op_id>). The holder renews it with compare-and-set
-    on every heartbeat; another worker takes it over only after seeing the same revision for a whole
-    lease time, and a holder whose renewal fails has lost it and stops without a terminal event."""
+    """Who runs an operation now (KV LEASES, key <op_id>), written by the orchestrator alone (a
+    worker asks it: LeaseRequest). The holder renews it on every heartbeat; the orchestrator grants
+    it to another worker only after seeing the same revision for a whole lease time on its own clock,
+    and a holder whose renewal is refused has lost it and stops without a terminal event."""
 
     holder: str
     attempt: int = 1
     ts: datetime = msgspec.field(default_factory=utcnow)
+    key: str = ""  # the holder's public key: renewals and releases must be signed by it
+
+
+LeaseVerb = Literal["claim", "renew", "release"]
+
+
+class LeaseRequest(Message, tag="LeaseRequest", kw_only=True):
+    """A worker asking the orchestrator (core request/reply on lease.<domain>.<verb>) to grant, renew
+    or release an operation's lease. Signed by the key it names (events.proof.statement); a renewal or
+    release must name the key the lease holds."""
+
+    op_id: Annotated[str, msgspec.Meta(max_length=64)]
+    actor: Label
+    key: Annotated[str, msgspec.Meta(max_length=64)]
+    attempt: int = 0  # renew / release: the attempt held
+    done: bool = False  # release: the operation ended (the lease goes) or handed back (kept, no holder)
+    sig: Annotated[str, msgspec.Meta(max_length=128)] = ""
+
+
+class LeaseReply(Message, tag="LeaseReply", kw_only=True):
+    """ok: granted (claim: with its attempt), renewed or released. Not ok: `holder` holds it (come back
+    after `retry_in`), or it is not yours (`lost`), or the request was refused (`error`)."""
+
+    ok: bool
+    attempt: int = 0
+    holder: str = ""
+    retry_in: float = 0.0
+    lost: bool = False
+    error: str = ""
 
 
 class SeriesLease(Message, tag="SeriesLease", kw_only=True):
-    """Who writes a stored bar series now (KV LEASES, key `series.<SYMBOL>.<TF>`): one writer per
+    """Who writes a stored bar series now (KV SERIES, key `series.<SYMBOL>.<TF>`): one writer per
     series. Taken and renewed with compare-and-set like an operation's Lease; a second load of the same
     series waits and names `op_id` ("waiting for <op> loading the same series")."""
 

@@ -31,13 +31,16 @@ DEFAULT_POOLS: Mapping[str, tuple[str, ...]] = {
 WORKER_DOMAIN = {role: domain for domain, role in ROLE_FOR_DOMAIN.items()}
 
 STREAMS = subjects.STREAMS
-KV_BUCKETS = (subjects.ACTORS_BUCKET, subjects.LEASES_BUCKET, subjects.PACING_BUCKET)
+KV_BUCKETS = (subjects.ACTORS_BUCKET, subjects.LEASES_BUCKET, subjects.PACING_BUCKET, subjects.SERIES_BUCKET)
 OBJECT_BUCKETS = (subjects.BARS_BUCKET, subjects.MODELS_BUCKET, subjects.CHECKPOINTS_BUCKET)
 IB_QUEUE_GROUP = subjects.IB_QUEUE_GROUP
 # The ib actor answers a request with interim pacing notices and one final reply; IB's 60-per-10-
 # minutes rule can hold a request for up to 10 minutes, so replies stay allowed for 15.
 IB_RESPONSES_MAX = 200
 IB_RESPONSES_EXPIRES = "15m"
+# The orchestrator answers each lease request once, at once.
+LEASE_RESPONSES_MAX = 1
+LEASE_RESPONSES_EXPIRES = "1m"
 _POOL_RE = re.compile(TOKEN_PATTERN)
 _DOMAINS = tuple(c.domain for c in COMMANDS)
 
@@ -139,14 +142,11 @@ class _Grant:
     def presence(self, role: str) -> None:
         self.kv_write("ACTORS", f"{role}.>")  # own key <role>.<actor_id>; host names may hold dots
 
-    def lease_cas(self) -> None:
-        self.kv_read("LEASES")
-        self.kv_write("LEASES", "*")  # operation leases: the key is the op id
-
     def series_lease(self) -> None:
-        # One writer per series: `series.<SYMBOL>.<TF>` in LEASES (loads, `ktrdr data import`).
-        self.kv_read("LEASES")
-        self.kv_write("LEASES", "series.>")
+        # One writer per series: `series.<SYMBOL>.<TF>` in its own bucket SERIES (loads, `ktrdr data
+        # import`), so no worker role writes anything of LEASES (issue 18, F2).
+        self.kv_read(subjects.SERIES_BUCKET)
+        self.kv_write(subjects.SERIES_BUCKET, "series.>")
 
     def durable_pull(self, stream: str, consumer: str, filter_subject: str) -> None:
         # Only the named create whose subject carries the filter: the server checks the payload's
@@ -161,11 +161,13 @@ class _Grant:
         domain = WORKER_DOMAIN[role]
         for pool in pools.get(domain, ("any",)):
             self.durable_pull(subjects.STREAM_WORK, subjects.work_consumer(domain, pool), subjects.work(domain, pool))
-        self.allow_pub(f"ops.{domain}.>")
+        # Exactly the held events of its own domain: created, started, rejected, cancel_requested and
+        # the orchestrator's own tokens are the orchestrator's alone (issue 18, F4), and leases are
+        # asked of it (lease.<domain>.*), never written: the orchestrator alone writes LEASES (F2).
+        self.allow_pub(*subjects.worker_events(domain), subjects.lease(domain, "*"))  # type: ignore[arg-type]
         self.allow_sub(subjects.CANCEL_ALL)
         self.read_ops()
         self.presence(role)
-        self.lease_cas()
 
     def build(self, **responses: Any) -> Permissions:
         return Permissions(tuple(self.pub), tuple(self.sub), **responses)
@@ -180,12 +182,12 @@ def _orchestrator(g: _Grant) -> None:
     g.api(f"CONSUMER.DURABLE.CREATE.CMD.{subjects.ORCHESTRATOR_CONSUMER}")
     g.api("CONSUMER.INFO.WORK.*", "CONSUMER.NAMES.WORK", "CONSUMER.LIST.WORK")  # queued work per pool
     g.allow_pub("ops.>", "work.>")
-    g.allow_sub("ops.>", "$KV.ACTORS.>")
+    g.allow_sub("ops.>", "$KV.ACTORS.>", subjects.LEASE_ALL)  # lease requests: answered on the requester's inbox
     g.read_ops()
     g.kv_read("ACTORS")
     g.presence(ORCHESTRATOR)
     g.kv_read("LEASES")
-    g.kv_write("LEASES", "*")  # deletes a dead worker's lease (a delete is a marker publish)
+    g.kv_write("LEASES", "*")  # the only writer: grants, renews, releases and drops operation leases
     g.obj_write("CHECKPOINTS")  # deletes the checkpoints of finished operations
 
 
@@ -199,6 +201,7 @@ def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS
     g = _Grant(role)
     if role == ORCHESTRATOR:
         _orchestrator(g)
+        return g.build(responses_max=LEASE_RESPONSES_MAX, responses_expires=LEASE_RESPONSES_EXPIRES)
     elif role in WORKER_DOMAIN:
         g.worker(role, pools)
         if role == JOB_MANAGER:

@@ -29,11 +29,13 @@ from events.messages import (
     COMMAND_FOR_DOMAIN,
     DOMAINS,
     EVENT_NAMES,
+    HELD_NAMES,
     LIFECYCLE_NAMES,
     CancelOperation,
     CancelReason,
     Command,
     IbRequest,
+    LeaseVerb,
     OperationCreated,
 )
 
@@ -46,7 +48,8 @@ STREAM_OPS = "OPS"
 STREAM_CANCELS = "OPS_CANCELS"
 STREAMS: tuple[str, ...] = (STREAM_CMD, STREAM_WORK, STREAM_OPS, STREAM_CANCELS)  # in creation order
 ACTORS_BUCKET = "ACTORS"  # KV: presence, key <role>.<actor_id>
-LEASES_BUCKET = "LEASES"  # KV: which actor holds which operation, key <op_id>
+LEASES_BUCKET = "LEASES"  # KV: which actor holds which operation, key <op_id> (written by the orchestrator alone)
+SERIES_BUCKET = "SERIES"  # KV: who writes a stored bar series, key series.<SYMBOL>.<TF>
 PACING_BUCKET = "PACING"  # KV: IB pacing history, key pacing_key(host, port, client_id)
 BARS_BUCKET = "BARS"  # object store: <SYMBOL>/<TF> parquet
 MODELS_BUCKET = "MODELS"  # object store: <strategy>/<key>/<file>
@@ -56,10 +59,15 @@ CMD_ALL = "cmd.>"
 WORK_ALL = "work.>"
 OPS_ALL = "ops.>"
 CANCEL_ALL = f"ops.*.*.{CancelOperation.name}"
-# What OPS stores: every event name but the cancel request (OPS_CANCELS holds those). The one list: a new
-# event type is stored once its name is here (it is, when it is in events.messages.EVENTS).
+# Every event name an OPS subject may end with (ops.<domain>.<op_id>.<name>), and who may publish it:
+# a domain's workers the held events only (each carrying the holder proof), the orchestrator all but
+# the cancel request, a CLI key the cancel request. OPS stores every event name but the cancel request
+# (OPS_CANCELS holds those): a new event type is stored once its name is in events.messages.EVENTS.
 OPS_EVENT_NAMES: tuple[str, ...] = tuple(n for n in EVENT_NAMES if n != CancelOperation.name)
 OPS_SUBJECTS: tuple[str, ...] = tuple(f"ops.*.*.{n}" for n in OPS_EVENT_NAMES)
+WORKER_EVENT_NAMES: tuple[str, ...] = HELD_NAMES
+ORCHESTRATOR_EVENT_NAMES: tuple[str, ...] = OPS_EVENT_NAMES
+LEASE_ALL = "lease.>"
 IB_QUEUE_GROUP = roles.IB
 ORCHESTRATOR_CONSUMER = roles.ORCHESTRATOR
 ACTOR_ROLES: tuple[str, ...] = roles.ACTOR_ROLES  # in start order
@@ -271,6 +279,26 @@ def direct_get_api(stream: str) -> str:
 def stream_of(subject: str) -> str:
     """The stream an ops subject is stored in."""
     return STREAM_CANCELS if subject.endswith(f".{CancelOperation.name}") else STREAM_OPS
+
+
+def worker_events(domain: str) -> list[str]:
+    """What a `domain` worker may publish on OPS: exactly its held events, of any of its operations."""
+    return [f"ops.{domain}.*.{name}" for name in WORKER_EVENT_NAMES]
+
+
+# ---------------------------------------------------------------------------------------------- lease
+def lease(domain: str, verb: LeaseVerb) -> str:
+    """lease.<domain>.<verb>: a worker's lease request to the orchestrator (its role may publish only
+    its own domain's, so NATS proves the requester's domain)."""
+    return f"lease.{domain}.{verb}"
+
+
+def parse_lease_subject(subject: str) -> tuple[str, str] | None:
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != "lease" or parts[1] not in DOMAINS or parts[2] not in ("claim", "renew",
+                                                                                             "release"):
+        return None
+    return parts[1], parts[2]
 
 
 def parse_ops_subject(subject: str) -> tuple[str, str, str] | None:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -33,13 +34,15 @@ from events.messages import (
     OperationCreated,
     OperationProgress,
     OperationRejected,
+    OrchestratorProgress,
     WireCancelReason,
 )
+from events.proof import HEADER
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
-from ktrdr.ops import OperationView, apply_progress, is_orchestrator
-from ktrdr.ops.reader import collect_views, count_dropped, fold_message, read_view
-from ktrdr.transport import connect, ensure_streams, last_message, publish, read_operation
+from ktrdr.ops import OperationView, apply_progress, fold
+from ktrdr.ops.reader import collect_views, proven_alone, proven_events, read_proven, read_view
+from ktrdr.transport import connect, ensure_streams, last_message, publish
 from ktrdr.transport.publish import retrying
 from ktrdr.transport.replay import ReadEvents, consumers_capped, read_events
 
@@ -175,7 +178,7 @@ class Client:
 
     async def events(self, op_id: str) -> ReadEvents:
         """The operation's stored events (those its subjects prove; `dropped` counts the others)."""
-        return await read_operation(self.js, op_id)
+        return await read_proven(self.js, op_id)
 
     async def view(self, op_id: str) -> OperationView:
         """The fold of the operation's stored events, folded as they arrive (no list of them); a
@@ -211,10 +214,12 @@ class Client:
 
         async def cb(msg: Msg) -> None:
             activity.set()
-            ev = fold_message(view, msg.subject, msg.data)
-            if ev is None:
-                return  # garbage or a forgery on an ops subject (counted in view.dropped): not rendered
-            on_event(ev, view)
+            proof = msg.headers.get(HEADER) if msg.headers else None
+            # garbage or a forgery on an ops subject (counted in view.dropped / unproven): not rendered;
+            # a held event waiting for the holder's signature comes with the one that brings it
+            for ev in proven_events(view, msg.subject, msg.data, proof):
+                fold(view, ev)
+                on_event(ev, view)
             if until_terminal and view.terminal:
                 finished.set()
 
@@ -257,11 +262,11 @@ class Client:
         sub = await self.nc.subscribe(subject, cb=live)
         for _ in range(2):  # the second PING goes out behind the SUB: the server holds it (tests/helpers.subscribed)
             await self.nc.flush()
-        stored: list[tuple[str, bytes]] = []
-        await read_events(self.js, [subject], lambda s, d: stored.append((s, d)))
-        for s, d in stored:
-            await cb(Msg(self.nc, subject=s, data=d))
-        seen = set(stored)
+        stored: list[tuple[str, bytes, bytes | None]] = []
+        await read_events(self.js, [subject], lambda s, d, p: stored.append((s, d, p)), proofs=True)
+        for s, d, p in stored:  # with its holder proof: the fold counts a held event only proven
+            await cb(Msg(self.nc, subject=s, data=d, headers={HEADER: p.decode()} if p is not None else None))
+        seen = {(s, d) for s, d, _ in stored}
         while held:  # what arrived meanwhile, less what the read had stored already; then live
             batch, held = held, []
             for msg in batch:
@@ -283,18 +288,18 @@ class Client:
 
     async def _latest_progress(self, view: OperationView) -> None:
         """The last progress of an operation, kept by the view even when it ended cancelled or failed."""
-        subject = subjects.ops(view.op_id, OperationProgress.name)
-        raw = await last_message(self.js, subject)
-        if raw is None:
-            return
+        name = OperationProgress.name if view.worker is not None else OrchestratorProgress.name
+        subject = subjects.ops(view.op_id, name)
         try:
-            ev = decode_event_on(subject, raw)
-        except DecodeError as exc:
-            count_dropped(view, subject, exc)
+            raw = await retrying(lambda: self.js.get_last_msg(subjects.STREAM_OPS, subject, direct=True),
+                                 errors=(nats.errors.TimeoutError, TimeoutError))
+        except (NotFoundError, nats.errors.NoRespondersError):
             return
-        if not isinstance(ev, OperationProgress) or (view.worker is not None and ev.actor != view.worker
-                                                      and not is_orchestrator(ev.actor)):
-            return  # the holder rule of the fold: only the holder's (or an orchestrator's) progress counts
+        if not raw.data:
+            return
+        ev = proven_alone(view, subject, raw.data, (raw.headers or {}).get(HEADER))
+        if not isinstance(ev, OperationProgress):
+            return  # only the holder's progress (signed by its key) or the orchestrator's counts
         if view.terminal:  # keep how it ended; show how far it got
             view.percentage, view.context = ev.progress.percentage, ev.progress.context or view.context
         else:

@@ -251,21 +251,27 @@ async def replay(client: Client, op_id: str, *, speed: float | None, json_out: b
     json_out, printed as one JSON object a line) before the next is read, so memory does not grow
     with the number of events. Without `speed` (or 0) as fast as the events come; with it, the
     recorded gaps divided by speed (each at most 10 s)."""
-    from ktrdr.ops.reader import fold_message
+    from ktrdr.ops import fold
+    from ktrdr.ops.reader import proven_events, settle
 
     view = OperationView(op_id=op_id)
     with LiveDisplay(_renderer(op_id), quiet=json_out) as display:
         show = _print_json if json_out else display.update
 
-        def on_msg(subject: str, data: bytes) -> None:
-            ev = fold_message(view, subject, data)  # a body its subject does not prove: dropped, counted
-            if ev is not None:
+        def on_msg(subject: str, data: bytes, proof: bytes | None) -> None:
+            # a body its subject does not prove: dropped, counted; a held event once the holder's
+            # signature vouches for it (a replay defers signatures: one verified per batch)
+            for ev in proven_events(view, subject, data, proof, lazy=not speed):
+                fold(view, ev)
                 show(ev, view)
 
         if speed:
             await _replay_paced(client, op_id, speed, on_msg)
         else:
-            await read_events(client.js, [subjects.ops(op_id)], on_msg)
+            await read_events(client.js, [subjects.ops(op_id)], on_msg, proofs=True)
+        for ev in settle(view, folded=False):
+            fold(view, ev)
+            show(ev, view)
     return view
 
 
@@ -273,10 +279,11 @@ def _print_json(ev: AnyEvent, _view: OperationView) -> None:
     sys.stdout.write(msgspec.json.encode(ev).decode() + "\n")
 
 
-async def _replay_paced(client: Client, op_id: str, speed: float, on_msg: Callable[[str, bytes], None]) -> None:
+async def _replay_paced(client: Client, op_id: str, speed: float,
+                        on_msg: Callable[[str, bytes, bytes | None], None]) -> None:
     prev: datetime | None = None
     async with contextlib.aclosing(stream_events(client.js, [subjects.ops(op_id)])) as stream:
-        async for subject, data in stream:
+        async for subject, data, proof in stream:
             try:  # paced by the events its subjects prove; on_msg drops (and counts) the others
                 ts = decode_event_on(subject, data).ts
             except DecodeError:
@@ -286,4 +293,4 @@ async def _replay_paced(client: Client, op_id: str, speed: float, on_msg: Callab
                 if gap > 0:
                     await asyncio.sleep(min(gap, 10.0))
             prev = ts or prev
-            on_msg(subject, data)
+            on_msg(subject, data, proof)

@@ -103,6 +103,9 @@ async def _ops_show(op_id: str, json_out: bool, show_events: bool) -> int:
         if evs.dropped:  # what its subjects carried that was not its events (counted, the first noted)
             view.dropped = evs.dropped
             view.errors.append(f"dropped {evs.dropped} message(s) not its events; first: {evs.first_dropped}")
+        if evs.unproven:  # held events no signature of the holder's key reached (a forgery, a stranger's)
+            view.unproven = evs.unproven
+            view.errors.extend(n for n in evs.notes if n.startswith("ignored an unproven"))
         children = [await c.view(k) for k in view.children]
     if json_out:
         d = view_json(view)
@@ -144,6 +147,8 @@ def _print_view(view: OperationView, children: list[OperationView]) -> None:
         typer.echo(f"note       {note}")
     if view.dropped:
         typer.echo(f"dropped    {view.dropped} message(s) on its subjects whose body disagreed with the subject")
+    if view.unproven:
+        typer.echo(f"unproven   {view.unproven} event(s) not signed by the key its lease was granted to: ignored")
     if children:
         typer.echo("children")
         for i, k in enumerate(children):

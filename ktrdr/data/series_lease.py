@@ -1,4 +1,4 @@
-"""One writer per series: the key `series.<SYMBOL>.<TF>` in the KV bucket LEASES, holding the writer
+"""One writer per series: the key `series.<SYMBOL>.<TF>` in the KV bucket SERIES, holding the writer
 and the operation it writes for (SeriesLease). A data load (or `ktrdr data import`) takes it before
 it merges into a BARS series and holds it, renewed, until it is done; a second writer waits,
 cancellably, and says for whom. The compare-and-set mechanics are ktrdr.transport.leases.LeaseBucket;
@@ -31,7 +31,7 @@ def series_lease_key(symbol: str, timeframe: str) -> str:
 
 
 class SeriesWriterLease:
-    """One writer per series: the key `series.<SYMBOL>.<TF>` in LEASES. Taken with create / compare-
+    """One writer per series: the key `series.<SYMBOL>.<TF>` in SERIES. Taken with create / compare-
     and-set and renewed every `ttl_s / 3`. A waiter takes it over from a holder that went silent (the
     same revision for a whole `ttl_s` on its own clock: no clocks compared across machines), or at once
     from an earlier attempt of its own operation (the operation lease guarantees that attempt is over)."""
@@ -133,5 +133,5 @@ class SeriesWriterLease:
 
 async def series_lease(js: JetStreamContext, symbol: str, timeframe: str, *, holder: str, op_id: str = "",
                        ttl_s: float = 10.0) -> SeriesWriterLease:
-    return SeriesWriterLease(await js.key_value(subjects.LEASES_BUCKET), symbol, timeframe, holder=holder,
+    return SeriesWriterLease(await js.key_value(subjects.SERIES_BUCKET), symbol, timeframe, holder=holder,
                              op_id=op_id, ttl_s=ttl_s)

@@ -6,7 +6,9 @@ replayed views are the same. Rules:
 - once an operation is terminal no later event changes that;
 - progress and terminal events count only from the actor that holds the operation (the worker of
   its latest attempt, from its `started` event) or from an orchestrator; anything else is ignored
-  and noted in `errors` (a stranger cannot finish someone else's operation);
+  and noted in `errors` (a stranger cannot finish someone else's operation). What proves it is not
+  this fold but the reader in front of it (ktrdr.ops.reader.admit): a worker's event counts only
+  under a signature of the key its grant names, the orchestrator's come on its own subject tokens;
 - the holder's progress is ordered by (attempt, seq): a late copy is ignored, a new attempt's is not;
 - a cancelled or failed operation keeps the last progress it reported.
 Events come from ktrdr.ops.reader / events.codec.decode_event_on: only what its subject proves.
@@ -31,6 +33,11 @@ from events.messages import (
     OperationProgress,
     OperationRejected,
     OperationStarted,
+    OrchestratorCancelled,
+    OrchestratorCompleted,
+    OrchestratorError,
+    OrchestratorFailed,
+    OrchestratorProgress,
 )
 from ktrdr.ops.view import MAX_NOTES, ORCHESTRATOR_PREFIX, TERMINAL, OperationView, apply_progress, is_orchestrator
 
@@ -98,6 +105,7 @@ def _started(view: OperationView, ev: OperationStarted) -> None:
     view.status = "running"
     view.started_at = view.started_at or ev.ts
     view.worker = ev.worker or ev.actor
+    view.worker_key = ev.key or None
     if ev.attempt > view.progress_attempt:  # a new attempt: its worker's progress starts a new order
         view.progress_attempt, view.last_progress_seq = ev.attempt, 0
     view.attempts = ev.attempt
@@ -153,6 +161,11 @@ _FOLDS: dict[type, Any] = {
     OperationFailed: _failed,
     OperationCancelled: _cancelled,
     OperationRejected: _rejected,
+    OrchestratorProgress: _progress,
+    OrchestratorCompleted: _completed,
+    OrchestratorFailed: _failed,
+    OrchestratorCancelled: _cancelled,
+    OrchestratorError: _error,
 }
 
 

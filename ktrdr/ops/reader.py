@@ -7,20 +7,82 @@ the operation its subject names, never the one its body names, and a body that d
 subject (a completion published on a cancel subject, a training's op id on a data subject) is dropped
 and counted (`OperationView.dropped`, `ViewCollector.dropped`) with a note saying what the first was.
 `fold_message` is that path for one view; every reader of ops subjects goes through it or decode_event_on.
+
+What an event's subject cannot prove (which process of a role sent it) the holder proof does
+(events/proof.py): `admit` stands in front of the fold for every message and lets a worker's held
+event (progress, verdict, error) through only once a signature by the key of the operation's latest
+grant vouches for it, in chain order; the orchestrator's own events are proven by their subject
+tokens, and a grant (`started`) only the orchestrator publishes. The chain's state lives on the view.
+A forged or a stranger's event never counts: `unproven` counts them, a note names the first ones.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
 
 from nats.js import JetStreamContext
 
 from events import subjects
 from events.codec import DecodeError, decode_event_on
-from events.messages import AnyEvent
+from events.messages import HELD_EVENTS, AnyEvent, Event, OperationProgress, OperationStarted
+from events.proof import Chain
 from ktrdr.ops.fold import fold
-from ktrdr.ops.view import MAX_NOTES, OperationView
+from ktrdr.ops.view import MAX_NOTES, TERMINAL, OperationView
 from ktrdr.transport import read_events
+from ktrdr.transport.replay import ReadEvents
 
 MAX_NOTE = 300
+Proof = bytes | str | None
+_HELD = frozenset(HELD_EVENTS)
+_TERMINAL = frozenset(TERMINAL)
+
+
+def _chain(view: OperationView, lazy: bool) -> Chain:
+    chain: Chain | None = getattr(view, "_chain", None)
+    if chain is None:
+        chain = view._chain = Chain(lazy=lazy)  # type: ignore[attr-defined]
+    return chain
+
+
+def admit(view: OperationView, subject: str, data: bytes, proof: Proof, ev: AnyEvent, *,
+          lazy: bool = False) -> Sequence[AnyEvent]:
+    """The events `view` may fold now, in order, for one decoded message: a held event of a worker
+    once the holder's signature reaches it (maybe with the ones before it on the chain; nothing yet
+    when unsigned), anything else as it is. `lazy` (a replay): defer signatures to verify one per batch."""
+    kind = type(ev)
+    if kind not in _HELD:
+        if kind is OperationStarted and isinstance(ev, OperationStarted) and ev.attempt >= view.attempts \
+                and view.status not in _TERMINAL:
+            earlier = _chain(view, lazy).grant(ev.key)
+            return (*earlier, ev) if earlier else (ev,)
+        return (ev,)
+    if view.status in _TERMINAL:
+        return (ev,)  # terminal is final: the fold counts it and changes nothing
+    events, note = _chain(view, lazy).admit(subject, data, proof, ev, kind is not OperationProgress)
+    if note is not None:
+        view.unproven += 1
+        if len(view.errors) < MAX_NOTES:
+            view.errors.append(f"ignored an unproven {kind.__name__} (from {ev.actor[:80] or '?'}): {note}")
+    return events
+
+
+def settle(view: OperationView, *, folded: bool = True) -> list[AnyEvent]:
+    """At the end of a read: what the deferred signatures vouch for, folded (unless not `folded`)."""
+    chain: Chain | None = getattr(view, "_chain", None)
+    if chain is None or not chain.signed:
+        return []
+    events, _note = chain.confirm()
+    if folded:
+        for e in events:
+            fold(view, e)
+    return list(events)
+
+
+def fold_trusted(view: OperationView, ev: Event) -> None:
+    """Fold an event this process published itself (the orchestrator's own; a grant sets the key)."""
+    for e in admit(view, "", b"", None, cast(AnyEvent, ev)):
+        fold(view, e)
 
 
 def count_dropped(view: OperationView, subject: str, exc: DecodeError) -> None:
@@ -30,21 +92,33 @@ def count_dropped(view: OperationView, subject: str, exc: DecodeError) -> None:
         view.errors.append(f"dropped a message on {subject[:120]}: {str(exc)[:MAX_NOTE]}")
 
 
-def fold_message(view: OperationView, subject: str, data: bytes) -> AnyEvent | None:
-    """Fold one message read from `view`'s operation's subjects; the event, or None when dropped."""
+def proven_events(view: OperationView, subject: str, data: bytes, proof: Proof = None, *,
+                  lazy: bool = False) -> Sequence[AnyEvent]:
+    """The events one message read from `view`'s operation's subjects lets `view` fold now, not yet
+    folded (a renderer folds and shows them one at a time): none when dropped or not proven yet,
+    several when a signature confirms them."""
     try:
         ev = decode_event_on(subject, data)
     except DecodeError as exc:
         count_dropped(view, subject, exc)
-        return None
+        return ()
     if view.op_id and ev.op_id != view.op_id:  # a reader that asked for this op and got another's
         count_dropped(view, subject, DecodeError(f"an event of {ev.op_id} read as one of {view.op_id}"))
-        return None
-    fold(view, ev)
-    return ev
+        return ()
+    return admit(view, subject, data, proof, ev, lazy=lazy)
 
 
-def fold_into(views: dict[str, OperationView], subject: str, data: bytes) -> OperationView | None:
+def fold_message(view: OperationView, subject: str, data: bytes, proof: Proof = None, *,
+                 lazy: bool = False) -> Sequence[AnyEvent]:
+    """Fold one message read from `view`'s operation's subjects (with its holder proof header); the
+    events folded (see proven_events)."""
+    events = proven_events(view, subject, data, proof, lazy=lazy)
+    for e in events:
+        fold(view, e)
+    return events
+
+
+def fold_into(views: dict[str, OperationView], subject: str, data: bytes, proof: Proof = None) -> OperationView | None:
     """Fold one message into the view of the operation its subject names (made when new); None when
     it is dropped: garbage, a body its subject does not prove (counted in the view of the operation
     whose subject it was on, when that view exists) or an op id that is not one."""
@@ -61,7 +135,8 @@ def fold_into(views: dict[str, OperationView], subject: str, data: bytes) -> Ope
         if not subjects.is_op_id(ev.op_id):
             return None
         view = views[ev.op_id] = OperationView(op_id=ev.op_id)
-    fold(view, ev)
+    for e in admit(view, subject, data, proof, ev):
+        fold(view, e)
     return view
 
 
@@ -74,8 +149,8 @@ class ViewCollector:
         self.views: dict[str, OperationView] = {}
         self.dropped = 0
 
-    def __call__(self, subject: str, data: bytes) -> None:
-        if fold_into(self.views, subject, data) is None:
+    def __call__(self, subject: str, data: bytes, proof: Proof = None) -> None:
+        if fold_into(self.views, subject, data, proof) is None:
             self.dropped += 1
 
 
@@ -83,7 +158,9 @@ async def collect_views(js: JetStreamContext, filters: list[str] | None = None) 
     """Every stored operation's view, folded from the stored events matching `filters` (by default
     the lifecycle events of all operations: no progress, so it stays quick), with the drop count."""
     collect = ViewCollector()
-    await read_events(js, filters if filters is not None else subjects.lifecycle_filters(), collect)
+    await read_events(js, filters if filters is not None else subjects.lifecycle_filters(), collect, proofs=True)
+    for view in collect.views.values():
+        settle(view)
     return collect
 
 
@@ -96,8 +173,47 @@ async def read_view(js: JetStreamContext, op_id: str) -> OperationView:
     """One operation's view from all its stored events, progress included."""
     view = OperationView(op_id=op_id)
 
-    def on_msg(subject: str, data: bytes) -> None:
-        fold_message(view, subject, data)
+    def on_msg(subject: str, data: bytes, proof: Proof) -> None:
+        fold_message(view, subject, data, proof, lazy=True)
 
-    await read_events(js, [subjects.ops(op_id)], on_msg)
+    await read_events(js, [subjects.ops(op_id)], on_msg, proofs=True)
+    settle(view)
     return view
+
+
+async def read_proven(js: JetStreamContext, op_id: str, *, lifecycle: bool = False) -> ReadEvents:
+    """One operation's stored events that count, in the order the fold takes them (a held event once
+    the holder's signature vouches for it): all of them, or its lifecycle events only. `dropped`
+    counts what its subjects carried that was not its events, `unproven` what no signature reached."""
+    out = ReadEvents()
+    view = OperationView(op_id=op_id)
+
+    def on_msg(subject: str, data: bytes, proof: Proof) -> None:
+        events = fold_message(view, subject, data, proof, lazy=True)
+        out.extend(events)
+
+    filters = subjects.lifecycle_filters(op_id) if lifecycle else [subjects.ops(op_id)]
+    await read_events(js, filters, on_msg, proofs=True)
+    out.extend(settle(view))
+    out.dropped, out.unproven = view.dropped, view.unproven
+    out.first_dropped = next((e for e in view.errors if e.startswith("dropped")), "")
+    out.notes = tuple(view.errors)
+    return out
+
+
+def proven_alone(view: OperationView, subject: str, data: bytes, proof: Proof) -> AnyEvent | None:
+    """One message read on its own (the last progress `ops list` shows): the event, when it counts by
+    itself under `view`'s grant (a held event signed by the holder's key, or an orchestrator's)."""
+    try:
+        ev = decode_event_on(subject, data)
+    except DecodeError as exc:
+        count_dropped(view, subject, exc)
+        return None
+    if type(ev) not in _HELD:
+        return ev
+    if view.worker_key is None:  # a grant stored before the proof existed: the holder's actor id
+        return ev if view.worker is not None and ev.actor == view.worker else None
+    chain = Chain()
+    chain.grant(view.worker_key)
+    events, _note = chain.admit(subject, data, proof, ev, True)
+    return ev if events else None

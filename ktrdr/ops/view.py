@@ -37,7 +37,10 @@ def is_orchestrator(actor: str) -> bool:
     return actor.startswith(ORCHESTRATOR_PREFIX)
 
 
-class OperationView(msgspec.Struct, kw_only=True):
+class OperationView(msgspec.Struct, kw_only=True, dict=True):
+    """(dict=True: a reader keeps the holder proof's chain state on the view, ktrdr.ops.reader; an
+    attribute outside the declared fields is never encoded.)"""
+
     op_id: str = ""
     domain: str = ""
     op_type: str = ""
@@ -62,6 +65,7 @@ class OperationView(msgspec.Struct, kw_only=True):
     reason: str | None = None  # why it was cancelled
     reason_code: CancelReason | None = None
     worker: str | None = None  # the holder: the actor running its latest attempt
+    worker_key: str | None = None  # its public key (from the grant): its events count only signed by it
     attempts: int = 0
     cancel_requested: bool = False
     cancel_reason: str | None = None
@@ -78,6 +82,7 @@ class OperationView(msgspec.Struct, kw_only=True):
     progress_attempt: int = 0
     last_progress_seq: int = 0
     dropped: int = 0  # messages on its subjects that were not its events (a body disagreeing with its subject)
+    unproven: int = 0  # held events no signature of the holder's key vouched for (forged, or a stranger's)
 
     @property
     def terminal(self) -> bool:

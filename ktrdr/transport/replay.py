@@ -74,6 +74,17 @@ FAST_PATH = patch_applies(_nats_py_version)
 # message's is "NATS/1.0\r\n..." (its own headers, e.g. Nats-Msg-Id, which a read never needs).
 _HDR_VERSION_LEN = len(b"NATS/1.0")
 _STALLED = b"Nats-Consumer-Stalled:"
+_PROOF = b"\r\nKtrdr-Proof:"  # events.proof.HEADER: the holder proof a verifying reader asks for
+
+
+def _proof_of(headers: bytes | None) -> bytes | None:
+    """The holder proof's header value in a raw header block, or None."""
+    if headers is None:
+        return None
+    i = headers.find(_PROOF)
+    if i < 0:
+        return None
+    return headers[i + len(_PROOF):].split(b"\r\n", 1)[0].strip()
 
 # sink(subject, reply, data, headers) -> a flow-control reply subject to answer now, or None
 Sink = Callable[[bytes, bytes, bytes, bytes | None], bytes | None]
@@ -134,17 +145,19 @@ def consumers_capped(exc: BaseException) -> bool:
 
 
 async def _batch(nc: NATS, filter_subject: str, seq: int,
-                 timeout: float) -> tuple[list[tuple[int, str, bytes]], int]:
+                 timeout: float) -> tuple[list[tuple[int, str, bytes, bytes | None]], int]:
     """Up to BATCH stored messages on `filter_subject` from sequence `seq` on, by one batched direct get
-    (no consumer), and how many more match after them."""
-    got: list[tuple[int, str, bytes]] = []
+    (no consumer), each with its holder proof header (or None), and how many more match after them."""
+    got: list[tuple[int, str, bytes, bytes | None]] = []
     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     async def on_msg(msg: Msg) -> None:
         h = msg.headers or {}
         status = h.get("Status")
         if status is None:
-            got.append((int(h.get("Nats-Sequence", 0)), h.get("Nats-Subject", ""), msg.data))
+            proof = h.get("Ktrdr-Proof")
+            got.append((int(h.get("Nats-Sequence", 0)), h.get("Nats-Subject", ""), msg.data,
+                        proof.encode() if proof is not None else None))
         elif not done.done():  # 204 EOB (end of batch, with what is still pending) or 404 (none)
             done.set_result(int(h.get("Nats-Num-Pending", 0)) if status == "204" else 0)
 
@@ -159,7 +172,8 @@ async def _batch(nc: NATS, filter_subject: str, seq: int,
     return got, pending
 
 
-async def _walk_one(nc: NATS, filter_subject: str, timeout: float) -> AsyncGenerator[tuple[int, str, bytes], None]:
+async def _walk_one(nc: NATS, filter_subject: str,
+                    timeout: float) -> AsyncGenerator[tuple[int, str, bytes, bytes | None], None]:
     seq = 1
     while True:
         got, pending = await _batch(nc, filter_subject, seq, timeout)
@@ -171,24 +185,24 @@ async def _walk_one(nc: NATS, filter_subject: str, timeout: float) -> AsyncGener
 
 
 async def _walk(js: JetStreamContext, filter_subjects: list[str],
-                timeout: float) -> AsyncGenerator[tuple[str, bytes], None]:
+                timeout: float) -> AsyncGenerator[tuple[str, bytes, bytes | None], None]:
     """Every stored OPS message matching the filters, in stream order, by batched direct gets: one walk
-    per filter, merged by sequence (a message two filters match once)."""
+    per filter, merged by sequence (a message two filters match once), with its holder proof header."""
     nc: NATS = js._nc
     walks = [_walk_one(nc, f, timeout) for f in filter_subjects]
-    heap: list[tuple[int, int, str, bytes]] = []
+    heap: list[tuple[int, int, str, bytes, bytes | None]] = []
     try:
         for i, w in enumerate(walks):
             if (first := await anext(w, None)) is not None:
-                heapq.heappush(heap, (first[0], i, first[1], first[2]))
+                heapq.heappush(heap, (first[0], i, first[1], first[2], first[3]))
         last = 0
         while heap:
-            seq, i, subject, data = heapq.heappop(heap)
+            seq, i, subject, data, proof = heapq.heappop(heap)
             if seq != last:
                 last = seq
-                yield subject, data
+                yield subject, data, proof
             if (nxt := await anext(walks[i], None)) is not None:
-                heapq.heappush(heap, (nxt[0], i, nxt[1], nxt[2]))
+                heapq.heappush(heap, (nxt[0], i, nxt[1], nxt[2], nxt[3]))
     finally:
         for w in walks:
             await w.aclose()
@@ -198,8 +212,9 @@ class _PushRead:
     """One ephemeral push consumer over OPS and the sink its messages go to."""
 
     def __init__(self, js: JetStreamContext, filter_subjects: list[str],
-                 on_msg: Callable[[str, bytes], None], *, paced: bool) -> None:
+                 on_msg: Callable[..., None], *, paced: bool, proofs: bool = False) -> None:
         self.js = js
+        self.proofs = proofs  # on_msg(subject, data, proof): the holder proof header too
         self.nc: NATS = js._nc  # the connection behind the context; nats-py exposes no public accessor
         self.filters = filter_subjects
         self.on_msg = on_msg
@@ -217,7 +232,7 @@ class _PushRead:
         # Once per stored event: kept to the few checks it needs.
         if not data and headers is not None and headers[_HDR_VERSION_LEN:_HDR_VERSION_LEN + 1] == b" ":
             return self._status(_flow_control_reply(reply, headers))
-        self._data(subject.decode(), data)
+        self._data(subject.decode(), data, _proof_of(headers) if self.proofs else None)
         return None
 
     async def _public(self, msg: Msg) -> None:
@@ -229,7 +244,8 @@ class _PushRead:
             if answer:
                 await self.nc.publish(answer.decode(), b"")
             return
-        self._data(msg.subject, msg.data)
+        proof = (headers or {}).get("Ktrdr-Proof") if self.proofs else None
+        self._data(msg.subject, msg.data, proof.encode() if proof is not None else None)
 
     def _status(self, answer: bytes | None) -> bytes | None:
         """The flow-control reply to send now (None: none, or not yet: paced and not caught up)."""
@@ -239,13 +255,16 @@ class _PushRead:
             return None
         return answer
 
-    def _data(self, subject: str, data: bytes) -> None:
+    def _data(self, subject: str, data: bytes, proof: bytes | None) -> None:
         total = self.total
         if self.error is not None or (total is not None and self.delivered >= total):
             return  # published after the read began, or the reader has already failed
         self.delivered += 1
         try:
-            self.on_msg(subject, data)
+            if self.proofs:
+                self.on_msg(subject, data, proof)
+            else:
+                self.on_msg(subject, data)
         except BaseException as e:  # raised on the connection's reading task: hand it to the reader
             self.error = e
             self.changed.set()
@@ -315,15 +334,17 @@ class _PushRead:
 async def read_events(
     js: JetStreamContext,
     filter_subjects: list[str],
-    on_msg: Callable[[str, bytes], None],
+    on_msg: Callable[..., None],
     *,
     timeout: float = 10.0,
+    proofs: bool = False,
 ) -> int:
     """Call on_msg(subject, data) for every stored OPS message matching the filters, in stream
     order, as it arrives (on the connection's reading task: keep on_msg quick); return how many
     there were. An exception from on_msg stops the read and is raised here. TimeoutError only when
-    delivery stalls for `timeout` seconds, however long the whole read takes."""
-    read = _PushRead(js, filter_subjects, on_msg, paced=False)
+    delivery stalls for `timeout` seconds, however long the whole read takes. With `proofs`,
+    on_msg(subject, data, proof) also gets the holder proof header (bytes, or None)."""
+    read = _PushRead(js, filter_subjects, on_msg, paced=False, proofs=proofs)
     try:
         try:
             if not await read.start():
@@ -331,9 +352,12 @@ async def read_events(
         except ConsumersCapped:
             log.info("OPS has all the consumers it may have; reading by direct gets")
             n = 0
-            async for subject, data in _walk(js, filter_subjects, timeout):
+            async for subject, data, proof in _walk(js, filter_subjects, timeout):
                 n += 1
-                on_msg(subject, data)
+                if proofs:
+                    on_msg(subject, data, proof)
+                else:
+                    on_msg(subject, data)
             return n
         last = -1
         while not read.done:
@@ -355,12 +379,12 @@ async def stream_events(
     filter_subjects: list[str],
     *,
     timeout: float = 10.0,
-) -> AsyncIterator[tuple[str, bytes]]:
+) -> AsyncIterator[tuple[str, bytes, bytes | None]]:
     """Every stored OPS message matching the filters, in stream order, at the consumer's pace:
-    (subject, data) pairs. Memory is bounded by the server's flow-control window whatever the
-    number of events. Close it (`contextlib.aclosing`) when leaving early."""
-    pending: collections.deque[tuple[str, bytes]] = collections.deque()
-    read = _PushRead(js, filter_subjects, lambda s, d: pending.append((s, d)), paced=True)
+    (subject, data, holder proof header or None). Memory is bounded by the server's flow-control
+    window whatever the number of events. Close it (`contextlib.aclosing`) when leaving early."""
+    pending: collections.deque[tuple[str, bytes, bytes | None]] = collections.deque()
+    read = _PushRead(js, filter_subjects, lambda s, d, p: pending.append((s, d, p)), paced=True, proofs=True)
     try:
         try:
             if not await read.start():
@@ -395,6 +419,8 @@ class ReadEvents(list[AnyEvent]):
 
     dropped: int = 0
     first_dropped: str = ""
+    unproven: int = 0  # held events no signature of the holder vouched for (ktrdr.ops.reader.read_proven)
+    notes: tuple[str, ...] = ()  # set per instance by the reader that fills it
 
 
 def _decoded(out: ReadEvents) -> Callable[[str, bytes], None]:

@@ -1,5 +1,6 @@
 """The streams and buckets, created idempotently by whichever process needs them first: the streams
-CMD, WORK, OPS, OPS_CANCELS; the KV buckets ACTORS, LEASES, PACING; the object buckets BARS, MODELS, CHECKPOINTS
+CMD, WORK, OPS, OPS_CANCELS; the KV buckets ACTORS, LEASES, SERIES, PACING; the object buckets BARS, MODELS,
+CHECKPOINTS
 (file storage, settings.replicas; CHECKPOINTS keeps an object at most ops_max_age_s, so the checkpoint
 of an operation that ended without its trainer, killed for good, does not stay forever).
 
@@ -191,6 +192,8 @@ async def ensure_streams(js: JetStreamContext, settings: Settings, *, upgrade: b
         replicas=settings.replicas))
     await _ensure_kv(js, js_api.KeyValueConfig(
         bucket=subjects.LEASES_BUCKET, history=1, storage=js_api.StorageType.FILE, replicas=settings.replicas))
+    await _ensure_kv(js, js_api.KeyValueConfig(  # series writer leases: apart, so workers never write LEASES
+        bucket=subjects.SERIES_BUCKET, history=1, storage=js_api.StorageType.FILE, replicas=settings.replicas))
     await _ensure_kv(js, js_api.KeyValueConfig(
         bucket=subjects.PACING_BUCKET, history=1, storage=js_api.StorageType.FILE, replicas=settings.replicas))
     await _ensure_objects(js, subjects.BARS_BUCKET, settings.replicas)

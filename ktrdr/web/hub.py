@@ -22,10 +22,11 @@ from nats.js import api as js_api
 
 from events import subjects
 from events.codec import DecodeError, decode_event_on
+from events.proof import HEADER
 from ktrdr.client import Client
 from ktrdr.config import Settings
 from ktrdr.ops import OperationView
-from ktrdr.ops.reader import count_dropped, fold_into
+from ktrdr.ops.reader import admit, count_dropped, fold_into
 from ktrdr.web import MAX_STREAMS, MAX_STREAMS_PER_CLIENT
 from ktrdr.web.views import OpPage, row_json, sort_key
 
@@ -82,7 +83,7 @@ class Hub:
         self._op_streams: set[Stream] = set()
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
-        self._buffer: list[tuple[str, bytes]] | None = None
+        self._buffer: list[tuple[str, bytes, str | None]] | None = None
         self.dropped = 0  # live messages whose body disagreed with their subject (or did not decode)
         self.connected = asyncio.Event()
 
@@ -123,8 +124,8 @@ class Hub:
         views = await client.list_operations()
         self.views = {v.op_id: v for v in views}
         buffered, self._buffer = self._buffer, None
-        for subject, data in buffered:
-            self._apply(subject, data)
+        for subject, data, proof in buffered:
+            self._apply(subject, data, proof)
         self._trim()
         self.client = client
         self.connected.set()
@@ -137,14 +138,15 @@ class Hub:
             s.end()  # their consumers went with the connection; the browsers reconnect
 
     async def _on_live(self, msg: Msg) -> None:
+        proof = msg.headers.get(HEADER) if msg.headers else None
         if self._buffer is not None:
-            self._buffer.append((msg.subject, msg.data))
+            self._buffer.append((msg.subject, msg.data, proof))
         else:
-            self._apply(msg.subject, msg.data)
+            self._apply(msg.subject, msg.data, proof)
 
-    def _apply(self, subject: str, data: bytes) -> None:
+    def _apply(self, subject: str, data: bytes, proof: str | None = None) -> None:
         known = len(self.views)
-        view = fold_into(self.views, subject, data)
+        view = fold_into(self.views, subject, data, proof)
         if view is None:  # garbage, or a body its subject does not prove: not ours to show
             self.dropped += 1
             return
@@ -209,11 +211,13 @@ class Hub:
                 except DecodeError as exc:  # garbage, or a body its subject does not prove
                     count_dropped(page.view, msg.subject, exc)
                     ev = None
-                update = page.apply(ev) if ev is not None and ev.op_id == op_id else None
-                if caught_up:
-                    if update is not None:
-                        stream.offer("update", update)
-                elif msg.metadata.num_pending == 0:  # the last stored event: show the page
+                if ev is not None and ev.op_id == op_id:  # a held event once the holder's signature reaches it
+                    proof = msg.headers.get(HEADER) if msg.headers else None
+                    for e in admit(page.view, msg.subject, msg.data, proof, ev):
+                        update = page.apply(e)
+                        if caught_up:
+                            stream.offer("update", update)
+                if not caught_up and msg.metadata.num_pending == 0:  # the last stored event: show the page
                     caught_up = True
                     stream.offer("snapshot", page.snapshot())
 

@@ -94,7 +94,8 @@ def test_stored_v1_events_still_decode():
 def test_every_event_has_a_distinct_subject_name():
     names = [e.name for e in EVENTS]
     assert len(names) == len(set(names)) and all(n and "." not in n for n in names)
-    assert {e.name for e in EVENTS if e.terminal} == {"completed", "failed", "cancelled", "rejected"}
+    assert {e.name for e in EVENTS if e.terminal} == {"completed", "failed", "cancelled", "rejected", "orch_completed",
+                                                     "orch_failed", "orch_cancelled"}
 
 
 def test_encode_is_plain_json_for_nats_sub():

@@ -40,9 +40,18 @@ PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     ("pub", f"ops.data.{D}.completed", "", roles("orchestrator", "job-manager"), True),
     ("pub", f"ops.data.{D}.progress", "", roles("orchestrator", "job-manager"), True),
     ("pub", f"ops.dummy.{Y}.completed", "", roles("orchestrator", "dummy"), True),
-    ("pub", f"ops.training.{T}.cancel", "", roles("cli", "orchestrator", "trainer"), True),
-    ("pub", f"ops.data.{D}.cancel", "", roles("cli", "orchestrator", "job-manager"), True),
-    ("pub", f"ops.dummy.{Y}.cancel", "", roles("cli", "orchestrator", "dummy"), True),
+    ("pub", f"ops.training.{T}.cancel", "", roles("cli", "orchestrator"), True),
+    ("pub", f"ops.data.{D}.cancel", "", roles("cli", "orchestrator"), True),
+    ("pub", f"ops.dummy.{Y}.cancel", "", roles("cli", "orchestrator"), True),
+    # what grants or creates, and the orchestrator's own verdicts: the orchestrator alone (issue 18, F4)
+    *[("pub", f"ops.{d}.{o}.{n}", "", roles("orchestrator"), True) for d, o in (("training", T), ("data", D),
+                                                                              ("dummy", Y))
+      for n in ("created", "started", "rejected", "cancel_requested", "orch_completed", "orch_failed",
+                "orch_cancelled", "orch_progress", "orch_error")],
+    # lease requests: each worker its own domain's, answered by the orchestrator
+    ("pub", "lease.training.claim", "", roles("trainer"), True),
+    ("pub", "lease.data.renew", "", roles("job-manager"), True),
+    ("pub", "lease.dummy.release", "", roles("dummy"), True),
     # IB requests: the job-manager only
     ("pub", "ib.bars", "", roles("job-manager"), True),
     ("pub", "ib.contract", "", roles("job-manager"), True),
@@ -53,7 +62,7 @@ PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     *[("pub", f"$KV.ACTORS.{r}.{r}-1", "", roles(r), True) for r in ROLES if r not in ("cli", "observer")],
     ("pub", "$KV.ACTORS.cli.c-1", "", NONE, True),
     ("pub", "$KV.ACTORS.observer.o-1", "", NONE, True),
-    ("pub", f"$KV.LEASES.{T}", "", roles("orchestrator", *WORKERS), True),
+    ("pub", f"$KV.LEASES.{T}", "", roles("orchestrator"), True),  # the orchestrator alone grants (F2)
     ("pub", "$KV.PACING.ib-pool", "", roles("ib"), True),
     # Object Store writes
     ("pub", "$O.BARS.C.x", "", roles("job-manager", "cli"), True),
@@ -114,9 +123,10 @@ PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     ("pub", "$JS.FC.OPS.consumer.1", "", READERS, True),
     ("pub", "$JS.API.CONSUMER.CREATE.KV_ACTORS", "", roles("cli", "observer", "orchestrator"), True),
     ("pub", "$JS.API.CONSUMER.CREATE.KV_ACTORS.evil.$KV.ACTORS.>", "", roles("orchestrator"), True),
-    ("pub", "$JS.API.CONSUMER.CREATE.KV_LEASES", "", roles("orchestrator", "cli", *WORKERS), True),
-    # one writer per series: loads and `ktrdr data import` take `series.<SYMBOL>.<TF>`; nobody else
-    ("pub", "$KV.LEASES.series.AAPL.1h", "", roles("job-manager", "cli"), True),
+    ("pub", "$JS.API.CONSUMER.CREATE.KV_LEASES", "", roles("orchestrator"), True),
+    # one writer per series: loads and `ktrdr data import` take `series.<SYMBOL>.<TF>` in SERIES
+    ("pub", "$KV.SERIES.series.AAPL.1h", "", roles("job-manager", "cli"), True),
+    ("pub", "$KV.LEASES.series.AAPL.1h", "", NONE, True),
     ("pub", "$JS.API.DIRECT.GET.KV_PACING.$KV.PACING.x", "", roles("ib"), True),
     ("pub", "$JS.API.CONSUMER.CREATE.OBJ_BARS", "", roles("job-manager", "trainer", "cli"), True),
     ("pub", "$JS.API.CONSUMER.CREATE.OBJ_MODELS", "", roles("trainer", "cli"), True),

@@ -114,6 +114,18 @@ async def core_listen(nc: NATS, subject: str) -> tuple[list[Msg], asyncio.Event]
 
 
 # ---------------------------------------------------------------------------------------------
+async def lease_request(orch: Any, worker: Any, domain: str) -> None:
+    """A worker's lease request (core request/reply on lease.<domain>.claim), answered by the
+    orchestrator on the worker's own inbox (allow_responses: once)."""
+    async def grant(m: Any) -> None:
+        await m.respond(b"granted")
+
+    served = await orch.subscribe("lease.>", cb=grant)
+    await subscribed(orch)  # one flush() may return before the server has read the SUB
+    assert (await worker.request(f"lease.{domain}.claim", b"claim", timeout=10)).data == b"granted"
+    await served.unsubscribe()
+
+
 async def test_orchestrator_flow(as_role: Any) -> None:
     nc, errs = await as_role("orchestrator")
     cli, cli_errs = await as_role("cli")
@@ -154,15 +166,18 @@ async def test_orchestrator_flow(as_role: Any) -> None:
     watcher = await kv.watchall()
     assert (await watcher.updates(timeout=5)) is not None
     await watcher.stop()
-    # Leases: read and delete one a worker made; checkpoints: delete one the trainer stored.
+    # Leases: it alone writes them (grant, renew, delete), answering a worker's request on its inbox;
+    # checkpoints: delete one the trainer stored.
     tr, tr_errs = await as_role("trainer")
     tjs = tr.jetstream()
     lease_op = op_id("training")
-    await (await tjs.key_value("LEASES")).create(lease_op, b"trainer-1")
+    await lease_request(nc, tr, "training")
     await (await tjs.object_store("CHECKPOINTS")).put(f"{lease_op}/latest", b"ckpt" * 1000)
     leases = await js.key_value("LEASES")
-    assert (await leases.get(lease_op)).value == b"trainer-1"
-    await leases.delete(lease_op)
+    rev = await leases.create(lease_op, b"trainer-1")
+    rev = await leases.update(lease_op, b"trainer-1 renewed", last=rev)
+    assert (await leases.get(lease_op)).value == b"trainer-1 renewed"
+    await leases.delete(lease_op, last=rev)
     ckpt = await js.object_store("CHECKPOINTS")
     assert await objects.delete(js, "CHECKPOINTS", f"{lease_op}/latest")
     with pytest.raises(NotFoundError):
@@ -184,7 +199,8 @@ async def test_job_manager_flow(as_role: Any) -> None:
     await m.in_progress()
     await m.nak(delay=0.01)
     m = await take(js, "WORK", consumer, item)
-    await js.publish(f"ops.data.{op}.started", b"started")
+    await lease_request(orch, nc, "data")  # the operation's lease, asked of the orchestrator
+    await ojs.publish(f"ops.data.{op}.started", b"started")  # the orchestrator grants and says so
     await js.publish(f"ops.data.{op}.progress", b"p1")
     await m.ack()
     # Cancels reach it live; it reads one operation's events back.
@@ -226,15 +242,16 @@ async def test_job_manager_flow(as_role: Any) -> None:
     assert "AAPL/1h" in [o.name for o in await bars.list()]
     await bars.put("TMP/1d", b"t")
     assert await objects.delete(js, "BARS", "TMP/1d")
-    # Presence and leases (compare-and-set).
+    # Presence; series leases (compare-and-set, SERIES).
     await (await js.key_value("ACTORS")).put("job-manager.jm-1.host.example", b"hb")
-    leases = await js.key_value("LEASES")
-    rev = await leases.create(op, b"jm-1")
-    rev = await leases.update(op, b"jm-1 renewed", last=rev)
+    series = await js.key_value("SERIES")
+    key = f"series.{op.rsplit('-', 1)[-1].upper()}.1h"  # its own (the permission table writes series.AAPL.1h)
+    rev = await series.create(key, b"jm-1")
+    rev = await series.update(key, b"jm-1 renewed", last=rev)
     with pytest.raises(KeyWrongLastSequenceError):
-        await leases.update(op, b"someone else", last=rev - 1)
-    assert (await leases.get(op)).value == b"jm-1 renewed"
-    await leases.delete(op, last=rev)
+        await series.update(key, b"someone else", last=rev - 1)
+    assert (await series.get(key)).value == b"jm-1 renewed"
+    await series.delete(key, last=rev)
     clean(errs, orch_errs, ib_errs, cli_errs)
 
 
@@ -251,7 +268,7 @@ async def test_trainer_flow(as_role: Any) -> None:
         m = await take(js, "WORK", consumer, item)
         await m.in_progress()
         await m.ack()
-    await js.publish(f"ops.training.{op}.started", b"started")
+    await orch.jetstream().publish(f"ops.training.{op}.started", b"started")  # the orchestrator's grant
     await js.publish(f"ops.training.{op}.completed", b"done")
     assert len(await push_read(nc, js, [f"ops.training.{op}.>"])) == 2
     assert (await js.get_last_msg("OPS", f"ops.training.{op}.completed", direct=True)).data == b"done"
@@ -268,10 +285,7 @@ async def test_trainer_flow(as_role: Any) -> None:
     assert (await ckpt.get(f"{op}/latest")).data == b"c2"
     assert await objects.delete(js, "CHECKPOINTS", f"{op}/latest")
     await (await js.key_value("ACTORS")).put("trainer.t-1", b"hb")
-    leases = await js.key_value("LEASES")
-    rev = await leases.create(op, b"t-1")
-    await leases.update(op, b"t-1", last=rev)
-    await leases.delete(op)
+    await lease_request(orch, nc, "training")
     clean(errs, orch_errs, jm_errs)
 
 
@@ -288,9 +302,7 @@ async def test_dummy_flow(as_role: Any) -> None:
     await m.term()  # a malformed item is terminated, not redelivered
     assert len(await push_read(nc, js, [f"ops.dummy.{op}.>"])) == 1
     await (await js.key_value("ACTORS")).put("dummy.d-1", b"hb")
-    leases = await js.key_value("LEASES")
-    await leases.create(op, b"d-1")
-    await leases.delete(op)
+    await lease_request(orch, nc, "dummy")
     clean(errs, orch_errs)
 
 
@@ -344,10 +356,10 @@ async def test_observer_flow(as_role: Any) -> None:
     js = nc.jetstream()
     op = op_id("training")
     _live, seen = await core_listen(nc, "ops.>")
-    await tr.jetstream().publish(f"ops.training.{op}.started", b"s")
+    await tr.jetstream().publish(f"ops.training.{op}.progress", b"s")
     await asyncio.wait_for(seen.wait(), 10)
     assert len(await replay(js, f"ops.training.{op}.>", 1)) == 1
-    assert (await js.get_last_msg("OPS", f"ops.training.{op}.started", direct=True)).data == b"s"
+    assert (await js.get_last_msg("OPS", f"ops.training.{op}.progress", direct=True)).data == b"s"
     assert len(await push_read(nc, js, [f"ops.training.{op}.>"])) == 1
     for s in ("CMD", "WORK", "OPS"):
         await js.stream_info(s)

@@ -52,7 +52,7 @@ async def test_read_events_hands_every_event_in_order_and_restores_the_connectio
     assert steps == list(range(5000)) and view.events == 5000
     assert "_process_msg" not in vars(client.nc)  # the dispatch hook is gone with the last read
     # the ordinary paths still work on the same connection
-    assert len(await client.events(op_id)) == 5000
+    assert len(await replay_mod.read_operation(client.js, op_id)) == 5000
 
 
 async def test_no_stream_reads_nothing(client: Client):
@@ -75,7 +75,7 @@ async def test_an_error_in_on_msg_stops_the_read_and_the_connection_lives_on(cli
     with pytest.raises(BrokenPipeError):
         await read_events(client.js, [subjects.ops(op_id)], on_msg)
     assert seen == 10 and client.nc is not None and client.nc.is_connected
-    assert len(await client.events(op_id)) == 2000
+    assert len(await replay_mod.read_operation(client.js, op_id)) == 2000
 
 
 async def test_concurrent_reads_on_one_connection(client: Client):
@@ -107,7 +107,7 @@ async def test_a_slow_consumer_holds_a_bounded_backlog(client: Client, monkeypat
     monkeypatch.setattr(replay_mod._PushRead, "start", start)
     got, backlog = 0, 0
     async with contextlib.aclosing(stream_events(client.js, [subjects.ops(op_id)])) as stream:
-        async for _s, data in stream:
+        async for _s, data, _proof in stream:
             assert int.from_bytes(data[:4], "big") == got
             got += 1
             backlog = max(backlog, reads[0].delivered - reads[0].consumed)
@@ -147,9 +147,9 @@ async def test_outside_the_range_the_public_path_reads_every_event_in_order(clie
     assert steps == list(range(3000))
     paced: list[int] = []
     async with contextlib.aclosing(stream_events(client.js, [subjects.ops(op_id)])) as stream:
-        async for _s, data in stream:
+        async for _s, data, _proof in stream:
             paced.append(decode_event(data).progress.current_step)
             if len(paced) % 100 == 0:
                 await asyncio.sleep(0)  # a consumer with a pace of its own
     assert paced == list(range(3000))
-    assert [e.progress.current_step for e in await client.events(op_id)] == list(range(3000))
+    assert [e.progress.current_step for e in await replay_mod.read_operation(client.js, op_id)] == list(range(3000))
