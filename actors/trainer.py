@@ -175,7 +175,7 @@ class Trainer(Actor):
 
     @functools.cached_property
     def cache(self) -> DigestCache:
-        return DigestCache(self.settings.cache_dir, self.settings.cache_max_bytes)
+        return DigestCache(self.settings.cache_dir, self.settings.cache_max_bytes, self.settings.disk_min_free_bytes)
 
     def pools(self) -> list[str]:
         named = [p for p in self.settings.pools if subjects.is_token(p)]
