@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
 import sysconfig
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import api
 
+from actors.registry import build
+from actors.runtime import Actor
 from events import subjects
 from ktrdr import auth, natsconf
+from ktrdr.config import Settings
 from tests.helpers import stop_process
 
 
@@ -168,3 +172,59 @@ async def as_role(secure_nats: Server) -> AsyncIterator[Callable[..., Awaitable[
     for nc in opened:
         with contextlib.suppress(Exception):
             await nc.close()
+
+
+def auth_server(tmp: Path, name: str) -> tuple[Server, Path]:
+    """A fresh server of a test's own, with every role's user and permissions (its orchestrator
+    provisions it), and the home whose auth/ holds the roles' seeds."""
+    home = tmp / "home"
+    files = auth.init(home)
+    port = free_port()
+    text = natsconf.render(server_name=name, host="127.0.0.1", port=port, store_dir=tmp / "store",
+                           users=files.users())
+    return start_server(text, tmp, port, files), home
+
+
+@pytest.fixture
+def secure_server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+    """A fresh server of the test's own (its actors provision it), with every role's user, and its home."""
+    server, home = auth_server(tmp_path, "secure")
+    yield server, home
+    server.stop()
+
+
+@dataclass
+class Stack:
+    """Actors in this process, each with its role's real key, and attacker connections, on one server."""
+
+    server: Server
+    settings: Settings
+    actors: list[Actor] = field(default_factory=list)
+    connections: list[NATS] = field(default_factory=list)
+
+    async def start(self, *roles_: str) -> list[Actor]:
+        started = [build(r, self.settings) for r in roles_]
+        for a in started:
+            await a.start()
+        self.actors.extend(started)
+        return started
+
+    async def key(self, role: str) -> tuple[NATS, Errors]:
+        """A connection with `role`'s real key (its permissions enforced by the server)."""
+        nc, errors = await connect(self.server, role)
+        self.connections.append(nc)
+        return nc, errors
+
+    def env(self) -> dict[str, str]:
+        """A user's shell pointed at this server (the CLI key from KTRDR_HOME/auth)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "KTRDR_"))}
+        env.update({"NATS_URL": self.server.url, "KTRDR_HOME": str(self.settings.home)})
+        return env
+
+    async def close(self) -> None:
+        for a in reversed(self.actors):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(a.stop(), 10)
+        for nc in self.connections:
+            with contextlib.suppress(Exception):
+                await nc.close()

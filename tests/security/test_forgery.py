@@ -15,80 +15,32 @@ nothing it publishes means more than its subject proves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.aio.client import Client as NATS
 
-from actors.registry import build
-from actors.runtime import Actor
 from events import roles, subjects
 from events.codec import encode
 from events.messages import OperationCompleted, OperationStarted, RunDummy, StartTraining
-from ktrdr import auth, natsconf
 from ktrdr.client import Client
-from ktrdr.config import Settings
 from tests.conftest import make_settings
 from tests.helpers import run_ktrdr, wait_for_event, wait_terminal
-from tests.security.conftest import Errors, Server, connect, free_port, start_server
+from tests.security.conftest import Server, Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 STRATEGY = Path(__file__).parents[2] / "strategies" / "mlp_rsi_aapl.yaml"
-
-
-@dataclass
-class Stack:
-    server: Server
-    settings: Settings
-    actors: list[Actor]
-    connections: list[NATS]
-
-    async def start(self, *roles_: str) -> list[Actor]:
-        started = [build(r, self.settings) for r in roles_]
-        for a in started:
-            await a.start()
-        self.actors.extend(started)
-        return started
-
-    async def key(self, role: str) -> tuple[NATS, Errors]:
-        """A connection with `role`'s real key (its permissions enforced by the server)."""
-        nc, errors = await connect(self.server, role)
-        self.connections.append(nc)
-        return nc, errors
-
-
-@pytest.fixture
-def secure_server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
-    """A fresh server of our own (the actors provision it), with every role's user and permissions."""
-    home = tmp_path / "home"
-    files = auth.init(home)
-    port = free_port()
-    text = natsconf.render(server_name="trust", host="127.0.0.1", port=port, store_dir=tmp_path / "store",
-                           users=files.users())
-    server = start_server(text, tmp_path, port, files)
-    yield server, home
-    server.stop()
 
 
 @pytest.fixture
 async def stack(secure_server: tuple[Server, Path]) -> AsyncIterator[Stack]:
     server, home = secure_server
     # A queued operation must stay queued for the whole test (no `no_worker` verdict in the way).
-    settings = make_settings(home, server.url, orphan_timeout_s=600.0)
-    s = Stack(server, settings, [], [])
+    s = Stack(server, make_settings(home, server.url, orphan_timeout_s=600.0))
     yield s
-    for a in reversed(s.actors):
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(a.stop(), 10)
-    for nc in s.connections:
-        with contextlib.suppress(Exception):
-            await nc.close()
+    await s.close()
 
 
 @pytest.fixture
@@ -108,13 +60,6 @@ async def running_dummy(stack: Stack, cli: Client, iterations: int, interval: fl
     return cmd
 
 
-def user_env(stack: Stack) -> dict[str, str]:
-    """The environment of a user's shell pointed at this server (the CLI key from KTRDR_HOME/auth)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "KTRDR_"))}
-    env.update({"NATS_URL": stack.server.url, "KTRDR_HOME": str(stack.settings.home)})
-    return env
-
-
 # ---------------------------------------------------------------------------------------------- F1
 async def test_f1_a_completion_on_the_cancel_subject_completes_nothing(stack, cli):
     cmd = await running_dummy(stack, cli, iterations=60)
@@ -124,7 +69,7 @@ async def test_f1_a_completion_on_the_cancel_subject_completes_nothing(stack, cl
     view = await cli.view(cmd.op_id)
     assert view.status == "running" and view.result is None and view.dropped == 0
     # `ops watch` as a user runs it: it follows the real run to its real end
-    watched = await asyncio.to_thread(run_ktrdr, user_env(stack), "ops", "watch", cmd.op_id, "--json", timeout=120)
+    watched = await asyncio.to_thread(run_ktrdr, stack.env(), "ops", "watch", cmd.op_id, "--json", timeout=120)
     assert watched.returncode == 0, watched.stderr
     final_json = json.loads(watched.stdout.strip().splitlines()[-1])
     assert final_json["status"] == "completed" and final_json["result"]["iterations_completed"] == 60

@@ -15,7 +15,6 @@ neither finish, move nor stall an operation another process of its role holds, n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,12 +24,11 @@ import pytest_asyncio
 from events import roles, subjects
 from events.codec import encode
 from events.messages import LoadData, OperationCancelled, OperationCompleted, OperationProgress, ProgressState, RunDummy
-from ktrdr import auth, natsconf
 from ktrdr.client import Client
 from tests.conftest import make_settings
 from tests.helpers import run_ktrdr, wait_for_event, wait_terminal
-from tests.security.conftest import Server, free_port, start_server
-from tests.security.test_forgery import Stack, running_dummy, user_env
+from tests.security.conftest import Server, Stack, auth_server
+from tests.security.test_forgery import running_dummy
 
 # One stack for the module (a server with every role's user, the orchestrator and one dummy, each
 # with its role's key): every test makes its own operations and its own attacker connections.
@@ -40,13 +38,7 @@ QUEUED_POOL = "gpu"  # no worker here serves it: an operation there stays queued
 
 @pytest.fixture(scope="module")
 def holder_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    tmp = tmp_path_factory.mktemp("holder")
-    home = tmp / "home"
-    files = auth.init(home)
-    port = free_port()
-    text = natsconf.render(server_name="holder", host="127.0.0.1", port=port, store_dir=tmp / "store",
-                           users=files.users())
-    server = start_server(text, tmp, port, files)
+    server, home = auth_server(tmp_path_factory.mktemp("holder"), "holder")
     yield server, home
     server.stop()
 
@@ -54,15 +46,10 @@ def holder_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Se
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(holder_server: tuple[Server, Path]) -> AsyncIterator[Stack]:
     server, home = holder_server
-    s = Stack(server, make_settings(home, server.url, orphan_timeout_s=600.0), [], [])
+    s = Stack(server, make_settings(home, server.url, orphan_timeout_s=600.0))
     await s.start(roles.ORCHESTRATOR)
     yield s
-    for a in reversed(s.actors):
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(a.stop(), 10)
-    for nc in s.connections:
-        with contextlib.suppress(Exception):
-            await nc.close()
+    await s.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -89,7 +76,7 @@ async def test_f4_another_dummy_process_cannot_complete_a_running_operation(stac
     view = await cli.view(cmd.op_id)
     assert view.status == "running" and view.result is None
     assert view.unproven >= 1 and any("unproven OperationCompleted" in e for e in view.errors)
-    shown = await asyncio.to_thread(run_ktrdr, user_env(stack), "ops", "show", cmd.op_id, timeout=60)
+    shown = await asyncio.to_thread(run_ktrdr, stack.env(), "ops", "show", cmd.op_id, timeout=60)
     assert shown.returncode == 0 and "unproven" in shown.stdout, shown.stderr
     assert "running" in shown.stdout and "forged" not in shown.stdout
     final = await wait_terminal(cli, cmd.op_id, timeout=60)

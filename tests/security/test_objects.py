@@ -17,26 +17,18 @@ or as a user's `ktrdr`, each connected with its own role's key).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import json
-import os
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nats.aio.client import Client as NATS
 
-from actors.registry import build
-from actors.runtime import Actor
 from events import roles, subjects
 from events.messages import OperationProgress, StartTraining, TrainingContext
-from ktrdr import auth, natsconf
 from ktrdr.client import Client
-from ktrdr.config import Settings
 from ktrdr.data.bars_store import BarStore
 from ktrdr.errors import DataError
 from ktrdr.training.checkpoint_store import CheckpointStore, checkpoint_name
@@ -46,65 +38,20 @@ from ktrdr.transport import objects
 from ktrdr.transport.objects import CHECKPOINTS, MODELS
 from tests.conftest import make_settings
 from tests.helpers import run_ktrdr, wait_for_event, wait_terminal
-from tests.security.conftest import Errors, Server, connect, free_port, start_server
+from tests.security.conftest import Errors, Server, Stack
 from tests.training.conftest import make_bars
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 STRATEGY = Path(__file__).parents[2] / "strategies" / "mlp_rsi_aapl.yaml"
 
 
-@dataclass
-class Stack:
-    server: Server
-    settings: Settings
-    actors: list[Actor]
-    connections: list[NATS]
-
-    async def start(self, *roles_: str) -> list[Actor]:
-        started = [build(r, self.settings) for r in roles_]
-        for a in started:
-            await a.start()
-        self.actors.extend(started)
-        return started
-
-    async def key(self, role: str) -> tuple[NATS, Errors]:
-        """A connection with `role`'s real key (its permissions enforced by the server)."""
-        nc, errors = await connect(self.server, role)
-        self.connections.append(nc)
-        return nc, errors
-
-    def env(self) -> dict[str, str]:
-        """A user's shell pointed at this server (the CLI key from KTRDR_HOME/auth)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "KTRDR_"))}
-        env.update({"NATS_URL": self.server.url, "KTRDR_HOME": str(self.settings.home)})
-        return env
-
-
-@pytest.fixture
-def secure_server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
-    """A fresh server of our own (the orchestrator provisions it), with every role's user."""
-    home = tmp_path / "home"
-    files = auth.init(home)
-    port = free_port()
-    text = natsconf.render(server_name="objects", host="127.0.0.1", port=port, store_dir=tmp_path / "store",
-                           users=files.users())
-    server = start_server(text, tmp_path, port, files)
-    yield server, home
-    server.stop()
-
-
 @pytest.fixture
 async def stack(secure_server: tuple[Server, Path]) -> AsyncIterator[Stack]:
     server, home = secure_server
-    s = Stack(server, make_settings(home, server.url, orphan_timeout_s=600.0), [], [])
+    s = Stack(server, make_settings(home, server.url, orphan_timeout_s=600.0))
     await s.start(roles.ORCHESTRATOR)  # provisions the streams and buckets
     yield s
-    for a in reversed(s.actors):
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(a.stop(), 10)
-    for nc in s.connections:
-        with contextlib.suppress(Exception):
-            await nc.close()
+    await s.close()
 
 
 @pytest.fixture

@@ -31,29 +31,20 @@ from actors import _actor
 from events import roles, subjects
 from events.codec import decode_event_on, encode
 from events.messages import ActorError, CancelOperation, OperationCreated, RunDummy, StartTraining
-from ktrdr import auth, natsconf
+from ktrdr import auth
 from ktrdr.client import Client
 from ktrdr.config import Settings
 from ktrdr.transport import read_events, read_operation
 from tests.conftest import make_settings
 from tests.helpers import eventually, run_ktrdr, subscribed, wait_terminal
-from tests.security.conftest import Server, free_port, start_server
-from tests.security.test_forgery import STRATEGY, Stack, user_env
+from tests.security.conftest import Server, Stack, auth_server
+from tests.security.test_forgery import STRATEGY
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 # Small limits, as a user sets them: OPS keeps 8 MiB, OPS_CANCELS 4 MiB; OPS takes 40 consumers.
 LIMITS = {"KTRDR_OPS_MAX_BYTES": str(8 << 20), "KTRDR_CANCELS_MAX_BYTES": str(4 << 20),
           "KTRDR_OPS_MAX_CONSUMERS": "40"}
-
-
-def _server(tmp: Path, name: str) -> tuple[Server, Path]:
-    home = tmp / "home"
-    files = auth.init(home)
-    port = free_port()
-    text = natsconf.render(server_name=name, host="127.0.0.1", port=port, store_dir=tmp / "store",
-                           users=files.users())
-    return start_server(text, tmp, port, files), home
 
 
 def _settings(home: Path, url: str) -> Settings:
@@ -73,29 +64,24 @@ def _settings(home: Path, url: str) -> Settings:
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
     """One server for the tests that leave nothing another depends on."""
-    server, home = _server(tmp_path_factory.mktemp("streams"), "streams")
+    server, home = auth_server(tmp_path_factory.mktemp("streams"), "streams")
     yield server, home
     server.stop()
 
 
 @pytest.fixture
 def own_server(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
-    server, home = _server(tmp_path, "streams-own")
+    server, home = auth_server(tmp_path, "streams-own")
     yield server, home
     server.stop()
 
 
 async def _stack(server: Server, home: Path) -> AsyncIterator[Stack]:
-    s = Stack(server, _settings(home, server.url), [], [])
+    s = Stack(server, _settings(home, server.url))
     try:
         yield s
     finally:
-        for a in reversed(s.actors):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(a.stop(), 10)
-        for nc in s.connections:
-            with contextlib.suppress(Exception):
-                await nc.close()
+        await s.close()
 
 
 @pytest.fixture
@@ -279,7 +265,7 @@ async def test_f8_an_observer_key_fills_no_consumer_slot_the_system_needs(own_st
         assert final.status == "completed" and final.result is not None
         assert final.result["iterations_completed"] == 3
         assert (await cli.view(cmd.op_id)).status == "completed"
-        listed = await asyncio.to_thread(run_ktrdr, user_env(stack), "ops", "list", "--json", timeout=60)
+        listed = await asyncio.to_thread(run_ktrdr, stack.env(), "ops", "list", "--json", timeout=60)
         assert listed.returncode == 0, listed.stderr
         assert cmd.op_id in listed.stdout
     finally:
