@@ -43,7 +43,7 @@ from actors._requests import Call, RequestHandler, request_handlers
 from actors._work import OperationContext, WorkRunner
 from events import proof, roles, subjects
 from events.codec import DecodeError, decode_event_on
-from events.messages import ActorError, CancelOperation, Event, Message, ProgressState
+from events.messages import ActorError, CancelOperation, CancelRequested, Event, Message, ProgressState
 from events.roles import actor_id_prefix
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
@@ -99,7 +99,7 @@ class Actor:
         self.js: JetStreamContext | None = None
         self.started_at = datetime.now(UTC)
         self.log = logging.getLogger(f"ktrdr.{self.role}")
-        self.recent_cancels: OrderedDict[str, CancelOperation] = OrderedDict()
+        self.recent_cancels: OrderedDict[str, CancelOperation | CancelRequested] = OrderedDict()
         self.dropped_cancels = 0  # messages on a cancel subject that were not a well-formed cancel of it
         # malformed cancels: op id -> (when last reported, how many since); the window's report count
         self._malformed: OrderedDict[str, tuple[float, int]] = OrderedDict()
@@ -142,7 +142,7 @@ class Actor:
         OperationCancelledError (e.g. via op.token.raise_if_cancelled) when cancelled."""
         raise NotImplementedError
 
-    async def on_cancel_request(self, op_id: str, cancel: CancelOperation) -> None:
+    async def on_cancel_request(self, op_id: str, cancel: CancelOperation | CancelRequested) -> None:
         """Every actor sees every cancel; override to act on it beyond tripping a running op's token."""
 
     async def on_malformed_cancel(self, op_id: str, subject: str, error: str) -> None:
@@ -206,7 +206,11 @@ class Actor:
         self.publisher = EventPublisher(self.nc, self.js, self.id, self.ids.key, key=self.key,
                                         orchestrator=self.role == roles.ORCHESTRATOR)
         await self.publisher.start()
-        await self.nc.subscribe(subjects.CANCEL_ALL, cb=self._guard(self._on_cancel_msg, "cancel"))
+        # The users' cancels; and, but for the orchestrator (whose own they are), its records of the
+        # cancels it honoured or made itself (deadline, parent), on a subject only it publishes on.
+        followed = subjects.CANCELS_FOLLOWED if self.role != roles.ORCHESTRATOR else (subjects.CANCEL_ALL,)
+        for subject in followed:
+            await self.nc.subscribe(subject, cb=self._guard(self._on_cancel_msg, "cancel"))
         handlers = request_handlers(self)
         self.served_pools = self.pools() if handlers else []
         for spec, fn in handlers:
@@ -363,7 +367,7 @@ class Actor:
         op_id = parsed[1] if parsed else ""
         try:  # the one decode path: a cancel subject carries a CancelOperation of its own operation only
             cancel = decode_event_on(msg.subject, msg.data)
-            if not isinstance(cancel, CancelOperation) or not subjects.is_op_id(op_id):
+            if not isinstance(cancel, CancelOperation | CancelRequested) or not subjects.is_op_id(op_id):
                 raise DecodeError(f"{msg.subject[:120]} is no operation's cancel subject")
         except DecodeError as exc:  # an OperationCompleted body, another op's id, a hand-back reason code
             self.dropped_cancels += 1

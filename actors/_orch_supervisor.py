@@ -70,8 +70,7 @@ class Supervisor:
         supervision.settle(orch.live, self.peers, actions)
         for action in actions:
             if isinstance(action, FireDeadline):
-                await orch.request_cancel(verdicts.deadline_cancel(action.op_id, action.allowed_s, orch.id),
-                                          "deadline")
+                await orch.request_cancel(verdicts.deadline_cancel(action.op_id, action.allowed_s, orch.id))
             elif isinstance(action, FailOperation):
                 orch.log.warning("%s: %s", action.op_id, action.event.error)
                 await orch.finish(action.op_id, action.event)

@@ -66,7 +66,7 @@ class WorkflowRunner:
         try:
             d = workflows.step(wf, parent, self.orch.live_view)
             for child_op in d.cancel:
-                await self.orch.request_cancel(verdicts.parent_cancel(child_op, parent, self.orch.id), "parent")
+                await self.orch.request_cancel(verdicts.parent_cancel(child_op, parent, self.orch.id))
             for cmd in d.create:
                 await self.orch.create(cmd)
                 workflows.created(wf, cmd.op_id, self.orch.live_view(cmd.op_id))

@@ -42,6 +42,7 @@ from events.messages import (
     AnyEvent,
     CancelOperation,
     CancelReason,
+    CancelRequested,
     Context,
     Event,
     OperationCreated,
@@ -153,9 +154,9 @@ class WorkRunner:
         for run in self.running.values():
             run.token.cancel(reason, code=code, requested_by=self.actor.id)
 
-    def on_cancel(self, cancel: CancelOperation) -> None:
-        """A cancel from the wire: it stops the work for good (its type has no hand-back reason, and
-        _ending makes sure of it: only this worker's own shutdown or lost lease hands work back)."""
+    def on_cancel(self, cancel: CancelOperation | CancelRequested) -> None:
+        """A cancel from the wire (a user's, or the orchestrator's own on its subject): it stops the work
+        for good (_ending makes sure of it: only this worker's own shutdown or lost lease hands work back)."""
         run = self.running.get(cancel.op_id)
         if run is not None:
             run.token.cancel(cancel.reason, code=_ending(cancel.reason_code), requested_by=cancel.requested_by)

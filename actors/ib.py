@@ -24,7 +24,15 @@ from typing import Any
 
 from actors.runtime import Actor, Call, handles
 from events import roles, subjects
-from events.messages import CancelOperation, IbBarsRequest, IbContractRequest, IbHeadRequest, IbReply, IbRequest
+from events.messages import (
+    CancelOperation,
+    CancelRequested,
+    IbBarsRequest,
+    IbContractRequest,
+    IbHeadRequest,
+    IbReply,
+    IbRequest,
+)
 from ktrdr.cancellation import CancellationToken
 from ktrdr.errors import IbError, KtrdrError, OperationCancelledError
 from ktrdr.ib.client import IbClient
@@ -86,7 +94,7 @@ class IbActor(Actor):
         if self.client is not None:
             await self.client.close()
 
-    async def on_cancel_request(self, op_id: str, cancel: CancelOperation) -> None:
+    async def on_cancel_request(self, op_id: str, cancel: CancelOperation | CancelRequested) -> None:
         for token in list(self.inflight.get(op_id, ())):
             token.cancel(cancel.reason, code=cancel.reason_code, requested_by=cancel.requested_by)
 

@@ -34,7 +34,6 @@ from events.codec import DecodeError, decode_command, decode_event_on, encode
 from events.messages import (
     AnyEvent,
     CancelOperation,
-    CancelReason,
     CancelRequested,
     Command,
     Event,
@@ -188,9 +187,9 @@ class Orchestrator(Actor):
         item = WorkItem(op_id=cmd.op_id, domain=cmd.domain, command=cmd)
         await publish(self.js, subjects.work(cmd.domain, cmd.pool), encode(item), self.ids.work(cmd.op_id))
 
-    async def request_cancel(self, cancel: CancelOperation, why: CancelReason) -> None:
-        assert self.js is not None
-        await publish(self.js, subjects.cancel(cancel.op_id), encode(cancel), self.ids.cancel(cancel.op_id, why))
+    async def request_cancel(self, cancel: CancelRequested) -> None:
+        """Its own cancel (deadline, parent): on its own subject, which every worker follows."""
+        await self.on_cancel_request(cancel.op_id, cancel)
 
     # ------------------------------------------------------------------ creation
     async def create(self, cmd: Command) -> None:
@@ -229,7 +228,7 @@ class Orchestrator(Actor):
         return tracked.view if tracked is not None else None
 
     # ------------------------------------------------------------------ cancels
-    async def on_cancel_request(self, op_id: str, cancel: CancelOperation) -> None:
+    async def on_cancel_request(self, op_id: str, cancel: CancelOperation | CancelRequested) -> None:
         tracked = self.live.get(op_id)
         if tracked is None:
             self.log.info("cancel for %s: not a live operation; recorded for when it is created", op_id)

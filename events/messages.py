@@ -188,11 +188,11 @@ ROLE_FOR_DOMAIN: dict[str, str] = {c.domain: c.role for c in COMMANDS}
 # Why an operation's work stops. `shutdown` and `lease_lost` are a worker's own, internal reasons:
 # the work is handed back for another attempt, not ended (ktrdr.cancellation.HAND_BACK).
 CancelReason = Literal["user", "deadline", "shutdown", "parent", "lease_lost"]
-# What a CancelOperation on the wire may say: anyone allowed to publish on a cancel subject can ask to
-# stop an operation, nobody can make its worker hand it back (that was a loop forever: issue 18, F10).
-# `deadline` and `parent` come from the orchestrator; telling its cancel from a user's needs a proof
-# of who published it (the holder proof, a later slice), so for now they only change the words.
-WireCancelReason = Literal["user", "deadline", "parent"]
+# What a CancelOperation on the wire may say: `user`, and nothing else. Anyone allowed to publish on a
+# cancel subject may ask to stop an operation; nobody can make its worker hand it back (that was a
+# loop forever: issue 18, F10) or pass for the orchestrator: its own `deadline` and `parent` cancels
+# are CancelRequested events, on a subject only its role may publish on (every worker subscribes).
+WireCancelReason = Literal["user"]
 
 
 class CancelOperation(Message, tag="CancelOperation", kw_only=True):
@@ -296,7 +296,9 @@ class OperationFailed(Event, tag="OperationFailed", kw_only=True):
 
 
 class CancelRequested(Event, tag="CancelRequested", kw_only=True):
-    """The orchestrator's acknowledgement that a cancel was recorded for a live operation."""
+    """The orchestrator's record that a live operation is to stop: a user's cancel it honoured, or its
+    own (`deadline`, `parent`). Published on ops.<domain>.<op_id>.cancel_requested, which only the
+    orchestrator may publish on; every worker and the ib actor subscribe to it as to cancels."""
 
     name: ClassVar[str] = "cancel_requested"
 

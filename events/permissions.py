@@ -165,7 +165,7 @@ class _Grant:
         # the orchestrator's own tokens are the orchestrator's alone (issue 18, F4), and leases are
         # asked of it (lease.<domain>.*), never written: the orchestrator alone writes LEASES (F2).
         self.allow_pub(*subjects.worker_events(domain), subjects.lease(domain, "*"))  # type: ignore[arg-type]
-        self.allow_sub(subjects.CANCEL_ALL)
+        self.allow_sub(*subjects.CANCELS_FOLLOWED)
         self.read_ops()
         self.presence(role)
 
@@ -213,7 +213,7 @@ def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS
             g.obj_write("MODELS")
             g.obj_write("CHECKPOINTS")
     elif role == IB:
-        g.allow_sub(f"ib.> {IB_QUEUE_GROUP}", "ops.*.*.cancel")  # only inside the queue group
+        g.allow_sub(f"ib.> {IB_QUEUE_GROUP}", *subjects.CANCELS_FOLLOWED)  # ib.> only inside the queue group
         g.presence(IB)
         g.kv_read("PACING")
         g.kv_write("PACING", ">")

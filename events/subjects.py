@@ -32,7 +32,7 @@ from events.messages import (
     HELD_NAMES,
     LIFECYCLE_NAMES,
     CancelOperation,
-    CancelReason,
+    CancelRequested,
     Command,
     IbRequest,
     LeaseVerb,
@@ -59,6 +59,9 @@ CMD_ALL = "cmd.>"
 WORK_ALL = "work.>"
 OPS_ALL = "ops.>"
 CANCEL_ALL = f"ops.*.*.{CancelOperation.name}"
+# What a worker (and the ib actor) follows to stop work: the users' cancels, and the orchestrator's
+# record of a cancel it honoured or made itself (deadline, parent), on a subject only it publishes on.
+CANCELS_FOLLOWED: tuple[str, ...] = (CANCEL_ALL, f"ops.*.*.{CancelRequested.name}")
 # Every event name an OPS subject may end with (ops.<domain>.<op_id>.<name>), and who may publish it:
 # a domain's workers the held events only (each carrying the holder proof), the orchestrator all but
 # the cancel request, a CLI key the cancel request. OPS stores every event name but the cancel request
@@ -205,11 +208,6 @@ def created_msg_id(op_id: str, key: bytes) -> str:
     return f"{op_id}.{OperationCreated.name}.{_mac(key, OperationCreated.name, op_id)}"
 
 
-def cancel_msg_id(op_id: str, reason_code: CancelReason, key: bytes) -> str:
-    """A cancel the orchestrator records itself (reason `parent` or `deadline`): once per operation."""
-    return f"{op_id}.{CancelOperation.name}.{reason_code}.{_mac(key, CancelOperation.name, reason_code, op_id)}"
-
-
 def event_msg_id(op_id: str, actor_id: str, seq: int, key: bytes) -> str:
     """An actor's event: its per-actor sequence makes a resent event the same message."""
     return f"{op_id}.{_mac(key, 'event', op_id, actor_id, str(seq))}"
@@ -233,9 +231,6 @@ class MsgIds:
 
     def created(self, op_id: str) -> str:
         return created_msg_id(op_id, self.key)
-
-    def cancel(self, op_id: str, reason_code: CancelReason) -> str:
-        return cancel_msg_id(op_id, reason_code, self.key)
 
     def event(self, op_id: str, actor_id: str, seq: int) -> str:
         return event_msg_id(op_id, actor_id, seq, self.key)

@@ -170,7 +170,7 @@ class Client:
         await publish(self.js, subjects.command(cmd), encode(cmd), subjects.command_msg_id(cmd.op_id))
 
     async def cancel(self, op_id: str, reason: str = "cancel requested", requested_by: str = roles.CLI,
-                     code: WireCancelReason = "user") -> None:
+                     code: WireCancelReason = "user") -> None:  # `user`: a client's cancel is always one
         """Record a cancel on ops.<domain>.<op_id>.cancel, whatever state the operation is in (even
         before it exists: the orchestrator honours it when it creates the operation)."""
         cancel = CancelOperation(op_id=op_id, reason=reason, reason_code=code, requested_by=requested_by)

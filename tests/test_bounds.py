@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = ("actors", "events", "hosts", "ktrdr")
 HOMES = {"events/bounds.py", "events/roles.py", "events/subjects.py"}
 # Rewritten on another branch of the same change (the operation's home): the merge wires them to the
-# builders here (subjects.work_msg_id, cancel_msg_id, roles.is_actor_of, bounds.MAX_REASON) and
+# builders here (subjects.work_msg_id, created_msg_id, roles.is_actor_of, bounds.MAX_REASON) and
 # drops them from this set.
 PENDING: set[str] = set()
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from events.bounds import MAX_REASON
 from events.messages import (
-    CancelOperation,
     CancelReason,
+    CancelRequested,
     Event,
     OperationCancelled,
     OperationCompleted,
@@ -45,16 +45,17 @@ def cancelled_at(op_id: str, where: str, reason: str, code: CancelReason, messag
 
 
 # ---------------------------------------------------------------------------------- cancel requests
-def deadline_cancel(op_id: str, allowed_s: float, requested_by: str) -> CancelOperation:
-    """The request that ends an operation past its deadline (recorded like any cancel)."""
-    return CancelOperation(op_id=op_id, reason=f"deadline of {allowed_s:.0f} s passed", reason_code="deadline",
+def deadline_cancel(op_id: str, allowed_s: float, requested_by: str) -> CancelRequested:
+    """The orchestrator's request that ends an operation past its deadline (on its own subject)."""
+    return CancelRequested(op_id=op_id, reason=f"deadline of {allowed_s:.0f} s passed", reason_code="deadline",
                            requested_by=requested_by)
 
 
-def parent_cancel(child_op: str, parent: OperationView, requested_by: str) -> CancelOperation:
-    """The request that stops a child because its workflow is ending (cancelled, or a sibling failed)."""
+def parent_cancel(child_op: str, parent: OperationView, requested_by: str) -> CancelRequested:
+    """The orchestrator's request that stops a child because its workflow is ending (cancelled, or a
+    sibling failed)."""
     reason = f"parent {parent.op_id} is ending: {parent.cancel_reason or 'a sibling failed'}"[:MAX_REASON]
-    return CancelOperation(op_id=child_op, reason=reason, reason_code="parent", requested_by=requested_by)
+    return CancelRequested(op_id=child_op, reason=reason, reason_code="parent", requested_by=requested_by)
 
 
 # ------------------------------------------------------------------------------------------- failed

@@ -308,7 +308,7 @@ def test_ids_are_keyed_and_the_orchestrators_key_outlives_it(tmp_path: Path):
     assert a.created(op) == a.created(op) != b.created(op)  # a retry is the same message; nobody else's
     assert f"{op}.created" != a.created(op) and not a.created(op).endswith(".created")
     assert len({a.event(op, "dummy-x", n) for n in range(1000)}) == 1000
-    assert a.cancel(op, "parent") != a.cancel(op, "deadline") != a.work(op)
+    assert a.terminal(op, "dummy-x") != a.work(op) != a.created(op)
     # without a seed: a 0600 file in KTRDR_HOME, the same at every start
     plain = make_settings(tmp_path / "plain", "nats://127.0.0.1:1")
     first = _actor.lasting_dedupe_key(plain, roles.ORCHESTRATOR)
