@@ -245,15 +245,20 @@ def _stack_lock(settings: Settings) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def running_url(settings: Settings) -> str | None:
+    """The embedded server's URL when its server runs: the recorded URL answers and a recorded
+    nats-server process is alive (a URL that answers alone may be someone else on that port)."""
+    url = recorded_url(settings)
+    if url_alive(url) and any(_alive(_read_pid(settings, n), "nats-server") for n in shape(settings).nats_names):
+        return url
+    return None
+
+
 def current_url(settings: Settings) -> str:
     """NATS_URL, or the embedded server's URL, starting the stack when it is not running."""
     if settings.nats_url:
         return settings.nats_url
-    url = recorded_url(settings)
-    if url_alive(url) and any(_alive(_read_pid(settings, n), "nats-server") for n in shape(settings).nats_names):
-        assert url is not None
-        return url
-    return up(settings)
+    return running_url(settings) or up(settings)
 
 
 def _spawn(settings: Settings, name: str, argv: list[str], env: dict[str, str]) -> int:

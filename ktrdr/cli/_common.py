@@ -99,7 +99,9 @@ def client(**kwargs: Any) -> Client:
     s = settings()
     if s.nats_url:
         return Client(s, **kwargs)
-    running = embedded.url_alive(embedded.recorded_url(s))
+    # Wait for the stack only when this call starts it: judged as current_url judges it (a recorded
+    # URL that answers may be another program on that port, and then the stack is started anew).
+    running = embedded.running_url(s) is not None
     url = embedded.current_url(s)
     return Client(s, url=url, ready_roles=None if running else embedded.local_roles(s), **kwargs)
 
