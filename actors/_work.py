@@ -228,7 +228,14 @@ class WorkRunner:
         op_id = run.op_id
         with contextlib.suppress(Exception):
             await run.msg.in_progress()  # the checks below take a moment under load
-        events: list[AnyEvent] = await read_proven(a.js, op_id, lifecycle=True)
+        # Its lifecycle, and the last cancel a user recorded for it (OPS_CANCELS: one the orchestrator
+        # has not honoured yet, e.g. while it was away, is there and nowhere else).
+        read, cancel_raw = await asyncio.gather(read_proven(a.js, op_id, lifecycle=True),
+                                                last_message(a.js, subjects.cancel(op_id)))
+        events: list[AnyEvent] = list(read)
+        if cancel_raw is not None:
+            with contextlib.suppress(DecodeError):
+                events.append(decode_event_on(subjects.cancel(op_id), cancel_raw))
         created = next((e for e in events if isinstance(e, OperationCreated)), None)
         if created is None:
             # The read above may come from a replica still catching up (a restarted cluster node):

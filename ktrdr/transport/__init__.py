@@ -17,7 +17,7 @@ from ktrdr.transport.ib import IbRequester
 from ktrdr.transport.leases import LeaseBucket, is_cas_failure
 from ktrdr.transport.objects import ObjectConflict, Stored
 from ktrdr.transport.publish import PUBLISH_RETRY_ERRORS, publish
-from ktrdr.transport.replay import last_message, read_events, read_lifecycle, read_operation
+from ktrdr.transport.replay import last_message, read_events, read_operation
 from ktrdr.transport.streams import check_streams, ensure_streams, stream_configs
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "last_message",
     "publish",
     "read_events",
-    "read_lifecycle",
     "read_operation",
     "stream_configs",
 ]

@@ -444,18 +444,6 @@ async def read_operation(js: JetStreamContext, op_id: str) -> ReadEvents:
     return out
 
 
-async def read_lifecycle(js: JetStreamContext, op_id: str) -> ReadEvents:
-    """One operation's lifecycle events (no progress) and the last cancel request recorded for it (a
-    direct get on OPS_CANCELS, no consumer): what a worker checks before it runs it."""
-    out = ReadEvents()
-    cancel_subject = subjects.cancel(op_id)
-    cancel, _ = await asyncio.gather(last_message(js, cancel_subject),
-                                     read_events(js, subjects.lifecycle_filters(op_id), _decoded(out)))
-    if cancel is not None:
-        _decoded(out)(cancel_subject, cancel)
-    return out
-
-
 async def last_message(js: JetStreamContext, subject: str, *, from_leader: bool = False) -> bytes | None:
     """The last stored message on one ops subject (a direct get on the stream that stores it, OPS or
     OPS_CANCELS: one round trip), or None.

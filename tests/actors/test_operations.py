@@ -53,6 +53,21 @@ async def test_cancel_queued_operation_is_cancelled_before_start(start_actors, c
     assert fold_all(events).status == "cancelled"
 
 
+async def test_a_cancel_recorded_while_no_orchestrator_hears_it_is_honoured_by_the_worker(start_actors, client):
+    """A user's cancel of queued work while the orchestrator is away is only in OPS_CANCELS: the worker
+    that later takes the work finds it there before it runs anything."""
+    orch, = await start_actors("orchestrator")  # no dummy worker yet: the work stays queued
+    cmd = dummy(iterations=50, interval=0.2)
+    await client.submit(cmd)
+    await wait_for_event(client, cmd.op_id, lambda ev, v: v.status == "queued")
+    await orch.stop()
+    await client.cancel(cmd.op_id, reason="while the orchestrator was away")
+    await start_actors("orchestrator", "dummy")
+    view = await wait_terminal(client, cmd.op_id)
+    assert view.status == "cancelled" and view.reason == "while the orchestrator was away"
+    assert view.current_step == 0  # not one iteration ran
+
+
 async def test_cancel_finished_operation_changes_nothing(start_actors, client):
     await start_actors("orchestrator", "dummy")
     cmd = dummy(iterations=2)
