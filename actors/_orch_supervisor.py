@@ -54,8 +54,17 @@ class Supervisor:
 
     async def loop(self) -> None:
         interval = max(min(self.limits.heartbeat_s, 1.0), 0.05)
+        last = time.monotonic()
         while True:
             await asyncio.sleep(interval)
+            now = time.monotonic()
+            if supervision.paused(now - last, interval, self.limits):
+                # We did not run (SIGSTOP, a starved machine): what we know of the workers is as old as
+                # the gap, so it judges nobody; everyone gets the reconnect grace from now.
+                self.orch.log.warning("supervision did not run for %.1f s: the workers' silence is not counted",
+                                      now - last)
+                self.since = supervision.reconnect_grace(self.orch.live, self.peers, self.since, now)
+            last = now
             try:
                 await self.supervise()
             except Exception as exc:
@@ -63,6 +72,8 @@ class Supervisor:
 
     async def supervise(self) -> None:
         orch = self.orch
+        if orch.leadership is None or not orch.leadership.active:
+            return  # a leader whose lease may have passed judges nothing (its view may be stale)
         actions = supervision.decide(
             orch.live, self.peers, now=time.monotonic(), wall=datetime.now(UTC), since=self.since,
             limits=self.limits, workflows=orch.workflows,

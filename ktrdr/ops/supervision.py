@@ -11,8 +11,9 @@ are operations of their own):
 - queued with nobody alive in its pool: say so once (SayQueuedNote), then fail it (`no_worker`) after
   `orphan_timeout_s`; a worker coming back clears the note and restarts the queue clock;
 - actors not heard from for long are forgotten (ForgetActor).
-Silence the orchestrator could not hear (it was disconnected) counts against nobody: `decide` does
-nothing while disconnected, and `reconnect_grace` moves every clock past the others' reconnect.
+Silence the orchestrator could not hear (it was disconnected, or it did not run: paused, starved)
+counts against nobody: `decide` does nothing while disconnected, and `reconnect_grace` moves every
+clock past the others' reconnect, also after a pass came `paused` late.
 """
 
 from __future__ import annotations
@@ -210,6 +211,13 @@ def heard(live: Mapping[str, Tracked], peers: MutableMapping[str, Peer], key: st
         tracked = live.get(op_id)
         if tracked is not None:
             tracked.last_seen = peer.seen
+
+
+def paused(gap: float, interval: float, limits: Limits) -> bool:
+    """Whether the time between two supervision passes (meant to be `interval` apart) says the
+    orchestrator did not run meanwhile: longer than the staleness bound of a heartbeat, a silence it
+    could not have heard."""
+    return gap > interval + limits.stale_after
 
 
 def reconnect_grace(live: Mapping[str, Tracked], peers: Mapping[str, Peer], since: float, now: float,
