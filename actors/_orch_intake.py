@@ -7,11 +7,13 @@ not fit, or a repeated one, means.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 
+from actors._orch_leader import CMD_ACK_WAIT_S
 from events import subjects
 from events.codec import DecodeError, InvalidField, decode_command, sniff_op_id
 from events.messages import Command, OperationCreated, StartTraining
@@ -32,6 +34,16 @@ class CommandIntake:
         return op_id in self.orch.known or op_id in self.orch.live
 
     async def on_command(self, msg: Msg) -> None:
+        """Handle one command, telling JetStream it is in progress meanwhile: the consumer's ack wait is
+        short (CMD_ACK_WAIT_S), so that a command an orchestrator took and died with goes to the next
+        one within seconds, and a long validation must not look like such a death."""
+        keep = asyncio.create_task(_in_progress(msg))
+        try:
+            await self._on_command(msg)
+        finally:
+            keep.cancel()
+
+    async def _on_command(self, msg: Msg) -> None:
         try:
             cmd = decode_command(msg.data)
         except InvalidField as exc:  # well formed, but a field of the wrong type or out of its bounds
@@ -117,3 +129,10 @@ class CommandIntake:
             await orch._route(cmd)
         else:
             await orch.workflows.start(op_id, plan)
+
+
+async def _in_progress(msg: Msg) -> None:
+    while True:
+        await asyncio.sleep(CMD_ACK_WAIT_S / 3)
+        with contextlib.suppress(Exception):
+            await msg.in_progress()

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 FENCE_FRACTION = 0.8  # of the ttl since the last renewal was sent: past it the holder stops acting
 RENEW_FRACTION = 0.25  # the holder renews this often (of the ttl)
 POLL_FRACTION = 0.125  # a standby looks at the lease this often (of the ttl)
+# A command taken by an orchestrator that died before acking it goes to the next one after this long
+# (the intake marks one in progress while it handles it, actors/_orch_intake.py).
+CMD_ACK_WAIT_S = 2.0
 
 
 class NotLeader(Exception):
@@ -182,7 +185,8 @@ class Succession:
         self.subs.append(orch.leases.sub)
         await orch.js.add_consumer(subjects.STREAM_CMD, js_api.ConsumerConfig(
             name=subjects.ORCHESTRATOR_CONSUMER, durable_name=subjects.ORCHESTRATOR_CONSUMER,
-            filter_subject=subjects.CMD_ALL, ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=10))
+            filter_subject=subjects.CMD_ALL, ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=CMD_ACK_WAIT_S,
+            max_deliver=10))
         psub = await orch.js.pull_subscribe_bind(durable=subjects.ORCHESTRATOR_CONSUMER, stream=subjects.STREAM_CMD)
         self.subs.append(psub)
         self.tasks += [

@@ -168,11 +168,11 @@ class Orchestrator(Actor):
         if isinstance(ev, OperationStarted):
             tracked.last_seen = time.monotonic()
         if tracked.view.terminal:
-            await self._ended(op_id, tracked)
+            await self.ended(op_id, tracked)
         elif tracked.view.parent_op_id in self.workflows:
             await self.workflows.child_moved(tracked.view)
 
-    async def _ended(self, op_id: str, tracked: Tracked) -> None:
+    async def ended(self, op_id: str, tracked: Tracked) -> None:
         self.live.pop(op_id, None)
         self.known.add(op_id)
         if self.js is not None and self.leadership is not None and self.leadership.active:
@@ -195,7 +195,7 @@ class Orchestrator(Actor):
         tracked = self.live.get(op_id)
         if tracked is not None and not tracked.view.terminal:
             await self.publish_own(ev)
-            await self._ended(op_id, tracked)
+            await self.ended(op_id, tracked)
 
     async def _route(self, cmd: Command) -> None:
         assert self.js is not None

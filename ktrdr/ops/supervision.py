@@ -41,6 +41,9 @@ class Tracked:
     deadline_fired: bool = False
     cancel_handled: bool = False  # a cancel broadcast was answered (CancelRequested): the next is a repeat
     pool_note: str = ""  # the "waiting for ..." note said last ("" when none stands)
+    # (stream sequence of its last stored progress, when read): read once its worker fell silent, so
+    # that before failing it the orchestrator can tell a silent worker from one it did not hear
+    progress_mark: tuple[int, float] | None = None
 
 
 @dataclass
