@@ -7,17 +7,20 @@ not fit, or a repeated one, means.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 
+from actors._orch_leader import CMD_ACK_WAIT_S
 from events import subjects
 from events.codec import DecodeError, InvalidField, decode_command, sniff_op_id
-from events.messages import Command, StartTraining
+from events.messages import Command, OperationCreated, StartTraining
 from ktrdr import commands
 from ktrdr.errors import KtrdrError
-from ktrdr.ops import intake, verdicts
+from ktrdr.ops import OperationView, fold, intake, verdicts, workflows
+from ktrdr.transport import last_message
 
 if TYPE_CHECKING:
     from actors.orchestrator import Orchestrator
@@ -31,6 +34,16 @@ class CommandIntake:
         return op_id in self.orch.known or op_id in self.orch.live
 
     async def on_command(self, msg: Msg) -> None:
+        """Handle one command, telling JetStream it is in progress meanwhile: the consumer's ack wait is
+        short (CMD_ACK_WAIT_S), so that a command an orchestrator took and died with goes to the next
+        one within seconds, and a long validation must not look like such a death."""
+        keep = asyncio.create_task(_in_progress(msg))
+        try:
+            await self._on_command(msg)
+        finally:
+            keep.cancel()
+
+    async def _on_command(self, msg: Msg) -> None:
         try:
             cmd = decode_command(msg.data)
         except InvalidField as exc:  # well formed, but a field of the wrong type or out of its bounds
@@ -66,7 +79,7 @@ class CommandIntake:
             return
         cmd = intake.fix_deadline(cmd, datetime.now(UTC))  # on our clock, never the client's (F13)
         try:
-            await self.orch.create(cmd)
+            await self.create(cmd)
         except BaseException:
             # Not created as far as we can tell (a publish or a read failed, e.g. during an election):
             # forget it, so that the redelivery this message gets (nak) creates and routes it again
@@ -87,3 +100,39 @@ class CommandIntake:
     async def reject(self, op_id: str, reason: str, code: str, field_path: str | None = None) -> None:
         self.orch.known.add(op_id)
         await self.orch.publish_event(verdicts.rejected(op_id, reason, code, field_path))
+
+    async def create(self, cmd: Command) -> None:
+        """Create an operation (validated), then cancel it at once if a cancel was recorded for it
+        before it existed, else route it (or start its workflow)."""
+        orch = self.orch
+        assert orch.js is not None
+        op_id = cmd.op_id
+        op_type, description = commands.describe(cmd)
+        plan: list[Command] = []
+        if workflows.is_workflow(cmd):
+            assert isinstance(cmd, StartTraining)
+            plan = workflows.plan_training(cmd, *await asyncio.to_thread(commands.training_inputs, cmd))
+            op_type, description = workflows.describe(description)
+        tracked = orch._track(OperationView(op_id=op_id))
+        # The recorded-cancel read goes beside the creation: a cancel recorded after it is read is
+        # handled by on_cancel_request (the operation is live from the line above).
+        _, recorded = await asyncio.gather(
+            orch.publish_own(OperationCreated(op_id=op_id, domain=cmd.domain, op_type=op_type, command=cmd,
+                                           description=description, parent_op_id=cmd.parent_op_id,
+                                           children=[c.op_id for c in plan])),
+            last_message(orch.js, subjects.cancel(op_id)))
+        if recorded is not None and (ev := orch._decoded(subjects.cancel(op_id), recorded)) is not None:
+            fold(tracked.view, ev)
+        if tracked.view.cancel_requested:
+            await orch.finish(op_id, verdicts.recorded_cancel(tracked.view))
+        elif not plan:
+            await orch._route(cmd)
+        else:
+            await orch.workflows.start(op_id, plan)
+
+
+async def _in_progress(msg: Msg) -> None:
+    while True:
+        await asyncio.sleep(CMD_ACK_WAIT_S / 3)
+        with contextlib.suppress(Exception):
+            await msg.in_progress()

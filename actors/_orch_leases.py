@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from events import proof, subjects
 from events.codec import DecodeError, decode, encode
@@ -39,6 +40,7 @@ def _lease(entry: Entry | None) -> Lease | None:
 class LeaseService:
     def __init__(self, orch: Orchestrator, bucket: LeaseBucket) -> None:
         self.orch, self.bucket = orch, bucket
+        self.sub: Subscription | None = None
 
     @classmethod
     async def serve(cls, orch: Orchestrator) -> LeaseService:
@@ -47,10 +49,12 @@ class LeaseService:
         assert orch.js is not None and orch.nc is not None
         kv = await orch.js.key_value(subjects.LEASES_BUCKET)
         service = cls(orch, LeaseBucket(kv, orch.settings.worker_timeout_s))
-        await orch.nc.subscribe(subjects.LEASE_ALL, cb=orch._guard(service.on_request, "lease"))
+        service.sub = await orch.nc.subscribe(subjects.LEASE_ALL, cb=orch._guard(service.on_request, "lease"))
         return service
 
     async def on_request(self, msg: Msg) -> None:
+        if self.orch.leadership is None or not self.orch.leadership.active:
+            return  # not the leader now (paused past its lease): the active one answers, or nobody does
         parsed = subjects.parse_lease_subject(msg.subject)
         reply = LeaseReply(ok=False, error="not a lease request")
         try:

@@ -68,7 +68,7 @@ class WorkflowRunner:
             for child_op in d.cancel:
                 await self.orch.request_cancel(verdicts.parent_cancel(child_op, parent, self.orch.id))
             for cmd in d.create:
-                await self.orch.create(cmd)
+                await self.orch.intake.create(cmd)
                 workflows.created(wf, cmd.op_id, self.orch.live_view(cmd.op_id))
             if d.finish is not None:
                 await self.orch.finish(op_id, d.finish)

@@ -16,7 +16,9 @@ every verdict and error, a signature by this process's key; an unsigned progress
 signed one as soon as a signature is due again (plus SEAL_S; a copy of the latest progress when
 nothing else came), so a reader holds it back less than SIGN_INTERVAL_S + SEAL_S. The orchestrator's
 own events need no proof: they go out on its own subject tokens (OrchestratorFailed, ...), which
-only its role may publish on.
+only its role may publish on; each carries the leader epoch `fence()` returns, and while `fence()`
+raises (a standby, or a leader whose lease may have passed: actors/_orch_leader.py) nothing is
+published: a lifecycle publish raises, a progress event is dropped.
 
 Every publish carries a Nats-Msg-Id keyed with this publisher's dedupe key (events.subjects: an
 keyed hash of the op, the actor and its seq; of the op for a terminal event; of the op for a creation), so a
@@ -32,6 +34,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import ClassVar
 
 from nats.aio.client import Client as NATS
@@ -70,6 +73,7 @@ class EventPublisher:
         # The orchestrator's events are proven by their subject; everyone else's held events by the chain.
         self.signer = proof.Signer(key, SIGN_INTERVAL_S) if key is not None and not orchestrator else None
         self._progress_type = OrchestratorProgress if orchestrator else OperationProgress
+        self.fence: Callable[[], int] | None = None  # the orchestrator's leader epoch (raises when not the leader)
         self._last: dict[str, tuple[ProgressState, int]] = {}  # op -> its latest progress, for a seal
         self._sealing: set[str] = set()
         self._seq = 0
@@ -113,6 +117,8 @@ class EventPublisher:
         await self.flush()  # keep stream order: earlier progress is sent first
         if self.orchestrator and (own := ORCHESTRATOR_EVENT.get(type(event))) is not None:
             event = own(**{f: getattr(event, f) for f in event.__struct_fields__})
+        if self.fence is not None and hasattr(event, "epoch"):
+            event.epoch = self.fence()  # type: ignore[attr-defined]
         seq, msg_id = self._next(event.op_id)
         event.actor, event.seq = self.actor_id, seq
         kind = type(event)
@@ -124,7 +130,7 @@ class EventPublisher:
         headers: dict[str, str] | None = None
         if self.signer is not None and kind in _HELD:
             headers = {proof.HEADER: self.signer.proof(event.op_id, subject, payload, time.monotonic(), force=True)[0]}
-        await publish(self.js, subject, payload, msg_id, headers=headers)
+        await publish(self.js, subject, payload, msg_id, headers=headers, check=self.fence)
         if kind.terminal and self.signer is not None:
             self.signer.forget(event.op_id)
             self._last.pop(event.op_id, None)
@@ -137,8 +143,16 @@ class EventPublisher:
             self._progress(op_id, state, attempt, force=False)
 
     def _progress(self, op_id: str, state: ProgressState, attempt: int, *, force: bool) -> None:
+        epoch = 0
+        if self.fence is not None:
+            try:
+                epoch = self.fence()
+            except Exception:
+                return  # not the leader now: an orchestrator's note is not ours to publish
         seq, msg_id = self._next(op_id)
         ev = self._progress_type(op_id=op_id, actor=self.actor_id, seq=seq, progress=state, attempt=attempt)
+        if epoch:
+            ev.epoch = epoch  # type: ignore[attr-defined]
         subject = self._subjects.get(op_id)
         if subject is None:
             subject = self._subjects[op_id] = subjects.event(ev)

@@ -10,24 +10,29 @@ helpers, one concern each: actors/_orch_intake.py (CMD in), _orch_workflows.py (
 _orch_supervisor.py (presence and supervision), _orch_leases.py (it alone grants operation leases and
 publishes each grant as `started`). Its own progress and verdicts go out on orchestrator-only subject
 tokens (OrchestratorFailed, ...); a worker's count only under the holder proof (ktrdr.ops.reader.admit).
+
+Two or more may run: one is active through the leader lease (actors/_orch_leader.py), the others
+are standbys that look at the lease and take over when it passes. Only the active one follows OPS,
+takes commands, grants leases and supervises; every event it publishes carries its leader epoch
+and is published only while its lease holds (EventPublisher.fence). A new active one rebuilds
+everything from the log and goes on; one that finds its lease gone (it was paused or cut off past
+it) steps down to standby and forgets what it knew.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js import api as js_api
 
 from actors._leases import drop
 from actors._orch_intake import CommandIntake
+from actors._orch_leader import Leadership, NotLeader, Succession
 from actors._orch_leases import LeaseService
 from actors._orch_supervisor import Supervisor
 from actors._orch_workflows import WorkflowRunner
-from actors._pull import pull_loop
 from actors.runtime import Actor
 from events import roles, subjects
 from events.codec import DecodeError, decode_command, decode_event_on, encode
@@ -45,12 +50,11 @@ from events.messages import (
     WorkItem,
 )
 from events.proof import HEADER
-from ktrdr import commands
-from ktrdr.ops import OperationView, fold, intake, verdicts, workflows
+from ktrdr.ops import OperationView, fold, intake, verdicts
 from ktrdr.ops.reader import admit, fold_trusted, read_views
 from ktrdr.ops.supervision import Tracked
 from ktrdr.training.checkpoint_store import CheckpointStore
-from ktrdr.transport import last_message, publish
+from ktrdr.transport import publish
 
 
 class Orchestrator(Actor):
@@ -67,6 +71,8 @@ class Orchestrator(Actor):
         self._buffer: list[tuple[str, bytes, str | None]] | None = []
         self.leases: LeaseService | None = None
         self.dropped = 0  # live ops messages whose body its subject does not prove (the rebuild's: reader)
+        self.leadership: Leadership | None = None
+        self.succession = Succession(self)  # the leader lease's side: active or standby
 
     def _track(self, view: OperationView) -> Tracked:
         now = time.monotonic()
@@ -75,20 +81,29 @@ class Orchestrator(Actor):
 
     # ------------------------------------------------------------------ start
     async def on_start(self) -> None:
-        assert self.js is not None and self.nc is not None
-        # Follow live events first (buffered), then read the stored ones, so nothing falls between.
-        await self.nc.subscribe(subjects.OPS_ALL, cb=self._guard(self._on_ops_msg, subjects.OPS_ALL))
-        await self.nc.subscribe(subjects.kv_updates(subjects.ACTORS_BUCKET),
-                                cb=self._guard(self.supervisor.on_presence, "presence"))
-        await self._rebuild()
-        self.leases = await LeaseService.serve(self)  # once the live operations are known
-        await self.js.add_consumer(subjects.STREAM_CMD, js_api.ConsumerConfig(
-            name=subjects.ORCHESTRATOR_CONSUMER, durable_name=subjects.ORCHESTRATOR_CONSUMER,
-            filter_subject=subjects.CMD_ALL, ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=30.0, max_deliver=10))
-        psub = await self.js.pull_subscribe_bind(durable=subjects.ORCHESTRATOR_CONSUMER, stream=subjects.STREAM_CMD)
-        self.spawn(pull_loop(psub, self.intake.on_command, stopped=lambda: self.stopping, on_fault=self.on_fault,
-                             batch=16), name=f"{self.id}-commands")
-        self.spawn(self.supervisor.loop(), name=f"{self.id}-supervise")
+        assert self.js is not None and self.publisher is not None
+        self.leadership = Leadership(await self.js.key_value(subjects.LEASES_BUCKET), self.id,
+                                     self.settings.leader_ttl_s)
+        self.publisher.fence = self.leadership.epoch  # nothing goes out unless we lead (and with our epoch)
+        await self.succession.start()
+
+    def _reset(self) -> None:
+        """Forget everything derived from the log: an active orchestrator rebuilds it."""
+        self.live, self.known = {}, set()
+        self.workflows, self.intake, self.supervisor = WorkflowRunner(self), CommandIntake(self), Supervisor(self)
+        self._buffer, self.leases = [], None
+
+    async def on_stop(self) -> None:
+        await self.succession.hand_back()
+
+    def presence_state(self) -> str:
+        return self.succession.state()
+
+    async def on_fault(self, exc: BaseException, where: str) -> None:
+        if isinstance(exc, NotLeader):  # a step that lost the lease half way: the next leader redoes it
+            self.log.info("%s: not done, %s", where, exc)
+            return
+        await super().on_fault(exc, where)
 
     async def _rebuild(self) -> None:
         """Live operations and workflows from the stored lifecycle events (survives any restart)."""
@@ -153,14 +168,14 @@ class Orchestrator(Actor):
         if isinstance(ev, OperationStarted):
             tracked.last_seen = time.monotonic()
         if tracked.view.terminal:
-            await self._ended(op_id, tracked)
+            await self.ended(op_id, tracked)
         elif tracked.view.parent_op_id in self.workflows:
             await self.workflows.child_moved(tracked.view)
 
-    async def _ended(self, op_id: str, tracked: Tracked) -> None:
+    async def ended(self, op_id: str, tracked: Tracked) -> None:
         self.live.pop(op_id, None)
         self.known.add(op_id)
-        if self.js is not None:
+        if self.js is not None and self.leadership is not None and self.leadership.active:
             await _release(self.js, tracked.view)
         if tracked.view.parent_op_id in self.workflows:
             await self.workflows.child_moved(tracked.view)
@@ -180,7 +195,7 @@ class Orchestrator(Actor):
         tracked = self.live.get(op_id)
         if tracked is not None and not tracked.view.terminal:
             await self.publish_own(ev)
-            await self._ended(op_id, tracked)
+            await self.ended(op_id, tracked)
 
     async def _route(self, cmd: Command) -> None:
         assert self.js is not None
@@ -190,35 +205,6 @@ class Orchestrator(Actor):
     async def request_cancel(self, cancel: CancelRequested) -> None:
         """Its own cancel (deadline, parent): on its own subject, which every worker follows."""
         await self.on_cancel_request(cancel.op_id, cancel)
-
-    # ------------------------------------------------------------------ creation
-    async def create(self, cmd: Command) -> None:
-        """Create an operation (validated), then cancel it at once if a cancel was recorded for it
-        before it existed, else route it (or start its workflow)."""
-        assert self.js is not None
-        op_id = cmd.op_id
-        op_type, description = commands.describe(cmd)
-        plan: list[Command] = []
-        if workflows.is_workflow(cmd):
-            assert isinstance(cmd, StartTraining)
-            plan = workflows.plan_training(cmd, *await asyncio.to_thread(commands.training_inputs, cmd))
-            op_type, description = workflows.describe(description)
-        tracked = self._track(OperationView(op_id=op_id))
-        # The recorded-cancel read goes beside the creation: a cancel recorded after it is read is
-        # handled by on_cancel_request (the operation is live from the line above).
-        _, recorded = await asyncio.gather(
-            self.publish_own(OperationCreated(op_id=op_id, domain=cmd.domain, op_type=op_type, command=cmd,
-                                           description=description, parent_op_id=cmd.parent_op_id,
-                                           children=[c.op_id for c in plan])),
-            last_message(self.js, subjects.cancel(op_id)))
-        if recorded is not None and (ev := self._decoded(subjects.cancel(op_id), recorded)) is not None:
-            fold(tracked.view, ev)
-        if tracked.view.cancel_requested:
-            await self.finish(op_id, verdicts.recorded_cancel(tracked.view))
-        elif not plan:
-            await self._route(cmd)
-        else:
-            await self.workflows.start(op_id, plan)
 
     def _decoded(self, subject: str, data: bytes) -> AnyEvent | None:
         return _decoded(self, subject, data)

@@ -1,4 +1,4 @@
-"""`python -m bench [backbone|data|training|faults|objects|calendar|indicators|memory|scale|workflows|disk
+"""`python -m bench [backbone|data|training|faults|objects|calendar|indicators|memory|scale|workflows|disk|ha
 ...]`: run the benchmarks, print the figures and write bench/results/<suite>.json."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 from bench._common import report
 
 SUITES = ("backbone", "data", "training", "faults", "objects", "calendar", "indicators", "memory", "scale",
-          "workflows", "disk")
+          "workflows", "disk", "ha")
 
 
 def main() -> None:

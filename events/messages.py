@@ -244,6 +244,9 @@ class OperationCreated(Event, tag="OperationCreated", kw_only=True):
     description: str = ""
     parent_op_id: str | None = None
     children: list[str] = msgspec.field(default_factory=list)  # a workflow's planned child operations
+    # The leader epoch of the orchestrator that published it (actors/_orch_leader.py): the fold ignores
+    # an orchestrator event of an older epoch once one of a newer epoch acted on the operation. 0: none.
+    epoch: int = 0
 
 
 class OperationRejected(Event, tag="OperationRejected", kw_only=True):
@@ -253,6 +256,7 @@ class OperationRejected(Event, tag="OperationRejected", kw_only=True):
     reason: str
     error_code: str = "validation"
     field: str | None = None
+    epoch: int = 0  # the publishing orchestrator's leader epoch (see OperationCreated.epoch)
 
 
 class OperationStarted(Event, tag="OperationStarted", kw_only=True):
@@ -265,6 +269,7 @@ class OperationStarted(Event, tag="OperationStarted", kw_only=True):
     # The holder's public key (events/proof.py): the orchestrator grants the lease and publishes this
     # event itself, and the fold counts the attempt's progress and verdicts only when signed by it.
     key: str = ""
+    epoch: int = 0  # the publishing orchestrator's leader epoch (see OperationCreated.epoch)
 
 
 class OperationProgress(Event, tag="OperationProgress", kw_only=True):
@@ -305,6 +310,7 @@ class CancelRequested(Event, tag="CancelRequested", kw_only=True):
     reason: str = "cancel requested"
     reason_code: CancelReason = "user"
     requested_by: str = ""
+    epoch: int = 0  # the publishing orchestrator's leader epoch (see OperationCreated.epoch)
 
 
 class OperationCancelled(Event, tag="OperationCancelled", kw_only=True):
@@ -331,22 +337,27 @@ class ActorError(Event, tag="ActorError", kw_only=True):
 # so NATS itself proves who sent them; a worker's (the holder's) carry the holder proof instead.
 class OrchestratorProgress(OperationProgress, tag="OrchestratorProgress", kw_only=True):
     name: ClassVar[str] = "orch_progress"
+    epoch: int = 0  # the publishing orchestrator's leader epoch (see OperationCreated.epoch)
 
 
 class OrchestratorCompleted(OperationCompleted, tag="OrchestratorCompleted", kw_only=True):
     name: ClassVar[str] = "orch_completed"
+    epoch: int = 0  # the publishing orchestrator's leader epoch (see OperationCreated.epoch)
 
 
 class OrchestratorFailed(OperationFailed, tag="OrchestratorFailed", kw_only=True):
     name: ClassVar[str] = "orch_failed"
+    epoch: int = 0  # the publishing orchestrator's leader epoch (see OperationCreated.epoch)
 
 
 class OrchestratorCancelled(OperationCancelled, tag="OrchestratorCancelled", kw_only=True):
     name: ClassVar[str] = "orch_cancelled"
+    epoch: int = 0  # the publishing orchestrator's leader epoch (see OperationCreated.epoch)
 
 
 class OrchestratorError(ActorError, tag="OrchestratorError", kw_only=True):
     name: ClassVar[str] = "orch_error"
+    epoch: int = 0  # the publishing orchestrator's leader epoch (see OperationCreated.epoch)
 
 
 EVENTS: tuple[type[Event] | type[CancelOperation], ...] = (
@@ -416,6 +427,17 @@ class Lease(Message, tag="Lease", kw_only=True):
     attempt: int = 1
     ts: datetime = msgspec.field(default_factory=utcnow)
     key: str = ""  # the holder's public key: renewals and releases must be signed by it
+
+
+class Leader(Message, tag="Leader", kw_only=True):
+    """Which orchestrator is active (KV LEASES, key events.subjects.LEADER_KEY), taken and renewed with
+    compare-and-set like an operation's Lease. `epoch` grows by one with every new holder and is never
+    reset (the key is never deleted: a leader that steps down writes an empty holder), so the epochs its
+    events carry order the leaders."""
+
+    holder: str = ""
+    epoch: int = 0
+    ts: datetime = msgspec.field(default_factory=utcnow)
 
 
 LeaseVerb = Literal["claim", "renew", "release"]

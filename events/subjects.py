@@ -49,6 +49,9 @@ STREAM_CANCELS = "OPS_CANCELS"
 STREAMS: tuple[str, ...] = (STREAM_CMD, STREAM_WORK, STREAM_OPS, STREAM_CANCELS)  # in creation order
 ACTORS_BUCKET = "ACTORS"  # KV: presence, key <role>.<actor_id>
 LEASES_BUCKET = "LEASES"  # KV: which actor holds which operation, key <op_id> (written by the orchestrator alone)
+# The active orchestrator's leader lease (events.messages.Leader), kept in LEASES: only the orchestrator
+# role reads or writes that bucket, and the key is no operation's id (those have a domain prefix).
+LEADER_KEY = "orchestrator-leader"
 SERIES_BUCKET = "SERIES"  # KV: who writes a stored bar series, key series.<SYMBOL>.<TF>
 PACING_BUCKET = "PACING"  # KV: IB pacing history, key pacing_key(host, port, client_id)
 BARS_BUCKET = "BARS"  # object store: <SYMBOL>/<TF> parquet

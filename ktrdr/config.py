@@ -92,6 +92,9 @@ class Settings:
     worker_timeout_s: float = field(default_factory=lambda: _float("KTRDR_WORKER_TIMEOUT", 10.0, 0.1, 3600))
     # An operation nobody has picked up again (or nobody in its pool can take) this long is failed.
     orphan_timeout_s: float = field(default_factory=lambda: _float("KTRDR_ORPHAN_TIMEOUT", 30.0, 0.1, 86400))
+    # The orchestrators' leader lease: a standby takes over once the active one has not renewed it for
+    # this long (it renews every quarter of it); the active one stops acting after 0.8 of it unrenewed.
+    leader_ttl_s: float = field(default_factory=lambda: _float("KTRDR_LEADER_TTL_S", 2.0, 0.2, 60))
     drain_timeout_s: float = field(default_factory=lambda: _float("KTRDR_DRAIN_TIMEOUT", 5.0, 0, 3600))
     max_deliver: int = field(default_factory=lambda: _int("KTRDR_MAX_DELIVER", 5, 1, 1000))
     ib_host: str = field(default_factory=lambda: _env("IB_HOST") or "127.0.0.1")

@@ -10,7 +10,10 @@ replayed views are the same. Rules:
   this fold but the reader in front of it (ktrdr.ops.reader.admit): a worker's event counts only
   under a signature of the key its grant names, the orchestrator's come on its own subject tokens;
 - the holder's progress is ordered by (attempt, seq): a late copy is ignored, a new attempt's is not;
-- a cancelled or failed operation keeps the last progress it reported.
+- a cancelled or failed operation keeps the last progress it reported;
+- an orchestrator's event counts only from the newest leader epoch that acted on the operation: once
+  an event of epoch N is folded, an orchestrator event of an older epoch (a leader that was paused or
+  cut off while a standby took over, actors/_orch_leader.py) is ignored and noted.
 Events come from ktrdr.ops.reader / events.codec.decode_event_on: only what its subject proves.
 """
 
@@ -68,6 +71,13 @@ def fold(view: OperationView, ev: AnyEvent) -> OperationView:
             and not ev.actor.startswith(ORCHESTRATOR_PREFIX):  # _believed(view, ev.actor), inlined
         _note(view, f"ignored {kind.__name__} from {ev.actor or '?'}, which does not hold the operation")
         return view
+    if kind in _EPOCHED:
+        epoch: int = ev.epoch  # type: ignore[union-attr]
+        if epoch < view.epoch:
+            _note(view, f"ignored {kind.__name__} from {ev.actor or '?'} of leader epoch {epoch}: "
+                        f"an orchestrator of epoch {view.epoch} took over")
+            return view
+        view.epoch = epoch
     view.updated_at = ev.ts
     _FOLDS[kind](view, ev)
     return view
@@ -149,6 +159,10 @@ def _rejected(view: OperationView, ev: OperationRejected) -> None:
 _TERMINAL_SET = frozenset(TERMINAL)
 # The events that count only from the holder or an orchestrator (see _believed).
 _HELD = frozenset({OperationProgress, OperationCompleted, OperationFailed, OperationCancelled, ActorError})
+
+# The events only an orchestrator publishes: each carries its leader epoch.
+_EPOCHED = frozenset({OperationCreated, OperationStarted, OperationRejected, CancelRequested, OrchestratorProgress,
+                      OrchestratorCompleted, OrchestratorFailed, OrchestratorCancelled, OrchestratorError})
 
 _FOLDS: dict[type, Any] = {
     OperationProgress: _progress,

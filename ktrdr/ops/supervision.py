@@ -11,8 +11,9 @@ are operations of their own):
 - queued with nobody alive in its pool: say so once (SayQueuedNote), then fail it (`no_worker`) after
   `orphan_timeout_s`; a worker coming back clears the note and restarts the queue clock;
 - actors not heard from for long are forgotten (ForgetActor).
-Silence the orchestrator could not hear (it was disconnected) counts against nobody: `decide` does
-nothing while disconnected, and `reconnect_grace` moves every clock past the others' reconnect.
+Silence the orchestrator could not hear (it was disconnected, or it did not run: paused, starved)
+counts against nobody: `decide` does nothing while disconnected, and `reconnect_grace` moves every
+clock past the others' reconnect, also after a pass came `paused` late.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class Tracked:
     deadline_fired: bool = False
     cancel_handled: bool = False  # a cancel broadcast was answered (CancelRequested): the next is a repeat
     pool_note: str = ""  # the "waiting for ..." note said last ("" when none stands)
+    # (stream sequence of its last stored progress, when read): read once its worker fell silent, so
+    # that before failing it the orchestrator can tell a silent worker from one it did not hear
+    progress_mark: tuple[int, float] | None = None
 
 
 @dataclass
@@ -210,6 +214,13 @@ def heard(live: Mapping[str, Tracked], peers: MutableMapping[str, Peer], key: st
         tracked = live.get(op_id)
         if tracked is not None:
             tracked.last_seen = peer.seen
+
+
+def paused(gap: float, interval: float, limits: Limits) -> bool:
+    """Whether the time between two supervision passes (meant to be `interval` apart) says the
+    orchestrator did not run meanwhile: longer than the staleness bound of a heartbeat, a silence it
+    could not have heard."""
+    return gap > interval + limits.stale_after
 
 
 def reconnect_grace(live: Mapping[str, Tracked], peers: Mapping[str, Peer], since: float, now: float,

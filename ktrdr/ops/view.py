@@ -82,6 +82,7 @@ class OperationView(msgspec.Struct, kw_only=True, dict=True):
     progress_attempt: int = 0
     last_progress_seq: int = 0
     dropped: int = 0  # messages on its subjects that were not its events (a body disagreeing with its subject)
+    epoch: int = 0  # the newest orchestrator leader epoch that acted on it (older ones' events are ignored)
     unproven: int = 0  # held events no signature of the holder's key vouched for (forged, or a stranger's)
 
     @property

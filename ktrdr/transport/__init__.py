@@ -17,7 +17,7 @@ from ktrdr.transport.ib import IbRequester
 from ktrdr.transport.leases import LeaseBucket, is_cas_failure
 from ktrdr.transport.objects import ObjectConflict, Stored
 from ktrdr.transport.publish import PUBLISH_RETRY_ERRORS, publish
-from ktrdr.transport.replay import last_message, read_events, read_operation
+from ktrdr.transport.replay import last_message, last_seq, read_events, read_operation
 from ktrdr.transport.streams import check_streams, ensure_streams, stream_configs
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "ensure_streams",
     "is_cas_failure",
     "last_message",
+    "last_seq",
     "publish",
     "read_events",
     "read_operation",

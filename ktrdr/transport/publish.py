@@ -51,15 +51,18 @@ async def retrying(call: Callable[[], Awaitable[T]], *, retry_for: float = 30.0,
 
 async def publish(js: JetStreamContext, subject: str, payload: bytes, msg_id: str, *,
                   retry_for: float = 30.0, timeout: float = 2.0,
-                  headers: dict[str, str] | None = None) -> js_api.PubAck:
+                  headers: dict[str, str] | None = None, check: Callable[[], object] | None = None) -> js_api.PubAck:
     """Store `payload` on `subject` once; retry with backoff for up to `retry_for` seconds while the
     stream cannot answer. Other errors (permission, bad request) raise at once. `headers`: more headers
-    beside the Nats-Msg-Id (an event's holder proof)."""
+    beside the Nats-Msg-Id (an event's holder proof). `check` runs before every try and stops it by
+    raising (the orchestrator's leader fence: a retry must not outlive its lease)."""
     all_headers = {**(headers or {}), "Nats-Msg-Id": msg_id}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + retry_for
     delay = 0.05
     while True:
+        if check is not None:
+            check()
         try:
             return await js.publish(subject, payload, timeout=timeout, headers=all_headers)
         except PUBLISH_RETRY_ERRORS as exc:

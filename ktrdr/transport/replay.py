@@ -444,6 +444,18 @@ async def read_operation(js: JetStreamContext, op_id: str) -> ReadEvents:
     return out
 
 
+async def last_seq(js: JetStreamContext, subject: str) -> int:
+    """The stream sequence of the last stored message on one ops subject (asked of the stream's
+    leader), 0 when there is none: a reader that compares two of these knows whether something was
+    stored on it between, whatever it heard live."""
+    try:
+        raw = await retrying(lambda: js.get_last_msg(subjects.stream_of(subject), subject, direct=False),
+                             errors=(nats.errors.TimeoutError, TimeoutError))
+    except (NotFoundError, NoRespondersError):
+        return 0
+    return int(raw.seq or 0)
+
+
 async def last_message(js: JetStreamContext, subject: str, *, from_leader: bool = False) -> bytes | None:
     """The last stored message on one ops subject (a direct get on the stream that stores it, OPS or
     OPS_CANCELS: one round trip), or None.

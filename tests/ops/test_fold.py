@@ -47,3 +47,21 @@ def test_progress_stored_without_an_attempt_counts_for_the_running_one():
               progress("dummy-b", 0, 2, 2), progress("dummy-b", 0, 1, 1)]
     view = fold_all(events)
     assert view.current_step == 2 and view.last_progress_seq == 2
+
+
+def test_a_verdict_of_an_older_leader_epoch_is_ignored_once_a_newer_one_acted():
+    """A leader paused past its lease resumes and fails the operation the new leader handed on: the
+    fold keeps the operation running under the new leader's grant (issue 19, fencing)."""
+    from events.messages import OrchestratorFailed
+
+    new_orch = "orchestrator-host-2-beef"
+    events = [created(), started("dummy-a", 1),
+              OperationStarted(op_id=OP, worker="dummy-b", actor=new_orch, attempt=2, epoch=2),
+              OrchestratorFailed(op_id=OP, actor=ORCH, error="worker lost", error_code="worker_lost", epoch=1)]
+    events[0].epoch = events[1].epoch = 1
+    view = fold_all(events)
+    assert (view.status, view.worker, view.epoch) == ("running", "dummy-b", 2)
+    assert any("leader epoch 1" in e for e in view.errors), view.errors
+    # The same verdict from the current epoch counts.
+    view = fold_all([*events[:3], OrchestratorFailed(op_id=OP, actor=new_orch, error="worker lost", epoch=2)])
+    assert view.status == "failed"
