@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from bench.nemesis.checker import Acked, History, Stored, superseded
 from events import subjects
-from events.codec import DecodeError, decode_event, decode_event_on, encode
+from events.codec import DecodeError, decode_event_on, encode
 from events.messages import CancelOperation, RunDummy
 from ktrdr.client import Client
 from ktrdr.ops.reader import read_proven
@@ -62,7 +62,7 @@ class Load:
         if msg.subject.endswith(f".{CancelOperation.name}"):
             return  # cancels live in OPS_CANCELS and are checked by their PubAck
         try:
-            ev = decode_event(msg.data)
+            ev = decode_event_on(msg.subject, msg.data)
         except DecodeError:
             return
         if ev.op_id in self._mine:

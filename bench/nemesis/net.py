@@ -159,7 +159,17 @@ class Topology:
         """The namespace of a place (None for the host)."""
         return None if place == HOST else f"{PREFIX}{self.token}{place}"
 
+    def _free_net(self) -> None:
+        """Re-pick `net` while the host already has an address in 10.<net>.* (another run's links)."""
+        taken = ip("-o", "addr", "show").stdout
+        for _ in range(50):  # 150 choices: a few tries find a free one unless dozens of runs share the host
+            if f" 10.{self.net}." not in taken:
+                return
+            self.net = 100 + secrets.randbelow(150)
+        raise NetError("no free 10.<net>.0.0/16 for the nemesis's links")
+
     def open(self) -> Topology:
+        self._free_net()
         MARKERS.mkdir(parents=True, exist_ok=True)
         (MARKERS / self.token).write_text(f"{os.getpid()}\n")
         try:

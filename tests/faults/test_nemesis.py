@@ -56,3 +56,21 @@ async def test_a_paused_lease_holder_loses_nothing_and_heals():
 @pytest.mark.skipif(netem_unavailable() is not None, reason=str(netem_unavailable()))
 async def test_delayed_links_lose_nothing_and_heal():
     assert_held(await judged("delay", faults._shaped(*faults.DELAY)))
+
+
+def test_what_a_crashed_run_left_is_removed_by_the_next_one():
+    import subprocess
+
+    from bench.nemesis.net import HOST, MARKERS, Topology, cleanup_stale
+
+    topo = Topology(["a", HOST], [("a", HOST)]).open()
+    try:
+        (MARKERS / topo.token).write_text("999999999\n")  # an owner that no longer runs: it "crashed"
+        removed = cleanup_stale()
+        assert topo.ns("a") in removed
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert topo.ns("a") not in listed
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+        assert topo.link("a", HOST).dev_b not in links
+    finally:
+        topo.close()
