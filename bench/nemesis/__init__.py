@@ -44,13 +44,14 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-async def main() -> dict[str, object]:
+async def main() -> dict[str, dict[str, object]]:
+    """Every selected fault class once; bench._common.report's shape: {"rows": {"<fault> [<setting>]": row}}."""
     from bench.nemesis.net import unavailable
 
     why = unavailable()
     if why:  # `python -m bench` runs every suite: this one says why it did not run, the rest go on
         print(f"nemesis: not run: {why}")
-        return {"rows": [], "not_run": why}
+        return {"not_run": {"reason": why}}
     rows: list[dict[str, object]] = []
     for name in selected():
         try:
@@ -60,4 +61,4 @@ async def main() -> dict[str, object]:
                          "recover_s": -1.0, "notes": f"did not run: {type(exc).__name__}: {str(exc)[:200]}"})
         print(table(rows[-1:]), flush=True)
     print(table(rows))
-    return {"rows": rows}
+    return {"rows": {f"{r['fault']} [{r['sync_interval']}]": r for r in rows}}
