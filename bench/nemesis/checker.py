@@ -85,11 +85,13 @@ def lost(history: History, stored: Stored) -> list[str]:
 
 
 def superseded(key: Key, held: set[Key]) -> bool:
-    """A lifecycle event seen live but not stored, which its actor published again under a new seq
-    (the orchestrator redoes a command whose handling failed): its publish was never acknowledged,
-    and the one stored in its place is. Progress is resent under its own seq, so never superseded."""
+    """A lifecycle event seen live but not stored, while its actor's event on the same subject is
+    stored under another seq: a publish never acknowledged that the actor redid (the orchestrator
+    redoes a command whose handling failed: a new seq, or the same event deduplicated by its msg id
+    against the first one stored). Progress is resent under its own seq, so it is never excused;
+    lifecycle events are compared by (subject, actor) only, a weaker check than progress gets."""
     subject, actor, seq = key
-    return not subject.endswith(".progress") and any(s == subject and a == actor and q > seq for s, a, q in held)
+    return not subject.endswith(".progress") and any(s == subject and a == actor and q != seq for s, a, q in held)
 
 
 def superseded_count(history: History, stored: Stored) -> int:
