@@ -1,20 +1,25 @@
-"""`python -m bench [backbone|data|training|faults|objects|calendar|indicators|memory|scale|workflows|disk|ha
-...]`: run the benchmarks, print the figures and write bench/results/<suite>.json."""
+"""`python -m bench [backbone|data|training|faults|objects|calendar|indicators|memory|scale|workflows|disk
+|ha|nemesis ...] [--quick]`: run the benchmarks, print the figures and write bench/results/<suite>.json.
+`--quick` (the nemesis): a few fault classes only (KTRDR_NEMESIS_QUICK=1)."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import sys
 
 from bench._common import report
 
 SUITES = ("backbone", "data", "training", "faults", "objects", "calendar", "indicators", "memory", "scale",
-          "workflows", "disk", "ha")
+          "workflows", "disk", "ha", "nemesis")
 
 
 def main() -> None:
-    names = sys.argv[1:] or list(SUITES)
+    args = sys.argv[1:]
+    if "--quick" in args:
+        os.environ["KTRDR_NEMESIS_QUICK"] = "1"
+    names = [a for a in args if a != "--quick"] or list(SUITES)
     for name in names:
         if name not in SUITES:
             raise SystemExit(f"unknown suite {name!r}; expected any of {', '.join(SUITES)}")
