@@ -183,10 +183,12 @@ def _expect(name: str) -> str:
 
 @dataclass(frozen=True)
 class Shape:
-    """What `up` runs: where the server listens and how many nodes (kept in run/stack.json)."""
+    """What `up` runs: where the server listens, how many nodes, and the role its standby orchestrator
+    processes run ("" none; fixed when the stack starts from nothing) (kept in run/stack.json)."""
 
     host: str = "127.0.0.1"
     nodes: int = 1
+    standby: str = ""
 
     @property
     def loopback(self) -> bool:
@@ -197,13 +199,13 @@ class Shape:
         return ["nats"] if self.nodes == 1 else [f"nats-{i}" for i in range(1, self.nodes + 1)]
 
 
-def _standby_role() -> str | None:
-    """The role standby orchestrator processes run (None: there are none)."""
+def _standby_role() -> str:
+    """The role standby orchestrator processes of a stack started now run ("": there are none)."""
     from events.subjects import ACTOR_ROLES
 
     value = os.environ.get(STANDBY_ENV, STANDBY_DEFAULT).strip()
     if value in ("", "0"):
-        return None
+        return ""
     return "orchestrator" if value == "1" or value not in ACTOR_ROLES else value
 
 
@@ -211,7 +213,7 @@ def standby_orchestrators(sh: Shape) -> list[str]:
     """The standby orchestrator processes a stack of this shape runs: `orchestrator-2` ..
     `orchestrator-N`, one next to each node beyond the first (the `actors` process hosts orchestrator
     1 with the workers); none on one node, and none at all until they are turned on (STANDBY_ENV)."""
-    if _standby_role() is None or sh.nodes < 2:
+    if not sh.standby or sh.nodes < 2:
         return []
     return [f"orchestrator-{i}" for i in range(2, sh.nodes + 1)]
 
@@ -219,7 +221,7 @@ def standby_orchestrators(sh: Shape) -> list[str]:
 def shape(settings: Settings) -> Shape:
     try:
         raw = json.loads((settings.run_dir / "stack.json").read_text())
-        return Shape(str(raw["host"]), int(raw["nodes"]))
+        return Shape(str(raw["host"]), int(raw["nodes"]), str(raw.get("standby", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return Shape(settings.nats_host, 1)
 
@@ -373,13 +375,15 @@ def _up(settings: Settings, *, actors: bool, listen: str | None, nodes: int | No
     settings.home.mkdir(parents=True, exist_ok=True)
     with _stack_lock(settings):
         old = shape(settings)
-        new = Shape(listen or old.host, nodes or old.nodes)
+        running = any(p.alive for p in process_infos(settings) if p.name.startswith("nats"))
+        new = Shape(listen or old.host, nodes or old.nodes, old.standby if running else _standby_role())
         if not 1 <= new.nodes <= 9:
             raise StackError(f"--cluster {new.nodes}: a local cluster has 1 to 9 nodes")
-        if new != old and any(p.alive for p in process_infos(settings) if p.name.startswith("nats")):
+        if (new.host, new.nodes) != (old.host, old.nodes) and running:
             raise StackError(f"the stack runs as {old.nodes} node(s) on {old.host}; `ktrdr down` first to change it")
         settings.run_dir.mkdir(parents=True, exist_ok=True)
-        (settings.run_dir / "stack.json").write_text(json.dumps({"host": new.host, "nodes": new.nodes}) + "\n")
+        (settings.run_dir / "stack.json").write_text(
+            json.dumps({"host": new.host, "nodes": new.nodes, "standby": new.standby}) + "\n")
         url = _ensure_nats(settings, new)
         if not _alive(_read_pid(settings, "supervisor"), _EXPECT["supervisor"]):
             _spawn(settings, "supervisor", [sys.executable, "-m", "ktrdr.supervisor"],
@@ -410,7 +414,7 @@ def _ensure_service(settings: Settings, name: str, url: str, sh: Shape) -> None:
         urls = url.split(",")
         k = int(name.rsplit("-", 1)[1]) - 1  # its own node first: it keeps to the machine it runs next to
         env["NATS_URL"] = ",".join(urls[k:] + urls[:k]) if k < len(urls) else url
-        _spawn(settings, name, [sys.executable, "-m", "actors", _standby_role() or "orchestrator"], env)
+        _spawn(settings, name, [sys.executable, "-m", "actors", sh.standby], env)
 
 
 def restart(settings: Settings, name: str) -> bool:
@@ -614,9 +618,7 @@ def down(settings: Settings) -> list[str]:
     stopped = []
     with _stack_lock(settings):
         sh = shape(settings)
-        # every standby a stack of this shape may run, whatever the setting now (it may have changed)
-        standbys = [f"orchestrator-{i}" for i in range(2, sh.nodes + 1)]
-        for name in ("supervisor", "web", *standbys, "actors", "sim-gateway", *sh.nats_names):
+        for name in ("supervisor", "web", *standby_orchestrators(sh), "actors", "sim-gateway", *sh.nats_names):
             if _kill(settings, name):
                 stopped.append(name)
         for path in (nats_url_file(settings), disk.health_file(settings)):

@@ -131,3 +131,81 @@ def test_a_dead_supervisor_is_shown_and_started_again_by_the_next_command(stack:
     assert listed.returncode == 0, listed.stderr
     assert procs(stack)["supervisor"].alive
     kill_and_wait_back(stack, "web")  # and it supervises again
+
+
+def test_backoff_doubles_from_half_a_second_to_its_cap() -> None:
+    from ktrdr import supervisor
+
+    waits = [supervisor.backoff_s(n) for n in range(8)]
+    assert waits[:4] == [0.5, 1.0, 2.0, 4.0] and waits[-1] == supervisor.BACKOFF_MAX_S == 30.0
+
+
+def test_restarts_wait_their_backoff_and_a_process_stopped_on_purpose_stays_stopped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's decisions over a clock it is given: `embedded.restart` and liveness replaced by
+    a record of what was asked (the restart itself is the module's stack tests above)."""
+    from ktrdr import disk, supervisor
+
+    s = Settings(home=tmp_path)
+    s.run_dir.mkdir(parents=True)
+    alive: dict[str, bool] = {"nats": True, "sim-gateway": True, "actors": False, "web": False}
+    (s.run_dir / "actors.pid").write_text("999999\n")  # died
+    restarted: list[tuple[str, float]] = []
+    now = 100.0
+
+    def restart(_s: Settings, name: str) -> bool:
+        restarted.append((name, now))
+        return True
+
+    monkeypatch.setattr(embedded, "restart", restart)
+    monkeypatch.setattr(embedded, "is_alive", lambda _s, name: alive[name])
+    monkeypatch.setattr(embedded, "supervised_names", lambda _s: list(alive))
+    monkeypatch.setattr(embedded, "read_pid", lambda _s, name: None if name == "web" else 999999)
+    record = supervisor.Record(disk.health_file(s))
+    tracked: dict[str, supervisor.Tracked] = {}
+    try:
+        for now in (100.0, 100.4):  # seen dead; its first backoff (0.5 s) has not passed
+            supervisor.look_processes(s, tracked, record, now)
+        assert restarted == [] and record.health.processes["actors"].state == "backoff"
+        supervisor.look_processes(s, tracked, record, now := 100.5)
+        assert restarted == [("actors", 100.5)]
+        for now in (101.0, 101.9):  # died again at once: the next wait is twice as long
+            supervisor.look_processes(s, tracked, record, now)
+        assert len(restarted) == 1
+        supervisor.look_processes(s, tracked, record, now := 102.0)
+        assert len(restarted) == 2
+        alive["actors"] = True  # it stays up past STABLE_S: the count of restarts in a row resets
+        supervisor.look_processes(s, tracked, record, now := 102.0 + supervisor.STABLE_S)
+        assert record.health.processes["actors"].attempts == 0
+        assert [n for n, _ in restarted] == ["actors", "actors"]  # web (no pid file: stopped on purpose) never
+        shown = disk.read_health(s)
+        assert shown is not None and shown.processes["actors"].restarts == 2
+        assert shown.processes["actors"].last_reason == "not running" and shown.processes["web"].restarts == 0
+    finally:
+        record.close()
+
+
+@pytest.mark.slow
+def test_standby_orchestrators_run_next_to_each_node_and_are_supervised(tmp_path: Path) -> None:
+    """`up --cluster 2` with standby orchestrators turned on runs `orchestrator-2` next to node 2 (its
+    NATS_URL lists that node first); it is supervised, and `down` stops it. Until the leader lease
+    lands two orchestrators on one server are unsafe, so the standby runs a role that is safe twice
+    (dummy) through the same path."""
+    env = make_env(tmp_path / "ktrdr", **{embedded.STANDBY_ENV: "dummy"})
+    try:
+        res = run(env, "up", "--cluster", "2", timeout=120)
+        assert res.returncode == 0, res.stderr
+        shown = status(env)
+        assert shown["orchestrator-2"]["alive"], shown
+        pid = int(shown["orchestrator-2"]["pid"])
+        environ = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
+        port2 = (Path(env["KTRDR_HOME"]) / "run" / "nats-2.port").read_text().strip()
+        assert environ["NATS_URL"].split(",")[0].endswith(f":{port2}"), environ["NATS_URL"]
+        assert Path(f"/proc/{pid}/cmdline").read_text().split("\0")[-2] == "dummy"
+        new_pid = kill_and_wait_back(env, "orchestrator-2")
+        assert status(env)["orchestrator-2"]["restarts"] == 1
+        stopped = run(env, "down")
+        assert "orchestrator-2" in stopped.stdout, stopped.stdout
+        assert not Path(f"/proc/{new_pid}").exists() or not embedded._alive(new_pid, "actors")
+    finally:
+        run(env, "down")
