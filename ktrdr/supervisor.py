@@ -222,8 +222,10 @@ def look_processes(s: Settings, tracked: dict[str, Tracked], record: Record, now
         pid = embedded.read_pid(s, name)
         if pid is None or embedded.is_alive(s, name):  # running, or stopped on purpose (no pid file)
             t.dead_since = None
+            if rec.state:  # started again meanwhile (by `ktrdr up`), or stopped: nothing is pending
+                rec.state, changed = "", True
             if rec.attempts and now - t.restarted_at >= STABLE_S:
-                rec.attempts, rec.state, changed = 0, "", True
+                rec.attempts, changed = 0, True
             continue
         if t.dead_since is None:
             t.dead_since, t.reason = now, exit_reason(name, pid)

@@ -100,6 +100,13 @@ def test_a_killed_actors_process_is_restarted_and_serves_again(stack: dict[str, 
     assert "restarted 1 time" in text, text
 
 
+def test_a_process_the_supervisor_started_is_restarted_again_with_its_exit_status(stack: dict[str, str]) -> None:
+    kill_and_wait_back(stack, "actors")  # the actors the supervisor started: its own child this time
+    shown = status(stack)["actors"]
+    assert shown["restarts"] == 2 and shown["last_reason"] == "killed by SIGKILL", shown
+    dummy_completes(stack)
+
+
 def test_a_killed_sim_gateway_and_page_come_back_on_their_ports(stack: dict[str, str]) -> None:
     run_dir = Path(stack["KTRDR_HOME"]) / "run"
     ports = {n: (run_dir / f"{n}.port").read_text() for n in ("sim-gateway", "web")}
