@@ -7,6 +7,7 @@
 | kill -9 of nats-server mid-operation | time from the restart to the next progress event; runs per op |
 | 10,000 hostile messages | time to consume them; bogus operations created; peak memory of the actors |
 | kill -9 of the OPS leader of a 3-node cluster | time to elect; time until progress resumes; events lost |
+| kill -9 of the embedded `actors` process | time until the supervisor restarted it; until a dummy completed |
 
 Actors run as their own processes (`python -m actors`), as the embedded stack runs them. Each row
 prints medians over its rounds; `bench/results/faults.json` keeps the numbers.
@@ -269,6 +270,64 @@ async def cluster_leader_kill(rounds: int = 3) -> dict[str, Any]:
             "events_seen_live_but_not_stored": lost}
 
 
+async def actors_restart(rounds: int = 5) -> dict[str, Any]:
+    """The embedded stack (`ktrdr up`, private home) with nobody but its supervisor to mend it: kill -9
+    of the `actors` process; measured from the kill to the supervisor's new process, and to the
+    completion of a dummy a user runs once it is back (the stack serving again). The first round
+    also submits a dummy at the very moment of the kill, to show what a command sent into the gap
+    waits for. Each round on a fresh stack (`down`, `up`), so every restart is a first one (backoff
+    0.5 s; a process dying again within a minute waits longer)."""
+    tmp = Path(tempfile.mkdtemp(prefix="ktrdr-bench-supervise-"))
+    home = tmp / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "KTRDR_", "IB_PORT"))}
+    env.update({"KTRDR_HOME": str(home), "KTRDR_NATS_PORT": str(free_port()),
+                "KTRDR_WEB_PORT": str(free_port()), "KTRDR_LOCAL_ROLES": "orchestrator,dummy"})
+
+    def ktrdr(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ktrdr", *args], env=env, capture_output=True, text=True,
+                              timeout=180)
+
+    restarted, served, in_gap = [], [], float("nan")
+    try:
+        for i in range(rounds):
+            assert ktrdr("up").returncode == 0
+            settings = Settings(home=home, nats_url=(home / "run" / "nats.url").read_text().strip())
+            async with Client(settings, reconnect_attempts=-1) as c:
+                t0, gap_op = await _kill_actors(settings, c, submit=i == 0)
+                restarted.append(time.monotonic() - t0)
+                cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=1, interval_s=0.01)
+                await c.submit(cmd)
+                served.append(await wait_event(c, cmd.op_id, lambda ev, v: v.terminal, timeout=90) - t0)
+                if gap_op is not None:
+                    in_gap = await wait_event(c, gap_op, lambda ev, v: v.terminal, timeout=90) - t0
+            assert ktrdr("down").returncode == 0
+    finally:
+        ktrdr("down")
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"rounds": rounds, "restarted_p50_s": statistics.median(restarted),
+            "serving_again_p50_s": statistics.median(served), "serving_again_max_s": max(served),
+            "dummy_sent_at_the_kill_s": in_gap}
+
+
+async def _kill_actors(settings: Settings, c: Client, *, submit: bool) -> tuple[float, str | None]:
+    """kill -9 of the stack's `actors`; returns when the supervisor's new one runs: (the kill's
+    monotonic time, the id of a dummy submitted right after the kill when `submit`)."""
+    from ktrdr import embedded
+
+    pid = embedded.read_pid(settings, "actors")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    op_id = None
+    if submit:
+        op_id = subjects.new_op_id("dummy")
+        await c.submit(RunDummy(op_id=op_id, iterations=1, interval_s=0.01))
+    while not (embedded.is_alive(settings, "actors") and embedded.read_pid(settings, "actors") != pid):
+        assert time.monotonic() - t0 < 60, "the supervisor did not restart actors within 60 s"
+        await asyncio.sleep(0.01)  # a local file read: the resolution of the figure
+    return t0, op_id
+
+
 async def main() -> dict[str, Any]:
     out: dict[str, Any] = {}
     with BenchServer("faults-kill") as srv:
@@ -281,4 +340,5 @@ async def main() -> dict[str, Any]:
     with BenchServer("faults-fuzz") as srv:
         out["10,000 hostile messages"] = await fuzz(srv)
     out["kill -9 OPS leader (3-node cluster)"] = await cluster_leader_kill()
+    out["kill -9 embedded actors (supervisor)"] = await actors_restart()
     return out

@@ -7,8 +7,9 @@ the streams hold less), a store error carrying the OS's "no space left on device
 all: a stream whose file store hit an I/O error ("Critical write error" in the server's log) stops
 acknowledging writes and stays so until the server restarts (nats-server's filestore keeps the
 error; its source: `fs.werr`). The embedded stack's supervisor (ktrdr.supervisor) reads the server's
-log for that line, records it in `run/store.json` (a `StoreHealth`) and restarts the server once the
-disk has room again; `explain` turns any of these into a `DiskFullError` naming the disk, so neither
+log for that line, records it in `run/store.json` (a `StoreHealth`, which also counts the restarts of
+every crashed process of the stack: a `ProcessRecord` each) and restarts the server once the disk has
+room again; `explain` turns any of these into a `DiskFullError` naming the disk, so neither
 the CLI nor a failure event blames the network for a full disk. Standard library and msgspec only.
 """
 
@@ -63,8 +64,19 @@ def is_no_space(exc: BaseException) -> bool:
     return any(t in text for t in NO_SPACE_TEXT)
 
 
+class ProcessRecord(msgspec.Struct, kw_only=True):
+    """What the supervisor did about one process of the embedded stack."""
+
+    restarts: int = 0  # since `ktrdr up` started this stack (`ktrdr down` removes the record)
+    last_at: str | None = None  # ISO UTC of the last restart
+    last_reason: str = ""  # "exited with code N", "killed by SIGKILL", "not running" (exit status unknown)
+    attempts: int = 0  # restarts in a row without a stable run since: the next waits 0.5 s * 2^attempts
+    state: str = ""  # "" running; "backoff" (dead, the next restart is due); "failed: ..." (a start failed)
+
+
 class StoreHealth(msgspec.Struct, kw_only=True):
-    """The supervisor's record of the embedded server's store (run/store.json)."""
+    """The supervisor's record (run/store.json): the embedded server's store, and every process it
+    restarted."""
 
     state: Literal["ok", "write_error"] = "ok"  # write_error: a stream stopped storing (restart pending)
     since: str | None = None  # ISO UTC of the write error
@@ -72,7 +84,10 @@ class StoreHealth(msgspec.Struct, kw_only=True):
     disk: str = ""  # the store's folder
     free_bytes: int = 0  # free on that disk when last looked at
     needed_bytes: int = 0  # free space the supervisor waits for before it restarts the server
-    restarts: list[dict[str, object]] = msgspec.field(default_factory=list)  # {"at", "reason", "waited_s"}
+    # the last restarts of a server for its store: {"at", "process", "reason", "waited_s"}
+    restarts: list[dict[str, object]] = msgspec.field(default_factory=list)
+    processes: dict[str, ProcessRecord] = msgspec.field(default_factory=dict)  # by process name
+    updated: str | None = None  # ISO UTC of the supervisor's last write
 
     def summary(self) -> str:
         """One line for `ktrdr status`."""

@@ -5,7 +5,10 @@ package (one, or `--cluster N` nodes with routes between them) with JetStream on
 actors (`python -m actors`), the simulated IB gateway when IB_PORT is not set, the live operations
 page, and the supervisor (ktrdr.supervisor: a server whose store stopped writing on a full disk is
 restarted once there is room, `restart_nats`); what they write under KTRDR_HOME (logs, run files,
-the store) is the user's alone (files 0600, the run and log folders 0700). The server runs with
+the store) is the user's alone (files 0600, the run and log folders 0700). The supervisor also
+restarts any of these processes that died (kill -9, a crash) through this module's own start
+functions (`restart`: same ports, same environment, under the stack lock); one stopped on purpose
+(`down`, `_kill`: its pid file removed) is not restarted. The server runs with
 per-role NKEY users and permissions (`ktrdr auth init`, created on the first `up`, invisible to a
 local user: every process finds its role's seed under KTRDR_HOME/auth), and with TLS when it listens
 beyond loopback. The stack's shape (listen host, cluster size) is kept in run/stack.json so later
@@ -38,6 +41,13 @@ from ktrdr.runfiles import free_port, nats_url_file, port_open
 DEFAULT_NATS_PORT = 4222
 PRIVATE_UMASK = 0o077  # the stack's processes and files are the user's alone (issue 18, F15)
 SERVICES = ("sim-gateway", "actors", "web", "supervisor")
+# Standby orchestrators (`up --cluster N`: one next to each node beyond the first) stay off until the
+# orchestrator's leader lease lands (issue 19): two active orchestrators on one server are unsafe.
+# This variable turns them on: "1" runs `python -m actors orchestrator` in them; a role name runs
+# that role instead (the tests use a role that is safe twice, e.g. dummy).
+STANDBY_ENV = "KTRDR_STANDBY_ORCHESTRATORS"
+STANDBY_DEFAULT = ""  # "" off; flipped to "1" once the leader lease lands
+LOCK_WAIT_S = 60.0  # how long `up`/`down` wait for another ktrdr that holds the stack lock
 
 
 class StackError(KtrdrError):
@@ -118,6 +128,10 @@ class ProcInfo:
     pid: int | None
     alive: bool
     detail: str = ""
+    restarts: int = 0  # by the supervisor, since `ktrdr up` started this stack
+    last_reason: str = ""  # why it last restarted it: "exited with code N", "killed by SIGKILL", "not running"
+    last_restart_at: str | None = None  # ISO UTC
+    state: str = ""  # the supervisor's: "" running, "backoff" (waiting to restart it again), "failed: ..."
 
 
 def _pid_file(settings: Settings, name: str) -> Path:
@@ -129,6 +143,16 @@ def _read_pid(settings: Settings, name: str) -> int | None:
         return int(_pid_file(settings, name).read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def read_pid(settings: Settings, name: str) -> int | None:
+    """The pid a process of the stack was started with (None: not started, or stopped on purpose)."""
+    return _read_pid(settings, name)
+
+
+def is_alive(settings: Settings, name: str) -> bool:
+    """Whether that process of the stack runs (a recycled pid is not ours)."""
+    return _alive(_read_pid(settings, name), _expect(name))
 
 
 def _alive(pid: int | None, expect: str) -> bool:
@@ -152,15 +176,19 @@ _EXPECT = {"actors": "actors", "sim-gateway": "ktrdr.ib.sim", "web": "ktrdr.web"
 
 
 def _expect(name: str) -> str:
-    return "nats-server" if name.startswith("nats") else _EXPECT[name]
+    if name.startswith("nats"):
+        return "nats-server"
+    return "actors" if name.startswith("orchestrator-") else _EXPECT[name]
 
 
 @dataclass(frozen=True)
 class Shape:
-    """What `up` runs: where the server listens and how many nodes (kept in run/stack.json)."""
+    """What `up` runs: where the server listens, how many nodes, and the role its standby orchestrator
+    processes run ("" none; fixed when the stack starts from nothing) (kept in run/stack.json)."""
 
     host: str = "127.0.0.1"
     nodes: int = 1
+    standby: str = ""
 
     @property
     def loopback(self) -> bool:
@@ -171,10 +199,29 @@ class Shape:
         return ["nats"] if self.nodes == 1 else [f"nats-{i}" for i in range(1, self.nodes + 1)]
 
 
+def _standby_role() -> str:
+    """The role standby orchestrator processes of a stack started now run ("": there are none)."""
+    from events.subjects import ACTOR_ROLES
+
+    value = os.environ.get(STANDBY_ENV, STANDBY_DEFAULT).strip()
+    if value in ("", "0"):
+        return ""
+    return "orchestrator" if value == "1" or value not in ACTOR_ROLES else value
+
+
+def standby_orchestrators(sh: Shape) -> list[str]:
+    """The standby orchestrator processes a stack of this shape runs: `orchestrator-2` ..
+    `orchestrator-N`, one next to each node beyond the first (the `actors` process hosts orchestrator
+    1 with the workers); none on one node, and none at all until they are turned on (STANDBY_ENV)."""
+    if not sh.standby or sh.nodes < 2:
+        return []
+    return [f"orchestrator-{i}" for i in range(2, sh.nodes + 1)]
+
+
 def shape(settings: Settings) -> Shape:
     try:
         raw = json.loads((settings.run_dir / "stack.json").read_text())
-        return Shape(str(raw["host"]), int(raw["nodes"]))
+        return Shape(str(raw["host"]), int(raw["nodes"]), str(raw.get("standby", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return Shape(settings.nats_host, 1)
 
@@ -196,17 +243,37 @@ def server_infos(settings: Settings) -> list[dict[str, object]]:
     return out
 
 
+def process_names(settings: Settings) -> list[str]:
+    """Every process of the stack, in the order they start."""
+    sh = shape(settings)
+    return [*sh.nats_names, *SERVICES, *standby_orchestrators(sh)]
+
+
+def supervised_names(settings: Settings) -> list[str]:
+    """The processes the supervisor restarts when they die (all but itself), in the order they start."""
+    return [n for n in process_names(settings) if n != "supervisor"]
+
+
 def process_infos(settings: Settings) -> list[ProcInfo]:
-    """Each process of the stack; a server's `detail` says what the supervisor saw of its store (a write
-    error it waits to recover from, or its last restart)."""
+    """Each process of the stack, with how often the supervisor restarted it and why it last did; a
+    server's `detail` says what the supervisor saw of its store (a write error it waits to recover
+    from, or its last restart); the supervisor's, that it is not running (nothing is restarted)."""
     from ktrdr import disk
 
     health = disk.read_health(settings)
     store = health.summary() if health is not None else ""
     out = []
-    for name in [*shape(settings).nats_names, *SERVICES]:
+    for name in process_names(settings):
         pid = _read_pid(settings, name)
-        out.append(ProcInfo(name, pid, _alive(pid, _expect(name)), store if name.startswith("nats") else ""))
+        info = ProcInfo(name, pid, _alive(pid, _expect(name)), store if name.startswith("nats") else "")
+        rec = health.processes.get(name) if health is not None else None
+        if rec is not None:
+            info.restarts, info.last_reason, info.last_restart_at = rec.restarts, rec.last_reason, rec.last_at
+            info.state = rec.state
+        if name == "supervisor" and not info.alive:
+            info.detail = ("not running: crashed processes are not restarted until a ktrdr command "
+                           "(ktrdr up, or any that starts the stack) starts it again")
+        out.append(info)
     return out
 
 
@@ -227,17 +294,24 @@ def url_alive(url: str | None) -> bool:
     return False
 
 
+class LockBusy(StackError):
+    """Another ktrdr holds the stack lock (it is starting or stopping the stack)."""
+
+
 @contextlib.contextmanager
-def _stack_lock(settings: Settings) -> Iterator[None]:
+def _stack_lock(settings: Settings, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """The stack's exclusive lock; `wait_s` 0 tries once (the supervisor: a stack someone is starting or
+    stopping is theirs, and `down` must never wait on a restart)."""
     with _private(settings), open(settings.run_dir / "stack.lock", "w") as fh:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + wait_s
         while True:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StackError("another ktrdr is starting the stack and has not finished in 60 s") from None
+                if time.monotonic() >= deadline:
+                    raise LockBusy(f"another ktrdr is starting the stack and has not finished in {wait_s:g} s"
+                                   ) from None
                 time.sleep(0.05)
         try:
             yield
@@ -255,16 +329,26 @@ def running_url(settings: Settings) -> str | None:
 
 
 def current_url(settings: Settings) -> str:
-    """NATS_URL, or the embedded server's URL, starting the stack when it is not running."""
+    """NATS_URL, or the embedded server's URL, starting the stack when it is not running (or when its
+    supervisor is not: then nothing would restart a crashed process)."""
     if settings.nats_url:
         return settings.nats_url
-    return running_url(settings) or up(settings)
+    url = running_url(settings)
+    if url is not None and _alive(_read_pid(settings, "supervisor"), _EXPECT["supervisor"]):
+        return url
+    return up(settings)
+
+
+# The processes this process started, by name: the supervisor reads a restarted child's exit status
+# from them (a process started by a CLI that has exited is no child of anyone here).
+children: dict[str, subprocess.Popen[bytes]] = {}
 
 
 def _spawn(settings: Settings, name: str, argv: list[str], env: dict[str, str]) -> int:
     with os.fdopen(open_log(settings.log_dir / f"{name}.log"), "ab") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=str(settings.home), umask=PRIVATE_UMASK)
+    children[name] = proc
     _pid_file(settings, name).write_text(f"{proc.pid}\n")
     return proc.pid
 
@@ -291,27 +375,67 @@ def _up(settings: Settings, *, actors: bool, listen: str | None, nodes: int | No
     settings.home.mkdir(parents=True, exist_ok=True)
     with _stack_lock(settings):
         old = shape(settings)
-        new = Shape(listen or old.host, nodes or old.nodes)
+        running = any(p.alive for p in process_infos(settings) if p.name.startswith("nats"))
+        new = Shape(listen or old.host, nodes or old.nodes, old.standby if running else _standby_role())
         if not 1 <= new.nodes <= 9:
             raise StackError(f"--cluster {new.nodes}: a local cluster has 1 to 9 nodes")
-        if new != old and any(p.alive for p in process_infos(settings) if p.name.startswith("nats")):
+        if (new.host, new.nodes) != (old.host, old.nodes) and running:
             raise StackError(f"the stack runs as {old.nodes} node(s) on {old.host}; `ktrdr down` first to change it")
         settings.run_dir.mkdir(parents=True, exist_ok=True)
-        (settings.run_dir / "stack.json").write_text(json.dumps({"host": new.host, "nodes": new.nodes}) + "\n")
+        (settings.run_dir / "stack.json").write_text(
+            json.dumps({"host": new.host, "nodes": new.nodes, "standby": new.standby}) + "\n")
         url = _ensure_nats(settings, new)
         if not _alive(_read_pid(settings, "supervisor"), _EXPECT["supervisor"]):
             _spawn(settings, "supervisor", [sys.executable, "-m", "ktrdr.supervisor"],
                    {**os.environ, "KTRDR_HOME": str(settings.home), "PYTHONUNBUFFERED": "1"})
-        env = {**os.environ, "NATS_URL": url, "KTRDR_HOME": str(settings.home), "PYTHONUNBUFFERED": "1",
-               "KTRDR_REPLICAS": str(min(new.nodes, 3))}
         if actors:
-            if settings.ib_port is None:
-                env["IB_HOST"], env["IB_PORT"] = "127.0.0.1", str(_ensure_sim_gateway(settings, env))
-            if not _alive(_read_pid(settings, "actors"), _EXPECT["actors"]):
-                # KTRDR_LOCAL_ROLES limits the local actors, e.g. when the trainer runs on a GPU host.
-                _spawn(settings, "actors", [sys.executable, "-m", "actors", *local_roles(settings)], env)
-            _ensure_web(settings, env)
+            for name in ("sim-gateway", "actors", "web", *standby_orchestrators(new)):
+                _ensure_service(settings, name, url, new)
         return url
+
+
+def _service_env(settings: Settings, url: str, sh: Shape) -> dict[str, str]:
+    return {**os.environ, "NATS_URL": url, "KTRDR_HOME": str(settings.home), "PYTHONUNBUFFERED": "1",
+            "KTRDR_REPLICAS": str(min(sh.nodes, 3))}
+
+
+def _ensure_service(settings: Settings, name: str, url: str, sh: Shape) -> None:
+    """Start one service of the stack unless it runs, as `up` starts it (the supervisor restarts one
+    the same way: same ports, same environment)."""
+    env = _service_env(settings, url, sh)
+    if settings.ib_port is None:  # the actors' ib actor (and the gateway itself) use the sim gateway
+        env["IB_HOST"], env["IB_PORT"] = "127.0.0.1", str(_ensure_sim_gateway(settings, env))
+    if name == "web":
+        _ensure_web(settings, env)
+    elif name == "actors" and not _alive(_read_pid(settings, name), _EXPECT["actors"]):
+        # KTRDR_LOCAL_ROLES limits the local actors, e.g. when the trainer runs on a GPU host.
+        _spawn(settings, "actors", [sys.executable, "-m", "actors", *local_roles(settings)], env)
+    elif name.startswith("orchestrator-") and not _alive(_read_pid(settings, name), "actors"):
+        urls = url.split(",")
+        k = int(name.rsplit("-", 1)[1]) - 1  # its own node first: it keeps to the machine it runs next to
+        env["NATS_URL"] = ",".join(urls[k:] + urls[:k]) if k < len(urls) else url
+        _spawn(settings, name, [sys.executable, "-m", "actors", sh.standby], env)
+
+
+def restart(settings: Settings, name: str) -> bool:
+    """Start one dead process of the stack again, as `up` starts it (the supervisor's cure for a
+    crash). Under the stack lock, tried once: False (nothing done) when another ktrdr holds it, or
+    when the process runs again or was stopped on purpose (no pid file) by the time the lock is held."""
+    try:
+        with _stack_lock(settings, wait_s=0):
+            if _read_pid(settings, name) is None or _alive(_read_pid(settings, name), _expect(name)):
+                return False
+            sh = shape(settings)
+            if name.startswith("nats"):
+                _ensure_nats(settings, sh)
+                return True
+            url = recorded_url(settings)
+            if url is None:
+                return False
+            _ensure_service(settings, name, url, sh)
+            return True
+    except LockBusy:
+        return False
 
 
 def _stable_port(recorded: Path, preferred: int) -> int:
@@ -380,6 +504,7 @@ def _ensure_nats(settings: Settings, sh: Shape) -> str:
         (settings.run_dir / f"{name}.logpos").write_text(f"{log_file.stat().st_size if log_file.exists() else 0}\n")
         reserve_tail(log_file)
         proc = start_nats_server(settings.home / "nats", port, log_file, sh.host, conf=conf)
+        children[name] = proc
         _pid_file(settings, name).write_text(f"{proc.pid}\n")
         (settings.run_dir / f"{name}.port").write_text(f"{port}\n")
     reach = "127.0.0.1" if sh.host in ("0.0.0.0", "::") else sh.host
@@ -471,21 +596,32 @@ def reserve_tail(log_file: Path, size: int = LOG_RESERVE_BYTES) -> bool:
         return False
 
 
-def restart_nats(settings: Settings, name: str) -> None:
+def restart_nats(settings: Settings, name: str) -> bool:
     """Stop one nats-server of the stack and start it again on its store, config and port (the
-    supervisor's cure for a store that stopped writing; running clients reconnect by themselves)."""
-    with _stack_lock(settings):
-        _kill(settings, name)
-        _ensure_nats(settings, shape(settings))
+    supervisor's cure for a store that stopped writing; running clients reconnect by themselves).
+    Tried once under the stack lock: False (nothing done) while another ktrdr holds it."""
+    try:
+        with _stack_lock(settings, wait_s=0):
+            _kill(settings, name)
+            _ensure_nats(settings, shape(settings))
+            return True
+    except LockBusy:
+        return False
 
 
 def down(settings: Settings) -> list[str]:
-    """Stop the stack (actors first, so they drain while the server is still there)."""
+    """Stop the stack: the supervisor first (it restarts nothing once down holds the lock, and nothing
+    after it is gone), then the actors, so they drain while the server is still there. The
+    supervisor's record goes with it: the next `up` counts restarts afresh."""
+    from ktrdr import disk
+
     stopped = []
     with _stack_lock(settings):
-        for name in ("supervisor", "web", "actors", "sim-gateway", *shape(settings).nats_names):
+        sh = shape(settings)
+        for name in ("supervisor", "web", *standby_orchestrators(sh), "actors", "sim-gateway", *sh.nats_names):
             if _kill(settings, name):
                 stopped.append(name)
-        with contextlib.suppress(OSError):
-            nats_url_file(settings).unlink()
+        for path in (nats_url_file(settings), disk.health_file(settings)):
+            with contextlib.suppress(OSError):
+                path.unlink()
     return stopped

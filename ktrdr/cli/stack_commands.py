@@ -110,8 +110,8 @@ async def _status(json_out: bool) -> int:
     if out["web_url"]:
         typer.echo(f"web:  {out['web_url']}")
     for p in procs:
-        detail = f" · {p.detail}" if p.detail else ""
-        typer.echo(f"  {p.name:<12} {'running' if p.alive else 'stopped'}{f' (pid {p.pid})' if p.pid else ''}{detail}")
+        detail = "".join(f" · {d}" for d in (_restarts(p), p.detail) if d)
+        typer.echo(f"  {p.name:<14} {'running' if p.alive else 'stopped'}{f' (pid {p.pid})' if p.pid else ''}{detail}")
     for srv in out["servers"]:
         leads = f" leads {', '.join(srv.get('leads', []))}" if srv.get("leads") else ""
         typer.echo(f"  server {srv['name']:<14} {srv['url']}{leads}")
@@ -125,6 +125,21 @@ async def _status(json_out: bool) -> int:
         state = f" · {a['state']}" if a["state"] else ""
         typer.echo(f"  {a['role']:<13} {a['actor']}{pools}{mem}{state}{busy}")
     return 0
+
+
+def _restarts(p: Any) -> str:
+    """What the supervisor did about a process, for its status line (a ktrdr.embedded.ProcInfo)."""
+    if p.state == "backoff" and not p.alive:
+        waiting = "crashed; the supervisor restarts it after its backoff"
+    elif p.state.startswith("failed"):
+        waiting = f"could not restart ({p.state}); tried again after its backoff"
+    else:
+        waiting = ""
+    if not p.restarts:
+        return waiting
+    times = "time" if p.restarts == 1 else "times"
+    done = f"restarted {p.restarts} {times}, last at {p.last_restart_at} ({p.last_reason})"
+    return f"{done}; {waiting}" if waiting else done
 
 
 # ------------------------------------------------------------------------------------------ dummy
