@@ -46,7 +46,7 @@ SERVICES = ("sim-gateway", "actors", "web", "supervisor")
 # This variable turns them on: "1" runs `python -m actors orchestrator` in them; a role name runs
 # that role instead (the tests use a role that is safe twice, e.g. dummy).
 STANDBY_ENV = "KTRDR_STANDBY_ORCHESTRATORS"
-STANDBY_DEFAULT = ""  # "" off; flipped to "1" once the leader lease lands
+STANDBY_DEFAULT = "1"  # on: orchestrators share the leader lease (actors/_orch_leader.py); "0" turns them off
 LOCK_WAIT_S = 60.0  # how long `up`/`down` wait for another ktrdr that holds the stack lock
 
 
@@ -212,7 +212,7 @@ def _standby_role() -> str:
 def standby_orchestrators(sh: Shape) -> list[str]:
     """The standby orchestrator processes a stack of this shape runs: `orchestrator-2` ..
     `orchestrator-N`, one next to each node beyond the first (the `actors` process hosts orchestrator
-    1 with the workers); none on one node, and none at all until they are turned on (STANDBY_ENV)."""
+    1 with the workers); none on one node, and none when STANDBY_ENV says 0."""
     if not sh.standby or sh.nodes < 2:
         return []
     return [f"orchestrator-{i}" for i in range(2, sh.nodes + 1)]

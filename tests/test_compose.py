@@ -210,7 +210,7 @@ async def test_compose_services_run_a_data_load_and_a_host_training(compose: _Co
         assert compose.procs["nats"].poll() is None, compose.log("nats")
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.05)
-    for name in ("sim-gateway", "core", "ib", "trainer"):
+    for name in ("sim-gateway", "core", "ib", "trainer", "orchestrator-2"):
         compose.start(name)
     # the test reads as the cli role would, with the CA the deployment made
     auth_dir = compose.volume("ktrdr-auth") / "auth"
@@ -253,13 +253,12 @@ async def test_compose_services_run_a_data_load_and_a_host_training(compose: _Co
         cached = sorted(str(p.relative_to(trainer_home)) for p in trainer_home.rglob("*") if p.is_file())
         assert len(cached) == 1 and cached[0].startswith("cache/") and cached[0].endswith(".parquet"), cached
 
-        # The second orchestrator starts and announces itself. Started only once nothing runs: until the
-        # leader lease lands (issue 19) two active orchestrators on one server are unsafe.
-        # TODO(lead): start it with the others once the lease has landed.
-        compose.start("orchestrator-2")
+        # Both orchestrators ran beside each other the whole time: one active, one standby (issue 19).
 
         async def two_orchestrators() -> bool:
-            return len([hb for hb in await client.live_actors() if hb.role == "orchestrator"]) == 2
+            states = sorted(hb.state.split(",")[0].split(" ")[0] for hb in await client.live_actors()
+                            if hb.role == "orchestrator")
+            return states == ["active", "standby"]
 
         deadline = asyncio.get_running_loop().time() + 60
         while not await two_orchestrators():
