@@ -54,7 +54,7 @@ from ktrdr.ops import OperationView, fold, intake, verdicts
 from ktrdr.ops.reader import admit, fold_trusted, read_views
 from ktrdr.ops.supervision import Tracked
 from ktrdr.training.checkpoint_store import CheckpointStore
-from ktrdr.transport import publish
+from ktrdr.transport import last_message, publish
 
 
 class Orchestrator(Actor):
@@ -120,6 +120,9 @@ class Orchestrator(Actor):
             await self._apply(subject, data, proof)
         for op_id in [o for o, t in self.live.items() if t.view.status == "queued" and not t.view.children]:
             view = self.live[op_id].view
+            if not view.cancel_requested and (raw := await last_message(self.js, subjects.cancel(op_id))) \
+                    and (ev := self._decoded(subjects.cancel(op_id), raw)) is not None:
+                fold(view, ev)  # a user's cancel (OPS_CANCELS) that no orchestrator heard: none was active
             if view.cancel_requested:  # recorded while no orchestrator ran
                 await self.finish(op_id, verdicts.recorded_cancel(view))
             else:  # it may have died between creating the operation and routing it

@@ -188,3 +188,23 @@ async def test_the_leader_lease_one_holder_a_whole_ttl_before_a_takeover_and_a_g
         a.epoch()
     await b.step_down()  # handed back: a takes it at once, with the next epoch
     assert await a.try_acquire() and a.epoch() == 3
+
+
+async def test_a_cancel_sent_while_no_orchestrator_is_active_is_honoured_by_the_next_one(
+        orchestrators, settings, client):
+    """A queued operation (nobody in its pool) cancelled between the leader's death and the takeover:
+    nobody active heard the cancel; the new leader reads it from OPS_CANCELS when it rebuilds."""
+    orch = orchestrators(settings)
+    first = orch.start()
+    await orch.wait_state(first, "active")
+    second = orch.start()
+    await orch.wait_state(second, "standby")
+    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=5, interval_s=0.05)
+    await client.submit(cmd)
+    await wait_for_event(client, cmd.op_id, lambda ev, v: v.status == "queued", timeout=30)
+    first.kill()
+    await client.cancel(cmd.op_id, reason="changed my mind")
+    assert (await orch.states()).get(second.pid, "").startswith("standby")  # nobody active heard it
+    await orch.wait_state(second, "active")
+    view = await wait_terminal(client, cmd.op_id, timeout=30)
+    assert (view.status, view.reason_code) == ("cancelled", "user"), (view.status, view.errors)
