@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import typer
@@ -99,7 +100,7 @@ async def _status(json_out: bool) -> int:
                 out["actors"] = [{"actor": hb.actor, "role": hb.role, "host": hb.host, "pid": hb.pid,
                                   "pools": hb.pools, "busy": hb.busy, "rss_mb": hb.rss_mb,
                                   "peak_rss_mb": hb.peak_rss_mb, "state": hb.state,
-                                  "last_seen": hb.ts.isoformat()}
+                                  "last_seen": hb.ts.isoformat(), "interval_s": hb.interval_s}
                                  for hb in await c.live_actors()]
             except Exception:
                 pass
@@ -117,14 +118,24 @@ async def _status(json_out: bool) -> int:
         typer.echo(f"  server {srv['name']:<14} {srv['url']}{leads}")
     for name, st in out["streams"].items():
         typer.echo(f"  stream {name:<5} {st['messages'] if st else '-':>8} messages")
-    typer.echo(f"actors: {len(out['actors'])} live")
+    silent = sum(1 for a in out["actors"] if _silence(a))
+    typer.echo(f"actors: {len(out['actors']) - silent} live" + (f", {silent} not heard (stopped?)" if silent else ""))
     for a in sorted(out["actors"], key=lambda a: a["role"]):
         busy = f" busy: {', '.join(a['busy'])}" if a["busy"] else ""
         pools = f" pools {','.join(a['pools'])}" if a["pools"] else ""
         mem = f" rss {a['rss_mb']:.0f} MB (peak {a['peak_rss_mb']:.0f})"
         state = f" · {a['state']}" if a["state"] else ""
-        typer.echo(f"  {a['role']:<13} {a['actor']}{pools}{mem}{state}{busy}")
+        typer.echo(f"  {a['role']:<13} {a['actor']}{pools}{mem}{state}{busy}{_silence(a)}")
     return 0
+
+
+def _silence(a: dict[str, Any]) -> str:
+    """A record its actor stopped renewing (it died: the record expires by itself within seconds) is
+    said to be silent, so that a dead orchestrator's last "active" is not read as the current one.
+    Judged by the actor's own clock: a clock seconds off the CLI's could mislabel a live one."""
+    silent = (datetime.now(UTC) - datetime.fromisoformat(a["last_seen"])).total_seconds()
+    stale = max(3 * float(a.get("interval_s") or 1.0), 3.0)
+    return f" · not heard for {silent:.0f} s (stopped?)" if silent > stale else ""
 
 
 def _restarts(p: Any) -> str:
