@@ -47,7 +47,7 @@ SYNC_SETTINGS = {"always": "always", "default": "2m"}
 
 
 @dataclass
-class _Node:
+class Node:
     name: str
     port: int
     backing: Path
@@ -62,17 +62,18 @@ class _Node:
         return f"nats://127.0.0.1:{self.port}"
 
 
-def _nodes(tmp: Path, n: int, sync_interval: str) -> list[_Node]:
+def nodes_for(tmp: Path, n: int, sync_interval: str) -> list[Node]:
     limits = natsconf.Limits(sync_interval=sync_interval)
     ports = [free_port() for _ in range(n)]
-    out: list[_Node] = []
+    out: list[Node] = []
     if n == 1:
         specs = [None]
     else:
         specs = natsconf.cluster_nodes(n, base_dir=tmp, client_ports=ports, route_ports=[free_port() for _ in range(n)],
                                        cluster_name="power")
     for i, spec in enumerate(specs):
-        node = _Node(f"p{i + 1}", ports[i], tmp / f"disk{i + 1}", tmp / f"mnt{i + 1}", tmp / f"p{i + 1}.conf",
+        name = spec.server_name if spec is not None else f"p{i + 1}"
+        node = Node(name, ports[i], tmp / f"disk{i + 1}", tmp / f"mnt{i + 1}", tmp / f"p{i + 1}.conf",
                      tmp / f"p{i + 1}.log")
         store = node.mnt / "jetstream"
         if spec is None:
@@ -85,14 +86,14 @@ def _nodes(tmp: Path, n: int, sync_interval: str) -> list[_Node]:
     return out
 
 
-def _power_on(nodes: list[_Node]) -> None:
+def _power_on(nodes: list[Node]) -> None:
     for node in nodes:
         node.mount = lazyfs.mount(node.backing, node.mnt, log=node.log.with_suffix(".lazyfs.log"))
     for node in nodes:  # a cluster's nodes wait for each other's routes: start them all, then check
         node.proc = start_nats_server(node.mnt / "jetstream", node.port, node.log, conf=node.conf)
 
 
-def _power_off(nodes: list[_Node]) -> list[dict[str, Any]]:
+def _power_off(nodes: list[Node]) -> list[dict[str, Any]]:
     """The cut: every server killed first (a dead process syncs nothing more), then the caches dropped."""
     for node in nodes:
         if node.proc is not None and node.proc.poll() is None:
@@ -103,7 +104,7 @@ def _power_off(nodes: list[_Node]) -> list[dict[str, Any]]:
     return [node.mount.cut() for node in nodes if node.mount is not None]
 
 
-def _clean_reboot(nodes: list[_Node]) -> None:
+def _clean_reboot(nodes: list[Node]) -> None:
     """A clean shutdown (the servers stopped by SIGTERM, the caches flushed as an unmount does) and
     power on again: what was stored before is on disk, as for a stream that existed for a while."""
     for node in nodes:
@@ -117,7 +118,7 @@ def _clean_reboot(nodes: list[_Node]) -> None:
     _power_on(nodes)
 
 
-def _teardown(nodes: list[_Node]) -> None:
+def teardown(nodes: list[Node]) -> None:
     for node in nodes:
         if node.proc is not None and node.proc.poll() is None:
             node.proc.kill()
@@ -126,12 +127,12 @@ def _teardown(nodes: list[_Node]) -> None:
             node.mount.close()
 
 
-async def _connect(nodes: list[_Node]) -> nats.NATS:
+async def connect(nodes: list[Node]) -> nats.NATS:
     return await nats.connect(servers=[n.url for n in nodes], connect_timeout=2, max_reconnect_attempts=-1,
                               reconnect_time_wait=0.2)
 
 
-async def _create_stream(js: Any, replicas: int) -> None:
+async def create_stream(js: Any, replicas: int) -> None:
     deadline = time.monotonic() + RECOVER_TIMEOUT_S
     while True:  # a fresh cluster needs a meta leader before it creates anything
         try:
@@ -144,8 +145,10 @@ async def _create_stream(js: Any, replicas: int) -> None:
             await asyncio.sleep(0.2)
 
 
-async def _load(js: Any, operations: int) -> tuple[set[str], int]:
-    """Publish `operations` messages, WINDOW at a time; the ids acknowledged and how many failed."""
+async def load(js: Any, operations: int, payload_bytes: int = PAYLOAD_BYTES,
+               failures: list[float] | None = None) -> tuple[set[str], int]:
+    """Publish `operations` messages, WINDOW at a time; the ids acknowledged and how many failed
+    (the monotonic time of each failure goes to `failures` when given)."""
     acked: set[str] = set()
     failed = 0
 
@@ -153,18 +156,20 @@ async def _load(js: Any, operations: int) -> tuple[set[str], int]:
         nonlocal failed
         mid = f"m{i:07d}"
         try:
-            await js.publish(SUBJECT, mid.encode().ljust(PAYLOAD_BYTES, b"."), timeout=5,
+            await js.publish(SUBJECT, mid.encode().ljust(payload_bytes, b"."), timeout=5,
                              headers={"Nats-Msg-Id": mid})
             acked.add(mid)
         except Exception:
             failed += 1
+            if failures is not None:
+                failures.append(time.monotonic())
 
     for start in range(0, operations, WINDOW):
         await asyncio.gather(*(one(i) for i in range(start, min(start + WINDOW, operations))))
     return acked, failed
 
 
-async def _recover(js: Any) -> bool:
+async def until_writable(js: Any) -> bool:
     """Wait until a publish to the stream is acknowledged again; False when the stream is gone
     (the server answers and knows no such stream)."""
     began = time.monotonic()
@@ -180,7 +185,7 @@ async def _recover(js: Any) -> bool:
     raise TimeoutError(f"the stream did not accept a publish within {RECOVER_TIMEOUT_S} s of the restart")
 
 
-async def _read_back(js: Any) -> Counter[str] | None:
+async def read_back(js: Any) -> Counter[str] | None:
     """Every message id stored in the stream (by sequence, from the leader); None when it is gone."""
     try:
         info = await js.stream_info(STREAM)
@@ -201,35 +206,35 @@ async def _read_back(js: Any) -> Counter[str] | None:
 async def power_cut(nodes_n: int, setting: str, operations: int = 2000) -> dict[str, Any]:
     """One power cut of one node (R1) or of a whole 3-node cluster (R3); its nemesis row."""
     tmp = Path(tempfile.mkdtemp(prefix="ktrdr-power-"))
-    nodes = _nodes(tmp, nodes_n, SYNC_SETTINGS[setting])
+    nodes = nodes_for(tmp, nodes_n, SYNC_SETTINGS[setting])
     try:
         await asyncio.to_thread(_power_on, nodes)
-        nc = await _connect(nodes)
+        nc = await connect(nodes)
         try:
-            await _create_stream(nc.jetstream(), nodes_n)
+            await create_stream(nc.jetstream(), nodes_n)
         finally:
             await nc.close()
         await asyncio.to_thread(_clean_reboot, nodes)
-        nc = await _connect(nodes)
+        nc = await connect(nodes)
         try:
             js = nc.jetstream()
-            await _recover(js)
-            acked, failed = await _load(js, operations)
+            await until_writable(js)
+            acked, failed = await load(js, operations)
         finally:
             await nc.close()
         cut = await asyncio.to_thread(_power_off, nodes)
         healed = time.monotonic()
         await asyncio.to_thread(_power_on, nodes)
-        nc = await _connect(nodes)
+        nc = await connect(nodes)
         try:
             js = nc.jetstream()
-            await _recover(js)
+            await until_writable(js)
             recover_s = time.monotonic() - healed  # power-on: remount, server start, the first ack
-            seen = await asyncio.wait_for(_read_back(js), READ_TIMEOUT_S * 20)
+            seen = await asyncio.wait_for(read_back(js), READ_TIMEOUT_S * 20)
         finally:
             await nc.close()
     finally:
-        _teardown(nodes)
+        teardown(nodes)
         shutil.rmtree(tmp, ignore_errors=True)
     stored = seen or Counter()
     dropped = sum(int(c.get("dropped_bytes", 0)) for c in cut)
