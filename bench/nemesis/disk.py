@@ -124,8 +124,6 @@ async def disk_full_node() -> list[dict[str, Any]]:
             await nc.close()
     finally:
         power.teardown(nodes)
-        if os.environ.get("KEEPLOGS"):
-            shutil.copytree(tmp, os.environ["KEEPLOGS"], ignore=shutil.ignore_patterns("mnt*", "disk*"))
         _umount(small.mnt)
         shutil.rmtree(tmp, ignore_errors=True)
     notes = [f"store {DISK_BYTES // MiB} MiB tmpfs with {DISK_FREE_BYTES // MiB} MiB free, "
