@@ -54,11 +54,11 @@ class _Round:
     procs: list[subprocess.Popen[bytes]]
 
     def spawn(self, role: str, faketime: str | None = None) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "NATS_URL": self.settings.nats_url, "KTRDR_HOME": str(self.settings.home),
+        env = {**os.environ, "NATS_URL": str(self.settings.nats_url), "KTRDR_HOME": str(self.settings.home),
                "KTRDR_HEARTBEAT_S": str(HEARTBEAT_S), "KTRDR_WORKER_TIMEOUT": str(WORKER_TIMEOUT_S),
                "KTRDR_DRAIN_TIMEOUT": "0.5", "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
-                                                           os.environ.get("PYTHONPATH")]))}
+                                                           os.environ.get("PYTHONPATH", "")]))}
         if faketime is not None:
             env.update(LD_PRELOAD=str(FAKETIME_LIB), FAKETIME=faketime, FAKETIME_NO_CACHE="1")
         log = open(self.tmp / f"{role}-{len(self.procs)}.log", "wb")

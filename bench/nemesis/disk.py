@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,8 @@ async def disk_full_node() -> list[dict[str, Any]]:
         try:
             js = nc.jetstream()
             await power.create_stream(js, 3)
-            leader = (await js.stream_info(power.STREAM)).cluster.leader
+            placed = (await js.stream_info(power.STREAM)).cluster
+            leader = placed.leader if placed is not None else None
             failures: list[float] = []
             acked, failed = await power.load(js, FULL_OPERATIONS, FULL_PAYLOAD_BYTES, failures)
             # Is the stream writable again while the full node is still full (the two others are a quorum)?
@@ -119,7 +121,7 @@ async def disk_full_node() -> list[dict[str, Any]]:
                 await asyncio.sleep(0.1)
             recover_s = time.monotonic() - freed
             caught = await _caught_up(js, small.name)
-            seen = await power.read_back(js) or {}
+            seen: Counter[str] = await power.read_back(js) or Counter()
         finally:
             await nc.close()
     finally:

@@ -67,11 +67,12 @@ def nodes_for(tmp: Path, n: int, sync_interval: str) -> list[Node]:
     limits = natsconf.Limits(sync_interval=sync_interval)
     ports = [free_port() for _ in range(n)]
     out: list[Node] = []
+    specs: list[natsconf.NodeSpec | None]
     if n == 1:
         specs = [None]
     else:
-        specs = natsconf.cluster_nodes(n, base_dir=tmp, client_ports=ports, route_ports=[free_port() for _ in range(n)],
-                                       cluster_name="power")
+        routes = [free_port() for _ in range(n)]
+        specs = [*natsconf.cluster_nodes(n, base_dir=tmp, client_ports=ports, route_ports=routes, cluster_name="power")]
     for i, spec in enumerate(specs):
         name = spec.server_name if spec is not None else f"p{i + 1}"
         node = Node(name, ports[i], tmp / f"disk{i + 1}", tmp / f"mnt{i + 1}", tmp / f"p{i + 1}.conf",
