@@ -45,6 +45,8 @@ RECOVER_TIMEOUT_S = 60.0
 READ_TIMEOUT_S = 5.0
 READ_BATCH = 1000
 SYNC_SETTINGS = {"always": "always", "default": "2m"}
+# Acknowledged messages per round (a few seconds of progress events from a busy system).
+OPERATIONS = 2000
 
 
 @dataclass
@@ -228,7 +230,7 @@ async def read_back(js: Any) -> Counter[str] | None:
     return seen
 
 
-async def power_cut(nodes_n: int, setting: str, operations: int = 2000) -> dict[str, Any]:
+async def power_cut(nodes_n: int, setting: str, operations: int = OPERATIONS) -> dict[str, Any]:
     """One power cut of one node (R1) or of a whole 3-node cluster (R3); its nemesis row."""
     tmp = Path(tempfile.mkdtemp(prefix="ktrdr-power-"))
     nodes = nodes_for(tmp, nodes_n, SYNC_SETTINGS[setting])
