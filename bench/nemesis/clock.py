@@ -5,10 +5,11 @@ second dummy worker runs under libfaketime (`FAKETIME="+1h"`, `"-1h"`, or a cloc
 the real rate, `"+0 x2"`; libfaketime skews the monotonic clock too unless told not to). The skewed
 worker takes a long operation alone; the normal worker then starts and both run side by side (the
 skewed holder must not be taken over while it runs, whatever its clock says); then the skewed holder
-is killed with SIGKILL and the normal worker must take the operation over and complete it. Checked
-from the stored events: one attempt while the holder lived, the takeover only after the kill (no
-event of the normal worker before it), exactly two starts and one terminal event; then a fresh
-operation completes. The row says how long from the kill until the takeover's start.
+is killed with SIGKILL and the normal worker must take the operation over (then it is cancelled, to
+keep the round short). Checked from the stored events: the skewed worker completes a short operation
+first; one attempt while the holder lived; the takeover only after the kill (no event of the normal
+worker before it); exactly two starts and one terminal event; then a fresh operation completes.
+The row says how long from the kill until the takeover's start.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from events import subjects
+from events.bounds import MAX_DUMMY_ITERATIONS
 from events.messages import OperationStarted, RunDummy
 from ktrdr.client import Client
 from ktrdr.config import Settings
@@ -35,7 +37,7 @@ SKEWS = ("+1h", "-1h", "+0 x2")
 # The harness's own pace: fast heartbeats so a takeover is seconds; the operation outlasts many of them.
 HEARTBEAT_S = 0.2
 WORKER_TIMEOUT_S = 1.5
-STEPS, STEP_S = 160, 0.05
+STEPS, STEP_S = MAX_DUMMY_ITERATIONS, 0.05
 # Steps the skewed holder runs next to the normal worker before it is killed (over 2 worker timeouts).
 SIDE_BY_SIDE_STEPS = 70
 WAIT_S = 90.0
@@ -84,19 +86,30 @@ def _of(worker: str | None, proc: subprocess.Popen[bytes]) -> bool:
     return worker is not None and f"-{proc.pid}-" in worker
 
 
+async def _skewed_worker_completes(c: Client, skewed: subprocess.Popen[bytes]) -> list[str]:
+    """A short operation, the skewed worker alone: it runs and completes it."""
+    op = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=3, interval_s=0.01)
+    await c.submit(op)
+    view = await _until(lambda: _view_if(c, op.op_id, lambda v: v.terminal), "the skewed worker's first operation")
+    if view.status != "completed" or not _of(view.worker, skewed):
+        return [f"the skewed worker's operation ended {view.status} on {view.worker}"]
+    return []
+
+
 async def _skewed_holder_then_kill(c: Client, r: _Round, faketime: str) -> tuple[list[str], float]:
     """The scenario; the problems found (empty: none) and seconds from the kill to the takeover."""
-    problems: list[str] = []
     skewed = r.spawn("dummy", faketime)
+    problems = await _skewed_worker_completes(c, skewed)
+    # Long enough never to end by itself: once taken over it is cancelled, which keeps the round short.
     op = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=STEPS, interval_s=STEP_S)
     await c.submit(op)
-    view = await _until(lambda: _view_if(c, op.op_id, lambda v: v.current_step >= 3),
+    view = await _until(lambda: _view_if(c, op.op_id, lambda v: v.current_step >= 3 or v.terminal),
                         "the skewed worker running the operation")
     if not _of(view.worker, skewed):
         problems.append(f"the operation went to {view.worker}, not the skewed worker")
     normal = r.spawn("dummy")
     await _until(lambda: _alive(c, normal.pid), "the normal worker announcing itself")
-    step = view.current_step
+    step = (await c.view(op.op_id)).current_step
     view = await _until(lambda: _view_if(c, op.op_id, lambda v: v.current_step >= step + SIDE_BY_SIDE_STEPS
                                          or v.terminal), "the skewed holder running next to the normal one")
     if view.attempts != 1 or not _of(view.worker, skewed):
@@ -104,15 +117,16 @@ async def _skewed_holder_then_kill(c: Client, r: _Round, faketime: str) -> tuple
     before = len(await c.events(op.op_id))
     skewed.kill()
     killed = time.monotonic()
-    view = await _until(lambda: _view_if(c, op.op_id, lambda v: v.attempts >= 2 or v.terminal),
-                        "the takeover after the kill")
+    view = await _until(lambda: _view_if(c, op.op_id, lambda v: (v.attempts >= 2 and v.current_step >= 1)
+                                         or v.terminal), "the takeover after the kill")
     takeover_s = time.monotonic() - killed
+    await c.cancel(op.op_id, reason="taken over: the round is done")
     view = await _until(lambda: _view_if(c, op.op_id, lambda v: v.terminal), "the operation's end")
     events = await c.events(op.op_id)
     starts = [e for e in events if isinstance(e, OperationStarted)]
     if any(_of(getattr(e, "worker", None) or getattr(e, "actor", None), normal) for e in events[:before]):
         problems.append("the normal worker acted before the holder was killed")
-    if view.status != "completed" or [s.attempt for s in starts] != [1, 2] or not _of(starts[-1].worker, normal):
+    if view.status != "cancelled" or [s.attempt for s in starts] != [1, 2] or not _of(starts[-1].worker, normal):
         problems.append(f"after the kill: {view.status}, starts {[(s.attempt, s.worker) for s in starts]}")
     if sum(1 for e in events if type(e).__name__ in ("OperationCompleted", "OperationFailed",
                                                       "OperationCancelled")) != 1:
