@@ -11,6 +11,7 @@ tests and tools build their own that way.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,16 @@ def _int(name: str, default: int, lo: int = 0, hi: int = 2**62) -> int:
     return int(_float(name, default, lo, hi))
 
 
+SYNC_PATTERN = re.compile(r"always|[1-9][0-9]{0,5}(ms|s|m|h)")  # nats-server's sync_interval values we accept
+
+
+def _sync(name: str, default: str) -> str:
+    raw = _env(name) or default
+    if not SYNC_PATTERN.fullmatch(raw):
+        raise SystemExit(f"{name}={raw!r}: expected 'always' or a duration such as 1s, 500ms, 2m")
+    return raw
+
+
 def _list(name: str) -> list[str]:
     return [v for v in (_env(name) or "").replace(",", " ").split() if v]
 
@@ -61,6 +72,10 @@ class Settings:
     # Who this process is on the bus (its credentials' role); "" = no per-role credentials.
     role: str = field(default_factory=lambda: _env("KTRDR_ROLE") or "")
     # Embedded stack: where nats-server listens (loopback unless told otherwise) and which actors run.
+    # The embedded stack's fsync policy (nats-server sync_interval): "always" stores every acked
+    # message on disk before the ack (a power cut loses nothing acked); a duration fsyncs that often
+    # (nats-server's default 2m: a power cut loses what was acked since). See README, "Faults".
+    nats_sync: str = field(default_factory=lambda: _sync("KTRDR_NATS_SYNC", "always"))
     nats_host: str = field(default_factory=lambda: _env("KTRDR_NATS_HOST") or "127.0.0.1")
     nats_port: int = field(default_factory=lambda: _int("KTRDR_NATS_PORT", 4222, 1, 65535))
     local_roles: list[str] = field(default_factory=lambda: _list("KTRDR_LOCAL_ROLES"))

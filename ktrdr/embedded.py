@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from events.roles import ORCHESTRATOR
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 from ktrdr.runfiles import free_port, nats_url_file, port_open
@@ -46,6 +47,7 @@ SERVICES = ("sim-gateway", "actors", "web", "supervisor")
 # This variable turns them on: "1" runs `python -m actors orchestrator` in them; a role name runs
 # that role instead (the tests use a role that is safe twice, e.g. dummy).
 STANDBY_ENV = "KTRDR_STANDBY_ORCHESTRATORS"
+STANDBY_PREFIX = f"{ORCHESTRATOR}-"  # the standby processes' names: orchestrator-2 ..
 STANDBY_DEFAULT = "1"  # on: orchestrators share the leader lease (actors/_orch_leader.py); "0" turns them off
 LOCK_WAIT_S = 60.0  # how long `up`/`down` wait for another ktrdr that holds the stack lock
 
@@ -178,7 +180,7 @@ _EXPECT = {"actors": "actors", "sim-gateway": "ktrdr.ib.sim", "web": "ktrdr.web"
 def _expect(name: str) -> str:
     if name.startswith("nats"):
         return "nats-server"
-    return "actors" if name.startswith("orchestrator-") else _EXPECT[name]
+    return "actors" if name.startswith(STANDBY_PREFIX) else _EXPECT[name]
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,7 @@ def _standby_role() -> str:
     value = os.environ.get(STANDBY_ENV, STANDBY_DEFAULT).strip()
     if value in ("", "0"):
         return ""
-    return "orchestrator" if value == "1" or value not in ACTOR_ROLES else value
+    return ORCHESTRATOR if value == "1" or value not in ACTOR_ROLES else value
 
 
 def standby_orchestrators(sh: Shape) -> list[str]:
@@ -215,7 +217,7 @@ def standby_orchestrators(sh: Shape) -> list[str]:
     1 with the workers); none on one node, and none when STANDBY_ENV says 0."""
     if not sh.standby or sh.nodes < 2:
         return []
-    return [f"orchestrator-{i}" for i in range(2, sh.nodes + 1)]
+    return [f"{STANDBY_PREFIX}{i}" for i in range(2, sh.nodes + 1)]
 
 
 def shape(settings: Settings) -> Shape:
@@ -410,7 +412,7 @@ def _ensure_service(settings: Settings, name: str, url: str, sh: Shape) -> None:
     elif name == "actors" and not _alive(_read_pid(settings, name), _EXPECT["actors"]):
         # KTRDR_LOCAL_ROLES limits the local actors, e.g. when the trainer runs on a GPU host.
         _spawn(settings, "actors", [sys.executable, "-m", "actors", *local_roles(settings)], env)
-    elif name.startswith("orchestrator-") and not _alive(_read_pid(settings, name), "actors"):
+    elif name.startswith(STANDBY_PREFIX) and not _alive(_read_pid(settings, name), "actors"):
         urls = url.split(",")
         k = int(name.rsplit("-", 1)[1]) - 1  # its own node first: it keeps to the machine it runs next to
         env["NATS_URL"] = ",".join(urls[k:] + urls[:k]) if k < len(urls) else url
@@ -482,15 +484,16 @@ def _ensure_nats(settings: Settings, sh: Shape) -> str:
     alive = {n: _alive(_read_pid(settings, n), "nats-server") for n in names}
     client_ports = [_port_of(settings, n, ".port", settings.nats_port + i, alive[n]) for i, n in enumerate(names)]
     scheme = "nats" if sh.loopback else "tls"
+    limits = natsconf.Limits(sync_interval=settings.nats_sync)  # fsync policy: KTRDR_NATS_SYNC
     if sh.nodes == 1:
-        confs = [natsconf.render(server_name="ktrdr_embedded", host=sh.host, port=client_ports[0],
+        confs = [natsconf.render(server_name="ktrdr_embedded", host=sh.host, port=client_ports[0], limits=limits,
                                  store_dir=settings.home / "nats", users=users, tls=files.tls)]
     else:
         route_ports = [_port_of(settings, n, ".route", 0, alive[n]) for n in names]
         nodes = natsconf.cluster_nodes(sh.nodes, base_dir=settings.home / "nats", client_ports=client_ports,
                                        route_ports=route_ports, host=sh.host, route_user="route",
                                        route_password=files.route_password())
-        confs = [natsconf.render_node(node, users=users, tls=files.tls) for node in nodes]
+        confs = [natsconf.render_node(node, users=users, tls=files.tls, limits=limits) for node in nodes]
         for n, rp in zip(names, route_ports, strict=True):
             (settings.run_dir / f"{n}.route").write_text(f"{rp}\n")
     for name, port, text in zip(names, client_ports, confs, strict=True):

@@ -51,7 +51,7 @@ MAX_SCAN = 1 << 20  # log bytes read per look (a flood of lines is read over sev
 BACKOFF_FIRST_S = 0.5  # from a death seen to its restart (a process that ran STABLE_S or more before)
 BACKOFF_MAX_S = 30.0  # the longest wait between restarts of a process that keeps dying
 STABLE_S = 60.0  # a restarted process up this long is healthy again: its next death waits BACKOFF_FIRST_S
-MAX_REASON = 200  # of a start error kept in the record
+MAX_START_ERROR = 200  # of a start error kept in the record
 
 
 def scan(path: Path, offset: int) -> tuple[int, str | None]:
@@ -238,7 +238,7 @@ def look_processes(s: Settings, tracked: dict[str, Tracked], record: Record, now
             done = embedded.restart(s, name)
         except Exception as exc:  # it could not start: counted as an attempt, tried again after a longer wait
             log.exception("restarting %s failed", name)
-            rec.attempts, rec.state, t.dead_since = rec.attempts + 1, f"failed: {exc}"[:MAX_REASON], now
+            rec.attempts, rec.state, t.dead_since = rec.attempts + 1, f"failed: {exc}"[:MAX_START_ERROR], now
             changed = True
             continue
         if not done:  # `up` or `down` holds the stack (or it runs again): look again next time

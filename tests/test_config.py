@@ -29,7 +29,7 @@ def test_settings_are_built_once_while_the_environment_stays(monkeypatch: pytest
 
 def test_every_variable_settings_reads_is_watched() -> None:
     source = Path(config.__file__).read_text()
-    names = set(re.findall(r'_(?:env|float|int|list)\("([A-Z0-9_]+)"', source))
+    names = set(re.findall(r'_(?:env|float|int|list|sync)\("([A-Z0-9_]+)"', source))
     assert len(names) > 25  # the pattern still finds them
     assert [n for n in sorted(names) if not n.startswith(config.READ_PREFIXES)] == []
 
@@ -40,3 +40,14 @@ def test_a_bad_value_is_refused_with_its_name(monkeypatch: pytest.MonkeyPatch) -
         settings()
     monkeypatch.setenv("KTRDR_MAX_DELIVER", "3")
     assert settings().max_deliver == 3
+
+
+def test_the_fsync_policy_is_always_unless_a_duration_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KTRDR_NATS_SYNC", raising=False)
+    assert settings().nats_sync == "always"
+    monkeypatch.setenv("KTRDR_NATS_SYNC", "2m")
+    assert settings().nats_sync == "2m"
+    for bad in ("never", "2 m", "0s", "2m\n", '2m"\n}'):  # nothing but a duration reaches the server's config
+        monkeypatch.setenv("KTRDR_NATS_SYNC", bad)
+        with pytest.raises(SystemExit, match="KTRDR_NATS_SYNC"):
+            settings()

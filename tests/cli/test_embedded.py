@@ -40,6 +40,8 @@ def test_up_status_down_and_operations_survive_a_restart(home_env):
     assert status["web_url"] == f"http://127.0.0.1:{home_env['KTRDR_WEB_PORT']}/"
     assert status["streams"]["OPS"]["messages"] > 0
     assert {a["role"] for a in status["actors"]} == {"orchestrator", "dummy"}
+    conf = (Path(home_env["KTRDR_HOME"]) / "run" / "nats.conf").read_text()
+    assert 'sync_interval: "always"' in conf  # every acked event on disk before its ack (KTRDR_NATS_SYNC)
     assert "stopped:" in run(home_env, "down").stdout
     # Everything is down; ops list starts it again and the history is still there.
     listed = json.loads(run(home_env, "ops", "list", "--json").stdout)
