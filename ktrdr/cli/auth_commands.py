@@ -9,8 +9,12 @@ yet, `init --force` while the embedded stack runs); errors are one line on stder
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from ktrdr import natsconf
 
 auth_app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                        help="Per-role NATS credentials (NKEYs) and TLS for the bus.")
@@ -87,13 +91,22 @@ def _running_stack() -> list[str]:
     return [p.name for p in embedded.process_infos(settings()) if p.alive]
 
 
+def _limits() -> natsconf.Limits:
+    """The server-wide settings a rendered config gets: the fsync policy from KTRDR_NATS_SYNC."""
+    from ktrdr import natsconf
+    from ktrdr.config import settings
+
+    return natsconf.Limits(sync_interval=settings().nats_sync)
+
+
 def _write_server_configs(files: object, target: Path, nodes: int, store: Path, port: int) -> None:
     """One config (`target` a file) or nats-1..N.conf in `target` (a folder) routing to each other."""
     from ktrdr import auth, natsconf
 
     assert isinstance(files, auth.AuthFiles)
+    limits = _limits()
     if nodes == 1:
-        natsconf.write_atomic(target, natsconf.render(server_name="ktrdr", host="0.0.0.0", port=port,
+        natsconf.write_atomic(target, natsconf.render(server_name="ktrdr", host="0.0.0.0", port=port, limits=limits,
                                                       store_dir=store, users=files.users(), tls=files.tls))
         typer.echo(f"server config: {target}")
         return
@@ -104,7 +117,7 @@ def _write_server_configs(files: object, target: Path, nodes: int, store: Path, 
         path = target / f"nats-{i}.conf"
         natsconf.write_atomic(path, natsconf.render(server_name=f"nats-{i}", host="0.0.0.0", port=port,
                                                     store_dir=store, users=files.users(), tls=files.tls,
-                                                    cluster=cluster))
+                                                    cluster=cluster, limits=limits))
         typer.echo(f"server config: {path}")
 
 
@@ -155,7 +168,7 @@ def server_config_cmd(
                 routes.append(natsconf.route_url(host, int(rport), "route", files.route_password()))
             cluster = natsconf.Cluster("ktrdr", listen, route_port, tuple(routes), "route", files.route_password())
         text = natsconf.render(server_name=name, host=listen, port=port, store_dir=store, users=files.users(),
-                               tls=files.tls, cluster=cluster)
+                               tls=files.tls, cluster=cluster, limits=_limits())
         natsconf.write_atomic(out, text)
     except (auth.AuthError, OSError, ValueError) as exc:
         raise _exit_for(exc) from None
