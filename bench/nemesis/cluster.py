@@ -119,8 +119,10 @@ class NemesisCluster:
     workers: int = 2  # dummy worker processes in namespace "w"
     roles_per_worker: tuple[str, ...] = ("dummy",)
     proxied: bool = False  # every link but the host's through a delay proxy (bench.nemesis.proxy)
+    orchestrators: int = 2  # the first this many of ORCHS (1: no standby, no leader takeover)
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ktrdr-nemesis-")))
     topo: Topology = field(init=False)
+    orchs: dict[str, str] = field(init=False)  # the orchestrators this cluster runs (of ORCHS)
     nodes: dict[str, Proc] = field(default_factory=dict)
     actors: dict[str, Proc] = field(default_factory=dict)
     proxies: dict[str, Proc] = field(default_factory=dict)
@@ -130,9 +132,10 @@ class NemesisCluster:
     watchers: list[asyncio.Task[None]] = field(default_factory=list)  # a fault's own measurements
 
     def __post_init__(self) -> None:
-        places = [*NODES, *ORCHS, WORKERS, HOST]
+        self.orchs = dict(list(ORCHS.items())[:self.orchestrators])
+        places = [*NODES, *self.orchs, WORKERS, HOST]
         pairs = all_pairs(list(NODES)) + [(n, p) for p in (WORKERS, HOST) for n in NODES] + \
-            [(n, o) for o, n in ORCHS.items()]
+            [(n, o) for o, n in self.orchs.items()]
         self.topo = Topology(places, pairs)
 
     # ------------------------------------------------------------------ addresses
@@ -191,7 +194,7 @@ class NemesisCluster:
             await self._provision()
             env = {**os.environ, **ACTOR_ENV, "KTRDR_HOME": str(self.tmp / "home")}
             env.pop("NATS_URL", None)
-            first, *others = ORCHS
+            first, *others = self.orchs
             self._actor(first, first, ("orchestrator",), env)  # active first, so the run starts alike
             await self.wait_orchestrator(first, "active")
             for o in others:
@@ -231,7 +234,7 @@ class NemesisCluster:
         links = [(n, f"r{n}{m}", ROUTE_PROXY_BASE + int(m), self.topo.addr(m, n), ROUTE_PORT)
                  for n in NODES for m in NODES if m != n]
         links += [(p, f"c{p}{n}", CLIENT_PROXY_BASE + int(n), self.topo.addr(n, p), CLIENT_PORT)
-                  for p in (*ORCHS, WORKERS) for n in self.reachable(p)]
+                  for p in (*self.orchs, WORKERS) for n in self.reachable(p)]
         for place, name, port, host, target in links:
             ready = self.tmp / f"proxy-{name}.ready"
             argv = [sys.executable, "-m", "bench.nemesis.proxy", str(port), host, str(target), str(ready)]
@@ -252,13 +255,13 @@ class NemesisCluster:
             proc.signal(PROXY_SIGNALS[mode])
 
     # ------------------------------------------------------------------ the orchestrators
-    async def orchestrators(self) -> dict[str, str]:
+    async def orch_states(self) -> dict[str, str]:
         """Each running orchestrator process's state as its heartbeat says ("active, leader epoch N",
         "standby (...)"), by its place; "" for one without a live heartbeat."""
         assert self.client is not None
         beats = {hb.pid: hb.state for hb in await self.client.live_actors()
                  if hb.role == "orchestrator" and not hb.stopping}
-        return {o: beats.get(self.actors[o].pid, "") for o in ORCHS if o in self.actors and self.actors[o].alive()}
+        return {o: beats.get(self.actors[o].pid, "") for o in self.orchs if o in self.actors and self.actors[o].alive()}
 
     async def active_orchestrator(self, timeout: float = START_TIMEOUT_S) -> str:
         """The place of the orchestrator that says it is active (waits while none does)."""
@@ -266,7 +269,7 @@ class NemesisCluster:
         deadline = loop.time() + timeout
         while True:
             with contextlib.suppress(Exception):
-                active = [o for o, st in (await self.orchestrators()).items() if st.startswith("active")]
+                active = [o for o, st in (await self.orch_states()).items() if st.startswith("active")]
                 if len(active) == 1:
                     return active[0]
             if loop.time() > deadline:
@@ -279,7 +282,7 @@ class NemesisCluster:
         deadline = loop.time() + timeout
         while True:
             with contextlib.suppress(Exception):
-                if (await self.orchestrators()).get(place, "").startswith(prefix):
+                if (await self.orch_states()).get(place, "").startswith(prefix):
                     return loop.time()
             if loop.time() > deadline:
                 raise TimeoutError(f"orchestrator {place} not {prefix!r} within {timeout} s")

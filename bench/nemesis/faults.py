@@ -45,15 +45,15 @@ async def _first_running(c: NemesisCluster, load: Load) -> str | None:
 
 
 async def scenario(fault: str, inject: Inject, *, sync_interval: str = "2m", hold_s: float = HOLD_S,
-                   shape: LoadShape = LoadShape(), notes: str = "", proxied: bool = False
-                   ) -> tuple[Row, dict[str, list[str]]]:
+                   shape: LoadShape = LoadShape(), notes: str = "", proxied: bool = False,
+                   orchestrators: int = 2) -> tuple[Row, dict[str, list[str]]]:
     """One run of one fault class: cluster up, load, fault, heal, check; its result row and the
     checker's findings (every rule's violations). A fault that records c.marks["recovered"] (the
     orchestrator faults: the standby active) has recover_s from c.marks["fault"] to it; the others
     from the heal to a normal operation completing."""
     label = "always" if sync_interval == "always" else "default"
     started = time.monotonic()
-    async with NemesisCluster(sync_interval=sync_interval, proxied=proxied) as c:
+    async with NemesisCluster(sync_interval=sync_interval, proxied=proxied, orchestrators=orchestrators) as c:
         assert c.client is not None
         async with Load(c.client) as load:
             load_task = asyncio.create_task(load.run(shape))
@@ -191,10 +191,10 @@ async def _watch_takeover(c: NemesisCluster, load: Load, old: str, standby: str)
         await asyncio.sleep(0.1)
     try:
         await c.wait_orchestrator(old, "standby", START_TIMEOUT_S)
-        states = await c.orchestrators()
+        states = await c.orch_states()
         c.notes.append(f"after healing: {', '.join(f'{o} {st}' for o, st in states.items())}")
     except TimeoutError:
-        c.notes.append(f"after healing {old} is not a standby: {await c.orchestrators()}")
+        c.notes.append(f"after healing {old} is not a standby: {await c.orch_states()}")
 
 
 async def _orch_fault(c: NemesisCluster, load: Load, what: str) -> Callable[[], Awaitable[None]]:

@@ -20,13 +20,15 @@ SHAPE = LoadShape(operations=3, iterations=10, interval_s=0.2, cancel_every=3, s
 HOLD_S = 6.0
 
 
-async def judged(name: str, inject: faults.Inject, proxied: bool = False) -> dict[str, list[str]]:
-    return (await judged_row(name, inject, proxied))[1]
+async def judged(name: str, inject: faults.Inject, proxied: bool = False, orchestrators: int = 2
+                 ) -> dict[str, list[str]]:
+    return (await judged_row(name, inject, proxied, orchestrators))[1]
 
 
-async def judged_row(name: str, inject: faults.Inject, proxied: bool = False
+async def judged_row(name: str, inject: faults.Inject, proxied: bool = False, orchestrators: int = 2
                      ) -> tuple[dict[str, object], dict[str, list[str]]]:
-    row, found = await faults.scenario(name, inject, hold_s=HOLD_S, shape=SHAPE, proxied=proxied)
+    row, found = await faults.scenario(name, inject, hold_s=HOLD_S, shape=SHAPE, proxied=proxied,
+                                       orchestrators=orchestrators)
     # (a command may go unacknowledged: the load generator's own connection can be on the minority)
     assert row["operations"] >= 1, row
     return row, found
@@ -42,7 +44,10 @@ def assert_held(found: dict[str, list[str]]) -> None:
 
 
 async def test_the_workers_node_cut_off_from_the_majority_loses_nothing_and_heals():
-    assert_held(await judged("partition-worker-node", faults._isolate_workers_node))
+    # One orchestrator here: with two, when the workers' node is the active one's the standby takes
+    # over mid-election and can fail to activate for good (tests/faults/test_orch_activation.py, a
+    # strict xfail); the normal suite's one partition case stays about the workers until that is fixed.
+    assert_held(await judged("partition-worker-node", faults._isolate_workers_node, orchestrators=1))
 
 
 @pytest.mark.slow
