@@ -18,6 +18,10 @@ Rules (each violation a short text naming the operation):
   attempts granted in increasing order: no two workers held one operation's lease at once;
 - fencing: no held event (progress, verdict) of a worker other than the latest grant's holder
   changed the view (the fold, run event by event, is the judge: it must have ignored it);
+- epochs: no orchestrator event of a leader epoch older than one already stored for the operation
+  changed the view (an OrchestratorFailed of epoch k after a grant of epoch k+1, from a leader that
+  was paused or cut off while a standby took over, must not be the verdict that counts); the epochs
+  the operation's orchestrator events carried are named in its second-verdict line;
 - after heal: a normal operation submitted after healing completed.
 """
 
@@ -121,6 +125,7 @@ def judge_operation(op_id: str, events: list[AnyEvent]) -> list[str]:
     grants: dict[int, str] = {}
     last_attempt = 0
     terminals: list[tuple[str, str]] = []  # (status, actor) of each terminal event, counted or not
+    newest_epoch = 0  # the newest leader epoch an orchestrator event of this operation carried so far
     for ev in events:
         if isinstance(ev, OperationStarted):
             worker = ev.worker or ev.actor
@@ -135,7 +140,8 @@ def judge_operation(op_id: str, events: list[AnyEvent]) -> list[str]:
         was_terminal = view.terminal
         fold(view, ev)
         if type(ev).terminal:  # type: ignore[attr-defined]
-            terminals.append((_VERDICT.get(type(ev).__name__, type(ev).__name__), ev.actor))
+            name = _VERDICT.get(type(ev).__name__, type(ev).__name__)
+            terminals.append((name, ev.actor + (f" epoch {ev.epoch}" if hasattr(ev, "epoch") else "")))
         changed = _snapshot(view) != before
         if changed and not isinstance(ev, OperationStarted) and holder is not None and ev.actor != holder \
                 and not is_orchestrator(ev.actor) and type(ev).__name__ != "OperationCreated":
@@ -143,6 +149,12 @@ def judge_operation(op_id: str, events: list[AnyEvent]) -> list[str]:
                        f"({holder} did), changed the view")
         if was_terminal and changed:
             out.append(f"{op_id}: {type(ev).__name__} from {ev.actor} changed a terminal view")
+        epoch = getattr(ev, "epoch", None) if is_orchestrator(ev.actor) else None
+        if isinstance(epoch, int):
+            if changed and epoch < newest_epoch:
+                out.append(f"{op_id}: {type(ev).__name__} of leader epoch {epoch}, stored after one of epoch "
+                           f"{newest_epoch}, changed the view{' (its verdict counted)' if view.terminal else ''}")
+            newest_epoch = max(newest_epoch, epoch)
     if not view.terminal:
         out.append(f"{op_id}: no terminal event (status {view.status})")
     statuses = {s for s, _ in terminals}

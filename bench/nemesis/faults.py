@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from bench.nemesis.checker import check, row, superseded_count
-from bench.nemesis.cluster import NODES, WORKERS, NemesisCluster
+from bench.nemesis.cluster import NODES, ORCHS, START_TIMEOUT_S, WORKERS, NemesisCluster
 from bench.nemesis.load import Load, LoadShape
 from bench.nemesis.net import HOST, netem_unavailable
 
@@ -26,6 +26,7 @@ RUNNING_WAIT_S = 30.0  # the load's first operation running, before the fault go
 LOAD_WAIT_S = 90.0  # the load's publishes all acknowledged or given up, after healing
 DELAY = ("delay", "100ms", "50ms")  # Jepsen's packet delay
 LOSS = ("loss", "20%")
+VERDICT_WAIT_S = 60.0  # an operation submitted at an orchestrator fault reaching its verdict
 
 
 async def _first_running(c: NemesisCluster, load: Load) -> str | None:
@@ -44,12 +45,15 @@ async def _first_running(c: NemesisCluster, load: Load) -> str | None:
 
 
 async def scenario(fault: str, inject: Inject, *, sync_interval: str = "2m", hold_s: float = HOLD_S,
-                   shape: LoadShape = LoadShape(), notes: str = "") -> tuple[Row, dict[str, list[str]]]:
+                   shape: LoadShape = LoadShape(), notes: str = "", proxied: bool = False,
+                   orchestrators: int = 2) -> tuple[Row, dict[str, list[str]]]:
     """One run of one fault class: cluster up, load, fault, heal, check; its result row and the
-    checker's findings (every rule's violations)."""
+    checker's findings (every rule's violations). A fault that records c.marks["recovered"] (the
+    orchestrator faults: the standby active) has recover_s from c.marks["fault"] to it; the others
+    from the heal to a normal operation completing."""
     label = "always" if sync_interval == "always" else "default"
     started = time.monotonic()
-    async with NemesisCluster(sync_interval=sync_interval) as c:
+    async with NemesisCluster(sync_interval=sync_interval, proxied=proxied, orchestrators=orchestrators) as c:
         assert c.client is not None
         async with Load(c.client) as load:
             load_task = asyncio.create_task(load.run(shape))
@@ -68,13 +72,19 @@ async def scenario(fault: str, inject: Inject, *, sync_interval: str = "2m", hol
                     load_task.cancel()
             await load.normal_operation(healed)
             await load.wait_verdicts()
+            if c.watchers:  # each bounded in time by itself
+                await asyncio.wait(c.watchers)
             stored = await load.collect()
         found = check(load.history, stored)
-    extra = f"{notes}; " if notes else ""
+    extra = "".join(f"{n}; " for n in [notes, *c.notes] if n)
     if again := superseded_count(load.history, stored):
         extra += f"{again} unacked event(s) published again under a new seq; "
     extra += f"first holder {holder or 'none within ' + str(RUNNING_WAIT_S) + ' s'}"
     out = row(fault, load.history, found, sync_interval=label, notes=extra)
+    if "recovered" in c.marks:
+        out["recover_s"] = round(c.marks["recovered"] - c.marks["fault"], 2)
+    elif "fault" in c.marks:
+        out["recover_s"] = -1.0  # the standby never said it was active
     out["unacked"] = load.history.unacked  # publishes the load generator gave up on (they were never acked)
     out["run_s"] = round(time.monotonic() - started, 1)
     return out, found
@@ -148,6 +158,92 @@ async def _pause_holder(c: NemesisCluster, load: Load) -> Callable[[], Awaitable
     return heal
 
 
+# ---------------------------------------------------------------------- the orchestrators
+async def _verdict_s(c: NemesisCluster, op_id: str, t0: float) -> float | None:
+    """Seconds from t0 until the operation's view is terminal (None past VERDICT_WAIT_S)."""
+    assert c.client is not None
+    loop = asyncio.get_running_loop()
+    while loop.time() < t0 + VERDICT_WAIT_S:
+        with contextlib.suppress(Exception):
+            view = await c.client.view(op_id)
+            if view.terminal:
+                return loop.time() - t0 if view.status == "completed" else None
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def _watch_takeover(c: NemesisCluster, load: Load, old: str, standby: str) -> None:
+    """From the fault: the standby active (c.marks["recovered"]) and an operation submitted at the
+    fault done; then, once healed, what the old leader says (it must be a standby again)."""
+    t0 = c.marks["fault"]
+    op = asyncio.ensure_future(load.submit(3, 0.1))  # the "next operation", submitted at the fault
+    try:
+        c.marks["recovered"] = await c.wait_orchestrator(standby, "active", VERDICT_WAIT_S)
+        c.notes.append(f"{standby} active {c.marks['recovered'] - t0:.1f} s after the fault on {old}")
+    except TimeoutError:
+        c.notes.append(f"{standby} not active within {VERDICT_WAIT_S} s of the fault on {old}")
+    op_id = await op
+    done = await _verdict_s(c, op_id, t0)
+    c.notes.append(f"an operation submitted at the fault completed {done:.1f} s after it" if done is not None
+                   else "the operation submitted at the fault did not complete")
+    loop = asyncio.get_running_loop()
+    while "healed" not in c.marks and loop.time() < t0 + VERDICT_WAIT_S:
+        await asyncio.sleep(0.1)
+    try:
+        await c.wait_orchestrator(old, "standby", START_TIMEOUT_S)
+        states = await c.orch_states()
+        c.notes.append(f"after healing: {', '.join(f'{o} {st}' for o, st in states.items())}")
+    except TimeoutError:
+        c.notes.append(f"after healing {old} is not a standby: {await c.orch_states()}")
+
+
+async def _orch_fault(c: NemesisCluster, load: Load, what: str) -> Callable[[], Awaitable[None]]:
+    """Kill -9, SIGSTOP or isolate (with its node, on the minority) the active orchestrator."""
+    old = await c.active_orchestrator()
+    standby = next(o for o in ORCHS if o != old)
+    c.marks["fault"] = asyncio.get_running_loop().time()
+    if what == "kill":
+        c.actors[old].kill9()
+    elif what == "pause":
+        c.actors[old].signal(signal.SIGSTOP)
+    else:  # its node, and it, cut off from everything else (the workers and the host reconnect elsewhere)
+        n = ORCHS[old]
+        c.topo.cut([[n, old], [p for p in c.topo.places if p not in (n, old)]])
+    c.watchers.append(asyncio.create_task(_watch_takeover(c, load, old, standby)))
+
+    async def heal() -> None:
+        if what == "kill":
+            await asyncio.to_thread(c.restart_actor, old)  # back as a standby
+        elif what == "pause":
+            c.actors[old].signal(signal.SIGCONT)
+        c.marks["healed"] = asyncio.get_running_loop().time()  # (the isolation: the topology's heal)
+    return heal
+
+
+async def _kill_orchestrator(c: NemesisCluster, load: Load) -> Callable[[], Awaitable[None]]:
+    return await _orch_fault(c, load, "kill")
+
+
+async def _pause_orchestrator(c: NemesisCluster, load: Load) -> Callable[[], Awaitable[None]]:
+    return await _orch_fault(c, load, "pause")
+
+
+async def _isolate_orchestrator(c: NemesisCluster, load: Load) -> Callable[[], Awaitable[None]]:
+    return await _orch_fault(c, load, "isolate")
+
+
+# ---------------------------------------------------------------------- delay and loss
+def _proxied(mode: str) -> Inject:
+    """Every proxy (client links but the host's, and every route) to `mode`; healed back to clean."""
+    async def inject(c: NemesisCluster, load: Load) -> Callable[[], Awaitable[None]]:
+        c.set_proxies(mode)
+
+        async def heal() -> None:
+            c.set_proxies("clean")
+        return heal
+    return inject
+
+
 def _shaped(*netem: str) -> Inject:
     async def inject(c: NemesisCluster, load: Load) -> Callable[[], Awaitable[None]]:
         for a, b in [(lk.a, lk.b) for lk in c.topo.links.values() if HOST not in (lk.a, lk.b)]:
@@ -156,12 +252,27 @@ def _shaped(*netem: str) -> Inject:
     return inject
 
 
-def _fault(name: str, inject: Inject, *, needs_netem: bool = False) -> Fault:
+def _fault(name: str, inject: Inject) -> Fault:
     async def run() -> list[Row]:
-        if needs_netem and (why := netem_unavailable()):
-            return [{"fault": name, "sync_interval": "default", "operations": 0, "acked": 0, "lost": 0,
-                     "duplicated": 0, "recover_s": -1.0, "notes": f"not run: {why}"}]
         return [(await scenario(name, inject))[0]]
+    run.__name__ = name.replace("-", "_")
+    return run
+
+
+def net_shaped(netem: tuple[str, ...], mode: str) -> tuple[Inject, bool, str]:
+    """The inject for a delay or loss: `tc netem` where the kernel has it, else the userspace proxy;
+    (inject, proxied, the note saying which ran)."""
+    why = netem_unavailable()
+    if why is None:
+        return _shaped(*netem), False, f"tc netem {' '.join(netem)}"
+    what = "100 +/- 50 ms on every chunk" if mode == "delay" else "0.2-1 s stalls every 2-5 s"
+    return _proxied(mode), True, f"userspace proxy, {what} ({why})"
+
+
+def _shaped_fault(name: str, netem: tuple[str, ...], mode: str) -> Fault:
+    async def run() -> list[Row]:
+        inject, proxied, note = net_shaped(netem, mode)
+        return [(await scenario(name, inject, proxied=proxied, notes=note))[0]]
     run.__name__ = name.replace("-", "_")
     return run
 
@@ -174,7 +285,10 @@ NET_FAULTS: dict[str, Fault] = {
     "pause-server": _fault("pause-server", _pause_leader),
     "pause-worker": _fault("pause-worker", _pause_holder),
     "kill-node": _fault("kill-node", _kill_leader),
-    "delay": _fault("delay", _shaped(*DELAY), needs_netem=True),
-    "loss": _fault("loss", _shaped(*LOSS), needs_netem=True),
+    "delay": _shaped_fault("delay", DELAY, "delay"),
+    "loss": _shaped_fault("loss", LOSS, "loss"),
+    "orch-kill": _fault("orch-kill", _kill_orchestrator),
+    "orch-pause": _fault("orch-pause", _pause_orchestrator),
+    "orch-node-isolated": _fault("orch-node-isolated", _isolate_orchestrator),
 }
 QUICK = ("partition-worker-node", "pause-server", "kill-node")  # KTRDR_NEMESIS_QUICK=1 / --quick

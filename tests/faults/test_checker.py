@@ -18,6 +18,7 @@ from events.messages import (
 
 OP = "dummy-20261202T060000000000-abcdef"
 ORCH = "orchestrator-h-1-aaaa"
+ORCH2 = "orchestrator-h-4-dddd"
 W1, W2 = "dummy-h-2-bbbb", "dummy-h-3-cccc"
 
 
@@ -165,3 +166,45 @@ def test_a_normal_operation_that_did_not_complete_after_healing_fails():
     history.after_heal_status = "failed"
     found = check(history, stored)
     assert found["after_heal"] and "failed" in row("x", history, found)["notes"]
+
+
+def _takeover_history() -> list[AnyEvent]:
+    """Leader epoch 1 created and granted the operation; epoch 2 took over and granted it again; then
+    the old leader, resumed, failed it (worker lost) and W2 completed it."""
+    first = [created(), started(W1, 1, 2)]
+    for ev in first:
+        ev.epoch = 1
+    return [*first, progress(W1, 1, 1, 10.0),
+            OperationStarted(op_id=OP, actor=ORCH2, seq=1, worker=W2, attempt=2, epoch=2),
+            OrchestratorFailed(op_id=OP, actor=ORCH, seq=3, error="worker lost", epoch=1),
+            progress(W2, 2, 1, 50.0), completed(W2, 2)]
+
+
+def test_an_older_epochs_verdict_after_a_takeover_passes_when_the_fold_ignores_it():
+    history, stored, _ = clean()
+    stored.proven[OP] = _takeover_history()
+    found = check(history, stored)
+    assert found["operations"] == [], found
+    # the stale leader's failure is a second, different verdict, reported apart, with its epoch
+    assert len(found["second_verdicts"]) == 1 and "epoch 1" in found["second_verdicts"][0]
+
+
+def test_an_older_epochs_verdict_that_counted_fails_the_epoch_rule():
+    from bench.nemesis import checker
+
+    history, stored, _ = clean()
+    stored.proven[OP] = _takeover_history()
+    real = checker.fold
+
+    def epoch_blind_fold(view, ev):  # type: ignore[no-untyped-def]
+        if isinstance(ev, OrchestratorFailed):  # a fold that forgot the epoch rule
+            view.status, view.error = "failed", ev.error
+            return view
+        return real(view, ev)
+
+    checker.fold = epoch_blind_fold  # type: ignore[assignment]
+    try:
+        found = check(history, stored)["operations"]
+    finally:
+        checker.fold = real  # type: ignore[assignment]
+    assert any("leader epoch 1, stored after one of epoch 2" in v and "verdict counted" in v for v in found), found

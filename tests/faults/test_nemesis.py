@@ -1,7 +1,9 @@
 """The nemesis on a real 3-node cluster in network namespaces this test makes (bench.nemesis): a
 fault while dummy operations run, healed, then the checker's rules. One partition case runs in the
 normal suite (the node the workers are connected to cut off from the other two); pauses, a client
-cut and delay are marked slow. Needs root and `ip netns`; skips with the reason otherwise."""
+cut, delay and loss (tc netem, or the userspace delay proxy where the kernel lacks sch_netem) and the
+orchestrator faults (the active one of two killed, paused past its lease, cut off with its node) are
+marked slow. Needs root and `ip netns`; skips with the reason otherwise."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import pytest
 
 from bench.nemesis import faults
 from bench.nemesis.load import LoadShape
-from bench.nemesis.net import netem_unavailable, unavailable
+from bench.nemesis.net import unavailable
 
 _why = unavailable()
 pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
@@ -18,11 +20,18 @@ SHAPE = LoadShape(operations=3, iterations=10, interval_s=0.2, cancel_every=3, s
 HOLD_S = 6.0
 
 
-async def judged(name: str, inject: faults.Inject) -> dict[str, list[str]]:
-    row, found = await faults.scenario(name, inject, hold_s=HOLD_S, shape=SHAPE)
+async def judged(name: str, inject: faults.Inject, proxied: bool = False, orchestrators: int = 2
+                 ) -> dict[str, list[str]]:
+    return (await judged_row(name, inject, proxied, orchestrators))[1]
+
+
+async def judged_row(name: str, inject: faults.Inject, proxied: bool = False, orchestrators: int = 2
+                     ) -> tuple[dict[str, object], dict[str, list[str]]]:
+    row, found = await faults.scenario(name, inject, hold_s=HOLD_S, shape=SHAPE, proxied=proxied,
+                                       orchestrators=orchestrators)
     # (a command may go unacknowledged: the load generator's own connection can be on the minority)
     assert row["operations"] >= 1, row
-    return found
+    return row, found
 
 
 def assert_held(found: dict[str, list[str]]) -> None:
@@ -35,7 +44,10 @@ def assert_held(found: dict[str, list[str]]) -> None:
 
 
 async def test_the_workers_node_cut_off_from_the_majority_loses_nothing_and_heals():
-    assert_held(await judged("partition-worker-node", faults._isolate_workers_node))
+    # One orchestrator here: with two, when the workers' node is the active one's the standby takes
+    # over mid-election and can fail to activate for good (tests/faults/test_orch_activation.py, a
+    # strict xfail); the normal suite's one partition case stays about the workers until that is fixed.
+    assert_held(await judged("partition-worker-node", faults._isolate_workers_node, orchestrators=1))
 
 
 @pytest.mark.slow
@@ -54,9 +66,41 @@ async def test_a_paused_lease_holder_loses_nothing_and_heals():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(netem_unavailable() is not None, reason=str(netem_unavailable()))
 async def test_delayed_links_lose_nothing_and_heal():
-    assert_held(await judged("delay", faults._shaped(*faults.DELAY)))
+    inject, proxied, _ = faults.net_shaped(faults.DELAY, "delay")
+    assert_held(await judged("delay", inject, proxied))
+
+
+@pytest.mark.slow
+async def test_lossy_links_lose_nothing_and_heal():
+    inject, proxied, _ = faults.net_shaped(faults.LOSS, "loss")
+    assert_held(await judged("loss", inject, proxied))
+
+
+async def orchestrator_fault(name: str, inject: faults.Inject) -> None:
+    row, found = await judged_row(name, inject)
+    assert_held(found)  # (the epoch rule among them: no older epoch's event changed a view)
+    notes = str(row["notes"])
+    assert "active" in notes and "not active" not in notes, notes  # the standby took over
+    assert "operation submitted at the fault completed" in notes, notes
+    assert "after healing: " in notes and "standby" in notes.split("after healing: ")[1], notes
+
+
+@pytest.mark.slow
+async def test_the_active_orchestrator_killed_the_standby_takes_over_and_nothing_is_lost():
+    await orchestrator_fault("orch-kill", faults._kill_orchestrator)
+
+
+@pytest.mark.slow
+async def test_the_active_orchestrator_paused_past_its_lease_steps_down_and_nothing_is_lost():
+    await orchestrator_fault("orch-pause", faults._pause_orchestrator)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="the standby can take the lease and fail to activate (stream leaders "
+                   "still being elected), then never retries: tests/faults/test_orch_activation.py")
+async def test_the_active_orchestrators_node_cut_off_the_standby_takes_over_and_nothing_is_lost():
+    await orchestrator_fault("orch-node-isolated", faults._isolate_orchestrator)
 
 
 def test_what_a_crashed_run_left_is_removed_by_the_next_one():
