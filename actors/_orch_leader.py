@@ -45,6 +45,7 @@ POLL_FRACTION = 0.125  # a standby looks at the lease this often (of the ttl)
 # A command taken by an orchestrator that died before acking it goes to the next one after this long
 # (the intake marks one in progress while it handles it, actors/_orch_intake.py).
 CMD_ACK_WAIT_S = 2.0
+ACTIVATE_RETRY_FIRST_S, ACTIVATE_RETRY_MAX_S = 0.2, 5.0  # a failed activation is tried again after these
 
 
 class NotLeader(Exception):
@@ -150,6 +151,7 @@ class Succession:
         self.tasks: list[asyncio.Task[Any]] = []
         self.subs: list[Subscription | JetStreamContext.PullSubscription] = []
         self.takeovers = 0  # times this process became the active orchestrator
+        self.ready = False  # the current activation finished (it rebuilt, takes commands, grants leases)
 
     @property
     def lead(self) -> Leadership:
@@ -161,13 +163,35 @@ class Succession:
         acquired = await self._try_acquire()
         self.orch.spawn(self.loop(), name=f"{self.orch.id}-leader")  # renews from now on, also while rebuilding
         if acquired:
-            await self._activate()
+            try:  # inline the first time: a fresh stack serves as soon as start returns
+                await self.activate()
+                self.takeovers += 1
+            except Exception as exc:
+                self.orch.log.warning("%s could not become active (%s: %s); trying again", self.orch.id,
+                                      type(exc).__name__, exc)
+                await self._undo()
+                self.tasks.append(self.orch.spawn(self._activate(), name=f"{self.orch.id}-activate"))
         else:
             self.orch.log.info("%s is a standby: %s holds the leader lease", self.orch.id, self.lead.holder or "?")
 
     async def _activate(self) -> None:
-        self.takeovers += 1
-        await self.activate()
+        """Activate, trying again while we lead: an attempt that fails (a stream with no leader yet
+        mid-election, a consumer not answering) leaves nothing half done, and holding the lease
+        without acting would keep every other orchestrator from taking over."""
+        delay = ACTIVATE_RETRY_FIRST_S
+        while self.lead.current and not self.orch.stopping:
+            try:
+                await self.activate()
+                self.takeovers += 1
+                return  # (activate sets ready)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.orch.log.warning("%s could not become active (%s: %s); trying again in %.1f s", self.orch.id,
+                                      type(exc).__name__, exc, delay)
+                await self._undo()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, ACTIVATE_RETRY_MAX_S)
 
     async def activate(self) -> None:
         """Become the active orchestrator: follow live events first (buffered), then read the stored
@@ -193,6 +217,7 @@ class Succession:
             orch.spawn(pull_loop(psub, orch.intake.on_command, stopped=lambda: orch.stopping, on_fault=orch.on_fault,
                                  batch=16), name=f"{orch.id}-commands"),
             orch.spawn(orch.supervisor.loop(), name=f"{orch.id}-supervise")]
+        self.ready = True
         orch.log.info("%s is the active orchestrator (leader epoch %d; %d live operations; ready in %.2f s)",
                       orch.id, orch.leadership.current, len(orch.live), time.monotonic() - started)
 
@@ -229,10 +254,19 @@ class Succession:
             if task is not me:
                 task.cancel()
         self.tasks.clear()
+        await self._undo()
+
+    async def _undo(self) -> None:
+        """What an activation set up (subscriptions, the command loop, supervision), stopped; what it
+        knew, forgotten."""
+        for task in [t for t in self.tasks if t is not asyncio.current_task()]:
+            task.cancel()
+            self.tasks.remove(task)
         for sub in self.subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         self.subs.clear()
+        self.ready = False
         self.orch._reset()
 
     async def hand_back(self) -> None:
@@ -246,4 +280,6 @@ class Succession:
         if self.orch.leadership is None:
             return ""
         lead = self.lead
-        return f"active, leader epoch {lead.current}" if lead.active else f"standby (leader: {lead.holder or '?'})"
+        if not lead.active:
+            return f"standby (leader: {lead.holder or '?'})"
+        return f"active, leader epoch {lead.current}" + ("" if self.ready else " (starting)")

@@ -35,7 +35,7 @@ async def _orchestrators(c: Client) -> dict[int, str]:
 async def _wait_state(c: Client, pid: int, prefix: str, timeout: float = 60.0) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (await _orchestrators(c)).get(pid, "").startswith(prefix):
+        if (state := (await _orchestrators(c)).get(pid, "")).startswith(prefix) and not state.endswith("(starting)"):
             return time.monotonic()
         await asyncio.sleep(0.02)
     raise TimeoutError(f"orchestrator {pid} not {prefix} within {timeout} s: {await _orchestrators(c)}")

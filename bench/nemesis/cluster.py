@@ -269,7 +269,8 @@ class NemesisCluster:
         deadline = loop.time() + timeout
         while True:
             with contextlib.suppress(Exception):
-                active = [o for o, st in (await self.orch_states()).items() if st.startswith("active")]
+                active = [o for o, st in (await self.orch_states()).items()
+                          if st.startswith("active") and not st.endswith("(starting)")]
                 if len(active) == 1:
                     return active[0]
             if loop.time() > deadline:

@@ -20,6 +20,9 @@ class NotStoredError(KtrdrError):
 
 
 T = TypeVar("T")
+# JSStreamDuplicateMessageIdInProcess (409): a copy of this message with the same Nats-Msg-Id is being
+# stored right now (a retry raced the first try through an election): trying again gets its ack.
+IN_PROCESS_ERR_CODE = 10158
 
 # What a publish raises while no stream leader can answer (server restarting, leader election).
 PUBLISH_RETRY_ERRORS: tuple[type[BaseException], ...] = (
@@ -65,10 +68,13 @@ async def publish(js: JetStreamContext, subject: str, payload: bytes, msg_id: st
             check()
         try:
             return await js.publish(subject, payload, timeout=timeout, headers=all_headers)
-        except PUBLISH_RETRY_ERRORS as exc:
+        except PUBLISH_RETRY_ERRORS as exc:  # (ServiceUnavailableError is an APIError: this clause first)
             if loop.time() + delay > deadline:
                 raise NotStoredError(f"nothing stored on {subject}: no stream answered within {retry_for:g} s "
                                      f"({type(exc).__name__})",
                                      hint="is the server up and the orchestrator running? see `ktrdr status`") from None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        except nats.js.errors.APIError as exc:
+            if getattr(exc, "err_code", None) != IN_PROCESS_ERR_CODE or loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)

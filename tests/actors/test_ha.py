@@ -63,7 +63,7 @@ class Orchestrators:
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             state = (await self.states()).get(proc.pid, "")
-            if state.startswith(prefix):
+            if state.startswith(prefix) and not state.endswith("(starting)"):
                 return state
             await asyncio.sleep(0.05)
         raise TimeoutError(f"orchestrator {proc.pid} not {prefix!r} within {timeout} s: {await self.states()}; "

@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import Callable
 
 import nats.errors
-import pytest
 
 from actors.orchestrator import Orchestrator
 from actors.registry import build
@@ -22,9 +21,6 @@ from tests.helpers import wait_terminal
 TERMINAL_S = 15.0  # the takeover (a leader ttl or less: a clean hand-back) and a short dummy
 
 
-# strict: once actors/_orch_leader.py retries a failed activation this passes and the mark must go
-@pytest.mark.xfail(strict=True, reason="actors/_orch_leader.py: Succession.loop spawns _activate() once; an "
-                   "activation that raises is never retried, while the lease is kept (reported to the lead)")
 async def test_a_standby_whose_first_activation_fails_activates_again(
         settings: Settings, client: Client, start_actors: Callable[..., asyncio.Future[list[object]]]) -> None:
     (first, _worker) = await start_actors("orchestrator", "dummy")
