@@ -91,9 +91,47 @@ async def run() -> dict[str, Any]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+PUBLISHER_SETTINGS = {"always": "always", "1s": '"1s"', "default": '"2m"'}
+
+
+async def publisher(rounds: int = ROUNDS) -> dict[str, Any]:
+    """Our own progress publisher (bench/backbone.py: latency publish -> live subscriber, pipelined
+    throughput) on one server per setting, the settings alternating round by round; medians, and
+    each setting's ratio to the default."""
+    import statistics
+    import tempfile
+
+    from bench import _common, backbone
+    from ktrdr import embedded
+
+    base = Path(embedded.nats_conf_path()).read_text()
+    tmp = Path(tempfile.mkdtemp(prefix="ktrdr-sync-"))
+    confs = {}
+    for name, value in PUBLISHER_SETTINGS.items():
+        confs[name] = tmp / f"nats-{name}.conf"
+        confs[name].write_text(base.replace('sync_interval: "2m"', f"sync_interval: {value}"))
+    start = _common.start_nats_server
+    got: dict[str, dict[str, list[float]]] = {k: {"p50_ms": [], "p99_ms": [], "events_per_s": []} for k in confs}
+    try:
+        for _ in range(rounds):
+            for name, conf in confs.items():
+                _common.start_nats_server = lambda store, port, log, conf=conf: start(store, port, log, conf=conf)
+                with _common.BenchServer(f"sync-{name}") as srv:
+                    lat = await backbone.progress_latency(srv)
+                    got[name]["p50_ms"].append(lat["p50_ms"])
+                    got[name]["p99_ms"].append(lat["p99_ms"])
+                    got[name]["events_per_s"].append((await backbone.publish_throughput(srv))["actor_events_per_s"])
+    finally:
+        _common.start_nats_server = start
+    out: dict[str, Any] = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in got.items()}
+    for k in ("always", "1s"):
+        out[f"{k}_over_default"] = {m: out[k][m] / out["default"][m] for m in out[k]}
+    return out
+
+
 async def main() -> dict[str, Any]:
     """The entry `python -m bench sync` calls (bench/__main__.py reports what it returns)."""
-    return await run()
+    return {"raw": await run(), "publisher": await publisher()}
 
 
 if __name__ == "__main__":
