@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,9 @@ from ktrdr.errors import KtrdrError, OperationCancelledError
 from ktrdr.ops import fold_all, verdicts
 from ktrdr.ops.reader import read_proven
 from ktrdr.transport import last_message
+
+log = logging.getLogger(__name__)
+STILL_OURS_RETRY_S = 0.25  # how often a finished operation asks an orchestrator that did not answer
 
 if TYPE_CHECKING:
     from actors._actor import Actor
@@ -328,17 +332,24 @@ class WorkRunner:
 
     async def _still_ours(self, run: _Running) -> bool:
         assert self.leases is not None and run.held is not None
-        # Only the orchestrator's "not yours" withholds the verdict. An orchestrator that does not answer
-        # (restarting) grants nobody else meanwhile, and the fold counts this verdict only under our
-        # grant's key (a newer grant's `started` would outrank it), so it is published (issue 18, F4).
-        for _ in range(3):
+        # Only the orchestrator's "not yours" withholds the verdict. One that does not answer (a
+        # takeover under way, a partition) is asked again for up to a lease time: a verdict published
+        # into a gap where the orchestrator meanwhile failed the operation (`worker_lost`) would be
+        # stored and ignored. Past that it is published: nobody else was granted the operation
+        # without this worker's lease passing, and the fold counts this verdict only under our
+        # grant's key (a newer grant's `started` would outrank it) (issue 18, F4; issue 19).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.actor.settings.worker_timeout_s
+        while True:
             try:
                 return await self.leases.renew(run.held)
             except LeaseUnavailable:
+                pass
+            except Exception as exc:
+                log.debug("lease renewal before the verdict of %s failed: %s", run.held.op_id, exc)
+            if loop.time() > deadline:
                 return True
-            except Exception:
-                await asyncio.sleep(0.2)
-        return True
+            await asyncio.sleep(STILL_OURS_RETRY_S)
 
 
 def _ending(code: CancelReason | None) -> CancelReason:

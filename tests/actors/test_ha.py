@@ -132,7 +132,7 @@ async def test_an_orchestrator_paused_past_its_lease_changes_nothing_when_it_res
     second = orch.start()
     await orch.wait_state(second, "standby")
     await start_actors("dummy")
-    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=400, interval_s=0.05)
+    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=200, interval_s=0.05)
     await client.submit(cmd)
     await wait_for_event(client, cmd.op_id, lambda ev, v: v.status == "running", timeout=30)
     os.kill(first.pid, signal.SIGSTOP)
