@@ -204,6 +204,20 @@ async def _stream_info(js: Any) -> Any:
             await asyncio.sleep(0.2)
 
 
+async def _reader(js: Any) -> Any:
+    """The read-back consumer, created again while the restarted cluster cannot answer yet (its
+    creation times out while the stream's or the consumer's raft group elects: that is the stream
+    unavailable, not its messages lost), for up to RECOVER_TIMEOUT_S."""
+    deadline = time.monotonic() + RECOVER_TIMEOUT_S
+    while True:
+        try:
+            return await js.pull_subscribe(SUBJECT, stream=STREAM, config=ConsumerConfig(ack_policy=AckPolicy.NONE))
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def read_back(js: Any) -> Counter[str] | None:
     """Every message id stored in the stream, read in batches by an ephemeral pull consumer that
     acknowledges nothing (so nothing is held back); None when the stream is gone."""
@@ -212,7 +226,7 @@ async def read_back(js: Any) -> Counter[str] | None:
         return None
     seen: Counter[str] = Counter()
     got = 0
-    psub = await js.pull_subscribe(SUBJECT, stream=STREAM, config=ConsumerConfig(ack_policy=AckPolicy.NONE))
+    psub = await _reader(js)
     try:
         while got < info.state.messages:
             try:
