@@ -249,12 +249,7 @@ class Succession:
         knows nothing: the next time it leads it rebuilds from the log."""
         self.orch.log.warning("%s steps down to standby: %s", self.orch.id, why)
         self.lead.lost()
-        me = asyncio.current_task()
-        for task in self.tasks:
-            if task is not me:
-                task.cancel()
-        self.tasks.clear()
-        await self._undo()
+        await self._undo()  # (called from the lease loop, which is not one of `tasks`)
 
     async def _undo(self) -> None:
         """What an activation set up (subscriptions, the command loop, supervision), stopped; what it
