@@ -123,6 +123,14 @@ class Leadership:
         rev = await self.bucket.renew(subjects.LEADER_KEY, encode(Leader(holder=self.actor_id, epoch=self.current)),
                                       self._revision)
         if rev is None:
+            entry = await self.bucket.read(subjects.LEADER_KEY)
+            lease = _leader(entry)
+            if entry is not None and lease is not None and (lease.holder, lease.epoch) == (self.actor_id, self.current):
+                # Our own earlier renewal, stored after all (its answer was lost: a leader change of
+                # the bucket's stream mid-request): still ours. Its revision is taken, the fence not
+                # moved (when it was stored is not known): the next renewal extends it.
+                self._revision = entry.revision
+                return True
             self.lost()
             return False
         self._revision = rev

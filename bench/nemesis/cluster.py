@@ -54,7 +54,8 @@ PROXY_SIGNALS = {"delay": signal.SIGUSR1, "loss": signal.SIGUSR2, "clean": signa
 # Fast failure detection, so a fault shows within a few seconds (the tests' make_settings values, a
 # little wider: the actors run as processes on a loaded machine).
 ACTOR_ENV = {"KTRDR_HEARTBEAT_S": "0.5", "KTRDR_WORKER_TIMEOUT": "4", "KTRDR_ORPHAN_TIMEOUT": "8",
-             "KTRDR_DRAIN_TIMEOUT": "1", "KTRDR_REPLICAS": "3"}
+             "KTRDR_DRAIN_TIMEOUT": "1", "KTRDR_REPLICAS": "3",
+             "KTRDR_PING_S": "1"}  # a client on a cut-off node leaves it for another within ~3 s
 
 
 def _rewrite(text: str, old: str, new: str) -> str:
@@ -129,6 +130,7 @@ class NemesisCluster:
     client: Client | None = None
     marks: dict[str, float] = field(default_factory=dict)  # loop times a fault records ("fault", ...)
     notes: list[str] = field(default_factory=list)  # what a fault saw, for its row's notes
+    seen_states: dict[str, str] = field(default_factory=dict)  # the read that ended wait_orchestrator
     watchers: list[asyncio.Task[None]] = field(default_factory=list)  # a fault's own measurements
 
     def __post_init__(self) -> None:
@@ -224,7 +226,8 @@ class NemesisCluster:
                 await asyncio.sleep(0.5)
 
     def _actor(self, name: str, place: str, roles: tuple[str, ...], env: dict[str, str]) -> None:
-        argv = [sys.executable, "-m", "actors", *roles, "--url", self.urls(place)]
+        argv = [sys.executable, "-m", "actors", *roles, "--url", self.urls(place),
+                "--log-level", os.environ.get("KTRDR_NEMESIS_LOG_LEVEL", "INFO")]  # DEBUG when debugging a run
         proc = Proc(name, place, argv, env, self.tmp / f"{name}.log")
         proc.start(self.topo.exec_prefix(place))
         self.actors[name] = proc
@@ -278,12 +281,15 @@ class NemesisCluster:
             await asyncio.sleep(0.1)
 
     async def wait_orchestrator(self, place: str, prefix: str, timeout: float = START_TIMEOUT_S) -> float:
-        """Until the orchestrator in `place` says a state starting with `prefix`; the loop time then."""
+        """Until the orchestrator in `place` says a state starting with `prefix`; the loop time then
+        (`self.seen_states`: every orchestrator's state in that same read)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             with contextlib.suppress(Exception):
-                if (await self.orch_states()).get(place, "").startswith(prefix):
+                states = await self.orch_states()
+                if states.get(place, "").startswith(prefix):
+                    self.seen_states = states
                     return loop.time()
             if loop.time() > deadline:
                 raise TimeoutError(f"orchestrator {place} not {prefix!r} within {timeout} s")

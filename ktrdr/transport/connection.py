@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import AuthorizationError, NoServersError
 
 from events import roles
-from ktrdr.config import Settings
+from ktrdr.config import MAX_OUTSTANDING_PINGS, Settings
 from ktrdr.errors import KtrdrError
 
 
@@ -81,6 +81,8 @@ async def connect(url: str | list[str], settings: Settings, name: str, *, role: 
         "reconnect_time_wait": 0.5,
         "connect_timeout": 2,
         "allow_reconnect": True,
+        "ping_interval": settings.ping_interval_s,  # a server that went silent is left for another
+        "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
     }
     opts.update(settings.connect_options(role))
     opts.update(kwargs)

@@ -190,6 +190,30 @@ async def test_the_leader_lease_one_holder_a_whole_ttl_before_a_takeover_and_a_g
     assert await a.try_acquire() and a.epoch() == 3
 
 
+async def test_a_renewal_stored_although_its_answer_was_lost_keeps_the_lease_and_a_real_loss_does_not(client):
+    """The leader's renewal reaches the bucket but its answer is lost (the stream changed leader
+    mid-request): its next renewal, on the revision before, fails compare-and-set, yet the lease is
+    still its own value. It keeps leading (same epoch) without its fence moving; a lease another
+    holder wrote is a loss."""
+    from actors._orch_leader import FENCE_FRACTION, Leadership, NotLeader
+    from events import subjects as subj
+    from events.codec import encode
+    from events.messages import Leader
+
+    kv = await client.js.key_value(subj.LEASES_BUCKET)
+    now = [0.0]
+    a = Leadership(kv, "orchestrator-a", 2.0, clock=lambda: now[0])
+    assert await a.try_acquire() and a.epoch() == 1
+    await kv.put(subj.LEADER_KEY, encode(Leader(holder="orchestrator-a", epoch=1)))  # stored, answer lost
+    now[0] = 2.0 * FENCE_FRACTION + 0.01
+    assert await a.renew() and a.current == 1  # still a's: kept, on the stored revision
+    with pytest.raises(NotLeader):
+        a.epoch()  # but the fence did not move on it: the renewal it adopted is of unknown time
+    assert await a.renew() and a.epoch() == 1  # the next renewal succeeds and extends it
+    await kv.put(subj.LEADER_KEY, encode(Leader(holder="orchestrator-b", epoch=2)))  # another holder
+    assert not await a.renew() and a.current == 0
+
+
 async def test_a_cancel_sent_while_no_orchestrator_is_active_is_honoured_by_the_next_one(
         orchestrators, settings, client):
     """A queued operation (nobody in its pool) cancelled between the leader's death and the takeover:

@@ -27,9 +27,9 @@ async def judged(name: str, inject: faults.Inject, proxied: bool = False, orches
     return (await judged_row(name, inject, proxied, orchestrators))[1]
 
 
-async def judged_row(name: str, inject: faults.Inject, proxied: bool = False, orchestrators: int = 2
-                     ) -> tuple[dict[str, object], dict[str, list[str]]]:
-    row, found = await faults.scenario(name, inject, hold_s=HOLD_S, shape=SHAPE, proxied=proxied,
+async def judged_row(name: str, inject: faults.Inject, proxied: bool = False, orchestrators: int = 2,
+                     hold_s: float = HOLD_S) -> tuple[dict[str, object], dict[str, list[str]]]:
+    row, found = await faults.scenario(name, inject, hold_s=hold_s, shape=SHAPE, proxied=proxied,
                                        orchestrators=orchestrators)
     # (a command may go unacknowledged: the load generator's own connection can be on the minority)
     assert row["operations"] >= 1, row
@@ -49,8 +49,8 @@ async def test_the_workers_node_cut_off_from_the_majority_loses_nothing_and_heal
     assert_held(await judged("partition-worker-node", faults._isolate_workers_node))
 
 
-async def orchestrator_fault(name: str, inject: faults.Inject) -> None:
-    row, found = await judged_row(name, inject)
+async def orchestrator_fault(name: str, inject: faults.Inject, hold_s: float = HOLD_S) -> None:
+    row, found = await judged_row(name, inject, hold_s=hold_s)
     assert_held(found)  # (the epoch rule among them: no older epoch's event changed a view)
     notes = str(row["notes"])
     assert "active" in notes and "not active" not in notes, notes  # the standby took over
@@ -65,7 +65,7 @@ async def test_the_active_orchestrator_paused_past_its_lease_steps_down_and_noth
 
 @pytest.mark.slow
 async def test_the_active_orchestrators_node_cut_off_the_standby_takes_over_and_nothing_is_lost():
-    await orchestrator_fault("orch-node-isolated", faults._isolate_orchestrator)
+    await orchestrator_fault("orch-node-isolated", faults._isolate_orchestrator, faults.ORCH_ISOLATION_HOLD_S)
 
 
 def test_what_a_crashed_run_left_is_removed_by_the_next_one():
