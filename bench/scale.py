@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any
 
 from bench._common import ActorProcess, Arrivals, BenchServer, cpu_s, report, submit_all, wait_alive
 from events import subjects
-from events.messages import RunDummy
+from events.codec import encode
+from events.messages import OperationCreated, OperationRejected, RunDummy
 from ktrdr.client import Client
 
 LEVELS = (1, 10, 100, 1000)
@@ -100,6 +103,61 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+HISTORY_LEVELS = (1_000, 10_000, 100_000)
+
+
+async def _store_history(c: Client, n: int) -> None:
+    """n finished operations stored as an orchestrator stores a rejected one (created, rejected),
+    with async publishes: history for `ops list` to read, no actors needed."""
+    for start in range(0, n, 1000):
+        for _ in range(min(1000, n - start)):
+            op_id = subjects.new_op_id("dummy")
+            cmd = RunDummy(op_id=op_id, iterations=1)
+            await c.js.publish_async(subjects.ops(op_id, "created"), encode(OperationCreated(
+                op_id=op_id, actor="orchestrator-bench", domain="dummy", op_type="dummy", command=cmd)))
+            await c.js.publish_async(subjects.ops(op_id, "rejected"), encode(OperationRejected(
+                op_id=op_id, actor="orchestrator-bench", reason="bench history")))
+        await c.js.publish_async_completed()
+
+
+def _list_wall_s(srv: BenchServer, runs: int = 3) -> float:
+    env = {**os.environ, "NATS_URL": srv.url, "KTRDR_HOME": str(srv.settings.home)}
+    walls = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "ktrdr", "ops", "list", "--limit", "50"], env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+        walls.append(time.perf_counter() - t0)
+    return statistics.median(walls)
+
+
+async def history(levels: tuple[int, ...] = HISTORY_LEVELS) -> dict[str, Any]:
+    """`ktrdr ops list --limit 50` wall time (median of 3) as finished operations pile up in OPS;
+    the baseline is the same command against an empty OPS in the same run."""
+    rows = []
+    with BenchServer("history") as srv:
+        base = await asyncio.to_thread(_list_wall_s, srv)
+        stored = 0
+        async with Client(srv.settings) as c:
+            for n in levels:
+                t0 = time.perf_counter()
+                await _store_history(c, n - stored)
+                stored = n
+                rows.append({"operations": n, "store_s": round(time.perf_counter() - t0, 1),
+                             "list_s": round(await asyncio.to_thread(_list_wall_s, srv), 2)})
+    first = rows[0]["list_s"]
+    return {"empty_list_s": round(base, 2), "rows": rows,
+            "largest_vs_first": round(rows[-1]["list_s"] / first, 2),
+            "target": "list at the largest level <= 1.2x the first", "met": rows[-1]["list_s"] <= 1.2 * first}
+
+
+def history_table(result: dict[str, Any]) -> str:
+    lines = [f"| finished ops in OPS | `ops list` wall (median of 3; empty OPS: {result['empty_list_s']} s) |",
+             "|---|---|"]
+    lines += [f"| {r['operations']:,} | {r['list_s']} s |" for r in result["rows"]]
+    return "\n".join(lines)
+
+
 async def main() -> dict[str, Any]:
     result = await scaling()
     print(table(result))
@@ -107,4 +165,10 @@ async def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    report("scale", asyncio.run(main()))
+    if sys.argv[1:2] == ["history"]:  # python -m bench.scale history [LEVEL ...]
+        levels = tuple(int(a) for a in sys.argv[2:]) or HISTORY_LEVELS
+        hist = asyncio.run(history(levels))
+        print(history_table(hist))
+        report("scale-history", {"history": hist})
+    else:
+        report("scale", asyncio.run(main()))

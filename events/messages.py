@@ -571,3 +571,28 @@ class PacingHistory(Message, tag="PacingHistory", kw_only=True):
     saved: datetime = msgspec.field(default_factory=utcnow)
     requests: Annotated[list[PacingStamp], msgspec.Meta(max_length=PACING_HISTORY_MAX)] = msgspec.field(
         default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------
+# The operations index (ktrdr.ops.index): one summary per operation, what `ops list` filters and pages
+# --------------------------------------------------------------------------------------------------
+OpSummaryStatus = Literal["unknown", "queued", "running", "completed", "failed", "cancelled", "rejected"]
+
+
+class OpSummary(msgspec.Struct, kw_only=True, frozen=True):
+    """An operation as listing needs it, folded from its lifecycle events; `seq` is the OPS stream
+    sequence of the last lifecycle event folded in (0 when unknown), so a fold never goes backwards."""
+
+    op_id: Annotated[str, msgspec.Meta(max_length=64)]
+    op_type: Label = ""
+    pool: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    status: OpSummaryStatus = "unknown"
+    reason_code: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    ended_at: datetime | None = None
+    symbols: Symbols = msgspec.field(default_factory=list)
+    parent: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    attempts: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
+    epoch: Annotated[int, msgspec.Meta(ge=0)] = 0
+    seq: Annotated[int, msgspec.Meta(ge=0)] = 0

@@ -41,6 +41,7 @@ from events.proof import HEADER
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import OperationView, apply_progress, fold
+from ktrdr.ops.index import Filters, page, summarize
 from ktrdr.ops.reader import collect_views, proven_alone, proven_events, read_proven, read_view
 from ktrdr.transport import connect, ensure_streams, last_message, publish
 from ktrdr.transport.publish import retrying
@@ -69,6 +70,7 @@ class Client:
         self._js: JetStreamContext | None = None
         self.on_disconnect: Callable[[], None] | None = None
         self.on_reconnect: Callable[[], None] | None = None
+        self.next_before: str | None = None  # the cursor list_operations printed for the page before
         self.dropped = 0  # messages the last list_operations dropped (not events of the operation named)
 
     async def __aenter__(self) -> Client:
@@ -275,14 +277,16 @@ class Client:
         held = None
         return sub
 
-    async def list_operations(self, *, limit: int | None = None) -> list[OperationView]:
-        """Stored operations by creation time, oldest first (the newest `limit`), from their lifecycle
-        events and the last progress each reported."""
+    async def list_operations(self, *, limit: int | None = None, filters: Filters | None = None,
+                              before: str | None = None) -> list[OperationView]:
+        """Stored operations by creation time, oldest first (the newest `limit` kept by `filters`,
+        made before the `before` cursor), from their lifecycle events and the last progress each
+        reported. `self.next_before`: the cursor of the page before this one (None at the oldest)."""
         collect = await collect_views(self.js)
         self.dropped = collect.dropped
-        out = sorted((v for v in collect.views.values() if v.created_at is not None or v.terminal),
-                     key=lambda v: (subjects.created_at_of(v.op_id), v.op_id))
-        out = out[-limit:] if limit else out
+        views = {v.op_id: v for v in collect.views.values() if v.created_at is not None or v.terminal}
+        rows, self.next_before = page((summarize(v) for v in views.values()), filters or Filters(), limit, before)
+        out = [views[s.op_id] for s in rows]
         await asyncio.gather(*(self._latest_progress(v) for v in out if v.status != "completed"))
         return out
 

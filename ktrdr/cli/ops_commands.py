@@ -47,13 +47,40 @@ def tree_order(views: list[OperationView]) -> list[tuple[int, OperationView]]:
     return out
 
 
-def ops_list(limit: int = typer.Option(50, help="Show the latest N (0 = all)."),
+def ops_list(limit: int = typer.Option(50, help="Show the latest N (0 = all, at most 1000)."),
              flat: bool = typer.Option(False, "--flat", help="Children as rows of their own, not under parents."),
+             status: str | None = typer.Option(None, help="Only this status (queued, running, completed, ...)."),
+             op_type: str | None = typer.Option(None, "--type", help="Only this operation type (e.g. dummy)."),
+             pool: str | None = typer.Option(None, help="Only operations of this worker pool."),
+             since: str | None = typer.Option(None, help="Only those made at or after this date/time (ISO, UTC)."),
+             until: str | None = typer.Option(None, help="Only those made before this date/time (ISO, UTC)."),
+             symbol: str | None = typer.Option(None, help="Only those whose command names this symbol."),
+             parent: str | None = typer.Option(None, help="Only the children of this workflow operation."),
+             before: str | None = typer.Option(None, help="The page before this cursor (an op id or a date/time, "
+                                                         "as printed after a page)."),
              json_out: bool = JSON) -> None:
     """Operations from the stored events, oldest first, children under their parents."""
-    if limit < 0:
-        raise typer.Exit(_fail(f"--limit must be 0 or more, got {limit}"))
-    run_async(_ops_list(limit, flat, json_out))
+    from typing import get_args
+
+    from ktrdr.ops.index import MAX_PAGE, Filters, before_key, parse_when
+    from ktrdr.ops.view import Status
+
+    statuses = get_args(Status)
+
+    if limit < 0 or limit > MAX_PAGE:
+        raise typer.Exit(_fail(f"--limit must be 0 to {MAX_PAGE}, got {limit}"))
+    if status is not None and status not in statuses:
+        raise typer.Exit(_fail(f"--status must be one of {', '.join(statuses)}, got {status[:40]!r}"))
+    if parent is not None:
+        check_op_id(parent)
+    try:
+        filters = Filters(status=status, op_type=op_type, pool=pool, symbol=symbol, parent=parent,
+                          since=parse_when(since) if since else None, until=parse_when(until) if until else None)
+        if before:
+            before_key(before)
+    except ValueError as exc:
+        raise typer.Exit(_fail(str(exc))) from None
+    run_async(_ops_list(limit, flat, json_out, filters, before))
 
 
 def _fail(message: str) -> int:
@@ -61,16 +88,20 @@ def _fail(message: str) -> int:
     return 2
 
 
-async def _ops_list(limit: int, flat: bool, json_out: bool) -> int:
+async def _ops_list(limit: int, flat: bool, json_out: bool, filters: Any = None, before: str | None = None) -> int:
     from ktrdr.cli._live import view_json
 
     async with client() as c:
-        views = await c.list_operations(limit=limit or None)
+        views = await c.list_operations(limit=limit or None, filters=filters, before=before)
+        more = c.next_before
     if json_out:
         typer.echo(json.dumps([view_json(v) for v in views], default=str))
+        if more:
+            typer.echo(f"next page: --before {more}", err=True)
         return 0
     if not views:
-        typer.echo("no operations yet (try `ktrdr dummy`)")
+        typer.echo("no operations match" if (filters is not None and filters.any) or before
+                   else "no operations yet (try `ktrdr dummy`)")
         return 0
     rows = [(0, v) for v in views] if flat else tree_order(views)
     w = max(len("OPERATION"), *(len(v.op_id) + 2 * d for d, v in rows))
@@ -79,6 +110,8 @@ async def _ops_list(limit: int, flat: bool, json_out: bool) -> int:
         name = "  " * depth + v.op_id
         typer.echo(f"{name:<{w}} {v.status:<10} {v.op_type or '-':<17} {v.percentage:7.1f}% {_age(v):>5}  "
                    f"{v.description or v.error or ''}")
+    if more:
+        typer.echo(f"next page: --before {more}", err=True)
     return 0
 
 

@@ -1,0 +1,117 @@
+"""The operations index's pure part: an operation's summary (events.messages.OpSummary) from its
+folded view, the keys it is filed under, and the selection `ops list` makes (filters, newest page,
+a `--before` cursor). Nothing here reads NATS: the readers hand it views or summaries.
+
+Keys (a KV layout so the newest page, a time window and the live set are read without scanning
+history): `t.<yyyymmddHH>.<op_id>` by the hour the id was made, and `live.<op_id>` while the
+operation has not ended.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from events import subjects
+from events.bounds import MAX_SYMBOLS, SYMBOL_PATTERN
+from events.messages import OpSummary
+from ktrdr.ops.view import TERMINAL, OperationView
+
+MAX_PAGE = 1000  # the most rows one `ops list` page may ask for (--limit)
+_SYMBOL = re.compile(SYMBOL_PATTERN)
+
+
+def _symbols(command: dict[str, Any] | None) -> list[str]:
+    if not command:
+        return []
+    raw = command.get("symbols") or ([command["symbol"]] if command.get("symbol") else [])
+    return [s for s in raw if isinstance(s, str) and _SYMBOL.fullmatch(s)][:MAX_SYMBOLS]
+
+
+def summarize(view: OperationView, seq: int = 0) -> OpSummary:
+    """The summary of one folded view; `seq`: the OPS sequence of the last lifecycle event in it."""
+    return OpSummary(
+        op_id=view.op_id, op_type=view.op_type[:64], pool=(view.pool or "")[:64], status=view.status,
+        reason_code=(view.error_code or view.reason_code or "")[:64], created_at=view.created_at,
+        updated_at=view.updated_at, ended_at=view.finished_at if view.status in TERMINAL else None,
+        symbols=_symbols(view.command), parent=view.parent_op_id or "", attempts=view.attempts,
+        epoch=view.epoch, seq=seq)
+
+
+def hour_key(op_id: str) -> str:
+    """The time-bucket key of an operation (its id's creation hour)."""
+    return f"t.{subjects.created_at_of(op_id):%Y%m%d%H}.{op_id}"
+
+
+def live_key(op_id: str) -> str:
+    return f"live.{op_id}"
+
+
+def keys_of(summary: OpSummary) -> tuple[list[str], list[str]]:
+    """The keys to write the summary under, and those to delete (the live key once it ended)."""
+    live = live_key(summary.op_id)
+    if summary.status in TERMINAL:
+        return [hour_key(summary.op_id)], [live]
+    return [hour_key(summary.op_id), live], []
+
+
+def newer(old: OpSummary | None, new: OpSummary) -> bool:
+    """Whether `new` should replace `old`: a fold from a later event (redelivery and a second
+    indexer then change nothing)."""
+    return old is None or new.seq > old.seq or (new.seq == 0 and old.seq == 0)
+
+
+def parse_when(text: str) -> datetime:
+    """A `--since/--until` value: an ISO date or time (UTC when no zone is given); ValueError otherwise."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not a date or time (use e.g. 2026-12-01 or 2026-12-01T13:00)") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+class Filters:
+    """What `ops list` keeps: each field None keeps everything."""
+
+    def __init__(self, *, status: str | None = None, op_type: str | None = None, pool: str | None = None,
+                 since: datetime | None = None, until: datetime | None = None, symbol: str | None = None,
+                 parent: str | None = None) -> None:
+        self.status, self.op_type, self.pool = status, op_type, pool
+        self.since, self.until, self.symbol, self.parent = since, until, symbol, parent
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in vars(self).values())
+
+    def keeps(self, s: OpSummary) -> bool:
+        made = subjects.created_at_of(s.op_id)
+        return ((self.status is None or s.status == self.status)
+                and (self.op_type is None or s.op_type == self.op_type)
+                and (self.pool is None or s.pool == self.pool)
+                and (self.since is None or made >= self.since)
+                and (self.until is None or made < self.until)
+                and (self.symbol is None or self.symbol.upper() in s.symbols)
+                and (self.parent is None or s.parent == self.parent))
+
+
+def before_key(cursor: str) -> tuple[datetime, str]:
+    """The position a `--before` cursor names: an op id (rows made before it) or a date/time."""
+    if subjects.is_op_id(cursor):
+        return subjects.created_at_of(cursor), cursor
+    return parse_when(cursor), ""
+
+
+def page(summaries: Iterable[OpSummary], filters: Filters, limit: int | None,
+         before: str | None = None) -> tuple[list[OpSummary], str | None]:
+    """The newest `limit` summaries kept by `filters` made before the cursor, oldest first, and the
+    cursor for the page before it (None when this page reaches the oldest)."""
+    cut = before_key(before) if before else None
+    kept = sorted((s for s in summaries if filters.keeps(s)
+                   and (cut is None or (subjects.created_at_of(s.op_id), s.op_id) < cut)),
+                  key=lambda s: (subjects.created_at_of(s.op_id), s.op_id))
+    if not limit or len(kept) <= limit:
+        return kept, None
+    out = kept[-limit:]
+    return out, out[0].op_id
