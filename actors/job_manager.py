@@ -69,6 +69,9 @@ class JobManager(Actor):
         age = self.settings.chunk_orphan_age_s
         while True:
             try:
+                parts = await BarStore(self.js).sweep_partitions()
+                if parts:
+                    self.log.info("deleted %d partition(s) no manifest lists from BARS", parts)
                 n = await objects.sweep_orphans(self.js, objects.BARS, older_than_s=age)
                 if n:
                     self.log.info("purged %d orphaned chunk set(s) from BARS", n)
@@ -107,7 +110,7 @@ class JobManager(Actor):
             stored = await bars.load(symbol, tf)
             buffer = SeriesBuffer(symbol, tf, stored.df, stored.meta)
             writer = SeriesWriter(bars, buffer, stored.stored, every_s=self.flush_every_s,
-                                  every_segments=self.flush_every_segments)
+                                  every_segments=self.flush_every_segments, manifest=stored.manifest)
             async with writer.running(self.log):
                 result = await self._job(op, buffer, ib, source).run()
         st = writer.stored
