@@ -189,6 +189,10 @@ class BarStore:
             if self.cache is not None:  # this host reads it next: no download
                 await asyncio.to_thread(self.cache.put, st.digest, data)
             return st, None
+        if manifest is None and replaces is not None and replaces.header(MANIFEST_HEADER) is not None:
+            data = await objects.fetch(self.js, replaces, max_bytes=MAX_MANIFEST_BYTES)
+            with contextlib.suppress(DataError):  # what it lists is deleted once this write is stored
+                manifest, touched = decode_manifest(name, data or b""), None
         old = {e.key: e for e in manifest.partitions} if manifest is not None else {}
         generation = (manifest.generation + 1) if manifest is not None else 1
         parts = await asyncio.to_thread(split, df, meta.timeframe)
