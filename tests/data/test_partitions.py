@@ -15,7 +15,7 @@ import msgspec
 import pandas as pd
 import pytest
 
-from ktrdr.data.bars_store import BarStore
+from ktrdr.data.bars_store import BarStore, SeriesWriter
 from ktrdr.data.calendar import lookup
 from ktrdr.data.partitions import MANIFEST_HEADER, keys_of, period_of, split
 from ktrdr.data.store import DigestCache, SeriesBuffer, SeriesMeta, digest_hex
@@ -179,3 +179,34 @@ async def test_a_manifest_naming_another_series_objects_is_refused(client):
                       headers={k: v[0] if isinstance(v, list) else v for k, v in st.headers.items()})
     with pytest.raises(DataError, match="not one of its partitions"):
         await BarStore(client.js).load("AAPL", "1m")
+
+
+async def test_the_load_writer_stores_only_what_its_merges_touched_between_flushes(client):
+    df = minute_bars()
+    store = BarStore(client.js)
+    await store.write_series(df, meta_of(df), replaces=None)
+    stored = await store.load("AAPL", "1m")
+    buffer = SeriesBuffer("AAPL", "1m", stored.df, stored.meta)
+    writer = SeriesWriter(store, buffer, stored.stored, every_s=3600, every_segments=10**6, manifest=stored.manifest)
+    base = store.bytes_written
+    buffer.merge("AAPL", "1m", minute_bars(utc(2024, 4, 1), utc(2024, 4, 3)), "sim")
+    await writer.flush()
+    april = next(e for e in writer.manifest.partitions if e.key == "2024-04")  # type: ignore[union-attr]
+    assert store.bytes_written - base == april.size  # the new month only: nothing else was rewritten
+    buffer.merge("AAPL", "1m", minute_bars(utc(2024, 1, 3), utc(2024, 1, 4)) * 1.02, "sim")
+    await writer.flush()
+    assert writer.manifest is not None and writer.writes == 2
+    january = next(e for e in writer.manifest.partitions if e.key == "2024-01")
+    assert store.bytes_written - base == april.size + january.size
+    pd.testing.assert_frame_equal(await BarStore(client.js).read("AAPL", "1m"), buffer.frame(), check_freq=False)
+
+
+async def test_a_whole_rewrite_without_the_manifest_leaves_no_partition_behind(client):
+    df = minute_bars()
+    store = BarStore(client.js)
+    st, _ = await store.write_series(df, meta_of(df), replaces=None)
+    await store.write_series(df.iloc[: len(df) // 2], meta_of(df.iloc[: len(df) // 2]), replaces=st)
+    current = await store.load("AAPL", "1m")
+    assert current.manifest is not None
+    assert set(await _bars_objects(client.js)) == {e.name for e in current.manifest.partitions} | {"AAPL/1m"}
+    pd.testing.assert_frame_equal(current.df, df.iloc[: len(df) // 2], check_freq=False)
