@@ -42,9 +42,10 @@ class JobManager(Actor):
     # would only wait in the ib actor's PacingLimiter and, measured, stretch the cancel tail: a cancel
     # waits for fetched segments to be merged (8 in flight: p99 32-63 ms; 4: 5 ms).
     segment_concurrency = 5
-    # Periodic writes of a long load. One write stores the whole series (bench/objects.py: 10 years of
-    # 1m bars, 60 MB, about 1 s to serialise and put): every 30 s is a few percent of a load that IB
-    # paces at 60 requests per 10 minutes, and a killed job-manager loses at most 30 s of fetching.
+    # Periodic writes of a long load. One write stores the partitions the new bars touched (python -m
+    # bench partitions: 10 years of AAPL 1m, a day appended, 14 KB and 0.06 s; the whole series was
+    # 17 MB and 0.4 s): every 30 s is well under a percent of a load that IB paces at 60 requests per
+    # 10 minutes, and a killed job-manager loses at most 30 s of fetching.
     flush_every_s: ClassVar[float] = 30.0
     flush_every_segments: ClassVar[int] = 200
 

@@ -1,13 +1,19 @@
-"""The BARS bucket as a store of series: one Parquet object `<SYMBOL>/<TF>` per series, its SeriesMeta
-in the object's header `Ktrdr-Series`, read through this host's DigestCache.
+"""The BARS bucket as a store of series, each in partitions (ktrdr.data.partitions: one Parquet object
+per symbol x timeframe x period, a month for 1m) listed by a manifest at `<SYMBOL>/<TF>` with the
+SeriesMeta in its header `Ktrdr-Series`; partitions are read through this host's DigestCache, so
+each is cached under its own digest and an append invalidates only the partitions it rewrote.
 
-`BarStore` reads a whole series (or a window of it), writes one with compare-and-set (only if it is
-still the object that was read) and merges bars into one (compare-and-set, retried on a concurrent
-write). `SeriesWriter` is how a data load stores what it fetched: the load merges segments into an
-in-memory SeriesBuffer, and the writer stores snapshots of it every so often while the load runs and
-once at the end whatever the outcome, merging on top of a concurrent write rather than losing it.
-Object names are built from a checked symbol and timeframe only (`bars_name`). This is the data
-domain's NATS adapter; the bytes go through ktrdr.transport.objects.
+`BarStore` reads a series (or only the partitions a window needs), writes one with compare-and-set on
+the manifest (only if it is still the one that was read: the partitions first under fresh names, the
+manifest last, the replaced partitions deleted after it moved) and merges bars into one (retried on a
+concurrent write). A whole-series Parquet object written the old way at `<SYMBOL>/<TF>` is read as
+before and replaced by a manifest at the first write (the migration). `SeriesWriter` is how a data
+load stores what it fetched: the load merges segments into an in-memory SeriesBuffer, and the writer
+stores snapshots of it every so often while the load runs and once at the end whatever the outcome,
+each write putting only the partitions the merges since the last one touched, merging on top of a
+concurrent write rather than losing it. Object names are built from a checked symbol and timeframe
+only (`bars_name`) and generated partition keys. This is the data domain's NATS adapter; the bytes go
+through ktrdr.transport.objects.
 """
 
 from __future__ import annotations
