@@ -10,7 +10,8 @@ it through the paced IB path would take hours of simulated pacing). Then, per mo
   bytes put, medians of ROUNDS appends (each round appends the next span).
 - `peak`: in a fresh subprocess, what a load into the long series does on BARS (read the stored
   series, merge a day, write it back): the peak RSS above the process's RSS before it (VmHWM reset),
-  beside the largest partition's frame (pandas memory of the biggest month).
+  beside the largest partition's frame (pandas memory of the biggest month); `read_peak` is the
+  peak of the read into the buffer alone.
 
 `python -m bench partitions` (or `python -m bench.partitions`).
 """
@@ -74,12 +75,14 @@ async def _peak_child(url: str, home: str) -> dict[str, float]:
         before, t0 = _mb("VmRSS"), time.perf_counter()
         stored = await store.load("AAPL", "1m")
         buf = SeriesBuffer("AAPL", "1m", stored.df, stored.meta)
+        read_peak = _mb("VmHWM") - before  # the series read and in the buffer
         buf.merge("AAPL", "1m", day, "sim")
         df, meta, _ = buf.snapshot()
         assert meta is not None
         await store.write_series(df, meta, replaces=stored.stored, manifest=stored.manifest,
                                  touched=buf.touched_since(0))
-        return {"s": time.perf_counter() - t0, "peak_above_mb": max(0.0, _mb("VmHWM") - before)}
+        return {"s": time.perf_counter() - t0, "peak_above_mb": max(0.0, _mb("VmHWM") - before),
+                "read_peak_above_mb": max(0.0, read_peak)}
 
 
 def _peak(url: str, home: str) -> dict[str, float]:
@@ -126,6 +129,7 @@ async def _mode(srv: Any, full: pd.DataFrame, partitioned: bool) -> dict[str, An
         await BarStore(c.js, partitioned=partitioned).write_series(full, _meta(full), replaces=gone)
     runs = [await asyncio.to_thread(_peak, srv.url, str(srv.settings.home)) for _ in range(ROUNDS)]
     out["peak_above_mb"] = round(statistics.median(r["peak_above_mb"] for r in runs), 1)
+    out["read_peak_above_mb"] = round(statistics.median(r["read_peak_above_mb"] for r in runs), 1)
     out["load_merge_write_s"] = round(statistics.median(r["s"] for r in runs), 3)
     parts = split(full, "1m")
     out["largest_partition_frame_mb"] = round(max(p.memory_usage(deep=True).sum() for p in parts.values()) / 1e6, 2)

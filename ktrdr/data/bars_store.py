@@ -61,6 +61,7 @@ from ktrdr.transport.objects import BARS, ObjectConflict, Stored
 
 MAX_SERIES_BYTES = 4 << 30
 SERIES_HEADER = "Ktrdr-Series"
+READ_CONCURRENCY = 8  # partitions fetched at once by one read (each a few MB at most)
 _Metas = list[SeriesMeta]  # for annotations inside BarStore, whose `list` method shadows the builtin
 
 
@@ -125,7 +126,8 @@ class BarStore:
                 data = await objects.fetch(self.js, st, max_bytes=MAX_MANIFEST_BYTES)
                 assert data is not None
                 manifest = decode_manifest(name, data)
-                frames = [await self._partition(e) for e in overlapping(manifest, lo, hi)]
+                sem = asyncio.Semaphore(READ_CONCURRENCY)
+                frames = list(await asyncio.gather(*(self._partition(e, sem) for e in overlapping(manifest, lo, hi))))
                 df = merge_parts(frames)
                 return StoredSeries(slice_bars(df, lo, hi) if lo is not None or hi is not None else df,
                                     meta, st, manifest)
@@ -139,11 +141,12 @@ class BarStore:
         """Stored bars with start <= t < end (either bound optional); an empty frame when none."""
         return (await self.load(symbol, timeframe, start, end)).df
 
-    async def _partition(self, e: PartitionEntry) -> pd.DataFrame:
-        st = await objects.stat(self.js, BARS, e.name)
-        if st is None or st.deleted or st.digest != e.digest:
-            raise DataError(f"BARS/{e.name}: replaced while it was read")
-        return await self._frame(st)
+    async def _partition(self, e: PartitionEntry, sem: asyncio.Semaphore) -> pd.DataFrame:
+        async with sem:
+            st = await objects.stat(self.js, BARS, e.name)
+            if st is None or st.deleted or st.digest != e.digest:
+                raise DataError(f"BARS/{e.name}: replaced while it was read")
+            return await self._frame(st)
 
     async def _frame(self, st: Stored) -> pd.DataFrame:
         path = self.cache.lookup(st.digest) if self.cache is not None else None
