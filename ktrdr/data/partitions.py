@@ -27,16 +27,24 @@ import msgspec
 import numpy as np
 import pandas as pd
 
+from events.bounds import (
+    MAX_GENERATION_DIGITS,
+    MAX_MANIFEST_BYTES,
+    MAX_PARTITIONS,
+    PARTITION_KEY_PATTERN,
+    PARTITION_TAIL_PATTERN,
+)
 from ktrdr.data.timeframes import parse_timeframe
 from ktrdr.errors import DataError
 
+__all__ = ["MANIFEST_HEADER", "MAX_MANIFEST_BYTES", "MAX_PARTITIONS", "Manifest", "PartitionEntry", "decode_manifest",
+           "entry", "key_range", "keys_of", "overlapping", "parse_partition_name", "partition_name", "period_of",
+           "split"]
+
 Period = Literal["month", "year", "all"]
-MAX_PARTITIONS = 20_000  # a manifest lists at most this many (1m bars by month: 1,666 years)
-MAX_MANIFEST_BYTES = 4 << 20
 MANIFEST_HEADER = "Ktrdr-Partitions"  # present (value "1") on a manifest, absent on an old whole-series object
-_KEY = r"(all|[0-9]{4}|[0-9]{4}-[0-9]{2})"
-_KEY_RE = re.compile(rf"^{_KEY}$")
-_NAME_TAIL_RE = re.compile(rf"^{_KEY}\.([0-9]{{1,12}})\.([0-9a-f]{{8}})$")
+_KEY_RE = re.compile(rf"^{PARTITION_KEY_PATTERN}$")
+_NAME_TAIL_RE = re.compile(PARTITION_TAIL_PATTERN)
 
 Key = Annotated[str, msgspec.Meta(pattern=_KEY_RE.pattern)]
 Rows = Annotated[int, msgspec.Meta(ge=0, le=1 << 40)]
@@ -54,7 +62,7 @@ class PartitionEntry(msgspec.Struct, kw_only=True, frozen=True):
 
 class Manifest(msgspec.Struct, kw_only=True, frozen=True):
     format: Literal[1] = 1
-    generation: Annotated[int, msgspec.Meta(ge=0, le=10**12)]
+    generation: Annotated[int, msgspec.Meta(ge=0, le=10**MAX_GENERATION_DIGITS - 1)]
     partitions: Annotated[list[PartitionEntry], msgspec.Meta(max_length=MAX_PARTITIONS)]
 
 
