@@ -33,7 +33,7 @@ from events import subjects
 from events.messages import ProgressState, StartTraining, TrainingContext
 from events.subjects import is_op_id
 from ktrdr.data.bars_store import BarStore
-from ktrdr.data.store import DigestCache, slice_bars
+from ktrdr.data.store import DigestCache
 from ktrdr.errors import KtrdrError, ValidationError
 from ktrdr.ops.reader import read_view
 from ktrdr.training.checkpoint_store import CheckpointStore, Reported, Resume, checkpoint_name
@@ -256,8 +256,8 @@ class Trainer(Actor):
         simulated = False
         for sym in checked.symbols:
             for tf in checked.timeframes:
-                stored = await store.load(sym, tf)
-                bars.setdefault(sym, {})[tf] = await asyncio.to_thread(slice_bars, stored.df, job.start, job.end)
+                stored = await store.load(sym, tf, job.start, job.end)  # only the partitions of the range
+                bars.setdefault(sym, {})[tf] = stored.df
                 simulated = simulated or bool(stored.meta is not None and stored.meta.simulated)
         return bars, simulated
 

@@ -85,7 +85,7 @@ async def _measure(op: str, url: str, path: Path, work: Path, chunk: int) -> dic
         meta = SeriesMeta(symbol="EURUSD", timeframe="1m", source="sim", simulated=True, start=None, end=None,
                           rows=len(df), updated_at="")
         st = await obj.stat(js, obj.BARS, name)
-        await BarStore(js).write(df, meta, replaces=st)
+        await BarStore(js, partitioned=False).write(df, meta, replaces=st)  # the whole-series object
     elif op == "nats-get":
         await BarStore(js).load("EURUSD", "1m")
     elif op == "nats-get-cache":

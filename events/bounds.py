@@ -121,3 +121,12 @@ SEAL_S = 0.0002  # after a signature is due again: the seal of an unsigned progr
 MAX_UNCONFIRMED = 8192
 CONFIRM_BATCH = 512
 LEASE_REQUEST_TIMEOUT_S = 2.0  # a worker's lease request to the orchestrator
+
+# BARS partitions (ktrdr.data.partitions): a series' manifest lists at most MAX_PARTITIONS partitions
+# (1m bars by month: 1,666 years), is at most MAX_MANIFEST_BYTES, and names each partition
+# `<key>.<generation>.<8 hex>` under its series.
+MAX_PARTITIONS = 20_000
+MAX_MANIFEST_BYTES = 4 << 20
+MAX_GENERATION_DIGITS = 12
+PARTITION_KEY_PATTERN = r"(all|[0-9]{4}|[0-9]{4}-[0-9]{2})"
+PARTITION_TAIL_PATTERN = rf"^{PARTITION_KEY_PATTERN}\.([0-9]{{1,{MAX_GENERATION_DIGITS}}})\.([0-9a-f]{{8}})$"

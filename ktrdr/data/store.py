@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 from ktrdr import disk
 from ktrdr.config import CACHE_MAX_BYTES
 from ktrdr.data.calendar import normalize_symbol, to_utc
+from ktrdr.data.partitions import keys_of
 from ktrdr.data.timeframes import Timeframe, parse_timeframe
 from ktrdr.errors import DataError, ValidationError
 from ktrdr.files import atomic_write
@@ -133,6 +134,13 @@ def merge_frames(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     return merged[~merged.index.duplicated(keep="last")].sort_index()
 
 
+def merge_parts(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Partitions read in time order (disjoint, each sorted) as one frame."""
+    if not frames:
+        return empty_frame()
+    return frames[0] if len(frames) == 1 else pd.concat(frames)
+
+
 def check_source(source: str) -> None:
     if source not in SOURCES:
         raise ValidationError(f"unknown data source {source!r}", hint=f"one of {', '.join(SOURCES)}")
@@ -188,6 +196,7 @@ class SeriesBuffer:
         self._lock = threading.Lock()
         self.version = 0
         self.merges = 0
+        self._touched: dict[str, int] = {}  # partition key -> the version that last merged bars into it
 
     def merge(self, symbol: str, tf: Timeframe | str, df: pd.DataFrame, source: str,
               simulated: bool | None = None) -> int:
@@ -208,9 +217,17 @@ class SeriesBuffer:
             self._source = merged_source(self._source, source)
             self._simulated = self._simulated or (source == "sim" if simulated is None else simulated)
             self.version += 1
+            for key in keys_of(pd.DatetimeIndex(new.index), self.timeframe):
+                self._touched[key] = self.version
             if len(self._pending) >= self._FOLD_FRAMES or self._pending_rows >= self._FOLD_ROWS:
                 self._fold()
             return int((~known).sum())
+
+    def touched_since(self, version: int) -> set[str]:
+        """The partition keys (ktrdr.data.partitions) merges after `version` put bars into: what a
+        write of a snapshot newer than `version` rewrites."""
+        with self._lock:
+            return {k for k, v in self._touched.items() if v > version}
 
     def _fold(self) -> pd.DataFrame:
         if self._pending:

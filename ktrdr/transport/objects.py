@@ -2,7 +2,7 @@
 
 | bucket | object name | its store (beside the domain it serves) |
 |---|---|---|
-| BARS | `<SYMBOL>/<TF>` (Parquet, SeriesMeta in header `Ktrdr-Series`) | ktrdr.data.bars_store.BarStore |
+| BARS | `<SYMBOL>/<TF>` (manifest), `<SYMBOL>/<TF>/<period>.<gen>.<hex>` | ktrdr.data.bars_store |
 | MODELS | `<strategy>/<KEY>_v<N>/<file>`, pointer `<strategy>/<KEY>_latest` | ktrdr.training.model_store.ModelStore |
 | CHECKPOINTS | `<op_id>/latest` | ktrdr.training.checkpoint_store.CheckpointStore |
 

@@ -23,12 +23,13 @@ async def test_a_series_is_read_through_the_digest_cache_and_deleting_the_cache_
     writer = BarStore(client.js)  # another host: no cache
     meta = SeriesMeta(symbol="AAPL", timeframe="1h", source="sim", simulated=True, start=None, end=None, rows=len(df),
                       updated_at="")
-    stored = await writer.write(df, meta, replaces=None)
+    stored, manifest = await writer.write_series(df, meta, replaces=None)
+    assert manifest is not None and [e.key for e in manifest.partitions] == ["2024"]  # 1h: a year a partition
     cache = DigestCache(tmp_path / "cache")
     reader = BarStore(client.js, cache)
     got = await reader.read("aapl", "1h")
     pd.testing.assert_frame_equal(got, df, check_freq=False)
-    cached = tmp_path / "cache" / f"{digest_hex(stored.digest)}.parquet"
+    cached = tmp_path / "cache" / f"{digest_hex(manifest.partitions[0].digest)}.parquet"
     assert cached.exists() and [p.name for p in (tmp_path / "cache").iterdir()] == [cached.name]
     m = await reader.metadata("AAPL", "1h")
     assert m is not None and m.simulated and m.digest == stored.digest and m.rows == len(df)
