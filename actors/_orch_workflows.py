@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from events.codec import DecodeError, decode_command, encode
-from events.messages import Command, OperationStarted, ProgressState, StartTraining
+from events.messages import Command, OperationStarted, ProgressState
 from ktrdr import commands
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import OperationView, verdicts, workflows
@@ -50,12 +50,11 @@ class WorkflowRunner:
         with the children created so far."""
         try:
             cmd = decode_command(encode(view.command))
-            assert isinstance(cmd, StartTraining)
-            symbols, timeframes = await asyncio.to_thread(commands.training_inputs, cmd)
+            plan = await asyncio.to_thread(workflows.plan, cmd, commands.training_inputs)
         except (DecodeError, KtrdrError, AssertionError) as exc:
             await self.orch.finish(op_id, verdicts.cannot_resume(op_id, exc))
             return
-        wf = self.flows[op_id] = Workflow(workflows.plan_training(cmd, symbols, timeframes))
+        wf = self.flows[op_id] = Workflow(plan)
         wf.children.update({c.op_id: views[c.op_id] for c in wf.plan if c.op_id in views})
 
     async def advance(self, op_id: str) -> None:
