@@ -5,6 +5,7 @@ the others up. Windows are shrunk (PacingRules.time_scale) so it runs in about a
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from ktrdr.ib.pacing import PacingLimiter, PacingRules, RequestKey
 
@@ -29,7 +30,7 @@ async def run_owner(limiter: PacingLimiter, owner: str, n: int, grants: list[tup
 
 def longest_run(seq: list[str]) -> int:
     best = run = 1
-    for a, b in zip(seq, seq[1:], strict=False):
+    for a, b in itertools.pairwise(seq):
         run = run + 1 if a == b else 1
         best = max(best, run)
     return best
