@@ -41,7 +41,7 @@ class WorkflowRunner:
 
     async def start(self, op_id: str, plan: list[Command]) -> None:
         """A workflow just created: it runs (the orchestrator holds it) and takes its first step."""
-        self.flows[op_id] = Workflow(plan)
+        self.flows[op_id] = Workflow(plan, pacing_interval_s=self._pacing_interval())
         await self.orch.publish_own(OperationStarted(op_id=op_id, worker=self.orch.id, message="workflow started"))
         await self.advance(op_id)
 
@@ -54,8 +54,11 @@ class WorkflowRunner:
         except (DecodeError, KtrdrError, AssertionError) as exc:
             await self.orch.finish(op_id, verdicts.cannot_resume(op_id, exc))
             return
-        wf = self.flows[op_id] = Workflow(plan)
+        wf = self.flows[op_id] = Workflow(plan, pacing_interval_s=self._pacing_interval())
         wf.children.update({c.op_id: views[c.op_id] for c in wf.plan if c.op_id in views})
+
+    def _pacing_interval(self) -> float:
+        return workflows.IB_PACING_INTERVAL_S * self.orch.settings.ib_time_scale
 
     async def advance(self, op_id: str) -> None:
         wf, parent = self.flows.get(op_id), self.orch.live_view(op_id)

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 from events import subjects
 from events.bounds import DEFAULT_UNIVERSE_PARALLEL, MAX_UNIVERSE_PARALLEL, Timeframe
-from events.messages import Command, Event, LoadData, ProgressState, StartTraining, WorkflowContext
+from events.messages import Command, DataContext, Event, LoadData, ProgressState, StartTraining, WorkflowContext
 from ktrdr.ops import verdicts
 from ktrdr.ops.view import OperationView
 
+IB_PACING_INTERVAL_S = 600.0 / 60  # IB: 60 historical requests per 10 minutes (x KTRDR_IB_TIME_SCALE)
 DATA_SHARE = 10.0  # percent of the parent's bar given to loading data
 PARENT_PROGRESS_EVERY_S = 0.2
 
@@ -99,6 +100,7 @@ class Workflow:
     last_step: str = ""
     held: ProgressState | None = None  # the newest progress not yet said (throttled)
     flush_pending: bool = False  # a flush of `held` is due (the caller holds the timer)
+    pacing_interval_s: float = IB_PACING_INTERVAL_S  # a universe's ETA: seconds per IB request at the bound
 
 
 @dataclass
@@ -110,14 +112,15 @@ class Decision:
 
 
 def advance(parent: OperationView, plan: list[Command], children: dict[str, OperationView],
-            line_of: dict[str, str], cancels_sent: set[str]) -> Decision:
+            line_of: dict[str, str], cancels_sent: set[str],
+            pacing_interval_s: float = IB_PACING_INTERVAL_S) -> Decision:
     """The next step of a workflow. `children` holds the views of the children created so far,
     `line_of` each child's rendered progress line, `cancels_sent` the children already told to stop."""
     d = Decision()
     if parent.terminal:
         return d
     if parent.domain == "data":
-        return advance_universe(parent, plan, children, line_of, cancels_sent)
+        return advance_universe(parent, plan, children, line_of, cancels_sent, pacing_interval_s)
     live = [c.op_id for c in plan if c.op_id in children and not children[c.op_id].terminal]
     bad = next((children[c.op_id] for c in plan if c.op_id in children
                 and children[c.op_id].status in ("failed", "rejected", "cancelled")), None)
@@ -188,7 +191,7 @@ def step(wf: Workflow, parent: OperationView, live_view: Callable[[str], Operati
         current = live_view(op_id)
         if current is not None:
             wf.children[op_id] = current
-    d = advance(parent, wf.plan, wf.children, wf.lines, wf.cancels_sent)
+    d = advance(parent, wf.plan, wf.children, wf.lines, wf.cancels_sent, wf.pacing_interval_s)
     wf.cancels_sent.update(d.cancel)
     return d
 
@@ -237,7 +240,8 @@ def flush(wf: Workflow, now: float) -> ProgressState | None:
 
 # ----------------------------------------------------------------------------------------- universe
 def advance_universe(parent: OperationView, plan: list[Command], children: dict[str, OperationView],
-                     line_of: dict[str, str], cancels_sent: set[str]) -> Decision:
+                     line_of: dict[str, str], cancels_sent: set[str],
+                     pacing_interval_s: float = IB_PACING_INTERVAL_S) -> Decision:
     """A universe's next step. At most `max_parallel` children run; the others wait here, not created
     (a cancel of the parent reaches them by never creating them). A failed symbol is recorded and the
     others go on; the verdict is `completed` listing the failed symbols in its result
@@ -257,7 +261,7 @@ def advance_universe(parent: OperationView, plan: list[Command], children: dict[
     if not waiting and not live:
         d.finish = universe_verdict(parent.op_id, plan, children)
         return d
-    d.progress = universe_progress(plan, children, line_of, len(waiting) - len(d.create))
+    d.progress = universe_progress(plan, children, line_of, len(waiting) - len(d.create), pacing_interval_s)
     return d
 
 
@@ -285,8 +289,24 @@ def universe_verdict(parent_id: str, plan: list[Command], children: dict[str, Op
     return verdicts.completed(parent_id, result, msg + (f" ({', '.join(list(failed)[:10])})" if failed else ""))
 
 
+def requests_left(plan: list[Command], children: dict[str, OperationView]) -> int:
+    """IB requests a universe still has to make: each running child's segments not done, and for each
+    child not yet started the mean segment count of those that planned theirs (0 before any did)."""
+    planned = [children[c.op_id].context for c in plan if c.op_id in children]
+    counts = [ctx.segment_count for ctx in planned if isinstance(ctx, DataContext) and ctx.segment_count]
+    mean = sum(counts) / len(counts) if counts else 0.0
+    left = 0.0
+    for c in plan:
+        v = children.get(c.op_id)
+        if v is None or (not v.terminal and not (isinstance(v.context, DataContext) and v.context.segment_count)):
+            left += mean
+        elif not v.terminal and isinstance(v.context, DataContext):
+            left += max(0, v.context.segment_count - v.context.segments_done)
+    return round(left)
+
+
 def universe_progress(plan: list[Command], children: dict[str, OperationView], line_of: dict[str, str],
-                      queued: int) -> ProgressState:
+                      queued: int, pacing_interval_s: float = IB_PACING_INTERVAL_S) -> ProgressState:
     ended = [c for c in plan if c.op_id in children and children[c.op_id].terminal]
     failed = sum(1 for c in ended if children[c.op_id].status != "completed")
     running = [children[c.op_id] for c in plan if c.op_id in children and not children[c.op_id].terminal]
@@ -297,6 +317,9 @@ def universe_progress(plan: list[Command], children: dict[str, OperationView], l
     line = line_of.get(current.op_id, "") if current is not None else ""
     msg = (f"{len(ended)}/{len(plan)} symbols done ({failed} failed), {len(running)} loading, {queued} queued,"
            f" {bars} bars")
+    left = requests_left(plan, children)
+    if left:
+        msg += f", ETA {left * pacing_interval_s:.0f} s at IB's pacing bound ({left} requests left)"
     return ProgressState(
         percentage=round(min(pct, 99.9), 2), message=msg, current_step=len(ended), total_steps=len(plan),
         phase="data",

@@ -37,7 +37,7 @@ async def test_bad_symbols_files_and_universe_options_exit_2_naming_the_bad_line
     ]
     env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{free_port()}", "KTRDR_HOME": str(tmp_path / "home")}
     results = await run_cli_table(table, env)
-    for args, (rc, out, err) in zip(table, results, strict=True):
+    for args, (rc, _out, err) in zip(table, results, strict=True):
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert rc == 2 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, (args, err)
     errs = [err for _, _, err in results]

@@ -109,3 +109,17 @@ def test_a_universe_command_out_of_bounds_is_refused_at_the_boundary(bad):
     raw.update(bad)
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(msgspec.json.encode(raw), type=LoadData)
+
+
+def test_the_universe_eta_is_the_requests_left_times_the_pacing_interval():
+    from events.messages import DataContext
+
+    cmd = universe()
+    plan = workflows.plan_universe(cmd)
+    kids = {plan[0].op_id: child(plan[0], "completed", context=DataContext(symbol="AAPL", segment_count=24,
+                                                                          segments_done=24)),
+            plan[1].op_id: child(plan[1], context=DataContext(symbol="MSFT", segment_count=24, segments_done=4)),
+            plan[2].op_id: child(plan[2])}  # started, no plan yet: counts as the mean (24)
+    assert workflows.requests_left(plan, kids) == 20 + 24 + 24 * 2  # two still queued
+    d = workflows.advance(parent(cmd), plan, kids, {}, set(), pacing_interval_s=0.5)
+    assert d.progress is not None and "ETA 46 s at IB's pacing bound (92 requests left)" in d.progress.message
