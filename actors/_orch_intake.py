@@ -110,9 +110,8 @@ class CommandIntake:
         op_type, description = commands.describe(cmd)
         plan: list[Command] = []
         if workflows.is_workflow(cmd):
-            assert isinstance(cmd, StartTraining)
-            plan = workflows.plan_training(cmd, *await asyncio.to_thread(commands.training_inputs, cmd))
-            op_type, description = workflows.describe(description)
+            plan = await asyncio.to_thread(workflows.plan, cmd, commands.training_inputs)
+            op_type, description = workflows.describe(cmd, description)
         tracked = orch._track(OperationView(op_id=op_id))
         # The recorded-cancel read goes beside the creation: a cancel recorded after it is read is
         # handled by on_cancel_request (the operation is live from the line above).

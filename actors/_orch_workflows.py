@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from events.codec import DecodeError, decode_command, encode
-from events.messages import Command, OperationStarted, ProgressState, StartTraining
+from events.messages import Command, OperationStarted, ProgressState
 from ktrdr import commands
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import OperationView, verdicts, workflows
@@ -41,7 +41,7 @@ class WorkflowRunner:
 
     async def start(self, op_id: str, plan: list[Command]) -> None:
         """A workflow just created: it runs (the orchestrator holds it) and takes its first step."""
-        self.flows[op_id] = Workflow(plan)
+        self.flows[op_id] = Workflow(plan, pacing_interval_s=self._pacing_interval())
         await self.orch.publish_own(OperationStarted(op_id=op_id, worker=self.orch.id, message="workflow started"))
         await self.advance(op_id)
 
@@ -50,13 +50,15 @@ class WorkflowRunner:
         with the children created so far."""
         try:
             cmd = decode_command(encode(view.command))
-            assert isinstance(cmd, StartTraining)
-            symbols, timeframes = await asyncio.to_thread(commands.training_inputs, cmd)
+            plan = await asyncio.to_thread(workflows.plan, cmd, commands.training_inputs)
         except (DecodeError, KtrdrError, AssertionError) as exc:
             await self.orch.finish(op_id, verdicts.cannot_resume(op_id, exc))
             return
-        wf = self.flows[op_id] = Workflow(workflows.plan_training(cmd, symbols, timeframes))
+        wf = self.flows[op_id] = Workflow(plan, pacing_interval_s=self._pacing_interval())
         wf.children.update({c.op_id: views[c.op_id] for c in wf.plan if c.op_id in views})
+
+    def _pacing_interval(self) -> float:
+        return workflows.IB_PACING_INTERVAL_S * self.orch.settings.ib_time_scale
 
     async def advance(self, op_id: str) -> None:
         wf, parent = self.flows.get(op_id), self.orch.live_view(op_id)

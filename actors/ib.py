@@ -158,7 +158,7 @@ class IbActor(Actor):
             watcher = asyncio.ensure_future(watch.run())
             try:
                 df = await client.bars(req.symbol, req.timeframe, req.start, req.end, cancel=token, on_wait=on_wait,
-                                       gate=watch.gate)
+                                       gate=watch.gate, owner=req.op_id)
             except OperationCancelledError:
                 if watch.gone:
                     self.abandoned += 1

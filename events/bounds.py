@@ -27,6 +27,11 @@ MAX_SYMBOL_LENGTH = 20  # letters and digits of a symbol (its separator aside): 
 SYMBOL_PATTERN = rf"^(?=(?:[A-Za-z0-9][./]?){{1,{MAX_SYMBOL_LENGTH}}}$)[A-Za-z0-9]+(?:[./][A-Za-z0-9]+)?$"
 NORMALIZED_SYMBOL = rf"[A-Z0-9]{{1,{MAX_SYMBOL_LENGTH}}}"  # as the data layer names it: EURUSD (unanchored)
 MAX_SYMBOLS = 50  # per command and per strategy; a model key (SYMBOLS_TFS) holds at most this many
+# A universe (`ktrdr data load --symbols/--symbols-file`): one parent, one data child per symbol.
+MAX_UNIVERSE_SYMBOLS = 1000
+MAX_UNIVERSE_PARALLEL = 50  # IB allows 50 simultaneous requests: more children at once only wait
+DEFAULT_UNIVERSE_PARALLEL = 4  # children loading at once; the rest wait queued in the workflow
+MAX_SYMBOLS_FILE_BYTES = 64 * 1024  # a symbols file: one symbol a line, # comments, blank lines
 
 # --- names that become subject tokens, consumer names and KV keys ---------------------------------
 MAX_TOKEN_LENGTH = 32
@@ -96,6 +101,8 @@ Symbol = Annotated[str, Meta(pattern=SYMBOL_PATTERN, description=f"a symbol: up 
                              "digits with at most one . or / between them, e.g. AAPL, BRK.B or EUR.USD")]
 Symbols = Annotated[list[Symbol], Meta(max_length=MAX_SYMBOLS)]
 Timeframes = Annotated[list[Timeframe], Meta(max_length=MAX_TIMEFRAMES)]
+UniverseSymbols = Annotated[list[Symbol], Meta(max_length=MAX_UNIVERSE_SYMBOLS)]
+UniverseParallel = Annotated[int, Meta(ge=1, le=MAX_UNIVERSE_PARALLEL)]
 Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, description="a pool name (lower-case letters, digits, - and _, "
                             f"at most {MAX_TOKEN_LENGTH})")]
 Label = Annotated[str, Meta(max_length=MAX_LABEL)]

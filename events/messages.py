@@ -19,6 +19,7 @@ import msgspec
 
 from events import roles
 from events.bounds import (
+    DEFAULT_UNIVERSE_PARALLEL,
     DummyInterval,
     DummyIterations,
     Epochs,
@@ -31,6 +32,8 @@ from events.bounds import (
     Timeframes,
     TimeoutSeconds,
     Token,
+    UniverseParallel,
+    UniverseSymbols,
 )
 
 SCHEMA_VERSION = 2
@@ -158,6 +161,11 @@ class LoadData(Command, tag="LoadData", kw_only=True):
     mode: Literal["local", "tail", "backfill", "full"] = "tail"
     start: datetime | None = None
     end: datetime | None = None
+    # A universe: two or more symbols make this one parent operation (a workflow the orchestrator
+    # runs) with one data child per symbol, at most `max_parallel` of them loading at once; `symbol`
+    # is then the first of them.
+    symbols: UniverseSymbols = msgspec.field(default_factory=list)
+    max_parallel: UniverseParallel = DEFAULT_UNIVERSE_PARALLEL
 
 
 class StartTraining(Command, tag="StartTraining", kw_only=True):

@@ -49,6 +49,37 @@ def check_symbol(value: object, field: str = "symbol") -> str:
         raise CommandError(field, str(exc)) from exc
 
 
+def check_symbols(values: list[str], field: str = "symbols") -> list[str]:
+    """A universe's symbols, each normalized, in order, duplicates once; 1 to MAX_UNIVERSE_SYMBOLS."""
+    from events.bounds import MAX_UNIVERSE_SYMBOLS
+
+    out = list(dict.fromkeys(check_symbol(v, f"{field}[{i}]") for i, v in enumerate(values)))
+    if not out:
+        raise CommandError(field, "no symbol given")
+    if len(out) > MAX_UNIVERSE_SYMBOLS:
+        raise CommandError(field, f"{len(out)} symbols: at most {MAX_UNIVERSE_SYMBOLS}")
+    return out
+
+
+def parse_symbols_file(data: bytes, name: str = "symbols file") -> list[str]:
+    """The symbols of a symbols file: one a line; blank lines and `#` comments skipped. Each line is
+    checked on its own; an error names the file and the line (at most MAX_SYMBOLS_FILE_BYTES, UTF-8)."""
+    from events.bounds import MAX_SYMBOLS_FILE_BYTES
+
+    if len(data) > MAX_SYMBOLS_FILE_BYTES:
+        raise CommandError(name, f"{len(data)} bytes: at most {MAX_SYMBOLS_FILE_BYTES}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CommandError(name, f"not UTF-8 text (byte {exc.start})") from exc
+    symbols: list[str] = []
+    for no, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            symbols.append(check_symbol(line, f"{name} line {no} ({raw.strip()[:40]!r})"))
+    return check_symbols(symbols, name)
+
+
 def check_timeframe(value: object, field: str = "timeframe") -> Timeframe:
     """The Timeframe `value` names (any spelling people type), the error naming `field`."""
     from ktrdr.data.timeframes import parse_timeframe

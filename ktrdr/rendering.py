@@ -99,6 +99,11 @@ class DataProgressRenderer(ProgressRenderer):
         r = view.result or {}
         if not r:
             return "Data load completed"
+        if isinstance(r.get("failed"), dict):  # a universe: the parent's verdict names the failed symbols
+            failed = r["failed"]
+            text = (f"Loaded {len(r.get('completed', []))}/{r.get('symbols', 0)} symbols: "
+                    f"{r.get('bars', 0):,} bars stored, {len(failed)} failed")
+            return text + "".join(f"\n  {sym}: {why}" for sym, why in list(failed.items())[:50])
         sim = " (simulated data)" if r.get("simulated") else ""
         return (f"Loaded {r.get('symbol')} {r.get('timeframe')} ({r.get('mode')} mode): "
                 f"{r.get('bars_added', 0):,} bars added, {r.get('bars_total', 0):,} stored; segments "

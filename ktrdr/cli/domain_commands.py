@@ -15,7 +15,14 @@ from typing import Any
 
 import typer
 
-from events.bounds import MAX_EPOCHS, MAX_STRATEGY_BYTES, Timeframe
+from events.bounds import (
+    DEFAULT_UNIVERSE_PARALLEL,
+    MAX_EPOCHS,
+    MAX_STRATEGY_BYTES,
+    MAX_SYMBOLS_FILE_BYTES,
+    MAX_UNIVERSE_PARALLEL,
+    Timeframe,
+)
 from ktrdr.cli._common import (
     JSON,
     TIMEOUT,
@@ -38,8 +45,13 @@ def _echo_json(obj: Any) -> None:
 
 # ------------------------------------------------------------------------------------------ data
 def data_load(
-    symbol: str,
+    symbol: str | None = typer.Argument(None, help="One symbol (or use --symbols / --symbols-file)."),
     timeframe: str = TF_OPTION,
+    symbols: str | None = typer.Option(None, "--symbols", help="A universe: comma-separated symbols."),
+    symbols_file: Path | None = typer.Option(None, "--symbols-file",
+                                             help="A universe: a file, one symbol a line (# comments)."),
+    max_parallel: int = typer.Option(DEFAULT_UNIVERSE_PARALLEL, "--max-parallel",
+                                     help=f"Symbols loading at once (1-{MAX_UNIVERSE_PARALLEL}); the rest queue."),
     mode: str = typer.Option("tail", help="local, tail (last 30 days to now), backfill or full."),
     start: str | None = typer.Option(None, help="YYYY-MM-DD (UTC)."),
     end: str | None = typer.Option(None, help="YYYY-MM-DD (UTC)."),
@@ -55,11 +67,15 @@ def data_load(
 
     if mode not in ("local", "tail", "backfill", "full"):
         raise usage(f"--mode {mode[:20]!r}: expected local, tail, backfill or full")
-    sym, tf = _norm(symbol, timeframe)
+    if not 1 <= max_parallel <= MAX_UNIVERSE_PARALLEL:
+        raise usage(f"--max-parallel {max_parallel}: expected 1 to {MAX_UNIVERSE_PARALLEL}")
+    universe = _universe(symbol, symbols, symbols_file)
+    sym, tf = _norm(universe[0], timeframe)
     start_dt, end_dt = parse_date(start, "start"), parse_date(end, "end")
     check_range(start_dt, end_dt)
     cmd = LoadData(op_id=new_op_id("data"), symbol=sym, timeframe=tf, mode=mode,  # type: ignore[arg-type]
-                   start=start_dt, end=end_dt, pool=check_pool(on), timeout_s=timeout_from(timeout))
+                   start=start_dt, end=end_dt, pool=check_pool(on), timeout_s=timeout_from(timeout),
+                   symbols=universe if len(universe) > 1 else [], max_parallel=max_parallel)
     run_async(run_command(cmd, wait=not no_wait, json_out=json_out))
 
 
@@ -69,6 +85,28 @@ def _bars(c: Any) -> Any:
 
     s = settings()
     return BarStore(c.js, DigestCache(s.cache_dir, s.cache_max_bytes, s.disk_min_free_bytes))
+
+
+def _universe(symbol: str | None, symbols: str | None, symbols_file: Path | None) -> list[str]:
+    """The symbols to load: exactly one of SYMBOL, --symbols and --symbols-file, each checked."""
+    from ktrdr.commands import check_symbols, parse_symbols_file
+    from ktrdr.errors import ValidationError
+
+    given = [g for g in (symbol, symbols, symbols_file) if g is not None]
+    if len(given) != 1:
+        raise usage("give one of SYMBOL, --symbols or --symbols-file")
+    try:
+        if symbols_file is not None:
+            try:
+                data = symbols_file.read_bytes()[:MAX_SYMBOLS_FILE_BYTES + 1]
+            except OSError as exc:
+                raise usage(f"--symbols-file {str(symbols_file)[:200]}: {exc.strerror}") from exc
+            return parse_symbols_file(data, f"--symbols-file {symbols_file.name[:80]}")
+        if symbols is not None:
+            return check_symbols(_split(symbols), "--symbols")
+        return check_symbols([symbol or ""], "symbol")
+    except ValidationError as exc:
+        raise usage(str(exc)) from exc
 
 
 def _norm(symbol: str, timeframe: str) -> tuple[str, Timeframe]:

@@ -392,11 +392,13 @@ class IbClient:
         cancel: CancellationToken | None = None,
         on_wait: OnWait | None = None,
         gate: Gate | None = None,
+        owner: str = "",
     ) -> pd.DataFrame:
         """Bars of `symbol` starting in [start, end): ONE paced IB request (split longer ranges by
         `max_request(timeframe)` first). UTC index "timestamp", float open/high/low/close/volume;
         `attrs`: source ("ib"/"sim"), pacing_wait_s. `gate` is awaited right before the request takes
-        its pacing slot; raising there drops it uncounted. Typed errors: UnknownSymbolError,
+        its pacing slot; raising there drops it uncounted; `owner` (the operation) takes fair turns
+        with the other owners waiting (PacingLimiter). Typed errors: UnknownSymbolError,
         NoDataError, PacingError, DisconnectedError, OperationCancelledError, ValidationError."""
         if cancel is not None:
             cancel.raise_if_cancelled(f"{timeframe} bars for {symbol}")
@@ -405,6 +407,7 @@ class IbClient:
         df = await fetch_bars(
             self.ib, self._tracker, self.limiter, contract, inst, timeframe, start, end,
             timeout=self.request_timeout, cancel=cancel, on_wait=on_wait, gate=self._still_ready(gate),
+            owner=owner,
         )  # fmt: skip
         df.attrs["source"] = self.source
         return df

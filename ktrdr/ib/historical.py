@@ -96,6 +96,7 @@ async def fetch_bars(
     cancel: CancellationToken | None = None,
     on_wait: OnWait | None = None,
     gate: Gate | None = None,
+    owner: str = "",
 ) -> pd.DataFrame:
     """One paced historical request for [start, end). `df.attrs["pacing_wait_s"]` says how long the
     pacing limiter held it back; `gate` may drop it right before it takes its slot (PacingLimiter)."""
@@ -115,7 +116,7 @@ async def fetch_bars(
     what = inst.what_to_show
     bar_size = ib_bar_size(tf)
     key = request_key(contract, what, end_str, duration, bar_size, use_rth)
-    waited = await limiter.acquire(key, on_wait=on_wait, cancel=cancel, gate=gate)
+    waited = await limiter.acquire(key, on_wait=on_wait, cancel=cancel, gate=gate, owner=owner)
     try:
         container = BarDataList()
         container.reqId = -1

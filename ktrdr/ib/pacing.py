@@ -29,6 +29,11 @@ the request with nothing counted (its caller went away, the gateway is down). `h
 `restore()` carry the recent requests across a restart as wall-clock stamps (IB's windows keep
 running while the process is away); `changed` is set whenever a request is counted or answered, so
 whoever persists the history can write it coalesced.
+
+Fair turns: `acquire(owner=...)` names who asks (the operation). When requests of several owners
+wait, a free slot goes to the waiting owner served least recently (round robin by operation), so a
+universe of children shares the budget in turn and none starves behind another's backlog. An owner
+whose own request cannot go yet (its contract's burst or identical rule) does not hold the others up.
 """
 
 from __future__ import annotations
@@ -137,6 +142,12 @@ class PacingLimiter:
         self.waited_s = 0.0
         self.recorded = 0  # requests counted since start (each one went, or was about to go, to IB)
         self.changed = asyncio.Event()  # set on every counted or answered request: the history needs saving
+        # Fair turns between owners: the keys each owner has waiting, and when each was last served.
+        self._waiting: dict[str, list[RequestKey]] = {}
+        self._served: dict[str, int] = {}
+        self._arrived: dict[str, int] = {}  # first arrival of an owner still waiting (ties in turn order)
+        self._seq = 0
+        self._turn = asyncio.Event()  # set on every grant: owners who were not next decide again
 
     @property
     def open_requests(self) -> int:
@@ -193,25 +204,65 @@ class PacingLimiter:
                 wait, reason = w, f"{r.max_per_second} API messages per second"
         return wait, reason
 
+    def _next_owner(self, now: float) -> str | None:
+        """Among the waiting owners with a request that could go now, the one served least recently."""
+        ready = [o for o, keys in self._waiting.items()
+                 if any(self._could_go(k, now) for k in keys)]
+        if not ready:
+            return None
+        return min(ready, key=lambda o: (self._served.get(o, -1), self._arrived.get(o, 0)))
+
+    def _could_go(self, key: RequestKey, now: float) -> bool:
+        wait, _ = self.required_wait(key, now)
+        return wait <= 0 and wait != -1.0
+
     async def acquire(
         self,
         key: RequestKey,
         on_wait: OnWait | None = None,
         cancel: CancellationToken | None = None,
         gate: Gate | None = None,
+        owner: str = "",
     ) -> float:
-        """Wait until `key` obeys every rule, then count it as sent and open. Returns seconds waited.
-        Raises OperationCancelledError as soon as `cancel` trips, and whatever `gate` raises when it
-        is awaited right before the slot is taken (nothing is counted then)."""
+        """Wait until `key` obeys every rule and it is `owner`'s turn, then count it as sent and open.
+        Returns seconds waited. Raises OperationCancelledError as soon as `cancel` trips, and whatever
+        `gate` raises when it is awaited right before the slot is taken (nothing is counted then)."""
+        self._seq += 1
+        self._waiting.setdefault(owner, []).append(key)
+        self._arrived.setdefault(owner, self._seq)
+        try:
+            return await self._acquire(key, on_wait, cancel, gate, owner)
+        finally:
+            keys = self._waiting.get(owner, [])
+            if key in keys:
+                keys.remove(key)
+            if not keys:
+                self._waiting.pop(owner, None)
+                self._arrived.pop(owner, None)
+            self._turn.set()  # whoever was waiting behind this one decides again
+
+    def _my_turn(self, owner: str, now: float) -> bool:
+        if len(self._waiting) <= 1:
+            return True
+        return self._next_owner(now) in (owner, None)
+
+    async def _acquire(self, key: RequestKey, on_wait: OnWait | None, cancel: CancellationToken | None,
+                       gate: Gate | None, owner: str) -> float:
         waited = 0.0
         while True:
             if cancel is not None and cancel.is_cancelled:
                 raise OperationCancelledError("waiting for IB pacing", cancel.reason)
             now = self._clock()
             wait, reason = self.required_wait(key, now)
+            if wait <= 0 and wait != -1.0 and not self._my_turn(owner, now):
+                self._turn.clear()  # another owner is next: wait for its grant (or its leaving)
+                started = self._clock()
+                await _sleep_or_cancel(self.rules.burst_window, self._turn, cancel)
+                waited += self._clock() - started
+                continue
             if wait <= 0 and wait != -1.0:
                 if gate is None:
-                    self._record(key, now)
+                    self._record(key, now, owner)
                     return waited
                 await gate()
                 if cancel is not None and cancel.is_cancelled:
@@ -221,7 +272,7 @@ class PacingLimiter:
                 now = self._clock()
                 wait, reason = self.required_wait(key, now)
                 if wait <= 0 and wait != -1.0:
-                    self._record(key, now)
+                    self._record(key, now, owner)
                     return waited
                 continue
             self.waits += 1
@@ -243,7 +294,12 @@ class PacingLimiter:
         per-second budget, or ib_async's throttle would delay historical requests already stamped."""
         self._last_second.append(self._clock())
 
-    def _record(self, key: RequestKey, now: float) -> None:
+    def _record(self, key: RequestKey, now: float, owner: str = "") -> None:
+        self._seq += 1
+        self._served[owner] = self._seq
+        if len(self._served) > 4096:  # owners long gone: keep the ones still waiting
+            self._served = {o: t for o, t in self._served.items() if o in self._waiting}
+        self._turn.set()
         self._sent.append((now, key))
         self.recorded += 1
         self.changed.set()

@@ -15,34 +15,69 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from events import subjects
-from events.bounds import Timeframe
-from events.messages import Command, Event, LoadData, ProgressState, StartTraining, WorkflowContext
+from events.bounds import DEFAULT_UNIVERSE_PARALLEL, MAX_UNIVERSE_PARALLEL, Timeframe
+from events.messages import Command, DataContext, Event, LoadData, ProgressState, StartTraining, WorkflowContext
 from ktrdr.ops import verdicts
 from ktrdr.ops.view import OperationView
 
+IB_PACING_INTERVAL_S = 600.0 / 60  # IB: 60 historical requests per 10 minutes (x KTRDR_IB_TIME_SCALE)
 DATA_SHARE = 10.0  # percent of the parent's bar given to loading data
 PARENT_PROGRESS_EVERY_S = 0.2
 
 
 def is_workflow(cmd: Command) -> bool:
-    """A top-level training that needs its data loaded first runs as a workflow."""
-    return isinstance(cmd, StartTraining) and cmd.parent_op_id is None and cmd.data_mode != "none"
+    """A top-level training that needs its data loaded first runs as a workflow; so does a data load
+    of two or more symbols (a universe)."""
+    if cmd.parent_op_id is not None:
+        return False
+    if isinstance(cmd, LoadData):
+        return is_universe(cmd)
+    return isinstance(cmd, StartTraining) and cmd.data_mode != "none"
 
 
-def describe(description: str) -> tuple[str, str]:
+def is_universe(cmd: Command) -> bool:
+    return isinstance(cmd, LoadData) and len(cmd.symbols) > 1
+
+
+def describe(cmd: Command, description: str) -> tuple[str, str]:
     """(op_type, description) of a workflow's parent, from its command's own description."""
+    if isinstance(cmd, LoadData):
+        return "data_universe", f"load {len(cmd.symbols)} symbols {cmd.timeframe} ({cmd.mode})"
     return "training_workflow", f"{description} (load data, then train)"
+
+
+def data_children(parent: str, symbols: list[str], timeframes: list[Timeframe], mode: str,
+                  cmd: Command, start: object, end: object, pool: str = "any") -> list[Command]:
+    """One data child per symbol x timeframe, ids derived from the parent's: the one child-launch
+    code of every workflow that loads data (a training's and a universe's)."""
+    by = f"workflow {parent}"
+    return [
+        LoadData(op_id=subjects.child_op_id(parent, "data", f"{sym}/{tf}"), symbol=sym, timeframe=tf,
+                 mode=mode, start=start, end=end, pool=pool,  # type: ignore[arg-type]
+                 parent_op_id=parent, deadline=cmd.deadline, requested_by=by)
+        for sym in symbols for tf in timeframes
+    ]
+
+
+def plan(cmd: Command, inputs: Callable[[StartTraining], tuple[list[str], list[Timeframe]]]) -> list[Command]:
+    """The plan of a workflow command (`inputs` reads a training's symbols and timeframes)."""
+    if isinstance(cmd, LoadData):
+        return plan_universe(cmd)
+    assert isinstance(cmd, StartTraining)
+    return plan_training(cmd, *inputs(cmd))
+
+
+def plan_universe(cmd: LoadData) -> list[Command]:
+    """The children of a universe: one data load per symbol, in the order given (duplicates once)."""
+    return data_children(cmd.op_id, list(dict.fromkeys(cmd.symbols)), [cmd.timeframe], cmd.mode, cmd,
+                         cmd.start, cmd.end, cmd.pool)
 
 
 def plan_training(cmd: StartTraining, symbols: list[str], timeframes: list[Timeframe]) -> list[Command]:
     """The children of a training workflow, in order: data loads, then the training itself."""
     parent, by = cmd.op_id, f"workflow {cmd.op_id}"
-    children: list[Command] = [
-        LoadData(op_id=subjects.child_op_id(parent, "data", f"{sym}/{tf}"), symbol=sym, timeframe=tf,
-                 mode="local" if cmd.data_mode == "local" else "full", start=cmd.start, end=cmd.end,
-                 parent_op_id=parent, deadline=cmd.deadline, requested_by=by)
-        for sym in symbols for tf in timeframes
-    ]
+    children = data_children(parent, symbols, timeframes, "local" if cmd.data_mode == "local" else "full",
+                             cmd, cmd.start, cmd.end)
     children.append(StartTraining(
         op_id=subjects.child_op_id(parent, "training", "train"), strategy_path=cmd.strategy_path,
         strategy_yaml=cmd.strategy_yaml, symbols=list(cmd.symbols), timeframes=list(cmd.timeframes),
@@ -65,6 +100,7 @@ class Workflow:
     last_step: str = ""
     held: ProgressState | None = None  # the newest progress not yet said (throttled)
     flush_pending: bool = False  # a flush of `held` is due (the caller holds the timer)
+    pacing_interval_s: float = IB_PACING_INTERVAL_S  # a universe's ETA: seconds per IB request at the bound
 
 
 @dataclass
@@ -76,12 +112,15 @@ class Decision:
 
 
 def advance(parent: OperationView, plan: list[Command], children: dict[str, OperationView],
-            line_of: dict[str, str], cancels_sent: set[str]) -> Decision:
+            line_of: dict[str, str], cancels_sent: set[str],
+            pacing_interval_s: float = IB_PACING_INTERVAL_S) -> Decision:
     """The next step of a workflow. `children` holds the views of the children created so far,
     `line_of` each child's rendered progress line, `cancels_sent` the children already told to stop."""
     d = Decision()
     if parent.terminal:
         return d
+    if parent.domain == "data":
+        return advance_universe(parent, plan, children, line_of, cancels_sent, pacing_interval_s)
     live = [c.op_id for c in plan if c.op_id in children and not children[c.op_id].terminal]
     bad = next((children[c.op_id] for c in plan if c.op_id in children
                 and children[c.op_id].status in ("failed", "rejected", "cancelled")), None)
@@ -152,7 +191,7 @@ def step(wf: Workflow, parent: OperationView, live_view: Callable[[str], Operati
         current = live_view(op_id)
         if current is not None:
             wf.children[op_id] = current
-    d = advance(parent, wf.plan, wf.children, wf.lines, wf.cancels_sent)
+    d = advance(parent, wf.plan, wf.children, wf.lines, wf.cancels_sent, wf.pacing_interval_s)
     wf.cancels_sent.update(d.cancel)
     return d
 
@@ -197,3 +236,92 @@ def flush(wf: Workflow, now: float) -> ProgressState | None:
     if held is not None:
         wf.said, wf.last_emit = (held.percentage, held.message), now
     return held
+
+
+# ----------------------------------------------------------------------------------------- universe
+def advance_universe(parent: OperationView, plan: list[Command], children: dict[str, OperationView],
+                     line_of: dict[str, str], cancels_sent: set[str],
+                     pacing_interval_s: float = IB_PACING_INTERVAL_S) -> Decision:
+    """A universe's next step. At most `max_parallel` children run; the others wait here, not created
+    (a cancel of the parent reaches them by never creating them). A failed symbol is recorded and the
+    others go on; the verdict is `completed` listing the failed symbols in its result
+    (`failed: {symbol: error}`), and `failed` only when every symbol failed."""
+    d = Decision()
+    k = (parent.command or {}).get("max_parallel", DEFAULT_UNIVERSE_PARALLEL)
+    k = k if isinstance(k, int) and 1 <= k <= MAX_UNIVERSE_PARALLEL else DEFAULT_UNIVERSE_PARALLEL
+    live = [c.op_id for c in plan if c.op_id in children and not children[c.op_id].terminal]
+    if parent.cancel_requested:
+        d.cancel = [op for op in live if op not in cancels_sent]
+        if not live:
+            d.finish = _cancelled(parent, plan, children)
+        return d
+    free = k - len(live)
+    waiting = [c for c in plan if c.op_id not in children]
+    d.create = waiting[:max(free, 0)]
+    if not waiting and not live:
+        d.finish = universe_verdict(parent.op_id, plan, children)
+        return d
+    d.progress = universe_progress(plan, children, line_of, len(waiting) - len(d.create), pacing_interval_s)
+    return d
+
+
+def _symbol(c: Command) -> str:
+    assert isinstance(c, LoadData)
+    return c.symbol
+
+
+def _bars(view: OperationView) -> int:
+    r = view.result or {}
+    v = r.get("bars_total", 0)
+    return v if isinstance(v, int) else 0
+
+
+def universe_verdict(parent_id: str, plan: list[Command], children: dict[str, OperationView]) -> Event:
+    done = [c for c in plan if children[c.op_id].status == "completed"]
+    failed = {_symbol(c): f"{children[c.op_id].status}: {children[c.op_id].error or children[c.op_id].reason or ''}"
+              for c in plan if children[c.op_id].status != "completed"}
+    bars = sum(_bars(children[c.op_id]) for c in done)
+    result = {"symbols": len(plan), "completed": [_symbol(c) for c in done], "failed": failed, "bars": bars}
+    if not done:
+        why = "; ".join(f"{sym} {err}" for sym, err in failed.items())
+        return verdicts.failed(parent_id, f"every symbol failed: {why}"[:1000], "child_failed")
+    msg = f"Universe completed: {len(done)}/{len(plan)} symbols, {len(failed)} failed"
+    return verdicts.completed(parent_id, result, msg + (f" ({', '.join(list(failed)[:10])})" if failed else ""))
+
+
+def requests_left(plan: list[Command], children: dict[str, OperationView]) -> int:
+    """IB requests a universe still has to make: each running child's segments not done, and for each
+    child not yet started the mean segment count of those that planned theirs (0 before any did)."""
+    planned = [children[c.op_id].context for c in plan if c.op_id in children]
+    counts = [ctx.segment_count for ctx in planned if isinstance(ctx, DataContext) and ctx.segment_count]
+    mean = sum(counts) / len(counts) if counts else 0.0
+    left = 0.0
+    for c in plan:
+        v = children.get(c.op_id)
+        if v is None or (not v.terminal and not (isinstance(v.context, DataContext) and v.context.segment_count)):
+            left += mean
+        elif not v.terminal and isinstance(v.context, DataContext):
+            left += max(0, v.context.segment_count - v.context.segments_done)
+    return round(left)
+
+
+def universe_progress(plan: list[Command], children: dict[str, OperationView], line_of: dict[str, str],
+                      queued: int, pacing_interval_s: float = IB_PACING_INTERVAL_S) -> ProgressState:
+    ended = [c for c in plan if c.op_id in children and children[c.op_id].terminal]
+    failed = sum(1 for c in ended if children[c.op_id].status != "completed")
+    running = [children[c.op_id] for c in plan if c.op_id in children and not children[c.op_id].terminal]
+    partial = sum(v.percentage / 100.0 for v in running)
+    bars = sum(_bars(children[c.op_id]) for c in ended)
+    pct = 100.0 * (len(ended) + partial) / max(1, len(plan))
+    current = running[-1] if running else None
+    line = line_of.get(current.op_id, "") if current is not None else ""
+    msg = (f"{len(ended)}/{len(plan)} symbols done ({failed} failed), {len(running)} loading, {queued} queued,"
+           f" {bars} bars")
+    left = requests_left(plan, children)
+    if left:
+        msg += f", ETA {left * pacing_interval_s:.0f} s at IB's pacing bound ({left} requests left)"
+    return ProgressState(
+        percentage=round(min(pct, 99.9), 2), message=msg, current_step=len(ended), total_steps=len(plan),
+        phase="data",
+        context=WorkflowContext(step="data", children_done=len(ended), children_total=len(plan),
+                                child_op_id=current.op_id if current is not None else "", child_line=line))
