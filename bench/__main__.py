@@ -1,5 +1,5 @@
 """`python -m bench [backbone|data|training|faults|objects|calendar|indicators|memory|scale|workflows|disk
-|ha|nemesis|sync ...] [--quick]`: run the benchmarks, print the figures and write bench/results/<suite>.json.
+|ha|nemesis|sync|intake ...] [--quick]`: run the benchmarks, print the figures and write bench/results/<suite>.json.
 `--quick` (the nemesis): a few fault classes only (KTRDR_NEMESIS_QUICK=1)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from bench._common import report
 
 SUITES = ("backbone", "data", "training", "faults", "objects", "calendar", "indicators", "memory", "scale",
-          "workflows", "disk", "ha", "nemesis", "sync")
+          "workflows", "disk", "ha", "nemesis", "sync", "intake")
 
 
 def main() -> None:
