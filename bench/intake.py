@@ -27,7 +27,7 @@ from ktrdr.client import Client
 from ktrdr.config import Settings
 
 IN_FLIGHT = (10, 100, 1000)
-BURSTS = (200, 2000)
+BURSTS = tuple(int(x) for x in os.environ.get("KTRDR_BENCH_INTAKE_BURSTS", "200,2000").split(","))
 ROUNDS = int(os.environ.get("KTRDR_BENCH_INTAKE_ROUNDS", "3"))
 MODES = {"one at a time": "1", "batched": ""}  # "" = the default (ktrdr.config orch_cmd_batch)
 SYNCS = {"always": "always", "2m": '"2m"'}
@@ -98,9 +98,10 @@ async def intake(rounds: int = ROUNDS) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    cols = ([f"created/s @{n}" for n in IN_FLIGHT] + [f"burst {n} ops/s" for n in BURSTS]
+    bursts = [n for n in BURSTS if f"burst_per_s_{n}" in next(iter(next(iter(result.values())).values()))]
+    cols = ([f"created/s @{n}" for n in IN_FLIGHT] + [f"burst {n} ops/s" for n in bursts]
             + [f"orch CPU ms/op @{n}" for n in (10, 1000)])
-    keys = ([f"created_per_s_{n}" for n in IN_FLIGHT] + [f"burst_per_s_{n}" for n in BURSTS]
+    keys = ([f"created_per_s_{n}" for n in IN_FLIGHT] + [f"burst_per_s_{n}" for n in bursts]
             + [f"orch_cpu_ms_per_op_{n}" for n in (10, 1000)])
     lines = ["| sync | intake | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for sync, modes in result.items():
