@@ -216,7 +216,9 @@ class Succession:
         self.subs.append(psub)
         self.tasks += [
             orch.spawn(pull_loop(psub, orch.intake.on_command, stopped=lambda: orch.stopping, on_fault=orch.on_fault,
-                                 batch=orch.settings.orch_cmd_batch, key=command_key), name=f"{orch.id}-commands"),
+                                 batch=orch.settings.orch_cmd_batch or 16,
+                                 key=command_key if orch.settings.orch_cmd_batch else None),
+                       name=f"{orch.id}-commands"),
             orch.spawn(orch.supervisor.loop(), name=f"{orch.id}-supervise")]
         self.ready = True
         orch.log.info("%s is the active orchestrator (leader epoch %d; %d live operations; ready in %.2f s)",

@@ -1,8 +1,8 @@
 """The orchestrator's command intake (issue 20, part 2): operations created per second with 10, 100
 and 1,000 commands in flight, a burst of 200 and 2,000 one-step dummies command to verdict (one dummy
 worker with its default slots, as the embedded stack runs it), and the orchestrator's CPU seconds per
-operation, each for the intake one command at a time (KTRDR_ORCH_CMD_BATCH=1, the before figure) and
-batched (the default), on a server with `sync_interval: always` (the embedded default) and with the
+operation, each for the intake one command at a time (KTRDR_ORCH_CMD_BATCH=0, the default, the
+before figure) and batched (256), on a server with `sync_interval: always` (the embedded default) and with the
 tests' 2 min. Every figure is the median of ROUNDS rounds, the modes alternating in each round.
 
 `python -m bench intake` prints the table and writes bench/results/intake.json.
@@ -29,7 +29,7 @@ from ktrdr.config import Settings
 IN_FLIGHT = (10, 100, 1000)
 BURSTS = tuple(int(x) for x in os.environ.get("KTRDR_BENCH_INTAKE_BURSTS", "200,2000").split(","))
 ROUNDS = int(os.environ.get("KTRDR_BENCH_INTAKE_ROUNDS", "3"))
-MODES = {"one at a time": "1", "batched": ""}  # "" = the default (ktrdr.config orch_cmd_batch)
+MODES = {"one at a time": "0", "batched": "256"}
 SYNCS = {"always": "always", "2m": '"2m"'}
 
 

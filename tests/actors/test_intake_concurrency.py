@@ -7,6 +7,7 @@ twice (the next orchestrator handles what the dead one had not acked)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 
 import pytest
@@ -18,6 +19,7 @@ from ktrdr.client import Client
 from ktrdr.transport import publish
 from tests.actors.test_ha import Orchestrators
 from tests.actors.test_workflows import training
+from tests.conftest import make_settings
 from tests.helpers import stop_process, wait_for_event, wait_terminal
 
 
@@ -38,6 +40,15 @@ async def _until_exist(client: Client, op_ids: list[str], timeout: float) -> Non
             raise TimeoutError(f"{len(missing)} of {len(op_ids)} operations never recorded, e.g. {missing[0]}")
         if missing:
             await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def settings(tmp_path, nats_server):  # batched intake (KTRDR_ORCH_CMD_BATCH), for in-process and child orchestrators
+    home = tmp_path / "home"
+    home.mkdir()
+    os.environ["KTRDR_ORCH_CMD_BATCH"] = "256"
+    yield make_settings(home, nats_server.url, orch_cmd_batch=256)
+    os.environ.pop("KTRDR_ORCH_CMD_BATCH", None)
 
 
 def _created(events: list[object]) -> int:
