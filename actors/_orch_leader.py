@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -32,7 +33,7 @@ from nats.js.kv import KeyValue
 from actors._orch_leases import LeaseService
 from actors._pull import pull_loop
 from events import subjects
-from events.codec import DecodeError, decode, encode
+from events.codec import DecodeError, decode, encode, sniff_op_id
 from events.messages import Leader
 from ktrdr.transport.leases import Entry, LeaseBucket
 
@@ -223,7 +224,9 @@ class Succession:
         self.subs.append(psub)
         self.tasks += [
             orch.spawn(pull_loop(psub, orch.intake.on_command, stopped=lambda: orch.stopping, on_fault=orch.on_fault,
-                                 batch=16), name=f"{orch.id}-commands"),
+                                 batch=orch.settings.orch_cmd_batch or 16,
+                                 key=command_key if orch.settings.orch_cmd_batch else None),
+                       name=f"{orch.id}-commands"),
             orch.spawn(orch.supervisor.loop(), name=f"{orch.id}-supervise")]
         self.ready = True
         orch.log.info("%s is the active orchestrator (leader epoch %d; %d live operations; ready in %.2f s)",
@@ -286,3 +289,9 @@ class Succession:
         if not lead.active:
             return f"standby (leader: {lead.holder or '?'})"
         return f"active, leader epoch {lead.current}" + ("" if self.ready else " (starting)")
+
+
+def command_key(msg: Msg) -> str | None:
+    """The operation a command is for (None when it does not say: handled alone): a batch's commands
+    for one operation are handled one after another, in the order CMD holds them."""
+    return sniff_op_id(msg.data)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -27,6 +27,7 @@ async def pull_loop(
     batch: int = 1,
     slots: asyncio.Semaphore | None = None,
     fetch_timeout: float = 5.0,
+    key: Callable[[Msg], Hashable | None] | None = None,
 ) -> None:
     """Fetch up to `batch` messages at a time and await `handle(msg)` for each, in order.
 
@@ -37,7 +38,13 @@ async def pull_loop(
     holding the only slot while it waits on an idle pool would keep the other pool's work waiting for
     the whole poll. A message fetched when the other loop took the last slot meanwhile goes back at
     once (nak) for another worker. A handler that raises gets the message nak'ed with a delay (it
-    comes back later) and the loop goes on."""
+    comes back later) and the loop goes on.
+
+    With `key` (not with `slots`), a fetched batch is split by key: messages with the same key are
+    handled one after another in the order fetched, distinct keys concurrently, a key of None alone;
+    the next fetch waits until the whole batch is handled, so a key's messages never overlap across
+    batches either. That is how the orchestrator handles many operations' commands at once and each
+    operation's in order."""
     while not stopped():
         if slots is not None:
             await slots.acquire()  # wait for a free slot without holding it through the poll
@@ -52,6 +59,9 @@ async def pull_loop(
             log.debug("fetch failed: %s", exc)
             await asyncio.sleep(0.5)
             continue
+        if key is not None and len(msgs) > 1:
+            await _handle_by_key(msgs, handle, on_fault, key)
+            continue
         for msg in msgs:
             if slots is not None:
                 if slots.locked():
@@ -59,11 +69,37 @@ async def pull_loop(
                         await msg.nak(delay=0.2)
                     continue
                 await slots.acquire()  # free: does not wait
-            try:
-                await handle(msg)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                await on_fault(exc, f"message on {msg.subject}")
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=1.0)
+            await _handle_one(msg, handle, on_fault)
+
+
+async def _handle_one(msg: Msg, handle: Handler, on_fault: OnFault) -> None:
+    try:
+        await handle(msg)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        await on_fault(exc, f"message on {msg.subject}")
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=1.0)
+
+
+async def _handle_by_key(msgs: list[Msg], handle: Handler, on_fault: OnFault,
+                         key: Callable[[Msg], Hashable | None]) -> None:
+    groups: dict[Hashable, list[Msg]] = {}
+    for msg in msgs:
+        k = key(msg)
+        groups.setdefault(("alone", id(msg)) if k is None else ("key", k), []).append(msg)
+
+    async def in_order(group: list[Msg]) -> None:
+        for msg in group:
+            await _handle_one(msg, handle, on_fault)
+
+    if len(groups) == 1:
+        await in_order(msgs)
+        return
+    tasks = [asyncio.create_task(in_order(g)) for g in groups.values()]
+    try:
+        await asyncio.gather(*tasks)
+    finally:  # cancelled (stopping): the others stop too, their messages unacked come back
+        for t in tasks:
+            t.cancel()

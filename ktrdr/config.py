@@ -129,6 +129,10 @@ class Settings:
     device: str = field(default_factory=lambda: _env("KTRDR_DEVICE") or "auto")
     # Training progress: a batch-level event for the first, the last and every N-th batch of an epoch.
     progress_batch_every: int = field(default_factory=lambda: _int("KTRDR_PROGRESS_BATCH_EVERY", 20, 1, 10**6))
+    # The active orchestrator's command intake: up to N commands fetched at once, a batch's distinct
+    # operations handled concurrently (one operation's commands in order); 0 (the default for now) =
+    # one at a time, as before.
+    orch_cmd_batch: int = field(default_factory=lambda: _int("KTRDR_ORCH_CMD_BATCH", 0, 0, 1000))
     # KTRDR_HOME/cache (bars by digest) is trimmed, least recently used first, above this size.
     cache_max_bytes: int = field(default_factory=lambda: _int("KTRDR_CACHE_MAX_BYTES", CACHE_MAX_BYTES, 1 << 20))
     # Free space kept on a disk we write to: the cache evicts (or skips caching) rather than leave
