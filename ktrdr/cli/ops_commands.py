@@ -50,7 +50,7 @@ def tree_order(views: list[OperationView]) -> list[tuple[int, OperationView]]:
 def ops_list(limit: int = typer.Option(50, help="Show the latest N (0 = all, at most 1000)."),
              flat: bool = typer.Option(False, "--flat", help="Children as rows of their own, not under parents."),
              status: str | None = typer.Option(None, help="Only this status (queued, running, completed, ...)."),
-             op_type: str | None = typer.Option(None, "--type", help="Only this operation type (e.g. dummy)."),
+             op_type: str | None = typer.Option(None, "--type", help="Only this type or domain (data_load, data)."),
              pool: str | None = typer.Option(None, help="Only operations of this worker pool."),
              since: str | None = typer.Option(None, help="Only those made at or after this date/time (ISO, UTC)."),
              until: str | None = typer.Option(None, help="Only those made before this date/time (ISO, UTC)."),

@@ -88,7 +88,7 @@ class Filters:
     def keeps(self, s: OpSummary) -> bool:
         made = subjects.created_at_of(s.op_id)
         return ((self.status is None or s.status == self.status)
-                and (self.op_type is None or s.op_type == self.op_type)
+                and (self.op_type is None or self.op_type in (s.op_type, s.op_id.split("-", 1)[0]))
                 and (self.pool is None or s.pool == self.pool)
                 and (self.since is None or made >= self.since)
                 and (self.until is None or made < self.until)

@@ -55,19 +55,23 @@ def test_pages_walk_back_through_history_with_the_printed_cursor():
 
 
 def test_filters_keep_only_matching_status_type_pool_symbol_parent_and_window():
-    rows = [summary(1, status="failed", op_type="dummy"), summary(2, status="completed", pool="gpu"),
-            summary(3, symbols=["AAPL"], parent=op(1)), OpSummary(op_id=op(4, hour=12))]
+    d1, load = op(1, "dummy"), op(5, "data")
+    rows = [OpSummary(op_id=d1, status="failed", op_type="dummy"),
+            OpSummary(op_id=op(2, "op"), status="completed", pool="gpu"),
+            OpSummary(op_id=op(3, "op"), symbols=["AAPL"], parent=d1), OpSummary(op_id=op(4, "op", hour=12)),
+            OpSummary(op_id=load, op_type="data_load")]
 
     def ids(f: Filters) -> list[str]:
         return [s.op_id for s in page(rows, f, None)[0]]
 
-    assert ids(Filters(status="failed")) == [op(1)]
-    assert ids(Filters(op_type="dummy")) == [op(1)]
-    assert ids(Filters(pool="gpu")) == [op(2)]
-    assert ids(Filters(symbol="aapl")) == [op(3)]
-    assert ids(Filters(parent=op(1))) == [op(3)]
-    assert ids(Filters(since=parse_when("2026-12-01T11:00"))) == [op(4, hour=12)]
-    assert ids(Filters(until=parse_when("2026-12-01T11:00"))) == [op(1), op(2), op(3)]
+    assert ids(Filters(status="failed")) == [d1]
+    assert ids(Filters(op_type="dummy")) == [d1]
+    assert ids(Filters(op_type="data_load")) == ids(Filters(op_type="data")) == [load]  # type or domain
+    assert ids(Filters(pool="gpu")) == [op(2, "op")]
+    assert ids(Filters(symbol="aapl")) == [op(3, "op")]
+    assert ids(Filters(parent=d1)) == [op(3, "op")]
+    assert ids(Filters(since=parse_when("2026-12-01T11:00"))) == [op(4, "op", hour=12)]
+    assert ids(Filters(until=parse_when("2026-12-01T11:00"))) == [d1, op(2, "op"), op(3, "op"), load]
     assert ids(Filters(status="running")) == []
 
 
