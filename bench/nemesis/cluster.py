@@ -295,6 +295,24 @@ class NemesisCluster:
                 raise TimeoutError(f"orchestrator {place} not {prefix!r} within {timeout} s")
             await asyncio.sleep(0.05)
 
+    async def wait_settled(self, timeout: float = START_TIMEOUT_S) -> dict[str, str]:
+        """Until exactly one orchestrator says it is active (not starting) and every other one says
+        standby; that read's states (which one leads is not asked: a lease that lapsed while its
+        stream re-elected at the heal may go to either)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        states: dict[str, str] = {}
+        while True:
+            with contextlib.suppress(Exception):
+                states = await self.orch_states()
+                active = [o for o, st in states.items() if st.startswith("active") and not st.endswith("(starting)")]
+                standby = [o for o, st in states.items() if st.startswith("standby")]
+                if len(active) == 1 and len(active) + len(standby) == len(states) == len(self.orchs):
+                    return states
+            if loop.time() > deadline:
+                raise TimeoutError(f"orchestrators not one active and the rest standby within {timeout} s: {states}")
+            await asyncio.sleep(0.05)
+
     def restart_actor(self, name: str) -> None:
         proc = self.actors[name]
         proc.stop()

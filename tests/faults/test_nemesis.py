@@ -55,7 +55,11 @@ async def orchestrator_fault(name: str, inject: faults.Inject, hold_s: float = H
     notes = str(row["notes"])
     assert "active" in notes and "not active" not in notes, notes  # the standby took over
     assert "operation submitted at the fault completed" in notes, notes
-    assert "after healing: " in notes and "standby" in notes.split("after healing: ")[1], notes
+    # once healed: one active and the other a standby (which one leads may change: the lease is 2 s
+    # and the LEASES stream may re-elect when the cut-off node rejoins)
+    assert "after healing: " in notes, notes
+    after = notes.split("after healing: ")[1]
+    assert after.count("active") == 1 and "standby" in after, notes
 
 
 @pytest.mark.slow
