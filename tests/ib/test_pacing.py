@@ -191,3 +191,32 @@ async def test_an_unanswered_request_stays_in_the_10_minute_window() -> None:
     limiter.release(_key(0, "a"))
     wait, _ = limiter.required_wait(_key(1, "b"))
     assert wait == pytest.approx(10.0 + 10.0 * 0.001 + 0.005)
+
+
+async def test_requests_waiting_for_the_same_window_each_announce_their_wait_once_per_window() -> None:
+    # Nine requests wait for a full 10-minute window (scaled to 0.2 s) whose three slots free a few ms
+    # apart: each wakes as each slot frees and all but one wait again a few ms longer. Each says its
+    # wait when it starts waiting and again only when it has to wait for a later window, not at every
+    # slot it lost (one interim reply and one progress event each: 13 per request were measured).
+    rules = PacingRules(max_requests=3, window_s=10.0, burst_count=100, time_scale=0.02)
+    limiter = PacingLimiter(rules)
+    for i in range(3):
+        await limiter.acquire(_key(i, contract=f"c{i}"))
+    for i in range(3):
+        limiter.release(_key(i, contract=f"c{i}"))
+        await asyncio.sleep(0.02)  # the answers come a little apart: so do the slots they free
+    said: dict[int, int] = {}
+
+    async def one(i: int) -> None:
+        def on_wait(_s: float, why: str) -> None:
+            assert "IB pacing" in why
+            said[i] = said.get(i, 0) + 1
+
+        key = _key(10 + i, contract=f"d{i}")
+        await limiter.acquire(key, on_wait=on_wait)
+        limiter.release(key)
+
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(9))), timeout=30)
+    assert sorted(said) == list(range(9))  # every one of them said it was waiting
+    assert max(said.values()) <= 3 and sum(said.values()) <= 2 * 9, said
+    assert limiter.announced == sum(said.values()) < limiter.waits
