@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import itertools
 import os
 import statistics
@@ -33,6 +34,7 @@ from ktrdr.ib.pacing import PacingRules, lower_bound_seconds
 TIME_SCALE = float(os.environ.get("KTRDR_BENCH_UNIVERSE_SCALE", "0.01"))  # 10 min -> 6 s
 LEVELS = tuple(int(x) for x in os.environ.get("KTRDR_BENCH_UNIVERSE_LEVELS", "1,10,100").split(","))
 RUNS = os.environ.get("KTRDR_BENCH_UNIVERSE_RUNS")  # runs per level (default: 3 up to 10 symbols, then 1)
+STALL_S = 60.0  # no IB request asked, granted or answered this long while loads run: print the stacks
 START, END = datetime(2022, 1, 3, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -120,14 +122,33 @@ class _Trace:
         lim.acquire, lim.release, jm.handle = traced_acquire, traced_release, traced_handle  # type: ignore[method-assign]
         self._sampler = asyncio.ensure_future(self._sample())
 
+    def _stalled(self, now: float) -> bool:
+        """Loads still running and nothing asked, granted or released for STALL_S: say where each
+        task of the stack waits (once), so a hang shows its place instead of a silent bench."""
+        running = [o for o, (_, e) in self.loads.items() if not e]
+        last = max([self.t0, *(g for _, _, g in self.asks), *self.releases])
+        if not running or now - last < STALL_S:
+            return False
+        print(f"universe bench: {len(running)} load(s) running and no IB request for {now - last:.0f} s: "
+              f"{running}", flush=True)
+        for task in asyncio.all_tasks():
+            buf = io.StringIO()
+            task.print_stack(limit=8, file=buf)
+            if "ktrdr" in buf.getvalue() or "actors" in buf.getvalue():
+                print(f"-- {task.get_name()}\n{buf.getvalue()}", flush=True)
+        return True
+
     async def _sample(self) -> None:
         from ktrdr.ib.pacing import RequestKey
 
         probe = RequestKey("probe", "SMART", "TRADES", "probe")
         last = time.monotonic()
+        said_stall = False
         while True:
             await asyncio.sleep(0.005)
             now = time.monotonic()
+            if not said_stall and int(now) != int(now - 0.005):
+                said_stall = self._stalled(now)
             dt, last = now - last, now
             wait, _ = self.lim.required_wait(probe, now)
             if wait == 0.0 and not self.lim._waiting:
