@@ -265,7 +265,7 @@ class PacingLimiter:
     async def _acquire(self, key: RequestKey, on_wait: OnWait | None, cancel: CancellationToken | None,
                        gate: Gate | None, owner: str) -> float:
         waited = 0.0
-        said: tuple[float, str, float] | None = None  # the last wait announced: its end, its rule, its length
+        said: tuple[float, str, float] | None = None  # last wait announced: its end, its rule; first said at
         while True:
             if cancel is not None and cancel.is_cancelled:
                 raise OperationCancelledError("waiting for IB pacing", cancel.reason)
@@ -296,7 +296,7 @@ class PacingLimiter:
             self.waits += 1
             if on_wait is not None and self._worth_saying(said, now, wait, reason):
                 # Report first: the caller shows the wait while it happens, not after.
-                said = (now + max(wait, 0.0), _rule(reason), max(wait, 0.0))
+                said = (now + max(wait, 0.0), _rule(reason), now if said is None else said[2])
                 self.announced += 1
                 on_wait(max(wait, 0.0), f"waiting {max(wait, 0.0):.3g} s for IB pacing: {reason}")
             started = self._clock()
@@ -312,14 +312,15 @@ class PacingLimiter:
     @staticmethod
     def _worth_saying(said: tuple[float, str, float] | None, now: float, wait: float, reason: str) -> bool:
         """A wait is announced once: again only under another rule, or when it now ends later than
-        said by over a tenth of what was said (+ 50 ms). Many requests waiting for the same slot of
-        the 10-minute window all wake when it frees and all but one wait again for the next slot, a
-        few ms later: announcing each of those (one interim reply and one progress event each) was
-        13 announcements per request at 8 loads x 15 segments (python -m bench universe)."""
+        said by over half of the whole wait said so far (+ 50 ms), so a request says it at most a
+        logarithmic number of times however long it waits. Many requests waiting for the 10-minute
+        window all wake as each slot frees and all but one wait again for the next slot, a slot
+        later: announcing each of those (one interim reply and one progress event each) was 13
+        announcements per request at 8 loads x 15 segments (python -m bench universe)."""
         if said is None:
             return True
-        end, rule, length = said
-        return _rule(reason) != rule or now + max(wait, 0.0) > end + 0.1 * length + 0.05
+        end, rule, first = said
+        return _rule(reason) != rule or now + max(wait, 0.0) > end + 0.5 * (end - first) + 0.05
 
     def note_message(self) -> None:
         """Another API message (a contract lookup, a head timestamp) went out: it shares the
