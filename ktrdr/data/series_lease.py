@@ -114,10 +114,17 @@ class SeriesWriterLease:
                    on_wait: OnWait | None = None) -> AsyncIterator[SeriesWriterLease]:
         """Acquire, renew in the background, release at the end (whatever the outcome)."""
         await self.acquire(cancel, on_wait)
+        # Stopped by an event, not by the cancel alone: nats.py turns a cancel inside a publish into
+        # an exception (TooManyStalledMsgsError) or swallows it, which the suppress below took as
+        # "server away", so the renewer kept renewing and the load waiting for it never ended
+        # (python -m bench universe: a 30-symbol run hung with this task "cancelling" in its sleep).
+        stop = asyncio.Event()
 
         async def keep() -> None:
-            while not self.lost:
-                await asyncio.sleep(self.ttl_s / 3)
+            while not self.lost and not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.ttl_s / 3)
+                    return
                 with contextlib.suppress(Exception):  # server away: not a verdict; next round
                     await self.renew()
 
@@ -125,6 +132,7 @@ class SeriesWriterLease:
         try:
             yield self
         finally:
+            stop.set()
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task

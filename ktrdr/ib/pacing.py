@@ -24,8 +24,10 @@ then: a late read cannot make the gateway's window end later than the limiter's.
 (identical, burst) still count from the send plus `_margin`: counting them from the answer would
 cost one round trip per burst of a load, while for the 10-minute rule it costs one per window.
 
-A `gate` passed to `acquire` is awaited right before a request takes its slot; raising there drops
-the request with nothing counted (its caller went away, the gateway is down). `history()` /
+A `gate` passed to `acquire` is awaited once the request holds its slot and before it counts as
+sent; raising there drops the request and gives the slot back with nothing counted (its caller went
+away, the gateway is down). Holding the slot through the gate's round trip keeps the decision and the
+count in one step, and lets the other owners' requests take the remaining budget meanwhile. `history()` /
 `restore()` carry the recent requests across a restart as wall-clock stamps (IB's windows keep
 running while the process is away); `changed` is set whenever a request is counted or answered, so
 whoever persists the history can write it coalesced.
@@ -39,6 +41,7 @@ whose own request cannot go yet (its contract's burst or identical rule) does no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -97,9 +100,21 @@ class RequestKey:
 def _margin(window: float) -> float:
     # The short rules stamp a request before it travels and the gateway stamps it when its event loop
     # gets to it, so stay beyond each window by 2% plus 25 ms of scheduling jitter (seen: 10-20 ms
-    # on a loaded 2-core machine, where 5 ms let a 162 through at a 0.1 s test window). The 10-minute
-    # rule counts from answers (see the module docstring) and keeps the margin for clock-rate skew.
+    # on a loaded 2-core machine, where 5 ms let a 162 through at a 0.1 s test window).
     return window * 0.02 + 0.025
+
+
+def _window_margin(window: float) -> float:
+    # The 10-minute rule counts each request from its answer (see the module docstring), which the
+    # gateway sent after it counted the request: no jitter to cover, only the two clocks' rates
+    # (quartz: within 100 ppm; 0.1% is ten times that) and a few ms of rounding. 2% + 25 ms, the short
+    # rules' margin, cost 12 s per 10-minute window: 2% of every universe bound by this rule.
+    return window * 0.001 + 0.005
+
+
+def _rule(reason: str) -> str:
+    """Which rule a wait's reason names ("identical request", "requests within", "API messages", ...)."""
+    return " ".join(reason.split(" ")[1:3])
 
 
 def lower_bound_seconds(n_requests: int, rules: PacingRules | None = None) -> float:
@@ -139,6 +154,7 @@ class PacingLimiter:
         self._identical: dict[RequestKey, float] = {}  # last start per identical request (rule 1)
         self._released = asyncio.Event()
         self.waits = 0  # how many times acquire had to wait (for measurements)
+        self.announced = 0  # how many of those waits went to on_wait
         self.waited_s = 0.0
         self.recorded = 0  # requests counted since start (each one went, or was about to go, to IB)
         self.changed = asyncio.Event()  # set on every counted or answered request: the history needs saving
@@ -154,7 +170,7 @@ class PacingLimiter:
         return len(self._sent)
 
     def _prune(self, now: float) -> None:
-        horizon = now - self.rules.window - _margin(self.rules.window)
+        horizon = now - self.rules.window - _window_margin(self.rules.window)
         while self._all and self._all[0] <= horizon:
             self._all.popleft()
         while self._log and self._log[0][0] <= horizon:
@@ -195,7 +211,7 @@ class PacingLimiter:
         if excess > len(self._all):
             return -1.0, f"{r.max_requests} requests within {r.window:g} s, {len(self._sent)} not answered yet"
         if excess > 0:
-            w = self._all[excess - 1] + r.window + _margin(r.window) - now
+            w = self._all[excess - 1] + r.window + _window_margin(r.window) - now
             if w > wait:
                 wait, reason = w, f"{r.max_requests} requests within {r.window:g} s"
         if len(self._last_second) > r.max_per_second - 1:
@@ -226,7 +242,7 @@ class PacingLimiter:
     ) -> float:
         """Wait until `key` obeys every rule and it is `owner`'s turn, then count it as sent and open.
         Returns seconds waited. Raises OperationCancelledError as soon as `cancel` trips, and whatever
-        `gate` raises when it is awaited right before the slot is taken (nothing is counted then)."""
+        `gate` raises when it is awaited with the slot held (the slot is given back, nothing counted)."""
         self._seq += 1
         self._waiting.setdefault(owner, []).append(key)
         self._arrived.setdefault(owner, self._seq)
@@ -249,6 +265,7 @@ class PacingLimiter:
     async def _acquire(self, key: RequestKey, on_wait: OnWait | None, cancel: CancellationToken | None,
                        gate: Gate | None, owner: str) -> float:
         waited = 0.0
+        said: tuple[float, str, float] | None = None  # last wait announced: its end, its rule; first said at
         while True:
             if cancel is not None and cancel.is_cancelled:
                 raise OperationCancelledError("waiting for IB pacing", cancel.reason)
@@ -261,23 +278,26 @@ class PacingLimiter:
                 waited += self._clock() - started
                 continue
             if wait <= 0 and wait != -1.0:
+                # Count it now, in the same step as the decision (nothing can come between), and
+                # only then await the gate: the gate's round trip holds this request's slot, not the
+                # others' turns (awaited before the count, it held up every owner behind this one:
+                # gate median 0.2 s at 8 loads of 15 segments, python -m bench universe).
+                prev = self._record(key, now, owner)
                 if gate is None:
-                    self._record(key, now, owner)
-                    return waited
-                await gate()
-                if cancel is not None and cancel.is_cancelled:
-                    raise OperationCancelledError("waiting for IB pacing", cancel.reason)
-                # The gate took a round trip: someone else may have taken the slot meanwhile. Decide
-                # again without awaiting, so nothing can come between the decision and the count.
-                now = self._clock()
-                wait, reason = self.required_wait(key, now)
-                if wait <= 0 and wait != -1.0:
-                    self._record(key, now, owner)
-                    return waited
-                continue
+                    return self._commit(waited)
+                try:
+                    await gate()
+                    if cancel is not None and cancel.is_cancelled:
+                        raise OperationCancelledError("waiting for IB pacing", cancel.reason)
+                except BaseException:
+                    self._unrecord(key, now, prev)  # dropped: it never went, so it never counted
+                    raise
+                return self._commit(waited)
             self.waits += 1
-            if on_wait is not None:
+            if on_wait is not None and self._worth_saying(said, now, wait, reason):
                 # Report first: the caller shows the wait while it happens, not after.
+                said = (now + max(wait, 0.0), _rule(reason), now if said is None else said[2])
+                self.announced += 1
                 on_wait(max(wait, 0.0), f"waiting {max(wait, 0.0):.3g} s for IB pacing: {reason}")
             started = self._clock()
             if wait == -1.0:
@@ -289,23 +309,61 @@ class PacingLimiter:
             waited += spent
             self.waited_s += spent
 
+    @staticmethod
+    def _worth_saying(said: tuple[float, str, float] | None, now: float, wait: float, reason: str) -> bool:
+        """A wait is announced once: again only under another rule, or when it now ends later than
+        said by over half of the whole wait said so far (+ 50 ms), so a request says it at most a
+        logarithmic number of times however long it waits. Many requests waiting for the 10-minute
+        window all wake as each slot frees and all but one wait again for the next slot, a slot
+        later: announcing each of those (one interim reply and one progress event each) was 13
+        announcements per request at 8 loads x 15 segments (python -m bench universe)."""
+        if said is None:
+            return True
+        end, rule, first = said
+        return _rule(reason) != rule or now + max(wait, 0.0) > end + 0.5 * (end - first) + 0.05
+
     def note_message(self) -> None:
         """Another API message (a contract lookup, a head timestamp) went out: it shares the
         per-second budget, or ib_async's throttle would delay historical requests already stamped."""
         self._last_second.append(self._clock())
 
-    def _record(self, key: RequestKey, now: float, owner: str = "") -> None:
+    def _record(self, key: RequestKey, now: float, owner: str = "") -> float | None:
+        """Take the slot (`_commit` makes it count as sent; `_unrecord` gives it back). Returns the
+        identical rule's previous stamp for `key`, which `_unrecord` puts back."""
         self._seq += 1
         self._served[owner] = self._seq
         if len(self._served) > 4096:  # owners long gone: keep the ones still waiting
             self._served = {o: t for o, t in self._served.items() if o in self._waiting}
         self._turn.set()
         self._sent.append((now, key))
-        self.recorded += 1
-        self.changed.set()
         self._last_second.append(now)
         self._per_contract.setdefault(key.contract_key, deque()).append(now)
+        prev = self._identical.get(key)
         self._identical[key] = now
+        return prev
+
+    def _commit(self, waited: float) -> float:
+        self.recorded += 1
+        self.changed.set()
+        return waited
+
+    def _unrecord(self, key: RequestKey, now: float, prev: float | None) -> None:
+        """A slot taken but never used (its gate raised): every rule forgets it, others may have it."""
+        with contextlib.suppress(ValueError):
+            self._sent.remove((now, key))
+        with contextlib.suppress(ValueError):
+            self._last_second.remove(now)
+        q = self._per_contract.get(key.contract_key)
+        if q is not None:
+            with contextlib.suppress(ValueError):
+                q.remove(now)
+        if self._identical.get(key) == now:
+            if prev is None:
+                del self._identical[key]
+            else:
+                self._identical[key] = prev
+        self._released.set()
+        self._turn.set()
 
     # --- history across restarts --------------------------------------------------------------
     def history(self) -> list[tuple[float, RequestKey]]:
@@ -322,7 +380,7 @@ class PacingLimiter:
         count as now. Returns how many requests are still inside a window."""
         now = self._clock()
         offset = self._wall() - now
-        horizon = now - self.rules.window - _margin(self.rules.window)
+        horizon = now - self.rules.window - _window_margin(self.rules.window)
         restored = sorted(((min(w - offset, now), k) for w, k in stamps
                            if math.isfinite(w) and w - offset > horizon), key=lambda e: e[0])
         merged = sorted([*self._log, *restored], key=lambda e: e[0])

@@ -96,3 +96,33 @@ async def test_a_claim_the_server_refuses_is_an_error_not_another_writer(client)
     with pytest.raises(APIError):
         await asyncio.wait_for(lease.acquire(on_wait=lambda rec: waits.append(rec.holder)), 10)
     assert waits == []
+
+
+async def test_a_load_ends_even_when_the_lease_renewal_swallows_its_cancel(client, settings):
+    # nats.py turns a cancel inside a publish into an exception (or swallows it): the renewer must
+    # still stop when the load ends, or the load waits for it forever (seen in python -m bench universe).
+    lease = await series_lease(client.js, "AAPL", "1h", holder="jm-1", op_id=OP_A, ttl_s=0.3)
+    renewing = asyncio.Event()
+    real_renew = lease.renew
+
+    async def renew_like_nats() -> bool:
+        renewing.set()
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            raise RuntimeError("publish interrupted") from None  # what nats.py raises instead
+        return await real_renew()
+
+    lease.renew = renew_like_nats  # type: ignore[method-assign]
+
+    async def load() -> None:
+        async with lease.held():
+            await renewing.wait()  # the load ends while a renewal is in flight
+
+    task = asyncio.ensure_future(load())
+    done, _ = await asyncio.wait({task}, timeout=10)  # waited, never cancelled: a cancel would unstick it
+    if not done:
+        task.cancel()
+    assert task in done, "the load never ended: its lease renewer swallowed the cancel and kept renewing"
+    other = await series_lease(client.js, "AAPL", "1h", holder="jm-2", op_id=OP_B, ttl_s=30)
+    await asyncio.wait_for(other.acquire(), 5)  # and the lease was released

@@ -144,7 +144,7 @@ async def test_history_restored_in_a_new_process_keeps_every_window() -> None:
     assert second.restore(stamps) == rules.max_requests
     wait, why = second.required_wait(_key(999, contract="fresh"))
     # The oldest request was sent 60 + 30 s ago: the window frees 600 - 90 s from now (+ margin).
-    assert 510 <= wait <= 510 + 600 * 0.02 + 0.03 and f"{rules.max_requests} requests within" in why
+    assert 510 <= wait <= 510 + 600 * 0.001 + 0.006 and f"{rules.max_requests} requests within" in why
     # The identical-request rule survives too; stamps older than every window are dropped.
     third = PacingLimiter(rules, clock=lambda: new.mono, wall_clock=lambda: new.wall)
     assert third.restore([(new.wall - 5.0, _key(7))]) == 1
@@ -176,7 +176,7 @@ async def test_the_10_minute_window_counts_each_request_from_its_answer() -> Non
     limiter.release(_key(1, "b"))
     clocks.advance(5.5)  # 110.5: 10.5 s after the first send, 5.5 s after its answer
     wait, why = limiter.required_wait(_key(2, "c"))
-    assert wait == pytest.approx(4.5 + 10.0 * 0.02 + 0.025) and "2 requests within" in why
+    assert wait == pytest.approx(4.5 + 10.0 * 0.001 + 0.005) and "2 requests within" in why
     # What a restarted process loads says the same.
     assert [t - clocks.wall for t, _ in limiter.history()] == [pytest.approx(-5.5), pytest.approx(-5.5)]
 
@@ -190,4 +190,33 @@ async def test_an_unanswered_request_stays_in_the_10_minute_window() -> None:
     assert limiter.required_wait(_key(1, "b"))[0] == -1.0  # only its answer can free the slot
     limiter.release(_key(0, "a"))
     wait, _ = limiter.required_wait(_key(1, "b"))
-    assert wait == pytest.approx(10.0 + 10.0 * 0.02 + 0.025)
+    assert wait == pytest.approx(10.0 + 10.0 * 0.001 + 0.005)
+
+
+async def test_requests_waiting_for_the_same_window_each_announce_their_wait_once_per_window() -> None:
+    # Nine requests wait for a full 10-minute window (scaled to 0.2 s) whose three slots free a few ms
+    # apart: each wakes as each slot frees and all but one wait again a few ms longer. Each says its
+    # wait when it starts waiting and again only when it has to wait for a later window, not at every
+    # slot it lost (one interim reply and one progress event each: 13 per request were measured).
+    rules = PacingRules(max_requests=3, window_s=10.0, burst_count=100, time_scale=0.02)
+    limiter = PacingLimiter(rules)
+    for i in range(3):
+        await limiter.acquire(_key(i, contract=f"c{i}"))
+    for i in range(3):
+        limiter.release(_key(i, contract=f"c{i}"))
+        await asyncio.sleep(0.02)  # the answers come a little apart: so do the slots they free
+    said: dict[int, int] = {}
+
+    async def one(i: int) -> None:
+        def on_wait(_s: float, why: str) -> None:
+            assert "IB pacing" in why
+            said[i] = said.get(i, 0) + 1
+
+        key = _key(10 + i, contract=f"d{i}")
+        await limiter.acquire(key, on_wait=on_wait)
+        limiter.release(key)
+
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(9))), timeout=30)
+    assert sorted(said) == list(range(9))  # every one of them said it was waiting
+    assert max(said.values()) <= 3 and sum(said.values()) <= 2 * 9, said
+    assert limiter.announced == sum(said.values()) < limiter.waits

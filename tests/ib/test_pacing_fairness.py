@@ -74,3 +74,77 @@ async def test_an_operation_held_by_its_own_contract_burst_rule_does_not_hold_up
     b_done = len(grants)
     assert [o for o, _ in grants].count("op-b") == 4 and b_done <= 6  # op-b finished while op-a still waits
     await asyncio.wait_for(slow, timeout=30)
+
+
+async def test_an_operation_whose_gate_is_slow_does_not_hold_up_the_others_turns():
+    # The gate (is the caller still there?) takes a round trip: op-a's request holds its own slot
+    # meanwhile, and op-b, next in turn, is granted without waiting for op-a's round trip to end.
+    limiter = PacingLimiter(PacingRules(time_scale=0.01))
+    gate_open = asyncio.Event()
+
+    async def slow_gate() -> None:
+        await gate_open.wait()
+
+    a = asyncio.ensure_future(limiter.acquire(key("op-a", 0), owner="op-a", gate=slow_gate))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(limiter.acquire(key("op-b", 0), owner="op-b"), timeout=10)
+    assert not a.done() and limiter.open_requests == 2  # op-a's slot is held through its gate
+    gate_open.set()
+    await asyncio.wait_for(a, timeout=10)
+    assert limiter.recorded == 2
+
+
+async def test_a_request_dropped_at_its_gate_gives_its_slot_back_to_the_next_one():
+    limiter = PacingLimiter(PacingRules(max_open=1, time_scale=0.01))
+    judged: list[str] = []
+
+    async def caller_gone() -> None:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("the caller went away")
+
+    async def caller_here() -> None:
+        judged.append("op-b")
+
+    dropped = asyncio.ensure_future(limiter.acquire(key("op-a", 0), owner="op-a", gate=caller_gone))
+    await asyncio.sleep(0)
+    waiting = asyncio.ensure_future(limiter.acquire(key("op-b", 0), owner="op-b", gate=caller_here))
+    try:
+        await asyncio.wait_for(dropped, timeout=10)
+    except RuntimeError:
+        pass
+    await asyncio.wait_for(waiting, timeout=10)  # the one open slot came back: op-b went
+    assert judged == ["op-b"] and limiter.recorded == 1 and limiter.open_requests == 1
+    assert limiter.required_wait(key("op-a", 0))[0] == -1.0  # op-b's request holds the only slot now
+
+
+async def test_three_operations_pipelining_with_slow_gates_stay_within_every_limit():
+    # Three operations with all of their requests asked at once (a pipelining job-manager), each
+    # request's gate a different round trip: the gateway's own judge finds no violation, every
+    # request goes, and grants keep going round (no operation takes a long run while others wait).
+    from ktrdr.ib.sim.enforcer import PacingEnforcer
+
+    rules = PacingRules(max_requests=6, window_s=100.0, burst_count=3, burst_window_s=5.0, time_scale=0.002)
+    limiter, judge = PacingLimiter(rules), PacingEnforcer(rules)
+    order: list[str] = []
+    violations: list[str] = []
+
+    async def one(owner: str, i: int) -> None:
+        k = key(owner, i, contract=owner)  # one contract per operation: its burst rule binds too
+
+        async def gate() -> None:
+            await asyncio.sleep(0.001 * (i % 4))
+
+        await limiter.acquire(k, owner=owner, gate=gate)
+        now = asyncio.get_running_loop().time()
+        why = judge.violation(k, now)
+        if why is not None:
+            violations.append(why)
+        judge.record(k, now)
+        order.append(owner)
+        await asyncio.sleep(0.002)  # the answer
+        limiter.release(k)
+
+    await asyncio.wait_for(asyncio.gather(*(one(o, i) for o in ("op-a", "op-b", "op-c") for i in range(8))),
+                           timeout=60)
+    assert violations == [] and len(order) == 24
+    assert longest_run(order[: 3 * 6]) <= 2, order
