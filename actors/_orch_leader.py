@@ -214,6 +214,8 @@ class Succession:
             await orch.nc.subscribe(subjects.kv_updates(subjects.ACTORS_BUCKET),
                                     cb=orch._guard(orch.supervisor.on_presence, "presence"))]
         await orch._rebuild()
+        await orch.indexer.start()  # the operations index follows OPS from its watermark
+        self.subs.append(await orch.nc.subscribe(subjects.REINDEX, cb=orch._guard(orch.indexer.on_reindex, "reindex")))
         orch.leases = await LeaseService.serve(orch)  # once the live operations are known
         self.subs.append(orch.leases.sub)
         await orch.js.add_consumer(subjects.STREAM_CMD, js_api.ConsumerConfig(

@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from actors._leases import drop
+from actors._orch_index import Indexer
 from actors._orch_intake import CommandIntake
 from actors._orch_leader import Leadership, NotLeader, Succession
 from actors._orch_leases import LeaseService
@@ -68,6 +69,7 @@ class Orchestrator(Actor):
         self.workflows = WorkflowRunner(self)
         self.intake = CommandIntake(self)
         self.supervisor = Supervisor(self)
+        self.indexer = Indexer(self)
         self._buffer: list[tuple[str, bytes, str | None]] | None = []
         self.leases: LeaseService | None = None
         self.dropped = 0  # live ops messages whose body its subject does not prove (the rebuild's: reader)
@@ -91,6 +93,7 @@ class Orchestrator(Actor):
         """Forget everything derived from the log: an active orchestrator rebuilds it."""
         self.live, self.known = {}, set()
         self.workflows, self.intake, self.supervisor = WorkflowRunner(self), CommandIntake(self), Supervisor(self)
+        self.indexer = Indexer(self)
         self._buffer, self.leases = [], None
 
     async def on_stop(self) -> None:

@@ -57,6 +57,15 @@ PACING_BUCKET = "PACING"  # KV: IB pacing history, key pacing_key(host, port, cl
 BARS_BUCKET = "BARS"  # object store: <SYMBOL>/<TF> parquet
 MODELS_BUCKET = "MODELS"  # object store: <strategy>/<key>/<file>
 CHECKPOINTS_BUCKET = "CHECKPOINTS"  # object store: <op_id>/latest
+# KV: the operations index (ktrdr.ops.index): one events.messages.OpSummary per operation under
+# t.<yyyymmddHH>.<op_id> and, while it has not ended, live.<op_id>; h.<yyyymmddHH> marks an hour that
+# has any; meta.applied (events.messages.IndexMark) says up to which OPS sequence it is folded.
+# Written by the active orchestrator alone, read by clients and the page; rebuilt by `ops reindex`.
+OPS_INDEX_BUCKET = "OPS_INDEX"
+OPS_INDEX_CONSUMER = "ops-index"  # the active orchestrator's consumer of OPS's lifecycle events
+# `ktrdr ops reindex`: a request the active orchestrator answers (a client key may send it; only the
+# orchestrator writes the index).
+REINDEX = "admin.ops.reindex"
 
 CMD_ALL = "cmd.>"
 WORK_ALL = "work.>"

@@ -172,9 +172,8 @@ async def _batch(nc: NATS, filter_subject: str, seq: int,
     return got, pending
 
 
-async def _walk_one(nc: NATS, filter_subject: str,
-                    timeout: float) -> AsyncGenerator[tuple[int, str, bytes, bytes | None], None]:
-    seq = 1
+async def _walk_one(nc: NATS, filter_subject: str, timeout: float,
+                    seq: int = 1) -> AsyncGenerator[tuple[int, str, bytes, bytes | None], None]:
     while True:
         got, pending = await _batch(nc, filter_subject, seq, timeout)
         for item in got:
@@ -188,8 +187,18 @@ async def _walk(js: JetStreamContext, filter_subjects: list[str],
                 timeout: float) -> AsyncGenerator[tuple[str, bytes, bytes | None], None]:
     """Every stored OPS message matching the filters, in stream order, by batched direct gets: one walk
     per filter, merged by sequence (a message two filters match once), with its holder proof header."""
+    async with contextlib.aclosing(walk_from(js, filter_subjects, 1, timeout)) as walk:
+        async for _seq, subject, data, proof in walk:
+            yield subject, data, proof
+
+
+async def walk_from(js: JetStreamContext, filter_subjects: list[str], seq: int,
+                    timeout: float = 10.0) -> AsyncGenerator[tuple[int, str, bytes, bytes | None], None]:
+    """The stored OPS messages matching the filters from stream sequence `seq` on, in stream order,
+    each with its sequence and holder proof header, by batched direct gets (no consumer: any reader
+    key may): what the operations index reads after its watermark, and one operation's events."""
     nc: NATS = js._nc
-    walks = [_walk_one(nc, f, timeout) for f in filter_subjects]
+    walks = [_walk_one(nc, f, timeout, seq) for f in filter_subjects]
     heap: list[tuple[int, int, str, bytes, bytes | None]] = []
     try:
         for i, w in enumerate(walks):
@@ -200,7 +209,7 @@ async def _walk(js: JetStreamContext, filter_subjects: list[str],
             seq, i, subject, data, proof = heapq.heappop(heap)
             if seq != last:
                 last = seq
-                yield subject, data, proof
+                yield seq, subject, data, proof
             if (nxt := await anext(walks[i], None)) is not None:
                 heapq.heappush(heap, (nxt[0], i, nxt[1], nxt[2], nxt[3]))
     finally:

@@ -1,0 +1,185 @@
+"""The operations index in KV (events.subjects.OPS_INDEX_BUCKET): what is stored under which key
+(ktrdr.ops.index says which), read without a consumer and written with compare-and-set.
+
+Reads are batched direct gets on the bucket's stream (history 1: the stream holds the newest value of
+each key and a marker for a deleted one), so a reader key needs no consumer and no write right: the
+hour markers `h.>` in one request (which hours have any operation: 30 days of empty hours cost
+nothing), then one request per hour walked, newest first. Writes belong to the active orchestrator
+(IndexWriter): a summary replaces the stored one only when it folds a later OPS event (`seq`), by
+compare-and-set on the revision, so redelivery, a repair after a crash and a stale orchestrator's
+late write change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterable
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from events import subjects
+from events.codec import DecodeError, decode, encode
+from events.messages import IndexMark, OpSummary
+from ktrdr.ops.index import HOUR_PREFIX, LIVE_PREFIX, MARK_KEY, TIME_PREFIX, hour_key, hour_marker, keys_of, newer
+from ktrdr.transport.leases import is_cas_failure
+
+STREAM = f"KV_{subjects.OPS_INDEX_BUCKET}"
+_PREFIX = f"$KV.{subjects.OPS_INDEX_BUCKET}."
+BATCH = 1000  # values per direct-get request
+READ_TIMEOUT_S = 10.0
+
+
+class IndexMissing(Exception):
+    """No index to read (a stack from before it, or not built yet): read the log instead."""
+
+
+def _summary(data: bytes) -> OpSummary | None:
+    try:
+        return decode(data, OpSummary)
+    except DecodeError:
+        return None  # not ours to show: the log still has the operation (ops reindex rewrites it)
+
+
+async def _direct_batch(js: JetStreamContext, filter_subject: str,
+                        seq: int) -> tuple[list[tuple[str, bytes]], int, int]:
+    """Up to BATCH stored values on `filter_subject` from stream sequence `seq` (deletes left out, by
+    their KV-Operation header), the last sequence the batch reached, and how many more match."""
+    nc = js._nc  # nats-py exposes no public accessor for the connection behind a context
+    got: list[tuple[str, bytes]] = []
+    last = seq - 1
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal last
+        h = msg.headers or {}
+        status = h.get("Status")
+        if status is None:
+            last = int(h.get("Nats-Sequence", 0))
+            if h.get("KV-Operation") is None:
+                got.append((h.get("Nats-Subject", "")[len(_PREFIX):], msg.data))
+        elif not done.done():  # 204: end of batch (with what still matches); 404: none
+            done.set_result(int(h.get("Nats-Num-Pending", 0)) if status == "204" else 0)
+
+    sub = await nc.subscribe(nc.new_inbox(), cb=on_msg)
+    try:
+        request = {"seq": seq, "next_by_subj": filter_subject, "batch": BATCH}
+        await nc.publish(subjects.direct_get_api(STREAM), json.dumps(request).encode(), reply=sub.subject)
+        pending = await asyncio.wait_for(done, READ_TIMEOUT_S)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return got, last, pending
+
+
+async def scan(js: JetStreamContext, key_filter: str) -> list[tuple[str, bytes]]:
+    """Every stored (key, value) whose key matches `key_filter` (a KV key pattern), deletes left out."""
+    out: list[tuple[str, bytes]] = []
+    seq = 1
+    while True:
+        got, last, pending = await _direct_batch(js, _PREFIX + key_filter, seq)
+        out += got
+        if not pending or last < seq:
+            return out
+        seq = last + 1
+
+
+async def read_mark(js: JetStreamContext) -> IndexMark:
+    """The watermark; IndexMissing when there is no index (no bucket, or never written)."""
+    try:
+        raw = await js.get_last_msg(STREAM, _PREFIX + MARK_KEY, direct=True)
+    except (NotFoundError, nats.errors.NoRespondersError) as exc:
+        raise IndexMissing("no operations index yet") from exc
+    if not raw.data:
+        raise IndexMissing("the operations index was removed")
+    try:
+        return decode(raw.data, IndexMark)
+    except DecodeError as exc:
+        raise IndexMissing(f"the index's watermark is unreadable ({exc})") from exc
+
+
+async def hours(js: JetStreamContext) -> list[str]:
+    """The hours (yyyymmddHH) that hold any operation, newest first."""
+    return sorted((k[len(HOUR_PREFIX):] for k, _v in await scan(js, f"{HOUR_PREFIX}*")), reverse=True)
+
+
+async def in_hour(js: JetStreamContext, hour: str) -> list[OpSummary]:
+    return [s for _k, v in await scan(js, f"{TIME_PREFIX}{hour}.*") if (s := _summary(v)) is not None]
+
+
+async def live(js: JetStreamContext) -> list[OpSummary]:
+    """The summaries of the operations that have not ended."""
+    return [s for _k, v in await scan(js, f"{LIVE_PREFIX}*") if (s := _summary(v)) is not None]
+
+
+class IndexWriter:
+    """The active orchestrator's writes (kv: the bucket bound with its credentials)."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.revisions: dict[str, int] = {}  # op id -> revision of its hour key as we last wrote it
+        self.hours: set[str] = set()  # hour markers known to exist
+        self.skipped = 0  # writes not made: the stored summary already folded a later event
+
+    async def put(self, s: OpSummary) -> bool:
+        """Store `s` unless the stored one is as new (compare-and-set); its live key follows. False
+        when skipped."""
+        key = hour_key(s.op_id)
+        data = encode(s)
+        rev = self.revisions.get(s.op_id)
+        for _ in range(20):
+            try:
+                new = await (self.kv.create(key, data) if rev is None else self.kv.update(key, data, last=rev))
+                break
+            except Exception as exc:
+                if not is_cas_failure(exc):
+                    raise
+            try:  # someone else's write (an earlier run, a reindex): newer than ours?
+                entry = await self.kv.get(key)
+            except (KeyNotFoundError, KeyDeletedError):
+                entry = None
+            old = _summary(bytes(entry.value)) if entry is not None and entry.value else None
+            if old is not None and not newer(old, s):
+                self.skipped += 1
+                self.revisions[s.op_id] = int(entry.revision)  # type: ignore[union-attr]
+                return False
+            rev = int(entry.revision) if entry is not None else None
+        else:
+            raise RuntimeError(f"index key {key} kept changing under 20 compare-and-sets")
+        self.revisions[s.op_id] = int(new)
+        put, drop = keys_of(s)
+        for k in put[1:]:  # the live key (put[0] is the hour key just written)
+            await self.kv.put(k, data)
+        for k in drop:
+            with contextlib.suppress(KeyNotFoundError, KeyDeletedError):
+                await self.kv.delete(k)
+        if s.status in ("completed", "failed", "cancelled", "rejected"):
+            self.revisions.pop(s.op_id, None)
+        hour = hour_marker(s.op_id)
+        if hour not in self.hours:
+            with contextlib.suppress(Exception):  # exists already: fine
+                await self.kv.create(hour, b"")
+            self.hours.add(hour)
+        return True
+
+    async def put_all(self, summaries: Iterable[OpSummary], *, concurrency: int = 64) -> int:
+        """Store many (each as put); how many were written."""
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(s: OpSummary) -> bool:
+            async with sem:
+                return await self.put(s)
+
+        return sum(await asyncio.gather(*(one(s) for s in summaries)))
+
+    async def mark(self, mark: IndexMark) -> None:
+        await self.kv.put(MARK_KEY, encode(mark))
+
+    async def remove(self, key: str) -> None:
+        with contextlib.suppress(KeyNotFoundError, KeyDeletedError):
+            await self.kv.delete(key)

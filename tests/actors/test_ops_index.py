@@ -1,0 +1,150 @@
+"""The operations index (actors/_orch_index.py, ktrdr/transport/opsindex.py): the active orchestrator
+keeps one summary per operation as OPS stores its lifecycle events; `ops list` reads the index (the
+hours that may hold the page, newest first) and the log only after the index's watermark; a kill -9
+between an event and its summary is repaired at the next activation; `ops reindex` rebuilds it after
+the bucket was deleted. Real nats-server, real orchestrator (in-process, or a process for the crash)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+
+from events import subjects
+from events.codec import encode
+from events.messages import OperationCreated, OperationRejected, OpSummary, RunDummy
+from ktrdr.client import Client
+from ktrdr.ops.index import Filters, parse_when
+from ktrdr.transport import opsindex
+from tests.actors.test_ha import orchestrators  # noqa: F401  (the fixture)
+from tests.cli.test_cli import ktrdr
+from tests.helpers import wait_terminal
+
+
+async def until(check: Callable[[], Awaitable[object]], timeout: float = 20.0) -> object:
+    """Poll a server-side condition until truthy (TimeoutError after `timeout`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if result := await check():
+            return result
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.05)
+
+
+async def indexed(c: Client) -> dict[str, OpSummary]:
+    """Every summary in the index, by op id."""
+    return {s.op_id: s for h in await opsindex.hours(c.js) for s in await opsindex.in_hour(c.js, h)}
+
+
+async def caught_up(c: Client) -> bool:
+    """The index's watermark has reached the last event OPS stores."""
+    try:
+        mark = await opsindex.read_mark(c.js)
+    except opsindex.IndexMissing:
+        return False
+    return mark.seq >= (await c.js.stream_info(subjects.STREAM_OPS)).state.last_seq
+
+
+async def store_history(c: Client, hours: list[str], per_hour: int) -> list[str]:
+    """Finished operations made in the given hours (yyyymmddHH), stored as an orchestrator stores a
+    rejected one: created, rejected. Their ids, oldest first."""
+    made = []
+    for hour in hours:
+        for i in range(per_hour):
+            op_id = f"dummy-{hour[:8]}T{hour[8:]}{i:02d}00000000-{i:06x}"
+            made.append(op_id)
+            await c.js.publish(subjects.ops(op_id, "created"), encode(OperationCreated(
+                op_id=op_id, actor="orchestrator-test", domain="dummy", op_type="dummy",
+                command=RunDummy(op_id=op_id, iterations=1))))
+            await c.js.publish(subjects.ops(op_id, "rejected"), encode(OperationRejected(
+                op_id=op_id, actor="orchestrator-test", reason="history")))
+    return made
+
+
+async def test_a_page_walks_only_the_newest_hours_and_the_cursor_and_window_page_back(start_actors, client):
+    await start_actors("orchestrator")
+    made = await store_history(client, ["2026110110", "2026110111", "2026110112"], per_hour=2)
+    await until(lambda: caught_up(client))
+    assert {o: s.status for o, s in (await indexed(client)).items()} == dict.fromkeys(made, "rejected")
+
+    rows = await client.list_operations(limit=2)
+    assert [v.op_id for v in rows] == made[4:] and client.index_note is None
+    assert client.index_read == 4  # the newest hour, and one more to know there is a page before
+    cursor = client.next_before
+    rows = await client.list_operations(limit=3, before=cursor)
+    assert [v.op_id for v in rows] == made[1:4] and client.next_before == made[1]
+    window = Filters(since=parse_when("2026-11-01T11:00"), until=parse_when("2026-11-01T12:00"))
+    rows = await client.list_operations(filters=window)
+    assert [v.op_id for v in rows] == made[2:4] and client.index_read == 2  # one hour read
+    rows = await client.list_operations(filters=Filters(status="completed"))
+    assert rows == []
+
+
+async def test_a_live_operation_is_listed_live_then_leaves_the_live_keys(start_actors, settings, client):
+    await start_actors("orchestrator", "dummy")
+    rc, out, err = await ktrdr(settings, "dummy", "--iterations", "1", "--interval", "0.01", "--no-wait")
+    assert rc == 0, err
+    op_id = out.strip()
+    await wait_terminal(client, op_id)
+    rows = await client.list_operations(limit=5, filters=Filters(status="completed"))
+    assert [v.op_id for v in rows] == [op_id] and client.index_note is None  # fresh: the log after the mark
+    await until(lambda: caught_up(client))
+    assert (await indexed(client))[op_id].status == "completed"
+    assert await opsindex.live(client.js) == []
+
+
+async def test_a_kill_9_between_a_terminal_event_and_its_summary_is_repaired_at_restart(
+        orchestrators, start_actors, settings, client, monkeypatch):  # noqa: F811
+    group = orchestrators()
+    monkeypatch.setenv("KTRDR_TEST_CRASH", "after-event-before-index")
+    first = group.start()
+    monkeypatch.delenv("KTRDR_TEST_CRASH")
+    await group.wait_state(first, "active")
+    await start_actors("dummy")
+    rc, out, err = await ktrdr(settings, "dummy", "--iterations", "2", "--interval", "0.05", "--no-wait")
+    assert rc == 0, err
+    op_id = out.strip()
+    assert await asyncio.to_thread(first.wait, 30) == 9, group.log_tail(first)  # os._exit(9) at the hook
+    assert type(list(await client.events(op_id))[-1]).name == "completed"  # the log has it...
+    before = (await indexed(client)).get(op_id)
+    assert before is None or before.status != "completed"  # ...the index not
+    second = group.start()
+    await group.wait_state(second, "active")
+    try:
+        summary = await until(lambda: _status_of(client, op_id, "completed"))
+    except TimeoutError:
+        raise AssertionError(f"{await indexed(client)} {await opsindex.read_mark(client.js)} {group.log_tail(second)}")
+    assert isinstance(summary, OpSummary) and summary.ended_at is not None
+    assert await opsindex.live(client.js) == []
+    rc, out, err = await ktrdr(settings, "ops", "list", "--json")
+    assert rc == 0 and [v["status"] for v in json.loads(out)] == ["completed"] and "note:" not in err
+
+
+async def _status_of(c: Client, op_id: str, status: str) -> OpSummary | None:
+    s = (await indexed(c)).get(op_id)
+    return s if s is not None and s.status == status else None
+
+
+async def test_reindex_after_the_bucket_was_deleted_gives_the_same_list(start_actors, settings, client):
+    await start_actors("orchestrator", "dummy")
+    made = await store_history(client, ["2026110110", "2026110111"], per_hour=2)
+    rc, out, err = await ktrdr(settings, "dummy", "--iterations", "1", "--interval", "0.01")
+    assert rc == 0, err
+    await until(lambda: caught_up(client))
+    rc, listed, err = await ktrdr(settings, "ops", "list", "--json")
+    assert rc == 0 and "note:" not in err and len(json.loads(listed)) == len(made) + 1
+
+    await client.js.delete_key_value(subjects.OPS_INDEX_BUCKET)
+    rc, out, err = await ktrdr(settings, "ops", "list", "--json")  # no index: the log, saying so once
+    assert rc == 0 and err.count("note:") == 1 and "ops reindex" in err
+    assert [v["op_id"] for v in json.loads(out)] == [v["op_id"] for v in json.loads(listed)]
+
+    rc, out, err = await ktrdr(settings, "ops", "reindex")
+    assert rc == 0, err
+    assert f"reindexed {len(made) + 1} operations (0 live)" in out
+    rc, again, err = await ktrdr(settings, "ops", "list", "--json")
+    assert rc == 0 and "note:" not in err
+    assert [(v["op_id"], v["status"]) for v in json.loads(again)] == \
+        [(v["op_id"], v["status"]) for v in json.loads(listed)]
