@@ -231,8 +231,9 @@ class Succession:
                        name=f"{orch.id}-commands"),
             orch.spawn(orch.supervisor.loop(), name=f"{orch.id}-supervise")]
         self.ready = True
-        orch.log.info("%s is the active orchestrator (leader epoch %d; %d live operations; ready in %.2f s)",
-                      orch.id, orch.leadership.current, len(orch.live), time.monotonic() - started)
+        orch.log.info("%s is the active orchestrator (leader epoch %d; %d live operations, %d read from the log; "
+                      "ready in %.2f s)", orch.id, orch.leadership.current, len(orch.live), orch.rebuild_read,
+                      time.monotonic() - started)
 
     async def _try_acquire(self) -> bool:
         try:

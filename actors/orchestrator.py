@@ -21,8 +21,10 @@ it) steps down to standby and forgets what it knew.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
+from collections.abc import Iterable
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -52,10 +54,38 @@ from events.messages import (
 )
 from events.proof import HEADER
 from ktrdr.ops import OperationView, fold, intake, verdicts
-from ktrdr.ops.reader import admit, fold_trusted, read_views
+from ktrdr.ops.reader import admit, fold_trusted, read_views, read_views_of
 from ktrdr.ops.supervision import Tracked
 from ktrdr.training.checkpoint_store import CheckpointStore
-from ktrdr.transport import last_message, publish
+from ktrdr.transport import last_message, opsindex, publish
+from ktrdr.transport.replay import walk_from
+
+KNOWN_ENDED_MAX = 10_000  # ended operations remembered (a command for an older one asks OPS)
+REBUILD_AFTER_MARK_MAX = 100_000  # lifecycle events past the index's watermark a rebuild follows by op
+
+
+class RecentIds:
+    """A bounded set of operation ids: the newest `size` added (oldest out)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def add(self, op_id: str) -> None:
+        self._ids[op_id] = None
+        self._ids.move_to_end(op_id)
+        if len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+
+    def update(self, op_ids: Iterable[str]) -> None:
+        for o in op_ids:
+            self.add(o)
+
+    def __contains__(self, op_id: object) -> bool:
+        return op_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class Orchestrator(Actor):
@@ -65,7 +95,10 @@ class Orchestrator(Actor):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self.live: dict[str, Tracked] = {}
-        self.known: set[str] = set()  # every operation ever recorded: a command for one is a duplicate
+        # Operations that ended lately (a command for one is a duplicate); older ones are looked up
+        # in OPS (CommandIntake.recorded), so memory holds the live work, not the history.
+        self.known = RecentIds(KNOWN_ENDED_MAX)
+        self.rebuild_read = 0  # operations the last rebuild read from the log (the live ones, with an index)
         self.workflows = WorkflowRunner(self)
         self.intake = CommandIntake(self)
         self.supervisor = Supervisor(self)
@@ -91,7 +124,7 @@ class Orchestrator(Actor):
 
     def _reset(self) -> None:
         """Forget everything derived from the log: an active orchestrator rebuilds it."""
-        self.live, self.known = {}, set()
+        self.live, self.known = {}, RecentIds(KNOWN_ENDED_MAX)
         self.workflows, self.intake, self.supervisor = WorkflowRunner(self), CommandIntake(self), Supervisor(self)
         self.indexer = Indexer(self)
         self._buffer, self.leases = [], None
@@ -108,11 +141,38 @@ class Orchestrator(Actor):
             return
         await super().on_fault(exc, where)
 
+    async def _read_live(self) -> dict[str, OperationView]:
+        """The views a rebuild needs: with the operations index, those of its live operations, of the
+        operations with events after its watermark (it lags, or an orchestrator died before indexing
+        them), and of live workflows' children; only their lifecycle events are read. Without one
+        (a stack from before it, or an index far behind) every stored lifecycle event."""
+        assert self.js is not None
+        try:
+            mark = await opsindex.read_mark(self.js)
+            ids = {s.op_id for s in await opsindex.live(self.js)}
+            after = 0
+            async with contextlib.aclosing(walk_from(self.js, subjects.lifecycle_filters(), mark.seq + 1)) as walk:
+                async for _seq, subject, _data, _proof in walk:
+                    parsed = subjects.parse_ops_subject(subject)
+                    if parsed is not None and subjects.is_op_id(parsed[1]):
+                        ids.add(parsed[1])
+                        after += 1
+                        if after > REBUILD_AFTER_MARK_MAX:
+                            raise opsindex.IndexMissing(f"the operations index is {after}+ events behind")
+        except opsindex.IndexMissing as exc:
+            self.log.info("rebuilding from every stored lifecycle event: %s", exc)
+            return await read_views(self.js)
+        views = (await read_views_of(self.js, ids)).views
+        kids = {c for v in views.values() if not v.terminal for c in v.children} - set(views)
+        views.update((await read_views_of(self.js, kids)).views)
+        return views
+
     async def _rebuild(self) -> None:
         """Live operations and workflows from the stored lifecycle events (survives any restart)."""
         assert self.js is not None
-        views = await read_views(self.js)
-        self.known.update(views)
+        views = await self._read_live()
+        self.rebuild_read = len(views)
+        self.known.update(o for o, v in views.items() if v.terminal)
         for view in views.values():
             if not view.terminal and view.created_at is not None:
                 self._track(view)

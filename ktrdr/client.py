@@ -45,7 +45,7 @@ from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import OperationView, apply_progress, fold
 from ktrdr.ops.index import Filters, hour_of, hours_to_walk, page, summarize
-from ktrdr.ops.reader import collect_views, proven_alone, proven_events, read_proven, read_view
+from ktrdr.ops.reader import collect_views, proven_alone, proven_events, read_proven, read_view, read_views_of
 from ktrdr.transport import connect, ensure_streams, last_message, opsindex, publish
 from ktrdr.transport.publish import retrying
 from ktrdr.transport.replay import ReadEvents, consumers_capped, read_events, walk_from
@@ -342,21 +342,10 @@ class Client:
         return [views[s.op_id] for s in chosen if s.op_id in views], cursor
 
     async def _views_of(self, op_ids: set[str]) -> dict[str, OperationView]:
-        """Those operations' views from their stored lifecycle events (a few per read, reads side by side)."""
-        ids = sorted(op_ids)
-        chunks = [ids[i:i + VIEWS_PER_READ] for i in range(0, len(ids), VIEWS_PER_READ)]
-        sem = asyncio.Semaphore(8)
-
-        async def one(chunk: list[str]) -> dict[str, OperationView]:
-            async with sem:
-                collect = await collect_views(self.js, [f for o in chunk for f in subjects.lifecycle_filters(o)])
-            self.dropped += collect.dropped
-            return collect.views
-
-        out: dict[str, OperationView] = {}
-        for got in await asyncio.gather(*(one(c) for c in chunks)):
-            out.update({o: v for o, v in got.items() if v.created_at is not None or v.terminal})
-        return out
+        """Those operations' views from their stored lifecycle events only."""
+        got = await read_views_of(self.js, op_ids, per_read=VIEWS_PER_READ)
+        self.dropped += got.dropped
+        return {o: v for o, v in got.views.items() if v.created_at is not None or v.terminal}
 
     async def reindex(self, timeout: float = 600.0) -> OperationsReindexed:
         """Ask the active orchestrator to rebuild the operations index from OPS (it alone writes the

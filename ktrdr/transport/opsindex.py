@@ -33,6 +33,7 @@ STREAM = f"KV_{subjects.OPS_INDEX_BUCKET}"
 _PREFIX = f"$KV.{subjects.OPS_INDEX_BUCKET}."
 BATCH = 1000  # values per direct-get request
 READ_TIMEOUT_S = 10.0
+MARKER_TTL_S = 60.0  # a removed key's marker goes after this long (per-message TTL, nats-server 2.11+)
 
 
 class IndexMissing(Exception):
@@ -147,17 +148,13 @@ class IndexWriter:
             if old is not None and not newer(old, s):
                 self.skipped += 1
                 self.revisions[s.op_id] = int(entry.revision)  # type: ignore[union-attr]
+                await self._live(old)  # what the stored one says (a crash may have come before its live key)
                 return False
             rev = int(entry.revision) if entry is not None else None
         else:
             raise RuntimeError(f"index key {key} kept changing under 20 compare-and-sets")
         self.revisions[s.op_id] = int(new)
-        put, drop = keys_of(s)
-        for k in put[1:]:  # the live key (put[0] is the hour key just written)
-            await self.kv.put(k, data)
-        for k in drop:
-            with contextlib.suppress(KeyNotFoundError, KeyDeletedError):
-                await self.kv.delete(k)
+        await self._live(s, data)
         if s.status in ("completed", "failed", "cancelled", "rejected"):
             self.revisions.pop(s.op_id, None)
         hour = hour_marker(s.op_id)
@@ -166,6 +163,16 @@ class IndexWriter:
                 await self.kv.create(hour, b"")
             self.hours.add(hour)
         return True
+
+    async def _live(self, s: OpSummary, data: bytes | None = None) -> None:
+        """The live key as `s` says: the summary while not ended, none after."""
+        put, drop = keys_of(s)
+        for k in put[1:]:  # (put[0]: the hour key)
+            await self.kv.put(k, data if data is not None else encode(s))
+        if s.status == "rejected" and s.created_at is None:
+            return  # rejected at intake: never had a live key
+        for k in drop:
+            await self.remove(k)
 
     async def put_all(self, summaries: Iterable[OpSummary], *, concurrency: int = 64) -> int:
         """Store many (each as put); how many were written."""
@@ -181,5 +188,6 @@ class IndexWriter:
         await self.kv.put(MARK_KEY, encode(mark))
 
     async def remove(self, key: str) -> None:
-        with contextlib.suppress(KeyNotFoundError, KeyDeletedError):
-            await self.kv.delete(key)
+        """Remove a key: a purge whose marker expires itself (MARKER_TTL_S), so reading `live.*`
+        costs the live operations, not a marker for every one that ever ended."""
+        await self.kv.purge(key, msg_ttl=MARKER_TTL_S)

@@ -112,10 +112,7 @@ async def test_a_kill_9_between_a_terminal_event_and_its_summary_is_repaired_at_
     assert before is None or before.status != "completed"  # ...the index not
     second = group.start()
     await group.wait_state(second, "active")
-    try:
-        summary = await until(lambda: _status_of(client, op_id, "completed"))
-    except TimeoutError:
-        raise AssertionError(f"{await indexed(client)} {await opsindex.read_mark(client.js)} {group.log_tail(second)}")
+    summary = await until(lambda: _status_of(client, op_id, "completed"))
     assert isinstance(summary, OpSummary) and summary.ended_at is not None
     assert await opsindex.live(client.js) == []
     rc, out, err = await ktrdr(settings, "ops", "list", "--json")
@@ -148,3 +145,29 @@ async def test_reindex_after_the_bucket_was_deleted_gives_the_same_list(start_ac
     assert rc == 0 and "note:" not in err
     assert [(v["op_id"], v["status"]) for v in json.loads(again)] == \
         [(v["op_id"], v["status"]) for v in json.loads(listed)]
+
+
+async def test_a_restarted_orchestrator_reads_only_the_live_operations_and_refuses_an_existing_op_id(
+        start_actors, client):
+    [first] = await start_actors("orchestrator")  # no dummy worker: its operations stay queued
+    made = await store_history(client, ["2026110110", "2026110111"], per_hour=10)
+    queued = [RunDummy(op_id=subjects.new_op_id("dummy"), iterations=1) for _ in range(2)]
+    for cmd in queued:
+        await client.submit(cmd)
+    await until(lambda: _live_count(client, 2))
+    await until(lambda: caught_up(client))
+    await first.stop()
+
+    [second] = await start_actors("orchestrator")
+    assert second.rebuild_read == 2 and set(second.live) == {c.op_id for c in queued}  # not the 20 finished
+    assert len(second.known) == 0
+    await client.submit(RunDummy(op_id=made[0], iterations=1))  # an operation that exists: a duplicate
+    probe = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=1)
+    await client.submit(probe)  # handled after the duplicate (one command at a time, in order)
+    await until(lambda: _live_count(client, 3))
+    assert [type(e).name for e in await client.events(made[0])] == ["created", "rejected"]  # not created again
+    assert made[0] in second.known
+
+
+async def _live_count(c: Client, n: int) -> bool:
+    return len(await opsindex.live(c.js)) == n
