@@ -21,11 +21,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import os
 import time
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
@@ -35,8 +37,9 @@ from events.messages import IndexMark, OperationCreated, OperationsReindexed, Re
 from events.proof import HEADER
 from ktrdr.ops.fold import fold
 from ktrdr.ops.index import HOUR_PREFIX, LIVE_PREFIX, TIME_PREFIX, hour_marker, summarize
-from ktrdr.ops.reader import admit
+from ktrdr.ops.reader import admit, read_views, read_views_of
 from ktrdr.ops.view import TERMINAL, OperationView
+from ktrdr.transport import opsindex
 from ktrdr.transport.opsindex import IndexMissing, IndexWriter, read_mark, scan
 from ktrdr.transport.replay import walk_from
 from ktrdr.transport.streams import ensure_streams
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
     from actors.orchestrator import Orchestrator
 
 BATCH = 512  # lifecycle events fetched and indexed at once
+REBUILD_AFTER_MARK_MAX = 100_000  # lifecycle events past the index's watermark a rebuild follows by op
 MAX_VIEWS = 20_000  # views of live operations kept between batches (an evicted one is read again)
 CRASH_POINT = "after-event-before-index"  # KTRDR_TEST_CRASH (Settings.test_crash)
 _TERMINAL_NAMES = frozenset(("completed", "failed", "cancelled", "rejected"))
@@ -254,3 +258,28 @@ def _fold_raw(view: OperationView, subject: str, data: bytes, proof: bytes | Non
         return
     for e in admit(view, subject, data, proof, ev):
         fold(view, e)
+
+
+async def live_views(js: JetStreamContext, log: logging.Logger) -> dict[str, OperationView]:
+    """The views an orchestrator's rebuild needs: with the operations index, those of its live
+    operations, of the operations with events after its watermark (it lags, or an orchestrator died
+    before indexing them), and of live workflows' children; only their lifecycle events are read.
+    Without one (a stack from before it, or an index far behind) every stored lifecycle event."""
+    try:
+        mark = await read_mark(js)
+        ids = {s.op_id for s in await opsindex.live(js)}
+        after = 0
+        async with contextlib.aclosing(walk_from(js, subjects.lifecycle_filters(), mark.seq + 1)) as walk:
+            async for _seq, subject, _data, _proof in walk:
+                if (parsed := _op_of(subject)) is not None:
+                    ids.add(parsed[0])
+                    after += 1
+                    if after > REBUILD_AFTER_MARK_MAX:
+                        raise IndexMissing(f"the operations index is {after}+ events behind")
+    except IndexMissing as exc:
+        log.info("rebuilding from every stored lifecycle event: %s", exc)
+        return await read_views(js)
+    views = (await read_views_of(js, ids)).views
+    kids = {c for v in views.values() if not v.terminal for c in v.children} - set(views)
+    views.update((await read_views_of(js, kids)).views)
+    return views

@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from actors._leases import drop
-from actors._orch_index import Indexer
+from actors._orch_index import Indexer, live_views
 from actors._orch_intake import CommandIntake
 from actors._orch_leader import Leadership, NotLeader, Succession
 from actors._orch_leases import LeaseService
@@ -54,14 +54,12 @@ from events.messages import (
 )
 from events.proof import HEADER
 from ktrdr.ops import OperationView, fold, intake, verdicts
-from ktrdr.ops.reader import admit, fold_trusted, read_views, read_views_of
+from ktrdr.ops.reader import admit, fold_trusted
 from ktrdr.ops.supervision import Tracked
 from ktrdr.training.checkpoint_store import CheckpointStore
-from ktrdr.transport import last_message, opsindex, publish
-from ktrdr.transport.replay import walk_from
+from ktrdr.transport import last_message, publish
 
 KNOWN_ENDED_MAX = 10_000  # ended operations remembered (a command for an older one asks OPS)
-REBUILD_AFTER_MARK_MAX = 100_000  # lifecycle events past the index's watermark a rebuild follows by op
 
 
 class RecentIds:
@@ -141,36 +139,10 @@ class Orchestrator(Actor):
             return
         await super().on_fault(exc, where)
 
-    async def _read_live(self) -> dict[str, OperationView]:
-        """The views a rebuild needs: with the operations index, those of its live operations, of the
-        operations with events after its watermark (it lags, or an orchestrator died before indexing
-        them), and of live workflows' children; only their lifecycle events are read. Without one
-        (a stack from before it, or an index far behind) every stored lifecycle event."""
-        assert self.js is not None
-        try:
-            mark = await opsindex.read_mark(self.js)
-            ids = {s.op_id for s in await opsindex.live(self.js)}
-            after = 0
-            async with contextlib.aclosing(walk_from(self.js, subjects.lifecycle_filters(), mark.seq + 1)) as walk:
-                async for _seq, subject, _data, _proof in walk:
-                    parsed = subjects.parse_ops_subject(subject)
-                    if parsed is not None and subjects.is_op_id(parsed[1]):
-                        ids.add(parsed[1])
-                        after += 1
-                        if after > REBUILD_AFTER_MARK_MAX:
-                            raise opsindex.IndexMissing(f"the operations index is {after}+ events behind")
-        except opsindex.IndexMissing as exc:
-            self.log.info("rebuilding from every stored lifecycle event: %s", exc)
-            return await read_views(self.js)
-        views = (await read_views_of(self.js, ids)).views
-        kids = {c for v in views.values() if not v.terminal for c in v.children} - set(views)
-        views.update((await read_views_of(self.js, kids)).views)
-        return views
-
     async def _rebuild(self) -> None:
         """Live operations and workflows from the stored lifecycle events (survives any restart)."""
         assert self.js is not None
-        views = await self._read_live()
+        views = await live_views(self.js, self.log)
         self.rebuild_read = len(views)
         self.known.update(o for o, v in views.items() if v.terminal)
         for view in views.values():
