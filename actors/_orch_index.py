@@ -69,6 +69,7 @@ class Indexer:
         self.sub: object | None = None
         self.applied = 0  # the watermark: every lifecycle event up to this OPS sequence is indexed
         self.loaded = 0  # operations read from OPS because no view of them was held
+        self.unlived: set[str] = set()  # created in the batch being indexed: no live key to remove
         self.lock = asyncio.Lock()  # a batch or a reindex at a time
         self.crash = orch.settings.test_crash == CRASH_POINT
 
@@ -79,8 +80,9 @@ class Indexer:
         self.writer = IndexWriter(await js.key_value(subjects.OPS_INDEX_BUCKET))
         try:
             self.applied = (await read_mark(js)).seq
-        except IndexMissing:
-            self.applied = 0  # a new bucket (or one from before the index): built from the whole log
+        except IndexMissing:  # a new bucket (or a stack from before the index): built from the whole log
+            self.applied = 0
+            await self._mark(0, force=True)  # readers use it at once (and the log past it while it builds)
         await self._follow()
         self.orch.succession.tasks.append(self.orch.spawn(self.loop(), name=f"{self.orch.id}-index"))
 
@@ -147,6 +149,8 @@ class Indexer:
             view = self._view(op_id, seq)
             if view is None:
                 continue
+            if name == OperationCreated.name and op_id not in self.views:
+                self.unlived.add(op_id)  # born under this indexer: no live key until it writes one
             try:
                 ev = decode_event_on(msg.subject, msg.data)
             except DecodeError:
@@ -188,7 +192,9 @@ class Indexer:
         self.orch.leadership.epoch()  # type: ignore[union-attr]  # NotLeader: a stale one writes nothing
         summaries = [summarize(v, self.views[o][1]) for o, v in touched.items()
                      if v.created_at is not None or v.terminal]
-        await self.writer.put_all(summaries)
+        await self.writer.put_all(summaries, without_live=self.unlived)
+        for s in summaries:
+            self.unlived.discard(s.op_id)  # ended (nothing to remove) or its live key written now
 
     async def _mark(self, seq: int, *, force: bool = False) -> None:
         assert self.writer is not None and self.orch.leadership is not None
@@ -231,12 +237,13 @@ class Indexer:
                     _fold_raw(view, subject, data, proof)
                     views[parsed[0]] = (view, seq)
             summaries = [summarize(v, s) for v, s in views.values() if v.created_at is not None or v.terminal]
-            await self.writer.put_all(summaries)
+            had_live = {k[len(LIVE_PREFIX):] for k, _v in await scan(js, f"{LIVE_PREFIX}*")}
+            await self.writer.put_all(summaries, without_live={s.op_id for s in summaries} - had_live)
             kept = {s.op_id for s in summaries}
             live = {s.op_id for s in summaries if s.status not in TERMINAL}
             hours = {hour_marker(o) for o in kept}
             stale = [k for k, _v in await scan(js, f"{TIME_PREFIX}>") if k.rsplit(".", 1)[-1] not in kept]
-            stale += [k for k, _v in await scan(js, f"{LIVE_PREFIX}*") if k[len(LIVE_PREFIX):] not in live]
+            stale += [LIVE_PREFIX + o for o in had_live - kept]
             stale += [k for k, _v in await scan(js, f"{HOUR_PREFIX}*") if k not in hours]
             for k in stale:
                 await self.writer.remove(k)

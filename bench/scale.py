@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
+import secrets
 import statistics
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench._common import ActorProcess, Arrivals, BenchServer, cpu_s, proc_status_mb, report, submit_all, wait_alive
@@ -111,12 +114,22 @@ LIST_LIMIT = 50
 PAGE_LIMIT = 200  # what the page's hub reads at attach (ktrdr.web.hub.Hub.list_limit, the page's rows)
 
 
-async def _store_history(c: Client, n: int) -> None:
+SPREAD_S = 30 * 86400.0  # history made over OPS's 30 days (a research desk's), or all now (burst)
+
+
+def _op_id_made(ago_s: float) -> str:
+    """A dummy operation's id as if made `ago_s` seconds ago."""
+    made = datetime.now(UTC) - timedelta(seconds=ago_s)
+    return f"dummy-{made:%Y%m%dT%H%M%S%f}-{secrets.token_hex(3)}"
+
+
+async def _store_history(c: Client, n: int, spread_s: float = 0.0) -> None:
     """n finished operations stored as an orchestrator stores a rejected one (created, rejected),
-    with async publishes: history for `ops list` to read, no workers needed."""
+    with async publishes: history for `ops list` to read, no workers needed. Made (their ids'
+    time) uniformly over the last `spread_s` seconds, or now."""
     for start in range(0, n, 1000):
         for _ in range(min(1000, n - start)):
-            op_id = subjects.new_op_id("dummy")
+            op_id = _op_id_made(random.uniform(60.0, spread_s)) if spread_s else subjects.new_op_id("dummy")
             cmd = RunDummy(op_id=op_id, iterations=1)
             await c.js.publish_async(subjects.ops(op_id, "created"), encode(OperationCreated(
                 op_id=op_id, actor="orchestrator-bench", domain="dummy", op_type="dummy", command=cmd)))
@@ -171,10 +184,10 @@ async def _restart(c: Client, s: Any, orch: ActorProcess) -> tuple[ActorProcess,
     return new, created.at[probe.op_id] - t0, proc_status_mb(new.pid)[0]
 
 
-async def _level(c: Client, srv: BenchServer, orch: ActorProcess, n: int,
-                 stored: int) -> tuple[ActorProcess, dict[str, Any]]:
+async def _level(c: Client, srv: BenchServer, orch: ActorProcess, n: int, stored: int,
+                 spread_s: float) -> tuple[ActorProcess, dict[str, Any]]:
     t0 = time.perf_counter()
-    await _store_history(c, n - stored)
+    await _store_history(c, n - stored, spread_s)
     store_s = time.perf_counter() - t0
     catchup_s = await _caught_up(c)
     list_s = await asyncio.to_thread(_list_wall_s, srv)
@@ -186,13 +199,14 @@ async def _level(c: Client, srv: BenchServer, orch: ActorProcess, n: int,
                   "start_to_first_command_s": round(start_s, 2), "orchestrator_rss_mib": round(rss, 1)}
 
 
-async def history(levels: tuple[int, ...] = HISTORY_LEVELS) -> dict[str, Any]:
+async def history(levels: tuple[int, ...] = HISTORY_LEVELS, spread_s: float = SPREAD_S) -> dict[str, Any]:
     """With N finished operations in OPS (and the operations index the orchestrator keeps): `ktrdr
     ops list --limit 50` wall time (median of 3, a process each); the page's list read (what the hub
     reads when a page attaches: Client.list_operations of the newest 200, median of 3); the
     whole-log scan it replaces (once); the time from starting an orchestrator to a command accepted,
     and its RSS then; how long the indexer took to catch up with each batch of history. Baseline:
-    the same against an empty OPS in the same run."""
+    the same against an empty OPS in the same run. The history is made over `spread_s` (30 days by
+    default; 0: all of it now, the worst case for the newest hour's bucket)."""
     rows = []
     with BenchServer("history") as srv:
         orch = ActorProcess(srv.settings, "orchestrator")
@@ -200,16 +214,16 @@ async def history(levels: tuple[int, ...] = HISTORY_LEVELS) -> dict[str, Any]:
             async with Client(srv.settings) as c:
                 await wait_alive(c, ["orchestrator"])
                 stored = 0
-                orch, base = await _level(c, srv, orch, 0, 0)
+                orch, base = await _level(c, srv, orch, 0, 0, spread_s)
                 for n in levels:
-                    orch, row = await _level(c, srv, orch, n, stored)
+                    orch, row = await _level(c, srv, orch, n, stored, spread_s)
                     stored = n
                     rows.append(row)
         finally:
             orch.stop()
     first, last = rows[0], rows[-1]
     ratio = {k: round(last[k] / first[k], 2) for k in ("list_s", "start_to_first_command_s", "orchestrator_rss_mib")}
-    return {"baseline_empty": base, "rows": rows, "largest_vs_first": ratio,
+    return {"spread_days": round(spread_s / 86400, 1), "baseline_empty": base, "rows": rows, "largest_vs_first": ratio,
             "target": "list and start at the largest level <= 1.2x the first; RSS flat; the page's list < 1 s",
             "met": {"list": ratio["list_s"] <= 1.2, "start": ratio["start_to_first_command_s"] <= 1.2,
                     "rss": ratio["orchestrator_rss_mib"] <= 1.2, "page": last["page_list_s"] < 1.0}}
@@ -217,7 +231,8 @@ async def history(levels: tuple[int, ...] = HISTORY_LEVELS) -> dict[str, Any]:
 
 def history_table(result: dict[str, Any]) -> str:
     b = result["baseline_empty"]
-    lines = ["| finished ops in OPS | `ops list --limit 50` | page list (200) | whole-log scan (before) "
+    lines = [f"history made over {result['spread_days']} days", "",
+             "| finished ops in OPS | `ops list --limit 50` | page list (200) | whole-log scan (before) "
              "| start to 1st command | orchestrator RSS | index catch-up |", "|---|---|---|---|---|---|---|"]
     for r in [b, *result["rows"]]:
         lines.append(f"| {r['operations']:,} | {r['list_s']} s | {r['page_list_s']} s | {r['log_scan_s']} s | "
@@ -233,9 +248,9 @@ async def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["history"]:  # python -m bench.scale history [LEVEL ...]
+    if sys.argv[1:2] in (["history"], ["history-burst"]):  # python -m bench.scale history[-burst] [LEVEL ...]
         levels = tuple(int(a) for a in sys.argv[2:]) or HISTORY_LEVELS
-        hist = asyncio.run(history(levels))
+        hist = asyncio.run(history(levels, SPREAD_S if sys.argv[1] == "history" else 0.0))
         print(history_table(hist))
         report("scale-history", {"history": hist})
     else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -127,9 +127,9 @@ class IndexWriter:
         self.hours: set[str] = set()  # hour markers known to exist
         self.skipped = 0  # writes not made: the stored summary already folded a later event
 
-    async def put(self, s: OpSummary) -> bool:
-        """Store `s` unless the stored one is as new (compare-and-set); its live key follows. False
-        when skipped."""
+    async def put(self, s: OpSummary, *, live_exists: bool | None = None) -> bool:
+        """Store `s` unless the stored one is as new (compare-and-set); its live key follows (not
+        removed when the caller knows there is none: `live_exists` False). False when skipped."""
         key = hour_key(s.op_id)
         data = encode(s)
         rev = self.revisions.get(s.op_id)
@@ -154,7 +154,7 @@ class IndexWriter:
         else:
             raise RuntimeError(f"index key {key} kept changing under 20 compare-and-sets")
         self.revisions[s.op_id] = int(new)
-        await self._live(s, data)
+        await self._live(s, data, removing=live_exists is not False)
         if s.status in ("completed", "failed", "cancelled", "rejected"):
             self.revisions.pop(s.op_id, None)
         hour = hour_marker(s.op_id)
@@ -164,23 +164,25 @@ class IndexWriter:
             self.hours.add(hour)
         return True
 
-    async def _live(self, s: OpSummary, data: bytes | None = None) -> None:
+    async def _live(self, s: OpSummary, data: bytes | None = None, *, removing: bool = True) -> None:
         """The live key as `s` says: the summary while not ended, none after."""
         put, drop = keys_of(s)
         for k in put[1:]:  # (put[0]: the hour key)
             await self.kv.put(k, data if data is not None else encode(s))
-        if s.status == "rejected" and s.created_at is None:
-            return  # rejected at intake: never had a live key
+        if not removing or (s.status == "rejected" and s.created_at is None):
+            return  # none to remove (rejected at intake never had one)
         for k in drop:
             await self.remove(k)
 
-    async def put_all(self, summaries: Iterable[OpSummary], *, concurrency: int = 64) -> int:
-        """Store many (each as put); how many were written."""
+    async def put_all(self, summaries: Iterable[OpSummary], *, concurrency: int = 64,
+                      without_live: Collection[str] = ()) -> int:
+        """Store many (each as put; `without_live`: op ids known to have no live key); how many were
+        written."""
         sem = asyncio.Semaphore(concurrency)
 
         async def one(s: OpSummary) -> bool:
             async with sem:
-                return await self.put(s)
+                return await self.put(s, live_exists=False if s.op_id in without_live else None)
 
         return sum(await asyncio.gather(*(one(s) for s in summaries)))
 
