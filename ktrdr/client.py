@@ -308,7 +308,8 @@ class Client:
             views = {v.op_id: v for v in collect.views.values() if v.created_at is not None or v.terminal}
             rows, self.next_before = page((summarize(v) for v in views.values()), filters, limit, before)
             out = [views[s.op_id] for s in rows]
-        await asyncio.gather(*(self._latest_progress(v) for v in out if v.status != "completed"))
+        # (a rejected operation never ran: no progress to look for)
+        await asyncio.gather(*(self._latest_progress(v) for v in out if v.status not in ("completed", "rejected")))
         return out
 
     async def _list_indexed(self, limit: int | None, filters: Filters,
