@@ -66,7 +66,7 @@ class Indexer:
         self.orch = orch
         self.views: collections.OrderedDict[str, tuple[OperationView, int]] = collections.OrderedDict()
         self.writer: IndexWriter | None = None
-        self.sub: object | None = None
+        self.sub: JetStreamContext.PullSubscription | None = None
         self.applied = 0  # the watermark: every lifecycle event up to this OPS sequence is indexed
         self.loaded = 0  # operations read from OPS because no view of them was held
         self.unlived: set[str] = set()  # created in the batch being indexed: no live key to remove
@@ -89,6 +89,11 @@ class Indexer:
     async def _follow(self) -> None:
         js = self.orch.js
         assert js is not None
+        if self.sub is not None:  # the previous follow's subscription
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+            with contextlib.suppress(ValueError):
+                self.orch.succession.subs.remove(self.sub)
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(subjects.STREAM_OPS, subjects.OPS_INDEX_CONSUMER)
         await js.add_consumer(subjects.STREAM_OPS, js_api.ConsumerConfig(
@@ -97,12 +102,14 @@ class Indexer:
             max_ack_pending=BATCH * 4, deliver_policy=js_api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self.applied + 1, inactive_threshold=50.0))
         self.sub = await js.pull_subscribe_bind(durable=subjects.OPS_INDEX_CONSUMER, stream=subjects.STREAM_OPS)
+        self.orch.succession.subs.append(self.sub)  # stopped with what the activation set up (_undo)
         self.views.clear()
 
     async def loop(self) -> None:
         while not self.orch.stopping:
             try:
-                msgs = await self.sub.fetch(BATCH, timeout=1.0)  # type: ignore[attr-defined]
+                assert self.sub is not None
+                msgs = await self.sub.fetch(BATCH, timeout=1.0)
             except TimeoutError:
                 continue
             except asyncio.CancelledError:
