@@ -40,7 +40,7 @@ from ktrdr.ops.index import HOUR_PREFIX, LIVE_PREFIX, TIME_PREFIX, hour_marker, 
 from ktrdr.ops.reader import admit, read_views, read_views_of
 from ktrdr.ops.view import TERMINAL, OperationView
 from ktrdr.transport import opsindex
-from ktrdr.transport.opsindex import IndexMissing, IndexWriter, read_mark, scan
+from ktrdr.transport.opsindex import IndexMissing, IndexWriter, read_keys, read_mark, scan
 from ktrdr.transport.replay import walk_from
 from ktrdr.transport.streams import ensure_streams
 
@@ -244,14 +244,14 @@ class Indexer:
                     _fold_raw(view, subject, data, proof)
                     views[parsed[0]] = (view, seq)
             summaries = [summarize(v, s) for v, s in views.values() if v.created_at is not None or v.terminal]
-            had_live = {k[len(LIVE_PREFIX):] for k, _v in await scan(js, f"{LIVE_PREFIX}*")}
+            had_live = {k[len(LIVE_PREFIX):] for k, _v in await read_keys(js, f"{LIVE_PREFIX}*")}
             await self.writer.put_all(summaries, without_live={s.op_id for s in summaries} - had_live)
             kept = {s.op_id for s in summaries}
             live = {s.op_id for s in summaries if s.status not in TERMINAL}
             hours = {hour_marker(o) for o in kept}
             stale = [k for k, _v in await scan(js, f"{TIME_PREFIX}>") if k.rsplit(".", 1)[-1] not in kept]
             stale += [LIVE_PREFIX + o for o in had_live - kept]
-            stale += [k for k, _v in await scan(js, f"{HOUR_PREFIX}*") if k not in hours]
+            stale += [k for k, _v in await read_keys(js, f"{HOUR_PREFIX}*") if k not in hours]
             for k in stale:
                 await self.writer.remove(k)
             await self._mark(top, force=True)

@@ -330,14 +330,19 @@ class Client:
             by_hour.setdefault(hour_of(o), []).append(o)
         rows: dict[str, OpSummary] = {}
         cursor = None
+        full = False
         for hour in hours_to_walk(set(await opsindex.hours(self.js)) | set(by_hour), filters, before):
-            got = await opsindex.in_hour(self.js, hour)
-            self.index_read += len(got)
-            rows.update({s.op_id: s for s in got if s.op_id not in fresh and s.op_id not in views})
             rows.update({o: fresh[o] for o in by_hour.get(hour, ())})
-            _kept, cursor = page(rows.values(), filters, limit, before)
-            if limit and cursor is not None:
-                break  # more than a page kept from the newest hours: the older ones cannot be in it
+            async with contextlib.aclosing(opsindex.hour_buckets(self.js, hour)) as parts:
+                async for got in parts:  # the hour, or its minutes newest first
+                    self.index_read += len(got)
+                    rows.update({s.op_id: s for s in got if s.op_id not in fresh and s.op_id not in views})
+                    _kept, cursor = page(rows.values(), filters, limit, before)
+                    if limit and cursor is not None:
+                        full = True  # more than a page kept from the newest: the older cannot be in it
+                        break
+            if full:
+                break
         chosen, cursor = page(rows.values(), filters, limit, before)
         views.update(await self._views_of({s.op_id for s in chosen} - set(views)))
         return [views[s.op_id] for s in chosen if s.op_id in views], cursor

@@ -3,7 +3,7 @@ folded view, the keys it is filed under, and the selection `ops list` makes (fil
 a `--before` cursor). Nothing here reads NATS: the readers hand it views or summaries.
 
 Keys (a KV layout so the newest page, a time window and the live set are read without scanning
-history): `t.<yyyymmddHH>.<op_id>` by the hour the id was made, `live.<op_id>` while the
+history): `t.<yyyymmddHH>.<MM>.<op_id>` by the hour and minute the id was made, `live.<op_id>` while the
 operation has not ended, `h.<yyyymmddHH>` once an hour has any operation (so a reader learns which
 hours to walk in one read, however many are empty), and `meta.applied` the watermark (IndexMark).
 """
@@ -51,8 +51,9 @@ def hour_of(op_id: str) -> str:
 
 
 def hour_key(op_id: str) -> str:
-    """The time-bucket key of an operation (its id's creation hour)."""
-    return f"{TIME_PREFIX}{hour_of(op_id)}.{op_id}"
+    """The time-bucket key of an operation: its id's creation hour, then minute (a busy hour is read
+    minute by minute)."""
+    return f"{TIME_PREFIX}{subjects.created_at_of(op_id):%Y%m%d%H.%M}.{op_id}"
 
 
 def hour_marker(op_id: str) -> str:

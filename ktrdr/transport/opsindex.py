@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -28,11 +28,13 @@ from events.codec import DecodeError, decode, encode
 from events.messages import IndexMark, OpSummary
 from ktrdr.ops.index import HOUR_PREFIX, LIVE_PREFIX, MARK_KEY, TIME_PREFIX, hour_key, hour_marker, keys_of, newer
 from ktrdr.transport.leases import is_cas_failure
+from ktrdr.transport.replay import walk_from
 
 STREAM = f"KV_{subjects.OPS_INDEX_BUCKET}"
 _PREFIX = f"$KV.{subjects.OPS_INDEX_BUCKET}."
 BATCH = 1000  # values per direct-get request
 READ_TIMEOUT_S = 10.0
+MULTI_LAST_MAX = 1024  # keys one multi-last get answers (nats-server: more is 413 Too Many Results)
 MARKER_TTL_S = 60.0  # a removed key's marker goes after this long (per-message TTL, nats-server 2.11+)
 
 
@@ -78,8 +80,51 @@ async def _direct_batch(js: JetStreamContext, filter_subject: str,
     return got, last, pending
 
 
+class _TooMany(Exception):
+    """A multi-last get matched more keys than the server answers at once (MULTI_LAST_MAX)."""
+
+
+async def _multi_last(js: JetStreamContext, key_filter: str) -> list[tuple[str, bytes]]:
+    """The values of the keys matching `key_filter`, found through the stream's subject index (cost:
+    the keys matched, not the stream's length): one request; _TooMany beyond MULTI_LAST_MAX keys."""
+    nc = js._nc
+    got: list[tuple[str, bytes]] = []
+    done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def on_msg(msg: Msg) -> None:
+        h = msg.headers or {}
+        status = h.get("Status")
+        if status is None:
+            if h.get("KV-Operation") is None:
+                got.append((h.get("Nats-Subject", "")[len(_PREFIX):], msg.data))
+        elif not done.done():  # 204: end of batch; 404: none; 413: too many
+            done.set_result(status)
+
+    sub = await nc.subscribe(nc.new_inbox(), cb=on_msg)
+    try:
+        request = {"multi_last": [_PREFIX + key_filter], "batch": MULTI_LAST_MAX}
+        await nc.publish(subjects.direct_get_api(STREAM), json.dumps(request).encode(), reply=sub.subject)
+        status = await asyncio.wait_for(done, READ_TIMEOUT_S)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    if status == "413":
+        raise _TooMany(key_filter)
+    return got
+
+
+async def read_keys(js: JetStreamContext, key_filter: str) -> list[tuple[str, bytes]]:
+    """Every stored (key, value) whose key matches `key_filter`, deletes left out: by the subject
+    index when they are few enough, else by walking the stream (scan)."""
+    try:
+        return await _multi_last(js, key_filter)
+    except _TooMany:
+        return await scan(js, key_filter)
+
+
 async def scan(js: JetStreamContext, key_filter: str) -> list[tuple[str, bytes]]:
-    """Every stored (key, value) whose key matches `key_filter` (a KV key pattern), deletes left out."""
+    """Every stored (key, value) whose key matches `key_filter` (a KV key pattern), deletes left out,
+    walking the stream in batches (its length: for a filter that matches many keys)."""
     out: list[tuple[str, bytes]] = []
     seq = 1
     while True:
@@ -104,18 +149,51 @@ async def read_mark(js: JetStreamContext) -> IndexMark:
         raise IndexMissing(f"the index's watermark is unreadable ({exc})") from exc
 
 
+async def behind(js: JetStreamContext) -> int:
+    """How many lifecycle events OPS stores past the index's watermark (0: caught up); IndexMissing
+    without an index."""
+    mark = await read_mark(js)
+    n = 0
+    async with contextlib.aclosing(walk_from(js, subjects.lifecycle_filters(), mark.seq + 1)) as walk:
+        async for _ in walk:
+            n += 1
+    return n
+
+
 async def hours(js: JetStreamContext) -> list[str]:
     """The hours (yyyymmddHH) that hold any operation, newest first."""
-    return sorted((k[len(HOUR_PREFIX):] for k, _v in await scan(js, f"{HOUR_PREFIX}*")), reverse=True)
+    return sorted((k[len(HOUR_PREFIX):] for k, _v in await read_keys(js, f"{HOUR_PREFIX}*")), reverse=True)
+
+
+def _summaries(items: list[tuple[str, bytes]]) -> list[OpSummary]:
+    return [s for _k, v in items if (s := _summary(v)) is not None]
 
 
 async def in_hour(js: JetStreamContext, hour: str) -> list[OpSummary]:
-    return [s for _k, v in await scan(js, f"{TIME_PREFIX}{hour}.*") if (s := _summary(v)) is not None]
+    """Every summary of one hour."""
+    out: list[OpSummary] = []
+    async with contextlib.aclosing(hour_buckets(js, hour)) as parts:
+        async for part in parts:
+            out += part
+    return out
+
+
+async def hour_buckets(js: JetStreamContext, hour: str) -> AsyncIterator[list[OpSummary]]:
+    """One hour's summaries, newest part first: the whole hour in one read when it holds few enough
+    (MULTI_LAST_MAX), else minute by minute, read as asked for (a page of a busy hour stops at its
+    newest minutes)."""
+    try:
+        yield _summaries(await _multi_last(js, f"{TIME_PREFIX}{hour}.*.*"))
+        return
+    except _TooMany:
+        pass
+    for m in range(59, -1, -1):
+        yield _summaries(await read_keys(js, f"{TIME_PREFIX}{hour}.{m:02d}.*"))
 
 
 async def live(js: JetStreamContext) -> list[OpSummary]:
     """The summaries of the operations that have not ended."""
-    return [s for _k, v in await scan(js, f"{LIVE_PREFIX}*") if (s := _summary(v)) is not None]
+    return _summaries(await read_keys(js, f"{LIVE_PREFIX}*"))
 
 
 class IndexWriter:

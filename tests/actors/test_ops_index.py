@@ -39,12 +39,11 @@ async def indexed(c: Client) -> dict[str, OpSummary]:
 
 
 async def caught_up(c: Client) -> bool:
-    """The index's watermark has reached the last event OPS stores."""
+    """The index's watermark has passed every lifecycle event OPS stores."""
     try:
-        mark = await opsindex.read_mark(c.js)
+        return await opsindex.behind(c.js) == 0
     except opsindex.IndexMissing:
         return False
-    return mark.seq >= (await c.js.stream_info(subjects.STREAM_OPS)).state.last_seq
 
 
 async def store_history(c: Client, hours: list[str], per_hour: int) -> list[str]:
@@ -52,15 +51,16 @@ async def store_history(c: Client, hours: list[str], per_hour: int) -> list[str]
     rejected one: created, rejected. Their ids, oldest first."""
     made = []
     for hour in hours:
-        for i in range(per_hour):
-            op_id = f"dummy-{hour[:8]}T{hour[8:]}{i:02d}00000000-{i:06x}"
+        for i in range(per_hour):  # minute i % 60, second i // 60
+            op_id = f"dummy-{hour[:8]}T{hour[8:]}{i % 60:02d}{i // 60 % 60:02d}{i:06d}-{i:06x}"
             made.append(op_id)
-            await c.js.publish(subjects.ops(op_id, "created"), encode(OperationCreated(
+            await c.js.publish_async(subjects.ops(op_id, "created"), encode(OperationCreated(
                 op_id=op_id, actor="orchestrator-test", domain="dummy", op_type="dummy",
                 command=RunDummy(op_id=op_id, iterations=1))))
-            await c.js.publish(subjects.ops(op_id, "rejected"), encode(OperationRejected(
+            await c.js.publish_async(subjects.ops(op_id, "rejected"), encode(OperationRejected(
                 op_id=op_id, actor="orchestrator-test", reason="history")))
-    return made
+    await c.js.publish_async_completed()
+    return sorted(made, key=subjects.created_at_of)
 
 
 async def test_a_page_walks_only_the_newest_hours_and_the_cursor_and_window_page_back(start_actors, client):
@@ -80,6 +80,16 @@ async def test_a_page_walks_only_the_newest_hours_and_the_cursor_and_window_page
     assert [v.op_id for v in rows] == made[2:4] and client.index_read == 2  # one hour read
     rows = await client.list_operations(filters=Filters(status="completed"))
     assert rows == []
+
+
+async def test_a_busy_hour_is_read_minute_by_minute_newest_first(start_actors, client):
+    await start_actors("orchestrator")
+    made = await store_history(client, ["2026110110"], per_hour=opsindex.MULTI_LAST_MAX + 60)
+    await until(lambda: caught_up(client))
+    rows = await client.list_operations(limit=5)
+    assert [v.op_id for v in rows] == made[-5:]
+    assert client.index_read < 100  # its newest minutes, not the hour's 1,084
+    assert len(await opsindex.in_hour(client.js, "2026110110")) == len(made)
 
 
 async def test_a_live_operation_is_listed_live_then_leaves_the_live_keys(start_actors, settings, client):
@@ -103,9 +113,8 @@ async def test_a_kill_9_between_a_terminal_event_and_its_summary_is_repaired_at_
     monkeypatch.delenv("KTRDR_TEST_CRASH")
     await group.wait_state(first, "active")
     await start_actors("dummy")
-    rc, out, err = await ktrdr(settings, "dummy", "--iterations", "2", "--interval", "0.05", "--no-wait")
-    assert rc == 0, err
-    op_id = out.strip()
+    op_id = subjects.new_op_id("dummy")
+    await client.submit(RunDummy(op_id=op_id, iterations=2, interval_s=0.05))
     assert await asyncio.to_thread(first.wait, 30) == 9, group.log_tail(first)  # os._exit(9) at the hook
     assert type(list(await client.events(op_id))[-1]).name == "completed"  # the log has it...
     before = (await indexed(client)).get(op_id)
@@ -115,8 +124,8 @@ async def test_a_kill_9_between_a_terminal_event_and_its_summary_is_repaired_at_
     summary = await until(lambda: _status_of(client, op_id, "completed"))
     assert isinstance(summary, OpSummary) and summary.ended_at is not None
     assert await opsindex.live(client.js) == []
-    rc, out, err = await ktrdr(settings, "ops", "list", "--json")
-    assert rc == 0 and [v["status"] for v in json.loads(out)] == ["completed"] and "note:" not in err
+    rows = await client.list_operations()
+    assert [v.status for v in rows] == ["completed"] and client.index_note is None
 
 
 async def _status_of(c: Client, op_id: str, status: str) -> OpSummary | None:
@@ -127,24 +136,23 @@ async def _status_of(c: Client, op_id: str, status: str) -> OpSummary | None:
 async def test_reindex_after_the_bucket_was_deleted_gives_the_same_list(start_actors, settings, client):
     await start_actors("orchestrator", "dummy")
     made = await store_history(client, ["2026110110", "2026110111"], per_hour=2)
-    rc, out, err = await ktrdr(settings, "dummy", "--iterations", "1", "--interval", "0.01")
-    assert rc == 0, err
+    done = subjects.new_op_id("dummy")
+    await client.submit(RunDummy(op_id=done, iterations=1, interval_s=0.01))
+    await wait_terminal(client, done)
     await until(lambda: caught_up(client))
-    rc, listed, err = await ktrdr(settings, "ops", "list", "--json")
-    assert rc == 0 and "note:" not in err and len(json.loads(listed)) == len(made) + 1
+    listed = [(v.op_id, v.status) for v in await client.list_operations()]
+    assert client.index_note is None and len(listed) == len(made) + 1
 
     await client.js.delete_key_value(subjects.OPS_INDEX_BUCKET)
     rc, out, err = await ktrdr(settings, "ops", "list", "--json")  # no index: the log, saying so once
     assert rc == 0 and err.count("note:") == 1 and "ops reindex" in err
-    assert [v["op_id"] for v in json.loads(out)] == [v["op_id"] for v in json.loads(listed)]
+    assert [(v["op_id"], v["status"]) for v in json.loads(out)] == listed
 
     rc, out, err = await ktrdr(settings, "ops", "reindex")
     assert rc == 0, err
     assert f"reindexed {len(made) + 1} operations (0 live)" in out
-    rc, again, err = await ktrdr(settings, "ops", "list", "--json")
-    assert rc == 0 and "note:" not in err
-    assert [(v["op_id"], v["status"]) for v in json.loads(again)] == \
-        [(v["op_id"], v["status"]) for v in json.loads(listed)]
+    assert [(v.op_id, v.status) for v in await client.list_operations()] == listed
+    assert client.index_note is None
 
 
 async def test_a_restarted_orchestrator_reads_only_the_live_operations_and_refuses_an_existing_op_id(
