@@ -41,7 +41,7 @@ from ktrdr.ops.reader import admit, read_views, read_views_of
 from ktrdr.ops.view import TERMINAL, OperationView
 from ktrdr.transport import opsindex
 from ktrdr.transport.opsindex import IndexMissing, IndexWriter, read_keys, read_mark, scan
-from ktrdr.transport.replay import walk_from
+from ktrdr.transport.replay import walk_from, walk_tail
 from ktrdr.transport.streams import ensure_streams
 
 if TYPE_CHECKING:
@@ -111,6 +111,8 @@ class Indexer:
                 assert self.sub is not None
                 msgs = await self.sub.fetch(BATCH, timeout=1.0)
             except TimeoutError:
+                with contextlib.suppress(Exception):
+                    await self._advance_idle()
                 continue
             except asyncio.CancelledError:
                 raise
@@ -131,6 +133,21 @@ class Indexer:
                 await asyncio.sleep(1.0)
                 with contextlib.suppress(Exception):
                     await self._follow()
+
+    async def _advance_idle(self) -> None:
+        """Nothing to index: move the watermark to OPS's last message, so that what readers read
+        past it (progress, the newest events) stays short. Safe: the stream's last sequence is read
+        first; a consumer then with nothing pending or unacked has indexed every lifecycle event
+        up to it."""
+        js = self.orch.js
+        assert js is not None
+        last = (await js.stream_info(subjects.STREAM_OPS)).state.last_seq
+        if last <= self.applied:
+            return
+        info = await js.consumer_info(subjects.STREAM_OPS, subjects.OPS_INDEX_CONSUMER)
+        if not info.num_pending and not info.num_ack_pending:
+            async with self.lock:
+                await self._mark(last)
 
     async def apply(self, msgs: list[Msg]) -> None:
         """Fold a batch into views, store the summaries it changed, then the watermark, then ack."""
@@ -283,9 +300,9 @@ async def live_views(js: JetStreamContext, log: logging.Logger) -> dict[str, Ope
         mark = await read_mark(js)
         ids = {s.op_id for s in await opsindex.live(js)}
         after = 0
-        async with contextlib.aclosing(walk_from(js, subjects.lifecycle_filters(), mark.seq + 1)) as walk:
+        async with contextlib.aclosing(walk_tail(js, mark.seq + 1)) as walk:
             async for _seq, subject, _data, _proof in walk:
-                if (parsed := _op_of(subject)) is not None:
+                if subjects.is_lifecycle(subject) and (parsed := _op_of(subject)) is not None:
                     ids.add(parsed[0])
                     after += 1
                     if after > REBUILD_AFTER_MARK_MAX:

@@ -271,6 +271,9 @@ def all_ops(event_name: str) -> str:
     return f"ops.*.*.{event_name}"
 
 
+_LIFECYCLE_STORED = frozenset(n for n in LIFECYCLE_NAMES if n in OPS_EVENT_NAMES)
+
+
 def lifecycle_filters(op_id: str | None = None) -> list[str]:
     """Filters for the lifecycle events OPS stores (everything but progress and cancel requests, which
     OPS_CANCELS holds; the orchestrator records each it honours as CancelRequested) of one operation or
@@ -279,6 +282,11 @@ def lifecycle_filters(op_id: str | None = None) -> list[str]:
     if op_id is None:
         return [all_ops(n) for n in names]
     return [ops(op_id, n) for n in names]
+
+
+def is_lifecycle(subject: str) -> bool:
+    """Whether an OPS subject carries a lifecycle event (what lifecycle_filters() select)."""
+    return subject.rsplit(".", 1)[-1] in _LIFECYCLE_STORED
 
 
 def direct_get_api(stream: str) -> str:

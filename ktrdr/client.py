@@ -48,7 +48,7 @@ from ktrdr.ops.index import Filters, hour_of, hours_to_walk, page, summarize
 from ktrdr.ops.reader import collect_views, proven_alone, proven_events, read_proven, read_view, read_views_of
 from ktrdr.transport import connect, ensure_streams, last_message, opsindex, publish
 from ktrdr.transport.publish import retrying
-from ktrdr.transport.replay import ReadEvents, consumers_capped, read_events, walk_from
+from ktrdr.transport.replay import ReadEvents, consumers_capped, read_events, walk_tail
 
 # Operations with lifecycle events stored after the index's watermark are read from the log (the
 # index lags the log by a batch); more than this many means the index is being built: read the log.
@@ -316,8 +316,10 @@ class Client:
                             before: str | None) -> tuple[list[OperationView], str | None]:
         mark = await opsindex.read_mark(self.js)
         fresh_ids: set[str] = set()
-        async with contextlib.aclosing(walk_from(self.js, subjects.lifecycle_filters(), mark.seq + 1)) as walk:
+        async with contextlib.aclosing(walk_tail(self.js, mark.seq + 1)) as walk:
             async for _seq, subject, _data, _proof in walk:
+                if not subjects.is_lifecycle(subject):
+                    continue
                 parsed = subjects.parse_ops_subject(subject)
                 if parsed is not None and subjects.is_op_id(parsed[1]):
                     fresh_ids.add(parsed[1])

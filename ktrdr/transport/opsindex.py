@@ -28,7 +28,7 @@ from events.codec import DecodeError, decode, encode
 from events.messages import IndexMark, OpSummary
 from ktrdr.ops.index import HOUR_PREFIX, LIVE_PREFIX, MARK_KEY, TIME_PREFIX, hour_key, hour_marker, keys_of, newer
 from ktrdr.transport.leases import is_cas_failure
-from ktrdr.transport.replay import walk_from
+from ktrdr.transport.replay import walk_tail
 
 STREAM = f"KV_{subjects.OPS_INDEX_BUCKET}"
 _PREFIX = f"$KV.{subjects.OPS_INDEX_BUCKET}."
@@ -154,9 +154,9 @@ async def behind(js: JetStreamContext) -> int:
     without an index."""
     mark = await read_mark(js)
     n = 0
-    async with contextlib.aclosing(walk_from(js, subjects.lifecycle_filters(), mark.seq + 1)) as walk:
-        async for _ in walk:
-            n += 1
+    async with contextlib.aclosing(walk_tail(js, mark.seq + 1)) as walk:
+        async for _seq, subject, _data, _proof in walk:
+            n += subjects.is_lifecycle(subject)
     return n
 
 
