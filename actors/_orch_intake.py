@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from actors._orch_leader import CMD_ACK_WAIT_S
 from events import subjects
 from events.codec import DecodeError, InvalidField, decode_command, sniff_op_id
-from events.messages import Command, OperationCreated, StartTraining
+from events.messages import Command, OperationCreated, OperationRejected, StartTraining
 from ktrdr import commands
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import OperationView, fold, intake, verdicts, workflows
@@ -30,8 +30,19 @@ class CommandIntake:
     def __init__(self, orch: Orchestrator) -> None:
         self.orch = orch
 
-    def recorded(self, op_id: str) -> bool:
-        return op_id in self.orch.known or op_id in self.orch.live
+    async def recorded(self, op_id: str) -> bool:
+        """Whether the operation exists: live or lately ended (memory), else stored in OPS (its
+        creation or rejection: an operation's first event; the orchestrator no longer holds every
+        operation ever seen, issue 20)."""
+        if op_id in self.orch.known or op_id in self.orch.live:
+            return True
+        assert self.orch.js is not None
+        firsts = await asyncio.gather(*(last_message(self.orch.js, subjects.ops(op_id, name))
+                                        for name in (OperationCreated.name, OperationRejected.name)))
+        if any(f is not None for f in firsts):
+            self.orch.known.add(op_id)
+            return True
+        return False
 
     async def on_command(self, msg: Msg) -> None:
         """Handle one command, telling JetStream it is in progress meanwhile: the consumer's ack wait is
@@ -57,7 +68,7 @@ class CommandIntake:
             await self._malformed(msg, cmd.op_id, problem)
             return
         op_id = cmd.op_id
-        if self.recorded(op_id):
+        if await self.recorded(op_id):
             if intake.route_again(self.orch.live_view(op_id), op_id in self.orch.workflows):
                 await self.orch.dispatch_again(op_id)
             else:
@@ -91,7 +102,7 @@ class CommandIntake:
 
     async def _malformed(self, msg: Msg, op_id: str | None, reason: str, code: str = "malformed",
                          field_path: str | None = None) -> None:
-        if op_id and subjects.is_op_id(op_id) and not self.recorded(op_id):
+        if op_id and subjects.is_op_id(op_id) and not await self.recorded(op_id):
             await self.reject(op_id, reason, code, field_path)
         else:
             self.orch.log.warning("%s (dropped)", reason[:500])

@@ -214,6 +214,8 @@ class Succession:
             await orch.nc.subscribe(subjects.kv_updates(subjects.ACTORS_BUCKET),
                                     cb=orch._guard(orch.supervisor.on_presence, "presence"))]
         await orch._rebuild()
+        await orch.indexer.start()  # the operations index follows OPS from its watermark
+        self.subs.append(await orch.nc.subscribe(subjects.REINDEX, cb=orch._guard(orch.indexer.on_reindex, "reindex")))
         orch.leases = await LeaseService.serve(orch)  # once the live operations are known
         self.subs.append(orch.leases.sub)
         await orch.js.add_consumer(subjects.STREAM_CMD, js_api.ConsumerConfig(
@@ -229,8 +231,9 @@ class Succession:
                        name=f"{orch.id}-commands"),
             orch.spawn(orch.supervisor.loop(), name=f"{orch.id}-supervise")]
         self.ready = True
-        orch.log.info("%s is the active orchestrator (leader epoch %d; %d live operations; ready in %.2f s)",
-                      orch.id, orch.leadership.current, len(orch.live), time.monotonic() - started)
+        orch.log.info("%s is the active orchestrator (leader epoch %d; %d live operations, %d read from the log; "
+                      "ready in %.2f s)", orch.id, orch.leadership.current, len(orch.live), orch.rebuild_read,
+                      time.monotonic() - started)
 
     async def _try_acquire(self) -> bool:
         try:

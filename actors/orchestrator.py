@@ -21,13 +21,16 @@ it) steps down to standby and forgets what it knew.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
+from collections.abc import Iterable
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from actors._leases import drop
+from actors._orch_index import Indexer, live_views
 from actors._orch_intake import CommandIntake
 from actors._orch_leader import Leadership, NotLeader, Succession
 from actors._orch_leases import LeaseService
@@ -51,10 +54,36 @@ from events.messages import (
 )
 from events.proof import HEADER
 from ktrdr.ops import OperationView, fold, intake, verdicts
-from ktrdr.ops.reader import admit, fold_trusted, read_views
+from ktrdr.ops.reader import admit, fold_trusted
 from ktrdr.ops.supervision import Tracked
 from ktrdr.training.checkpoint_store import CheckpointStore
 from ktrdr.transport import last_message, publish
+
+KNOWN_ENDED_MAX = 10_000  # ended operations remembered (a command for an older one asks OPS)
+
+
+class RecentIds:
+    """A bounded set of operation ids: the newest `size` added (oldest out)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def add(self, op_id: str) -> None:
+        self._ids[op_id] = None
+        self._ids.move_to_end(op_id)
+        if len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+
+    def update(self, op_ids: Iterable[str]) -> None:
+        for o in op_ids:
+            self.add(o)
+
+    def __contains__(self, op_id: object) -> bool:
+        return op_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class Orchestrator(Actor):
@@ -64,10 +93,14 @@ class Orchestrator(Actor):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self.live: dict[str, Tracked] = {}
-        self.known: set[str] = set()  # every operation ever recorded: a command for one is a duplicate
+        # Operations that ended lately (a command for one is a duplicate); older ones are looked up
+        # in OPS (CommandIntake.recorded), so memory holds the live work, not the history.
+        self.known = RecentIds(KNOWN_ENDED_MAX)
+        self.rebuild_read = 0  # operations the last rebuild read from the log (the live ones, with an index)
         self.workflows = WorkflowRunner(self)
         self.intake = CommandIntake(self)
         self.supervisor = Supervisor(self)
+        self.indexer = Indexer(self)
         self._buffer: list[tuple[str, bytes, str | None]] | None = []
         self.leases: LeaseService | None = None
         self.dropped = 0  # live ops messages whose body its subject does not prove (the rebuild's: reader)
@@ -89,8 +122,9 @@ class Orchestrator(Actor):
 
     def _reset(self) -> None:
         """Forget everything derived from the log: an active orchestrator rebuilds it."""
-        self.live, self.known = {}, set()
+        self.live, self.known = {}, RecentIds(KNOWN_ENDED_MAX)
         self.workflows, self.intake, self.supervisor = WorkflowRunner(self), CommandIntake(self), Supervisor(self)
+        self.indexer = Indexer(self)
         self._buffer, self.leases = [], None
 
     async def on_stop(self) -> None:
@@ -108,8 +142,9 @@ class Orchestrator(Actor):
     async def _rebuild(self) -> None:
         """Live operations and workflows from the stored lifecycle events (survives any restart)."""
         assert self.js is not None
-        views = await read_views(self.js)
-        self.known.update(views)
+        views = await live_views(self.js, self.log)
+        self.rebuild_read = len(views)
+        self.known.update(o for o, v in views.items() if v.terminal)
         for view in views.values():
             if not view.terminal and view.created_at is not None:
                 self._track(view)

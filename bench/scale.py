@@ -13,18 +13,24 @@ worker to DIR for the whole run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
+import secrets
 import statistics
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench._common import ActorProcess, Arrivals, BenchServer, cpu_s, report, submit_all, wait_alive
+from bench._common import ActorProcess, Arrivals, BenchServer, cpu_s, proc_status_mb, report, submit_all, wait_alive
 from events import subjects
 from events.codec import encode
 from events.messages import OperationCreated, OperationRejected, RunDummy
 from ktrdr.client import Client
+from ktrdr.ops.reader import collect_views
+from ktrdr.transport import opsindex
 
 LEVELS = (1, 10, 100, 1000)
 ITERATIONS, INTERVAL_S = 10, 0.02
@@ -104,14 +110,26 @@ def table(result: dict[str, Any]) -> str:
 
 
 HISTORY_LEVELS = (1_000, 10_000, 100_000)
+LIST_LIMIT = 50
+PAGE_LIMIT = 200  # what the page's hub reads at attach (ktrdr.web.hub.Hub.list_limit, the page's rows)
 
 
-async def _store_history(c: Client, n: int) -> None:
+SPREAD_S = 30 * 86400.0  # history made over OPS's 30 days (a research desk's), or all now (burst)
+
+
+def _op_id_made(ago_s: float) -> str:
+    """A dummy operation's id as if made `ago_s` seconds ago."""
+    made = datetime.now(UTC) - timedelta(seconds=ago_s)
+    return f"dummy-{made:%Y%m%dT%H%M%S%f}-{secrets.token_hex(3)}"
+
+
+async def _store_history(c: Client, n: int, spread_s: float = 0.0) -> None:
     """n finished operations stored as an orchestrator stores a rejected one (created, rejected),
-    with async publishes: history for `ops list` to read, no actors needed."""
+    with async publishes: history for `ops list` to read, no workers needed. Made (their ids'
+    time) uniformly over the last `spread_s` seconds, or now."""
     for start in range(0, n, 1000):
         for _ in range(min(1000, n - start)):
-            op_id = subjects.new_op_id("dummy")
+            op_id = _op_id_made(random.uniform(60.0, spread_s)) if spread_s else subjects.new_op_id("dummy")
             cmd = RunDummy(op_id=op_id, iterations=1)
             await c.js.publish_async(subjects.ops(op_id, "created"), encode(OperationCreated(
                 op_id=op_id, actor="orchestrator-bench", domain="dummy", op_type="dummy", command=cmd)))
@@ -120,41 +138,112 @@ async def _store_history(c: Client, n: int) -> None:
         await c.js.publish_async_completed()
 
 
+async def _caught_up(c: Client, timeout: float = 1800.0) -> float:
+    """Seconds until the index's watermark has passed every lifecycle event OPS stores."""
+    t0 = time.perf_counter()
+    last = (await c.js.stream_info(subjects.STREAM_OPS)).state.last_seq  # the history's last event
+    polls = 0
+    while True:
+        polls += 1
+        with contextlib.suppress(opsindex.IndexMissing):  # (behind() reads what is pending: seldom)
+            if (await opsindex.read_mark(c.js)).seq >= last or (polls % 25 == 0 and await opsindex.behind(c.js) == 0):
+                return time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError("the index did not catch up")
+        await asyncio.sleep(0.2)
+
+
 def _list_wall_s(srv: BenchServer, runs: int = 3) -> float:
     env = {**os.environ, "NATS_URL": srv.url, "KTRDR_HOME": str(srv.settings.home)}
     walls = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "ktrdr", "ops", "list", "--limit", "50"], env=env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+        subprocess.run([sys.executable, "-m", "ktrdr", "ops", "list", "--limit", str(LIST_LIMIT)], env=env,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
         walls.append(time.perf_counter() - t0)
     return statistics.median(walls)
 
 
-async def history(levels: tuple[int, ...] = HISTORY_LEVELS) -> dict[str, Any]:
-    """`ktrdr ops list --limit 50` wall time (median of 3) as finished operations pile up in OPS;
-    the baseline is the same command against an empty OPS in the same run."""
+async def _median_s(call: Any, runs: int = 3) -> float:
+    walls = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        await call()
+        walls.append(time.perf_counter() - t0)
+    return statistics.median(walls)
+
+
+async def _restart(c: Client, s: Any, orch: ActorProcess) -> tuple[ActorProcess, float, float]:
+    """Stop the orchestrator, start a new one and submit a command at once: seconds from the start
+    to that command accepted (its `created` stored), and the new orchestrator's RSS (MiB) then."""
+    orch.stop()
+    probe = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=1)
+    async with Arrivals(c, {probe.op_id}, "created") as created:
+        t0 = time.perf_counter()
+        new = ActorProcess(s, "orchestrator")
+        await submit_all(c, [probe])
+        await created.wait(600)
+    return new, created.at[probe.op_id] - t0, proc_status_mb(new.pid)[0]
+
+
+async def _level(c: Client, srv: BenchServer, orch: ActorProcess, n: int, stored: int,
+                 spread_s: float) -> tuple[ActorProcess, dict[str, Any]]:
+    t0 = time.perf_counter()
+    await _store_history(c, n - stored, spread_s)
+    store_s = time.perf_counter() - t0
+    catchup_s = await _caught_up(c)
+    list_s = await asyncio.to_thread(_list_wall_s, srv)
+    page_s = await _median_s(lambda: c.list_operations(limit=PAGE_LIMIT))  # the hub's read at attach
+    scan_s = await _median_s(lambda: collect_views(c.js), runs=1)  # what ops list read before the index
+    starts = []
+    for _ in range(3):
+        orch, start_s, rss = await _restart(c, srv.settings, orch)
+        starts.append(start_s)
+    start_s = statistics.median(starts)
+    return orch, {"operations": n, "store_s": round(store_s, 1), "index_catchup_s": round(catchup_s, 1),
+                  "list_s": round(list_s, 2), "page_list_s": round(page_s, 3), "log_scan_s": round(scan_s, 2),
+                  "start_to_first_command_s": round(start_s, 2), "orchestrator_rss_mib": round(rss, 1)}
+
+
+async def history(levels: tuple[int, ...] = HISTORY_LEVELS, spread_s: float = SPREAD_S) -> dict[str, Any]:
+    """With N finished operations in OPS (and the operations index the orchestrator keeps): `ktrdr
+    ops list --limit 50` wall time (median of 3, a process each); the page's list read (what the hub
+    reads when a page attaches: Client.list_operations of the newest 200, median of 3); the
+    whole-log scan it replaces (once); the time from starting an orchestrator to a command accepted
+    (median of 3 restarts), and its RSS then; how long the indexer took to catch up with each batch
+    of history. Baseline: the same against an empty OPS in the same run. The history is made over `spread_s` (30 days by
+    default; 0: all of it now, the worst case for the newest hour's bucket)."""
     rows = []
     with BenchServer("history") as srv:
-        base = await asyncio.to_thread(_list_wall_s, srv)
-        stored = 0
-        async with Client(srv.settings) as c:
-            for n in levels:
-                t0 = time.perf_counter()
-                await _store_history(c, n - stored)
-                stored = n
-                rows.append({"operations": n, "store_s": round(time.perf_counter() - t0, 1),
-                             "list_s": round(await asyncio.to_thread(_list_wall_s, srv), 2)})
-    first = rows[0]["list_s"]
-    return {"empty_list_s": round(base, 2), "rows": rows,
-            "largest_vs_first": round(rows[-1]["list_s"] / first, 2),
-            "target": "list at the largest level <= 1.2x the first", "met": rows[-1]["list_s"] <= 1.2 * first}
+        orch = ActorProcess(srv.settings, "orchestrator")
+        try:
+            async with Client(srv.settings) as c:
+                await wait_alive(c, ["orchestrator"])
+                stored = 0
+                orch, base = await _level(c, srv, orch, 0, 0, spread_s)
+                for n in levels:
+                    orch, row = await _level(c, srv, orch, n, stored, spread_s)
+                    stored = n
+                    rows.append(row)
+        finally:
+            orch.stop()
+    first, last = rows[0], rows[-1]
+    ratio = {k: round(last[k] / first[k], 2) for k in ("list_s", "start_to_first_command_s", "orchestrator_rss_mib")}
+    return {"spread_days": round(spread_s / 86400, 1), "baseline_empty": base, "rows": rows, "largest_vs_first": ratio,
+            "target": "list and start at the largest level <= 1.2x the first; RSS flat; the page's list < 1 s",
+            "met": {"list": ratio["list_s"] <= 1.2, "start": ratio["start_to_first_command_s"] <= 1.2,
+                    "rss": ratio["orchestrator_rss_mib"] <= 1.2, "page": last["page_list_s"] < 1.0}}
 
 
 def history_table(result: dict[str, Any]) -> str:
-    lines = [f"| finished ops in OPS | `ops list` wall (median of 3; empty OPS: {result['empty_list_s']} s) |",
-             "|---|---|"]
-    lines += [f"| {r['operations']:,} | {r['list_s']} s |" for r in result["rows"]]
+    b = result["baseline_empty"]
+    lines = [f"history made over {result['spread_days']} days", "",
+             "| finished ops in OPS | `ops list --limit 50` | page list (200) | whole-log scan (before) "
+             "| start to 1st command | orchestrator RSS | index catch-up |", "|---|---|---|---|---|---|---|"]
+    for r in [b, *result["rows"]]:
+        lines.append(f"| {r['operations']:,} | {r['list_s']} s | {r['page_list_s']} s | {r['log_scan_s']} s | "
+                     f"{r['start_to_first_command_s']} s | {r['orchestrator_rss_mib']} MiB | "
+                     f"{r['index_catchup_s']} s |")
     return "\n".join(lines)
 
 
@@ -165,9 +254,9 @@ async def main() -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["history"]:  # python -m bench.scale history [LEVEL ...]
+    if sys.argv[1:2] in (["history"], ["history-burst"]):  # python -m bench.scale history[-burst] [LEVEL ...]
         levels = tuple(int(a) for a in sys.argv[2:]) or HISTORY_LEVELS
-        hist = asyncio.run(history(levels))
+        hist = asyncio.run(history(levels, SPREAD_S if sys.argv[1] == "history" else 0.0))
         print(history_table(hist))
         report("scale-history", {"history": hist})
     else:

@@ -604,3 +604,30 @@ class OpSummary(msgspec.Struct, kw_only=True, frozen=True):
     attempts: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
     epoch: Annotated[int, msgspec.Meta(ge=0)] = 0
     seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class IndexMark(Message, tag="IndexMark", kw_only=True):
+    """The index's watermark (key meta.applied): every lifecycle event stored in OPS up to `seq` is
+    folded into its summary; the orchestrator that wrote it and when."""
+
+    seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+    epoch: Annotated[int, msgspec.Meta(ge=0)] = 0
+    actor: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    at: datetime = msgspec.field(default_factory=utcnow)
+
+
+class ReindexOperations(Message, tag="ReindexOperations", kw_only=True):
+    """`ktrdr ops reindex`: rebuild the index from OPS (sent to subjects.REINDEX)."""
+
+    requested_by: Annotated[str, msgspec.Meta(max_length=200)] = ""
+
+
+class OperationsReindexed(Message, tag="OperationsReindexed", kw_only=True):
+    """The active orchestrator's answer to ReindexOperations: what it read and wrote."""
+
+    operations: Annotated[int, msgspec.Meta(ge=0)] = 0  # summaries written (one per stored operation)
+    live: Annotated[int, msgspec.Meta(ge=0)] = 0  # of which not ended
+    removed: Annotated[int, msgspec.Meta(ge=0)] = 0  # summaries of operations no longer in OPS, removed
+    events: Annotated[int, msgspec.Meta(ge=0)] = 0  # lifecycle events read
+    seq: Annotated[int, msgspec.Meta(ge=0)] = 0  # the watermark it left
+    error: Annotated[str, msgspec.Meta(max_length=2000)] = ""

@@ -31,7 +31,8 @@ DEFAULT_POOLS: Mapping[str, tuple[str, ...]] = {
 WORKER_DOMAIN = {role: domain for domain, role in ROLE_FOR_DOMAIN.items()}
 
 STREAMS = subjects.STREAMS
-KV_BUCKETS = (subjects.ACTORS_BUCKET, subjects.LEASES_BUCKET, subjects.PACING_BUCKET, subjects.SERIES_BUCKET)
+KV_BUCKETS = (subjects.ACTORS_BUCKET, subjects.LEASES_BUCKET, subjects.PACING_BUCKET, subjects.SERIES_BUCKET,
+              subjects.OPS_INDEX_BUCKET)
 OBJECT_BUCKETS = (subjects.BARS_BUCKET, subjects.MODELS_BUCKET, subjects.CHECKPOINTS_BUCKET)
 IB_QUEUE_GROUP = subjects.IB_QUEUE_GROUP
 # The ib actor answers a request with interim pacing notices and one final reply; IB's 60-per-10-
@@ -114,6 +115,7 @@ class _Grant:
         OPS itself), gets on OPS, presence reads."""
         self._consumer_reads(subjects.STREAM_OPS, named=False)
         self._consumer_reads(f"KV_{subjects.ACTORS_BUCKET}", named=False)
+        self._gets(f"KV_{subjects.OPS_INDEX_BUCKET}")  # `ops list` and the page read the index, never write it
         self.api("STREAM.NAMES")  # js.subscribe(subject) without stream= looks the stream up
 
     def kv_read(self, bucket: str) -> None:
@@ -189,6 +191,14 @@ def _orchestrator(g: _Grant) -> None:
     g.kv_read("LEASES")
     g.kv_write("LEASES", "*")  # the only writer: grants, renews, releases and drops operation leases
     g.obj_write("CHECKPOINTS")  # deletes the checkpoints of finished operations
+    # The operations index: it alone writes it, folding OPS's lifecycle events through its own
+    # consumer (ack all up to a batch once its summaries are stored), and answers `ops reindex`.
+    g.kv_read(subjects.OPS_INDEX_BUCKET)
+    g.kv_write(subjects.OPS_INDEX_BUCKET, ">")
+    g.api(f"CONSUMER.CREATE.OPS.{subjects.OPS_INDEX_CONSUMER}", f"CONSUMER.INFO.OPS.{subjects.OPS_INDEX_CONSUMER}",
+          f"CONSUMER.DELETE.OPS.{subjects.OPS_INDEX_CONSUMER}", f"CONSUMER.MSG.NEXT.OPS.{subjects.OPS_INDEX_CONSUMER}")
+    g.allow_pub(f"$JS.ACK.OPS.{subjects.OPS_INDEX_CONSUMER}.>", f"$JS.ACK._.*.OPS.{subjects.OPS_INDEX_CONSUMER}.>")
+    g.allow_sub(subjects.REINDEX)
 
 
 def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS) -> Permissions:
@@ -219,7 +229,7 @@ def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS
         g.kv_write("PACING", ">")
         return g.build(responses_max=IB_RESPONSES_MAX, responses_expires=IB_RESPONSES_EXPIRES)
     elif role == CLI:
-        g.allow_pub("cmd.>", "ops.*.*.cancel")
+        g.allow_pub("cmd.>", "ops.*.*.cancel", subjects.REINDEX)  # reindex: asked of the orchestrator
         g.allow_sub("ops.>")
         g.reader_reads()
         g.obj_read("MODELS")

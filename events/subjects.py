@@ -57,6 +57,15 @@ PACING_BUCKET = "PACING"  # KV: IB pacing history, key pacing_key(host, port, cl
 BARS_BUCKET = "BARS"  # object store: <SYMBOL>/<TF> parquet
 MODELS_BUCKET = "MODELS"  # object store: <strategy>/<key>/<file>
 CHECKPOINTS_BUCKET = "CHECKPOINTS"  # object store: <op_id>/latest
+# KV: the operations index (ktrdr.ops.index): one events.messages.OpSummary per operation under
+# t.<yyyymmddHH>.<op_id> and, while it has not ended, live.<op_id>; h.<yyyymmddHH> marks an hour that
+# has any; meta.applied (events.messages.IndexMark) says up to which OPS sequence it is folded.
+# Written by the active orchestrator alone, read by clients and the page; rebuilt by `ops reindex`.
+OPS_INDEX_BUCKET = "OPS_INDEX"
+OPS_INDEX_CONSUMER = "ops-index"  # the active orchestrator's consumer of OPS's lifecycle events
+# `ktrdr ops reindex`: a request the active orchestrator answers (a client key may send it; only the
+# orchestrator writes the index).
+REINDEX = "admin.ops.reindex"
 
 CMD_ALL = "cmd.>"
 WORK_ALL = "work.>"
@@ -262,6 +271,9 @@ def all_ops(event_name: str) -> str:
     return f"ops.*.*.{event_name}"
 
 
+_LIFECYCLE_STORED = frozenset(n for n in LIFECYCLE_NAMES if n in OPS_EVENT_NAMES)
+
+
 def lifecycle_filters(op_id: str | None = None) -> list[str]:
     """Filters for the lifecycle events OPS stores (everything but progress and cancel requests, which
     OPS_CANCELS holds; the orchestrator records each it honours as CancelRequested) of one operation or
@@ -270,6 +282,11 @@ def lifecycle_filters(op_id: str | None = None) -> list[str]:
     if op_id is None:
         return [all_ops(n) for n in names]
     return [ops(op_id, n) for n in names]
+
+
+def is_lifecycle(subject: str) -> bool:
+    """Whether an OPS subject carries a lifecycle event (what lifecycle_filters() select)."""
+    return subject.rsplit(".", 1)[-1] in _LIFECYCLE_STORED
 
 
 def direct_get_api(stream: str) -> str:

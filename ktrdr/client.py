@@ -25,7 +25,7 @@ from nats.js import api as js_api
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
 
 from events import roles, subjects
-from events.codec import DecodeError, decode_event_on, decode_heartbeat, encode
+from events.codec import DecodeError, decode, decode_event_on, decode_heartbeat, encode
 from events.messages import (
     AnyEvent,
     CancelOperation,
@@ -34,18 +34,26 @@ from events.messages import (
     OperationCreated,
     OperationProgress,
     OperationRejected,
+    OperationsReindexed,
+    OpSummary,
     OrchestratorProgress,
+    ReindexOperations,
     WireCancelReason,
 )
 from events.proof import HEADER
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import OperationView, apply_progress, fold
-from ktrdr.ops.index import Filters, page, summarize
-from ktrdr.ops.reader import collect_views, proven_alone, proven_events, read_proven, read_view
-from ktrdr.transport import connect, ensure_streams, last_message, publish
+from ktrdr.ops.index import Filters, hour_of, hours_to_walk, page, summarize
+from ktrdr.ops.reader import collect_views, proven_alone, proven_events, read_proven, read_view, read_views_of
+from ktrdr.transport import connect, ensure_streams, last_message, opsindex, publish
 from ktrdr.transport.publish import retrying
-from ktrdr.transport.replay import ReadEvents, consumers_capped, read_events
+from ktrdr.transport.replay import ReadEvents, consumers_capped, read_events, walk_tail
+
+# Operations with lifecycle events stored after the index's watermark are read from the log (the
+# index lags the log by a batch); more than this many means the index is being built: read the log.
+FRESH_MAX = 2000
+VIEWS_PER_READ = 32  # operations whose lifecycle events one read (one consumer) folds
 
 
 class NoServerError(KtrdrError):
@@ -72,6 +80,8 @@ class Client:
         self.on_reconnect: Callable[[], None] | None = None
         self.next_before: str | None = None  # the cursor list_operations printed for the page before
         self.dropped = 0  # messages the last list_operations dropped (not events of the operation named)
+        self.index_note: str | None = None  # why the last list_operations read the log, not the index
+        self.index_read = 0  # summaries the last list_operations read from the index (hours walked: all of theirs)
 
     async def __aenter__(self) -> Client:
         if not self.url:
@@ -281,14 +291,81 @@ class Client:
                               before: str | None = None) -> list[OperationView]:
         """Stored operations by creation time, oldest first (the newest `limit` kept by `filters`,
         made before the `before` cursor), from their lifecycle events and the last progress each
-        reported. `self.next_before`: the cursor of the page before this one (None at the oldest)."""
-        collect = await collect_views(self.js)
-        self.dropped = collect.dropped
-        views = {v.op_id: v for v in collect.views.values() if v.created_at is not None or v.terminal}
-        rows, self.next_before = page((summarize(v) for v in views.values()), filters or Filters(), limit, before)
-        out = [views[s.op_id] for s in rows]
-        await asyncio.gather(*(self._latest_progress(v) for v in out if v.status != "completed"))
+        reported. `self.next_before`: the cursor of the page before this one (None at the oldest).
+
+        From the operations index (ktrdr.transport.opsindex): the hours that may hold the page,
+        newest first, until it is full, plus the operations with events after the index's watermark
+        read from the log; then the page's operations' lifecycle events. With no index (a stack from
+        before it, or one being built) from every lifecycle event in OPS, and `index_note` says so."""
+        filters = filters or Filters()
+        self.index_note, self.index_read, self.dropped = None, 0, 0
+        try:
+            out, self.next_before = await self._list_indexed(limit, filters, before)
+        except opsindex.IndexMissing as exc:
+            self.index_note = f"{exc}: listed from the whole log (`ktrdr ops reindex` builds the index)"
+            collect = await collect_views(self.js)
+            self.dropped = collect.dropped
+            views = {v.op_id: v for v in collect.views.values() if v.created_at is not None or v.terminal}
+            rows, self.next_before = page((summarize(v) for v in views.values()), filters, limit, before)
+            out = [views[s.op_id] for s in rows]
+        # (a rejected operation never ran: no progress to look for)
+        await asyncio.gather(*(self._latest_progress(v) for v in out if v.status not in ("completed", "rejected")))
         return out
+
+    async def _list_indexed(self, limit: int | None, filters: Filters,
+                            before: str | None) -> tuple[list[OperationView], str | None]:
+        mark = await opsindex.read_mark(self.js)
+        fresh_ids: set[str] = set()
+        async with contextlib.aclosing(walk_tail(self.js, mark.seq + 1)) as walk:
+            async for _seq, subject, _data, _proof in walk:
+                if not subjects.is_lifecycle(subject):
+                    continue
+                parsed = subjects.parse_ops_subject(subject)
+                if parsed is not None and subjects.is_op_id(parsed[1]):
+                    fresh_ids.add(parsed[1])
+                    if len(fresh_ids) > FRESH_MAX:
+                        raise opsindex.IndexMissing(f"the operations index is {len(fresh_ids)}+ operations behind")
+        views = await self._views_of(fresh_ids)
+        fresh = {o: summarize(v) for o, v in views.items() if v.created_at is not None or v.terminal}
+        by_hour: dict[str, list[str]] = {}
+        for o in fresh:
+            by_hour.setdefault(hour_of(o), []).append(o)
+        rows: dict[str, OpSummary] = {}
+        cursor = None
+        full = False
+        for hour in hours_to_walk(set(await opsindex.hours(self.js)) | set(by_hour), filters, before):
+            rows.update({o: fresh[o] for o in by_hour.get(hour, ())})
+            async with contextlib.aclosing(opsindex.hour_buckets(self.js, hour)) as parts:
+                async for got in parts:  # the hour, or its minutes newest first
+                    self.index_read += len(got)
+                    rows.update({s.op_id: s for s in got if s.op_id not in fresh and s.op_id not in views})
+                    _kept, cursor = page(rows.values(), filters, limit, before)
+                    if limit and cursor is not None:
+                        full = True  # more than a page kept from the newest: the older cannot be in it
+                        break
+            if full:
+                break
+        chosen, cursor = page(rows.values(), filters, limit, before)
+        views.update(await self._views_of({s.op_id for s in chosen} - set(views)))
+        return [views[s.op_id] for s in chosen if s.op_id in views], cursor
+
+    async def _views_of(self, op_ids: set[str]) -> dict[str, OperationView]:
+        """Those operations' views from their stored lifecycle events only."""
+        got = await read_views_of(self.js, op_ids, per_read=VIEWS_PER_READ)
+        self.dropped += got.dropped
+        return {o: v for o, v in got.views.items() if v.created_at is not None or v.terminal}
+
+    async def reindex(self, timeout: float = 600.0) -> OperationsReindexed:
+        """Ask the active orchestrator to rebuild the operations index from OPS (it alone writes the
+        index); what it did. NotReadyError when no orchestrator is active to ask."""
+        assert self.nc is not None
+        try:
+            reply = await self.nc.request(subjects.REINDEX, encode(ReindexOperations(requested_by=self.name)),
+                                          timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise NotReadyError("no active orchestrator to rebuild the index",
+                                hint="start one (`ktrdr up`) and try again") from None
+        return decode(reply.data, OperationsReindexed)
 
     async def _latest_progress(self, view: OperationView) -> None:
         """The last progress of an operation, kept by the view even when it ended cancelled or failed."""

@@ -112,6 +112,9 @@ class Settings:
     # this long (it renews every quarter of it); the active one stops acting after 0.8 of it unrenewed.
     leader_ttl_s: float = field(default_factory=lambda: _float("KTRDR_LEADER_TTL_S", 2.0, 0.2, 60))
     drain_timeout_s: float = field(default_factory=lambda: _float("KTRDR_DRAIN_TIMEOUT", 5.0, 0, 3600))
+    # A test hook, never set in use: the orchestrator exits at once (os._exit(9)) at the named point
+    # (actors/_orch_index.py: "after-event-before-index").
+    test_crash: str = field(default_factory=lambda: _env("KTRDR_TEST_CRASH") or "")
     # A connection whose server stopped answering (its machine gone, the network cut: no reset ever
     # arrives) is given up after MAX_OUTSTANDING_PINGS pings this far apart went unanswered, and the
     # client reconnects to another server of NATS_URL. 0: half the worker timeout, within

@@ -94,6 +94,8 @@ async def _ops_list(limit: int, flat: bool, json_out: bool, filters: Any = None,
     async with client() as c:
         views = await c.list_operations(limit=limit or None, filters=filters, before=before)
         more = c.next_before
+        if c.index_note:
+            typer.echo(f"note: {c.index_note}", err=True)
     if json_out:
         typer.echo(json.dumps([view_json(v) for v in views], default=str))
         if more:
@@ -320,11 +322,33 @@ async def _ops_tail(json_out: bool) -> int:
     return 0
 
 
+def ops_reindex(json_out: bool = JSON) -> None:
+    """Rebuild the operations index (what `ops list` and the page read) from the stored events."""
+    run_async(_ops_reindex(json_out))
+
+
+async def _ops_reindex(json_out: bool) -> int:
+    import msgspec
+
+    async with client() as c:
+        out = await c.reindex()
+    if json_out:
+        typer.echo(msgspec.json.encode(out).decode())
+    elif not out.error:
+        typer.echo(f"reindexed {out.operations} operations ({out.live} live) from {out.events} lifecycle events; "
+                   f"removed {out.removed} no longer stored; watermark {out.seq}")
+    if out.error:
+        typer.echo(f"error: reindex failed: {out.error}", err=True)
+        return 1
+    return 0
+
+
 def register(ops: typer.Typer) -> None:
-    """Add list, show, watch, replay, cancel and tail to the `ops` group."""
+    """Add list, show, watch, replay, cancel, tail and reindex to the `ops` group."""
     ops.command("list")(ops_list)
     ops.command("show")(ops_show)
     ops.command("watch")(ops_watch)
     ops.command("replay")(ops_replay)
     ops.command("cancel")(ops_cancel)
     ops.command("tail")(ops_tail)
+    ops.command("reindex")(ops_reindex)

@@ -3,15 +3,16 @@ folded view, the keys it is filed under, and the selection `ops list` makes (fil
 a `--before` cursor). Nothing here reads NATS: the readers hand it views or summaries.
 
 Keys (a KV layout so the newest page, a time window and the live set are read without scanning
-history): `t.<yyyymmddHH>.<op_id>` by the hour the id was made, and `live.<op_id>` while the
-operation has not ended.
+history): `t.<yyyymmddHH>.<MM>.<op_id>` by the hour and minute the id was made, `live.<op_id>` while the
+operation has not ended, `h.<yyyymmddHH>` once an hour has any operation (so a reader learns which
+hours to walk in one read, however many are empty), and `meta.applied` the watermark (IndexMark).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from events import subjects
@@ -40,13 +41,44 @@ def summarize(view: OperationView, seq: int = 0) -> OpSummary:
         epoch=view.epoch, seq=seq)
 
 
+TIME_PREFIX, LIVE_PREFIX, HOUR_PREFIX = "t.", "live.", "h."
+MARK_KEY = "meta.applied"
+HOUR = timedelta(hours=1)
+
+
+def hour_of(op_id: str) -> str:
+    return f"{subjects.created_at_of(op_id):%Y%m%d%H}"
+
+
 def hour_key(op_id: str) -> str:
-    """The time-bucket key of an operation (its id's creation hour)."""
-    return f"t.{subjects.created_at_of(op_id):%Y%m%d%H}.{op_id}"
+    """The time-bucket key of an operation: its id's creation hour, then minute (a busy hour is read
+    minute by minute)."""
+    return f"{TIME_PREFIX}{subjects.created_at_of(op_id):%Y%m%d%H.%M}.{op_id}"
+
+
+def hour_marker(op_id: str) -> str:
+    return f"{HOUR_PREFIX}{hour_of(op_id)}"
 
 
 def live_key(op_id: str) -> str:
-    return f"live.{op_id}"
+    return f"{LIVE_PREFIX}{op_id}"
+
+
+def hours_to_walk(hours: Iterable[str], filters: Filters, before: str | None) -> list[str]:
+    """The hours (yyyymmddHH, newest first) that may hold rows of the page asked for: overlapping
+    [--since, --until) and starting no later than the --before cursor."""
+    cut = before_key(before)[0] if before else None
+    out = []
+    for h in hours:
+        try:
+            start = datetime.strptime(h, "%Y%m%d%H").replace(tzinfo=UTC)
+        except ValueError:
+            continue  # not an hour key: nothing of ours
+        if (filters.since is not None and start + HOUR <= filters.since) or \
+                (filters.until is not None and start >= filters.until) or (cut is not None and start > cut):
+            continue
+        out.append(h)
+    return sorted(out, reverse=True)
 
 
 def keys_of(summary: OpSummary) -> tuple[list[str], list[str]]:

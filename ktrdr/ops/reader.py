@@ -18,7 +18,8 @@ A forged or a stranger's event never counts: `unproven` counts them, a note name
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Iterable, Sequence
 from typing import cast
 
 from nats.js import JetStreamContext
@@ -167,6 +168,25 @@ async def collect_views(js: JetStreamContext, filters: list[str] | None = None) 
 async def read_views(js: JetStreamContext, filters: list[str] | None = None) -> dict[str, OperationView]:
     """The views of every stored operation (see collect_views)."""
     return (await collect_views(js, filters)).views
+
+
+async def read_views_of(js: JetStreamContext, op_ids: Iterable[str], *, per_read: int = 32,
+                        parallel: int = 8) -> ViewCollector:
+    """The views of those operations only, from their stored lifecycle events (`per_read` operations
+    per read, `parallel` reads side by side): what a reader of the operations index reads for the
+    rows it shows, and the orchestrator for the live operations it rebuilds."""
+    ids = sorted(set(op_ids))
+    out = ViewCollector()
+    sem = asyncio.Semaphore(parallel)
+
+    async def one(chunk: list[str]) -> None:
+        async with sem:
+            got = await collect_views(js, [f for o in chunk for f in subjects.lifecycle_filters(o)])
+        out.views.update(got.views)
+        out.dropped += got.dropped
+
+    await asyncio.gather(*(one(ids[i:i + per_read]) for i in range(0, len(ids), per_read)))
+    return out
 
 
 async def read_view(js: JetStreamContext, op_id: str) -> OperationView:

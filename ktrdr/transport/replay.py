@@ -144,7 +144,7 @@ def consumers_capped(exc: BaseException) -> bool:
     return isinstance(exc, APIError) and exc.err_code == _MAX_CONSUMERS
 
 
-async def _batch(nc: NATS, filter_subject: str, seq: int,
+async def _batch(nc: NATS, filter_subject: str | None, seq: int,
                  timeout: float) -> tuple[list[tuple[int, str, bytes, bytes | None]], int]:
     """Up to BATCH stored messages on `filter_subject` from sequence `seq` on, by one batched direct get
     (no consumer), each with its holder proof header (or None), and how many more match after them."""
@@ -163,7 +163,9 @@ async def _batch(nc: NATS, filter_subject: str, seq: int,
 
     sub = await nc.subscribe(nc.new_inbox(), cb=on_msg)
     try:
-        request = {"seq": seq, "next_by_subj": filter_subject, "batch": BATCH}
+        request: dict[str, object] = {"seq": seq, "batch": BATCH}
+        if filter_subject is not None:  # (None: every message from `seq`, found by sequence alone)
+            request["next_by_subj"] = filter_subject
         await nc.publish(subjects.direct_get_api(subjects.STREAM_OPS), json.dumps(request).encode(), reply=sub.subject)
         pending = await asyncio.wait_for(done, timeout)
     finally:
@@ -172,9 +174,8 @@ async def _batch(nc: NATS, filter_subject: str, seq: int,
     return got, pending
 
 
-async def _walk_one(nc: NATS, filter_subject: str,
-                    timeout: float) -> AsyncGenerator[tuple[int, str, bytes, bytes | None], None]:
-    seq = 1
+async def _walk_one(nc: NATS, filter_subject: str | None, timeout: float,
+                    seq: int = 1) -> AsyncGenerator[tuple[int, str, bytes, bytes | None], None]:
     while True:
         got, pending = await _batch(nc, filter_subject, seq, timeout)
         for item in got:
@@ -188,8 +189,28 @@ async def _walk(js: JetStreamContext, filter_subjects: list[str],
                 timeout: float) -> AsyncGenerator[tuple[str, bytes, bytes | None], None]:
     """Every stored OPS message matching the filters, in stream order, by batched direct gets: one walk
     per filter, merged by sequence (a message two filters match once), with its holder proof header."""
+    async with contextlib.aclosing(walk_from(js, filter_subjects, 1, timeout)) as walk:
+        async for _seq, subject, data, proof in walk:
+            yield subject, data, proof
+
+
+async def walk_tail(js: JetStreamContext, seq: int,
+                    timeout: float = 10.0) -> AsyncGenerator[tuple[int, str, bytes, bytes | None], None]:
+    """Every stored OPS message from stream sequence `seq` on, by sequence alone (no subject filter:
+    a wildcard filter costs the server every subject it matches, so reading what came after a
+    watermark by one would cost the history): (seq, subject, data, holder proof header)."""
+    async with contextlib.aclosing(_walk_one(js._nc, None, timeout, seq)) as walk:
+        async for item in walk:
+            yield item
+
+
+async def walk_from(js: JetStreamContext, filter_subjects: list[str], seq: int,
+                    timeout: float = 10.0) -> AsyncGenerator[tuple[int, str, bytes, bytes | None], None]:
+    """The stored OPS messages matching the filters from stream sequence `seq` on, in stream order,
+    each with its sequence and holder proof header, by batched direct gets (no consumer: any reader
+    key may): what the operations index reads after its watermark, and one operation's events."""
     nc: NATS = js._nc
-    walks = [_walk_one(nc, f, timeout) for f in filter_subjects]
+    walks = [_walk_one(nc, f, timeout, seq) for f in filter_subjects]
     heap: list[tuple[int, int, str, bytes, bytes | None]] = []
     try:
         for i, w in enumerate(walks):
@@ -200,7 +221,7 @@ async def _walk(js: JetStreamContext, filter_subjects: list[str],
             seq, i, subject, data, proof = heapq.heappop(heap)
             if seq != last:
                 last = seq
-                yield subject, data, proof
+                yield seq, subject, data, proof
             if (nxt := await anext(walks[i], None)) is not None:
                 heapq.heappush(heap, (nxt[0], i, nxt[1], nxt[2], nxt[3]))
     finally:

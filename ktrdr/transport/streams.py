@@ -194,6 +194,9 @@ async def ensure_streams(js: JetStreamContext, settings: Settings, *, upgrade: b
         bucket=subjects.LEASES_BUCKET, history=1, storage=js_api.StorageType.FILE, replicas=settings.replicas))
     await _ensure_kv(js, js_api.KeyValueConfig(  # series writer leases: apart, so workers never write LEASES
         bucket=subjects.SERIES_BUCKET, history=1, storage=js_api.StorageType.FILE, replicas=settings.replicas))
+    await _ensure_kv(js, js_api.KeyValueConfig(  # derived from OPS: its summaries age out with it
+        bucket=subjects.OPS_INDEX_BUCKET, history=1, ttl=settings.ops_max_age_s, direct=True,
+        storage=js_api.StorageType.FILE, replicas=settings.replicas))
     await _ensure_kv(js, js_api.KeyValueConfig(
         bucket=subjects.PACING_BUCKET, history=1, storage=js_api.StorageType.FILE, replicas=settings.replicas))
     await _ensure_objects(js, subjects.BARS_BUCKET, settings.replicas)

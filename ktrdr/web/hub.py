@@ -2,7 +2,8 @@
 and the fan-out of changes to the browsers' event streams.
 
 Live and stored meet without a gap: the hub subscribes to `ops.>` first, then reads the stored list
-(Client.list_operations), then folds whatever arrived meanwhile, in order. A page for one operation
+(Client.list_operations: the newest `list_limit`, from the operations index), then folds whatever
+arrived meanwhile, in order. A page for one operation
 gets its own ordered consumer on `ops.<domain>.<op_id>.>` from the first stored event (replay, then
 live, like `ktrdr ops watch`), and its first message says when the replay has caught up.
 """
@@ -121,7 +122,9 @@ class Hub:
         self._buffer = []
         await client.nc.subscribe(subjects.OPS_ALL, cb=self._on_live)
         await client.nc.flush()  # the server has the subscription before we read what is stored
-        views = await client.list_operations()
+        # The newest page from the operations index (O(page), however much history OPS keeps);
+        # what arrives from now on is folded in live (older operations stay in OPS and the index).
+        views = await client.list_operations(limit=max(self.list_limit, 1))
         self.views = {v.op_id: v for v in views}
         buffered, self._buffer = self._buffer, None
         for subject, data, proof in buffered:

@@ -130,6 +130,8 @@ def test_every_verb_works_on_the_embedded_default(stack: Stack) -> None:
     s.run("ops", "watch", train_op, says="Training completed")
     s.run("ops", "replay", train_op, says="Training completed")
     s.run("ops", "plot", train_op, "-o", str(work / "train.png"), says="wrote")
+    s.run("ops", "reindex", says="reindexed")
+    s.run("ops", "list", says=train_op)  # the same list from the rebuilt index
     # Models.
     s.run("models", "list", says="mlp_rsi_aapl/AAPL_1h_v1")
     s.run("models", "show", "mlp_rsi_aapl", says="mlp_rsi_aapl/AAPL_1h_v1")

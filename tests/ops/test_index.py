@@ -33,9 +33,9 @@ def test_summary_of_a_finished_training_names_symbols_parent_and_end():
 
 def test_live_operation_keeps_a_live_key_and_an_ended_one_drops_it():
     put, drop = keys_of(summary(1, status="running"))
-    assert put == [f"t.2026120110.{op(1)}", f"live.{op(1)}"] and drop == []
+    assert put == [f"t.2026120110.00.{op(1)}", f"live.{op(1)}"] and drop == []
     put, drop = keys_of(summary(1, status="completed"))
-    assert put == [f"t.2026120110.{op(1)}"] and drop == [f"live.{op(1)}"]
+    assert put == [f"t.2026120110.00.{op(1)}"] and drop == [f"live.{op(1)}"]
 
 
 def test_redelivered_older_event_does_not_replace_newer_summary():
