@@ -94,6 +94,20 @@ class TrainingContext(msgspec.Struct, tag="training", tag_field="kind", kw_only=
     checkpoint_pending_sha256: Label = ""
 
 
+class BacktestContext(msgspec.Struct, tag="backtest", tag_field="kind", kw_only=True):
+    """A backtest's progress, per chunk of bars: how far it is, and the figures so far."""
+
+    model: str = ""  # the model ref, strategy/KEY_vN
+    symbol: str = ""  # the series being run now
+    bars_done: int = 0  # of all symbols' bars in the range
+    bars_total: int = 0
+    date: datetime | None = None  # the last bar run (its start, UTC)
+    equity: float = 0.0  # of the series being run, marked at that bar's close
+    drawdown: float = 0.0  # its drawdown now (<= 0), and the worst so far
+    max_drawdown: float = 0.0
+    trades: int = 0  # closed trades so far, all symbols
+
+
 class WorkflowContext(msgspec.Struct, tag="workflow", tag_field="kind", kw_only=True):
     """A parent operation's progress: which child is running and how many are done."""
 
@@ -104,7 +118,7 @@ class WorkflowContext(msgspec.Struct, tag="workflow", tag_field="kind", kw_only=
     child_line: str = ""  # the running child's rendered line
 
 
-Context: TypeAlias = DummyContext | DataContext | TrainingContext | WorkflowContext
+Context: TypeAlias = DummyContext | DataContext | TrainingContext | BacktestContext | WorkflowContext
 
 
 class ProgressState(msgspec.Struct, kw_only=True):

@@ -1,0 +1,173 @@
+"""One backtest, synchronous: a trained model and its bars -> the figures, the buy-and-hold figures
+and the equity curve, with progress after every chunk of bars and cancellation between chunks.
+
+Per symbol: features on every stored bar up to `end` (the bars before `start` only warm the
+indicators up), signals and trading on the base bars in [start, end]. With several symbols the
+capital is split equally, one sleeve per symbol run on its own, and the portfolio is the sum of the
+sleeves on the union of their bars (a sleeve's equity carried forward where it has no bar). Buy-and-
+hold is the same sleeves bought at their first bar's close and sold at their last, with the same costs.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from events.messages import BacktestContext, ProgressState
+from ktrdr.backtest.engine import Backtest, Costs, Trade, buy_and_hold_signals, figures, run_series
+from ktrdr.backtest.model import TrainedModel
+from ktrdr.errors import DataError, OperationCancelledError
+from ktrdr.training.job import CancelFlag
+
+DEFAULT_CHUNK_BARS = 20_000
+Emit = Callable[[ProgressState], None]
+
+
+@dataclass(frozen=True)
+class BacktestJob:
+    model_ref: str
+    symbols: list[str]
+    start: datetime | None = None
+    end: datetime | None = None
+    capital: float = 100_000.0
+    commission: float = 0.001
+    slippage_bps: float = 1.0
+    chunk_bars: int = DEFAULT_CHUNK_BARS
+
+
+@dataclass
+class BacktestOutcome:
+    result: dict[str, Any]
+    curve: pd.DataFrame  # ts, equity, buy_hold, drawdown (portfolio)
+    signals: dict[str, np.ndarray] = field(default_factory=dict)  # per symbol, on its traded bars
+    positions: dict[str, np.ndarray] = field(default_factory=dict)  # held per bar, per symbol
+    trades: dict[str, list[Trade]] = field(default_factory=dict)  # per symbol, in order
+
+
+def _utc(ts: datetime | None) -> pd.Timestamp | None:
+    if ts is None:
+        return None
+    t = pd.Timestamp(ts)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def _cut(bars: pd.DataFrame, end: pd.Timestamp | None) -> pd.DataFrame:
+    idx = bars.index if bars.index.tz is not None else bars.index.tz_localize("UTC")
+    return bars.loc[idx <= end] if end is not None else bars
+
+
+def curve_bytes(curve: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    curve.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def run_backtest(job: BacktestJob, model: TrainedModel, bars: Mapping[str, Mapping[str, pd.DataFrame]], *,
+                 emit: Emit | None = None, cancel: CancelFlag | None = None) -> BacktestOutcome:
+    """Raises DataError (no bars in the range, ...) or OperationCancelledError(where: the date reached)."""
+    t0 = time.monotonic()
+    start, end = _utc(job.start), _utc(job.end)
+    costs = Costs(job.commission, job.slippage_bps)
+    sleeve = job.capital / len(job.symbols)
+    prepared: list[tuple[str, pd.DatetimeIndex, np.ndarray, pd.DataFrame]] = []
+    for sym in job.symbols:
+        by_tf = {tf: _cut(df, end) for tf, df in bars.get(sym, {}).items()}
+        feats = model.features(by_tf, sym)
+        base = feats.index
+        keep = (base >= start) if start is not None else np.ones(len(base), dtype=bool)
+        if not keep.any():
+            raise DataError(f"no {model.base_timeframe} bars for {sym} in the requested range",
+                            hint="pick a range the stored bars cover (ktrdr data show) or load it first")
+        close = by_tf[model.base_timeframe]["close"].astype("float64")
+        close = close[~close.index.duplicated(keep="last")].sort_index()
+        if close.index.tz is None:
+            close.index = close.index.tz_localize("UTC")
+        prepared.append((sym, base[keep], close.reindex(base[keep]).to_numpy(), feats.loc[keep]))
+    total = sum(len(p[1]) for p in prepared)
+    done, trades = 0, 0
+    runs: dict[str, Backtest] = {}
+    out = BacktestOutcome(result={}, curve=pd.DataFrame())
+    step = max(1, job.chunk_bars)
+    for sym, index, close, feats in prepared:
+        bt = Backtest(sleeve, costs)
+        signals = np.empty(len(index), dtype=np.int64)
+        x = feats.to_numpy(dtype="float64")
+        for a in range(0, len(index), step):
+            if cancel is not None and cancel.is_cancelled:
+                where = f"{sym} {index[a - 1].isoformat()}" if a else f"{sym} before its first bar"
+                raise OperationCancelledError(where, cancel.reason, getattr(cancel, "reason_code", "user"))
+            b = min(a + step, len(index))
+            signals[a:b] = model.decide(x[a:b])
+            bt.feed(close[a:b], signals[a:b], last=b == len(index))
+            done += b - a
+            if emit is not None:
+                emit(_progress(job, model, sym, done, total, index[b - 1], bt, trades + len(bt.trades)))
+        trades += len(bt.trades)
+        runs[sym] = bt
+        out.signals[sym], out.positions[sym], out.trades[sym] = signals, bt.held(), bt.trades
+    out.result, out.curve = _result(job, model, prepared, runs, costs, sleeve, time.monotonic() - t0)
+    return out
+
+
+def _progress(job: BacktestJob, model: TrainedModel, sym: str, done: int, total: int, at: pd.Timestamp,
+              bt: Backtest, trades: int) -> ProgressState:
+    ctx = BacktestContext(model=job.model_ref, symbol=sym, bars_done=done, bars_total=total,
+                          date=at.to_pydatetime(), equity=bt.equity, drawdown=bt.drawdown,
+                          max_drawdown=bt.max_dd, trades=trades)
+    return ProgressState(percentage=100.0 * done / max(total, 1), phase="backtesting",
+                         message=f"Backtesting {sym}: {at:%Y-%m-%d %H:%M} ({done:,}/{total:,} bars)",
+                         current_step=done, total_steps=total, items_processed=done, items_total=total, context=ctx)
+
+
+def _portfolio(index_by_sym: dict[str, pd.DatetimeIndex], curves: dict[str, np.ndarray], sleeve: float
+               ) -> pd.Series:
+    union = index_by_sym[next(iter(index_by_sym))]
+    for idx in index_by_sym.values():
+        union = union.union(idx)
+    total = pd.Series(0.0, index=union)
+    for sym, eq in curves.items():
+        total += pd.Series(eq, index=index_by_sym[sym]).reindex(union).ffill().fillna(sleeve)
+    return total
+
+
+def _result(job: BacktestJob, model: TrainedModel, prepared: list[tuple[str, pd.DatetimeIndex, np.ndarray, Any]],
+            runs: dict[str, Backtest], costs: Costs, sleeve: float, elapsed: float
+            ) -> tuple[dict[str, Any], pd.DataFrame]:
+    idx = {sym: index for sym, index, _, _ in prepared}
+    per_symbol: dict[str, Any] = {}
+    bh_curves: dict[str, np.ndarray] = {}
+    held: dict[str, np.ndarray] = {}
+    trades = []
+    for sym, index, close, _ in prepared:
+        bt = runs[sym]
+        bh, bh_fig = run_series(index, close, buy_and_hold_signals(len(index)), sleeve, costs)
+        bh_curves[sym] = bh.equity_curve()
+        held[sym] = bt.held()
+        trades += bt.trades
+        per_symbol[sym] = {"strategy": figures(index, bt.equity_curve(), bt.held(), bt.trades, sleeve),
+                           "buy_and_hold": bh_fig}
+    equity = _portfolio(idx, {s: runs[s].equity_curve() for s in runs}, sleeve)
+    bh_equity = _portfolio(idx, bh_curves, sleeve)
+    exposure = _portfolio(idx, held, 0.0)  # sleeves long at each bar (>0: some exposure)
+    union = equity.index
+    strat = figures(union, equity.to_numpy(), exposure.to_numpy(), trades, job.capital)
+    bh = figures(union, bh_equity.to_numpy(), np.ones(len(union)), [], job.capital) | {"trades": len(prepared)}
+    peak = np.maximum.accumulate(np.concatenate(([job.capital], equity.to_numpy())))[1:]
+    curve = pd.DataFrame({"ts": union, "equity": equity.to_numpy(), "buy_hold": bh_equity.to_numpy(),
+                          "drawdown": equity.to_numpy() / peak - 1.0})
+    result = {
+        "model": job.model_ref, "symbols": list(job.symbols), "timeframe": model.base_timeframe,
+        "capital": job.capital, "commission": costs.commission, "slippage_bps": costs.slippage_bps,
+        "strategy": strat, "buy_and_hold": bh, "per_symbol": per_symbol if len(prepared) > 1 else {},
+        "bars": int(sum(len(i) for i in idx.values())), "elapsed_s": round(elapsed, 3),
+        "conventions": "signal at bar t's close fills at that close and is held from bar t+1; long only; "
+                       "an open position is closed at the last bar's close",
+    }
+    return result, curve
