@@ -59,8 +59,9 @@ def _utc(ts: datetime | None) -> pd.Timestamp | None:
 
 
 def _cut(bars: pd.DataFrame, end: pd.Timestamp | None) -> pd.DataFrame:
+    """Bars starting before `end` (a range is [start, end), as BARS reads it)."""
     idx = bars.index if bars.index.tz is not None else bars.index.tz_localize("UTC")
-    return bars.loc[idx <= end] if end is not None else bars
+    return bars.loc[idx < end] if end is not None else bars
 
 
 def curve_bytes(curve: pd.DataFrame) -> bytes:
@@ -71,7 +72,8 @@ def curve_bytes(curve: pd.DataFrame) -> bytes:
 
 def run_backtest(job: BacktestJob, model: TrainedModel, bars: Mapping[str, Mapping[str, pd.DataFrame]], *,
                  emit: Emit | None = None, cancel: CancelFlag | None = None) -> BacktestOutcome:
-    """Raises DataError (no bars in the range, ...) or OperationCancelledError(where: the date reached)."""
+    """The backtest of bars starting in [start, end). Raises DataError (no bars in the range, ...) or
+    OperationCancelledError(where: the date reached)."""
     t0 = time.monotonic()
     start, end = _utc(job.start), _utc(job.end)
     costs = Costs(job.commission, job.slippage_bps)

@@ -39,7 +39,8 @@ def model_files(strategy_text: str, bars: pd.DataFrame | dict[str, pd.DataFrame]
         "model.pt": buf.getvalue(),
         "config.json": json.dumps({"strategy": s.to_dict(), "architecture": arch, "seed": seed}).encode(),
         "features.json": json.dumps({"names": list(feats.columns), "scaler": scaler.to_dict()}).encode(),
-        "metadata.json": json.dumps({"symbols": ["AAPL"], "timeframes": ["1h"]}).encode(),
+        "metadata.json": json.dumps({"symbols": ["AAPL"], "timeframes": ["1h"], "simulated": True}).encode(),
+        "metrics.json": b"{}",
     }
 
 

@@ -35,7 +35,7 @@ def test_rewriting_or_cutting_bars_after_t_leaves_signals_and_positions_up_to_t_
                                     if multi_tf else files)
     full = _run(model, bars)
     other = _run(model, _rewritten_future(bars))
-    cut = _run(model, bars, end=bars.index[T])
+    cut = _run(model, bars, end=bars.index[T + 1])  # [start, end): bars up to T
     sig, pos = full.signals["AAPL"], full.positions["AAPL"]
     assert len(set(sig[:T + 1].tolist())) == 3 and int(np.abs(np.diff(pos)).sum()) > 10  # a model that trades
     for run in (other, cut):
