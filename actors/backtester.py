@@ -17,24 +17,12 @@ import pandas as pd
 
 from actors.runtime import Actor, OperationContext
 from events.messages import RunBacktest
-from ktrdr.backtest import BacktestJob, TrainedModel, curve_bytes, run_backtest
+from ktrdr.backtest import BacktestJob, TrainedModel, backtest_symbols, curve_bytes, run_backtest
 from ktrdr.backtest.model import MODEL_FILES
-from ktrdr.commands import check_symbol
 from ktrdr.data.bars_store import BarStore
 from ktrdr.data.store import DigestCache
-from ktrdr.errors import DataError, ValidationError
+from ktrdr.errors import DataError
 from ktrdr.training.model_store import ModelStore
-
-
-def backtest_symbols(cmd: RunBacktest, model_symbols: list[str]) -> list[str]:
-    """The command's symbols (normalised), else the model's; every one must be one the model was trained on."""
-    asked = list(dict.fromkeys(check_symbol(s, f"symbols[{i}]") for i, s in enumerate(cmd.symbols)))
-    foreign = [s for s in asked if s not in model_symbols]
-    if foreign:
-        raise ValidationError(f"{cmd.model}: not trained on {', '.join(foreign)} "
-                              f"(it was on {', '.join(model_symbols)})",
-                              hint="backtest it on its own symbols, or train a model on these")
-    return asked or list(model_symbols)
 
 
 class Backtester(Actor):
@@ -54,7 +42,7 @@ class Backtester(Actor):
         op.progress(message=f"Loading model {cmd.model}", phase="loading_model")
         prefix, files = await store.load_files(cmd.model, MODEL_FILES)
         model = await asyncio.to_thread(TrainedModel.from_files, files)
-        symbols = backtest_symbols(cmd, model.symbols)
+        symbols = backtest_symbols(cmd.model, cmd.symbols, model.symbols)
         op.token.raise_if_cancelled("loading the bars")
         op.progress(message=f"Loading bars for {', '.join(symbols)} [{', '.join(model.timeframes)}]",
                     phase="loading_data")

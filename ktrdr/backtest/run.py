@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,7 +23,7 @@ import pandas as pd
 from events.messages import BacktestContext, ProgressState
 from ktrdr.backtest.engine import Backtest, Costs, Trade, buy_and_hold_signals, figures, run_series
 from ktrdr.backtest.model import TrainedModel
-from ktrdr.errors import DataError, OperationCancelledError
+from ktrdr.errors import DataError, OperationCancelledError, ValidationError
 from ktrdr.training.job import CancelFlag
 
 DEFAULT_CHUNK_BARS = 20_000
@@ -49,6 +49,19 @@ class BacktestOutcome:
     signals: dict[str, np.ndarray] = field(default_factory=dict)  # per symbol, on its traded bars
     positions: dict[str, np.ndarray] = field(default_factory=dict)  # held per bar, per symbol
     trades: dict[str, list[Trade]] = field(default_factory=dict)  # per symbol, in order
+
+
+def backtest_symbols(model_ref: str, asked: Sequence[str], model_symbols: Sequence[str]) -> list[str]:
+    """The asked symbols (normalised), else the model's; every one must be one the model was trained on."""
+    from ktrdr.commands import check_symbol
+
+    wanted = list(dict.fromkeys(check_symbol(s, f"symbols[{i}]") for i, s in enumerate(asked)))
+    foreign = [s for s in wanted if s not in model_symbols]
+    if foreign:
+        raise ValidationError(f"{model_ref}: not trained on {', '.join(foreign)} "
+                              f"(it was on {', '.join(model_symbols)})",
+                              hint="backtest it on its own symbols, or train a model on these")
+    return wanted or list(model_symbols)
 
 
 def _utc(ts: datetime | None) -> pd.Timestamp | None:
