@@ -196,6 +196,7 @@ class ModelStore:
         for part in ("config", "metrics", "features", "metadata"):
             out[part] = await self.read_json(prefix, f"{part}.json")
         out["result"] = await self.read_json(prefix, RESULT_FILE)
+        out["backtests"] = await self.backtests(prefix)
         return out
 
     async def pull(self, ref: str, dest: Path) -> tuple[str, _Paths]:

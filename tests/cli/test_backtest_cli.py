@@ -31,6 +31,10 @@ async def test_backtest_prints_figures_against_buy_and_hold_and_exits_0(start_ac
              for ln in out.splitlines() if ln.strip()}
     assert "total return" in lines and "Sharpe" in lines and "max drawdown" in lines and "trades" in lines
     assert f"equity curve: MODELS/{stored}/backtest-" in out
+    op_id = out.split(f"equity curve: MODELS/{stored}/", 1)[1].split(".parquet", 1)[0]
+    rc, shown, err = await ktrdr(settings, "models", "show", stored)
+    assert rc == 0, err
+    assert "backtests (1):" in shown and op_id in shown  # the model lists its backtests
 
 
 async def test_every_bad_backtest_input_is_one_line_exit_2_and_creates_nothing(start_actors, settings, client,
