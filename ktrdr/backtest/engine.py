@@ -78,7 +78,9 @@ class Backtest:
     last_close: float = math.nan
     bars: int = 0
     open_entry: tuple[int, float, float] | None = None  # (bar, fill price, cash it took)
-    trades: list[Trade] = field(default_factory=list)
+    trade_count: int = 0
+    # Closed trades as columns, a block per chunk: entry bar, exit bar, entry price, exit price, pnl, cash.
+    _trade_blocks: list[np.ndarray] = field(default_factory=list)
     _equity: list[np.ndarray] = field(default_factory=list)
     _held: list[np.ndarray] = field(default_factory=list)
 
@@ -112,18 +114,37 @@ class Backtest:
         self.bars += n
 
     def _trades(self, close: np.ndarray, equity: np.ndarray, entry: np.ndarray, leave: np.ndarray) -> None:
+        """Pair this chunk's entries and exits (long only: they alternate) into closed trades, vectorised;
+        an exit before any entry closes the trade carried from an earlier chunk."""
         slip = self.costs.slippage_bps / 1e4
+        ins, outs = np.flatnonzero(entry), np.flatnonzero(leave)
         # Cash before an entry at bar i is the equity after bar i's (flat) return, before its costs.
-        before = equity / self.costs.entry_factor
-        events = np.flatnonzero(entry | leave)
-        for i in events:  # one per trade edge: few, so a loop over them is cheap
-            if entry[i]:
-                self.open_entry = (self.bars + int(i), float(close[i] * (1 + slip)), float(before[i]))
-            elif self.open_entry is not None:
-                at, price, cash = self.open_entry
-                pnl = float(equity[i]) - cash
-                self.trades.append(Trade(at, self.bars + int(i), price, float(close[i] * (1 - slip)), pnl, pnl / cash))
-                self.open_entry = None
+        at = (ins + self.bars).astype("float64")
+        price, cash = close[ins] * (1 + slip), equity[ins] / self.costs.entry_factor
+        if self.open_entry is not None:  # its exit is this chunk's first (a carried trade is closed first)
+            at, price, cash = (np.r_[self.open_entry[0], at], np.r_[self.open_entry[1], price],
+                               np.r_[self.open_entry[2], cash])
+        k = len(outs)
+        pnl = equity[outs] - cash[:k]
+        block = np.stack([at[:k], (outs + self.bars).astype("float64"), price[:k], close[outs] * (1 - slip), pnl,
+                          cash[:k]])
+        if k:
+            self._trade_blocks.append(block)
+            self.trade_count += k
+        self.open_entry = (int(at[k]), float(price[k]), float(cash[k])) if len(at) > k else None
+
+    def trade_columns(self) -> np.ndarray:
+        """Closed trades as rows of (entry bar, exit bar, entry price, exit price, pnl, cash)."""
+        return np.concatenate(self._trade_blocks, axis=1).T if self._trade_blocks else np.zeros((0, 6))
+
+    @property
+    def pnl(self) -> np.ndarray:
+        return self.trade_columns()[:, 4]
+
+    @property
+    def trades(self) -> list[Trade]:
+        return [Trade(int(a), int(b), float(p), float(q), float(g), float(g / c))
+                for a, b, p, q, g, c in self.trade_columns()]
 
     @property
     def drawdown(self) -> float:
@@ -140,7 +161,7 @@ def _iso(ts: pd.Timestamp | None) -> str | None:
     return None if ts is None else pd.Timestamp(ts).isoformat()
 
 
-def figures(index: pd.DatetimeIndex, equity: np.ndarray, held: np.ndarray, trades: list[Trade],
+def figures(index: pd.DatetimeIndex, equity: np.ndarray, held: np.ndarray, pnl: np.ndarray,
             capital: float) -> dict[str, Any]:
     """Total return, CAGR, Sharpe and Sortino (annualised), max drawdown and its dates, trades, win
     rate, profit factor, exposure. Annualising uses the bars per year observed in these bars (bars /
@@ -174,7 +195,7 @@ def figures(index: pd.DatetimeIndex, equity: np.ndarray, held: np.ndarray, trade
         peak_at = max(int(before.argmax()) - 1, 0)  # -1: position 0 is the starting capital
         after = np.flatnonzero(equity[trough:] >= peak[trough])
         recovered = trough + int(after[0]) if len(after) else None
-    pnl = np.array([t.pnl for t in trades])
+    pnl = np.asarray(pnl, dtype="float64")
     gains, losses = float(pnl[pnl > 0].sum()), float(-pnl[pnl < 0].sum())
     return out | {
         "total_return": total, "cagr": cagr, "sharpe": float(sharpe), "sortino": float(sortino),
@@ -182,8 +203,8 @@ def figures(index: pd.DatetimeIndex, equity: np.ndarray, held: np.ndarray, trade
         "max_drawdown_peak": _iso(index[peak_at]) if peak_at is not None else None,
         "max_drawdown_trough": _iso(index[trough]) if max_dd < 0 else None,
         "max_drawdown_recovered": _iso(index[recovered]) if recovered is not None else None,
-        "trades": len(trades),
-        "win_rate": float((pnl > 0).mean()) if len(trades) else None,
+        "trades": len(pnl),
+        "win_rate": float((pnl > 0).mean()) if len(pnl) else None,
         "profit_factor": (gains / losses if losses > 0 else None),
         "exposure": float((held != 0).mean()),
         "final_equity": float(equity[-1]),
@@ -208,4 +229,4 @@ def run_series(index: pd.DatetimeIndex, close: np.ndarray, signals: np.ndarray, 
     for a in range(0, n, step):
         b = min(a + step, n)
         bt.feed(close[a:b], signals[a:b], last=b == n)
-    return bt, figures(index, bt.equity_curve(), bt.held(), bt.trades, capital)
+    return bt, figures(index, bt.equity_curve(), bt.held(), bt.pnl, capital)

@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 
 from events.messages import BacktestContext, ProgressState
-from ktrdr.backtest.engine import Backtest, Costs, Trade, buy_and_hold_signals, figures, run_series
+from ktrdr.backtest.engine import Backtest, Costs, buy_and_hold_signals, figures, run_series
 from ktrdr.backtest.model import TrainedModel
 from ktrdr.errors import DataError, OperationCancelledError, ValidationError
 from ktrdr.training.job import CancelFlag
 
-DEFAULT_CHUNK_BARS = 20_000
+DEFAULT_CHUNK_BARS = 50_000  # bars per chunk: progress and cancel between chunks (~50-100 ms of work here)
 Emit = Callable[[ProgressState], None]
 
 
@@ -45,10 +45,10 @@ class BacktestJob:
 @dataclass
 class BacktestOutcome:
     result: dict[str, Any]
-    curve: pd.DataFrame  # ts, equity, buy_hold, drawdown (portfolio)
+    curve: pd.DataFrame  # ts, equity, buy_hold, position (the portfolio's; its share long)
     signals: dict[str, np.ndarray] = field(default_factory=dict)  # per symbol, on its traded bars
     positions: dict[str, np.ndarray] = field(default_factory=dict)  # held per bar, per symbol
-    trades: dict[str, list[Trade]] = field(default_factory=dict)  # per symbol, in order
+    runs: dict[str, Backtest] = field(default_factory=dict)  # per symbol: its trades, curve, positions
 
 
 def backtest_symbols(model_ref: str, asked: Sequence[str], model_symbols: Sequence[str]) -> list[str]:
@@ -123,10 +123,10 @@ def run_backtest(job: BacktestJob, model: TrainedModel, bars: Mapping[str, Mappi
             bt.feed(close[a:b], signals[a:b], last=b == len(index))
             done += b - a
             if emit is not None:
-                emit(_progress(job, model, sym, done, total, index[b - 1], bt, trades + len(bt.trades)))
-        trades += len(bt.trades)
+                emit(_progress(job, model, sym, done, total, index[b - 1], bt, trades + bt.trade_count))
+        trades += bt.trade_count
         runs[sym] = bt
-        out.signals[sym], out.positions[sym], out.trades[sym] = signals, bt.held(), bt.trades
+        out.signals[sym], out.positions[sym], out.runs[sym] = signals, bt.held(), bt
     out.result, out.curve = _result(job, model, prepared, runs, costs, sleeve, time.monotonic() - t0)
     return out
 
@@ -159,24 +159,29 @@ def _result(job: BacktestJob, model: TrainedModel, prepared: list[tuple[str, pd.
     per_symbol: dict[str, Any] = {}
     bh_curves: dict[str, np.ndarray] = {}
     held: dict[str, np.ndarray] = {}
-    trades = []
+    pnl = []
     for sym, index, close, _ in prepared:
         bt = runs[sym]
         bh, bh_fig = run_series(index, close, buy_and_hold_signals(len(index)), sleeve, costs)
         bh_curves[sym] = bh.equity_curve()
         held[sym] = bt.held()
-        trades += bt.trades
-        per_symbol[sym] = {"strategy": figures(index, bt.equity_curve(), bt.held(), bt.trades, sleeve),
+        pnl.append(bt.pnl)
+        per_symbol[sym] = {"strategy": figures(index, bt.equity_curve(), bt.held(), bt.pnl, sleeve),
                            "buy_and_hold": bh_fig}
-    equity = _portfolio(idx, {s: runs[s].equity_curve() for s in runs}, sleeve)
-    bh_equity = _portfolio(idx, bh_curves, sleeve)
-    exposure = _portfolio(idx, held, 0.0)  # sleeves long at each bar (>0: some exposure)
-    union = equity.index
-    strat = figures(union, equity.to_numpy(), exposure.to_numpy(), trades, job.capital)
-    bh = figures(union, bh_equity.to_numpy(), np.ones(len(union)), [], job.capital) | {"trades": len(prepared)}
-    peak = np.maximum.accumulate(np.concatenate(([job.capital], equity.to_numpy())))[1:]
-    curve = pd.DataFrame({"ts": union, "equity": equity.to_numpy(), "buy_hold": bh_equity.to_numpy(),
-                          "drawdown": equity.to_numpy() / peak - 1.0})
+    if len(prepared) == 1:  # one sleeve: the portfolio is it
+        (sym, union, _, _), = prepared
+        equity, bh_equity, exposure = runs[sym].equity_curve(), bh_curves[sym], held[sym]
+        strat, bh = per_symbol[sym]["strategy"], per_symbol[sym]["buy_and_hold"]
+    else:
+        eq = _portfolio(idx, {s: runs[s].equity_curve() for s in runs}, sleeve)
+        union, equity = eq.index, eq.to_numpy()
+        bh_equity = _portfolio(idx, bh_curves, sleeve).to_numpy()
+        exposure = _portfolio(idx, held, 0.0).to_numpy()  # sleeves long at each bar (>0: some exposure)
+        strat = figures(union, equity, exposure, np.concatenate(pnl), job.capital)
+        bh = figures(union, bh_equity, np.ones(len(union)), np.zeros(0), job.capital)
+    bh = bh | {"trades": len(prepared)}
+    curve = pd.DataFrame({"ts": union, "equity": equity, "buy_hold": bh_equity,
+                          "position": (exposure / len(prepared)).astype("float32")})
     result = {
         "model": job.model_ref, "symbols": list(job.symbols), "timeframe": model.base_timeframe,
         "capital": job.capital, "commission": costs.commission, "slippage_bps": costs.slippage_bps,

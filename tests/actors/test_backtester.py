@@ -88,7 +88,7 @@ async def test_backtest_end_to_end_reports_figures_progress_and_stores_the_curve
     view = await wait_terminal(client, cmd.op_id, timeout=60)
     assert view.status == "completed", view.error
     r = view.result
-    want = direct(cmd, chunk_bars=20_000)
+    want = direct(cmd, chunk_bars=50_000)
     for part in ("strategy", "buy_and_hold"):
         assert r[part] == want[part]  # the same figures, value by value
     assert r["strategy"]["trades"] > 10 and r["bars"] == len(BARS) and r["simulated"] is True
@@ -146,5 +146,5 @@ async def test_a_killed_backtesters_work_is_redone_by_another_with_the_same_resu
         held_after_first_chunk.set()
     assert view.status == "completed", view.error
     assert view.attempts == 2
-    want = direct(cmd, chunk_bars=20_000)
+    want = direct(cmd, chunk_bars=50_000)
     assert view.result["strategy"] == want["strategy"] and view.result["buy_and_hold"] == want["buy_and_hold"]

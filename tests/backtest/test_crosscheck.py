@@ -91,7 +91,7 @@ def test_equity_trades_and_drawdown_match_backtesting_py_value_by_value(bars, fi
     expected = expected * (1 - s) ** np.cumsum(leave)  # our exit slippage, compounded
     assert np.allclose(ours.curve["equity"].to_numpy(), expected, rtol=1e-9, atol=0)
 
-    mine = [(t.entry_index, t.exit_index, t.entry_price, t.exit_price, t.pnl) for t in ours.trades["AAPL"]]
+    mine = [(t.entry_index, t.exit_index, t.entry_price, t.exit_price, t.pnl) for t in ours.runs["AAPL"].trades]
     assert [m[:2] for m in mine] == list(zip(trades["EntryBar"], trades["ExitBar"], strict=True))
     assert np.allclose([m[2] for m in mine], trades["EntryPrice"], rtol=1e-12)
     assert np.allclose([m[3] for m in mine], trades["ExitPrice"] * (1 - s), rtol=1e-12)
