@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from nats.js import api as js_api
 
+from actors.backtester import Backtester
 from actors.orchestrator import Orchestrator
 from bench._common import ActorProcess, BenchServer, pct, wait_alive
 from events import subjects
@@ -117,6 +118,7 @@ def bare(files: dict[str, bytes], frame: pd.DataFrame, tf: str, commission: floa
     from ktrdr.backtest.model import TrainedModel
     from ktrdr.training.features import symbol_features
 
+    torch.set_num_threads(Backtester.inference_threads)  # the backtester's thread budget: the same computation
     model = TrainedModel.from_files(files)
     t0 = time.perf_counter()
     x = symbol_features({tf: frame}, model.strategy).loc[:, model.feature_names].to_numpy(dtype="float64")

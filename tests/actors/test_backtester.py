@@ -148,3 +148,29 @@ async def test_a_killed_backtesters_work_is_redone_by_another_with_the_same_resu
     assert view.attempts == 2
     want = direct(cmd, chunk_bars=50_000)
     assert view.result["strategy"] == want["strategy"] and view.result["buy_and_hold"] == want["buy_and_hold"]
+
+
+@pytest.mark.slow
+async def test_a_model_the_trainer_made_backtests_with_the_features_it_trained_on(start_actors, client) -> None:
+    from tests.actors.test_trainer import start_training
+
+    await BarStore(client.js).merge("AAPL", "1h", make_bars(3000, seed=1), "sim")
+    await start_actors("orchestrator", "trainer", "backtester")
+    train = start_training(epochs=2)
+    await client.submit(train)
+    trained = await wait_terminal(client, train.op_id, timeout=120)
+    assert trained.status == "completed", trained.error
+    name = trained.result["artifacts"]["name"]
+    cmd = RunBacktest(op_id=subjects.new_op_id("backtest"), model=name.split("/")[0])  # the strategy: its latest
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id, timeout=60)
+    assert view.status == "completed", view.error
+    assert view.result["model"] == name and view.result["bars"] == 3000
+    # The backtester rebuilt the trainer's feature columns, in its order (features.json), or it would
+    # have refused the model: the figures exist and buy-and-hold is the series' own move.
+    closes = make_bars(3000, seed=1)["close"]
+    bh = view.result["buy_and_hold"]
+    s, f = 1e-4, 1e-3  # the default 1 bp of slippage and 0.1% commission, in at the first close, out at the last
+    growth = closes.iloc[-1] / closes.iloc[0] * (1 - s) * (1 - f) / ((1 + s) * (1 + f))
+    assert bh["total_return"] == pytest.approx(growth - 1, rel=1e-9)
+    assert view.result["strategy"]["bars"] == 3000
