@@ -17,6 +17,7 @@ _CLASSES: dict[str, str] = {
     roles.DUMMY: "actors.dummy:DummyWorker",
     roles.JOB_MANAGER: "actors.job_manager:JobManager",
     roles.TRAINER: "actors.trainer:Trainer",
+    roles.BACKTESTER: "actors.backtester:Backtester",
     roles.ORCHESTRATOR: "actors.orchestrator:Orchestrator",
 }
 ROLES: dict[str, str] = {role: _CLASSES[role] for role in ACTOR_ROLES}

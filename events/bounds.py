@@ -51,6 +51,16 @@ MAX_REASON = 2000  # a rejection or failure reason is cut to this many character
 # fields (type, op id, ts, reason code, actor) and headers. What the OPS_CANCELS stream takes per message.
 MAX_CANCEL_BYTES = 6 * (MAX_REASON + 2 * MAX_LABEL) + 2048
 
+# --- backtests -----------------------------------------------------------------------------------
+MAX_MODEL_REF = 300  # `strategy/KEY_vN`: the name rules of ktrdr.training.registry, checked by its parser
+MODEL_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_./-]*$"  # what those names are made of (no spaces, no `..` root)
+MAX_BACKTEST_CAPITAL = 1e12
+MAX_COMMISSION = 0.05  # of the traded notional, per fill: above 5% it is a typo (0.1 meant 0.1%?), not a broker
+MAX_SLIPPAGE_BPS = 500.0  # 5% of the price, per fill
+DEFAULT_BACKTEST_CAPITAL = 100_000.0
+DEFAULT_COMMISSION = 0.001
+DEFAULT_SLIPPAGE_BPS = 1.0
+
 
 # --- timeframes ----------------------------------------------------------------------------------
 class Timeframe(enum.StrEnum):
@@ -111,6 +121,11 @@ StrategyText = Annotated[str, Meta(max_length=MAX_STRATEGY_BYTES)]  # characters
 Epochs = Annotated[int, Meta(ge=1, le=MAX_EPOCHS)]
 DummyIterations = Annotated[int, Meta(ge=1, le=MAX_DUMMY_ITERATIONS)]
 DummyInterval = Annotated[float, Meta(ge=0.0, le=MAX_DUMMY_INTERVAL_S)]
+ModelRef = Annotated[str, Meta(min_length=1, max_length=MAX_MODEL_REF, pattern=MODEL_REF_PATTERN,
+                               description="a model: strategy, strategy/SYMBOLS_tf or strategy/SYMBOLS_tf_vN")]
+Capital = Annotated[float, Meta(gt=0.0, le=MAX_BACKTEST_CAPITAL)]
+Commission = Annotated[float, Meta(ge=0.0, le=MAX_COMMISSION, description="fraction of the traded notional")]
+SlippageBps = Annotated[float, Meta(ge=0.0, le=MAX_SLIPPAGE_BPS, description="basis points of the fill price")]
 # A command's deadline as a duration: the orchestrator adds it to its own clock when it accepts the
 # command, so a client's clock never moves it (issue 18, F13).
 TimeoutSeconds = Annotated[float, Meta(gt=0.0, le=MAX_DEADLINE.total_seconds())]

@@ -19,12 +19,19 @@ import msgspec
 
 from events import roles
 from events.bounds import (
+    DEFAULT_BACKTEST_CAPITAL,
+    DEFAULT_COMMISSION,
+    DEFAULT_SLIPPAGE_BPS,
     DEFAULT_UNIVERSE_PARALLEL,
+    Capital,
+    Commission,
     DummyInterval,
     DummyIterations,
     Epochs,
     Label,
+    ModelRef,
     Reason,
+    SlippageBps,
     StrategyText,
     Symbol,
     Symbols,
@@ -94,6 +101,20 @@ class TrainingContext(msgspec.Struct, tag="training", tag_field="kind", kw_only=
     checkpoint_pending_sha256: Label = ""
 
 
+class BacktestContext(msgspec.Struct, tag="backtest", tag_field="kind", kw_only=True):
+    """A backtest's progress, per chunk of bars: how far it is, and the figures so far."""
+
+    model: str = ""  # the model ref, strategy/KEY_vN
+    symbol: str = ""  # the series being run now
+    bars_done: int = 0  # of all symbols' bars in the range
+    bars_total: int = 0
+    date: datetime | None = None  # the last bar run (its start, UTC)
+    equity: float = 0.0  # of the series being run, marked at that bar's close
+    drawdown: float = 0.0  # its drawdown now (<= 0), and the worst so far
+    max_drawdown: float = 0.0
+    trades: int = 0  # closed trades so far, all symbols
+
+
 class WorkflowContext(msgspec.Struct, tag="workflow", tag_field="kind", kw_only=True):
     """A parent operation's progress: which child is running and how many are done."""
 
@@ -104,7 +125,7 @@ class WorkflowContext(msgspec.Struct, tag="workflow", tag_field="kind", kw_only=
     child_line: str = ""  # the running child's rendered line
 
 
-Context: TypeAlias = DummyContext | DataContext | TrainingContext | WorkflowContext
+Context: TypeAlias = DummyContext | DataContext | TrainingContext | BacktestContext | WorkflowContext
 
 
 class ProgressState(msgspec.Struct, kw_only=True):
@@ -128,6 +149,11 @@ class Command(Message, kw_only=True):
     domain: ClassVar[str] = ""
     verb: ClassVar[str] = ""
     role: ClassVar[str] = ""  # the actor role that does this domain's work
+    # The pools its workers serve (work.<domain>.<pool>), and the object buckets its role reads and
+    # writes besides its work and its events: events/permissions.py grants exactly these.
+    pools: ClassVar[tuple[str, ...]] = ("any",)
+    reads: ClassVar[tuple[str, ...]] = ()
+    writes: ClassVar[tuple[str, ...]] = ()
 
     op_id: str
     ts: datetime = msgspec.field(default_factory=utcnow)
@@ -146,6 +172,7 @@ class RunDummy(Command, tag="RunDummy", kw_only=True):
     domain: ClassVar[str] = "dummy"
     verb: ClassVar[str] = "run"
     role: ClassVar[str] = roles.DUMMY
+    pools: ClassVar[tuple[str, ...]] = ("any", "cpu", "gpu")
 
     iterations: DummyIterations = 100
     interval_s: DummyInterval = 2.0
@@ -155,6 +182,7 @@ class LoadData(Command, tag="LoadData", kw_only=True):
     domain: ClassVar[str] = "data"
     verb: ClassVar[str] = "load"
     role: ClassVar[str] = roles.JOB_MANAGER
+    writes: ClassVar[tuple[str, ...]] = ("BARS",)
 
     symbol: Symbol
     timeframe: Timeframe = Timeframe.H1
@@ -172,6 +200,9 @@ class StartTraining(Command, tag="StartTraining", kw_only=True):
     domain: ClassVar[str] = "training"
     verb: ClassVar[str] = "start"
     role: ClassVar[str] = roles.TRAINER
+    pools: ClassVar[tuple[str, ...]] = ("any", "cpu", "gpu")
+    reads: ClassVar[tuple[str, ...]] = ("BARS",)
+    writes: ClassVar[tuple[str, ...]] = ("MODELS", "CHECKPOINTS")
 
     strategy_path: Label = ""
     strategy_yaml: StrategyText = ""  # the file's text, so a remote trainer needs no shared filesystem
@@ -185,10 +216,31 @@ class StartTraining(Command, tag="StartTraining", kw_only=True):
     data_mode: Literal["full", "local", "none"] = "full"
 
 
+class RunBacktest(Command, tag="RunBacktest", kw_only=True):
+    """Run a trained model (MODELS) over stored bars (BARS) with costs; the equity curve is stored
+    beside the model, `<strategy>/<KEY>_vN/<op_id>.parquet` in MODELS."""
+
+    domain: ClassVar[str] = "backtest"
+    verb: ClassVar[str] = "run"
+    role: ClassVar[str] = roles.BACKTESTER
+    pools: ClassVar[tuple[str, ...]] = ("any", "cpu", "gpu")
+    reads: ClassVar[tuple[str, ...]] = ("BARS", "MODELS")
+    writes: ClassVar[tuple[str, ...]] = ("MODELS",)
+
+    model: ModelRef
+    symbols: Symbols = msgspec.field(default_factory=list)  # empty: the model's own
+    start: datetime | None = None
+    end: datetime | None = None
+    capital: Capital = DEFAULT_BACKTEST_CAPITAL
+    commission: Commission = DEFAULT_COMMISSION
+    slippage_bps: SlippageBps = DEFAULT_SLIPPAGE_BPS
+
+
 # Adding a domain: a Command subclass above, added to both lines here (tests/events checks they
-# agree). Subjects, the decoder's union, the role that serves it and the list of domains derive from them.
-COMMANDS: tuple[type[Command], ...] = (RunDummy, LoadData, StartTraining)
-AnyCommand: TypeAlias = RunDummy | LoadData | StartTraining
+# agree). Subjects, the decoder's union, the role that serves it, its pools and buckets (permissions)
+# and the list of domains derive from them.
+COMMANDS: tuple[type[Command], ...] = (RunDummy, LoadData, StartTraining, RunBacktest)
+AnyCommand: TypeAlias = RunDummy | LoadData | StartTraining | RunBacktest
 DOMAINS: tuple[str, ...] = tuple(c.domain for c in COMMANDS)
 COMMAND_FOR_DOMAIN: dict[str, type[Command]] = {c.domain: c for c in COMMANDS}
 ROLE_FOR_DOMAIN: dict[str, str] = {c.domain: c.role for c in COMMANDS}

@@ -18,17 +18,16 @@ from typing import Any
 from events import subjects
 from events.bounds import TOKEN_PATTERN
 from events.messages import COMMANDS, ROLE_FOR_DOMAIN
-from events.roles import CLI, IB, JOB_MANAGER, OBSERVER, ORCHESTRATOR, ROLES, TRAINER
+from events.roles import CLI, IB, JOB_MANAGER, OBSERVER, ORCHESTRATOR, ROLES
 
 __all__ = ["DEFAULT_POOLS", "KV_BUCKETS", "OBJECT_BUCKETS", "ROLES", "STREAMS", "Permissions", "check_role",
            "inbox_prefix", "permissions"]
 # The pools each worker domain serves (work.<domain>.<pool>, durable `work-<domain>-<pool>`).
 # Consumer names are whole tokens in the API subjects, so each pool is listed: adding a pool
 # (an ib pool name, say) means re-rendering the server config with it (`ktrdr up` does).
-DEFAULT_POOLS: Mapping[str, tuple[str, ...]] = {
-    "data": ("any",), "training": ("any", "cpu", "gpu"), "dummy": ("any", "cpu", "gpu"),
-}
+DEFAULT_POOLS: Mapping[str, tuple[str, ...]] = {c.domain: c.pools for c in COMMANDS}
 WORKER_DOMAIN = {role: domain for domain, role in ROLE_FOR_DOMAIN.items()}
+_COMMAND_OF_ROLE = {c.role: c for c in COMMANDS}
 
 STREAMS = subjects.STREAMS
 KV_BUCKETS = (subjects.ACTORS_BUCKET, subjects.LEASES_BUCKET, subjects.PACING_BUCKET, subjects.SERIES_BUCKET,
@@ -170,9 +169,20 @@ class _Grant:
         self.allow_sub(*subjects.CANCELS_FOLLOWED)
         self.read_ops()
         self.presence(role)
+        cmd = _COMMAND_OF_ROLE[role]
+        for bucket in cmd.reads:
+            self.obj_read(_bucket(bucket))
+        for bucket in cmd.writes:
+            self.obj_write(_bucket(bucket))
 
     def build(self, **responses: Any) -> Permissions:
         return Permissions(tuple(self.pub), tuple(self.sub), **responses)
+
+
+def _bucket(name: str) -> str:
+    if name not in OBJECT_BUCKETS:
+        raise ValueError(f"a command declares the unknown object bucket {name!r}; expected one of {OBJECT_BUCKETS}")
+    return name
 
 
 def _orchestrator(g: _Grant) -> None:
@@ -216,12 +226,7 @@ def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS
         g.worker(role, pools)
         if role == JOB_MANAGER:
             g.allow_pub("ib.>")  # requests; the answers come back on _INBOX_job-manager.>
-            g.obj_write("BARS")
             g.series_lease()
-        elif role == TRAINER:
-            g.obj_read("BARS")
-            g.obj_write("MODELS")
-            g.obj_write("CHECKPOINTS")
     elif role == IB:
         g.allow_sub(f"ib.> {IB_QUEUE_GROUP}", *subjects.CANCELS_FOLLOWED)  # ib.> only inside the queue group
         g.presence(IB)

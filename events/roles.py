@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Role = Literal["orchestrator", "ib", "dummy", "job-manager", "trainer", "cli", "observer"]
-ActorRole = Literal["orchestrator", "ib", "dummy", "job-manager", "trainer"]
+Role = Literal["orchestrator", "ib", "dummy", "job-manager", "trainer", "backtester", "cli", "observer"]
+ActorRole = Literal["orchestrator", "ib", "dummy", "job-manager", "trainer", "backtester"]
 
 ORCHESTRATOR: ActorRole = "orchestrator"
 IB: ActorRole = "ib"
 DUMMY: ActorRole = "dummy"
 JOB_MANAGER: ActorRole = "job-manager"
 TRAINER: ActorRole = "trainer"
+BACKTESTER: ActorRole = "backtester"
 CLI: Role = "cli"
 OBSERVER: Role = "observer"
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from events import codec, subjects
 from events.bounds import MAX_DEADLINE, MAX_DUMMY_DURATION_S, MAX_STRATEGY_BYTES, Timeframe
 from events.codec import short
-from events.messages import Command, LoadData, RunDummy, StartTraining
+from events.messages import Command, LoadData, RunBacktest, RunDummy, StartTraining
 from ktrdr.errors import StrategyError, ValidationError
 
 __all__ = ["CommandError", "check_symbol", "check_timeframe", "describe", "short", "training_inputs", "validate"]
@@ -34,6 +34,8 @@ def describe(cmd: Command) -> tuple[str, str]:
         return "dummy", f"dummy {cmd.iterations} x {cmd.interval_s:g} s"
     if isinstance(cmd, LoadData):
         return "data_load", f"load {cmd.symbol} {cmd.timeframe} ({cmd.mode})"
+    if isinstance(cmd, RunBacktest):
+        return "backtest", f"backtest {cmd.model}" + (f" on {', '.join(cmd.symbols)}" if cmd.symbols else "")
     assert isinstance(cmd, StartTraining)
     name = cmd.strategy_path.rsplit("/", 1)[-1] or "strategy"
     return "training", f"train {name}" + (f" on {', '.join(cmd.symbols)}" if cmd.symbols else "")
@@ -108,6 +110,8 @@ def validate(cmd: Command, now: datetime | None = None) -> None:
         _check_range(cmd.start, cmd.end, now)
     elif isinstance(cmd, StartTraining):
         _check_training(cmd, now)
+    elif isinstance(cmd, RunBacktest):
+        _check_backtest(cmd, now)
 
 
 def _check_common(cmd: Command, now: datetime) -> None:
@@ -139,6 +143,18 @@ def _check_training(cmd: StartTraining, now: datetime) -> None:
     if not cmd.strategy_yaml.strip():
         raise CommandError("strategy_yaml", "empty strategy; pass the strategy file's text")
     training_inputs(cmd)
+    _check_range(cmd.start, cmd.end, now)
+
+
+def _check_backtest(cmd: RunBacktest, now: datetime) -> None:
+    from ktrdr.training.registry import parse_model_ref
+
+    try:
+        parse_model_ref(cmd.model)
+    except ValidationError as exc:
+        raise CommandError("model", str(exc)) from exc
+    for i, s in enumerate(cmd.symbols):
+        check_symbol(s, f"symbols[{i}]")
     _check_range(cmd.start, cmd.end, now)
 
 

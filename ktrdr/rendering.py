@@ -6,7 +6,7 @@ DataProgressRenderer, TrainingProgressRenderer.
 
 from __future__ import annotations
 
-from events.messages import DataContext, DummyContext, TrainingContext
+from events.messages import BacktestContext, DataContext, DummyContext, TrainingContext
 from ktrdr.ops import OperationView
 
 MIN_WAIT_SHOWN_S = 0.1  # shorter pacing waits are not worth a line
@@ -138,6 +138,29 @@ class TrainingProgressRenderer(ProgressRenderer):
             return "Training completed"
         return (f"Training completed: {tm.get('epochs_completed')} epochs, val_acc "
                 f"{tm.get('final_val_accuracy', 0):.3f}, test_acc {test.get('test_accuracy', 0):.3f}; model at {path}")
+
+
+class BacktestProgressRenderer(ProgressRenderer):
+    domain = "backtest"
+
+    def progress_text(self, view: OperationView) -> str:
+        ctx = view.context
+        if not isinstance(ctx, BacktestContext) or not ctx.bars_total:
+            return super().progress_text(view)
+        at = f" at {ctx.date:%Y-%m-%d %H:%M}" if ctx.date else ""
+        return (f"Backtesting {ctx.model} on {ctx.symbol}{at} [{ctx.bars_done:,}/{ctx.bars_total:,} bars] · equity "
+                f"{ctx.equity:,.0f}, drawdown {ctx.drawdown:.1%} (worst {ctx.max_drawdown:.1%}), "
+                f"{_plural(ctx.trades, 'trade')}")
+
+    def completed_text(self, view: OperationView) -> str:
+        r = view.result or {}
+        s, b = r.get("strategy") or {}, r.get("buy_and_hold") or {}
+        if not s:
+            return "Backtest completed"
+        sim = " (simulated data)" if r.get("simulated") else ""
+        return (f"Backtest completed: {r.get('model')} total return {s.get('total_return', 0):+.2%} "
+                f"(buy & hold {b.get('total_return', 0):+.2%}), Sharpe {s.get('sharpe', 0):.2f}, max drawdown "
+                f"{s.get('max_drawdown', 0):.1%}, {_plural(s.get('trades', 0), 'trade')}{sim}")
 
 
 def _plural(n: int, word: str) -> str:

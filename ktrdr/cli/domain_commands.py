@@ -440,7 +440,19 @@ async def _models_show(name: str, json_out: bool) -> int:
             typer.echo(f"  {h.get('epoch', 0):>5}  {h.get('train_loss', 0):>10.4f}  {h.get('val_loss', 0):>8.4f}"
                        f"  {h.get('train_accuracy', 0):>9.3f}  {h.get('val_accuracy', 0):>7.3f}"
                        f"  {h.get('learning_rate', 0):>13.2g}  {h.get('epoch_time_s', 0):>7.2f}")
+    backtests = shown.get("backtests") or []
+    if backtests:
+        typer.echo(f"  backtests ({len(backtests)}): operation, range, return (buy & hold), Sharpe, max drawdown, "
+                   "trades")
+        for b in backtests:
+            typer.echo(f"  {b.get('op_id', '?')}  {str(b.get('start'))[:10]} to {str(b.get('end'))[:10]}  "
+                       f"{pct(b.get('total_return'))} ({pct(b.get('buy_and_hold_return'))})  "
+                       f"{b.get('sharpe', 0):.2f}  {pct(b.get('max_drawdown'))}  {b.get('trades', '?')}")
     return 0
+
+
+def pct(v: Any) -> str:
+    return f"{v:+.2%}" if isinstance(v, int | float) else "?"
 
 
 def models_pull(name: str = typer.Argument(..., help="strategy, strategy/SYMBOLS_tf (latest) or .../..._vN."),

@@ -50,7 +50,8 @@ from ktrdr.transport.objects import MAX_HEADER_BYTES, MODELS, ObjectConflict, St
 
 MAX_MODEL_FILE_BYTES = 4 << 30
 MAX_JSON_FILE_BYTES = 64 << 20
-MODEL_HEADER, LATEST_HEADER = "Ktrdr-Model", "Ktrdr-Latest"
+MODEL_HEADER, LATEST_HEADER, BACKTEST_HEADER = "Ktrdr-Model", "Ktrdr-Latest", "Ktrdr-Backtest"
+BACKTEST_SUFFIX = ".parquet"  # `<strategy>/<KEY>_vN/<op_id>.parquet`: a backtest's equity curve
 # Aliases for annotations inside ModelStore, whose `list` method shadows the builtin.
 _Rows = list[dict[str, Any]]
 _Paths = list[Path]
@@ -195,6 +196,7 @@ class ModelStore:
         for part in ("config", "metrics", "features", "metadata"):
             out[part] = await self.read_json(prefix, f"{part}.json")
         out["result"] = await self.read_json(prefix, RESULT_FILE)
+        out["backtests"] = await self.backtests(prefix)
         return out
 
     async def pull(self, ref: str, dest: Path) -> tuple[str, _Paths]:
@@ -241,6 +243,47 @@ class ModelStore:
         # get checked the bytes against the meta record found[1]; this checks the record's digest
         self.check_file(prefix, "model.pt", found[1], await self.expected_digests(prefix))
         return prefix, bytes(found[0])
+
+    async def load_files(self, ref: str, files: Sequence[str]) -> tuple[str, dict[str, bytes]]:
+        """(version name, {file: bytes}) of a model's `files`, each checked against its recorded digest
+        (model.pt must have one): what a backtest runs."""
+        prefix = await self.resolve(ref)
+        expected = await self.expected_digests(prefix)
+        out: dict[str, bytes] = {}
+        for f in files:
+            limit = MAX_MODEL_FILE_BYTES if f == "model.pt" else MAX_JSON_FILE_BYTES
+            found = await objects.get(self.js, MODELS, f"{prefix}/{f}", max_bytes=limit)
+            if found is None:
+                raise DataError(f"{MODELS}/{prefix}/{f} is missing")
+            self.check_file(prefix, f, found[1], expected)
+            out[f] = bytes(found[0])
+        return prefix, out
+
+    async def save_backtest(self, prefix: str, op_id: str, data: bytes, summary: Mapping[str, Any]) -> Stored:
+        """A backtest's equity curve beside its model: `<strategy>/<KEY>_vN/<op_id>.parquet`, its summary
+        in a header (so `backtests` reads no object's bytes). Written again by a redone attempt."""
+        if not _MODEL_OBJECT.match(f"{prefix}/metadata.json") or not subjects.is_op_id(op_id):
+            raise ValidationError(f"no backtest object for {prefix[:80]!r} / {op_id[:80]!r}")
+        header = json.dumps(dict(summary), default=str)
+        if len(header) > MAX_HEADER_BYTES:
+            header = json.dumps({"op_id": op_id})
+        return await objects.put(self.js, MODELS, f"{prefix}/{op_id}{BACKTEST_SUFFIX}", data,
+                                 headers={BACKTEST_HEADER: header})
+
+    async def backtests(self, prefix: str) -> _Rows:
+        """The backtests stored beside one version, oldest first, each its header's summary."""
+        rows: _Rows = []
+        for st in await objects.list_objects(self.js, MODELS):
+            m = _MODEL_OBJECT.match(st.name)
+            if not m or st.deleted or f"{m['strategy']}/{m['key']}_v{m['n']}" != prefix \
+                    or not m["file"].endswith(BACKTEST_SUFFIX):
+                continue
+            try:
+                summary = json.loads(st.header(BACKTEST_HEADER) or "{}")
+            except ValueError:
+                summary = {}
+            rows.append({"object": st.name, "bytes": st.size, **(summary if isinstance(summary, dict) else {})})
+        return sorted(rows, key=lambda r: r["object"])
 
     def check_file(self, prefix: str, file: str, st: Stored, expected: Expected) -> None:
         """Refuse the meta record `st` of `prefix`'s `file` unless its digest is the expected one (a

@@ -40,14 +40,14 @@ class Hosts:
         self.tmp, self.url = tmp, url
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, **env: str) -> Path:
+    def start(self, name: str, module: str = "hosts.training", **env: str) -> Path:
         home = self.tmp / f"{name}-home"
         home.mkdir()
         full = {k: v for k, v in os.environ.items() if not k.startswith(("KTRDR_", "NATS_"))}
         full.update(NATS_URL=self.url, KTRDR_HOME=str(home), KTRDR_HEARTBEAT_S="0.2", KTRDR_WORKER_TIMEOUT="1.5",
                     KTRDR_DEVICE="cpu", PYTHONPATH=str(ROOT), **env)
         with open(self.tmp / f"{name}.log", "wb") as log:
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", "hosts.training"], cwd=self.tmp, env=full,
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", module], cwd=self.tmp, env=full,
                                                 stdout=log, stderr=subprocess.STDOUT)
         return home
 
@@ -201,3 +201,24 @@ async def test_on_gpu_lands_on_the_gpu_trainer_every_time(start_actors, client, 
         assert view.status == "completed", view.error
         want = gpu if cmd.pool == "gpu" else cpu
         assert view.result["session_info"]["actor"] == want.id and view.result["session_info"]["pool"] == cmd.pool
+
+
+async def test_a_host_backtester_with_an_empty_home_backtests_from_models_and_bars(hosts, core_settings, start_actors,
+                                                                                  client) -> None:
+    from events.messages import RunBacktest
+    from tests.backtest.conftest import STRATEGY as BT_STRATEGY
+    from tests.backtest.conftest import model_files
+
+    bars = make_bars(600, seed=3)
+    await BarStore(client.js).merge("AAPL", "1h", bars, "sim")
+    saved = await ModelStore(client.js).save("test_small", ["AAPL"], ["1h"], model_files(BT_STRATEGY, bars))
+    await start_actors("orchestrator", settings=core_settings)
+    home = hosts.start("backtest-box", module="hosts.backtest")
+    cmd = RunBacktest(op_id=subjects.new_op_id("backtest"), model=saved["name"])
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id, timeout=90)
+    assert view.status == "completed", (view.error, hosts.log("backtest-box")[-3000:])
+    assert view.worker is not None and view.worker.startswith("backtester-")
+    assert view.result["bars"] == 600 and view.result["curve"]["object"].startswith(saved["name"] + "/")
+    # Nothing of record on the host's disk: the bars it read are a cache keyed by digest.
+    assert all(p.startswith("cache") for p in files_under(home)), files_under(home)

@@ -22,7 +22,9 @@ import pytest
 from ktrdr.embedded import free_port, port_open
 from tests.helpers import run_ktrdr
 
-pytestmark = pytest.mark.slow
+# Forty-odd verbs, each a fresh interpreter: 120 s (the suite's default) on a quiet host, over it under a
+# load of 6 on 2 cores once `backtest` joined the table.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 STRATEGY = str(Path(__file__).parents[2] / "strategies" / "mlp_rsi_aapl.yaml")
 SPAN = ("--start", "2024-01-02", "--end", "2024-03-01")  # two months of 1h bars: a few seconds to load
@@ -135,6 +137,7 @@ def test_every_verb_works_on_the_embedded_default(stack: Stack) -> None:
     # Models.
     s.run("models", "list", says="mlp_rsi_aapl/AAPL_1h_v1")
     s.run("models", "show", "mlp_rsi_aapl", says="mlp_rsi_aapl/AAPL_1h_v1")
+    s.run("backtest", "mlp_rsi_aapl", "--commission", "0.0005", says="Backtest completed: mlp_rsi_aapl/AAPL_1h_v1")
     pulled = work / "models" / "new-folder"  # not there yet: pulled into it as `git clone` would
     s.run("models", "pull", "mlp_rsi_aapl", "-o", str(pulled), says="model.pt")
     # Credentials of the stack.

@@ -30,6 +30,7 @@ from events.messages import (
     LoadData,
     OperationProgress,
     ProgressState,
+    RunBacktest,
     RunDummy,
     StartTraining,
     WorkItem,
@@ -40,7 +41,9 @@ def sample_commands():
     t = datetime(2024, 1, 2, tzinfo=UTC)
     return [RunDummy(op_id=subjects.new_op_id("dummy"), iterations=3),
             LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", start=t, end=t.replace(day=3)),
-            StartTraining(op_id=subjects.new_op_id("training"), strategy_yaml="name: x", epochs=2, pool="gpu")]
+            StartTraining(op_id=subjects.new_op_id("training"), strategy_yaml="name: x", epochs=2, pool="gpu"),
+            RunBacktest(op_id=subjects.new_op_id("backtest"), model="mlp_rsi_aapl/AAPL_1h_v1", symbols=["AAPL"],
+                        start=t, capital=5_000.0, commission=0.0005, slippage_bps=2.0)]
 
 
 @pytest.mark.parametrize("cmd", sample_commands(), ids=lambda c: type(c).__name__)
@@ -149,3 +152,12 @@ def test_a_timeframe_is_its_name_on_the_wire_and_one_type_after_decode():
     typed = json.dumps({"type": "LoadData", "op_id": cmd.op_id, "symbol": "AAPL", "timeframe": "60m"}).encode()
     back = decode_command(typed)
     assert back.timeframe is Timeframe.H1 and json.loads(encode(back))["timeframe"] == "1h"
+
+
+@pytest.mark.parametrize(("field", "value"), [("capital", 0.0), ("capital", 2e12), ("commission", -0.001),
+                                              ("commission", 0.5), ("slippage_bps", -1.0), ("slippage_bps", 1e4),
+                                              ("model", ""), ("model", "../etc x")])
+def test_a_backtest_with_a_negative_or_absurd_value_is_a_decode_error_naming_the_field(field, value):
+    good = json.loads(encode(RunBacktest(op_id=subjects.new_op_id("backtest"), model="m/AAPL_1h_v1")))
+    with pytest.raises(DecodeError, match=field):
+        decode_command(json.dumps({**good, field: value}).encode())

@@ -16,10 +16,10 @@ pytestmark = pytest.mark.timeout(60)
 
 ALL = frozenset(ROLES)
 NONE: frozenset[str] = frozenset()
-READERS = frozenset({"cli", "observer", "orchestrator", "job-manager", "trainer", "dummy"})
-WORKERS = frozenset({"job-manager", "trainer", "dummy"})
+READERS = frozenset({"cli", "observer", "orchestrator", "job-manager", "trainer", "dummy", "backtester"})
+WORKERS = frozenset({"job-manager", "trainer", "dummy", "backtester"})
 SYSTEM_READERS = frozenset({"orchestrator", *WORKERS})  # named consumers on OPS, gets on CANCELS
-T, D, Y = "training-x", "data-x", "dummy-x"
+T, D, Y, B = "training-x", "data-x", "dummy-x", "backtest-x"
 
 
 def roles(*names: str) -> frozenset[str]:
@@ -30,9 +30,10 @@ def roles(*names: str) -> frozenset[str]:
 # (kind, subject, queue, roles allowed, probe even where allowed)
 PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     # commands: only the CLI submits
-    *[("pub", f"cmd.{s}", "", roles("cli"), True) for s in ("training.start", "data.load", "dummy.run")],
+    *[("pub", f"cmd.{s}", "", roles("cli"), True) for s in ("training.start", "data.load", "dummy.run",
+                                                                   "backtest.run")],
     # work: only the orchestrator writes work items
-    *[("pub", f"work.{d}.{p}", "", roles("orchestrator"), True) for d in ("training", "data", "dummy")
+    *[("pub", f"work.{d}.{p}", "", roles("orchestrator"), True) for d in ("training", "data", "dummy", "backtest")
       for p in ("any", "gpu", "probe")],
     # events: each worker only its own domain; cancels: the CLI, the orchestrator, the domain's worker
     ("pub", f"ops.training.{T}.completed", "", roles("orchestrator", "trainer"), True),
@@ -40,18 +41,22 @@ PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     ("pub", f"ops.data.{D}.completed", "", roles("orchestrator", "job-manager"), True),
     ("pub", f"ops.data.{D}.progress", "", roles("orchestrator", "job-manager"), True),
     ("pub", f"ops.dummy.{Y}.completed", "", roles("orchestrator", "dummy"), True),
+    ("pub", f"ops.backtest.{B}.completed", "", roles("orchestrator", "backtester"), True),
+    ("pub", f"ops.backtest.{B}.progress", "", roles("orchestrator", "backtester"), True),
+    ("pub", f"ops.backtest.{B}.cancel", "", roles("cli", "orchestrator"), True),
     ("pub", f"ops.training.{T}.cancel", "", roles("cli", "orchestrator"), True),
     ("pub", f"ops.data.{D}.cancel", "", roles("cli", "orchestrator"), True),
     ("pub", f"ops.dummy.{Y}.cancel", "", roles("cli", "orchestrator"), True),
     # what grants or creates, and the orchestrator's own verdicts: the orchestrator alone (issue 18, F4)
     *[("pub", f"ops.{d}.{o}.{n}", "", roles("orchestrator"), True) for d, o in (("training", T), ("data", D),
-                                                                              ("dummy", Y))
+                                                                              ("dummy", Y), ("backtest", B))
       for n in ("created", "started", "rejected", "cancel_requested", "orch_completed", "orch_failed",
                 "orch_cancelled", "orch_progress", "orch_error")],
     # lease requests: each worker its own domain's, answered by the orchestrator
     ("pub", "lease.training.claim", "", roles("trainer"), True),
     ("pub", "lease.data.renew", "", roles("job-manager"), True),
     ("pub", "lease.dummy.release", "", roles("dummy"), True),
+    ("pub", "lease.backtest.claim", "", roles("backtester"), True),
     # IB requests: the job-manager only
     ("pub", "ib.bars", "", roles("job-manager"), True),
     ("pub", "ib.contract", "", roles("job-manager"), True),
@@ -67,8 +72,9 @@ PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     # Object Store writes
     ("pub", "$O.BARS.C.x", "", roles("job-manager", "cli"), True),
     ("pub", "$O.BARS.M.x", "", roles("job-manager", "cli"), True),
-    ("pub", "$O.MODELS.C.x", "", roles("trainer"), True),
-    ("pub", "$O.MODELS.M.x", "", roles("trainer"), True),
+    # the backtester stores its equity curve beside the model; it writes no bars and no checkpoints
+    ("pub", "$O.MODELS.C.x", "", roles("trainer", "backtester"), True),
+    ("pub", "$O.MODELS.M.x", "", roles("trainer", "backtester"), True),
     ("pub", "$O.CHECKPOINTS.C.x", "", roles("trainer", "orchestrator"), True),
     # nobody purges an object bucket: one purge would empty it (issue 18, F5); writers retire chunks
     # with a rollup on the chunk subject instead
@@ -101,16 +107,20 @@ PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     ("pub", "$JS.API.CONSUMER.MSG.NEXT.CMD.orchestrator", "", roles("orchestrator"), False),
     ("pub", "$JS.ACK.CMD.orchestrator.1.1.1.1.1", "", roles("orchestrator"), True),
     *[("pub", f"$JS.API.CONSUMER.DURABLE.CREATE.WORK.work-{d}-probe", "", NONE, True)
-      for d in ("training", "data", "dummy")],
+      for d in ("training", "data", "dummy", "backtest")],
     *[("pub", f"$JS.API.CONSUMER.CREATE.WORK.work-{d}-probe.work.{d}.probe", "", roles(r), True)
-      for d, r in (("training", "trainer"), ("data", "job-manager"), ("dummy", "dummy"))],
+      for d, r in (("training", "trainer"), ("data", "job-manager"), ("dummy", "dummy"),
+                   ("backtest", "backtester"))],
     *[("pub", f"$JS.API.CONSUMER.MSG.NEXT.WORK.work-{d}-probe", "", roles(r), True)
-      for d, r in (("training", "trainer"), ("data", "job-manager"), ("dummy", "dummy"))],
+      for d, r in (("training", "trainer"), ("data", "job-manager"), ("dummy", "dummy"),
+                   ("backtest", "backtester"))],
     *[("pub", f"$JS.ACK.WORK.work-{d}-probe.1.1.1.1.1", "", roles(r), True)
-      for d, r in (("training", "trainer"), ("data", "job-manager"), ("dummy", "dummy"))],
+      for d, r in (("training", "trainer"), ("data", "job-manager"), ("dummy", "dummy"),
+                   ("backtest", "backtester"))],
     # a domain's consumer name with another domain's filter is not in any grant
     ("pub", "$JS.API.CONSUMER.CREATE.WORK.work-data-any.work.training.any", "", NONE, True),
     ("pub", "$JS.API.CONSUMER.CREATE.WORK.work-training-any.work.>", "", NONE, True),
+    ("pub", "$JS.API.CONSUMER.CREATE.WORK.work-backtest-any.work.training.any", "", NONE, True),
     # reading OPS and the buckets: reader keys (cli, observer) make only unnamed consumers (the
     # server refuses a durable on that subject); a cancel is read by a direct get on CANCELS
     ("pub", "$JS.API.CONSUMER.CREATE.OPS", "", READERS, True),
@@ -128,10 +138,10 @@ PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     ("pub", "$KV.SERIES.series.AAPL.1h", "", roles("job-manager", "cli"), True),
     ("pub", "$KV.LEASES.series.AAPL.1h", "", NONE, True),
     ("pub", "$JS.API.DIRECT.GET.KV_PACING.$KV.PACING.x", "", roles("ib"), True),
-    ("pub", "$JS.API.CONSUMER.CREATE.OBJ_BARS", "", roles("job-manager", "trainer", "cli"), True),
-    ("pub", "$JS.API.CONSUMER.CREATE.OBJ_MODELS", "", roles("trainer", "cli"), True),
+    ("pub", "$JS.API.CONSUMER.CREATE.OBJ_BARS", "", roles("job-manager", "trainer", "backtester", "cli"), True),
+    ("pub", "$JS.API.CONSUMER.CREATE.OBJ_MODELS", "", roles("trainer", "backtester", "cli"), True),
     ("pub", "$JS.API.CONSUMER.CREATE.OBJ_CHECKPOINTS", "", roles("trainer", "orchestrator"), True),
-    ("pub", "$JS.API.STREAM.MSG.GET.OBJ_MODELS", "", roles("trainer", "cli"), True),
+    ("pub", "$JS.API.STREAM.MSG.GET.OBJ_MODELS", "", roles("trainer", "backtester", "cli"), True),
     # subscriptions
     ("sub", "ops.>", "", roles("cli", "observer", "orchestrator"), True),
     ("sub", "ops.training.>", "", roles("cli", "observer", "orchestrator"), True),

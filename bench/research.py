@@ -1,0 +1,272 @@
+"""`python -m bench research`: backtests through the actor against a bare vectorised computation of the
+same positions and returns, in the same run, and a backtest's cancel latency.
+
+- throughput: 1h bars round the clock (876 / 8,766 / 87,660: a tenth of a year, 1 and 10 years) and 1m
+  bars (10,000 / 100,000 / 1,000,000). `bare_s` is the same model's features, signals, positions and
+  equity computed in this process in one piece (ktrdr.training.features + one forward pass + a
+  forward fill + a cumulative product: no chunks, no progress, no NATS, no curve stored). `actor_s`
+  is `cmd.backtest.run` submitted to the orchestrator -> completed event received, the backtester in
+  a process of its own reading the model from MODELS and the bars from BARS (its digest cache warm
+  after the first run) and storing the curve. `ratio` = bare_s / actor_s (goal >= 0.8). Medians of
+  KTRDR_BENCH_RESEARCH_RUNS runs (default 3); KTRDR_BENCH_RESEARCH_SIZES=1h:8766,1m:10000 picks sizes.
+- cancel latency: a cancel published while a 1,000,000-bar backtest runs -> its cancelled event
+  received; `chunk_ms` is the median time between two progress events (one chunk); goal p99 <=
+  chunk_ms + 10 ms. KTRDR_BENCH_RESEARCH_CANCELS runs (default 20).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from nats.js import api as js_api
+
+from actors.backtester import Backtester
+from actors.orchestrator import Orchestrator
+from bench._common import ActorProcess, BenchServer, pct, wait_alive
+from events import subjects
+from events.codec import decode_event_on
+from events.messages import BacktestContext, OperationProgress, RunBacktest
+from ktrdr.client import Client
+from ktrdr.data.bars_store import BarStore
+from ktrdr.training.model_store import ModelStore
+
+STRATEGY = """
+name: bench_bt
+description: backtest benchmark
+version: "1.0"
+training_data:
+  symbols: {mode: single_symbol, list: [AAPL]}
+  timeframes: {mode: single_timeframe, list: [TF], base_timeframe: TF}
+  history_required: 50
+indicators:
+  - {name: rsi, period: 14}
+  - {name: macd, fast_period: 12, slow_period: 26, signal_period: 9}
+fuzzy_sets:
+  rsi:
+    oversold: {type: triangular, parameters: [0, 25, 45]}
+    neutral: {type: triangular, parameters: [30, 50, 70]}
+    overbought: {type: triangular, parameters: [55, 75, 100]}
+  macd_hist:
+    negative: {type: trapezoidal, parameters: [-100, -50, -0.2, 0]}
+    positive: {type: trapezoidal, parameters: [0, 0.2, 50, 100]}
+model:
+  type: mlp
+  architecture: {hidden_layers: [24, 12], activation: relu, dropout: 0.1}
+  features: {lookback_periods: 2, scale_features: true}
+  training: {learning_rate: 0.005, batch_size: 64, epochs: 6, optimizer: adam,
+             early_stopping: {patience: 50, monitor: val_loss}}
+decisions: {output_format: classification, confidence_threshold: 0.34}
+training:
+  method: supervised
+  labels: {source: zigzag, zigzag_threshold: 0.015, label_lookahead: 12}
+  data_split: {train: 0.7, validation: 0.15, test: 0.15}
+"""
+SIZES = {"1h": (876, 8_766, 87_660), "1m": (10_000, 100_000, 1_000_000)}
+START = {"1h": "2010-01-04", "1m": "2020-01-06"}
+SYMBOLS = {"1h": "AAPL", "1m": "MSFT"}
+
+
+def bars(n: int, freq: str, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.002, n)) + 0.03 * np.sin(np.arange(n) * 2 * np.pi / 48))
+    open_ = np.r_[close[0], close[:-1]]
+    spread = np.abs(rng.normal(0, 0.001, n)) * close
+    idx = pd.date_range(START[freq], periods=n, freq=freq.replace("m", "min"), tz="UTC", name="timestamp")
+    return pd.DataFrame({"open": open_, "high": np.maximum(open_, close) + spread,
+                         "low": np.minimum(open_, close) - spread, "close": close,
+                         "volume": rng.integers(1_000, 10_000, n).astype("float64")}, index=idx)
+
+
+def model_files(strategy_text: str, frame: pd.DataFrame, tf: str, symbol: str) -> dict[str, bytes]:
+    """A seeded model in the trainer's file layout (a training run is not what this measures)."""
+    import torch
+
+    from ktrdr.training.features import Scaler, symbol_features
+    from ktrdr.training.model import build_mlp
+    from ktrdr.training.strategy import parse_strategy
+
+    s = parse_strategy(strategy_text)
+    feats = symbol_features({tf: frame.iloc[:5000]}, s).dropna()
+    torch.manual_seed(7)
+    net = build_mlp(feats.shape[1], s.model.architecture)
+    with torch.no_grad():
+        net[-1].weight.mul_(8.0)
+        net[-1].bias.zero_()
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    arch = {"type": "mlp", "input_size": feats.shape[1]}
+    return {"model.pt": buf.getvalue(),
+            "config.json": json.dumps({"strategy": s.to_dict(), "architecture": arch}).encode(),
+            "features.json": json.dumps({"names": list(feats.columns), "base_timeframe": tf,
+                                         "scaler": Scaler.fit(feats.to_numpy()).to_dict()}).encode(),
+            "metadata.json": json.dumps({"symbols": [symbol], "timeframes": [tf], "simulated": True}).encode(),
+            "metrics.json": b"{}"}
+
+
+def bare(files: dict[str, bytes], frame: pd.DataFrame, tf: str, commission: float, slippage_bps: float) -> float:
+    """Seconds for the same positions and returns, vectorised in one piece: the baseline."""
+    import torch
+
+    from ktrdr.backtest.model import TrainedModel
+    from ktrdr.training.features import symbol_features
+
+    torch.set_num_threads(Backtester.inference_threads)  # the backtester's thread budget: the same computation
+    model = TrainedModel.from_files(files)
+    t0 = time.perf_counter()
+    x = symbol_features({tf: frame}, model.strategy).loc[:, model.feature_names].to_numpy(dtype="float64")
+    ok = ~np.isnan(x).any(axis=1)
+    sig = np.ones(len(x), dtype=np.int64)
+    with torch.no_grad():
+        probs = torch.softmax(model.net(torch.from_numpy(model.scaler.transform(x[ok]))), dim=1)
+        conf, cls = probs.max(dim=1)
+    sig[ok] = np.where(conf.numpy() >= model.threshold, cls.numpy(), 1)
+    target = pd.Series(np.where(sig == 0, 1.0, np.where(sig == 2, 0.0, np.nan))).ffill().fillna(0.0).to_numpy(copy=True)
+    target[-1] = 0.0
+    held = np.r_[0.0, target[:-1]]
+    close = frame["close"].to_numpy()
+    ret = np.r_[0.0, close[1:] / close[:-1] - 1]
+    change = target - held
+    s = slippage_bps / 1e4
+    factor = (1 + held * ret) * np.where(change > 0, 1 / ((1 + s) * (1 + commission)), 1.0) \
+        * np.where(change < 0, (1 - s) * (1 - commission), 1.0)
+    equity = 100_000 * np.cumprod(factor)
+    float(equity[-1])
+    return time.perf_counter() - t0
+
+
+async def through_actor(c: Client, ref: str, symbol: str) -> float:
+    """Seconds from submitting the command to receiving its terminal event (which must be completed)."""
+    cmd = RunBacktest(op_id=subjects.new_op_id("backtest"), model=ref, symbols=[symbol])
+    done = asyncio.Event()
+    end: list[tuple[float, str]] = []
+
+    async def cb(msg: Any) -> None:
+        name = msg.subject.rsplit(".", 1)[-1]
+        if name.removeprefix("orch_") in ("completed", "failed", "cancelled", "rejected"):
+            end.append((time.perf_counter(), name))
+            done.set()
+
+    sub = await c.nc.subscribe(subjects.ops(cmd.op_id), cb=cb)
+    t0 = time.perf_counter()
+    await c.submit(cmd)
+    await asyncio.wait_for(done.wait(), 1800)
+    await sub.unsubscribe()
+    if end[0][1] != "completed":
+        raise RuntimeError(f"{cmd.op_id} ended {end[0][1]}")
+    return end[0][0] - t0
+
+
+async def throughput(c: Client, runs: int, sizes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tf, ns in sizes.items():
+        for n in ns:
+            symbol = SYMBOLS[tf]
+            frame = bars(n, tf)
+            text = STRATEGY.replace("TF", tf).replace("AAPL", symbol)
+            files = model_files(text, frame, tf, symbol)
+            await BarStore(c.js).merge(symbol, tf, frame, "sim")  # sizes ascending: each extends the last
+            saved = await ModelStore(c.js).save("bench_bt", [symbol], [tf], files)
+            bare_s = [await asyncio.to_thread(bare, files, frame, tf, 0.001, 1.0) for _ in range(runs)]
+            actor_s = []
+            for _ in range(runs + 1):  # the first warms the backtester's digest cache and its imports
+                actor_s.append(await through_actor(c, saved["name"], symbol))
+            b, a = statistics.median(bare_s), statistics.median(actor_s[1:])
+            out[f"{tf}_{n}"] = {"bars": n, "bare_s": round(b, 4), "actor_s": round(a, 4),
+                                "first_actor_s": round(actor_s[0], 4), "ratio": round(b / a, 3),
+                                "bars_per_s_actor": round(n / a), "runs": runs}
+            print(f"  {tf} {n:>9,} bars: bare {b:.3f} s, actor {a:.3f} s, ratio {b / a:.2f}", flush=True)
+    return out
+
+
+async def cancel_latency(c: Client, ref: str, symbol: str, runs: int) -> dict[str, Any]:
+    lat, chunk_ms = [], []
+    for _ in range(runs):
+        cmd = RunBacktest(op_id=subjects.new_op_id("backtest"), model=ref, symbols=[symbol])
+        running, cancelled = asyncio.Event(), asyncio.Event()
+        stamps: list[float] = []
+        t_end: list[float] = []
+
+        async def cb(msg: Any, running: asyncio.Event = running, cancelled: asyncio.Event = cancelled,
+                     stamps: list[float] = stamps, t_end: list[float] = t_end) -> None:
+            name = msg.subject.rsplit(".", 1)[-1]
+            if name.removeprefix("orch_") in ("cancelled", "completed", "failed"):
+                t_end.append(time.perf_counter())
+                cancelled.set()
+            elif name == "progress":
+                ev = decode_event_on(msg.subject, msg.data)
+                if isinstance(ev, OperationProgress) and isinstance(ev.progress.context, BacktestContext) \
+                        and ev.progress.context.bars_done:
+                    stamps.append(time.perf_counter())
+                    if len(stamps) >= 2:  # past its first chunk: running, and a chunk's time known
+                        running.set()
+
+        sub = await c.js.subscribe(subjects.ops(cmd.op_id), cb=cb, ordered_consumer=True,
+                                   deliver_policy=js_api.DeliverPolicy.ALL)
+        await c.submit(cmd)
+        await asyncio.wait_for(asyncio.wait([asyncio.ensure_future(running.wait()),
+                                             asyncio.ensure_future(cancelled.wait())],
+                                            return_when=asyncio.FIRST_COMPLETED), 600)
+        if cancelled.is_set():  # ended before a second chunk: too small to cancel mid-run
+            await sub.unsubscribe()
+            continue
+        await asyncio.sleep(0.003 * (len(lat) % 7))  # somewhere inside a chunk
+        t0 = time.perf_counter()
+        await c.cancel(cmd.op_id)
+        await asyncio.wait_for(cancelled.wait(), 120)
+        await sub.unsubscribe()
+        lat.append((t_end[0] - t0) * 1000)
+        if len(stamps) >= 2:
+            chunk_ms.append(statistics.median(np.diff(stamps)) * 1000)
+    chunk = statistics.median(chunk_ms) if chunk_ms else float("nan")
+    if not lat:
+        return {"runs": 0, "note": "every run ended before its second chunk: use more bars"}
+    return {"p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2), "max_ms": round(max(lat), 2),
+            "runs": runs, "chunk_ms": round(chunk, 2), "target_ms": round(chunk + 10, 2),
+            "met": pct(lat, 99) <= chunk + 10, "target": "p99 <= one chunk + 10 ms"}
+
+
+def _sizes() -> dict[str, tuple[int, ...]]:
+    raw = os.environ.get("KTRDR_BENCH_RESEARCH_SIZES")
+    if not raw:
+        return SIZES
+    out: dict[str, list[int]] = {}
+    for part in raw.split(","):
+        tf, _, n = part.partition(":")
+        out.setdefault(tf.strip(), []).append(int(n))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+async def main() -> dict[str, Any]:
+    runs = int(os.environ.get("KTRDR_BENCH_RESEARCH_RUNS", "3"))
+    cancels = int(os.environ.get("KTRDR_BENCH_RESEARCH_CANCELS", "20"))
+    results: dict[str, Any] = {}
+    with BenchServer("research", heartbeat_s=1.0, device="cpu") as srv:
+        orchestrator = Orchestrator(srv.settings)
+        await orchestrator.start()
+        worker = ActorProcess(srv.settings, "backtester")
+        try:
+            async with Client(srv.settings) as c:
+                await wait_alive(c, ["orchestrator", "backtester"])
+                results["throughput"] = await throughput(c, runs, _sizes())
+                n = max(_sizes().get("1m", (1_000_000,)))
+                ref = f"bench_bt/{SYMBOLS['1m']}_1m"
+                results["cancel_latency_backtest"] = {"bars": n, **await cancel_latency(c, ref, SYMBOLS["1m"], cancels)}
+        finally:
+            worker.stop()
+            await orchestrator.stop()
+    results["machine"] = {"cores": len(os.sched_getaffinity(0)), "load_avg_1m_at_end": os.getloadavg()[0]}
+    return results
+
+
+if __name__ == "__main__":
+    from bench._common import report
+
+    report("research", asyncio.run(main()))

@@ -1,0 +1,53 @@
+"""A backtest run as the actor runs it, without a server: several symbols as equal sleeves, a range
+with no bars, a cancel between chunks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ktrdr.backtest import BacktestJob, TrainedModel, run_backtest
+from ktrdr.cancellation import CancellationToken
+from ktrdr.errors import DataError, OperationCancelledError
+from tests.training.conftest import make_bars
+
+
+def test_two_symbols_are_equal_sleeves_whose_sum_is_the_portfolio(bars, files) -> None:
+    files = {**files, "metadata.json": json.dumps({"symbols": ["AAPL", "MSFT"], "timeframes": ["1h"]}).encode()}
+    other = make_bars(900, seed=8, start="2024-01-10 00:30")  # a later start: the union has bars of one only
+    job = BacktestJob("t/AAPL-MSFT_1h_v1", ["AAPL", "MSFT"], capital=10_000, chunk_bars=300)
+    out = run_backtest(job, TrainedModel.from_files(files), {"AAPL": {"1h": bars}, "MSFT": {"1h": other}})
+    r = out.result
+    sleeves = r["per_symbol"]
+    assert set(sleeves) == {"AAPL", "MSFT"}
+    assert r["strategy"]["final_equity"] == pytest.approx(
+        sleeves["AAPL"]["strategy"]["final_equity"] + sleeves["MSFT"]["strategy"]["final_equity"])
+    assert r["buy_and_hold"]["final_equity"] == pytest.approx(
+        sleeves["AAPL"]["buy_and_hold"]["final_equity"] + sleeves["MSFT"]["buy_and_hold"]["final_equity"])
+    assert r["strategy"]["trades"] == sleeves["AAPL"]["strategy"]["trades"] + sleeves["MSFT"]["strategy"]["trades"]
+    # Before MSFT's first bar its sleeve is its cash: the portfolio starts from the whole capital.
+    assert out.curve["ts"].iloc[0] == bars.index[0] and len(out.curve) == len(bars.index.union(other.index))
+    assert out.curve["equity"].iloc[0] == pytest.approx(5_000 + out.runs["AAPL"].equity_curve()[0])
+
+
+def test_a_range_with_no_bars_is_a_data_error_naming_the_symbol(bars, files) -> None:
+    job = BacktestJob("t/AAPL_1h_v1", ["AAPL"], start=bars.index[-1].to_pydatetime().replace(year=2030))
+    with pytest.raises(DataError, match="no 1h bars for AAPL in the requested range"):
+        run_backtest(job, TrainedModel.from_files(files), {"AAPL": {"1h": bars}})
+
+
+def test_a_cancel_between_chunks_says_the_last_bar_run(bars, files) -> None:
+    token = CancellationToken()
+    seen: list[int] = []
+
+    def emit(state) -> None:  # the second chunk's report trips the cancel
+        seen.append(state.context.bars_done)
+        if len(seen) == 2:
+            token.cancel("user asked")
+
+    job = BacktestJob("t/AAPL_1h_v1", ["AAPL"], chunk_bars=250)
+    with pytest.raises(OperationCancelledError) as err:
+        run_backtest(job, TrainedModel.from_files(files), {"AAPL": {"1h": bars}}, emit=emit, cancel=token)
+    assert seen == [250, 500]
+    assert err.value.where == f"AAPL {bars.index[499].isoformat()}" and err.value.reason == "user asked"
