@@ -111,14 +111,38 @@ def to_parquet(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def from_parquet(source: bytes | bytearray | memoryview | Path) -> pd.DataFrame:
-    """Parquet bytes or a file back into a store-shaped frame; DataError when it is not one."""
+def read_table(source: bytes | bytearray | memoryview | Path) -> pa.Table:
+    """Parquet bytes or a file as an Arrow table (no pandas yet); DataError when it is unreadable.
+    `ParquetFile.read` rather than `pq.read_table`: ~1 ms less per object (no dataset layer), which
+    is most of a partition's decode."""
     try:
-        src = pa.py_buffer(source) if not isinstance(source, Path) else str(source)
-        df = pq.read_table(src).to_pandas()
+        if isinstance(source, Path):
+            with pa.OSFile(str(source)) as f:
+                return pq.ParquetFile(f).read()
+        return pq.ParquetFile(pa.py_buffer(source)).read()
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"stored bars are unreadable: {e}") from e
-    return normalize_frame(df)
+
+
+def from_tables(tables: list[pa.Table], *, ordered: bool = False) -> pd.DataFrame:
+    """Arrow tables of bars as ONE store-shaped frame: concatenated as Arrow, converted to pandas and
+    normalised once (not per table). `ordered`: the caller knows the tables are each sorted, disjoint
+    and in time order (partitions listed by a manifest), so no re-sort or dedupe is needed."""
+    if not tables:
+        return empty_frame()
+    try:
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        df = normalize_frame(table.to_pandas())
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"stored bars are unreadable: {e}") from e
+    if not ordered and len(tables) > 1:
+        df = df[~df.index.duplicated(keep="last")].sort_index()
+    return df
+
+
+def from_parquet(source: bytes | bytearray | memoryview | Path) -> pd.DataFrame:
+    """Parquet bytes or a file back into a store-shaped frame; DataError when it is not one."""
+    return from_tables([read_table(source)])
 
 
 def series_meta(symbol: str, timeframe: str, df: pd.DataFrame, source: str, simulated: bool) -> SeriesMeta:
