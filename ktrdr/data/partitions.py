@@ -64,6 +64,9 @@ class PartitionEntry(msgspec.Struct, kw_only=True, frozen=True):
     # The bars it holds as runs (runs_of): what a load plans its gaps from without reading it. None:
     # not known (a manifest written before runs existed, or a partition too fragmented to list).
     runs: Annotated[list[Run], msgspec.Meta(max_length=MAX_RUNS_PER_PARTITION)] | None = None
+    # The object's chunk id when it is one chunk: a reader gets those bytes directly (one request, the
+    # digest above checked) rather than stat first. None: stat it (older manifests, bigger objects).
+    nuid: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{1,64}$")] | None = None
 
 
 class Manifest(msgspec.Struct, kw_only=True, frozen=True):
@@ -216,9 +219,9 @@ def stored_mask(runs: list[tuple[int, int]], timeframe: str, wanted_ns: np.ndarr
     return ok & (wanted_ns <= lasts[j]) & ((wanted_ns - firsts[j]) % step == 0)
 
 
-def entry(key: str, name: str, df: pd.DataFrame, digest: str, size: int, timeframe: str | None = None
-          ) -> PartitionEntry:
+def entry(key: str, name: str, df: pd.DataFrame, digest: str, size: int, timeframe: str | None = None,
+          nuid: str | None = None) -> PartitionEntry:
     """The manifest entry of a partition just written (with its runs when `timeframe` is given)."""
     return PartitionEntry(key=key, name=name, rows=len(df), start=df.index[0].isoformat(),
                           end=df.index[-1].isoformat(), digest=digest, size=size,
-                          runs=runs_of(pd.DatetimeIndex(df.index), timeframe) if timeframe else None)
+                          runs=runs_of(pd.DatetimeIndex(df.index), timeframe) if timeframe else None, nuid=nuid)

@@ -126,6 +126,7 @@ class SeriesWindow:
              ) -> tuple[list[Gap], pd.DatetimeIndex]:
         """The gaps of [start, end) and their missing bar starts (gaps.find_gaps_in_chunks), from the
         manifest a partition at a time."""
+        start, end = to_utc(start, "start"), to_utc(end, "end")
         with self._lock:
             entries, dirty = dict(self._entries), {k: v.index for k, v in self._dirty.items()}
 

@@ -148,11 +148,12 @@ async def _publish(js: JetStreamContext, subject: str, payload: bytes, headers: 
 
 
 # ---------------------------------------------------------------------------------------------- bytes
-async def stat(js: JetStreamContext, bucket: str, name: str) -> Stored | None:
+async def stat(js: JetStreamContext, bucket: str, name: str, *, direct: bool = False) -> Stored | None:
     """The object's meta record (deleted ones too: `deleted` says so), or None when there is none or
-    the bucket does not exist yet."""
+    the bucket does not exist yet. `direct`: a direct get (raw bytes, answered by any replica; ~3x
+    faster than the JSON API for many small objects: a partitioned read stats each partition)."""
     try:
-        raw = await js.get_last_msg(_stream(bucket), _meta_subject(bucket, name))
+        raw = await js.get_last_msg(_stream(bucket), _meta_subject(bucket, name), direct=direct)
     except NotFoundError:
         return None
     return _stored(bucket, raw.data, int(raw.seq or 0))
@@ -164,6 +165,22 @@ async def fetch(js: JetStreamContext, st: Stored, *, into: IO[bytes] | None = No
     DataError when it is too big, stalls, or does not match its digest (replaced while read)."""
     if st.deleted or st.size < 0 or st.size > max_bytes:
         raise DataError(f"{st.bucket}/{st.name}: {st.size:,} bytes, more than the {max_bytes:,} allowed")
+    if st.chunks == 1 and st.size > 0:
+        # One chunk (a partition of a series, a manifest): a direct get of its one message, rather
+        # than an ordered consumer made and deleted for it (each a server round trip, and counted
+        # against the stream's consumers while it lives).
+        try:
+            raw = await js.get_last_msg(_stream(st.bucket), _chunk_subject(st.bucket, st.nuid), direct=True)
+        except NotFoundError:
+            raise DataError(f"{st.bucket}/{st.name}: gone while it was read", hint="read it again") from None
+        data = raw.data or b""
+        if len(data) != st.size or digest_of(hashlib.sha256(data)).lower() != st.digest.lower():
+            raise DataError(f"{st.bucket}/{st.name}: the bytes read do not match the stored digest (replaced "
+                            f"while it was read?)", hint="read it again")
+        if into is not None:
+            into.write(data)
+            return None
+        return bytearray(data)
     buf = bytearray(st.size) if into is None else None
     h = hashlib.sha256()
     loop = asyncio.get_running_loop()
