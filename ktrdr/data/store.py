@@ -2,12 +2,14 @@
 implementations (the in-memory SeriesBuffer and the local DataStore), and the DigestCache that keeps
 copies of stored objects on a host's disk.
 
-The store of record is the NATS object bucket BARS (ktrdr/data/bars_store.py): one Parquet object per
-(symbol, timeframe) with a SeriesMeta in its headers. This module is the NATS-free part:
+The store of record is the NATS object bucket BARS (ktrdr/data/bars_store.py): Parquet partitions
+per (symbol, timeframe, period) and a manifest with a SeriesMeta in its headers. This module is the NATS-free part:
 - `SeriesStore`: what a DataLoadingJob calls on the store it loads into (`covered_range`, `read`,
   `metadata`, `merge`), synchronous because the job calls it on worker threads.
-- `SeriesBuffer`: one series in memory, a SeriesStore, so a DataLoadingJob merges fetched segments
-  into it (from several threads) and the job-manager's SeriesWriter writes snapshots of it to BARS.
+- `SeriesBuffer`: one whole series in memory, a SeriesStore, so a DataLoadingJob merges fetched
+  segments into it (from several threads) and a SeriesWriter writes snapshots of it to BARS (a local
+  load of a series stored the old way; the job-manager's loads use ktrdr.data.window.SeriesWindow,
+  which holds only the partitions a load touches).
   Merged segments are kept aside and folded in lazily, so a load of thousands of segments does not
   re-sort the whole series for each one.
 - `DigestCache`: `KTRDR_HOME/cache/<sha256 hex>.parquet`, written atomically (temp file + rename),

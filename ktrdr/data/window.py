@@ -48,9 +48,11 @@ class SeriesWindow:
     write (see the module's docstring). The symbol/timeframe arguments of the SeriesStore methods are
     this series'."""
 
-    # More dirty partitions than this makes the writer store them early (SeriesWriter.due): a long
-    # backfill holds a few months of bars, not what its flush interval fetched.
+    # More dirty partitions than this wakes the writer to store them (`on_full`, SeriesWriter), and a
+    # merge waits (up to FULL_WAIT_S) while there are twice as many: a long backfill holds a few
+    # months of bars, not what its flush interval fetched.
     MAX_DIRTY = 4
+    FULL_WAIT_S = 60.0
 
     def __init__(self, symbol: str, timeframe: str, manifest: Manifest | None, meta: SeriesMeta | None,
                  read_partition: ReadPartition) -> None:
@@ -63,6 +65,8 @@ class SeriesWindow:
         self._simulated = bool(meta.simulated) if meta is not None else False
         self._read = read_partition
         self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self.on_full: Callable[[], None] | None = None  # set by a SeriesWriter: wakes it from any thread
         self.version = 0
         self.merges = 0
         self.reads: list[str] = []  # keys of the partitions read, in order (what a test or bench checks)
@@ -76,6 +80,9 @@ class SeriesWindow:
         new = normalize_frame(df)
         new = new[~new.index.duplicated(keep="last")].sort_index()
         with self._lock:
+            if self.on_full is not None and len(self._dirty) > 2 * self.MAX_DIRTY:
+                self.on_full()
+                self._drained.wait_for(lambda: len(self._dirty) <= 2 * self.MAX_DIRTY, self.FULL_WAIT_S)
             self.merges += 1
             if new.empty and self._source is not None:
                 return 0
@@ -92,7 +99,10 @@ class SeriesWindow:
             self.version += 1
             for key in parts:
                 self._versions[key] = self.version
-            return added
+            full = self.on_full if len(self._dirty) > self.MAX_DIRTY else None
+        if full is not None:
+            full()
+        return added
 
     def read(self, symbol: str, tf: Timeframe | str, start: Bound = None, end: Bound = None) -> pd.DataFrame:
         lo = to_utc(start, "start") if start is not None else None
@@ -167,6 +177,7 @@ class SeriesWindow:
                 if self._versions.get(key) == v:
                     self._dirty.pop(key, None)
                     self._versions.pop(key, None)
+            self._drained.notify_all()
 
     def rebase(self, manifest: Manifest | None, meta: SeriesMeta | None, whole: pd.DataFrame | None = None) -> None:
         """Someone else stored the series since our manifest (outside the lease): theirs from now on,

@@ -228,6 +228,56 @@ async def fetch(js: JetStreamContext, st: Stored, *, into: IO[bytes] | None = No
     return buf
 
 
+async def get_single_chunks(js: JetStreamContext, bucket: str, objs: list[Stored], *,
+                            idle_timeout: float = 30.0) -> dict[str, bytes]:
+    """The bytes of single-chunk objects in ONE batched direct get (the last message of each chunk
+    subject: nats-server 2.11+'s `multi_last`), nuid -> bytes, each checked against its digest.
+    An object whose bytes did not come back or do not match (replaced or deleted meanwhile) is left
+    out: the caller reads it again. Against a request per object this saves a round trip and the
+    client's per-request work each (bench/partitions.py, 120 partitions of 10 years of 1m)."""
+    wanted = {o.nuid: o for o in objs if o.chunks == 1 and o.size > 0}
+    if not wanted:
+        return {}
+    nc = js._nc  # type: ignore[attr-defined]  # the connection a JetStreamContext carries
+    inbox = nc.new_inbox()
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    out: dict[str, bytes] = {}
+    prefix, seen = _chunk_subject(bucket, ""), loop.time()
+
+    async def on_msg(msg: Any) -> None:
+        nonlocal seen
+        seen = loop.time()
+        status = (msg.headers or {}).get("Status")
+        if status is not None:  # 204: the end of the batch; 404: none of them exists; others: refused
+            if not done.done():
+                if status in ("204", "404"):
+                    done.set_result(None)
+                else:
+                    done.set_exception(DataError(f"{bucket}: a batched get was refused: {status} "
+                                                 f"{(msg.headers or {}).get('Description', '')}"))
+            return
+        nuid = str((msg.headers or {}).get("Nats-Subject", ""))[len(prefix):]
+        o = wanted.get(nuid)
+        data = bytes(msg.data or b"")
+        if o is not None and len(data) == o.size and digest_of(hashlib.sha256(data)).lower() == o.digest.lower():
+            out[nuid] = data
+
+    sub = await nc.subscribe(inbox, cb=on_msg)
+    try:
+        body = json.dumps({"multi_last": [_chunk_subject(bucket, n) for n in wanted], "batch": len(wanted)})
+        await nc.publish(f"{js._prefix}.DIRECT.GET.{_stream(bucket)}", body.encode(), reply=inbox)  # type: ignore[attr-defined]
+        while not done.done():
+            await asyncio.wait([done], timeout=idle_timeout / 4)
+            if not done.done() and loop.time() - seen > idle_timeout:
+                raise DataError(f"{bucket}: a batched get stalled ({len(out)} of {len(wanted)} objects)")
+        done.result()
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return out
+
+
 async def get(js: JetStreamContext, bucket: str, name: str, *, max_bytes: int) -> tuple[bytearray, Stored] | None:
     """(bytes, meta) of a live object, or None."""
     for attempt in range(3):
