@@ -80,9 +80,11 @@ class SeriesWindow:
         new = normalize_frame(df)
         new = new[~new.index.duplicated(keep="last")].sort_index()
         with self._lock:
-            if self.on_full is not None and len(self._dirty) > 2 * self.MAX_DIRTY:
-                self.on_full()
-                self._drained.wait_for(lambda: len(self._dirty) <= 2 * self.MAX_DIRTY, self.FULL_WAIT_S)
+            waited = 0.0
+            while self.on_full is not None and len(self._dirty) > 2 * self.MAX_DIRTY and waited < self.FULL_WAIT_S:
+                self.on_full()  # again each second: a wake-up the writer missed is not a stall
+                self._drained.wait(1.0)
+                waited += 1.0
             self.merges += 1
             if new.empty and self._source is not None:
                 return 0
