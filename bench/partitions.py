@@ -13,7 +13,9 @@ loading it through the paced IB path would take hours of simulated pacing). Sect
   merge into the partitions touched, SeriesWriter). The fetch is an in-process function returning the
   generated bars of each segment (no IB). Peak RSS above the process's RSS just before (VmHWM reset)
   after a warm-up (the calendar built and one small load run, as a running job-manager has done),
-  beside the largest partition: its Parquet object and its frame in memory (pandas, deep).
+  beside the largest partition: its Parquet object and its frame in memory (pandas, deep), and the
+  peak of what tracemalloc sees allocated (Python objects and numpy arrays: the working set without
+  Arrow's pool and the C allocator's retained slack, which RSS includes). Times are under tracemalloc.
 - `write_*`: a periodic write after appending a day / a week / a month (merge into the buffer, write
   only what the merges touched): seconds and Parquet bytes put.
 - `read_*`: a whole-series read and a one-month range read with no cache (every byte from the server).
@@ -121,11 +123,17 @@ async def _peak_child(url: str, home: str, symbol: str, partitioned: bool, end: 
             from_tables([read_table(to_parquet(month))])
         del month
         await _job_steps(c, "WARM", partitioned, START + pd.Timedelta(days=40))
+        import gc
+        import tracemalloc
+
+        gc.collect()
+        tracemalloc.start()  # Python and numpy allocations (not Arrow's pool, not allocator slack)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         before, t0 = _mb("VmRSS"), time.perf_counter()
         out = await _job_steps(c, symbol, partitioned, pd.Timestamp(end))
-        return {**out, "s": time.perf_counter() - t0, "peak_above_mb": max(0.0, _mb("VmHWM") - before)}
+        return {**out, "s": time.perf_counter() - t0, "peak_above_mb": max(0.0, _mb("VmHWM") - before),
+                "traced_peak_mb": tracemalloc.get_traced_memory()[1] / 1e6}
 
 
 def _peak(url: str, home: str, symbol: str, partitioned: bool, end: pd.Timestamp) -> dict[str, Any]:
@@ -188,6 +196,7 @@ async def _loads(srv: Any, series: dict[str, pd.DataFrame]) -> dict[str, Any]:
         }
         for mode, rs in runs.items():
             row[f"{mode}_peak_above_mb"] = round(statistics.median(r["peak_above_mb"] for r in rs), 1)
+            row[f"{mode}_traced_peak_mb"] = round(statistics.median(r["traced_peak_mb"] for r in rs), 1)
             row[f"{mode}_s"] = round(statistics.median(r["s"] for r in rs), 3)
             row[f"{mode}_segments"] = rs[0]["segments"]
             row[f"{mode}_partitions_read"] = rs[0]["partitions_read"]
