@@ -173,3 +173,22 @@ async def test_a_long_backfill_holds_a_few_partitions_not_the_series(client):
     got = await BarStore(client.js).read("AAPL", "30m")
     pd.testing.assert_frame_equal(got, generate_bars(AAPL, "30m", utc(2023, 1, 3), utc(2023, 9, 1), seed=0),
                                   check_freq=False)
+
+
+def test_a_manifest_with_runs_out_of_order_or_a_bad_chunk_id_is_refused():
+    import pytest
+
+    from ktrdr.data.partitions import decode_manifest
+    from ktrdr.errors import DataError
+
+    part = minute_bars(utc(2024, 1, 2), utc(2024, 1, 4))
+    good = msgspec.structs.replace(_entry("2024-01", part), runs=runs_of(pd.DatetimeIndex(part.index), "1m"))
+    assert good.runs is not None and len(good.runs) == 2  # two sessions
+    decode_manifest("AAPL/1m", msgspec.json.encode(Manifest(generation=1, partitions=[good])))
+    for bad in (msgspec.structs.replace(good, runs=good.runs[::-1]),
+                msgspec.structs.replace(good, runs=[(good.runs[0][1], good.runs[0][0])])):
+        with pytest.raises(DataError, match="out of order"):
+            decode_manifest("AAPL/1m", msgspec.json.encode(Manifest(generation=1, partitions=[bad])))
+    raw = msgspec.json.encode(Manifest(generation=1, partitions=[good])).replace(b'"nuid":null', b'"nuid":"a.>"')
+    with pytest.raises(DataError, match="invalid"):  # it would name a subject: only [A-Za-z0-9]
+        decode_manifest("AAPL/1m", raw)
