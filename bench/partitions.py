@@ -21,7 +21,8 @@ loading it through the paced IB path would take hours of simulated pacing). Sect
 - `read_*`: a whole-series read and a one-month range read with no cache (every byte from the server).
 
 `python -m bench partitions` (or `python -m bench.partitions`); KTRDR_BENCH_PARTITION_LOADS picks the
-loads (default `1y:5,10y:5,10y:50,10y:500`: series:days).
+loads (default `1y:5,10y:5,10y:50,10y:500`: series:days), KTRDR_BENCH_PARTITION_SECTIONS the sections
+(default `reads,writes,loads`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ START = pd.Timestamp("2015-01-02", tz="UTC")
 ENDS = {"1y": pd.Timestamp("2016-01-02", tz="UTC"), "10y": pd.Timestamp("2025-01-02", tz="UTC")}
 SPANS = {"day": pd.Timedelta(days=1), "week": pd.Timedelta(days=7), "month": pd.Timedelta(days=30)}
 LOADS = os.environ.get("KTRDR_BENCH_PARTITION_LOADS", "1y:5,10y:5,10y:50,10y:500")
+SECTIONS = os.environ.get("KTRDR_BENCH_PARTITION_SECTIONS", "reads,writes,loads").split(",")
 
 
 def _series(start: pd.Timestamp = START, end: pd.Timestamp = ENDS["10y"]) -> pd.DataFrame:
@@ -267,10 +269,13 @@ async def main() -> dict[str, Any]:
     series = {label: await asyncio.to_thread(_series, START, end) for label, end in ENDS.items()}
     results: dict[str, Any] = {"series": {label: len(df) for label, df in series.items()}}
     with BenchServer("partitions") as srv:
-        results.update(await _reads(srv, series))
-        for label, partitioned in (("whole", False), ("partitioned", True)):
-            results[f"writes_{label}"] = await _writes(srv, series["10y"], partitioned)
-        results.update(await _loads(srv, series))
+        if "reads" in SECTIONS:
+            results.update(await _reads(srv, series))
+        if "writes" in SECTIONS:
+            for label, partitioned in (("whole", False), ("partitioned", True)):
+                results[f"writes_{label}"] = await _writes(srv, series["10y"], partitioned)
+        if "loads" in SECTIONS:
+            results.update(await _loads(srv, series))
     return results
 
 
