@@ -48,11 +48,10 @@ class SeriesWindow:
     write (see the module's docstring). The symbol/timeframe arguments of the SeriesStore methods are
     this series'."""
 
-    # More dirty partitions than this wakes the writer to store them (`on_full`, SeriesWriter), and a
-    # merge waits (up to FULL_WAIT_S) while there are twice as many: a long backfill holds a few
-    # months of bars, not what its flush interval fetched.
+    # More dirty partitions than this wakes the writer to store them (`on_full`, SeriesWriter): a long
+    # backfill holds a few months of bars, not what its flush interval fetched. A wake-up, not a
+    # hard bound: merges go on while the write runs.
     MAX_DIRTY = 4
-    FULL_WAIT_S = 60.0
 
     def __init__(self, symbol: str, timeframe: str, manifest: Manifest | None, meta: SeriesMeta | None,
                  read_partition: ReadPartition) -> None:
@@ -65,7 +64,6 @@ class SeriesWindow:
         self._simulated = bool(meta.simulated) if meta is not None else False
         self._read = read_partition
         self._lock = threading.Lock()
-        self._drained = threading.Condition(self._lock)
         self.on_full: Callable[[], None] | None = None  # set by a SeriesWriter: wakes it from any thread
         self.version = 0
         self.merges = 0
@@ -80,11 +78,6 @@ class SeriesWindow:
         new = normalize_frame(df)
         new = new[~new.index.duplicated(keep="last")].sort_index()
         with self._lock:
-            waited = 0.0
-            while self.on_full is not None and len(self._dirty) > 2 * self.MAX_DIRTY and waited < self.FULL_WAIT_S:
-                self.on_full()  # again each second: a wake-up the writer missed is not a stall
-                self._drained.wait(1.0)
-                waited += 1.0
             self.merges += 1
             if new.empty and self._source is not None:
                 return 0
@@ -179,7 +172,6 @@ class SeriesWindow:
                 if self._versions.get(key) == v:
                     self._dirty.pop(key, None)
                     self._versions.pop(key, None)
-            self._drained.notify_all()
 
     def rebase(self, manifest: Manifest | None, meta: SeriesMeta | None, whole: pd.DataFrame | None = None) -> None:
         """Someone else stored the series since our manifest (outside the lease): theirs from now on,

@@ -147,34 +147,6 @@ async def test_a_whole_read_of_partitions_equals_their_concatenation(client, tmp
     assert len(list((tmp_path / "cache").iterdir())) == 4
 
 
-async def test_a_long_backfill_holds_a_few_partitions_not_the_series(client):
-    store = BarStore(client.js)
-    opened = await store.open_window("AAPL", "30m")
-    assert opened is not None
-    window, stored = opened
-    window.MAX_DIRTY = 1  # a small bound, so that a small load shows it
-    held: list[int] = []
-
-    async def fetch(seg: Segment) -> pd.DataFrame:
-        held.append(window.dirty_count)  # what the load holds when each segment is fetched
-        return generate_bars(AAPL, "30m", seg.start, seg.end, seed=0)
-
-    async def head():
-        return utc(2023, 1, 3)
-
-    writer = SeriesWriter(store, window, stored, every_s=3600, every_segments=10**6, manifest=window.manifest)
-    job = DataLoadingJob(window, "AAPL", "30m", "full", utc(2023, 1, 3), utc(2023, 9, 1), fetch=fetch,
-                         head_timestamp=head, cancel=CancellationToken(), source="sim", now=utc(2023, 9, 1),
-                         max_concurrency=1)
-    async with writer.running(logging.getLogger("test")):
-        result = await job.run()
-    assert result.segments_planned >= 8 and max(held) <= 2 * window.MAX_DIRTY + 1
-    assert writer.writes >= 3  # written as it went, woken by the partitions it held, not by the clock
-    got = await BarStore(client.js).read("AAPL", "30m")
-    pd.testing.assert_frame_equal(got, generate_bars(AAPL, "30m", utc(2023, 1, 3), utc(2023, 9, 1), seed=0),
-                                  check_freq=False)
-
-
 def test_a_manifest_with_runs_out_of_order_or_a_bad_chunk_id_is_refused():
     import pytest
 
