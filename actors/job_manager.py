@@ -5,9 +5,11 @@ reported by the ib actor show up in the progress context (`waiting 12 s for IB p
 
 The series lives in the object bucket BARS (`<SYMBOL>/<TF>`), not on this host's disk: a load takes
 the series' writer lease (ktrdr.data.series_lease: a second load of the same series waits and says
-for whom), reads the stored series through the digest cache (ktrdr.data.bars_store.BarStore), merges
-fetched segments into it in memory (SeriesBuffer, the job's SeriesStore) and writes it back with
-compare-and-set (SeriesWriter): every `flush_every_segments` merges or `flush_every_s` seconds
+for whom), reads the stored series' manifest (ktrdr.data.bars_store.BarStore), plans from it, merges
+fetched segments into the partitions they fall in, read through the digest cache when first touched
+(SeriesWindow, the job's SeriesStore: memory bounded by a few partitions, not the series) and writes
+those partitions and the manifest with compare-and-set (SeriesWriter): every `flush_every_segments`
+merges, `flush_every_s` seconds or more than SeriesWindow.MAX_DIRTY partitions touched
 while it runs (a killed job-manager loses little) and once at the end whatever the outcome, so segments
 fetched before a cancel or a failure stay stored. A load that fails on a full disk fails with
 `disk_full`, naming the disk (ktrdr.disk).
@@ -29,7 +31,7 @@ from ktrdr.data.bars_store import BarStore, SeriesWriter
 from ktrdr.data.calendar import normalize_symbol
 from ktrdr.data.loading import DataLoadingJob, Segment
 from ktrdr.data.series_lease import series_lease
-from ktrdr.data.store import DigestCache, SeriesBuffer
+from ktrdr.data.store import DigestCache, SeriesBuffer, SeriesStore
 from ktrdr.transport import IbRequester, objects
 
 
@@ -102,26 +104,35 @@ class JobManager(Actor):
             _contract, source = await ib.contract(symbol, op.op_id)  # unknown symbols fail here, fast
         bars = BarStore(self.js, self.cache)
         if cmd.mode == "local":  # reads only: no lease, no write
-            stored = await bars.load(symbol, tf)
-            job = self._job(op, SeriesBuffer(symbol, tf, stored.df, stored.meta), ib, source)
+            opened = await bars.open_window(symbol, tf, migrate=False)
+            if opened is not None:
+                store: SeriesStore = opened[0]
+            else:  # a whole-series object written the old way: read as it is (migrated by a write)
+                stored = await bars.load(symbol, tf)
+                store = SeriesBuffer(symbol, tf, stored.df, stored.meta)
+            job = self._job(op, store, symbol, ib, source)
             return {**(await job.run()).to_dict(), "object": f"{symbol}/{tf}"}
         lease = await series_lease(self.js, symbol, tf, holder=self.id, op_id=op.op_id,
                                    ttl_s=self.settings.worker_timeout_s)
         async with lease.held(op.token, on_wait=functools.partial(self._waiting, op, cmd)):
-            stored = await bars.load(symbol, tf)
-            buffer = SeriesBuffer(symbol, tf, stored.df, stored.meta)
-            writer = SeriesWriter(bars, buffer, stored.stored, every_s=self.flush_every_s,
-                                  every_segments=self.flush_every_segments, manifest=stored.manifest)
+            # Only the manifest is read here (and a series stored the old way is migrated, its one
+            # whole read); the load reads and writes the partitions its segments fall in.
+            migrated = await bars.open_window(symbol, tf)
+            assert migrated is not None
+            window, stored_obj = migrated
+            writer = SeriesWriter(bars, window, stored_obj, every_s=self.flush_every_s,
+                                  every_segments=self.flush_every_segments, manifest=window.manifest)
             async with writer.running(self.log):
-                result = await self._job(op, buffer, ib, source).run()
+                result = await self._job(op, window, symbol, ib, source).run()
         st = writer.stored
         return {**result.to_dict(), "object": f"{symbol}/{tf}", "digest": st.digest if st else None,
                 "writes": writer.writes, "write_s": round(writer.write_s, 3)}
 
-    def _job(self, op: OperationContext, buffer: SeriesBuffer, ib: IbRequester, source: str) -> DataLoadingJob:
+    def _job(self, op: OperationContext, store: SeriesStore, symbol: str, ib: IbRequester, source: str
+             ) -> DataLoadingJob:
         cmd = op.command
         assert isinstance(cmd, LoadData)
-        symbol, tf = buffer.symbol, cmd.timeframe
+        tf = cmd.timeframe
 
         async def fetch(seg: Segment) -> pd.DataFrame:
             df, _src = await ib.bars(symbol, tf, pd.Timestamp(seg.start).to_pydatetime(),
@@ -131,7 +142,7 @@ class JobManager(Actor):
         async def head() -> datetime | None:
             return await ib.head(symbol, tf, op.op_id)
 
-        job = DataLoadingJob(buffer, symbol, tf, cmd.mode, cmd.start, cmd.end,
+        job = DataLoadingJob(store, symbol, tf, cmd.mode, cmd.start, cmd.end,
                              fetch=fetch, head_timestamp=head, cancel=op.token, on_progress=op.progress,
                              max_concurrency=self.segment_concurrency, source=source,
                              pacing_wait_s=60.0 * self.settings.ib_time_scale,

@@ -152,3 +152,8 @@ MAX_MANIFEST_BYTES = 4 << 20
 MAX_GENERATION_DIGITS = 12
 PARTITION_KEY_PATTERN = r"(all|[0-9]{4}|[0-9]{4}-[0-9]{2})"
 PARTITION_TAIL_PATTERN = rf"^{PARTITION_KEY_PATTERN}\.([0-9]{{1,{MAX_GENERATION_DIGITS}}})\.([0-9a-f]{{8}})$"
+# Each manifest entry may carry its partition's coverage: the runs of consecutive bars it holds (first,
+# last bar start in epoch seconds), so a load plans its gaps from the manifest without reading the
+# partition. At most MAX_RUNS_PER_PARTITION runs (a month of 1m bars on NYSE hours is ~21, a year of 1h
+# ~252); a partition more fragmented than that is listed without runs and read when a plan needs it.
+MAX_RUNS_PER_PARTITION = 1024

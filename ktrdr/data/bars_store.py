@@ -7,27 +7,33 @@ each is cached under its own digest and an append invalidates only the partition
 the manifest (only if it is still the one that was read: the partitions first under fresh names, the
 manifest last, the replaced partitions deleted after it moved) and merges bars into one (retried on a
 concurrent write). A whole-series Parquet object written the old way at `<SYMBOL>/<TF>` is read as
-before and replaced by a manifest at the first write (the migration). `SeriesWriter` is how a data
-load stores what it fetched: the load merges segments into an in-memory SeriesBuffer, and the writer
-stores snapshots of it every so often while the load runs and once at the end whatever the outcome,
-each write putting only the partitions the merges since the last one touched, merging on top of a
-concurrent write rather than losing it. Object names are built from a checked symbol and timeframe
-only (`bars_name`) and generated partition keys. This is the data domain's NATS adapter; the bytes go
-through ktrdr.transport.objects.
+before and replaced by a manifest at the first write (the migration: `open_window` does it before a
+load, the old object's one whole read). `SeriesWriter` is how a data load stores what it fetched: the
+load merges segments into a SeriesWindow (ktrdr.data.window: the manifest, and in memory only the
+partitions its segments touched, read on first touch through `partition_reader`), and the writer
+stores those every so often while the load runs and once at the end whatever the outcome, with the
+manifest, after which they leave memory; a lost compare-and-set puts them on top of the newer series
+rather than losing it. Whole reads fetch partitions concurrently (one direct get each when the
+manifest gives its chunk id), decode each to Arrow as it arrives and convert to pandas once. Object
+names are built from a checked symbol and timeframe only (`bars_name`) and generated partition keys.
+This is the data domain's NATS adapter; the bytes go through ktrdr.transport.objects.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import msgspec
 import pandas as pd
+import pyarrow as pa
 from nats.js import JetStreamContext
 
 from ktrdr.commands import check_symbol, check_timeframe
@@ -50,18 +56,26 @@ from ktrdr.data.store import (
     SeriesBuffer,
     SeriesMeta,
     empty_frame,
-    from_parquet,
-    merge_parts,
+    from_tables,
+    read_table,
     slice_bars,
     to_parquet,
 )
+from ktrdr.data.window import SeriesWindow
 from ktrdr.errors import DataError, ValidationError
 from ktrdr.transport import objects
 from ktrdr.transport.objects import BARS, ObjectConflict, Stored
 
 MAX_SERIES_BYTES = 4 << 30
 SERIES_HEADER = "Ktrdr-Series"
-READ_CONCURRENCY = 8  # partitions fetched at once by one read (each a few MB at most)
+# Partitions fetched at once by one read (each a few MB at most; each decoded on a thread as it
+# arrives, so decoding overlaps the fetching): 16 measured 10-15% faster than 8 on 120 partitions.
+READ_CONCURRENCY = 16
+# Single-chunk partitions got in one batched direct get (objects.get_single_chunks): 30 at a time,
+# 4 batches at once, measured 0.08 s for 120 partitions (21 MB) against 0.12 s one request each and
+# 0.09 s for the same bars as one whole object.
+READ_BATCH = 30
+PARTITION_READ_TIMEOUT_S = 120.0  # a SeriesWindow's read of one partition, from its worker thread
 _Metas = list[SeriesMeta]  # for annotations inside BarStore, whose `list` method shadows the builtin
 
 
@@ -123,12 +137,8 @@ class BarStore:
                 meta = self._meta(st, name)
                 if st.header(MANIFEST_HEADER) is None:  # written the old way: one whole-series object
                     return StoredSeries(slice_bars(await self._frame(st), lo, hi), meta, st)
-                data = await objects.fetch(self.js, st, max_bytes=MAX_MANIFEST_BYTES)
-                assert data is not None
-                manifest = decode_manifest(name, data)
-                sem = asyncio.Semaphore(READ_CONCURRENCY)
-                frames = list(await asyncio.gather(*(self._partition(e, sem) for e in overlapping(manifest, lo, hi))))
-                df = merge_parts(frames)
+                manifest = await self._manifest(name, st)
+                df = await self._entries_frame(overlapping(manifest, lo, hi))
                 return StoredSeries(slice_bars(df, lo, hi) if lo is not None or hi is not None else df,
                                     meta, st, manifest)
             except DataError:
@@ -141,18 +151,84 @@ class BarStore:
         """Stored bars with start <= t < end (either bound optional); an empty frame when none."""
         return (await self.load(symbol, timeframe, start, end)).df
 
-    async def _partition(self, e: PartitionEntry, sem: asyncio.Semaphore) -> pd.DataFrame:
-        async with sem:
-            st = await objects.stat(self.js, BARS, e.name)
+    async def _manifest(self, name: str, st: Stored) -> Manifest:
+        data = await objects.fetch(self.js, st, max_bytes=MAX_MANIFEST_BYTES)
+        assert data is not None
+        return decode_manifest(name, data)
+
+    async def _entries_frame(self, entries: list[PartitionEntry]) -> pd.DataFrame:
+        """The partitions listed (in time order) as one frame: fetched READ_CONCURRENCY at a time, each
+        decoded to Arrow on a thread as it arrives, concatenated as Arrow and converted to pandas once.
+        Entries of one manifest are disjoint and in order (checked on their first/last bars), so no
+        re-sort or dedupe unless that check fails."""
+        sem = asyncio.Semaphore(READ_CONCURRENCY)
+        tables: dict[str, pa.Table] = {}
+        # Partitions whose chunk id the manifest gives and this host has not cached: batched gets of
+        # READ_BATCH, each batch decoded on a thread as it arrives; the others (and any a batch did
+        # not bring back) one at a time.
+        direct = [e for e in entries if e.nuid is not None
+                  and (self.cache is None or self.cache.lookup(e.digest) is None)]
+
+        async def batch(group: list[PartitionEntry]) -> None:
+            async with sem:
+                objs = [Stored(bucket=BARS, name=e.name, size=e.size, chunks=1, digest=e.digest, nuid=e.nuid or "",
+                               seq=0) for e in group]
+                try:
+                    got = await objects.get_single_chunks(self.js, BARS, objs)
+                except DataError:
+                    got = {}  # refused (an older server): each is read on its own below
+                found = [(e, got[e.nuid]) for e in group if e.nuid in got]
+                if self.cache is not None:
+                    for e, data in found:
+                        await asyncio.to_thread(self.cache.put, e.digest, data)
+                decoded = await asyncio.to_thread(lambda: [read_table(data) for _, data in found])
+                tables.update((e.name, t) for (e, _), t in zip(found, decoded, strict=True))
+
+        async def single(e: PartitionEntry) -> None:
+            tables[e.name] = await self._partition(e, sem)
+
+        await asyncio.gather(*(batch(direct[i:i + READ_BATCH]) for i in range(0, len(direct), READ_BATCH)))
+        await asyncio.gather(*(single(e) for e in entries if e.name not in tables))
+        ordered = all(pd.Timestamp(a.end) < pd.Timestamp(b.start) for a, b in itertools.pairwise(entries))
+        return await asyncio.to_thread(from_tables, [tables[e.name] for e in entries], ordered=ordered)
+
+    async def _partition(self, e: PartitionEntry, sem: asyncio.Semaphore | None = None) -> pa.Table:
+        async with sem if sem is not None else contextlib.nullcontext():
+            if e.nuid is not None:  # one chunk whose id the manifest gives: read it, its digest checked
+                return await self._table(Stored(bucket=BARS, name=e.name, size=e.size, chunks=1, digest=e.digest,
+                                                nuid=e.nuid, seq=0))
+            st = await objects.stat(self.js, BARS, e.name, direct=True)
             if st is None or st.deleted or st.digest != e.digest:
                 raise DataError(f"BARS/{e.name}: replaced while it was read")
-            return await self._frame(st)
+            return await self._table(st)
+
+    async def read_partition(self, e: PartitionEntry) -> pd.DataFrame:
+        """One partition a manifest lists, as a frame (DataError when it was replaced meanwhile)."""
+        return await asyncio.to_thread(from_tables, [await self._partition(e)])
+
+    def partition_reader(self) -> Callable[[PartitionEntry], pd.DataFrame]:
+        """`read_partition` for a SeriesWindow, which calls it from worker threads: the read runs on
+        this event loop, the calling thread waits for it. Refused on the loop's own thread (it would
+        wait for itself)."""
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+
+        def read(e: PartitionEntry) -> pd.DataFrame:
+            if threading.get_ident() == loop_thread:
+                raise RuntimeError("a SeriesWindow is called from worker threads (asyncio.to_thread), "
+                                   "never on the event loop")
+            return asyncio.run_coroutine_threadsafe(self.read_partition(e), loop).result(PARTITION_READ_TIMEOUT_S)
+
+        return read
 
     async def _frame(self, st: Stored) -> pd.DataFrame:
+        return await asyncio.to_thread(from_tables, [await self._table(st)])
+
+    async def _table(self, st: Stored) -> pa.Table:
         path = self.cache.lookup(st.digest) if self.cache is not None else None
         if path is not None:
             try:
-                return await asyncio.to_thread(from_parquet, path)
+                return await asyncio.to_thread(read_table, path)
             except DataError:
                 path.unlink(missing_ok=True)  # a damaged cache file is only a cache miss
         cache = self.cache
@@ -163,7 +239,7 @@ class BarStore:
                 with f:  # streamed to disk: memory stays at one chunk, not the whole object
                     await objects.fetch(self.js, st, into=f, max_bytes=MAX_SERIES_BYTES)
                 path = await asyncio.to_thread(cache.commit, tmp, st.digest)
-                return await asyncio.to_thread(from_parquet, path)
+                return await asyncio.to_thread(read_table, path)
             except TimeoutError:
                 raise  # the server's, not the cache's
             except OSError:
@@ -174,7 +250,7 @@ class BarStore:
         data = await objects.fetch(self.js, st, max_bytes=MAX_SERIES_BYTES)
         if data is None:
             raise DataError(f"BARS/{st.name}: gone while it was read")
-        return await asyncio.to_thread(from_parquet, data)
+        return await asyncio.to_thread(read_table, data)
 
     async def write(self, df: pd.DataFrame, meta: SeriesMeta, *, replaces: Stored | None,
                     manifest: Manifest | None = None, touched: set[str] | None = None) -> Stored:
@@ -203,12 +279,30 @@ class BarStore:
             with contextlib.suppress(DataError):  # what it lists is deleted once this write is stored
                 manifest, touched = decode_manifest(name, data or b""), None
         old = {e.key: e for e in manifest.partitions} if manifest is not None else {}
-        generation = (manifest.generation + 1) if manifest is not None else 1
         parts = await asyncio.to_thread(split, df, meta.timeframe)
-        entries: dict[str, PartitionEntry] = {}
-        for key, part in parts.items():
-            if key in old and touched is not None and key not in touched and old[key].rows == len(part):
-                entries[key] = old[key]
+        keep = {key: old[key] for key, part in parts.items()
+                if key in old and touched is not None and key not in touched and old[key].rows == len(part)}
+        return await self._commit(meta, {k: p for k, p in parts.items() if k not in keep}, keep, replaces, manifest)
+
+    async def write_partitions(self, meta: SeriesMeta, parts: dict[str, pd.DataFrame], *, replaces: Stored | None,
+                               manifest: Manifest | None) -> tuple[Stored, Manifest]:
+        """Store these partitions (each whole: every bar of its period) and a manifest listing them
+        with every other partition `manifest` (what `replaces` lists) lists, compare-and-set on it
+        (ObjectConflict otherwise, nothing changed that a reader sees). What a SeriesWindow writes."""
+        keep = {e.key: e for e in manifest.partitions if e.key not in parts} if manifest is not None else {}
+        return await self._commit(meta, parts, keep, replaces, manifest)
+
+    async def _commit(self, meta: SeriesMeta, parts: dict[str, pd.DataFrame], keep: dict[str, PartitionEntry],
+                      replaces: Stored | None, manifest: Manifest | None) -> tuple[Stored, Manifest]:
+        """Put `parts` under fresh names, then the manifest (them + `keep`) with compare-and-set, then
+        delete what `manifest` listed that the new one does not."""
+        name = bars_name(meta.symbol, meta.timeframe)
+        header = msgspec.json.encode(msgspec.structs.replace(meta, digest="")).decode()
+        old = {e.key: e for e in manifest.partitions} if manifest is not None else {}
+        generation = (manifest.generation + 1) if manifest is not None else 1
+        entries: dict[str, PartitionEntry] = dict(keep)
+        for key, part in sorted(parts.items()):
+            if not len(part):
                 continue
             data = await asyncio.to_thread(to_parquet, part)
             pname = partition_name(name, key, generation)
@@ -216,9 +310,14 @@ class BarStore:
             self.bytes_written += len(data)
             if self.cache is not None:
                 await asyncio.to_thread(self.cache.put, pst.digest, data)
-            entries[key] = entry(key, pname, part, pst.digest, len(data))
+            entries[key] = await asyncio.to_thread(entry, key, pname, part, pst.digest, len(data), meta.timeframe,
+                                                   pst.nuid if pst.chunks == 1 else None)
+            del data
         new = Manifest(generation=generation, partitions=sorted(entries.values(), key=lambda e: e.key))
         body = msgspec.json.encode(new)
+        if len(body) > MAX_MANIFEST_BYTES:  # runs are an optimisation: listed without them, it fits
+            body = msgspec.json.encode(msgspec.structs.replace(new, partitions=[
+                msgspec.structs.replace(e, runs=None) for e in new.partitions]))
         try:
             st = await objects.put(self.js, BARS, name, body, conditional=True, replaces=replaces,
                                    headers={SERIES_HEADER: header, MANIFEST_HEADER: "1"})
@@ -234,11 +333,52 @@ class BarStore:
                     await objects.delete(self.js, BARS, e.name)
         return st, new
 
+    async def open_window(self, symbol: str, timeframe: str, *, migrate: bool = True
+                          ) -> tuple[SeriesWindow, Stored | None] | None:
+        """A SeriesWindow on the stored series (nothing read but its manifest) and the object a write
+        of it replaces. A whole-series object written the old way is migrated first when `migrate`
+        (read whole, once, and written as partitions: its last whole read), or None is returned."""
+        sym, tf = bars_name(symbol, timeframe).split("/")
+        name = f"{sym}/{tf}"
+        reader = self.partition_reader()
+        for _ in range(5):
+            st = await objects.stat(self.js, BARS, name)
+            if st is None or st.deleted:
+                return SeriesWindow(sym, tf, None, None, reader), st
+            meta = self._meta(st, name)
+            try:
+                if st.header(MANIFEST_HEADER) is not None:
+                    return SeriesWindow(sym, tf, await self._manifest(name, st), meta, reader), st
+                if not migrate:
+                    return None
+                df = await self._frame(st)
+                st, manifest = await self.write_series(df, meta, replaces=st)
+                del df
+                assert manifest is not None
+                return SeriesWindow(sym, tf, manifest, meta, reader), st
+            except (DataError, ObjectConflict):
+                continue  # replaced while read: the newer one
+        raise DataError(f"BARS/{name} keeps changing; try again")
+
     async def merge(self, symbol: str, timeframe: str, df: pd.DataFrame, source: str) -> tuple[int, Stored]:
         """Merge bars into the stored series (compare-and-set, retried on a concurrent write); returns
         (new timestamps, the stored object). The caller holds the series' writer lease."""
         sym, tf = bars_name(symbol, timeframe).split("/")
         for _ in range(5):
+            if not self.partitioned:
+                break
+            # Only the partitions the bars fall in are read and written.
+            opened = await self.open_window(sym, tf)
+            assert opened is not None
+            window, stored = opened
+            added = await asyncio.to_thread(window.merge, sym, tf, df, source)
+            parts, _, meta, _ = await asyncio.to_thread(window.dirty)
+            assert meta is not None
+            try:
+                return added, (await self.write_partitions(meta, parts, replaces=stored, manifest=window.manifest))[0]
+            except ObjectConflict:
+                continue
+        for _ in range(5 if not self.partitioned else 0):
             current = await self.load(sym, tf)
             buf = SeriesBuffer(sym, tf, current.df, current.meta)
             added = await asyncio.to_thread(buf.merge, sym, tf, df, source)
@@ -287,9 +427,11 @@ class BarStore:
 
 
 class SeriesWriter:
-    """Writes a load's SeriesBuffer to BARS: periodically while the load runs, and once at the end."""
+    """Writes a load's SeriesWindow (or a whole SeriesBuffer) to BARS: periodically while the load
+    runs, and once at the end. A window's write stores its dirty partitions and the manifest, after
+    which they leave memory; it is due early when more than SeriesWindow.MAX_DIRTY are dirty."""
 
-    def __init__(self, bars: BarStore, buffer: SeriesBuffer, stored: Stored | None, *, every_s: float,
+    def __init__(self, bars: BarStore, buffer: SeriesBuffer | SeriesWindow, stored: Stored | None, *, every_s: float,
                  every_segments: int, manifest: Manifest | None = None) -> None:
         self.bars, self.buffer, self.stored, self.manifest = bars, buffer, stored, manifest
         self.every_s, self.every_segments = every_s, every_segments
@@ -299,6 +441,8 @@ class SeriesWriter:
         self._lock = asyncio.Lock()
 
     async def flush(self) -> None:
+        if isinstance(self.buffer, SeriesWindow):
+            return await self._flush_window(self.buffer)
         async with self._lock:
             df, meta, version = await asyncio.to_thread(self.buffer.snapshot)
             if version == self.written_version or meta is None:
@@ -324,13 +468,62 @@ class SeriesWriter:
             self.writes += 1
             self.write_s += time.monotonic() - began
 
+    async def _flush_window(self, window: SeriesWindow) -> None:
+        async with self._lock:
+            parts, versions, meta, version = await asyncio.to_thread(window.dirty)
+            if version == self.written_version or meta is None:
+                return
+            began = time.monotonic()
+            for _ in range(5):
+                try:
+                    self.stored, manifest = await self.bars.write_partitions(
+                        meta, parts, replaces=self.stored, manifest=self.manifest)
+                    break
+                except ObjectConflict:
+                    # Written by someone outside the lease (or after we lost it): theirs, ours on top.
+                    self.stored, self.manifest = await self._rebase(window, meta)
+                    parts, versions, meta, version = await asyncio.to_thread(window.dirty)
+                    assert meta is not None
+            else:
+                raise ObjectConflict(f"BARS/{meta.symbol}/{meta.timeframe} keeps changing under this load")
+            del parts
+            self.manifest = manifest
+            await asyncio.to_thread(window.written, manifest, versions)
+            self.written_version = version
+            self.writes += 1
+            self.write_s += time.monotonic() - began
+
+    async def _rebase(self, window: SeriesWindow, meta: SeriesMeta) -> tuple[Stored | None, Manifest | None]:
+        name = bars_name(meta.symbol, meta.timeframe)
+        st = await objects.stat(self.bars.js, BARS, name)
+        if st is None or st.deleted:
+            await asyncio.to_thread(window.rebase, None, None)
+            return st, None
+        theirs = self.bars._meta(st, name)
+        if st.header(MANIFEST_HEADER) is None:  # a whole-series object written the old way
+            whole = await self.bars._frame(st)
+            await asyncio.to_thread(window.rebase, None, theirs, whole)
+            return st, None
+        manifest = await self.bars._manifest(name, st)
+        await asyncio.to_thread(window.rebase, manifest, theirs)
+        return st, manifest
+
+    def due(self, last_t: float, last_merges: int) -> bool:
+        if isinstance(self.buffer, SeriesWindow) and self.buffer.dirty_count > self.buffer.MAX_DIRTY:
+            return True
+        return self.buffer.merges - last_merges >= self.every_segments or time.monotonic() - last_t >= self.every_s
+
     async def _periodic(self) -> None:
         last_t, last_merges = time.monotonic(), self.buffer.merges
+        wake = asyncio.Event()
+        if isinstance(self.buffer, SeriesWindow):  # too many partitions dirty: write them now
+            loop = asyncio.get_running_loop()
+            self.buffer.on_full = lambda: loop.call_soon_threadsafe(wake.set)
         while True:
-            await asyncio.sleep(min(1.0, self.every_s))
-            due = (self.buffer.merges - last_merges >= self.every_segments
-                   or time.monotonic() - last_t >= self.every_s)
-            if due and self.buffer.version != self.written_version:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), min(1.0, self.every_s))
+            wake.clear()
+            if self.due(last_t, last_merges) and self.buffer.version != self.written_version:
                 await self.flush()
                 last_t, last_merges = time.monotonic(), self.buffer.merges
 
@@ -341,13 +534,19 @@ class SeriesWriter:
             yield self
         except BaseException:
             await _stop(task)
+            self._detach()
             try:  # the bars are paid for: store them even though the load failed or was cancelled
                 await asyncio.shield(self.flush())
             except Exception as exc:
                 log.error("could not store the bars fetched before the load ended: %s", exc)
             raise
         await _stop(task)
+        self._detach()
         await asyncio.shield(self.flush())
+
+    def _detach(self) -> None:
+        if isinstance(self.buffer, SeriesWindow):
+            self.buffer.on_full = None  # no writer wakes any more: a merge must not wait for one
 
 
 async def _stop(task: asyncio.Task[Any]) -> None:

@@ -28,14 +28,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
 from events.messages import DataContext, ProgressState
 from ktrdr.cancellation import CancellationToken
 from ktrdr.data.calendar import Instrument, expected_bar_starts, lookup, normalize_symbol, to_utc
-from ktrdr.data.gaps import find_gaps
+from ktrdr.data.gaps import Gap, find_gaps
 from ktrdr.data.planning import Segment, parse_mode, plan_segments, resolve_range
 from ktrdr.data.store import SeriesStore
 from ktrdr.data.timeframes import Timeframe, parse_timeframe
@@ -51,6 +51,15 @@ from ktrdr.errors import (
 )
 
 FetchFn = Callable[[Segment], Awaitable[pd.DataFrame]]
+
+
+@runtime_checkable
+class GapPlanner(Protocol):
+    """A SeriesStore that finds the gaps of a range without its bars (ktrdr.data.window.SeriesWindow):
+    (the gaps, the missing bar starts), as gaps.find_gaps_in_chunks returns them."""
+
+    def gaps(self, inst: Instrument, tf: Timeframe | str, start: pd.Timestamp, end: pd.Timestamp
+             ) -> tuple[list[Gap], pd.DatetimeIndex]: ...
 
 
 class GatewayUnreachableError(DisconnectedError):
@@ -204,7 +213,12 @@ class DataLoadingJob:
 
     def _plan(self, start: pd.Timestamp, end: pd.Timestamp) -> tuple[list[Segment], int]:
         """Gap analysis and the segment plan: CPU work (the calendar, ~60 ms per million bars), so it
-        runs on a thread, never on the loop that carries cancels."""
+        runs on a thread, never on the loop that carries cancels. A store that plans from a summary
+        (a SeriesWindow: the manifest's runs, a partition at a time) is asked for its gaps and their
+        missing bars; any other is read over the range."""
+        if isinstance(self.store, GapPlanner):
+            gaps, missing = self.store.gaps(self.inst, self.tf, start, end)
+            return plan_segments(gaps, self.tf, bar_starts=missing), len(gaps)
         stored_df = self.store.read(self.inst.symbol, self.tf, start, end)
         expected = expected_bar_starts(self.inst, self.tf, start, end)
         gaps = find_gaps(stored_df.index, self.inst, self.tf, start, end, expected=expected)

@@ -31,15 +31,16 @@ from events.bounds import (
     MAX_GENERATION_DIGITS,
     MAX_MANIFEST_BYTES,
     MAX_PARTITIONS,
+    MAX_RUNS_PER_PARTITION,
     PARTITION_KEY_PATTERN,
     PARTITION_TAIL_PATTERN,
 )
 from ktrdr.data.timeframes import parse_timeframe
 from ktrdr.errors import DataError
 
-__all__ = ["MANIFEST_HEADER", "MAX_MANIFEST_BYTES", "MAX_PARTITIONS", "Manifest", "PartitionEntry", "decode_manifest",
-           "entry", "key_range", "keys_of", "overlapping", "parse_partition_name", "partition_name", "period_of",
-           "split"]
+__all__ = ["MANIFEST_HEADER", "MAX_MANIFEST_BYTES", "MAX_PARTITIONS", "Manifest", "PartitionEntry", "chunks",
+           "decode_manifest", "entry", "key_range", "keys_of", "overlapping", "parse_partition_name", "partition_name",
+           "period_of", "runs_of", "split", "stored_mask"]
 
 Period = Literal["month", "year", "all"]
 MANIFEST_HEADER = "Ktrdr-Partitions"  # present (value "1") on a manifest, absent on an old whole-series object
@@ -48,6 +49,8 @@ _NAME_TAIL_RE = re.compile(PARTITION_TAIL_PATTERN)
 
 Key = Annotated[str, msgspec.Meta(pattern=_KEY_RE.pattern)]
 Rows = Annotated[int, msgspec.Meta(ge=0, le=1 << 40)]
+EpochS = Annotated[int, msgspec.Meta(ge=-(1 << 40), le=1 << 40)]
+Run = tuple[EpochS, EpochS]  # (first, last) bar start of a run of bars one timeframe apart, epoch seconds
 
 
 class PartitionEntry(msgspec.Struct, kw_only=True, frozen=True):
@@ -58,6 +61,12 @@ class PartitionEntry(msgspec.Struct, kw_only=True, frozen=True):
     end: Annotated[str, msgspec.Meta(max_length=40)]  # ISO UTC of the last bar start
     digest: Annotated[str, msgspec.Meta(max_length=100)]  # the partition object's SHA-256
     size: Rows
+    # The bars it holds as runs (runs_of): what a load plans its gaps from without reading it. None:
+    # not known (a manifest written before runs existed, or a partition too fragmented to list).
+    runs: Annotated[list[Run], msgspec.Meta(max_length=MAX_RUNS_PER_PARTITION)] | None = None
+    # The object's chunk id when it is one chunk: a reader gets those bytes directly (one request, the
+    # digest above checked) rather than stat first. None: stat it (older manifests, bigger objects).
+    nuid: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9]{1,64}$")] | None = None
 
 
 class Manifest(msgspec.Struct, kw_only=True, frozen=True):
@@ -125,6 +134,24 @@ def overlapping(manifest: Manifest, start: pd.Timestamp | None, end: pd.Timestam
     return sorted(out, key=lambda e: e.start)
 
 
+def chunks(timeframe: str, start: pd.Timestamp, end: pd.Timestamp) -> list[tuple[str, pd.Timestamp, pd.Timestamp]]:
+    """[start, end) cut at partition boundaries: (key, chunk start, chunk end) in time order."""
+    if start >= end:
+        return []
+    period = period_of(timeframe)
+    if period == "all":
+        return [("all", start, end)]
+    out = []
+    key = _key(np.datetime64(start.tz_convert("UTC").tz_localize(None), "M" if period == "month" else "Y"), period)
+    while True:
+        lo, hi = key_range(key)
+        assert lo is not None and hi is not None
+        if lo >= end:
+            return out
+        out.append((key, max(lo, start), min(hi, end)))
+        key = hi.strftime("%Y-%m" if period == "month" else "%Y")
+
+
 def partition_name(series: str, key: str, generation: int) -> str:
     """A fresh object name for a partition of `series` (a checked `SYMBOL/TF`) written at `generation`."""
     if not _KEY_RE.match(key):
@@ -155,9 +182,46 @@ def decode_manifest(series: str, raw: bytes | bytearray) -> Manifest:
         parsed = parse_partition_name(series, e.name)
         if parsed is None or parsed[0] != e.key or parsed[1] > man.generation:
             raise DataError(f"BARS/{series}: its manifest names an object that is not one of its partitions")
+        runs = e.runs or []
+        if any(a > b for a, b in runs) or any(runs[i][1] >= runs[i + 1][0] for i in range(len(runs) - 1)):
+            raise DataError(f"BARS/{series}: its manifest lists the bars of {e.key} out of order")
     return man
 
 
-def entry(key: str, name: str, df: pd.DataFrame, digest: str, size: int) -> PartitionEntry:
+def runs_of(index: pd.DatetimeIndex, timeframe: str) -> list[tuple[int, int]] | None:
+    """A sorted, deduplicated index as runs of bars one timeframe apart: [(first, last)] in epoch
+    seconds. Exact: a bar start is in the index iff it is `first + k * step` inside a run. None when
+    there are more than MAX_RUNS_PER_PARTITION runs or a bar start is not a whole second."""
+    if not len(index):
+        return []
+    ns = pd.DatetimeIndex(index).as_unit("ns").asi8
+    if (ns % 1_000_000_000).any():
+        return None
+    sec = ns // 1_000_000_000
+    breaks = np.flatnonzero(np.diff(sec) != parse_timeframe(timeframe).seconds)
+    if len(breaks) >= MAX_RUNS_PER_PARTITION:
+        return None
+    firsts = np.concatenate(([sec[0]], sec[breaks + 1]))
+    lasts = np.concatenate((sec[breaks], [sec[-1]]))
+    return [(int(a), int(b)) for a, b in zip(firsts, lasts, strict=True)]
+
+
+def stored_mask(runs: list[tuple[int, int]], timeframe: str, wanted_ns: np.ndarray) -> np.ndarray:
+    """Which of `wanted_ns` (bar starts, int64 ns) runs_of says are stored."""
+    if not runs or not len(wanted_ns):
+        return np.zeros(len(wanted_ns), dtype=bool)
+    step = parse_timeframe(timeframe).seconds * 1_000_000_000
+    firsts = np.array([a for a, _ in runs], dtype=np.int64) * 1_000_000_000
+    lasts = np.array([b for _, b in runs], dtype=np.int64) * 1_000_000_000
+    i = np.searchsorted(firsts, wanted_ns, side="right") - 1
+    ok = i >= 0
+    j = i.clip(min=0)
+    return ok & (wanted_ns <= lasts[j]) & ((wanted_ns - firsts[j]) % step == 0)
+
+
+def entry(key: str, name: str, df: pd.DataFrame, digest: str, size: int, timeframe: str | None = None,
+          nuid: str | None = None) -> PartitionEntry:
+    """The manifest entry of a partition just written (with its runs when `timeframe` is given)."""
     return PartitionEntry(key=key, name=name, rows=len(df), start=df.index[0].isoformat(),
-                          end=df.index[-1].isoformat(), digest=digest, size=size)
+                          end=df.index[-1].isoformat(), digest=digest, size=size,
+                          runs=runs_of(pd.DatetimeIndex(df.index), timeframe) if timeframe else None, nuid=nuid)

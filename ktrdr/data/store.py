@@ -2,12 +2,14 @@
 implementations (the in-memory SeriesBuffer and the local DataStore), and the DigestCache that keeps
 copies of stored objects on a host's disk.
 
-The store of record is the NATS object bucket BARS (ktrdr/data/bars_store.py): one Parquet object per
-(symbol, timeframe) with a SeriesMeta in its headers. This module is the NATS-free part:
+The store of record is the NATS object bucket BARS (ktrdr/data/bars_store.py): Parquet partitions
+per (symbol, timeframe, period) and a manifest with a SeriesMeta in its headers. This module is the NATS-free part:
 - `SeriesStore`: what a DataLoadingJob calls on the store it loads into (`covered_range`, `read`,
   `metadata`, `merge`), synchronous because the job calls it on worker threads.
-- `SeriesBuffer`: one series in memory, a SeriesStore, so a DataLoadingJob merges fetched segments
-  into it (from several threads) and the job-manager's SeriesWriter writes snapshots of it to BARS.
+- `SeriesBuffer`: one whole series in memory, a SeriesStore, so a DataLoadingJob merges fetched
+  segments into it (from several threads) and a SeriesWriter writes snapshots of it to BARS (a local
+  load of a series stored the old way; the job-manager's loads use ktrdr.data.window.SeriesWindow,
+  which holds only the partitions a load touches).
   Merged segments are kept aside and folded in lazily, so a load of thousands of segments does not
   re-sort the whole series for each one.
 - `DigestCache`: `KTRDR_HOME/cache/<sha256 hex>.parquet`, written atomically (temp file + rename),
@@ -111,14 +113,42 @@ def to_parquet(df: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def from_parquet(source: bytes | bytearray | memoryview | Path) -> pd.DataFrame:
-    """Parquet bytes or a file back into a store-shaped frame; DataError when it is not one."""
+_THREADED_DECODE_BYTES = 4 << 20  # bigger Parquet objects are decoded with Arrow's threads
+
+
+def read_table(source: bytes | bytearray | memoryview | Path) -> pa.Table:
+    """Parquet bytes or a file as an Arrow table (no pandas yet); DataError when it is unreadable.
+    `ParquetFile.read` rather than `pq.read_table` (no dataset layer), and without Arrow's thread
+    pool for a small object (a partition: 0.74 ms against 1.27 ms for a month of 1m bars), which
+    is most of a partition's decode."""
     try:
-        src = pa.py_buffer(source) if not isinstance(source, Path) else str(source)
-        df = pq.read_table(src).to_pandas()
+        if isinstance(source, Path):
+            with pa.OSFile(str(source)) as f:
+                return pq.ParquetFile(f).read(use_threads=f.size() > _THREADED_DECODE_BYTES)
+        return pq.ParquetFile(pa.py_buffer(source)).read(use_threads=len(source) > _THREADED_DECODE_BYTES)
     except (OSError, pa.ArrowException) as e:
         raise DataError(f"stored bars are unreadable: {e}") from e
-    return normalize_frame(df)
+
+
+def from_tables(tables: list[pa.Table], *, ordered: bool = False) -> pd.DataFrame:
+    """Arrow tables of bars as ONE store-shaped frame: concatenated as Arrow, converted to pandas and
+    normalised once (not per table). `ordered`: the caller knows the tables are each sorted, disjoint
+    and in time order (partitions listed by a manifest), so no re-sort or dedupe is needed."""
+    if not tables:
+        return empty_frame()
+    try:
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        df = normalize_frame(table.to_pandas())
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"stored bars are unreadable: {e}") from e
+    if not ordered and len(tables) > 1:
+        df = df[~df.index.duplicated(keep="last")].sort_index()
+    return df
+
+
+def from_parquet(source: bytes | bytearray | memoryview | Path) -> pd.DataFrame:
+    """Parquet bytes or a file back into a store-shaped frame; DataError when it is not one."""
+    return from_tables([read_table(source)])
 
 
 def series_meta(symbol: str, timeframe: str, df: pd.DataFrame, source: str, simulated: bool) -> SeriesMeta:

@@ -148,11 +148,12 @@ async def _publish(js: JetStreamContext, subject: str, payload: bytes, headers: 
 
 
 # ---------------------------------------------------------------------------------------------- bytes
-async def stat(js: JetStreamContext, bucket: str, name: str) -> Stored | None:
+async def stat(js: JetStreamContext, bucket: str, name: str, *, direct: bool = False) -> Stored | None:
     """The object's meta record (deleted ones too: `deleted` says so), or None when there is none or
-    the bucket does not exist yet."""
+    the bucket does not exist yet. `direct`: a direct get (raw bytes, answered by any replica; ~3x
+    faster than the JSON API for many small objects: a partitioned read stats each partition)."""
     try:
-        raw = await js.get_last_msg(_stream(bucket), _meta_subject(bucket, name))
+        raw = await js.get_last_msg(_stream(bucket), _meta_subject(bucket, name), direct=direct)
     except NotFoundError:
         return None
     return _stored(bucket, raw.data, int(raw.seq or 0))
@@ -164,6 +165,22 @@ async def fetch(js: JetStreamContext, st: Stored, *, into: IO[bytes] | None = No
     DataError when it is too big, stalls, or does not match its digest (replaced while read)."""
     if st.deleted or st.size < 0 or st.size > max_bytes:
         raise DataError(f"{st.bucket}/{st.name}: {st.size:,} bytes, more than the {max_bytes:,} allowed")
+    if st.chunks == 1 and st.size > 0:
+        # One chunk (a partition of a series, a manifest): a direct get of its one message, rather
+        # than an ordered consumer made and deleted for it (each a server round trip, and counted
+        # against the stream's consumers while it lives).
+        try:
+            raw = await js.get_last_msg(_stream(st.bucket), _chunk_subject(st.bucket, st.nuid), direct=True)
+        except NotFoundError:
+            raise DataError(f"{st.bucket}/{st.name}: gone while it was read", hint="read it again") from None
+        data = raw.data or b""
+        if len(data) != st.size or digest_of(hashlib.sha256(data)).lower() != st.digest.lower():
+            raise DataError(f"{st.bucket}/{st.name}: the bytes read do not match the stored digest (replaced "
+                            f"while it was read?)", hint="read it again")
+        if into is not None:
+            into.write(data)
+            return None
+        return bytearray(data)
     buf = bytearray(st.size) if into is None else None
     h = hashlib.sha256()
     loop = asyncio.get_running_loop()
@@ -209,6 +226,56 @@ async def fetch(js: JetStreamContext, st: Stored, *, into: IO[bytes] | None = No
         raise DataError(f"{st.bucket}/{st.name}: the bytes read do not match the stored digest (replaced "
                         f"while it was read?)", hint="read it again")
     return buf
+
+
+async def get_single_chunks(js: JetStreamContext, bucket: str, objs: list[Stored], *,
+                            idle_timeout: float = 30.0) -> dict[str, bytes]:
+    """The bytes of single-chunk objects in ONE batched direct get (the last message of each chunk
+    subject: nats-server 2.11+'s `multi_last`), nuid -> bytes, each checked against its digest.
+    An object whose bytes did not come back or do not match (replaced or deleted meanwhile) is left
+    out: the caller reads it again. Against a request per object this saves a round trip and the
+    client's per-request work each (bench/partitions.py, 120 partitions of 10 years of 1m)."""
+    wanted = {o.nuid: o for o in objs if o.chunks == 1 and o.size > 0}
+    if not wanted:
+        return {}
+    nc = js._nc  # type: ignore[attr-defined]  # the connection a JetStreamContext carries
+    inbox = nc.new_inbox()
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    out: dict[str, bytes] = {}
+    prefix, seen = _chunk_subject(bucket, ""), loop.time()
+
+    async def on_msg(msg: Any) -> None:
+        nonlocal seen
+        seen = loop.time()
+        status = (msg.headers or {}).get("Status")
+        if status is not None:  # 204: the end of the batch; 404: none of them exists; others: refused
+            if not done.done():
+                if status in ("204", "404"):
+                    done.set_result(None)
+                else:
+                    done.set_exception(DataError(f"{bucket}: a batched get was refused: {status} "
+                                                 f"{(msg.headers or {}).get('Description', '')}"))
+            return
+        nuid = str((msg.headers or {}).get("Nats-Subject", ""))[len(prefix):]
+        o = wanted.get(nuid)
+        data = bytes(msg.data or b"")
+        if o is not None and len(data) == o.size and digest_of(hashlib.sha256(data)).lower() == o.digest.lower():
+            out[nuid] = data
+
+    sub = await nc.subscribe(inbox, cb=on_msg)
+    try:
+        body = json.dumps({"multi_last": [_chunk_subject(bucket, n) for n in wanted], "batch": len(wanted)})
+        await nc.publish(f"{js._prefix}.DIRECT.GET.{_stream(bucket)}", body.encode(), reply=inbox)  # type: ignore[attr-defined]
+        while not done.done():
+            await asyncio.wait([done], timeout=idle_timeout / 4)
+            if not done.done() and loop.time() - seen > idle_timeout:
+                raise DataError(f"{bucket}: a batched get stalled ({len(out)} of {len(wanted)} objects)")
+        done.result()
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return out
 
 
 async def get(js: JetStreamContext, bucket: str, name: str, *, max_bytes: int) -> tuple[bytearray, Stored] | None:
