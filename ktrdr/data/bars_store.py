@@ -61,7 +61,7 @@ from ktrdr.data.store import (
     slice_bars,
     to_parquet,
 )
-from ktrdr.data.window import SeriesWindow
+from ktrdr.data.window import SeriesWindow, off_loop
 from ktrdr.errors import DataError, ValidationError
 from ktrdr.transport import objects
 from ktrdr.transport.objects import BARS, ObjectConflict, Stored
@@ -215,7 +215,7 @@ class BarStore:
 
         def read(e: PartitionEntry) -> pd.DataFrame:
             if threading.get_ident() == loop_thread:
-                raise RuntimeError("a SeriesWindow is called from worker threads (asyncio.to_thread), "
+                raise RuntimeError("a SeriesWindow is called from worker threads (window.off_loop), "
                                    "never on the event loop")
             return asyncio.run_coroutine_threadsafe(self.read_partition(e), loop).result(PARTITION_READ_TIMEOUT_S)
 
@@ -371,8 +371,8 @@ class BarStore:
             opened = await self.open_window(sym, tf)
             assert opened is not None
             window, stored = opened
-            added = await asyncio.to_thread(window.merge, sym, tf, df, source)
-            parts, _, meta, _ = await asyncio.to_thread(window.dirty)
+            added = await off_loop(window.merge, sym, tf, df, source)
+            parts, _, meta, _ = await off_loop(window.dirty)
             assert meta is not None
             try:
                 return added, (await self.write_partitions(meta, parts, replaces=stored, manifest=window.manifest))[0]
@@ -470,7 +470,7 @@ class SeriesWriter:
 
     async def _flush_window(self, window: SeriesWindow) -> None:
         async with self._lock:
-            parts, versions, meta, version = await asyncio.to_thread(window.dirty)
+            parts, versions, meta, version = await off_loop(window.dirty)
             if version == self.written_version or meta is None:
                 return
             began = time.monotonic()
@@ -482,13 +482,13 @@ class SeriesWriter:
                 except ObjectConflict:
                     # Written by someone outside the lease (or after we lost it): theirs, ours on top.
                     self.stored, self.manifest = await self._rebase(window, meta)
-                    parts, versions, meta, version = await asyncio.to_thread(window.dirty)
+                    parts, versions, meta, version = await off_loop(window.dirty)
                     assert meta is not None
             else:
                 raise ObjectConflict(f"BARS/{meta.symbol}/{meta.timeframe} keeps changing under this load")
             del parts
             self.manifest = manifest
-            await asyncio.to_thread(window.written, manifest, versions)
+            await off_loop(window.written, manifest, versions)
             self.written_version = version
             self.writes += 1
             self.write_s += time.monotonic() - began
@@ -497,15 +497,15 @@ class SeriesWriter:
         name = bars_name(meta.symbol, meta.timeframe)
         st = await objects.stat(self.bars.js, BARS, name)
         if st is None or st.deleted:
-            await asyncio.to_thread(window.rebase, None, None)
+            await off_loop(window.rebase, None, None)
             return st, None
         theirs = self.bars._meta(st, name)
         if st.header(MANIFEST_HEADER) is None:  # a whole-series object written the old way
             whole = await self.bars._frame(st)
-            await asyncio.to_thread(window.rebase, None, theirs, whole)
+            await off_loop(window.rebase, None, theirs, whole)
             return st, None
         manifest = await self.bars._manifest(name, st)
-        await asyncio.to_thread(window.rebase, manifest, theirs)
+        await off_loop(window.rebase, manifest, theirs)
         return st, manifest
 
     def due(self, last_t: float, last_merges: int) -> bool:

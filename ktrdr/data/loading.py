@@ -40,6 +40,7 @@ from ktrdr.data.planning import Segment, parse_mode, plan_segments, resolve_rang
 from ktrdr.data.store import SeriesStore
 from ktrdr.data.timeframes import Timeframe, parse_timeframe
 from ktrdr.data.validation import RepairReport, repair_bars
+from ktrdr.data.window import off_loop
 from ktrdr.errors import (
     DataError,
     DisconnectedError,
@@ -180,7 +181,7 @@ class DataLoadingJob:
         self.cancel.raise_if_cancelled("analyzing")
         self._emit("analyzing")
         now = self.now if self.now is not None else pd.Timestamp.now(tz="UTC")
-        stored = await asyncio.to_thread(self.store.covered_range, self.inst.symbol, self.tf)
+        stored = await off_loop(self.store.covered_range, self.inst.symbol, self.tf)
         head: datetime | None = None
         if self.mode != "local":
             try:
@@ -193,11 +194,11 @@ class DataLoadingJob:
         r.requested_start, r.requested_end = start.isoformat(), end.isoformat()
         segments: list[Segment] = []
         if self.mode != "local" and start < end:
-            segments, r.gaps_found = await asyncio.to_thread(self._plan, start, end)
+            segments, r.gaps_found = await off_loop(self._plan, start, end)
         r.segments_planned = len(segments)
         if segments:
             await self._fetch_all(segments)
-        meta = await asyncio.to_thread(self.store.metadata, self.inst.symbol, self.tf)
+        meta = await off_loop(self.store.metadata, self.inst.symbol, self.tf)
         r.bars_total = meta.rows if meta else 0
         r.simulated = meta.simulated if meta else self.source == "sim"
         r.repairs = self.repairs.to_dict()
@@ -310,7 +311,7 @@ class DataLoadingJob:
         # segments' answers (the repair alone was ~15-30 ms of loop time per 720-bar segment, the
         # loop's largest item in python -m bench universe), and to completion even if this task is
         # cancelled: the bars are already paid for.
-        fut = asyncio.ensure_future(asyncio.to_thread(self._repair_and_merge, df))
+        fut = asyncio.ensure_future(off_loop(self._repair_and_merge, df))
         try:
             report, n_bars, added = await asyncio.shield(fut)
         except asyncio.CancelledError:

@@ -18,8 +18,13 @@ blocks on the adapter), never from the event loop.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -41,6 +46,20 @@ from ktrdr.data.store import (
 from ktrdr.data.timeframes import Timeframe
 
 ReadPartition = Callable[[PartitionEntry], pd.DataFrame]
+T = TypeVar("T")
+
+# The threads a SeriesWindow is called on: a pool of their own. A window's call may block on a
+# partition read that runs on the event loop and itself uses asyncio.to_thread (decode, the cache);
+# on the loop's default pool (cores + 4 threads), enough such callers waiting at once would leave no
+# thread for the reads they wait for: a deadlock until the read's timeout.
+_WINDOW_THREADS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="series-window")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on the window threads (as asyncio.to_thread, context included, but never on the
+    default pool the partition reads need)."""
+    ctx = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(_WINDOW_THREADS, functools.partial(ctx.run, fn, *args))
 
 
 class SeriesWindow:

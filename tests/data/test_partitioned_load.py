@@ -164,3 +164,41 @@ def test_a_manifest_with_runs_out_of_order_or_a_bad_chunk_id_is_refused():
     raw = msgspec.json.encode(Manifest(generation=1, partitions=[good])).replace(b'"nuid":null', b'"nuid":"a.>"')
     with pytest.raises(DataError, match="invalid"):  # it would name a subject: only [A-Za-z0-9]
         decode_manifest("AAPL/1m", raw)
+
+
+async def test_a_load_merges_into_a_stored_partition_even_when_the_loops_default_threads_are_all_taken(client, tmp_path):
+    """A window's merge blocks its thread on a partition read that runs on the event loop and uses
+    the loop's default threads itself: with those all taken by the window's callers, the read could
+    never run (a deadlock). The window runs on threads of its own, so with ONE default thread the
+    load still reads, merges and writes."""
+    full = minute_bars(utc(2024, 1, 2), utc(2024, 2, 1))
+    hole = (full.index >= utc(2024, 1, 10)) & (full.index < utc(2024, 1, 12))
+    store = BarStore(client.js, DigestCache(tmp_path / "cache"))
+    await store.write_series(full[~hole], meta_of(full[~hole]), replaces=None)
+    loop = asyncio.get_running_loop()
+    from concurrent.futures import ThreadPoolExecutor
+
+    one = ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(one)
+    try:
+        opened = await store.open_window("AAPL", "1m")
+        assert opened is not None
+        window, stored = opened
+
+        async def fetch(seg: Segment) -> pd.DataFrame:
+            return minute_bars(seg.start, seg.end)
+
+        async def head():
+            return utc(2023, 1, 3)
+
+        writer = SeriesWriter(store, window, stored, every_s=3600, every_segments=10**6, manifest=window.manifest)
+        job = DataLoadingJob(window, "AAPL", "1m", "full", utc(2024, 1, 2), utc(2024, 2, 1), fetch=fetch,
+                             head_timestamp=head, cancel=CancellationToken(), source="sim", now=utc(2024, 2, 1))
+        async with writer.running(logging.getLogger("test")):
+            result = await asyncio.wait_for(job.run(), 60)
+    finally:
+        loop.set_default_executor(ThreadPoolExecutor())
+        one.shutdown(wait=False)
+    assert result.bars_added == int(hole.sum()) and window.reads == ["2024-01"]
+    got = await BarStore(client.js).read("AAPL", "1m")
+    pd.testing.assert_frame_equal(got, full, check_freq=False)
