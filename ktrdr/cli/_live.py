@@ -15,7 +15,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -232,17 +232,27 @@ def check_locally(cmd: Command) -> None:
     validate(cmd)
 
 
-async def run_command(cmd: Command, *, wait: bool, json_out: bool) -> int:
+async def run_command(cmd: Command, *, wait: bool, json_out: bool,
+                      check: Callable[[Client, Command], Awaitable[Any]] | None = None,
+                      summary: Callable[[dict[str, Any]], list[str]] | None = None) -> int:
+    """Check `cmd` here (and with `check` against the server: what only stored state can refuse),
+    submit it, and follow it live unless not `wait`; a completed one's result is then printed as
+    `summary`'s lines (not with --json)."""
     from ktrdr.cli._common import client
 
     check_locally(cmd)
     async with client() as c:
+        if check is not None:
+            await check(c, cmd)
         await c.submit(cmd)
         if not wait:
             print(json.dumps({"op_id": cmd.op_id}) if json_out else cmd.op_id)
             return 0
         view = await follow(c, cmd.op_id, json_out=json_out, needs=workers_needed(cmd))
     print_final(view, json_out=json_out)
+    if summary is not None and view.status == "completed" and not json_out and view.result:
+        for line in summary(view.result):
+            print(line)
     return exit_code(view)
 
 

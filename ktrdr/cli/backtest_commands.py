@@ -6,7 +6,6 @@ the command's own, events/bounds.py). `register` adds it to the app.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +19,7 @@ from events.bounds import (
     MAX_COMMISSION,
     MAX_SLIPPAGE_BPS,
 )
-from ktrdr.cli._common import JSON, TIMEOUT, check_pool, check_range, client, parse_date, run_async, timeout_from
+from ktrdr.cli._common import JSON, TIMEOUT, check_pool, check_range, parse_date, run_async, timeout_from
 
 
 def backtest(
@@ -92,21 +91,9 @@ async def check_inputs(c: Any, cmd: Any) -> tuple[str, list[str], str]:
 
 
 async def _backtest(cmd: Any, wait: bool, json_out: bool) -> int:
-    from ktrdr.cli._live import check_locally, exit_code, follow, print_final, workers_needed
+    from ktrdr.cli._live import run_command
 
-    check_locally(cmd)
-    async with client() as c:
-        await check_inputs(c, cmd)
-        await c.submit(cmd)
-        if not wait:
-            typer.echo(json.dumps({"op_id": cmd.op_id}) if json_out else cmd.op_id)
-            return 0
-        view = await follow(c, cmd.op_id, json_out=json_out, needs=workers_needed(cmd))
-    print_final(view, json_out=json_out)
-    if view.status == "completed" and not json_out and view.result:
-        for line in summary_lines(view.result):
-            typer.echo(line)
-    return exit_code(view)
+    return await run_command(cmd, wait=wait, json_out=json_out, check=check_inputs, summary=summary_lines)
 
 
 def _pct(v: Any) -> str:

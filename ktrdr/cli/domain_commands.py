@@ -355,27 +355,20 @@ def _split(value: str | None) -> list[str]:
 
 
 async def _train(cmd: Any, wait: bool, json_out: bool) -> int:
-    from ktrdr.cli._live import check_locally, exit_code, follow, print_final, workers_needed
+    from ktrdr.cli._live import run_command
 
-    check_locally(cmd)
-    async with client() as c:
-        await c.submit(cmd)
-        if not wait:
-            typer.echo(json.dumps({"op_id": cmd.op_id}) if json_out else cmd.op_id)
-            return 0
-        view = await follow(c, cmd.op_id, json_out=json_out, needs=workers_needed(cmd))
-    print_final(view, json_out=json_out)
-    if view.status == "completed" and not json_out and view.result:
-        r = view.result
-        tm, test, res = r.get("training_metrics", {}), r.get("test_metrics", {}), r.get("resource_usage", {})
-        typer.echo(f"  epochs {tm.get('epochs_completed')} (best {tm.get('best_epoch')}, early stop "
-                   f"{tm.get('early_stopped')}), train loss {tm.get('final_train_loss', 0):.4f}, val loss "
-                   f"{tm.get('final_val_loss', 0):.4f}")
-        typer.echo(f"  test accuracy {test.get('test_accuracy', 0):.3f}, f1 {test.get('f1_score', 0):.3f}; "
-                   f"device {res.get('device')} ({res.get('training_mode')})")
-        name = r.get("artifacts", {}).get("name")
-        typer.echo(f"  model: {name} in MODELS (`ktrdr models show {name}`, `ktrdr models pull {name} -o DIR`)")
-    return exit_code(view)
+    return await run_command(cmd, wait=wait, json_out=json_out, summary=_training_summary)
+
+
+def _training_summary(r: dict[str, Any]) -> list[str]:
+    tm, test, res = r.get("training_metrics", {}), r.get("test_metrics", {}), r.get("resource_usage", {})
+    name = r.get("artifacts", {}).get("name")
+    return [f"  epochs {tm.get('epochs_completed')} (best {tm.get('best_epoch')}, early stop "
+            f"{tm.get('early_stopped')}), train loss {tm.get('final_train_loss', 0):.4f}, val loss "
+            f"{tm.get('final_val_loss', 0):.4f}",
+            f"  test accuracy {test.get('test_accuracy', 0):.3f}, f1 {test.get('f1_score', 0):.3f}; "
+            f"device {res.get('device')} ({res.get('training_mode')})",
+            f"  model: {name} in MODELS (`ktrdr models show {name}`, `ktrdr models pull {name} -o DIR`)"]
 
 
 # ------------------------------------------------------------------------------------------ models

@@ -166,7 +166,7 @@ def test_a_manifest_with_runs_out_of_order_or_a_bad_chunk_id_is_refused():
         decode_manifest("AAPL/1m", raw)
 
 
-async def test_a_load_merges_into_a_stored_partition_even_when_the_loops_default_threads_are_all_taken(client, tmp_path):
+async def test_a_load_merges_into_a_stored_partition_with_one_default_thread(client, tmp_path):
     """A window's merge blocks its thread on a partition read that runs on the event loop and uses
     the loop's default threads itself: with those all taken by the window's callers, the read could
     never run (a deadlock). The window runs on threads of its own, so with ONE default thread the
