@@ -23,6 +23,7 @@ import yaml
 
 from events import subjects
 from events.messages import LoadData, StartTraining
+from events.roles import ROLES
 from ktrdr.client import Client
 from ktrdr.embedded import free_port, nats_server_binary, port_open
 from ktrdr.training.model_store import ModelStore
@@ -88,7 +89,7 @@ def test_cluster_variant_has_three_nodes_routing_to_each_other_over_tls(tmp_path
         conf = (tmp_path / f"{node}.conf").read_text()
         others = [n for n in nodes if n != node]
         assert all(f"@{o}:6222" in conf for o in others) and f"@{node}:6222" not in conf
-        assert "tls {" in conf and conf.count("nkey:") == 7 and f'server_name: "nats-{i}"' in conf
+        assert "tls {" in conf and conf.count("nkey:") == len(ROLES) and f'server_name: "nats-{i}"' in conf
 
 
 def _orchestrators(services: dict[str, dict[str, Any]]) -> list[str]:
