@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
@@ -37,7 +38,7 @@ from events.messages import IndexMark, OperationCreated, OperationsReindexed, Re
 from events.proof import HEADER
 from ktrdr.ops.fold import fold
 from ktrdr.ops.index import HOUR_PREFIX, LIVE_PREFIX, TIME_PREFIX, hour_marker, summarize
-from ktrdr.ops.reader import admit, read_views, read_views_of
+from ktrdr.ops.reader import admit, latest_progress, read_views, read_views_of
 from ktrdr.ops.view import TERMINAL, OperationView
 from ktrdr.transport import opsindex
 from ktrdr.transport.opsindex import IndexMissing, IndexWriter, read_keys, read_mark, scan
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 BATCH = 512  # lifecycle events fetched and indexed at once
 REBUILD_AFTER_MARK_MAX = 100_000  # lifecycle events past the index's watermark a rebuild follows by op
+PROGRESS_READS = 64  # ended operations' last progress read at once (direct gets)
 MAX_VIEWS = 20_000  # views of live operations kept between batches (an evicted one is read again)
 CRASH_POINT = "after-event-before-index"  # KTRDR_TEST_CRASH (Settings.test_crash)
 _TERMINAL_NAMES = frozenset(("completed", "failed", "cancelled", "rejected"))
@@ -183,6 +185,7 @@ class Indexer:
                 fold(view, e)
             self.views[op_id] = (view, seq)
             touched[op_id] = view
+        await self._last_progress(touched.values())
         await self._store(touched)
         await self._mark(last)
         await msgs[-1].ack()
@@ -210,6 +213,15 @@ class Indexer:
                 _fold_raw(view, subject, data, proof)
                 upto = seq
         return view, upto
+
+    async def _last_progress(self, views: Iterable[OperationView]) -> None:
+        """How far each ended operation got, for its list row: one direct get of its last progress
+        message at its terminal event (progress is not among the lifecycle events followed; a
+        completed one is at 100 %, a rejected one never ran)."""
+        assert self.orch.js is not None
+        todo = [v for v in views if v.terminal and v.status not in ("completed", "rejected")]
+        for i in range(0, len(todo), PROGRESS_READS):
+            await asyncio.gather(*(latest_progress(self.orch.js, v) for v in todo[i:i + PROGRESS_READS]))
 
     async def _store(self, touched: dict[str, OperationView]) -> None:
         assert self.writer is not None
@@ -260,6 +272,7 @@ class Indexer:
                     view = views[parsed[0]][0] if parsed[0] in views else OperationView(op_id=parsed[0])
                     _fold_raw(view, subject, data, proof)
                     views[parsed[0]] = (view, seq)
+            await self._last_progress(v for v, _s in views.values())
             summaries = [summarize(v, s) for v, s in views.values() if v.created_at is not None or v.terminal]
             had_live = {k[len(LIVE_PREFIX):] for k, _v in await read_keys(js, f"{LIVE_PREFIX}*")}
             await self.writer.put_all(summaries, without_live={s.op_id for s in summaries} - had_live)

@@ -656,6 +656,23 @@ class OpSummary(msgspec.Struct, kw_only=True, frozen=True):
     attempts: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 0
     epoch: Annotated[int, msgspec.Meta(ge=0)] = 0
     seq: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # What a list row shows of an ENDED operation (`ops list`, its --json, the page's list), so that
+    # its row needs no read of OPS. `row` False: written by an indexer from before these fields (or
+    # the operation had not ended): the reader reads that operation's events from OPS, as before.
+    # Texts are cut to their bound when summarized (ktrdr.ops.index.summarize), never rejected.
+    row: bool = False
+    domain: Label = ""
+    description: Reason = ""
+    error: Reason = ""
+    reason: Reason = ""  # why it was cancelled
+    where: Reason = ""
+    message: Reason = ""  # the last progress (or verdict) message
+    phase: Label = ""
+    percentage: Annotated[float, msgspec.Meta(ge=0.0, le=100.0)] = 0.0  # how far it got
+    context: Context | None = None  # the last progress's typed context (bounded by its own Meta)
+    line: Reason = ""  # the renderer's final line (a completed one's headline comes from its result)
+    worker: Label = ""
+    started_at: datetime | None = None
 
 
 class IndexMark(Message, tag="IndexMark", kw_only=True):

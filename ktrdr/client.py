@@ -32,20 +32,25 @@ from events.messages import (
     Command,
     Heartbeat,
     OperationCreated,
-    OperationProgress,
     OperationRejected,
     OperationsReindexed,
     OpSummary,
-    OrchestratorProgress,
     ReindexOperations,
     WireCancelReason,
 )
 from events.proof import HEADER
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
-from ktrdr.ops import OperationView, apply_progress, fold
-from ktrdr.ops.index import Filters, hour_of, hours_to_walk, page, summarize
-from ktrdr.ops.reader import collect_views, proven_alone, proven_events, read_proven, read_view, read_views_of
+from ktrdr.ops import TERMINAL, OperationView, fold
+from ktrdr.ops.index import Filters, hour_of, hours_to_walk, page, row_view, summarize
+from ktrdr.ops.reader import (
+    collect_views,
+    latest_progress,
+    proven_events,
+    read_proven,
+    read_view,
+    read_views_of,
+)
 from ktrdr.transport import connect, ensure_streams, last_message, opsindex, publish
 from ktrdr.transport.publish import retrying
 from ktrdr.transport.replay import ReadEvents, consumers_capped, read_events, walk_tail
@@ -82,6 +87,8 @@ class Client:
         self.dropped = 0  # messages the last list_operations dropped (not events of the operation named)
         self.index_note: str | None = None  # why the last list_operations read the log, not the index
         self.index_read = 0  # summaries the last list_operations read from the index (hours walked: all of theirs)
+        self.ops_read = 0  # operations the last list_operations read from OPS (the index's rows: none)
+        self._from_index: set[str] = set()  # the last page's rows made from their summaries alone
 
     async def __aenter__(self) -> Client:
         if not self.url:
@@ -298,7 +305,8 @@ class Client:
         read from the log; then the page's operations' lifecycle events. With no index (a stack from
         before it, or one being built) from every lifecycle event in OPS, and `index_note` says so."""
         filters = filters or Filters()
-        self.index_note, self.index_read, self.dropped = None, 0, 0
+        self.index_note, self.index_read, self.dropped, self.ops_read = None, 0, 0, 0
+        self._from_index: set[str] = set()
         try:
             out, self.next_before = await self._list_indexed(limit, filters, before)
         except opsindex.IndexMissing as exc:
@@ -308,8 +316,9 @@ class Client:
             views = {v.op_id: v for v in collect.views.values() if v.created_at is not None or v.terminal}
             rows, self.next_before = page((summarize(v) for v in views.values()), filters, limit, before)
             out = [views[s.op_id] for s in rows]
-        # (a rejected operation never ran: no progress to look for)
-        await asyncio.gather(*(self._latest_progress(v) for v in out if v.status not in ("completed", "rejected")))
+        # (a rejected operation never ran: no progress to look for; a row from its summary has it)
+        await asyncio.gather(*(latest_progress(self.js, v) for v in out
+                               if v.status not in ("completed", "rejected") and v.op_id not in self._from_index))
         return out
 
     async def _list_indexed(self, limit: int | None, filters: Filters,
@@ -346,11 +355,17 @@ class Client:
             if full:
                 break
         chosen, cursor = page(rows.values(), filters, limit, before)
+        # An ended operation's row from its summary alone; live ones (they change) and summaries
+        # from an indexer older than the rows are read from OPS.
+        ended = {s.op_id: row_view(s) for s in chosen if s.row and s.status in TERMINAL and s.op_id not in views}
+        self._from_index = set(ended)
+        views.update(ended)
         views.update(await self._views_of({s.op_id for s in chosen} - set(views)))
         return [views[s.op_id] for s in chosen if s.op_id in views], cursor
 
     async def _views_of(self, op_ids: set[str]) -> dict[str, OperationView]:
         """Those operations' views from their stored lifecycle events only."""
+        self.ops_read += len(op_ids)
         got = await read_views_of(self.js, op_ids, per_read=VIEWS_PER_READ)
         self.dropped += got.dropped
         return {o: v for o, v in got.views.items() if v.created_at is not None or v.terminal}
@@ -366,25 +381,6 @@ class Client:
             raise NotReadyError("no active orchestrator to rebuild the index",
                                 hint="start one (`ktrdr up`) and try again") from None
         return decode(reply.data, OperationsReindexed)
-
-    async def _latest_progress(self, view: OperationView) -> None:
-        """The last progress of an operation, kept by the view even when it ended cancelled or failed."""
-        name = OperationProgress.name if view.worker is not None else OrchestratorProgress.name
-        subject = subjects.ops(view.op_id, name)
-        try:
-            raw = await retrying(lambda: self.js.get_last_msg(subjects.STREAM_OPS, subject, direct=True),
-                                 errors=(nats.errors.TimeoutError, TimeoutError))
-        except (NotFoundError, nats.errors.NoRespondersError):
-            return
-        if not raw.data:
-            return
-        ev = proven_alone(view, subject, raw.data, (raw.headers or {}).get(HEADER))
-        if not isinstance(ev, OperationProgress):
-            return  # only the holder's progress (signed by its key) or the orchestrator's counts
-        if view.terminal:  # keep how it ended; show how far it got
-            view.percentage, view.context = ev.progress.percentage, ev.progress.context or view.context
-        else:
-            apply_progress(view, ev.progress)
 
     async def tail(self, on_event: Callable[[str, Any, bytes], None], stop: asyncio.Event) -> None:
         """Every operation's events live (core subscription on ops.>)."""

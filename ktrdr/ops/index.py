@@ -13,13 +13,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 from events import subjects
-from events.bounds import MAX_SYMBOLS, SYMBOL_PATTERN
-from events.messages import OpSummary
+from events.bounds import MAX_LABEL, MAX_REASON, MAX_SYMBOLS, SYMBOL_PATTERN
+from events.messages import CancelReason, OpSummary
 from ktrdr.ops.view import TERMINAL, OperationView
+from ktrdr.rendering import ProgressRenderer
 
+CANCEL_REASONS = frozenset(get_args(CancelReason))
 MAX_PAGE = 1000  # the most rows one `ops list` page may ask for (--limit)
 _SYMBOL = re.compile(SYMBOL_PATTERN)
 
@@ -31,14 +33,57 @@ def _symbols(command: dict[str, Any] | None) -> list[str]:
     return [s for s in raw if isinstance(s, str) and _SYMBOL.fullmatch(s)][:MAX_SYMBOLS]
 
 
+def _cut(text: str | None, bound: int = MAX_REASON) -> str:
+    return (text or "")[:bound]
+
+
 def summarize(view: OperationView, seq: int = 0) -> OpSummary:
-    """The summary of one folded view; `seq`: the OPS sequence of the last lifecycle event in it."""
+    """The summary of one folded view; `seq`: the OPS sequence of the last lifecycle event in it.
+    An ended operation's summary also holds its list row (`row`: its last progress is expected in
+    the view already, ktrdr.ops.reader.latest_progress)."""
+    ended = view.status in TERMINAL
+    row: dict[str, Any] = {}
+    if ended:
+        row = {"row": True, "domain": _cut(view.domain, MAX_LABEL), "description": _cut(view.description),
+               "error": _cut(view.error), "reason": _cut(view.reason), "where": _cut(view.where),
+               "message": _cut(view.message), "phase": _cut(view.phase, MAX_LABEL),
+               "percentage": min(max(float(view.percentage), 0.0), 100.0), "context": view.context,
+               "line": _cut(ProgressRenderer.for_domain(_domain(view)).final(view)),
+               "worker": _cut(view.worker, MAX_LABEL), "started_at": view.started_at}
     return OpSummary(
         op_id=view.op_id, op_type=view.op_type[:64], pool=(view.pool or "")[:64], status=view.status,
         reason_code=(view.error_code or view.reason_code or "")[:64], created_at=view.created_at,
-        updated_at=view.updated_at, ended_at=view.finished_at if view.status in TERMINAL else None,
+        updated_at=view.updated_at, ended_at=view.finished_at if ended else None,
         symbols=_symbols(view.command), parent=view.parent_op_id or "", attempts=view.attempts,
-        epoch=view.epoch, seq=seq)
+        epoch=view.epoch, seq=seq, **row)
+
+
+def _domain(view: OperationView) -> str:
+    if view.domain:
+        return view.domain
+    try:
+        return subjects.domain_of(view.op_id)
+    except ValueError:
+        return ""
+
+
+def row_view(s: OpSummary) -> OperationView:
+    """An ended operation's list row as a view, from its summary alone (`s.row` True). What a
+    summary does not hold stays at the view's default: `result`, `command`, `children`, `events`,
+    the cancel request's fields; `line` (an attribute beside the fields, never encoded) is the
+    renderer's final line the indexer rendered from the full view (the page's list shows it)."""
+    failed = s.status in ("failed", "rejected")
+    view = OperationView(
+        op_id=s.op_id, domain=s.domain, op_type=s.op_type, description=s.description, status=s.status,
+        created_at=s.created_at, started_at=s.started_at, finished_at=s.ended_at, updated_at=s.updated_at,
+        percentage=s.percentage, message=s.message, phase=s.phase, context=s.context,
+        error=s.error or None, error_code=(s.reason_code or None) if failed else None, where=s.where or None,
+        reason=s.reason or None,
+        reason_code=s.reason_code if s.status == "cancelled" and s.reason_code in CANCEL_REASONS else None,  # type: ignore[arg-type]
+        worker=s.worker or None, attempts=s.attempts, parent_op_id=s.parent or None, pool=s.pool or None,
+        epoch=s.epoch)
+    view.line = s.line  # type: ignore[attr-defined]
+    return view
 
 
 TIME_PREFIX, LIVE_PREFIX, HOUR_PREFIX = "t.", "live.", "h."

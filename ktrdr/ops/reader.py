@@ -22,15 +22,25 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import cast
 
+import nats.errors
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from events import subjects
 from events.codec import DecodeError, decode_event_on
-from events.messages import HELD_EVENTS, AnyEvent, Event, OperationProgress, OperationStarted
-from events.proof import Chain
+from events.messages import (
+    HELD_EVENTS,
+    AnyEvent,
+    Event,
+    OperationProgress,
+    OperationStarted,
+    OrchestratorProgress,
+)
+from events.proof import HEADER, Chain
 from ktrdr.ops.fold import fold
-from ktrdr.ops.view import MAX_NOTES, TERMINAL, OperationView
+from ktrdr.ops.view import MAX_NOTES, TERMINAL, OperationView, apply_progress
 from ktrdr.transport import read_events
+from ktrdr.transport.publish import retrying
 from ktrdr.transport.replay import ReadEvents
 
 MAX_NOTE = 300
@@ -219,6 +229,28 @@ async def read_proven(js: JetStreamContext, op_id: str, *, lifecycle: bool = Fal
     out.first_dropped = next((e for e in view.errors if e.startswith("dropped")), "")
     out.notes = tuple(view.errors)
     return out
+
+
+async def latest_progress(js: JetStreamContext, view: OperationView) -> None:
+    """The last progress of an operation, into its view (one direct get of its last progress
+    message): an ended one keeps how it ended and shows how far it got (`ops list`, and the
+    operations index filing an ended operation's row)."""
+    name = OperationProgress.name if view.worker is not None else OrchestratorProgress.name
+    subject = subjects.ops(view.op_id, name)
+    try:
+        raw = await retrying(lambda: js.get_last_msg(subjects.STREAM_OPS, subject, direct=True),
+                             errors=(nats.errors.TimeoutError, TimeoutError))
+    except (NotFoundError, nats.errors.NoRespondersError):
+        return
+    if not raw.data:
+        return
+    ev = proven_alone(view, subject, raw.data, (raw.headers or {}).get(HEADER))
+    if not isinstance(ev, OperationProgress):
+        return  # only the holder's progress (signed by its key) or the orchestrator's counts
+    if view.terminal:  # keep how it ended; show how far it got
+        view.percentage, view.context = ev.progress.percentage, ev.progress.context or view.context
+    else:
+        apply_progress(view, ev.progress)
 
 
 def proven_alone(view: OperationView, subject: str, data: bytes, proof: Proof) -> AnyEvent | None:

@@ -50,7 +50,8 @@ def row_json(view: OperationView) -> dict[str, Any]:
         "percentage": round(view.percentage, 1),
         "created": _iso(view.created_at or view.updated_at),
         "description": view.description or view.error or "",
-        "line": renderer.line(view),
+        # (a row made from its index summary carries the line rendered from the full view)
+        "line": getattr(view, "line", None) or renderer.line(view),
         # Parent/child workflows: the field arrives with the lead's workflow change; flat until then.
         "parent_op_id": getattr(view, "parent_op_id", None),
         "sort": sort_key(view.op_id),

@@ -14,11 +14,13 @@ from events import subjects
 from events.codec import encode
 from events.messages import OperationCreated, OperationRejected, OpSummary, RunDummy
 from ktrdr.client import Client
+from ktrdr.ops import fold_all
 from ktrdr.ops.index import Filters, parse_when
 from ktrdr.transport import opsindex
+from ktrdr.web.views import row_json
 from tests.actors.test_ha import orchestrators  # noqa: F401  (the fixture)
 from tests.cli.test_cli import ktrdr
-from tests.helpers import wait_terminal
+from tests.helpers import wait_for_event, wait_terminal
 
 
 async def until(check: Callable[[], Awaitable[object]], timeout: float = 20.0) -> object:
@@ -179,3 +181,32 @@ async def test_a_restarted_orchestrator_reads_only_the_live_operations_and_refus
 
 async def _live_count(c: Client, n: int) -> bool:
     return len(await opsindex.live(c.js)) == n
+
+
+async def test_a_page_of_ended_operations_is_listed_from_the_index_alone_as_ops_show_shows_them(
+        start_actors, client):
+    await start_actors("orchestrator", "dummy")
+    [rejected] = await store_history(client, ["2026110110"], per_hour=1)
+    done = subjects.new_op_id("dummy")
+    await client.submit(RunDummy(op_id=done, iterations=2, interval_s=0.01))
+    await wait_terminal(client, done)
+    stopped = subjects.new_op_id("dummy")
+    await client.submit(RunDummy(op_id=stopped, iterations=500, interval_s=0.05))
+    await wait_for_event(client, stopped, lambda _ev, v: v.percentage > 0)
+    await until(lambda: caught_up(client))
+    rows = await client.list_operations()
+    assert [v.op_id for v in rows] == [rejected, done, stopped]
+    assert client.ops_read == 1  # the live one (it changes): read from OPS
+    await client.cancel(stopped, reason="enough")
+    await wait_terminal(client, stopped)
+    await until(lambda: caught_up(client))
+
+    rows = await client.list_operations()
+    assert client.ops_read == 0 and client.index_note is None  # every row from its summary
+    for row in rows:
+        shown = fold_all(await client.events(row.op_id))  # what `ops show` folds: every stored event
+        assert (row.status, row.description, row.error, row.percentage, row.reason) == \
+            (shown.status, shown.description, shown.error, shown.percentage, shown.reason)
+        assert row_json(row) == row_json(shown)  # the page's row, its rendered line included
+    assert {v.op_id: v.status for v in rows} == {rejected: "rejected", done: "completed", stopped: "cancelled"}
+    assert 0 < rows[-1].percentage < 100 and rows[0].error == "history"

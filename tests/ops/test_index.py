@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
+from events.bounds import MAX_REASON
 from events.messages import OpSummary
-from ktrdr.ops.index import Filters, keys_of, newer, page, parse_when, summarize
+from ktrdr.ops.index import Filters, keys_of, newer, page, parse_when, row_view, summarize
 from ktrdr.ops.view import OperationView
 
 
@@ -79,3 +80,20 @@ def test_bad_date_is_refused_with_an_example():
     with pytest.raises(ValueError, match="not a date or time"):
         parse_when("yesterday")
     assert parse_when("2026-12-01") == datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def test_an_ended_operations_row_comes_back_from_its_summary_with_long_texts_cut_to_their_bounds():
+    view = OperationView(op_id=op(3), domain="dummy", op_type="dummy", status="failed", description="d" * 5000,
+                         error="boom " * 1000, error_code="error", where="step 3", percentage=42.5, worker="dummy-1",
+                         created_at=datetime(2026, 12, 1, tzinfo=UTC), finished_at=datetime(2026, 12, 1, 1, tzinfo=UTC))
+    s = msgspec.json.decode(msgspec.json.encode(summarize(view, seq=7)), type=OpSummary)  # bounds checked
+    assert s.row and len(s.description) == MAX_REASON and s.line.startswith("Operation failed: boom")
+    row = row_view(s)
+    assert (row.status, row.error, row.error_code, row.where, row.percentage, row.worker) == \
+        ("failed", ("boom " * 1000)[:MAX_REASON], "error", "step 3", 42.5, "dummy-1")
+
+
+def test_a_live_operation_or_an_older_indexers_summary_has_no_row_to_list_from():
+    live = summarize(OperationView(op_id=op(4), status="running", description="still going"))
+    older = msgspec.json.decode(b'{"op_id": "%s", "status": "completed"}' % op(5).encode(), type=OpSummary)
+    assert not live.row and not older.row  # both read from OPS by the reader
