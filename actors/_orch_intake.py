@@ -20,6 +20,7 @@ from events.messages import Command, OperationCreated, OperationRejected, StartT
 from ktrdr import commands
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import OperationView, fold, intake, verdicts, workflows
+from ktrdr.ops.reader import read_view
 from ktrdr.transport import last_message
 
 if TYPE_CHECKING:
@@ -31,18 +32,23 @@ class CommandIntake:
         self.orch = orch
 
     async def recorded(self, op_id: str) -> bool:
-        """Whether the operation exists: live or lately ended (memory), else stored in OPS (its
-        creation or rejection: an operation's first event; the orchestrator no longer holds every
-        operation ever seen, issue 20)."""
+        """Whether the operation exists: live or lately ended (memory), else stored in OPS (rejected,
+        or created and ended: the orchestrator no longer holds every operation ever seen, issue 20).
+        One created and not ended but not in memory is not "recorded": its creation failed midway
+        here (e.g. its route, during an election) and was forgotten before its created event's echo
+        came back, so it is created again (every publish of create() carries a fixed id: nothing is
+        stored twice) and routed, never ignored as a duplicate while it stays queued."""
         if op_id in self.orch.known or op_id in self.orch.live:
             return True
         assert self.orch.js is not None
-        firsts = await asyncio.gather(*(last_message(self.orch.js, subjects.ops(op_id, name))
-                                        for name in (OperationCreated.name, OperationRejected.name)))
-        if any(f is not None for f in firsts):
-            self.orch.known.add(op_id)
-            return True
-        return False
+        created, rejected = await asyncio.gather(*(last_message(self.orch.js, subjects.ops(op_id, name))
+                                                   for name in (OperationCreated.name, OperationRejected.name)))
+        if rejected is None and created is None:
+            return False
+        if rejected is None and not (await read_view(self.orch.js, op_id)).terminal:
+            return False
+        self.orch.known.add(op_id)
+        return True
 
     async def on_command(self, msg: Msg) -> None:
         """Handle one command, telling JetStream it is in progress meanwhile: the consumer's ack wait is

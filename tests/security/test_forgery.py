@@ -100,7 +100,10 @@ async def test_f3_a_data_key_cannot_finish_a_training_by_naming_it(stack, cli):
     await not_forged(await cli.view(training.op_id))
     listed = {v.op_id: v for v in await cli.list_operations()}
     await not_forged(listed[training.op_id])
-    assert other not in listed and cli.dropped >= 2
+    # (how many forgeries this list itself read and dropped depends on the index's watermark: the
+    # orchestrator's indexer folds the log, forgeries dropped there, and the list reads only what lies
+    # past the watermark; either way neither forged operation is listed)
+    assert other not in listed and set(listed) == {training.op_id}
     # the orchestrator that restarts rebuilds it from OPS, forgeries included: still queued, still tracked
     orch = next(a for a in stack.actors if a.role == roles.ORCHESTRATOR)
     await orch.stop()
