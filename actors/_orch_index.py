@@ -181,10 +181,12 @@ class Indexer:
                 ev = decode_event_on(msg.subject, msg.data)
             except DecodeError:
                 continue  # nobody's event: the fold would drop it too
+            before = summarize(view) if op_id in self.views else None
             for e in admit(view, msg.subject, msg.data, msg.headers.get(HEADER) if msg.headers else None, ev):
                 fold(view, e)
             self.views[op_id] = (view, seq)
-            touched[op_id] = view
+            if before is None or summarize(view) != before:
+                touched[op_id] = view  # (an event that changed nothing, a dropped forgery, writes nothing)
         await self._last_progress(touched.values())
         await self._store(touched)
         await self._mark(last)
