@@ -10,7 +10,7 @@ from the watermark again; a summary already stored is not written back older (it
 
 An operation it has no view of (one made before this activation) is read from OPS once, its
 lifecycle events only (a few direct gets), and later messages it already folded are skipped by
-sequence. Views of ended operations leave at once; the others are bounded (MAX_VIEWS, oldest out).
+sequence. Views are bounded (MAX_VIEWS, oldest out), ended ones included (see apply).
 
 Test hook: KTRDR_TEST_CRASH=after-event-before-index makes the process exit at once (os._exit(9),
 like kill -9) when a fetched batch holds a terminal event, before any of the batch is indexed.
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 BATCH = 512  # lifecycle events fetched and indexed at once
 REBUILD_AFTER_MARK_MAX = 100_000  # lifecycle events past the index's watermark a rebuild follows by op
 PROGRESS_READS = 64  # ended operations' last progress read at once (direct gets)
-MAX_VIEWS = 20_000  # views of live operations kept between batches (an evicted one is read again)
+MAX_VIEWS = 20_000  # views kept between batches, ended ones included (an evicted one is read again)
 CRASH_POINT = "after-event-before-index"  # KTRDR_TEST_CRASH (Settings.test_crash)
 _TERMINAL_NAMES = frozenset(("completed", "failed", "cancelled", "rejected"))
 
@@ -191,9 +191,10 @@ class Indexer:
         await self._store(touched)
         await self._mark(last)
         await msgs[-1].ack()
-        for op_id, view in touched.items():
-            if view.terminal:
-                self.views.pop(op_id, None)
+        # Ended views stay (the oldest out past MAX_VIEWS): an event for an ended operation (a repeat,
+        # a forgery) then folds into its held view and writes nothing, where a view dropped at its end
+        # was read again from the log for each such event (a walk of OPS from its first sequence: under
+        # a flood of forgeries naming an ended operation, one full walk per message).
         while len(self.views) > MAX_VIEWS:
             self.views.popitem(last=False)
 
