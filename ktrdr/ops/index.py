@@ -48,7 +48,7 @@ def summarize(view: OperationView, seq: int = 0) -> OpSummary:
                "error": _cut(view.error), "reason": _cut(view.reason), "where": _cut(view.where),
                "message": _cut(view.message), "phase": _cut(view.phase, MAX_LABEL),
                "percentage": min(max(float(view.percentage), 0.0), 100.0), "context": view.context,
-               "line": _cut(ProgressRenderer.for_domain(_domain(view)).final(view)),
+               "line": _cut(ProgressRenderer.for_domain(view_domain(view)).final(view)),
                "worker": _cut(view.worker, MAX_LABEL), "started_at": view.started_at}
     return OpSummary(
         op_id=view.op_id, op_type=view.op_type[:64], pool=(view.pool or "")[:64], status=view.status,
@@ -58,7 +58,8 @@ def summarize(view: OperationView, seq: int = 0) -> OpSummary:
         epoch=view.epoch, seq=seq, **row)
 
 
-def _domain(view: OperationView) -> str:
+def view_domain(view: OperationView) -> str:
+    """The operation's domain: its view's, else its id's ("" for an id that names none)."""
     if view.domain:
         return view.domain
     try:

@@ -10,9 +10,9 @@ from collections import deque
 from datetime import datetime
 from typing import Any
 
-from events import subjects
 from events.messages import AnyEvent
 from ktrdr.ops import OperationView, fold
+from ktrdr.ops.index import view_domain
 from ktrdr.plotting import epoch_metrics
 from ktrdr.rendering import ProgressRenderer
 
@@ -30,23 +30,14 @@ def sort_key(op_id: str) -> str:
     return parts[1] if len(parts) == 3 else ""
 
 
-def _domain(view: OperationView) -> str:
-    if view.domain:
-        return view.domain
-    try:
-        return subjects.domain_of(view.op_id)
-    except ValueError:
-        return ""
-
-
 def row_json(view: OperationView) -> dict[str, Any]:
     """One line of the operations list (the `ktrdr ops list` columns, plus the rendered line)."""
-    renderer = ProgressRenderer.for_domain(_domain(view))
+    renderer = ProgressRenderer.for_domain(view_domain(view))
     return {
         "op_id": view.op_id,
         "status": view.status,
         "type": view.op_type or "-",
-        "domain": _domain(view),
+        "domain": view_domain(view),
         "percentage": round(view.percentage, 1),
         "created": _iso(view.created_at or view.updated_at),
         "description": view.description or view.error or "",
