@@ -214,6 +214,9 @@ class StartTraining(Command, tag="StartTraining", kw_only=True):
     # How the workflow gets the bars first: "full" loads what the store lacks from IB, "local" only
     # checks what is stored, "none" plans no data step (one plain training operation).
     data_mode: Literal["full", "local", "none"] = "full"
+    # A backtest child on the held-out test period of the model it trains (ktrdr.ops.workflows);
+    # with data_mode "none" the workflow is then the training and the backtest.
+    backtest: bool = False
 
 
 class RunBacktest(Command, tag="RunBacktest", kw_only=True):

@@ -296,12 +296,15 @@ def train(
     on: str = typer.Option("any", "--on", help="The trainer pool: any, cpu, gpu or a KTRDR_POOLS name."),
     data: str = typer.Option("full", "--data", help="full: load missing bars first; local: use stored bars "
                                                    "only; none: no data step (a single training operation)."),
+    backtest: bool = typer.Option(False, "--backtest", help="Then backtest the trained model on its held-out "
+                                  "test period (default costs; `ktrdr backtest` for others)."),
     timeout: float | None = TIMEOUT,
     no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the operation id and return."),
     json_out: bool = JSON,
 ) -> None:
-    """Train a strategy: one operation whose children load the missing data, then train, with one live
-    progress display. Ctrl+C cancels the whole workflow (exit 130)."""
+    """Train a strategy: one operation whose children load the missing data, then train (then, with
+    --backtest, backtest the model on the test period), with one live progress display. Ctrl+C cancels
+    the whole workflow (exit 130)."""
     text = read_text_file(strategy_file, "strategy", max_bytes=MAX_STRATEGY_BYTES)
     end_dt = parse_date(end, "end") or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     start_dt = parse_date(start, "start") or end_dt - timedelta(days=365)
@@ -317,7 +320,7 @@ def train(
                         symbols=[_norm(s, "1h")[0] for s in _split(symbols)],
                         timeframes=[_norm("AAPL", t)[1] for t in _split(timeframes)], start=start_dt, end=end_dt,
                         epochs=epochs, pool=check_pool(on), timeout_s=timeout_from(timeout),
-                        data_mode=data)  # type: ignore[arg-type]
+                        data_mode=data, backtest=backtest)  # type: ignore[arg-type]
     run_async(_train(cmd, not no_wait, json_out))
 
 
@@ -368,7 +371,17 @@ def _training_summary(r: dict[str, Any]) -> list[str]:
             f"{tm.get('final_val_loss', 0):.4f}",
             f"  test accuracy {test.get('test_accuracy', 0):.3f}, f1 {test.get('f1_score', 0):.3f}; "
             f"device {res.get('device')} ({res.get('training_mode')})",
-            f"  model: {name} in MODELS (`ktrdr models show {name}`, `ktrdr models pull {name} -o DIR`)"]
+            f"  model: {name} in MODELS (`ktrdr models show {name}`, `ktrdr models pull {name} -o DIR`)",
+            *_backtest_summary(r.get("backtest"))]
+
+
+def _backtest_summary(bt: Any) -> list[str]:
+    """A workflow's backtest child, as `ktrdr backtest` prints its result (nothing without one)."""
+    if not isinstance(bt, dict):
+        return []
+    from ktrdr.cli.backtest_commands import summary_lines
+
+    return [f"  backtest {bt.get('op_id')} on the held-out test period:", *summary_lines(bt)]
 
 
 # ------------------------------------------------------------------------------------------ models

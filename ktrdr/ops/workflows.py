@@ -2,26 +2,44 @@
 
 A training command is one parent operation. Its plan is derived from the command: one `data` child
 per symbol x timeframe the strategy needs (mode `full`, which fetches only what the store lacks),
-then one `training` child. Child ids derive from the parent's id, so an orchestrator that restarts
-mid-workflow plans the very same children. `advance()` looks at the parent's view and its children's
-views and says what to do next: create children, cancel children, report progress, or end the
-parent. The orchestrator does it and feeds the resulting events back in. The parent's progress
-mirrors its running child at most every PARENT_PROGRESS_EVERY_S (`throttle` and `flush` decide when).
+then one `training` child, and with `backtest` one `backtest` child on the held-out test period of
+the model the training produced (its command is completed from the training's result when that
+child completes: the model's version and the test period's first bar). Child ids derive from the
+parent's id, so an orchestrator that restarts mid-workflow plans the very same children.
+`advance()` looks at the parent's view and its children's views and says what to do next: create
+children, cancel children, report progress, or end the parent. The orchestrator does it and feeds
+the resulting events back in. The parent's progress mirrors its running child at most every
+PARENT_PROGRESS_EVERY_S (`throttle` and `flush` decide when).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
 
 from events import subjects
 from events.bounds import DEFAULT_UNIVERSE_PARALLEL, MAX_UNIVERSE_PARALLEL, Timeframe
-from events.messages import Command, DataContext, Event, LoadData, ProgressState, StartTraining, WorkflowContext
+from events.messages import (
+    Command,
+    DataContext,
+    Event,
+    LoadData,
+    ProgressState,
+    RunBacktest,
+    StartTraining,
+    WorkflowContext,
+)
 from ktrdr.ops import verdicts
 from ktrdr.ops.view import OperationView
 
 IB_PACING_INTERVAL_S = 600.0 / 60  # IB: 60 historical requests per 10 minutes (x KTRDR_IB_TIME_SCALE)
 DATA_SHARE = 10.0  # percent of the parent's bar given to loading data
+BACKTEST_SHARE = 10.0  # percent of the parent's bar given to the backtest of the trained model
+PENDING_MODEL = "pending"  # the planned backtest's model until the training child names its version
 PARENT_PROGRESS_EVERY_S = 0.2
 
 
@@ -32,7 +50,7 @@ def is_workflow(cmd: Command) -> bool:
         return False
     if isinstance(cmd, LoadData):
         return is_universe(cmd)
-    return isinstance(cmd, StartTraining) and cmd.data_mode != "none"
+    return isinstance(cmd, StartTraining) and (cmd.data_mode != "none" or cmd.backtest)
 
 
 def is_universe(cmd: Command) -> bool:
@@ -43,6 +61,9 @@ def describe(cmd: Command, description: str) -> tuple[str, str]:
     """(op_type, description) of a workflow's parent, from its command's own description."""
     if isinstance(cmd, LoadData):
         return "data_universe", f"load {len(cmd.symbols)} symbols {cmd.timeframe} ({cmd.mode})"
+    if isinstance(cmd, StartTraining) and cmd.backtest:
+        steps = "train, then backtest" if cmd.data_mode == "none" else "load data, train, then backtest"
+        return "training_workflow", f"{description} ({steps})"
     return "training_workflow", f"{description} (load data, then train)"
 
 
@@ -74,16 +95,49 @@ def plan_universe(cmd: LoadData) -> list[Command]:
 
 
 def plan_training(cmd: StartTraining, symbols: list[str], timeframes: list[Timeframe]) -> list[Command]:
-    """The children of a training workflow, in order: data loads, then the training itself."""
+    """The children of a training workflow, in order: data loads (none with data_mode "none"), the
+    training itself, then (`backtest`) the backtest of its model, planned with its model pending."""
     parent, by = cmd.op_id, f"workflow {cmd.op_id}"
-    children = data_children(parent, symbols, timeframes, "local" if cmd.data_mode == "local" else "full",
-                             cmd, cmd.start, cmd.end)
+    children = [] if cmd.data_mode == "none" else data_children(
+        parent, symbols, timeframes, "local" if cmd.data_mode == "local" else "full", cmd, cmd.start, cmd.end)
     children.append(StartTraining(
         op_id=subjects.child_op_id(parent, "training", "train"), strategy_path=cmd.strategy_path,
         strategy_yaml=cmd.strategy_yaml, symbols=list(cmd.symbols), timeframes=list(cmd.timeframes),
         start=cmd.start, end=cmd.end, epochs=cmd.epochs, pool=cmd.pool, data_mode="none",
         parent_op_id=parent, deadline=cmd.deadline, requested_by=by))
+    if cmd.backtest:
+        children.append(RunBacktest(
+            op_id=subjects.child_op_id(parent, "backtest", "test"), model=PENDING_MODEL, end=cmd.end,
+            parent_op_id=parent, deadline=cmd.deadline, requested_by=by))
     return children
+
+
+def test_period_backtest(planned: RunBacktest, trained: dict[str, Any] | None) -> RunBacktest | str:
+    """The planned backtest completed from its training's result: the model version it saved, on the
+    symbols it trained on, from the first bar of the held-out test period (the latest of the symbols'
+    test starts, so every symbol is in its own test part) to the training's end; or why it cannot be
+    (a result without them: a string). Pure, so an orchestrator restarted after the training
+    completed makes the very same command."""
+    r = trained or {}
+    name = (r.get("artifacts") or {}).get("name")
+    per_symbol = (r.get("data_summary") or {}).get("per_symbol") or {}
+    firsts = [v.get("test_first") for v in per_symbol.values() if isinstance(v, dict)]
+    if not isinstance(name, str) or not firsts or not all(isinstance(f, str) for f in firsts):
+        return "the training's result names no saved model or no test period"
+    try:
+        start = max(datetime.fromisoformat(f) for f in firsts)
+    except ValueError as exc:
+        return f"the training's result has a bad test period: {exc}"
+    return msgspec.structs.replace(planned, model=name, symbols=list(per_symbol), start=start)
+
+
+def workflow_result(trained: dict[str, Any] | None, tested: OperationView | None) -> dict[str, Any]:
+    """The parent's result: the training's, and with a backtest child its result under `backtest`
+    (its op id beside the figures)."""
+    out = dict(trained or {})
+    if tested is not None:
+        out["backtest"] = {"op_id": tested.op_id, **(tested.result or {})}
+    return out
 
 
 @dataclass
@@ -131,15 +185,26 @@ def advance(parent: OperationView, plan: list[Command], children: dict[str, Oper
         elif bad is not None and not parent.cancel_requested:
             d.finish = verdicts.child_ended(parent, bad)
         return d
-    data, training = plan[:-1], plan[-1]
+    data, training, tested = _parts(plan)
     d.create = [c for c in data if c.op_id not in children]
     data_done = sum(1 for c in data if c.op_id in children and children[c.op_id].status == "completed")
     if data_done == len(data) and training.op_id not in children:
         d.create.append(training)
     trained = children.get(training.op_id)
     if trained is not None and trained.status == "completed":
-        d.finish = verdicts.workflow_completed(parent.op_id, trained.result, len(plan))
-        return d
+        if tested is None:
+            d.finish = verdicts.workflow_completed(parent.op_id, trained.result, len(plan))
+            return d
+        bt = children.get(tested.op_id)
+        if bt is None:
+            made = test_period_backtest(tested, trained.result)
+            if isinstance(made, str):
+                d.finish = verdicts.failed(parent.op_id, f"cannot backtest the trained model: {made}", "internal")
+                return d
+            d.create.append(made)
+        elif bt.status == "completed":
+            d.finish = verdicts.workflow_completed(parent.op_id, workflow_result(trained.result, bt), len(plan))
+            return d
     d.progress = _progress(plan, children, line_of)
     return d
 
@@ -149,13 +214,26 @@ def _running_child(plan: list[Command], children: dict[str, OperationView]) -> O
     return running[-1] if running else None
 
 
+def _parts(plan: list[Command]) -> tuple[list[Command], Command, Command | None]:
+    """A training workflow's plan: (its data children, its training, its backtest or None)."""
+    data = [c for c in plan if isinstance(c, LoadData)]
+    training = next(c for c in plan if isinstance(c, StartTraining))
+    return data, training, next((c for c in plan if isinstance(c, RunBacktest)), None)
+
+
 def _progress(plan: list[Command], children: dict[str, OperationView], line_of: dict[str, str]) -> ProgressState:
-    data, training = plan[:-1], plan[-1]
+    data, training, tested = _parts(plan)
     done = sum(1 for c in plan if c.op_id in children and children[c.op_id].status == "completed")
     current = _running_child(plan, children)
     trained = children.get(training.op_id)
-    if trained is not None:
-        pct = DATA_SHARE + (100.0 - DATA_SHARE) * trained.percentage / 100.0
+    backtested = children.get(tested.op_id) if tested is not None else None
+    first = DATA_SHARE if data else 0.0
+    last = BACKTEST_SHARE if tested is not None else 0.0
+    if backtested is not None:
+        pct = 100.0 - last + last * backtested.percentage / 100.0
+        step = "backtest"
+    elif trained is not None:
+        pct = first + (100.0 - first - last) * trained.percentage / 100.0
         step = "training"
     else:
         partial = sum(children[c.op_id].percentage / 100.0 for c in data if c.op_id in children

@@ -124,6 +124,7 @@ def prepare_training_data(strategy: Strategy, bars: Bars, symbols: Sequence[str]
             "rows": len(x), "train": tr.stop - tr.start, "validation": va.stop - va.start,
             "test": te.stop - te.start, "first": idx[0].isoformat() if len(idx) else None,
             "last": idx[-1].isoformat() if len(idx) else None, "labels": class_counts(ds.labels),
+            "test_first": idx[te.start].isoformat(), "test_last": idx[te.stop - 1].isoformat(),
         }
     assert names is not None
     x_train = np.concatenate(parts["xtr"])

@@ -66,3 +66,41 @@ def test_help_says_what_timeframes_may_be() -> None:
                          env={k: v for k, v in os.environ.items() if k != "NATS_URL"}, timeout=60,
                          check=True).stdout
     assert "--timeframes" in out and "the strategy's own" in " ".join(out.split())
+
+
+async def test_train_with_backtest_backtests_the_trained_model_on_its_test_period(start_actors, settings, client):
+    """`ktrdr train --backtest`: one workflow, training then a backtest child of the model it saved on
+    the held-out test period; the parent's result carries the backtest's figures, the CLI prints them,
+    and they are exactly what `ktrdr backtest` gives for that model and period."""
+    import json
+
+    from ktrdr.data.bars_store import BarStore
+    from tests.training.conftest import make_bars
+
+    await BarStore(client.js).merge("AAPL", "1h", make_bars(3000, seed=1), "sim")  # 2024-01-01 on, 1h
+    await start_actors("orchestrator", "trainer", "backtester")
+    rc, out, err = await ktrdr(settings, "train", str(STRATEGY), "--epochs", "2", "--data", "none", "--backtest",
+                               "--start", "2023-12-01", "--end", "2024-06-01", timeout=180)
+    assert rc == 0, (out, err)
+    [parent] = [v for v in await client.list_operations() if v.parent_op_id is None]
+    view = await client.view(parent.op_id)
+    assert view.status == "completed" and view.op_type == "training_workflow", view.error
+    kids = [await client.view(k) for k in view.children]
+    assert [(k.domain, k.status) for k in kids] == [("training", "completed"), ("backtest", "completed")]
+    trained, tested = kids
+    model = trained.result["artifacts"]["name"]
+    test_first = trained.result["data_summary"]["per_symbol"]["AAPL"]["test_first"]
+    assert tested.command["model"] == model == "mlp_rsi_aapl/AAPL_1h_v1"
+    assert tested.result["strategy"]["start"][:19] == test_first[:19]  # trades only the held-out bars
+    assert view.result["backtest"] == {"op_id": tested.op_id, **tested.result}
+    assert view.result["test_metrics"] == trained.result["test_metrics"]  # and the training's, as before
+    assert f"backtest {tested.op_id} on the held-out test period:" in out
+    assert "total return" in out and "buy & hold" in out and f"equity curve: MODELS/{model}/{tested.op_id}" in out
+    # the same model, period and costs by hand: the same figures
+    rc, again, err = await ktrdr(settings, "backtest", model, "--start", test_first, "--end", "2024-06-01", "--json",
+                                 timeout=60)
+    assert rc == 0, err
+    by_hand = json.loads(again)["result"]
+    assert (by_hand["strategy"], by_hand["buy_and_hold"]) == (tested.result["strategy"], tested.result["buy_and_hold"])
+    rc, shown, err = await ktrdr(settings, "models", "show", model)
+    assert rc == 0 and tested.op_id in shown, (shown, err)

@@ -3,6 +3,8 @@ from the parent's and the children's views, and the parent's throttled progress.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from events import subjects
 from events.messages import (
     LoadData,
@@ -10,6 +12,7 @@ from events.messages import (
     OperationCompleted,
     OperationFailed,
     ProgressState,
+    RunBacktest,
     StartTraining,
 )
 from ktrdr.ops import OperationView, workflows
@@ -49,6 +52,55 @@ def test_only_a_top_level_training_with_a_data_step_is_a_workflow():
     assert not workflows.is_workflow(training(data_mode="none"))
     assert not workflows.is_workflow(training(parent_op_id="training-20261201T120000000000-000000"))
     assert not workflows.is_workflow(LoadData(op_id="data-20261201T120000000000-abcdef", symbol="AAPL"))
+
+
+TRAINED = {"test_metrics": {"test_accuracy": 0.5}, "artifacts": {"name": "x/AAPL-MSFT_1h_v3"},
+           "data_summary": {"per_symbol": {"AAPL": {"test_first": "2024-03-04T14:30:00+00:00"},
+                                           "MSFT": {"test_first": "2024-03-05T14:30:00+00:00"}}}}
+
+
+def test_with_backtest_the_training_is_followed_by_a_backtest_of_its_model_on_the_test_period():
+    cmd = training(backtest=True, end=datetime(2024, 6, 1, tzinfo=UTC))
+    plan = plan_training(cmd, ["AAPL", "MSFT"], ["1h"])
+    assert [c.domain for c in plan] == ["data", "data", "training", "backtest"]
+    assert workflows.is_workflow(training(backtest=True, data_mode="none"))  # train, then backtest
+    assert [c.domain for c in plan_training(training(backtest=True, data_mode="none"), ["AAPL"], ["1h"])] == [
+        "training", "backtest"]
+    kids = {c.op_id: child(c, "completed") for c in plan[:2]}
+    kids[plan[2].op_id] = child(plan[2], percentage=50.0)
+    d = advance(parent(), plan, kids, {}, set())
+    assert d.create == [] and d.progress is not None and d.progress.percentage == 50.0  # 10 + 80 x 0.5
+    kids[plan[2].op_id] = child(plan[2], "completed", result=TRAINED)
+    d = advance(parent(), plan, kids, {}, set())
+    assert d.finish is None and len(d.create) == 1
+    bt = d.create[0]
+    assert isinstance(bt, RunBacktest) and bt.op_id == plan[3].op_id and bt.parent_op_id == PARENT
+    assert bt.model == "x/AAPL-MSFT_1h_v3" and bt.symbols == ["AAPL", "MSFT"]
+    assert bt.start == datetime(2024, 3, 5, 14, 30, tzinfo=UTC)  # both symbols in their test part
+    assert bt.end == cmd.end
+    kids[bt.op_id] = child(bt, percentage=50.0)
+    d = advance(parent(), plan, kids, {}, set())
+    assert d.progress is not None and d.progress.percentage == 95.0 and d.progress.phase == "backtest"
+    kids[bt.op_id] = child(bt, "completed", result={"strategy": {"sharpe": 1.5}})
+    d = advance(parent(), plan, kids, {}, set())
+    assert isinstance(d.finish, OperationCompleted) and d.finish.message == "Workflow completed: 4 operations"
+    assert d.finish.result == {**TRAINED, "backtest": {"op_id": bt.op_id, "strategy": {"sharpe": 1.5}}}
+
+
+def test_a_training_result_without_a_test_period_fails_the_workflow_instead_of_backtesting_everything():
+    plan = plan_training(training(backtest=True, data_mode="none"), ["AAPL"], ["1h"])
+    kids = {plan[0].op_id: child(plan[0], "completed", result={"artifacts": {"name": "x/AAPL_1h_v1"}})}
+    d = advance(parent(), plan, kids, {}, set())
+    assert d.create == [] and isinstance(d.finish, OperationFailed)
+    assert "no saved model or no test period" in d.finish.error
+
+
+def test_a_failed_backtest_fails_the_workflow_with_its_reason():
+    plan = plan_training(training(backtest=True, data_mode="none"), ["AAPL"], ["1h"])
+    kids = {plan[0].op_id: child(plan[0], "completed", result=TRAINED),
+            plan[1].op_id: child(plan[1], "failed", error="no 1h bars", error_code="data")}
+    d = advance(parent(), plan, kids, {}, set())
+    assert isinstance(d.finish, OperationFailed) and d.finish.error_code == "data"
 
 
 def test_data_children_come_first_and_the_training_once_all_of_them_completed():
