@@ -262,3 +262,68 @@ def plot_progress(events: Sequence[AnyEvent], out: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
     _save(fig, out)
+
+
+# Points per line on a backtest's picture: a longer curve is thinned (each bucket's last point, and
+# the worst drawdown kept), as a 1,000,000-bar line would take seconds to draw for nothing seen.
+MAX_CURVE_POINTS = 4000
+
+
+def _thin(n: int, keep: Sequence[int]) -> Any:
+    import numpy as np
+
+    if n <= MAX_CURVE_POINTS:
+        return np.arange(n)
+    step = -(-n // MAX_CURVE_POINTS)
+    return np.unique(np.concatenate((np.arange(step - 1, n, step), [0, n - 1], list(keep))))
+
+
+def plot_backtest(curve: pd.DataFrame, result: dict[str, Any], out: Path, title: str) -> None:
+    """A backtest's equity against buy-and-hold over the same bars (top), and the drawdown of each
+    from its running peak below, the worst one marked; the figures of both in the legend."""
+    import matplotlib.dates as mdates
+    import pandas as pd
+
+    from ktrdr.backtest.run import drawdown
+
+    plt = _pyplot()
+    capital = float(result.get("capital") or curve["equity"].iloc[0])
+    ts = pd.to_datetime(curve["ts"], utc=True)
+    eq, bh = curve["equity"].to_numpy("float64"), curve["buy_hold"].to_numpy("float64")
+    dd, bh_dd = drawdown(eq, capital), drawdown(bh, capital)
+    worst = int(dd.argmin()) if len(dd) else 0
+    pick = _thin(len(eq), [worst, int(bh_dd.argmin()) if len(bh_dd) else 0])
+    x = mdates.date2num(ts.iloc[pick].dt.tz_convert(None).to_numpy())
+    s, b = result.get("strategy") or {}, result.get("buy_and_hold") or {}
+
+    def label(name: str, f: dict[str, Any]) -> str:
+        ret, sharpe = f.get("total_return"), f.get("sharpe")
+        if not isinstance(ret, int | float) or not isinstance(sharpe, int | float):
+            return name
+        return f"{name}: {ret:+.2%}, Sharpe {sharpe:.2f}, max DD {f.get('max_drawdown', 0.0):.2%}"
+
+    fig, (ax_eq, ax_dd) = plt.subplots(2, 1, figsize=(11, 6.4), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    ax_eq.plot(x, eq[pick], color="tab:blue", linewidth=1.1, label=label("strategy", s))
+    ax_eq.plot(x, bh[pick], color="tab:gray", linewidth=1.0, linestyle="--", label=label("buy & hold", b))
+    ax_eq.axhline(capital, color="black", linewidth=0.6, alpha=0.5)
+    if "position" in curve.columns and len(pick):  # the bars in the market, shaded
+        pos = curve["position"].to_numpy("float64")[pick] > 0
+        ax_eq.fill_between(x, 0, 1, where=pos, transform=ax_eq.get_xaxis_transform(), step="post",
+                           color="tab:blue", alpha=0.08, linewidth=0, label="in the market")
+    ax_eq.set_ylabel("equity")
+    ax_eq.grid(alpha=0.3)
+    ax_eq.legend(loc="upper left", fontsize=8)
+    ax_dd.fill_between(x, dd[pick] * 100.0, 0.0, color="tab:blue", alpha=0.35, step="post", label="strategy")
+    ax_dd.plot(x, bh_dd[pick] * 100.0, color="tab:gray", linewidth=0.9, linestyle="--", label="buy & hold")
+    if len(dd) and dd[worst] < 0:
+        at = mdates.date2num(ts.iloc[[worst]].dt.tz_convert(None).to_numpy())[0]
+        ax_dd.plot([at], [dd[worst] * 100.0], "v", color="tab:red", markersize=6,
+                   label=f"worst {dd[worst]:.2%} ({ts.iloc[worst]:%Y-%m-%d})")
+    ax_dd.set_ylabel("drawdown %")
+    ax_dd.grid(alpha=0.3)
+    ax_dd.legend(loc="lower left", fontsize=8)
+    ax_dd.xaxis.set_major_locator(mdates.AutoDateLocator())
+    ax_dd.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax_dd.xaxis.get_major_locator()))
+    ax_eq.margins(x=0)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, out)

@@ -83,6 +83,26 @@ def curve_bytes(curve: pd.DataFrame) -> bytes:
     return buf.getvalue()
 
 
+def read_curve(data: bytes) -> pd.DataFrame:
+    """An equity curve as `curve_bytes` stored it (ts, equity, buy_hold, position)."""
+    try:
+        curve = pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # pyarrow's errors for bytes that are not Parquet
+        raise DataError(f"the equity curve is not readable Parquet: {type(exc).__name__}") from None
+    missing = [c for c in ("ts", "equity", "buy_hold") if c not in curve.columns]
+    if missing:
+        raise DataError(f"the equity curve lacks its {', '.join(missing)} column(s)")
+    return curve
+
+
+def drawdown(equity: np.ndarray, capital: float) -> np.ndarray:
+    """The fall from the running peak at each bar (0 at a new high, -0.25 at 25% below it), the
+    starting capital the first peak, as `engine.figures` defines max drawdown (its minimum)."""
+    eq = np.asarray(equity, dtype="float64")
+    peak = np.maximum.accumulate(np.concatenate(([float(capital)], eq)))[1:]
+    return eq / peak - 1.0
+
+
 def run_backtest(job: BacktestJob, model: TrainedModel, bars: Mapping[str, Mapping[str, pd.DataFrame]], *,
                  emit: Emit | None = None, cancel: CancelFlag | None = None) -> BacktestOutcome:
     """The backtest of bars starting in [start, end). Raises DataError (no bars in the range, ...) or

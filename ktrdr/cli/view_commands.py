@@ -98,7 +98,8 @@ def _stack_page(s: Settings, wait_s: float = 20.0) -> str:
 # ------------------------------------------------------------------------------------------ ops plot
 def ops_plot(op_id: str, out: Path = OUT_OPTION) -> None:
     """Draw an operation from its stored events: a training's loss and accuracy per epoch, a data
-    load's segments over time with the IB pacing waits, any other its progress over time."""
+    load's segments over time with the IB pacing waits, a backtest's equity and drawdown against
+    buy-and-hold (its stored equity curve), any other its progress over time."""
     from events.subjects import is_op_id
 
     if not is_op_id(op_id):
@@ -124,6 +125,7 @@ async def _ops_plot(op_id: str, out: Path) -> int:
                 if plotting.epoch_points(child_events):
                     events, drawn = child_events, child
                     break
+        curve = await _backtest_curve(c, view) if view.domain == "backtest" else None
     shown = op_id if drawn == op_id else f"{op_id} (training {drawn})"
     title = f"{shown} · {view.description or view.op_type} · {view.status}"
     try:
@@ -139,6 +141,12 @@ async def _ops_plot(op_id: str, out: Path) -> int:
                 raise usage(f"{op_id} fetched no segment to draw ({view.status}: {view.message or '-'})")
             plotting.plot_data_load(timeline, out, f"{title}\n{timeline.title}")
             what = f"{len(timeline.segments)} segments, {len(timeline.waits)} pacing waits"
+        elif curve is not None:
+            r = view.result or {}
+            plotting.plot_backtest(curve, r, out, f"{title}\n{r.get('model')} on {', '.join(r.get('symbols') or [])} "
+                                                  f"[{r.get('timeframe')}], commission {r.get('commission')}, "
+                                                  f"slippage {r.get('slippage_bps')} bps")
+            what = f"equity and drawdown over {len(curve):,} bars against buy-and-hold"
         else:
             plotting.plot_progress(events, out, title)
             what = "progress over time"
@@ -146,6 +154,27 @@ async def _ops_plot(op_id: str, out: Path) -> int:
         raise usage(f"-o {out}: cannot write it ({exc.strerror or exc})") from exc
     typer.echo(f"wrote {out} ({what})")
     return 0
+
+
+async def _backtest_curve(c: Any, view: Any) -> Any:
+    """A completed backtest's equity curve (the object its result names, in MODELS), or one line
+    saying why there is none to draw."""
+    import asyncio
+
+    from ktrdr.backtest.run import read_curve
+    from ktrdr.errors import KtrdrError
+    from ktrdr.training.model_store import ModelStore
+
+    name = ((view.result or {}).get("curve") or {}).get("object") if view.status == "completed" else None
+    if not isinstance(name, str):
+        raise usage(f"{view.op_id} has no equity curve to draw ({view.status}: {view.error or view.message or '-'})")
+    try:
+        data = await ModelStore(c.js).read_backtest(name)
+        if data is None:
+            raise usage(f"{view.op_id}: its equity curve MODELS/{name} is no longer stored")
+        return await asyncio.to_thread(read_curve, data)
+    except KtrdrError as exc:
+        raise usage(f"{view.op_id}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------ data plot

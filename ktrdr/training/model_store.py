@@ -50,6 +50,7 @@ from ktrdr.transport.objects import MAX_HEADER_BYTES, MODELS, ObjectConflict, St
 
 MAX_MODEL_FILE_BYTES = 4 << 30
 MAX_JSON_FILE_BYTES = 64 << 20
+MAX_CURVE_BYTES = 256 << 20  # a backtest's equity curve: ~20 bytes a bar in Parquet (10 years of 1m: ~50 MB)
 MODEL_HEADER, LATEST_HEADER, BACKTEST_HEADER = "Ktrdr-Model", "Ktrdr-Latest", "Ktrdr-Backtest"
 BACKTEST_SUFFIX = ".parquet"  # `<strategy>/<KEY>_vN/<op_id>.parquet`: a backtest's equity curve
 # Aliases for annotations inside ModelStore, whose `list` method shadows the builtin.
@@ -284,6 +285,16 @@ class ModelStore:
                 summary = {}
             rows.append({"object": st.name, "bytes": st.size, **(summary if isinstance(summary, dict) else {})})
         return sorted(rows, key=lambda r: r["object"])
+
+    async def read_backtest(self, name: str) -> bytes | None:
+        """The bytes of a backtest's equity curve (`<strategy>/<KEY>_vN/<op_id>.parquet`, as its result
+        names it), or None when it is not stored; a name of any other shape is refused."""
+        m = _MODEL_OBJECT.match(name) if isinstance(name, str) else None
+        if m is None or not m["file"].endswith(BACKTEST_SUFFIX) \
+                or not subjects.is_op_id(m["file"][:-len(BACKTEST_SUFFIX)]):
+            raise ValidationError(f"{str(name)[:120]!r} is not a backtest's equity curve in {MODELS}")
+        found = await objects.get(self.js, MODELS, name, max_bytes=MAX_CURVE_BYTES)
+        return bytes(found[0]) if found is not None else None
 
     def check_file(self, prefix: str, file: str, st: Stored, expected: Expected) -> None:
         """Refuse the meta record `st` of `prefix`'s `file` unless its digest is the expected one (a

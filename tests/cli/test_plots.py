@@ -195,3 +195,70 @@ async def test_data_plot_refuses_bad_input_in_one_line(settings, client, tmp_pat
     for args, says in cases:
         rc, _, err = await ktrdr(settings, *args)
         assert_one_line_error(rc, err, says)
+
+
+async def test_ops_plot_of_a_backtest_draws_equity_and_drawdown_against_buy_and_hold(
+        start_actors, client, settings, tmp_path):
+    from events.messages import RunBacktest
+    from ktrdr.backtest import drawdown, read_curve
+    from ktrdr.data.bars_store import BarStore
+    from ktrdr.training.model_store import ModelStore
+    from ktrdr.transport import objects
+    from tests.backtest.conftest import STRATEGY as SMALL
+    from tests.backtest.conftest import model_files
+    from tests.training.conftest import make_bars
+
+    bars = make_bars(1200, seed=3)
+    await BarStore(client.js).merge("AAPL", "1h", bars, "sim")
+    saved = await ModelStore(client.js).save("test_small", ["AAPL"], ["1h"], model_files(SMALL, bars))
+    await start_actors("orchestrator", "backtester")
+    cmd = RunBacktest(op_id=subjects.new_op_id("backtest"), model=saved["name"])
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id, timeout=60)
+    assert view.status == "completed", view.error
+    r = view.result
+    assert r["strategy"]["trades"] > 0  # something to see: the strategy trades, unlike buy-and-hold
+    out = tmp_path / "backtest.png"
+    rc, stdout, err = await ktrdr(settings, "ops", "plot", cmd.op_id, "-o", str(out))
+    assert rc == 0, err
+    assert f"wrote {out} (equity and drawdown over {r['bars']:,} bars against buy-and-hold)" in stdout
+    assert_png(out)
+    # what the picture draws is the stored curve, whose worst drawdowns are the printed figures
+    data = await ModelStore(client.js).read_backtest(r["curve"]["object"])
+    curve = read_curve(data)
+    assert len(curve) == r["bars"]
+    for col, figs in (("equity", r["strategy"]), ("buy_hold", r["buy_and_hold"])):
+        assert abs(drawdown(curve[col].to_numpy(), r["capital"]).min() - figs["max_drawdown"]) < 1e-12
+    # a backtest that failed has no curve, and a curve removed since is said so: one line each
+    late = RunBacktest(op_id=subjects.new_op_id("backtest"), model=saved["name"],
+                       start=datetime(2025, 1, 1, tzinfo=UTC))
+    await client.submit(late)
+    assert (await wait_terminal(client, late.op_id, timeout=60)).status == "failed"
+    rc, _, err = await ktrdr(settings, "ops", "plot", late.op_id, "-o", str(tmp_path / "late.png"))
+    assert_one_line_error(rc, err, f"{late.op_id} has no equity curve to draw (failed: ")
+    await objects.delete(client.js, "MODELS", r["curve"]["object"])
+    rc, _, err = await ktrdr(settings, "ops", "plot", cmd.op_id, "-o", str(tmp_path / "gone.png"))
+    assert_one_line_error(rc, err, f"its equity curve MODELS/{r['curve']['object']} is no longer stored")
+    assert not (tmp_path / "late.png").exists() and not (tmp_path / "gone.png").exists()
+
+
+def test_a_long_backtest_curve_is_thinned_keeping_its_worst_drawdown(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from ktrdr.backtest import drawdown
+    from ktrdr.plotting import MAX_CURVE_POINTS, _thin, plot_backtest
+
+    n = 1_000_000
+    rng = np.random.default_rng(0)
+    equity = 100_000 * np.exp(np.cumsum(rng.normal(0, 1e-4, n)))
+    equity[654_321] = equity[654_320] * 0.5  # a one-bar crash, in no thinning bucket's last place
+    worst = int(drawdown(equity, 100_000).argmin())
+    assert worst == 654_321
+    pick = _thin(n, [worst])
+    assert worst in pick and len(pick) <= MAX_CURVE_POINTS + 3 and pick[0] == 0 and pick[-1] == n - 1
+    curve = pd.DataFrame({"ts": pd.date_range("2016-01-01", periods=n, freq="1min", tz="UTC"), "equity": equity,
+                          "buy_hold": equity * 1.01, "position": (np.arange(n) // 5000 % 2).astype("float32")})
+    out = tmp_path / "long.png"
+    plot_backtest(curve, {"capital": 100_000.0}, out, "a million bars")
+    assert_png(out)
