@@ -269,12 +269,13 @@ def plot_progress(events: Sequence[AnyEvent], out: Path, title: str) -> None:
 MAX_CURVE_POINTS = 4000
 
 
-def _thin(n: int, keep: Sequence[int]) -> Any:
+def thin_indices(n: int, keep: Sequence[int], most: int = MAX_CURVE_POINTS) -> Any:
+    """Indices of at most about `most` of n points: each bucket's last, the first, and `keep`."""
     import numpy as np
 
-    if n <= MAX_CURVE_POINTS:
+    if n <= most:
         return np.arange(n)
-    step = -(-n // MAX_CURVE_POINTS)
+    step = -(-n // most)
     return np.unique(np.concatenate((np.arange(step - 1, n, step), [0, n - 1], list(keep))))
 
 
@@ -292,7 +293,7 @@ def plot_backtest(curve: pd.DataFrame, result: dict[str, Any], out: Path, title:
     eq, bh = curve["equity"].to_numpy("float64"), curve["buy_hold"].to_numpy("float64")
     dd, bh_dd = drawdown(eq, capital), drawdown(bh, capital)
     worst = int(dd.argmin()) if len(dd) else 0
-    pick = _thin(len(eq), [worst, int(bh_dd.argmin()) if len(bh_dd) else 0])
+    pick = thin_indices(len(eq), [worst, int(bh_dd.argmin()) if len(bh_dd) else 0])
     x = mdates.date2num(ts.iloc[pick].dt.tz_convert(None).to_numpy())
     s, b = result.get("strategy") or {}, result.get("buy_and_hold") or {}
 

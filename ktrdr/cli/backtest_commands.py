@@ -104,10 +104,11 @@ def _num(v: Any, fmt: str = ".2f") -> str:
     return format(v, fmt) if isinstance(v, int | float) else "-"
 
 
-def summary_lines(r: dict[str, Any]) -> list[str]:
-    """The figures of a completed backtest, strategy against buy-and-hold, as a few lines."""
+def figure_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(figure, strategy, buy & hold) of a completed backtest's result, formatted: the CLI's table and
+    the page's."""
     s, b = r.get("strategy") or {}, r.get("buy_and_hold") or {}
-    rows = [("total return", _pct(s.get("total_return")), _pct(b.get("total_return"))),
+    return [("total return", _pct(s.get("total_return")), _pct(b.get("total_return"))),
             ("CAGR", _pct(s.get("cagr")), _pct(b.get("cagr"))),
             ("Sharpe", _num(s.get("sharpe")), _num(b.get("sharpe"))),
             ("Sortino", _num(s.get("sortino")), _num(b.get("sortino"))),
@@ -116,6 +117,11 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
             ("win rate", _pct(s.get("win_rate")), "-"),
             ("profit factor", _num(s.get("profit_factor")), "-"),
             ("exposure", _pct(s.get("exposure")), _pct(b.get("exposure")))]
+
+
+def summary_lines(r: dict[str, Any]) -> list[str]:
+    """The figures of a completed backtest, strategy against buy-and-hold, as a few lines."""
+    s, rows = r.get("strategy") or {}, figure_rows(r)
     out = [f"  {r.get('model')} on {', '.join(r.get('symbols') or [])} [{r.get('timeframe')}], "
            f"{s.get('start', '?')[:16]} to {s.get('end', '?')[:16]}, {r.get('bars', 0):,} bars"
            f"{'  ** SIMULATED data **' if r.get('simulated') else ''}",

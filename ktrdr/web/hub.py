@@ -29,7 +29,7 @@ from ktrdr.config import Settings
 from ktrdr.ops import OperationView
 from ktrdr.ops.reader import admit, count_dropped, fold_into
 from ktrdr.web import MAX_STREAMS, MAX_STREAMS_PER_CLIENT
-from ktrdr.web.views import OpPage, row_json, sort_key
+from ktrdr.web.views import OpPage, backtest_json, backtest_result, row_json, sort_key
 
 log = logging.getLogger("ktrdr.web")
 
@@ -231,6 +231,31 @@ class Hub:
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+
+    async def backtest(self, op_id: str) -> tuple[int, dict[str, Any]]:
+        """A completed backtest's figures and curve (ktrdr.web.views.backtest_json), for a backtest
+        operation or a training workflow that ran one; 404 with a note when there is none."""
+        client = self.client
+        if client is None:
+            raise ConnectionError("not connected to NATS")
+        view = await client.view(op_id)  # the log: a row from the index carries no result
+        result = backtest_result(view)
+        name = ((result or {}).get("curve") or {}).get("object")
+        if result is None or not isinstance(name, str):
+            return 404, {"note": f"{op_id} has no completed backtest to show"}
+        from ktrdr.backtest.run import read_curve
+        from ktrdr.errors import KtrdrError
+        from ktrdr.training.model_store import ModelStore
+
+        try:
+            data = await ModelStore(client.js).read_backtest(name)
+            if data is None:
+                return 404, {"note": f"the equity curve MODELS/{name} is no longer stored"}
+            curve = await asyncio.to_thread(read_curve, data)
+            bt_id = op_id if view.domain == "backtest" else str(result.get("op_id") or op_id)
+            return 200, await asyncio.to_thread(backtest_json, bt_id, result, curve)
+        except KtrdrError as exc:
+            return 404, {"note": f"{op_id}: {exc}"}
 
     async def cancel(self, op_id: str) -> tuple[int, dict[str, Any]]:
         """Publish the cancel (requested_by "web"); a finished operation is left as it is, as in the CLI."""

@@ -242,6 +242,13 @@ async def _pump(request: web.Request, stream: Stream) -> web.StreamResponse:
     return resp
 
 
+async def backtest(request: web.Request) -> web.Response:
+    """A backtest's figures and equity curve against buy-and-hold, as JSON (the page draws it)."""
+    op_id = _op_id(request)
+    status, body = await request.app[HUB].backtest(op_id)
+    return web.json_response(body, status=status)
+
+
 async def cancel(request: web.Request) -> web.Response:
     op_id = _op_id(request)
     origin = request.headers.get("Origin")
@@ -279,6 +286,7 @@ def create_app(hub: Hub, *, allowed_hosts: set[str] | None, secret: bytes | None
     app.router.add_get("/events", list_events)
     app.router.add_get("/ops/{op_id}", op_page)
     app.router.add_get("/ops/{op_id}/events", op_events)
+    app.router.add_get("/ops/{op_id}/backtest", backtest)
     app.router.add_post("/ops/{op_id}/cancel", cancel)
     app.router.add_get("/static/{name}", static_file)
     return app

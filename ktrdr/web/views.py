@@ -99,3 +99,51 @@ class OpPage:
         return {"view": view_json(self.view), "history": list(self.rows), "count": self.count,
                 "omitted": self.count - len(self.rows), "limit": self.rows.maxlen,
                 "curves": sorted(self.curves.items())}
+
+
+# A backtest's curve on the page: at most this many points per line (the worst drawdowns kept).
+MAX_BACKTEST_POINTS = 2000
+
+
+def backtest_result(view: OperationView) -> dict[str, Any] | None:
+    """The backtest a page shows: a completed backtest's result, or a training workflow's backtest
+    child's (its result under `backtest`); None for anything else."""
+    r = view.result if view.status == "completed" else None
+    if not isinstance(r, dict):
+        return None
+    if view_domain(view) == "backtest":
+        return r
+    child = r.get("backtest")
+    return child if isinstance(child, dict) else None
+
+
+def backtest_json(op_id: str, result: dict[str, Any], curve: Any) -> dict[str, Any]:
+    """A backtest's figures (as `ktrdr backtest` prints them) and its equity curve against buy-and-hold
+    with both drawdowns, thinned to MAX_BACKTEST_POINTS (each bucket's last bar and the worst ones)."""
+    import pandas as pd
+
+    from ktrdr.backtest.run import drawdown
+    from ktrdr.cli.backtest_commands import figure_rows
+    from ktrdr.plotting import thin_indices
+
+    capital = float(result.get("capital") or 0.0) or float(curve["equity"].iloc[0])
+    eq, bh = curve["equity"].to_numpy("float64"), curve["buy_hold"].to_numpy("float64")
+    dd, bh_dd = drawdown(eq, capital), drawdown(bh, capital)
+    pick = thin_indices(len(eq), [int(dd.argmin()), int(bh_dd.argmin())] if len(eq) else [],
+                        MAX_BACKTEST_POINTS)
+    ts = pd.to_datetime(curve["ts"], utc=True).iloc[pick]
+    s = result.get("strategy") or {}
+
+    def values(a: Any) -> list[float]:
+        return [round(float(v), 6) for v in a[pick]]
+
+    return {
+        "op_id": op_id, "model": result.get("model"), "symbols": result.get("symbols") or [],
+        "timeframe": result.get("timeframe"), "bars": result.get("bars"), "capital": capital,
+        "start": s.get("start"), "end": s.get("end"), "simulated": bool(result.get("simulated")),
+        "commission": result.get("commission"), "slippage_bps": result.get("slippage_bps"),
+        "rows": [list(r) for r in figure_rows(result)],
+        "curve": {"t": [int(t.value // 1_000_000) for t in ts], "equity": values(eq), "buy_hold": values(bh),
+                  "drawdown": values(dd), "buy_hold_drawdown": values(bh_dd), "points": len(pick),
+                  "bars": len(eq)},
+    }

@@ -247,7 +247,7 @@ def test_a_long_backtest_curve_is_thinned_keeping_its_worst_drawdown(tmp_path):
     import pandas as pd
 
     from ktrdr.backtest import drawdown
-    from ktrdr.plotting import MAX_CURVE_POINTS, _thin, plot_backtest
+    from ktrdr.plotting import MAX_CURVE_POINTS, plot_backtest, thin_indices
 
     n = 1_000_000
     rng = np.random.default_rng(0)
@@ -255,7 +255,7 @@ def test_a_long_backtest_curve_is_thinned_keeping_its_worst_drawdown(tmp_path):
     equity[654_321] = equity[654_320] * 0.5  # a one-bar crash, in no thinning bucket's last place
     worst = int(drawdown(equity, 100_000).argmin())
     assert worst == 654_321
-    pick = _thin(n, [worst])
+    pick = thin_indices(n, [worst])
     assert worst in pick and len(pick) <= MAX_CURVE_POINTS + 3 and pick[0] == 0 and pick[-1] == n - 1
     curve = pd.DataFrame({"ts": pd.date_range("2016-01-01", periods=n, freq="1min", tz="UTC"), "equity": equity,
                           "buy_hold": equity * 1.01, "position": (np.arange(n) // 5000 % 2).astype("float32")})

@@ -1,7 +1,8 @@
 """The operations page in a real browser (headless Chromium through selenium): a running operation is
 listed and its percentage rises; Cancel on its page ends it cancelled (checked in the event log); a
-finished training's page draws a point per epoch. Screenshots of both pages are written (into
-docs/screenshots/ with KTRDR_SCREENSHOTS=1).
+finished training's page draws a point per epoch; a completed backtest's page shows its figures and
+its equity and drawdown against buy-and-hold; an ended operation's bar is drawn full at once and no
+Cancel is offered on it. Screenshots are written (into docs/screenshots/ with KTRDR_SCREENSHOTS=1).
 
 Selenium's calls block, and the actors run on this test's event loop, so every browser step runs in a
 thread (asyncio.to_thread) and waits with WebDriverWait, never a fixed sleep."""
@@ -194,3 +195,92 @@ async def test_children_are_listed_under_their_parent(settings, browser):
         await runner.cleanup()
     assert [r[0] for r in rows] == [other.op_id, parent.op_id, child_a.op_id, child_b.op_id]
     assert [("child" in r[1]) for r in rows] == [False, False, True, True]
+
+
+def bar_fill(driver: Any) -> float:
+    """How full the operation's progress bar is drawn, as the browser lays it out now (0..1)."""
+    return driver.execute_script(
+        "const f = document.getElementById('bar-fill');"
+        "return f.getBoundingClientRect().width / f.parentElement.getBoundingClientRect().width;")
+
+
+async def test_an_ended_operations_page_draws_its_bar_full_and_offers_no_cancel(start_actors, client, web, browser):
+    """Issue 23, item 4: a completed operation's bar was drawn growing from empty (five-sixths full in
+    a screenshot beside "100.0%"), and Cancel was offered on operations that had already ended."""
+    from selenium.webdriver.common.by import By
+
+    await start_actors("orchestrator", "dummy")
+    done = await run_dummy(client, 3, 0.01)
+    await wait_terminal(client, done)
+    running = await run_dummy(client, 200, 0.3)
+    await wait_for_event(client, running, lambda ev, v: v.status == "running")
+
+    def pages() -> dict[str, Any]:
+        browser.get(web.login_url())  # logged in: a live operation's page may cancel
+        wait_until(browser, lambda d: d.current_url == web.url)
+        browser.get(web.at(f"/ops/{done}"))
+        wait_until(browser, lambda d: d.find_element(By.ID, "pct").text == "100.0%")
+        out: dict[str, Any] = {"fill_at_once": bar_fill(browser),
+                               "cancel_shown_ended": browser.find_element(By.ID, "cancel").is_displayed()}
+        browser.get(web.at(f"/ops/{running}"))
+        wait_until(browser, lambda d: d.find_element(By.ID, "status").text == "running")
+        button = wait_until(browser, lambda d: (b := d.find_element(By.ID, "cancel")).is_displayed()
+                            and b.is_enabled() and b)
+        out["cancel_shown_running"] = True
+        button.click()  # it ends while its page is open: the button goes
+        wait_until(browser, lambda d: d.find_element(By.ID, "status").text == "cancelled")
+        wait_until(browser, lambda d: d.find_element(By.ID, "pct").text != "")
+        out["cancel_shown_after"] = browser.find_element(By.ID, "cancel").is_displayed()
+        return out
+
+    seen = await asyncio.to_thread(pages)
+    assert seen["fill_at_once"] > 0.999, seen  # full as soon as it says 100.0%, not growing towards it
+    assert seen == {**seen, "cancel_shown_ended": False, "cancel_shown_running": True, "cancel_shown_after": False}
+    await wait_terminal(client, running)
+
+
+async def test_a_backtest_page_shows_its_figures_and_equity_against_buy_and_hold(start_actors, client, web, browser,
+                                                                                 tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from events.messages import RunBacktest
+    from ktrdr.cli.backtest_commands import figure_rows
+    from ktrdr.data.bars_store import BarStore
+    from ktrdr.training.model_store import ModelStore
+    from tests.backtest.conftest import STRATEGY as SMALL
+    from tests.backtest.conftest import model_files
+    from tests.training.conftest import make_bars
+
+    bars = make_bars(1200, seed=3)
+    await BarStore(client.js).merge("AAPL", "1h", bars, "sim")
+    saved = await ModelStore(client.js).save("test_small", ["AAPL"], ["1h"], model_files(SMALL, bars))
+    await start_actors("orchestrator", "backtester")
+    cmd = RunBacktest(op_id=subjects.new_op_id("backtest"), model=saved["name"])
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id, timeout=60)
+    assert view.status == "completed", view.error
+    r = view.result
+
+    def page() -> dict[str, Any]:
+        browser.get(web.at(f"/ops/{cmd.op_id}"))
+        wait_until(browser, lambda d: d.find_element(By.ID, "backtest").is_displayed())
+        wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#equity-chart polyline")) == 2)
+        rows = [[c.text for c in tr.find_elements(By.CSS_SELECTOR, "th, td")]
+                for tr in browser.find_elements(By.CSS_SELECTOR, "#bt-figures tbody tr")]
+        lines = {p.get_attribute("data-series"): {k: float(p.get_attribute(f"data-{k}"))
+                                                   for k in ("points", "last", "min")}
+                 for p in browser.find_elements(By.CSS_SELECTOR, "#backtest polyline")}
+        save_screenshot(browser, "backtest-page.png", tmp_path)
+        return {"rows": rows, "lines": lines, "what": browser.find_element(By.ID, "bt-what").text}
+
+    seen = await asyncio.to_thread(page)
+    assert seen["rows"] == [list(row) for row in figure_rows(r)]  # the figures `ktrdr backtest` prints
+    lines, capital = seen["lines"], r["capital"]
+    assert set(lines) == {"equity", "buy_hold", "drawdown", "buy_hold_drawdown"}
+    assert all(line["points"] == r["bars"] for line in lines.values())  # 1,200 bars: every one drawn
+    # the curves end where the total returns say, and bottom out at the max drawdowns
+    assert abs(lines["equity"]["last"] - capital * (1 + r["strategy"]["total_return"])) < 0.01
+    assert abs(lines["buy_hold"]["last"] - capital * (1 + r["buy_and_hold"]["total_return"])) < 0.01
+    assert abs(lines["drawdown"]["min"] - 100 * r["strategy"]["max_drawdown"]) < 1e-3
+    assert abs(lines["buy_hold_drawdown"]["min"] - 100 * r["buy_and_hold"]["max_drawdown"]) < 1e-3
+    assert f"{saved['name']} on AAPL [1h]" in seen["what"] and "1,200 bars" in seen["what"]

@@ -228,3 +228,37 @@ async def test_page_reconnects_after_nats_was_away(start_actors, settings, nats_
             assert r.status == 503 and "Not connected to NATS" in await r.text()
         assert loop.time() < deadline, "the page never reconnected"
         await asyncio.sleep(0.1)
+
+
+async def test_a_training_workflows_backtest_is_served_for_its_page(start_actors, client, web, http, bars_in_store):
+    """`/ops/ID/backtest`: the figures and curve of a training workflow's backtest child (run with
+    `backtest`), the figures worded as `ktrdr backtest` prints them; none for any other operation."""
+    from pathlib import Path
+
+    from events.messages import StartTraining
+    from ktrdr.cli.backtest_commands import figure_rows
+
+    strategy = Path(__file__).parents[2] / "strategies" / "mlp_rsi_aapl.yaml"
+    await start_actors("orchestrator", "trainer", "backtester", "dummy")
+    cmd = StartTraining(op_id=subjects.new_op_id("training"), strategy_path=str(strategy),
+                        strategy_yaml=strategy.read_text(), epochs=2, data_mode="none", backtest=True)
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id, timeout=120)
+    assert view.status == "completed", view.error
+    tested = await client.view(view.children[-1])
+    async with http.get(web.at(f"/ops/{cmd.op_id}/backtest")) as r:
+        assert r.status == 200, await r.text()
+        body = await r.json()
+    assert body["op_id"] == tested.op_id and body["model"] == tested.result["model"]
+    assert body["rows"] == [list(row) for row in figure_rows(tested.result)]
+    curve = body["curve"]
+    assert curve["bars"] == tested.result["bars"] == len(curve["t"]) == len(curve["equity"])
+    assert abs(min(curve["drawdown"]) - tested.result["strategy"]["max_drawdown"]) < 1e-6
+    assert curve["t"] == sorted(curve["t"])
+    dummy = await run_dummy(client, 2, 0.01)
+    await wait_terminal(client, dummy)
+    for op_id, status in ((dummy, 404), (UNKNOWN, 404), ("not-an-id", 400)):
+        async with http.get(web.at(f"/ops/{op_id}/backtest")) as r:
+            assert r.status == status, (op_id, await r.text())
+    async with http.get(web.at(f"/ops/{dummy}/backtest")) as r:
+        assert (await r.json())["note"] == f"{dummy} has no completed backtest to show"

@@ -1,5 +1,7 @@
-// One operation: its progress line and bar, its event history, a cancel button and, for a training,
-// loss and accuracy per epoch drawn as SVG that grows with each epoch.
+// One operation: its progress line and bar, its event history, a cancel button while it has not
+// ended, for a training loss and accuracy per epoch drawn as SVG that grows with each epoch, and for
+// a completed backtest (or a training workflow that ran one) its figures and its equity and drawdown
+// against buy-and-hold.
 "use strict";
 
 (function () {
@@ -7,7 +9,8 @@
   const opId = match ? decodeURIComponent(match[1]) : "";
   if (!KT.OP_ID.test(opId)) return; // the server answers malformed ids with 400; nothing to follow
   const SVG = "http://www.w3.org/2000/svg";
-  const state = { view: null, rows: [], omitted: 0, count: 0, curves: new Map(), maxRows: 200 };
+  const state = { view: null, rows: [], omitted: 0, count: 0, curves: new Map(), maxRows: 200,
+                  painted: false, backtest: "" };
   const $ = (id) => document.getElementById(id);
   $("op-id").textContent = opId;
   document.title = `${opId} · KTRDR`;
@@ -24,9 +27,14 @@
     $("line").textContent = v.line;
     $("pct").textContent = KT.pct(v.percentage);
     const fill = $("bar-fill");
+    // The bar moves smoothly while the operation runs; its first drawing, and an ended operation's,
+    // are where it is (growing from empty, a completed one looked five-sixths full beside "100.0%").
+    fill.style.transition = state.painted && !v.terminal ? "" : "none";
     fill.style.width = Math.max(0, Math.min(100, v.percentage)) + "%";
     fill.parentElement.className = "bar big " + v.status;
+    state.painted = true;
     const cancel = $("cancel");
+    cancel.hidden = v.terminal; // nothing to cancel once it has ended
     cancel.disabled = !KT.canCancel() || v.terminal || cancel.dataset.sent === "1";
     const facts = [["created", v.created], ["started", v.started], ["finished", v.finished],
                    ["elapsed", v.elapsed_s != null ? v.elapsed_s.toFixed(1) + " s" : null],
@@ -128,6 +136,95 @@
     drawChart($("acc-chart"), ["train_accuracy", "val_accuracy"]);
   }
 
+  // ------------------------------------------------------------------------------------ backtest
+  function dateLabel(ms, spanMs) {
+    const d = new Date(ms);
+    const pad = (n) => String(n).padStart(2, "0");
+    const day = `${d.getUTCFullYear()}-${pad(d.getUTCMonth() + 1)}-${pad(d.getUTCDate())}`;
+    return spanMs < 3 * 86400e3 ? `${day.slice(5)} ${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}` : day;
+  }
+
+  // Lines against time (ms since the epoch): [{key, values, cls}], y labelled by `fmt`.
+  function drawTimeChart(svg, t, lines, fmt, zeroLine) {
+    const [W, H] = svg.getAttribute("viewBox").split(" ").slice(2).map(Number);
+    const m = { l: 64, r: 14, t: 26, b: 34 };
+    if (!t.length) { svg.replaceChildren(); return; }
+    const ys = lines.flatMap((l) => l.values).concat(zeroLine != null ? [zeroLine] : []);
+    let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+    const pad = (y1 - y0) * 0.06 || Math.abs(y1) * 0.05 || 1;
+    y0 -= pad; y1 += pad;
+    const [x0, x1] = [t[0], t[t.length - 1] > t[0] ? t[t.length - 1] : t[0] + 1];
+    const sx = (x) => m.l + ((x - x0) / (x1 - x0)) * (W - m.l - m.r);
+    const sy = (y) => H - m.b - ((y - y0) / (y1 - y0)) * (H - m.t - m.b);
+    const parts = [];
+    for (const v of niceTicks(y0, y1, 5)) {
+      parts.push(svgEl("line", { class: "grid", x1: m.l, x2: W - m.r, y1: sy(v), y2: sy(v) }));
+      parts.push(svgEl("text", { x: m.l - 6, y: sy(v) + 4, "text-anchor": "end" }, fmt(v)));
+    }
+    for (let i = 0; i <= 3; i++) {
+      const x = x0 + ((x1 - x0) * i) / 3;
+      parts.push(svgEl("text", { x: sx(x), y: H - m.b + 16, "text-anchor": i === 0 ? "start" : i === 3 ? "end" : "middle" },
+                       dateLabel(x, x1 - x0)));
+    }
+    if (zeroLine != null) parts.push(svgEl("line", { class: "axis", x1: m.l, x2: W - m.r, y1: sy(zeroLine), y2: sy(zeroLine) }));
+    parts.push(svgEl("line", { class: "axis", x1: m.l, x2: m.l, y1: m.t, y2: H - m.b }));
+    lines.forEach((l, i) => {
+      const pts = l.values.map((y, k) => `${sx(t[k]).toFixed(1)},${sy(y).toFixed(1)}`).join(" ");
+      parts.push(svgEl("polyline", { class: `series s${i}`, "data-series": l.key, "data-points": l.values.length,
+                                     "data-last": l.values[l.values.length - 1], "data-min": Math.min(...l.values),
+                                     points: pts }));
+      parts.push(svgEl("text", { class: `legend${i}`, x: m.l + 8 + i * 150, y: 14 }, l.label));
+    });
+    svg.replaceChildren(...parts);
+  }
+
+  function renderBacktest(bt) {
+    $("backtest").hidden = false;
+    $("bt-what").textContent = `(${bt.op_id}: ${bt.model} on ${bt.symbols.join(", ")} [${bt.timeframe}], `
+      + `${(bt.start || "?").slice(0, 16)} to ${(bt.end || "?").slice(0, 16)}, ${Number(bt.bars).toLocaleString("en")} bars`
+      + `${bt.simulated ? ", simulated data" : ""})`;
+    const body = document.createDocumentFragment();
+    for (const [name, strat, bh] of bt.rows) {
+      const tr = KT.el("tr", { "data-figure": name });
+      tr.appendChild(KT.el("th", {}, name));
+      tr.appendChild(KT.el("td", { class: "num" }, strat));
+      tr.appendChild(KT.el("td", { class: "num" }, bh));
+      body.appendChild(tr);
+    }
+    document.querySelector("#bt-figures tbody").replaceChildren(body);
+    const c = bt.curve;
+    const money = (v) => Math.abs(v) >= 1e4 ? (v / 1e3).toFixed(0) + "k" : String(+v.toPrecision(4));
+    drawTimeChart($("equity-chart"), c.t, [
+      { key: "equity", label: "strategy", values: c.equity },
+      { key: "buy_hold", label: "buy & hold", values: c.buy_hold }], money, bt.capital);
+    drawTimeChart($("drawdown-chart"), c.t, [
+      { key: "drawdown", label: "strategy", values: c.drawdown.map((v) => v * 100) },
+      { key: "buy_hold_drawdown", label: "buy & hold", values: c.buy_hold_drawdown.map((v) => v * 100) }],
+      (v) => v.toFixed(1) + "%", 0);
+    const note = $("bt-note");
+    note.hidden = c.points >= c.bars;
+    note.textContent = `${c.points.toLocaleString("en")} of ${c.bars.toLocaleString("en")} bars drawn (each stretch's last, and the worst drawdowns); `
+      + `ktrdr ops plot ${bt.op_id} -o F.png draws them from the stored curve.`;
+  }
+
+  async function maybeBacktest() {
+    const v = state.view;
+    if (!v || v.status !== "completed" || state.backtest) return;
+    if (v.domain !== "backtest" && v.type !== "training_workflow") return;
+    state.backtest = "asked";
+    try {
+      const resp = await fetch(`/ops/${encodeURIComponent(opId)}/backtest`, { credentials: "same-origin" });
+      if (resp.ok) renderBacktest(await resp.json());
+      else if (v.domain === "backtest") {
+        $("backtest").hidden = false;
+        $("bt-note").hidden = false;
+        $("bt-note").textContent = (await resp.json()).note || `HTTP ${resp.status}`;
+      }
+    } catch (err) {
+      state.backtest = ""; // try again with the next update
+    }
+  }
+
   // ------------------------------------------------------------------------------------ cancel
   if (!KT.canCancel()) {
     $("cancel").title = "read-only: open the page through the link `ktrdr web` prints to cancel";
@@ -162,14 +259,14 @@
       state.omitted = d.omitted;
       state.count = d.count;
       state.curves = new Map(d.curves.map(([e, m]) => [e, m]));
-      renderView(); renderHistory(); renderCurves();
+      renderView(); renderHistory(); renderCurves(); maybeBacktest();
     },
     update(d) {
       state.view = d.view;
       state.count = d.count;
       state.rows.push(d.row);
       if (state.rows.length > state.maxRows) { state.rows.shift(); state.omitted += 1; }
-      renderView(); renderHistory();
+      renderView(); renderHistory(); maybeBacktest();
       if (d.point) { state.curves.set(d.point[0], d.point[1]); renderCurves(); }
     },
   });
