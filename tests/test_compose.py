@@ -3,7 +3,8 @@ started as it would run in its container (same commands, same environment; conta
 loopback, each named volume to a temporary folder of its own). A data load runs through the core actors
 and the ib host actor against the sim gateway, then a training runs on the host trainer (python -m
 hosts.training), whose home starts empty and shares nothing with the core's: the bars reach it through
-BARS and the model goes to MODELS, where the client lists it."""
+BARS and the model goes to MODELS, where the client lists it; then the host backtester (python -m
+hosts.backtest, its own empty home) backtests that model and stores its curve beside it."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import pytest
 import yaml
 
 from events import subjects
-from events.messages import LoadData, StartTraining
+from events.messages import LoadData, RunBacktest, StartTraining
 from events.roles import ROLES
 from ktrdr.client import Client
 from ktrdr.embedded import free_port, nats_server_binary, port_open
@@ -40,7 +41,7 @@ CLUSTER = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
 
 
 def test_compose_file_describes_the_stack_with_auth_tls_and_runnable_modules():
-    assert set(SERVICES) == {"auth", "nats", "core", "orchestrator-2", "sim-gateway", "ib", "trainer"}
+    assert set(SERVICES) == {"auth", "nats", "core", "orchestrator-2", "sim-gateway", "ib", "trainer", "backtester"}
     nats = SERVICES["nats"]
     assert nats["command"] == ["-c", "/ktrdr-auth/nats.conf"]
     assert "ktrdr-auth:/ktrdr-auth:ro" in nats["volumes"]
@@ -66,6 +67,8 @@ def test_compose_file_describes_the_stack_with_auth_tls_and_runnable_modules():
     owners = {vol: [n for n, v in mounts if v == vol] for _, vol in mounts}
     assert all(len(names) == 1 for names in owners.values()), owners
     assert SERVICES["trainer"]["volumes"][0] == "trainer-cache:/data"
+    assert SERVICES["backtester"]["command"] == ["python", "-m", "hosts.backtest"]
+    assert SERVICES["backtester"]["volumes"][0] == "backtester-cache:/data"
     assert all(v.endswith(":ro") for n, svc in SERVICES.items() if n != "auth"
                for v in svc.get("volumes", []) if v.startswith("ktrdr-auth:"))
 
@@ -75,7 +78,8 @@ def test_cluster_variant_has_three_nodes_routing_to_each_other_over_tls(tmp_path
     nodes = sorted(n for n in services if n.startswith("nats-"))
     assert nodes == ["nats-1", "nats-2", "nats-3"]
     assert len({v for n in nodes for v in services[n]["volumes"] if not v.startswith("ktrdr-auth")}) == 3
-    for name in ("core", "ib", "trainer"):
+    assert services["backtester"]["command"] == SERVICES["backtester"]["command"]
+    for name in ("core", "ib", "trainer", "backtester"):
         env = services[name]["environment"]
         assert env["NATS_URL"].split(",") == [f"tls://{n}:4222" for n in nodes] and env["KTRDR_REPLICAS"] == "3"
     # what `auth` renders: each node's config routes to the two others, with TLS and the same users
@@ -211,13 +215,13 @@ async def test_compose_services_run_a_data_load_and_a_host_training(compose: _Co
         assert compose.procs["nats"].poll() is None, compose.log("nats")
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.05)
-    for name in ("sim-gateway", "core", "ib", "trainer", "orchestrator-2"):
+    for name in ("sim-gateway", "core", "ib", "trainer", "backtester", "orchestrator-2"):
         compose.start(name)
     # the test reads as the cli role would, with the CA the deployment made
     auth_dir = compose.volume("ktrdr-auth") / "auth"
     settings = make_settings(compose.tmp / "client-home", compose.nats_url, auth_dir_override=str(auth_dir))
     async with Client(settings) as client:
-        want = {"orchestrator", "dummy", "job-manager", "ib", "trainer"}
+        want = {"orchestrator", "dummy", "job-manager", "ib", "trainer", "backtester"}
         roles: set[str] = set()
 
         async def all_up() -> bool:
@@ -254,6 +258,17 @@ async def test_compose_services_run_a_data_load_and_a_host_training(compose: _Co
         cached = sorted(str(p.relative_to(trainer_home)) for p in trainer_home.rglob("*") if p.is_file())
         assert len(cached) == 1 and cached[0].startswith("cache/") and cached[0].endswith(".parquet"), cached
 
+        # The host backtester (its own empty home) backtests that model: bars from BARS, model from
+        # MODELS, its curve stored beside the model.
+        model = view.result["artifacts"]["name"]
+        bt = RunBacktest(op_id=subjects.new_op_id("backtest"), model=model, start=datetime(2023, 5, 1, tzinfo=UTC))
+        await client.submit(bt)
+        tested = await wait_terminal(client, bt.op_id, timeout=60)
+        assert tested.status == "completed", (tested.error, compose.log("backtester")[-2000:])
+        assert tested.worker and tested.worker.startswith("backtester")
+        assert tested.result["curve"]["object"] == f"{model}/{bt.op_id}.parquet"
+        assert [b["op_id"] for b in await ModelStore(client.js).backtests(model)] == [bt.op_id]
+
         # Both orchestrators ran beside each other the whole time: one active, one standby (issue 19).
 
         async def two_orchestrators() -> bool:
@@ -269,4 +284,4 @@ async def test_compose_services_run_a_data_load_and_a_host_training(compose: _Co
 
     codes = compose.stop_all()  # SIGTERM, as `docker compose down` sends
     assert codes == {"auth": 0, "nats": 0, "sim-gateway": 0, "core": 0, "ib": 0, "trainer": 0,
-                     "orchestrator-2": 0}, codes
+                     "backtester": 0, "orchestrator-2": 0}, codes
