@@ -37,6 +37,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from actors._discovery import Discovery, Endpoint
 from actors._presence import Presence
 from actors._publisher import EventPublisher
 from actors._requests import Call, RequestHandler, request_handlers
@@ -115,6 +116,8 @@ class Actor:
         self.public_key = proof.public_key(self.key)
         self.presence: Presence | None = None
         self.served_pools: list[str] = []  # the pools a request/reply service answers in
+        # The NATS services instance (`$SRV.PING|INFO|STATS`): counters of what this actor handles.
+        self.discovery = Discovery(self)
         self._bg: list[asyncio.Task[Any]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -210,19 +213,28 @@ class Actor:
         # cancels it honoured or made itself (deadline, parent), on a subject only it publishes on.
         followed = subjects.CANCELS_FOLLOWED if self.role != roles.ORCHESTRATOR else (subjects.CANCEL_ALL,)
         for subject in followed:
-            await self.nc.subscribe(subject, cb=self._guard(self._on_cancel_msg, "cancel"))
+            name = "cancel" if subject == subjects.CANCEL_ALL else "cancel-records"
+            await self.nc.subscribe(subject, cb=self._guard(
+                self.discovery.counted(name, subject, self._on_cancel_msg), "cancel"))
         handlers = request_handlers(self)
         self.served_pools = self.pools() if handlers else []
         for spec, fn in handlers:
             # a service serves the pools it joins (the default one at least), or its one subject
-            for subject in spec.subjects_for(self.served_pools):
-                await self.nc.subscribe(subject, queue=spec.queue or "", cb=self._guard(self._request_cb(spec, fn),
-                                                                                         subject))
+            served = spec.subjects_for(self.served_pools)
+            for subject in served:
+                # one endpoint per subject: a handler served per pool is `<handler>-<pool>`
+                pool = subject.rsplit(".", 1)[-1]
+                name = fn.__name__ if isinstance(spec.subject_of, str) else f"{fn.__name__}-{pool}"
+                endpoint = self.discovery.endpoint(name, subject, spec.queue or "",
+                                                   request=spec.request_type.__name__)
+                await self.nc.subscribe(subject, queue=spec.queue or "", cb=self._guard(
+                    self._request_cb(spec, fn, endpoint), subject))
         if self.work_domain:
             self.work = WorkRunner(self, self.work_domain, self.pools(), self.max_concurrency)
         await self.on_start()
         if self.work is not None:
             await self.work.start()
+        await self.discovery.start()
         # Presence last: a heartbeat says this actor serves (`ktrdr up` waits for it).
         self.presence = Presence(self, await self.js.key_value(subjects.ACTORS_BUCKET))
         await self.presence.beat()
@@ -324,12 +336,17 @@ class Actor:
 
         return wrapped
 
-    def _request_cb(self, spec: RequestHandler,
-                    fn: Callable[..., Awaitable[Message]]) -> Callable[[Msg], Awaitable[None]]:
+    def _request_cb(self, spec: RequestHandler, fn: Callable[..., Awaitable[Message]],
+                    endpoint: Endpoint) -> Callable[[Msg], Awaitable[None]]:
+        async def served(msg: Msg) -> None:
+            t0 = time.perf_counter_ns()
+            error = await spec.serve(self, fn, Call(self, msg))
+            endpoint.record(time.perf_counter_ns() - t0, error)
+
         async def cb(msg: Msg) -> None:
             # Callbacks of one subscription run one at a time: serve each request in its own task so
             # requests overlap.
-            task = asyncio.create_task(spec.serve(self, fn, Call(self, msg)))
+            task = asyncio.create_task(served(msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

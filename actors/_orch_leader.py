@@ -215,7 +215,8 @@ class Succession:
                                     cb=orch._guard(orch.supervisor.on_presence, "presence"))]
         await orch._rebuild()
         await orch.indexer.start()  # the operations index follows OPS from its watermark
-        self.subs.append(await orch.nc.subscribe(subjects.REINDEX, cb=orch._guard(orch.indexer.on_reindex, "reindex")))
+        self.subs.append(await orch.nc.subscribe(subjects.REINDEX, cb=orch._guard(
+            orch.discovery.counted("reindex", subjects.REINDEX, orch.indexer.on_reindex), "reindex")))
         orch.leases = await LeaseService.serve(orch)  # once the live operations are known
         self.subs.append(orch.leases.sub)
         await orch.js.add_consumer(subjects.STREAM_CMD, js_api.ConsumerConfig(
@@ -224,8 +225,11 @@ class Succession:
             max_deliver=10))
         psub = await orch.js.pull_subscribe_bind(durable=subjects.ORCHESTRATOR_CONSUMER, stream=subjects.STREAM_CMD)
         self.subs.append(psub)
+        on_command = orch.discovery.counted("commands", subjects.CMD_ALL, orch.intake.on_command,
+                                            subjects.ORCHESTRATOR_CONSUMER, kind="jetstream-pull",
+                                            consumer=subjects.ORCHESTRATOR_CONSUMER)
         self.tasks += [
-            orch.spawn(pull_loop(psub, orch.intake.on_command, stopped=lambda: orch.stopping, on_fault=orch.on_fault,
+            orch.spawn(pull_loop(psub, on_command, stopped=lambda: orch.stopping, on_fault=orch.on_fault,
                                  batch=orch.settings.orch_cmd_batch or 16,
                                  key=command_key if orch.settings.orch_cmd_batch else None),
                        name=f"{orch.id}-commands"),

@@ -49,7 +49,8 @@ class LeaseService:
         assert orch.js is not None and orch.nc is not None
         kv = await orch.js.key_value(subjects.LEASES_BUCKET)
         service = cls(orch, LeaseBucket(kv, orch.settings.worker_timeout_s))
-        service.sub = await orch.nc.subscribe(subjects.LEASE_ALL, cb=orch._guard(service.on_request, "lease"))
+        service.sub = await orch.nc.subscribe(subjects.LEASE_ALL, cb=orch._guard(
+            orch.discovery.counted("leases", subjects.LEASE_ALL, service.on_request), "lease"))
         return service
 
     async def on_request(self, msg: Msg) -> None:

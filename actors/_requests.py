@@ -112,21 +112,24 @@ class RequestHandler:
             return [self.subject_of]
         return list(dict.fromkeys(self.subject_of(pool) for pool in pools))
 
-    async def serve(self, actor: Actor, fn: Callable[..., Awaitable[Message]], call: Call) -> None:
+    async def serve(self, actor: Actor, fn: Callable[..., Awaitable[Message]], call: Call) -> str | None:
+        """Answer one request; what went wrong when it was answered with an error (None: it was served)."""
         try:
             req = decode(call._msg.data, self.request_type)
         except DecodeError as exc:
             text = f"malformed request on {call.subject}: {exc}"
             await call.answer(actor.reply_for_error(exc, text), ErrorReply.of(exc, text))
-            return
+            return text
         try:
             reply = await (fn(req, call) if self.takes_call else fn(req))
             if not isinstance(reply, msgspec.Struct):  # the caller would wait for an answer never sent
                 raise TypeError(f"{self.request_type.__name__} handler returned {type(reply).__name__}, not a reply")
         except Exception as exc:
-            await call.answer(actor.reply_for_error(exc, None), ErrorReply.of(exc, None))
-            return
+            error = ErrorReply.of(exc, None)
+            await call.answer(actor.reply_for_error(exc, None), error)
+            return error.description
         await call.answer(reply)
+        return None
 
 
 def _check_annotation(fn: Callable[..., Any], request_type: type[Message], param: str) -> None:

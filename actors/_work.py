@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ from events.messages import (
     Context,
     Event,
     OperationCreated,
+    OperationFailed,
     ProgressState,
 )
 from ktrdr import commands
@@ -114,6 +116,7 @@ class _Running:
     held: Held | None = None
     token: CancellationToken = field(default_factory=CancellationToken)
     finishing: bool = False  # the verdict is being published: the heartbeat leaves the lease alone
+    error: str | None = None  # why it failed (its verdict a failure), for the discovery counters
 
 
 class WorkRunner:
@@ -145,6 +148,8 @@ class WorkRunner:
                 max_deliver=a.settings.max_deliver, max_ack_pending=1000)
             await a.js.add_consumer(subjects.STREAM_WORK, cfg)
             psub = await a.js.pull_subscribe_bind(durable=cfg.durable_name, stream=subjects.STREAM_WORK)
+            # discovery: one endpoint per pool, a request per work item taken (its time: the whole run)
+            a.discovery.endpoint(f"work-{pool}", cfg.filter_subject or "", name, kind="jetstream-pull", consumer=name)
             self._loops.append(asyncio.create_task(
                 pull_loop(psub, self._spawn, stopped=lambda: self._stopping, on_fault=a.on_fault, slots=self.slots),
                 name=f"{a.id}-work-{pool}"))
@@ -197,6 +202,21 @@ class WorkRunner:
         task.add_done_callback(done)
 
     async def _take(self, msg: Msg) -> None:
+        t0 = time.perf_counter_ns()
+        parsed = subjects.parse_work_subject(msg.subject)
+        endpoint = self.actor.discovery.endpoints.get(f"work-{parsed[1]}") if parsed else None
+        error: str | None = None
+        try:
+            error = await self._take_item(msg)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if endpoint is not None:
+                endpoint.record(time.perf_counter_ns() - t0, error)
+
+    async def _take_item(self, msg: Msg) -> str | None:
+        """Take one delivery; what went wrong with it (a dropped item, a failed operation) or None."""
         a = self.actor
         try:
             item = decode_work(msg.data)
@@ -211,16 +231,17 @@ class WorkRunner:
             await a.report_error(None, f"malformed work item for {short(sniff_op_id(msg.data))} dropped: {exc}",
                                  msg.subject)
             await msg.term()
-            return
+            return f"malformed work item dropped: {exc}"
         running = self.running.get(item.op_id)
         if running is not None:  # a redelivery of what this worker has taken: one run, the newest handle
             running.msg = msg
             with contextlib.suppress(Exception):
                 await msg.in_progress()
-            return
+            return None
         run = self.running[item.op_id] = _Running(item.op_id, msg)
         try:
             await self._check_and_run(run)
+            return run.error
         finally:
             self.running.pop(item.op_id, None)
             if self.leases is not None:
@@ -313,6 +334,8 @@ class WorkRunner:
         a = self.actor
         assert self.leases is not None and run.held is not None
         run.finishing = True
+        if isinstance(outcome, OperationFailed):
+            run.error = outcome.error
         if outcome is not None and await self._still_ours(run):
             await a.publish_event(outcome)
             with contextlib.suppress(Exception):

@@ -20,8 +20,8 @@ from events.bounds import TOKEN_PATTERN
 from events.messages import COMMANDS, ROLE_FOR_DOMAIN
 from events.roles import CLI, IB, JOB_MANAGER, OBSERVER, ORCHESTRATOR, ROLES
 
-__all__ = ["DEFAULT_POOLS", "KV_BUCKETS", "OBJECT_BUCKETS", "ROLES", "STREAMS", "Permissions", "check_role",
-           "inbox_prefix", "permissions"]
+__all__ = ["DEFAULT_POOLS", "DISCOVERY_CALLERS", "KV_BUCKETS", "OBJECT_BUCKETS", "ROLES", "STREAMS", "Permissions",
+           "check_role", "inbox_prefix", "permissions"]
 # The pools each worker domain serves (work.<domain>.<pool>, durable `work-<domain>-<pool>`).
 # Consumer names are whole tokens in the API subjects, so each pool is listed: adding a pool
 # (an ib pool name, say) means re-rendering the server config with it (`ktrdr up` does).
@@ -41,6 +41,12 @@ IB_RESPONSES_EXPIRES = "15m"
 # The orchestrator answers each lease request once, at once.
 LEASE_RESPONSES_MAX = 1
 LEASE_RESPONSES_EXPIRES = "1m"
+# Discovery (the NATS services protocol): who may send `$SRV.PING|INFO|STATS` requests and read the
+# answers on its inbox. Each actor subscribes only its own service's subjects and answers once per
+# request (allow_responses); actors/_discovery.py answers only on these roles' inboxes.
+DISCOVERY_CALLERS: tuple[str, ...] = (CLI, OBSERVER)
+DISCOVERY_RESPONSES_MAX = 1
+DISCOVERY_RESPONSES_EXPIRES = "1m"
 _POOL_RE = re.compile(TOKEN_PATTERN)
 _DOMAINS = tuple(c.domain for c in COMMANDS)
 
@@ -158,6 +164,17 @@ class _Grant:
         # ack / nak / in_progress / term are publishes on the delivery's reply subject.
         self.allow_pub(f"$JS.ACK.{stream}.{consumer}.>", f"$JS.ACK._.*.{stream}.{consumer}.>")
 
+    def discovery_service(self, role: str) -> None:
+        """An actor answers the discovery requests of its own service: `$SRV.<VERB>`, `.<name>` and
+        `.<name>.<id>` (ids are one token), never another service's."""
+        name = subjects.service_name(role)
+        narrowings: tuple[tuple[str, ...], ...] = ((), (name,), (name, "*"))
+        self.allow_sub(*(subjects.discovery(v, *args) for v in subjects.SRV_VERBS for args in narrowings))
+
+    def discovery_caller(self) -> None:
+        """A discovery caller pings every service at any narrowing; the answers come to its inbox."""
+        self.allow_pub(*(f"{subjects.discovery(v)}{tail}" for v in subjects.SRV_VERBS for tail in ("", ".>")))
+
     def worker(self, role: str, pools: Mapping[str, Sequence[str]]) -> None:
         domain = WORKER_DOMAIN[role]
         for pool in pools.get(domain, ("any",)):
@@ -219,6 +236,10 @@ def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS
             if not _POOL_RE.match(p):
                 raise ValueError(f"pool name {p!r} of {domain} must be 1-32 lower-case letters, digits, '_' or '-'")
     g = _Grant(role)
+    if role in DISCOVERY_CALLERS:
+        g.discovery_caller()
+    else:
+        g.discovery_service(role)
     if role == ORCHESTRATOR:
         _orchestrator(g)
         return g.build(responses_max=LEASE_RESPONSES_MAX, responses_expires=LEASE_RESPONSES_EXPIRES)
@@ -227,6 +248,8 @@ def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS
         if role == JOB_MANAGER:
             g.allow_pub("ib.>")  # requests; the answers come back on _INBOX_job-manager.>
             g.series_lease()
+        # its discovery answers: once per request (it answers no other request)
+        return g.build(responses_max=DISCOVERY_RESPONSES_MAX, responses_expires=DISCOVERY_RESPONSES_EXPIRES)
     elif role == IB:
         g.allow_sub(f"ib.> {IB_QUEUE_GROUP}", *subjects.CANCELS_FOLLOWED)  # ib.> only inside the queue group
         g.presence(IB)

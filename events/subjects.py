@@ -362,3 +362,37 @@ def pacing_key(host: str, port: int, client_id: int) -> str:
     if len(h) > 64:
         h = f"{h[:48]}_{hashlib.sha256(host.encode()).hexdigest()[:12]}"
     return f"{h}-{int(port)}-{int(client_id)}"
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+# The NATS services protocol (ADR-32, nats-py's nats.micro): each actor is an instance of the service
+# `ktrdr-<role>` with its actor id (made one token) and answers `$SRV.<VERB>`, `$SRV.<VERB>.<name>` and
+# `$SRV.<VERB>.<name>.<id>` for each verb; `nats micro ls` lists them.
+SRV_PREFIX = "$SRV"
+SRV_VERBS: tuple[str, ...] = ("PING", "INFO", "STATS")
+SERVICE_NAME_PREFIX = "ktrdr-"
+
+
+def service_name(role: str) -> str:
+    """The micro service name of an actor role (`ktrdr-job-manager`)."""
+    if not _TOKEN.match(role):
+        raise ValueError(f"no service name for role {role!r}")
+    return f"{SERVICE_NAME_PREFIX}{role}"
+
+
+def service_id(actor_id: str) -> str:
+    """An actor id as one subject token (a host name may hold dots): any other character becomes "_"."""
+    return _KV_UNSAFE.sub("_", actor_id) or "_"
+
+
+def discovery(verb: str, name: str | None = None, instance: str | None = None) -> str:
+    """`$SRV.PING`, `$SRV.PING.<name>` or `$SRV.PING.<name>.<id>` (nats.micro.service.control_subject)."""
+    if verb not in SRV_VERBS:
+        raise ValueError(f"unknown discovery verb {verb!r}")
+    parts = [SRV_PREFIX, verb, *([name] if name else []), *([instance] if name and instance else [])]
+    return ".".join(parts)
+
+
+def discovery_subjects(name: str, instance: str) -> list[str]:
+    """What one service instance subscribes: every verb at its three narrowings."""
+    return [discovery(v, *args) for v in SRV_VERBS for args in ((), (name,), (name, instance))]

@@ -162,6 +162,16 @@ PROBES: list[tuple[str, str, str, frozenset[str], bool]] = [
     ("sub", "_INBOX.>", "", NONE, True),
     ("sub", ">", "", NONE, True),
     *[("sub", f"_INBOX_{r}.>", "", roles(r), True) for r in ROLES],
+    # discovery (NATS services): the reader logins ask, every actor answers its own service only
+    *[("pub", f"$SRV.{v}{tail}", "", roles("cli", "observer"), True) for v in ("PING", "INFO", "STATS")
+      for tail in ("", ".ktrdr-orchestrator", ".ktrdr-dummy.dummy-h-1-abcd")],
+    *[("sub", f"$SRV.{v}", "", ALL - roles("cli", "observer"), True) for v in ("PING", "INFO", "STATS")],
+    *[("sub", f"$SRV.{v}.ktrdr-{r}", "", roles(r), True) for v in ("PING", "STATS") for r in ROLES
+      if r not in ("cli", "observer")],
+    ("sub", "$SRV.INFO.ktrdr-trainer.trainer-h-1-abcd", "", roles("trainer"), True),
+    ("sub", "$SRV.INFO.ktrdr-cli", "", NONE, True),
+    ("sub", "$SRV.>", "", NONE, True),
+    ("sub", "$SRV.PING.>", "", NONE, True),
 ]
 
 
