@@ -37,6 +37,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from actors import _metrics
 from actors._discovery import Discovery, Endpoint
 from actors._presence import Presence
 from actors._publisher import EventPublisher
@@ -118,6 +119,7 @@ class Actor:
         self.served_pools: list[str] = []  # the pools a request/reply service answers in
         # The NATS services instance (`$SRV.PING|INFO|STATS`): counters of what this actor handles.
         self.discovery = Discovery(self)
+        self.metrics_url = ""  # where this process serves /metrics (actors/_metrics.py), "" when off
         self._bg: list[asyncio.Task[Any]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -183,6 +185,7 @@ class Actor:
             raise
 
     async def _abort_start(self) -> None:
+        _metrics.leave(self)
         if self.work is not None:
             self.work.stop_taking()
         if self.publisher is not None:
@@ -235,6 +238,7 @@ class Actor:
         if self.work is not None:
             await self.work.start()
         await self.discovery.start()
+        self.metrics_url = await asyncio.to_thread(_metrics.serve, self)
         # Presence last: a heartbeat says this actor serves (`ktrdr up` waits for it).
         self.presence = Presence(self, await self.js.key_value(subjects.ACTORS_BUCKET))
         await self.presence.beat()
@@ -274,6 +278,7 @@ class Actor:
                 await asyncio.wait_for(self.nc.flush(), 2.0)
             with contextlib.suppress(Exception):
                 await self.nc.close()
+        _metrics.leave(self)
         self._stopped.set()
 
     async def kill(self) -> None:
@@ -289,6 +294,7 @@ class Actor:
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()
+        _metrics.leave(self)
         self._stopped.set()
 
     @property

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from actors import _metrics
 from events import proof, subjects
 from events.codec import DecodeError, decode, encode
 from events.messages import Lease, LeaseReply, LeaseRequest, OperationStarted
@@ -90,7 +91,10 @@ class LeaseService:
             left = self.bucket.silent_for(req.op_id, entry)
             if left > 0:
                 return LeaseReply(ok=False, holder=lease.holder, retry_in=left)
-        return await self._grant(req, max(lease.attempt, view.attempts) + 1, over=entry)  # handed back, or silent
+        reply = await self._grant(req, max(lease.attempt, view.attempts) + 1, over=entry)  # handed back, or silent
+        if reply.ok and lease.holder:  # taken over from a holder that went silent
+            _metrics.LEASE_TAKEOVERS.labels(subjects.domain_of(req.op_id)).inc()
+        return reply
 
     async def _grant(self, req: LeaseRequest, attempt: int, over: Entry | None) -> LeaseReply:
         value = encode(Lease(holder=req.actor, attempt=attempt, key=req.key))

@@ -45,7 +45,8 @@ class Presence:
         return Heartbeat(actor=a.id, role=a.role, domain=a.work_domain or "",
                          pools=a.work.pools if a.work is not None else a.served_pools, host=socket.gethostname(),
                          pid=os.getpid(), started=a.started_at, busy=a.busy(), interval_s=a.settings.heartbeat_s,
-                         stopping=stopping, rss_mb=now, peak_rss_mb=peak, state=a.presence_state())
+                         stopping=stopping, rss_mb=now, peak_rss_mb=peak, state=a.presence_state(),
+                         metrics_url=a.metrics_url)
 
     async def beat(self) -> None:
         await self.kv.put(self.key, encode(self.record()))

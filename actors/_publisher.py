@@ -195,6 +195,11 @@ class EventPublisher:
         """A reconnect: the acks of what was sent before will not come; send all of it again."""
         self._resend([n for n in self._unacked])
 
+    @property
+    def sent(self) -> int:
+        """Progress events handed to the connection so far (resends included)."""
+        return self._n
+
     # ------------------------------------------------------------------ acks
     async def _on_ack(self, msg: Msg) -> None:
         try:

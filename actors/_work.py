@@ -29,12 +29,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
+from actors import _metrics
 from actors._leases import Busy, Held, Leases, LeaseUnavailable
 from actors._pull import pull_loop
 from events import roles, subjects
@@ -183,12 +185,17 @@ class WorkRunner:
             await run.msg.in_progress()
         if run.held is None or run.finishing:
             return  # still being checked (no lease yet), or its verdict is being published
+        renewals = _metrics.LEASE_RENEWALS
         try:
             if not await self.leases.renew(run.held):
+                renewals.labels(self.actor.role, self.domain, "lost").inc()
                 self.actor.log.warning("%s: lease of %s lost; stopping it without a verdict", self.actor.id,
                                        run.op_id)
                 run.token.cancel("lease lost to another worker", code="lease_lost", requested_by=self.actor.id)
+            else:
+                renewals.labels(self.actor.role, self.domain, "ok").inc()
         except Exception as exc:  # server away: try again at the next beat
+            renewals.labels(self.actor.role, self.domain, "error").inc()
             self.actor.log.debug("lease renewal failed: %s", exc)
 
     async def _spawn(self, msg: Msg) -> None:
@@ -300,19 +307,39 @@ class WorkRunner:
             return
         if view.cancel_requested:  # a recorded cancel ends the operation: it never hands it back
             run.token.cancel(view.cancel_reason or "cancel requested", code=_ending(view.cancel_reason_code))
-        await self._run(run, created.command, recorded_cancel=view.cancel_requested)
+        await self._run(run, created.command, recorded_cancel=view.cancel_requested, created_at=created.ts)
 
-    async def _run(self, run: _Running, command: AnyCommand, *, recorded_cancel: bool = False) -> None:
+    async def _run(self, run: _Running, command: AnyCommand, *, recorded_cancel: bool = False,
+                   created_at: datetime | None = None) -> None:
+        a = self.actor
+        assert run.held is not None
+        ctx = OperationContext(a, run.op_id, command, run.token, run.held.attempt)
+        parsed = subjects.parse_work_subject(run.msg.subject)
+        labels = (a.role, self.domain, parsed[1] if parsed else "")
+        _metrics.OPERATIONS_STARTED.labels(*labels).inc()
+        if created_at is not None:
+            _metrics.QUEUE_WAIT.labels(*labels).observe(max((datetime.now(UTC) - created_at).total_seconds(), 0.0))
+        in_flight = _metrics.WORK_IN_FLIGHT.labels(*labels)
+        in_flight.inc()
+        t0 = time.monotonic()
+        try:
+            outcome = await self._outcome(run, ctx, recorded_cancel)
+        finally:
+            in_flight.dec()
+        ended = _metrics.outcome_of(outcome)
+        _metrics.OPERATIONS_ENDED.labels(*labels, ended).inc()
+        _metrics.OPERATION_DURATION.labels(*labels, ended).observe(time.monotonic() - t0)
+
+    async def _outcome(self, run: _Running, ctx: OperationContext, recorded_cancel: bool) -> Event | None:
+        """Run the operation and publish its verdict (none when it is handed back); the verdict."""
         a = self.actor
         op_id, token = run.op_id, run.token
-        assert run.held is not None
-        ctx = OperationContext(a, op_id, command, token, run.held.attempt)
         outcome: Event | None = None
         # A cancel recorded before it started ends it unrun; one that came with the grant (the
         # orchestrator's `started` was already out) stops the work at its first step, as any cancel.
         if recorded_cancel and token.is_cancelled and not token.hand_back:
-            await self._finish(run, ctx, verdicts.cancelled_before_start(op_id, token.reason, token.reason_code))
-            return
+            outcome = verdicts.cancelled_before_start(op_id, token.reason, token.reason_code)
+            return outcome if await self._finish(run, ctx, outcome) else None
         try:
             if token.hand_back:
                 token.raise_if_cancelled("queued, before it started")
@@ -328,9 +355,10 @@ class WorkRunner:
         except Exception as exc:
             await a.on_fault(exc, f"work {op_id}")
             outcome = verdicts.internal_error(op_id, a.role, exc)
-        await self._finish(run, ctx, outcome)
+        return outcome if await self._finish(run, ctx, outcome) else None
 
-    async def _finish(self, run: _Running, ctx: OperationContext, outcome: Event | None) -> None:
+    async def _finish(self, run: _Running, ctx: OperationContext, outcome: Event | None) -> bool:
+        """Publish the verdict if the operation is still ours, else hand it back; whether it was published."""
         a = self.actor
         assert self.leases is not None and run.held is not None
         run.finishing = True
@@ -342,7 +370,7 @@ class WorkRunner:
                 await self.leases.release(run.held, done=True)
             with contextlib.suppress(Exception):
                 await run.msg.ack()
-            return
+            return True
         if run.token.reason_code == "shutdown":
             ctx.progress(msgspec.structs.replace(
                 ctx.last_progress or ProgressState(),
@@ -352,6 +380,7 @@ class WorkRunner:
             with contextlib.suppress(Exception):
                 await run.msg.nak()
         # A lost lease: another worker runs it now; nothing of ours may end it.
+        return False
 
     async def _still_ours(self, run: _Running) -> bool:
         assert self.leases is not None and run.held is not None

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from actors.runtime import Actor, OperationContext
+from actors.runtime import Actor, OperationContext, metrics
 from events.messages import RunBacktest
 from ktrdr.backtest import BacktestJob, TrainedModel, backtest_symbols, curve_bytes, run_backtest
 from ktrdr.backtest.model import MODEL_FILES
@@ -55,6 +55,9 @@ class Backtester(Actor):
                           commission=cmd.commission, slippage_bps=cmd.slippage_bps,
                           **({"chunk_bars": self.chunk_bars} if self.chunk_bars else {}))
         outcome = await asyncio.to_thread(run_backtest, job, model, bars, emit=op.progress, cancel=op.token)
+        if outcome.result.get("elapsed_s"):
+            metrics.BACKTEST_BARS_PER_S.labels(cmd.pool).set(
+                outcome.result["bars"] / outcome.result["elapsed_s"])
         op.token.raise_if_cancelled("storing the equity curve")
         data = await asyncio.to_thread(curve_bytes, outcome.curve)
         strat, bh = outcome.result["strategy"], outcome.result["buy_and_hold"]

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
-from actors.runtime import Actor, Call, handles
+from actors.runtime import Actor, Call, handles, metrics
 from events import roles, subjects
 from events.messages import (
     CancelOperation,
@@ -138,12 +139,14 @@ class IbActor(Actor):
     @handles(IbContractRequest, queue=subjects.IB_QUEUE_GROUP)
     async def contract(self, req: IbContractRequest, call: Call) -> IbReply:
         client = self._client()
-        return IbReply(ok=True, contract=await client.qualify(req.symbol), source=client.source)
+        with _counted("contract"):
+            return IbReply(ok=True, contract=await client.qualify(req.symbol), source=client.source)
 
     @handles(IbHeadRequest, queue=subjects.IB_QUEUE_GROUP)
     async def head(self, req: IbHeadRequest, call: Call) -> IbReply:
         client = self._client()
-        return IbReply(ok=True, head=await client.head_timestamp(req.symbol), source=client.source)
+        with _counted("head"):
+            return IbReply(ok=True, head=await client.head_timestamp(req.symbol), source=client.source)
 
     @handles(IbBarsRequest, queue=subjects.IB_QUEUE_GROUP)
     async def bars(self, req: IbBarsRequest, call: Call) -> IbReply:
@@ -153,7 +156,7 @@ class IbActor(Actor):
             self.spawn_note(call, IbReply(ok=True, final=False, pacing_wait_s=wait_s, message=why))
 
         assert self.nc is not None
-        with self._tracked(req) as token:
+        with self._tracked(req) as token, _counted("bars"):
             watch = CallerWatch(self.nc, call.reply_to, token)
             watcher = asyncio.ensure_future(watch.run())
             try:
@@ -167,8 +170,10 @@ class IbActor(Actor):
             finally:
                 watcher.cancel()
         ts = (df.index.asi8 // 1_000_000_000).tolist() if len(df) else []
-        return IbReply(ok=True, source=str(df.attrs.get("source", client.source)),
-                       pacing_wait_s=float(df.attrs.get("pacing_wait_s", 0.0)), t=ts,
+        waited = float(df.attrs.get("pacing_wait_s", 0.0))
+        if waited > 0:
+            metrics.IB_PACING_WAIT.labels("bars").inc(waited)
+        return IbReply(ok=True, source=str(df.attrs.get("source", client.source)), pacing_wait_s=waited, t=ts,
                        o=df["open"].tolist(), h=df["high"].tolist(), lo=df["low"].tolist(), c=df["close"].tolist(),
                        vol=df["volume"].tolist())
 
@@ -176,3 +181,17 @@ class IbActor(Actor):
         task = asyncio.ensure_future(call.interim(note))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+@contextlib.contextmanager
+def _counted(verb: str) -> Iterator[None]:
+    """Count one IB request by its outcome (ok, cancelled, error) for /metrics."""
+    try:
+        yield
+    except OperationCancelledError:
+        metrics.IB_REQUESTS.labels(verb, "cancelled").inc()
+        raise
+    except Exception:
+        metrics.IB_REQUESTS.labels(verb, "error").inc()
+        raise
+    metrics.IB_REQUESTS.labels(verb, "ok").inc()

@@ -2,7 +2,8 @@
 implement `handle(op)` for a worker's operations, and run actors with `run_actors`.
 
 The machinery lives in private modules: _actor (wiring and hooks), _publisher (events out),
-_presence (heartbeats), _work (work items, leases, terminal events), _leases, _pull (the one pull
+_presence (heartbeats), _discovery (NATS services), _metrics (Prometheus: `metrics` here, for the
+actors' own figures), _work (work items, leases, terminal events), _leases, _pull (the one pull
 loop), _requests (typed request/reply).
 """
 
@@ -13,11 +14,12 @@ import contextlib
 import logging
 import signal
 
+from actors import _metrics as metrics
 from actors._actor import Actor
 from actors._requests import Call, handles
 from actors._work import OperationContext
 
-__all__ = ["Actor", "Call", "OperationContext", "handles", "run_actors"]
+__all__ = ["Actor", "Call", "OperationContext", "handles", "metrics", "run_actors"]
 
 log = logging.getLogger(__name__)
 

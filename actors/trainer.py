@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import msgspec
 import pandas as pd
 
-from actors.runtime import Actor, OperationContext
+from actors.runtime import Actor, OperationContext, metrics
 from events import subjects
 from events.messages import ProgressState, StartTraining, TrainingContext
 from events.subjects import is_op_id
@@ -220,6 +220,7 @@ class Trainer(Actor):
             uploader.abort()
             raise
         await uploader.close()
+        _observe_training(outcome.result, job.pool)
         saved = await ModelStore(self.js).save(checked.strategy.name, checked.symbols, checked.model_timeframes,
                                                outcome.artifacts, result=outcome.result)
         await self._forget(checkpoints, op.op_id)  # the model is saved: the checkpoint has served
@@ -263,3 +264,12 @@ class Trainer(Actor):
 
     def cancelled_message(self, op: OperationContext, where: str) -> str:
         return f"Training cancelled at {where}" if where else "Training cancelled"
+
+
+def _observe_training(result: dict[str, Any], pool: str) -> None:
+    """/metrics: the training's samples (train set x epochs) per second of fitting."""
+    with contextlib.suppress(KeyError, TypeError, ValueError, ZeroDivisionError):
+        samples = int(result["data_summary"]["samples"]["train"])
+        epochs = int(result["training_metrics"]["epochs_completed"])
+        seconds = float(result["training_metrics"]["training_time_minutes"]) * 60.0
+        metrics.TRAINING_SAMPLES_PER_S.labels(pool).set(samples * epochs / seconds)

@@ -478,6 +478,7 @@ class Heartbeat(Message, tag="Heartbeat", kw_only=True):
     rss_mb: float = 0.0  # resident memory now
     peak_rss_mb: float = 0.0  # the process's peak resident memory
     state: str = ""  # what a service says of its own link, e.g. the ib actor's gateway connection
+    metrics_url: str = ""  # where its process serves Prometheus metrics ("" when off)
 
 
 class Lease(Message, tag="Lease", kw_only=True):

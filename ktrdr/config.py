@@ -53,6 +53,14 @@ def _sync(name: str, default: str) -> str:
     return raw
 
 
+def _metrics_port() -> int | None:
+    """KTRDR_METRICS_PORT: the port an actor process serves /metrics on; 0 (the default) picks a free
+    one (advertised in the presence record); `off` serves none."""
+    if (_env("KTRDR_METRICS_PORT") or "").lower() == "off":
+        return None
+    return _int("KTRDR_METRICS_PORT", 0, 0, 65535)
+
+
 def _list(name: str) -> list[str]:
     return [v for v in (_env(name) or "").replace(",", " ").split() if v]
 
@@ -103,6 +111,9 @@ class Settings:
     # A flood of malformed cancels for one operation: at most one ActorError per this many seconds.
     malformed_cancel_every_s: float = field(
         default_factory=lambda: _float("KTRDR_MALFORMED_CANCEL_EVERY_S", 60.0, 0.0, 86400))
+    # Prometheus metrics of each actor process (actors/_metrics.py): loopback unless told otherwise.
+    metrics_host: str = field(default_factory=lambda: _env("KTRDR_METRICS_HOST") or "127.0.0.1")
+    metrics_port: int | None = field(default_factory=_metrics_port)
     heartbeat_s: float = field(default_factory=lambda: _float("KTRDR_HEARTBEAT_S", 1.0, 0.01, 60))
     # A worker silent this long loses its lease: JetStream redelivers the work (ack_wait).
     worker_timeout_s: float = field(default_factory=lambda: _float("KTRDR_WORKER_TIMEOUT", 10.0, 0.1, 3600))

@@ -99,7 +99,7 @@ async def _status(json_out: bool) -> int:
             try:
                 out["actors"] = [{"actor": hb.actor, "role": hb.role, "host": hb.host, "pid": hb.pid,
                                   "pools": hb.pools, "busy": hb.busy, "rss_mb": hb.rss_mb,
-                                  "peak_rss_mb": hb.peak_rss_mb, "state": hb.state,
+                                  "peak_rss_mb": hb.peak_rss_mb, "state": hb.state, "metrics_url": hb.metrics_url,
                                   "last_seen": hb.ts.isoformat(), "interval_s": hb.interval_s}
                                  for hb in await c.live_actors()]
             except Exception:
@@ -115,7 +115,8 @@ async def _status(json_out: bool) -> int:
         typer.echo(f"  {p.name:<14} {'running' if p.alive else 'stopped'}{f' (pid {p.pid})' if p.pid else ''}{detail}")
     for srv in out["servers"]:
         leads = f" leads {', '.join(srv.get('leads', []))}" if srv.get("leads") else ""
-        typer.echo(f"  server {srv['name']:<14} {srv['url']}{leads}")
+        monitor = f" · monitoring {srv['monitor_url']}" if srv.get("monitor_url") else ""
+        typer.echo(f"  server {srv['name']:<14} {srv['url']}{leads}{monitor}")
     for name, st in out["streams"].items():
         typer.echo(f"  stream {name:<5} {st['messages'] if st else '-':>8} messages")
     silent = sum(1 for a in out["actors"] if _silence(a))
@@ -125,7 +126,8 @@ async def _status(json_out: bool) -> int:
         pools = f" pools {','.join(a['pools'])}" if a["pools"] else ""
         mem = f" rss {a['rss_mb']:.0f} MB (peak {a['peak_rss_mb']:.0f})"
         state = f" · {a['state']}" if a["state"] else ""
-        typer.echo(f"  {a['role']:<13} {a['actor']}{pools}{mem}{state}{busy}{_silence(a)}")
+        scrape = f" · metrics {a['metrics_url']}" if a.get("metrics_url") else ""
+        typer.echo(f"  {a['role']:<13} {a['actor']}{pools}{mem}{state}{scrape}{busy}{_silence(a)}")
     return 0
 
 

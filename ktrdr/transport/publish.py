@@ -20,6 +20,16 @@ class NotStoredError(KtrdrError):
 
 
 T = TypeVar("T")
+
+
+class RetryCount:
+    """How many times this process tried a JetStream publish or API call again (a plain integer the
+    metrics collector reads at scrape time: nothing more on the publish path)."""
+
+    count = 0
+
+
+RETRIES = RetryCount()
 # JSStreamDuplicateMessageIdInProcess (409): a copy of this message with the same Nats-Msg-Id is being
 # stored right now (a retry raced the first try through an election): trying again gets its ack.
 IN_PROCESS_ERR_CODE = 10158
@@ -48,6 +58,7 @@ async def retrying(call: Callable[[], Awaitable[T]], *, retry_for: float = 30.0,
         except errors:
             if loop.time() + delay > deadline:
                 raise
+            RETRIES.count += 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -76,5 +87,6 @@ async def publish(js: JetStreamContext, subject: str, payload: bytes, msg_id: st
         except nats.js.errors.APIError as exc:
             if getattr(exc, "err_code", None) != IN_PROCESS_ERR_CODE or loop.time() + delay > deadline:
                 raise
+        RETRIES.count += 1
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)

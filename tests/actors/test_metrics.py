@@ -1,0 +1,137 @@
+"""Prometheus metrics on a running stack: each actor advertises its process's /metrics URL in its
+presence record (and `ktrdr status` shows it); a scrape, parsed with prometheus-client's own text
+parser, has the process's RSS and CPU and one info series per actor; an operation moves the counters
+it should (started, ended by outcome, duration and queue-wait histograms, work in flight back to
+zero, progress events, the orchestrator's command endpoint, lease renewals). The registry is the
+process's, shared by every test in it: every check is a difference between two scrapes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from events import subjects
+from events.messages import RunDummy
+from tests.actors.test_discovery import FailingDummy
+from tests.conftest import make_settings
+from tests.helpers import run_ktrdr, wait_for_event
+
+pytestmark = pytest.mark.timeout(90)
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200
+        return resp.read().decode()
+
+
+async def scrape(url: str) -> Samples:
+    text = await asyncio.to_thread(_get, url)
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape_until(url: str, done: Callable[[Samples], bool], timeout: float = 30.0) -> Samples:
+    """Scrape until `done` holds: the worker counts an operation once its verdict is out and its lease
+    released, a moment after a watcher sees the verdict."""
+    async with asyncio.timeout(timeout):
+        while not done(samples := await scrape(url)):
+            await asyncio.sleep(0.05)
+    return samples
+
+
+async def test_each_actor_advertises_metrics_and_the_scrape_has_the_process_figures(start_actors, client):
+    orch, dummy = await start_actors("orchestrator", "dummy")
+    records = {hb.actor: hb for hb in await client.live_actors()}
+    url = records[dummy.id].metrics_url
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+    assert records[orch.id].metrics_url == url  # one server per process, shared by its actors
+    samples = await scrape(url)
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert ("process_cpu_seconds_total", frozenset()) in samples
+    infos = {dict(labels)["actor"]: dict(labels) for (name, labels) in samples if name == "ktrdr_actor_info"}
+    assert infos[dummy.id]["role"] == "dummy" and infos[dummy.id]["pools"] == "any"
+    assert orch.id in infos
+
+
+async def test_ktrdr_status_shows_each_actors_metrics_url(start_actors, settings):
+    _orch, dummy = await start_actors("orchestrator", "dummy")
+    env = {**os.environ, "NATS_URL": settings.nats_url or "", "KTRDR_HOME": str(settings.home)}
+    shown = await asyncio.to_thread(run_ktrdr, env, "status", timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    line = next(ln for ln in shown.stdout.splitlines() if dummy.id in ln)
+    assert f"metrics {dummy.metrics_url}" in line
+
+
+async def test_an_operation_moves_the_counters_it_should(start_actors, client):
+    _orch, dummy = await start_actors("orchestrator", "dummy")
+    op = {"role": "dummy", "domain": "dummy", "pool": "any"}
+    before = await scrape(dummy.metrics_url)
+    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=40, interval_s=0.05)
+    await client.submit(cmd)
+    await wait_for_event(client, cmd.op_id, lambda ev, v: v.current_step >= 2, timeout=30)
+    running = await scrape(dummy.metrics_url)
+    assert value(running, "ktrdr_work_in_flight", **op) == value(before, "ktrdr_work_in_flight", **op) + 1
+    # a lease renewal is counted once a heartbeat passes while it runs: wait for it, then cancel
+    renewed = {"role": "dummy", "domain": "dummy", "result": "ok"}
+    await scrape_until(dummy.metrics_url, lambda s: value(s, "ktrdr_lease_renewals_total", **renewed)
+                       > value(before, "ktrdr_lease_renewals_total", **renewed))
+    await client.cancel(cmd.op_id)
+    view = await client.watch(cmd.op_id, lambda ev, v: None, idle_timeout=30)
+    assert view.status == "cancelled"
+    after = await scrape_until(dummy.metrics_url, lambda s: value(s, "ktrdr_work_in_flight", **op)
+                               == value(before, "ktrdr_work_in_flight", **op))
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("ktrdr_operations_started_total", **op) == 1
+    assert moved("ktrdr_operations_ended_total", **op, outcome="cancelled") == 1
+    assert moved("ktrdr_operations_ended_total", **op, outcome="completed") == 0
+    assert moved("ktrdr_operation_duration_seconds_count", **op, outcome="cancelled") == 1
+    assert moved("ktrdr_operation_duration_seconds_sum", **op, outcome="cancelled") > 0
+    assert moved("ktrdr_queue_wait_seconds_count", **op) == 1
+    assert value(after, "ktrdr_work_in_flight", **op) == value(before, "ktrdr_work_in_flight", **op)
+    assert moved("ktrdr_progress_events_published_total", role="dummy") >= 2
+    assert moved("ktrdr_endpoint_requests_total", role="orchestrator", endpoint="commands") == 1
+    assert moved("ktrdr_endpoint_requests_total", role="dummy", endpoint="work-any") == 1
+
+
+async def test_a_failed_operation_is_counted_as_failed(start_actors, client, settings):
+    await start_actors("orchestrator")
+    dummy = FailingDummy(settings)
+    await dummy.start()
+    try:
+        op = {"role": "dummy", "domain": "dummy", "pool": "any", "outcome": "failed"}
+        before = await scrape(dummy.metrics_url)
+        cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=3, interval_s=0.01)
+        await client.submit(cmd)
+        assert (await client.watch(cmd.op_id, lambda ev, v: None, idle_timeout=30)).status == "failed"
+        after = await scrape_until(dummy.metrics_url, lambda s: value(s, "ktrdr_operations_ended_total", **op)
+                                   > value(before, "ktrdr_operations_ended_total", **op))
+        assert value(after, "ktrdr_operations_ended_total", **op) == value(
+            before, "ktrdr_operations_ended_total", **op) + 1
+        assert value(after, "ktrdr_operations_ended_total", **{**op, "outcome": "completed"}) == value(
+            before, "ktrdr_operations_ended_total", **{**op, "outcome": "completed"})
+    finally:
+        await dummy.stop()
+
+
+async def test_metrics_off_advertises_no_url(start_actors, settings, client):
+    off = make_settings(settings.home, settings.nats_url or "", metrics_port=None)
+    (dummy,) = await start_actors("dummy", settings=off)
+    assert dummy.metrics_url == ""
+    records: dict[str, Any] = {hb.actor: hb for hb in await client.live_actors()}
+    assert records[dummy.id].metrics_url == ""
