@@ -240,8 +240,12 @@ def server_infos(settings: Settings) -> list[dict[str, object]]:
         except (OSError, ValueError):
             continue
         pid = _read_pid(settings, name)
+        monitor = ""
+        with contextlib.suppress(OSError, ValueError):
+            monitor = f"http://127.0.0.1:{int((settings.run_dir / f'{name}.http').read_text().strip())}"
         out.append({"name": "ktrdr_embedded" if sh.nodes == 1 else f"ktrdr-{i}", "process": name,
-                    "url": f"{scheme}://{reach}:{port}", "pid": pid, "alive": _alive(pid, "nats-server")})
+                    "url": f"{scheme}://{reach}:{port}", "pid": pid, "alive": _alive(pid, "nats-server"),
+                    "monitor_url": monitor})
     return out
 
 
@@ -483,16 +487,19 @@ def _ensure_nats(settings: Settings, sh: Shape) -> str:
     users = files.users(pools)
     alive = {n: _alive(_read_pid(settings, n), "nats-server") for n in names}
     client_ports = [_port_of(settings, n, ".port", settings.nats_port + i, alive[n]) for i, n in enumerate(names)]
+    # nats-server's monitoring endpoint (loopback; `ktrdr status` shows it): a free port of its own each
+    http_ports = [_port_of(settings, n, ".http", 0, alive[n]) for n in names]
     scheme = "nats" if sh.loopback else "tls"
     limits = natsconf.Limits(sync_interval=settings.nats_sync)  # fsync policy: KTRDR_NATS_SYNC
     if sh.nodes == 1:
         confs = [natsconf.render(server_name="ktrdr_embedded", host=sh.host, port=client_ports[0], limits=limits,
-                                 store_dir=settings.home / "nats", users=users, tls=files.tls)]
+                                 store_dir=settings.home / "nats", users=users, tls=files.tls,
+                                 http_port=http_ports[0])]
     else:
         route_ports = [_port_of(settings, n, ".route", 0, alive[n]) for n in names]
         nodes = natsconf.cluster_nodes(sh.nodes, base_dir=settings.home / "nats", client_ports=client_ports,
                                        route_ports=route_ports, host=sh.host, route_user="route",
-                                       route_password=files.route_password())
+                                       route_password=files.route_password(), http_ports=http_ports)
         confs = [natsconf.render_node(node, users=users, tls=files.tls, limits=limits) for node in nodes]
         for n, rp in zip(names, route_ports, strict=True):
             (settings.run_dir / f"{n}.route").write_text(f"{rp}\n")
@@ -510,6 +517,8 @@ def _ensure_nats(settings: Settings, sh: Shape) -> str:
         children[name] = proc
         _pid_file(settings, name).write_text(f"{proc.pid}\n")
         (settings.run_dir / f"{name}.port").write_text(f"{port}\n")
+    for name, http_port in zip(names, http_ports, strict=True):
+        (settings.run_dir / f"{name}.http").write_text(f"{http_port}\n")
     reach = "127.0.0.1" if sh.host in ("0.0.0.0", "::") else sh.host
     url = ",".join(f"{scheme}://{reach}:{p}" for p in client_ports)
     nats_url_file(settings).write_text(url + "\n")

@@ -164,6 +164,7 @@ def render(
     cluster: Cluster | None = None,
     websocket: Websocket | None = None,
     http_port: int | None = None,
+    http_host: str = "127.0.0.1",
     limits: Limits = Limits(),
 ) -> str:
     """The complete config of one server. Refuses a non-loopback client or websocket listener
@@ -184,7 +185,8 @@ def render(
     ]
     if http_port is not None:
         _check_port("http_port", http_port)
-        out.append(f"http: {_q(f'127.0.0.1:{http_port}')}")  # monitoring stays on loopback
+        # monitoring (/varz /connz /jsz /healthz): loopback unless a deployment's own network carries it
+        out.append(f"http: {_q(f'{http_host}:{http_port}')}")
     out += [
         "jetstream {",
         f"  store_dir: {_q(store_dir)}",

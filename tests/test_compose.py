@@ -124,7 +124,7 @@ class _Compose:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.nats_port, self.gw_port = free_port(), free_port()
+        self.nats_port, self.gw_port, self.monitor_port = free_port(), free_port(), free_port()
         self.nats_url = f"tls://127.0.0.1:{self.nats_port}"
         self.procs: dict[str, subprocess.Popen[str]] = {}
 
@@ -149,7 +149,9 @@ class _Compose:
     def _translate(self, value: str, mounts: dict[str, Path]) -> str:
         """A container's view (host names, ports, mount points) as this machine's."""
         fixed = {"tls://nats:4222": f"tls://127.0.0.1:{self.nats_port}", "4222": str(self.nats_port),
-                 "sim-gateway": "127.0.0.1", "4002": str(self.gw_port)}
+                 "sim-gateway": "127.0.0.1", "4002": str(self.gw_port),
+                 # every container has its own 8222 and 9464; here, one machine: free ports, loopback
+                 "8222": str(self.monitor_port), "9464": "0", "0.0.0.0": "127.0.0.1"}
         if value in fixed:
             return fixed[value]
         for target, local in sorted(mounts.items(), key=lambda kv: -len(kv[0])):

@@ -54,6 +54,9 @@ def init_cmd(
                                 "(their configs nats-<i>.conf route to each other on port 6222)."),
     store: Path = typer.Option(Path("/data/nats"), "--store", help="With --server-config: the JetStream store."),
     port: int = typer.Option(4222, "--port", help="With --server-config: the client port."),
+    monitor_port: int = typer.Option(8222, "--monitor-port", help="With --server-config: nats-server's "
+                                     "monitoring port (/varz /jsz ..., on every interface of the container "
+                                     "network, for the Prometheus exporter; 0: off)."),
 ) -> None:
     """Create the credentials of every role (kept when they exist) and the server's user list; with
     --server-config, the nats-server config of a deployment (docker-compose) too."""
@@ -69,7 +72,7 @@ def init_cmd(
     try:
         files = auth.init(_home(), tls_hosts=tls_host or None, force=force)
         if server_config is not None:
-            _write_server_configs(files, server_config, cluster, store, port)
+            _write_server_configs(files, server_config, cluster, store, port, monitor_port)
     except (auth.AuthError, OSError, ValueError) as exc:
         raise _exit_for(exc) from None
     for role in auth.ROLES:
@@ -99,15 +102,18 @@ def _limits() -> natsconf.Limits:
     return natsconf.Limits(sync_interval=settings().nats_sync)
 
 
-def _write_server_configs(files: object, target: Path, nodes: int, store: Path, port: int) -> None:
+def _write_server_configs(files: object, target: Path, nodes: int, store: Path, port: int,
+                          monitor_port: int = 0) -> None:
     """One config (`target` a file) or nats-1..N.conf in `target` (a folder) routing to each other."""
     from ktrdr import auth, natsconf
 
     assert isinstance(files, auth.AuthFiles)
     limits = _limits()
+    http_port = monitor_port or None  # the container network's own interface: the exporter scrapes it
     if nodes == 1:
         natsconf.write_atomic(target, natsconf.render(server_name="ktrdr", host="0.0.0.0", port=port, limits=limits,
-                                                      store_dir=store, users=files.users(), tls=files.tls))
+                                                      store_dir=store, users=files.users(), tls=files.tls,
+                                                      http_port=http_port, http_host="0.0.0.0"))
         typer.echo(f"server config: {target}")
         return
     password = files.route_password()
@@ -117,7 +123,8 @@ def _write_server_configs(files: object, target: Path, nodes: int, store: Path, 
         path = target / f"nats-{i}.conf"
         natsconf.write_atomic(path, natsconf.render(server_name=f"nats-{i}", host="0.0.0.0", port=port,
                                                     store_dir=store, users=files.users(), tls=files.tls,
-                                                    cluster=cluster, limits=limits))
+                                                    cluster=cluster, limits=limits, http_port=http_port,
+                                                    http_host="0.0.0.0"))
         typer.echo(f"server config: {path}")
 
 
