@@ -1,6 +1,6 @@
 """`python -m bench [backbone|data|training|faults|objects|calendar|indicators|memory|scale|workflows|disk
-|ha|nemesis|sync|partitions|universe|intake|research ...] [--quick]`: run the benchmarks, print the figures and write
-bench/results/<suite>.json.
+|ha|nemesis|sync|partitions|universe|intake|research|metrics ...] [--quick]`: run the benchmarks, print the
+figures and write bench/results/<suite>.json.
 `--quick` (the nemesis): a few fault classes only (KTRDR_NEMESIS_QUICK=1)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from bench._common import report
 
 SUITES = ("backbone", "data", "training", "faults", "objects", "calendar", "indicators", "memory", "scale",
-          "workflows", "disk", "ha", "nemesis", "sync", "partitions", "universe", "intake", "research")
+          "workflows", "disk", "ha", "nemesis", "sync", "partitions", "universe", "intake", "research", "metrics")
 
 
 def main() -> None:
