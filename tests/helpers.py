@@ -1,13 +1,19 @@
-"""Test helpers: waiting on events with timeouts (never fixed sleeps)."""
+"""Test helpers: waiting on events with timeouts (never fixed sleeps); discovery answers and metrics
+scrapes of a running stack."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from prometheus_client.parser import text_string_to_metric_families
 
 from events.messages import AnyEvent
 from ktrdr.client import Client
@@ -72,3 +78,53 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+async def gather_answers(nc: NATS, subject: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Publish one discovery request and collect `count` answers on one inbox (a plain request takes
+    only the first); fails when fewer arrive within `timeout`."""
+    got: list[dict[str, Any]] = []
+    enough = asyncio.Event()
+
+    async def cb(msg: Msg) -> None:
+        got.append(json.loads(msg.data))
+        if len(got) >= count:
+            enough.set()
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox, cb=cb)
+    await subscribed(nc)
+    await nc.publish(subject, b"", reply=inbox)
+    try:
+        await asyncio.wait_for(enough.wait(), timeout)
+    finally:
+        await sub.unsubscribe()
+    return got
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200
+        return resp.read().decode()
+
+
+async def scrape(url: str) -> Samples:
+    text = await asyncio.to_thread(_get, url)
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape_until(url: str, done: Callable[[Samples], bool], timeout: float = 30.0) -> Samples:
+    """Scrape until `done` holds: the worker counts an operation once its verdict is out and its lease
+    released, a moment after a watcher sees the verdict."""
+    async with asyncio.timeout(timeout):
+        while not done(samples := await scrape(url)):
+            await asyncio.sleep(0.05)
+    return samples

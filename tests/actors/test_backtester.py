@@ -21,7 +21,7 @@ from ktrdr.data.bars_store import BarStore
 from ktrdr.training.model_store import ModelStore
 from ktrdr.transport import objects
 from tests.backtest.conftest import STRATEGY, model_files
-from tests.helpers import wait_for_event, wait_terminal
+from tests.helpers import scrape, value, wait_for_event, wait_terminal
 from tests.training.conftest import make_bars
 
 BARS = make_bars(1200, seed=3)
@@ -82,7 +82,7 @@ class Held(Backtester):
 
 async def test_backtest_end_to_end_reports_figures_progress_and_stores_the_curve_beside_the_model(
         start_actors, client, stored) -> None:
-    await start_actors("orchestrator", "backtester")
+    _orch, backtester = await start_actors("orchestrator", "backtester")
     cmd = backtest(commission=0.0005, slippage_bps=2.0)
     await client.submit(cmd)
     view = await wait_terminal(client, cmd.op_id, timeout=60)
@@ -92,6 +92,7 @@ async def test_backtest_end_to_end_reports_figures_progress_and_stores_the_curve
     for part in ("strategy", "buy_and_hold"):
         assert r[part] == want[part]  # the same figures, value by value
     assert r["strategy"]["trades"] > 10 and r["bars"] == len(BARS) and r["simulated"] is True
+    assert value(await scrape(backtester.metrics_url), "ktrdr_backtest_bars_per_second", pool="any") > 0
     events = await client.events(cmd.op_id)
     ctx = [e.progress.context for e in events if isinstance(e, OperationProgress)
            and isinstance(e.progress.context, BacktestContext)]

@@ -9,7 +9,6 @@ import json
 from typing import Any
 
 import pytest
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.micro.service import ServiceInfo, ServicePing, ServiceStats
 
@@ -18,31 +17,9 @@ from actors.runtime import OperationContext
 from events import subjects
 from events.messages import RunDummy
 from ktrdr.errors import KtrdrError
-from tests.helpers import subscribed
+from tests.helpers import gather_answers, subscribed
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def gather_answers(nc: NATS, subject: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """Publish one discovery request and collect `count` answers on one inbox (a plain request takes
-    only the first); fails when fewer arrive within `timeout`."""
-    got: list[dict[str, Any]] = []
-    enough = asyncio.Event()
-
-    async def cb(msg: Msg) -> None:
-        got.append(json.loads(msg.data))
-        if len(got) >= count:
-            enough.set()
-
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, cb=cb)
-    await subscribed(nc)
-    await nc.publish(subject, b"", reply=inbox)
-    try:
-        await asyncio.wait_for(enough.wait(), timeout)
-    finally:
-        await sub.unsubscribe()
-    return got
 
 
 async def test_ping_all_is_answered_once_by_each_actor_with_its_role_and_id(start_actors, client):

@@ -12,6 +12,7 @@ from ktrdr.ib.sim import SimGateway
 from ktrdr.ib.sim.data import generate_bars
 from ktrdr.transport import IbRequester
 from tests.conftest import make_settings
+from tests.helpers import scrape, value
 
 
 @pytest.fixture
@@ -28,7 +29,8 @@ def ib_settings(settings, gateway):
 
 
 async def test_ib_actor_serves_contracts_heads_and_bars_over_nats(start_actors, client, ib_settings, gateway):
-    await start_actors("ib", settings=ib_settings)
+    (actor,) = await start_actors("ib", settings=ib_settings)
+    before = await scrape(actor.metrics_url)
     ib = IbRequester(client.nc, idle_timeout=20)
     contract, source = await ib.contract("EUR.USD")
     assert contract.sec_type == "CASH" and source == "sim"
@@ -42,14 +44,21 @@ async def test_ib_actor_serves_contracts_heads_and_bars_over_nats(start_actors, 
     expected = generate_bars(lookup("AAPL"), "1h", start, end, seed=0)
     assert (df.index == expected.index).all()
     assert (df["close"].to_numpy() == expected["close"].to_numpy()).all()
+    after = await scrape(actor.metrics_url)  # /metrics: each request counted by verb and outcome
+    for verb in ("contract", "head", "bars"):
+        assert value(after, "ktrdr_ib_requests_total", verb=verb, outcome="ok") == value(
+            before, "ktrdr_ib_requests_total", verb=verb, outcome="ok") + 1
 
 
 async def test_unknown_symbol_comes_back_as_a_typed_error(start_actors, client, ib_settings):
-    await start_actors("ib", settings=ib_settings)
+    (actor,) = await start_actors("ib", settings=ib_settings)
+    errors = {"verb": "contract", "outcome": "error"}
+    before = value(await scrape(actor.metrics_url), "ktrdr_ib_requests_total", **errors)
     ib = IbRequester(client.nc, idle_timeout=20)
     with pytest.raises(UnknownSymbolError) as err:
         await ib.contract("NOPE")
     assert err.value.ib_code == 200 and "NOPE" in str(err.value)
+    assert value(await scrape(actor.metrics_url), "ktrdr_ib_requests_total", **errors) == before + 1
 
 
 async def test_malformed_ib_request_is_answered_and_the_actor_keeps_serving(start_actors, client, ib_settings):

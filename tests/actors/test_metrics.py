@@ -9,48 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from events import subjects
 from events.messages import RunDummy
 from tests.actors.test_discovery import FailingDummy
 from tests.conftest import make_settings
-from tests.helpers import run_ktrdr, wait_for_event
+from tests.helpers import run_ktrdr, scrape, scrape_until, value, wait_for_event
 
 pytestmark = pytest.mark.timeout(90)
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        assert resp.status == 200
-        return resp.read().decode()
-
-
-async def scrape(url: str) -> Samples:
-    text = await asyncio.to_thread(_get, url)
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-async def scrape_until(url: str, done: Callable[[Samples], bool], timeout: float = 30.0) -> Samples:
-    """Scrape until `done` holds: the worker counts an operation once its verdict is out and its lease
-    released, a moment after a watcher sees the verdict."""
-    async with asyncio.timeout(timeout):
-        while not done(samples := await scrape(url)):
-            await asyncio.sleep(0.05)
-    return samples
-
 
 async def test_each_actor_advertises_metrics_and_the_scrape_has_the_process_figures(start_actors, client):
     orch, dummy = await start_actors("orchestrator", "dummy")

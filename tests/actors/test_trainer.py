@@ -15,7 +15,7 @@ from events.messages import OperationProgress, StartTraining, TrainingContext
 from ktrdr.data.bars_store import BarStore
 from ktrdr.training.checkpoint_store import CheckpointStore
 from ktrdr.training.model_store import ModelStore
-from tests.helpers import wait_for_event, wait_terminal
+from tests.helpers import scrape, value, wait_for_event, wait_terminal
 from tests.training.conftest import make_bars
 
 STRATEGY = Path(__file__).parents[2] / "strategies" / "mlp_rsi_aapl.yaml"
@@ -90,6 +90,8 @@ async def test_training_end_to_end_saves_a_model_and_reports_epochs(start_actors
     assert [h["epoch"] for h in shown["result"]["training_metrics"]["history"]] == [1, 2, 3]
     assert {"learning_rate", "val_loss", "train_accuracy", "epoch_time_s"} <= set(shown["metrics"]["history"][0])
     assert await CheckpointStore(client.js).get(cmd.op_id) is None  # the model is saved: checkpoint removed
+    # /metrics: the training's throughput (set before the verdict went out)
+    assert value(await scrape(trainer.metrics_url), "ktrdr_training_samples_per_second", pool="any") > 0
     # nothing of record on this disk (the orchestrator in this process keeps its dedupe key here)
     assert {p.name for p in settings.home.iterdir()} <= {"cache", dedupe_key_path(settings, "orchestrator").name}
     child = trainer.training_process.pid

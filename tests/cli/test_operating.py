@@ -14,12 +14,10 @@ from pathlib import Path
 
 import nats
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ktrdr import auth
 from ktrdr.embedded import free_port
-from tests.actors.test_discovery import gather_answers
-from tests.helpers import run_ktrdr
+from tests.helpers import gather_answers, run_ktrdr, scrape, value
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -53,11 +51,10 @@ async def test_status_names_the_monitoring_and_metrics_endpoints_and_they_answer
     assert json.loads(await asyncio.to_thread(get, f"{monitor}/varz"))["server_name"] == "ktrdr_embedded"
     urls = {a["role"]: a["metrics_url"] for a in status["actors"]}
     assert set(urls) == {"orchestrator", "dummy"} and len(set(urls.values())) == 1  # one actors process
-    samples = {(s.name, frozenset(s.labels.items())): s.value for fam in
-               text_string_to_metric_families(await asyncio.to_thread(get, urls["dummy"])) for s in fam.samples}
-    done_labels = frozenset({"role": "dummy", "domain": "dummy", "pool": "any", "outcome": "completed"}.items())
-    assert samples[("ktrdr_operations_ended_total", done_labels)] == 1
-    assert samples[("process_resident_memory_bytes", frozenset())] > 0
+    samples = await scrape(urls["dummy"])
+    assert value(samples, "ktrdr_operations_ended_total", role="dummy", domain="dummy", pool="any",
+                 outcome="completed") == 1
+    assert value(samples, "process_resident_memory_bytes") > 0
     text = (await asyncio.to_thread(run, home_env, "status")).stdout
     assert f"monitoring {monitor}" in text and f"metrics {urls['dummy']}" in text
     # discovery with the cli's own key, as `nats --inbox-prefix _INBOX_cli micro ls` would ask

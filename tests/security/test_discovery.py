@@ -14,9 +14,8 @@ import pytest_asyncio
 from nats.micro.service import ServicePing
 
 from events import roles, subjects
-from tests.actors.test_discovery import gather_answers
 from tests.conftest import make_settings
-from tests.helpers import subscribed
+from tests.helpers import gather_answers, subscribed
 from tests.security.conftest import Server, Stack, auth_server
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
