@@ -9,7 +9,7 @@ from actors.orchestrator import Orchestrator
 from events import proof, subjects
 from events.codec import decode
 from events.messages import Lease, RunDummy
-from tests.helpers import wait_for_event
+from tests.helpers import scrape, value, wait_for_event
 
 
 class FakeClock:
@@ -35,6 +35,7 @@ async def test_a_silent_holder_is_taken_over_as_the_next_attempt_and_a_live_one_
     clock = FakeClock()
     assert orch.leases is not None
     orch.leases.bucket.clock, orch.leases.bucket.ttl_s = clock, 20.0
+    takeovers = value(await scrape(orch.metrics_url), "ktrdr_lease_takeovers_total", domain="dummy")
     first = Leases(client.nc, "dummy", "w-1", proof.new_key(), 20)
     second = Leases(client.nc, "dummy", "w-2", proof.new_key(), 20)
     held = await first.acquire(op)
@@ -52,6 +53,8 @@ async def test_a_silent_holder_is_taken_over_as_the_next_attempt_and_a_live_one_
     clock.now += 20
     taken = await second.acquire(op)
     assert isinstance(taken, Held) and taken.attempt == 2
+    # /metrics: one takeover (the refusals before it are none)
+    assert value(await scrape(orch.metrics_url), "ktrdr_lease_takeovers_total", domain="dummy") == takeovers + 1
     assert not await first.renew(held)  # lost: its holder stops without a verdict
     await first.release(held, done=True)  # not ours: left alone
     kv = await client.js.key_value(subjects.LEASES_BUCKET)
@@ -60,7 +63,8 @@ async def test_a_silent_holder_is_taken_over_as_the_next_attempt_and_a_live_one_
 
 
 async def test_a_lease_handed_back_is_the_next_attempt_at_once_and_ours_from_before_is_ours(start_actors, client):
-    _orch, op = await _queued(start_actors, client)
+    orch, op = await _queued(start_actors, client)
+    takeovers = value(await scrape(orch.metrics_url), "ktrdr_lease_takeovers_total", domain="dummy")
     first = Leases(client.nc, "dummy", "w-1", proof.new_key(), 20)
     second = Leases(client.nc, "dummy", "w-2", proof.new_key(), 20)
     held = await first.acquire(op)
@@ -70,6 +74,8 @@ async def test_a_lease_handed_back_is_the_next_attempt_at_once_and_ours_from_bef
     await first.release(held, done=False)
     taken = await second.acquire(op)
     assert isinstance(taken, Held) and taken.attempt == 2
+    # handed back, not taken over: /metrics counts no takeover
+    assert value(await scrape(orch.metrics_url), "ktrdr_lease_takeovers_total", domain="dummy") == takeovers
     assert await second.renew(taken)
     # someone else's key cannot renew or release it, even naming its holder
     thief = Leases(client.nc, "dummy", "w-2", proof.new_key(), 20)
