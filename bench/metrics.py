@@ -5,7 +5,12 @@ publish_throughput) with its /metrics server on and scraped, against the same wi
 (the server, once started, lives as long as its process), off and on alternating so that drift and
 the other load on the machine fall on both; n at 1x, 10x and 100x (2,000, 20,000, 200,000 events);
 medians of the pairs. While "on" runs, this process scrapes it every SCRAPE_EVERY_S (Prometheus's
-default is 15 s: this is 60x harder) and parses each scrape with prometheus-client's parser.
+default is 15 s: this is 60x harder) and parses each scrape with prometheus-client's parser. Each
+"on" process also times what one scrape costs it (the collectors and the text format, median of 200),
+a figure the machine's noise does not blur.
+
+Besides throughput, each process reports its own CPU time per event (all its threads, the metrics
+server's included), which other load on the machine blurs less than wall-clock throughput.
 
 `python -m bench metrics`
 """
@@ -22,7 +27,7 @@ import time
 import urllib.request
 from typing import Any
 
-from bench._common import ROOT, BenchServer, child_env, report
+from bench._common import ROOT, BenchServer, child_env, cpu_s, report
 
 SIZES = (2_000, 20_000, 200_000)
 PAIRS = 5
@@ -47,13 +52,28 @@ async def _child(n_sizes: list[int]) -> None:
     out: dict[str, float] = {}
     for n in n_sizes:
         op_id = subjects.new_op_id("dummy")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             actor.emit_progress(op_id, state)
         await actor.flush_progress(acked=True)
         out[str(n)] = n / (time.perf_counter() - t0)
-    await actor.stop()
+        # this process's CPU (every thread: the metrics server's scrapes too) per event: what other
+        # load on the machine blurs far less than wall-clock throughput
+        out[f"cpu_us_{n}"] = (time.process_time() - c0) / n * 1e6
+    if actor.metrics_url:  # what one scrape costs this process: the collectors and the text format
+        from prometheus_client import generate_latest
+
+        from actors import _metrics
+
+        times = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            generate_latest(_metrics.REGISTRY)
+            times.append(time.perf_counter() - t0)
+        out["scrape_ms"] = statistics.median(times) * 1e3
     print(json.dumps(out), flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # the parent's scrapes of an idle process are done
+    await actor.stop()
 
 
 class _Scraper:
@@ -83,6 +103,23 @@ class _Scraper:
         self._thread.join()
 
 
+SCRAPES_TIMED = 300
+
+
+def _cpu_per_scrape(pid: int, url: str) -> tuple[float, float]:
+    """CPU seconds the idle process `pid` spends per HTTP scrape (its server's request thread, the
+    collectors, the text format), less what it spends idle over the same wall time; and that idle rate."""
+    t0, c0 = time.perf_counter(), cpu_s(pid)
+    for _ in range(SCRAPES_TIMED):
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            resp.read()
+    wall, used = time.perf_counter() - t0, cpu_s(pid) - c0
+    c1 = cpu_s(pid)
+    time.sleep(wall)
+    idle = cpu_s(pid) - c1
+    return max(used - idle, 0.0) / SCRAPES_TIMED, idle / wall
+
+
 def _measure(srv: BenchServer, on: bool) -> tuple[dict[str, float], int, int]:
     env = child_env(srv.settings, KTRDR_METRICS_PORT="0" if on else "off")
     proc = subprocess.Popen([sys.executable, "-m", "bench.metrics", "--child", *map(str, SIZES)], cwd=ROOT, env=env,
@@ -100,6 +137,11 @@ def _measure(srv: BenchServer, on: bool) -> tuple[dict[str, float], int, int]:
     finally:
         if scraper is not None:
             scraper.__exit__()
+    if on:
+        per_scrape, idle_share = _cpu_per_scrape(proc.pid, url)
+        figures["cpu_ms_per_scrape"], figures["idle_cpu_share"] = per_scrape * 1e3, idle_share
+    proc.stdin.write("stop\n")
+    proc.stdin.flush()
     assert proc.wait(60) == 0
     return figures, scraper.scrapes if scraper else 0, scraper.series if scraper else 0
 
@@ -119,12 +161,21 @@ async def main() -> dict[str, Any]:
         o = [r[str(n)] for r in on]
         f = [r[str(n)] for r in off]
         pair_ratios = [a / b for a, b in zip(o, f, strict=True)]
+        cpu_on, cpu_off = [r[f"cpu_us_{n}"] for r in on], [r[f"cpu_us_{n}"] for r in off]
         results[f"progress_publish_{n}"] = {
             "metrics_off_events_per_s": statistics.median(f), "metrics_on_events_per_s": statistics.median(o),
             "on_vs_off": statistics.median(o) / statistics.median(f),
             "median_pair_ratio": statistics.median(pair_ratios), "pair_ratios": [round(x, 3) for x in pair_ratios],
+            "cpu_us_per_event_off": statistics.median(cpu_off), "cpu_us_per_event_on": statistics.median(cpu_on),
+            "cpu_on_vs_off": statistics.median(cpu_on) / statistics.median(cpu_off),
+            "cpu_pair_ratios": [round(a / b, 3) for a, b in zip(cpu_on, cpu_off, strict=True)],
             "pairs": PAIRS, "target": "on_vs_off >= 0.99 (under 1% cost)"}
-    results["scrapes"] = {"while_on": scrapes, "every_s": SCRAPE_EVERY_S, "series_per_scrape": series}
+    scrape_ms = statistics.median(r["scrape_ms"] for r in on)
+    http_ms = statistics.median(r["cpu_ms_per_scrape"] for r in on)
+    results["scrapes"] = {"while_on": scrapes, "every_s": SCRAPE_EVERY_S, "series_per_scrape": series,
+                          "render_ms": scrape_ms, "cpu_ms_per_http_scrape": http_ms,
+                          "idle_process_cpu_share": statistics.median(r["idle_cpu_share"] for r in on),
+                          "share_of_one_core_at_15s": http_ms / 1e3 / 15.0}
     return results
 
 
