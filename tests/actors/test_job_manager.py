@@ -15,7 +15,7 @@ from events.messages import DataContext, LoadData, OperationProgress
 from ktrdr.data.calendar import lookup
 from ktrdr.ib.sim.data import generate_bars
 from ktrdr.transport.objects import BARS, stat
-from tests.helpers import eventually, wait_for_event, wait_terminal
+from tests.helpers import eventually, scrape, value, wait_for_event, wait_terminal
 
 
 def utc(*args: int) -> datetime:
@@ -100,10 +100,18 @@ async def test_load_hitting_pacing_limits_completes_without_any_162(client, data
     # 1m bars: one request per day. At half IB's windows (6 requests per contract in 1 s) 12 trading
     # days at 5 segments in flight break the burst rule unless the ib actor's PacingLimiter holds them.
     start, end = utc(2024, 4, 1), utc(2024, 4, 17)
+    url = next(hb.metrics_url for hb in await client.live_actors() if hb.role == "ib")
+    before = await scrape(url)
     cmd, view = await load(client, "AAPL", "1m", "full", start, end, timeout=120)
     assert view.status == "completed", view.error
     assert view.result["segments_fetched"] >= 12
     assert gateway.pacing_violations == 0
+    # /metrics: the bars requests, and the seconds they waited for pacing
+    after = await scrape(url)
+    assert value(after, "ktrdr_ib_requests_total", verb="bars", outcome="ok") >= value(
+        before, "ktrdr_ib_requests_total", verb="bars", outcome="ok") + 12
+    assert value(after, "ktrdr_ib_pacing_wait_seconds_total", verb="bars") > value(
+        before, "ktrdr_ib_pacing_wait_seconds_total", verb="bars")
     assert_same_bars(await data_stack.read("AAPL", "1m"), expected("AAPL", "1m", start, end))
     events = await client.events(cmd.op_id)
     states = [e.progress.context.state or "" for e in events if isinstance(e, OperationProgress)
