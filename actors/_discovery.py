@@ -30,7 +30,7 @@ from nats.aio.subscription import Subscription
 from nats.micro.service import EndpointInfo, EndpointStats, ServiceInfo, ServicePing, ServiceStats
 
 import ktrdr
-from events import subjects
+from events import roles, subjects
 from events.permissions import DISCOVERY_CALLERS, inbox_prefix
 
 if TYPE_CHECKING:
@@ -39,12 +39,12 @@ if TYPE_CHECKING:
 # Where an answer may go: the discovery callers' inboxes, and the standard one nobody may read under auth.
 REPLY_PREFIXES: tuple[str, ...] = (*(f"{inbox_prefix(r)}." for r in DISCOVERY_CALLERS), "_INBOX.")
 DESCRIPTIONS = {
-    "orchestrator": "accepts commands, creates operations, routes work, supervises liveness",
-    "ib": "serves IB historical bars, contracts and heads over request/reply",
-    "job-manager": "loads market data: gap analysis, segments, pacing-aware fetches, merge, store",
-    "trainer": "trains strategies on the bars in BARS, stores models in MODELS",
-    "backtester": "backtests a stored model on stored bars",
-    "dummy": "a demonstration worker that counts to a number",
+    roles.ORCHESTRATOR: "accepts commands, creates operations, routes work, supervises liveness",
+    roles.IB: "serves IB historical bars, contracts and heads over request/reply",
+    roles.JOB_MANAGER: "loads market data: gap analysis, segments, pacing-aware fetches, merge, store",
+    roles.TRAINER: "trains strategies on the bars in BARS, stores models in MODELS",
+    roles.BACKTESTER: "backtests a stored model on stored bars",
+    roles.DUMMY: "a demonstration worker that counts to a number",
 }
 
 

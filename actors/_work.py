@@ -150,8 +150,9 @@ class WorkRunner:
                 max_deliver=a.settings.max_deliver, max_ack_pending=1000)
             await a.js.add_consumer(subjects.STREAM_WORK, cfg)
             psub = await a.js.pull_subscribe_bind(durable=cfg.durable_name, stream=subjects.STREAM_WORK)
-            # discovery: one endpoint per pool, a request per work item taken (its time: the whole run)
-            a.discovery.endpoint(f"work-{pool}", cfg.filter_subject or "", name, kind="jetstream-pull", consumer=name)
+            # discovery: one endpoint per pool, named as its consumer; a request per work item taken
+            # (its time: the whole run)
+            a.discovery.endpoint(name, cfg.filter_subject or "", name, kind="jetstream-pull", consumer=name)
             self._loops.append(asyncio.create_task(
                 pull_loop(psub, self._spawn, stopped=lambda: self._stopping, on_fault=a.on_fault, slots=self.slots),
                 name=f"{a.id}-work-{pool}"))
@@ -211,7 +212,7 @@ class WorkRunner:
     async def _take(self, msg: Msg) -> None:
         t0 = time.perf_counter_ns()
         parsed = subjects.parse_work_subject(msg.subject)
-        endpoint = self.actor.discovery.endpoints.get(f"work-{parsed[1]}") if parsed else None
+        endpoint = self.actor.discovery.endpoints.get(subjects.work_consumer(*parsed)) if parsed else None
         error: str | None = None
         try:
             error = await self._take_item(msg)

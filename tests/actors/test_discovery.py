@@ -48,8 +48,8 @@ async def test_info_lists_the_subjects_each_actor_handles(start_actors, client):
     info = ServiceInfo.from_dict(json.loads(reply.data))
     assert info.type == "io.nats.micro.v1.info_response" and info.description
     endpoints = {e.name: e for e in info.endpoints}
-    assert endpoints["work-any"].subject == "work.dummy.any"
-    assert endpoints["work-any"].queue_group == "work-dummy-any"
+    assert endpoints["work-dummy-any"].subject == "work.dummy.any"
+    assert endpoints["work-dummy-any"].queue_group == "work-dummy-any"
     assert endpoints["cancel"].subject == "ops.*.*.cancel"
     reply = await client.nc.request("$SRV.INFO.ktrdr-orchestrator", b"", timeout=5)
     orch_eps = {e.name: e.subject for e in ServiceInfo.from_dict(json.loads(reply.data)).endpoints}
@@ -66,16 +66,16 @@ async def test_stats_count_the_work_and_commands_of_an_operation(start_actors, c
     orch, dummy = await start_actors("orchestrator", "dummy")
     before_w, before_c = await stats_of(client, "ktrdr-dummy", dummy.id), await stats_of(client, "ktrdr-orchestrator",
                                                                                             orch.id)
-    assert before_w["work-any"].num_requests == 0
+    assert before_w["work-dummy-any"].num_requests == 0
     cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=3, interval_s=0.01)
     await client.submit(cmd)
     view = await client.watch(cmd.op_id, lambda ev, v: None, idle_timeout=10)
     assert view.status == "completed"
     # the worker records the item once its verdict is out: wait for the counter, not a fixed time
     async with asyncio.timeout(10):
-        while (after_w := await stats_of(client, "ktrdr-dummy", dummy.id))["work-any"].num_requests < 1:
+        while (after_w := await stats_of(client, "ktrdr-dummy", dummy.id))["work-dummy-any"].num_requests < 1:
             await asyncio.sleep(0.05)
-    work = after_w["work-any"]
+    work = after_w["work-dummy-any"]
     assert work.num_requests == 1 and work.num_errors == 0 and work.processing_time > 0
     assert work.average_processing_time == work.processing_time
     after_c = await stats_of(client, "ktrdr-orchestrator", orch.id)
@@ -98,10 +98,10 @@ async def test_a_failed_operation_counts_as_an_endpoint_error(start_actors, clie
         view = await client.watch(cmd.op_id, lambda ev, v: None, idle_timeout=10)
         assert view.status == "failed"
         async with asyncio.timeout(10):
-            while (stats := await stats_of(client, "ktrdr-dummy", dummy.id))["work-any"].num_requests < 1:
+            while (stats := await stats_of(client, "ktrdr-dummy", dummy.id))["work-dummy-any"].num_requests < 1:
                 await asyncio.sleep(0.05)
-        assert stats["work-any"].num_errors == 1
-        assert stats["work-any"].last_error == "the dummy broke on purpose"
+        assert stats["work-dummy-any"].num_errors == 1
+        assert stats["work-dummy-any"].last_error == "the dummy broke on purpose"
     finally:
         await dummy.stop()
 

@@ -75,7 +75,7 @@ async def test_an_operation_moves_the_counters_it_should(start_actors, client):
     assert value(after, "ktrdr_work_in_flight", **op) == value(before, "ktrdr_work_in_flight", **op)
     assert moved("ktrdr_progress_events_published_total", role="dummy") >= 2
     assert moved("ktrdr_endpoint_requests_total", role="orchestrator", endpoint="commands") == 1
-    assert moved("ktrdr_endpoint_requests_total", role="dummy", endpoint="work-any") == 1
+    assert moved("ktrdr_endpoint_requests_total", role="dummy", endpoint="work-dummy-any") == 1
 
 
 async def test_a_failed_operation_is_counted_as_failed(start_actors, client, settings):

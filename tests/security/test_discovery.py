@@ -48,7 +48,7 @@ async def test_a_reader_login_pings_every_actor_and_reads_the_answers(stack: Sta
     assert json.loads(reply.data)["name"] == "ktrdr-orchestrator"
     dummy = next(a for a in stack.actors if a.role == roles.DUMMY)
     reply = await nc.request(f"$SRV.STATS.ktrdr-dummy.{subjects.service_id(dummy.id)}", b"", timeout=5)
-    assert "work-any" in {e["name"] for e in json.loads(reply.data)["endpoints"]}
+    assert "work-dummy-any" in {e["name"] for e in json.loads(reply.data)["endpoints"]}
     assert errors.permission_errors() == []
 
 
