@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 # Where an answer may go: the discovery callers' inboxes, and the standard one nobody may read under auth.
 REPLY_PREFIXES: tuple[str, ...] = (*(f"{inbox_prefix(r)}." for r in DISCOVERY_CALLERS), "_INBOX.")
-DESCRIPTIONS = {
+DESCRIPTIONS: dict[str, str] = {
     roles.ORCHESTRATOR: "accepts commands, creates operations, routes work, supervises liveness",
     roles.IB: "serves IB historical bars, contracts and heads over request/reply",
     roles.JOB_MANAGER: "loads market data: gap analysis, segments, pacing-aware fetches, merge, store",
