@@ -191,7 +191,13 @@ def _print_view(view: OperationView, children: list[OperationView]) -> None:
             line = kr.final(k) if k.terminal else kr.line(k)
             branch = "└─" if i == len(children) - 1 else "├─"
             typer.echo(f"  {branch} {k.op_id} {k.status:<10} {k.percentage:5.1f}%  {line}")
-    if view.result:
+    if view.result and isinstance(view.result.get("leaderboard"), list):  # a sweep: its table, not its JSON
+        from ktrdr.cli.sweep_commands import leaderboard_lines
+
+        typer.echo("result")
+        for line in leaderboard_lines(view.result):
+            typer.echo(line)
+    elif view.result:
         typer.echo("result     " + json.dumps(view.result, indent=2, default=str).replace("\n", "\n           "))
     typer.echo(f"events     {view.events}")
 
