@@ -34,6 +34,8 @@ def tree_order(views: list[OperationView]) -> list[tuple[int, OperationView]]:
     for v in views:
         if v.parent_op_id and v.parent_op_id in by_id:
             kids.setdefault(v.parent_op_id, []).append(v)
+    for siblings in kids.values():  # a workflow's children share its id's time: their creation orders them
+        siblings.sort(key=lambda k: (k.created_at is None, k.created_at.timestamp() if k.created_at else 0.0, k.op_id))
     out: list[tuple[int, OperationView]] = []
 
     def walk(v: OperationView, depth: int) -> None:

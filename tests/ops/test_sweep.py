@@ -182,3 +182,17 @@ def test_a_cancel_reaches_running_trainings_and_queued_ones_are_never_created():
     kids = {c.op_id: view(c, "cancelled", reason_code="parent") for c in plan[:2]}
     d = workflows.advance(cancelling, plan, kids, {}, set(d.cancel))
     assert isinstance(d.finish, OperationCancelled) and not d.create
+
+
+def test_ops_list_puts_a_workflows_children_in_creation_order():
+    from datetime import UTC, datetime, timedelta
+
+    from ktrdr.cli.ops_commands import tree_order
+
+    plan = workflows.plan(sweep(*GRID, data_mode="local"), training_inputs)
+    t0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    kids = [OperationView(op_id=c.op_id, status="completed", parent_op_id=PARENT, created_at=t0 + timedelta(seconds=i))
+            for i, c in enumerate(plan)]
+    listed = [OperationView(op_id=PARENT, status="completed"), *sorted(kids, key=lambda v: v.op_id, reverse=True)]
+    # the ids share the parent's time token: by id they would come in their digests' order
+    assert [v.op_id for _, v in tree_order(listed)] == [PARENT, *(c.op_id for c in plan)]
