@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from actors._orch_leader import CMD_ACK_WAIT_S
 from events import subjects
 from events.codec import DecodeError, InvalidField, decode_command, sniff_op_id
-from events.messages import Command, OperationCreated, OperationRejected, StartTraining
+from events.messages import Command, OperationCreated, OperationRejected, RunSweep, StartTraining
 from ktrdr import commands
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import OperationView, fold, intake, verdicts, workflows
@@ -87,7 +87,7 @@ class CommandIntake:
 
     async def _validate_and_create(self, cmd: Command) -> None:
         try:
-            if isinstance(cmd, StartTraining):  # a strategy to parse: off the loop
+            if isinstance(cmd, StartTraining | RunSweep):  # a strategy (or a grid of them) to parse: off the loop
                 await asyncio.to_thread(commands.validate, cmd)
             else:  # a few bounded field checks: cheaper inline than a thread hop
                 commands.validate(cmd)

@@ -12,6 +12,21 @@ same positions and returns, in the same run, and a backtest's cancel latency.
 - cancel latency: a cancel published while a 1,000,000-bar backtest runs -> its cancelled event
   received; `chunk_ms` is the median time between two progress events (one chunk); goal p99 <=
   chunk_ms + 10 ms. KTRDR_BENCH_RESEARCH_CANCELS runs (default 20).
+- sweep: a sweep of N variants (learning rates; KTRDR_BENCH_SWEEP_EPOCHS epochs, default 40, of
+  mlp_rsi_aapl on 2,000 1h bars: trainings of about a second, Ray Tune's case) on 2 trainers, each
+  in a process of its own, max_parallel 2, no data step. `sweep_s`:
+  `cmd.training.sweep` submitted -> its terminal event received. `sequential_s`: the same N
+  trainings (the variants' own commands) submitted one after another, each waited for: the sum of
+  its trainings run one after another. `trainings_s`: the sum of the sweep's training children's own
+  times (their started -> completed events, stamped by the trainer: claiming the work, reading the
+  bars, the training process). `overhead_per_variant_s` = (2 x sweep_s - trainings_s) / N: trainer
+  time not spent in a training (intake, planning, creating and routing each child, leases, the gap
+  between one training's end and the next one's start, the last slot's idle tail); `overhead_pct` =
+  that share of 2 x sweep_s (goal < 5%; Ray Tune publishes about 14% for 1-second trials);
+  `handoff_ms`: a training's start minus the latest training end before it (once both trainers
+  were busy): how long a freed trainer waits for the next variant.
+  KTRDR_BENCH_SWEEP_SIZES (default 4,8,32); KTRDR_BENCH_RESEARCH_PARTS=sweep runs only this part
+  (default backtest,sweep).
 """
 
 from __future__ import annotations
@@ -22,8 +37,10 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pandas as pd
 from nats.js import api as js_api
@@ -33,9 +50,20 @@ from actors.orchestrator import Orchestrator
 from bench._common import ActorProcess, BenchServer, pct, wait_alive
 from events import subjects
 from events.codec import decode_event_on
-from events.messages import BacktestContext, OperationProgress, RunBacktest
+from events.messages import (
+    BacktestContext,
+    OperationCompleted,
+    OperationProgress,
+    OperationStarted,
+    RunBacktest,
+    RunSweep,
+    StartTraining,
+    SweepParam,
+)
 from ktrdr.client import Client
+from ktrdr.commands import training_inputs
 from ktrdr.data.bars_store import BarStore
+from ktrdr.ops import workflows
 from ktrdr.training.model_store import ModelStore
 
 STRATEGY = """
@@ -244,10 +272,124 @@ def _sizes() -> dict[str, tuple[int, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
+SWEEP_STRATEGY = Path(__file__).parents[1] / "strategies" / "mlp_rsi_aapl.yaml"
+SWEEP_TRAINERS = 2
+
+
+async def _ended(c: Client, cmd: Any, timeout: float = 1800) -> tuple[float, str]:
+    """Submit `cmd`; (seconds to its terminal event, its name)."""
+    done = asyncio.Event()
+    end: list[tuple[float, str]] = []
+
+    async def cb(msg: Any) -> None:
+        name = msg.subject.rsplit(".", 1)[-1]
+        name = name.removeprefix("orch_")
+        if name in ("completed", "failed", "cancelled", "rejected") and not end:
+            end.append((time.perf_counter(), name))
+            done.set()
+
+    sub = await c.nc.subscribe(subjects.ops(cmd.op_id), cb=cb)
+    t0 = time.perf_counter()
+    await c.submit(cmd)
+    await asyncio.wait_for(done.wait(), timeout)
+    await sub.unsubscribe()
+    return end[0][0] - t0, end[0][1]
+
+
+async def _training_span(c: Client, op_id: str) -> tuple[Any, Any]:
+    """(started, completed) of a training, as its events stamp them."""
+    evs = await c.events(op_id)
+    started = [e.ts for e in evs if isinstance(e, OperationStarted)]
+    completed = [e.ts for e in evs if isinstance(e, OperationCompleted)]
+    if not started or not completed:
+        raise RuntimeError(f"{op_id}: not completed")
+    return started[0], completed[-1]
+
+
+def _handoffs_ms(spans: list[tuple[Any, Any]], k: int) -> list[float]:
+    """For each training started once k were running before it: its start minus the latest end
+    before that start (a freed trainer slot -> the next variant on it)."""
+    out = []
+    for i, (start, _) in enumerate(sorted(spans)):
+        ends = [e for _, e in spans if e <= start]
+        if i >= k and ends:
+            out.append((start - max(ends)).total_seconds() * 1000)
+    return out
+
+
+async def sweep_figures(c: Client, sizes: tuple[int, ...], epochs: int) -> dict[str, Any]:
+    from datetime import datetime
+
+    await BarStore(c.js).merge("AAPL", "1h", bars(2_000, "1h", seed=3), "sim")
+    text = SWEEP_STRATEGY.read_text()
+    start, end = datetime.fromisoformat("2010-01-04T00:00+00:00"), datetime.fromisoformat("2010-04-01T00:00+00:00")
+    out: dict[str, Any] = {}
+    warm = StartTraining(op_id=subjects.new_op_id("training"), strategy_yaml=text, epochs=1, data_mode="none",
+                         start=start, end=end)
+    for _ in range(SWEEP_TRAINERS):  # each trainer's first training imports torch in its process
+        await _ended(c, warm)
+        warm = msgspec.structs.replace(warm, op_id=subjects.new_op_id("training"))
+    for n in sizes:
+        rates = [round(0.001 + 0.0005 * i, 6) for i in range(n)]
+        cmd = RunSweep(op_id=subjects.new_op_id("training"), strategy_path=str(SWEEP_STRATEGY), strategy_yaml=text,
+                       params=[SweepParam(path="model.training.learning_rate", values=rates)], epochs=epochs,
+                       data_mode="none", start=start, end=end, max_parallel=SWEEP_TRAINERS)
+        sweep_s, how = await _ended(c, cmd)
+        view = await c.view(cmd.op_id)
+        if how != "completed" or (view.result or {}).get("completed") != n:
+            raise RuntimeError(f"sweep of {n} ended {how}: {view.error or view.result}")
+        trainings = [k for k in view.children if subjects.domain_of(k) == "training"]
+        spans = [await _training_span(c, k) for k in trainings]
+        trainings_s = sum((e - s).total_seconds() for s, e in spans)
+        handoffs = _handoffs_ms(spans, SWEEP_TRAINERS)
+        children = [msgspec.structs.replace(k, op_id=subjects.new_op_id("training"), parent_op_id=None,
+                                            deadline=None, requested_by="bench")
+                    for k in workflows.plan(cmd, training_inputs) if isinstance(k, StartTraining)]
+        sequential = [await _ended(c, k) for k in children]
+        if any(how != "completed" for _, how in sequential):
+            raise RuntimeError(f"a sequential training ended {[h for _, h in sequential]}")
+        sequential_s = sum(t for t, _ in sequential)
+        slots = SWEEP_TRAINERS * sweep_s
+        over = slots - trainings_s
+        out[f"variants_{n}"] = {
+            "variants": n, "trainers": SWEEP_TRAINERS, "epochs": epochs, "sweep_s": round(sweep_s, 3),
+            "sequential_s": round(sequential_s, 3), "speedup": round(sequential_s / sweep_s, 3),
+            "mean_training_s": round(trainings_s / n, 3), "trainings_s": round(trainings_s, 3),
+            "overhead_per_variant_s": round(over / n, 4), "overhead_pct": round(100 * over / slots, 2),
+            "handoff_ms_median": round(statistics.median(handoffs), 1) if handoffs else None,
+            "handoff_ms_max": round(max(handoffs), 1) if handoffs else None,
+            "met": over / slots < 0.05, "target": "overhead < 5% of trainer time"}
+        print(f"  sweep {n:>3} variants: {sweep_s:.2f} s (sequential {sequential_s:.2f} s, "
+              f"x{sequential_s / sweep_s:.2f}), overhead {over / n:.3f} s/variant = {100 * over / slots:.1f}%",
+              flush=True)
+    return out
+
+
 async def main() -> dict[str, Any]:
     runs = int(os.environ.get("KTRDR_BENCH_RESEARCH_RUNS", "3"))
     cancels = int(os.environ.get("KTRDR_BENCH_RESEARCH_CANCELS", "20"))
+    parts = os.environ.get("KTRDR_BENCH_RESEARCH_PARTS", "backtest,sweep").split(",")
     results: dict[str, Any] = {}
+    if "sweep" in parts:
+        sizes = tuple(int(x) for x in os.environ.get("KTRDR_BENCH_SWEEP_SIZES", "4,8,32").split(","))
+        epochs = int(os.environ.get("KTRDR_BENCH_SWEEP_EPOCHS", "40"))
+        with BenchServer("research-sweep", heartbeat_s=1.0, device="cpu") as srv:
+            orchestrator = Orchestrator(srv.settings)
+            await orchestrator.start()
+            trainers = [ActorProcess(srv.settings, "trainer") for _ in range(SWEEP_TRAINERS)]
+            try:
+                async with Client(srv.settings) as c:
+                    await wait_alive(c, ["orchestrator", "trainer"])
+                    while sum(1 for b in await c.live_actors() if b.role == "trainer") < SWEEP_TRAINERS:
+                        await asyncio.sleep(0.1)
+                    results["sweep"] = await sweep_figures(c, sizes, epochs)
+            finally:
+                for t in trainers:
+                    t.stop()
+                await orchestrator.stop()
+    if "backtest" not in parts:
+        results["machine"] = {"cores": len(os.sched_getaffinity(0)), "load_avg_1m_at_end": os.getloadavg()[0]}
+        return results
     with BenchServer("research", heartbeat_s=1.0, device="cpu") as srv:
         orchestrator = Orchestrator(srv.settings)
         await orchestrator.start()

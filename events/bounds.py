@@ -32,6 +32,13 @@ MAX_UNIVERSE_SYMBOLS = 1000
 MAX_UNIVERSE_PARALLEL = 50  # IB allows 50 simultaneous requests: more children at once only wait
 DEFAULT_UNIVERSE_PARALLEL = 4  # children loading at once; the rest wait queued in the workflow
 MAX_SYMBOLS_FILE_BYTES = 64 * 1024  # a symbols file: one symbol a line, # comments, blank lines
+# A sweep (`ktrdr sweep`): one parent, one training child per variant of the parameter grid.
+MAX_SWEEP_VARIANTS = 256  # the grid's product: more is a typo in a list, not a study
+MAX_SWEEP_PARAMS = 16  # --param PATH=VALUES flags
+MAX_SWEEP_PARALLEL = 64  # training children running at once (the others wait queued in the workflow)
+DEFAULT_SWEEP_PARALLEL = 2
+MAX_PARAM_PATH = 200  # model.training.learning_rate: dotted keys, list indexes as numbers
+PARAM_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.([A-Za-z_][A-Za-z0-9_]{0,63}|[0-9]{1,4}))*$"
 
 # --- names that become subject tokens, consumer names and KV keys ---------------------------------
 MAX_TOKEN_LENGTH = 32
@@ -113,6 +120,9 @@ Symbols = Annotated[list[Symbol], Meta(max_length=MAX_SYMBOLS)]
 Timeframes = Annotated[list[Timeframe], Meta(max_length=MAX_TIMEFRAMES)]
 UniverseSymbols = Annotated[list[Symbol], Meta(max_length=MAX_UNIVERSE_SYMBOLS)]
 UniverseParallel = Annotated[int, Meta(ge=1, le=MAX_UNIVERSE_PARALLEL)]
+SweepParallel = Annotated[int, Meta(ge=1, le=MAX_SWEEP_PARALLEL)]
+ParamPath = Annotated[str, Meta(min_length=1, max_length=MAX_PARAM_PATH, pattern=PARAM_PATH_PATTERN,
+                                description="a strategy field: dotted keys, e.g. model.training.learning_rate")]
 Token = Annotated[str, Meta(pattern=TOKEN_PATTERN, description="a pool name (lower-case letters, digits, - and _, "
                             f"at most {MAX_TOKEN_LENGTH})")]
 Label = Annotated[str, Meta(max_length=MAX_LABEL)]

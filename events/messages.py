@@ -16,13 +16,17 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 import msgspec
+from msgspec import Meta
 
 from events import roles
 from events.bounds import (
     DEFAULT_BACKTEST_CAPITAL,
     DEFAULT_COMMISSION,
     DEFAULT_SLIPPAGE_BPS,
+    DEFAULT_SWEEP_PARALLEL,
     DEFAULT_UNIVERSE_PARALLEL,
+    MAX_SWEEP_PARAMS,
+    MAX_SWEEP_VARIANTS,
     Capital,
     Commission,
     DummyInterval,
@@ -30,9 +34,11 @@ from events.bounds import (
     Epochs,
     Label,
     ModelRef,
+    ParamPath,
     Reason,
     SlippageBps,
     StrategyText,
+    SweepParallel,
     Symbol,
     Symbols,
     Timeframe,
@@ -149,6 +155,9 @@ class Command(Message, kw_only=True):
     domain: ClassVar[str] = ""
     verb: ClassVar[str] = ""
     role: ClassVar[str] = ""  # the actor role that does this domain's work
+    # A command the orchestrator runs itself as a workflow of its domain's operations (a sweep): it
+    # has its own subject (cmd.<domain>.<verb>) but no work item, worker, pool or bucket of its own.
+    workflow_only: ClassVar[bool] = False
     # The pools its workers serve (work.<domain>.<pool>), and the object buckets its role reads and
     # writes besides its work and its events: events/permissions.py grants exactly these.
     pools: ClassVar[tuple[str, ...]] = ("any",)
@@ -239,14 +248,53 @@ class RunBacktest(Command, tag="RunBacktest", kw_only=True):
     slippage_bps: SlippageBps = DEFAULT_SLIPPAGE_BPS
 
 
+class SweepParam(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One axis of a sweep's grid: a strategy field and the values it takes (each checked by the
+    strategy's own parser once put in; ktrdr.training.sweep)."""
+
+    path: ParamPath
+    values: Annotated[list[Any], Meta(min_length=1, max_length=MAX_SWEEP_VARIANTS)]
+
+
+RankBy = Literal["val_loss", "test_accuracy", "sharpe"]
+
+
+class RunSweep(Command, tag="RunSweep", kw_only=True):
+    """Many trainings of one strategy as one workflow (cmd.training.sweep): the grid is the product of
+    `params`; the data children run once for all variants, then one training child per variant (its
+    strategy text the variant's), at most `max_parallel` at once, and with `backtest` one backtest of
+    each trained model on its held-out test period. The result is a leaderboard sorted by `rank_by`."""
+
+    domain: ClassVar[str] = "training"
+    verb: ClassVar[str] = "sweep"
+    role: ClassVar[str] = roles.TRAINER
+    workflow_only: ClassVar[bool] = True
+
+    strategy_path: Label = ""
+    strategy_yaml: StrategyText = ""
+    params: Annotated[list[SweepParam], Meta(min_length=1, max_length=MAX_SWEEP_PARAMS)]
+    symbols: Symbols = msgspec.field(default_factory=list)
+    timeframes: Timeframes = msgspec.field(default_factory=list)
+    start: datetime | None = None
+    end: datetime | None = None
+    epochs: Epochs | None = None
+    data_mode: Literal["full", "local", "none"] = "full"
+    max_parallel: SweepParallel = DEFAULT_SWEEP_PARALLEL
+    backtest: bool = False
+    rank_by: RankBy = "val_loss"
+
+
 # Adding a domain: a Command subclass above, added to both lines here (tests/events checks they
 # agree). Subjects, the decoder's union, the role that serves it, its pools and buckets (permissions)
-# and the list of domains derive from them.
-COMMANDS: tuple[type[Command], ...] = (RunDummy, LoadData, StartTraining, RunBacktest)
-AnyCommand: TypeAlias = RunDummy | LoadData | StartTraining | RunBacktest
-DOMAINS: tuple[str, ...] = tuple(c.domain for c in COMMANDS)
-COMMAND_FOR_DOMAIN: dict[str, type[Command]] = {c.domain: c for c in COMMANDS}
-ROLE_FOR_DOMAIN: dict[str, str] = {c.domain: c.role for c in COMMANDS}
+# and the list of domains derive from them. A workflow-only command (RunSweep) adds a verb to its
+# domain: its own subject, run by the orchestrator, nothing for workers.
+COMMANDS: tuple[type[Command], ...] = (RunDummy, LoadData, StartTraining, RunBacktest, RunSweep)
+AnyCommand: TypeAlias = RunDummy | LoadData | StartTraining | RunBacktest | RunSweep
+WORK_COMMANDS: tuple[type[Command], ...] = tuple(c for c in COMMANDS if not c.workflow_only)
+DOMAINS: tuple[str, ...] = tuple(c.domain for c in WORK_COMMANDS)
+COMMAND_FOR_DOMAIN: dict[str, type[Command]] = {c.domain: c for c in WORK_COMMANDS}
+COMMAND_FOR_SUBJECT: dict[tuple[str, str], type[Command]] = {(c.domain, c.verb): c for c in COMMANDS}
+ROLE_FOR_DOMAIN: dict[str, str] = {c.domain: c.role for c in WORK_COMMANDS}
 
 # Why an operation's work stops. `shutdown` and `lease_lost` are a worker's own, internal reasons:
 # the work is handed back for another attempt, not ended (ktrdr.cancellation.HAND_BACK).

@@ -17,7 +17,7 @@ from typing import Any
 
 from events import subjects
 from events.bounds import TOKEN_PATTERN
-from events.messages import COMMANDS, ROLE_FOR_DOMAIN
+from events.messages import ROLE_FOR_DOMAIN, WORK_COMMANDS
 from events.roles import CLI, IB, JOB_MANAGER, OBSERVER, ORCHESTRATOR, ROLES
 
 __all__ = ["DEFAULT_POOLS", "DISCOVERY_CALLERS", "KV_BUCKETS", "OBJECT_BUCKETS", "ROLES", "STREAMS", "Permissions",
@@ -25,9 +25,9 @@ __all__ = ["DEFAULT_POOLS", "DISCOVERY_CALLERS", "KV_BUCKETS", "OBJECT_BUCKETS",
 # The pools each worker domain serves (work.<domain>.<pool>, durable `work-<domain>-<pool>`).
 # Consumer names are whole tokens in the API subjects, so each pool is listed: adding a pool
 # (an ib pool name, say) means re-rendering the server config with it (`ktrdr up` does).
-DEFAULT_POOLS: Mapping[str, tuple[str, ...]] = {c.domain: c.pools for c in COMMANDS}
+DEFAULT_POOLS: Mapping[str, tuple[str, ...]] = {c.domain: c.pools for c in WORK_COMMANDS}
 WORKER_DOMAIN = {role: domain for domain, role in ROLE_FOR_DOMAIN.items()}
-_COMMAND_OF_ROLE = {c.role: c for c in COMMANDS}
+_COMMAND_OF_ROLE = {c.role: c for c in WORK_COMMANDS}
 
 STREAMS = subjects.STREAMS
 KV_BUCKETS = (subjects.ACTORS_BUCKET, subjects.LEASES_BUCKET, subjects.PACING_BUCKET, subjects.SERIES_BUCKET,
@@ -48,7 +48,7 @@ DISCOVERY_CALLERS: tuple[str, ...] = (CLI, OBSERVER)
 DISCOVERY_RESPONSES_MAX = 1
 DISCOVERY_RESPONSES_EXPIRES = "1m"
 _POOL_RE = re.compile(TOKEN_PATTERN)
-_DOMAINS = tuple(c.domain for c in COMMANDS)
+_DOMAINS = tuple(c.domain for c in WORK_COMMANDS)
 
 
 def check_role(role: str) -> str:

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from events import roles
 from events.bounds import TOKEN_PATTERN
 from events.messages import (
-    COMMAND_FOR_DOMAIN,
+    COMMAND_FOR_SUBJECT,
     DOMAINS,
     EVENT_NAMES,
     HELD_NAMES,
@@ -147,8 +147,7 @@ def command_for_subject(subject: str) -> type[Command] | None:
     parts = subject.split(".")
     if len(parts) != 3 or parts[0] != "cmd":
         return None
-    cls = COMMAND_FOR_DOMAIN.get(parts[1])
-    return cls if cls is not None and cls.verb == parts[2] else None
+    return COMMAND_FOR_SUBJECT.get((parts[1], parts[2]))
 
 
 # ---------------------------------------------------------------------------------------------- work

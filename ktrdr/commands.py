@@ -12,14 +12,16 @@ symbols, strategy files), so the CLI, the orchestrator and the workers agree on 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from events import codec, subjects
 from events.bounds import MAX_DEADLINE, MAX_DUMMY_DURATION_S, MAX_STRATEGY_BYTES, Timeframe
 from events.codec import short
-from events.messages import Command, LoadData, RunBacktest, RunDummy, StartTraining
+from events.messages import Command, LoadData, RunBacktest, RunDummy, RunSweep, StartTraining
 from ktrdr.errors import StrategyError, ValidationError
 
-__all__ = ["CommandError", "check_symbol", "check_timeframe", "describe", "short", "training_inputs", "validate"]
+__all__ = ["CommandError", "check_symbol", "check_timeframe", "describe", "short", "sweep_variants", "training_inputs",
+           "validate", "variant_training"]
 
 
 class CommandError(ValidationError):
@@ -36,6 +38,12 @@ def describe(cmd: Command) -> tuple[str, str]:
         return "data_load", f"load {cmd.symbol} {cmd.timeframe} ({cmd.mode})"
     if isinstance(cmd, RunBacktest):
         return "backtest", f"backtest {cmd.model}" + (f" on {', '.join(cmd.symbols)}" if cmd.symbols else "")
+    if isinstance(cmd, RunSweep):
+        from ktrdr.training.sweep import grid_size
+
+        name = cmd.strategy_path.rsplit("/", 1)[-1] or "strategy"
+        return "training_sweep", (f"sweep {name}: {grid_size(cmd.params)} variants, {cmd.max_parallel} at a time"
+                                  + (", backtested" if cmd.backtest else ""))
     assert isinstance(cmd, StartTraining)
     name = cmd.strategy_path.rsplit("/", 1)[-1] or "strategy"
     return "training", f"train {name}" + (f" on {', '.join(cmd.symbols)}" if cmd.symbols else "")
@@ -112,6 +120,9 @@ def validate(cmd: Command, now: datetime | None = None) -> None:
         _check_training(cmd, now)
     elif isinstance(cmd, RunBacktest):
         _check_backtest(cmd, now)
+    elif isinstance(cmd, RunSweep):
+        sweep_variants(cmd)
+        _check_range(cmd.start, cmd.end, now)
 
 
 def _check_common(cmd: Command, now: datetime) -> None:
@@ -156,6 +167,36 @@ def _check_backtest(cmd: RunBacktest, now: datetime) -> None:
     for i, s in enumerate(cmd.symbols):
         check_symbol(s, f"symbols[{i}]")
     _check_range(cmd.start, cmd.end, now)
+
+
+def sweep_variants(cmd: RunSweep) -> list[Any]:
+    """A sweep's variants (ktrdr.training.sweep.Variant), every path and variant checked, and the
+    symbols and timeframes they share checked as a training's."""
+    from ktrdr.training.sweep import SweepError, expand
+
+    if len(cmd.strategy_yaml.encode()) > MAX_STRATEGY_BYTES:
+        raise CommandError("strategy_yaml", f"larger than {MAX_STRATEGY_BYTES // 1024} KiB")
+    if not cmd.strategy_yaml.strip():
+        raise CommandError("strategy_yaml", "empty strategy; pass the strategy file's text")
+    if cmd.rank_by == "sharpe" and not cmd.backtest:
+        raise CommandError("rank_by", "sharpe needs backtest (the Sharpe ratio comes from each model's backtest)")
+    try:
+        variants = expand(cmd.strategy_yaml, cmd.params, cmd.strategy_path or "<strategy>")
+    except SweepError as exc:
+        raise CommandError(exc.field, exc.problem) from None
+    except StrategyError as exc:
+        raise CommandError(f"strategy {exc.path}", f"{exc.problem} (in {exc.file})") from exc
+    training_inputs(variant_training(cmd, variants[0].strategy_yaml, cmd.op_id))
+    return variants
+
+
+def variant_training(cmd: RunSweep, strategy_yaml: str, op_id: str, parent: str | None = None) -> StartTraining:
+    """The training of one variant of a sweep: the sweep's symbols, range, epochs and pool, the
+    variant's strategy text, no data step of its own."""
+    return StartTraining(op_id=op_id, strategy_path=cmd.strategy_path, strategy_yaml=strategy_yaml,
+                         symbols=list(cmd.symbols), timeframes=list(cmd.timeframes), start=cmd.start, end=cmd.end,
+                         epochs=cmd.epochs, pool=cmd.pool, data_mode="none", parent_op_id=parent,
+                         deadline=cmd.deadline, requested_by=f"workflow {parent}" if parent else cmd.requested_by)
 
 
 def training_inputs(cmd: StartTraining) -> tuple[list[str], list[Timeframe]]:

@@ -134,6 +134,12 @@ class TrainingProgressRenderer(ProgressRenderer):
         r = view.result or {}
         tm, test = r.get("training_metrics", {}), r.get("test_metrics", {})
         path = r.get("artifacts", {}).get("model_path", "")
+        if isinstance(r.get("leaderboard"), list):  # a sweep
+            best = r.get("best") or {}
+            metric = best.get(r.get("rank_by", ""))
+            shown = f"{metric:.4g}" if isinstance(metric, int | float) else "-"
+            return (f"Sweep completed: {r.get('completed')}/{r.get('variants')} variants ({r.get('failed')} failed); "
+                    f"best variant {best.get('variant')} {r.get('rank_by')} {shown}, model {best.get('model')}")
         if not tm:
             return "Training completed"
         return (f"Training completed: {tm.get('epochs_completed')} epochs, val_acc "

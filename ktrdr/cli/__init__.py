@@ -18,7 +18,15 @@ import typer
 @cache
 def build_app() -> typer.Typer:
     """The `ktrdr` app with every command and group registered (built once per process)."""
-    from ktrdr.cli import auth_commands, backtest_commands, domain_commands, ops_commands, stack_commands, view_commands
+    from ktrdr.cli import (
+        auth_commands,
+        backtest_commands,
+        domain_commands,
+        ops_commands,
+        stack_commands,
+        sweep_commands,
+        view_commands,
+    )
 
     def group(help_text: str) -> typer.Typer:
         return typer.Typer(no_args_is_help=True, rich_markup_mode=None, help=help_text)
@@ -35,6 +43,7 @@ def build_app() -> typer.Typer:
     stack_commands.register(app, events=events)
     domain_commands.register(app, data=data, strategies=strategies, models=models)
     backtest_commands.register(app)
+    sweep_commands.register(app)
     ops_commands.register(ops)
     view_commands.register(app, ops=ops, data=data)
     for name, sub in (("ops", ops), ("events", events), ("data", data), ("strategies", strategies),

@@ -23,7 +23,7 @@ import msgspec
 
 from events import roles, subjects
 from events.codec import DecodeError, decode_event_on
-from events.messages import ROLE_FOR_DOMAIN, AnyEvent, Command, Heartbeat, StartTraining
+from events.messages import ROLE_FOR_DOMAIN, AnyEvent, Command, Heartbeat, RunSweep, StartTraining
 from ktrdr.client import Client
 from ktrdr.ops import OperationView
 from ktrdr.rendering import ProgressRenderer
@@ -168,7 +168,7 @@ NOTICE_EVERY_S = 2.0  # then presence is read again at this pace, and a changed 
 def workers_needed(cmd: Command) -> list[tuple[str, str]]:
     """(domain, pool) of the workers a command waits for first: a training workflow's data loads,
     else the command's own domain and pool."""
-    if isinstance(cmd, StartTraining) and cmd.data_mode != "none":
+    if isinstance(cmd, StartTraining | RunSweep) and cmd.data_mode != "none":
         return [("data", subjects.DEFAULT_POOL)]  # its first children: one data load per series
     return [(cmd.domain, cmd.pool)]
 

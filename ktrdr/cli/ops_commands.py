@@ -34,6 +34,8 @@ def tree_order(views: list[OperationView]) -> list[tuple[int, OperationView]]:
     for v in views:
         if v.parent_op_id and v.parent_op_id in by_id:
             kids.setdefault(v.parent_op_id, []).append(v)
+    for siblings in kids.values():  # a workflow's children share its id's time: their creation orders them
+        siblings.sort(key=lambda k: (k.created_at is None, k.created_at.timestamp() if k.created_at else 0.0, k.op_id))
     out: list[tuple[int, OperationView]] = []
 
     def walk(v: OperationView, depth: int) -> None:
@@ -191,7 +193,13 @@ def _print_view(view: OperationView, children: list[OperationView]) -> None:
             line = kr.final(k) if k.terminal else kr.line(k)
             branch = "└─" if i == len(children) - 1 else "├─"
             typer.echo(f"  {branch} {k.op_id} {k.status:<10} {k.percentage:5.1f}%  {line}")
-    if view.result:
+    if view.result and isinstance(view.result.get("leaderboard"), list):  # a sweep: its table, not its JSON
+        from ktrdr.cli.sweep_commands import leaderboard_lines
+
+        typer.echo("result")
+        for line in leaderboard_lines(view.result):
+            typer.echo(line)
+    elif view.result:
         typer.echo("result     " + json.dumps(view.result, indent=2, default=str).replace("\n", "\n           "))
     typer.echo(f"events     {view.events}")
 

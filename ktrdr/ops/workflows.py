@@ -22,7 +22,13 @@ from typing import Any
 import msgspec
 
 from events import subjects
-from events.bounds import DEFAULT_UNIVERSE_PARALLEL, MAX_UNIVERSE_PARALLEL, Timeframe
+from events.bounds import (
+    DEFAULT_SWEEP_PARALLEL,
+    DEFAULT_UNIVERSE_PARALLEL,
+    MAX_SWEEP_PARALLEL,
+    MAX_UNIVERSE_PARALLEL,
+    Timeframe,
+)
 from events.messages import (
     Command,
     DataContext,
@@ -30,7 +36,9 @@ from events.messages import (
     LoadData,
     ProgressState,
     RunBacktest,
+    RunSweep,
     StartTraining,
+    SweepParam,
     WorkflowContext,
 )
 from ktrdr.ops import verdicts
@@ -50,6 +58,8 @@ def is_workflow(cmd: Command) -> bool:
         return False
     if isinstance(cmd, LoadData):
         return is_universe(cmd)
+    if isinstance(cmd, RunSweep):
+        return True
     return isinstance(cmd, StartTraining) and (cmd.data_mode != "none" or cmd.backtest)
 
 
@@ -61,6 +71,8 @@ def describe(cmd: Command, description: str) -> tuple[str, str]:
     """(op_type, description) of a workflow's parent, from its command's own description."""
     if isinstance(cmd, LoadData):
         return "data_universe", f"load {len(cmd.symbols)} symbols {cmd.timeframe} ({cmd.mode})"
+    if isinstance(cmd, RunSweep):
+        return "training_sweep", description
     if isinstance(cmd, StartTraining) and cmd.backtest:
         steps = "train, then backtest" if cmd.data_mode == "none" else "load data, train, then backtest"
         return "training_workflow", f"{description} ({steps})"
@@ -84,6 +96,8 @@ def plan(cmd: Command, inputs: Callable[[StartTraining], tuple[list[str], list[T
     """The plan of a workflow command (`inputs` reads a training's symbols and timeframes)."""
     if isinstance(cmd, LoadData):
         return plan_universe(cmd)
+    if isinstance(cmd, RunSweep):
+        return plan_sweep(cmd, inputs)
     assert isinstance(cmd, StartTraining)
     return plan_training(cmd, *inputs(cmd))
 
@@ -175,6 +189,8 @@ def advance(parent: OperationView, plan: list[Command], children: dict[str, Oper
         return d
     if parent.domain == "data":
         return advance_universe(parent, plan, children, line_of, cancels_sent, pacing_interval_s)
+    if (parent.command or {}).get("type") == RunSweep.__name__:
+        return advance_sweep(parent, plan, children, line_of, cancels_sent)
     live = [c.op_id for c in plan if c.op_id in children and not children[c.op_id].terminal]
     bad = next((children[c.op_id] for c in plan if c.op_id in children
                 and children[c.op_id].status in ("failed", "rejected", "cancelled")), None)
@@ -402,4 +418,194 @@ def universe_progress(plan: list[Command], children: dict[str, OperationView], l
         percentage=round(min(pct, 99.9), 2), message=msg, current_step=len(ended), total_steps=len(plan),
         phase="data",
         context=WorkflowContext(step="data", children_done=len(ended), children_total=len(plan),
+                                child_op_id=current.op_id if current is not None else "", child_line=line))
+
+
+# -------------------------------------------------------------------------------------------- sweep
+def plan_sweep(cmd: RunSweep, inputs: Callable[[StartTraining], tuple[list[str], list[Timeframe]]]) -> list[Command]:
+    """The children of a sweep, in order: the data loads once for all variants (none with data_mode
+    "none"), one training per variant (key `v<index>`, its strategy text the variant's), then with
+    `backtest` one backtest per variant, planned with its model pending. Every path and variant is
+    checked here (ktrdr.commands.sweep_variants): a restarted orchestrator plans the very same."""
+    from ktrdr.commands import sweep_variants, variant_training
+
+    variants = sweep_variants(cmd)
+    parent, by = cmd.op_id, f"workflow {cmd.op_id}"
+    symbols, timeframes = inputs(variant_training(cmd, variants[0].strategy_yaml, parent))
+    children: list[Command] = [] if cmd.data_mode == "none" else data_children(
+        parent, symbols, timeframes, "local" if cmd.data_mode == "local" else "full", cmd, cmd.start, cmd.end)
+    children += [variant_training(cmd, v.strategy_yaml, subjects.child_op_id(parent, "training", f"v{v.index}"),
+                                  parent) for v in variants]
+    if cmd.backtest:
+        children += [RunBacktest(op_id=subjects.child_op_id(parent, "backtest", f"v{v.index}"), model=PENDING_MODEL,
+                                 end=cmd.end, parent_op_id=parent, deadline=cmd.deadline, requested_by=by)
+                     for v in variants]
+    return children
+
+
+def _sweep_parts(plan: list[Command]) -> tuple[list[Command], list[Command], list[Command]]:
+    """A sweep's plan: (its data children, its trainings by variant, its backtests by variant or [])."""
+    return ([c for c in plan if isinstance(c, LoadData)], [c for c in plan if isinstance(c, StartTraining)],
+            [c for c in plan if isinstance(c, RunBacktest)])
+
+
+def _number(v: object) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+RANK_DESCENDING = frozenset({"test_accuracy", "sharpe"})  # higher is better; val_loss: lower is
+
+
+def leaderboard(parent: OperationView, plan: list[Command], children: dict[str, OperationView]) -> dict[str, Any]:
+    """The sweep's result: one row per variant (its index, params, status, metrics, model, child ids,
+    error), completed variants sorted by `rank_by` (best first; ties and variants without the metric
+    by index), the others after them by index."""
+    from ktrdr.training.sweep import grid
+
+    cmd = parent.command or {}
+    params = msgspec.convert(cmd.get("params") or [], list[SweepParam])
+    values = grid(params)
+    rank_by = cmd.get("rank_by") or "val_loss"
+    _, trains, tests = _sweep_parts(plan)
+    rows: list[dict[str, Any]] = []
+    for i, t in enumerate(trains):
+        tv, bt = children.get(t.op_id), (children.get(tests[i].op_id) if tests else None)
+        r = (tv.result if tv is not None else None) or {}
+        row: dict[str, Any] = {
+            "variant": i, "params": values[i] if i < len(values) else {}, "op_id": t.op_id,
+            "status": tv.status if tv is not None else "not started",
+            "val_loss": _number((r.get("validation_metrics") or {}).get("val_loss")),
+            "test_accuracy": _number((r.get("test_metrics") or {}).get("test_accuracy")),
+            "model": (r.get("artifacts") or {}).get("name"), "error": None}
+        if tv is not None and tv.status != "completed":
+            row["error"] = tv.error or tv.reason or tv.status
+        if tests:
+            br = (bt.result if bt is not None else None) or {}
+            figures = br.get("strategy") or {}
+            row |= {"backtest_op_id": tests[i].op_id, "sharpe": _number(figures.get("sharpe")),
+                    "total_return": _number(figures.get("total_return"))}
+            if row["status"] == "completed":
+                if bt is None:
+                    made = test_period_backtest(tests[i], r)  # type: ignore[arg-type]
+                    if isinstance(made, str):
+                        row["status"], row["error"] = "failed", f"cannot backtest the trained model: {made}"
+                elif bt.status != "completed":
+                    row["status"], row["error"] = bt.status, f"backtest {bt.status}: {bt.error or bt.reason or ''}"
+        rows.append(row)
+    sign = -1.0 if rank_by in RANK_DESCENDING else 1.0
+
+    def key(row: dict[str, Any]) -> tuple[int, float, int]:
+        m = row.get(rank_by)
+        done = row["status"] == "completed"
+        return (0 if done and m is not None else 1 if done else 2, sign * m if done and m is not None else 0.0,
+                row["variant"])
+
+    rows.sort(key=key)
+    done = [r for r in rows if r["status"] == "completed"]
+    return {"variants": len(rows), "completed": len(done), "failed": len(rows) - len(done), "rank_by": rank_by,
+            "best": done[0] if done else None, "leaderboard": rows}
+
+
+def advance_sweep(parent: OperationView, plan: list[Command], children: dict[str, OperationView],
+                  line_of: dict[str, str], cancels_sent: set[str]) -> Decision:
+    """A sweep's next step. The data children first, all at once (one failing fails the sweep: no
+    variant could train); then the trainings, at most `max_parallel` running (the others wait here,
+    not created, so a cancel of the sweep reaches them by never creating them); with backtests, each
+    trained model's backtest as soon as its training completed (not counted in `max_parallel`: the
+    backtesters' own pool bounds them). A failed or cancelled variant is a row of the leaderboard;
+    the sweep completes once every variant ended, and fails only when none completed."""
+    d = Decision()
+    cmd = parent.command or {}
+    k = cmd.get("max_parallel", DEFAULT_SWEEP_PARALLEL)
+    k = k if isinstance(k, int) and 1 <= k <= MAX_SWEEP_PARALLEL else DEFAULT_SWEEP_PARALLEL
+    live = [c.op_id for c in plan if c.op_id in children and not children[c.op_id].terminal]
+    if parent.cancel_requested:
+        d.cancel = [op for op in live if op not in cancels_sent]
+        if not live:
+            d.finish = _cancelled(parent, plan, children)
+        return d
+    data, trains, tests = _sweep_parts(plan)
+    bad = next((children[c.op_id] for c in data if c.op_id in children
+                and children[c.op_id].status in ("failed", "rejected", "cancelled")), None)
+    if bad is not None:
+        d.cancel = [op for op in live if op not in cancels_sent]
+        d.finish = verdicts.child_ended(parent, bad)
+        return d
+    d.create = [c for c in data if c.op_id not in children]
+    if any(c.op_id not in children or children[c.op_id].status != "completed" for c in data):
+        d.progress = _sweep_progress(plan, children, line_of, k)
+        return d
+    running = sum(1 for c in trains if c.op_id in children and not children[c.op_id].terminal)
+    waiting = [c for c in trains if c.op_id not in children]
+    d.create += waiting[:max(k - running, 0)]
+    pending_tests = False
+    for i, t in enumerate(tests):
+        trained = children.get(trains[i].op_id)
+        if trained is None or trained.status != "completed":
+            continue
+        if t.op_id not in children:
+            made = test_period_backtest(t, trained.result)
+            if isinstance(made, RunBacktest):
+                d.create.append(made)
+                pending_tests = True
+        elif not children[t.op_id].terminal:
+            pending_tests = True
+    if not d.create and not live and not pending_tests and not waiting:
+        board = leaderboard(parent, plan, children)
+        if not board["completed"]:
+            why = "; ".join(f"variant {r['variant']} {r['status']}: {r['error'] or ''}" for r in board["leaderboard"])
+            d.finish = verdicts.failed(parent.op_id, f"every variant failed: {why}"[:1000], "child_failed")
+        else:
+            best = board["best"]
+            metric = best.get(board["rank_by"])
+            shown = f"{metric:.4g}" if isinstance(metric, float) else "-"
+            d.finish = verdicts.completed(
+                parent.op_id, board, f"Sweep completed: {board['completed']}/{board['variants']} variants "
+                f"({board['failed']} failed); best variant {best['variant']} {board['rank_by']} {shown}")
+        return d
+    d.progress = _sweep_progress(plan, children, line_of, k)
+    return d
+
+
+def _sweep_progress(plan: list[Command], children: dict[str, OperationView], line_of: dict[str, str],
+                    k: int) -> ProgressState:
+    data, trains, tests = _sweep_parts(plan)
+    first = DATA_SHARE if data else 0.0
+    if any(c.op_id not in children or children[c.op_id].status != "completed" for c in data):
+        partial = sum(children[c.op_id].percentage / 100.0 for c in data if c.op_id in children
+                      and not children[c.op_id].terminal)
+        done_data = sum(1 for c in data if c.op_id in children and children[c.op_id].status == "completed")
+        pct, step = DATA_SHARE * (done_data + partial) / max(1, len(data)), "data"
+    else:
+        share = (1.0 - BACKTEST_SHARE / 100.0) if tests else 1.0
+        per = 0.0
+        for i, t in enumerate(trains):
+            tv = children.get(t.op_id)
+            if tv is None:
+                continue
+            per += share * (1.0 if tv.terminal else tv.percentage / 100.0)
+            if tests:
+                bt = children.get(tests[i].op_id)
+                if (tv.terminal and tv.status != "completed") or (bt is not None and bt.terminal):
+                    per += 1.0 - share
+                elif bt is not None:
+                    per += (1.0 - share) * bt.percentage / 100.0
+        pct, step = first + (100.0 - first) * per / max(1, len(trains)), "training"
+    ended = [c for c in trains if c.op_id in children and children[c.op_id].terminal]
+    failed = sum(1 for c in ended if children[c.op_id].status != "completed")
+    running = [children[c.op_id] for c in plan if c.op_id in children and not children[c.op_id].terminal]
+    queued = sum(1 for c in trains if c.op_id not in children)
+    current = running[-1] if running else None
+    line = line_of.get(current.op_id, "") if current is not None else ""
+    training_now = sum(1 for c in trains if c.op_id in children and not children[c.op_id].terminal)
+    msg = (f"{len(ended)}/{len(trains)} variants trained ({failed} failed), {training_now} training "
+           f"(at most {k}), {queued} queued" if step == "training" else
+           f"loading data for {len(trains)} variants")
+    if tests and step == "training":
+        msg += f", {sum(1 for c in tests if c.op_id in children and children[c.op_id].terminal)} backtested"
+    done = sum(1 for c in plan if c.op_id in children and children[c.op_id].status == "completed")
+    return ProgressState(
+        percentage=round(min(pct, 99.9), 2), message=msg, current_step=len(ended), total_steps=len(trains),
+        phase=step,
+        context=WorkflowContext(step=step, children_done=done, children_total=len(plan),
                                 child_op_id=current.op_id if current is not None else "", child_line=line))

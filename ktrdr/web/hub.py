@@ -40,6 +40,7 @@ LIST_PUSH_INTERVAL_S = 0.1
 STREAM_QUEUE = 512
 # Operations kept in memory for the list (the newest; older ones are still in the OPS stream).
 MAX_VIEWS = 20_000
+MAX_LEADERBOARD_CURVES = 64  # a sweep's variants whose curves the page overlays, best first: more is a blur
 
 
 class TooManyStreams(Exception):
@@ -256,6 +257,28 @@ class Hub:
             return 200, await asyncio.to_thread(backtest_json, bt_id, result, curve)
         except KtrdrError as exc:
             return 404, {"note": f"{op_id}: {exc}"}
+
+    async def leaderboard(self, op_id: str) -> tuple[int, dict[str, Any]]:
+        """A completed sweep's leaderboard (its result's rows, as `ops show` prints them) and each
+        completed variant's validation loss per epoch (its training child's history), for the page's
+        sortable table and overlaid curves; 404 with a note for any other operation."""
+        client = self.client
+        if client is None:
+            raise ConnectionError("not connected to NATS")
+        view = await client.view(op_id)
+        rows = (view.result or {}).get("leaderboard") if view.status == "completed" else None
+        if not isinstance(rows, list):
+            return 404, {"note": f"{op_id} has no completed sweep to show"}
+        curves: dict[str, list[float | None]] = {}
+        for row in rows[:MAX_LEADERBOARD_CURVES]:
+            if not isinstance(row, dict) or row.get("status") != "completed" or not subjects.is_op_id(row.get("op_id")):
+                continue
+            child = row["op_id"]
+            history = ((await client.view(child)).result or {}).get("training_metrics", {}).get("history") or []
+            curves[str(row.get("variant"))] = [h.get("val_loss") if isinstance(h, dict) else None for h in history]
+        r = view.result or {}
+        return 200, {"op_id": op_id, "rank_by": r.get("rank_by"), "variants": r.get("variants"),
+                     "completed": r.get("completed"), "rows": rows, "curves": curves}
 
     async def cancel(self, op_id: str) -> tuple[int, dict[str, Any]]:
         """Publish the cancel (requested_by "web"); a finished operation is left as it is, as in the CLI."""

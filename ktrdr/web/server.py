@@ -249,6 +249,13 @@ async def backtest(request: web.Request) -> web.Response:
     return web.json_response(body, status=status)
 
 
+async def leaderboard(request: web.Request) -> web.Response:
+    """A sweep's leaderboard and its variants' validation-loss curves, as JSON (the page draws them)."""
+    op_id = _op_id(request)
+    status, body = await request.app[HUB].leaderboard(op_id)
+    return web.json_response(body, status=status)
+
+
 async def cancel(request: web.Request) -> web.Response:
     op_id = _op_id(request)
     origin = request.headers.get("Origin")
@@ -287,6 +294,7 @@ def create_app(hub: Hub, *, allowed_hosts: set[str] | None, secret: bytes | None
     app.router.add_get("/ops/{op_id}", op_page)
     app.router.add_get("/ops/{op_id}/events", op_events)
     app.router.add_get("/ops/{op_id}/backtest", backtest)
+    app.router.add_get("/ops/{op_id}/leaderboard", leaderboard)
     app.router.add_post("/ops/{op_id}/cancel", cancel)
     app.router.add_get("/static/{name}", static_file)
     return app

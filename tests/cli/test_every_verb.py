@@ -138,6 +138,8 @@ def test_every_verb_works_on_the_embedded_default(stack: Stack) -> None:
     s.run("models", "list", says="mlp_rsi_aapl/AAPL_1h_v1")
     s.run("models", "show", "mlp_rsi_aapl", says="mlp_rsi_aapl/AAPL_1h_v1")
     s.run("backtest", "mlp_rsi_aapl", "--commission", "0.0005", says="Backtest completed: mlp_rsi_aapl/AAPL_1h_v1")
+    s.run("sweep", STRATEGY, *SPAN, "--epochs", "1", "--param", "model.training.learning_rate=[0.01, 0.001]",
+          "--data", "local", says=lambda text: "Sweep completed: 2/2 variants" in text and "leaderboard (2/2" in text)
     pulled = work / "models" / "new-folder"  # not there yet: pulled into it as `git clone` would
     s.run("models", "pull", "mlp_rsi_aapl", "-o", str(pulled), says="model.pt")
     # Credentials of the stack.

@@ -32,7 +32,9 @@ from events.messages import (
     ProgressState,
     RunBacktest,
     RunDummy,
+    RunSweep,
     StartTraining,
+    SweepParam,
     WorkItem,
 )
 
@@ -43,7 +45,11 @@ def sample_commands():
             LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", start=t, end=t.replace(day=3)),
             StartTraining(op_id=subjects.new_op_id("training"), strategy_yaml="name: x", epochs=2, pool="gpu"),
             RunBacktest(op_id=subjects.new_op_id("backtest"), model="mlp_rsi_aapl/AAPL_1h_v1", symbols=["AAPL"],
-                        start=t, capital=5_000.0, commission=0.0005, slippage_bps=2.0)]
+                        start=t, capital=5_000.0, commission=0.0005, slippage_bps=2.0),
+            RunSweep(op_id=subjects.new_op_id("training"), strategy_yaml="name: x", max_parallel=3, backtest=True,
+                     params=[SweepParam(path="model.training.learning_rate", values=[0.001, 0.0003]),
+                             SweepParam(path="model.architecture.hidden_layers", values=[[32], [64, 32]])],
+                     rank_by="sharpe")]
 
 
 @pytest.mark.parametrize("cmd", sample_commands(), ids=lambda c: type(c).__name__)

@@ -1,7 +1,8 @@
 """The operations page in a real browser (headless Chromium through selenium): a running operation is
 listed and its percentage rises; Cancel on its page ends it cancelled (checked in the event log); a
 finished training's page draws a point per epoch; a completed backtest's page shows its figures and
-its equity and drawdown against buy-and-hold; an ended operation's bar is drawn full at once and no
+its equity and drawdown against buy-and-hold; a sweep's page its leaderboard, sortable by a click on
+a column, and its variants' validation-loss curves; an ended operation's bar is drawn full at once and no
 Cancel is offered on it. Screenshots are written (into docs/screenshots/ with KTRDR_SCREENSHOTS=1).
 
 Selenium's calls block, and the actors run on this test's event loop, so every browser step runs in a
@@ -13,6 +14,8 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from events import subjects
 from events.messages import CancelRequested, OperationProgress, RunDummy, StartTraining, TrainingContext
@@ -284,3 +287,52 @@ async def test_a_backtest_page_shows_its_figures_and_equity_against_buy_and_hold
     assert abs(lines["drawdown"]["min"] - 100 * r["strategy"]["max_drawdown"]) < 1e-3
     assert abs(lines["buy_hold_drawdown"]["min"] - 100 * r["buy_and_hold"]["max_drawdown"]) < 1e-3
     assert f"{saved['name']} on AAPL [1h]" in seen["what"] and "1,200 bars" in seen["what"]
+
+
+@pytest.mark.slow  # three trainings
+async def test_a_sweeps_page_shows_its_leaderboard_sortable_with_the_variants_curves(start_actors, client, web,
+                                                                                   browser, http, bars_in_store,
+                                                                                   tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from events.messages import RunSweep, SweepParam
+
+    await start_actors("orchestrator", "trainer", "trainer")
+    cmd = RunSweep(op_id=subjects.new_op_id("training"), strategy_path=str(STRATEGY),
+                   strategy_yaml=STRATEGY.read_text(), epochs=3, data_mode="none",
+                   params=[SweepParam(path="model.training.learning_rate", values=[0.01, 0.003, 0.001])])
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id, timeout=120)
+    assert view.status == "completed", view.error
+    board = view.result["leaderboard"]
+    async with http.get(web.at(f"/ops/{cmd.op_id}/leaderboard")) as r:
+        assert r.status == 200, await r.text()
+        served = await r.json()
+    assert served["rows"] == board
+    for row in board:  # each variant's curve is its training's validation loss per epoch
+        history = (await client.view(row["op_id"])).result["training_metrics"]["history"]
+        assert served["curves"][str(row["variant"])] == [h["val_loss"] for h in history]
+    async with http.get(web.at(f"/ops/{row['op_id']}/leaderboard")) as r:  # a training is no sweep
+        assert r.status == 404
+
+    def variants(driver: Any) -> list[str]:
+        return [tr.get_attribute("data-variant") for tr in driver.find_elements(By.CSS_SELECTOR, "#lb-table tbody tr")]
+
+    def page() -> dict[str, Any]:
+        browser.get(web.at(f"/ops/{cmd.op_id}"))
+        wait_until(browser, lambda d: d.find_element(By.ID, "sweep").is_displayed())
+        wait_until(browser, lambda d: len(variants(d)) == 3)
+        ranked = variants(browser)
+        curves = len(browser.find_elements(By.CSS_SELECTOR, "#lb-chart polyline"))
+        header = browser.find_element(By.CSS_SELECTOR, '#lb-table th[data-key="val_loss"]')
+        header.click()  # ascending
+        header = browser.find_element(By.CSS_SELECTOR, '#lb-table th[data-key="val_loss"]')
+        header.click()  # then descending
+        wait_until(browser, lambda d: variants(d) != ranked or len(set(ranked)) < 2)
+        save_screenshot(browser, "sweep-page.png", tmp_path)
+        return {"ranked": ranked, "descending": variants(browser), "curves": curves}
+
+    seen = await asyncio.to_thread(page)
+    assert seen["ranked"] == [str(r["variant"]) for r in board]  # the sweep's own order: val_loss lowest first
+    assert seen["descending"] == [str(r["variant"]) for r in sorted(board, key=lambda r: -r["val_loss"])]
+    assert seen["curves"] == 3

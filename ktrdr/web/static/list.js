@@ -28,7 +28,13 @@
     const walk = (r, depth) => {
       out.push([r, depth]);
       if (depth >= 4) return; // a cycle or a very deep tree: stop indenting
-      const kids = (children.get(r.op_id) || []).sort((a, b) => (a.sort < b.sort ? -1 : 1));
+      // a workflow's children share its id's time token: their creation time orders them
+      const key = (x) => [x.created || "~", x.sort, x.op_id];
+      const kids = (children.get(r.op_id) || []).sort((a, b) => {
+        const ka = key(a), kb = key(b);
+        for (let i = 0; i < ka.length; i++) if (ka[i] !== kb[i]) return ka[i] < kb[i] ? -1 : 1;
+        return 0;
+      });
       for (const k of kids) walk(k, depth + 1);
     };
     for (const r of top) walk(r, 0);

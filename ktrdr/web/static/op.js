@@ -1,7 +1,8 @@
 // One operation: its progress line and bar, its event history, a cancel button while it has not
 // ended, for a training loss and accuracy per epoch drawn as SVG that grows with each epoch, and for
 // a completed backtest (or a training workflow that ran one) its figures and its equity and drawdown
-// against buy-and-hold.
+// against buy-and-hold, and for a completed sweep its leaderboard (sortable by any column) with its
+// variants' validation-loss curves overlaid.
 "use strict";
 
 (function () {
@@ -10,7 +11,7 @@
   if (!KT.OP_ID.test(opId)) return; // the server answers malformed ids with 400; nothing to follow
   const SVG = "http://www.w3.org/2000/svg";
   const state = { view: null, rows: [], omitted: 0, count: 0, curves: new Map(), maxRows: 200,
-                  painted: false, backtest: "" };
+                  painted: false, backtest: "", sweep: "", board: null, sortKey: "", sortDir: 1 };
   const $ = (id) => document.getElementById(id);
   $("op-id").textContent = opId;
   document.title = `${opId} · KTRDR`;
@@ -225,6 +226,110 @@
     }
   }
 
+  // ------------------------------------------------------------------------------------ sweep
+  const LB_COLUMNS = [["variant", "var"], ["status", "status"], ["val_loss", "val_loss"],
+                      ["test_accuracy", "test_acc"], ["sharpe", "sharpe"], ["total_return", "return"],
+                      ["model", "model"], ["params", "params"]];
+
+  function lbCell(row, key) {
+    const v = row[key];
+    if (key === "params") return Object.entries(v || {}).map(([k, x]) => `${k.split(".").pop()}=${JSON.stringify(x)}`).join(" ");
+    if (v == null) return "-";
+    if (key === "total_return") return (v * 100).toFixed(2) + "%";
+    if (typeof v === "number" && key !== "variant") return v.toFixed(4);
+    return String(v);
+  }
+
+  function renderBoard() {
+    const b = state.board;
+    const cols = LB_COLUMNS.filter(([k]) => k !== "sharpe" && k !== "total_return" || b.rows.some((r) => k in r));
+    const head = KT.el("tr", {});
+    head.appendChild(KT.el("th", {}, "rank"));
+    for (const [key, label] of cols) {
+      const mark = state.sortKey === key ? (state.sortDir > 0 ? " ▲" : " ▼") : "";
+      const th = KT.el("th", { "data-key": key, class: "sortable", title: "sort by " + label }, label + mark);
+      th.addEventListener("click", () => {
+        state.sortDir = state.sortKey === key ? -state.sortDir : 1;
+        state.sortKey = key;
+        renderBoard();
+      });
+      head.appendChild(th);
+    }
+    document.querySelector("#lb-table thead").replaceChildren(head);
+    const rows = b.rows.map((r, i) => [r, i + 1]); // the rank the sweep gave (its rank_by)
+    if (state.sortKey) {
+      const k = state.sortKey;
+      const val = (r) => (k === "params" ? lbCell(r, k) : r[k]);
+      rows.sort(([a], [c]) => {
+        const x = val(a), y = val(c);
+        if (x == null || y == null) return x == null ? (y == null ? 0 : 1) : -1; // no value: last
+        return (x < y ? -1 : x > y ? 1 : 0) * state.sortDir;
+      });
+    }
+    const body = document.createDocumentFragment();
+    for (const [r, rank] of rows) {
+      const tr = KT.el("tr", { "data-variant": String(r.variant), class: r.status === "completed" ? "" : "ended-" + r.status });
+      tr.appendChild(KT.el("td", { class: "num" }, r.status === "completed" ? String(rank) : "-"));
+      for (const [key] of cols) {
+        const cell = key === "status" && r.error ? `${r.status} (${r.error})` : lbCell(r, key);
+        tr.appendChild(KT.el("td", { class: key === "params" || key === "model" || key === "status" ? "mono" : "num" }, cell));
+      }
+      body.appendChild(tr);
+    }
+    document.querySelector("#lb-table tbody").replaceChildren(body);
+  }
+
+  function drawBoardCurves() {
+    const b = state.board;
+    const svg = $("lb-chart");
+    const W = 900, H = 260, m = { l: 56, r: 14, t: 14, b: 34 };
+    const lines = b.rows.filter((r) => b.curves[String(r.variant)]).map((r) => [r, b.curves[String(r.variant)]]);
+    const ys = lines.flatMap(([, c]) => c.filter((y) => y != null));
+    if (!ys.length) { svg.replaceChildren(); return; }
+    let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+    const pad = (y1 - y0) * 0.08 || Math.abs(y1) * 0.05 || 0.05;
+    y0 -= pad; y1 += pad;
+    const n = Math.max(...lines.map(([, c]) => c.length), 2);
+    const sx = (x) => m.l + ((x - 0.5) / n) * (W - m.l - m.r);
+    const sy = (y) => H - m.b - ((y - y0) / (y1 - y0)) * (H - m.t - m.b);
+    const parts = [];
+    for (const t of niceTicks(y0, y1, 5)) {
+      parts.push(svgEl("line", { class: "grid", x1: m.l, x2: W - m.r, y1: sy(t), y2: sy(t) }));
+      parts.push(svgEl("text", { x: m.l - 6, y: sy(t) + 4, "text-anchor": "end" }, String(+t.toPrecision(4))));
+    }
+    for (const t of niceTicks(1, n, Math.min(10, n)).filter((t) => Number.isInteger(t))) {
+      parts.push(svgEl("text", { x: sx(t), y: H - m.b + 16, "text-anchor": "middle" }, String(t)));
+    }
+    parts.push(svgEl("text", { x: (m.l + W - m.r) / 2, y: H - 4, "text-anchor": "middle" }, "epoch"));
+    parts.push(svgEl("line", { class: "axis", x1: m.l, x2: m.l, y1: m.t, y2: H - m.b }));
+    lines.forEach(([r, c], i) => {
+      const pts = c.map((y, k) => (y == null ? null : `${sx(k + 1).toFixed(1)},${sy(y).toFixed(1)}`)).filter(Boolean);
+      const line = svgEl("polyline", { class: `series variant${i === 0 ? " best" : ""}`, "data-variant": String(r.variant),
+                                      style: `stroke: hsl(${(i * 137) % 360} 60% 45%)`, points: pts.join(" ") });
+      line.appendChild(svgEl("title", {}, `variant ${r.variant}: ${lbCell(r, "params")}`));
+      parts.push(line);
+    });
+    svg.replaceChildren(...parts);
+  }
+
+  async function maybeSweep() {
+    const v = state.view;
+    if (!v || v.status !== "completed" || v.type !== "training_sweep" || state.sweep) return;
+    state.sweep = "asked";
+    try {
+      const resp = await fetch(`/ops/${encodeURIComponent(opId)}/leaderboard`, { credentials: "same-origin" });
+      if (!resp.ok) return;
+      state.board = await resp.json();
+      $("sweep").hidden = false;
+      $("lb-what").textContent = `(${state.board.completed}/${state.board.variants} variants completed, ranked by `
+        + `${state.board.rank_by}; click a column to sort)`;
+      renderBoard();
+      drawBoardCurves();
+    } catch (err) {
+      state.sweep = ""; // try again with the next update
+    }
+  }
+
   // ------------------------------------------------------------------------------------ cancel
   if (!KT.canCancel()) {
     $("cancel").title = "read-only: open the page through the link `ktrdr web` prints to cancel";
@@ -259,14 +364,14 @@
       state.omitted = d.omitted;
       state.count = d.count;
       state.curves = new Map(d.curves.map(([e, m]) => [e, m]));
-      renderView(); renderHistory(); renderCurves(); maybeBacktest();
+      renderView(); renderHistory(); renderCurves(); maybeBacktest(); maybeSweep();
     },
     update(d) {
       state.view = d.view;
       state.count = d.count;
       state.rows.push(d.row);
       if (state.rows.length > state.maxRows) { state.rows.shift(); state.omitted += 1; }
-      renderView(); renderHistory(); maybeBacktest();
+      renderView(); renderHistory(); maybeBacktest(); maybeSweep();
       if (d.point) { state.curves.set(d.point[0], d.point[1]); renderCurves(); }
     },
   });
