@@ -299,6 +299,9 @@ def is_lifecycle(subject: str) -> bool:
     return subject.rsplit(".", 1)[-1] in _LIFECYCLE_STORED
 
 
+JS_API = "$JS.API"  # JetStream's API prefix (a raw request: ktrdr.transport.streams.stream_api)
+
+
 def direct_get_api(stream: str) -> str:
     """JetStream's direct get of a stream (a batched get reads without a consumer)."""
     return f"$JS.API.DIRECT.GET.{stream}"

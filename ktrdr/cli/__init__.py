@@ -18,7 +18,15 @@ import typer
 @cache
 def build_app() -> typer.Typer:
     """The `ktrdr` app with every command and group registered (built once per process)."""
-    from ktrdr.cli import auth_commands, backtest_commands, domain_commands, ops_commands, stack_commands, view_commands
+    from ktrdr.cli import (
+        auth_commands,
+        backtest_commands,
+        domain_commands,
+        ops_commands,
+        schedule_commands,
+        stack_commands,
+        view_commands,
+    )
 
     def group(help_text: str) -> typer.Typer:
         return typer.Typer(no_args_is_help=True, rich_markup_mode=None, help=help_text)
@@ -31,14 +39,16 @@ def build_app() -> typer.Typer:
     data = group("Market data: load from IB, show, range, import, export, plot.")
     strategies = group("Strategy files.")
     models = group("Trained models.")
+    schedule = group("Schedules nats-server fires: add, list, show, pause, resume, trigger, remove.")
     # The order of registration is the order `ktrdr --help` lists them in.
     stack_commands.register(app, events=events)
     domain_commands.register(app, data=data, strategies=strategies, models=models)
     backtest_commands.register(app)
     ops_commands.register(ops)
     view_commands.register(app, ops=ops, data=data)
+    schedule_commands.register(schedule)
     for name, sub in (("ops", ops), ("events", events), ("data", data), ("strategies", strategies),
-                      ("models", models), ("auth", auth_commands.auth_app)):
+                      ("models", models), ("schedule", schedule), ("auth", auth_commands.auth_app)):
         app.add_typer(sub, name=name)
     return app
 

@@ -104,7 +104,7 @@ def schedules_config(settings: Settings) -> dict[str, object]:
 
 async def stream_api(js: JetStreamContext, call: str, body: dict[str, object] | None = None) -> dict[str, object]:
     """A raw JetStream API request (`STREAM.CREATE.<name>`, `STREAM.INFO.<name>`): its JSON answer."""
-    prefix = getattr(js, "_prefix", "$JS.API")
+    prefix = getattr(js, "_prefix", subjects.JS_API)
     nc = js._nc  # type: ignore[attr-defined]  # nats-py keeps the connection here; no public accessor
     msg = await nc.request(f"{prefix}.{call}", json.dumps(body or {}).encode(), timeout=5.0)
     return json.loads(msg.data)
