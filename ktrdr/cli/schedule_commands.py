@@ -105,15 +105,23 @@ def _summary(sched: Any) -> dict[str, Any]:
             "state": "paused" if sched.paused else "active", "command": describe(sched.command)[1]}
 
 
-def schedule_list(json_out: bool = JSON) -> None:
+def schedule_list(json_out: bool = JSON, stream: bool = typer.Option(
+        False, "--stream", help="Print the SCHEDULES stream's info as the server returns it (`nats stream info`).")) \
+        -> None:
     """The schedules: when each fires, its overlap policy, whether it is paused, what it runs, its last firing."""
-    run_async(_list(json_out))
+    run_async(_list(json_out, stream))
 
 
-async def _list(json_out: bool) -> int:
+async def _list(json_out: bool, stream: bool = False) -> int:
+    from events import subjects
     from ktrdr.transport import schedules as store
+    from ktrdr.transport.streams import stream_api
 
     async with client() as c:
+        if stream:
+            info = await stream_api(c.js, f"STREAM.INFO.{subjects.STREAM_SCHEDULES}")
+            typer.echo(json.dumps({k: info.get(k) for k in ("config", "state")}, indent=2))
+            return 0
         rows = []
         for sched in await store.definitions(c.js):
             row = _summary(sched)
