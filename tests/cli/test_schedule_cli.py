@@ -118,6 +118,8 @@ async def test_add_list_show_pause_trigger_resume_remove(start_actors, client, s
     assert by_op[started(recs)[0].op_id]["outcome"] == "started"
     text = (await ktrdr("show", "nightly")).stdout
     assert f"{started(recs)[0].op_id} completed" in text
+    r = await asyncio.to_thread(run_ktrdr, env, "ops", "show", started(recs)[0].op_id or "", timeout=60)
+    assert "schedule   nightly" in r.stdout  # `ops show` names the schedule that started it
 
     await ktrdr("pause", "nightly")
     paused_at = await _def_seq(client, "nightly")
