@@ -122,12 +122,7 @@ async def _list(json_out: bool, stream: bool = False) -> int:
             info = await stream_api(c.js, f"STREAM.INFO.{subjects.STREAM_SCHEDULES}")
             typer.echo(json.dumps({k: info.get(k) for k in ("config", "state")}, indent=2))
             return 0
-        rows = []
-        for sched in await store.definitions(c.js):
-            row = _summary(sched)
-            last = await store.history(c.js, sched.name, 1)
-            row["last_firing"] = _firing_row(last[-1]) if last else None
-            rows.append(row)
+        rows: list[Any] = await store.summaries(c.js)
     if json_out:
         typer.echo(json.dumps(rows, default=str))
         return 0
@@ -139,11 +134,6 @@ async def _list(json_out: bool, stream: bool = False) -> int:
         tail = f"  last: {last['fired_at']:%Y-%m-%d %H:%M:%S} {last['outcome']}" if last else "  never fired"
         typer.echo(f"{r['name']:<20} {r['spec']}{zone}  overlap {r['overlap']}  {r['state']}  {r['command']}{tail}")
     return 0
-
-
-def _firing_row(rec: Any) -> dict[str, Any]:
-    return {"fired_at": rec.fired_at, "seq": rec.seq, "outcome": rec.outcome, "op_id": rec.op_id,
-            "catch_up": rec.catch_up, "manual": rec.manual, "note": rec.note}
 
 
 def schedule_show(name: str, limit: int = typer.Option(SHOW_FIRINGS, "--last", help="Firings to list (1-50)."),
@@ -180,7 +170,7 @@ async def _show(name: str, limit: int, json_out: bool) -> int:
         sched = await _existing(c, name)
         firings = []
         for rec in await store.history(c.js, name, limit * 2):  # a buffered firing has two records
-            row = _firing_row(rec)
+            row = store.firing_row(rec)
             row["status"] = (await c.view(rec.op_id)).status if rec.op_id else None
             firings.append(row)
     firings = _latest_per_firing(firings)[-limit:]

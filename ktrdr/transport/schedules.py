@@ -77,6 +77,25 @@ async def fire_now(js: JetStreamContext, schedule: Schedule) -> int:
     return ack.seq
 
 
+async def summaries(js: JetStreamContext) -> list[dict[str, object]]:
+    """Each schedule as `schedule list` and the page show it: when it fires, its policy and state, what
+    it runs, and its last firing."""
+    from ktrdr.commands import describe
+
+    rows: list[dict[str, object]] = []
+    for sched in await definitions(js):
+        last = await history(js, sched.name, 1)
+        rows.append({"name": sched.name, "spec": sched.spec, "tz": sched.tz, "overlap": sched.overlap,
+                     "state": "paused" if sched.paused else "active", "command": describe(sched.command)[1],
+                     "last_firing": firing_row(last[-1]) if last else None})
+    return rows
+
+
+def firing_row(rec: ScheduleFired) -> dict[str, object]:
+    return {"fired_at": rec.fired_at, "seq": rec.seq, "outcome": rec.outcome, "op_id": rec.op_id,
+            "catch_up": rec.catch_up, "manual": rec.manual, "note": rec.note}
+
+
 async def history(js: JetStreamContext, name: str, limit: int = SCHEDULE_HISTORY) -> list[ScheduleFired]:
     """The orchestrator's records of a schedule's firings, oldest first (the last `limit`)."""
     subject = subjects.schedule_hist(name)
