@@ -156,6 +156,31 @@ async def test_buffer_one_starts_one_firing_when_the_running_one_ends(start_acto
     await store.put_definition(client.js, paused)
 
 
+async def test_firings_that_piled_up_while_the_orchestrator_was_away_run_once(start_actors, client, settings):
+    orch, _ = await start_actors("orchestrator", "dummy")
+    await store.put_definition(client.js, dummy_schedule("away"))
+    recs = await wait_records(client, "away", lambda rs: len(started(rs)) >= 1)
+    await orch.stop()
+    last_seen = recs[-1].seq
+    fire = subjects.schedule_fire("away")
+
+    async def piled_up() -> bool:  # three firings stored that nobody has taken
+        info = await client.js.stream_info(subjects.STREAM_SCHEDULES, subjects_filter=fire)
+        raw = await client.js.get_last_msg(subjects.STREAM_SCHEDULES, fire)
+        return info.state.messages >= 4 and (raw.seq or 0) > last_seen + 5
+
+    await until(piled_up)
+    await start_actors("orchestrator", settings=settings)
+    recs = await wait_records(client, "away", lambda rs: any(r.seq > last_seen + 5 and r.outcome == "started"
+                                                             for r in rs))
+    after = [r for r in recs if r.seq > last_seen]
+    first_run = next(r for r in after if r.outcome == "started")
+    missed = [r for r in after if r.seq < first_run.seq]
+    assert len(missed) >= 2 and all(r.outcome == "missed" and r.op_id is None for r in missed), after
+    assert first_run.catch_up and "catch-up" in first_run.note
+    assert (await wait_terminal(client, first_run.op_id or "")).status == "completed"
+
+
 @pytest.mark.slow
 async def test_a_schedule_the_stack_was_down_over_fires_once_on_return_marked_catch_up(
         start_actors, client, settings, nats_server):
