@@ -31,7 +31,7 @@ from events.messages import Schedule, ScheduleFired
 from ktrdr import schedules
 from ktrdr.ops import OperationView
 from ktrdr.transport import publish
-from ktrdr.transport.schedules import decode_schedule
+from ktrdr.transport.schedules import decode_schedule, definition
 
 if TYPE_CHECKING:
     from nats.js import JetStreamContext
@@ -107,6 +107,14 @@ class ScheduleRunner:
 
         if await self.orch.intake.recorded(op_id):  # redelivered: its operation exists already
             await self._record(ScheduleFired(**base, outcome="started", op_id=op_id, next_at=announced))
+            await msg.ack()
+            return
+        current = await definition(self.js, name)
+        if current is None or (current.paused and not manual):
+            # removed or paused after the server stored this firing (it waited for an orchestrator)
+            await self._record(ScheduleFired(**base, outcome="skipped", next_at=previous_next,
+                                             note="the schedule was " + ("removed" if current is None else "paused")
+                                             + " after this firing"))
             await msg.ack()
             return
         if not manual and await self._newer_firing(msg.subject, seq):

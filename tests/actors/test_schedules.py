@@ -181,6 +181,29 @@ async def test_firings_that_piled_up_while_the_orchestrator_was_away_run_once(st
     assert (await wait_terminal(client, first_run.op_id or "")).status == "completed"
 
 
+async def test_a_firing_left_waiting_for_a_schedule_removed_since_starts_nothing(start_actors, client, settings):
+    orch, _ = await start_actors("orchestrator", "dummy")
+    await store.put_definition(client.js, dummy_schedule("gone"))
+    recs = await wait_records(client, "gone", lambda rs: len(started(rs)) >= 1)
+    await orch.stop()
+    fire = subjects.schedule_fire("gone")
+
+    async def one_waiting() -> bool:
+        raw = await client.js.get_last_msg(subjects.STREAM_SCHEDULES, fire)
+        return (raw.seq or 0) > recs[-1].seq + 1
+
+    await until(one_waiting)
+    removed = dummy_schedule("gone")
+    removed.removed = True
+    await store.put_definition(client.js, removed)
+    before = await created_count(client)
+    await start_actors("orchestrator", settings=settings)
+    recs = await wait_records(client, "gone", lambda rs: any("removed" in r.note for r in rs))
+    assert all(r.outcome == "skipped" and r.op_id is None for r in recs if "removed" in r.note)
+    await until(lambda: _all_acked(client))
+    assert await created_count(client) == before
+
+
 @pytest.mark.slow
 async def test_a_schedule_the_stack_was_down_over_fires_once_on_return_marked_catch_up(
         start_actors, client, settings, nats_server):
