@@ -81,11 +81,14 @@ class CommandIntake:
                 self.orch.log.info("duplicate command for %s ignored", op_id)
         elif cmd.parent_op_id is not None:
             await self.reject(op_id, "parent_op_id: only the orchestrator creates child operations", "validation")
+        elif cmd.schedule_name is not None:
+            await self.reject(op_id, "schedule_name: only a schedule's firing sets it (see `ktrdr schedule`)",
+                              "validation", "schedule_name")
         else:
-            await self._validate_and_create(cmd)
+            await self.validate_and_create(cmd)
         await msg.ack()
 
-    async def _validate_and_create(self, cmd: Command) -> None:
+    async def validate_and_create(self, cmd: Command) -> None:
         try:
             if isinstance(cmd, StartTraining | RunSweep):  # a strategy (or a grid of them) to parse: off the loop
                 await asyncio.to_thread(commands.validate, cmd)
@@ -135,7 +138,8 @@ class CommandIntake:
         _, recorded = await asyncio.gather(
             orch.publish_own(OperationCreated(op_id=op_id, domain=cmd.domain, op_type=op_type, command=cmd,
                                            description=description, parent_op_id=cmd.parent_op_id,
-                                           children=[c.op_id for c in plan])),
+                                           children=[c.op_id for c in plan],
+                                           schedule_name=cmd.schedule_name)),
             last_message(orch.js, subjects.cancel(op_id)))
         if recorded is not None and (ev := orch._decoded(subjects.cancel(op_id), recorded)) is not None:
             fold(tracked.view, ev)

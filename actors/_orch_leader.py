@@ -234,6 +234,9 @@ class Succession:
                                  key=command_key if orch.settings.orch_cmd_batch else None),
                        name=f"{orch.id}-commands"),
             orch.spawn(orch.supervisor.loop(), name=f"{orch.id}-supervise")]
+        psched, tsched = await orch.schedules.start()  # firings of nats-server's message schedules
+        self.subs.append(psched)
+        self.tasks.append(tsched)
         self.ready = True
         orch.log.info("%s is the active orchestrator (leader epoch %d; %d live operations, %d read from the log; "
                       "ready in %.2f s)", orch.id, orch.leadership.current, len(orch.live), orch.rebuild_read,

@@ -34,6 +34,7 @@ from actors._orch_index import Indexer, live_views
 from actors._orch_intake import CommandIntake
 from actors._orch_leader import Leadership, NotLeader, Succession
 from actors._orch_leases import LeaseService
+from actors._orch_schedules import ScheduleRunner
 from actors._orch_supervisor import Supervisor
 from actors._orch_workflows import WorkflowRunner
 from actors.runtime import Actor
@@ -101,6 +102,7 @@ class Orchestrator(Actor):
         self.intake = CommandIntake(self)
         self.supervisor = Supervisor(self)
         self.indexer = Indexer(self)
+        self.schedules = ScheduleRunner(self)
         self._buffer: list[tuple[str, bytes, str | None]] | None = []
         self.leases: LeaseService | None = None
         self.dropped = 0  # live ops messages whose body its subject does not prove (the rebuild's: reader)
@@ -125,6 +127,8 @@ class Orchestrator(Actor):
         self.live, self.known = {}, RecentIds(KNOWN_ENDED_MAX)
         self.workflows, self.intake, self.supervisor = WorkflowRunner(self), CommandIntake(self), Supervisor(self)
         self.indexer = Indexer(self)
+        self.schedules.stop()
+        self.schedules = ScheduleRunner(self)
         self._buffer, self.leases = [], None
 
     async def on_stop(self) -> None:
@@ -218,6 +222,7 @@ class Orchestrator(Actor):
         if tracked.view.parent_op_id in self.workflows:
             await self.workflows.child_moved(tracked.view)
         self.workflows.forget(op_id)
+        self.schedules.op_ended(tracked.view)
 
     # ------------------------------------------------------------------ events out
     async def publish_own(self, ev: Event) -> None:

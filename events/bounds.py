@@ -69,6 +69,17 @@ DEFAULT_COMMISSION = 0.001
 DEFAULT_SLIPPAGE_BPS = 1.0
 
 
+# --- schedules (issue 22) -----------------------------------------------------------------------
+# A schedule's name becomes a subject token (sched.def.<name>) and part of its operations' ids.
+MAX_SCHEDULE_NAME = 32
+SCHEDULE_NAME_PATTERN = rf"^[a-z0-9][a-z0-9_-]{{0,{MAX_SCHEDULE_NAME - 1}}}$"
+MAX_SCHEDULE_SPEC = 120  # a 6-field cron or `@every <duration>`, as the server parses it
+MAX_SCHEDULES = 200  # schedules one stack keeps (SCHEDULES holds one definition each)
+SCHEDULE_MIN_EVERY_S = 1.0  # nats-server fires `@every` at most once a second
+SCHEDULE_MAX_EVERY_S = 366 * 86400.0
+MAX_TIME_ZONE = 64  # an IANA zone name (America/Argentina/ComodRivadavia is 32)
+SCHEDULE_HISTORY = 50  # firings (and their records) each schedule keeps in SCHEDULES
+
 # --- timeframes ----------------------------------------------------------------------------------
 class Timeframe(enum.StrEnum):
     """A bar size, written by its canonical name; other spellings ("1H", "60m", "1 hour") are read as it."""
@@ -136,6 +147,10 @@ ModelRef = Annotated[str, Meta(min_length=1, max_length=MAX_MODEL_REF, pattern=M
 Capital = Annotated[float, Meta(gt=0.0, le=MAX_BACKTEST_CAPITAL)]
 Commission = Annotated[float, Meta(ge=0.0, le=MAX_COMMISSION, description="fraction of the traded notional")]
 SlippageBps = Annotated[float, Meta(ge=0.0, le=MAX_SLIPPAGE_BPS, description="basis points of the fill price")]
+ScheduleName = Annotated[str, Meta(pattern=SCHEDULE_NAME_PATTERN, description="a schedule's name (lower-case "
+                                   f"letters, digits, - and _, at most {MAX_SCHEDULE_NAME})")]
+ScheduleSpec = Annotated[str, Meta(min_length=1, max_length=MAX_SCHEDULE_SPEC)]
+TimeZoneName = Annotated[str, Meta(max_length=MAX_TIME_ZONE)]
 # A command's deadline as a duration: the orchestrator adds it to its own clock when it accepts the
 # command, so a client's clock never moves it (issue 18, F13).
 TimeoutSeconds = Annotated[float, Meta(gt=0.0, le=MAX_DEADLINE.total_seconds())]

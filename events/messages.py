@@ -36,6 +36,8 @@ from events.bounds import (
     ModelRef,
     ParamPath,
     Reason,
+    ScheduleName,
+    ScheduleSpec,
     SlippageBps,
     StrategyText,
     SweepParallel,
@@ -44,6 +46,7 @@ from events.bounds import (
     Timeframe,
     Timeframes,
     TimeoutSeconds,
+    TimeZoneName,
     Token,
     UniverseParallel,
     UniverseSymbols,
@@ -175,6 +178,9 @@ class Command(Message, kw_only=True):
     timeout_s: TimeoutSeconds | None = None
     deadline: datetime | None = None
     parent_op_id: str | None = None  # set by the orchestrator on a workflow's children only
+    # The schedule (sched.def.<name>) whose firing started it: set by the orchestrator when it turns
+    # a firing into an operation (a client's command with it set is refused), None otherwise.
+    schedule_name: ScheduleName | None = None
 
 
 class RunDummy(Command, tag="RunDummy", kw_only=True):
@@ -323,6 +329,52 @@ class CancelOperation(Message, tag="CancelOperation", kw_only=True):
 
 
 # --------------------------------------------------------------------------------------------------
+# Schedules (issue 22): nats-server's own message schedules fire them (ktrdr/schedules.py)
+# --------------------------------------------------------------------------------------------------
+OverlapPolicy = Literal["skip", "buffer-one", "allow"]
+
+
+class Schedule(Message, tag="Schedule", kw_only=True):
+    """A schedule's definition: the body of its message on sched.def.<name>, which carries the server's
+    `Nats-Schedule` headers while it is active, and so the body of every firing the server stores on
+    sched.fire.<name>. `command` is the starting command each firing runs (its op_id is a template: the
+    orchestrator gives each firing its own). A paused or removed schedule's message has no schedule
+    headers: the server does not fire it."""
+
+    name: ScheduleName
+    spec: ScheduleSpec  # `@every 15m` or a 6-field cron, as the server parses it
+    tz: TimeZoneName | None = None  # an IANA zone for a cron (the server's Nats-Schedule-Time-Zone)
+    overlap: OverlapPolicy = "skip"
+    paused: bool = False
+    removed: bool = False
+    command: AnyCommand
+    ts: datetime = msgspec.field(default_factory=utcnow)
+    requested_by: Label = roles.CLI
+
+
+# What became of one firing: an operation started (`started`, with its op id), not started because the
+# previous one still runs (`skipped`), held until it ends (`buffered`), or an older firing a newer one
+# of the same schedule made moot (`missed`: the orchestrator was away over several).
+FiringOutcome = Literal["started", "skipped", "buffered", "missed"]
+
+
+class ScheduleFired(Message, tag="ScheduleFired", kw_only=True):
+    """The orchestrator's record of one firing, on sched.hist.<name> (what `schedule show` lists)."""
+
+    name: ScheduleName
+    fired_at: datetime  # when the server stored the firing
+    seq: int = 0  # its sequence in SCHEDULES
+    outcome: FiringOutcome
+    op_id: str | None = None
+    catch_up: bool = False  # fired late: the stack was down over one or more of its times
+    manual: bool = False  # `ktrdr schedule trigger`
+    # When the server said it fires next (Nats-Schedule-Next): a later firing much after it is a catch-up.
+    next_at: datetime | None = None
+    note: Reason = ""
+    ts: datetime = msgspec.field(default_factory=utcnow)
+
+
+# --------------------------------------------------------------------------------------------------
 # Work items (work.<domain>.<pool>) — what the orchestrator routes to workers
 # --------------------------------------------------------------------------------------------------
 class WorkItem(Message, tag="WorkItem", kw_only=True):
@@ -355,6 +407,7 @@ class OperationCreated(Event, tag="OperationCreated", kw_only=True):
     description: str = ""
     parent_op_id: str | None = None
     children: list[str] = msgspec.field(default_factory=list)  # a workflow's planned child operations
+    schedule_name: ScheduleName | None = None  # the schedule whose firing made it (Command.schedule_name)
     # The leader epoch of the orchestrator that published it (actors/_orch_leader.py): the fold ignores
     # an orchestrator event of an older epoch once one of a newer epoch acted on the operation. 0: none.
     epoch: int = 0

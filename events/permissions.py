@@ -226,6 +226,11 @@ def _orchestrator(g: _Grant) -> None:
           f"CONSUMER.DELETE.OPS.{subjects.OPS_INDEX_CONSUMER}", f"CONSUMER.MSG.NEXT.OPS.{subjects.OPS_INDEX_CONSUMER}")
     g.allow_pub(f"$JS.ACK.OPS.{subjects.OPS_INDEX_CONSUMER}.>", f"$JS.ACK._.*.OPS.{subjects.OPS_INDEX_CONSUMER}.>")
     g.allow_sub(subjects.REINDEX)
+    # Schedules: it takes the firings nats-server stores (a durable consumer) and records each one.
+    g.durable_pull(subjects.STREAM_SCHEDULES, subjects.SCHEDULES_CONSUMER, subjects.SCHED_FIRE_ALL)
+    g.api(f"CONSUMER.DURABLE.CREATE.{subjects.STREAM_SCHEDULES}.{subjects.SCHEDULES_CONSUMER}")
+    g._gets(subjects.STREAM_SCHEDULES)
+    g.allow_pub(subjects.SCHED_HIST_ALL)
 
 
 def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS) -> Permissions:
@@ -263,9 +268,13 @@ def permissions(role: str, *, pools: Mapping[str, Sequence[str]] = DEFAULT_POOLS
         g.obj_read("MODELS")
         g.obj_write("BARS")  # ktrdr data import
         g.series_lease()
+        # `ktrdr schedule`: definitions (the server fires them) and manual firings; reads by gets.
+        g.allow_pub(subjects.SCHED_DEF_ALL, subjects.SCHED_FIRE_ALL)
+        g._gets(subjects.STREAM_SCHEDULES)
     elif role == OBSERVER:
         g.allow_sub("ops.>")
         g.reader_reads()
+        g._gets(subjects.STREAM_SCHEDULES)  # `schedule list/show`, the page
     return g.build()
 
 

@@ -16,6 +16,8 @@ FAMILIES: dict[str, Any] = {
     "heartbeat": m.Heartbeat,
     "ib_requests": m.AnyIbRequest,
     "ib_reply": m.IbReply,
+    "schedule": m.Schedule,  # sched.def.<name> and the firings on sched.fire.<name>
+    "schedule_fired": m.ScheduleFired,  # sched.hist.<name>
 }
 
 

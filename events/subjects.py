@@ -24,7 +24,7 @@ import secrets
 from datetime import UTC, datetime
 
 from events import roles
-from events.bounds import TOKEN_PATTERN
+from events.bounds import SCHEDULE_NAME_PATTERN, TOKEN_PATTERN
 from events.messages import (
     COMMAND_FOR_SUBJECT,
     DOMAINS,
@@ -46,7 +46,16 @@ STREAM_OPS = "OPS"
 # looks a stream up by subject (nats-py's js.subscribe("ops.<domain>.<op>.>") without stream=) is
 # given the first of the streams whose subjects overlap, and must keep getting OPS.
 STREAM_CANCELS = "OPS_CANCELS"
-STREAMS: tuple[str, ...] = (STREAM_CMD, STREAM_WORK, STREAM_OPS, STREAM_CANCELS)  # in creation order
+# Schedules (issue 22): definitions on sched.def.<name> (nats-server fires them), firings on
+# sched.fire.<name>, the orchestrator's record of each on sched.hist.<name>; one stream, since a
+# schedule's target must be a subject of its own stream.
+STREAM_SCHEDULES = "SCHEDULES"
+STREAMS: tuple[str, ...] = (STREAM_CMD, STREAM_WORK, STREAM_OPS, STREAM_CANCELS, STREAM_SCHEDULES)  # in creation order
+SCHED_DEF_ALL = "sched.def.*"
+SCHED_FIRE_ALL = "sched.fire.*"
+SCHED_HIST_ALL = "sched.hist.*"
+SCHEDULES_SUBJECTS: tuple[str, ...] = (SCHED_DEF_ALL, SCHED_FIRE_ALL, SCHED_HIST_ALL)
+SCHEDULES_CONSUMER = "orchestrator-schedules"  # the active orchestrator's durable consumer of firings
 ACTORS_BUCKET = "ACTORS"  # KV: presence, key <role>.<actor_id>
 LEASES_BUCKET = "LEASES"  # KV: which actor holds which operation, key <op_id> (written by the orchestrator alone)
 # The active orchestrator's leader lease (events.messages.Leader), kept in LEASES: only the orchestrator
@@ -91,6 +100,7 @@ DEFAULT_POOL = "any"
 _OP_ID = re.compile(r"^(?P<domain>[a-z]+)-(?P<ts>\d{8}T\d{12})-[0-9a-f]{6}$")
 # Pools, roles and actor ids become subject tokens and consumer names: one safe token each.
 _TOKEN = re.compile(TOKEN_PATTERN)
+_SCHEDULE_NAME = re.compile(SCHEDULE_NAME_PATTERN)
 
 
 def new_op_id(domain: str) -> str:
@@ -288,6 +298,9 @@ def is_lifecycle(subject: str) -> bool:
     return subject.rsplit(".", 1)[-1] in _LIFECYCLE_STORED
 
 
+JS_API = "$JS.API"  # JetStream's API prefix (a raw request: ktrdr.transport.streams.stream_api)
+
+
 def direct_get_api(stream: str) -> str:
     """JetStream's direct get of a stream (a batched get reads without a consumer)."""
     return f"$JS.API.DIRECT.GET.{stream}"
@@ -334,6 +347,52 @@ def ib(request: IbRequest | type[IbRequest], pool: str = DEFAULT_POOL) -> str:
     if not is_token(pool):
         raise ValueError(f"no ib subject for pool {pool!r}")
     return f"ib.{request.verb}.{pool}"
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+def _schedule_name(name: str) -> str:
+    if not isinstance(name, str) or not _SCHEDULE_NAME.match(name):
+        raise ValueError(f"{str(name)[:40]!r} is not a schedule name")
+    return name
+
+
+def schedule_def(name: str) -> str:
+    return f"sched.def.{_schedule_name(name)}"
+
+
+def schedule_fire(name: str) -> str:
+    return f"sched.fire.{_schedule_name(name)}"
+
+
+def schedule_hist(name: str) -> str:
+    return f"sched.hist.{_schedule_name(name)}"
+
+
+def schedule_of_subject(subject: str) -> str | None:
+    """The schedule a sched.* subject is about, or None."""
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != "sched" or parts[1] not in ("def", "fire", "hist"):
+        return None
+    return parts[2] if _SCHEDULE_NAME.match(parts[2]) else None
+
+
+def schedule_op_id(domain: str, name: str, fired_at: datetime, seq: int) -> str:
+    """The operation a firing becomes: derived from the schedule, the firing's time and its place in
+    SCHEDULES, so a redelivered firing (the same stored message) makes the same op id, and its creation
+    is a duplicate (the orchestrator's intake knows it)."""
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}")
+    ts = fired_at.astimezone(UTC)
+    digest = hashlib.sha256(f"schedule/{_schedule_name(name)}/{ts.isoformat()}/{int(seq)}".encode()).hexdigest()[:6]
+    return f"{domain}-{ts:%Y%m%dT%H%M%S%f}-{digest}"
+
+
+def schedule_fired_msg_id(name: str, seq: int, outcome: str) -> str:
+    """The orchestrator's record of a firing's outcome: one per firing and outcome (a buffered firing
+    is recorded buffered, then started), however often it is handled."""
+    if outcome not in ("started", "skipped", "buffered", "missed"):
+        raise ValueError(f"unknown firing outcome {outcome!r}")
+    return f"sched-{_schedule_name(name)}-{int(seq)}-{outcome}"
 
 
 # ---------------------------------------------------------------------------------------------- presence

@@ -23,6 +23,7 @@ def build_app() -> typer.Typer:
         backtest_commands,
         domain_commands,
         ops_commands,
+        schedule_commands,
         stack_commands,
         sweep_commands,
         view_commands,
@@ -39,6 +40,7 @@ def build_app() -> typer.Typer:
     data = group("Market data: load from IB, show, range, import, export, plot.")
     strategies = group("Strategy files.")
     models = group("Trained models.")
+    schedule = group("Schedules nats-server fires: add, list, show, pause, resume, trigger, remove.")
     # The order of registration is the order `ktrdr --help` lists them in.
     stack_commands.register(app, events=events)
     domain_commands.register(app, data=data, strategies=strategies, models=models)
@@ -46,8 +48,9 @@ def build_app() -> typer.Typer:
     sweep_commands.register(app)
     ops_commands.register(ops)
     view_commands.register(app, ops=ops, data=data)
+    schedule_commands.register(schedule)
     for name, sub in (("ops", ops), ("events", events), ("data", data), ("strategies", strategies),
-                      ("models", models), ("auth", auth_commands.auth_app)):
+                      ("models", models), ("schedule", schedule), ("auth", auth_commands.auth_app)):
         app.add_typer(sub, name=name)
     return app
 

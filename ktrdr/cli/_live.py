@@ -232,6 +232,23 @@ def check_locally(cmd: Command) -> None:
     validate(cmd)
 
 
+# `ktrdr schedule add NAME ... -- <starting command>` runs the starting command's own verb with this set:
+# run_command then checks the command it was given and keeps it here instead of submitting it, so a
+# schedule's command is parsed and validated by exactly the code `ktrdr data load`, `train`, ... use.
+_captured: list[Command] | None = None
+
+
+@contextlib.contextmanager
+def capturing() -> Any:
+    """Within it, run_command keeps its checked command in the yielded list and submits nothing."""
+    global _captured
+    before, _captured = _captured, []
+    try:
+        yield _captured
+    finally:
+        _captured = before
+
+
 async def run_command(cmd: Command, *, wait: bool, json_out: bool,
                       check: Callable[[Client, Command], Awaitable[Any]] | None = None,
                       summary: Callable[[dict[str, Any]], list[str]] | None = None) -> int:
@@ -241,6 +258,9 @@ async def run_command(cmd: Command, *, wait: bool, json_out: bool,
     from ktrdr.cli._common import client
 
     check_locally(cmd)
+    if _captured is not None:  # a schedule's command: checked, kept, not submitted
+        _captured.append(cmd)
+        return 0
     async with client() as c:
         if check is not None:
             await check(c, cmd)

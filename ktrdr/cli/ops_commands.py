@@ -166,6 +166,8 @@ def _print_view(view: OperationView, children: list[OperationView]) -> None:
     typer.echo(f"progress   {view.percentage:.1f}%  {r.line(view)}")
     if view.parent_op_id:
         typer.echo(f"parent     {view.parent_op_id}")
+    if view.schedule_name:
+        typer.echo(f"schedule   {view.schedule_name}  (ktrdr schedule show {view.schedule_name})")
     for label, val in (("created", view.created_at), ("started", view.started_at), ("finished", view.finished_at),
                        ("deadline", view.deadline)):
         if val:

@@ -101,6 +101,7 @@ def _created(view: OperationView, ev: OperationCreated) -> None:
     view.created_at = ev.ts
     view.command = msgspec.to_builtins(ev.command)
     view.parent_op_id = ev.parent_op_id
+    view.schedule_name = ev.schedule_name
     view.children = list(ev.children)
     view.deadline = getattr(ev.command, "deadline", None)
     view.pool = getattr(ev.command, "pool", None)

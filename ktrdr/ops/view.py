@@ -72,6 +72,7 @@ class OperationView(msgspec.Struct, kw_only=True, dict=True):
     cancel_reason_code: CancelReason | None = None
     command: dict[str, Any] | None = None
     parent_op_id: str | None = None
+    schedule_name: str | None = None  # the schedule whose firing made it (`ktrdr schedule`)
     children: list[str] = msgspec.field(default_factory=list)
     deadline: datetime | None = None
     pool: str | None = None

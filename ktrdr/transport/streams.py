@@ -1,6 +1,6 @@
 """The streams and buckets, created idempotently by whichever process needs them first: the streams
-CMD, WORK, OPS, OPS_CANCELS; the KV buckets ACTORS, LEASES, SERIES, PACING; the object buckets BARS, MODELS,
-CHECKPOINTS
+CMD, WORK, OPS, OPS_CANCELS, SCHEDULES (with allow_msg_schedules: nats-server fires the schedules); the
+KV buckets ACTORS, LEASES, SERIES, PACING; the object buckets BARS, MODELS, CHECKPOINTS
 (file storage, settings.replicas; CHECKPOINTS keeps an object at most ops_max_age_s, so the checkpoint
 of an operation that ended without its trainer, killed for good, does not stay forever).
 
@@ -27,6 +27,7 @@ operation), and queued work is never dropped; per-subject bounds would not help 
 
 from __future__ import annotations
 
+import json
 import logging
 
 from nats.js import JetStreamContext
@@ -35,7 +36,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.object_store import OBJ_STREAM_TEMPLATE
 
 from events import subjects
-from events.bounds import MAX_CANCEL_BYTES
+from events.bounds import MAX_CANCEL_BYTES, SCHEDULE_HISTORY
 from ktrdr.config import Settings
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,57 @@ def stream_configs(settings: Settings) -> list[js_api.StreamConfig]:
             num_replicas=replicas,
         ),
     ]
+
+
+# SCHEDULES (issue 22): schedule definitions, the firings nats-server stores for them, and the
+# orchestrator's record of each. No age limit: a definition stays until removed; each subject keeps its
+# last SCHEDULE_HISTORY messages (a definition is one, the server rolls it up).
+SCHEDULES_MAX_BYTES = 256 << 20
+
+
+def schedules_config(settings: Settings) -> dict[str, object]:
+    """SCHEDULES' configuration as the JetStream API takes it: `allow_msg_schedules` (nats-server 2.12+)
+    is a field nats-py's StreamConfig does not know, so this stream is created by the raw request."""
+    cfg = js_api.StreamConfig(
+        name=subjects.STREAM_SCHEDULES, subjects=list(subjects.SCHEDULES_SUBJECTS),
+        retention=js_api.RetentionPolicy.LIMITS, storage=js_api.StorageType.FILE,
+        max_msgs_per_subject=SCHEDULE_HISTORY, max_bytes=SCHEDULES_MAX_BYTES, max_msg_size=1 << 20,
+        discard=js_api.DiscardPolicy.OLD, duplicate_window=120.0, allow_direct=True, allow_rollup_hdrs=True,
+        num_replicas=settings.replicas,
+    ).as_dict()
+    cfg["allow_msg_schedules"] = True
+    return cfg
+
+
+async def stream_api(js: JetStreamContext, call: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    """A raw JetStream API request (`STREAM.CREATE.<name>`, `STREAM.INFO.<name>`): its JSON answer."""
+    prefix = getattr(js, "_prefix", subjects.JS_API)
+    nc = js._nc  # type: ignore[attr-defined]  # nats-py keeps the connection here; no public accessor
+    msg = await nc.request(f"{prefix}.{call}", json.dumps(body or {}).encode(), timeout=5.0)
+    return json.loads(msg.data)
+
+
+async def _ensure_schedules(js: JetStreamContext, settings: Settings) -> list[str]:
+    try:
+        info = await stream_api(js, f"STREAM.INFO.{subjects.STREAM_SCHEDULES}")
+    except Exception as exc:  # a role that may not see it: it never uses it
+        log.debug("stream %s not visible to this process: %s", subjects.STREAM_SCHEDULES, exc)
+        return []
+    if "error" in info:
+        answer = await stream_api(js, f"STREAM.CREATE.{subjects.STREAM_SCHEDULES}", schedules_config(settings))
+        err = answer.get("error")
+        if isinstance(err, dict) and err.get("err_code") != 10058:  # 10058: created concurrently
+            msg = f"stream {subjects.STREAM_SCHEDULES} not created: {err.get('description', err)}"
+            log.warning(msg)
+            return [msg]
+        return []
+    cfg = info.get("config")
+    if isinstance(cfg, dict) and not cfg.get("allow_msg_schedules"):
+        msg = (f"stream {subjects.STREAM_SCHEDULES} exists without allow_msg_schedules (a server older than "
+               "2.12?): schedules will not fire")
+        log.warning(msg)
+        return [msg]
+    return []
 
 
 _COMPARED = ("subjects", "retention", "storage", "max_age", "duplicate_window", "max_bytes",
@@ -184,6 +236,7 @@ async def ensure_streams(js: JetStreamContext, settings: Settings, *, upgrade: b
     warnings: list[str] = []
     for cfg in stream_configs(settings):
         warnings += await _ensure_stream(js, cfg, upgrade)
+    warnings += await _ensure_schedules(js, settings)
     kv_ttl = max(settings.heartbeat_s * 10, 10.0)
     # File storage, with a TTL: presence must survive a server restart (a memory bucket vanishes with
     # the server, and with it every actor's record until each beats again into a bucket nobody made).

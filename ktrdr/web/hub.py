@@ -233,6 +233,15 @@ class Hub:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
 
+    async def schedules(self) -> list[dict[str, Any]]:
+        """The schedules (`ktrdr schedule list --json`), for the list page."""
+        client = self.client
+        if client is None:
+            raise ConnectionError("not connected to NATS")
+        from ktrdr.transport import schedules
+
+        return await schedules.summaries(client.js)
+
     async def backtest(self, op_id: str) -> tuple[int, dict[str, Any]]:
         """A completed backtest's figures and curve (ktrdr.web.views.backtest_json), for a backtest
         operation or a training workflow that ran one; 404 with a note when there is none."""

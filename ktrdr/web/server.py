@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import html
 import ipaddress
+import json
 import logging
 import os
 import secrets
@@ -242,6 +243,12 @@ async def _pump(request: web.Request, stream: Stream) -> web.StreamResponse:
     return resp
 
 
+async def schedules(request: web.Request) -> web.Response:
+    """The schedules nats-server fires (`ktrdr schedule list --json`), as JSON: the list page shows them."""
+    rows = await request.app[HUB].schedules()
+    return web.Response(text=json.dumps(rows, default=str), content_type="application/json")
+
+
 async def backtest(request: web.Request) -> web.Response:
     """A backtest's figures and equity curve against buy-and-hold, as JSON (the page draws it)."""
     op_id = _op_id(request)
@@ -291,6 +298,7 @@ def create_app(hub: Hub, *, allowed_hosts: set[str] | None, secret: bytes | None
     app.router.add_get("/", list_page)
     app.router.add_get(LOGIN_PATH, login)
     app.router.add_get("/events", list_events)
+    app.router.add_get("/schedules", schedules)
     app.router.add_get("/ops/{op_id}", op_page)
     app.router.add_get("/ops/{op_id}/events", op_events)
     app.router.add_get("/ops/{op_id}/backtest", backtest)

@@ -52,7 +52,7 @@ class Stack:
         return res
 
 
-GROUPS = ("ops", "events", "data", "strategies", "models", "auth")
+GROUPS = ("ops", "events", "data", "strategies", "models", "schedule", "auth")
 
 
 def verb_of(args: tuple[str, ...] | list[str]) -> str:
@@ -142,6 +142,15 @@ def test_every_verb_works_on_the_embedded_default(stack: Stack) -> None:
           "--data", "local", says=lambda text: "Sweep completed: 2/2 variants" in text and "leaderboard (2/2" in text)
     pulled = work / "models" / "new-folder"  # not there yet: pulled into it as `git clone` would
     s.run("models", "pull", "mlp_rsi_aapl", "-o", str(pulled), says="model.pt")
+    # Schedules (nats-server fires them): one every second, then paused, fired by hand, resumed, removed.
+    s.run("schedule", "add", "tick", "--every", "1s", "--", "dummy", "--iterations", "1", "--interval", "0.01",
+          says="schedule tick: @every 1s, overlap skip: dummy 1 x 0.01 s")
+    s.run("schedule", "list", says="tick")
+    s.run("schedule", "pause", "tick", says="paused")
+    s.run("schedule", "trigger", "tick", says="schedule tick fired")
+    s.run("schedule", "show", "tick", says=lambda text: "schedule tick: @every 1s" in text and " started " in text)
+    s.run("schedule", "resume", "tick", says="resumed")
+    s.run("schedule", "remove", "tick", says="removed")
     # Credentials of the stack.
     s.run("auth", "init", says="kept")
     s.run("auth", "env", "trainer", says="export KTRDR_ROLE=trainer")

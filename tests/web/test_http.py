@@ -262,3 +262,23 @@ async def test_a_training_workflows_backtest_is_served_for_its_page(start_actors
             assert r.status == status, (op_id, await r.text())
     async with http.get(web.at(f"/ops/{dummy}/backtest")) as r:
         assert (await r.json())["note"] == f"{dummy} has no completed backtest to show"
+
+
+async def test_the_list_page_serves_the_schedules(start_actors, client, web, http):
+    from events.messages import Schedule
+    from ktrdr.transport import schedules as store
+    from tests.actors.test_schedules import started, wait_records
+
+    await start_actors("orchestrator", "dummy")
+    async with http.get(web.at("/schedules")) as r:
+        assert r.status == 200 and await r.json() == []
+    await store.put_definition(client.js, Schedule(name="page-tick", spec="@every 1s", command=RunDummy(
+        op_id="dummy-20260101T000000000000-000000", iterations=1, interval_s=0.0)))
+    recs = await wait_records(client, "page-tick", lambda rs: len(started(rs)) >= 1)
+    async with http.get(web.at("/schedules")) as r:
+        rows = await r.json()
+    assert [(s["name"], s["spec"], s["overlap"], s["state"]) for s in rows] == [
+        ("page-tick", "@every 1s", "skip", "active")]
+    assert rows[0]["last_firing"]["seq"] >= started(recs)[0].seq
+    async with http.get(web.at("/")) as r:
+        assert 'id="schedules"' in await r.text()

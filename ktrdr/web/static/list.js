@@ -85,6 +85,40 @@
     },
   });
 
+  // The schedules nats-server fires (GET /schedules: `ktrdr schedule list --json`), looked at every 10 s.
+  async function loadSchedules() {
+    let list = [];
+    try {
+      const r = await fetch("/schedules", { credentials: "same-origin" });
+      if (r.ok) list = await r.json();
+    } catch (e) { return; }
+    const table = document.getElementById("schedules");
+    const body = table.querySelector("tbody");
+    const frag = document.createDocumentFragment();
+    for (const s of list) {
+      const tr = KT.el("tr", { "data-schedule": s.name, "data-state": s.state });
+      tr.appendChild(KT.el("td", {}, s.name));
+      tr.appendChild(KT.el("td", {}, s.spec + (s.tz ? " (" + s.tz + ")" : "")));
+      tr.appendChild(KT.el("td", {}, s.overlap));
+      tr.appendChild(KT.el("td", {}, s.state));
+      tr.appendChild(KT.el("td", { class: "description" }, s.command));
+      const last = KT.el("td");
+      const f = s.last_firing;
+      if (!f) last.textContent = "never fired";
+      else if (f.op_id) {
+        last.appendChild(KT.el("span", {}, f.fired_at + " " + f.outcome + " "));
+        last.appendChild(KT.el("a", { href: "/ops/" + encodeURIComponent(f.op_id) }, f.op_id));
+      } else last.textContent = f.fired_at + " " + f.outcome;
+      tr.appendChild(last);
+      frag.appendChild(tr);
+    }
+    body.replaceChildren(frag);
+    table.hidden = list.length === 0;
+    document.getElementById("schedules-title").hidden = list.length === 0;
+  }
+  loadSchedules();
+  setInterval(loadSchedules, 10000);
+
   // Ages move on by themselves; this touches only the age cells, nothing is fetched.
   setInterval(() => {
     for (const td of tbody.querySelectorAll("td.age")) td.textContent = KT.age(td.getAttribute("data-created"), offsetMs);
