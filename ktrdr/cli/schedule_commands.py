@@ -2,7 +2,7 @@
 
 `schedule add NAME (--cron '...' | --every 15m) [--tz ZONE] [--overlap skip|buffer-one|allow] --
 <starting command>` parses the starting command with that command's own verb (`data load`, `train`,
-`backtest`, `dummy`: the same options, the same checks, ktrdr.cli._live.capturing), so a schedule holds
+`backtest`, `sweep`, `dummy`: the same options, the same checks, ktrdr.cli._live.capturing), so a schedule holds
 exactly the command that verb would have submitted. Everything a user can get wrong is refused before
 anything is stored: one line, exit 2.
 """
@@ -17,7 +17,7 @@ import typer
 
 from ktrdr.cli._common import JSON, client, run_async, usage
 
-STARTING = {"data": "load", "train": None, "backtest": None, "dummy": None}  # verb -> its sub-verb
+STARTING = {"data": "load", "train": None, "backtest": None, "sweep": None, "dummy": None}  # verb -> its sub-verb
 SHOW_FIRINGS = 10
 
 
@@ -36,7 +36,7 @@ def _starting_command(ctx: typer.Context, args: list[str]) -> Any:
     from ktrdr.cli._live import capturing
 
     if not args or args[0] not in STARTING or (STARTING[args[0]] and (len(args) < 2 or args[1] != STARTING[args[0]])):
-        raise usage("after --, give the starting command: data load ..., train ..., backtest ... or dummy ...")
+        raise usage("after --, give the starting command: data load ..., train ..., backtest ..., sweep ... or dummy ...")
     if any(a in ("--help", "-h") for a in args):
         raise usage("--help of the starting command: run `ktrdr " + " ".join(args[:2 if STARTING[args[0]] else 1])
                     + " --help`")

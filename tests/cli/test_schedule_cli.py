@@ -42,6 +42,7 @@ BAD = [
     ["add", "ok", "--every", "1s", "--", "data", "load", "../etc"],
     ["add", "ok", "--every", "1s", "--", "dummy", "--iterations", "0"],
     ["add", "ok", "--every", "1s", "--", "dummy", "--bogus"],
+    ["add", "ok", "--every", "1s", "--", "sweep", "strategies/mlp_rsi_aapl.yaml", "--param", "model.nope=[1,2]"],
     ["show", "Bad/Name"], ["pause", "a.b"], ["resume", ""], ["trigger", "x>"], ["remove", "*"],
 ]
 
