@@ -12,7 +12,7 @@ from __future__ import annotations
 LIST_OPTIONS: dict[str, tuple[str, type | None]] = {
     "--limit": ("limit", int), "--flat": ("flat", None), "--status": ("status", str),
     "--type": ("op_type", str), "--pool": ("pool", str), "--since": ("since", str), "--until": ("until", str),
-    "--symbol": ("symbol", str), "--parent": ("parent", str), "--before": ("before", str),
+    "--symbol": ("symbol", str), "--parent": ("parent", str), "--text": ("text", str), "--before": ("before", str),
     "--json": ("json_out", None),
 }
 

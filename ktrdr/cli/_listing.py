@@ -51,12 +51,12 @@ def _fail(message: str) -> int:
 
 def run_list(limit: int = 50, flat: bool = False, status: str | None = None, op_type: str | None = None,
              pool: str | None = None, since: str | None = None, until: str | None = None,
-             symbol: str | None = None, parent: str | None = None, before: str | None = None,
-             json_out: bool = False) -> int:
+             symbol: str | None = None, parent: str | None = None, text: str | None = None,
+             before: str | None = None, json_out: bool = False) -> int:
     """Check the options as given on the command line, list, and return the exit code."""
     from typing import get_args
 
-    from ktrdr.ops.index import MAX_PAGE, Filters, before_key, parse_when
+    from ktrdr.ops.index import MAX_PAGE, MAX_TEXT, Filters, before_key, parse_when
     from ktrdr.ops.view import Status
 
     statuses = get_args(Status)
@@ -66,8 +66,10 @@ def run_list(limit: int = 50, flat: bool = False, status: str | None = None, op_
         return _fail(f"--status must be one of {', '.join(statuses)}, got {status[:40]!r}")
     if parent is not None and (problem := op_id_problem(parent)) is not None:
         return _fail(problem)
+    if text is not None and not 0 < len(text) <= MAX_TEXT:
+        return _fail(f"--text must be 1 to {MAX_TEXT} characters, got {len(text)}")
     try:
-        filters = Filters(status=status, op_type=op_type, pool=pool, symbol=symbol, parent=parent,
+        filters = Filters(status=status, op_type=op_type, pool=pool, symbol=symbol, parent=parent, text=text,
                           since=parse_when(since) if since else None, until=parse_when(until) if until else None)
         if before:
             before_key(before)

@@ -26,13 +26,16 @@ def ops_list(limit: int = typer.Option(50, help="Show the latest N (0 = all, at 
              until: str | None = typer.Option(None, help="Only those made before this date/time (ISO, UTC)."),
              symbol: str | None = typer.Option(None, help="Only those whose command names this symbol."),
              parent: str | None = typer.Option(None, help="Only the children of this workflow operation."),
+             text: str | None = typer.Option(None, help="Only those whose op id, symbol, strategy or description "
+                                                       "contains this (any case)."),
              before: str | None = typer.Option(None, help="The page before this cursor (an op id or a date/time, "
                                                          "as printed after a page)."),
              json_out: bool = JSON) -> None:
     """Operations from the stored events, oldest first, children under their parents."""
     # The lean path (ktrdr.cli._lean) runs the same run_list without typer; its options are these.
     raise typer.Exit(run_list(limit=limit, flat=flat, status=status, op_type=op_type, pool=pool, since=since,
-                              until=until, symbol=symbol, parent=parent, before=before, json_out=json_out))
+                              until=until, symbol=symbol, parent=parent, text=text, before=before,
+                              json_out=json_out))
 
 
 def _fail(message: str) -> int:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
@@ -27,6 +28,7 @@ from events.proof import HEADER
 from ktrdr.client import Client
 from ktrdr.config import Settings
 from ktrdr.ops import OperationView
+from ktrdr.ops.index import Filters
 from ktrdr.ops.reader import admit, count_dropped, fold_into
 from ktrdr.web import MAX_STREAMS, MAX_STREAMS_PER_CLIENT
 from ktrdr.web.views import OpPage, backtest_json, backtest_result, row_json, sort_key
@@ -87,6 +89,7 @@ class Hub:
         self._buffer: list[tuple[str, bytes, str | None]] | None = None
         self.dropped = 0  # live messages whose body disagreed with their subject (or did not decode)
         self.connected = asyncio.Event()
+        self._search_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------------------- connection
     async def run(self, stop: asyncio.Event, on_first_attach: Callable[[], None] | None = None) -> None:
@@ -166,7 +169,9 @@ class Hub:
     # ------------------------------------------------------------------------------- list page
     def list_snapshot(self) -> dict[str, Any]:
         newest = sorted(self.views.values(), key=lambda v: sort_key(v.op_id))[-self.list_limit:]
-        return {"rows": [row_json(v) for v in newest], "total": len(self.views), "now": _now()}
+        # `limit`: a full snapshot may have older operations behind it (the page then offers "Older")
+        return {"rows": [row_json(v) for v in newest], "total": len(self.views), "limit": self.list_limit,
+                "now": _now()}
 
     async def _push_loop(self) -> None:
         while True:
@@ -231,6 +236,26 @@ class Hub:
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+
+    async def search(self, filters: Filters, before: str | None, limit: int) -> dict[str, Any]:
+        """One page of the list from the operations index (the read `ktrdr ops list` makes): the
+        newest `limit` rows kept by `filters` made before the cursor, and the cursor of the page
+        before it (None at the oldest)."""
+        client = self.client
+        if client is None:
+            raise ConnectionError("not connected to NATS")
+        async with self._search_lock:  # the client keeps the page's cursor and notes on itself
+            views = await client.list_operations(limit=limit, filters=filters, before=before)
+            more, note = client.next_before, client.index_note
+        return {"rows": [row_json(v) for v in views], "next_before": more, "note": note, "now": _now()}
+
+    async def events_json(self, op_id: str) -> list[dict[str, Any]]:
+        """Every stored event of the operation, as the wire has them (msgspec's JSON builtins), oldest first."""
+        client = self.client
+        if client is None:
+            raise ConnectionError("not connected to NATS")
+        read = await client.events(op_id)
+        return [msgspec.to_builtins(ev) for ev in read]
 
     async def backtest(self, op_id: str) -> tuple[int, dict[str, Any]]:
         """A completed backtest's figures and curve (ktrdr.web.views.backtest_json), for a backtest

@@ -284,3 +284,61 @@ async def test_a_backtest_page_shows_its_figures_and_equity_against_buy_and_hold
     assert abs(lines["drawdown"]["min"] - 100 * r["strategy"]["max_drawdown"]) < 1e-3
     assert abs(lines["buy_hold_drawdown"]["min"] - 100 * r["buy_and_hold"]["max_drawdown"]) < 1e-3
     assert f"{saved['name']} on AAPL [1h]" in seen["what"] and "1,200 bars" in seen["what"]
+
+
+async def test_the_list_filters_pages_back_and_an_operation_downloads_its_events(start_actors, client, web,
+                                                                                 browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from tests.web.test_search import made_operations
+
+    ops = await made_operations(start_actors, client)
+
+    def shown(d: Any) -> list[str]:
+        return [tr.get_attribute("data-op-id") for tr in d.find_elements(By.CSS_SELECTOR, "#ops tbody tr")]
+
+    def submit(d: Any, **fields: str) -> None:
+        form = d.find_element(By.ID, "filters")
+        for name, value in fields.items():
+            box = form.find_element(By.NAME, name)
+            if box.tag_name == "select":
+                Select(box).select_by_value(value)
+            else:
+                box.clear()
+                box.send_keys(value)
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+    def page() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        browser.get(web.at("/?limit=2"))  # two rows a page, so that three pages hold the five
+        wait_until(browser, lambda d: len(shown(d)) == 5)  # the live list first
+        submit(browser, text="msft")
+        wait_until(browser, lambda d: shown(d) == [ops["load"]])
+        submit(browser, text="", status="completed")
+        wait_until(browser, lambda d: sorted(shown(d)) == sorted([ops["done1"], ops["done2"]]))
+        save_screenshot(browser, "list-filtered.png", tmp_path)
+        submit(browser, status="failed")
+        wait_until(browser, lambda d: shown(d) == [] and d.find_element(By.ID, "nomatch").is_displayed())
+        browser.find_element(By.ID, "clear").click()  # no filters: the newest page from the index
+        wait_until(browser, lambda d: sorted(shown(d)) == sorted([ops["load"], ops["train"]]))
+        pages = [sorted(shown(browser))]
+        while browser.find_element(By.ID, "older").is_displayed():
+            count = len(shown(browser))
+            browser.find_element(By.ID, "older").click()
+            wait_until(browser, lambda d, n=count: len(shown(d)) > n
+                       or not d.find_element(By.ID, "older").is_displayed())
+            pages.append(sorted(shown(browser)))
+        out["pages"] = pages
+        browser.get(web.at(f"/ops/{ops['done1']}"))
+        link = wait_until(browser, lambda d: (a := d.find_element(By.ID, "download")).get_attribute("href")
+                          .endswith("/events.json") and a)
+        out["download"] = link.get_attribute("href")
+        return out
+
+    seen = await asyncio.to_thread(page)
+    everything = sorted(ops.values())
+    assert seen["pages"][-1] == everything  # "Older" reached the oldest, and then was gone
+    assert seen["pages"][:2] == [sorted([ops["load"], ops["train"]]),
+                                 sorted([ops["waiting"], ops["load"], ops["train"], ops["done2"]])]
+    assert seen["download"] == web.at(f"/ops/{ops['done1']}/events.json")

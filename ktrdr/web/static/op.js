@@ -13,6 +13,7 @@
                   painted: false, backtest: "" };
   const $ = (id) => document.getElementById(id);
   $("op-id").textContent = opId;
+  $("download").setAttribute("href", "/ops/" + encodeURIComponent(opId) + "/events.json");
   document.title = `${opId} · KTRDR`;
 
   // ------------------------------------------------------------------------------------ header
