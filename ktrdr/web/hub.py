@@ -27,11 +27,12 @@ from events.codec import DecodeError, decode_event_on
 from events.proof import HEADER
 from ktrdr.client import Client
 from ktrdr.config import Settings
-from ktrdr.ops import OperationView
-from ktrdr.ops.index import Filters
+from ktrdr.ops import OperationView, fold_all
+from ktrdr.ops.index import MAX_PAGE, Filters
 from ktrdr.ops.reader import admit, count_dropped, fold_into
+from ktrdr.plotting import epoch_points
 from ktrdr.web import MAX_STREAMS, MAX_STREAMS_PER_CLIENT
-from ktrdr.web.views import OpPage, backtest_json, backtest_result, row_json, sort_key
+from ktrdr.web.views import MAX_CURVE_POINTS, OpPage, backtest_json, backtest_result, row_json, sort_key, timeline_row
 
 log = logging.getLogger("ktrdr.web")
 
@@ -248,6 +249,28 @@ class Hub:
             views = await client.list_operations(limit=limit, filters=filters, before=before)
             more, note = client.next_before, client.index_note
         return {"rows": [row_json(v) for v in views], "next_before": more, "note": note, "now": _now()}
+
+    async def timeline(self, op_id: str) -> dict[str, Any]:
+        """A workflow's children for its timeline, oldest first, from the operations index (the read
+        `ktrdr ops list --parent ID` makes): at most MAX_PAGE of them."""
+        client = self.client
+        if client is None:
+            raise ConnectionError("not connected to NATS")
+        async with self._search_lock:
+            kids = await client.list_operations(limit=MAX_PAGE, filters=Filters(parent=op_id))
+            more = client.next_before is not None
+        return {"children": [timeline_row(v) for v in kids], "more": more, "now": _now()}
+
+    async def curves(self, op_id: str) -> dict[str, Any]:
+        """A training's per-epoch metrics from its stored events (ktrdr.plotting.epoch_points, what
+        `ktrdr ops plot` draws), at most MAX_CURVE_POINTS, with what its list row shows."""
+        client = self.client
+        if client is None:
+            raise ConnectionError("not connected to NATS")
+        events = await client.events(op_id)
+        view = fold_all(events)
+        points = epoch_points(events)[:MAX_CURVE_POINTS]
+        return {**row_json(view), "points": [[e, m] for e, m in points]}
 
     async def events_json(self, op_id: str) -> list[dict[str, Any]]:
         """Every stored event of the operation, as the wire has them (msgspec's JSON builtins), oldest first."""

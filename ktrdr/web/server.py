@@ -60,6 +60,7 @@ STATIC = {  # name -> content type: the only files served
     "common.js": "text/javascript; charset=utf-8",
     "list.js": "text/javascript; charset=utf-8",
     "op.js": "text/javascript; charset=utf-8",
+    "compare.js": "text/javascript; charset=utf-8",
 }
 CANCEL_HEADER = "X-KTRDR-Cancel"  # a custom header: a cross-site form cannot send it, a fetch only after a preflight
 MAX_SESSIONS = 256  # logged-in browsers remembered (the oldest is forgotten first)
@@ -303,6 +304,30 @@ async def events_download(request: web.Request) -> web.Response:
                         headers={"Content-Disposition": f'attachment; filename="{op_id}.events.json"'})
 
 
+async def timeline(request: web.Request) -> web.Response:
+    """A workflow's children, each from its start to its end, for the timeline its page draws."""
+    op_id = _op_id(request)
+    hub = request.app[HUB]
+    if not await hub.exists(op_id):
+        return web.json_response({"error": f"no operation {op_id} is stored"}, status=404)
+    return web.json_response(await hub.timeline(op_id))
+
+
+async def curves(request: web.Request) -> web.Response:
+    """A training's metrics per epoch (the points its page draws), for the comparison page."""
+    op_id = _op_id(request)
+    hub = request.app[HUB]
+    if not await hub.exists(op_id):
+        return web.json_response({"error": f"no operation {op_id} is stored"}, status=404)
+    return web.json_response(await hub.curves(op_id))
+
+
+async def compare_page(request: web.Request) -> web.Response:
+    """Two or more trainings' curves overlaid; the ids are in the query (`?ops=ID,ID`), read and
+    checked by the page's script, each fetched from /ops/ID/curves (which checks it again)."""
+    return web.Response(body=request.app[CONF]["compare_html"], content_type="text/html", charset="utf-8")
+
+
 async def backtest(request: web.Request) -> web.Response:
     """A backtest's figures and equity curve against buy-and-hold, as JSON (the page draws it)."""
     op_id = _op_id(request)
@@ -339,6 +364,7 @@ def create_app(hub: Hub, *, allowed_hosts: set[str] | None, secret: bytes | None
         "allowed_hosts": allowed_hosts,
         "list_html": _pages(_read("list.html")),
         "op_html": _pages(_read("op.html")),
+        "compare_html": _read("compare.html"),
         "static": {name: _read(name) for name in STATIC},
     }
     app.on_response_prepare.append(_security_headers)
@@ -349,6 +375,9 @@ def create_app(hub: Hub, *, allowed_hosts: set[str] | None, secret: bytes | None
     app.router.add_get("/ops.json", search)
     app.router.add_get("/ops/{op_id}/events", op_events)
     app.router.add_get("/ops/{op_id}/events.json", events_download)
+    app.router.add_get("/ops/{op_id}/timeline", timeline)
+    app.router.add_get("/ops/{op_id}/curves", curves)
+    app.router.add_get("/compare", compare_page)
     app.router.add_get("/ops/{op_id}/backtest", backtest)
     app.router.add_post("/ops/{op_id}/cancel", cancel)
     app.router.add_get("/static/{name}", static_file)

@@ -71,6 +71,14 @@
     if (before) fetchPage(before);
   });
 
+  const picked = new Set(); // trainings ticked for comparison
+
+  function compareLink() {
+    const link = document.getElementById("compare-link");
+    link.hidden = picked.size < 2;
+    link.setAttribute("href", "/compare?ops=" + [...picked].map(encodeURIComponent).join(","));
+  }
+
   function applyClock(now) {
     if (now) offsetMs = Date.parse(now) - Date.now();
   }
@@ -106,6 +114,16 @@
                                class: depth ? `child depth${Math.min(depth, 2)}` : null });
       const op = KT.el("td", { class: "op" });
       if (depth) op.appendChild(KT.el("span", { class: "tree" }, "└"));
+      if (r.domain === "training") { // pick two or more to compare their curves
+        const box = KT.el("input", { type: "checkbox", class: "pick", "data-op-id": r.op_id,
+                                     title: "compare this training's curves with others" });
+        box.checked = picked.has(r.op_id);
+        box.addEventListener("change", () => {
+          if (box.checked) picked.add(r.op_id); else picked.delete(r.op_id);
+          compareLink();
+        });
+        op.appendChild(box);
+      }
       op.appendChild(KT.el("a", { href: "/ops/" + encodeURIComponent(r.op_id), title: r.line }, r.op_id));
       tr.appendChild(op);
       const st = KT.el("td");
