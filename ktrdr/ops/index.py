@@ -122,18 +122,24 @@ def live_key(op_id: str) -> str:
     return f"{LIVE_PREFIX}{op_id}"
 
 
+def hour_start(hour: str) -> datetime:
+    """The start of an hour key (yyyymmddHH), UTC; ValueError for anything else."""
+    return datetime.strptime(hour, "%Y%m%d%H").replace(tzinfo=UTC)
+
+
 def hours_to_walk(hours: Iterable[str], filters: Filters, before: str | None) -> list[str]:
     """The hours (yyyymmddHH, newest first) that may hold rows of the page asked for: overlapping
     [--since, --until) and starting no later than the --before cursor."""
-    cut = before_key(before)[0] if before else None
+    cut, cut_id = before_key(before) if before else (None, "")
     out = []
     for h in hours:
         try:
-            start = datetime.strptime(h, "%Y%m%d%H").replace(tzinfo=UTC)
+            start = hour_start(h)
         except ValueError:
             continue  # not an hour key: nothing of ours
         if (filters.since is not None and start + HOUR <= filters.since) or \
-                (filters.until is not None and start >= filters.until) or (cut is not None and start > cut):
+                (filters.until is not None and start >= filters.until) or \
+                (cut is not None and (start > cut or (start == cut and not cut_id))):  # a time cursor: before it
             continue
         out.append(h)
     return sorted(out, reverse=True)

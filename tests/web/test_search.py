@@ -95,3 +95,22 @@ async def test_an_operations_events_download_as_json(start_actors, client, web, 
         assert r.status == 404
     async with http.get(web.at("/ops/not-an-id/events.json")) as r:
         assert r.status == 400
+
+
+async def test_the_timeline_and_curves_endpoints_check_ids_and_say_what_is_missing(start_actors, client, web, http):
+    await start_actors("orchestrator", "dummy")
+    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=1, interval_s=0.01)
+    await client.submit(cmd)
+    await wait_terminal(client, cmd.op_id)
+    for what in ("timeline", "curves"):
+        async with http.get(web.at(f"/ops/not-an-id/{what}")) as r:
+            assert r.status == 400
+        async with http.get(web.at(f"/ops/dummy-20200101T000000000000-abcdef/{what}")) as r:
+            assert r.status == 404 and "no operation" in (await r.json())["error"]
+    async with http.get(web.at(f"/ops/{cmd.op_id}/timeline")) as r:
+        assert r.status == 200 and (await r.json())["children"] == []  # not a workflow: no children
+    async with http.get(web.at(f"/ops/{cmd.op_id}/curves")) as r:
+        body = await r.json()
+        assert r.status == 200 and body["op_id"] == cmd.op_id and body["points"] == []  # not a training
+    async with http.get(web.at("/compare?ops=x")) as r:  # the page itself; its script checks the ids
+        assert r.status == 200 and "script-src 'self'" in r.headers["Content-Security-Policy"]

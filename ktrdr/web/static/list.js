@@ -42,8 +42,11 @@
       note.hidden = false;
       return;
     }
-    note.hidden = !body.note;
-    note.textContent = body.note || "";
+    const searched = body.searched_to
+      ? `searched operations made since ${body.searched_to.replace("T", " ").slice(0, 16)} UTC; "Older" searches further back`
+      : "";
+    note.hidden = !(body.note || searched);
+    note.textContent = [body.note, searched].filter((t) => t).join(" · ");
     if (!before) rows.clear();
     for (const r of body.rows) rows.set(r.op_id, r);
     cursor = body.next_before;
