@@ -348,8 +348,8 @@ class Client:
         rows: dict[str, OpSummary] = {}
         cursor = None
         full = False
-        walk = hours_to_walk(set(await opsindex.hours(self.js)) | set(by_hour), filters, before)
-        for i, hour in enumerate(walk):
+        to_walk = hours_to_walk(set(await opsindex.hours(self.js)) | set(by_hour), filters, before)
+        for i, hour in enumerate(to_walk):
             # Only the rows the filters keep are held: paging re-sorts what is held after each
             # bucket, so holding every row walked made a search that keeps few rows quadratic (a
             # free-text search at 100,000 operations took 224 s; bench.scale history).
@@ -365,7 +365,7 @@ class Client:
                         break
             if full:
                 break
-            if max_walk and self.index_read >= max_walk and i + 1 < len(walk):
+            if max_walk and self.index_read >= max_walk and i + 1 < len(to_walk):
                 # Every operation made from this hour's start on has been looked at: the next call
                 # goes on from there.
                 self.searched_to = hour_start(hour).isoformat()
