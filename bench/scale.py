@@ -29,8 +29,10 @@ from events import subjects
 from events.codec import encode
 from events.messages import OperationCreated, OperationRejected, RunDummy
 from ktrdr.client import Client
+from ktrdr.ops.index import Filters
 from ktrdr.ops.reader import collect_views
 from ktrdr.transport import opsindex
+from ktrdr.web.hub import SEARCH_WALK
 
 LEVELS = (1, 10, 100, 1000)
 ITERATIONS, INTERVAL_S = 10, 0.02
@@ -196,6 +198,18 @@ async def _level(c: Client, srv: BenchServer, orch: ActorProcess, n: int, stored
     inproc_s = await _median_s(lambda: c.list_operations(limit=LIST_LIMIT))  # ops list's read, no process start
     page_s = await _median_s(lambda: c.list_operations(limit=PAGE_LIMIT))  # the hub's read at attach
     ops_read = c.ops_read  # operations of that page read from OPS (ended ones: from the index alone)
+    # The page's filtered reads (GET /ops.json runs this call): a status filter, the page before the
+    # first (its cursor), and a free-text search for one operation's id piece, which has to walk
+    # every hour of the index when it matches almost nothing (the worst case of a search).
+    await c.list_operations(limit=LIST_LIMIT)
+    cursor = c.next_before
+    newest = await c.list_operations(limit=1)
+    piece = newest[0].op_id[-6:] if newest else "abcdef"
+    status_s = await _median_s(lambda: c.list_operations(limit=LIST_LIMIT, filters=Filters(status="rejected")))
+    older_s = await _median_s(lambda: c.list_operations(limit=LIST_LIMIT, before=cursor)) if cursor else 0.0
+    text_s = await _median_s(lambda: c.list_operations(limit=LIST_LIMIT, filters=Filters(text=piece)))
+    bounded_s = await _median_s(lambda: c.list_operations(limit=LIST_LIMIT, filters=Filters(text=piece),
+                                                          max_walk=SEARCH_WALK))  # the page's: a stretch a call
     scan_s = await _median_s(lambda: collect_views(c.js), runs=1)  # what ops list read before the index
     starts = []
     for _ in range(3):
@@ -204,7 +218,8 @@ async def _level(c: Client, srv: BenchServer, orch: ActorProcess, n: int, stored
     start_s = statistics.median(starts)
     return orch, {"operations": n, "store_s": round(store_s, 1), "index_catchup_s": round(catchup_s, 1),
                   "list_s": round(list_s, 2), "list_read_s": round(inproc_s, 3), "page_list_s": round(page_s, 3),
-                  "page_ops_read": ops_read,
+                  "page_ops_read": ops_read, "page_status_s": round(status_s, 3), "page_older_s": round(older_s, 3),
+                  "page_text_search_s": round(text_s, 3), "page_text_search_bounded_s": round(bounded_s, 3),
                   "log_scan_s": round(scan_s, 2),
                   "start_to_first_command_s": round(start_s, 2), "orchestrator_rss_mib": round(rss, 1)}
 
@@ -255,6 +270,12 @@ def history_table(result: dict[str, Any]) -> str:
                      f"{r['log_scan_s']} s | "
                      f"{r['start_to_first_command_s']} s | {r['orchestrator_rss_mib']} MiB | "
                      f"{r['index_catchup_s']} s |")
+    lines += ["", "the page's filtered reads (GET /ops.json, 50 rows, median of 3):", "",
+              "| finished ops in OPS | status filter | the page before (cursor) | free-text search, one match "
+              "(whole history) | the same, the page's bounded stretch |", "|---|---|---|---|---|"]
+    for r in [b, *result["rows"]]:
+        lines.append(f"| {r['operations']:,} | {r.get('page_status_s', '-')} s | {r.get('page_older_s', '-')} s "
+                     f"| {r.get('page_text_search_s', '-')} s | {r.get('page_text_search_bounded_s', '-')} s |")
     return "\n".join(lines)
 
 

@@ -778,6 +778,7 @@ class OpSummary(msgspec.Struct, kw_only=True, frozen=True):
     line: Reason = ""  # the renderer's final line (a completed one's headline comes from its result)
     worker: Label = ""
     started_at: datetime | None = None
+    strategy: Label = ""  # a training's or backtest's strategy (free-text search finds it)
 
 
 class IndexMark(Message, tag="IndexMark", kw_only=True):

@@ -1,7 +1,8 @@
 """The `ktrdr` command line. Commands publish to NATS and render progress; nothing here does the
 work. Heavy modules (torch, pandas, rich, nats) are imported inside the commands that need them, so
-`ktrdr --help` and `ktrdr ops list` start fast. Every error a user can cause is one line on stderr
-and exit code 2, never a traceback.
+`ktrdr --help` starts fast, and `ktrdr ops list` runs without typer when its options are well formed
+(ktrdr.cli._lean; anything else goes to the typer app, which prints the help and the usage errors).
+Every error a user can cause is one line on stderr and exit code 2, never a traceback.
 
 `build_app` assembles the app: each commands module has a `register` function that adds its
 commands to the app or to the groups it is handed, and none of them imports this package's names.
@@ -11,13 +12,17 @@ from __future__ import annotations
 
 import sys
 from functools import cache
+from typing import TYPE_CHECKING
 
-import typer
+if TYPE_CHECKING:  # typer (and the pydantic it imports) is imported when the lean path declines
+    import typer
 
 
 @cache
 def build_app() -> typer.Typer:
     """The `ktrdr` app with every command and group registered (built once per process)."""
+    import typer
+
     from ktrdr.cli import (
         auth_commands,
         backtest_commands,
@@ -65,6 +70,16 @@ def entry() -> None:
 
 
 def main() -> None:
+    from ktrdr.cli._lean import try_lean
+
+    try:
+        code = try_lean(sys.argv[1:])
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if code is not None:
+        sys.exit(code)
+    import typer
+
     try:
         rv = build_app()(standalone_mode=False)
     except KeyboardInterrupt:

@@ -5,18 +5,15 @@ pools and operation ids. Imports nothing heavy: the commands' modules import it 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
 from events.bounds import MAX_DEADLINE
-from ktrdr.config import settings
-
-if TYPE_CHECKING:
-    from ktrdr.client import Client
+from ktrdr.cli._run import client as client  # the commands import it from here
+from ktrdr.cli._run import op_id_problem, run_coro
 
 JSON = typer.Option(False, "--json", help="Print data as JSON.")
 TIMEOUT = typer.Option(None, "--timeout", help="Cancel the operation (reason: deadline) after this many seconds.")
@@ -24,86 +21,15 @@ MAX_TIMEOUT_S = int(MAX_DEADLINE.total_seconds())  # a command's timeout is at m
 
 
 def run_async(coro: Coroutine[Any, Any, int | None]) -> None:
-    """Run a command's coroutine and exit with its code; the errors a user can cause become one line
-    on stderr (2: bad input, 1: a failed operation, or a server that cannot be reached or refused our
-    credentials or TLS handshake: ktrdr.transport.connection.ConnectRefused), never a traceback."""
-    import asyncio
-
-    from ktrdr.errors import KtrdrError, ValidationError
-
-    try:
-        code = asyncio.run(coro)
-    except ValidationError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except KtrdrError as exc:
-        from ktrdr import disk
-
-        typer.echo(f"error: {disk.explain(exc, settings()) or exc}", err=True)
-        raise typer.Exit(1) from None
-    except BrokenPipeError:
-        # Our stdout was closed (`ktrdr ops list | head -1`): stop quietly, as a Unix tool killed by
-        # SIGPIPE does, rather than blame NATS; nats-py handles its own sockets' errors itself.
-        _silence_stdout()
-        raise typer.Exit(141) from None
-    except (OSError, TimeoutError) as exc:
-        typer.echo(f"error: {_failure(exc)}", err=True)
-        raise typer.Exit(1) from None
-    except Exception as exc:  # the server's own refusal, when it says its store is full
-        from ktrdr import disk
-
-        full = disk.explain(exc, settings())
-        if full is None:
-            raise
-        typer.echo(f"error: {full}", err=True)
-        raise typer.Exit(1) from None
-    raise typer.Exit(code or 0)
-
-
-def _failure(exc: OSError) -> str:
-    """The line for an OSError: a full disk names the disk (ours, or the server's store when the
-    supervisor saw it stop writing); "cannot reach NATS" only when no server accepts connections."""
-    from ktrdr import disk, embedded
-
-    s = settings()
-    full = disk.explain(exc, s)
-    if full is not None:
-        return str(full)
-    if isinstance(exc, TimeoutError) and embedded.url_alive(s.nats_url or embedded.recorded_url(s)):
-        return (f"NATS did not answer in time ({exc or type(exc).__name__}) though the server accepts connections; "
-                "see `ktrdr status`")
-    return f"cannot reach NATS ({exc or type(exc).__name__}); is the server running? try `ktrdr status`"
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so that the interpreter's flush at exit does not fail again."""
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    """Run a command's coroutine and exit with its code (ktrdr.cli._run.run_coro: the errors a user
+    can cause become one line on stderr, never a traceback)."""
+    raise typer.Exit(run_coro(coro))
 
 
 def usage(message: str) -> typer.Exit:
     """Print `error: MESSAGE` and return the exit (code 2) for the caller to raise."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
-
-
-def client(**kwargs: Any) -> Client:
-    """A client of NATS_URL, or of the embedded stack (started when it is not running; the client
-    then waits until the stack serves before it is used)."""
-    from ktrdr import embedded
-    from ktrdr.client import Client
-
-    s = settings()
-    if s.nats_url:
-        return Client(s, **kwargs)
-    # Wait for the stack only when this call starts it: judged as current_url judges it (a recorded
-    # URL that answers may be another program on that port, and then the stack is started anew).
-    running = embedded.running_url(s) is not None
-    url = embedded.current_url(s)
-    return Client(s, url=url, ready_roles=None if running else embedded.local_roles(s), **kwargs)
 
 
 def parse_date(value: str | None, name: str) -> datetime | None:
@@ -147,8 +73,6 @@ def check_pool(pool: str) -> str:
 
 
 def check_op_id(op_id: str) -> None:
-    from events.subjects import is_op_id
-
-    if not is_op_id(op_id):
-        shown = op_id if len(op_id) <= 60 else op_id[:60] + "..."
-        raise usage(f"{shown!r} is not an operation id (like data-20261128T174900123456-3f9a1c; see `ktrdr ops list`)")
+    problem = op_id_problem(op_id)
+    if problem is not None:
+        raise usage(problem)

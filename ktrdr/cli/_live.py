@@ -24,6 +24,7 @@ import msgspec
 from events import roles, subjects
 from events.codec import DecodeError, decode_event_on
 from events.messages import ROLE_FOR_DOMAIN, AnyEvent, Command, Heartbeat, RunSweep, StartTraining
+from ktrdr.cli._listing import view_json as view_json  # the commands import it from here
 from ktrdr.client import Client
 from ktrdr.ops import OperationView
 from ktrdr.rendering import ProgressRenderer
@@ -37,12 +38,6 @@ def exit_code(view: OperationView) -> int:
     if view.status == "cancelled" and view.reason_code == "deadline":
         return 1  # a deadline is a failure to finish in time, not the user's choice
     return EXIT.get(view.status, 1)
-
-
-def view_json(view: OperationView) -> dict[str, Any]:
-    d = msgspec.to_builtins(view)
-    d["elapsed_s"] = view.elapsed_s
-    return d
 
 
 class LinePrinter:

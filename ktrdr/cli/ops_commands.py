@@ -6,47 +6,15 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ktrdr.cli._common import JSON, check_op_id, client, run_async
+from ktrdr.cli._listing import run_list, view_json
 
 if TYPE_CHECKING:  # the fold is imported by the verbs that use it: `ktrdr --help` stays fast
     from ktrdr.ops import OperationView
-
-
-def _age(view: OperationView) -> str:
-    if view.created_at is None and view.updated_at is None:
-        return "-"
-    secs = (datetime.now(UTC) - (view.created_at or view.updated_at)).total_seconds()  # type: ignore[operator]
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs / size:.0f}{unit}"
-    return f"{secs:.0f}s"
-
-
-def tree_order(views: list[OperationView]) -> list[tuple[int, OperationView]]:
-    """(depth, view): children right under their parent, in creation order; orphans at the top level."""
-    by_id = {v.op_id: v for v in views}
-    kids: dict[str, list[OperationView]] = {}
-    for v in views:
-        if v.parent_op_id and v.parent_op_id in by_id:
-            kids.setdefault(v.parent_op_id, []).append(v)
-    for siblings in kids.values():  # a workflow's children share its id's time: their creation orders them
-        siblings.sort(key=lambda k: (k.created_at is None, k.created_at.timestamp() if k.created_at else 0.0, k.op_id))
-    out: list[tuple[int, OperationView]] = []
-
-    def walk(v: OperationView, depth: int) -> None:
-        out.append((depth, v))
-        for k in kids.get(v.op_id, []):
-            walk(k, depth + 1)
-
-    for v in views:
-        if not (v.parent_op_id and v.parent_op_id in by_id):
-            walk(v, 0)
-    return out
 
 
 def ops_list(limit: int = typer.Option(50, help="Show the latest N (0 = all, at most 1000)."),
@@ -58,65 +26,21 @@ def ops_list(limit: int = typer.Option(50, help="Show the latest N (0 = all, at 
              until: str | None = typer.Option(None, help="Only those made before this date/time (ISO, UTC)."),
              symbol: str | None = typer.Option(None, help="Only those whose command names this symbol."),
              parent: str | None = typer.Option(None, help="Only the children of this workflow operation."),
+             text: str | None = typer.Option(None, help="Only those whose op id, symbol, strategy or description "
+                                                       "contains this (any case)."),
              before: str | None = typer.Option(None, help="The page before this cursor (an op id or a date/time, "
                                                          "as printed after a page)."),
              json_out: bool = JSON) -> None:
     """Operations from the stored events, oldest first, children under their parents."""
-    from typing import get_args
-
-    from ktrdr.ops.index import MAX_PAGE, Filters, before_key, parse_when
-    from ktrdr.ops.view import Status
-
-    statuses = get_args(Status)
-
-    if limit < 0 or limit > MAX_PAGE:
-        raise typer.Exit(_fail(f"--limit must be 0 to {MAX_PAGE}, got {limit}"))
-    if status is not None and status not in statuses:
-        raise typer.Exit(_fail(f"--status must be one of {', '.join(statuses)}, got {status[:40]!r}"))
-    if parent is not None:
-        check_op_id(parent)
-    try:
-        filters = Filters(status=status, op_type=op_type, pool=pool, symbol=symbol, parent=parent,
-                          since=parse_when(since) if since else None, until=parse_when(until) if until else None)
-        if before:
-            before_key(before)
-    except ValueError as exc:
-        raise typer.Exit(_fail(str(exc))) from None
-    run_async(_ops_list(limit, flat, json_out, filters, before))
+    # The lean path (ktrdr.cli._lean) runs the same run_list without typer; its options are these.
+    raise typer.Exit(run_list(limit=limit, flat=flat, status=status, op_type=op_type, pool=pool, since=since,
+                              until=until, symbol=symbol, parent=parent, text=text, before=before,
+                              json_out=json_out))
 
 
 def _fail(message: str) -> int:
     typer.echo(f"error: {message}", err=True)
     return 2
-
-
-async def _ops_list(limit: int, flat: bool, json_out: bool, filters: Any = None, before: str | None = None) -> int:
-    from ktrdr.cli._live import view_json
-
-    async with client() as c:
-        views = await c.list_operations(limit=limit or None, filters=filters, before=before)
-        more = c.next_before
-        if c.index_note:
-            typer.echo(f"note: {c.index_note}", err=True)
-    if json_out:
-        typer.echo(json.dumps([view_json(v) for v in views], default=str))
-        if more:
-            typer.echo(f"next page: --before {more}", err=True)
-        return 0
-    if not views:
-        typer.echo("no operations match" if (filters is not None and filters.any) or before
-                   else "no operations yet (try `ktrdr dummy`)")
-        return 0
-    rows = [(0, v) for v in views] if flat else tree_order(views)
-    w = max(len("OPERATION"), *(len(v.op_id) + 2 * d for d, v in rows))
-    typer.echo(f"{'OPERATION':<{w}} {'STATUS':<10} {'TYPE':<17} {'PROGRESS':>8} {'AGE':>5}  DESCRIPTION")
-    for depth, v in rows:
-        name = "  " * depth + v.op_id
-        typer.echo(f"{name:<{w}} {v.status:<10} {v.op_type or '-':<17} {v.percentage:7.1f}% {_age(v):>5}  "
-                   f"{v.description or v.error or ''}")
-    if more:
-        typer.echo(f"next page: --before {more}", err=True)
-    return 0
 
 
 def ops_show(op_id: str, json_out: bool = JSON, events: bool = typer.Option(False, help="List every event.")) -> None:
@@ -128,7 +52,6 @@ def ops_show(op_id: str, json_out: bool = JSON, events: bool = typer.Option(Fals
 async def _ops_show(op_id: str, json_out: bool, show_events: bool) -> int:
     import msgspec
 
-    from ktrdr.cli._live import view_json
     from ktrdr.ops import fold_all
 
     async with client() as c:
@@ -274,7 +197,6 @@ def ops_cancel(op_id: str, wait: bool = typer.Option(True, help="Wait for the ca
 
 
 async def _ops_cancel(op_id: str, wait: bool, json_out: bool) -> int:
-    from ktrdr.cli._live import view_json
 
     async with client() as c:
         view = await c.view(op_id)

@@ -36,7 +36,8 @@ def _starting_command(ctx: typer.Context, args: list[str]) -> Any:
     from ktrdr.cli._live import capturing
 
     if not args or args[0] not in STARTING or (STARTING[args[0]] and (len(args) < 2 or args[1] != STARTING[args[0]])):
-        raise usage("after --, give the starting command: data load ..., train ..., backtest ..., sweep ... or dummy ...")
+        raise usage("after --, give the starting command: data load ..., train ..., backtest ..., sweep ... "
+                    "or dummy ...")
     if any(a in ("--help", "-h") for a in args):
         raise usage("--help of the starting command: run `ktrdr " + " ".join(args[:2 if STARTING[args[0]] else 1])
                     + " --help`")

@@ -33,6 +33,18 @@ def _symbols(command: dict[str, Any] | None) -> list[str]:
     return [s for s in raw if isinstance(s, str) and _SYMBOL.fullmatch(s)][:MAX_SYMBOLS]
 
 
+def _strategy(command: dict[str, Any] | None) -> str:
+    """The strategy a command names: a training's file stem, a backtest's model ref's first part."""
+    if not command:
+        return ""
+    path, model = command.get("strategy_path"), command.get("model")
+    if isinstance(path, str) and path:
+        return path.rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")[:MAX_LABEL]
+    if isinstance(model, str) and model:
+        return model.split("/", 1)[0][:MAX_LABEL]
+    return ""
+
+
 def _cut(text: str | None, bound: int = MAX_REASON) -> str:
     return (text or "")[:bound]
 
@@ -55,7 +67,7 @@ def summarize(view: OperationView, seq: int = 0) -> OpSummary:
         reason_code=(view.error_code or view.reason_code or "")[:64], created_at=view.created_at,
         updated_at=view.updated_at, ended_at=view.finished_at if ended else None,
         symbols=_symbols(view.command), parent=view.parent_op_id or "", attempts=view.attempts,
-        epoch=view.epoch, seq=seq, **row)
+        epoch=view.epoch, seq=seq, strategy=_strategy(view.command), **row)
 
 
 def view_domain(view: OperationView) -> str:
@@ -110,18 +122,24 @@ def live_key(op_id: str) -> str:
     return f"{LIVE_PREFIX}{op_id}"
 
 
+def hour_start(hour: str) -> datetime:
+    """The start of an hour key (yyyymmddHH), UTC; ValueError for anything else."""
+    return datetime.strptime(hour, "%Y%m%d%H").replace(tzinfo=UTC)
+
+
 def hours_to_walk(hours: Iterable[str], filters: Filters, before: str | None) -> list[str]:
     """The hours (yyyymmddHH, newest first) that may hold rows of the page asked for: overlapping
     [--since, --until) and starting no later than the --before cursor."""
-    cut = before_key(before)[0] if before else None
+    cut, cut_id = before_key(before) if before else (None, "")
     out = []
     for h in hours:
         try:
-            start = datetime.strptime(h, "%Y%m%d%H").replace(tzinfo=UTC)
+            start = hour_start(h)
         except ValueError:
             continue  # not an hour key: nothing of ours
         if (filters.since is not None and start + HOUR <= filters.since) or \
-                (filters.until is not None and start >= filters.until) or (cut is not None and start > cut):
+                (filters.until is not None and start >= filters.until) or \
+                (cut is not None and (start > cut or (start == cut and not cut_id))):  # a time cursor: before it
             continue
         out.append(h)
     return sorted(out, reverse=True)
@@ -150,14 +168,19 @@ def parse_when(text: str) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
+MAX_TEXT = 64  # a free-text filter (`ops list --text`, the page's search box) is at most this long
+
+
 class Filters:
-    """What `ops list` keeps: each field None keeps everything."""
+    """What `ops list` keeps: each field None keeps everything. `text`: a piece of the op id, a
+    symbol, the strategy or the description, in any case."""
 
     def __init__(self, *, status: str | None = None, op_type: str | None = None, pool: str | None = None,
                  since: datetime | None = None, until: datetime | None = None, symbol: str | None = None,
-                 parent: str | None = None) -> None:
+                 parent: str | None = None, text: str | None = None) -> None:
         self.status, self.op_type, self.pool = status, op_type, pool
         self.since, self.until, self.symbol, self.parent = since, until, symbol, parent
+        self.text = text.lower() if text else None
 
     @property
     def any(self) -> bool:
@@ -171,7 +194,9 @@ class Filters:
                 and (self.since is None or made >= self.since)
                 and (self.until is None or made < self.until)
                 and (self.symbol is None or self.symbol.upper() in s.symbols)
-                and (self.parent is None or s.parent == self.parent))
+                and (self.parent is None or s.parent == self.parent)
+                and (self.text is None or self.text in " ".join((s.op_id, *s.symbols, s.strategy,
+                                                                 s.description)).lower()))
 
 
 def before_key(cursor: str) -> tuple[datetime, str]:

@@ -12,13 +12,36 @@ domain. `connect()` takes a URL or a list of URLs and never starts anything: onl
 CLI, `python -m actors`, the host services) resolve the embedded stack's URL.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+# `publish` is both a module and its function: imported here, before any submodule can shadow it.
 from ktrdr.transport.connection import connect
-from ktrdr.transport.ib import IbRequester
-from ktrdr.transport.leases import LeaseBucket, is_cas_failure
-from ktrdr.transport.objects import ObjectConflict, Stored
 from ktrdr.transport.publish import PUBLISH_RETRY_ERRORS, publish
 from ktrdr.transport.replay import last_message, last_seq, read_events, read_operation
 from ktrdr.transport.streams import check_streams, ensure_streams, stream_configs
+
+if TYPE_CHECKING:
+    from ktrdr.transport.ib import IbRequester
+    from ktrdr.transport.leases import LeaseBucket, is_cas_failure
+    from ktrdr.transport.objects import ObjectConflict, Stored
+
+# The names a reader (`ktrdr ops list`) never calls are imported at their first use: the ib
+# requester, the object and lease layers (python -X importtime: about 8 ms of its start-up).
+_HOME = {"IbRequester": "ib", "LeaseBucket": "leases", "is_cas_failure": "leases",
+         "ObjectConflict": "objects", "Stored": "objects"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "PUBLISH_RETRY_ERRORS",

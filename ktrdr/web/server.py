@@ -1,5 +1,7 @@
 """The operations page's HTTP side (aiohttp): two HTML pages, their static files, two server-sent-event
-streams and the cancel POST. Everything a browser sends is checked here, once:
+streams, the cancel POST, the list's filtered pages from the operations index (/ops.json, filters
+checked as `ktrdr ops list` checks its options) and an operation's events as a JSON download.
+Everything a browser sends is checked here, once:
 
 - operation ids match events.subjects.is_op_id (400 otherwise, 404 when nothing is stored for one);
 - static files come from a fixed list read from the package at start; no request names a path;
@@ -32,9 +34,10 @@ from typing import Any
 
 from aiohttp import web
 
-from events.subjects import is_op_id
+from events.subjects import is_op_id, is_token
 from ktrdr.config import Settings
 from ktrdr.config import settings as default_settings
+from ktrdr.ops.index import MAX_PAGE, MAX_TEXT, Filters, before_key, parse_when
 from ktrdr.runfiles import web_url_file
 from ktrdr.web import (
     DEFAULT_HOST,
@@ -57,6 +60,7 @@ STATIC = {  # name -> content type: the only files served
     "common.js": "text/javascript; charset=utf-8",
     "list.js": "text/javascript; charset=utf-8",
     "op.js": "text/javascript; charset=utf-8",
+    "compare.js": "text/javascript; charset=utf-8",
 }
 CANCEL_HEADER = "X-KTRDR-Cancel"  # a custom header: a cross-site form cannot send it, a fetch only after a preflight
 MAX_SESSIONS = 256  # logged-in browsers remembered (the oldest is forgotten first)
@@ -249,6 +253,87 @@ async def schedules(request: web.Request) -> web.Response:
     return web.Response(text=json.dumps(rows, default=str), content_type="application/json")
 
 
+PAGE_ROWS = 50  # rows per page of /ops.json unless `limit` asks for fewer or more (at most MAX_PAGE)
+
+
+def _filters(query: Any) -> tuple[Filters, str | None, int]:
+    """The list's filters from the query string, checked as `ktrdr ops list` checks its options;
+    ValueError with the line to show for anything else."""
+    from typing import get_args
+
+    from ktrdr.ops.view import Status
+
+    known = {"status", "type", "pool", "since", "until", "text", "symbol", "before", "limit"}
+    extra = sorted(set(query) - known)
+    if extra:
+        raise ValueError(f"unknown filter {extra[0][:40]!r} (known: {', '.join(sorted(known))})")
+    got = {k: (query.get(k) or "").strip() or None for k in known}
+    for k, v in got.items():
+        if v is not None and len(v) > MAX_TEXT:
+            raise ValueError(f"{k} must be at most {MAX_TEXT} characters")
+    if got["status"] is not None and got["status"] not in get_args(Status):
+        raise ValueError(f"status must be one of {', '.join(get_args(Status))}")
+    for k in ("type", "pool"):
+        if got[k] is not None and not is_token(got[k]):
+            raise ValueError(f"{k} {got[k]!r} is not a name (letters, digits, - and _)")
+    try:
+        limit = int(got["limit"] or PAGE_ROWS)
+    except ValueError:
+        raise ValueError("limit must be a whole number") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be 1 to {MAX_PAGE}")
+    filters = Filters(status=got["status"], op_type=got["type"], pool=got["pool"], symbol=got["symbol"],
+                      text=got["text"], since=parse_when(got["since"]) if got["since"] else None,
+                      until=parse_when(got["until"]) if got["until"] else None)
+    if got["before"]:
+        before_key(got["before"])
+    return filters, got["before"], limit
+
+
+async def search(request: web.Request) -> web.Response:
+    """A page of the list, filtered on the server through the operations index (GET /ops.json)."""
+    try:
+        filters, before, limit = _filters(request.query)
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response(await request.app[HUB].search(filters, before, limit))
+
+
+async def events_download(request: web.Request) -> web.Response:
+    """Every stored event of one operation as a JSON file (GET /ops/ID/events.json)."""
+    op_id = _op_id(request)
+    hub = request.app[HUB]
+    if not await hub.exists(op_id):
+        return web.json_response({"error": f"no operation {op_id} is stored"}, status=404)
+    body = json.dumps(await hub.events_json(op_id), default=str, indent=1)
+    return web.Response(text=body, content_type="application/json", charset="utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{op_id}.events.json"'})
+
+
+async def timeline(request: web.Request) -> web.Response:
+    """A workflow's children, each from its start to its end, for the timeline its page draws."""
+    op_id = _op_id(request)
+    hub = request.app[HUB]
+    if not await hub.exists(op_id):
+        return web.json_response({"error": f"no operation {op_id} is stored"}, status=404)
+    return web.json_response(await hub.timeline(op_id))
+
+
+async def curves(request: web.Request) -> web.Response:
+    """A training's metrics per epoch (the points its page draws), for the comparison page."""
+    op_id = _op_id(request)
+    hub = request.app[HUB]
+    if not await hub.exists(op_id):
+        return web.json_response({"error": f"no operation {op_id} is stored"}, status=404)
+    return web.json_response(await hub.curves(op_id))
+
+
+async def compare_page(request: web.Request) -> web.Response:
+    """Two or more trainings' curves overlaid; the ids are in the query (`?ops=ID,ID`), read and
+    checked by the page's script, each fetched from /ops/ID/curves (which checks it again)."""
+    return web.Response(body=request.app[CONF]["compare_html"], content_type="text/html", charset="utf-8")
+
+
 async def backtest(request: web.Request) -> web.Response:
     """A backtest's figures and equity curve against buy-and-hold, as JSON (the page draws it)."""
     op_id = _op_id(request)
@@ -292,6 +377,7 @@ def create_app(hub: Hub, *, allowed_hosts: set[str] | None, secret: bytes | None
         "allowed_hosts": allowed_hosts,
         "list_html": _pages(_read("list.html")),
         "op_html": _pages(_read("op.html")),
+        "compare_html": _read("compare.html"),
         "static": {name: _read(name) for name in STATIC},
     }
     app.on_response_prepare.append(_security_headers)
@@ -300,7 +386,12 @@ def create_app(hub: Hub, *, allowed_hosts: set[str] | None, secret: bytes | None
     app.router.add_get("/events", list_events)
     app.router.add_get("/schedules", schedules)
     app.router.add_get("/ops/{op_id}", op_page)
+    app.router.add_get("/ops.json", search)
     app.router.add_get("/ops/{op_id}/events", op_events)
+    app.router.add_get("/ops/{op_id}/events.json", events_download)
+    app.router.add_get("/ops/{op_id}/timeline", timeline)
+    app.router.add_get("/ops/{op_id}/curves", curves)
+    app.router.add_get("/compare", compare_page)
     app.router.add_get("/ops/{op_id}/backtest", backtest)
     app.router.add_get("/ops/{op_id}/leaderboard", leaderboard)
     app.router.add_post("/ops/{op_id}/cancel", cancel)

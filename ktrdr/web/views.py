@@ -56,9 +56,16 @@ def view_json(view: OperationView) -> dict[str, Any]:
         "started": _iso(view.started_at), "finished": _iso(view.finished_at), "elapsed_s": view.elapsed_s,
         "terminal": view.terminal, "where": view.where, "error": view.error, "worker": view.worker,
         "attempts": view.attempts, "cancel_requested": view.cancel_requested, "message": view.message,
-        "phase": view.phase,
+        "phase": view.phase, "child_count": len(view.children),
     })
     return d
+
+
+def timeline_row(view: OperationView) -> dict[str, Any]:
+    """One bar of a workflow's timeline: a child from its start (or creation) to its end (or now)."""
+    return {"op_id": view.op_id, "type": view.op_type or "-", "status": view.status,
+            "created": _iso(view.created_at), "started": _iso(view.started_at), "finished": _iso(view.finished_at),
+            "line": getattr(view, "line", None) or ProgressRenderer.for_domain(view_domain(view)).line(view)}
 
 
 def event_detail(ev: AnyEvent) -> str:

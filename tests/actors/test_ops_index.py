@@ -84,6 +84,29 @@ async def test_a_page_walks_only_the_newest_hours_and_the_cursor_and_window_page
     assert rows == []
 
 
+async def test_a_search_that_keeps_few_rows_walks_a_bounded_stretch_per_call_and_goes_on_from_there(
+        start_actors, client):
+    await start_actors("orchestrator")
+    made = await store_history(client, ["2026110110", "2026110111", "2026110112", "2026110113"], per_hour=3)
+    await until(lambda: caught_up(client))
+    wanted = Filters(text=made[1].split("-")[1])  # its time token: the second oldest operation alone
+    # Unbounded (the CLI): the whole history in one call.
+    assert [v.op_id for v in await client.list_operations(limit=50, filters=wanted)] == [made[1]]
+    assert client.searched_to is None and client.next_before is None and client.index_read == 12
+    # Bounded (the page): an hour at a time here; each call says how far back it looked.
+    pages, before, reads = [], None, []
+    while True:
+        rows = await client.list_operations(limit=50, filters=wanted, before=before, max_walk=3)
+        pages.append([v.op_id for v in rows])
+        reads.append(client.index_read)
+        if client.next_before is None:
+            break
+        assert client.next_before == client.searched_to
+        before = client.next_before
+    assert pages == [[], [], [], [made[1]]] and reads == [3, 3, 3, 3]
+    assert before == "2026-11-01T11:00:00+00:00"  # the last stretch began with the oldest hour's end
+
+
 async def test_a_busy_hour_is_read_minute_by_minute_newest_first(start_actors, client):
     await start_actors("orchestrator")
     made = await store_history(client, ["2026110110"], per_hour=opsindex.MULTI_LAST_MAX + 60)

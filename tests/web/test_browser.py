@@ -336,3 +336,148 @@ async def test_a_sweeps_page_shows_its_leaderboard_sortable_with_the_variants_cu
     assert seen["ranked"] == [str(r["variant"]) for r in board]  # the sweep's own order: val_loss lowest first
     assert seen["descending"] == [str(r["variant"]) for r in sorted(board, key=lambda r: -r["val_loss"])]
     assert seen["curves"] == 3
+
+
+async def test_the_list_filters_pages_back_and_an_operation_downloads_its_events(start_actors, client, web,
+                                                                                 browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from tests.web.test_search import made_operations
+
+    ops = await made_operations(start_actors, client)
+
+    def shown(d: Any) -> list[str]:
+        return [tr.get_attribute("data-op-id") for tr in d.find_elements(By.CSS_SELECTOR, "#ops tbody tr")]
+
+    def submit(d: Any, **fields: str) -> None:
+        form = d.find_element(By.ID, "filters")
+        for name, value in fields.items():
+            box = form.find_element(By.NAME, name)
+            if box.tag_name == "select":
+                Select(box).select_by_value(value)
+            else:
+                box.clear()
+                box.send_keys(value)
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+    def page() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        browser.get(web.at("/?limit=2"))  # two rows a page, so that three pages hold the five
+        wait_until(browser, lambda d: len(shown(d)) == 5)  # the live list first
+        submit(browser, text="msft")
+        wait_until(browser, lambda d: shown(d) == [ops["load"]])
+        submit(browser, text="", status="completed")
+        wait_until(browser, lambda d: sorted(shown(d)) == sorted([ops["done1"], ops["done2"]]))
+        save_screenshot(browser, "list-filtered.png", tmp_path)
+        submit(browser, status="failed")
+        wait_until(browser, lambda d: shown(d) == [] and d.find_element(By.ID, "nomatch").is_displayed())
+        browser.find_element(By.ID, "clear").click()  # no filters: the newest page from the index
+        wait_until(browser, lambda d: sorted(shown(d)) == sorted([ops["load"], ops["train"]]))
+        pages = [sorted(shown(browser))]
+        while browser.find_element(By.ID, "older").is_displayed():
+            count = len(shown(browser))
+            browser.find_element(By.ID, "older").click()
+            wait_until(browser, lambda d, n=count: len(shown(d)) > n
+                       or not d.find_element(By.ID, "older").is_displayed())
+            pages.append(sorted(shown(browser)))
+        out["pages"] = pages
+        browser.get(web.at(f"/ops/{ops['done1']}"))
+        link = wait_until(browser, lambda d: (a := d.find_element(By.ID, "download")).get_attribute("href")
+                          .endswith("/events.json") and a)
+        out["download"] = link.get_attribute("href")
+        return out
+
+    seen = await asyncio.to_thread(page)
+    everything = sorted(ops.values())
+    assert seen["pages"][-1] == everything  # "Older" reached the oldest, and then was gone
+    assert seen["pages"][:2] == [sorted([ops["load"], ops["train"]]),
+                                 sorted([ops["waiting"], ops["load"], ops["train"], ops["done2"]])]
+    assert seen["download"] == web.at(f"/ops/{ops['done1']}/events.json")
+
+
+async def test_a_workflows_page_draws_its_children_as_a_timeline_coloured_by_outcome(data_stack, client, web,
+                                                                                    browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from events.messages import LoadData
+    from tests.conftest import utc
+
+    # A universe of two, one at a time: AAPL loads, then NOSUCH fails (an unknown symbol); the
+    # parent completes, naming the failed one.
+    cmd = LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", symbols=["AAPL", "NOSUCH"], timeframe="1h",
+                   mode="full", start=utc(2023, 1, 2), end=utc(2023, 1, 9), max_parallel=1)
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id, timeout=120)
+    assert view.status == "completed", view.error
+    kids = {k: await client.view(k) for k in view.children}
+
+    def timeline() -> dict[str, Any]:
+        browser.get(web.at(f"/ops/{cmd.op_id}"))
+        wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#tl-chart g.tl-row")) == 2)
+        bars = {}
+        for g in browser.find_elements(By.CSS_SELECTOR, "#tl-chart g.tl-row"):
+            rect = g.find_element(By.CSS_SELECTOR, "rect.tl-bar")
+            bars[g.get_attribute("data-op-id")] = {
+                "status": g.get_attribute("data-status"), "class": rect.get_attribute("class"),
+                "x": float(rect.get_attribute("x")), "width": float(rect.get_attribute("width")),
+                "fill": rect.value_of_css_property("fill")}
+        save_screenshot(browser, "workflow-timeline.png", tmp_path)
+        return bars
+
+    bars = await asyncio.to_thread(timeline)
+    assert {k: b["status"] for k, b in bars.items()} == {k: v.status for k, v in kids.items()}
+    assert sorted(b["status"] for b in bars.values()) == ["completed", "failed"]
+    done = next(b for b in bars.values() if b["status"] == "completed")
+    failed = next(b for b in bars.values() if b["status"] == "failed")
+    assert "completed" in done["class"] and "failed" in failed["class"] and done["fill"] != failed["fill"]
+    # One at a time: the failed one starts where the loaded one ended, or after it.
+    first, second = sorted(kids.values(), key=lambda v: v.started_at or v.created_at)
+    assert first.finished_at <= (second.started_at or second.created_at)
+    assert bars[second.op_id]["x"] >= bars[first.op_id]["x"] + bars[first.op_id]["width"] - 1.0
+
+
+async def test_two_trainings_curves_are_overlaid_for_comparison(start_actors, client, web, browser, bars_in_store,
+                                                               tmp_path):
+    from selenium.webdriver.common.by import By
+
+    await start_actors("orchestrator", "trainer")
+    runs = {}
+    for epochs, rate in ((3, "0.001"), (5, "0.005")):  # two learning rates: two different curves
+        text = STRATEGY.read_text()
+        assert "learning_rate: 0.001" in text
+        cmd = StartTraining(op_id=subjects.new_op_id("training"), strategy_path=str(STRATEGY),
+                            strategy_yaml=text.replace("learning_rate: 0.001", f"learning_rate: {rate}"),
+                            epochs=epochs, data_mode="none")
+        await client.submit(cmd)
+        view = await wait_terminal(client, cmd.op_id, timeout=180)
+        assert view.status == "completed", view.error
+        runs[cmd.op_id] = epochs
+
+    def compare() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        browser.get(web.url)
+        for op_id in runs:  # tick both on the list, then follow the link it offers
+            pick = f'input.pick[data-op-id="{op_id}"]'
+            # (a redraw between finding and clicking makes the box stale: find it again until ticked)
+            wait_until(browser, lambda d, p=pick: (b := d.find_element(By.CSS_SELECTOR, p)).is_selected()
+                       or (b.click() and False))
+        link = wait_until(browser, lambda d: (a := d.find_element(By.ID, "compare-link")).is_displayed() and a)
+        link.click()
+        wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#val-loss-chart polyline")) == 2)
+        polylines = browser.find_elements(By.CSS_SELECTOR, "#val-loss-chart polyline")
+        out["lines"] = {p.get_attribute("data-op-id"): len(p.get_attribute("points").split()) for p in polylines}
+        out["first_points"] = {p.get_attribute("points").split()[0] for p in polylines}
+        out["colours"] = {p.get_attribute("stroke") for p in browser.find_elements(By.CSS_SELECTOR,
+                                                                                      "#val-loss-chart polyline")}
+        out["rows"] = [tr.get_attribute("data-op-id")
+                       for tr in browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")]
+        out["acc_lines"] = len(browser.find_elements(By.CSS_SELECTOR, "#val-acc-chart polyline"))
+        save_screenshot(browser, "compare-trainings.png", tmp_path)
+        return out
+
+    seen = await asyncio.to_thread(compare)
+    assert seen["lines"] == runs  # one line per training, a point per epoch it ran
+    assert len(seen["colours"]) == 2 and seen["acc_lines"] == 2
+    assert len(seen["first_points"]) == 2  # the two runs' first epochs differ: both lines are seen
+    assert sorted(seen["rows"]) == sorted(runs)

@@ -1,11 +1,86 @@
-// The operations list: a snapshot on connect, then changed rows pushed by the server.
+// The operations list: a snapshot on connect, then changed rows pushed by the server. With filters,
+// or after "Older", the rows are the server's pages from the operations index (GET /ops.json), and
+// pushes update the rows shown without adding others.
 "use strict";
 
 (function () {
   const rows = new Map(); // op_id -> row
   let offsetMs = 0; // server clock minus browser clock, so ages match the CLI's
   let total = 0;
+  let snapshotLimit = 0; // a snapshot this long may have older operations behind it
+  let paged = false; // rows come from /ops.json pages: live pushes only update them
+  let cursor = null; // the next older page's `before`
   const tbody = document.querySelector("#ops tbody");
+  const form = document.getElementById("filters");
+  const older = document.getElementById("older");
+  const note = document.getElementById("filter-note");
+
+  // The form's filters; the page's own address may set the rows per page (/?limit=20).
+  function filters() {
+    const q = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (String(v).trim()) q.set(k, String(v).trim());
+    return q;
+  }
+
+  function query(before) {
+    const q = filters();
+    const limit = new URLSearchParams(location.search).get("limit");
+    if (limit) q.set("limit", limit);
+    if (before) q.set("before", before);
+    return q;
+  }
+
+  function filtering() {
+    return [...filters().keys()].length > 0;
+  }
+
+  async function fetchPage(before) {
+    const resp = await fetch("/ops.json?" + query(before).toString(), { headers: { Accept: "application/json" } });
+    const body = await resp.json();
+    if (!resp.ok) {
+      note.textContent = body.error || `the server answered ${resp.status}`;
+      note.hidden = false;
+      return;
+    }
+    const searched = body.searched_to
+      ? `searched operations made since ${body.searched_to.replace("T", " ").slice(0, 16)} UTC; "Older" searches further back`
+      : "";
+    note.hidden = !(body.note || searched);
+    note.textContent = [body.note, searched].filter((t) => t).join(" · ");
+    if (!before) rows.clear();
+    for (const r of body.rows) rows.set(r.op_id, r);
+    cursor = body.next_before;
+    paged = true;
+    applyClock(body.now);
+    render();
+  }
+
+  function oldestShown() {
+    let oldest = null;
+    for (const r of rows.values()) if (oldest === null || r.sort < oldest.sort) oldest = r;
+    return oldest ? oldest.op_id : null;
+  }
+
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    fetchPage(null);
+  });
+  document.getElementById("clear").addEventListener("click", () => {
+    form.reset();
+    fetchPage(null);
+  });
+  older.addEventListener("click", () => {
+    const before = paged ? cursor : oldestShown();
+    if (before) fetchPage(before);
+  });
+
+  const picked = new Set(); // trainings ticked for comparison
+
+  function compareLink() {
+    const link = document.getElementById("compare-link");
+    link.hidden = picked.size < 2;
+    link.setAttribute("href", "/compare?ops=" + [...picked].map(encodeURIComponent).join(","));
+  }
 
   function applyClock(now) {
     if (now) offsetMs = Date.parse(now) - Date.now();
@@ -48,6 +123,16 @@
                                class: depth ? `child depth${Math.min(depth, 2)}` : null });
       const op = KT.el("td", { class: "op" });
       if (depth) op.appendChild(KT.el("span", { class: "tree" }, "└"));
+      if (r.domain === "training") { // pick two or more to compare their curves
+        const box = KT.el("input", { type: "checkbox", class: "pick", "data-op-id": r.op_id,
+                                     title: "compare this training's curves with others" });
+        box.checked = picked.has(r.op_id);
+        box.addEventListener("change", () => {
+          if (box.checked) picked.add(r.op_id); else picked.delete(r.op_id);
+          compareLink();
+        });
+        op.appendChild(box);
+      }
       op.appendChild(KT.el("a", { href: "/ops/" + encodeURIComponent(r.op_id), title: r.line }, r.op_id));
       tr.appendChild(op);
       const st = KT.el("td");
@@ -63,22 +148,26 @@
       frag.appendChild(tr);
     }
     tbody.replaceChildren(frag);
-    document.getElementById("empty").hidden = rows.size > 0;
     const more = document.getElementById("more");
-    more.hidden = total <= rows.size;
-    more.textContent = `${total - rows.size} older operations not shown (ktrdr ops list --limit 0 lists them all).`;
+    more.hidden = paged || total <= rows.size;
+    more.textContent = `${total - rows.size} older operations not shown here: "Older" pages back through them.`;
+    older.hidden = paged ? !cursor : !(total > rows.size || (snapshotLimit && rows.size >= snapshotLimit));
+    document.getElementById("empty").hidden = rows.size > 0 || (paged && filtering());
+    document.getElementById("nomatch").hidden = rows.size > 0 || !(paged && filtering());
   }
 
   KT.follow("/events", {
     snapshot(d) {
+      if (paged) return; // the pages shown stay; pushes update their rows
       rows.clear();
       for (const r of d.rows) rows.set(r.op_id, r);
       total = d.total;
+      snapshotLimit = d.limit || 0;
       applyClock(d.now);
       render();
     },
     ops(d) {
-      for (const r of d.rows) rows.set(r.op_id, r);
+      for (const r of d.rows) if (!paged || rows.has(r.op_id)) rows.set(r.op_id, r);
       total = Math.max(d.total, rows.size);
       applyClock(d.now);
       render();

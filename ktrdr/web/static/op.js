@@ -1,8 +1,8 @@
 // One operation: its progress line and bar, its event history, a cancel button while it has not
 // ended, for a training loss and accuracy per epoch drawn as SVG that grows with each epoch, and for
 // a completed backtest (or a training workflow that ran one) its figures and its equity and drawdown
-// against buy-and-hold, and for a completed sweep its leaderboard (sortable by any column) with its
-// variants' validation-loss curves overlaid.
+// against buy-and-hold; for a completed sweep its leaderboard (sortable by any column) with its
+// variants' validation-loss curves overlaid; for a workflow, its children as a timeline.
 "use strict";
 
 (function () {
@@ -14,6 +14,7 @@
                   painted: false, backtest: "", sweep: "", board: null, sortKey: "", sortDir: 1 };
   const $ = (id) => document.getElementById(id);
   $("op-id").textContent = opId;
+  $("download").setAttribute("href", "/ops/" + encodeURIComponent(opId) + "/events.json");
   document.title = `${opId} · KTRDR`;
 
   // ------------------------------------------------------------------------------------ header
@@ -330,6 +331,69 @@
     }
   }
 
+  // ------------------------------------------------------------------------------------ timeline
+  // A workflow's children as bars from start (or creation, while queued) to end (or now), coloured
+  // by outcome; fetched again as the parent moves on, at most once a second.
+  const TL = { asked: 0, last: "", pending: 0 };
+  function renderTimeline(d) {
+    const kids = d.children || [];
+    $("timeline").hidden = kids.length === 0;
+    if (!kids.length) return;
+    const now = Date.parse(d.now) || Date.now();
+    const t0 = (k) => Date.parse(k.started || k.created) || now;
+    const t1 = (k) => Date.parse(k.finished) || now;
+    const lo = Math.min(...kids.map(t0));
+    const hi = Math.max(lo + 1, ...kids.map(t1));
+    const W = 900, left = 260, right = 70, rowH = 22, top = 6;
+    const svg = $("tl-chart");
+    const H = top + kids.length * rowH + 22;
+    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    const x = (t) => left + ((t - lo) / (hi - lo)) * (W - left - right);
+    const nodes = [];
+    kids.forEach((k, i) => {
+      const y = top + i * rowH;
+      const g = svgEl("g", { class: "tl-row", "data-op-id": k.op_id, "data-status": k.status });
+      const label = svgEl("text", { x: 4, y: y + 15, class: "tl-label" }, `${k.type} ${k.op_id.slice(-6)}`);
+      const a = svgEl("a", { href: "/ops/" + encodeURIComponent(k.op_id) });
+      a.appendChild(label);
+      g.appendChild(a);
+      const x0 = x(t0(k)), x1 = Math.max(x(t1(k)), x0 + 2);
+      const bar = svgEl("rect", { x: x0.toFixed(1), y: y + 4, width: (x1 - x0).toFixed(1), height: rowH - 8,
+                                  class: "tl-bar " + k.status });
+      bar.appendChild(svgEl("title", {}, `${k.op_id} ${k.status}: ${k.line || ""}`));
+      g.appendChild(bar);
+      g.appendChild(svgEl("text", { x: (x1 + 4).toFixed(1), y: y + 15, class: "tl-status" }, k.status));
+      nodes.push(g);
+    });
+    const secs = (hi - lo) / 1000;
+    nodes.push(svgEl("text", { x: left, y: H - 6, class: "axis" }, KT.time(new Date(lo).toISOString())));
+    nodes.push(svgEl("text", { x: W - right, y: H - 6, class: "axis", "text-anchor": "end" },
+                     `+${secs < 120 ? secs.toFixed(1) + " s" : (secs / 60).toFixed(1) + " min"}`));
+    svg.replaceChildren(...nodes);
+    $("tl-what").textContent = `(${kids.length}${d.more ? "+" : ""}, from start to end)`;
+  }
+
+  async function maybeTimeline() {
+    const v = state.view;
+    if (!v || !v.child_count) return;
+    const key = `${v.status} ${v.percentage} ${v.child_count}`;
+    if (key === TL.last) return;
+    const wait = 1000 - (Date.now() - TL.asked);
+    if (wait > 0) { // too soon: once, after the rest of the second, with the view as it is then
+      if (!TL.pending) TL.pending = setTimeout(() => { TL.pending = 0; maybeTimeline(); }, wait);
+      return;
+    }
+    TL.asked = Date.now();
+    TL.last = key;
+    try {
+      const resp = await fetch(`/ops/${encodeURIComponent(opId)}/timeline`, { credentials: "same-origin" });
+      if (resp.ok) renderTimeline(await resp.json());
+      else TL.last = "";
+    } catch (err) {
+      TL.last = ""; // try again with the next update
+    }
+  }
+
   // ------------------------------------------------------------------------------------ cancel
   if (!KT.canCancel()) {
     $("cancel").title = "read-only: open the page through the link `ktrdr web` prints to cancel";
@@ -364,14 +428,14 @@
       state.omitted = d.omitted;
       state.count = d.count;
       state.curves = new Map(d.curves.map(([e, m]) => [e, m]));
-      renderView(); renderHistory(); renderCurves(); maybeBacktest(); maybeSweep();
+      renderView(); renderHistory(); renderCurves(); maybeBacktest(); maybeSweep(); maybeTimeline();
     },
     update(d) {
       state.view = d.view;
       state.count = d.count;
       state.rows.push(d.row);
       if (state.rows.length > state.maxRows) { state.rows.shift(); state.omitted += 1; }
-      renderView(); renderHistory(); maybeBacktest(); maybeSweep();
+      renderView(); renderHistory(); maybeBacktest(); maybeSweep(); maybeTimeline();
       if (d.point) { state.curves.set(d.point[0], d.point[1]); renderCurves(); }
     },
   });
