@@ -187,7 +187,7 @@ def test_a_cancel_reaches_running_trainings_and_queued_ones_are_never_created():
 def test_ops_list_puts_a_workflows_children_in_creation_order():
     from datetime import UTC, datetime, timedelta
 
-    from ktrdr.cli.ops_commands import tree_order
+    from ktrdr.cli._listing import tree_order
 
     plan = workflows.plan(sweep(*GRID, data_mode="local"), training_inputs)
     t0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
