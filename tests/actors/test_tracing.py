@@ -1,0 +1,122 @@
+"""OpenTelemetry traces across every hop: one training workflow is one trace, from the client's command
+through the orchestrator's operations, the work items, the workers' runs, each data segment and IB
+request, into the training child's epochs; `ktrdr ops show ID --trace` prints it as a tree. Off, nothing
+of OpenTelemetry is imported and no message carries a traceparent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ktrdr import tracing
+from tests.actors.test_workflows import training
+from tests.cli.test_cli import cli_env, ktrdr
+from tests.helpers import eventually, wait_terminal
+
+ROOT = Path(__file__).parents[2]
+
+
+@pytest.fixture
+def traced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Traces on in this process (the in-process actors and client) with the SDK's in-memory exporter,
+    and the collector-free export for the training child (a subprocess that inherits the variables)."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "ktrdr")
+    monkeypatch.setenv(tracing.ENV_DIR, str(tmp_path / "traces"))
+    tracing.shutdown()
+    memory = InMemorySpanExporter()
+    assert tracing.setup("test", extra=[memory])
+    yield memory
+    tracing.shutdown()
+
+
+def _id(span: Any) -> str:
+    return f"{span.context.span_id:016x}"
+
+
+def _as_dicts(memory: Any) -> list[dict[str, Any]]:
+    return [{"trace_id": f"{s.context.trace_id:032x}", "span_id": _id(s),
+             "parent_id": f"{s.parent.span_id:016x}" if s.parent is not None else None,
+             "name": s.name, "attributes": dict(s.attributes or {})} for s in memory.get_finished_spans()]
+
+
+def _children(spans: list[dict[str, Any]], parent: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    return [s for s in spans if s["parent_id"] == parent["span_id"] and s["name"] == name]
+
+
+def _one(spans: list[dict[str, Any]], parent: dict[str, Any], name: str, op_id: str | None = None) -> dict[str, Any]:
+    found = [s for s in _children(spans, parent, name) if op_id is None or s["attributes"].get(tracing.OP_ID) == op_id]
+    assert len(found) == 1, (name, op_id, [(s["name"], s["attributes"]) for s in _children(spans, parent, name)])
+    return found[0]
+
+
+@pytest.mark.slow
+async def test_one_training_workflow_is_one_trace_with_every_hop(traced, data_stack, data_settings, start_actors,
+                                                                  client, tmp_path):
+    await start_actors("trainer", settings=data_settings)
+    cmd = training()
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id, timeout=180)
+    assert view.status == "completed", view.error
+    data_op, train_op = view.children
+    # The workflow's span ends when the orchestrator has folded its end, a moment after we read it.
+    await eventually(lambda: any(s["name"] == "operation training" and s["attributes"].get(tracing.OP_ID) == cmd.op_id
+                                 for s in _as_dicts(traced)))
+    files = tracing.read_spans(tmp_path / "traces")  # the child's spans: on disk as each epoch ended
+    child = [s for s in files if s["service"] == "training-child"]
+    spans = _as_dicts(traced) + child
+
+    root = next(s for s in spans if s["name"] == "command cmd.training.start")
+    assert root["parent_id"] is None and root["attributes"][tracing.OP_ID] == cmd.op_id
+    assert {s["trace_id"] for s in spans if s["attributes"].get(tracing.OP_ID) in (cmd.op_id, data_op, train_op)} \
+        == {root["trace_id"]}  # one trace: the command's
+
+    workflow = _one(spans, root, "operation training", cmd.op_id)
+    data = _one(spans, workflow, "operation data", data_op)
+    data_run = _one(spans, data, "run data", data_op)
+    segments = _children(spans, data_run, "segment")
+    assert segments and all(s["attributes"][tracing.OP_ID] == data_op for s in segments)
+    requests = [r for s in segments for r in _children(spans, s, "ib bars")]
+    assert len(requests) >= len(segments)  # each segment asked IB at least once
+    assert all(_children(spans, r, f"serve {r['attributes']['ktrdr.ib.subject']}") for r in requests)  # the ib actor
+
+    train = _one(spans, workflow, "operation training", train_op)
+    train_run = _one(spans, train, "run training", train_op)
+    in_child = _one(spans, train_run, "training", train_op)  # the subprocess, from its job frame
+    epochs = _children(spans, in_child, "epoch")
+    assert sorted(e["attributes"]["ktrdr.epoch"] for e in epochs) == [1, 2]
+    assert all(e["trace_id"] == root["trace_id"] and e["attributes"][tracing.OP_ID] == train_op for e in epochs)
+
+    # The same tree from the collector-free export, as a user prints it.
+    rc, out, err = await ktrdr(data_settings, "ops", "show", cmd.op_id, "--trace")
+    assert rc == 0, err
+    lines = out.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("trace      ")))
+    tree = lines[start + 1:]
+    assert tree[0].startswith("  command cmd.training.start  [test]"), out
+    assert any(line.startswith("      operation data  [test]") for line in tree), out
+    assert any(line.lstrip().startswith("epoch  [training-child]") for line in tree), out
+
+
+def test_off_by_default_imports_nothing_of_opentelemetry(settings):
+    """Off (no OTEL_TRACES_EXPORTER), an actor's and the CLI's modules import no OpenTelemetry at all and
+    `ops show --trace` says that none was recorded and how to turn it on."""
+    env = {k: v for k, v in cli_env(settings).items() if not k.startswith("OTEL_")}
+    code = ("import sys, actors.orchestrator, actors.job_manager, actors.trainer, ktrdr.cli, ktrdr.tracing as t;"
+            "t.setup('x'); print(t.enabled(), sorted(m for m in sys.modules if m.startswith('opentelemetry')))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False []"
+
+
+def test_a_malformed_traceparent_starts_a_new_trace_and_never_fails():
+    assert tracing.valid("00-" + "a" * 32 + "-" + "b" * 16 + "-01") is not None
+    for bad in ("", "01-" + "a" * 32 + "-" + "b" * 16 + "-01", "00-" + "A" * 32 + "-" + "b" * 16 + "-01",
+                "00-" + "a" * 32 + "-" + "b" * 16 + "-01x", "../../etc", 5, None):
+        assert tracing.valid(bad) is None
