@@ -46,6 +46,9 @@ def wanted(env: Mapping[str, str] | None = None) -> bool:
 
 class _State:
     on = False
+    current: Any = None  # opentelemetry.trace.get_current_span
+    last_span: Any = None
+    last_traceparent: str | None = None
     provider: Any = None
     tracer: Any = None
     directory: Path | None = None
@@ -105,7 +108,9 @@ def setup(service: str, home: Path | None = None, *, extra: Sequence[Any] = (),
             provider.add_span_processor(SimpleSpanProcessor(exporter))
         # Ours, not the API's global one (which can be set once per process): what is current travels
         # in the API's context either way, and a test can turn traces off again (shutdown()).
-        STATE.provider, STATE.tracer = provider, provider.get_tracer("ktrdr")
+        from opentelemetry.trace import get_current_span
+
+        STATE.provider, STATE.tracer, STATE.current = provider, provider.get_tracer("ktrdr"), get_current_span
         STATE.on = True
         return True
 
@@ -117,6 +122,7 @@ def shutdown() -> None:
             with contextlib.suppress(Exception):
                 STATE.provider.shutdown()
         STATE.on, STATE.provider, STATE.tracer, STATE.directory = False, None, None, None
+        STATE.last_span = STATE.last_traceparent = None
 
 
 def _context(traceparent: str | None) -> Any:
@@ -164,12 +170,13 @@ def traceparent(of: Any = None) -> str | None:
     """The W3C traceparent of span `of` (the current span when None); None while off or outside a span."""
     if not STATE.on:
         return None
-    from opentelemetry import trace
-
-    sc = (of if of is not None else trace.get_current_span()).get_span_context()
-    if not sc.is_valid:
-        return None
-    return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
+    s = of if of is not None else STATE.current()
+    if s is STATE.last_span:  # a worker's progress events: the same run span, thousands of times
+        return STATE.last_traceparent
+    sc = s.get_span_context()
+    tp = f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}" if sc.is_valid else None
+    STATE.last_span, STATE.last_traceparent = s, tp
+    return tp
 
 
 def inject(headers: dict[str, str] | None, of: Any = None) -> dict[str, str] | None:

@@ -105,8 +105,8 @@ async def test_one_training_workflow_is_one_trace_with_every_hop(traced, data_st
 
 
 def test_off_by_default_imports_nothing_of_opentelemetry(settings):
-    """Off (no OTEL_TRACES_EXPORTER), an actor's and the CLI's modules import no OpenTelemetry at all and
-    `ops show --trace` says that none was recorded and how to turn it on."""
+    """Off (no OTEL_TRACES_EXPORTER), an actor's and the CLI's modules import no OpenTelemetry at all,
+    and setting up traces leaves them off."""
     env = {k: v for k, v in cli_env(settings).items() if not k.startswith("OTEL_")}
     code = ("import sys, actors.orchestrator, actors.job_manager, actors.trainer, ktrdr.cli, ktrdr.tracing as t;"
             "t.setup('x'); print(t.enabled(), sorted(m for m in sys.modules if m.startswith('opentelemetry')))")
