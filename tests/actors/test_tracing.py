@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from ktrdr import tracing
+from tests.actors.test_backtester import backtest, stored  # noqa: F401 (a fixture)
 from tests.actors.test_workflows import training
 from tests.cli.test_cli import cli_env, ktrdr
 from tests.helpers import eventually, wait_terminal
@@ -65,9 +66,10 @@ async def test_one_training_workflow_is_one_trace_with_every_hop(traced, data_st
     view = await wait_terminal(client, cmd.op_id, timeout=180)
     assert view.status == "completed", view.error
     data_op, train_op = view.children
-    # The workflow's span ends when the orchestrator has folded its end, a moment after we read it.
-    await eventually(lambda: any(s["name"] == "operation training" and s["attributes"].get(tracing.OP_ID) == cmd.op_id
-                                 for s in _as_dicts(traced)))
+    # The spans end a moment after the events we read: an operation's once the orchestrator folded its
+    # end, a run's once its verdict is acknowledged.
+    await eventually(lambda: {(cmd.op_id, "operation training"), (data_op, "run data"), (train_op, "run training")}
+                     <= {(s["attributes"].get(tracing.OP_ID), s["name"]) for s in _as_dicts(traced)})
     files = tracing.read_spans(tmp_path / "traces")  # the child's spans: on disk as each epoch ended
     child = [s for s in files if s["service"] == "training-child"]
     spans = _as_dicts(traced) + child
@@ -120,3 +122,20 @@ def test_a_malformed_traceparent_starts_a_new_trace_and_never_fails():
     for bad in ("", "01-" + "a" * 32 + "-" + "b" * 16 + "-01", "00-" + "A" * 32 + "-" + "b" * 16 + "-01",
                 "00-" + "a" * 32 + "-" + "b" * 16 + "-01x", "../../etc", 5, None):
         assert tracing.valid(bad) is None
+
+
+async def test_a_backtest_has_one_span_per_chunk_under_its_run(traced, start_actors, client, stored):  # noqa: F811
+    _orch, backtester = await start_actors("orchestrator", "backtester")
+    backtester.chunk_bars = 400  # 1,200 bars: 3 chunks
+    cmd = backtest()
+    await client.submit(cmd)
+    view = await wait_terminal(client, cmd.op_id, timeout=60)
+    assert view.status == "completed", view.error
+    # the run's span ends once its verdict is out, the operation's once the orchestrator folded it
+    await eventually(lambda: {"operation backtest", "run backtest"} <= {s["name"] for s in _as_dicts(traced)})
+    spans = _as_dicts(traced)
+    root = next(s for s in spans if s["name"] == "command cmd.backtest.run")
+    run = _one(spans, _one(spans, root, "operation backtest", cmd.op_id), "run backtest", cmd.op_id)
+    chunks = _children(spans, run, "backtest chunk")
+    assert [c["attributes"]["ktrdr.bars"] for c in chunks] == [400, 400, 400]
+    assert all(c["attributes"][tracing.OP_ID] == cmd.op_id for c in chunks)
