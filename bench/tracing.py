@@ -87,7 +87,7 @@ async def _child(n_sizes: list[int]) -> None:
         times = []
         for i in range(SPANS_TIMED):
             t0 = time.perf_counter()
-            with tracing.span("segment", op_id, **{"ktrdr.segment": i}):
+            with tracing.span("segment", op_id, attrs={"ktrdr.segment": i}):
                 pass
             times.append(time.perf_counter() - t0)
         out["span_us"] = statistics.median(times) * 1e6

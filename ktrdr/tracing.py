@@ -24,7 +24,7 @@ import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from events.bounds import TRACEPARENT_LENGTH, TRACEPARENT_PATTERN
 
@@ -103,7 +103,7 @@ def setup(service: str, home: Path | None = None, *, extra: Sequence[Any] = (),
                 STATE.directory = where
                 # Simple (synchronous) on purpose: spans are coarse (an operation, a segment, a request,
                 # an epoch) and a line each; on disk the moment they end, also in a process killed later.
-                provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(where, service)))
+                provider.add_span_processor(SimpleSpanProcessor(cast(Any, JsonLinesExporter(where, service))))
         for exporter in extra:
             provider.add_span_processor(SimpleSpanProcessor(exporter))
         # Ours, not the API's global one (which can be set once per process): what is current travels
@@ -133,13 +133,14 @@ def _context(traceparent: str | None) -> Any:
     return TraceContextTextMapPropagator().extract({HEADER: traceparent})
 
 
-def span(name: str, op_id: str | None = None, *, parent: str | None = None, **attrs: Any) -> Any:
+def span(name: str, op_id: str | None = None, *, parent: str | None = None,
+         attrs: Mapping[str, Any] | None = None) -> Any:
     """A context manager: the current span `name` (a child of the current one, or of the `parent`
     traceparent when given) while tracing is on; a shared null context while off. `op_id` (else the
     enclosing span's) becomes its OP_ID attribute."""
     if not STATE.on:
         return _NULL
-    return _span(name, op_id, valid(parent), attrs)
+    return _span(name, op_id, valid(parent), dict(attrs or {}))
 
 
 @contextlib.contextmanager
@@ -155,7 +156,8 @@ def _span(name: str, op_id: str | None, parent: str | None, attrs: dict[str, Any
         _OP.reset(token)
 
 
-def start(name: str, op_id: str, *, parent: str | None = None, parent_span: Any = None, **attrs: Any) -> Any:
+def start(name: str, op_id: str, *, parent: str | None = None, parent_span: Any = None,
+          attrs: Mapping[str, Any] | None = None) -> Any:
     """A span that is not made current (ended by whoever holds it: the orchestrator's operation spans);
     None while off."""
     if not STATE.on:
@@ -163,7 +165,7 @@ def start(name: str, op_id: str, *, parent: str | None = None, parent_span: Any 
     from opentelemetry import trace
 
     ctx = trace.set_span_in_context(parent_span) if parent_span is not None else _context(valid(parent))
-    return STATE.tracer.start_span(name, context=ctx, attributes={**attrs, OP_ID: op_id})
+    return STATE.tracer.start_span(name, context=ctx, attributes={**(attrs or {}), OP_ID: op_id})
 
 
 def traceparent(of: Any = None) -> str | None:

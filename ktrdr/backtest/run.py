@@ -140,7 +140,7 @@ def run_backtest(job: BacktestJob, model: TrainedModel, bars: Mapping[str, Mappi
                 where = f"{sym} {index[a - 1].isoformat()}" if a else f"{sym} before its first bar"
                 raise OperationCancelledError(where, cancel.reason, getattr(cancel, "reason_code", "user"))
             b = min(a + step, len(index))
-            with tracing.span("backtest chunk", **{"ktrdr.symbol": sym, "ktrdr.bars": b - a}):
+            with tracing.span("backtest chunk", attrs={"ktrdr.symbol": sym, "ktrdr.bars": b - a}):
                 signals[a:b] = model.decide(x[a:b])
                 bt.feed(close[a:b], signals[a:b], last=b == len(index))
             done += b - a

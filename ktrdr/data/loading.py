@@ -266,7 +266,7 @@ class DataLoadingJob:
                 return  # the job is failing fast; this segment never starts
             self._inflight.add(seg.index)
             try:
-                with tracing.span("segment", **{"ktrdr.segment": seg.index, "ktrdr.segments": n}):
+                with tracing.span("segment", attrs={"ktrdr.segment": seg.index, "ktrdr.segments": n}):
                     await self._fetch_and_merge(seg)
             except (UnknownSymbolError, GatewayUnreachableError):
                 # Set before the semaphore is released, so no queued segment starts a request.

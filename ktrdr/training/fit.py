@@ -221,7 +221,7 @@ def fit(strategy: Strategy, t: Tensors, *, epochs: int, seed: int, run_id: str, 
             if cancel.is_cancelled:
                 raise OperationCancelledError(f"epoch {epoch}, batch 0", cancel.reason)
             began = time.monotonic()
-            with tracing.span("epoch", **{"ktrdr.epoch": epoch}):
+            with tracing.span("epoch", attrs={"ktrdr.epoch": epoch}):
                 metrics = train_epoch(state, t, epoch, seed, bridge, cancel)
                 val = evaluate(state.model, t.x_val, t.y_val, state.criterion)
             metrics |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"],

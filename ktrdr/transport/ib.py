@@ -118,7 +118,7 @@ class IbRequester:
 
         subject = subjects.ib(req, self.pool)
         sub = await self.nc.subscribe(inbox, cb=cb)
-        with tracing.span(f"ib {subject.split('.', 2)[1]}", req.op_id or None, **{"ktrdr.ib.subject": subject}):
+        with tracing.span(f"ib {subject.split('.', 2)[1]}", req.op_id or None, attrs={"ktrdr.ib.subject": subject}):
             try:
                 await self.nc.publish(subject, encode(req), reply=inbox, headers=tracing.inject(None))
                 return await self._answer(subject, replies, on_wait)
