@@ -5,6 +5,7 @@ of OpenTelemetry is imported and no message carries a traceparent."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from events import subjects
+from events.messages import RunDummy
 from ktrdr import tracing
 from tests.actors.test_backtester import backtest, stored  # noqa: F401 (a fixture)
 from tests.actors.test_workflows import training
@@ -139,3 +142,17 @@ async def test_a_backtest_has_one_span_per_chunk_under_its_run(traced, start_act
     chunks = _children(spans, run, "backtest chunk")
     assert [c["attributes"]["ktrdr.bars"] for c in chunks] == [400, 400, 400]
     assert all(c["attributes"][tracing.OP_ID] == cmd.op_id for c in chunks)
+
+
+async def test_ops_show_trace_with_traces_off_says_none_was_recorded_and_how(start_actors, settings, client):
+    await start_actors("orchestrator", "dummy")
+    assert not tracing.enabled()
+    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=1, interval_s=0.01)
+    await client.submit(cmd)
+    assert (await wait_terminal(client, cmd.op_id)).status == "completed"
+    rc, out, err = await ktrdr(settings, "ops", "show", cmd.op_id, "--trace")
+    assert rc == 0, err
+    assert "trace      none recorded (traces are off unless OTEL_TRACES_EXPORTER names ktrdr" in out
+    assert not (settings.home / tracing.TRACES_DIR).exists()  # nothing written while off
+    rc, out, err = await ktrdr(settings, "ops", "show", cmd.op_id, "--trace", "--json")
+    assert rc == 0 and json.loads(out)["trace"] == [], out
