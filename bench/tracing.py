@@ -1,12 +1,13 @@
 """The cost of OpenTelemetry traces on progress publishing: an actor's progress events per second
 (`emit_progress` of n events inside an operation's span, then every one acknowledged by the server, as
 bench.metrics measures) and the latency of one progress event (emit -> a subscriber of its subject has
-it, one at a time), with traces on (OTEL_TRACES_EXPORTER=ktrdr: spans written as JSON lines; progress
-events carry no traceparent, `traceparent_on_progress` says so) against off (the variable unset: nothing of
-OpenTelemetry imported), in the same run on the same server. Each measurement is a fresh process, off
-and on alternating so that drift and the other load on the machine fall on both; n at 1x, 10x and 100x
-(2,000, 20,000, 200,000 events); medians of the pairs. Each "on" process also times what one span costs
-(start, end, its line written: the segment's, the IB request's, the epoch's), median of 2,000.
+it, one at a time, 2,000 of them), with traces on (OTEL_TRACES_EXPORTER=ktrdr: spans written as JSON
+lines; progress events carry no traceparent, `traceparent_on_progress` says so) against off (the
+variable unset: nothing of OpenTelemetry imported), in the same run on the same server. Each
+measurement is a fresh process, off and on alternating so that drift and the other load on the
+machine fall on both; n at 1x, 10x and 100x (2,000, 20,000, 200,000 events); medians of the pairs.
+Each "on" process also times what one span costs (start, end, its line written: the segment's, the
+IB request's, the epoch's), median of 2,000.
 
 `python -m bench tracing`
 """
@@ -26,7 +27,7 @@ from bench._common import ROOT, BenchServer, child_env, report
 
 SIZES = (2_000, 20_000, 200_000)
 PAIRS = 5
-LATENCY_EVENTS = 300
+LATENCY_EVENTS = 2_000
 SPANS_TIMED = 2_000
 
 

@@ -200,10 +200,11 @@ def of_headers(headers: Mapping[str, str] | None) -> str | None:
     return valid(headers.get(HEADER))
 
 
-def flush() -> None:
+def flush(timeout_s: float = 2.0) -> None:
+    """Export what the batching exporters (OTLP) still hold, waiting at most `timeout_s`."""
     if STATE.on:
         with contextlib.suppress(Exception):
-            STATE.provider.force_flush()
+            STATE.provider.force_flush(int(timeout_s * 1000))
 
 
 class JsonLinesExporter:

@@ -119,8 +119,10 @@ def main(argv: list[str]) -> int:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
+            tracing.flush()
             return 0
         if not isinstance(msg, frames.JobMessage):
+            tracing.flush()  # os._exit skips the SDK's exit hook: an OTLP batch still queued goes now
             return 0  # ExitMessage; _exit below: nothing to clean up, torch's teardown costs ~0.7 s
         try:
             job = msg.training_job()
