@@ -124,8 +124,8 @@ class RequestHandler:
         # A request that came with a traceparent (an IB request made in an operation's span) is served
         # in a child span of it; others (leases, discovery) make no span.
         parent = tracing.of_headers(call._msg.headers)
-        with tracing.span(f"serve {call.subject}", getattr(req, "op_id", None) or None, parent=parent) \
-                if parent is not None else contextlib.nullcontext():
+        with tracing.span(f"serve {call.subject}", getattr(req, "op_id", None) or None, parent=parent,
+                          attrs={tracing.ROLE: actor.role}) if parent is not None else contextlib.nullcontext():
             return await self._answer(actor, fn, call, req)
 
     async def _answer(self, actor: Actor, fn: Callable[..., Awaitable[Message]], call: Call,

@@ -327,7 +327,8 @@ class WorkRunner:
             # The work item's traceparent (the orchestrator's operation span): this attempt's run is its
             # child, and whatever the run does (segments, IB requests, the training child) is the run's.
             with tracing.span(f"run {self.domain}", run.op_id, parent=tracing.of_headers(run.msg.headers),
-                              attrs={"ktrdr.actor": a.id, "ktrdr.attempt": run.held.attempt}) as span:
+                              attrs={tracing.ROLE: a.role, "ktrdr.actor": a.id,
+                                     "ktrdr.attempt": run.held.attempt}) as span:
                 outcome = await self._outcome(run, ctx, recorded_cancel)
                 if span is not None:
                     span.set_attribute("ktrdr.outcome", _metrics.outcome_of(outcome))

@@ -260,7 +260,7 @@ class Orchestrator(Actor):
             return
         parent = self.op_spans.get(cmd.parent_op_id) if cmd.parent_op_id else None
         s = tracing.start(f"operation {cmd.domain}", cmd.op_id, parent=traceparent, parent_span=parent,
-                          attrs={"ktrdr.domain": cmd.domain, "ktrdr.pool": cmd.pool})
+                          attrs={tracing.ROLE: self.role, "ktrdr.domain": cmd.domain, "ktrdr.pool": cmd.pool})
         if s is not None:
             if len(self.op_spans) > 100_000:
                 self.op_spans.clear()

@@ -30,6 +30,7 @@ from events.bounds import TRACEPARENT_LENGTH, TRACEPARENT_PATTERN
 
 HEADER = "traceparent"
 OP_ID = "ktrdr.op_id"  # the attribute every span of an operation carries
+ROLE = "ktrdr.role"  # the actor's role, on the spans an actor makes (actors may share a process: `python -m actors`)
 TRACES_DIR = "traces"  # under KTRDR_HOME
 ENV_DIR = "KTRDR_TRACES_DIR"  # where the `ktrdr` exporter writes (the training child is told its parent's)
 _VALID = re.compile(TRACEPARENT_PATTERN)
@@ -284,15 +285,19 @@ def tree_lines(spans: Sequence[dict[str, Any]]) -> list[str]:
         children.setdefault(s.get("parent_id") if s.get("parent_id") in ids else None, []).append(s)
     lines: list[str] = []
 
-    def walk(s: dict[str, Any], depth: int) -> None:
+    def walk(s: dict[str, Any], depth: int, parent: dict[str, Any] | None, role: str | None) -> None:
         ms = ((s.get("end_ns") or 0) - (s.get("start_ns") or 0)) / 1e6
         attrs = s.get("attributes") or {}
+        if parent is None or parent.get("service") != s.get("service"):
+            role = None  # a role holds within one process (a segment's is its run's)
+        role = attrs.get(ROLE) or role
+        where = s.get("service") if role is None or role == s.get("service") else f"{s.get('service')}/{role}"
         op = f"  {attrs[OP_ID]}" if OP_ID in attrs else ""
         bad = "  ERROR" if s.get("status") == "ERROR" else ""
-        lines.append(f"{'  ' * depth}{s.get('name')}  [{s.get('service')}]  {ms:.1f} ms{op}{bad}")
+        lines.append(f"{'  ' * depth}{s.get('name')}  [{where}]  {ms:.1f} ms{op}{bad}")
         for c in children.get(s["span_id"], []):
-            walk(c, depth + 1)
+            walk(c, depth + 1, s, role)
 
     for root in children.get(None, []):
-        walk(root, 0)
+        walk(root, 0, None, None)
     return lines

@@ -105,7 +105,9 @@ async def test_one_training_workflow_is_one_trace_with_every_hop(traced, data_st
     start = lines.index(next(line for line in lines if line.startswith("trace      ")))
     tree = lines[start + 1:]
     assert tree[0].startswith("  command cmd.training.start  [test]"), out
-    assert any(line.startswith("      operation data  [test]") for line in tree), out
+    assert any(line.startswith("      operation data  [test/orchestrator]") for line in tree), out
+    assert any(line.lstrip().startswith("serve ib.bars  [test/ib]") for line in tree), out
+    assert any(line.lstrip().startswith("segment  [test/job-manager]") for line in tree), out
     assert any(line.lstrip().startswith("epoch  [training-child]") for line in tree), out
 
 
