@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     url = args.url or cfg.nats_url or recorded_url(cfg)
     if not url:
         p.error("no NATS server: set NATS_URL or --url, or start the embedded stack with `ktrdr up`")
+    if len(args.roles) > 1:  # one process, several roles: its service is "actors", each span says its role
+        from ktrdr import tracing
+
+        tracing.setup("actors", cfg.home)
     asyncio.run(run_actors([build(r, cfg, url=url) for r in args.roles]))
     return 0
 

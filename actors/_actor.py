@@ -47,6 +47,7 @@ from events import proof, roles, subjects
 from events.codec import DecodeError, decode_event_on
 from events.messages import ActorError, CancelOperation, CancelRequested, Event, Message, ProgressState
 from events.roles import actor_id_prefix
+from ktrdr import tracing
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 from ktrdr.transport import check_streams, connect, ensure_streams
@@ -201,6 +202,7 @@ class Actor:
     async def _start(self) -> None:
         if not self.url:
             raise RuntimeError(f"{self.role}: no NATS URL (set NATS_URL or pass url=)")
+        tracing.setup(self.role, self.settings.home)  # on only with OTEL_TRACES_EXPORTER (ktrdr/tracing.py)
         self.nc = await connect(self.url, self.settings, self.id, role=self.role, disconnected_cb=self._on_disconnected,
                                 reconnected_cb=self._on_reconnected, error_cb=self._on_error)
         self.js = self.nc.jetstream()

@@ -17,7 +17,7 @@ from actors._orch_leader import CMD_ACK_WAIT_S
 from events import subjects
 from events.codec import DecodeError, InvalidField, decode_command, sniff_op_id
 from events.messages import Command, OperationCreated, OperationRejected, RunSweep, StartTraining
-from ktrdr import commands
+from ktrdr import commands, tracing
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import OperationView, fold, intake, verdicts, workflows
 from ktrdr.ops.reader import read_view
@@ -85,10 +85,10 @@ class CommandIntake:
             await self.reject(op_id, "schedule_name: only a schedule's firing sets it (see `ktrdr schedule`)",
                               "validation", "schedule_name")
         else:
-            await self.validate_and_create(cmd)
+            await self.validate_and_create(cmd, tracing.of_headers(msg.headers))
         await msg.ack()
 
-    async def validate_and_create(self, cmd: Command) -> None:
+    async def validate_and_create(self, cmd: Command, traceparent: str | None = None) -> None:
         try:
             if isinstance(cmd, StartTraining | RunSweep):  # a strategy (or a grid of them) to parse: off the loop
                 await asyncio.to_thread(commands.validate, cmd)
@@ -99,7 +99,7 @@ class CommandIntake:
             return
         cmd = intake.fix_deadline(cmd, datetime.now(UTC))  # on our clock, never the client's (F13)
         try:
-            await self.create(cmd)
+            await self.create(cmd, traceparent)
         except BaseException:
             # Not created as far as we can tell (a publish or a read failed, e.g. during an election):
             # forget it, so that the redelivery this message gets (nak) creates and routes it again
@@ -121,12 +121,14 @@ class CommandIntake:
         self.orch.known.add(op_id)
         await self.orch.publish_event(verdicts.rejected(op_id, reason, code, field_path))
 
-    async def create(self, cmd: Command) -> None:
+    async def create(self, cmd: Command, traceparent: str | None = None) -> None:
         """Create an operation (validated), then cancel it at once if a cancel was recorded for it
-        before it existed, else route it (or start its workflow)."""
+        before it existed, else route it (or start its workflow). `traceparent`: the command's (its
+        operation's span is a child of the CLI's; a child operation's, of its parent's)."""
         orch = self.orch
         assert orch.js is not None
         op_id = cmd.op_id
+        orch.trace_start(cmd, traceparent)
         op_type, description = commands.describe(cmd)
         plan: list[Command] = []
         if workflows.is_workflow(cmd):

@@ -53,6 +53,7 @@ from events.messages import (
     OrchestratorProgress,
     ProgressState,
 )
+from ktrdr import tracing
 from ktrdr.transport import publish
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class EventPublisher:
         headers: dict[str, str] | None = None
         if self.signer is not None and kind in _HELD:
             headers = {proof.HEADER: self.signer.proof(event.op_id, subject, payload, time.monotonic(), force=True)[0]}
+        headers = tracing.inject(headers)  # the span it was published in (while tracing is on)
         await publish(self.js, subject, payload, msg_id, headers=headers, check=self.fence)
         if kind.terminal and self.signer is not None:
             self.signer.forget(event.op_id)
@@ -168,6 +170,8 @@ class EventPublisher:
             if due > 0 and op_id not in self._sealing:  # a signed event follows once one is due again
                 self._sealing.add(op_id)
                 asyncio.get_running_loop().call_later(due + SEAL_S, self._seal, op_id)
+        # No traceparent on progress: one per event cost 13% more CPU per event at 200,000 (README, Traces);
+        # the op id ties them to the trace, and the lifecycle events (publish_event) carry it.
         self._outbox.append((subject, payload, headers))
         self._idle.clear()
         self._wake.set()

@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from events import subjects
 from events.codec import DecodeError, decode, encode
 from events.messages import IbRequest, Message
+from ktrdr import tracing
 from ktrdr.errors import KtrdrError, ValidationError
 
 if TYPE_CHECKING:
@@ -120,6 +121,15 @@ class RequestHandler:
             text = f"malformed request on {call.subject}: {exc}"
             await call.answer(actor.reply_for_error(exc, text), ErrorReply.of(exc, text))
             return text
+        # A request that came with a traceparent (an IB request made in an operation's span) is served
+        # in a child span of it; others (leases, discovery) make no span.
+        parent = tracing.of_headers(call._msg.headers)
+        with tracing.span(f"serve {call.subject}", getattr(req, "op_id", None) or None, parent=parent,
+                          attrs={tracing.ROLE: actor.role}) if parent is not None else contextlib.nullcontext():
+            return await self._answer(actor, fn, call, req)
+
+    async def _answer(self, actor: Actor, fn: Callable[..., Awaitable[Message]], call: Call,
+                      req: Message) -> str | None:
         try:
             reply = await (fn(req, call) if self.takes_call else fn(req))
             if not isinstance(reply, msgspec.Struct):  # the caller would wait for an answer never sent

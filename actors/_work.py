@@ -53,7 +53,7 @@ from events.messages import (
     OperationFailed,
     ProgressState,
 )
-from ktrdr import commands
+from ktrdr import commands, tracing
 from ktrdr.cancellation import HAND_BACK, CancellationToken
 from ktrdr.errors import KtrdrError, OperationCancelledError
 from ktrdr.ops import fold_all, verdicts
@@ -324,7 +324,14 @@ class WorkRunner:
         in_flight.inc()
         t0 = time.monotonic()
         try:
-            outcome = await self._outcome(run, ctx, recorded_cancel)
+            # The work item's traceparent (the orchestrator's operation span): this attempt's run is its
+            # child, and whatever the run does (segments, IB requests, the training child) is the run's.
+            with tracing.span(f"run {self.domain}", run.op_id, parent=tracing.of_headers(run.msg.headers),
+                              attrs={tracing.ROLE: a.role, "ktrdr.actor": a.id,
+                                     "ktrdr.attempt": run.held.attempt}) as span:
+                outcome = await self._outcome(run, ctx, recorded_cancel)
+                if span is not None:
+                    span.set_attribute("ktrdr.outcome", _metrics.outcome_of(outcome))
         finally:
             in_flight.dec()
         ended = _metrics.outcome_of(outcome)

@@ -1,5 +1,5 @@
 """`python -m bench [backbone|data|training|faults|objects|calendar|indicators|memory|scale|workflows|disk
-|ha|nemesis|sync|partitions|universe|intake|research|metrics ...] [--quick]`: run the benchmarks, print the
+|ha|nemesis|sync|partitions|universe|intake|research|metrics|tracing ...] [--quick]`: run the benchmarks, print the
 figures and write bench/results/<suite>.json.
 `--quick` (the nemesis): a few fault classes only (KTRDR_NEMESIS_QUICK=1)."""
 
@@ -13,7 +13,8 @@ import sys
 from bench._common import report
 
 SUITES = ("backbone", "data", "training", "faults", "objects", "calendar", "indicators", "memory", "scale",
-          "workflows", "disk", "ha", "nemesis", "sync", "partitions", "universe", "intake", "research", "metrics")
+          "workflows", "disk", "ha", "nemesis", "sync", "partitions", "universe", "intake", "research", "metrics",
+          "tracing")
 
 
 def main() -> None:

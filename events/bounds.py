@@ -182,3 +182,9 @@ PARTITION_TAIL_PATTERN = rf"^{PARTITION_KEY_PATTERN}\.([0-9]{{1,{MAX_GENERATION_
 # partition. At most MAX_RUNS_PER_PARTITION runs (a month of 1m bars on NYSE hours is ~21, a year of 1h
 # ~252); a partition more fragmented than that is listed without runs and read when a plan needs it.
 MAX_RUNS_PER_PARTITION = 1024
+
+# Traces (ktrdr/tracing.py): the W3C trace context a command, a work item, an IB request and a training
+# job carry (`traceparent`, version 00: trace id, parent span id, flags); anything else is dropped.
+TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+TRACEPARENT_LENGTH = 55
+MAX_TRACE_FILE_BYTES = 64 * 1024 * 1024  # one process's span file; `ops show --trace` reads at most this much

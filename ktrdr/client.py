@@ -39,6 +39,7 @@ from events.messages import (
     WireCancelReason,
 )
 from events.proof import HEADER
+from ktrdr import tracing
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import TERMINAL, OperationView, fold
@@ -185,8 +186,15 @@ class Client:
         return beats
 
     async def submit(self, cmd: Command) -> None:
-        """Publish a command (stored in CMD; a retried publish of the same op is stored once)."""
-        await publish(self.js, subjects.command(cmd), encode(cmd), subjects.command_msg_id(cmd.op_id))
+        """Publish a command (stored in CMD; a retried publish of the same op is stored once). While
+        tracing is on (ktrdr/tracing.py) it is the trace's root span, its traceparent in the headers."""
+        subject = subjects.command(cmd)
+        if not tracing.setup("ktrdr-cli", self.settings.home):
+            await publish(self.js, subject, encode(cmd), subjects.command_msg_id(cmd.op_id))
+            return
+        with tracing.span(f"command {subject}", cmd.op_id):
+            await publish(self.js, subject, encode(cmd), subjects.command_msg_id(cmd.op_id),
+                          headers=tracing.inject(None))
 
     async def cancel(self, op_id: str, reason: str = "cancel requested", requested_by: str = roles.CLI,
                      code: WireCancelReason = "user") -> None:  # `user`: a client's cancel is always one

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from events.messages import BacktestContext, ProgressState
+from ktrdr import tracing
 from ktrdr.backtest.engine import Backtest, Costs, buy_and_hold_signals, figures, run_series
 from ktrdr.backtest.model import TrainedModel
 from ktrdr.errors import DataError, OperationCancelledError, ValidationError
@@ -139,8 +140,9 @@ def run_backtest(job: BacktestJob, model: TrainedModel, bars: Mapping[str, Mappi
                 where = f"{sym} {index[a - 1].isoformat()}" if a else f"{sym} before its first bar"
                 raise OperationCancelledError(where, cancel.reason, getattr(cancel, "reason_code", "user"))
             b = min(a + step, len(index))
-            signals[a:b] = model.decide(x[a:b])
-            bt.feed(close[a:b], signals[a:b], last=b == len(index))
+            with tracing.span("backtest chunk", attrs={"ktrdr.symbol": sym, "ktrdr.bars": b - a}):
+                signals[a:b] = model.decide(x[a:b])
+                bt.feed(close[a:b], signals[a:b], last=b == len(index))
             done += b - a
             if emit is not None:
                 emit(_progress(job, model, sym, done, total, index[b - 1], bt, trades + bt.trade_count))

@@ -4,6 +4,7 @@ everything."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -43,13 +44,28 @@ def _fail(message: str) -> int:
     return 2
 
 
-def ops_show(op_id: str, json_out: bool = JSON, events: bool = typer.Option(False, help="List every event.")) -> None:
+def ops_show(op_id: str, json_out: bool = JSON, events: bool = typer.Option(False, help="List every event."),
+             trace: bool = typer.Option(False, "--trace", help="Print its trace as a span tree (the spans "
+                                        "OTEL_TRACES_EXPORTER=ktrdr wrote under KTRDR_HOME/traces).")) -> None:
     """One operation: status, progress, timings, its children, result or error."""
     check_op_id(op_id)
-    run_async(_ops_show(op_id, json_out, events))
+    run_async(_ops_show(op_id, json_out, events, trace))
 
 
-async def _ops_show(op_id: str, json_out: bool, show_events: bool) -> int:
+def _trace_spans(op_id: str) -> list[dict[str, Any]]:
+    """The spans of the operation's trace the collector-free export wrote (ktrdr/tracing.py)."""
+    import os
+    from pathlib import Path
+
+    from ktrdr import tracing
+    from ktrdr.cli._common import settings
+
+    where = os.environ.get(tracing.ENV_DIR)
+    directory = Path(where) if where else settings().home / tracing.TRACES_DIR
+    return tracing.trace_of(tracing.read_spans(directory), op_id)
+
+
+async def _ops_show(op_id: str, json_out: bool, show_events: bool, show_trace: bool = False) -> int:
     import msgspec
 
     from ktrdr.ops import fold_all
@@ -67,17 +83,30 @@ async def _ops_show(op_id: str, json_out: bool, show_events: bool) -> int:
             view.unproven = evs.unproven
             view.errors.extend(n for n in evs.notes if n.startswith("ignored an unproven"))
         children = [await c.view(k) for k in view.children]
+    spans = await asyncio.to_thread(_trace_spans, op_id) if show_trace else []
     if json_out:
         d = view_json(view)
         d["children_views"] = [view_json(k) for k in children]
         if show_events:
             d["event_list"] = [msgspec.to_builtins(e) for e in evs]
+        if show_trace:
+            d["trace"] = spans
         typer.echo(json.dumps(d, default=str))
         return 0
     _print_view(view, children)
     if show_events:
         for e in evs:
             typer.echo(f"  {e.ts.isoformat()} {type(e).__name__:<20} {e.actor or '-'}  {_detail(e)}")
+    if show_trace:
+        from ktrdr import tracing
+
+        if not spans:
+            typer.echo("trace      none recorded (traces are off unless OTEL_TRACES_EXPORTER names ktrdr: see the "
+                       "README, Operating it -> Traces)")
+        else:
+            typer.echo(f"trace      {spans[0]['trace_id']}  ({len(spans)} spans)")
+            for line in tracing.tree_lines(spans):
+                typer.echo(f"  {line}")
     return 0
 
 

@@ -33,6 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import pandas as pd
 
 from events.messages import DataContext, ProgressState
+from ktrdr import tracing
 from ktrdr.cancellation import CancellationToken
 from ktrdr.data.calendar import Instrument, expected_bar_starts, lookup, normalize_symbol, to_utc
 from ktrdr.data.gaps import Gap, find_gaps
@@ -265,7 +266,8 @@ class DataLoadingJob:
                 return  # the job is failing fast; this segment never starts
             self._inflight.add(seg.index)
             try:
-                await self._fetch_and_merge(seg)
+                with tracing.span("segment", attrs={"ktrdr.segment": seg.index, "ktrdr.segments": n}):
+                    await self._fetch_and_merge(seg)
             except (UnknownSymbolError, GatewayUnreachableError):
                 # Set before the semaphore is released, so no queued segment starts a request.
                 self._aborted = True

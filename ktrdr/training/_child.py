@@ -9,6 +9,7 @@ the parent is gone.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import signal
@@ -19,6 +20,7 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ktrdr import tracing
 from ktrdr.training import frames
 
 
@@ -111,18 +113,23 @@ def main(argv: list[str]) -> int:
     conn = Connection(sock_fd)
     word = mmap.mmap(cancel_fd, frames.CANCEL_WORD_SIZE)
     sender = _Sender(conn)
+    traced = tracing.setup("training-child")  # with its parent's OTEL_* environment (and KTRDR_TRACES_DIR)
     sender.send(frames.ready_frame(os.getpid(), threads, time.monotonic() - began))
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
+            tracing.flush()
             return 0
         if not isinstance(msg, frames.JobMessage):
+            tracing.flush()  # os._exit skips the SDK's exit hook: an OTLP batch still queued goes now
             return 0  # ExitMessage; _exit below: nothing to clean up, torch's teardown costs ~0.7 s
         try:
-            outcome = run_training(msg.training_job(), msg.bars, emit=sender.progress,
-                                   cancel=SharedCancel(word, msg.seq), resume=msg.resume,
-                                   on_checkpoint=sender.checkpoint)
+            job = msg.training_job()
+            with tracing.span("training", job.op_id, parent=msg.trace) if traced else contextlib.nullcontext():
+                outcome = run_training(job, msg.bars, emit=sender.progress,
+                                       cancel=SharedCancel(word, msg.seq), resume=msg.resume,
+                                       on_checkpoint=sender.checkpoint)
         except Exception as exc:  # every failure goes up as an ERROR frame; the child serves on
             if not hasattr(exc, "code"):
                 traceback.print_exc(file=sys.stderr)

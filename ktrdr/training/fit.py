@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ktrdr import tracing
 from ktrdr.errors import OperationCancelledError
 from ktrdr.training import checkpoint
 from ktrdr.training.checkpoint import CheckpointRefused, CheckpointWriter, OnCheckpoint
@@ -220,8 +221,9 @@ def fit(strategy: Strategy, t: Tensors, *, epochs: int, seed: int, run_id: str, 
             if cancel.is_cancelled:
                 raise OperationCancelledError(f"epoch {epoch}, batch 0", cancel.reason)
             began = time.monotonic()
-            metrics = train_epoch(state, t, epoch, seed, bridge, cancel)
-            val = evaluate(state.model, t.x_val, t.y_val, state.criterion)
+            with tracing.span("epoch", attrs={"ktrdr.epoch": epoch}):
+                metrics = train_epoch(state, t, epoch, seed, bridge, cancel)
+                val = evaluate(state.model, t.x_val, t.y_val, state.criterion)
             metrics |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"],
                         "learning_rate": float(state.optimizer.param_groups[0]["lr"])}
             seconds = time.monotonic() - began

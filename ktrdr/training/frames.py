@@ -75,10 +75,12 @@ class JobMessage(msgspec.Struct, frozen=True, array_like=True):
     job: bytes
     bars: dict[str, dict[str, Any]]
     resume: bytes | None = None
+    trace: str | None = None  # the W3C traceparent of the worker's run span (ktrdr/tracing.py), while on
 
     @staticmethod
-    def of(seq: int, job: TrainingJob, bars: dict[str, dict[str, Any]], resume: bytes | None) -> JobMessage:
-        return JobMessage(seq, msgspec.msgpack.encode(job), bars, resume)
+    def of(seq: int, job: TrainingJob, bars: dict[str, dict[str, Any]], resume: bytes | None,
+           trace: str | None = None) -> JobMessage:
+        return JobMessage(seq, msgspec.msgpack.encode(job), bars, resume, trace)
 
     def training_job(self) -> TrainingJob:
         return msgspec.msgpack.decode(self.job, type=TrainingJob)

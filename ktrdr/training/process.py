@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from events.messages import ProgressState
+from ktrdr import tracing
 from ktrdr.cancellation import CancellationToken
 from ktrdr.errors import KtrdrError, OperationCancelledError
 from ktrdr.training import frames
@@ -118,6 +119,8 @@ class TrainingProcess:
         root = str(Path(__file__).resolve().parents[2])  # the folder holding the ktrdr package
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
                "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        if tracing.STATE.directory is not None:  # its spans beside ours (it inherits the OTEL_* variables)
+            env[tracing.ENV_DIR] = str(tracing.STATE.directory)
         fds = (child_sock.fileno(), life_r, self._cancel_fd)
         try:
             self._proc = subprocess.Popen(
@@ -212,7 +215,7 @@ class TrainingProcess:
             try:
                 try:
                     assert self._conn is not None
-                    self._conn.send(frames.JobMessage.of(seq, job, bars, resume))
+                    self._conn.send(frames.JobMessage.of(seq, job, bars, resume, tracing.traceparent()))
                 except (OSError, ValueError) as exc:
                     raise self._died() from exc
                 outcome, error = self._follow(emit, cancel, on_checkpoint)

@@ -39,6 +39,7 @@ from events.messages import (
     PacingHistory,
     PacingStamp,
 )
+from ktrdr import tracing
 from ktrdr.cancellation import CancellationToken
 from ktrdr.errors import (
     DisconnectedError,
@@ -117,26 +118,30 @@ class IbRequester:
 
         subject = subjects.ib(req, self.pool)
         sub = await self.nc.subscribe(inbox, cb=cb)
-        try:
-            await self.nc.publish(subject, encode(req), reply=inbox)
-            while True:
-                try:
-                    data = await asyncio.wait_for(replies.get(), self.idle_timeout)
-                except TimeoutError:
-                    raise DisconnectedError(f"no answer from any ib actor on {subject} within "
-                                            f"{self.idle_timeout:g} s", hint="is an ib actor running?") from None
-                if not data:  # "no responders" status: nobody serves ib.* right now
-                    raise _NoResponders
-                reply = decode_ib_reply(data)
-                if not reply.final:
-                    if on_wait is not None:
-                        on_wait(reply.pacing_wait_s, reply.message)
-                    continue
-                raise_for(reply)
-                return reply
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        with tracing.span(f"ib {subject.split('.', 2)[1]}", req.op_id or None, attrs={"ktrdr.ib.subject": subject}):
+            try:
+                await self.nc.publish(subject, encode(req), reply=inbox, headers=tracing.inject(None))
+                return await self._answer(subject, replies, on_wait)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _answer(self, subject: str, replies: asyncio.Queue[bytes], on_wait: OnWait | None) -> IbReply:
+        while True:
+            try:
+                data = await asyncio.wait_for(replies.get(), self.idle_timeout)
+            except TimeoutError:
+                raise DisconnectedError(f"no answer from any ib actor on {subject} within "
+                                        f"{self.idle_timeout:g} s", hint="is an ib actor running?") from None
+            if not data:  # "no responders" status: nobody serves ib.* right now
+                raise _NoResponders
+            reply = decode_ib_reply(data)
+            if not reply.final:
+                if on_wait is not None:
+                    on_wait(reply.pacing_wait_s, reply.message)
+                continue
+            raise_for(reply)
+            return reply
 
     async def contract(self, symbol: str, op_id: str = "") -> tuple[ContractInfo, str]:
         r = await self.request(IbContractRequest(symbol=symbol, op_id=op_id))

@@ -1,0 +1,151 @@
+"""The cost of OpenTelemetry traces on progress publishing: an actor's progress events per second
+(`emit_progress` of n events inside an operation's span, then every one acknowledged by the server, as
+bench.metrics measures) and the latency of one progress event (emit -> a subscriber of its subject has
+it, one at a time, 2,000 of them), with traces on (OTEL_TRACES_EXPORTER=ktrdr: spans written as JSON
+lines; progress events carry no traceparent, `traceparent_on_progress` says so) against off (the
+variable unset: nothing of OpenTelemetry imported), in the same run on the same server. Each
+measurement is a fresh process, off and on alternating so that drift and the other load on the
+machine fall on both; n at 1x, 10x and 100x (2,000, 20,000, 200,000 events); medians of the pairs.
+Each "on" process also times what one span costs (start, end, its line written: the segment's, the
+IB request's, the epoch's), median of 2,000.
+
+`python -m bench tracing`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench._common import ROOT, BenchServer, child_env, report
+
+SIZES = (2_000, 20_000, 200_000)
+PAIRS = 5
+LATENCY_EVENTS = 2_000
+SPANS_TIMED = 2_000
+
+
+async def _child(n_sizes: list[int]) -> None:
+    """One measurement process: emit, time the latency, print JSON."""
+    from actors.runtime import Actor
+    from events import subjects
+    from events.messages import DummyContext, OperationProgress, ProgressState
+    from ktrdr import tracing
+    from ktrdr.config import Settings
+
+    class Emitter(Actor):
+        role = "bench"
+
+    actor = Emitter(Settings())
+    await actor.start()
+    assert actor.nc is not None
+    state = ProgressState(percentage=50.0, message="Working on iteration 5/10", context=DummyContext(iteration=5))
+    out: dict[str, float] = {"on": float(tracing.enabled()),
+                             "otel_imported": float(any(m.startswith("opentelemetry") for m in sys.modules))}
+    for n in n_sizes:
+        op_id = subjects.new_op_id("dummy")
+        with tracing.span("run dummy", op_id):  # a worker's run span: every progress carries its traceparent
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(n):
+                actor.emit_progress(op_id, state)
+            await actor.flush_progress(acked=True)
+            out[str(n)] = n / (time.perf_counter() - t0)
+            out[f"cpu_us_{n}"] = (time.process_time() - c0) / n * 1e6
+    # latency: one event at a time, from emit to a subscriber of its subject having it
+    op_id = subjects.new_op_id("dummy")
+    got: asyncio.Queue[tuple[float, float]] = asyncio.Queue()
+
+    async def cb(msg: Any) -> None:  # (arrival, its percentage): a seal repeats the one before, never ours
+        got.put_nowait((time.perf_counter(), json.loads(msg.data)["progress"]["percentage"]))
+
+    subject = subjects.ops(op_id, OperationProgress.name)
+    sub = await actor.nc.subscribe(subject, cb=cb)
+    await actor.nc.flush()
+    lat: list[float] = []
+    headers_seen = 0
+    with tracing.span("run dummy", op_id):
+        for i in range(LATENCY_EVENTS):
+            pct = round(100.0 * (i + 1) / LATENCY_EVENTS, 6)
+            one = ProgressState(percentage=pct, message=state.message, context=state.context)
+            t0 = time.perf_counter()
+            actor.emit_progress(op_id, one)
+            while True:
+                at, seen = await asyncio.wait_for(got.get(), 10)
+                if seen == pct:
+                    break
+            lat.append((at - t0) * 1e6)
+    await sub.unsubscribe()
+    await actor.flush_progress(acked=True)
+    if tracing.enabled():  # whether the last progress went out with the span's traceparent
+        last = await actor.js.get_last_msg("OPS", subject) if actor.js else None
+        headers_seen = int(bool(last and last.headers and tracing.HEADER in last.headers))
+        times = []
+        for i in range(SPANS_TIMED):
+            t0 = time.perf_counter()
+            with tracing.span("segment", op_id, attrs={"ktrdr.segment": i}):
+                pass
+            times.append(time.perf_counter() - t0)
+        out["span_us"] = statistics.median(times) * 1e6
+    out["latency_us"] = statistics.median(lat)
+    out["latency_p90_us"] = sorted(lat)[int(len(lat) * 0.9)]
+    out["traceparent_on_progress"] = float(headers_seen)
+    print(json.dumps(out), flush=True)
+    await actor.stop()
+
+
+def _measure(srv: BenchServer, on: bool) -> dict[str, float]:
+    env = child_env(srv.settings)
+    for k in [k for k in env if k.startswith("OTEL_")]:
+        del env[k]
+    if on:
+        env.update(OTEL_TRACES_EXPORTER="ktrdr", KTRDR_TRACES_DIR=str(srv.tmp / "traces" / str(time.monotonic_ns())))
+    proc = subprocess.run([sys.executable, "-m", "bench.tracing", "--child", *map(str, SIZES)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert bool(figures["on"]) == on and bool(figures["otel_imported"]) == on, figures
+    return figures
+
+
+async def main() -> dict[str, Any]:
+    with BenchServer("tracing") as srv:
+        off: list[dict[str, float]] = []
+        on: list[dict[str, float]] = []
+        for _ in range(PAIRS):
+            off.append(await asyncio.to_thread(_measure, srv, False))
+            on.append(await asyncio.to_thread(_measure, srv, True))
+    results: dict[str, Any] = {}
+    for n in SIZES:
+        o, f = [r[str(n)] for r in on], [r[str(n)] for r in off]
+        pair_ratios = [a / b for a, b in zip(o, f, strict=True)]
+        cpu_on, cpu_off = [r[f"cpu_us_{n}"] for r in on], [r[f"cpu_us_{n}"] for r in off]
+        results[f"progress_publish_{n}"] = {
+            "tracing_off_events_per_s": statistics.median(f), "tracing_on_events_per_s": statistics.median(o),
+            "on_vs_off": statistics.median(o) / statistics.median(f),
+            "median_pair_ratio": statistics.median(pair_ratios), "pair_ratios": [round(x, 3) for x in pair_ratios],
+            "cpu_us_per_event_off": statistics.median(cpu_off), "cpu_us_per_event_on": statistics.median(cpu_on),
+            "cpu_on_vs_off": statistics.median(cpu_on) / statistics.median(cpu_off),
+            "pairs": PAIRS, "target": "on_vs_off >= 0.95 (under 5% cost)"}
+    lat_on, lat_off = [r["latency_us"] for r in on], [r["latency_us"] for r in off]
+    results["progress_latency"] = {
+        "events_per_measurement": LATENCY_EVENTS, "off_median_us": statistics.median(lat_off),
+        "on_median_us": statistics.median(lat_on), "on_vs_off": statistics.median(lat_on) / statistics.median(lat_off),
+        "off_p90_us": statistics.median(r["latency_p90_us"] for r in off),
+        "on_p90_us": statistics.median(r["latency_p90_us"] for r in on),
+        "pair_ratios": [round(a / b, 3) for a, b in zip(lat_on, lat_off, strict=True)]}
+    results["spans"] = {"us_per_span_with_json_lines_export": statistics.median(r["span_us"] for r in on),
+                        "timed_per_process": SPANS_TIMED, "cpus": os.cpu_count()}
+    return results
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        asyncio.run(_child([int(a) for a in sys.argv[2:]]))
+    else:
+        report("tracing", asyncio.run(main()))
