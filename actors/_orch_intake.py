@@ -128,7 +128,7 @@ class CommandIntake:
         orch = self.orch
         assert orch.js is not None
         op_id = cmd.op_id
-        orch.trace_start(cmd, traceparent)
+        orch.op_spans.start(cmd.op_id, cmd.domain, cmd.pool, cmd.parent_op_id, traceparent)
         op_type, description = commands.describe(cmd)
         plan: list[Command] = []
         if workflows.is_workflow(cmd):

@@ -25,7 +25,6 @@ import collections
 import contextlib
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -110,7 +109,7 @@ class Orchestrator(Actor):
         self.dropped = 0  # live ops messages whose body its subject does not prove (the rebuild's: reader)
         self.leadership: Leadership | None = None
         self.succession = Succession(self)  # the leader lease's side: active or standby
-        self.op_spans: dict[str, Any] = {}  # op id -> its span, while tracing is on (trace_start)
+        self.op_spans = tracing.OpSpans(self.role)  # the operations' spans while tracing is on
 
     def _track(self, view: OperationView) -> Tracked:
         now = time.monotonic()
@@ -219,9 +218,7 @@ class Orchestrator(Actor):
 
     async def ended(self, op_id: str, tracked: Tracked) -> None:
         self.live.pop(op_id, None)
-        if (span := self.op_spans.pop(op_id, None)) is not None:
-            span.set_attribute("ktrdr.outcome", tracked.view.status)
-            span.end()
+        self.op_spans.end(op_id, tracked.view.status)
         self.known.add(op_id)
         if self.js is not None and self.leadership is not None and self.leadership.active:
             await _release(self.js, tracked.view)
@@ -250,21 +247,7 @@ class Orchestrator(Actor):
         assert self.js is not None
         item = WorkItem(op_id=cmd.op_id, domain=cmd.domain, command=cmd)
         await publish(self.js, subjects.work(cmd.domain, cmd.pool), encode(item), self.ids.work(cmd.op_id),
-                      headers=tracing.inject(None, self.op_spans.get(cmd.op_id)))
-
-    def trace_start(self, cmd: Command, traceparent: str | None) -> None:
-        """The operation's span (while tracing is on): from its creation here to its end (ended()); a
-        child of the command's traceparent, or of its parent operation's span. Held in memory: an
-        orchestrator that restarts mid-operation loses it (the workers' spans still carry the trace)."""
-        if not tracing.enabled() or cmd.op_id in self.op_spans:
-            return
-        parent = self.op_spans.get(cmd.parent_op_id) if cmd.parent_op_id else None
-        s = tracing.start(f"operation {cmd.domain}", cmd.op_id, parent=traceparent, parent_span=parent,
-                          attrs={tracing.ROLE: self.role, "ktrdr.domain": cmd.domain, "ktrdr.pool": cmd.pool})
-        if s is not None:
-            if len(self.op_spans) > 100_000:
-                self.op_spans.clear()
-            self.op_spans[cmd.op_id] = s
+                      headers=self.op_spans.headers(cmd.op_id))
 
     async def request_cancel(self, cancel: CancelRequested) -> None:
         """Its own cancel (deadline, parent): on its own subject, which every worker follows."""

@@ -20,9 +20,24 @@ from typing import Any
 CACHE_MAX_BYTES = 4 << 30  # the bars cache's size bound when KTRDR_CACHE_MAX_BYTES does not set one
 
 
+TRACES_DIR_ENV = "KTRDR_TRACES_DIR"
+OTEL_PREFIX = "OTEL_"  # the OpenTelemetry SDK's standard variables: passed through to it, which checks them
+
+
+def otel_env() -> dict[str, str]:
+    """The OTEL_* variables and KTRDR_TRACES_DIR of this process, for ktrdr/tracing.py (the SDK reads
+    and checks OTEL_* itself; this is the one place of ours that looks at them)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(OTEL_PREFIX) or k == TRACES_DIR_ENV}
+
+
 def _env(name: str) -> str | None:
     raw = os.environ.get(name)
     return raw if raw not in (None, "") else None
+
+
+def _path(name: str) -> Path | None:
+    raw = _env(name)
+    return Path(raw).expanduser() if raw is not None else None
 
 
 def _float(name: str, default: float, lo: float = 0.0, hi: float = float("inf")) -> float:
@@ -114,6 +129,8 @@ class Settings:
     # Prometheus metrics of each actor process (actors/_metrics.py): loopback unless told otherwise.
     metrics_host: str = field(default_factory=lambda: _env("KTRDR_METRICS_HOST") or "127.0.0.1")
     metrics_port: int | None = field(default_factory=_metrics_port)
+    # Where the collector-free `ktrdr` span exporter writes (ktrdr/tracing.py); None: KTRDR_HOME/traces.
+    traces_dir: Path | None = field(default_factory=lambda: _path(TRACES_DIR_ENV))
     heartbeat_s: float = field(default_factory=lambda: _float("KTRDR_HEARTBEAT_S", 1.0, 0.01, 60))
     # A worker silent this long loses its lease: JetStream redelivers the work (ack_wait).
     worker_timeout_s: float = field(default_factory=lambda: _float("KTRDR_WORKER_TIMEOUT", 10.0, 0.1, 3600))

@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any, cast
 
 from events.bounds import TRACEPARENT_LENGTH, TRACEPARENT_PATTERN
+from ktrdr.config import TRACES_DIR_ENV, otel_env
 
 HEADER = "traceparent"
 OP_ID = "ktrdr.op_id"  # the attribute every span of an operation carries
 ROLE = "ktrdr.role"  # the actor's role, on the spans an actor makes (actors may share a process: `python -m actors`)
 TRACES_DIR = "traces"  # under KTRDR_HOME
-ENV_DIR = "KTRDR_TRACES_DIR"  # where the `ktrdr` exporter writes (the training child is told its parent's)
+ENV_DIR = TRACES_DIR_ENV  # where the `ktrdr` exporter writes (the training child is told its parent's)
 _VALID = re.compile(TRACEPARENT_PATTERN)
 _NULL = contextlib.nullcontext()
 _OP: contextvars.ContextVar[str | None] = contextvars.ContextVar("ktrdr_trace_op", default=None)
@@ -40,7 +41,7 @@ _OP: contextvars.ContextVar[str | None] = contextvars.ContextVar("ktrdr_trace_op
 
 def wanted(env: Mapping[str, str] | None = None) -> bool:
     """Whether the environment turns traces on."""
-    env = os.environ if env is None else env
+    env = otel_env() if env is None else env
     exporters = [e.strip() for e in env.get("OTEL_TRACES_EXPORTER", "").split(",") if e.strip()]
     return bool(exporters) and exporters != ["none"] and env.get("OTEL_SDK_DISABLED", "").lower() != "true"
 
@@ -74,7 +75,7 @@ def setup(service: str, home: Path | None = None, *, extra: Sequence[Any] = (),
           env: Mapping[str, str] | None = None) -> bool:
     """Turn traces on for this process when the environment asks (or `extra` span exporters are given,
     as tests give the SDK's InMemorySpanExporter); once per process. Whether they are on."""
-    env = os.environ if env is None else env
+    env = otel_env() if env is None else env
     with _lock:
         if STATE.on or not (wanted(env) or extra):
             return STATE.on
@@ -180,6 +181,38 @@ def traceparent(of: Any = None) -> str | None:
     tp = f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}" if sc.is_valid else None
     STATE.last_span, STATE.last_traceparent = s, tp
     return tp
+
+
+class OpSpans:
+    """The orchestrator's operation spans (while tracing is on): each from the operation's creation to
+    its end, a child of the command's traceparent or of its parent operation's span. Held in memory:
+    an orchestrator that restarts mid-operation loses them (the workers' spans still carry the trace)."""
+
+    MAX = 100_000  # spans held before the oldest are dropped (never ended: a bound, not a case)
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.spans: dict[str, Any] = {}
+
+    def start(self, op_id: str, domain: str, pool: str, parent_op_id: str | None, traceparent: str | None) -> None:
+        if not STATE.on or op_id in self.spans:
+            return
+        parent = self.spans.get(parent_op_id) if parent_op_id else None
+        s = start(f"operation {domain}", op_id, parent=traceparent, parent_span=parent,
+                  attrs={ROLE: self.role, "ktrdr.domain": domain, "ktrdr.pool": pool})
+        if s is not None:
+            if len(self.spans) >= self.MAX:
+                self.spans.clear()
+            self.spans[op_id] = s
+
+    def end(self, op_id: str, outcome: str) -> None:
+        if (span := self.spans.pop(op_id, None)) is not None:
+            span.set_attribute("ktrdr.outcome", outcome)
+            span.end()
+
+    def headers(self, op_id: str) -> dict[str, str] | None:
+        """The headers that carry the operation's trace onto its work item (None while off)."""
+        return inject(None, self.spans.get(op_id))
 
 
 def inject(headers: dict[str, str] | None, of: Any = None) -> dict[str, str] | None:

@@ -54,14 +54,11 @@ def ops_show(op_id: str, json_out: bool = JSON, events: bool = typer.Option(Fals
 
 def _trace_spans(op_id: str) -> list[dict[str, Any]]:
     """The spans of the operation's trace the collector-free export wrote (ktrdr/tracing.py)."""
-    import os
-    from pathlib import Path
-
     from ktrdr import tracing
-    from ktrdr.cli._common import settings
+    from ktrdr.config import settings
 
-    where = os.environ.get(tracing.ENV_DIR)
-    directory = Path(where) if where else settings().home / tracing.TRACES_DIR
+    cfg = settings()
+    directory = cfg.traces_dir or cfg.home / tracing.TRACES_DIR
     return tracing.trace_of(tracing.read_spans(directory), op_id)
 
 
