@@ -301,31 +301,33 @@ async def search(request: web.Request) -> web.Response:
 
 async def events_download(request: web.Request) -> web.Response:
     """Every stored event of one operation as a JSON file (GET /ops/ID/events.json)."""
-    op_id = _op_id(request)
-    hub = request.app[HUB]
-    if not await hub.exists(op_id):
-        return web.json_response({"error": f"no operation {op_id} is stored"}, status=404)
+    op_id, hub, missing = await _stored(request)
+    if missing is not None:
+        return missing
     body = json.dumps(await hub.events_json(op_id), default=str, indent=1)
     return web.Response(text=body, content_type="application/json", charset="utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{op_id}.events.json"'})
 
 
-async def timeline(request: web.Request) -> web.Response:
-    """A workflow's children, each from its start to its end, for the timeline its page draws."""
+async def _stored(request: web.Request) -> tuple[str, Hub, web.Response | None]:
+    """The request's op id, the hub, and the 404 to answer when no such operation is stored."""
     op_id = _op_id(request)
     hub = request.app[HUB]
     if not await hub.exists(op_id):
-        return web.json_response({"error": f"no operation {op_id} is stored"}, status=404)
-    return web.json_response(await hub.timeline(op_id))
+        return op_id, hub, web.json_response({"error": f"no operation {op_id} is stored"}, status=404)
+    return op_id, hub, None
+
+
+async def timeline(request: web.Request) -> web.Response:
+    """A workflow's children, each from its start to its end, for the timeline its page draws."""
+    op_id, hub, missing = await _stored(request)
+    return missing or web.json_response(await hub.timeline(op_id))
 
 
 async def curves(request: web.Request) -> web.Response:
     """A training's metrics per epoch (the points its page draws), for the comparison page."""
-    op_id = _op_id(request)
-    hub = request.app[HUB]
-    if not await hub.exists(op_id):
-        return web.json_response({"error": f"no operation {op_id} is stored"}, status=404)
-    return web.json_response(await hub.curves(op_id))
+    op_id, hub, missing = await _stored(request)
+    return missing or web.json_response(await hub.curves(op_id))
 
 
 async def compare_page(request: web.Request) -> web.Response:
