@@ -295,11 +295,12 @@ def _decoded(orch: Orchestrator, subject: str, data: bytes) -> AnyEvent | None:
 
 
 async def _release(js: JetStreamContext, view: OperationView) -> None:
-    """What an ended operation leaves behind: its lease, and a training's checkpoint (an ended training
-    is never resumed; the trainer removes it itself when it ends the op, this covers a verdict of
-    ours: worker lost, queued cancel). Best effort: neither is needed for anything any more."""
+    """What an ended operation leaves behind: its lease, and a completed training's checkpoint (the
+    trainer removes it itself when it saves the model; this covers a verdict of ours). A failed or
+    cancelled training's checkpoint stays until `ktrdr ops retry` resumes from it or CHECKPOINTS'
+    max age (KTRDR_OPS_MAX_AGE, 30 days) removes it. Best effort."""
     with contextlib.suppress(Exception):
         await drop(await js.key_value(subjects.LEASES_BUCKET), view.op_id)
-    if view.domain == StartTraining.domain and not view.children:
+    if view.domain == StartTraining.domain and not view.children and view.status in ("completed", "rejected"):
         with contextlib.suppress(Exception):
             await CheckpointStore(js).delete(view.op_id)

@@ -78,6 +78,11 @@ MAX_SCHEDULES = 200  # schedules one stack keeps (SCHEDULES holds one definition
 SCHEDULE_MIN_EVERY_S = 1.0  # nats-server fires `@every` at most once a second
 SCHEDULE_MAX_EVERY_S = 366 * 86400.0
 MAX_TIME_ZONE = 64  # an IANA zone name (America/Argentina/ComodRivadavia is 32)
+
+# --- retries (issue 22) -------------------------------------------------------------------------
+# An operation id named in another operation's events (`retry_of`, `retried_by`): the shape
+# events.subjects.new_op_id makes, checked at decode.
+OP_ID_PATTERN = r"^[a-z]+-\d{8}T\d{12}-[0-9a-f]{6}$"
 SCHEDULE_HISTORY = 50  # firings (and their records) each schedule keeps in SCHEDULES
 
 # --- timeframes ----------------------------------------------------------------------------------
@@ -151,6 +156,7 @@ ScheduleName = Annotated[str, Meta(pattern=SCHEDULE_NAME_PATTERN, description="a
                                    f"letters, digits, - and _, at most {MAX_SCHEDULE_NAME})")]
 ScheduleSpec = Annotated[str, Meta(min_length=1, max_length=MAX_SCHEDULE_SPEC)]
 TimeZoneName = Annotated[str, Meta(max_length=MAX_TIME_ZONE)]
+OpIdRef = Annotated[str, Meta(max_length=64, pattern=OP_ID_PATTERN, description="an operation id")]
 # A command's deadline as a duration: the orchestrator adds it to its own clock when it accepts the
 # command, so a client's clock never moves it (issue 18, F13).
 TimeoutSeconds = Annotated[float, Meta(gt=0.0, le=MAX_DEADLINE.total_seconds())]

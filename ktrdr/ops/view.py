@@ -73,6 +73,8 @@ class OperationView(msgspec.Struct, kw_only=True, dict=True):
     command: dict[str, Any] | None = None
     parent_op_id: str | None = None
     schedule_name: str | None = None  # the schedule whose firing made it (`ktrdr schedule`)
+    retry_of: str | None = None  # the failed or cancelled operation it retries (`ktrdr ops retry`)
+    retried_by: str | None = None  # the operation that retries it
     children: list[str] = msgspec.field(default_factory=list)
     deadline: datetime | None = None
     pool: str | None = None
