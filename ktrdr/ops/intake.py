@@ -57,16 +57,26 @@ def fix_deadline(cmd: Command, now: datetime) -> Command:
 RETRYABLE_STATUSES = ("failed", "cancelled")
 
 
+def unfinished_sweep(view: OperationView) -> bool:
+    """A sweep that completed with variants that did not (it completes once one variant did): its
+    retry runs those variants only."""
+    result = view.result or {}
+    return view.status == "completed" and isinstance(result.get("leaderboard"), list) \
+        and isinstance(result.get("failed"), int) and result["failed"] > 0
+
+
 def retry_problem(old: OperationView) -> str | None:
     """Why the operation `old` (its stored view) cannot be retried, or None: only a top-level
-    operation that failed or was cancelled, once (retry its retry after that)."""
+    operation that failed or was cancelled (or a sweep with variants that did not complete), once
+    (retry its retry after that)."""
     if old.command is None or old.status == "unknown":
         return f"no operation {old.op_id} is stored"
     if old.parent_op_id:
         return f"{old.op_id} is a step of {old.parent_op_id}: retry {old.parent_op_id}"
-    if old.status not in RETRYABLE_STATUSES:
+    if old.status not in RETRYABLE_STATUSES and not unfinished_sweep(old):
         what = "is still running" if not old.terminal else f"{old.status}"
-        return f"{old.op_id} {what}: only a failed or cancelled operation can be retried"
+        return f"{old.op_id} {what}: only a failed or cancelled operation (or a sweep with unfinished variants) " \
+               "can be retried"
     if old.retried_by:
         return f"{old.op_id} was retried already, by {old.retried_by}: retry that one"
     return None

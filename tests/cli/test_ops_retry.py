@@ -154,3 +154,34 @@ async def test_a_client_cannot_forge_what_a_retry_runs(start_actors, client):
     assert view.status == "rejected" and view.error_code == "validation"
     assert "retry_of" in (view.error or "") and "completed" in (view.error or "")
     assert (await client.view(done.op_id)).retried_by is None
+
+
+async def test_retry_of_a_sweep_with_a_cancelled_variant_runs_only_that_variant(start_actors, client, settings,
+                                                                                one_child_for_all_trainers):  # noqa: F811
+    from tests.actors.test_sweep import store_bars, sweep
+
+    await store_bars(client)
+    await start_actors("orchestrator", "trainer")
+    cmd = sweep(("model.training.learning_rate", [0.01, 0.005, 0.001]), epochs=3, max_parallel=1)
+    await client.submit(cmd)
+    first = subjects.child_op_id(cmd.op_id, "training", "v0")
+    await wait_for_event(client, first, lambda ev, v: v.status == "running", timeout=60)
+    await client.cancel(first, reason="not now")
+    old = await wait_terminal(client, cmd.op_id, timeout=240)
+    assert old.status == "completed" and old.result["failed"] == 1, old.error
+    assert (await client.view(first)).status == "cancelled"
+
+    new = await retry(settings, cmd.op_id)
+    view = await wait_terminal(client, new, timeout=240)
+    assert view.status == "completed", view.error
+    assert view.result["completed"] == 3 and view.result["failed"] == 0
+    # v1 and v2 are the very children that completed (their results reused, not run again); v0 alone ran
+    assert view.children[1:] == old.children[1:]
+    rerun = await client.view(view.children[0])
+    assert rerun.op_id not in old.children and rerun.status == "completed" and rerun.retry_of == first
+    assert rerun.parent_op_id == new
+    for k in old.children[1:]:
+        created = [e for e in await client.events(k) if type(e).__name__ == "OperationCreated"]
+        assert len(created) == 1
+    rows = {r["variant"]: r for r in view.result["leaderboard"]}
+    assert rows[0]["op_id"] == rerun.op_id and rows[1]["op_id"] == old.children[1]
