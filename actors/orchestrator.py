@@ -194,10 +194,14 @@ class Orchestrator(Actor):
         if name == OperationProgress.name:  # the hot path: decoded only for a workflow's child
             if tracked is not None:
                 tracked.last_seen = time.monotonic()
-                if tracked.view.parent_op_id in self.workflows and (ev := self._decoded(subject, data)) is not None:
+                # decoded too: a retry's announcement (ktrdr.ops.retries), so the supervisor lets
+                # the operation wait unheld for its next attempt; a cheap look at the bytes first
+                if (tracked.view.parent_op_id in self.workflows or _NEXT_ATTEMPT in data) \
+                        and (ev := self._decoded(subject, data)) is not None:
                     for e in admit(tracked.view, subject, data, proof, ev):  # the holder's, once signed
                         fold(tracked.view, e)
-                    await self.workflows.child_moved(tracked.view)
+                    if tracked.view.parent_op_id in self.workflows:
+                        await self.workflows.child_moved(tracked.view)
             return
         if tracked is None and (name != OperationCreated.name or op_id in self.known):
             return
@@ -281,6 +285,9 @@ class Orchestrator(Actor):
 
     async def on_connection_back(self) -> None:
         self.supervisor.connection_back()
+
+
+_NEXT_ATTEMPT = b'"next_attempt_at":"'  # ProgressState.next_attempt_at set (None encodes as null)
 
 
 def _decoded(orch: Orchestrator, subject: str, data: bytes) -> AnyEvent | None:

@@ -37,6 +37,8 @@ from events.bounds import (
     OpIdRef,
     ParamPath,
     Reason,
+    Retries,
+    RetryInterval,
     ScheduleName,
     ScheduleSpec,
     SlippageBps,
@@ -150,6 +152,10 @@ class ProgressState(msgspec.Struct, kw_only=True):
     items_total: int = 0
     phase: str = ""
     context: Context | None = None
+    # Set while a retryable failure waits for its next attempt (ktrdr.ops.retries): when it starts,
+    # and the failure it retries.
+    next_attempt_at: datetime | None = None
+    retry_reason: Reason = ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,6 +192,10 @@ class Command(Message, kw_only=True):
     # orchestrator checks it may be retried and then runs the command stored in ITS created event,
     # whatever else the client sent (so what it runs cannot be forged through a retry).
     retry_of: OpIdRef | None = None
+    # Its retry policy (ktrdr.ops.retries): None, its domain's default (events.bounds.DEFAULT_RETRIES,
+    # RETRY_MAX_INTERVAL_S).
+    retries: Retries | None = None
+    retry_max_interval_s: RetryInterval | None = None
 
 
 class RunDummy(Command, tag="RunDummy", kw_only=True):
@@ -468,6 +478,7 @@ class OperationFailed(Event, tag="OperationFailed", kw_only=True):
     error: str
     error_code: str = "error"
     where: str = ""
+    retryable: bool = False  # a failure a retry policy retries (its attempts ran out, or it had none)
 
 
 class CancelRequested(Event, tag="CancelRequested", kw_only=True):

@@ -120,6 +120,7 @@ def _started(view: OperationView, ev: OperationStarted) -> None:
         _note(view, f"ignored a start of attempt {ev.attempt} from {ev.actor}: attempt {view.attempts} runs")
         return
     view.status = "running"
+    view.next_attempt_at = None  # the attempt a retry waited for has started
     view.started_at = view.started_at or ev.ts
     view.worker = ev.worker or ev.actor
     view.worker_key = ev.key or None
