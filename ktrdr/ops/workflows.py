@@ -87,7 +87,8 @@ def data_children(parent: str, symbols: list[str], timeframes: list[Timeframe], 
     return [
         LoadData(op_id=subjects.child_op_id(parent, "data", f"{sym}/{tf}"), symbol=sym, timeframe=tf,
                  mode=mode, start=start, end=end, pool=pool,  # type: ignore[arg-type]
-                 parent_op_id=parent, deadline=cmd.deadline, requested_by=by)
+                 parent_op_id=parent, deadline=cmd.deadline, requested_by=by, retries=cmd.retries,
+                 retry_max_interval_s=cmd.retry_max_interval_s)
         for sym in symbols for tf in timeframes
     ]
 
@@ -118,7 +119,8 @@ def plan_training(cmd: StartTraining, symbols: list[str], timeframes: list[Timef
         op_id=subjects.child_op_id(parent, "training", "train"), strategy_path=cmd.strategy_path,
         strategy_yaml=cmd.strategy_yaml, symbols=list(cmd.symbols), timeframes=list(cmd.timeframes),
         start=cmd.start, end=cmd.end, epochs=cmd.epochs, pool=cmd.pool, data_mode="none",
-        parent_op_id=parent, deadline=cmd.deadline, requested_by=by))
+        parent_op_id=parent, deadline=cmd.deadline, requested_by=by, retries=cmd.retries,
+        retry_max_interval_s=cmd.retry_max_interval_s))
     if cmd.backtest:
         children.append(RunBacktest(
             op_id=subjects.child_op_id(parent, "backtest", "test"), model=PENDING_MODEL, end=cmd.end,

@@ -6,12 +6,14 @@ not retryable (an unknown symbol) ends at its first attempt."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from events import subjects
 from events.messages import LoadData, OperationFailed, OperationProgress, OperationStarted
 from tests.actors.test_job_manager import assert_same_bars, expected
+from tests.cli.test_cli import ktrdr
 from tests.conftest import utc
 from tests.faults.test_ib_faults import restarts  # noqa: F401
 from tests.helpers import wait_for_event, wait_terminal
@@ -50,14 +52,17 @@ async def test_a_load_failing_on_an_absent_gateway_is_retried_with_backoff_until
     assert_same_bars(await data_stack.read("AAPL", "1h"), expected("AAPL", "1h", utc(2023, 1, 2), utc(2023, 3, 1)))
 
 
-async def test_a_failure_that_is_not_retryable_ends_at_its_first_attempt(client, data_stack):
-    cmd = LoadData(op_id=subjects.new_op_id("data"), symbol="ZZZZ", timeframe="1h", mode="full",
-                   start=utc(2023, 1, 2), end=utc(2023, 2, 1), retries=5)
-    await client.submit(cmd)
-    view = await wait_terminal(client, cmd.op_id, timeout=60)
+async def test_a_failure_that_is_not_retryable_ends_at_its_first_attempt(client, data_stack, settings):
+    rc, out, err = await ktrdr(settings, "data", "load", "ZZZZ", "-t", "1h", "--mode", "full", "--start", "2023-01-02",
+                               "--end", "2023-02-01", "--retries", "5", "--retry-max-interval", "8", "--no-wait",
+                               "--json")
+    assert rc == 0, err
+    op_id = json.loads(out)["op_id"]
+    view = await wait_terminal(client, op_id, timeout=60)
+    assert view.command["retries"] == 5 and view.command["retry_max_interval_s"] == 8.0
     assert view.status == "failed" and view.error_code == "unknown_symbol", view.error
     assert view.attempts == 1
-    events = await client.events(cmd.op_id)
+    events = await client.events(op_id)
     assert not [e for e in events if isinstance(e, OperationProgress) and e.progress.phase == "retrying"]
     failed = [e for e in events if isinstance(e, OperationFailed)]
     assert len(failed) == 1 and failed[0].retryable is False
