@@ -79,7 +79,7 @@ async def test_retry_of_a_load_that_failed_on_a_lost_gateway_completes_once_it_i
         client, data_stack, gateway, restarts, settings):  # noqa: F811
     gateway.latency_s = 0.3
     cmd = LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", timeframe="1h", mode="full",
-                   start=utc(2022, 1, 1), end=utc(2023, 1, 1))
+                   start=utc(2022, 1, 1), end=utc(2023, 1, 1), retries=0)  # no policy: it fails at once
     await client.submit(cmd)
     await wait_for_event(client, cmd.op_id, lambda ev, v: isinstance(v.context, DataContext)
                          and v.context.segments_done >= 1, timeout=60)
