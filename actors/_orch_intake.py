@@ -11,12 +11,13 @@ import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import msgspec
 from nats.aio.msg import Msg
 
 from actors._orch_leader import CMD_ACK_WAIT_S
 from events import subjects
 from events.codec import DecodeError, InvalidField, decode_command, sniff_op_id
-from events.messages import Command, OperationCreated, OperationRejected, RunSweep, StartTraining
+from events.messages import Command, OperationCreated, OperationRejected, OperationRetried, RunSweep, StartTraining
 from ktrdr import commands, tracing
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import OperationView, fold, intake, verdicts, workflows
@@ -84,6 +85,8 @@ class CommandIntake:
         elif cmd.schedule_name is not None:
             await self.reject(op_id, "schedule_name: only a schedule's firing sets it (see `ktrdr schedule`)",
                               "validation", "schedule_name")
+        elif cmd.retry_of is not None:
+            await self.retry(cmd)
         else:
             await self.validate_and_create(cmd, tracing.of_headers(msg.headers))
         await msg.ack()
@@ -109,6 +112,26 @@ class CommandIntake:
             self.orch.workflows.forget(cmd.op_id)
             raise
 
+    async def retry(self, cmd: Command) -> None:
+        """`ktrdr ops retry`: the command stored for `cmd.retry_of` runs again under cmd's id, when
+        that operation may be retried (ktrdr.ops.intake.retry_problem); what else the client sent
+        is not used, so a retry runs nothing its original did not."""
+        assert self.orch.js is not None and cmd.retry_of is not None
+        old = await read_view(self.orch.js, cmd.retry_of)
+        problem = intake.retry_problem(old)
+        again: Command | None = None
+        if problem is None:
+            try:
+                again = intake.retried_command(old, cmd.op_id, datetime.now(UTC), cmd.requested_by)
+            except (msgspec.ValidationError, TypeError) as exc:
+                problem = f"the command stored for {old.op_id} cannot be read back: {exc}"
+        if problem is None and type(again) is not type(cmd):
+            problem = f"{old.op_id} is a {old.op_type or old.domain} operation, not {type(cmd).__name__}"
+        if problem is not None or again is None:
+            await self.reject(cmd.op_id, f"retry_of: {problem}", "validation", "retry_of")
+            return
+        await self.validate_and_create(again)
+
     async def _malformed(self, msg: Msg, op_id: str | None, reason: str, code: str = "malformed",
                          field_path: str | None = None) -> None:
         if op_id and subjects.is_op_id(op_id) and not await self.recorded(op_id):
@@ -131,9 +154,12 @@ class CommandIntake:
         orch.op_spans.start(cmd.op_id, cmd.domain, cmd.pool, cmd.parent_op_id, traceparent)
         op_type, description = commands.describe(cmd)
         plan: list[Command] = []
+        done: dict[str, OperationView] = {}
         if workflows.is_workflow(cmd):
             plan = await asyncio.to_thread(workflows.plan, cmd, commands.training_inputs)
             op_type, description = workflows.describe(cmd, description)
+            if cmd.retry_of is not None:  # the steps that completed in the run it retries are not run again
+                plan, done = await self.reused(cmd.retry_of, plan)
         tracked = orch._track(OperationView(op_id=op_id))
         # The recorded-cancel read goes beside the creation: a cancel recorded after it is read is
         # handled by on_cancel_request (the operation is live from the line above).
@@ -141,8 +167,10 @@ class CommandIntake:
             orch.publish_own(OperationCreated(op_id=op_id, domain=cmd.domain, op_type=op_type, command=cmd,
                                            description=description, parent_op_id=cmd.parent_op_id,
                                            children=[c.op_id for c in plan],
-                                           schedule_name=cmd.schedule_name)),
+                                           schedule_name=cmd.schedule_name, retry_of=cmd.retry_of)),
             last_message(orch.js, subjects.cancel(op_id)))
+        if cmd.retry_of is not None:  # `ops show` of the old one names its retry
+            await orch.publish_event(OperationRetried(op_id=cmd.retry_of, retried_by=op_id))
         if recorded is not None and (ev := orch._decoded(subjects.cancel(op_id), recorded)) is not None:
             fold(tracked.view, ev)
         if tracked.view.cancel_requested:
@@ -150,7 +178,14 @@ class CommandIntake:
         elif not plan:
             await orch._route(cmd)
         else:
-            await orch.workflows.start(op_id, plan)
+            await orch.workflows.start(op_id, plan, done)
+
+    async def reused(self, old_id: str, plan: list[Command]) -> tuple[list[Command], dict[str, OperationView]]:
+        """A retried workflow's plan and the children it reuses (ktrdr.ops.workflows.reuse)."""
+        assert self.orch.js is not None
+        old = await read_view(self.orch.js, old_id)
+        views = await asyncio.gather(*(read_view(self.orch.js, c) for c in old.children))
+        return workflows.reuse(plan, old.children, {v.op_id: v for v in views})
 
 
 async def _in_progress(msg: Msg) -> None:

@@ -39,9 +39,10 @@ class WorkflowRunner:
     def forget(self, op_id: str) -> None:
         self.flows.pop(op_id, None)
 
-    async def start(self, op_id: str, plan: list[Command]) -> None:
-        """A workflow just created: it runs (the orchestrator holds it) and takes its first step."""
-        self.flows[op_id] = Workflow(plan, pacing_interval_s=self._pacing_interval())
+    async def start(self, op_id: str, plan: list[Command], done: dict[str, OperationView] | None = None) -> None:
+        """A workflow just created: it runs (the orchestrator holds it) and takes its first step;
+        `done`: the children a retried workflow reuses (completed in the run it retries)."""
+        self.flows[op_id] = Workflow(plan, children=dict(done or {}), pacing_interval_s=self._pacing_interval())
         await self.orch.publish_own(OperationStarted(op_id=op_id, worker=self.orch.id, message="workflow started"))
         await self.advance(op_id)
 
@@ -51,10 +52,13 @@ class WorkflowRunner:
         try:
             cmd = decode_command(encode(view.command))
             plan = await asyncio.to_thread(workflows.plan, cmd, commands.training_inputs)
+            done: dict[str, OperationView] = {}
+            if cmd.retry_of is not None:  # a retry: the same steps reused as when it was created
+                plan, done = await self.orch.intake.reused(cmd.retry_of, plan)
         except (DecodeError, KtrdrError, AssertionError) as exc:
             await self.orch.finish(op_id, verdicts.cannot_resume(op_id, exc))
             return
-        wf = self.flows[op_id] = Workflow(plan, pacing_interval_s=self._pacing_interval())
+        wf = self.flows[op_id] = Workflow(plan, children=done, pacing_interval_s=self._pacing_interval())
         wf.children.update({c.op_id: views[c.op_id] for c in wf.plan if c.op_id in views})
 
     def _pacing_interval(self) -> float:

@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -40,6 +40,7 @@ from actors import _metrics
 from actors._leases import Busy, Held, Leases, LeaseUnavailable
 from actors._pull import pull_loop
 from events import roles, subjects
+from events.bounds import MAX_REASON
 from events.codec import DecodeError, decode_event_on, decode_work, short, sniff_op_id
 from events.messages import (
     AnyCommand,
@@ -56,7 +57,7 @@ from events.messages import (
 from ktrdr import commands, tracing
 from ktrdr.cancellation import HAND_BACK, CancellationToken
 from ktrdr.errors import KtrdrError, OperationCancelledError
-from ktrdr.ops import fold_all, verdicts
+from ktrdr.ops import fold_all, retries, verdicts
 from ktrdr.ops.reader import read_proven
 from ktrdr.transport import last_message
 
@@ -357,6 +358,8 @@ class WorkRunner:
                 outcome = verdicts.cancelled_at(op_id, exc.where, token.reason or exc.reason, token.reason_code,
                                                 a.cancelled_message(ctx, exc.where))
         except KtrdrError as exc:
+            if await self._retry_later(run, ctx, exc):
+                return None
             outcome = verdicts.failed(op_id, str(exc), exc.code)
         except asyncio.CancelledError:
             raise  # killed: leave the message unacked so JetStream redelivers it
@@ -364,6 +367,29 @@ class WorkRunner:
             await a.on_fault(exc, f"work {op_id}")
             outcome = verdicts.internal_error(op_id, a.role, exc)
         return outcome if await self._finish(run, ctx, outcome) else None
+
+    async def _retry_later(self, run: _Running, ctx: OperationContext, exc: KtrdrError) -> bool:
+        """A retryable failure with attempts left (ktrdr.ops.retries): say when the next attempt
+        starts and why, and hand the work item back to JetStream with that delay (its redelivery is
+        the next attempt, granted as any other); whether it did. Not once a cancel was asked for."""
+        a = self.actor
+        assert self.leases is not None and run.held is not None
+        policy = retries.policy_for(ctx.command, a.settings.max_deliver)
+        now = datetime.now(UTC)
+        wait = retries.next_attempt(policy, run.held.attempt, exc.code, now, ctx.command.deadline)
+        if wait is None or run.token.is_cancelled or not await self._still_ours(run):
+            return False
+        reason = str(exc)[:MAX_REASON]
+        ctx.progress(msgspec.structs.replace(
+            ctx.last_progress or ProgressState(), phase="retrying",
+            message=retries.announce(policy, run.held.attempt, wait, reason),
+            next_attempt_at=now + timedelta(seconds=wait), retry_reason=reason))
+        await a.flush_progress(acked=True)
+        with contextlib.suppress(Exception):
+            await self.leases.release(run.held, done=False)
+        with contextlib.suppress(Exception):
+            await run.msg.nak(delay=wait)
+        return True
 
     async def _finish(self, run: _Running, ctx: OperationContext, outcome: Event | None) -> bool:
         """Publish the verdict if the operation is still ours, else hand it back; whether it was published."""

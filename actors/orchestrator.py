@@ -196,10 +196,14 @@ class Orchestrator(Actor):
         if name == OperationProgress.name:  # the hot path: decoded only for a workflow's child
             if tracked is not None:
                 tracked.last_seen = time.monotonic()
-                if tracked.view.parent_op_id in self.workflows and (ev := self._decoded(subject, data)) is not None:
+                # decoded too: a retry's announcement (ktrdr.ops.retries), so the supervisor lets
+                # the operation wait unheld for its next attempt; a cheap look at the bytes first
+                if (tracked.view.parent_op_id in self.workflows or _NEXT_ATTEMPT in data) \
+                        and (ev := self._decoded(subject, data)) is not None:
                     for e in admit(tracked.view, subject, data, proof, ev):  # the holder's, once signed
                         fold(tracked.view, e)
-                    await self.workflows.child_moved(tracked.view)
+                    if tracked.view.parent_op_id in self.workflows:
+                        await self.workflows.child_moved(tracked.view)
             return
         if tracked is None and (name != OperationCreated.name or op_id in self.known):
             return
@@ -287,6 +291,9 @@ class Orchestrator(Actor):
         self.supervisor.connection_back()
 
 
+_NEXT_ATTEMPT = b'"next_attempt_at":"'  # ProgressState.next_attempt_at set (None encodes as null)
+
+
 def _decoded(orch: Orchestrator, subject: str, data: bytes) -> AnyEvent | None:
     """The event a message on an ops subject carries, or None: garbage, or a body that disagrees
     with its subject (another operation's id, another event type), is nobody's event, counted."""
@@ -299,11 +306,12 @@ def _decoded(orch: Orchestrator, subject: str, data: bytes) -> AnyEvent | None:
 
 
 async def _release(js: JetStreamContext, view: OperationView) -> None:
-    """What an ended operation leaves behind: its lease, and a training's checkpoint (an ended training
-    is never resumed; the trainer removes it itself when it ends the op, this covers a verdict of
-    ours: worker lost, queued cancel). Best effort: neither is needed for anything any more."""
+    """What an ended operation leaves behind: its lease, and a completed training's checkpoint (the
+    trainer removes it itself when it saves the model; this covers a verdict of ours). A failed or
+    cancelled training's checkpoint stays until `ktrdr ops retry` resumes from it or CHECKPOINTS'
+    max age (KTRDR_OPS_MAX_AGE, 30 days) removes it. Best effort."""
     with contextlib.suppress(Exception):
         await drop(await js.key_value(subjects.LEASES_BUCKET), view.op_id)
-    if view.domain == StartTraining.domain and not view.children:
+    if view.domain == StartTraining.domain and not view.children and view.status in ("completed", "rejected"):
         with contextlib.suppress(Exception):
             await CheckpointStore(js).delete(view.op_id)

@@ -4,9 +4,9 @@ batch. Nothing it needs is on its own disk: bars come from the object bucket BAR
 digest cache), each epoch's checkpoint goes to CHECKPOINTS as `<op_id>/latest` (work redelivered after a
 trainer died resumes from it, on any host, but only from the checkpoint whose digest the holder reported
 in its progress), and the model goes to MODELS with its result and the digest of its weights. The
-checkpoint is removed when the operation ends (completed, failed or cancelled: only work handed back
-is resumed). Nothing heavy runs on the event loop: parsing and bar decoding go to threads, torch only
-ever runs in the child.
+checkpoint is removed once the model is saved; a failed or cancelled training keeps it for `ktrdr ops
+retry` (whose run resumes from it) until CHECKPOINTS' max age removes it. Nothing heavy runs on the
+event loop: parsing and bar decoding go to threads, torch only ever runs in the child.
 
 Pools: `KTRDR_POOLS` when set, else the device's (`gpu` when the CUDA driver sees a device, `cpu`
 otherwise), always `any`. The device is probed without torch (the driver library through ctypes), so
@@ -211,10 +211,8 @@ class Trainer(Actor):
         try:
             outcome = await asyncio.to_thread(self.training_process.run, job, bars, emit=uploader.emit,
                                               cancel=op.token, resume=resume.data, on_checkpoint=uploader.submit)
-        except KtrdrError:
+        except KtrdrError:  # failed or cancelled: its checkpoint stays for `ktrdr ops retry` (or expires)
             await uploader.close()
-            if not op.token.hand_back:  # failed or cancelled for good: nobody resumes it
-                await self._forget(checkpoints, op.op_id)
             raise
         except BaseException:  # killed: the checkpoint stays for whoever resumes the operation
             uploader.abort()
@@ -224,6 +222,8 @@ class Trainer(Actor):
         saved = await ModelStore(self.js).save(checked.strategy.name, checked.symbols, checked.model_timeframes,
                                                outcome.artifacts, result=outcome.result)
         await self._forget(checkpoints, op.op_id)  # the model is saved: the checkpoint has served
+        if cmd.retry_of is not None:  # and so has the one of the run it retried
+            await self._forget(checkpoints, cmd.retry_of)
         return {**outcome.result, "artifacts": {**outcome.result.get("artifacts", {}), **saved}}
 
     async def _resume(self, checkpoints: CheckpointStore, op: OperationContext) -> Resume:
@@ -231,15 +231,21 @@ class Trainer(Actor):
         its progress (the fold's view: the newest TrainingContext). A refused one is said in an
         ActorError and a progress message, and the run starts from scratch."""
         assert self.js is not None
-        if await checkpoints.stat(op.op_id) is None:
-            return Resume(None)  # nothing stored: no need to read the operation's history
-        ctx = (await read_view(self.js, op.op_id)).context
+        source = op.op_id
+        if await checkpoints.stat(source) is None:
+            retry_of = getattr(op.command, "retry_of", None)
+            # A retry (`ktrdr ops retry`; set by the orchestrator alone) resumes from the checkpoint of
+            # the run it retries, under the same rule: the one that run's holder reported.
+            if retry_of is None or await checkpoints.stat(retry_of) is None:
+                return Resume(None)  # nothing stored: no need to read the operation's history
+            source = retry_of
+        ctx = (await read_view(self.js, source)).context
         reported = [Reported(ctx.checkpoint_epoch, ctx.checkpoint_sha256),
                     Reported(0, ctx.checkpoint_pending_sha256)] if isinstance(ctx, TrainingContext) else []
-        found = await checkpoints.resume(op.op_id, [r for r in reported if r.sha256])
+        found = await checkpoints.resume(source, [r for r in reported if r.sha256])
         if found.refused:
             note = f"{found.refused}; starting from scratch"
-            await self.report_error(op.op_id, note, f"{CHECKPOINTS}/{checkpoint_name(op.op_id)}")
+            await self.report_error(op.op_id, note, f"{CHECKPOINTS}/{checkpoint_name(source)}")
             op.progress(message=note, phase="initializing")
         return found
 

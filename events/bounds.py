@@ -78,6 +78,22 @@ MAX_SCHEDULES = 200  # schedules one stack keeps (SCHEDULES holds one definition
 SCHEDULE_MIN_EVERY_S = 1.0  # nats-server fires `@every` at most once a second
 SCHEDULE_MAX_EVERY_S = 366 * 86400.0
 MAX_TIME_ZONE = 64  # an IANA zone name (America/Argentina/ComodRivadavia is 32)
+
+# --- retries (issue 22) -------------------------------------------------------------------------
+# Retry policies (item 2): Temporal's defaults for the waits (1 s, x2.0, at most 100 s); the attempts
+# per domain (a command's --retries overrides them, at most MAX_RETRIES); only a failure whose error
+# code is in RETRYABLE_CODES is retried (the IB gateway away), never a validation
+# error nor a cancel. Every attempt is also a delivery of the work item: KTRDR_MAX_DELIVER caps them.
+RETRY_INITIAL_S = 1.0
+RETRY_BACKOFF = 2.0
+RETRY_MAX_INTERVAL_S = 100.0
+MAX_RETRY_INTERVAL_S = 3600.0  # the most --retry-max-interval may say
+MAX_RETRIES = 20
+DEFAULT_RETRIES: dict[str, int] = {"data": 4, "training": 2, "backtest": 2, "dummy": 0}
+RETRYABLE_CODES: tuple[str, ...] = ("disconnected",)
+# An operation id named in another operation's events (`retry_of`, `retried_by`): the shape
+# events.subjects.new_op_id makes, checked at decode.
+OP_ID_PATTERN = r"^[a-z]+-\d{8}T\d{12}-[0-9a-f]{6}$"
 SCHEDULE_HISTORY = 50  # firings (and their records) each schedule keeps in SCHEDULES
 
 # --- timeframes ----------------------------------------------------------------------------------
@@ -151,6 +167,10 @@ ScheduleName = Annotated[str, Meta(pattern=SCHEDULE_NAME_PATTERN, description="a
                                    f"letters, digits, - and _, at most {MAX_SCHEDULE_NAME})")]
 ScheduleSpec = Annotated[str, Meta(min_length=1, max_length=MAX_SCHEDULE_SPEC)]
 TimeZoneName = Annotated[str, Meta(max_length=MAX_TIME_ZONE)]
+OpIdRef = Annotated[str, Meta(max_length=64, pattern=OP_ID_PATTERN, description="an operation id")]
+Retries = Annotated[int, Meta(ge=0, le=MAX_RETRIES, description="attempts after the first, on a retryable failure")]
+RetryInterval = Annotated[float, Meta(ge=RETRY_INITIAL_S, le=MAX_RETRY_INTERVAL_S,
+                                      description="the longest wait between two attempts, seconds")]
 # A command's deadline as a duration: the orchestrator adds it to its own clock when it accepts the
 # command, so a client's clock never moves it (issue 18, F13).
 TimeoutSeconds = Annotated[float, Meta(gt=0.0, le=MAX_DEADLINE.total_seconds())]

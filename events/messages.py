@@ -34,8 +34,11 @@ from events.bounds import (
     Epochs,
     Label,
     ModelRef,
+    OpIdRef,
     ParamPath,
     Reason,
+    Retries,
+    RetryInterval,
     ScheduleName,
     ScheduleSpec,
     SlippageBps,
@@ -149,6 +152,10 @@ class ProgressState(msgspec.Struct, kw_only=True):
     items_total: int = 0
     phase: str = ""
     context: Context | None = None
+    # Set while a retryable failure waits for its next attempt (ktrdr.ops.retries): when it starts,
+    # and the failure it retries.
+    next_attempt_at: datetime | None = None
+    retry_reason: Reason = ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,6 +188,14 @@ class Command(Message, kw_only=True):
     # The schedule (sched.def.<name>) whose firing started it: set by the orchestrator when it turns
     # a firing into an operation (a client's command with it set is refused), None otherwise.
     schedule_name: ScheduleName | None = None
+    # The failed or cancelled operation this one retries (`ktrdr ops retry`): a client names it, the
+    # orchestrator checks it may be retried and then runs the command stored in ITS created event,
+    # whatever else the client sent (so what it runs cannot be forged through a retry).
+    retry_of: OpIdRef | None = None
+    # Its retry policy (ktrdr.ops.retries): None, its domain's default (events.bounds.DEFAULT_RETRIES,
+    # RETRY_MAX_INTERVAL_S).
+    retries: Retries | None = None
+    retry_max_interval_s: RetryInterval | None = None
 
 
 class RunDummy(Command, tag="RunDummy", kw_only=True):
@@ -408,6 +423,7 @@ class OperationCreated(Event, tag="OperationCreated", kw_only=True):
     parent_op_id: str | None = None
     children: list[str] = msgspec.field(default_factory=list)  # a workflow's planned child operations
     schedule_name: ScheduleName | None = None  # the schedule whose firing made it (Command.schedule_name)
+    retry_of: OpIdRef | None = None  # the operation it retries (Command.retry_of)
     # The leader epoch of the orchestrator that published it (actors/_orch_leader.py): the fold ignores
     # an orchestrator event of an older epoch once one of a newer epoch acted on the operation. 0: none.
     epoch: int = 0
@@ -462,6 +478,7 @@ class OperationFailed(Event, tag="OperationFailed", kw_only=True):
     error: str
     error_code: str = "error"
     where: str = ""
+    retryable: bool = False  # a failure a retry policy retries (its attempts ran out, or it had none)
 
 
 class CancelRequested(Event, tag="CancelRequested", kw_only=True):
@@ -524,6 +541,16 @@ class OrchestratorError(ActorError, tag="OrchestratorError", kw_only=True):
     epoch: int = 0  # the publishing orchestrator's leader epoch (see OperationCreated.epoch)
 
 
+class OperationRetried(Event, tag="OperationRetried", kw_only=True):
+    """On an ended (failed or cancelled) operation: `ktrdr ops retry` made `retried_by` from its
+    command. The one event folded after a terminal one (it changes no status)."""
+
+    name: ClassVar[str] = "retried"
+
+    retried_by: OpIdRef
+    epoch: int = 0  # the publishing orchestrator's leader epoch (see OperationCreated.epoch)
+
+
 EVENTS: tuple[type[Event] | type[CancelOperation], ...] = (
     OperationCreated,
     OperationRejected,
@@ -540,11 +567,12 @@ EVENTS: tuple[type[Event] | type[CancelOperation], ...] = (
     OrchestratorFailed,
     OrchestratorCancelled,
     OrchestratorError,
+    OperationRetried,
 )
 AnyEvent: TypeAlias = (OperationCreated | OperationRejected | OperationStarted | OperationProgress
                        | OperationCompleted | OperationFailed | CancelRequested | OperationCancelled | ActorError
                        | CancelOperation | OrchestratorProgress | OrchestratorCompleted | OrchestratorFailed
-                       | OrchestratorCancelled | OrchestratorError)
+                       | OrchestratorCancelled | OrchestratorError | OperationRetried)
 # The events a worker publishes about an operation it holds (and only those: its role may publish
 # nothing else on ops subjects), each carrying the holder proof.
 HELD_EVENTS: tuple[type[Event], ...] = (OperationProgress, OperationCompleted, OperationFailed, OperationCancelled,

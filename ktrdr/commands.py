@@ -196,7 +196,8 @@ def variant_training(cmd: RunSweep, strategy_yaml: str, op_id: str, parent: str 
     return StartTraining(op_id=op_id, strategy_path=cmd.strategy_path, strategy_yaml=strategy_yaml,
                          symbols=list(cmd.symbols), timeframes=list(cmd.timeframes), start=cmd.start, end=cmd.end,
                          epochs=cmd.epochs, pool=cmd.pool, data_mode="none", parent_op_id=parent,
-                         deadline=cmd.deadline, requested_by=f"workflow {parent}" if parent else cmd.requested_by)
+                         deadline=cmd.deadline, requested_by=f"workflow {parent}" if parent else cmd.requested_by,
+                         retries=cmd.retries, retry_max_interval_s=cmd.retry_max_interval_s)
 
 
 def training_inputs(cmd: StartTraining) -> tuple[list[str], list[Timeframe]]:

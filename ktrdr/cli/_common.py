@@ -17,6 +17,10 @@ from ktrdr.cli._run import op_id_problem, run_coro
 
 JSON = typer.Option(False, "--json", help="Print data as JSON.")
 TIMEOUT = typer.Option(None, "--timeout", help="Cancel the operation (reason: deadline) after this many seconds.")
+RETRIES = typer.Option(None, "--retries", help="Attempts after the first on a retryable failure (the IB gateway "
+                       "away); default: the domain's (data 4, training 2, backtest 2, dummy 0).")
+RETRY_MAX_INTERVAL = typer.Option(None, "--retry-max-interval", help="The longest wait between two attempts, "
+                                  "seconds (they start at 1 s and double; default 100).")
 MAX_TIMEOUT_S = int(MAX_DEADLINE.total_seconds())  # a command's timeout is at most this long
 
 
@@ -52,6 +56,18 @@ def check_range(start: datetime | None, end: datetime | None) -> None:
         raise usage(f"--start {start:%Y-%m-%d %H:%M} is not before --end {end:%Y-%m-%d %H:%M}")
     if start is not None and start > datetime.now(UTC):
         raise usage(f"--start {start:%Y-%m-%d} is in the future")
+
+
+def retry_from(retries: int | None, max_interval: float | None) -> dict[str, Any]:
+    """--retries and --retry-max-interval, checked against events.bounds (ktrdr.ops.retries)."""
+    from events.bounds import MAX_RETRIES, MAX_RETRY_INTERVAL_S, RETRY_INITIAL_S
+
+    if retries is not None and not 0 <= retries <= MAX_RETRIES:
+        raise usage(f"--retries must be between 0 and {MAX_RETRIES}, got {retries}")
+    if max_interval is not None and not RETRY_INITIAL_S <= max_interval <= MAX_RETRY_INTERVAL_S:
+        raise usage(f"--retry-max-interval must be between {RETRY_INITIAL_S:g} and {MAX_RETRY_INTERVAL_S:g} "
+                    f"seconds, got {max_interval:g}")
+    return {"retries": retries, "retry_max_interval_s": None if max_interval is None else float(max_interval)}
 
 
 def timeout_from(timeout: float | None) -> float | None:

@@ -19,7 +19,18 @@ from events.bounds import (
     MAX_COMMISSION,
     MAX_SLIPPAGE_BPS,
 )
-from ktrdr.cli._common import JSON, TIMEOUT, check_pool, check_range, parse_date, run_async, timeout_from
+from ktrdr.cli._common import (
+    JSON,
+    RETRIES,
+    RETRY_MAX_INTERVAL,
+    TIMEOUT,
+    check_pool,
+    check_range,
+    parse_date,
+    retry_from,
+    run_async,
+    timeout_from,
+)
 
 
 def backtest(
@@ -37,6 +48,8 @@ def backtest(
                                        f"(0 to {MAX_SLIPPAGE_BPS:g})."),
     on: str = typer.Option("any", "--on", help="The backtester pool: any, cpu, gpu or a KTRDR_POOLS name."),
     timeout: float | None = TIMEOUT,
+    retries: int | None = RETRIES,
+    retry_max_interval: float | None = RETRY_MAX_INTERVAL,
     no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the operation id and return."),
     json_out: bool = JSON,
 ) -> None:
@@ -50,7 +63,7 @@ def backtest(
     check_range(start_dt, end_dt)
     cmd = RunBacktest(op_id=new_op_id("backtest"), model=model, symbols=_split(symbols), start=start_dt, end=end_dt,
                       capital=capital, commission=commission, slippage_bps=slippage_bps, pool=check_pool(on),
-                      timeout_s=timeout_from(timeout))
+                      timeout_s=timeout_from(timeout), **retry_from(retries, retry_max_interval))
     run_async(_backtest(cmd, not no_wait, json_out))
 
 

@@ -25,11 +25,14 @@ from events.bounds import (
 )
 from ktrdr.cli._common import (
     JSON,
+    RETRIES,
+    RETRY_MAX_INTERVAL,
     TIMEOUT,
     check_pool,
     check_range,
     client,
     parse_date,
+    retry_from,
     run_async,
     timeout_from,
     usage,
@@ -57,6 +60,8 @@ def data_load(
     end: str | None = typer.Option(None, help="YYYY-MM-DD (UTC)."),
     on: str = typer.Option("any", "--on", help="The ib pool to load through (one per IB account/gateway)."),
     timeout: float | None = TIMEOUT,
+    retries: int | None = RETRIES,
+    retry_max_interval: float | None = RETRY_MAX_INTERVAL,
     no_wait: bool = typer.Option(False, "--no-wait", help="Print the operation id and return."),
     json_out: bool = JSON,
 ) -> None:
@@ -75,6 +80,7 @@ def data_load(
     check_range(start_dt, end_dt)
     cmd = LoadData(op_id=new_op_id("data"), symbol=sym, timeframe=tf, mode=mode,  # type: ignore[arg-type]
                    start=start_dt, end=end_dt, pool=check_pool(on), timeout_s=timeout_from(timeout),
+                   **retry_from(retries, retry_max_interval),
                    symbols=universe if len(universe) > 1 else [], max_parallel=max_parallel)
     run_async(run_command(cmd, wait=not no_wait, json_out=json_out))
 
@@ -299,6 +305,8 @@ def train(
     backtest: bool = typer.Option(False, "--backtest", help="Then backtest the trained model on its held-out "
                                   "test period (default costs; `ktrdr backtest` for others)."),
     timeout: float | None = TIMEOUT,
+    retries: int | None = RETRIES,
+    retry_max_interval: float | None = RETRY_MAX_INTERVAL,
     no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the operation id and return."),
     json_out: bool = JSON,
 ) -> None:
@@ -320,6 +328,7 @@ def train(
                         symbols=[_norm(s, "1h")[0] for s in _split(symbols)],
                         timeframes=[_norm("AAPL", t)[1] for t in _split(timeframes)], start=start_dt, end=end_dt,
                         epochs=epochs, pool=check_pool(on), timeout_s=timeout_from(timeout),
+                        **retry_from(retries, retry_max_interval),
                         data_mode=data, backtest=backtest)  # type: ignore[arg-type]
     run_async(_train(cmd, not no_wait, json_out))
 

@@ -117,6 +117,10 @@ def _print_view(view: OperationView, children: list[OperationView]) -> None:
         typer.echo(f"parent     {view.parent_op_id}")
     if view.schedule_name:
         typer.echo(f"schedule   {view.schedule_name}  (ktrdr schedule show {view.schedule_name})")
+    if view.retry_of:
+        typer.echo(f"retry of   {view.retry_of}")
+    if view.retried_by:
+        typer.echo(f"retried by {view.retried_by}")
     for label, val in (("created", view.created_at), ("started", view.started_at), ("finished", view.finished_at),
                        ("deadline", view.deadline)):
         if val:
@@ -250,6 +254,34 @@ async def _ops_cancel(op_id: str, wait: bool, json_out: bool) -> int:
     return 0
 
 
+def ops_retry(op_id: str, no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the operation id "
+                                                      "and return."), json_out: bool = JSON) -> None:
+    """Run a failed or cancelled operation's command again, as a new operation (`retry of` it): a
+    training resumes from its checkpoint, a data load from what BARS holds, a workflow or sweep runs
+    only the steps that did not complete."""
+    check_op_id(op_id)
+    run_async(_ops_retry(op_id, not no_wait, json_out))
+
+
+async def _ops_retry(op_id: str, wait: bool, json_out: bool) -> int:
+    import msgspec
+
+    from events import roles, subjects
+    from ktrdr.cli._live import run_command
+    from ktrdr.ops import intake
+
+    async with client() as c:
+        old = await c.view(op_id)
+    if (problem := intake.retry_problem(old)) is not None:
+        return _fail(f"cannot retry: {problem}")
+    try:  # the orchestrator runs the command it stored; this one is what the client shows and checks
+        cmd = intake.retried_command(old, subjects.new_op_id(subjects.domain_of(op_id)), datetime.now(UTC),
+                                     roles.CLI)
+    except (msgspec.ValidationError, TypeError) as exc:
+        return _fail(f"cannot retry: the command stored for {op_id} cannot be read back: {exc}")
+    return await run_command(cmd, wait=wait, json_out=json_out)
+
+
 def ops_tail(json_out: bool = JSON) -> None:
     """Every operation's events, live (like `nats sub 'ops.>'`, rendered). Ctrl+C stops."""
     run_async(_ops_tail(json_out))
@@ -302,11 +334,12 @@ async def _ops_reindex(json_out: bool) -> int:
 
 
 def register(ops: typer.Typer) -> None:
-    """Add list, show, watch, replay, cancel, tail and reindex to the `ops` group."""
+    """Add list, show, watch, replay, cancel, retry, tail and reindex to the `ops` group."""
     ops.command("list")(ops_list)
     ops.command("show")(ops_show)
     ops.command("watch")(ops_watch)
     ops.command("replay")(ops_replay)
     ops.command("cancel")(ops_cancel)
+    ops.command("retry")(ops_retry)
     ops.command("tail")(ops_tail)
     ops.command("reindex")(ops_reindex)

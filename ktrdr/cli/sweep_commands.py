@@ -14,7 +14,19 @@ from typing import Any
 import typer
 
 from events.bounds import DEFAULT_SWEEP_PARALLEL, MAX_EPOCHS, MAX_STRATEGY_BYTES, MAX_SWEEP_PARALLEL
-from ktrdr.cli._common import JSON, TIMEOUT, check_pool, check_range, parse_date, run_async, timeout_from, usage
+from ktrdr.cli._common import (
+    JSON,
+    RETRIES,
+    RETRY_MAX_INTERVAL,
+    TIMEOUT,
+    check_pool,
+    check_range,
+    parse_date,
+    retry_from,
+    run_async,
+    timeout_from,
+    usage,
+)
 
 RANK_CHOICES = ("val_loss", "test_accuracy", "sharpe")
 
@@ -40,6 +52,8 @@ def sweep(
     data: str = typer.Option("full", "--data", help="full: load missing bars first (once for all variants); "
                                                    "local: use stored bars only; none: no data step."),
     timeout: float | None = TIMEOUT,
+    retries: int | None = RETRIES,
+    retry_max_interval: float | None = RETRY_MAX_INTERVAL,
     no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the operation id and return."),
     json_out: bool = JSON,
 ) -> None:
@@ -77,7 +91,8 @@ def sweep(
             raise usage(str(exc)) from None
     cmd = RunSweep(op_id=new_op_id("training"), strategy_path=str(strategy_file), strategy_yaml=text, params=params,
                    symbols=[_norm(s, "1h")[0] for s in _split(symbols)], start=start_dt, end=end_dt, epochs=epochs,
-                   pool=check_pool(on), timeout_s=timeout_from(timeout), data_mode=data,  # type: ignore[arg-type]
+                   pool=check_pool(on), timeout_s=timeout_from(timeout),
+                   **retry_from(retries, retry_max_interval), data_mode=data,  # type: ignore[arg-type]
                    max_parallel=max_parallel, backtest=backtest, rank_by=rank_by)  # type: ignore[arg-type]
     run_async(_sweep(cmd, not no_wait, json_out))
 

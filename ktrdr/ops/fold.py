@@ -35,6 +35,7 @@ from events.messages import (
     OperationFailed,
     OperationProgress,
     OperationRejected,
+    OperationRetried,
     OperationStarted,
     OrchestratorCancelled,
     OrchestratorCompleted,
@@ -64,9 +65,13 @@ def fold(view: OperationView, ev: AnyEvent) -> OperationView:
     view.events += 1
     if not view.op_id:
         view.op_id = ev.op_id
+    kind = type(ev)
+    if kind is OperationRetried:  # it comes after the operation ended, and changes no status
+        if is_orchestrator(ev.actor) and view.retried_by is None:
+            view.retried_by = ev.retried_by  # type: ignore[union-attr]
+        return view
     if view.status in _TERMINAL_SET:
         return view  # terminal is final: later events change nothing
-    kind = type(ev)
     if kind in _HELD and view.worker is not None and ev.actor != view.worker \
             and not ev.actor.startswith(ORCHESTRATOR_PREFIX):  # _believed(view, ev.actor), inlined
         _note(view, f"ignored {kind.__name__} from {ev.actor or '?'}, which does not hold the operation")
@@ -102,6 +107,7 @@ def _created(view: OperationView, ev: OperationCreated) -> None:
     view.command = msgspec.to_builtins(ev.command)
     view.parent_op_id = ev.parent_op_id
     view.schedule_name = ev.schedule_name
+    view.retry_of = ev.retry_of
     view.children = list(ev.children)
     view.deadline = getattr(ev.command, "deadline", None)
     view.pool = getattr(ev.command, "pool", None)
@@ -114,6 +120,7 @@ def _started(view: OperationView, ev: OperationStarted) -> None:
         _note(view, f"ignored a start of attempt {ev.attempt} from {ev.actor}: attempt {view.attempts} runs")
         return
     view.status = "running"
+    view.next_attempt_at = None  # the attempt a retry waited for has started
     view.started_at = view.started_at or ev.ts
     view.worker = ev.worker or ev.actor
     view.worker_key = ev.key or None

@@ -51,3 +51,46 @@ def fix_deadline(cmd: Command, now: datetime) -> Command:
     if timeout_s is None:
         return cmd
     return msgspec.structs.replace(cmd, timeout_s=timeout_s, deadline=now + timedelta(seconds=timeout_s))
+
+
+# ------------------------------------------------------------------------- ktrdr ops retry
+RETRYABLE_STATUSES = ("failed", "cancelled")
+
+
+def unfinished_sweep(view: OperationView) -> bool:
+    """A sweep that completed with variants that did not (it completes once one variant did): its
+    retry runs those variants only."""
+    result = view.result or {}
+    return view.status == "completed" and isinstance(result.get("leaderboard"), list) \
+        and isinstance(result.get("failed"), int) and result["failed"] > 0
+
+
+def retry_problem(old: OperationView) -> str | None:
+    """Why the operation `old` (its stored view) cannot be retried, or None: only a top-level
+    operation that failed or was cancelled (or a sweep with variants that did not complete), once
+    (retry its retry after that)."""
+    if old.command is None or old.status == "unknown":
+        return f"no operation {old.op_id} is stored"
+    if old.parent_op_id:
+        return f"{old.op_id} is a step of {old.parent_op_id}: retry {old.parent_op_id}"
+    if old.status not in RETRYABLE_STATUSES and not unfinished_sweep(old):
+        what = "is still running" if not old.terminal else f"{old.status}"
+        return f"{old.op_id} {what}: only a failed or cancelled operation (or a sweep with unfinished variants) " \
+               "can be retried"
+    if old.retried_by:
+        return f"{old.op_id} was retried already, by {old.retried_by}: retry that one"
+    return None
+
+
+def retried_command(old: OperationView, op_id: str, now: datetime, requested_by: str | None = None) -> Command:
+    """The command a retry of `old` runs under `op_id`: the one stored in its created event, as it
+    was accepted, with a fresh deadline of the same duration (fix_deadline sets it again) and
+    `retry_of`; what it was started by (a schedule, a person) is not carried over."""
+    from events.messages import AnyCommand
+
+    stored = msgspec.convert(old.command, AnyCommand)  # type: ignore[call-overload]
+    changes: dict[str, object] = {"op_id": op_id, "ts": now, "deadline": None, "retry_of": old.op_id,
+                                  "schedule_name": None, "parent_op_id": None}
+    if requested_by is not None:
+        changes["requested_by"] = requested_by
+    return msgspec.structs.replace(stored, **changes)  # type: ignore[no-any-return]

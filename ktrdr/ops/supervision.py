@@ -127,11 +127,19 @@ def decide(live: Mapping[str, Tracked], peers: Mapping[str, Peer], *, now: float
             actions.append(fired)
         if op_id in workflows:
             continue
-        if tracked.view.status == "running":
+        if tracked.view.status == "running" and not retry_due(tracked, wall, limits):
             actions += worker_silent(tracked, peers, now, limits)
         elif tracked.view.status == "queued" and now - since > 2 * limits.stale_after:
             actions += pool_empty(tracked, peers, now, limits)
     return actions
+
+
+def retry_due(tracked: Tracked, wall: datetime, limits: Limits) -> bool:
+    """Its worker handed it back to be retried at `next_attempt_at` (ktrdr.ops.retries): nobody holds
+    it until then, and it is silent by design; judged as any other once that time plus the orphan
+    timeout has passed with no attempt started."""
+    at = tracked.view.next_attempt_at
+    return at is not None and (wall - at).total_seconds() <= limits.orphan_timeout_s
 
 
 def deadline(tracked: Tracked, wall: datetime) -> FireDeadline | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from events.bounds import MAX_REASON
+from events.bounds import MAX_REASON, RETRYABLE_CODES
 from events.messages import (
     CancelReason,
     CancelRequested,
@@ -91,8 +91,9 @@ def refused(op_id: str, role: str, problem: object) -> OperationFailed:
 
 
 def failed(op_id: str, error: str, code: str) -> OperationFailed:
-    """The work raised a KtrdrError: its message and code, as they are."""
-    return OperationFailed(op_id=op_id, error=error, error_code=code)
+    """The work raised a KtrdrError: its message and code, as they are, and whether a retry policy
+    retries such a failure (ktrdr.ops.retries: this one is final, its attempts spent or none left)."""
+    return OperationFailed(op_id=op_id, error=error, error_code=code, retryable=code in RETRYABLE_CODES)
 
 
 def internal_error(op_id: str, role: str, exc: BaseException) -> OperationFailed:

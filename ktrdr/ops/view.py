@@ -73,6 +73,9 @@ class OperationView(msgspec.Struct, kw_only=True, dict=True):
     command: dict[str, Any] | None = None
     parent_op_id: str | None = None
     schedule_name: str | None = None  # the schedule whose firing made it (`ktrdr schedule`)
+    retry_of: str | None = None  # the failed or cancelled operation it retries (`ktrdr ops retry`)
+    retried_by: str | None = None  # the operation that retries it
+    next_attempt_at: datetime | None = None  # a retryable failure's next attempt (ktrdr.ops.retries), while it waits
     children: list[str] = msgspec.field(default_factory=list)
     deadline: datetime | None = None
     pool: str | None = None
@@ -105,5 +108,6 @@ def apply_progress(view: OperationView, p: ProgressState) -> None:
     view.phase = p.phase
     view.current_step, view.total_steps = p.current_step, p.total_steps
     view.items_processed, view.items_total = p.items_processed, p.items_total
+    view.next_attempt_at = p.next_attempt_at
     if p.context is not None:
         view.context = p.context

@@ -87,7 +87,8 @@ def data_children(parent: str, symbols: list[str], timeframes: list[Timeframe], 
     return [
         LoadData(op_id=subjects.child_op_id(parent, "data", f"{sym}/{tf}"), symbol=sym, timeframe=tf,
                  mode=mode, start=start, end=end, pool=pool,  # type: ignore[arg-type]
-                 parent_op_id=parent, deadline=cmd.deadline, requested_by=by)
+                 parent_op_id=parent, deadline=cmd.deadline, requested_by=by, retries=cmd.retries,
+                 retry_max_interval_s=cmd.retry_max_interval_s)
         for sym in symbols for tf in timeframes
     ]
 
@@ -118,7 +119,8 @@ def plan_training(cmd: StartTraining, symbols: list[str], timeframes: list[Timef
         op_id=subjects.child_op_id(parent, "training", "train"), strategy_path=cmd.strategy_path,
         strategy_yaml=cmd.strategy_yaml, symbols=list(cmd.symbols), timeframes=list(cmd.timeframes),
         start=cmd.start, end=cmd.end, epochs=cmd.epochs, pool=cmd.pool, data_mode="none",
-        parent_op_id=parent, deadline=cmd.deadline, requested_by=by))
+        parent_op_id=parent, deadline=cmd.deadline, requested_by=by, retries=cmd.retries,
+        retry_max_interval_s=cmd.retry_max_interval_s))
     if cmd.backtest:
         children.append(RunBacktest(
             op_id=subjects.child_op_id(parent, "backtest", "test"), model=PENDING_MODEL, end=cmd.end,
@@ -609,3 +611,28 @@ def _sweep_progress(plan: list[Command], children: dict[str, OperationView], lin
         phase=step,
         context=WorkflowContext(step=step, children_done=done, children_total=len(plan),
                                 child_op_id=current.op_id if current is not None else "", child_line=line))
+
+
+# ------------------------------------------------------------------------- a retried workflow
+def reuse(plan: list[Command], old_children: list[str], views: dict[str, OperationView]
+          ) -> tuple[list[Command], dict[str, OperationView]]:
+    """A retried workflow's plan (`ktrdr ops retry`): step i of the new plan is step i of the old
+    one (`old_children`, the ids its created event named, in plan order: the same command plans the
+    same steps). A step that completed there is that very child (its result reused, nothing
+    re-run: returned among the children already done); a training that failed or was cancelled is
+    planned anew with `retry_of` its old child, so it resumes from that child's checkpoint; every
+    other step runs again. A plan of another length (the strategy's inputs changed) reuses nothing."""
+    if len(old_children) != len(plan):
+        return plan, {}
+    out: list[Command] = []
+    done: dict[str, OperationView] = {}
+    for c, old_id in zip(plan, old_children, strict=True):
+        old = views.get(old_id)
+        if old is not None and old.status == "completed" and old.domain == c.domain:
+            out.append(msgspec.structs.replace(c, op_id=old_id))
+            done[old_id] = old
+        elif old is not None and old.status in ("failed", "cancelled") and isinstance(c, StartTraining):
+            out.append(msgspec.structs.replace(c, retry_of=old_id))
+        else:
+            out.append(c)
+    return out, done

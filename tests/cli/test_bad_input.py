@@ -56,6 +56,12 @@ def cases(f: dict[str, str]) -> list[list[str]]:
         ["train", STRATEGY, "--epochs", "1000000000"], ["train", STRATEGY, "--start", "2024-02-30"],
         ["train", STRATEGY, "--start", "2024-05-01", "--end", "2024-01-01"], ["train", STRATEGY, "--on", "a.b"],
         ["train", STRATEGY, "--timeout", "-5"], ["train", STRATEGY, "--data", "maybe"],
+        # retry policies: beyond the cap, negative, a maximum interval under the first wait
+        ["data", "load", "AAPL", "--retries", "21"], ["dummy", "--retries", "-1"],
+        ["train", STRATEGY, "--retry-max-interval", "0.5"], ["sweep", STRATEGY, "--retries", "1000"],
+        ["backtest", "mlp_rsi_aapl", "--retry-max-interval", "99999"],
+        # ops retry: an id that is not one
+        ["ops", "retry", "not-an-id"], ["ops", "retry", long_id],
         # sweep: a PATH the strategy lacks, VALUES no list, a grid over the cap, K < 1, a value out of bounds
         ["sweep", STRATEGY, "--param", "model.training.learnin_rate=[0.1]"],
         ["sweep", STRATEGY, "--param", "model.training.learning_rate=0.1"],

@@ -139,4 +139,4 @@ def test_commands_are_registered_explicitly_without_an_import_circle():
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
-    assert out.strip() == str(sorted(["list", "show", "watch", "replay", "cancel", "tail", "reindex"]))
+    assert out.strip() == str(sorted(["list", "show", "watch", "replay", "cancel", "retry", "tail", "reindex"]))

@@ -60,10 +60,10 @@ def _state_is(state: str) -> Callable[[object, object], bool]:
     return check
 
 
-async def _start_load_and_kill_gateway(client, gateway) -> tuple[LoadData, int]:
+async def _start_load_and_kill_gateway(client, gateway, retries: int | None = None) -> tuple[LoadData, int]:
     gateway.latency_s = 0.3
     cmd = LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", timeframe="1h", mode="full",
-                   start=utc(2021, 1, 1), end=utc(2023, 1, 1))
+                   start=utc(2021, 1, 1), end=utc(2023, 1, 1), retries=retries)
     await client.submit(cmd)
     await wait_for_event(client, cmd.op_id, lambda ev, v: isinstance(v.context, DataContext)
                          and v.context.segments_done >= 2, timeout=60)
@@ -84,7 +84,9 @@ async def test_gateway_death_mid_load_says_so_and_resumes_when_it_is_back(client
 
 @pytest.mark.parametrize("gateway_wait_s", [5.0])  # KTRDR_IB_GATEWAY_WAIT_S, 30 s by default
 async def test_gateway_that_stays_down_fails_the_load_naming_the_gateway(client, data_stack, gateway):
-    cmd, port = await _start_load_and_kill_gateway(client, gateway)
+    # No retry policy (--retries 0): the attempt's own failure is the load's (tests/actors/test_retries.py
+    # has the default policy retrying it).
+    cmd, port = await _start_load_and_kill_gateway(client, gateway, retries=0)
     await wait_for_event(client, cmd.op_id, _state_is(DISCONNECTED_STATE), timeout=30)
     view = await wait_terminal(client, cmd.op_id, timeout=150)
     assert view.status == "failed"

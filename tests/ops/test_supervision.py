@@ -175,3 +175,13 @@ def test_reconnect_grace_moves_every_clock_past_the_others_reconnect():
     # the worker silent since 1.0 is judged from 12.0 on: not lost at 13, lost after the timeout
     assert run(live, {}, 13.0, since=since) == []
     assert [f.op_id for f in failures(run(live, {}, 13.6, since=since))] == [OP]
+
+
+# ---------------------------------------------------------------------------------------- retries
+def test_an_operation_waiting_for_its_next_attempt_is_not_judged_silent_until_that_time_and_the_orphan_timeout():
+    # handed back at 0 s to be retried 30 s later (ktrdr.ops.retries): nobody holds it meanwhile
+    waiting = {OP: op(at=0.0, next_attempt_at=T0 + timedelta(seconds=30))}
+    assert failures(run(waiting, {}, 20.0, wall=T0 + timedelta(seconds=20))) == []
+    assert failures(run(waiting, {}, 33.0, wall=T0 + timedelta(seconds=33))) == []  # within the orphan timeout
+    failed, = failures(run(waiting, {}, 35.0, wall=T0 + timedelta(seconds=35)))  # no attempt ever started
+    assert failed.error_code == "worker_lost"
