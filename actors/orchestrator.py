@@ -128,9 +128,8 @@ class Orchestrator(Actor):
         """Forget everything derived from the log: an active orchestrator rebuilds it."""
         self.live, self.known = {}, RecentIds(KNOWN_ENDED_MAX)
         self.workflows, self.intake, self.supervisor = WorkflowRunner(self), CommandIntake(self), Supervisor(self)
-        self.indexer = Indexer(self)
         self.schedules.stop()
-        self.schedules = ScheduleRunner(self)
+        self.indexer, self.schedules = Indexer(self), ScheduleRunner(self)
         self._buffer, self.leases = [], None
 
     async def on_stop(self) -> None:
@@ -196,8 +195,7 @@ class Orchestrator(Actor):
         if name == OperationProgress.name:  # the hot path: decoded only for a workflow's child
             if tracked is not None:
                 tracked.last_seen = time.monotonic()
-                # decoded too: a retry's announcement (ktrdr.ops.retries), so the supervisor lets
-                # the operation wait unheld for its next attempt; a cheap look at the bytes first
+                # and a retry's announcement (ktrdr.ops.retries): the supervisor lets it wait unheld
                 if (tracked.view.parent_op_id in self.workflows or _NEXT_ATTEMPT in data) \
                         and (ev := self._decoded(subject, data)) is not None:
                     for e in admit(tracked.view, subject, data, proof, ev):  # the holder's, once signed
