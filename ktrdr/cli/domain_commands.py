@@ -290,6 +290,19 @@ def strategies_list(directory: Path = typer.Argument(Path("strategies")), json_o
 
 
 # ------------------------------------------------------------------------------------------ train
+def training_inputs(strategy_file: str, start: str | None, end: str | None,
+                    epochs: int | None) -> tuple[str, datetime, datetime]:
+    """What `train` and `sweep` read and check alike: the strategy file's text and the date range
+    (default: the year up to this hour), and --epochs within its bound."""
+    text = read_text_file(strategy_file, "strategy", max_bytes=MAX_STRATEGY_BYTES)
+    end_dt = parse_date(end, "end") or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    start_dt = parse_date(start, "start") or end_dt - timedelta(days=365)
+    check_range(start_dt, end_dt)
+    if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:
+        raise usage(f"--epochs must be between 1 and {MAX_EPOCHS}, got {epochs}")
+    return text, start_dt, end_dt
+
+
 def train(
     strategy_file: Path = typer.Argument(..., metavar="STRATEGY.yaml"),
     symbols: str | None = typer.Option(None, help="Comma-separated; default: the strategy's."),
@@ -313,12 +326,7 @@ def train(
     """Train a strategy: one operation whose children load the missing data, then train (then, with
     --backtest, backtest the model on the test period), with one live progress display. Ctrl+C cancels
     the whole workflow (exit 130)."""
-    text = read_text_file(strategy_file, "strategy", max_bytes=MAX_STRATEGY_BYTES)
-    end_dt = parse_date(end, "end") or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    start_dt = parse_date(start, "start") or end_dt - timedelta(days=365)
-    check_range(start_dt, end_dt)
-    if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:
-        raise usage(f"--epochs must be between 1 and {MAX_EPOCHS}, got {epochs}")
+    text, start_dt, end_dt = training_inputs(strategy_file, start, end, epochs)
     if data not in ("full", "local", "none"):
         raise usage(f"--data {data[:20]!r}: expected full, local or none")
     from events.messages import StartTraining

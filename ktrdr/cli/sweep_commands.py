@@ -7,21 +7,18 @@ one line, exit 2. `register` adds it to the app.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from events.bounds import DEFAULT_SWEEP_PARALLEL, MAX_EPOCHS, MAX_STRATEGY_BYTES, MAX_SWEEP_PARALLEL
+from events.bounds import DEFAULT_SWEEP_PARALLEL, MAX_SWEEP_PARALLEL
 from ktrdr.cli._common import (
     JSON,
     RETRIES,
     RETRY_MAX_INTERVAL,
     TIMEOUT,
     check_pool,
-    check_range,
-    parse_date,
     retry_from,
     run_async,
     timeout_from,
@@ -63,15 +60,10 @@ def sweep(
     Ctrl+C cancels the whole sweep (exit 130)."""
     from events.messages import RunSweep, SweepParam
     from events.subjects import new_op_id
-    from ktrdr.cli.domain_commands import _norm, _split, read_text_file
+    from ktrdr.cli.domain_commands import _norm, _split, training_inputs
     from ktrdr.training.sweep import SweepError, parse_values
 
-    text = read_text_file(strategy_file, "strategy", max_bytes=MAX_STRATEGY_BYTES)
-    end_dt = parse_date(end, "end") or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    start_dt = parse_date(start, "start") or end_dt - timedelta(days=365)
-    check_range(start_dt, end_dt)
-    if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:
-        raise usage(f"--epochs must be between 1 and {MAX_EPOCHS}, got {epochs}")
+    text, start_dt, end_dt = training_inputs(strategy_file, start, end, epochs)
     if not 1 <= max_parallel <= MAX_SWEEP_PARALLEL:
         raise usage(f"--max-parallel must be between 1 and {MAX_SWEEP_PARALLEL}, got {max_parallel}")
     if rank_by not in RANK_CHOICES:
