@@ -28,6 +28,7 @@ from collections.abc import Iterable
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from actors._leases import drop
 from actors._orch_index import Indexer, live_views
@@ -220,10 +221,13 @@ class Orchestrator(Actor):
         self.live.pop(op_id, None)
         self.op_spans.end(op_id, tracked.view.status)
         self.known.add(op_id)
-        if self.js is not None and self.leadership is not None and self.leadership.active:
-            await _release(self.js, tracked.view)
+        # A workflow's child: its parent steps first (the next variant is created while this one's
+        # lease and checkpoint are dropped; neither is needed for anything any more). Measured: the
+        # drops first put 2-4 round trips between a freed trainer and its next work item.
         if tracked.view.parent_op_id in self.workflows:
             await self.workflows.child_moved(tracked.view)
+        if self.js is not None and self.leadership is not None and self.leadership.active:
+            await _release(self.js, tracked.view, self.leadership.bucket.kv)
         self.workflows.forget(op_id)
         self.schedules.op_ended(tracked.view)
 
@@ -298,12 +302,12 @@ def _decoded(orch: Orchestrator, subject: str, data: bytes) -> AnyEvent | None:
         return None
 
 
-async def _release(js: JetStreamContext, view: OperationView) -> None:
+async def _release(js: JetStreamContext, view: OperationView, leases: KeyValue) -> None:
     """What an ended operation leaves behind: its lease, and a training's checkpoint (an ended training
     is never resumed; the trainer removes it itself when it ends the op, this covers a verdict of
     ours: worker lost, queued cancel). Best effort: neither is needed for anything any more."""
     with contextlib.suppress(Exception):
-        await drop(await js.key_value(subjects.LEASES_BUCKET), view.op_id)
+        await drop(leases, view.op_id)
     if view.domain == StartTraining.domain and not view.children:
         with contextlib.suppress(Exception):
             await CheckpointStore(js).delete(view.op_id)
