@@ -337,7 +337,7 @@ def _handoffs_ms(spans: list[tuple[Any, Any]], k: int) -> list[float]:
 
 
 async def sweep_figures(c: Client, sizes: tuple[int, ...], epochs: int) -> dict[str, Any]:
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     await BarStore(c.js).merge("AAPL", "1h", bars(2_000, "1h", seed=3), "sim")
     text = SWEEP_STRATEGY.read_text()
@@ -353,7 +353,9 @@ async def sweep_figures(c: Client, sizes: tuple[int, ...], epochs: int) -> dict[
         cmd = RunSweep(op_id=subjects.new_op_id("training"), strategy_path=str(SWEEP_STRATEGY), strategy_yaml=text,
                        params=[SweepParam(path="model.training.learning_rate", values=rates)], epochs=epochs,
                        data_mode="none", start=start, end=end, max_parallel=SWEEP_TRAINERS)
+        submitted = datetime.now(UTC)
         sweep_s, how = await _ended(c, cmd)
+        ended = datetime.now(UTC)
         view = await c.view(cmd.op_id)
         if how != "completed" or (view.result or {}).get("completed") != n:
             raise RuntimeError(f"sweep of {n} ended {how}: {view.error or view.result}")
@@ -361,6 +363,10 @@ async def sweep_figures(c: Client, sizes: tuple[int, ...], epochs: int) -> dict[
         spans = [await _training_span(c, k) for k in trainings]
         trainings_s = sum((e - s).total_seconds() for s, e in spans)
         handoffs = _handoffs_ms(spans, SWEEP_TRAINERS)
+        # trainer time at the edges: submit -> each slot's first start, each slot's last end -> the
+        # sweep's verdict received (the slot left idle while the other runs the last variant)
+        lead_s = sum((st - submitted).total_seconds() for st, _ in sorted(spans)[:SWEEP_TRAINERS])
+        tail_s = sum((ended - e).total_seconds() for e in sorted(e for _, e in spans)[-SWEEP_TRAINERS:])
         react, take = _handoff_parts_ms(spans, [await _created_at(c, k) for k in trainings], SWEEP_TRAINERS)
         children = [msgspec.structs.replace(k, op_id=subjects.new_op_id("training"), parent_op_id=None,
                                             deadline=None, requested_by="bench")
@@ -380,6 +386,7 @@ async def sweep_figures(c: Client, sizes: tuple[int, ...], epochs: int) -> dict[
             "handoff_ms_max": round(max(handoffs), 1) if handoffs else None,
             "create_ms_median": round(statistics.median(react), 1) if react else None,
             "take_ms_median": round(statistics.median(take), 1) if take else None,
+            "lead_s": round(lead_s, 3), "tail_s": round(tail_s, 3),
             "met": over / slots < 0.05, "target": "overhead < 5% of trainer time"}
         print(f"  sweep {n:>3} variants: {sweep_s:.2f} s (sequential {sequential_s:.2f} s, "
               f"x{sequential_s / sweep_s:.2f}), overhead {over / n:.3f} s/variant = {100 * over / slots:.1f}%",
