@@ -221,9 +221,7 @@ class Orchestrator(Actor):
         self.live.pop(op_id, None)
         self.op_spans.end(op_id, tracked.view.status)
         self.known.add(op_id)
-        # A workflow's child: its parent steps first (the next variant is created while this one's
-        # lease and checkpoint are dropped; neither is needed for anything any more). Measured: the
-        # drops first put 2-4 round trips between a freed trainer and its next work item.
+        # a workflow's child steps its parent first: the drops are 2-4 round trips (README, Sweeps)
         if tracked.view.parent_op_id in self.workflows:
             await self.workflows.child_moved(tracked.view)
         if self.js is not None and self.leadership is not None and self.leadership.active:
