@@ -79,6 +79,15 @@ class LeaseService:
         view = self.orch.live_view(req.op_id)
         if view is None or view.terminal:
             return LeaseReply(ok=False, error=f"{req.op_id} is not a live operation")
+        if view.worker is None and view.attempts <= 0:
+            # Never started: the first claim creates the lease without reading it first (one KV
+            # round trip less between a work item and its `started`). The create is the same
+            # compare-and-set as below; when the key exists (a reply that got lost, a handed-back
+            # item) it fails and the read below decides as before.
+            value = encode(Lease(holder=req.actor, attempt=1, key=req.key))
+            if await self.bucket.claim(req.op_id, value, over=None) is not None:
+                await self._started(req, 1)
+                return LeaseReply(ok=True, attempt=1)
         entry = await self.bucket.read(req.op_id)
         lease = _lease(entry)
         if entry is None or lease is None:

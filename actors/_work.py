@@ -264,7 +264,7 @@ class WorkRunner:
             await run.msg.in_progress()  # the checks below take a moment under load
         # Its lifecycle, and the last cancel a user recorded for it (OPS_CANCELS: one the orchestrator
         # has not honoured yet, e.g. while it was away, is there and nowhere else).
-        read, cancel_raw = await asyncio.gather(read_proven(a.js, op_id, lifecycle=True),
+        read, cancel_raw = await asyncio.gather(read_proven(a.js, op_id, lifecycle=True, linger=True),
                                                 last_message(a.js, subjects.cancel(op_id)))
         events: list[AnyEvent] = list(read)
         if cancel_raw is not None:

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from actors._leases import drop
 from actors._orch_index import Indexer, live_views
@@ -195,9 +196,7 @@ class Orchestrator(Actor):
         if name == OperationProgress.name:  # the hot path: decoded only for a workflow's child
             if tracked is not None:
                 tracked.last_seen = time.monotonic()
-                # and a retry's announcement (ktrdr.ops.retries): the supervisor lets it wait unheld
-                if (tracked.view.parent_op_id in self.workflows or _NEXT_ATTEMPT in data) \
-                        and (ev := self._decoded(subject, data)) is not None:
+                if _progress_folded(self, tracked.view, data) and (ev := self._decoded(subject, data)) is not None:
                     for e in admit(tracked.view, subject, data, proof, ev):  # the holder's, once signed
                         fold(tracked.view, e)
                     if tracked.view.parent_op_id in self.workflows:
@@ -222,10 +221,11 @@ class Orchestrator(Actor):
         self.live.pop(op_id, None)
         self.op_spans.end(op_id, tracked.view.status)
         self.known.add(op_id)
-        if self.js is not None and self.leadership is not None and self.leadership.active:
-            await _release(self.js, tracked.view)
+        # a workflow's child steps its parent first: the drops are 2-4 round trips (README, Sweeps)
         if tracked.view.parent_op_id in self.workflows:
             await self.workflows.child_moved(tracked.view)
+        if self.js is not None and self.leadership is not None and self.leadership.active:
+            await _release(self.js, tracked.view, self.leadership.bucket.kv)
         self.workflows.forget(op_id)
         self.schedules.op_ended(tracked.view)
 
@@ -292,6 +292,13 @@ class Orchestrator(Actor):
 _NEXT_ATTEMPT = b'"next_attempt_at":"'  # ProgressState.next_attempt_at set (None encodes as null)
 
 
+def _progress_folded(orch: Orchestrator, view: OperationView, data: bytes) -> bool:
+    """Whether a progress event is decoded and folded: a workflow's child's (it moves its parent), and a
+    retry's announcement (ktrdr.ops.retries: the supervisor lets the operation wait unheld); a cheap look
+    at the bytes first, the hot path stays undecoded."""
+    return view.parent_op_id in orch.workflows or _NEXT_ATTEMPT in data
+
+
 def _decoded(orch: Orchestrator, subject: str, data: bytes) -> AnyEvent | None:
     """The event a message on an ops subject carries, or None: garbage, or a body that disagrees
     with its subject (another operation's id, another event type), is nobody's event, counted."""
@@ -303,13 +310,13 @@ def _decoded(orch: Orchestrator, subject: str, data: bytes) -> AnyEvent | None:
         return None
 
 
-async def _release(js: JetStreamContext, view: OperationView) -> None:
+async def _release(js: JetStreamContext, view: OperationView, leases: KeyValue) -> None:
     """What an ended operation leaves behind: its lease, and a completed training's checkpoint (the
     trainer removes it itself when it saves the model; this covers a verdict of ours). A failed or
     cancelled training's checkpoint stays until `ktrdr ops retry` resumes from it or CHECKPOINTS'
     max age (KTRDR_OPS_MAX_AGE, 30 days) removes it. Best effort."""
     with contextlib.suppress(Exception):
-        await drop(await js.key_value(subjects.LEASES_BUCKET), view.op_id)
+        await drop(leases, view.op_id)
     if view.domain == StartTraining.domain and not view.children and view.status in ("completed", "rejected"):
         with contextlib.suppress(Exception):
             await CheckpointStore(js).delete(view.op_id)

@@ -53,6 +53,7 @@ from events.codec import decode_event_on
 from events.messages import (
     BacktestContext,
     OperationCompleted,
+    OperationCreated,
     OperationProgress,
     OperationStarted,
     RunBacktest,
@@ -306,6 +307,24 @@ async def _training_span(c: Client, op_id: str) -> tuple[Any, Any]:
     return started[0], completed[-1]
 
 
+async def _created_at(c: Client, op_id: str) -> Any:
+    evs = await c.events(op_id)
+    return next(e.ts for e in evs if isinstance(e, OperationCreated))
+
+
+def _handoff_parts_ms(spans: list[tuple[Any, Any]], created: list[Any], k: int) -> tuple[list[float], list[float]]:
+    """The handoff in two: the orchestrator's part (the latest end before a child's creation ->
+    its `created`) and the trainer's (created -> started: the work item fetched, the checks, the
+    lease), for each child created once k had been running."""
+    react, take = [], []
+    for i, ((start, _), made) in enumerate(sorted(zip(spans, created, strict=True))):
+        ends = [e for _, e in spans if e <= made]
+        if i >= k and ends:
+            react.append((made - max(ends)).total_seconds() * 1000)
+            take.append((start - made).total_seconds() * 1000)
+    return react, take
+
+
 def _handoffs_ms(spans: list[tuple[Any, Any]], k: int) -> list[float]:
     """For each training started once k were running before it: its start minus the latest end
     before that start (a freed trainer slot -> the next variant on it)."""
@@ -318,7 +337,7 @@ def _handoffs_ms(spans: list[tuple[Any, Any]], k: int) -> list[float]:
 
 
 async def sweep_figures(c: Client, sizes: tuple[int, ...], epochs: int) -> dict[str, Any]:
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     await BarStore(c.js).merge("AAPL", "1h", bars(2_000, "1h", seed=3), "sim")
     text = SWEEP_STRATEGY.read_text()
@@ -334,7 +353,9 @@ async def sweep_figures(c: Client, sizes: tuple[int, ...], epochs: int) -> dict[
         cmd = RunSweep(op_id=subjects.new_op_id("training"), strategy_path=str(SWEEP_STRATEGY), strategy_yaml=text,
                        params=[SweepParam(path="model.training.learning_rate", values=rates)], epochs=epochs,
                        data_mode="none", start=start, end=end, max_parallel=SWEEP_TRAINERS)
+        submitted = datetime.now(UTC)
         sweep_s, how = await _ended(c, cmd)
+        ended = datetime.now(UTC)
         view = await c.view(cmd.op_id)
         if how != "completed" or (view.result or {}).get("completed") != n:
             raise RuntimeError(f"sweep of {n} ended {how}: {view.error or view.result}")
@@ -342,6 +363,11 @@ async def sweep_figures(c: Client, sizes: tuple[int, ...], epochs: int) -> dict[
         spans = [await _training_span(c, k) for k in trainings]
         trainings_s = sum((e - s).total_seconds() for s, e in spans)
         handoffs = _handoffs_ms(spans, SWEEP_TRAINERS)
+        # trainer time at the edges: submit -> each slot's first start, each slot's last end -> the
+        # sweep's verdict received (the slot left idle while the other runs the last variant)
+        lead_s = sum((st - submitted).total_seconds() for st, _ in sorted(spans)[:SWEEP_TRAINERS])
+        tail_s = sum((ended - e).total_seconds() for e in sorted(e for _, e in spans)[-SWEEP_TRAINERS:])
+        react, take = _handoff_parts_ms(spans, [await _created_at(c, k) for k in trainings], SWEEP_TRAINERS)
         children = [msgspec.structs.replace(k, op_id=subjects.new_op_id("training"), parent_op_id=None,
                                             deadline=None, requested_by="bench")
                     for k in workflows.plan(cmd, training_inputs) if isinstance(k, StartTraining)]
@@ -358,6 +384,9 @@ async def sweep_figures(c: Client, sizes: tuple[int, ...], epochs: int) -> dict[
             "overhead_per_variant_s": round(over / n, 4), "overhead_pct": round(100 * over / slots, 2),
             "handoff_ms_median": round(statistics.median(handoffs), 1) if handoffs else None,
             "handoff_ms_max": round(max(handoffs), 1) if handoffs else None,
+            "create_ms_median": round(statistics.median(react), 1) if react else None,
+            "take_ms_median": round(statistics.median(take), 1) if take else None,
+            "lead_s": round(lead_s, 3), "tail_s": round(tail_s, 3),
             "met": over / slots < 0.05, "target": "overhead < 5% of trainer time"}
         print(f"  sweep {n:>3} variants: {sweep_s:.2f} s (sequential {sequential_s:.2f} s, "
               f"x{sequential_s / sweep_s:.2f}), overhead {over / n:.3f} s/variant = {100 * over / slots:.1f}%",

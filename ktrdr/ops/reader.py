@@ -211,7 +211,8 @@ async def read_view(js: JetStreamContext, op_id: str) -> OperationView:
     return view
 
 
-async def read_proven(js: JetStreamContext, op_id: str, *, lifecycle: bool = False) -> ReadEvents:
+async def read_proven(js: JetStreamContext, op_id: str, *, lifecycle: bool = False,
+                      linger: bool = False) -> ReadEvents:
     """One operation's stored events that count, in the order the fold takes them (a held event once
     the holder's signature vouches for it): all of them, or its lifecycle events only. `dropped`
     counts what its subjects carried that was not its events, `unproven` what no signature reached."""
@@ -223,7 +224,7 @@ async def read_proven(js: JetStreamContext, op_id: str, *, lifecycle: bool = Fal
         out.extend(events)
 
     filters = subjects.lifecycle_filters(op_id) if lifecycle else [subjects.ops(op_id)]
-    await read_events(js, filters, on_msg, proofs=True)
+    await read_events(js, filters, on_msg, proofs=True, linger=linger)  # linger: see read_events
     out.extend(settle(view))
     out.dropped, out.unproven = view.dropped, view.unproven
     out.first_dropped = next((e for e in view.errors if e.startswith("dropped")), "")

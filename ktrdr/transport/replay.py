@@ -359,12 +359,16 @@ async def read_events(
     *,
     timeout: float = 10.0,
     proofs: bool = False,
+    linger: bool = False,
 ) -> int:
     """Call on_msg(subject, data) for every stored OPS message matching the filters, in stream
     order, as it arrives (on the connection's reading task: keep on_msg quick); return how many
     there were. An exception from on_msg stops the read and is raised here. TimeoutError only when
     delivery stalls for `timeout` seconds, however long the whole read takes. With `proofs`,
-    on_msg(subject, data, proof) also gets the holder proof header (bytes, or None)."""
+    on_msg(subject, data, proof) also gets the holder proof header (bytes, or None). With `linger`,
+    the read returns once it has everything and its consumer is deleted after, in the background (a
+    worker's check before it starts an operation: one round trip less on the way to `started`; a
+    consumer whose delete is lost goes by its inactive_threshold)."""
     read = _PushRead(js, filter_subjects, on_msg, paced=False, proofs=proofs)
     try:
         try:
@@ -392,7 +396,15 @@ async def read_events(
             raise read.error
         return read.delivered
     finally:
-        await read.close()
+        if linger:
+            task = asyncio.get_running_loop().create_task(read.close())
+            _CLOSING.add(task)
+            task.add_done_callback(_CLOSING.discard)
+        else:
+            await read.close()
+
+
+_CLOSING: set[asyncio.Task[None]] = set()  # lingering reads' consumer deletes (held against the GC)
 
 
 async def stream_events(
