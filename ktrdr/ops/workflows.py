@@ -334,6 +334,23 @@ def flush(wf: Workflow, now: float) -> ProgressState | None:
     return held
 
 
+def _max_parallel(parent: OperationView, default: int, maximum: int) -> int:
+    """The parent command's max_parallel, or `default` where it is missing or outside 1..`maximum`."""
+    k = (parent.command or {}).get("max_parallel", default)
+    return k if isinstance(k, int) and 1 <= k <= maximum else default
+
+
+def _cancelling(parent: OperationView, plan: list[Command], children: dict[str, OperationView],
+                live: list[str], cancels_sent: set[str]) -> Decision:
+    """A cancelled parent with children created at most `max_parallel` at a time: cancel the live ones
+    not yet told, create none, and end as cancelled once none is live."""
+    d = Decision()
+    d.cancel = [op for op in live if op not in cancels_sent]
+    if not live:
+        d.finish = _cancelled(parent, plan, children)
+    return d
+
+
 # ----------------------------------------------------------------------------------------- universe
 def advance_universe(parent: OperationView, plan: list[Command], children: dict[str, OperationView],
                      line_of: dict[str, str], cancels_sent: set[str],
@@ -342,15 +359,11 @@ def advance_universe(parent: OperationView, plan: list[Command], children: dict[
     (a cancel of the parent reaches them by never creating them). A failed symbol is recorded and the
     others go on; the verdict is `completed` listing the failed symbols in its result
     (`failed: {symbol: error}`), and `failed` only when every symbol failed."""
-    d = Decision()
-    k = (parent.command or {}).get("max_parallel", DEFAULT_UNIVERSE_PARALLEL)
-    k = k if isinstance(k, int) and 1 <= k <= MAX_UNIVERSE_PARALLEL else DEFAULT_UNIVERSE_PARALLEL
+    k = _max_parallel(parent, DEFAULT_UNIVERSE_PARALLEL, MAX_UNIVERSE_PARALLEL)
     live = [c.op_id for c in plan if c.op_id in children and not children[c.op_id].terminal]
     if parent.cancel_requested:
-        d.cancel = [op for op in live if op not in cancels_sent]
-        if not live:
-            d.finish = _cancelled(parent, plan, children)
-        return d
+        return _cancelling(parent, plan, children, live, cancels_sent)
+    d = Decision()
     free = k - len(live)
     waiting = [c for c in plan if c.op_id not in children]
     d.create = waiting[:max(free, 0)]
@@ -516,16 +529,11 @@ def advance_sweep(parent: OperationView, plan: list[Command], children: dict[str
     trained model's backtest as soon as its training completed (not counted in `max_parallel`: the
     backtesters' own pool bounds them). A failed or cancelled variant is a row of the leaderboard;
     the sweep completes once every variant ended, and fails only when none completed."""
-    d = Decision()
-    cmd = parent.command or {}
-    k = cmd.get("max_parallel", DEFAULT_SWEEP_PARALLEL)
-    k = k if isinstance(k, int) and 1 <= k <= MAX_SWEEP_PARALLEL else DEFAULT_SWEEP_PARALLEL
+    k = _max_parallel(parent, DEFAULT_SWEEP_PARALLEL, MAX_SWEEP_PARALLEL)
     live = [c.op_id for c in plan if c.op_id in children and not children[c.op_id].terminal]
     if parent.cancel_requested:
-        d.cancel = [op for op in live if op not in cancels_sent]
-        if not live:
-            d.finish = _cancelled(parent, plan, children)
-        return d
+        return _cancelling(parent, plan, children, live, cancels_sent)
+    d = Decision()
     data, trains, tests = _sweep_parts(plan)
     bad = next((children[c.op_id] for c in data if c.op_id in children
                 and children[c.op_id].status in ("failed", "rejected", "cancelled")), None)
