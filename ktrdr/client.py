@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from events import roles, subjects
 from events.codec import DecodeError, decode, decode_event_on, decode_heartbeat, encode
@@ -53,6 +53,7 @@ from ktrdr.ops.reader import (
     read_views_of,
 )
 from ktrdr.transport import connect, ensure_streams, last_message, opsindex, publish
+from ktrdr.transport.lastvalues import live_kv_values
 from ktrdr.transport.publish import retrying
 from ktrdr.transport.replay import ReadEvents, consumers_capped, read_events, walk_tail
 
@@ -167,22 +168,13 @@ class Client:
     async def live_actors(self) -> list[Heartbeat]:
         """The last heartbeat of every live actor (KV bucket ACTORS; an entry expires with its actor)."""
         try:
-            kv = await self.js.key_value(subjects.ACTORS_BUCKET)
-        except NotFoundError:  # not provisioned yet (BucketNotFoundError is one): nobody has announced
-            return []
-        try:
-            keys = await kv.keys()
-        except NoKeysError:  # no actor is alive
+            values = await live_kv_values(self.js, subjects.ACTORS_BUCKET)
+        except NotFoundError:  # not provisioned yet (no KV_ACTORS stream): nobody has announced
             return []
         beats = []
-        for key in keys:
-            try:
-                entry = await kv.get(key)
-            except (KeyNotFoundError, KeyDeletedError):  # that actor stopped (or expired) meanwhile
-                continue
-            if entry.value:
-                with contextlib.suppress(DecodeError):
-                    beats.append(decode_heartbeat(entry.value))
+        for value in values.values():
+            with contextlib.suppress(DecodeError):
+                beats.append(decode_heartbeat(value))
         return beats
 
     async def submit(self, cmd: Command) -> None:

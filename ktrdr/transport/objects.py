@@ -52,6 +52,7 @@ from nats.nuid import NUID
 
 from events import subjects
 from ktrdr.errors import DataError, KtrdrError
+from ktrdr.transport.lastvalues import last_per_subject
 from ktrdr.transport.leases import is_cas_failure
 from ktrdr.transport.publish import PUBLISH_RETRY_ERRORS
 
@@ -411,21 +412,7 @@ async def list_objects(js: JetStreamContext, bucket: str, *, timeout: float = 30
     except NotFoundError:
         return []  # no bucket yet, or nothing ever stored
     out: list[Stored] = []
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def on_meta(msg: Any) -> None:
-        if done.done():
-            return
+    for msg in await last_per_subject(js, _stream(bucket), all_meta, timeout=timeout):
         with contextlib.suppress(DataError):
             out.append(_stored(bucket, msg.data, int(msg.metadata.sequence.stream)))
-        if msg.metadata.num_pending == 0:
-            done.set_result(None)
-
-    sub = await js.subscribe(all_meta, cb=on_meta, ordered_consumer=True, stream=_stream(bucket),
-                             deliver_policy=js_api.DeliverPolicy.LAST_PER_SUBJECT)
-    try:
-        await asyncio.wait_for(done, timeout)
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
     return [s for s in out if not s.deleted]
