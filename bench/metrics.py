@@ -1,66 +1,53 @@
-"""The cost of Prometheus metrics on progress publishing: an actor's progress events per second
-(`emit_progress` of n events, then every one acknowledged by the server, as bench.backbone's
-publish_throughput) with its /metrics server on and scraped, against the same with metrics off
-(KTRDR_METRICS_PORT=off), in the same run on the same server. Each measurement is a fresh process
-(the server, once started, lives as long as its process), off and on alternating so that drift and
-the other load on the machine fall on both; n at 1x, 10x and 100x (2,000, 20,000, 200,000 events);
-medians of the pairs. While "on" runs, this process scrapes it every SCRAPE_EVERY_S (Prometheus's
-default is 15 s: this is 60x harder) and parses each scrape with prometheus-client's parser. Each
-"on" process also times what one scrape costs it (the collectors and the text format, median of 200),
-a figure the machine's noise does not blur.
+"""The cost of Prometheus metrics on progress publishing, at the rates Prometheus scrapes: an actor
+emitting progress events for WINDOW_S seconds (in chunks, every one acknowledged by the server at the
+end: events per second and the process's CPU per event) and then the latency of one event at a time
+(emit -> a core subscriber of its subject has it, LATENCY_EVENTS of them), with its /metrics server
+off (KTRDR_METRICS_PORT=off) and on, scraped every 15 s (Prometheus's default `scrape_interval`) and
+every 1 s, each scrape parsed with prometheus-client's parser. Each measurement is a fresh process
+(bench._harness), the three configurations in turn ROUNDS times so that drift and the other load on
+the machine fall on all of them; medians and ranges, and the ratio of each on to the off before it.
+The scraper's first scrape falls at a random point of its interval, as Prometheus spreads its targets.
+Each "on" process also times what a scrape costs it: rendering the text (median of 200) and, idle,
+the CPU of 300 HTTP scrapes less its idle CPU over the same time.
 
-Besides throughput, each process reports its own CPU time per event (all its threads, the metrics
-server's included), which other load on the machine blurs less than wall-clock throughput.
-
-`python -m bench metrics`
+`python -m bench metrics` (`python -m bench.metrics --window S --rounds N`: shorter, for a try)
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import random
 import statistics
-import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from typing import Any
 
-from bench._common import ROOT, BenchServer, child_env, cpu_s, report
+from bench._common import BenchServer, child_env, cpu_s, pct, report
+from bench._harness import Child, alternate, compare, emit_for, hear, latency_us, say, start_emitter
 
-SIZES = (2_000, 20_000, 200_000)
-PAIRS = 5
-SCRAPE_EVERY_S = 0.25
+INTERVALS_S = (15.0, 1.0)
+WINDOW_S = 15.0
+ROUNDS = 5
+LATENCY_EVENTS = 2_000
+SCRAPES_TIMED = 300
 
 
-async def _child(n_sizes: list[int]) -> None:
-    """One measurement process: print the metrics URL (or "-"), wait for the go line, emit, print JSON."""
-    from actors.runtime import Actor
+async def _child(window_s: float) -> None:
+    """One measurement process: print the metrics URL (or "-"), wait for the go line, emit, time the
+    latency, print JSON; then wait for the parent's idle scrapes to end."""
+    import json
+
     from events import subjects
-    from events.messages import DummyContext, ProgressState
-    from ktrdr.config import Settings
 
-    class Emitter(Actor):
-        role = "bench"
-
-    actor = Emitter(Settings())
-    await actor.start()
-    print(actor.metrics_url or "-", flush=True)
-    await asyncio.to_thread(sys.stdin.readline)  # the scraper is running
-    state = ProgressState(percentage=50.0, message="Working on iteration 5/10", context=DummyContext(iteration=5))
-    out: dict[str, float] = {}
-    for n in n_sizes:
-        op_id = subjects.new_op_id("dummy")
-        t0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(n):
-            actor.emit_progress(op_id, state)
-        await actor.flush_progress(acked=True)
-        out[str(n)] = n / (time.perf_counter() - t0)
-        # this process's CPU (every thread: the metrics server's scrapes too) per event: what other
-        # load on the machine blurs far less than wall-clock throughput
-        out[f"cpu_us_{n}"] = (time.process_time() - c0) / n * 1e6
-    if actor.metrics_url:  # what one scrape costs this process: the collectors and the text format
+    actor = await start_emitter()
+    say(actor.metrics_url or "-")
+    await hear()  # the scraper is running
+    out: dict[str, float] = await emit_for(actor, subjects.new_op_id("dummy"), window_s)
+    lat = await latency_us(actor, subjects.new_op_id("dummy"), LATENCY_EVENTS)
+    out.update(latency_us=statistics.median(lat), latency_p90_us=pct(lat, 90), latency_p99_us=pct(lat, 99))
+    if actor.metrics_url:  # what rendering one scrape costs this process: the collectors and the text format
         from prometheus_client import generate_latest
 
         from actors import _metrics
@@ -70,29 +57,34 @@ async def _child(n_sizes: list[int]) -> None:
             t0 = time.perf_counter()
             generate_latest(_metrics.REGISTRY)
             times.append(time.perf_counter() - t0)
-        out["scrape_ms"] = statistics.median(times) * 1e3
-    print(json.dumps(out), flush=True)
-    await asyncio.to_thread(sys.stdin.readline)  # the parent's scrapes of an idle process are done
+        out["render_ms"] = statistics.median(times) * 1e3
+    say(json.dumps(out))
+    await hear()
     await actor.stop()
 
 
 class _Scraper:
-    """Scrapes a URL every SCRAPE_EVERY_S on a thread of its own, parsing each answer."""
+    """Scrapes a URL every `every` seconds on a thread of its own (the first at a random point of the
+    interval), parsing each answer; `at` holds each scrape's time.time()."""
 
-    def __init__(self, url: str) -> None:
-        self.url, self.scrapes, self.series = url, 0, 0
+    def __init__(self, url: str, every: float) -> None:
+        self.url, self.every, self.series = url, every, 0
+        self.at: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         from prometheus_client.parser import text_string_to_metric_families
 
-        while not self._stop.is_set():
+        if self._stop.wait(random.uniform(0, self.every)):
+            return
+        while True:
+            self.at.append(time.time())
             with urllib.request.urlopen(self.url, timeout=10) as resp:
                 text = resp.read().decode()
             self.series = sum(len(f.samples) for f in text_string_to_metric_families(text))
-            self.scrapes += 1
-            self._stop.wait(SCRAPE_EVERY_S)
+            if self._stop.wait(max(self.at[-1] + self.every - time.time(), 0.0)):
+                return
 
     def __enter__(self) -> _Scraper:
         self._thread.start()
@@ -101,9 +93,6 @@ class _Scraper:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-SCRAPES_TIMED = 300
 
 
 def _cpu_per_scrape(pid: int, url: str) -> tuple[float, float]:
@@ -120,67 +109,68 @@ def _cpu_per_scrape(pid: int, url: str) -> tuple[float, float]:
     return max(used - idle, 0.0) / SCRAPES_TIMED, idle / wall
 
 
-def _measure(srv: BenchServer, on: bool) -> tuple[dict[str, float], int, int]:
-    env = child_env(srv.settings, KTRDR_METRICS_PORT="0" if on else "off")
-    proc = subprocess.Popen([sys.executable, "-m", "bench.metrics", "--child", *map(str, SIZES)], cwd=ROOT, env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    assert (url != "-") == on, url
-    scraper = _Scraper(url) if on else None
-    if scraper is not None:
-        scraper.__enter__()
-    try:
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        figures = json.loads(proc.stdout.readline())
-    finally:
-        if scraper is not None:
-            scraper.__exit__()
-    if on:
-        per_scrape, idle_share = _cpu_per_scrape(proc.pid, url)
+def _measure(srv: BenchServer, every: float | None, window_s: float) -> dict[str, Any]:
+    """One fresh process: metrics off (every=None) or on and scraped every `every` seconds."""
+    child = Child("bench.metrics", [str(window_s)],
+                  child_env(srv.settings, KTRDR_METRICS_PORT="off" if every is None else "0"))
+    url = child.line()
+    assert (url != "-") == (every is not None), url
+    if every is None:
+        child.send("go")
+        figures = child.result()
+    else:
+        with _Scraper(url, every) as scraper:
+            child.send("go")
+            figures = child.result()
+        figures["scrapes_in_window"] = sum(figures["window_start"] <= t <= figures["window_end"] for t in scraper.at)
+        figures["series"] = scraper.series
+        per_scrape, idle_share = _cpu_per_scrape(child.pid, url)
         figures["cpu_ms_per_scrape"], figures["idle_cpu_share"] = per_scrape * 1e3, idle_share
-    proc.stdin.write("stop\n")
-    proc.stdin.flush()
-    assert proc.wait(60) == 0
-    return figures, scraper.scrapes if scraper else 0, scraper.series if scraper else 0
+    child.send("stop")
+    child.close()
+    return figures
 
 
-async def main() -> dict[str, Any]:
+async def main(window_s: float = WINDOW_S, rounds: int = ROUNDS) -> dict[str, Any]:
     with BenchServer("metrics") as srv:
-        off: list[dict[str, float]] = []
-        on: list[dict[str, float]] = []
-        scrapes, series = 0, 0
-        for _ in range(PAIRS):
-            off.append((await asyncio.to_thread(_measure, srv, False))[0])
-            figures, s, k = await asyncio.to_thread(_measure, srv, True)
-            on.append(figures)
-            scrapes, series = scrapes + s, max(series, k)
+        runs = await alternate({"off": lambda: _measure(srv, None, window_s),
+                                **{f"on_{e:g}s": (lambda e=e: _measure(srv, e, window_s)) for e in INTERVALS_S}},
+                               rounds)
+    off = runs.pop("off")
     results: dict[str, Any] = {}
-    for n in SIZES:
-        o = [r[str(n)] for r in on]
-        f = [r[str(n)] for r in off]
-        pair_ratios = [a / b for a, b in zip(o, f, strict=True)]
-        cpu_on, cpu_off = [r[f"cpu_us_{n}"] for r in on], [r[f"cpu_us_{n}"] for r in off]
-        results[f"progress_publish_{n}"] = {
-            "metrics_off_events_per_s": statistics.median(f), "metrics_on_events_per_s": statistics.median(o),
-            "on_vs_off": statistics.median(o) / statistics.median(f),
-            "median_pair_ratio": statistics.median(pair_ratios), "pair_ratios": [round(x, 3) for x in pair_ratios],
-            "cpu_us_per_event_off": statistics.median(cpu_off), "cpu_us_per_event_on": statistics.median(cpu_on),
-            "cpu_on_vs_off": statistics.median(cpu_on) / statistics.median(cpu_off),
-            "cpu_pair_ratios": [round(a / b, 3) for a, b in zip(cpu_on, cpu_off, strict=True)],
-            "pairs": PAIRS, "target": "on_vs_off >= 0.99 (under 1% cost)"}
-    scrape_ms = statistics.median(r["scrape_ms"] for r in on)
-    http_ms = statistics.median(r["cpu_ms_per_scrape"] for r in on)
-    results["scrapes"] = {"while_on": scrapes, "every_s": SCRAPE_EVERY_S, "series_per_scrape": series,
-                          "render_ms": scrape_ms, "cpu_ms_per_http_scrape": http_ms,
-                          "idle_process_cpu_share": statistics.median(r["idle_cpu_share"] for r in on),
-                          "share_of_one_core_at_15s": http_ms / 1e3 / 15.0}
+    all_on = [r for rs in runs.values() for r in rs]
+    http_ms = statistics.median(r["cpu_ms_per_scrape"] for r in all_on)
+    emitter_core = statistics.median(r["cpu_us"] * r["events_per_s"] / 1e6 for r in off)  # its share of a core
+    for name, on in runs.items():
+        every = float(name[3:-1])
+        results[f"scraped_every_{every:g}s"] = {
+            "window_s": window_s, "rounds": rounds,
+            "events_per_s": compare(on, off, "events_per_s"),
+            "cpu_us_per_event": compare(on, off, "cpu_us"),
+            "latency_median_us": compare(on, off, "latency_us"),
+            "latency_p90_us": compare(on, off, "latency_p90_us"),
+            "latency_p99_us": compare(on, off, "latency_p99_us"),
+            "scrapes_in_window": [r["scrapes_in_window"] for r in on],
+            # what the scrapes cost by the idle timing: a share of one core, and of what the emitter uses
+            "scrape_cpu_share_of_core": http_ms / 1e3 / every,
+            "scrape_cpu_vs_emitter": http_ms / 1e3 / every / emitter_core,
+            "target": "under 1%: events/s on/off >= 0.99, CPU and latency on/off <= 1.01"}
+    results["scrapes"] = {"series_per_scrape": max(r["series"] for r in all_on),
+                          "render_ms": statistics.median(r["render_ms"] for r in all_on),
+                          "cpu_ms_per_http_scrape": http_ms,
+                          "idle_process_cpu_share": statistics.median(r["idle_cpu_share"] for r in all_on),
+                          "emitter_cpu_share_of_core": emitter_core}
     return results
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        asyncio.run(_child([int(a) for a in sys.argv[2:]]))
+        asyncio.run(_child(float(sys.argv[2])))
     else:
-        report("metrics", asyncio.run(main()))
+        import argparse
+
+        p = argparse.ArgumentParser(prog="python -m bench.metrics")
+        p.add_argument("--window", type=float, default=WINDOW_S)
+        p.add_argument("--rounds", type=int, default=ROUNDS)
+        a = p.parse_args()
+        report("metrics", asyncio.run(main(a.window, a.rounds)))

@@ -18,12 +18,12 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
-from bench._common import ROOT, BenchServer, child_env, report
+from bench._common import BenchServer, child_env, report
+from bench._harness import Child, alternate, emit_n, latency_us, say, start_emitter
 
 SIZES = (2_000, 20_000, 200_000)
 PAIRS = 5
@@ -33,57 +33,23 @@ SPANS_TIMED = 2_000
 
 async def _child(n_sizes: list[int]) -> None:
     """One measurement process: emit, time the latency, print JSON."""
-    from actors.runtime import Actor
     from events import subjects
-    from events.messages import DummyContext, OperationProgress, ProgressState
+    from events.messages import OperationProgress
     from ktrdr import tracing
-    from ktrdr.config import Settings
 
-    class Emitter(Actor):
-        role = "bench"
-
-    actor = Emitter(Settings())
-    await actor.start()
-    assert actor.nc is not None
-    state = ProgressState(percentage=50.0, message="Working on iteration 5/10", context=DummyContext(iteration=5))
+    actor = await start_emitter()
     out: dict[str, float] = {"on": float(tracing.enabled()),
                              "otel_imported": float(any(m.startswith("opentelemetry") for m in sys.modules))}
     for n in n_sizes:
         op_id = subjects.new_op_id("dummy")
-        with tracing.span("run dummy", op_id):  # a worker's run span: every progress carries its traceparent
-            t0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(n):
-                actor.emit_progress(op_id, state)
-            await actor.flush_progress(acked=True)
-            out[str(n)] = n / (time.perf_counter() - t0)
-            out[f"cpu_us_{n}"] = (time.process_time() - c0) / n * 1e6
-    # latency: one event at a time, from emit to a subscriber of its subject having it
+        with tracing.span("run dummy", op_id):  # a worker's run span around its progress
+            out[str(n)], out[f"cpu_us_{n}"] = await emit_n(actor, op_id, n)
     op_id = subjects.new_op_id("dummy")
-    got: asyncio.Queue[tuple[float, float]] = asyncio.Queue()
-
-    async def cb(msg: Any) -> None:  # (arrival, its percentage): a seal repeats the one before, never ours
-        got.put_nowait((time.perf_counter(), json.loads(msg.data)["progress"]["percentage"]))
-
-    subject = subjects.ops(op_id, OperationProgress.name)
-    sub = await actor.nc.subscribe(subject, cb=cb)
-    await actor.nc.flush()
-    lat: list[float] = []
-    headers_seen = 0
     with tracing.span("run dummy", op_id):
-        for i in range(LATENCY_EVENTS):
-            pct = round(100.0 * (i + 1) / LATENCY_EVENTS, 6)
-            one = ProgressState(percentage=pct, message=state.message, context=state.context)
-            t0 = time.perf_counter()
-            actor.emit_progress(op_id, one)
-            while True:
-                at, seen = await asyncio.wait_for(got.get(), 10)
-                if seen == pct:
-                    break
-            lat.append((at - t0) * 1e6)
-    await sub.unsubscribe()
-    await actor.flush_progress(acked=True)
+        lat = await latency_us(actor, op_id, LATENCY_EVENTS)
+    headers_seen = 0
     if tracing.enabled():  # whether the last progress went out with the span's traceparent
-        last = await actor.js.get_last_msg("OPS", subject) if actor.js else None
+        last = await actor.js.get_last_msg("OPS", subjects.ops(op_id, OperationProgress.name)) if actor.js else None
         headers_seen = int(bool(last and last.headers and tracing.HEADER in last.headers))
         times = []
         for i in range(SPANS_TIMED):
@@ -95,31 +61,27 @@ async def _child(n_sizes: list[int]) -> None:
     out["latency_us"] = statistics.median(lat)
     out["latency_p90_us"] = sorted(lat)[int(len(lat) * 0.9)]
     out["traceparent_on_progress"] = float(headers_seen)
-    print(json.dumps(out), flush=True)
+    say(json.dumps(out))
     await actor.stop()
 
 
-def _measure(srv: BenchServer, on: bool) -> dict[str, float]:
+def _measure(srv: BenchServer, on: bool) -> dict[str, Any]:
     env = child_env(srv.settings)
     for k in [k for k in env if k.startswith("OTEL_")]:
         del env[k]
     if on:
         env.update(OTEL_TRACES_EXPORTER="ktrdr", KTRDR_TRACES_DIR=str(srv.tmp / "traces" / str(time.monotonic_ns())))
-    proc = subprocess.run([sys.executable, "-m", "bench.tracing", "--child", *map(str, SIZES)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    child = Child("bench.tracing", [str(n) for n in SIZES], env)
+    figures = child.result()
+    child.close(600)
     assert bool(figures["on"]) == on and bool(figures["otel_imported"]) == on, figures
     return figures
 
 
 async def main() -> dict[str, Any]:
     with BenchServer("tracing") as srv:
-        off: list[dict[str, float]] = []
-        on: list[dict[str, float]] = []
-        for _ in range(PAIRS):
-            off.append(await asyncio.to_thread(_measure, srv, False))
-            on.append(await asyncio.to_thread(_measure, srv, True))
+        runs = await alternate({"off": lambda: _measure(srv, False), "on": lambda: _measure(srv, True)}, PAIRS)
+    off, on = runs["off"], runs["on"]
     results: dict[str, Any] = {}
     for n in SIZES:
         o, f = [r[str(n)] for r in on], [r[str(n)] for r in off]
