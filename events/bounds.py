@@ -207,4 +207,6 @@ MAX_RUNS_PER_PARTITION = 1024
 # job carry (`traceparent`, version 00: trace id, parent span id, flags); anything else is dropped.
 TRACEPARENT_PATTERN = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 TRACEPARENT_LENGTH = 55
-MAX_TRACE_FILE_BYTES = 64 * 1024 * 1024  # one process's span file; `ops show --trace` reads at most this much
+# One process's span file (the `ktrdr` trace exporter): rotated to <file>.1 (one kept, the one before
+# replaced) before a write would pass it; `ops show --trace` reads at most this much of each.
+MAX_TRACE_FILE_BYTES = 64 * 1024 * 1024

@@ -33,6 +33,7 @@ HEADER = "traceparent"
 OP_ID = "ktrdr.op_id"  # the attribute every span of an operation carries
 ROLE = "ktrdr.role"  # the actor's role, on the spans an actor makes (actors may share a process: `python -m actors`)
 TRACES_DIR = "traces"  # under KTRDR_HOME
+ROTATED_SUFFIX = ".1"  # a full span file, kept once beside the one being written (JsonLinesExporter)
 ENV_DIR = TRACES_DIR_ENV  # where the `ktrdr` exporter writes (the training child is told its parent's)
 _VALID = re.compile(TRACEPARENT_PATTERN)
 _NULL = contextlib.nullcontext()
@@ -242,13 +243,21 @@ def flush(timeout_s: float = 2.0) -> None:
 
 
 class JsonLinesExporter:
-    """The collector-free export: one JSON object a finished span, appended to this process's file."""
+    """The collector-free export: one JSON object a finished span, appended to this process's file.
+    Bounded: a write that would take the file past `max_bytes` (events.bounds.MAX_TRACE_FILE_BYTES)
+    first renames it to `<file>.1` (replacing the one before), so a process keeps at most two files
+    of at most `max_bytes` each: its newest spans."""
 
-    def __init__(self, directory: Path, service: str) -> None:
+    def __init__(self, directory: Path, service: str, max_bytes: int | None = None) -> None:
+        from events.bounds import MAX_TRACE_FILE_BYTES
+
         self.directory = directory
         safe = re.sub(r"[^A-Za-z0-9_-]", "_", service)[:40] or "process"
         self.path = directory / f"{safe}-{os.getpid()}.jsonl"
+        self.rotated = self.path.with_name(self.path.name + ROTATED_SUFFIX)
         self.service = service
+        self.max_bytes = MAX_TRACE_FILE_BYTES if max_bytes is None else max_bytes
+        self._size: int | None = None  # the file's size, read once (a pid reused finds its old file)
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[Any]) -> Any:
@@ -265,11 +274,18 @@ class JsonLinesExporter:
                 "attributes": {k: v if isinstance(v, str | int | float | bool) else str(v)
                                for k, v in (s.attributes or {}).items()},
             }, separators=(",", ":")))
+        data = ("\n".join(lines) + "\n").encode()
         try:
             with self._lock:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write("\n".join(lines) + "\n")
+                if self._size is None:
+                    self._size = self.path.stat().st_size if self.path.exists() else 0
+                if self._size and self._size + len(data) > self.max_bytes:
+                    os.replace(self.path, self.rotated)
+                    self._size = 0
+                with open(self.path, "ab") as f:
+                    f.write(data)
+                self._size += len(data)
         except OSError:
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
@@ -282,13 +298,14 @@ class JsonLinesExporter:
 
 
 def read_spans(directory: Path) -> list[dict[str, Any]]:
-    """Every span the `ktrdr` exporter wrote under `directory` (a torn last line is skipped)."""
+    """Every span the `ktrdr` exporter wrote under `directory`, rotated files included (a torn last line
+    is skipped; at most MAX_TRACE_FILE_BYTES of each file)."""
     from events.bounds import MAX_TRACE_FILE_BYTES
 
     spans: list[dict[str, Any]] = []
     if not directory.is_dir():
         return spans
-    for path in sorted(directory.glob("*.jsonl")):
+    for path in sorted([*directory.glob("*.jsonl"), *directory.glob("*.jsonl" + ROTATED_SUFFIX)]):
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
                 text = f.read(MAX_TRACE_FILE_BYTES)

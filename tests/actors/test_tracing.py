@@ -158,3 +158,37 @@ async def test_ops_show_trace_with_traces_off_says_none_was_recorded_and_how(sta
     assert not (settings.home / tracing.TRACES_DIR).exists()  # nothing written while off
     rc, out, err = await ktrdr(settings, "ops", "show", cmd.op_id, "--trace", "--json")
     assert rc == 0 and json.loads(out)["trace"] == [], out
+
+
+def test_a_span_file_is_rotated_at_its_cap_keeping_the_newest_spans(tmp_path):
+    """The `ktrdr` exporter's file never passes its cap: the write that would rotates it to `.1` (the
+    one before replaced), so a process keeps at most two capped files, and read_spans (what `ops show
+    --trace` reads) still has the newest spans, in order, none torn."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    cap = 8_192
+    exporter = tracing.JsonLinesExporter(tmp_path, "svc", max_bytes=cap)
+    provider = TracerProvider(resource=Resource.create({"service.name": "svc"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    def write(provider: TracerProvider, first: int, count: int) -> None:
+        tracer = provider.get_tracer("test")
+        for i in range(first, first + count):
+            with tracer.start_as_current_span("segment", attributes={"ktrdr.seq": i}):
+                pass
+
+    write(provider, 0, 300)  # ~300 bytes a line: several caps' worth
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([exporter.path.name, exporter.rotated.name])
+    assert all(p.stat().st_size <= cap for p in tmp_path.iterdir())
+    seqs = sorted(s["attributes"]["ktrdr.seq"] for s in tracing.read_spans(tmp_path))
+    assert 0 < len(seqs) < 300 and seqs == list(range(seqs[0], 300))  # the newest, none lost between them
+    provider.shutdown()
+    # tracing set up again in the same process: a new exporter goes on from the file's size
+    again = TracerProvider(resource=Resource.create({"service.name": "svc"}))
+    again.add_span_processor(SimpleSpanProcessor(tracing.JsonLinesExporter(tmp_path, "svc", max_bytes=cap)))
+    write(again, 300, 40)
+    again.shutdown()
+    assert all(p.stat().st_size <= cap for p in tmp_path.iterdir()) and len(list(tmp_path.iterdir())) == 2
+    assert max(s["attributes"]["ktrdr.seq"] for s in tracing.read_spans(tmp_path)) == 339
