@@ -62,6 +62,15 @@ async def stats_of(client: Any, name: str, actor_id: str) -> dict[str, Any]:
     return {e.name: e for e in stats.endpoints}
 
 
+async def stats_once_counted(client: Any, name: str, actor_id: str, endpoint: str) -> dict[str, Any]:
+    """STATS of one actor once `endpoint` has counted a request: the worker records a work item once its
+    verdict is out, a moment after a watcher sees the verdict (bounded: 10 s)."""
+    async with asyncio.timeout(10):
+        while (stats := await stats_of(client, name, actor_id))[endpoint].num_requests < 1:
+            await asyncio.sleep(0.05)
+    return stats
+
+
 async def test_stats_count_the_work_and_commands_of_an_operation(start_actors, client):
     orch, dummy = await start_actors("orchestrator", "dummy")
     before_w, before_c = await stats_of(client, "ktrdr-dummy", dummy.id), await stats_of(client, "ktrdr-orchestrator",
@@ -71,11 +80,7 @@ async def test_stats_count_the_work_and_commands_of_an_operation(start_actors, c
     await client.submit(cmd)
     view = await client.watch(cmd.op_id, lambda ev, v: None, idle_timeout=10)
     assert view.status == "completed"
-    # the worker records the item once its verdict is out: wait for the counter, not a fixed time
-    async with asyncio.timeout(10):
-        while (after_w := await stats_of(client, "ktrdr-dummy", dummy.id))["work-dummy-any"].num_requests < 1:
-            await asyncio.sleep(0.05)
-    work = after_w["work-dummy-any"]
+    work = (await stats_once_counted(client, "ktrdr-dummy", dummy.id, "work-dummy-any"))["work-dummy-any"]
     assert work.num_requests == 1 and work.num_errors == 0 and work.processing_time > 0
     assert work.average_processing_time == work.processing_time
     after_c = await stats_of(client, "ktrdr-orchestrator", orch.id)
@@ -97,9 +102,7 @@ async def test_a_failed_operation_counts_as_an_endpoint_error(start_actors, clie
         await client.submit(cmd)
         view = await client.watch(cmd.op_id, lambda ev, v: None, idle_timeout=10)
         assert view.status == "failed"
-        async with asyncio.timeout(10):
-            while (stats := await stats_of(client, "ktrdr-dummy", dummy.id))["work-dummy-any"].num_requests < 1:
-                await asyncio.sleep(0.05)
+        stats = await stats_once_counted(client, "ktrdr-dummy", dummy.id, "work-dummy-any")
         assert stats["work-dummy-any"].num_errors == 1
         assert stats["work-dummy-any"].last_error == "the dummy broke on purpose"
     finally:

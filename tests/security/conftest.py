@@ -28,6 +28,7 @@ from actors.runtime import Actor
 from events import subjects
 from ktrdr import auth, natsconf
 from ktrdr.config import Settings
+from tests.conftest import make_settings
 from tests.helpers import stop_process
 
 
@@ -228,3 +229,18 @@ class Stack:
         for nc in self.connections:
             with contextlib.suppress(Exception):
                 await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def module_stack(tmp_path_factory: pytest.TempPathFactory, name: str, *roles_: str) -> AsyncIterator[Stack]:
+    """A server of a module's own (every role's user; `name` its server name and folder) and a Stack on
+    it running `roles_`, each with its role's key (orphans left alone: the module's operations are its
+    tests' own); closed and the server stopped at the end."""
+    server, home = auth_server(tmp_path_factory.mktemp(name), name)
+    s = Stack(server, make_settings(home, server.url, orphan_timeout_s=600.0))
+    try:
+        await s.start(*roles_)
+        yield s
+    finally:
+        await s.close()
+        server.stop()

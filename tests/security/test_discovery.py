@@ -6,35 +6,23 @@ subjects; a worker login can neither send discovery requests nor subscribe anoth
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 from nats.micro.service import ServicePing
 
 from events import roles, subjects
-from tests.conftest import make_settings
 from tests.helpers import gather_answers, subscribed
-from tests.security.conftest import Server, Stack, auth_server
+from tests.security.conftest import Stack, module_stack
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="module")]
 
 
-@pytest.fixture(scope="module")
-def discovery_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    server, home = auth_server(tmp_path_factory.mktemp("discovery"), "discovery")
-    yield server, home
-    server.stop()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(discovery_server: tuple[Server, Path]) -> AsyncIterator[Stack]:
-    server, home = discovery_server
-    s = Stack(server, make_settings(home, server.url, orphan_timeout_s=600.0))
-    await s.start(roles.ORCHESTRATOR, roles.DUMMY)
-    yield s
-    await s.close()
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with module_stack(tmp_path_factory, "discovery", roles.ORCHESTRATOR, roles.DUMMY) as s:
+        yield s
 
 
 @pytest.mark.parametrize("role", [roles.CLI, roles.OBSERVER])

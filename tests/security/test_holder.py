@@ -15,8 +15,7 @@ neither finish, move nor stall an operation another process of its role holds, n
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
@@ -25,9 +24,8 @@ from events import roles, subjects
 from events.codec import encode
 from events.messages import LoadData, OperationCancelled, OperationCompleted, OperationProgress, ProgressState, RunDummy
 from ktrdr.client import Client
-from tests.conftest import make_settings
 from tests.helpers import run_ktrdr, wait_for_event, wait_terminal
-from tests.security.conftest import Server, Stack, auth_server
+from tests.security.conftest import Stack, module_stack
 from tests.security.test_forgery import running_dummy
 
 # One stack for the module (a server with every role's user, the orchestrator and one dummy, each
@@ -36,20 +34,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180), pytest.mark.asyncio(lo
 QUEUED_POOL = "gpu"  # no worker here serves it: an operation there stays queued
 
 
-@pytest.fixture(scope="module")
-def holder_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    server, home = auth_server(tmp_path_factory.mktemp("holder"), "holder")
-    yield server, home
-    server.stop()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(holder_server: tuple[Server, Path]) -> AsyncIterator[Stack]:
-    server, home = holder_server
-    s = Stack(server, make_settings(home, server.url, orphan_timeout_s=600.0))
-    await s.start(roles.ORCHESTRATOR)
-    yield s
-    await s.close()
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with module_stack(tmp_path_factory, "holder", roles.ORCHESTRATOR) as s:
+        yield s
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
