@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench._common import ROOT
+from events import subjects
 
 # --- in the measurement process ----------------------------------------------------------------
 
@@ -141,13 +142,30 @@ class Child:
             raise RuntimeError(f"measurement process exited {rc}")
 
 
-async def alternate(measures: dict[str, Callable[[], dict[str, Any]]], rounds: int) -> dict[str, list[dict[str, Any]]]:
-    """Each measurement `rounds` times, in turn (off, on, off, on, ...: drift and the machine's other
-    load fall on every configuration alike), each in a thread (the callables block)."""
+def purge_ops(settings: Any) -> None:
+    """Empty the OPS stream (blocking: run from a thread), so every measurement publishes into the same
+    empty stream: a stream that grew by the measurements before would slow the later ones."""
+    from ktrdr.client import Client
+
+    async def purge() -> None:
+        async with Client(settings) as c:
+            await c.js.purge_stream(subjects.STREAM_OPS)
+
+    asyncio.run(purge())
+
+
+async def alternate(measures: dict[str, Callable[[], dict[str, Any]]], rounds: int,
+                    before: Callable[[], None] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Each measurement `rounds` times, in turn, the order rotated each round (off, on; on, off; ...:
+    drift, the machine's other load and whatever a measurement leaves to the next fall on every
+    configuration alike), each in a thread (the callables block); `before` runs before each one."""
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in measures}
-    for _ in range(rounds):
-        for name, measure in measures.items():
-            out[name].append(await asyncio.to_thread(measure))
+    names = list(measures)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            if before is not None:
+                await asyncio.to_thread(before)
+            out[name].append(await asyncio.to_thread(measures[name]))
     return out
 
 

@@ -4,8 +4,9 @@ end: events per second and the process's CPU per event) and then the latency of 
 (emit -> a core subscriber of its subject has it, LATENCY_EVENTS of them), with its /metrics server
 off (KTRDR_METRICS_PORT=off) and on, scraped every 15 s (Prometheus's default `scrape_interval`) and
 every 1 s, each scrape parsed with prometheus-client's parser. Each measurement is a fresh process
-(bench._harness), the three configurations in turn ROUNDS times so that drift and the other load on
-the machine fall on all of them; medians and ranges, and the ratio of each on to the off before it.
+(bench._harness) publishing into an emptied OPS stream, the three configurations in turn ROUNDS times,
+the order rotated each round, so that drift and the other load on the machine fall on all of them;
+medians and ranges, and the ratio of each on to the off of its round.
 The scraper's first scrape falls at a random point of its interval, as Prometheus spreads its targets.
 Each "on" process also times what a scrape costs it: rendering the text (median of 200) and, idle,
 the CPU of 300 HTTP scrapes less its idle CPU over the same time.
@@ -25,7 +26,7 @@ import urllib.request
 from typing import Any
 
 from bench._common import BenchServer, child_env, cpu_s, pct, report
-from bench._harness import Child, alternate, compare, emit_for, hear, latency_us, say, start_emitter
+from bench._harness import Child, alternate, compare, emit_for, hear, latency_us, purge_ops, say, start_emitter
 
 INTERVALS_S = (15.0, 1.0)
 WINDOW_S = 15.0
@@ -135,7 +136,7 @@ async def main(window_s: float = WINDOW_S, rounds: int = ROUNDS) -> dict[str, An
     with BenchServer("metrics") as srv:
         runs = await alternate({"off": lambda: _measure(srv, None, window_s),
                                 **{f"on_{e:g}s": (lambda e=e: _measure(srv, e, window_s)) for e in INTERVALS_S}},
-                               rounds)
+                               rounds, before=lambda: purge_ops(srv.settings))
     off = runs.pop("off")
     results: dict[str, Any] = {}
     all_on = [r for rs in runs.values() for r in rs]

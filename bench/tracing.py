@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from bench._common import BenchServer, child_env, report
-from bench._harness import Child, alternate, emit_n, latency_us, say, start_emitter
+from bench._harness import Child, alternate, emit_n, latency_us, purge_ops, say, start_emitter
 
 SIZES = (2_000, 20_000, 200_000)
 PAIRS = 5
@@ -80,7 +80,8 @@ def _measure(srv: BenchServer, on: bool) -> dict[str, Any]:
 
 async def main() -> dict[str, Any]:
     with BenchServer("tracing") as srv:
-        runs = await alternate({"off": lambda: _measure(srv, False), "on": lambda: _measure(srv, True)}, PAIRS)
+        runs = await alternate({"off": lambda: _measure(srv, False), "on": lambda: _measure(srv, True)}, PAIRS,
+                               before=lambda: purge_ops(srv.settings))
     off, on = runs["off"], runs["on"]
     results: dict[str, Any] = {}
     for n in SIZES:
