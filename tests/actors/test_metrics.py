@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from events import subjects
 from events.messages import RunDummy
 from tests.actors.test_discovery import FailingDummy
 from tests.conftest import make_settings
-from tests.helpers import run_ktrdr, scrape, scrape_until, value, wait_for_event
+from tests.helpers import run_ktrdr, scrape, scrape_until, value, wait_for_event, wait_terminal
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -104,3 +105,42 @@ async def test_metrics_off_advertises_no_url(start_actors, settings, client):
     assert dummy.metrics_url == ""
     records: dict[str, Any] = {hb.actor: hb for hb in await client.live_actors()}
     assert records[dummy.id].metrics_url == ""
+
+
+async def test_a_publish_retried_while_the_server_is_paused_moves_the_retry_and_resend_counters(
+        start_actors, client, settings, nats_server):
+    """The server stops answering (SIGSTOP: its sockets stay open, nothing is acknowledged) while a
+    dummy runs and then finishes: its lease check goes unanswered for its worker_timeout_s, then its
+    `completed` publish times out and is tried again, and the progress events whose acks are missing
+    are sent again; both counted on its /metrics. Resumed, the operation completes once. (The
+    orchestrator is patient, so it fails nobody meanwhile.)"""
+    url = settings.nats_url or ""
+    await start_actors("orchestrator", settings=make_settings(settings.home, url, worker_timeout_s=120.0,
+                                                             orphan_timeout_s=120.0))
+    (dummy,) = await start_actors("dummy", settings=make_settings(settings.home, url, worker_timeout_s=2.0))
+    before = await scrape(dummy.metrics_url)
+    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=20, interval_s=0.05)
+    await client.submit(cmd)
+    await wait_for_event(client, cmd.op_id, lambda ev, v: v.current_step >= 2, timeout=30)
+    nats_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        # the verdict goes out 2 s after the dummy ends and waits 2 s for its ack before each retry;
+        # unacked progress is resent after the publisher's ACK_TIMEOUT_S (5 s): well within the bound
+        paused = await scrape_until(dummy.metrics_url, lambda s: (
+            value(s, "ktrdr_publish_retries_total") > value(before, "ktrdr_publish_retries_total")
+            and value(s, "ktrdr_publish_resends_total", role="dummy")
+            > value(before, "ktrdr_publish_resends_total", role="dummy")), timeout=45)
+    finally:
+        nats_server.proc.send_signal(signal.SIGCONT)
+    view = await wait_terminal(client, cmd.op_id, timeout=45)
+    assert view.status == "completed" and view.result is not None
+    after = await scrape_until(dummy.metrics_url, lambda s: value(s, "ktrdr_operations_ended_total", role="dummy",
+                               domain="dummy", pool="any", outcome="completed")
+                               > value(before, "ktrdr_operations_ended_total", role="dummy", domain="dummy",
+                                       pool="any", outcome="completed"))
+    ended = {"role": "dummy", "domain": "dummy", "pool": "any"}
+    assert value(after, "ktrdr_operations_ended_total", **ended, outcome="completed") == value(
+        before, "ktrdr_operations_ended_total", **ended, outcome="completed") + 1  # once, not twice
+    assert value(after, "ktrdr_publish_retries_total") >= value(paused, "ktrdr_publish_retries_total")
+    assert value(after, "ktrdr_publish_given_up_total", role="dummy") == value(
+        before, "ktrdr_publish_given_up_total", role="dummy")  # resent within the dedupe window: none lost
