@@ -163,12 +163,14 @@ class CommandIntake:
         tracked = orch._track(OperationView(op_id=op_id))
         # The recorded-cancel read goes beside the creation: a cancel recorded after it is read is
         # handled by on_cancel_request (the operation is live from the line above).
-        _, recorded = await asyncio.gather(
-            orch.publish_own(OperationCreated(op_id=op_id, domain=cmd.domain, op_type=op_type, command=cmd,
-                                           description=description, parent_op_id=cmd.parent_op_id,
-                                           children=[c.op_id for c in plan],
-                                           schedule_name=cmd.schedule_name, retry_of=cmd.retry_of)),
-            last_message(orch.js, subjects.cancel(op_id)))
+        # `created` carries the operation span's traceparent: a leader that takes over continues it
+        with tracing.current(orch.op_spans.spans.get(op_id)):
+            _, recorded = await asyncio.gather(
+                orch.publish_own(OperationCreated(op_id=op_id, domain=cmd.domain, op_type=op_type, command=cmd,
+                                               description=description, parent_op_id=cmd.parent_op_id,
+                                               children=[c.op_id for c in plan],
+                                               schedule_name=cmd.schedule_name, retry_of=cmd.retry_of)),
+                last_message(orch.js, subjects.cancel(op_id)))
         if cmd.retry_of is not None:  # `ops show` of the old one names its retry
             await orch.publish_event(OperationRetried(op_id=cmd.retry_of, retried_by=op_id))
         if recorded is not None and (ev := orch._decoded(subjects.cancel(op_id), recorded)) is not None:

@@ -34,7 +34,8 @@ from actors._orch_leases import LeaseService
 from actors._pull import pull_loop
 from events import subjects
 from events.codec import DecodeError, decode, encode, sniff_op_id
-from events.messages import Leader
+from events.messages import Leader, OperationCreated
+from ktrdr import tracing
 from ktrdr.transport.leases import Entry, LeaseBucket
 
 if TYPE_CHECKING:
@@ -214,6 +215,7 @@ class Succession:
             await orch.nc.subscribe(subjects.kv_updates(subjects.ACTORS_BUCKET),
                                     cb=orch._guard(orch.supervisor.on_presence, "presence"))]
         await orch._rebuild()
+        await resume_spans(orch)
         await orch.indexer.start()  # the operations index follows OPS from its watermark
         self.subs.append(await orch.nc.subscribe(subjects.REINDEX, cb=orch._guard(
             orch.discovery.counted("reindex", subjects.REINDEX, orch.indexer.on_reindex), "reindex")))
@@ -283,10 +285,13 @@ class Succession:
                 await sub.unsubscribe()
         self.subs.clear()
         self.ready = False
+        self.orch.op_spans.hand_over()  # the next leader continues them
         self.orch._reset()
 
     async def hand_back(self) -> None:
-        """A clean stop: a standby takes over at once instead of after a lease time."""
+        """A clean stop: a standby takes over at once instead of after a lease time (and continues the
+        operation spans ended here)."""
+        self.orch.op_spans.hand_over()
         if self.orch.leadership is not None and self.lead.current:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.lead.step_down(), 1.0)
@@ -305,3 +310,27 @@ def command_key(msg: Msg) -> str | None:
     """The operation a command is for (None when it does not say: handled alone): a batch's commands
     for one operation are handled one after another, in the order CMD holds them."""
     return sniff_op_id(msg.data)
+
+
+async def resume_spans(orch: Orchestrator) -> None:
+    """While tracing is on: each live operation this leader took over continues its operation span, a
+    child of the one its `created` event's traceparent names (one read of OPS per live operation, only
+    while tracing is on); parents first, so a child without one hangs under its parent's."""
+    if not tracing.enabled():
+        return
+    assert orch.js is not None
+
+    def depth(op_id: str) -> int:
+        n, parent = 0, orch.live[op_id].view.parent_op_id
+        while parent in orch.live and n < len(orch.live):
+            n, parent = n + 1, orch.live[parent].view.parent_op_id
+        return n
+
+    for op_id in sorted(orch.live, key=depth):
+        view = orch.live[op_id].view
+        traceparent = None
+        with contextlib.suppress(Exception):
+            msg = await orch.js.get_last_msg(subjects.STREAM_OPS, subjects.ops(op_id, OperationCreated.name))
+            traceparent = tracing.of_headers(msg.headers)
+        orch.op_spans.resume(op_id, view.domain, getattr(view.command, "pool", "") or "", view.parent_op_id,
+                             traceparent, orch.id)

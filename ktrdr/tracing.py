@@ -186,8 +186,9 @@ def traceparent(of: Any = None) -> str | None:
 
 class OpSpans:
     """The orchestrator's operation spans (while tracing is on): each from the operation's creation to
-    its end, a child of the command's traceparent or of its parent operation's span. Held in memory:
-    an orchestrator that restarts mid-operation loses them (the workers' spans still carry the trace)."""
+    its end, a child of the command's traceparent or of its parent operation's span. Held in memory;
+    the `created` event carries each one's traceparent, so an orchestrator that takes over continues
+    them (resume), and one that stops leading ends its own (hand_over)."""
 
     MAX = 100_000  # spans held before the oldest are dropped (never ended: a bound, not a case)
 
@@ -206,14 +207,47 @@ class OpSpans:
                 self.spans.clear()
             self.spans[op_id] = s
 
+    def resume(self, op_id: str, domain: str, pool: str, parent_op_id: str | None, traceparent: str | None,
+               by: str) -> None:
+        """An operation this orchestrator took over (a failover, a restart) gets its span again: a
+        continuation `operation <domain>` from now to the operation's end, a child of the span its
+        creator started (the traceparent its `created` event carries; that span is lost if its process
+        died: the trace keeps its id and every hop under it), else of its parent operation's span, else
+        a new trace. `ktrdr.resumed_by` names the taking one."""
+        if not STATE.on or op_id in self.spans:
+            return
+        parent = self.spans.get(parent_op_id) if parent_op_id and valid(traceparent) is None else None
+        s = start(f"operation {domain}", op_id, parent=traceparent, parent_span=parent,
+                  attrs={ROLE: self.role, "ktrdr.domain": domain, "ktrdr.pool": pool, "ktrdr.resumed_by": by})
+        if s is not None:
+            if len(self.spans) >= self.MAX:
+                self.spans.clear()
+            self.spans[op_id] = s
+
     def end(self, op_id: str, outcome: str) -> None:
         if (span := self.spans.pop(op_id, None)) is not None:
             span.set_attribute("ktrdr.outcome", outcome)
             span.end()
 
+    def hand_over(self) -> None:
+        """This orchestrator stops leading (a step-down, a clean stop): its open spans end now, with the
+        outcome `handed_over`; the next leader continues each (resume)."""
+        for op_id in list(self.spans):
+            self.end(op_id, "handed_over")
+
     def headers(self, op_id: str) -> dict[str, str] | None:
         """The headers that carry the operation's trace onto its work item (None while off)."""
         return inject(None, self.spans.get(op_id))
+
+
+def current(s: Any) -> Any:
+    """A context manager making span `s` (started with `start`, not ended by this) the current one, so
+    what is published inside carries its traceparent; a null context while off or for None."""
+    if not STATE.on or s is None:
+        return _NULL
+    from opentelemetry import trace
+
+    return trace.use_span(s, end_on_exit=False)
 
 
 def inject(headers: dict[str, str] | None, of: Any = None) -> dict[str, str] | None:
@@ -328,11 +362,13 @@ def trace_of(spans: Sequence[dict[str, Any]], op_id: str) -> list[dict[str, Any]
 
 
 def tree_lines(spans: Sequence[dict[str, Any]]) -> list[str]:
-    """The spans as an indented tree: name, service, duration, op id (roots: spans whose parent is not here)."""
+    """The spans as an indented tree: name, service, duration, op id. Roots: spans without a parent, and
+    a line for each parent that is not here (a span whose process died before it ended: an orchestrator
+    killed mid-operation), its children under it."""
     ids = {s["span_id"] for s in spans}
     children: dict[str | None, list[dict[str, Any]]] = {}
     for s in spans:
-        children.setdefault(s.get("parent_id") if s.get("parent_id") in ids else None, []).append(s)
+        children.setdefault(s.get("parent_id") or None, []).append(s)
     lines: list[str] = []
 
     def walk(s: dict[str, Any], depth: int, parent: dict[str, Any] | None, role: str | None) -> None:
@@ -350,4 +386,8 @@ def tree_lines(spans: Sequence[dict[str, Any]]) -> list[str]:
 
     for root in children.get(None, []):
         walk(root, 0, None, None)
+    for parent_id in [p for p in children if p is not None and p not in ids]:
+        lines.append(f"(span {parent_id} not recorded: its process ended before it did, or wrote elsewhere)")
+        for s in children[parent_id]:
+            walk(s, 1, None, None)
     return lines

@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 
 from events import subjects
-from events.messages import RunDummy
+from events.messages import OperationCreated, RunDummy
 from ktrdr import tracing
 from tests.actors.test_backtester import backtest, stored  # noqa: F401 (a fixture)
+from tests.actors.test_ha import orchestrators  # noqa: F401 (a fixture)
 from tests.actors.test_workflows import training
 from tests.cli.test_cli import cli_env, ktrdr
-from tests.helpers import eventually, wait_terminal
+from tests.conftest import make_settings
+from tests.helpers import eventually, wait_for_event, wait_terminal
 
 ROOT = Path(__file__).parents[2]
 
@@ -192,3 +194,77 @@ def test_a_span_file_is_rotated_at_its_cap_keeping_the_newest_spans(tmp_path):
     again.shutdown()
     assert all(p.stat().st_size <= cap for p in tmp_path.iterdir()) and len(list(tmp_path.iterdir())) == 2
     assert max(s["attributes"]["ktrdr.seq"] for s in tracing.read_spans(tmp_path)) == 339
+
+
+@pytest.mark.slow
+async def test_an_operation_span_is_continued_by_the_orchestrator_that_takes_over_after_a_kill_9(
+        traced, orchestrators, start_actors, settings, client, tmp_path):  # noqa: F811
+    """The active orchestrator (a process writing its spans to the files) is killed mid-operation: its
+    operation span is lost with it, but `created` carried that span's traceparent, so the standby that
+    takes over continues it: an `operation dummy` span resumed by the new leader, a child of the lost
+    one in the same trace as the command and the worker's run, ended with the outcome; and `ops show
+    --trace` prints them as one trace."""
+    orch = orchestrators()
+    first = orch.start()
+    await orch.wait_state(first, "active")
+    second = orch.start()
+    await orch.wait_state(second, "standby")
+    await start_actors("dummy")
+    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=80, interval_s=0.05)
+    await client.submit(cmd)
+    await wait_for_event(client, cmd.op_id, lambda ev, v: v.current_step >= 2, timeout=30)
+    first.kill()  # SIGKILL: its operation span never ends, never exported
+    await orch.wait_state(second, "active")
+    view = await wait_terminal(client, cmd.op_id, timeout=60)
+    assert view.status == "completed", view.error
+    created = await client.js.get_last_msg(subjects.STREAM_OPS, subjects.ops(cmd.op_id, OperationCreated.name))
+    _v, trace_id, lost_span, _f = tracing.valid(created.headers.get(tracing.HEADER)).split("-")  # type: ignore[union-attr]
+
+    def resumed() -> list[dict[str, Any]]:
+        return [s for s in tracing.read_spans(tmp_path / "traces") if s["name"] == "operation dummy"
+                and s["attributes"].get(tracing.OP_ID) == cmd.op_id]
+
+    await eventually(resumed, timeout=20)  # written when the new leader folded the verdict
+    (span,) = resumed()
+    second_id = next(hb.actor for hb in await client.live_actors() if hb.role == "orchestrator"
+                     and int(hb.actor.split("-")[-2]) == second.pid)
+    assert span["trace_id"] == trace_id and span["parent_id"] == lost_span
+    assert span["attributes"]["ktrdr.resumed_by"] == second_id
+    assert span["attributes"]["ktrdr.outcome"] == "completed" and span["service"] == "orchestrator"
+    await eventually(lambda: any(s["name"] == "run dummy" for s in _as_dicts(traced)))
+    mine = _as_dicts(traced)
+    command = next(s for s in mine if s["name"] == f"command {subjects.command(cmd)}")
+    run = next(s for s in mine if s["name"] == "run dummy" and s["attributes"][tracing.OP_ID] == cmd.op_id)
+    assert command["trace_id"] == run["trace_id"] == trace_id and run["parent_id"] == lost_span
+    # the files hold the orchestrators' spans (the lost one's never came): the tree shows what is there
+    shown = tracing.tree_lines(tracing.trace_of(tracing.read_spans(tmp_path / "traces"), cmd.op_id))
+    assert any(line.lstrip().startswith("operation dummy  [orchestrator]") for line in shown), shown
+    assert any("not recorded" in line and lost_span in line for line in shown), shown
+
+
+async def test_an_orchestrator_that_stops_cleanly_ends_its_operation_spans_and_the_next_continues_them(
+        traced, start_actors, settings, client):
+    """A clean stop hands the lead over: the stopping orchestrator ends its open operation spans with
+    the outcome `handed_over`, and the one that takes over continues each as a child of that span."""
+    quick = make_settings(settings.home, settings.nats_url or "", leader_ttl_s=1.0)
+    first, second = await start_actors("orchestrator", "orchestrator", settings=quick)
+    await eventually(lambda: any(o.succession.state().startswith("active") for o in (first, second)), timeout=20)
+    active, standby = (first, second) if first.succession.state().startswith("active") else (second, first)
+    await start_actors("dummy")
+    cmd = RunDummy(op_id=subjects.new_op_id("dummy"), iterations=80, interval_s=0.05)
+    await client.submit(cmd)
+    await wait_for_event(client, cmd.op_id, lambda ev, v: v.current_step >= 2, timeout=30)
+    await active.stop()
+    view = await wait_terminal(client, cmd.op_id, timeout=60)
+    assert view.status == "completed", view.error
+
+    def op_spans() -> list[dict[str, Any]]:
+        return [s for s in _as_dicts(traced) if s["name"] == "operation dummy"
+                and s["attributes"].get(tracing.OP_ID) == cmd.op_id]
+
+    await eventually(lambda: len(op_spans()) == 2, timeout=20)
+    ended, resumed = sorted(op_spans(), key=lambda s: "ktrdr.resumed_by" in s["attributes"])
+    assert ended["attributes"]["ktrdr.outcome"] == "handed_over"
+    assert resumed["parent_id"] == ended["span_id"] and resumed["trace_id"] == ended["trace_id"]
+    assert resumed["attributes"]["ktrdr.resumed_by"] == standby.id
+    assert resumed["attributes"]["ktrdr.outcome"] == "completed"
