@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from events import subjects
+from events.bounds import SCHEDULE_HISTORY
 from ktrdr.embedded import free_port
 from ktrdr.transport import schedules as store
 from tests.actors.test_schedules import records, started, wait_records
@@ -113,12 +114,15 @@ async def test_add_list_show_pause_trigger_resume_remove(start_actors, client, s
     listed = json.loads((await ktrdr("list", "--json")).stdout)
     assert [(s["name"], s["spec"], s["overlap"], s["state"]) for s in listed] == [
         ("nightly", "@every 1s", "skip", "active")]
-    shown = json.loads((await ktrdr("show", "nightly", "--json")).stdout)
+    # the newest of the two, and as many firings as show can list: at 1 s a firing, a loaded host's
+    # CLI calls above can take longer than the default --last 10 firings
+    op = started(recs)[1].op_id
+    shown = json.loads((await ktrdr("show", "nightly", "--json", "--last", str(SCHEDULE_HISTORY))).stdout)
     by_op = {f["op_id"]: f for f in shown["firings"] if f["op_id"]}
-    assert by_op[started(recs)[0].op_id]["status"] == "completed"
-    assert by_op[started(recs)[0].op_id]["outcome"] == "started"
-    text = (await ktrdr("show", "nightly")).stdout
-    assert f"{started(recs)[0].op_id} completed" in text
+    assert by_op[op]["status"] == "completed"
+    assert by_op[op]["outcome"] == "started"
+    text = (await ktrdr("show", "nightly", "--last", str(SCHEDULE_HISTORY))).stdout
+    assert f"{op} completed" in text
     r = await asyncio.to_thread(run_ktrdr, env, "ops", "show", started(recs)[0].op_id or "", timeout=60)
     assert "schedule   nightly" in r.stdout  # `ops show` names the schedule that started it
 

@@ -236,31 +236,63 @@ def _actors_process(settings, *roles: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "actors", *roles], env=env, stdout=log, stderr=log)
 
 
+async def _announced(client, procs: list[subprocess.Popen[bytes]], timeout: float = 120.0) -> None:
+    """Until every one of these processes has announced its dummy actor (bounded)."""
+    want = {p.pid for p in procs}
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not want <= {hb.pid for hb in await client.live_actors() if hb.role == "dummy"}:
+        assert asyncio.get_running_loop().time() < deadline, f"dummy processes {want} not announced"
+        await asyncio.sleep(0.1)  # poll interval of the presence read
+
+
+async def _holder(client, procs: list[subprocess.Popen[bytes]], op_id: str,
+                  timeout: float = 60.0) -> subprocess.Popen[bytes]:
+    """The process whose heartbeat says it is running op_id."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        pids = {hb.pid for hb in await client.live_actors() if op_id in hb.busy}
+        for p in procs:
+            if p.pid in pids:
+                return p
+        assert asyncio.get_running_loop().time() < deadline, f"no process here says it runs {op_id}"
+        await asyncio.sleep(0.1)
+
+
 async def test_sigterm_hands_work_back_and_kill_9_lets_a_replica_finish(start_actors, settings, client):
+    """A rolling restart: a replica is up before its peer is stopped (with none alive, the orchestrator
+    fails queued work once the worker timeout passed: the pool-empty verdict, tested elsewhere)."""
     await start_actors("orchestrator")
-    first = _actors_process(settings, "dummy")
+    procs = [_actors_process(settings, "dummy"), _actors_process(settings, "dummy")]
     try:
+        await _announced(client, procs)
         drained = dummy(iterations=200, interval=0.05)
         await client.submit(drained)
         await wait_for_event(client, drained.op_id, lambda ev, v: v.current_step >= 3, timeout=60)
+        first = await _holder(client, procs, drained.op_id)
         first.send_signal(signal.SIGTERM)  # drain: stop taking work, hand running work back
         assert await asyncio.to_thread(first.wait, 60) == 0
-        second = _actors_process(settings, "dummy")
+        procs.remove(first)
         view = await wait_terminal(client, drained.op_id, timeout=120)
         assert view.status == "completed" and view.attempts == 2
+        procs.append(_actors_process(settings, "dummy"))
+        await _announced(client, procs)
         killed = dummy(iterations=200, interval=0.05)
         await client.submit(killed)
         await wait_for_event(client, killed.op_id, lambda ev, v: v.current_step >= 3, timeout=60)
+        second = await _holder(client, procs, killed.op_id)
         second.kill()  # kill -9: no drain, no verdict
-        third = _actors_process(settings, "dummy")
+        second.wait()
+        procs.remove(second)
         view = await wait_terminal(client, killed.op_id, timeout=120)
         assert view.status == "completed" and view.attempts == 2
         starts = [e for e in await client.events(killed.op_id) if isinstance(e, OperationStarted)]
         assert len({e.worker for e in starts}) == 2
-        third.terminate()
-        await asyncio.to_thread(third.wait, 60)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            assert await asyncio.to_thread(p.wait, 60) == 0
     finally:
-        for p in (first,):
+        for p in procs:
             if p.poll() is None:
                 p.kill()
 
