@@ -17,6 +17,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from events import subjects
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
@@ -124,7 +126,7 @@ class Level:
 
     @property
     def next_api(self) -> str:
-        return f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer}"
+        return subjects.next_msg_api(self.stream, self.consumer)
 
     def effective_rank(self, now: float, aging_s: float) -> int:
         """Its rank, one level higher for each `aging_s` it has waited (events.bounds.PRIORITY_AGING_S)."""

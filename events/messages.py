@@ -785,6 +785,7 @@ class OpSummary(msgspec.Struct, kw_only=True, frozen=True):
     op_id: Annotated[str, msgspec.Meta(max_length=64)]
     op_type: Label = ""
     pool: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    priority: Literal["", "high", "normal", "low"] = ""  # "": normal (made before priorities)
     status: OpSummaryStatus = "unknown"
     reason_code: Annotated[str, msgspec.Meta(max_length=64)] = ""
     created_at: datetime | None = None

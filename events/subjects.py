@@ -311,6 +311,11 @@ def is_lifecycle(subject: str) -> bool:
 JS_API = "$JS.API"  # JetStream's API prefix (a raw request: ktrdr.transport.streams.stream_api)
 
 
+def next_msg_api(stream: str, consumer: str) -> str:
+    """A pull consumer's next-message request (actors/_pull.py pull_next sends its own, one inbox each)."""
+    return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+
+
 def direct_get_api(stream: str) -> str:
     """JetStream's direct get of a stream (a batched get reads without a consumer)."""
     return f"$JS.API.DIRECT.GET.{stream}"
