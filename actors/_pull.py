@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -123,6 +124,10 @@ class Level:
     stream: str
     consumer: str
     waiting_since: float | None = None
+    # The inbox its no_wait pulls are answered on (_pull_now), made at the first one.
+    inbox: str = ""
+    sub: Any = None
+    replies: asyncio.Queue[Msg] | None = None
 
     @property
     def next_api(self) -> str:
@@ -144,10 +149,13 @@ def take_order(levels: list[Level], now: float, aging_s: float) -> list[Level]:
 
 async def pull_next(nc: NATS, level: Level, expires_s: float | None) -> Msg | None:
     """One message of `level`'s consumer, or None: at once when nothing is queued (`expires_s` None:
-    a no_wait pull), else within `expires_s`. Each request has its own inbox, unsubscribed when it
-    ends: cancelled (another level answered first), the server drops the request (its reply subject
-    has no interest left), so a message is not delivered to a worker that no longer waits for it. One
-    delivered in the instant between is redelivered after the ack wait (worker_timeout_s)."""
+    a no_wait pull, on the level's own inbox kept for the loop's life: the server answers it at once,
+    a message or 404), else within `expires_s`. A waiting request has its own inbox, unsubscribed when
+    it ends: cancelled (another level answered first), the server drops the request (its reply
+    subject has no interest left), so a message is not delivered to a worker that no longer waits for
+    it. One delivered in the instant between is redelivered after the ack wait (worker_timeout_s)."""
+    if expires_s is None:
+        return await _pull_now(nc, level)
     loop = asyncio.get_running_loop()
     got: asyncio.Future[Msg] = loop.create_future()
 
@@ -158,24 +166,47 @@ async def pull_next(nc: NATS, level: Level, expires_s: float | None) -> Msg | No
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=on_msg)
     try:
-        req: dict[str, object] = {"batch": 1}
-        if expires_s is None:
-            req["no_wait"] = True
-        else:
-            req["expires"] = int(expires_s * 1e9)
+        req = {"batch": 1, "expires": int(expires_s * 1e9)}
         await nc.publish(level.next_api, json.dumps(req).encode(), reply=inbox)
-        msg = await asyncio.wait_for(got, (expires_s or 0.0) + NO_WAIT_TIMEOUT_S)
+        msg = await asyncio.wait_for(got, expires_s + NO_WAIT_TIMEOUT_S)
     except TimeoutError:
-        if expires_s is None:
-            raise  # a no_wait pull always answers: the server is away
         return None
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+    return _message_or_none(level, msg)
+
+
+async def _pull_now(nc: NATS, level: Level) -> Msg | None:
+    """A no_wait pull on the level's own inbox (one subscription for the loop's life: a subscribe and
+    unsubscribe per pull cost about twice the round trip, measured). An answer that came after its
+    pull gave up (a slow server) is taken first: a message is this worker's to run, a status moot."""
+    if level.replies is None:
+        replies: asyncio.Queue[Msg] = asyncio.Queue()
+        level.inbox = nc.new_inbox()
+
+        async def on_reply(msg: Msg) -> None:
+            replies.put_nowait(msg)
+
+        level.sub = await nc.subscribe(level.inbox, cb=on_reply)
+        level.replies = replies
+    while not level.replies.empty():
+        late = _message_or_none(level, level.replies.get_nowait(), strict=False)
+        if late is not None:
+            return late
+    await nc.publish(level.next_api, b'{"batch":1,"no_wait":true}', reply=level.inbox)
+    try:  # a no_wait pull always answers: none in time is a server away (the loop waits and asks again)
+        msg = await asyncio.wait_for(level.replies.get(), NO_WAIT_TIMEOUT_S)
+    except TimeoutError:
+        raise ConnectionError(f"no answer to a pull from {level.consumer}") from None
+    return _message_or_none(level, msg)
+
+
+def _message_or_none(level: Level, msg: Msg, strict: bool = True) -> Msg | None:
     status = (msg.headers or {}).get("Status")
     if status is None:
         return msg
-    if status in ("404", "408"):  # nothing queued / the request expired
+    if status in ("404", "408") or not strict:  # nothing queued / the request expired
         return None
     raise RuntimeError(f"pull from {level.consumer}: {status} {(msg.headers or {}).get('Description', '')}")
 
@@ -206,6 +237,19 @@ async def priority_pull_loop(
     it takes one of its items or finds it empty; a waiting level rises one rank each `aging_s`."""
     by_rank = sorted(levels, key=lambda lv: lv.rank)
     aging: set[asyncio.Task[None]] = set()
+    try:
+        await _take_loop(nc, js, by_rank, handle, stopped, on_fault, slots, aging_s, fetch_timeout, aging)
+    finally:
+        for level in by_rank:
+            if level.sub is not None:
+                with contextlib.suppress(Exception):
+                    await level.sub.unsubscribe()
+                level.sub, level.replies = None, None
+
+
+async def _take_loop(nc: NATS, js: JetStreamContext, by_rank: list[Level], handle: Handler,
+                     stopped: Callable[[], bool], on_fault: OnFault, slots: asyncio.Semaphore, aging_s: float,
+                     fetch_timeout: float, aging: set[asyncio.Task[None]]) -> None:
     while not stopped():
         await slots.acquire()  # wait for a free slot without holding it through the poll
         slots.release()

@@ -400,6 +400,25 @@ async def sweep_figures(c: Client, sizes: tuple[int, ...], epochs: int) -> dict[
     return out
 
 
+async def no_wait_pull_ms(c: Client, n: int = 300) -> dict[str, float]:
+    """What asking one empty priority level costs a worker (actors._pull.pull_next, a no_wait pull):
+    the latency a normal item pays for the high level asked before it (a low one: two levels)."""
+    from actors._pull import Level, pull_next
+
+    name = subjects.work_consumer("dummy", "any", "high")
+    await c.js.add_consumer(subjects.STREAM_WORK, js_api.ConsumerConfig(
+        name=name, durable_name=name, filter_subject=subjects.work("dummy", "any", "high"),
+        ack_policy=js_api.AckPolicy.EXPLICIT))
+    level, xs = Level("high", 0, subjects.STREAM_WORK, name), []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        if await pull_next(c.nc, level, None) is not None:
+            raise RuntimeError("the bench's own high level is not empty")
+        xs.append((time.perf_counter() - t0) * 1000)
+    xs.sort()
+    return {"median": round(statistics.median(xs), 3), "p90": round(xs[int(0.9 * n)], 3), "max": round(xs[-1], 3)}
+
+
 async def priority_figures(c: Client, variants: int, epochs: int, reps: int) -> dict[str, Any]:
     """A low-priority sweep of `variants` trainings, all of them queued at once (max_parallel =
     variants), occupying both trainers; `reps` times, while both run a low training, a high-priority
@@ -502,6 +521,7 @@ async def main() -> dict[str, Any]:
                     while sum(1 for b in await c.live_actors() if b.role == "trainer") < SWEEP_TRAINERS:
                         await asyncio.sleep(0.1)
                     results["priority"] = await priority_figures(c, variants, epochs, reps)
+                    results["priority"]["no_wait_pull_ms"] = await no_wait_pull_ms(c)
             finally:
                 for t in trainers:
                     t.stop()
