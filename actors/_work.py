@@ -141,23 +141,29 @@ class WorkRunner:
         a = self.actor
         assert a.js is not None and a.nc is not None
         self.leases = Leases(a.nc, self.domain, a.id, a.key, a.settings.worker_timeout_s)
+        levels: dict[str, list[Level]] = {pool: [] for pool in self.pools}
+        configs: list[js_api.ConsumerConfig] = []
         for pool in self.pools:
-            levels: list[Level] = []
             for rank, prio in enumerate(PRIORITIES):  # one consumer per priority (events.subjects.work)
                 name = subjects.work_consumer(self.domain, pool, prio)
-                cfg = js_api.ConsumerConfig(
+                configs.append(js_api.ConsumerConfig(
                     # name + filter: the create call's subject carries both, which is all a worker's
                     # credentials allow (it cannot create a consumer that reads another domain's work)
                     name=name, durable_name=name,
                     filter_subject=subjects.work(self.domain, pool, prio),
                     ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=a.settings.worker_timeout_s,
-                    max_deliver=a.settings.max_deliver, max_ack_pending=1000)
-                await a.js.add_consumer(subjects.STREAM_WORK, cfg)
-                # discovery: one endpoint per consumer; a request per work item taken (its time: the run)
-                a.discovery.endpoint(name, cfg.filter_subject or "", name, kind="jetstream-pull", consumer=name)
-                levels.append(Level(prio, rank, subjects.STREAM_WORK, name))
+                    max_deliver=a.settings.max_deliver, max_ack_pending=1000))
+                levels[pool].append(Level(prio, rank, subjects.STREAM_WORK, name))
+        # all at once: three per pool, and a replica that starts must be alive before a lost worker's
+        # lease runs out (the supervisor fails the operation when nobody in its pool is)
+        await asyncio.gather(*(a.js.add_consumer(subjects.STREAM_WORK, cfg) for cfg in configs))
+        for cfg in configs:
+            # discovery: one endpoint per consumer; a request per work item taken (its time: the run)
+            name = cfg.durable_name or ""
+            a.discovery.endpoint(name, cfg.filter_subject or "", name, kind="jetstream-pull", consumer=name)
+        for pool in self.pools:
             self._loops.append(asyncio.create_task(
-                priority_pull_loop(a.nc, a.js, levels, self._spawn, stopped=lambda: self._stopping,
+                priority_pull_loop(a.nc, a.js, levels[pool], self._spawn, stopped=lambda: self._stopping,
                                    on_fault=a.on_fault, slots=self.slots, aging_s=a.settings.priority_aging_s),
                 name=f"{a.id}-work-{pool}"))
 
