@@ -100,7 +100,7 @@ class CommandIntake:
         except KtrdrError as exc:
             await self.reject(cmd.op_id, str(exc), exc.code, getattr(exc, "field", None))
             return
-        cmd = intake.fix_deadline(cmd, datetime.now(UTC))  # on our clock, never the client's (F13)
+        cmd = intake.fix_priority(intake.fix_deadline(cmd, datetime.now(UTC)))  # deadline: on our clock (F13)
         try:
             await self.create(cmd, traceparent)
         except BaseException:

@@ -1,8 +1,9 @@
 """The worker side of an actor: take work items from WORK and run each operation at most once at a
 time in the whole system.
 
-A worker joins one durable pull consumer per pool (`work-<domain>-<pool>` on `work.<domain>.<pool>`).
-For each item it:
+A worker joins one durable pull consumer per pool and priority (`work-<domain>-<pool>` on
+`work.<domain>.<pool>` for normal, `work-high-<domain>-<pool>` on `work.<domain>.<pool>.high`, ...) and
+takes high before normal before low (actors/_pull.py priority_pull_loop). For each item it:
 1. decodes it and checks it belongs on this subject (else terminates it: a poison message never
    stays in the stream);
 2. ignores it when this worker already runs that operation (a redelivery after a server restart);
@@ -38,9 +39,9 @@ from nats.js import api as js_api
 
 from actors import _metrics
 from actors._leases import Busy, Held, Leases, LeaseUnavailable
-from actors._pull import pull_loop
+from actors._pull import Level, priority_pull_loop
 from events import roles, subjects
-from events.bounds import MAX_REASON
+from events.bounds import MAX_REASON, PRIORITIES
 from events.codec import DecodeError, decode_event_on, decode_work, short, sniff_op_id
 from events.messages import (
     AnyCommand,
@@ -140,22 +141,30 @@ class WorkRunner:
         a = self.actor
         assert a.js is not None and a.nc is not None
         self.leases = Leases(a.nc, self.domain, a.id, a.key, a.settings.worker_timeout_s)
+        levels: dict[str, list[Level]] = {pool: [] for pool in self.pools}
+        configs: list[js_api.ConsumerConfig] = []
         for pool in self.pools:
-            name = subjects.work_consumer(self.domain, pool)
-            cfg = js_api.ConsumerConfig(
-                # name + filter: the create call's subject carries both, which is all a worker's
-                # credentials allow (it cannot create a consumer that reads another domain's work)
-                name=name, durable_name=name,
-                filter_subject=subjects.work(self.domain, pool),
-                ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=a.settings.worker_timeout_s,
-                max_deliver=a.settings.max_deliver, max_ack_pending=1000)
-            await a.js.add_consumer(subjects.STREAM_WORK, cfg)
-            psub = await a.js.pull_subscribe_bind(durable=cfg.durable_name, stream=subjects.STREAM_WORK)
-            # discovery: one endpoint per pool, named as its consumer; a request per work item taken
-            # (its time: the whole run)
+            for rank, prio in enumerate(PRIORITIES):  # one consumer per priority (events.subjects.work)
+                name = subjects.work_consumer(self.domain, pool, prio)
+                configs.append(js_api.ConsumerConfig(
+                    # name + filter: the create call's subject carries both, which is all a worker's
+                    # credentials allow (it cannot create a consumer that reads another domain's work)
+                    name=name, durable_name=name,
+                    filter_subject=subjects.work(self.domain, pool, prio),
+                    ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=a.settings.worker_timeout_s,
+                    max_deliver=a.settings.max_deliver, max_ack_pending=1000))
+                levels[pool].append(Level(prio, rank, subjects.STREAM_WORK, name))
+        # all at once: three per pool, and a replica that starts must be alive before a lost worker's
+        # lease runs out (the supervisor fails the operation when nobody in its pool is)
+        await asyncio.gather(*(a.js.add_consumer(subjects.STREAM_WORK, cfg) for cfg in configs))
+        for cfg in configs:
+            # discovery: one endpoint per consumer; a request per work item taken (its time: the run)
+            name = cfg.durable_name or ""
             a.discovery.endpoint(name, cfg.filter_subject or "", name, kind="jetstream-pull", consumer=name)
+        for pool in self.pools:
             self._loops.append(asyncio.create_task(
-                pull_loop(psub, self._spawn, stopped=lambda: self._stopping, on_fault=a.on_fault, slots=self.slots),
+                priority_pull_loop(a.nc, a.js, levels[pool], self._spawn, stopped=lambda: self._stopping,
+                                   on_fault=a.on_fault, slots=self.slots, aging_s=a.settings.priority_aging_s),
                 name=f"{a.id}-work-{pool}"))
 
     def stop_taking(self) -> None:
@@ -230,7 +239,7 @@ class WorkRunner:
         try:
             item = decode_work(msg.data)
             if (item.op_id != item.command.op_id or not subjects.is_op_id(item.op_id)
-                    or subjects.parse_work_subject(msg.subject) != (self.domain, msg.subject.rsplit(".", 1)[-1])
+                    or (subjects.parse_work_subject(msg.subject) or ("",))[0] != self.domain
                     or subjects.domain_of(item.op_id) != self.domain):
                 raise DecodeError(f"work item for {item.op_id!r} does not belong on {msg.subject}")
         except (DecodeError, ValueError) as exc:

@@ -248,7 +248,8 @@ class Orchestrator(Actor):
     async def _route(self, cmd: Command) -> None:
         assert self.js is not None
         item = WorkItem(op_id=cmd.op_id, domain=cmd.domain, command=cmd)
-        await publish(self.js, subjects.work(cmd.domain, cmd.pool), encode(item), self.ids.work(cmd.op_id),
+        await publish(self.js, subjects.work(cmd.domain, cmd.pool, intake.priority_of(cmd)), encode(item),
+                      self.ids.work(cmd.op_id),
                       headers=self.op_spans.headers(cmd.op_id))
 
     async def request_cancel(self, cancel: CancelRequested) -> None:

@@ -27,6 +27,11 @@ same positions and returns, in the same run, and a backtest's cancel latency.
   were busy): how long a freed trainer waits for the next variant.
   KTRDR_BENCH_SWEEP_SIZES (default 4,8,32); KTRDR_BENCH_RESEARCH_PARTS=sweep runs only this part
   (default backtest,sweep).
+- priority (KTRDR_BENCH_RESEARCH_PARTS=priority): a low-priority sweep of KTRDR_BENCH_PRIORITY_VARIANTS
+  (default 32) trainings, all queued at once, on the 2 trainers; KTRDR_BENCH_PRIORITY_REPS (default 5)
+  high-priority trainings submitted while both run a low one: each one's queue wait (created ->
+  started) against the time until the first running training ended (no preemption: goal wait <= that
+  + 1 s). priority_figures says how.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from actors.backtester import Backtester
 from actors.orchestrator import Orchestrator
 from bench._common import ActorProcess, BenchServer, pct, wait_alive
 from events import subjects
+from events.bounds import MAX_SWEEP_PARALLEL
 from events.codec import decode_event_on
 from events.messages import (
     BacktestContext,
@@ -394,6 +400,91 @@ async def sweep_figures(c: Client, sizes: tuple[int, ...], epochs: int) -> dict[
     return out
 
 
+async def no_wait_pull_ms(c: Client, n: int = 300) -> dict[str, float]:
+    """What asking one empty priority level costs a worker (actors._pull.pull_next, a no_wait pull):
+    the latency a normal item pays for the high level asked before it (a low one: two levels)."""
+    from actors._pull import Level, pull_next
+
+    name = subjects.work_consumer("dummy", "any", "high")
+    await c.js.add_consumer(subjects.STREAM_WORK, js_api.ConsumerConfig(
+        name=name, durable_name=name, filter_subject=subjects.work("dummy", "any", "high"),
+        ack_policy=js_api.AckPolicy.EXPLICIT))
+    level, xs = Level("high", 0, subjects.STREAM_WORK, name), []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        if await pull_next(c.nc, level, None) is not None:
+            raise RuntimeError("the bench's own high level is not empty")
+        xs.append((time.perf_counter() - t0) * 1000)
+    xs.sort()
+    return {"median": round(statistics.median(xs), 3), "p90": round(xs[int(0.9 * n)], 3), "max": round(xs[-1], 3)}
+
+
+async def priority_figures(c: Client, variants: int, epochs: int, reps: int) -> dict[str, Any]:
+    """A low-priority sweep of `variants` trainings, all of them queued at once (max_parallel =
+    variants), occupying both trainers; `reps` times, while both run a low training, a high-priority
+    training is submitted and its queue wait measured: its `created` -> `started` (both stamped by
+    the orchestrator). No preemption: a running low training runs to its end, so the bound is the
+    time until the first running training ends (`remaining_s`, from the high one's `created` to the
+    first low training's end after it) plus 1 s; `excess_s` = wait - remaining (goal <= 1 s)."""
+    import random
+    from datetime import datetime
+
+    await BarStore(c.js).merge("AAPL", "1h", bars(2_000, "1h", seed=3), "sim")
+    text = SWEEP_STRATEGY.read_text()
+    start, end = datetime.fromisoformat("2010-01-04T00:00+00:00"), datetime.fromisoformat("2010-04-01T00:00+00:00")
+    warm = StartTraining(op_id=subjects.new_op_id("training"), strategy_yaml=text, epochs=1, data_mode="none",
+                         start=start, end=end)
+    for _ in range(SWEEP_TRAINERS):  # each trainer's first training imports torch in its process
+        await _ended(c, warm)
+        warm = msgspec.structs.replace(warm, op_id=subjects.new_op_id("training"))
+    rates = [round(0.001 + 0.0005 * i, 6) for i in range(variants)]
+    sweep = RunSweep(op_id=subjects.new_op_id("training"), strategy_path=str(SWEEP_STRATEGY), strategy_yaml=text,
+                     params=[SweepParam(path="model.training.learning_rate", values=rates)], epochs=epochs,
+                     data_mode="none", start=start, end=end, max_parallel=min(variants, MAX_SWEEP_PARALLEL))
+    await c.submit(sweep)  # priority None: a sweep's default, low
+    rng = random.Random(7)
+    waits, remaining, excess, queued_low = [], [], [], []
+    for _ in range(reps):
+        while True:  # both trainers on a low training, more low ones queued behind them
+            view = await c.view(sweep.op_id)
+            kids = [await c.view(k) for k in view.children]
+            running = [k for k in kids if k.status == "running"]
+            if view.terminal:
+                raise RuntimeError(f"the sweep ended before {reps} repetitions: use more variants or epochs")
+            if len(running) >= SWEEP_TRAINERS and all(k.priority == "low" for k in running):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(rng.uniform(0.0, 0.5))  # somewhere inside the running trainings
+        high = StartTraining(op_id=subjects.new_op_id("training"), strategy_yaml=text, epochs=1, data_mode="none",
+                             start=start, end=end, priority="high", requested_by="bench")
+        how = (await _ended(c, high))[1]
+        if how != "completed":
+            raise RuntimeError(f"the high-priority training ended {how}")
+        created, started = await _created_at(c, high.op_id), (await _training_span(c, high.op_id))[0]
+        ends = []
+        for k in (await c.view(sweep.op_id)).children:
+            kv = await c.view(k)
+            if kv.finished_at is not None and kv.finished_at >= created and kv.started_at and kv.started_at < created:
+                ends.append(kv.finished_at)
+        first_end = min(ends) if ends else started
+        queued_low.append(sum(1 for k in kids if k.status == "queued"))
+        waits.append((started - created).total_seconds())
+        remaining.append(max((first_end - created).total_seconds(), 0.0))
+        excess.append(waits[-1] - remaining[-1])
+        print(f"  high-priority training: queue wait {waits[-1]:.3f} s, first running training ended "
+              f"{remaining[-1]:.3f} s after it was created (excess {excess[-1]:+.3f} s), "
+              f"{queued_low[-1]} low trainings queued", flush=True)
+    await c.cancel(sweep.op_id, reason="bench done")
+
+    def stats(xs: list[float]) -> dict[str, float]:
+        return {"median": round(statistics.median(xs), 3), "min": round(min(xs), 3), "max": round(max(xs), 3)}
+
+    return {"variants": variants, "trainers": SWEEP_TRAINERS, "epochs": epochs, "repetitions": reps,
+            "preemption": False, "low_queued_at_submit": stats([float(q) for q in queued_low]),
+            "queue_wait_s": stats(waits), "remaining_s": stats(remaining), "excess_s": stats(excess),
+            "met": max(excess) <= 1.0, "target": "queue wait <= the first running training's remaining time + 1 s"}
+
+
 async def main() -> dict[str, Any]:
     runs = int(os.environ.get("KTRDR_BENCH_RESEARCH_RUNS", "3"))
     cancels = int(os.environ.get("KTRDR_BENCH_RESEARCH_CANCELS", "20"))
@@ -412,6 +503,25 @@ async def main() -> dict[str, Any]:
                     while sum(1 for b in await c.live_actors() if b.role == "trainer") < SWEEP_TRAINERS:
                         await asyncio.sleep(0.1)
                     results["sweep"] = await sweep_figures(c, sizes, epochs)
+            finally:
+                for t in trainers:
+                    t.stop()
+                await orchestrator.stop()
+    if "priority" in parts:
+        variants = int(os.environ.get("KTRDR_BENCH_PRIORITY_VARIANTS", "32"))
+        epochs = int(os.environ.get("KTRDR_BENCH_PRIORITY_EPOCHS", "40"))
+        reps = int(os.environ.get("KTRDR_BENCH_PRIORITY_REPS", "5"))
+        with BenchServer("research-priority", heartbeat_s=1.0, device="cpu") as srv:
+            orchestrator = Orchestrator(srv.settings)
+            await orchestrator.start()
+            trainers = [ActorProcess(srv.settings, "trainer") for _ in range(SWEEP_TRAINERS)]
+            try:
+                async with Client(srv.settings) as c:
+                    await wait_alive(c, ["orchestrator", "trainer"])
+                    while sum(1 for b in await c.live_actors() if b.role == "trainer") < SWEEP_TRAINERS:
+                        await asyncio.sleep(0.1)
+                    results["priority"] = await priority_figures(c, variants, epochs, reps)
+                    results["priority"]["no_wait_pull_ms"] = await no_wait_pull_ms(c)
             finally:
                 for t in trainers:
                     t.stop()

@@ -96,6 +96,16 @@ RETRYABLE_CODES: tuple[str, ...] = ("disconnected",)
 OP_ID_PATTERN = r"^[a-z]+-\d{8}T\d{12}-[0-9a-f]{6}$"
 SCHEDULE_HISTORY = 50  # firings (and their records) each schedule keeps in SCHEDULES
 
+# --- priorities (issue 22, item 4) -----------------------------------------------------------------
+# A worker takes high before normal before low, first come first served within one. No starvation: a
+# level a worker has seen waiting (items queued, none taken by it) for PRIORITY_AGING_S is taken as if
+# it were one level higher, for 2 x PRIORITY_AGING_S as two: a low item waits at most
+# 2 x PRIORITY_AGING_S (+ one running item) however many high ones keep coming. KTRDR_PRIORITY_AGING
+# overrides it (ktrdr.config).
+PRIORITIES: tuple[str, ...] = ("high", "normal", "low")  # in the order workers take them
+DEFAULT_PRIORITY = "normal"
+PRIORITY_AGING_S = 60.0
+
 # --- timeframes ----------------------------------------------------------------------------------
 class Timeframe(enum.StrEnum):
     """A bar size, written by its canonical name; other spellings ("1H", "60m", "1 hour") are read as it."""

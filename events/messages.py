@@ -56,6 +56,8 @@ from events.bounds import (
 )
 
 SCHEMA_VERSION = 2
+# A command's priority (events.bounds.PRIORITIES): workers take high before normal before low.
+Priority = Literal["high", "normal", "low"]
 
 
 def utcnow() -> datetime:
@@ -196,6 +198,10 @@ class Command(Message, kw_only=True):
     # RETRY_MAX_INTERVAL_S).
     retries: Retries | None = None
     retry_max_interval_s: RetryInterval | None = None
+    # Its priority (issue 22, item 4). None: its kind's default, fixed by the orchestrator when it
+    # accepts it (ktrdr.ops.intake.fix_priority: low for a sweep and a schedule's firing, else normal);
+    # a workflow's children take their parent's.
+    priority: Priority | None = None
 
 
 class RunDummy(Command, tag="RunDummy", kw_only=True):
@@ -779,6 +785,7 @@ class OpSummary(msgspec.Struct, kw_only=True, frozen=True):
     op_id: Annotated[str, msgspec.Meta(max_length=64)]
     op_type: Label = ""
     pool: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    priority: Literal["", "high", "normal", "low"] = ""  # "": normal (made before priorities)
     status: OpSummaryStatus = "unknown"
     reason_code: Annotated[str, msgspec.Meta(max_length=64)] = ""
     created_at: datetime | None = None

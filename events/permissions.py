@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from events import subjects
-from events.bounds import TOKEN_PATTERN
+from events.bounds import PRIORITIES, TOKEN_PATTERN
 from events.messages import ROLE_FOR_DOMAIN, WORK_COMMANDS
 from events.roles import CLI, IB, JOB_MANAGER, OBSERVER, ORCHESTRATOR, ROLES
 
@@ -178,7 +178,9 @@ class _Grant:
     def worker(self, role: str, pools: Mapping[str, Sequence[str]]) -> None:
         domain = WORKER_DOMAIN[role]
         for pool in pools.get(domain, ("any",)):
-            self.durable_pull(subjects.STREAM_WORK, subjects.work_consumer(domain, pool), subjects.work(domain, pool))
+            for prio in PRIORITIES:  # one consumer per priority (events.subjects.work)
+                self.durable_pull(subjects.STREAM_WORK, subjects.work_consumer(domain, pool, prio),
+                                  subjects.work(domain, pool, prio))
         # Exactly the held events of its own domain: created, started, rejected, cancel_requested and
         # the orchestrator's own tokens are the orchestrator's alone (issue 18, F4), and leases are
         # asked of it (lease.<domain>.*), never written: the orchestrator alone writes LEASES (F2).

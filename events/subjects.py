@@ -24,7 +24,7 @@ import secrets
 from datetime import UTC, datetime
 
 from events import roles
-from events.bounds import SCHEDULE_NAME_PATTERN, TOKEN_PATTERN
+from events.bounds import DEFAULT_PRIORITY, PRIORITIES, SCHEDULE_NAME_PATTERN, TOKEN_PATTERN
 from events.messages import (
     COMMAND_FOR_SUBJECT,
     DOMAINS,
@@ -161,21 +161,31 @@ def command_for_subject(subject: str) -> type[Command] | None:
 
 
 # ---------------------------------------------------------------------------------------------- work
-def work(domain: str, pool: str = DEFAULT_POOL) -> str:
-    if domain not in DOMAINS or not is_token(pool):
-        raise ValueError(f"no work subject for domain {domain!r}, pool {pool!r}")
-    return f"work.{domain}.{pool}"
+# One subject (and one durable consumer) per pool and priority. Normal work keeps the layout from
+# before priorities (`work.<domain>.<pool>`, consumer `work-<domain>-<pool>`), so items queued by an
+# older orchestrator are normal items of the same consumer; high and low add a last token
+# (`work.<domain>.<pool>.high`) and lead the consumer name (`work-high-<domain>-<pool>`: a domain is
+# never "high" or "low", so no pool name can make one consumer name mean two).
+def work(domain: str, pool: str = DEFAULT_POOL, priority: str = DEFAULT_PRIORITY) -> str:
+    if domain not in DOMAINS or not is_token(pool) or priority not in PRIORITIES:
+        raise ValueError(f"no work subject for domain {domain!r}, pool {pool!r}, priority {priority!r}")
+    return f"work.{domain}.{pool}" if priority == DEFAULT_PRIORITY else f"work.{domain}.{pool}.{priority}"
 
 
-def work_consumer(domain: str, pool: str = DEFAULT_POOL) -> str:
-    return f"work-{domain}-{pool}"
+def work_consumer(domain: str, pool: str = DEFAULT_POOL, priority: str = DEFAULT_PRIORITY) -> str:
+    return f"work-{domain}-{pool}" if priority == DEFAULT_PRIORITY else f"work-{priority}-{domain}-{pool}"
 
 
-def parse_work_subject(subject: str) -> tuple[str, str] | None:
+def parse_work_subject(subject: str) -> tuple[str, str, str] | None:
+    """(domain, pool, priority) of a work subject, or None."""
     parts = subject.split(".")
-    if len(parts) != 3 or parts[0] != "work" or parts[1] not in DOMAINS:
+    if len(parts) not in (3, 4) or parts[0] != "work" or parts[1] not in DOMAINS:
         return None
-    return parts[1], parts[2]
+    if len(parts) == 3:
+        return parts[1], parts[2], DEFAULT_PRIORITY
+    if parts[3] == DEFAULT_PRIORITY or parts[3] not in PRIORITIES:
+        return None
+    return parts[1], parts[2], parts[3]
 
 
 # ---------------------------------------------------------------------------------------------- Nats-Msg-Id
@@ -299,6 +309,11 @@ def is_lifecycle(subject: str) -> bool:
 
 
 JS_API = "$JS.API"  # JetStream's API prefix (a raw request: ktrdr.transport.streams.stream_api)
+
+
+def next_msg_api(stream: str, consumer: str) -> str:
+    """A pull consumer's next-message request (actors/_pull.py pull_next sends its own, one inbox each)."""
+    return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
 
 
 def direct_get_api(stream: str) -> str:

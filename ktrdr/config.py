@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from events.bounds import PRIORITY_AGING_S
+
 CACHE_MAX_BYTES = 4 << 30  # the bars cache's size bound when KTRDR_CACHE_MAX_BYTES does not set one
 
 
@@ -152,6 +154,10 @@ class Settings:
     # mid-read: tests/faults/test_fuzz_and_load.py failed at 2 s and passes at 5 s.)
     ping_s: float = field(default_factory=lambda: _float("KTRDR_PING_S", 0.0, 0.0, 300))
     max_deliver: int = field(default_factory=lambda: _int("KTRDR_MAX_DELIVER", 5, 1, 1000))
+    # Priorities (events.bounds.PRIORITY_AGING_S): a level a worker saw waiting this long is taken as
+    # if one level higher (twice this long: two levels), so no low item starves behind high ones.
+    priority_aging_s: float = field(default_factory=lambda: _float("KTRDR_PRIORITY_AGING", PRIORITY_AGING_S, 0.05,
+                                                                   86400))
     ib_host: str = field(default_factory=lambda: _env("IB_HOST") or "127.0.0.1")
     ib_port: int | None = field(default_factory=lambda: _int("IB_PORT", 0, 1, 65535) if _env("IB_PORT") else None)
     ib_client_id: int = field(default_factory=lambda: _int("IB_CLIENT_ID", 1, 0, 2**31 - 1))

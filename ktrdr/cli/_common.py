@@ -5,7 +5,10 @@ pools and operation ids. Imports nothing heavy: the commands' modules import it 
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+import functools
+import inspect
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +24,61 @@ RETRIES = typer.Option(None, "--retries", help="Attempts after the first on a re
                        "away); default: the domain's (data 4, training 2, backtest 2, dummy 0).")
 RETRY_MAX_INTERVAL = typer.Option(None, "--retry-max-interval", help="The longest wait between two attempts, "
                                   "seconds (they start at 1 s and double; default 100).")
+PRIORITY = typer.Option(None, "--priority", help="high, normal or low: workers take higher first (default normal; "
+                        "a sweep's and a schedule's firings: low).")
+NO_WAIT = typer.Option(False, "--no-wait", help="Submit, print the operation id and return.")
 MAX_TIMEOUT_S = int(MAX_DEADLINE.total_seconds())  # a command's timeout is at most this long
+
+
+@dataclass(frozen=True)
+class Starting:
+    """What every starting verb shares, checked: the Command fields (`timeout_s`, the retry policy,
+    `priority`) and whether to watch the operation."""
+
+    fields: dict[str, Any]
+    wait: bool
+
+
+# The shared option set: name -> (type, typer option). starting_options adds them to a verb.
+_STARTING: dict[str, tuple[Any, Any]] = {
+    "timeout": (float | None, TIMEOUT),
+    "retries": (int | None, RETRIES),
+    "retry_max_interval": (float | None, RETRY_MAX_INTERVAL),
+    "priority": (str | None, PRIORITY),
+    "no_wait": (bool, NO_WAIT),
+}
+
+
+def starting_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """A starting verb's decorator: adds the shared options (--timeout, --retries,
+    --retry-max-interval, --priority, --no-wait) to its signature and hands the verb one checked
+    `opts: Starting` instead (typer reads the signature; the verb declares only its own options)."""
+    sig = inspect.signature(fn)
+    own = [p for name, p in sig.parameters.items() if name != "opts"]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+             for name, (kind, option) in _STARTING.items()]
+
+    @functools.wraps(fn)
+    def verb(*args: Any, **kwargs: Any) -> None:
+        shared = {name: kwargs.pop(name) for name in _STARTING}
+        fields = {"timeout_s": timeout_from(shared["timeout"]), "priority": priority_from(shared["priority"]),
+                  **retry_from(shared["retries"], shared["retry_max_interval"])}
+        fn(*args, opts=Starting(fields, wait=not shared["no_wait"]), **kwargs)
+
+    verb.__signature__ = sig.replace(parameters=[*own, *extra])  # type: ignore[attr-defined]
+    verb.__annotations__ = {**{k: v for k, v in fn.__annotations__.items() if k != "opts"},
+                            **{name: kind for name, (kind, _o) in _STARTING.items()}}
+    return verb
+
+
+def priority_from(priority: str | None) -> str | None:
+    """--priority, checked (events.bounds.PRIORITIES); None: the command's default (normal; low for a
+    sweep and a schedule's firing, fixed by the orchestrator)."""
+    from events.bounds import PRIORITIES
+
+    if priority is not None and priority not in PRIORITIES:
+        raise usage(f"--priority {priority[:20]!r}: expected high, normal or low")
+    return priority
 
 
 def run_async(coro: Coroutine[Any, Any, int | None]) -> None:

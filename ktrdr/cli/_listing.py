@@ -105,11 +105,11 @@ async def _ops_list(limit: int, flat: bool, json_out: bool, filters: Any = None,
         return 0
     rows = [(0, v) for v in views] if flat else tree_order(views)
     w = max(len("OPERATION"), *(len(v.op_id) + 2 * d for d, v in rows))
-    lines = [f"{'OPERATION':<{w}} {'STATUS':<10} {'TYPE':<17} {'PROGRESS':>8} {'AGE':>5}  DESCRIPTION"]
+    lines = [f"{'OPERATION':<{w}} {'STATUS':<10} {'TYPE':<17} {'PRIO':<6} {'PROGRESS':>8} {'AGE':>5}  DESCRIPTION"]
     for depth, v in rows:
         name = "  " * depth + v.op_id
-        lines.append(f"{name:<{w}} {v.status:<10} {v.op_type or '-':<17} {v.percentage:7.1f}% {age(v):>5}  "
-                     f"{v.description or v.error or ''}")
+        lines.append(f"{name:<{w}} {v.status:<10} {v.op_type or '-':<17} {v.priority or 'normal':<6} "
+                     f"{v.percentage:7.1f}% {age(v):>5}  {v.description or v.error or ''}")
     echo("\n".join(lines))
     if more:
         echo(f"next page: --before {more}", err=True)

@@ -21,18 +21,16 @@ from events.bounds import (
 )
 from ktrdr.cli._common import (
     JSON,
-    RETRIES,
-    RETRY_MAX_INTERVAL,
-    TIMEOUT,
+    Starting,
     check_pool,
     check_range,
     parse_date,
-    retry_from,
     run_async,
-    timeout_from,
+    starting_options,
 )
 
 
+@starting_options
 def backtest(
     model: str = typer.Argument(..., metavar="MODEL_REF",
                                 help="strategy, strategy/SYMBOLS_tf (its latest) or strategy/SYMBOLS_tf_vN."),
@@ -47,10 +45,8 @@ def backtest(
                                        help="Basis points of the price per fill, against you "
                                        f"(0 to {MAX_SLIPPAGE_BPS:g})."),
     on: str = typer.Option("any", "--on", help="The backtester pool: any, cpu, gpu or a KTRDR_POOLS name."),
-    timeout: float | None = TIMEOUT,
-    retries: int | None = RETRIES,
-    retry_max_interval: float | None = RETRY_MAX_INTERVAL,
-    no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the operation id and return."),
+    *,
+    opts: Starting,
     json_out: bool = JSON,
 ) -> None:
     """Backtest a trained model on stored bars: signals at each bar's close, filled at that close, held
@@ -63,8 +59,8 @@ def backtest(
     check_range(start_dt, end_dt)
     cmd = RunBacktest(op_id=new_op_id("backtest"), model=model, symbols=_split(symbols), start=start_dt, end=end_dt,
                       capital=capital, commission=commission, slippage_bps=slippage_bps, pool=check_pool(on),
-                      timeout_s=timeout_from(timeout), **retry_from(retries, retry_max_interval))
-    run_async(_backtest(cmd, not no_wait, json_out))
+                      **opts.fields)
+    run_async(_backtest(cmd, opts.wait, json_out))
 
 
 def _split(value: str | None) -> list[str]:

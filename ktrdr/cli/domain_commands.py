@@ -25,16 +25,13 @@ from events.bounds import (
 )
 from ktrdr.cli._common import (
     JSON,
-    RETRIES,
-    RETRY_MAX_INTERVAL,
-    TIMEOUT,
+    Starting,
     check_pool,
     check_range,
     client,
     parse_date,
-    retry_from,
     run_async,
-    timeout_from,
+    starting_options,
     usage,
 )
 from ktrdr.config import settings
@@ -47,6 +44,7 @@ def _echo_json(obj: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------ data
+@starting_options
 def data_load(
     symbol: str | None = typer.Argument(None, help="One symbol (or use --symbols / --symbols-file)."),
     timeframe: str = TF_OPTION,
@@ -59,10 +57,8 @@ def data_load(
     start: str | None = typer.Option(None, help="YYYY-MM-DD (UTC)."),
     end: str | None = typer.Option(None, help="YYYY-MM-DD (UTC)."),
     on: str = typer.Option("any", "--on", help="The ib pool to load through (one per IB account/gateway)."),
-    timeout: float | None = TIMEOUT,
-    retries: int | None = RETRIES,
-    retry_max_interval: float | None = RETRY_MAX_INTERVAL,
-    no_wait: bool = typer.Option(False, "--no-wait", help="Print the operation id and return."),
+    *,
+    opts: Starting,
     json_out: bool = JSON,
 ) -> None:
     """Load bars from IB (or the simulated gateway) with live progress; Ctrl+C cancels."""
@@ -79,10 +75,9 @@ def data_load(
     start_dt, end_dt = parse_date(start, "start"), parse_date(end, "end")
     check_range(start_dt, end_dt)
     cmd = LoadData(op_id=new_op_id("data"), symbol=sym, timeframe=tf, mode=mode,  # type: ignore[arg-type]
-                   start=start_dt, end=end_dt, pool=check_pool(on), timeout_s=timeout_from(timeout),
-                   **retry_from(retries, retry_max_interval),
+                   start=start_dt, end=end_dt, pool=check_pool(on), **opts.fields,
                    symbols=universe if len(universe) > 1 else [], max_parallel=max_parallel)
-    run_async(run_command(cmd, wait=not no_wait, json_out=json_out))
+    run_async(run_command(cmd, wait=opts.wait, json_out=json_out))
 
 
 def _bars(c: Any) -> Any:
@@ -303,6 +298,7 @@ def training_inputs(strategy_file: str, start: str | None, end: str | None,
     return text, start_dt, end_dt
 
 
+@starting_options
 def train(
     strategy_file: Path = typer.Argument(..., metavar="STRATEGY.yaml"),
     symbols: str | None = typer.Option(None, help="Comma-separated; default: the strategy's."),
@@ -317,10 +313,8 @@ def train(
                                                    "only; none: no data step (a single training operation)."),
     backtest: bool = typer.Option(False, "--backtest", help="Then backtest the trained model on its held-out "
                                   "test period (default costs; `ktrdr backtest` for others)."),
-    timeout: float | None = TIMEOUT,
-    retries: int | None = RETRIES,
-    retry_max_interval: float | None = RETRY_MAX_INTERVAL,
-    no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the operation id and return."),
+    *,
+    opts: Starting,
     json_out: bool = JSON,
 ) -> None:
     """Train a strategy: one operation whose children load the missing data, then train (then, with
@@ -335,10 +329,9 @@ def train(
     cmd = StartTraining(op_id=new_op_id("training"), strategy_path=str(strategy_file), strategy_yaml=text,
                         symbols=[_norm(s, "1h")[0] for s in _split(symbols)],
                         timeframes=[_norm("AAPL", t)[1] for t in _split(timeframes)], start=start_dt, end=end_dt,
-                        epochs=epochs, pool=check_pool(on), timeout_s=timeout_from(timeout),
-                        **retry_from(retries, retry_max_interval),
+                        epochs=epochs, pool=check_pool(on), **opts.fields,
                         data_mode=data, backtest=backtest)  # type: ignore[arg-type]
-    run_async(_train(cmd, not no_wait, json_out))
+    run_async(_train(cmd, opts.wait, json_out))
 
 
 def read_text_file(path: Path, what: str, *, max_bytes: int, head_only: bool = False) -> str:

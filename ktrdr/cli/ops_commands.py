@@ -114,6 +114,7 @@ def _print_view(view: OperationView, children: list[OperationView]) -> None:
     r = ProgressRenderer.for_domain(view.domain)
     typer.echo(f"operation  {view.op_id}\ntype       {view.op_type}  ({view.description})\nstatus     {view.status}")
     typer.echo(f"progress   {view.percentage:.1f}%  {r.line(view)}")
+    typer.echo(f"priority   {view.priority or 'normal'}")
     if view.parent_op_id:
         typer.echo(f"parent     {view.parent_op_id}")
     if view.schedule_name:

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from ktrdr.cli._common import JSON, RETRIES, RETRY_MAX_INTERVAL, TIMEOUT, retry_from, run_async, timeout_from, usage
+from ktrdr.cli._common import JSON, Starting, run_async, starting_options, usage
 from ktrdr.config import settings
 
 
@@ -156,13 +156,12 @@ def _restarts(p: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------ dummy
+@starting_options
 def dummy(
     iterations: int = typer.Option(100, help="Number of iterations."),
     interval: float = typer.Option(2.0, help="Seconds per iteration."),
-    timeout: float | None = TIMEOUT,
-    retries: int | None = RETRIES,
-    retry_max_interval: float | None = RETRY_MAX_INTERVAL,
-    no_wait: bool = typer.Option(False, "--no-wait", help="Print the operation id and return."),
+    *,
+    opts: Starting,
     json_out: bool = JSON,
 ) -> None:
     """Run the reference long operation (N iterations of S seconds): live progress; Ctrl+C cancels it (exit 130)."""
@@ -171,8 +170,8 @@ def dummy(
     from ktrdr.cli._live import run_command
 
     cmd = RunDummy(op_id=new_op_id("dummy"), iterations=iterations, interval_s=interval,
-                   timeout_s=timeout_from(timeout), **retry_from(retries, retry_max_interval))
-    run_async(run_command(cmd, wait=not no_wait, json_out=json_out))
+                   **opts.fields)
+    run_async(run_command(cmd, wait=opts.wait, json_out=json_out))
 
 
 # ------------------------------------------------------------------------------------------ events

@@ -15,19 +15,17 @@ import typer
 from events.bounds import DEFAULT_SWEEP_PARALLEL, MAX_SWEEP_PARALLEL
 from ktrdr.cli._common import (
     JSON,
-    RETRIES,
-    RETRY_MAX_INTERVAL,
-    TIMEOUT,
+    Starting,
     check_pool,
-    retry_from,
     run_async,
-    timeout_from,
+    starting_options,
     usage,
 )
 
 RANK_CHOICES = ("val_loss", "test_accuracy", "sharpe")
 
 
+@starting_options
 def sweep(
     strategy_file: Path = typer.Argument(..., metavar="STRATEGY.yaml"),
     param: list[str] = typer.Option(..., "--param", "-p", metavar="PATH=VALUES",
@@ -48,10 +46,8 @@ def sweep(
     on: str = typer.Option("any", "--on", help="The trainer pool: any, cpu, gpu or a KTRDR_POOLS name."),
     data: str = typer.Option("full", "--data", help="full: load missing bars first (once for all variants); "
                                                    "local: use stored bars only; none: no data step."),
-    timeout: float | None = TIMEOUT,
-    retries: int | None = RETRIES,
-    retry_max_interval: float | None = RETRY_MAX_INTERVAL,
-    no_wait: bool = typer.Option(False, "--no-wait", help="Submit, print the operation id and return."),
+    *,
+    opts: Starting,
     json_out: bool = JSON,
 ) -> None:
     """Sweep a strategy's parameters: one operation whose children load the data once, then train one
@@ -83,10 +79,9 @@ def sweep(
             raise usage(str(exc)) from None
     cmd = RunSweep(op_id=new_op_id("training"), strategy_path=str(strategy_file), strategy_yaml=text, params=params,
                    symbols=[_norm(s, "1h")[0] for s in _split(symbols)], start=start_dt, end=end_dt, epochs=epochs,
-                   pool=check_pool(on), timeout_s=timeout_from(timeout),
-                   **retry_from(retries, retry_max_interval), data_mode=data,  # type: ignore[arg-type]
+                   pool=check_pool(on), **opts.fields, data_mode=data,  # type: ignore[arg-type]
                    max_parallel=max_parallel, backtest=backtest, rank_by=rank_by)  # type: ignore[arg-type]
-    run_async(_sweep(cmd, not no_wait, json_out))
+    run_async(_sweep(cmd, opts.wait, json_out))
 
 
 async def _sweep(cmd: Any, wait: bool, json_out: bool) -> int:

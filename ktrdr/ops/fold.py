@@ -111,6 +111,7 @@ def _created(view: OperationView, ev: OperationCreated) -> None:
     view.children = list(ev.children)
     view.deadline = getattr(ev.command, "deadline", None)
     view.pool = getattr(ev.command, "pool", None)
+    view.priority = getattr(ev.command, "priority", None)
     if view.status == "unknown":
         view.status = "queued"
 

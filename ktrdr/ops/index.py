@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
 from events import subjects
-from events.bounds import MAX_LABEL, MAX_REASON, MAX_SYMBOLS, SYMBOL_PATTERN
+from events.bounds import MAX_LABEL, MAX_REASON, MAX_SYMBOLS, PRIORITIES, SYMBOL_PATTERN
 from events.messages import CancelReason, OpSummary
 from ktrdr.ops.view import TERMINAL, OperationView
 from ktrdr.rendering import ProgressRenderer
@@ -64,6 +64,7 @@ def summarize(view: OperationView, seq: int = 0) -> OpSummary:
                "worker": _cut(view.worker, MAX_LABEL), "started_at": view.started_at}
     return OpSummary(
         op_id=view.op_id, op_type=view.op_type[:64], pool=(view.pool or "")[:64], status=view.status,
+        priority=view.priority if view.priority in PRIORITIES else "",  # type: ignore[arg-type]
         reason_code=(view.error_code or view.reason_code or "")[:64], created_at=view.created_at,
         updated_at=view.updated_at, ended_at=view.finished_at if ended else None,
         symbols=_symbols(view.command), parent=view.parent_op_id or "", attempts=view.attempts,
@@ -94,7 +95,7 @@ def row_view(s: OpSummary) -> OperationView:
         reason=s.reason or None,
         reason_code=s.reason_code if s.status == "cancelled" and s.reason_code in CANCEL_REASONS else None,  # type: ignore[arg-type]
         worker=s.worker or None, attempts=s.attempts, parent_op_id=s.parent or None, pool=s.pool or None,
-        epoch=s.epoch)
+        priority=s.priority or None, epoch=s.epoch)
     view.line = s.line  # type: ignore[attr-defined]
     return view
 

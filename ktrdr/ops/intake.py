@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import msgspec
 
 from events import subjects
+from events.bounds import DEFAULT_PRIORITY, PRIORITIES
 from events.messages import Command
 from ktrdr.commands import short
 from ktrdr.ops.view import OperationView
@@ -51,6 +52,24 @@ def fix_deadline(cmd: Command, now: datetime) -> Command:
     if timeout_s is None:
         return cmd
     return msgspec.structs.replace(cmd, timeout_s=timeout_s, deadline=now + timedelta(seconds=timeout_s))
+
+
+def fix_priority(cmd: Command) -> Command:
+    """The command with its priority fixed (issue 22, item 4): the one it names, else its kind's
+    default: low for a sweep and for a schedule's firing (work nobody waits at a terminal for), normal
+    for everything else. Fixed once, here, so the created event, the work item's subject, a
+    workflow's children and `ops show` all say the same."""
+    if cmd.priority is not None:
+        return cmd
+    default = "low" if cmd.workflow_only or cmd.schedule_name is not None else DEFAULT_PRIORITY
+    return msgspec.structs.replace(cmd, priority=default)
+
+
+def priority_of(command: Command | dict[str, object] | None) -> str:
+    """The priority an operation runs at, from its command (a Struct, or as a view stores it); an
+    operation created before priorities existed was normal."""
+    value = command.get("priority") if isinstance(command, dict) else getattr(command, "priority", None)
+    return value if isinstance(value, str) and value in PRIORITIES else DEFAULT_PRIORITY
 
 
 # ------------------------------------------------------------------------- ktrdr ops retry

@@ -79,6 +79,7 @@ class OperationView(msgspec.Struct, kw_only=True, dict=True):
     children: list[str] = msgspec.field(default_factory=list)
     deadline: datetime | None = None
     pool: str | None = None
+    priority: str | None = None  # high, normal or low (ktrdr.ops.intake.fix_priority); None: normal
     events: int = 0
     errors: list[str] = msgspec.field(default_factory=list)
     # The (attempt, seq) of the holder's newest progress applied: progress is ordered by it, so a

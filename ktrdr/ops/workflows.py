@@ -94,13 +94,16 @@ def data_children(parent: str, symbols: list[str], timeframes: list[Timeframe], 
 
 
 def plan(cmd: Command, inputs: Callable[[StartTraining], tuple[list[str], list[Timeframe]]]) -> list[Command]:
-    """The plan of a workflow command (`inputs` reads a training's symbols and timeframes)."""
+    """The plan of a workflow command (`inputs` reads a training's symbols and timeframes). Every child
+    takes its parent's priority (a sweep's trainings are low unless the sweep says otherwise)."""
     if isinstance(cmd, LoadData):
-        return plan_universe(cmd)
-    if isinstance(cmd, RunSweep):
-        return plan_sweep(cmd, inputs)
-    assert isinstance(cmd, StartTraining)
-    return plan_training(cmd, *inputs(cmd))
+        children = plan_universe(cmd)
+    elif isinstance(cmd, RunSweep):
+        children = plan_sweep(cmd, inputs)
+    else:
+        assert isinstance(cmd, StartTraining)
+        children = plan_training(cmd, *inputs(cmd))
+    return [msgspec.structs.replace(c, priority=cmd.priority) for c in children]
 
 
 def plan_universe(cmd: LoadData) -> list[Command]:

@@ -59,7 +59,18 @@ def test_subjects_come_from_the_types():
     assert subjects.command_for_subject("cmd.data.nope") is None
     assert subjects.command_for_subject("cmd.x.load") is None
     assert subjects.work("training", "gpu") == "work.training.gpu"
-    assert subjects.parse_work_subject("work.training.gpu") == ("training", "gpu")
+    assert subjects.parse_work_subject("work.training.gpu") == ("training", "gpu", "normal")
+    # priorities: normal keeps the layout from before them; high and low add a token
+    assert subjects.work("training", "gpu", "high") == "work.training.gpu.high"
+    assert subjects.parse_work_subject("work.training.gpu.low") == ("training", "gpu", "low")
+    assert subjects.parse_work_subject("work.training.gpu.normal") is None
+    assert subjects.parse_work_subject("work.training.gpu.urgent") is None
+    assert subjects.work_consumer("training", "gpu", "low") == "work-low-training-gpu"
+    names = {subjects.work_consumer("training", p, q) for p in ("gpu", "gpu-low", "low-gpu")
+             for q in ("high", "normal", "low")}
+    assert len(names) == 9  # no pool name makes two (pool, priority) pairs share a consumer
+    with pytest.raises(ValueError):
+        subjects.work("training", "gpu", "urgent")
     op = subjects.new_op_id("dummy")
     assert subjects.event(OperationCancelled(op_id=op)) == f"ops.dummy.{op}.cancelled"
     assert subjects.event(OperationProgress(op_id=op, progress=__import__("events").ProgressState())) == \
