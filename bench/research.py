@@ -42,6 +42,7 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -485,6 +486,24 @@ async def priority_figures(c: Client, variants: int, epochs: int, reps: int) -> 
             "met": max(excess) <= 1.0, "target": "queue wait <= the first running training's remaining time + 1 s"}
 
 
+async def _on_trainers(name: str, measure: Callable[[Client], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """`measure` on a fresh server with an in-process orchestrator and SWEEP_TRAINERS trainer processes."""
+    with BenchServer(name, heartbeat_s=1.0, device="cpu") as srv:
+        orchestrator = Orchestrator(srv.settings)
+        await orchestrator.start()
+        trainers = [ActorProcess(srv.settings, "trainer") for _ in range(SWEEP_TRAINERS)]
+        try:
+            async with Client(srv.settings) as c:
+                await wait_alive(c, ["orchestrator", "trainer"])
+                while sum(1 for b in await c.live_actors() if b.role == "trainer") < SWEEP_TRAINERS:
+                    await asyncio.sleep(0.1)
+                return await measure(c)
+        finally:
+            for t in trainers:
+                t.stop()
+            await orchestrator.stop()
+
+
 async def main() -> dict[str, Any]:
     runs = int(os.environ.get("KTRDR_BENCH_RESEARCH_RUNS", "3"))
     cancels = int(os.environ.get("KTRDR_BENCH_RESEARCH_CANCELS", "20"))
@@ -493,39 +512,18 @@ async def main() -> dict[str, Any]:
     if "sweep" in parts:
         sizes = tuple(int(x) for x in os.environ.get("KTRDR_BENCH_SWEEP_SIZES", "4,8,32").split(","))
         epochs = int(os.environ.get("KTRDR_BENCH_SWEEP_EPOCHS", "40"))
-        with BenchServer("research-sweep", heartbeat_s=1.0, device="cpu") as srv:
-            orchestrator = Orchestrator(srv.settings)
-            await orchestrator.start()
-            trainers = [ActorProcess(srv.settings, "trainer") for _ in range(SWEEP_TRAINERS)]
-            try:
-                async with Client(srv.settings) as c:
-                    await wait_alive(c, ["orchestrator", "trainer"])
-                    while sum(1 for b in await c.live_actors() if b.role == "trainer") < SWEEP_TRAINERS:
-                        await asyncio.sleep(0.1)
-                    results["sweep"] = await sweep_figures(c, sizes, epochs)
-            finally:
-                for t in trainers:
-                    t.stop()
-                await orchestrator.stop()
+        results["sweep"] = await _on_trainers("research-sweep", lambda c: sweep_figures(c, sizes, epochs))
     if "priority" in parts:
         variants = int(os.environ.get("KTRDR_BENCH_PRIORITY_VARIANTS", "32"))
         epochs = int(os.environ.get("KTRDR_BENCH_PRIORITY_EPOCHS", "40"))
         reps = int(os.environ.get("KTRDR_BENCH_PRIORITY_REPS", "5"))
-        with BenchServer("research-priority", heartbeat_s=1.0, device="cpu") as srv:
-            orchestrator = Orchestrator(srv.settings)
-            await orchestrator.start()
-            trainers = [ActorProcess(srv.settings, "trainer") for _ in range(SWEEP_TRAINERS)]
-            try:
-                async with Client(srv.settings) as c:
-                    await wait_alive(c, ["orchestrator", "trainer"])
-                    while sum(1 for b in await c.live_actors() if b.role == "trainer") < SWEEP_TRAINERS:
-                        await asyncio.sleep(0.1)
-                    results["priority"] = await priority_figures(c, variants, epochs, reps)
-                    results["priority"]["no_wait_pull_ms"] = await no_wait_pull_ms(c)
-            finally:
-                for t in trainers:
-                    t.stop()
-                await orchestrator.stop()
+
+        async def priority(c: Client) -> dict[str, Any]:
+            out = await priority_figures(c, variants, epochs, reps)
+            out["no_wait_pull_ms"] = await no_wait_pull_ms(c)
+            return out
+
+        results["priority"] = await _on_trainers("research-priority", priority)
     if "backtest" not in parts:
         results["machine"] = {"cores": len(os.sched_getaffinity(0)), "load_avg_1m_at_end": os.getloadavg()[0]}
         return results
