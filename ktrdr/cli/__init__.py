@@ -62,10 +62,11 @@ def build_app() -> typer.Typer:
 
 def entry() -> None:
     """The `ktrdr` command itself (console script and `python -m ktrdr`)."""
-    # nats-py imports aiohttp for a WebSocket transport the CLI never uses: 0.16 s of imports in
-    # every verb that connects (python -X importtime). Only the command's own process skips it
-    # (an embedding program keeps its aiohttp); `ktrdr web`, which serves with it, takes it back.
-    sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]  # None: `import aiohttp` fails
+    # nats-py's imports the CLI never needs (aiohttp; importlib.metadata for its version string):
+    # skipped in the command's own process only (ktrdr.cli._startup)
+    from ktrdr.cli import _startup
+
+    _startup.install()
     main()
 
 
