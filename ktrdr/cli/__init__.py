@@ -1,7 +1,8 @@
 """The `ktrdr` command line. Commands publish to NATS and render progress; nothing here does the
-work. Heavy modules (torch, pandas, rich, nats) are imported inside the commands that need them, so
-`ktrdr --help` starts fast, and `ktrdr ops list` runs without typer when its options are well formed
-(ktrdr.cli._lean; anything else goes to the typer app, which prints the help and the usage errors).
+work. Heavy modules (torch, pandas, rich, nats) are imported inside the commands that need them;
+`ktrdr --help` prints the typer app's own top-level help kept as text (ktrdr.cli._help), and `ktrdr
+ops list` runs without typer when its options are well formed (ktrdr.cli._lean); anything else goes to
+the typer app, which prints the help and the usage errors.
 Every error a user can cause is one line on stderr and exit code 2, never a traceback.
 
 `build_app` assembles the app: each commands module has a `register` function that adds its
@@ -71,6 +72,13 @@ def entry() -> None:
 
 
 def main() -> None:
+    from ktrdr.cli._help import lean_help
+
+    text = lean_help(sys.argv[1:])
+    if text is not None:  # typer's own top-level help, kept (ktrdr.cli._help)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        sys.exit(0)
     from ktrdr.cli._lean import try_lean
 
     try:
