@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sys
 from functools import cache
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing's own, without importing typing for `ktrdr --help` (type checkers read it as True)
 if TYPE_CHECKING:  # typer (and the pydantic it imports) is imported when the lean path declines
     import typer
 

@@ -16,7 +16,10 @@ from __future__ import annotations
 import os
 import sys
 import types
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing at start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 _METADATA = "importlib.metadata"
 
