@@ -61,6 +61,14 @@ def build_app() -> typer.Typer:
     return app
 
 
+def write_help_text() -> None:
+    """Render the app's top-level help again into ktrdr/cli/_helptext.py, which `ktrdr --help` prints
+    without importing typer (`python -c "import ktrdr.cli; ktrdr.cli.write_help_text()"`)."""
+    from ktrdr.cli import _help
+
+    print(f"wrote {_help.write(build_app())}")
+
+
 def entry() -> None:
     """The `ktrdr` command itself (console script and `python -m ktrdr`)."""
     # nats-py's imports the CLI never needs (aiohttp; importlib.metadata for its version string):

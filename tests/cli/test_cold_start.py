@@ -42,7 +42,15 @@ def _typer_help(prog: str, columns: int | None) -> str:
 
 
 def test_the_kept_help_is_what_the_typer_app_renders_now():
-    assert _help.render_typer_help() == TOP_HELP, "run `python -m ktrdr.cli._help --write` and commit the result"
+    from ktrdr.cli import build_app
+
+    assert _help.render_typer_help(build_app()) == TOP_HELP, \
+        'run `python -c "import ktrdr.cli; ktrdr.cli.write_help_text()"` and commit ktrdr/cli/_helptext.py'
+
+
+def test_the_kept_help_is_typers_at_80_columns():
+    """The rendering that makes the kept text (terminal_width) is the one typer gives an 80-column terminal."""
+    assert TOP_HELP.replace(_help.PROG, "ktrdr") == _typer_help("ktrdr", 80)
 
 
 def test_the_kept_help_lists_every_top_level_command():
