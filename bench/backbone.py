@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -332,30 +333,55 @@ def fold_micro(n: int = 100_000, rounds: int = 3) -> dict[str, Any]:
 
 
 # `ops list` through the typer app (what every verb but the lean one parses with), and the floor of
-# any Python NATS reader: asyncio, nats-py with JetStream and msgspec imported, nothing run.
+# any Python NATS reader: asyncio, nats-py with JetStream and msgspec imported, nothing run (as
+# before issue 23 item 5, and with the CLI's start-up skips, ktrdr.cli._startup, as `ktrdr` has them).
 TYPER_OPS_LIST = ("import sys; sys.modules['aiohttp'] = None; from ktrdr.cli import build_app\n"
                   "try:\n    build_app()(['ops', 'list'], standalone_mode=False)\nexcept SystemExit:\n    pass\n")
 IMPORT_FLOOR = "import sys; sys.modules['aiohttp'] = None; import asyncio, nats, nats.js, msgspec"
+IMPORT_FLOOR_CLI = "from ktrdr.cli import _startup; _startup.install(); import asyncio, nats, nats.js, msgspec"
+IMPORT_ASYNCIO = "import asyncio"
 
 
-def cold_start(srv: BenchServer, runs: int = 9) -> dict[str, Any]:
-    """Each command's median wall time over `runs` rounds; a round runs every command once, in turn,
-    so that a slower minute of this shared machine weighs on all of them alike."""
+def cold_start(srv: BenchServer, runs: int = 15) -> dict[str, Any]:
+    """Each command's median wall time over `runs` rounds, and its ratio to a bare interpreter
+    (`python -c pass`) measured in the same rounds; a round runs every command once, in turn, so
+    that a slower minute of this shared machine weighs on all of them alike. The last command,
+    bench._cold_child, is one `ops list` timed in phases inside the process (the median of each).
+
+    The children write and read .pyc files as an installed ktrdr does (PYTHONDONTWRITEBYTECODE is
+    dropped: the first round, which is not counted, writes them); with the sources compiled on
+    every start, our own modules' share is about twice as large."""
     env = {**os.environ, "NATS_URL": srv.url, "KTRDR_HOME": str(srv.settings.home)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     exe = os.path.join(os.path.dirname(sys.executable), "ktrdr")
     argv0 = [exe] if os.path.exists(exe) else [sys.executable, "-m", "ktrdr"]
     commands = {"python_startup_s": [sys.executable, "-c", "pass"], "help_s": [*argv0, "--help"],
                 "ops_list_s": [*argv0, "ops", "list"], "ops_list_typer_s": [sys.executable, "-c", TYPER_OPS_LIST],
-                "import_floor_s": [sys.executable, "-c", IMPORT_FLOOR]}
+                "import_floor_s": [sys.executable, "-c", IMPORT_FLOOR],
+                "import_floor_cli_s": [sys.executable, "-c", IMPORT_FLOOR_CLI],
+                "import_asyncio_s": [sys.executable, "-c", IMPORT_ASYNCIO],
+                "phases": [sys.executable, "-m", "bench._cold_child"]}
     samples: dict[str, list[float]] = {k: [] for k in commands}
-    for _ in range(runs + 1):  # the first round warms the page cache and is dropped
+    phases: list[dict[str, float]] = []
+    for i in range(runs + 1):  # the first round warms the page cache, writes the .pyc files and is dropped
         for key, argv in commands.items():
             t0 = time.perf_counter()
-            subprocess.run(argv, env=env, capture_output=True, check=True)
+            done = subprocess.run(argv, env=env, capture_output=True, check=True, text=True)
             samples[key].append(time.perf_counter() - t0)
-    out: dict[str, Any] = {k: statistics.median(v[1:]) for k, v in samples.items()}
+            if key == "phases" and i:
+                phases.append(json.loads(done.stdout))
+    out: dict[str, Any] = {k: statistics.median(v[1:]) for k, v in samples.items() if k != "phases"}
     base = out["python_startup_s"]
-    out.update({f"{k[:-2]}_x": round(out[k] / base, 1) for k in commands if k != "python_startup_s"})
+    for k in list(out):
+        if k != "python_startup_s":
+            ratios = sorted(x / b for x, b in zip(samples[k][1:], samples["python_startup_s"][1:], strict=True))
+            out[f"{k[:-2]}_x"] = round(out[k] / base, 1)
+            out[f"{k[:-2]}_x_range"] = f"{ratios[0]:.1f}-{ratios[-1]:.1f} (per round)"
+    bare = samples["python_startup_s"][1:]
+    out["python_startup_range_s"] = f"{min(bare):.3f}-{max(bare):.3f}"
+    for name in phases[0]:
+        if name != "rows":
+            out[f"phase_{name}_ms"] = round(1000 * statistics.median(p[name] for p in phases), 1)
     out["target"] = "--help <= 4x, ops list <= 6x a bare interpreter"
     return out
 

@@ -18,7 +18,7 @@ from typing import Any
 from events import subjects
 from events.bounds import PRIORITIES, TOKEN_PATTERN
 from events.messages import ROLE_FOR_DOMAIN, WORK_COMMANDS
-from events.roles import CLI, IB, JOB_MANAGER, OBSERVER, ORCHESTRATOR, ROLES
+from events.roles import CLI, IB, JOB_MANAGER, OBSERVER, ORCHESTRATOR, ROLES, check_role, inbox_prefix
 
 __all__ = ["DEFAULT_POOLS", "DISCOVERY_CALLERS", "KV_BUCKETS", "OBJECT_BUCKETS", "ROLES", "STREAMS", "Permissions",
            "check_role", "inbox_prefix", "permissions"]
@@ -49,16 +49,6 @@ DISCOVERY_RESPONSES_MAX = 1
 DISCOVERY_RESPONSES_EXPIRES = "1m"
 _POOL_RE = re.compile(TOKEN_PATTERN)
 _DOMAINS = tuple(c.domain for c in WORK_COMMANDS)
-
-
-def check_role(role: str) -> str:
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
-    return role
-
-
-def inbox_prefix(role: str) -> str:
-    return f"_INBOX_{check_role(role)}"
 
 
 @dataclass(frozen=True)

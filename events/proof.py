@@ -26,10 +26,11 @@ import binascii
 import hashlib
 from binascii import unhexlify
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+if TYPE_CHECKING:  # nacl is imported at the first key made or signature checked: a reader with
+    # nothing to verify (`ktrdr ops list` of lifecycle events) starts without it (issue 23, item 5)
+    from nacl.signing import SigningKey, VerifyKey
 
 from events.bounds import CONFIRM_BATCH, MAX_UNCONFIRMED, SIGN_BURST
 
@@ -57,8 +58,19 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    """`proof.SigningKey` and `proof.VerifyKey`, nacl's, imported when first asked for."""
+    if name in ("SigningKey", "VerifyKey"):
+        import nacl.signing
+
+        return getattr(nacl.signing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def new_key() -> SigningKey:
     """A process's key: made at start, never stored (its public half travels in the grant)."""
+    from nacl.signing import SigningKey
+
     return SigningKey.generate()
 
 
@@ -95,6 +107,8 @@ _verify_keys: dict[str, VerifyKey | None] = {}
 def _verify_key(public_hex: str) -> VerifyKey | None:
     vk = _verify_keys.get(public_hex)
     if vk is None and public_hex not in _verify_keys:
+        from nacl.signing import VerifyKey
+
         try:
             vk = VerifyKey(bytes.fromhex(public_hex))
         except (ValueError, TypeError, Exception):  # nacl raises its own error types for a bad length
@@ -109,6 +123,8 @@ def verify(public_hex: str, message: bytes, signature: bytes) -> bool:
     vk = _verify_key(public_hex)
     if vk is None:
         return False
+    from nacl.exceptions import BadSignatureError
+
     try:
         vk.verify(message, signature)
     except (BadSignatureError, ValueError, TypeError):

@@ -25,6 +25,17 @@ ACTOR_ROLES: tuple[ActorRole, ...] = get_args(ActorRole)
 ROLES: tuple[Role, ...] = (CLI, OBSERVER, *ACTOR_ROLES)
 
 
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    return role
+
+
+def inbox_prefix(role: str) -> str:
+    """The inbox prefix of `role`: it may subscribe only below it (events/permissions.py)."""
+    return f"_INBOX_{check_role(role)}"
+
 def actor_id_prefix(role: str) -> str:
     """What every id of an actor of `role` starts with (`orchestrator-<host>-<pid>-<hex>`)."""
     return f"{role}-"

@@ -39,7 +39,6 @@ from events.messages import (
     WireCancelReason,
 )
 from events.proof import HEADER
-from ktrdr import tracing
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import TERMINAL, OperationView, fold
@@ -180,6 +179,8 @@ class Client:
     async def submit(self, cmd: Command) -> None:
         """Publish a command (stored in CMD; a retried publish of the same op is stored once). While
         tracing is on (ktrdr/tracing.py) it is the trace's root span, its traceparent in the headers."""
+        from ktrdr import tracing  # here, not at the top: a verb that only reads starts without it
+
         subject = subjects.command(cmd)
         if not tracing.setup("ktrdr-cli", self.settings.home):
             await publish(self.js, subject, encode(cmd), subjects.command_msg_id(cmd.op_id))

@@ -219,13 +219,13 @@ class Settings:
         KTRDR_HOME/auth/<role>.nk when it exists) and a TLS context trusting our CA (NATS_TLS_CA[_PEM],
         else KTRDR_HOME/auth/tls/ca.pem when it exists)."""
         from events import roles
-        from ktrdr import auth
+        from ktrdr import creds  # not ktrdr.auth: its server-side part is most of a verb's import time
 
         env = {name: value for name, value in (
             ("NATS_NKEY_SEED", self.nats_nkey_seed), ("NATS_NKEY", self.nats_nkey), ("NATS_USER", self.nats_user),
             ("NATS_PASSWORD", self.nats_password), ("NATS_CREDS", self.nats_creds),
             ("NATS_TLS_CA", self.nats_tls_ca), ("NATS_TLS_CA_PEM", self.nats_tls_ca_pem)) if value}
-        known = role if role in auth.ROLES else roles.CLI  # a test or bench actor of no real role
+        known = role if role in roles.ROLES else roles.CLI  # a test or bench actor of no real role
         adir = self.auth_dir
         local_ca = adir / "tls" / "ca.pem"
         if "NATS_TLS_CA" not in env and "NATS_TLS_CA_PEM" not in env and local_ca.exists():
@@ -234,7 +234,7 @@ class Settings:
             seed = adir / f"{known}.nk"
             if seed.exists():
                 env["NATS_NKEY"] = str(seed)
-        return auth.connect_options_from_env(known, home=self.home, env=env)
+        return creds.connect_options_from_env(known, home=self.home, env=env)
 
 
 READ_PREFIXES = ("KTRDR_", "NATS_", "IB_")  # every variable a Settings field reads starts so

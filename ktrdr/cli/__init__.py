@@ -1,7 +1,8 @@
 """The `ktrdr` command line. Commands publish to NATS and render progress; nothing here does the
-work. Heavy modules (torch, pandas, rich, nats) are imported inside the commands that need them, so
-`ktrdr --help` starts fast, and `ktrdr ops list` runs without typer when its options are well formed
-(ktrdr.cli._lean; anything else goes to the typer app, which prints the help and the usage errors).
+work. Heavy modules (torch, pandas, rich, nats) are imported inside the commands that need them;
+`ktrdr --help` prints the typer app's own top-level help kept as text (ktrdr.cli._help), and `ktrdr
+ops list` runs without typer when its options are well formed (ktrdr.cli._lean); anything else goes to
+the typer app, which prints the help and the usage errors.
 Every error a user can cause is one line on stderr and exit code 2, never a traceback.
 
 `build_app` assembles the app: each commands module has a `register` function that adds its
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import sys
 from functools import cache
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing's own, without importing typing for `ktrdr --help` (type checkers read it as True)
 if TYPE_CHECKING:  # typer (and the pydantic it imports) is imported when the lean path declines
     import typer
 
@@ -60,16 +61,32 @@ def build_app() -> typer.Typer:
     return app
 
 
+def write_help_text() -> None:
+    """Render the app's top-level help again into ktrdr/cli/_helptext.py, which `ktrdr --help` prints
+    without importing typer (`python -c "import ktrdr.cli; ktrdr.cli.write_help_text()"`)."""
+    from ktrdr.cli import _help
+
+    print(f"wrote {_help.write(build_app())}")
+
+
 def entry() -> None:
     """The `ktrdr` command itself (console script and `python -m ktrdr`)."""
-    # nats-py imports aiohttp for a WebSocket transport the CLI never uses: 0.16 s of imports in
-    # every verb that connects (python -X importtime). Only the command's own process skips it
-    # (an embedding program keeps its aiohttp); `ktrdr web`, which serves with it, takes it back.
-    sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]  # None: `import aiohttp` fails
+    # nats-py's imports the CLI never needs (aiohttp; importlib.metadata for its version string):
+    # skipped in the command's own process only (ktrdr.cli._startup)
+    from ktrdr.cli import _startup
+
+    _startup.install()
     main()
 
 
 def main() -> None:
+    from ktrdr.cli._help import lean_help
+
+    text = lean_help(sys.argv[1:])
+    if text is not None:  # typer's own top-level help, kept (ktrdr.cli._help)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        sys.exit(0)
     from ktrdr.cli._lean import try_lean
 
     try:

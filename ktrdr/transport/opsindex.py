@@ -27,7 +27,6 @@ from events import subjects
 from events.codec import DecodeError, decode, encode
 from events.messages import IndexMark, OpSummary
 from ktrdr.ops.index import HOUR_PREFIX, LIVE_PREFIX, MARK_KEY, TIME_PREFIX, hour_key, hour_marker, keys_of, newer
-from ktrdr.transport.leases import is_cas_failure
 from ktrdr.transport.replay import walk_tail
 
 STREAM = f"KV_{subjects.OPS_INDEX_BUCKET}"
@@ -216,6 +215,8 @@ class IndexWriter:
                 new = await (self.kv.create(key, data) if rev is None else self.kv.update(key, data, last=rev))
                 break
             except Exception as exc:
+                from ktrdr.transport.leases import is_cas_failure  # the writer's only: a reader starts without it
+
                 if not is_cas_failure(exc):
                     raise
             try:  # someone else's write (an earlier run, a reindex): newer than ours?
