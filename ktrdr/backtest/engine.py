@@ -220,6 +220,29 @@ def buy_and_hold_signals(n: int) -> np.ndarray:
     return s
 
 
+def buy_and_hold(index: pd.DatetimeIndex, close: np.ndarray, capital: float, costs: Costs
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(equity curve, figures) of `buy_and_hold_signals` run by `run_series` in one piece, the same
+    floats (the same factors multiplied in the same order) without its general machinery: in at bar
+    0's close (bar 0's factor the entry's), bar t's factor 1 + its return, out at the last close."""
+    close = np.asarray(close, dtype="float64")
+    n = len(close)
+    if n < 2 or np.isnan(close).any():  # nothing to hold, or gaps: the general path's rules
+        bt, fig = run_series(index, close, buy_and_hold_signals(n), capital, costs)
+        return bt.equity_curve(), fig
+    factor = np.empty(n)
+    factor[0] = costs.entry_factor
+    np.divide(close[1:], close[:-1], out=factor[1:])
+    factor[1:] -= 1.0
+    factor[1:] += 1.0  # 1 + (close[t] / close[t-1] - 1): as run_series rounds it
+    factor[-1] *= costs.exit_factor
+    equity = float(capital) * np.cumprod(factor)
+    held = np.ones(n)
+    held[0] = 0.0
+    pnl = np.array([equity[-1] - equity[0] / costs.entry_factor])
+    return equity, figures(index, equity, held, pnl, capital)
+
+
 def run_series(index: pd.DatetimeIndex, close: np.ndarray, signals: np.ndarray, capital: float, costs: Costs,
                chunk: int = 0) -> tuple[Backtest, dict[str, Any]]:
     """A whole series at once (or in chunks of `chunk` bars): the Backtest and its figures."""
