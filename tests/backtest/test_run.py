@@ -85,3 +85,29 @@ def test_a_start_inside_the_bars_trades_from_it_with_the_bars_before_warming_up(
                         {"AAPL": {"1h": bars}})
     assert part.result["bars"] == len(bars) - 600 and part.result["strategy"]["start"] == at.isoformat()
     assert list(part.signals["AAPL"]) == list(whole.signals["AAPL"][600:])  # the same features from the warm-up
+
+
+def test_a_cancel_during_a_chunks_forward_pass_stops_before_its_next_batch(bars, files, monkeypatch) -> None:
+    """Inside a chunk the forward pass goes in batches of DECIDE_ROWS with the cancel read between
+    them: a cancel during the first chunk's second batch stops before its third."""
+    import ktrdr.backtest.run as run
+
+    monkeypatch.setattr(run, "DECIDE_ROWS", 100)
+    token = CancellationToken()
+    model = TrainedModel.from_files(files)
+    real, calls = model.decide, []
+
+    def decide(x):
+        calls.append(len(x))
+        if len(calls) == 2:
+            token.cancel("user asked")
+        return real(x)
+
+    monkeypatch.setattr(model, "decide", decide)
+    seen: list[int] = []
+    job = BacktestJob("t/AAPL_1h_v1", ["AAPL"], chunk_bars=250)
+    with pytest.raises(OperationCancelledError) as err:
+        run_backtest(job, model, {"AAPL": {"1h": bars}}, emit=lambda s: seen.append(s.context.bars_done),
+                     cancel=token)
+    assert calls == [100, 100] and seen == []
+    assert err.value.where == "AAPL before its first bar"
