@@ -7,11 +7,20 @@ same positions and returns, in the same run, and a backtest's cancel latency.
   forward fill + a cumulative product: no chunks, no progress, no NATS, no curve stored). `actor_s`
   is `cmd.backtest.run` submitted to the orchestrator -> completed event received, the backtester in
   a process of its own reading the model from MODELS and the bars from BARS (its digest cache warm
-  after the first run) and storing the curve. `ratio` = bare_s / actor_s (goal >= 0.8). Medians of
-  KTRDR_BENCH_RESEARCH_RUNS runs (default 3); KTRDR_BENCH_RESEARCH_SIZES=1h:8766,1m:10000 picks sizes.
+  after the first run) and storing the curve. `ratio` = bare_s / actor_s (goal >= 0.8).
+  `bare_chunked_s` is the same bare computation with the forward pass in the actor's chunks
+  (DEFAULT_CHUNK_BARS, the model's own decide): at 1,000,000 bars the one-piece forward pass is
+  memory-bound and slower than chunks, so `ratio_chunked` = bare_chunked_s / actor_s is the stricter
+  figure. `actor_run_s` is the run's own time inside the backtester (its result's elapsed_s:
+  features, signals, trading, figures); actor_s minus it is routing, the MODELS and BARS reads and
+  the curve's encoding and upload. Medians of KTRDR_BENCH_RESEARCH_RUNS runs (default 3, bare,
+  chunked bare and actor alternated, after one unmeasured actor run that warms the digest cache),
+  with ranges; KTRDR_BENCH_RESEARCH_SIZES=1h:8766,1m:10000 picks sizes.
 - cancel latency: a cancel published while a 1,000,000-bar backtest runs -> its cancelled event
-  received; `chunk_ms` is the median time between two progress events (one chunk); goal p99 <=
-  chunk_ms + 10 ms. KTRDR_BENCH_RESEARCH_CANCELS runs (default 20).
+  received (a core subscription made before the submit); `chunk_ms` is the median time between two
+  progress events (one chunk); goal p99 <= chunk_ms + 10 ms. `backtester_side_*`: the cancel sent
+  -> the cancelled event's own timestamp (stamped when the backtester's run stopped, before its
+  lease check and publish). KTRDR_BENCH_RESEARCH_CANCELS runs (default 20).
 - sweep: a sweep of N variants (learning rates; KTRDR_BENCH_SWEEP_EPOCHS epochs, default 40, of
   mlp_rsi_aapl on 2,000 1h bars: trainings of about a second, Ray Tune's case) on 2 trainers, each
   in a process of its own, max_parallel 2, no data step. `sweep_s`:

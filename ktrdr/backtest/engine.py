@@ -50,9 +50,11 @@ def target_positions(signals: np.ndarray, carry: float) -> np.ndarray:
     """Position decided at each bar's close (1 long, 0 flat): BUY -> 1, SELL -> 0, HOLD -> the one
     before (`carry` before the first). Vectorised forward fill."""
     s = np.asarray(signals)
-    raw = np.where(s == BUY, 1.0, np.where(s == SELL, 0.0, np.nan))
-    filled = pd.Series(np.concatenate(([carry], raw))).ffill().to_numpy(copy=True)
-    return filled[1:]
+    decided = (s == BUY) | (s == SELL)
+    # For each bar the latest decided bar up to it (-1: none yet), by a running maximum of positions.
+    last = np.where(decided, np.arange(len(s)), -1)
+    np.maximum.accumulate(last, out=last)
+    return np.where(last >= 0, (s[last] == BUY).astype("float64"), float(carry))
 
 
 @dataclass
