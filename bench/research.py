@@ -433,11 +433,44 @@ async def sweep_figures(c: Client, sizes: tuple[int, ...], epochs: int) -> dict[
     return out
 
 
+def pieces(runs: int) -> dict[str, Any]:
+    """In this process, no NATS: the bare computation, `run_backtest` (features, signals, trading,
+    figures) and `curve_bytes` on the same bars, alternated, medians of `runs`
+    (KTRDR_BENCH_RESEARCH_PARTS=pieces): the run and the curve without routing or the stores."""
+    import torch
+
+    from ktrdr.backtest import BacktestJob, TrainedModel, curve_bytes, run_backtest
+
+    torch.set_num_threads(Backtester.inference_threads)
+    out: dict[str, Any] = {}
+    for tf, n in (("1h", 87_660), ("1m", 1_000_000)):
+        symbol, frame = SYMBOLS[tf], bars(n, tf)
+        files = model_files(STRATEGY.replace("TF", tf).replace("AAPL", symbol), frame, tf, symbol)
+        model, job = TrainedModel.from_files(files), BacktestJob(model_ref="bench", symbols=[symbol])
+        bare_s, run_s, curve_s = [], [], []
+        for _ in range(runs):
+            bare_s.append(bare(files, frame, tf, 0.001, 1.0))
+            t0 = time.perf_counter()
+            outcome = run_backtest(job, model, {symbol: {tf: frame}})
+            run_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            data = curve_bytes(outcome.curve)
+            curve_s.append(time.perf_counter() - t0)
+        out[f"{tf}_{n}"] = {"bare_s": round(statistics.median(bare_s), 4), "run_s": round(statistics.median(run_s), 4),
+                            "run_range_s": _range(run_s), "curve_s": round(statistics.median(curve_s), 4),
+                            "curve_range_s": _range(curve_s), "curve_mb": round(len(data) / 1e6, 2)}
+        print(f"  {tf} {n:>9,} bars: bare {out[f'{tf}_{n}']['bare_s']:.3f} s, run {out[f'{tf}_{n}']['run_s']:.3f} s, "
+              f"curve {out[f'{tf}_{n}']['curve_s']:.3f} s ({len(data) / 1e6:.1f} MB)", flush=True)
+    return out
+
+
 async def main() -> dict[str, Any]:
     runs = int(os.environ.get("KTRDR_BENCH_RESEARCH_RUNS", "3"))
     cancels = int(os.environ.get("KTRDR_BENCH_RESEARCH_CANCELS", "20"))
     parts = os.environ.get("KTRDR_BENCH_RESEARCH_PARTS", "backtest,sweep").split(",")
     results: dict[str, Any] = {}
+    if "pieces" in parts:
+        results["pieces"] = await asyncio.to_thread(pieces, runs)
     if "sweep" in parts:
         sizes = tuple(int(x) for x in os.environ.get("KTRDR_BENCH_SWEEP_SIZES", "4,8,32").split(","))
         epochs = int(os.environ.get("KTRDR_BENCH_SWEEP_EPOCHS", "40"))

@@ -29,9 +29,9 @@ from ktrdr.training.job import CancelFlag
 
 # Bars per chunk: progress after each, the cancel read before it and inside it (DECIDE_ROWS). A
 # fixed count, not a time, so a run's floats never depend on the host's speed (each chunk restarts
-# its cumulative product; a redelivered backtest must give the same figures): ~8-15 ms of work on
-# this 2-core host (bench/research.py), against ~27-64 ms for the 50,000 before.
-DEFAULT_CHUNK_BARS = 16_384
+# its cumulative product; a redelivered backtest must give the same figures): ~20-25 ms of work on
+# this 2-core host when quiet (bench/research.py), ~30-60 ms under load.
+DEFAULT_CHUNK_BARS = 32_768
 # The forward pass goes in batches of this many rows, the cancel read between them and before the
 # chunk's trading: a cancel waits for ~a third of a chunk's work, not all of it. Fixed, as the chunk.
 DECIDE_ROWS = 8_192
