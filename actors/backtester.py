@@ -1,6 +1,7 @@
 """backtester: takes `work.backtest.<pool>`, runs a trained model over stored bars (ktrdr.backtest) in a
 worker thread and publishes its progress after every chunk of bars; a cancel trips the token the
-thread reads between chunks, so it stops within one chunk and says at which bar. The model's files
+thread reads before each chunk and inside it (between its forward-pass batches and before its
+trading), so it stops within part of a chunk and says at which bar. The model's files
 come from MODELS (each checked against its recorded digest), the bars from BARS (through this host's
 digest cache), and the equity curve goes back to MODELS beside the model, named by the operation. A
 backtest is deterministic (same model, bars and costs: same figures), so work redelivered after a

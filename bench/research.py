@@ -7,11 +7,20 @@ same positions and returns, in the same run, and a backtest's cancel latency.
   forward fill + a cumulative product: no chunks, no progress, no NATS, no curve stored). `actor_s`
   is `cmd.backtest.run` submitted to the orchestrator -> completed event received, the backtester in
   a process of its own reading the model from MODELS and the bars from BARS (its digest cache warm
-  after the first run) and storing the curve. `ratio` = bare_s / actor_s (goal >= 0.8). Medians of
-  KTRDR_BENCH_RESEARCH_RUNS runs (default 3); KTRDR_BENCH_RESEARCH_SIZES=1h:8766,1m:10000 picks sizes.
+  after the first run) and storing the curve. `ratio` = bare_s / actor_s (goal >= 0.8).
+  `bare_chunked_s` is the same bare computation with the forward pass in the actor's chunks
+  (DEFAULT_CHUNK_BARS, the model's own decide): at 1,000,000 bars the one-piece forward pass is
+  memory-bound and slower than chunks, so `ratio_chunked` = bare_chunked_s / actor_s is the stricter
+  figure. `actor_run_s` is the run's own time inside the backtester (its result's elapsed_s:
+  features, signals, trading, figures); actor_s minus it is routing, the MODELS and BARS reads and
+  the curve's encoding and upload. Medians of KTRDR_BENCH_RESEARCH_RUNS runs (default 3, bare,
+  chunked bare and actor alternated, after one unmeasured actor run that warms the digest cache),
+  with ranges; KTRDR_BENCH_RESEARCH_SIZES=1h:8766,1m:10000 picks sizes.
 - cancel latency: a cancel published while a 1,000,000-bar backtest runs -> its cancelled event
-  received; `chunk_ms` is the median time between two progress events (one chunk); goal p99 <=
-  chunk_ms + 10 ms. KTRDR_BENCH_RESEARCH_CANCELS runs (default 20).
+  received (a core subscription made before the submit); `chunk_ms` is the median time between two
+  progress events (one chunk); goal p99 <= chunk_ms + 10 ms. `backtester_side_*`: the cancel sent
+  -> the cancelled event's own timestamp (stamped when the backtester's run stopped, before its
+  lease check and publish). KTRDR_BENCH_RESEARCH_CANCELS runs (default 20).
 - sweep: a sweep of N variants (learning rates; KTRDR_BENCH_SWEEP_EPOCHS epochs, default 40, of
   mlp_rsi_aapl on 2,000 1h bars: trainings of about a second, Ray Tune's case) on 2 trainers, each
   in a process of its own, max_parallel 2, no data step. `sweep_s`:
@@ -59,6 +68,7 @@ from events.bounds import MAX_SWEEP_PARALLEL
 from events.codec import decode_event_on
 from events.messages import (
     BacktestContext,
+    OperationCancelled,
     OperationCompleted,
     OperationCreated,
     OperationProgress,
@@ -68,6 +78,7 @@ from events.messages import (
     StartTraining,
     SweepParam,
 )
+from ktrdr.backtest.run import DEFAULT_CHUNK_BARS
 from ktrdr.client import Client
 from ktrdr.commands import training_inputs
 from ktrdr.data.bars_store import BarStore
@@ -147,7 +158,8 @@ def model_files(strategy_text: str, frame: pd.DataFrame, tf: str, symbol: str) -
             "metrics.json": b"{}"}
 
 
-def bare(files: dict[str, bytes], frame: pd.DataFrame, tf: str, commission: float, slippage_bps: float) -> float:
+def bare(files: dict[str, bytes], frame: pd.DataFrame, tf: str, commission: float, slippage_bps: float,
+         chunk: int = 0) -> float:
     """Seconds for the same positions and returns, vectorised in one piece: the baseline."""
     import torch
 
@@ -158,12 +170,15 @@ def bare(files: dict[str, bytes], frame: pd.DataFrame, tf: str, commission: floa
     model = TrainedModel.from_files(files)
     t0 = time.perf_counter()
     x = symbol_features({tf: frame}, model.strategy).loc[:, model.feature_names].to_numpy(dtype="float64")
-    ok = ~np.isnan(x).any(axis=1)
-    sig = np.ones(len(x), dtype=np.int64)
-    with torch.no_grad():
-        probs = torch.softmax(model.net(torch.from_numpy(model.scaler.transform(x[ok]))), dim=1)
-        conf, cls = probs.max(dim=1)
-    sig[ok] = np.where(conf.numpy() >= model.threshold, cls.numpy(), 1)
+    if chunk:  # the forward pass in the actor's chunks (the model's own decide), all else the same
+        sig = np.concatenate([model.decide(x[a:a + chunk]) for a in range(0, len(x), chunk)])
+    else:
+        ok = ~np.isnan(x).any(axis=1)
+        sig = np.ones(len(x), dtype=np.int64)
+        with torch.no_grad():
+            probs = torch.softmax(model.net(torch.from_numpy(model.scaler.transform(x[ok]))), dim=1)
+            conf, cls = probs.max(dim=1)
+        sig[ok] = np.where(conf.numpy() >= model.threshold, cls.numpy(), 1)
     target = pd.Series(np.where(sig == 0, 1.0, np.where(sig == 2, 0.0, np.nan))).ffill().fillna(0.0).to_numpy(copy=True)
     target[-1] = 0.0
     held = np.r_[0.0, target[:-1]]
@@ -178,8 +193,10 @@ def bare(files: dict[str, bytes], frame: pd.DataFrame, tf: str, commission: floa
     return time.perf_counter() - t0
 
 
-async def through_actor(c: Client, ref: str, symbol: str) -> float:
-    """Seconds from submitting the command to receiving its terminal event (which must be completed)."""
+async def through_actor(c: Client, ref: str, symbol: str) -> tuple[float, float]:
+    """Seconds from submitting the command to receiving its terminal event (which must be completed),
+    and the run's own seconds inside the backtester (features, signals, trading, figures: the
+    result's elapsed_s; the rest is routing, MODELS and BARS reads and the curve's upload)."""
     cmd = RunBacktest(op_id=subjects.new_op_id("backtest"), model=ref, symbols=[symbol])
     done = asyncio.Event()
     end: list[tuple[float, str]] = []
@@ -197,7 +214,12 @@ async def through_actor(c: Client, ref: str, symbol: str) -> float:
     await sub.unsubscribe()
     if end[0][1] != "completed":
         raise RuntimeError(f"{cmd.op_id} ended {end[0][1]}")
-    return end[0][0] - t0
+    view = await c.view(cmd.op_id)
+    return end[0][0] - t0, float((view.result or {}).get("elapsed_s", 0.0))
+
+
+def _range(xs: list[float]) -> list[float]:
+    return [round(min(xs), 4), round(max(xs), 4)]
 
 
 async def throughput(c: Client, runs: int, sizes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
@@ -210,20 +232,30 @@ async def throughput(c: Client, runs: int, sizes: dict[str, tuple[int, ...]]) ->
             files = model_files(text, frame, tf, symbol)
             await BarStore(c.js).merge(symbol, tf, frame, "sim")  # sizes ascending: each extends the last
             saved = await ModelStore(c.js).save("bench_bt", [symbol], [tf], files)
-            bare_s = [await asyncio.to_thread(bare, files, frame, tf, 0.001, 1.0) for _ in range(runs)]
-            actor_s = []
-            for _ in range(runs + 1):  # the first warms the backtester's digest cache and its imports
-                actor_s.append(await through_actor(c, saved["name"], symbol))
-            b, a = statistics.median(bare_s), statistics.median(actor_s[1:])
-            out[f"{tf}_{n}"] = {"bars": n, "bare_s": round(b, 4), "actor_s": round(a, 4),
-                                "first_actor_s": round(actor_s[0], 4), "ratio": round(b / a, 3),
+            bare_s, chunked_s, actor_s, run_s = [], [], [], []
+            await through_actor(c, saved["name"], symbol)  # warms the backtester's digest cache and imports
+            for _ in range(runs):  # alternated, so each kind sees the same load
+                bare_s.append(await asyncio.to_thread(bare, files, frame, tf, 0.001, 1.0))
+                chunked_s.append(await asyncio.to_thread(bare, files, frame, tf, 0.001, 1.0, DEFAULT_CHUNK_BARS))
+                a_s, r_s = await through_actor(c, saved["name"], symbol)
+                actor_s.append(a_s)
+                run_s.append(r_s)
+            b, bc, a = statistics.median(bare_s), statistics.median(chunked_s), statistics.median(actor_s)
+            out[f"{tf}_{n}"] = {"bars": n, "bare_s": round(b, 4), "bare_range_s": _range(bare_s),
+                                "bare_chunked_s": round(bc, 4), "bare_chunked_range_s": _range(chunked_s),
+                                "actor_s": round(a, 4), "actor_range_s": _range(actor_s),
+                                "actor_run_s": round(statistics.median(run_s), 4),
+                                "ratio": round(b / a, 3),
+                                "ratio_range": _range([x / y for x, y in zip(bare_s, actor_s, strict=True)]),
+                                "ratio_chunked": round(bc / a, 3),
                                 "bars_per_s_actor": round(n / a), "runs": runs}
-            print(f"  {tf} {n:>9,} bars: bare {b:.3f} s, actor {a:.3f} s, ratio {b / a:.2f}", flush=True)
+            print(f"  {tf} {n:>9,} bars: bare {b:.3f} s (chunked {bc:.3f}), actor {a:.3f} s "
+                  f"(its run {statistics.median(run_s):.3f}), ratio {b / a:.2f} (chunked {bc / a:.2f})", flush=True)
     return out
 
 
 async def cancel_latency(c: Client, ref: str, symbol: str, runs: int) -> dict[str, Any]:
-    lat, chunk_ms = [], []
+    lat, chunk_ms, side = [], [], []
     for _ in range(runs):
         cmd = RunBacktest(op_id=subjects.new_op_id("backtest"), model=ref, symbols=[symbol])
         running, cancelled = asyncio.Event(), asyncio.Event()
@@ -244,8 +276,9 @@ async def cancel_latency(c: Client, ref: str, symbol: str, runs: int) -> dict[st
                     if len(stamps) >= 2:  # past its first chunk: running, and a chunk's time known
                         running.set()
 
-        sub = await c.js.subscribe(subjects.ops(cmd.op_id), cb=cb, ordered_consumer=True,
-                                   deliver_policy=js_api.DeliverPolicy.ALL)
+        # A core subscription made before the submit (as through_actor's): the events as the server
+        # takes them in, without a JetStream consumer's redelivery in between (it added ~10 ms).
+        sub = await c.nc.subscribe(subjects.ops(cmd.op_id), cb=cb)
         await c.submit(cmd)
         await asyncio.wait_for(asyncio.wait([asyncio.ensure_future(running.wait()),
                                              asyncio.ensure_future(cancelled.wait())],
@@ -254,17 +287,24 @@ async def cancel_latency(c: Client, ref: str, symbol: str, runs: int) -> dict[st
             await sub.unsubscribe()
             continue
         await asyncio.sleep(0.003 * (len(lat) % 7))  # somewhere inside a chunk
-        t0 = time.perf_counter()
+        t0, wall0 = time.perf_counter(), time.time()
         await c.cancel(cmd.op_id)
         await asyncio.wait_for(cancelled.wait(), 120)
         await sub.unsubscribe()
         lat.append((t_end[0] - t0) * 1000)
+        # The backtester's side: the cancel sent -> its cancelled event stamped (same host, same clock).
+        stamped = [e.ts.timestamp() for e in await c.events(cmd.op_id) if isinstance(e, OperationCancelled)]
+        if stamped:
+            side.append((stamped[0] - wall0) * 1000)
         if len(stamps) >= 2:
             chunk_ms.append(statistics.median(np.diff(stamps)) * 1000)
     chunk = statistics.median(chunk_ms) if chunk_ms else float("nan")
     if not lat:
         return {"runs": 0, "note": "every run ended before its second chunk: use more bars"}
     return {"p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2), "max_ms": round(max(lat), 2),
+            "backtester_side_p50_ms": round(pct(side, 50), 2) if side else None,
+            "backtester_side_p99_ms": round(pct(side, 99), 2) if side else None,
+            "chunk_ms_p99": round(pct(chunk_ms, 99), 2) if chunk_ms else None,
             "runs": runs, "chunk_ms": round(chunk, 2), "target_ms": round(chunk + 10, 2),
             "met": pct(lat, 99) <= chunk + 10, "target": "p99 <= one chunk + 10 ms"}
 
@@ -504,11 +544,44 @@ async def _on_trainers(name: str, measure: Callable[[Client], Awaitable[dict[str
             await orchestrator.stop()
 
 
+def pieces(runs: int) -> dict[str, Any]:
+    """In this process, no NATS: the bare computation, `run_backtest` (features, signals, trading,
+    figures) and `curve_bytes` on the same bars, alternated, medians of `runs`
+    (KTRDR_BENCH_RESEARCH_PARTS=pieces): the run and the curve without routing or the stores."""
+    import torch
+
+    from ktrdr.backtest import BacktestJob, TrainedModel, curve_bytes, run_backtest
+
+    torch.set_num_threads(Backtester.inference_threads)
+    out: dict[str, Any] = {}
+    for tf, n in (("1h", 87_660), ("1m", 1_000_000)):
+        symbol, frame = SYMBOLS[tf], bars(n, tf)
+        files = model_files(STRATEGY.replace("TF", tf).replace("AAPL", symbol), frame, tf, symbol)
+        model, job = TrainedModel.from_files(files), BacktestJob(model_ref="bench", symbols=[symbol])
+        bare_s, run_s, curve_s = [], [], []
+        for _ in range(runs):
+            bare_s.append(bare(files, frame, tf, 0.001, 1.0))
+            t0 = time.perf_counter()
+            outcome = run_backtest(job, model, {symbol: {tf: frame}})
+            run_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            data = curve_bytes(outcome.curve)
+            curve_s.append(time.perf_counter() - t0)
+        out[f"{tf}_{n}"] = {"bare_s": round(statistics.median(bare_s), 4), "run_s": round(statistics.median(run_s), 4),
+                            "run_range_s": _range(run_s), "curve_s": round(statistics.median(curve_s), 4),
+                            "curve_range_s": _range(curve_s), "curve_mb": round(len(data) / 1e6, 2)}
+        print(f"  {tf} {n:>9,} bars: bare {out[f'{tf}_{n}']['bare_s']:.3f} s, run {out[f'{tf}_{n}']['run_s']:.3f} s, "
+              f"curve {out[f'{tf}_{n}']['curve_s']:.3f} s ({len(data) / 1e6:.1f} MB)", flush=True)
+    return out
+
+
 async def main() -> dict[str, Any]:
     runs = int(os.environ.get("KTRDR_BENCH_RESEARCH_RUNS", "3"))
     cancels = int(os.environ.get("KTRDR_BENCH_RESEARCH_CANCELS", "20"))
     parts = os.environ.get("KTRDR_BENCH_RESEARCH_PARTS", "backtest,sweep").split(",")
     results: dict[str, Any] = {}
+    if "pieces" in parts:
+        results["pieces"] = await asyncio.to_thread(pieces, runs)
     if "sweep" in parts:
         sizes = tuple(int(x) for x in os.environ.get("KTRDR_BENCH_SWEEP_SIZES", "4,8,32").split(","))
         epochs = int(os.environ.get("KTRDR_BENCH_SWEEP_EPOCHS", "40"))

@@ -50,9 +50,11 @@ def target_positions(signals: np.ndarray, carry: float) -> np.ndarray:
     """Position decided at each bar's close (1 long, 0 flat): BUY -> 1, SELL -> 0, HOLD -> the one
     before (`carry` before the first). Vectorised forward fill."""
     s = np.asarray(signals)
-    raw = np.where(s == BUY, 1.0, np.where(s == SELL, 0.0, np.nan))
-    filled = pd.Series(np.concatenate(([carry], raw))).ffill().to_numpy(copy=True)
-    return filled[1:]
+    decided = (s == BUY) | (s == SELL)
+    # For each bar the latest decided bar up to it (-1: none yet), by a running maximum of positions.
+    last = np.where(decided, np.arange(len(s)), -1)
+    np.maximum.accumulate(last, out=last)
+    return np.where(last >= 0, (s[last] == BUY).astype("float64"), float(carry))
 
 
 @dataclass
@@ -218,6 +220,29 @@ def buy_and_hold_signals(n: int) -> np.ndarray:
     if n:
         s[0] = BUY
     return s
+
+
+def buy_and_hold(index: pd.DatetimeIndex, close: np.ndarray, capital: float, costs: Costs
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(equity curve, figures) of `buy_and_hold_signals` run by `run_series` in one piece, the same
+    floats (the same factors multiplied in the same order) without its general machinery: in at bar
+    0's close (bar 0's factor the entry's), bar t's factor 1 + its return, out at the last close."""
+    close = np.asarray(close, dtype="float64")
+    n = len(close)
+    if n < 2 or np.isnan(close).any():  # nothing to hold, or gaps: the general path's rules
+        bt, fig = run_series(index, close, buy_and_hold_signals(n), capital, costs)
+        return bt.equity_curve(), fig
+    factor = np.empty(n)
+    factor[0] = costs.entry_factor
+    np.divide(close[1:], close[:-1], out=factor[1:])
+    factor[1:] -= 1.0
+    factor[1:] += 1.0  # 1 + (close[t] / close[t-1] - 1): as run_series rounds it
+    factor[-1] *= costs.exit_factor
+    equity = float(capital) * np.cumprod(factor)
+    held = np.ones(n)
+    held[0] = 0.0
+    pnl = np.array([equity[-1] - equity[0] / costs.entry_factor])
+    return equity, figures(index, equity, held, pnl, capital)
 
 
 def run_series(index: pd.DatetimeIndex, close: np.ndarray, signals: np.ndarray, capital: float, costs: Costs,

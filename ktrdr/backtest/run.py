@@ -22,12 +22,19 @@ import pandas as pd
 
 from events.messages import BacktestContext, ProgressState
 from ktrdr import tracing
-from ktrdr.backtest.engine import Backtest, Costs, buy_and_hold_signals, figures, run_series
+from ktrdr.backtest.engine import Backtest, Costs, buy_and_hold, figures
 from ktrdr.backtest.model import TrainedModel
 from ktrdr.errors import DataError, OperationCancelledError, ValidationError
 from ktrdr.training.job import CancelFlag
 
-DEFAULT_CHUNK_BARS = 50_000  # bars per chunk: progress and cancel between chunks (~50-100 ms of work here)
+# Bars per chunk: progress after each, the cancel read before it and inside it (DECIDE_ROWS). A
+# fixed count, not a time, so a run's floats never depend on the host's speed (each chunk restarts
+# its cumulative product; a redelivered backtest must give the same figures): ~20-25 ms of work on
+# this 2-core host when quiet (bench/research.py), ~30-60 ms under load.
+DEFAULT_CHUNK_BARS = 32_768
+# The forward pass goes in batches of this many rows, the cancel read between them and before the
+# chunk's trading: a cancel waits for ~a third of a chunk's work, not all of it. Fixed, as the chunk.
+DECIDE_ROWS = 8_192
 Emit = Callable[[ProgressState], None]
 
 
@@ -78,10 +85,24 @@ def _cut(bars: pd.DataFrame, end: pd.Timestamp | None) -> pd.DataFrame:
     return bars.loc[idx < end] if end is not None else bars
 
 
+# The curve's Parquet: floats byte-stream-split and LZ4-compressed, timestamps delta-encoded, no
+# dictionaries (a curve's floats hardly repeat: pandas' default dictionary pass was most of its 0.2 s
+# for 1,000,000 bars). 1,000,000 bars: ~13 MB in ~75 ms against 20-24 MB in ~0.2 s (bench/research.py).
+_CURVE_ENCODING = {"ts": "DELTA_BINARY_PACKED", "equity": "BYTE_STREAM_SPLIT", "buy_hold": "BYTE_STREAM_SPLIT",
+                   "position": "BYTE_STREAM_SPLIT"}
+
+
 def curve_bytes(curve: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    curve.to_parquet(buf, index=False)
-    return buf.getvalue()
+    """The curve as Parquet (read back by `read_curve`, or any Parquet reader)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(curve, preserve_index=False)
+    encoding = {k: v for k, v in _CURVE_ENCODING.items() if k in curve.columns}
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression="lz4", use_dictionary=False, column_encoding=encoding,
+                   write_statistics=False)
+    return buf.getvalue().to_pybytes()
 
 
 def read_curve(data: bytes) -> pd.DataFrame:
@@ -112,36 +133,48 @@ def run_backtest(job: BacktestJob, model: TrainedModel, bars: Mapping[str, Mappi
     start, end = _utc(job.start), _utc(job.end)
     costs = Costs(job.commission, job.slippage_bps)
     sleeve = job.capital / len(job.symbols)
-    prepared: list[tuple[str, pd.DatetimeIndex, np.ndarray, pd.DataFrame]] = []
+    prepared: list[tuple[str, pd.DatetimeIndex, np.ndarray, np.ndarray]] = []
     for sym in job.symbols:
         by_tf = {tf: _cut(df, end) for tf, df in bars.get(sym, {}).items()}
         feats = model.features(by_tf, sym)
         base = feats.index
-        keep = (base >= start) if start is not None else np.ones(len(base), dtype=bool)
-        if not keep.any():
+        # The base index is sorted, so the bars from `start` on are a suffix: sliced, not copied.
+        first = int(base.searchsorted(start)) if start is not None else 0
+        if first >= len(base):
             raise DataError(f"no {model.base_timeframe} bars for {sym} in the requested range",
                             hint="pick a range the stored bars cover (ktrdr data show) or load it first")
         close = by_tf[model.base_timeframe]["close"].astype("float64")
-        close = close[~close.index.duplicated(keep="last")].sort_index()
         if close.index.tz is None:
             close.index = close.index.tz_localize("UTC")
-        prepared.append((sym, base[keep], close.reindex(base[keep]).to_numpy(), feats.loc[keep]))
+        if close.index.equals(base):  # the usual case: the features are on the stored bars as they are
+            closes = close.to_numpy()[first:]
+        else:
+            close = close[~close.index.duplicated(keep="last")].sort_index()
+            closes = close.reindex(base[first:]).to_numpy()
+        prepared.append((sym, base[first:], closes, feats.to_numpy(dtype="float64")[first:]))
     total = sum(len(p[1]) for p in prepared)
     done, trades = 0, 0
     runs: dict[str, Backtest] = {}
     out = BacktestOutcome(result={}, curve=pd.DataFrame())
     step = max(1, job.chunk_bars)
-    for sym, index, close, feats in prepared:
+
+    def check(sym: str, index: pd.DatetimeIndex, a: int) -> None:
+        if cancel is not None and cancel.is_cancelled:
+            where = f"{sym} {index[a - 1].isoformat()}" if a else f"{sym} before its first bar"
+            raise OperationCancelledError(where, cancel.reason, getattr(cancel, "reason_code", "user"))
+
+    for sym, index, close, x in prepared:
         bt = Backtest(sleeve, costs)
         signals = np.empty(len(index), dtype=np.int64)
-        x = feats.to_numpy(dtype="float64")
         for a in range(0, len(index), step):
-            if cancel is not None and cancel.is_cancelled:
-                where = f"{sym} {index[a - 1].isoformat()}" if a else f"{sym} before its first bar"
-                raise OperationCancelledError(where, cancel.reason, getattr(cancel, "reason_code", "user"))
+            check(sym, index, a)
             b = min(a + step, len(index))
             with tracing.span("backtest chunk", attrs={"ktrdr.symbol": sym, "ktrdr.bars": b - a}):
-                signals[a:b] = model.decide(x[a:b])
+                for c in range(a, b, DECIDE_ROWS):  # inside the chunk too: a cancel waits for a part of it
+                    if c > a:
+                        check(sym, index, a)
+                    signals[c:min(c + DECIDE_ROWS, b)] = model.decide(x[c:min(c + DECIDE_ROWS, b)])
+                check(sym, index, a)
                 bt.feed(close[a:b], signals[a:b], last=b == len(index))
             done += b - a
             if emit is not None:
@@ -184,8 +217,7 @@ def _result(job: BacktestJob, model: TrainedModel, prepared: list[tuple[str, pd.
     pnl = []
     for sym, index, close, _ in prepared:
         bt = runs[sym]
-        bh, bh_fig = run_series(index, close, buy_and_hold_signals(len(index)), sleeve, costs)
-        bh_curves[sym] = bh.equity_curve()
+        bh_curves[sym], bh_fig = buy_and_hold(index, close, sleeve, costs)
         held[sym] = bt.held()
         pnl.append(bt.pnl)
         per_symbol[sym] = {"strategy": figures(index, bt.equity_curve(), bt.held(), bt.pnl, sleeve),

@@ -18,6 +18,7 @@ holder signs its verdicts), else the one in metadata.json (which a trainer key c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -250,14 +251,15 @@ class ModelStore:
         (model.pt must have one): what a backtest runs."""
         prefix = await self.resolve(ref)
         expected = await self.expected_digests(prefix)
+        # The files at once (one round trip's wait, not one per file), checked in the order asked.
+        found = await asyncio.gather(*(objects.get(self.js, MODELS, f"{prefix}/{f}", max_bytes=MAX_MODEL_FILE_BYTES
+                                                   if f == "model.pt" else MAX_JSON_FILE_BYTES) for f in files))
         out: dict[str, bytes] = {}
-        for f in files:
-            limit = MAX_MODEL_FILE_BYTES if f == "model.pt" else MAX_JSON_FILE_BYTES
-            found = await objects.get(self.js, MODELS, f"{prefix}/{f}", max_bytes=limit)
-            if found is None:
+        for f, got in zip(files, found, strict=True):
+            if got is None:
                 raise DataError(f"{MODELS}/{prefix}/{f} is missing")
-            self.check_file(prefix, f, found[1], expected)
-            out[f] = bytes(found[0])
+            self.check_file(prefix, f, got[1], expected)
+            out[f] = bytes(got[0])
         return prefix, out
 
     async def save_backtest(self, prefix: str, op_id: str, data: bytes, summary: Mapping[str, Any]) -> Stored:

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from ktrdr.backtest.engine import BUY, HOLD, SELL, Costs, run_series, target_positions
+from ktrdr.backtest.engine import (
+    BUY,
+    HOLD,
+    SELL,
+    Costs,
+    buy_and_hold,
+    buy_and_hold_signals,
+    run_series,
+    target_positions,
+)
 from tests.backtest.conftest import frame
 
 FREE = Costs(commission=0.0, slippage_bps=0.0)
@@ -79,3 +89,15 @@ def test_a_run_in_chunks_equals_the_run_in_one_piece(chunk: int) -> None:
         (t.entry_index, t.exit_index) for t in parts.trades]
     assert f1.keys() == f2.keys()
     assert all(f1[k] == (f2[k] if isinstance(f2[k], str | None) else pytest.approx(f2[k], rel=1e-9)) for k in f1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 500])
+def test_buy_and_hold_equals_the_general_run_of_its_signals_float_for_float(n: int) -> None:
+    rng = np.random.default_rng(n)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    index = pd.date_range("2024-01-01", periods=n, freq="h", tz="UTC")
+    costs = Costs(0.001, 3.0)
+    general, want = run_series(index, close, buy_and_hold_signals(n), 10_000, costs)
+    equity, got = buy_and_hold(index, close, 10_000, costs)
+    assert list(equity) == list(general.equity_curve())  # the same floats, not merely close
+    assert got == want

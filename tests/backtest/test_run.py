@@ -1,5 +1,5 @@
 """A backtest run as the actor runs it, without a server: several symbols as equal sleeves, a range
-with no bars, a cancel between chunks."""
+with no bars, a cancel between chunks and inside one, a start inside the bars."""
 
 from __future__ import annotations
 
@@ -51,3 +51,63 @@ def test_a_cancel_between_chunks_says_the_last_bar_run(bars, files) -> None:
         run_backtest(job, TrainedModel.from_files(files), {"AAPL": {"1h": bars}}, emit=emit, cancel=token)
     assert seen == [250, 500]
     assert err.value.where == f"AAPL {bars.index[499].isoformat()}" and err.value.reason == "user asked"
+
+
+def test_a_cancel_during_a_chunks_signals_stops_before_its_trading(bars, files, monkeypatch) -> None:
+    """The cancel is read inside a chunk too (after its signals, before its positions and equity): a
+    cancel arriving while chunk 2's signals are computed stops there, at chunk 1's last bar, with no
+    report of chunk 2."""
+    token = CancellationToken()
+    model = TrainedModel.from_files(files)
+    real, calls = model.decide, []
+
+    def decide(x):  # chunk 2's forward pass is where the cancel comes in
+        calls.append(len(x))
+        if len(calls) == 2:
+            token.cancel("user asked")
+        return real(x)
+
+    monkeypatch.setattr(model, "decide", decide)
+    seen: list[int] = []
+    job = BacktestJob("t/AAPL_1h_v1", ["AAPL"], chunk_bars=250)
+    with pytest.raises(OperationCancelledError) as err:
+        run_backtest(job, model, {"AAPL": {"1h": bars}}, emit=lambda s: seen.append(s.context.bars_done),
+                     cancel=token)
+    assert seen == [250] and len(calls) == 2
+    assert err.value.where == f"AAPL {bars.index[249].isoformat()}"
+
+
+def test_a_start_inside_the_bars_trades_from_it_with_the_bars_before_warming_up(bars, files) -> None:
+    model = TrainedModel.from_files(files)
+    whole = run_backtest(BacktestJob("t/AAPL_1h_v1", ["AAPL"], chunk_bars=250), model, {"AAPL": {"1h": bars}})
+    at = bars.index[600]
+    part = run_backtest(BacktestJob("t/AAPL_1h_v1", ["AAPL"], start=at.to_pydatetime(), chunk_bars=250), model,
+                        {"AAPL": {"1h": bars}})
+    assert part.result["bars"] == len(bars) - 600 and part.result["strategy"]["start"] == at.isoformat()
+    assert list(part.signals["AAPL"]) == list(whole.signals["AAPL"][600:])  # the same features from the warm-up
+
+
+def test_a_cancel_during_a_chunks_forward_pass_stops_before_its_next_batch(bars, files, monkeypatch) -> None:
+    """Inside a chunk the forward pass goes in batches of DECIDE_ROWS with the cancel read between
+    them: a cancel during the first chunk's second batch stops before its third."""
+    import ktrdr.backtest.run as run
+
+    monkeypatch.setattr(run, "DECIDE_ROWS", 100)
+    token = CancellationToken()
+    model = TrainedModel.from_files(files)
+    real, calls = model.decide, []
+
+    def decide(x):
+        calls.append(len(x))
+        if len(calls) == 2:
+            token.cancel("user asked")
+        return real(x)
+
+    monkeypatch.setattr(model, "decide", decide)
+    seen: list[int] = []
+    job = BacktestJob("t/AAPL_1h_v1", ["AAPL"], chunk_bars=250)
+    with pytest.raises(OperationCancelledError) as err:
+        run_backtest(job, model, {"AAPL": {"1h": bars}}, emit=lambda s: seen.append(s.context.bars_done),
+                     cancel=token)
+    assert calls == [100, 100] and seen == []
+    assert err.value.where == "AAPL before its first bar"
