@@ -39,6 +39,13 @@ def cancel_while_queued(view: OperationView, claimed: bool) -> bool:
     return view.status == "queued" and not claimed
 
 
+def waiting_to_retry(view: OperationView) -> bool:
+    """Whether the operation waits for its next attempt (its worker handed it back after a retryable
+    failure, ktrdr.ops.retries): nobody runs it, so a cancel is the orchestrator's to record, once it
+    holds the lease that the next attempt would need (actors/_orch_leases.py: unheld_cancel)."""
+    return view.status == "running" and view.next_attempt_at is not None
+
+
 def fix_deadline(cmd: Command, now: datetime) -> Command:
     """The command as the orchestrator accepts it at `now` (its own clock): a deadline is a duration
     (`timeout_s`) and becomes `now + timeout_s`, so a client whose clock is off moves nothing (issue

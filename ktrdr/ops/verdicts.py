@@ -33,6 +33,14 @@ def cancelled_before_start(op_id: str, reason: str, code: CancelReason) -> Opera
                               reason_code=code, message="Operation cancelled before it started")
 
 
+def cancelled_while_waiting(view: OperationView, reason: str, code: CancelReason) -> OperationCancelled:
+    """A cancel that reached the operation while it waited for its next attempt (a retryable failure
+    handed it back): attempt `view.attempts` had ended, the next one never starts."""
+    return OperationCancelled(op_id=view.op_id, where=f"waiting to retry, after attempt {view.attempts}",
+                              reason=reason or "cancel requested", reason_code=code,
+                              message=f"Operation cancelled while waiting for attempt {view.attempts + 1}")
+
+
 def recorded_cancel(view: OperationView) -> OperationCancelled:
     """The cancel the view has recorded (`cancel_requested`), honoured before the operation started."""
     return cancelled_before_start(view.op_id, view.cancel_reason or "cancel requested",
