@@ -157,7 +157,17 @@ class LeaseService:
             holder = "" if release else req.actor  # handed back: the next worker takes it at once
             value = encode(Lease(holder=holder, attempt=req.attempt, key="" if release else req.key))
             ok = await self.bucket.renew(req.op_id, value, entry.revision) is not None
+            if ok and release:  # checked after the hand-back, so a cancel folded meanwhile is seen
+                await self._end_if_cancelled(req.op_id)
         return LeaseReply(ok=ok, attempt=req.attempt, lost=not ok)
+
+    async def _end_if_cancelled(self, op_id: str) -> None:
+        """A hand-back of an operation whose cancel is recorded: nobody runs it now, so it ends here
+        (the cancel came while its worker was still announcing the wait)."""
+        view = self.orch.live_view(op_id)
+        if view is not None and view.cancel_requested and not view.terminal and await self.seize(view):
+            await self.orch.finish(op_id, verdicts.cancelled_while_waiting(
+                view, view.cancel_reason or "cancel requested", view.cancel_reason_code or "user"))
 
 
 async def unheld_cancel(leases: LeaseService | None, view: OperationView, claimed: bool,
@@ -166,9 +176,10 @@ async def unheld_cancel(leases: LeaseService | None, view: OperationView, claime
     ends it, or a later pick-up does): one still queued and unclaimed ends before it started; one
     waiting for its next attempt ends at once (not when the wait is over) once the orchestrator
     holds its handed-back lease, so no next attempt can be granted beside the verdict: a claim that
-    won the race runs, and its worker honours the cancel."""
+    won the race runs, and its worker honours the cancel. A hand-back that comes after the cancel
+    (the worker was still announcing its wait) is ended by `LeaseService.keep` instead."""
     if intake.cancel_while_queued(view, claimed):
         return verdicts.cancelled_before_start(view.op_id, cancel.reason, cancel.reason_code)
-    if intake.waiting_to_retry(view) and leases is not None and await leases.seize(view):
+    if intake.between_attempts(view) and leases is not None and await leases.seize(view):
         return verdicts.cancelled_while_waiting(view, cancel.reason, cancel.reason_code)
     return None

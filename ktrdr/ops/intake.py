@@ -39,11 +39,12 @@ def cancel_while_queued(view: OperationView, claimed: bool) -> bool:
     return view.status == "queued" and not claimed
 
 
-def waiting_to_retry(view: OperationView) -> bool:
-    """Whether the operation waits for its next attempt (its worker handed it back after a retryable
-    failure, ktrdr.ops.retries): nobody runs it, so a cancel is the orchestrator's to record, once it
-    holds the lease that the next attempt would need (actors/_orch_leases.py: unheld_cancel)."""
-    return view.status == "running" and view.next_attempt_at is not None
+def between_attempts(view: OperationView) -> bool:
+    """Whether the operation may be between two attempts: it started, and has not ended. Whether it
+    is (its worker handed its lease back: a retry's wait, a worker stopping) is the lease's to say
+    (actors/_orch_leases.py: unheld_cancel); then nobody runs it and a cancel is the orchestrator's
+    to record."""
+    return view.status == "running"
 
 
 def fix_deadline(cmd: Command, now: datetime) -> Command:

@@ -106,7 +106,7 @@ async def test_a_cancel_during_a_retry_wait_ends_the_operation_at_once_and_its_r
     events = await client.events(cmd.op_id)
     ended = [e for e in events if isinstance(e, OperationCancelled | OperationCompleted | OperationFailed)]
     assert len(ended) == 1 and isinstance(ended[0], OperationCancelled), ended
-    assert ended[0].actor.startswith("orchestrator") and ended[0].where == "waiting to retry, after attempt 4"
+    assert ended[0].actor.startswith("orchestrator") and ended[0].where == "between attempts, after attempt 4"
     last_wait = [e.progress for e in events if retrying(e, None)][-1]
     assert last_wait.next_attempt_at is not None and ended[0].ts < last_wait.next_attempt_at  # not at its end
     assert [e.attempt for e in events if isinstance(e, OperationStarted)] == [1, 2, 3, 4]  # no fifth ran
