@@ -61,6 +61,9 @@ WORK_IN_FLIGHT = Gauge("ktrdr_work_in_flight", "Operations a worker is running n
                        registry=REGISTRY)
 LEASE_RENEWALS = Counter("ktrdr_lease_renewals", "A worker's lease renewals, by result (ok, lost, error)",
                          ["role", "domain", "result"], registry=REGISTRY)
+ATTEMPTS_RETRIED = Counter("ktrdr_attempts_retried", "Attempts that failed retryably and were handed back to "
+                           "JetStream for a next attempt after the policy's wait, by error code",
+                           ["role", "domain", "code"], registry=REGISTRY)
 LEASE_TAKEOVERS = Counter("ktrdr_lease_takeovers", "Leases the orchestrator granted to another worker after the "
                           "holder went silent", ["domain"], registry=REGISTRY)
 IB_REQUESTS = Counter("ktrdr_ib_requests", "IB requests served, by verb and outcome (ok, error)",

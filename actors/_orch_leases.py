@@ -22,11 +22,21 @@ from nats.aio.subscription import Subscription
 from actors import _metrics
 from events import proof, subjects
 from events.codec import DecodeError, decode, encode
-from events.messages import Lease, LeaseReply, LeaseRequest, OperationStarted
+from events.messages import (
+    CancelOperation,
+    CancelRequested,
+    Lease,
+    LeaseReply,
+    LeaseRequest,
+    OperationCancelled,
+    OperationStarted,
+)
+from ktrdr.ops import intake, verdicts
 from ktrdr.transport.leases import Entry, LeaseBucket
 
 if TYPE_CHECKING:
     from actors.orchestrator import Orchestrator
+    from ktrdr.ops.view import OperationView
 
 
 def _lease(entry: Entry | None) -> Lease | None:
@@ -120,6 +130,20 @@ class LeaseService:
         if tracked is not None:
             tracked.last_seen = time.monotonic()
 
+    async def seize(self, view: OperationView) -> bool:
+        """Take the lease of an operation whose worker handed it back (no holder), so that no claim
+        is granted after it; False when a worker holds it again (or the store is away)."""
+        try:
+            entry = await self.bucket.read(view.op_id)
+            lease = _lease(entry)
+            if lease is not None and lease.holder:
+                return False
+            value = encode(Lease(holder=self.orch.id, attempt=lease.attempt if lease else view.attempts))
+            return await self.bucket.claim(view.op_id, value, over=entry) is not None
+        except Exception as exc:  # the KV store away: the redelivery finds the recorded cancel
+            self.orch.log.debug("seizing the lease of %s failed: %s", view.op_id, exc)
+            return False
+
     async def keep(self, req: LeaseRequest, *, release: bool) -> LeaseReply:
         """A renewal (or a release) by the holder of the lease: same actor, attempt and key."""
         entry = await self.bucket.read(req.op_id)
@@ -133,4 +157,29 @@ class LeaseService:
             holder = "" if release else req.actor  # handed back: the next worker takes it at once
             value = encode(Lease(holder=holder, attempt=req.attempt, key="" if release else req.key))
             ok = await self.bucket.renew(req.op_id, value, entry.revision) is not None
+            if ok and release:  # checked after the hand-back, so a cancel folded meanwhile is seen
+                await self._end_if_cancelled(req.op_id)
         return LeaseReply(ok=ok, attempt=req.attempt, lost=not ok)
+
+    async def _end_if_cancelled(self, op_id: str) -> None:
+        """A hand-back of an operation whose cancel is recorded: nobody runs it now, so it ends here
+        (the cancel came while its worker was still announcing the wait)."""
+        view = self.orch.live_view(op_id)
+        if view is not None and view.cancel_requested and not view.terminal and await self.seize(view):
+            await self.orch.finish(op_id, verdicts.cancelled_while_waiting(
+                view, view.cancel_reason or "cancel requested", view.cancel_reason_code or "user"))
+
+
+async def unheld_cancel(leases: LeaseService | None, view: OperationView, claimed: bool,
+                        cancel: CancelOperation | CancelRequested) -> OperationCancelled | None:
+    """The orchestrator's own verdict for a cancel of an operation nobody runs, or None (its worker
+    ends it, or a later pick-up does): one still queued and unclaimed ends before it started; one
+    waiting for its next attempt ends at once (not when the wait is over) once the orchestrator
+    holds its handed-back lease, so no next attempt can be granted beside the verdict: a claim that
+    won the race runs, and its worker honours the cancel. A hand-back that comes after the cancel
+    (the worker was still announcing its wait) is ended by `LeaseService.keep` instead."""
+    if intake.cancel_while_queued(view, claimed):
+        return verdicts.cancelled_before_start(view.op_id, cancel.reason, cancel.reason_code)
+    if intake.between_attempts(view) and leases is not None and await leases.seize(view):
+        return verdicts.cancelled_while_waiting(view, cancel.reason, cancel.reason_code)
+    return None

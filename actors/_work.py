@@ -61,6 +61,7 @@ from ktrdr.errors import KtrdrError, OperationCancelledError
 from ktrdr.ops import fold_all, retries, verdicts
 from ktrdr.ops.reader import read_proven
 from ktrdr.transport import last_message
+from ktrdr.transport.connection import unavailable
 
 log = logging.getLogger(__name__)
 STILL_OURS_RETRY_S = 0.25  # how often a finished operation asks an orchestrator that did not answer
@@ -373,8 +374,14 @@ class WorkRunner:
         except asyncio.CancelledError:
             raise  # killed: leave the message unacked so JetStream redelivers it
         except Exception as exc:
-            await a.on_fault(exc, f"work {op_id}")
-            outcome = verdicts.internal_error(op_id, a.role, exc)
+            typed = unavailable(exc)  # NATS away for a step of the work: retryable, typed
+            if typed is None:
+                await a.on_fault(exc, f"work {op_id}")
+                outcome = verdicts.internal_error(op_id, a.role, exc)
+            elif await self._retry_later(run, ctx, typed):
+                return None
+            else:
+                outcome = verdicts.failed(op_id, str(typed), typed.code)
         return outcome if await self._finish(run, ctx, outcome) else None
 
     async def _retry_later(self, run: _Running, ctx: OperationContext, exc: KtrdrError) -> bool:
@@ -393,12 +400,31 @@ class WorkRunner:
             ctx.last_progress or ProgressState(), phase="retrying",
             message=retries.announce(policy, run.held.attempt, wait, reason),
             next_attempt_at=now + timedelta(seconds=wait), retry_reason=reason))
+        _metrics.ATTEMPTS_RETRIED.labels(a.role, self.domain, exc.code).inc()
         await a.flush_progress(acked=True)
-        with contextlib.suppress(Exception):
-            await self.leases.release(run.held, done=False)
+        await self._hand_back(run.held)
         with contextlib.suppress(Exception):
             await run.msg.nak(delay=wait)
         return True
+
+    async def _hand_back(self, held: Held) -> None:
+        """Release the lease as handed back, asking again while the orchestrator does not answer (up to a
+        lease time): a hand-back that did not get through leaves the lease ours, and the redelivery
+        would then run under the same attempt, with no `started` of its own (seen with NATS paused)."""
+        assert self.leases is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.actor.settings.worker_timeout_s
+        while True:
+            try:
+                await self.leases.release(held, done=False)
+                return
+            except LeaseUnavailable:
+                pass
+            except Exception as exc:
+                log.debug("handing back the lease of %s failed: %s", held.op_id, exc)
+            if loop.time() > deadline:
+                return
+            await asyncio.sleep(STILL_OURS_RETRY_S)
 
     async def _finish(self, run: _Running, ctx: OperationContext, outcome: Event | None) -> bool:
         """Publish the verdict if the operation is still ours, else hand it back; whether it was published."""

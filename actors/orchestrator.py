@@ -34,7 +34,7 @@ from actors._leases import drop
 from actors._orch_index import Indexer, live_views
 from actors._orch_intake import CommandIntake
 from actors._orch_leader import Leadership, NotLeader, Succession
-from actors._orch_leases import LeaseService
+from actors._orch_leases import LeaseService, unheld_cancel
 from actors._orch_schedules import ScheduleRunner
 from actors._orch_supervisor import Supervisor
 from actors._orch_workflows import WorkflowRunner
@@ -56,7 +56,7 @@ from events.messages import (
 )
 from events.proof import HEADER
 from ktrdr import tracing
-from ktrdr.ops import OperationView, fold, intake, verdicts
+from ktrdr.ops import OperationView, fold, verdicts
 from ktrdr.ops.reader import admit, fold_trusted
 from ktrdr.ops.supervision import Tracked
 from ktrdr.training.checkpoint_store import CheckpointStore
@@ -276,8 +276,8 @@ class Orchestrator(Actor):
                                             requested_by=cancel.requested_by))
         if op_id in self.workflows:
             await self.workflows.advance(op_id)
-        elif intake.cancel_while_queued(tracked.view, self.supervisor.claimed(op_id)):
-            await self.finish(op_id, verdicts.cancelled_before_start(op_id, cancel.reason, cancel.reason_code))
+        elif (ended := await unheld_cancel(self.leases, tracked.view, self.supervisor.claimed(op_id), cancel)):
+            await self.finish(op_id, ended)
 
     async def on_malformed_cancel(self, op_id: str, subject: str, error: str) -> None:
         await self.report_error(op_id, f"malformed cancel request ignored: {error}", subject)

@@ -82,7 +82,8 @@ MAX_TIME_ZONE = 64  # an IANA zone name (America/Argentina/ComodRivadavia is 32)
 # --- retries (issue 22) -------------------------------------------------------------------------
 # Retry policies (item 2): Temporal's defaults for the waits (1 s, x2.0, at most 100 s); the attempts
 # per domain (a command's --retries overrides them, at most MAX_RETRIES); only a failure whose error
-# code is in RETRYABLE_CODES is retried (the IB gateway away), never a validation
+# code is in RETRYABLE_CODES is retried (the IB gateway away, NATS unreachable for a step of the
+# work), never a validation
 # error nor a cancel. Every attempt is also a delivery of the work item: KTRDR_MAX_DELIVER caps them.
 RETRY_INITIAL_S = 1.0
 RETRY_BACKOFF = 2.0
@@ -90,7 +91,7 @@ RETRY_MAX_INTERVAL_S = 100.0
 MAX_RETRY_INTERVAL_S = 3600.0  # the most --retry-max-interval may say
 MAX_RETRIES = 20
 DEFAULT_RETRIES: dict[str, int] = {"data": 4, "training": 2, "backtest": 2, "dummy": 0}
-RETRYABLE_CODES: tuple[str, ...] = ("disconnected",)
+RETRYABLE_CODES: tuple[str, ...] = ("disconnected", "nats_unavailable")
 # An operation id named in another operation's events (`retry_of`, `retried_by`): the shape
 # events.subjects.new_op_id makes, checked at decode.
 OP_ID_PATTERN = r"^[a-z]+-\d{8}T\d{12}-[0-9a-f]{6}$"

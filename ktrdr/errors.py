@@ -90,3 +90,11 @@ class PacingError(IbError):
 
 class DisconnectedError(IbError):
     code = "disconnected"
+
+
+class NatsUnavailableError(KtrdrError):
+    """A step of the work could not reach NATS: a JetStream request timed out or found no responder,
+    or the connection was closed or reconnecting (ktrdr.transport.connection.unavailable). Retryable:
+    the server (or the cluster's quorum) is expected back."""
+
+    code = "nats_unavailable"

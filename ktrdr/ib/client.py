@@ -8,6 +8,12 @@ and new requests fail fast (`ready_timeout`) while it is away, so callers decide
 `state` says where the connection stands ("connected", "... disconnected; reconnecting ...").
 It follows IB's connectivity messages (1100 lost: in-flight requests fail, new ones wait; 1101/1102
 restored). Every historical request goes through one PacingLimiter so IB never has to answer 162.
+A gateway that is connected but silent (paused, hung: the socket stays open, nothing comes back) is
+caught by the stall watch: while a request waits and nothing at all arrived for `stall_s / 3`, one
+time request (reqCurrentTime, which the gateway answers at once) goes out; nothing for `stall_s`
+fails every request in flight with DisconnectedError ("... stopped answering") and drops the
+connection, so new requests fail at once and the reconnect loop takes over. Without it such a
+request waited `request_timeout` (120 s), and a load with retries twice that per attempt.
 `source` is "sim" for a simulated gateway (account names starting with "SIM"), else "ib".
 """
 
@@ -74,6 +80,7 @@ class IbClient:
         max_backoff_s: float = 10.0,
         ready_timeout: float | None = None,
         universe: dict[str, Instrument] | None = None,
+        stall_s: float = 3.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -86,6 +93,8 @@ class IbClient:
         # (None: connect_timeout). 0 fails at once: the caller owns the retry policy.
         self.ready_timeout = connect_timeout if ready_timeout is None else ready_timeout
         self.universe = universe
+        self.stall_s = stall_s  # a connected gateway silent this long while a request waits: dropped (0: never)
+        self.stalls = 0  # connections dropped by the stall watch
         self.ib = IB()
         self.limiter = PacingLimiter(pacing)
         self._tracker = RequestTracker(self.ib, gateway=self.gateway)
@@ -103,6 +112,10 @@ class IbClient:
         self.last_error = ""
         self.ib.disconnectedEvent += self._on_disconnected
         self.ib.errorEvent += self._on_error
+        self._heard = 0.0  # loop time of the last bytes from the gateway
+        self._probed = 0.0  # loop time of the last time request of the stall watch
+        self._stall_task: asyncio.Task[None] | None = None
+        self.ib.client.conn.hasData += self._on_data
 
     # --- connection ---------------------------------------------------------------------------
     @property
@@ -184,10 +197,47 @@ class IbClient:
             self.host, self.port, self.client_id, timeout=timeout, readonly=True, fetchFields=StartupFetchNONE
         )
         self._accounts = list(self.ib.managedAccounts())
+        self._heard = asyncio.get_running_loop().time()
         self._upstream_ok.set()
         self._connected.set()
         self.attempts, self.last_error = 0, ""
+        if self.stall_s > 0 and (self._stall_task is None or self._stall_task.done()):
+            self._stall_task = asyncio.get_running_loop().create_task(self._stall_watch())
         log.info("connected to %s:%d as client %d (%s)", self.host, self.port, self.client_id, self.source)
+
+    def _on_data(self, _data: bytes) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._heard = asyncio.get_running_loop().time()
+
+    async def _stall_watch(self) -> None:
+        """While connected: a request waiting on a gateway that sends nothing at all is a gateway gone
+        silent. After stall_s / 3 of silence one time request goes out (answered at once by a live
+        gateway, whatever its data farms are doing); after stall_s the connection is dropped."""
+        loop = asyncio.get_running_loop()
+        tick = max(self.stall_s / 6, 0.05)
+        while not self._closing:
+            await asyncio.sleep(tick)
+            waiting = self._tracker.waiting_since
+            if waiting is None or not self.is_connected:
+                continue
+            since = max(self._heard, waiting)
+            quiet = loop.time() - since
+            if quiet >= self.stall_s:
+                self._stalled(quiet)
+            elif quiet >= self.stall_s / 3 and self._probed < since:
+                self._probed = loop.time()
+                with contextlib.suppress(ConnectionError):
+                    self.limiter.note_message()
+                    self.ib.client.reqCurrentTime()
+
+    def _stalled(self, quiet: float) -> None:
+        self.stalls += 1
+        text = (f"{self.gateway} stopped answering: nothing received for {quiet:.1f} s while a request "
+                f"waited, not even to a time request")
+        log.warning("%s; dropping the connection and reconnecting", text)
+        self._tracker.fail_all(GATEWAY_GONE, text)
+        self.attempts, self.last_error = 1, text[len(self.gateway) + 1:][:200]
+        self.ib.disconnect()  # disconnectedEvent: new requests fail at once, the reconnect loop starts
 
     def _note_failure(self, e: BaseException) -> None:
         self.attempts += 1
@@ -290,10 +340,11 @@ class IbClient:
 
     async def close(self) -> None:
         self._closing = True
-        if self._reconnect_task is not None:
-            self._reconnect_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reconnect_task
+        for task in (self._reconnect_task, self._stall_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         self._connected.clear()
         if self.ib.isConnected():
             self.ib.disconnect()

@@ -39,7 +39,14 @@ class RequestTracker:
         self.ib = ib
         self.gateway = gateway  # "IB gateway at host:port": named in every connection error
         self._pending: dict[int, _Pending] = {}
+        self._waiting_since: float | None = None  # loop time since which some request waits for IB
         ib.errorEvent += self._on_error
+
+    @property
+    def waiting_since(self) -> float | None:
+        """The loop time since which at least one sent request has been waiting for its answer (None:
+        none waits). IbClient's stall watch measures the gateway's silence from here."""
+        return self._waiting_since if self._pending else None
 
     def _on_error(self, req_id: int, code: int, text: str, _contract: Any = None) -> None:
         pending = self._pending.get(req_id)
@@ -80,6 +87,8 @@ class RequestTracker:
                 hint="the client reconnects by itself; retry shortly",
             ) from None
         pending = _Pending()
+        if not self._pending:
+            self._waiting_since = asyncio.get_running_loop().time()
         self._pending[req_id] = pending
         future = self.ib.wrapper.startReq(req_id, contract, container)
         loop = asyncio.get_running_loop()

@@ -40,6 +40,14 @@ def cancel_while_queued(view: OperationView, claimed: bool) -> bool:
     return view.status == "queued" and not claimed
 
 
+def between_attempts(view: OperationView) -> bool:
+    """Whether the operation may be between two attempts: it started, and has not ended. Whether it
+    is (its worker handed its lease back: a retry's wait, a worker stopping) is the lease's to say
+    (actors/_orch_leases.py: unheld_cancel); then nobody runs it and a cancel is the orchestrator's
+    to record."""
+    return view.status == "running"
+
+
 def fix_deadline(cmd: Command, now: datetime) -> Command:
     """The command as the orchestrator accepts it at `now` (its own clock): a deadline is a duration
     (`timeout_s`) and becomes `now + timeout_s`, so a client whose clock is off moves nothing (issue

@@ -33,6 +33,15 @@ def cancelled_before_start(op_id: str, reason: str, code: CancelReason) -> Opera
                               reason_code=code, message="Operation cancelled before it started")
 
 
+def cancelled_while_waiting(view: OperationView, reason: str, code: CancelReason) -> OperationCancelled:
+    """A cancel that reached the operation between two attempts (its worker handed it back: a
+    retryable failure waiting for the next attempt, or a worker stopping): attempt `view.attempts`
+    had ended, the next one never starts."""
+    return OperationCancelled(op_id=view.op_id, where=f"between attempts, after attempt {view.attempts}",
+                              reason=reason or "cancel requested", reason_code=code,
+                              message=f"Operation cancelled before attempt {view.attempts + 1} started")
+
+
 def recorded_cancel(view: OperationView) -> OperationCancelled:
     """The cancel the view has recorded (`cancel_requested`), honoured before the operation started."""
     return cancelled_before_start(view.op_id, view.cancel_reason or "cancel requested",

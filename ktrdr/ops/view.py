@@ -26,6 +26,7 @@ TERMINAL: tuple[TerminalStatus, ...] = get_args(TerminalStatus)
 KnownErrorCode = Literal[
     "error", "validation", "invalid_strategy", "data", "cancelled", "ib", "unknown_symbol", "no_data", "pacing",
     "disconnected", "internal", "malformed", "worker_lost", "no_worker", "child_failed", "disk_full",
+    "nats_unavailable",
 ]
 KNOWN_ERROR_CODES: tuple[str, ...] = get_args(KnownErrorCode)
 

@@ -21,7 +21,7 @@ from nats.errors import AuthorizationError, NoServersError
 
 from events import roles
 from ktrdr.config import MAX_OUTSTANDING_PINGS, Settings
-from ktrdr.errors import KtrdrError
+from ktrdr.errors import KtrdrError, NatsUnavailableError
 
 
 class ConnectRefused(KtrdrError):
@@ -119,3 +119,29 @@ async def connect(url: str | list[str], settings: Settings, name: str, *, role: 
         return attempt.result()
     except (NoServersError, OSError, TimeoutError, AuthorizationError, ssl.SSLError) as exc:
         raise refused(exc, causes[-1] if causes else None, role, opts["servers"]) from None
+
+
+def _unreachable_types() -> tuple[type[BaseException], ...]:
+    from nats import errors as e
+    from nats.js import errors as js
+
+    return (e.TimeoutError, e.NoRespondersError, e.ConnectionClosedError, e.ConnectionReconnectingError,
+            e.StaleConnectionError, e.NoServersError, e.OutboundBufferLimitError, e.FlushTimeoutError,
+            js.ServiceUnavailableError)
+
+
+def unavailable(exc: BaseException) -> NatsUnavailableError | None:
+    """The typed, retryable error for an exception raised because NATS could not be reached (in its
+    cause chain: nats-py's timeout of a request, no responders, a closed or reconnecting
+    connection, JetStream's 503), or None when it is anything else."""
+    kinds = _unreachable_types()
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, kinds):
+            what = str(cur) or type(cur).__name__
+            return NatsUnavailableError(f"NATS unavailable: {type(cur).__name__}: {what}"[:500],
+                                        hint="the step is retried once the server answers again")
+        cur = cur.__cause__ or cur.__context__
+    return None

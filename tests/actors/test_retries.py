@@ -11,7 +11,14 @@ import json
 import pytest
 
 from events import subjects
-from events.messages import LoadData, OperationFailed, OperationProgress, OperationStarted
+from events.messages import (
+    LoadData,
+    OperationCancelled,
+    OperationCompleted,
+    OperationFailed,
+    OperationProgress,
+    OperationStarted,
+)
 from tests.actors.test_job_manager import assert_same_bars, expected
 from tests.cli.test_cli import ktrdr
 from tests.conftest import utc
@@ -66,3 +73,41 @@ async def test_a_failure_that_is_not_retryable_ends_at_its_first_attempt(client,
     assert not [e for e in events if isinstance(e, OperationProgress) and e.progress.phase == "retrying"]
     failed = [e for e in events if isinstance(e, OperationFailed)]
     assert len(failed) == 1 and failed[0].retryable is False
+
+
+async def _work_left(client, timeout: float) -> int:
+    """The messages in WORK once none is left (the redelivery of a cancelled operation acked), or
+    what is still there after `timeout` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        n = (await client.js.stream_info(subjects.STREAM_WORK)).state.messages
+        if n == 0 or loop.time() > deadline:
+            return n
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("gateway_wait_s", [1.0])
+async def test_a_cancel_during_a_retry_wait_ends_the_operation_at_once_and_its_redelivery_does_not_run(
+        client, data_stack, gateway):
+    await asyncio.to_thread(gateway.stop)
+    cmd = LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", timeframe="1h", mode="full",
+                   start=utc(2023, 1, 2), end=utc(2023, 3, 1), retries=4, retry_max_interval_s=60.0)
+    await client.submit(cmd)
+    # The fourth wait is 8 s long (1, 2, 4, 8): cancelled as soon as it is announced.
+    await wait_for_event(client, cmd.op_id, lambda ev, v: retrying(ev, v) and "attempt 5 of 5 in 8 s" in
+                         ev.progress.message, timeout=90)  # type: ignore[attr-defined]
+    await client.cancel(cmd.op_id, reason="not needed any more")
+    view = await wait_terminal(client, cmd.op_id, timeout=30)
+    assert view.status == "cancelled" and view.cancel_reason == "not needed any more"
+    assert view.attempts == 4
+    # The redelivery comes when the wait is over; the worker finds the operation ended and acks it.
+    assert await _work_left(client, timeout=60) == 0
+    events = await client.events(cmd.op_id)
+    ended = [e for e in events if isinstance(e, OperationCancelled | OperationCompleted | OperationFailed)]
+    assert len(ended) == 1 and isinstance(ended[0], OperationCancelled), ended
+    assert ended[0].actor.startswith("orchestrator") and ended[0].where == "between attempts, after attempt 4"
+    last_wait = [e.progress for e in events if retrying(e, None)][-1]
+    assert last_wait.next_attempt_at is not None and ended[0].ts < last_wait.next_attempt_at  # not at its end
+    assert [e.attempt for e in events if isinstance(e, OperationStarted)] == [1, 2, 3, 4]  # no fifth ran
+    assert (await client.view(cmd.op_id)).status == "cancelled"

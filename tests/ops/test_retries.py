@@ -47,3 +47,27 @@ def test_only_a_retryable_failure_with_attempts_left_before_the_deadline_is_retr
 def test_the_announcement_says_which_attempt_of_how_many_in_how_long_and_why() -> None:
     p = retries.policy_for(load(retries=4), 100)
     assert retries.announce(p, 1, 4.0, "IB gateway disconnected") == "attempt 2 of 5 in 4 s: IB gateway disconnected"
+
+
+def test_nats_unavailable_for_a_step_is_a_typed_retryable_failure_and_nothing_else_is() -> None:
+    from nats import errors as nats_errors
+    from nats.js import errors as js_errors
+
+    from ktrdr.transport.connection import unavailable
+
+    p = retries.policy_for(load(retries=4), 100)
+    assert retries.next_attempt(p, 1, "nats_unavailable", NOW, None) == 1.0
+    for exc in (nats_errors.TimeoutError(), nats_errors.NoRespondersError(), nats_errors.ConnectionClosedError(),
+                js_errors.ServiceUnavailableError(code=503, description="JetStream system temporarily unavailable")):
+        typed = unavailable(exc)
+        assert typed is not None and typed.code == "nats_unavailable", exc
+        assert str(typed).startswith(f"NATS unavailable: {type(exc).__name__}")
+    try:  # raised from inside another error (a store that wraps the server's timeout)
+        try:
+            raise nats_errors.TimeoutError
+        except nats_errors.TimeoutError as inner:
+            raise RuntimeError("writing BARS failed") from inner
+    except RuntimeError as outer:
+        assert unavailable(outer) is not None
+    for other in (ValueError("bad"), TimeoutError(), KeyError("x"), js_errors.NotFoundError()):
+        assert unavailable(other) is None, other  # a bug, a plain timeout, a missing key: not NATS away
