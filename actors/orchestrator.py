@@ -56,7 +56,7 @@ from events.messages import (
 )
 from events.proof import HEADER
 from ktrdr import tracing
-from ktrdr.ops import OperationView, fold, verdicts
+from ktrdr.ops import OperationView, fold, intake, verdicts
 from ktrdr.ops.reader import admit, fold_trusted
 from ktrdr.ops.supervision import Tracked
 from ktrdr.training.checkpoint_store import CheckpointStore
