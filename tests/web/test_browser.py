@@ -348,7 +348,10 @@ async def test_the_list_filters_pages_back_and_an_operation_downloads_its_events
     ops = await made_operations(start_actors, client)
 
     def shown(d: Any) -> list[str]:
-        return [tr.get_attribute("data-op-id") for tr in d.find_elements(By.CSS_SELECTOR, "#ops tbody tr")]
+        # read in one script: the list is redrawn on every push, so rows found a moment before their
+        # attributes are read can be gone (a stale element; seen once in a CI rehearsal)
+        return d.execute_script(
+            "return Array.from(document.querySelectorAll('#ops tbody tr'), tr => tr.dataset.opId)")
 
     def submit(d: Any, **fields: str) -> None:
         form = d.find_element(By.ID, "filters")
