@@ -27,7 +27,8 @@ class WorkflowRunner:
     def __init__(self, orch: Orchestrator) -> None:
         self.orch = orch
         self.flows: dict[str, Workflow] = {}
-        self._advancing: set[str] = set()  # a step in progress: what it causes does not step it again
+        self._advancing: set[str] = set()  # a step in progress: what it causes steps it again after it
+        self._again: set[str] = set()  # asked to step while stepping (a child it cancelled ended at once)
         self._flushes: dict[str, asyncio.TimerHandle] = {}
 
     def __contains__(self, op_id: object) -> bool:
@@ -66,9 +67,13 @@ class WorkflowRunner:
 
     async def advance(self, op_id: str) -> None:
         wf, parent = self.flows.get(op_id), self.orch.live_view(op_id)
-        if wf is None or parent is None or op_id in self._advancing:
+        if wf is None or parent is None:
+            return
+        if op_id in self._advancing:  # e.g. a queued child this step cancels ends inside the step:
+            self._again.add(op_id)  # the step decided on the child still live, so step once more after
             return
         self._advancing.add(op_id)
+        self._again.discard(op_id)
         try:
             d = workflows.step(wf, parent, self.orch.live_view)
             for child_op in d.cancel:
@@ -82,8 +87,10 @@ class WorkflowRunner:
                 self._parent_progress(op_id, wf, d.progress)
         finally:
             self._advancing.discard(op_id)
-        if d.create and op_id in self.flows:
-            await self.advance(op_id)  # a child that ended at once (e.g. rejected) moves it on
+        again = op_id in self._again
+        self._again.discard(op_id)
+        if (d.create or again) and op_id in self.flows:
+            await self.advance(op_id)  # a child that ended at once (rejected, cancelled while queued) moves it on
 
     async def child_moved(self, child: OperationView) -> None:
         wf = self.flows.get(child.parent_op_id or "")

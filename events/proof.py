@@ -23,6 +23,7 @@ replay verifies about one per CONFIRM_BATCH events however densely they were sig
 from __future__ import annotations
 
 import binascii
+import bisect
 import hashlib
 from binascii import unhexlify
 from collections.abc import Sequence
@@ -198,9 +199,15 @@ class Chain:
     defer signatures of events that are not `urgent` until CONFIRM_BATCH are waiting (a replay),
     then `confirm()` (also called at the end of a read) verifies the newest and applies its chain.
     Unconfirmed events are kept in arrival order (hash, prev, event): a confirmation walks back from
-    the signed one, taking each event whose hash is the `prev` the chain expects next."""
+    the signed one by hash, taking each event whose hash is the `prev` the chain expects next,
+    wherever it sits among them. The stream's order need not be the chain's: a publisher that lost
+    its connection sends again what had no ack after what nats-py buffered meanwhile (its reconnect
+    flushes the buffer before the reconnected callback runs), so a holder's events 1-6 can be stored
+    after its 7-9. A walk that stops at a `prev` neither genesis nor confirmed has a gap: that hash
+    is `wanted`, the event carrying it counts when it comes (a confirmed successor vouches for it),
+    and while a gap is open the events the walk did not reach wait instead of being called stale."""
 
-    __slots__ = ("key", "lazy", "legacy", "pending", "signed")
+    __slots__ = ("confirmed", "key", "lazy", "legacy", "pending", "signed", "wanted")
 
     def __init__(self, *, lazy: bool = False) -> None:
         self.key: str | None = None
@@ -208,6 +215,8 @@ class Chain:
         self.lazy = lazy
         self.pending: list[tuple[bytes, bytes, Any]] = []
         self.signed: list[tuple[int, bytes]] = []  # deferred signatures: (index in pending, signature)
+        self.confirmed: dict[bytes, None] = {}  # hashes confirmed lately (bounded): a walk's normal end
+        self.wanted: dict[bytes, None] = {}  # prevs of confirmed events not seen yet: a gap
 
     def grant(self, key: str) -> Sequence[Any]:
         """A new grant (an `OperationStarted`): what the previous holder's deferred signatures vouch
@@ -216,6 +225,8 @@ class Chain:
         self.key, self.legacy = key or None, not key
         self.pending = []
         self.signed = []
+        self.confirmed = {}
+        self.wanted = {}
         return out
 
     def admit(self, subject: str, data: bytes, proof: bytes | str | None, item: Any,
@@ -233,11 +244,15 @@ class Chain:
         pending = self.pending
         if len(pending) >= MAX_UNCONFIRMED:
             self._evict()
-        pending.append((hashlib.blake2b(prev + data, digest_size=16).digest(), prev, item))  # chain_hash, inlined
+        h = hashlib.blake2b(prev + data, digest_size=16).digest()  # chain_hash, inlined
+        pending.append((h, prev, item))
         if signature is not None:
             self.signed.append((len(pending) - 1, signature))
             if not self.lazy or urgent:
                 return self.confirm()
+        if self.wanted and h in self.wanted:  # a confirmed event names it: it counts, with what it reaches
+            del self.wanted[h]
+            return self._take(len(pending) - 1)[0], None
         if not self.signed or len(pending) < CONFIRM_BATCH:
             return _NOTHING
         return self.confirm()  # lazy: a batch is waiting behind a deferred signature
@@ -245,7 +260,7 @@ class Chain:
     def confirm(self) -> tuple[Sequence[Any], str | None]:
         """Verify the newest deferred signature (a bad one is dropped and the next newest tried) and
         return its chain back to the last confirmed event; events older than it that its chain does
-        not reach are dropped: nobody's genuine chain holds them."""
+        not reach are dropped (nobody's genuine chain holds them), unless a gap is open."""
         note: str | None = None
         key, pending = self.key, self.pending
         while self.signed:
@@ -255,22 +270,56 @@ class Chain:
             note = "its signature is not the holder's"
         else:
             return (), note
-        self.signed = []  # older ones are on this chain, or forged: either way not needed
-        out: list[Any] = []
-        expected = pending[i][0]
-        stale = 0
-        for j in range(i, -1, -1):
-            h, prev, item = pending[j]
-            if h == expected:
-                out.append(item)
-                expected = prev
-            else:
-                stale += 1
-        out.reverse()
-        del pending[:i + 1]
-        if stale:
-            note = f"{stale} event(s) on no chain the holder signed"
+        self.signed = []  # older ones are on this chain, forged, or wait behind a gap (`wanted`)
+        out, gone = self._take(i)
+        if not self.wanted:  # no gap: what came before i and is on no chain from here is nobody's
+            stale = sum(1 for k in range(i) if k not in gone)
+            if stale:
+                self.pending = [p for k, p in enumerate(pending) if k > i and k not in gone]
+                note = f"{stale} event(s) on no chain the holder signed"
         return out, note
+
+    def _take(self, i: int) -> tuple[list[Any], set[int] | range]:
+        """Pending event i (vouched for) and the chain back from it, in chain order, taken out of
+        pending; with the indices (in pending as it was) they had."""
+        pending = self.pending
+        confirmed = self.confirmed
+        if len(confirmed) >= MAX_UNCONFIRMED:
+            confirmed.clear()
+        confirmed[pending[i][0]] = None  # a walk ends at the head of an earlier one (or at genesis)
+        # The stream's order (all but always): the events up to i are the chain back from it, in order.
+        expected = pending[i][0]
+        for j in range(i, -1, -1):
+            h, prev, _item = pending[j]
+            if h != expected:
+                break
+            expected = prev
+        else:
+            if expected == GENESIS or expected in confirmed:
+                out = [item for _h, _prev, item in pending[:i + 1]]
+                del pending[:i + 1]
+                self.signed = [(k - i - 1, sig) for k, sig in self.signed if k > i]
+                return out, range(i + 1)
+        index = {h: j for j, (h, _prev, _item) in enumerate(pending)}
+        taken: list[int] = []
+        gone: set[int] = set()
+        k: int | None = i
+        prev = GENESIS
+        while k is not None and k not in gone:  # (a cycle cannot be built with blake2b; never loop)
+            taken.append(k)
+            gone.add(k)
+            prev = pending[k][1]
+            k = index.get(prev)
+        if prev != GENESIS and prev not in confirmed:
+            if len(self.wanted) >= MAX_UNCONFIRMED:
+                self.wanted.clear()
+            self.wanted[prev] = None  # a gap: the event with this hash counts when it comes
+        out = [pending[k][2] for k in reversed(taken)]
+        self.pending = [p for k, p in enumerate(pending) if k not in gone]
+        if self.signed:
+            order = sorted(gone)
+            self.signed = [(k - bisect.bisect_left(order, k), sig) for k, sig in self.signed if k not in gone]
+        return out, gone
 
     def _evict(self) -> None:
         """Full (a flood of events no signature reaches): forget the older half of the unconfirmed."""

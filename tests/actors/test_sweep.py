@@ -17,7 +17,7 @@ from events.messages import OperationCreated, RunSweep, SweepParam
 from ktrdr.ops import OperationView
 from ktrdr.training.strategy import parse_strategy
 from tests.cli.test_cli import ktrdr
-from tests.conftest import utc
+from tests.conftest import make_settings, utc
 from tests.helpers import wait_for_event, wait_terminal
 
 pytestmark = pytest.mark.slow
@@ -152,6 +152,27 @@ async def test_cancelling_the_sweep_cancels_the_running_trainings_and_never_star
     assert [(kids[op].status, kids[op].reason_code) for op in running] == [("cancelled", "parent")] * 2
     queued = [subjects.child_op_id(cmd.op_id, "training", f"v{i}") for i in (2, 3)]
     assert [kids[op].created_at for op in queued] == [None, None]  # never created, so never trained
+
+
+async def test_cancelling_a_sweep_whose_trainings_wait_for_a_trainer_cancels_them_and_ends_cancelled(
+        start_actors, settings, client):
+    # No trainer at all: the training children stay queued (no_worker only after an hour here). The
+    # orchestrator cancels queued work itself, inside the sweep's cancelling step; that step used to
+    # drop the parent's re-step those cancels caused, and the sweep stayed `running` (issue: faults 3).
+    patient = make_settings(settings.home, settings.nats_url, orphan_timeout_s=3600.0)
+    await start_actors("orchestrator", settings=patient)
+    cmd = sweep(("model.training.learning_rate", [0.01, 0.005, 0.002]), epochs=1, max_parallel=2)
+    await client.submit(cmd)
+    queued = [subjects.child_op_id(cmd.op_id, "training", f"v{i}") for i in (0, 1)]
+    for op in queued:
+        await wait_for_event(client, op, lambda ev, v: v.status == "queued", timeout=60)
+    await client.cancel(cmd.op_id, reason="enough")
+    view = await wait_terminal(client, cmd.op_id, timeout=30)  # before the fix: `running` until the end
+    assert view.status == "cancelled" and view.reason == "enough", (view.status, view.error)
+    kids = {k.op_id: k for k in await views(client, view.children)}
+    assert [(kids[op].status, kids[op].reason_code) for op in queued] == [("cancelled", "parent")] * 2
+    never = subjects.child_op_id(cmd.op_id, "training", "v2")
+    assert kids[never].created_at is None  # waiting in the sweep: never created
 
 
 async def test_a_sweep_with_backtests_ranks_by_sharpe(start_actors, settings, client):

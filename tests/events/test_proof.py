@@ -50,6 +50,26 @@ def test_a_chain_counts_in_order_once_signed_and_a_forgery_never():
         assert notes  # the forgeries are noted
 
 
+def test_a_chain_stored_out_of_order_by_resends_counts_every_event_once():
+    # A publisher that lost its connection: what nats-py buffered meanwhile (7-12) reaches the stream
+    # before what it sends again for want of an ack (1-6): the chain's events arrive out of order.
+    key = proof.new_key()
+    for every in (0.0001, 0.002):  # rationed signatures (a fast stream), and every event signed
+        events = published(proof.Signer(key, 0.001), 40, every=every)
+        orders = [[*events[6:12], *events[:6], *events[12:]],  # 1-6 after 7-12
+                  [*events[:6], *events[8:12], *events[6:8], *events[12:]]]  # 7-8 after 9-12
+        for arrived in orders:
+            ids = {data: i for i, (data, _v) in enumerate(events)}
+            for lazy in (False, True):
+                chain = proof.Chain(lazy=lazy)
+                chain.grant(proof.public_key(key))
+                counted = []
+                for data, value in arrived:
+                    counted += chain.admit(SUBJECT, data, value, ids[data], False)[0]
+                counted += chain.confirm()[0]
+                assert sorted(counted) == list(range(40)), (every, lazy, counted)
+
+
 def test_no_grant_counts_nothing_and_a_grant_without_key_is_an_older_version():
     events = published(proof.Signer(proof.new_key(), 0.001), 3)
     assert admit_all(proof.Chain(), events)[0] == []

@@ -29,7 +29,7 @@ from events.messages import (
 )
 from ktrdr.client import Client
 from tests.conftest import make_settings
-from tests.helpers import wait_for_event, wait_terminal
+from tests.helpers import eventually, wait_for_event, wait_terminal
 
 pytestmark = pytest.mark.slow
 STRATEGY = Path(__file__).parents[2] / "strategies" / "mlp_rsi_aapl.yaml"
@@ -74,6 +74,32 @@ async def test_a_server_killed_mid_operation_runs_each_operation_once(start_acto
             assert len(starts) == 1, [(e.worker, e.attempt) for e in starts]  # never a second run
             assert len(steps) == len(set(steps)) == 40  # each iteration once, none run twice
         await serves(c)
+
+
+async def test_events_lost_in_a_dead_servers_socket_are_resent_and_all_counted(start_actors, settings, nats_server):
+    # The server stops reading (SIGSTOP) while a dummy publishes: those progress events sit unread in
+    # its socket and die with it (kill -9). What the dummy publishes until it reconnects waits in
+    # nats-py's buffer, which its reconnect flushes before the publisher resends the unacked ones:
+    # the stream stores the holder's chain out of order. Every step must still count, once.
+    _orch, worker = await start_actors("orchestrator", "dummy")
+    cmd = dummy(iterations=60, interval=0.05)
+    async with Client(settings) as c:
+        await c.submit(cmd)
+        await wait_for_event(c, cmd.op_id, lambda ev, v: v.current_step >= 5, timeout=30)
+    publisher = worker.publisher
+    assert publisher is not None
+    os.kill(nats_server.proc.pid, signal.SIGSTOP)
+    sent = publisher.sent
+    await eventually(lambda: publisher.sent >= sent + 5, timeout=30)  # written to the socket, never read
+    nats_server.kill()
+    nats_server.restart()
+    async with Client(settings, reconnect_attempts=-1) as c:
+        view = await wait_terminal(c, cmd.op_id, timeout=90)
+        assert view.status == "completed", view.error
+        events = await c.events(cmd.op_id)
+        steps = [e.progress.current_step for e in events if isinstance(e, OperationProgress)]
+        assert sorted(set(steps)) == list(range(1, 61)) and len(steps) == 60, (events.unproven, events.notes)
+        assert publisher.resent >= 5  # the lost ones were sent again (stored once: the stream dedupes)
 
 
 async def test_work_that_skipped_the_orchestrator_is_dropped(start_actors, client):
