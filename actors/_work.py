@@ -343,11 +343,14 @@ class WorkRunner:
                 outcome = await self._outcome(run, ctx, recorded_cancel)
                 if span is not None:
                     span.set_attribute("ktrdr.outcome", _metrics.outcome_of(outcome))
-        finally:
+        except BaseException:
             in_flight.dec()
+            raise
+        # the end counted before in flight goes down: a scrape that sees it down sees the end
         ended = _metrics.outcome_of(outcome)
         _metrics.OPERATIONS_ENDED.labels(*labels, ended).inc()
         _metrics.OPERATION_DURATION.labels(*labels, ended).observe(time.monotonic() - t0)
+        in_flight.dec()
 
     async def _outcome(self, run: _Running, ctx: OperationContext, recorded_cancel: bool) -> Event | None:
         """Run the operation and publish its verdict (none when it is handed back); the verdict."""

@@ -61,8 +61,12 @@ async def test_an_operation_moves_the_counters_it_should(start_actors, client):
     await client.cancel(cmd.op_id)
     view = await client.watch(cmd.op_id, lambda ev, v: None, idle_timeout=30)
     assert view.status == "cancelled"
+    # the worker counts the end just after its run (the scrape is served on another thread: one
+    # scrape may fall between the two), so wait for both
     after = await scrape_until(dummy.metrics_url, lambda s: value(s, "ktrdr_work_in_flight", **op)
-                               == value(before, "ktrdr_work_in_flight", **op))
+                               == value(before, "ktrdr_work_in_flight", **op)
+                               and value(s, "ktrdr_operations_ended_total", **op, outcome="cancelled")
+                               > value(before, "ktrdr_operations_ended_total", **op, outcome="cancelled"))
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
