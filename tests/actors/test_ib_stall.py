@@ -19,7 +19,7 @@ import pytest
 from events import subjects
 from events.messages import LoadData, OperationFailed, OperationProgress, OperationStarted
 from tests.conftest import utc
-from tests.helpers import wait_terminal
+from tests.helpers import stop_process, wait_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -50,12 +50,7 @@ def gateway(time_scale: float) -> Iterator[GatewayProcess]:
         yield GatewayProcess(int(m.group(1)), proc)
     finally:
         os.kill(proc.pid, signal.SIGCONT)
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.mark.parametrize("gateway_wait_s", [2.0])

@@ -4,6 +4,7 @@ with no bars, a cancel between chunks and inside one, a start inside the bars.""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -57,22 +58,7 @@ def test_a_cancel_during_a_chunks_signals_stops_before_its_trading(bars, files, 
     """The cancel is read inside a chunk too (after its signals, before its positions and equity): a
     cancel arriving while chunk 2's signals are computed stops there, at chunk 1's last bar, with no
     report of chunk 2."""
-    token = CancellationToken()
-    model = TrainedModel.from_files(files)
-    real, calls = model.decide, []
-
-    def decide(x):  # chunk 2's forward pass is where the cancel comes in
-        calls.append(len(x))
-        if len(calls) == 2:
-            token.cancel("user asked")
-        return real(x)
-
-    monkeypatch.setattr(model, "decide", decide)
-    seen: list[int] = []
-    job = BacktestJob("t/AAPL_1h_v1", ["AAPL"], chunk_bars=250)
-    with pytest.raises(OperationCancelledError) as err:
-        run_backtest(job, model, {"AAPL": {"1h": bars}}, emit=lambda s: seen.append(s.context.bars_done),
-                     cancel=token)
+    seen, calls, err = _cancelled_at_second_decide(files, bars, monkeypatch)  # chunk 2's forward pass
     assert seen == [250] and len(calls) == 2
     assert err.value.where == f"AAPL {bars.index[249].isoformat()}"
 
@@ -93,6 +79,14 @@ def test_a_cancel_during_a_chunks_forward_pass_stops_before_its_next_batch(bars,
     import ktrdr.backtest.run as run
 
     monkeypatch.setattr(run, "DECIDE_ROWS", 100)
+    seen, calls, err = _cancelled_at_second_decide(files, bars, monkeypatch)
+    assert calls == [100, 100] and seen == []
+    assert err.value.where == "AAPL before its first bar"
+
+
+def _cancelled_at_second_decide(files, bars, monkeypatch) -> tuple[list[int], list[int], Any]:
+    """A 250-bar-chunk backtest cancelled during the model's second forward-pass call: the progress
+    it reported (bars done), the calls' row counts, and the cancel error."""
     token = CancellationToken()
     model = TrainedModel.from_files(files)
     real, calls = model.decide, []
@@ -109,5 +103,4 @@ def test_a_cancel_during_a_chunks_forward_pass_stops_before_its_next_batch(bars,
     with pytest.raises(OperationCancelledError) as err:
         run_backtest(job, model, {"AAPL": {"1h": bars}}, emit=lambda s: seen.append(s.context.bars_done),
                      cancel=token)
-    assert calls == [100, 100] and seen == []
-    assert err.value.where == "AAPL before its first bar"
+    return seen, calls, err
