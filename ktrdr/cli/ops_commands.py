@@ -281,7 +281,28 @@ async def _ops_retry(op_id: str, wait: bool, json_out: bool) -> int:
                                      roles.CLI)
     except (msgspec.ValidationError, TypeError) as exc:
         return _fail(f"cannot retry: the command stored for {op_id} cannot be read back: {exc}")
-    return await run_command(cmd, wait=wait, json_out=json_out)
+    code = await run_command(cmd, wait=wait, json_out=json_out)
+    if code == 0 and not wait:
+        return await _until_linked(op_id, cmd.op_id)
+    return code
+
+
+async def _until_linked(old_id: str, new_id: str, timeout: float = 30.0) -> int:
+    """With --no-wait, return once the orchestrator has accepted the retry and linked the two (`retried
+    by` on the old one), so an `ops show` right after says so; a refused retry is said (exit 2)."""
+    import asyncio
+
+    async with client() as c:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            new = await c.view(new_id)
+            if new.status == "rejected":
+                return _fail(f"cannot retry: {new.error or 'refused by the orchestrator'}")
+            if (await c.view(old_id)).retried_by == new_id:
+                return 0
+            await asyncio.sleep(0.1)  # poll interval while the orchestrator takes the command
+    print(f"note: {new_id} submitted; the orchestrator has not taken it within {timeout:.0f} s", file=sys.stderr)
+    return 0
 
 
 def ops_tail(json_out: bool = JSON) -> None:
