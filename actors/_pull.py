@@ -55,8 +55,7 @@ async def pull_loop(
     operation's in order."""
     while not stopped():
         if slots is not None:
-            await slots.acquire()  # wait for a free slot without holding it through the poll
-            slots.release()
+            await _free_slot(slots)
         try:
             msgs = await psub.fetch(batch, timeout=fetch_timeout)
         except TimeoutError:
@@ -71,13 +70,26 @@ async def pull_loop(
             await _handle_by_key(msgs, handle, on_fault, key)
             continue
         for msg in msgs:
-            if slots is not None:
-                if slots.locked():
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=0.2)
-                    continue
-                await slots.acquire()  # free: does not wait
+            if slots is not None and not await _take_slot(msg, slots):
+                continue
             await _handle_one(msg, handle, on_fault)
+
+
+async def _free_slot(slots: asyncio.Semaphore) -> None:
+    """Wait for a free slot without holding it through the poll that follows."""
+    await slots.acquire()
+    slots.release()
+
+
+async def _take_slot(msg: Msg, slots: asyncio.Semaphore) -> bool:
+    """Take a slot for a fetched message, or send the message back at once (nak) for another worker
+    when another pool's loop took the last slot meanwhile; whether it was taken."""
+    if slots.locked():
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=0.2)
+        return False
+    await slots.acquire()  # free: does not wait
+    return True
 
 
 async def _handle_one(msg: Msg, handle: Handler, on_fault: OnFault) -> None:
@@ -251,8 +263,7 @@ async def _take_loop(nc: NATS, js: JetStreamContext, by_rank: list[Level], handl
                      stopped: Callable[[], bool], on_fault: OnFault, slots: asyncio.Semaphore, aging_s: float,
                      fetch_timeout: float, aging: set[asyncio.Task[None]]) -> None:
     while not stopped():
-        await slots.acquire()  # wait for a free slot without holding it through the poll
-        slots.release()
+        await _free_slot(slots)
         try:
             taken = await _scan(nc, take_order(by_rank, time.monotonic(), aging_s))
             if taken is None:
@@ -266,11 +277,8 @@ async def _take_loop(nc: NATS, js: JetStreamContext, by_rank: list[Level], handl
         if taken is None:
             continue
         level, msg = taken
-        if slots.locked():  # another pool's loop took the last slot meanwhile
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=0.2)
+        if not await _take_slot(msg, slots):
             continue
-        await slots.acquire()  # free: does not wait
         level.waiting_since = None
         lower = [lv for lv in by_rank if lv.rank > level.rank]
         if lower:
