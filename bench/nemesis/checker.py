@@ -92,10 +92,18 @@ def superseded(key: Key, held: set[Key]) -> bool:
     """A lifecycle event seen live but not stored, while its actor's event on the same subject is
     stored under another seq: a publish never acknowledged that the actor redid (the orchestrator
     redoes a command whose handling failed: a new seq, or the same event deduplicated by its msg id
-    against the first one stored). Progress is resent under its own seq, so it is never excused;
-    lifecycle events are compared by (subject, actor) only, a weaker check than progress gets."""
+    against the first one stored). An orchestrator's event is also redone by the other orchestrator:
+    a leader cut off with its node publishes `created` to a server that can no longer store it (its
+    core subscribers still see it), is never acked, loses its lease, and the standby that takes over
+    handles the same command and stores its own `created` on that subject. Progress is resent under
+    its own seq, so it is never excused; lifecycle events are compared by (subject, actor) only, or
+    (subject, any orchestrator) for the leader's, a weaker check than progress gets."""
     subject, actor, seq = key
-    return not subject.endswith(".progress") and any(s == subject and a == actor and q != seq for s, a, q in held)
+    if subject.endswith(".progress"):
+        return False
+    if is_orchestrator(actor):
+        return any(s == subject and is_orchestrator(a) and (a, q) != (actor, seq) for s, a, q in held)
+    return any(s == subject and a == actor and q != seq for s, a, q in held)
 
 
 def superseded_count(history: History, stored: Stored) -> int:

@@ -84,6 +84,17 @@ def test_a_lifecycle_event_redone_by_its_actor_is_not_lost_but_progress_is():
     assert len(check(history, stored)["lost"]) == 1
 
 
+def test_a_leaders_unstored_event_redone_by_the_standby_is_not_lost_but_a_workers_is():
+    history, stored, events = clean()
+    stored.raw.remove((subject(events[0]), ORCH, 1))  # the cut-off leader's created: seen, never stored
+    assert len(check(history, stored)["lost"]) == 1
+    stored.raw.append((subject(events[0]), ORCH2, 1))  # the standby took the command over: its created
+    assert check(history, stored)["lost"] == []
+    stored.raw.remove((subject(events[3]), W1, 2))  # a worker's completed: another worker's does not excuse it
+    stored.raw.append((subject(events[3]), W2, 2))
+    assert len(check(history, stored)["lost"]) == 1
+
+
 def test_an_acknowledged_command_that_never_became_an_operation_is_lost():
     history, stored, _ = clean()
     history.acked.append(Acked("command", "dummy-20261202T060000000001-000000", "cmd.dummy.run", "CMD", 2))
