@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,7 +121,8 @@ async def test_an_ib_actor_paused_mid_load_fails_the_attempt_as_retryable_within
     assert first.message.startswith("attempt 2 of 4 in 1 s: "), first.message
     # The attempt ended on the silent ib actor, said so, and was never a 120 s idle timeout.
     assert "stopped answering" in first.retry_reason and "NATS answers" in first.retry_reason, first.retry_reason
-    assert f"for {IB_SILENCE_S:.0f} s" in first.retry_reason or "unreachable for" in first.retry_reason
+    silent = re.search(r"nothing (?:from it )?for (\d+) s", first.retry_reason)
+    assert silent and int(silent.group(1)) <= IB_SILENCE_S + 1, first.retry_reason
     assert not [w for w in waits if "within 120 s" in w.retry_reason], waits
     assert not [e for e in events if isinstance(e, OperationFailed)]
     assert_same_bars(await BarStore(client.js).read("AAPL", "1m"), expected("AAPL", "1m", start, end))
