@@ -257,9 +257,10 @@ class Actor:
             self.work.stop_taking()
             if self.work.tasks and drain:
                 _done, pending = await asyncio.wait(self.work.tasks, timeout=self.settings.drain_timeout_s)
-                self.work.cancel_all("worker shutting down", "shutdown")
+                # to stop and hand the work back (asking again while no orchestrator answers)
+                wait = self.work.shut_down(max(self.settings.drain_timeout_s, 5.0))
                 if pending:
-                    await asyncio.wait(pending, timeout=max(self.settings.drain_timeout_s, 5.0))
+                    await asyncio.wait(pending, timeout=wait)
             for t in list(self.work.tasks):
                 t.cancel()
         with contextlib.suppress(Exception):

@@ -6,11 +6,15 @@
 request into its type (a malformed one is answered, never dropped in silence), serves each request
 in its own task, encodes the reply, and turns an exception into the reply the actor's
 `reply_for_error` hook gives (by default NATS's service-error headers on an empty body). A handler
-that takes `call` may send interim replies before its answer; it never sees the raw message.
+that takes `call` may send interim replies before its answer; it never sees the raw message. One
+declared with `keepalive_s=` sends a keepalive (an empty message with the `Ktrdr-Working: <actor id>`
+header) as it takes each request and then every `keepalive_s` until it answers, so that its caller
+can tell a request that takes long from a responder that stopped (paused, hung, cut off).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import typing
@@ -60,6 +64,10 @@ class Call:
         """Send `reply` to the caller now (the final answer is what the handler returns)."""
         await self._send(encode(reply))
 
+    async def keepalive(self) -> None:
+        """Tell the caller this actor is still serving its request."""
+        await self._send(b"", {subjects.WORKING_HEADER: self._actor.id})
+
     async def _send(self, data: bytes, headers: dict[str, str] | None = None) -> None:
         if self._msg.reply and self._actor.nc is not None:
             with contextlib.suppress(Exception):
@@ -106,6 +114,7 @@ class RequestHandler:
     subject_of: Subject
     queue: str | None
     takes_call: bool
+    keepalive_s: float | None = None
 
     def subjects_for(self, pools: list[str]) -> list[str]:
         """The subjects it is served on: its one subject, or one per pool the actor joins."""
@@ -130,8 +139,13 @@ class RequestHandler:
 
     async def _answer(self, actor: Actor, fn: Callable[..., Awaitable[Message]], call: Call,
                       req: Message) -> str | None:
+        alive = asyncio.ensure_future(_keep_alive(call, self.keepalive_s)) if self.keepalive_s else None
         try:
-            reply = await (fn(req, call) if self.takes_call else fn(req))
+            try:
+                reply = await (fn(req, call) if self.takes_call else fn(req))
+            finally:
+                if alive is not None:
+                    alive.cancel()
             if not isinstance(reply, msgspec.Struct):  # the caller would wait for an answer never sent
                 raise TypeError(f"{self.request_type.__name__} handler returned {type(reply).__name__}, not a reply")
         except Exception as exc:
@@ -140,6 +154,13 @@ class RequestHandler:
             return error.description
         await call.answer(reply)
         return None
+
+
+async def _keep_alive(call: Call, every_s: float) -> None:
+    """A keepalive now (the caller learns who took its request) and every `every_s` after."""
+    while True:
+        await call.keepalive()
+        await asyncio.sleep(every_s)
 
 
 def _check_annotation(fn: Callable[..., Any], request_type: type[Message], param: str) -> None:
@@ -154,9 +175,10 @@ def _check_annotation(fn: Callable[..., Any], request_type: type[Message], param
 
 
 def handles(request_type: type[Message], *, subject: Subject | None = None,
-            queue: str | None = None) -> Callable[[F], F]:
+            queue: str | None = None, keepalive_s: float | None = None) -> Callable[[F], F]:
     """Declare an actor method the handler of `request_type` requests on `subject` (derived from the
-    type when it can be: `ib.<verb>[.<pool>]`), in queue group `queue` (none: every actor gets each)."""
+    type when it can be: `ib.<verb>[.<pool>]`), in queue group `queue` (none: every actor gets each),
+    sending a keepalive every `keepalive_s` while it serves one (none: no keepalives)."""
     subject_of = subject if subject is not None else _derived_subject(request_type)
 
     def deco(fn: F) -> F:
@@ -164,7 +186,8 @@ def handles(request_type: type[Message], *, subject: Subject | None = None,
         if len(params) not in (2, 3):
             raise TypeError(f"{fn.__qualname__}: a request handler is (self, req) or (self, req, call)")
         _check_annotation(fn, request_type, params[1])
-        fn._ktrdr_handles = RequestHandler(request_type, subject_of, queue, len(params) == 3)  # type: ignore[attr-defined]
+        fn._ktrdr_handles = RequestHandler(request_type, subject_of, queue, len(params) == 3,
+                                                      keepalive_s)  # type: ignore[attr-defined]
         return fn
 
     return deco

@@ -41,7 +41,7 @@ from actors import _metrics
 from actors._leases import Busy, Held, Leases, LeaseUnavailable
 from actors._pull import Level, priority_pull_loop
 from events import roles, subjects
-from events.bounds import MAX_REASON, PRIORITIES
+from events.bounds import LEASE_REQUEST_TIMEOUT_S, MAX_REASON, PRIORITIES
 from events.codec import DecodeError, decode_event_on, decode_work, short, sniff_op_id
 from events.messages import (
     AnyCommand,
@@ -133,6 +133,8 @@ class WorkRunner:
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
         self.leases: Leases | None = None
+        self._hand_back_by: float | None = None  # loop time a shutdown's hand-backs must be done by
+        self.hand_backs_retried = 0  # hand-back requests asked again because no orchestrator answered
 
     @property
     def busy(self) -> list[str]:
@@ -176,6 +178,14 @@ class WorkRunner:
     def cancel_all(self, reason: str, code: Any) -> None:
         for run in self.running.values():
             run.token.cancel(reason, code=code, requested_by=self.actor.id)
+
+    def shut_down(self, grace_s: float) -> float:
+        """Stop the running work for this worker's shutdown: each operation hands its lease back,
+        asking again while no orchestrator answers, for up to `grace_s`; how long the stop should
+        wait for them (the grace, plus the last lease request's time)."""
+        self._hand_back_by = asyncio.get_running_loop().time() + grace_s
+        self.cancel_all("worker shutting down", "shutdown")
+        return grace_s + LEASE_REQUEST_TIMEOUT_S + STILL_OURS_RETRY_S
 
     def on_cancel(self, cancel: CancelOperation | CancelRequested) -> None:
         """A cancel from the wire (a user's, or the orchestrator's own on its subject): it stops the work
@@ -410,23 +420,26 @@ class WorkRunner:
             await run.msg.nak(delay=wait)
         return True
 
-    async def _hand_back(self, held: Held) -> None:
+    async def _hand_back(self, held: Held, until: float | None = None) -> bool:
         """Release the lease as handed back, asking again while the orchestrator does not answer (up to a
-        lease time): a hand-back that did not get through leaves the lease ours, and the redelivery
-        would then run under the same attempt, with no `started` of its own (seen with NATS paused)."""
+        lease time, or until `until`, a loop time): a hand-back that did not get through leaves the
+        lease ours, and the redelivery would then run under the same attempt, with no `started` of its
+        own (seen with NATS paused); one at shutdown leaves it to be taken over only once it has been
+        silent for a lease time. Whether it got through."""
         assert self.leases is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.actor.settings.worker_timeout_s
+        deadline = loop.time() + self.actor.settings.worker_timeout_s if until is None else until
         while True:
             try:
                 await self.leases.release(held, done=False)
-                return
+                return True
             except LeaseUnavailable:
                 pass
             except Exception as exc:
                 log.debug("handing back the lease of %s failed: %s", held.op_id, exc)
             if loop.time() > deadline:
-                return
+                return False
+            self.hand_backs_retried += 1
             await asyncio.sleep(STILL_OURS_RETRY_S)
 
     async def _finish(self, run: _Running, ctx: OperationContext, outcome: Event | None) -> bool:
@@ -447,8 +460,12 @@ class WorkRunner:
             ctx.progress(msgspec.structs.replace(
                 ctx.last_progress or ProgressState(),
                 message=f"worker {a.id} stopping; handed back for redelivery"))
-            with contextlib.suppress(Exception):
-                await self.leases.release(run.held, done=False)
+            # Asked again while no orchestrator answers (NATS paused, an orchestrator that lost its
+            # leader lease meanwhile, a takeover under way) for the stop's grace, as a retry's is.
+            by = self._hand_back_by if self._hand_back_by is not None else asyncio.get_running_loop().time()
+            if not await self._hand_back(run.held, until=by):
+                a.log.warning("%s: could not hand back the lease of %s before stopping; another worker takes it "
+                              "once it has been silent for a lease time", a.id, run.op_id)
             with contextlib.suppress(Exception):
                 await run.msg.nak()
         # A lost lease: another worker runs it now; nothing of ours may end it.

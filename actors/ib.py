@@ -14,6 +14,11 @@ Faults it rides out:
   request, so IB's windows are honoured across the restart;
 - a caller that went away: its request is dropped before it takes a pacing slot, or cancelled at IB
   if already sent (`abandoned` counts them).
+
+Faults its callers ride out: this actor paused (SIGSTOP), hung or cut off while it holds their
+requests. It sends a keepalive for each request it serves every IB_KEEPALIVE_S (events/bounds.py)
+until its answer; a caller that hears nothing for IB_SILENCE_S fails the request as `disconnected`
+(ktrdr.transport.ib.IbRequester).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 from actors.runtime import Actor, Call, handles, metrics
 from events import roles, subjects
+from events.bounds import IB_KEEPALIVE_S
 from events.messages import (
     CancelOperation,
     CancelRequested,
@@ -136,19 +142,19 @@ class IbActor(Actor):
             raise self.client.down_error()
         return self.client
 
-    @handles(IbContractRequest, queue=subjects.IB_QUEUE_GROUP)
+    @handles(IbContractRequest, queue=subjects.IB_QUEUE_GROUP, keepalive_s=IB_KEEPALIVE_S)
     async def contract(self, req: IbContractRequest, call: Call) -> IbReply:
         client = self._client()
         with _counted("contract"):
             return IbReply(ok=True, contract=await client.qualify(req.symbol), source=client.source)
 
-    @handles(IbHeadRequest, queue=subjects.IB_QUEUE_GROUP)
+    @handles(IbHeadRequest, queue=subjects.IB_QUEUE_GROUP, keepalive_s=IB_KEEPALIVE_S)
     async def head(self, req: IbHeadRequest, call: Call) -> IbReply:
         client = self._client()
         with _counted("head"):
             return IbReply(ok=True, head=await client.head_timestamp(req.symbol), source=client.source)
 
-    @handles(IbBarsRequest, queue=subjects.IB_QUEUE_GROUP)
+    @handles(IbBarsRequest, queue=subjects.IB_QUEUE_GROUP, keepalive_s=IB_KEEPALIVE_S)
     async def bars(self, req: IbBarsRequest, call: Call) -> IbReply:
         client = self._client()
 

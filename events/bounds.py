@@ -199,6 +199,13 @@ SEAL_S = 0.0002  # after a signature is due again: the seal of an unsigned progr
 MAX_UNCONFIRMED = 8192
 CONFIRM_BATCH = 512
 LEASE_REQUEST_TIMEOUT_S = 2.0  # a worker's lease request to the orchestrator
+# An ib actor tells the caller of each request it serves that it is still at it: a keepalive (a
+# header-only reply) as it takes the request and every IB_KEEPALIVE_S until it answers, pacing waits
+# included. A caller that hears nothing from it for IB_SILENCE_S fails the request as retryable
+# (`disconnected`: "ib actor ... stopped answering"), so a paused, hung or cut-off ib actor costs a few
+# seconds, not the 120 s idle timeout; a long request that keeps its keepalives coming is never cut.
+IB_KEEPALIVE_S = 1.0
+IB_SILENCE_S = 5.0
 
 # BARS partitions (ktrdr.data.partitions): a series' manifest lists at most MAX_PARTITIONS partitions
 # (1m bars by month: 1,666 years), is at most MAX_MANIFEST_BYTES, and names each partition

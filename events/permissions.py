@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from events import subjects
-from events.bounds import PRIORITIES, TOKEN_PATTERN
+from events.bounds import IB_KEEPALIVE_S, PRIORITIES, TOKEN_PATTERN
 from events.messages import ROLE_FOR_DOMAIN, WORK_COMMANDS
 from events.roles import CLI, IB, JOB_MANAGER, OBSERVER, ORCHESTRATOR, ROLES, check_role, inbox_prefix
 
@@ -34,10 +34,12 @@ KV_BUCKETS = (subjects.ACTORS_BUCKET, subjects.LEASES_BUCKET, subjects.PACING_BU
               subjects.OPS_INDEX_BUCKET)
 OBJECT_BUCKETS = (subjects.BARS_BUCKET, subjects.MODELS_BUCKET, subjects.CHECKPOINTS_BUCKET)
 IB_QUEUE_GROUP = subjects.IB_QUEUE_GROUP
-# The ib actor answers a request with interim pacing notices and one final reply; IB's 60-per-10-
-# minutes rule can hold a request for up to 10 minutes, so replies stay allowed for 15.
-IB_RESPONSES_MAX = 200
-IB_RESPONSES_EXPIRES = "15m"
+# The ib actor answers a request with interim pacing notices, keepalives (one every IB_KEEPALIVE_S),
+# caller probes and one final reply; IB's 60-per-10-minutes rule can hold a request for up to 10
+# minutes, so replies stay allowed for 15, and that long's keepalives plus 200 others may be sent.
+IB_RESPONSES_EXPIRE_S = 15 * 60
+IB_RESPONSES_MAX = int(IB_RESPONSES_EXPIRE_S / IB_KEEPALIVE_S) + 200
+IB_RESPONSES_EXPIRES = f"{IB_RESPONSES_EXPIRE_S // 60}m"
 # The orchestrator answers each lease request once, at once.
 LEASE_RESPONSES_MAX = 1
 LEASE_RESPONSES_EXPIRES = "1m"

@@ -93,6 +93,9 @@ WORKER_EVENT_NAMES: tuple[str, ...] = HELD_NAMES
 ORCHESTRATOR_EVENT_NAMES: tuple[str, ...] = OPS_EVENT_NAMES
 LEASE_ALL = "lease.>"
 IB_QUEUE_GROUP = roles.IB
+# A responder's keepalive while it serves a request (actors/_requests.py): an empty message with
+# this header, whose value is the responder's actor id, published to the caller's reply inbox.
+WORKING_HEADER = "Ktrdr-Working"
 ORCHESTRATOR_CONSUMER = roles.ORCHESTRATOR
 ACTOR_ROLES: tuple[str, ...] = roles.ACTOR_ROLES  # in start order
 DEFAULT_POOL = "any"

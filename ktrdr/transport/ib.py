@@ -11,6 +11,15 @@ the caller waits, its inbox subscription exists and the probe is delivered (IbRe
 no answer is needed, so the caller needs no permission to publish); once the caller has gone, the
 server answers "no responders" (status 503) at once, and the actor drops the request. A flush (one
 PING/PONG) tells the two apart without a timeout: the server sends its 503 before its PONG.
+
+Stopped ib actors, the other way round: the ib actor sends a keepalive (`subjects.WORKING_HEADER`,
+its actor id) as it takes a request and every IB_KEEPALIVE_S until it answers. IbRequester fails a
+request whose ib actor it has heard nothing from (no keepalive, probe, pacing notice or answer) for
+IB_SILENCE_S with DisconnectedError ("ib actor ... stopped answering"), a retryable failure, instead
+of waiting out the 120 s idle timeout: a paused (SIGSTOP), hung or cut-off ib actor keeps its NATS
+subscription, so its queue group goes on handing it requests and nothing else would tell. A silence
+measured by a loop of ours that was itself held up is not counted, and before blaming the ib actor
+one PING/PONG asks whether NATS itself still answers (the message says which it was).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -26,7 +36,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from events import subjects
-from events.bounds import Timeframe
+from events.bounds import IB_SILENCE_S, Timeframe
 from events.codec import DecodeError, decode, decode_ib_reply, encode
 from events.messages import (
     PACING_HISTORY_MAX,
@@ -67,11 +77,21 @@ ERRORS: dict[str, type[KtrdrError]] = {
 OnWait = Callable[[float, str], None]
 PROBE_HEADER = "Ktrdr-Probe"  # "is the caller of this request still there?" (ignored by the caller)
 NO_RESPONDERS = "503"
+LOOP_LAG_S = 0.5  # a silence check this late: our own loop was held up, so the silence may be ours
+SERVER_CHECK_S = 2.0  # how long NATS gets to answer a PING before a silence is put down to it
 log = logging.getLogger("ktrdr.ib")
 
 
 class _NoResponders(Exception):
     pass
+
+
+@dataclass
+class _Heard:
+    """What the caller of one request heard from its ib actor: when last (loop time), and who it is."""
+
+    at: float
+    responder: str = ""
 
 
 def raise_for(reply: IbReply) -> None:
@@ -88,10 +108,12 @@ def raise_for(reply: IbReply) -> None:
 
 class IbRequester:
     def __init__(self, nc: NATS, *, idle_timeout: float = 120.0, responder_wait: float = 15.0,
-                 pool: str = subjects.DEFAULT_POOL) -> None:
+                 pool: str = subjects.DEFAULT_POOL, silence_s: float | None = IB_SILENCE_S) -> None:
         self.nc = nc
         self.pool = pool  # the ib actors of one IB account/gateway (ib.<verb>.<pool>)
         self.idle_timeout = idle_timeout
+        # nothing at all from the ib actor this long fails the request (None: only idle_timeout does)
+        self.silence_s = silence_s
         self.responder_wait = responder_wait  # an ib actor that is (re)starting gets this long to appear
 
     async def request(self, req: IbRequest, on_wait: OnWait | None = None) -> IbReply:
@@ -107,11 +129,18 @@ class IbRequester:
     async def _request_once(self, req: IbRequest, on_wait: OnWait | None) -> IbReply:
         inbox = self.nc.new_inbox()
         replies: asyncio.Queue[bytes] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        heard = _Heard(loop.time())
 
         async def cb(m: Msg) -> None:
-            if m.headers and PROBE_HEADER in m.headers:
+            heard.at = loop.time()
+            headers = m.headers or {}
+            if PROBE_HEADER in headers:
                 return  # the ib actor checking that we are still here: being subscribed is the answer
-            if not m.data and m.headers and m.headers.get("Status") == NO_RESPONDERS:
+            if subjects.WORKING_HEADER in headers:  # a keepalive: who serves it, and that it still does
+                heard.responder = headers[subjects.WORKING_HEADER][:100]
+                return
+            if not m.data and headers.get("Status") == NO_RESPONDERS:
                 replies.put_nowait(b"")
                 return
             replies.put_nowait(m.data)
@@ -121,18 +150,29 @@ class IbRequester:
         with tracing.span(f"ib {subject.split('.', 2)[1]}", req.op_id or None, attrs={"ktrdr.ib.subject": subject}):
             try:
                 await self.nc.publish(subject, encode(req), reply=inbox, headers=tracing.inject(None))
-                return await self._answer(subject, replies, on_wait)
+                heard.at = loop.time()
+                return await self._answer(subject, replies, heard, on_wait)
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
 
-    async def _answer(self, subject: str, replies: asyncio.Queue[bytes], on_wait: OnWait | None) -> IbReply:
+    async def _answer(self, subject: str, replies: asyncio.Queue[bytes], heard: _Heard,
+                      on_wait: OnWait | None) -> IbReply:
+        loop = asyncio.get_running_loop()
+        tick = min(self.silence_s / 5, self.idle_timeout) if self.silence_s else self.idle_timeout
         while True:
+            before = loop.time()
             try:
-                data = await asyncio.wait_for(replies.get(), self.idle_timeout)
+                data = await asyncio.wait_for(replies.get(), tick)
             except TimeoutError:
-                raise DisconnectedError(f"no answer from any ib actor on {subject} within "
-                                        f"{self.idle_timeout:g} s", hint="is an ib actor running?") from None
+                now = loop.time()
+                quiet = now - heard.at
+                if quiet >= self.idle_timeout:
+                    raise DisconnectedError(f"no answer from any ib actor on {subject} within "
+                                            f"{self.idle_timeout:g} s", hint="is an ib actor running?") from None
+                if self.silence_s and quiet >= self.silence_s and now - before < tick + LOOP_LAG_S:
+                    raise await self._stopped_answering(subject, heard, quiet) from None
+                continue
             if not data:  # "no responders" status: nobody serves ib.* right now
                 raise _NoResponders
             reply = decode_ib_reply(data)
@@ -142,6 +182,22 @@ class IbRequester:
                 continue
             raise_for(reply)
             return reply
+
+    async def _stopped_answering(self, subject: str, heard: _Heard, quiet: float) -> DisconnectedError:
+        """The error for a request its ib actor went silent on, saying whether NATS still answers."""
+        if await _round_trip(self.nc, SERVER_CHECK_S):
+            why = "NATS answers: the ib actor is paused, hung or cut off"
+        else:
+            why = (f"NATS did not answer a ping within {SERVER_CHECK_S:g} s either: the server or this "
+                   f"connection is away")
+        if heard.responder:
+            text = (f"ib actor {heard.responder} stopped answering: nothing from it for {quiet:.0f} s while "
+                    f"{subject} waited")
+        else:
+            text = (f"the ib actor serving {subject} stopped answering: nothing for {quiet:.0f} s, not even the "
+                    f"keepalive it sends as it takes a request")
+        log.warning("%s (%s)", text, why)
+        return DisconnectedError(f"{text} ({why})", hint="retried: another ib actor, or the same once it runs again")
 
     async def contract(self, symbol: str, op_id: str = "") -> tuple[ContractInfo, str]:
         r = await self.request(IbContractRequest(symbol=symbol, op_id=op_id))
