@@ -18,7 +18,8 @@ Figures: the median and p90 of every take, the range of the rounds' medians, and
 median over plain's. `mark_waiting_ms`: what the `all` loop reads after a take, off the path that
 starts the item (consumer info of the two lower levels, _mark_waiting). `idle`: an idle worker
 (nothing queued) long-polling, one item published: publish -> the message in hand, plain's one long
-poll against the priority loop's three (_idle_poll; KTRDR_BENCH_PULL_IDLE items each, default 50).
+poll against the priority loop's three (_idle_poll) and one level's alone (KTRDR_BENCH_PULL_IDLE items
+each, default 100, the three in turn).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ import asyncio
 import os
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.js import api as js_api
 
-from actors._pull import Level, _idle_poll, _mark_waiting, _scan, take_order
+from actors._pull import Level, _idle_poll, _mark_waiting, _scan, pull_next, take_order
 from bench._common import pct
 from events import subjects
 from events.subjects import PRIORITIES
@@ -67,7 +69,7 @@ async def _pending(js: Any, level_or_consumer: Level | str) -> int:
     return int(info.num_pending or 0)
 
 
-def _stats(xs: list[float], rounds: list[float]) -> dict[str, float]:
+def _stats(xs: list[float], rounds: list[float]) -> dict[str, Any]:
     return {"median_ms": round(statistics.median(xs), 3), "p90_ms": round(pct(xs, 90), 3),
             "max_ms": round(max(xs), 3), "round_medians_ms": [round(min(rounds), 3), round(max(rounds), 3)]}
 
@@ -76,7 +78,7 @@ async def figures(c: Any) -> dict[str, Any]:
     depths = tuple(int(x) for x in os.environ.get("KTRDR_BENCH_PULL_DEPTHS", "10,100,1000").split(","))
     rounds = int(os.environ.get("KTRDR_BENCH_PULL_ROUNDS", "5"))
     takes = int(os.environ.get("KTRDR_BENCH_PULL_TAKES", "100"))
-    idle_n = int(os.environ.get("KTRDR_BENCH_PULL_IDLE", "50"))
+    idle_n = int(os.environ.get("KTRDR_BENCH_PULL_IDLE", "100"))
     nc, js = c.nc, c.js
     plain_cfg = _config("plain", "normal")
     await js.add_consumer(subjects.STREAM_WORK, plain_cfg)
@@ -156,33 +158,35 @@ async def figures(c: Any) -> dict[str, Any]:
 
 
 async def _idle(c: Any, psub: Any, plain_subject: str, levels: list[Level], n: int) -> dict[str, Any]:
-    """publish -> message in hand on an idle worker: plain's long poll against the three levels' one
-    each (the item goes to the normal level, the path a normal item takes)."""
-    js = c.js
+    """publish -> message in hand on an idle worker (the item goes to the normal level, the path a
+    normal item takes): plain's one long poll (fetch), the priority loop's three at once (_idle_poll:
+    the first answer taken, the other two withdrawn before it returns), and one of them alone
+    (pull_next with an expiry: what the three cost over one)."""
     normal = subjects.work(DOMAIN, "all", "normal")
-    lat: dict[str, list[float]] = {"plain": [], "priority": []}
+    polls: dict[str, tuple[Callable[[], Awaitable[Any]], str]] = {
+        "plain": (lambda: psub.fetch(1, timeout=10), plain_subject),
+        "priority": (lambda: _idle_poll(c.nc, levels, 10.0), normal),
+        "one_level": (lambda: pull_next(c.nc, levels[1], 10.0), normal)}
+    lat: dict[str, list[float]] = {k: [] for k in polls}
 
-    async def arrival(poll: Any) -> tuple[float, Any]:
+    async def arrival(poll: Awaitable[Any]) -> tuple[float, Any]:
         got = await poll
         return time.perf_counter(), got
 
-    for i in range(2 * n):
-        name = ("plain", "priority")[i % 2]
-        if name == "plain":
-            task = asyncio.create_task(arrival(psub.fetch(1, timeout=10)))
-            subject = plain_subject
-        else:
-            task = asyncio.create_task(arrival(_idle_poll(c.nc, levels, 10.0)))
-            subject = normal
+    names = list(polls)
+    for i in range(n * len(names)):
+        name = names[i % len(names)]
+        poll, subject = polls[name]
+        task = asyncio.create_task(arrival(poll()))
         await asyncio.sleep(0.02)  # its pull request reaches the server (a bench, not a test)
         t0 = time.perf_counter()
-        await js.publish(subject, PAYLOAD)
+        await c.js.publish(subject, PAYLOAD)
         at, got = await task
         lat[name].append((at - t0) * 1000)
-        msg = got[0] if name == "plain" else got[1]
+        msg = {"plain": lambda g: g[0], "priority": lambda g: g[1], "one_level": lambda g: g}[name](got)
         await msg.ack()
-    ratio = statistics.median(lat["priority"]) / statistics.median(lat["plain"])
+    base = statistics.median(lat["plain"])
     return {"items_each": n, **{f"{k}_ms": {"median": round(statistics.median(v), 3), "p90": round(pct(v, 90), 3),
-                                           "max": round(max(v), 3)} for k, v in lat.items()},
-            "priority_vs_plain": round(ratio, 3),
+                                           "max": round(max(v), 3), "vs_plain": round(statistics.median(v) / base, 3)}
+                                for k, v in lat.items()},
             "note": "publish -> the message in hand (the item's arrival, not the publish ack)"}

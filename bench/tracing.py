@@ -103,7 +103,10 @@ async def main() -> dict[str, Any]:
         "on_p90_us": statistics.median(r["latency_p90_us"] for r in on),
         "pair_ratios": [round(a / b, 3) for a, b in zip(lat_on, lat_off, strict=True)]}
     results["spans"] = {"us_per_span_with_json_lines_export": statistics.median(r["span_us"] for r in on),
-                        "timed_per_process": SPANS_TIMED, "cpus": os.cpu_count()}
+                        "timed_per_process": SPANS_TIMED, "cpus": os.cpu_count(),
+                        # progress events go out without the span's traceparent (0: none of the "on" runs' did)
+                        "traceparent_on_progress": max(r["traceparent_on_progress"] for r in on)}
+    results["machine"] = {"load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
     return results
 
 
