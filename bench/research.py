@@ -41,6 +41,10 @@ same positions and returns, in the same run, and a backtest's cancel latency.
   high-priority trainings submitted while both run a low one: each one's queue wait (created ->
   started) against the time until the first running training ended (no preemption: goal wait <= that
   + 1 s). priority_figures says how.
+- pull (KTRDR_BENCH_RESEARCH_PARTS=pull): what the priority pull costs a worker to take its next item
+  at 10, 100 and 1,000 items queued a level (and with only low queued: the empty levels' cost), and an
+  idle worker's publish -> take, against the plain single-subject pull in the same run; no trainers.
+  bench/priority_pull.py says how.
 """
 
 from __future__ import annotations
@@ -597,6 +601,12 @@ async def main() -> dict[str, Any]:
             return out
 
         results["priority"] = await _on_trainers("research-priority", priority)
+    if "pull" in parts:
+        from bench.priority_pull import figures as pull_figures
+
+        with BenchServer("research-pull") as srv:
+            async with Client(srv.settings) as c:
+                results["pull"] = await pull_figures(c)
     if "backtest" not in parts:
         results["machine"] = {"cores": len(os.sched_getaffinity(0)), "load_avg_1m_at_end": os.getloadavg()[0]}
         return results

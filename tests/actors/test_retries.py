@@ -92,22 +92,22 @@ async def test_a_cancel_during_a_retry_wait_ends_the_operation_at_once_and_its_r
         client, data_stack, gateway):
     await asyncio.to_thread(gateway.stop)
     cmd = LoadData(op_id=subjects.new_op_id("data"), symbol="AAPL", timeframe="1h", mode="full",
-                   start=utc(2023, 1, 2), end=utc(2023, 3, 1), retries=4, retry_max_interval_s=60.0)
+                   start=utc(2023, 1, 2), end=utc(2023, 3, 1), retries=3, retry_max_interval_s=60.0)
     await client.submit(cmd)
-    # The fourth wait is 8 s long (1, 2, 4, 8): cancelled as soon as it is announced.
-    await wait_for_event(client, cmd.op_id, lambda ev, v: retrying(ev, v) and "attempt 5 of 5 in 8 s" in
+    # The third and last wait is 4 s long (1, 2, 4): cancelled as soon as it is announced.
+    await wait_for_event(client, cmd.op_id, lambda ev, v: retrying(ev, v) and "attempt 4 of 4 in 4 s" in
                          ev.progress.message, timeout=90)  # type: ignore[attr-defined]
     await client.cancel(cmd.op_id, reason="not needed any more")
     view = await wait_terminal(client, cmd.op_id, timeout=30)
     assert view.status == "cancelled" and view.cancel_reason == "not needed any more"
-    assert view.attempts == 4
+    assert view.attempts == 3
     # The redelivery comes when the wait is over; the worker finds the operation ended and acks it.
     assert await _work_left(client, timeout=60) == 0
     events = await client.events(cmd.op_id)
     ended = [e for e in events if isinstance(e, OperationCancelled | OperationCompleted | OperationFailed)]
     assert len(ended) == 1 and isinstance(ended[0], OperationCancelled), ended
-    assert ended[0].actor.startswith("orchestrator") and ended[0].where == "between attempts, after attempt 4"
+    assert ended[0].actor.startswith("orchestrator") and ended[0].where == "between attempts, after attempt 3"
     last_wait = [e.progress for e in events if retrying(e, None)][-1]
     assert last_wait.next_attempt_at is not None and ended[0].ts < last_wait.next_attempt_at  # not at its end
-    assert [e.attempt for e in events if isinstance(e, OperationStarted)] == [1, 2, 3, 4]  # no fifth ran
+    assert [e.attempt for e in events if isinstance(e, OperationStarted)] == [1, 2, 3]  # no fourth ran
     assert (await client.view(cmd.op_id)).status == "cancelled"
