@@ -291,9 +291,7 @@ async def test_sigterm_hands_work_back_and_kill_9_lets_a_replica_finish(start_ac
     procs = [_actors_process(settings, "dummy"), _actors_process(settings, "dummy")]
     try:
         await _announced(client, procs)
-        # 100 x 0.05 s: ~4.8 s still to run when the signal lands at step 3 (the heartbeat that names
-        # the holder comes within a beat); the replica runs it again from iteration 1.
-        drained = dummy(iterations=100, interval=0.05)
+        drained = dummy(iterations=200, interval=0.05)
         await client.submit(drained)
         await wait_for_event(client, drained.op_id, lambda ev, v: v.current_step >= 3, timeout=60)
         first = await _holder(client, procs, drained.op_id)
@@ -304,7 +302,7 @@ async def test_sigterm_hands_work_back_and_kill_9_lets_a_replica_finish(start_ac
         assert view.status == "completed" and view.attempts == 2
         procs.append(_actors_process(settings, "dummy"))
         await _announced(client, procs)
-        killed = dummy(iterations=100, interval=0.05)
+        killed = dummy(iterations=200, interval=0.05)
         await client.submit(killed)
         await wait_for_event(client, killed.op_id, lambda ev, v: v.current_step >= 3, timeout=60)
         second = await _holder(client, procs, killed.op_id)
