@@ -31,7 +31,7 @@ from nats.js import JetStreamContext
 
 from events import subjects
 from events.codec import DecodeError, decode_event_on
-from events.messages import OperationCompleted
+from events.messages import OperationCompleted, StartTraining
 from ktrdr.errors import DataError, ValidationError
 from ktrdr.ops.reader import read_views
 from ktrdr.training.registry import (
@@ -359,7 +359,9 @@ class ModelStore:
             if isinstance(artifacts, dict) and artifacts.get("name") == prefix and len(found) < 100:
                 found.append(ev.op_id)
 
-        await read_events(self.js, [subjects.all_ops(OperationCompleted.name)], on_msg)
+        # Only the training domain's: models are written by trainers alone (their role's permissions),
+        # so the others' completions (every backtest's, every load's) are not read for each model.
+        await read_events(self.js, [f"ops.{StartTraining.domain}.*.{OperationCompleted.name}"], on_msg)
         return found
 
 
