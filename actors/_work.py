@@ -333,17 +333,22 @@ class WorkRunner:
             a.log.info("%s is already %s; dropping its work item", op_id, view.status)
             await run.msg.ack()
             return
+        # The command is re-validated (pure, on a thread) while the lease is asked for; what it found
+        # is acted on only once the lease is held: only the holder's verdict counts, a refusal too.
+        validated = asyncio.ensure_future(asyncio.to_thread(commands.validate, created.command, created.ts))
         try:
             held = await self.leases.acquire(op_id)
         except LeaseUnavailable as exc:
             held = Busy(f"nobody ({exc})", 1.0)
         if isinstance(held, Busy):
             a.log.info("%s is held by %s; handing the redelivery back", op_id, held.holder)
+            with contextlib.suppress(Exception):
+                await validated  # not left running unobserved
             await run.msg.nak(delay=max(held.retry_in, 0.1))
             return
         run.held = held
-        try:  # held first: only the holder's verdict counts, a refusal too
-            await asyncio.to_thread(commands.validate, created.command, created.ts)
+        try:
+            await validated
         except KtrdrError as exc:
             await a.publish_event(verdicts.refused(op_id, a.role, exc))
             with contextlib.suppress(Exception):
