@@ -340,6 +340,9 @@ class WorkRunner:
             held = await self.leases.acquire(op_id)
         except LeaseUnavailable as exc:
             held = Busy(f"nobody ({exc})", 1.0)
+        except BaseException:
+            validated.cancel()  # killed meanwhile: what it found is of no use
+            raise
         if isinstance(held, Busy):
             a.log.info("%s is held by %s; handing the redelivery back", op_id, held.holder)
             with contextlib.suppress(Exception):
