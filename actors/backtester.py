@@ -45,17 +45,31 @@ class Backtester(Actor):
         assert isinstance(cmd, RunBacktest) and self.js is not None
         store = ModelStore(self.js)
         op.progress(message=f"Loading model {cmd.model}", phase="loading_model")
-        prefix, files = await store.load_files(cmd.model, MODEL_FILES)
-        model = await asyncio.to_thread(self._load, files)
-        symbols = backtest_symbols(cmd.model, cmd.symbols, model.symbols)
-        op.token.raise_if_cancelled("loading the bars")
-        op.progress(message=f"Loading bars for {', '.join(symbols)} [{', '.join(model.timeframes)}]",
-                    phase="loading_data")
-        bars, simulated = await self._read_bars(symbols, model.timeframes, cmd)
+        prefix = await store.resolve(cmd.model)
+        # The bars are read while the model's files are fetched and checked: which bars is said by the
+        # model's metadata.json, read here unchecked only to start early; what runs is decided by the
+        # checked files (bars read for anything else are read again).
+        guess = asyncio.create_task(self._guess_bars(store, prefix, cmd))
+        try:
+            _, files = await store.load_files(prefix, MODEL_FILES)
+            model = await asyncio.to_thread(self._load, files)
+            symbols = backtest_symbols(cmd.model, cmd.symbols, model.symbols)
+            op.token.raise_if_cancelled("loading the bars")
+            op.progress(message=f"Loading bars for {', '.join(symbols)} [{', '.join(model.timeframes)}]",
+                        phase="loading_data")
+            early = await guess
+        finally:
+            guess.cancel()
+        if early is not None and early[0] == (set(symbols), set(model.timeframes)):
+            bars, simulated = early[1]
+        else:
+            bars, simulated = await self._read_bars(symbols, model.timeframes, cmd)
         job = BacktestJob(model_ref=prefix, symbols=symbols, start=cmd.start, end=cmd.end, capital=cmd.capital,
                           commission=cmd.commission, slippage_bps=cmd.slippage_bps,
                           **({"chunk_bars": self.chunk_bars} if self.chunk_bars else {}))
         outcome = await asyncio.to_thread(run_backtest, job, model, bars, emit=op.progress, cancel=op.token)
+        # the lease's say-so for the verdict is asked now, while the curve is encoded and stored
+        op.confirm_ours_early()
         if outcome.result.get("elapsed_s"):
             metrics.BACKTEST_BARS_PER_S.labels(cmd.pool).set(
                 outcome.result["bars"] / outcome.result["elapsed_s"])
@@ -71,6 +85,21 @@ class Backtester(Actor):
         return {**outcome.result, "simulated": simulated,
                 "curve": {"bucket": stored.bucket, "object": stored.name, "bytes": stored.size,
                           "digest": stored.digest, "columns": list(outcome.curve.columns)}}
+
+    async def _guess_bars(self, store: ModelStore, prefix: str, cmd: RunBacktest
+                          ) -> tuple[tuple[set[str], set[str]], tuple[dict[str, dict[str, pd.DataFrame]], bool]] | None:
+        """The bars the model's metadata.json says it needs, read before its files are checked; None
+        when that cannot tell (then they are read once the checked model says which)."""
+        try:
+            meta = await store.read_json(prefix, "metadata.json")
+            syms, tfs = meta.get("symbols"), meta.get("timeframes")
+            if not (isinstance(syms, list) and isinstance(tfs, list) and syms and tfs
+                    and all(isinstance(x, str) for x in [*syms, *tfs])):
+                return None
+            symbols = backtest_symbols(cmd.model, cmd.symbols, syms)
+            return (set(symbols), set(tfs)), await self._read_bars(symbols, tfs, cmd)
+        except Exception:  # whatever it was is met again, and reported, by the read after the files
+            return None
 
     def _load(self, files: dict[str, bytes]) -> TrainedModel:
         import torch

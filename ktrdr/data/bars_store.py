@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -166,8 +167,23 @@ class BarStore:
         # Partitions whose chunk id the manifest gives and this host has not cached: batched gets of
         # READ_BATCH, each batch decoded on a thread as it arrives; the others (and any a batch did
         # not bring back) one at a time.
-        direct = [e for e in entries if e.nuid is not None
-                  and (self.cache is None or self.cache.lookup(e.digest) is None)]
+        cached: dict[str, Path] = {}
+        if self.cache is not None:
+            for e in entries:
+                if e.nuid is not None and (path := self.cache.lookup(e.digest)) is not None:
+                    cached[e.name] = path
+        direct = [e for e in entries if e.nuid is not None and e.name not in cached]
+
+        def read_cached() -> dict[str, pa.Table]:
+            """The partitions this host has cached (keyed by the manifest's digest), all in one worker
+            thread: one hop for all, not one each (11 for 10 years of 1h: ~10 ms of hops and wake-ups)."""
+            out: dict[str, pa.Table] = {}
+            for name, path in cached.items():
+                try:
+                    out[name] = read_table(path)
+                except DataError:
+                    path.unlink(missing_ok=True)  # a damaged cache file is only a cache miss: read below
+            return out
 
         async def batch(group: list[PartitionEntry]) -> None:
             async with sem:
@@ -187,7 +203,12 @@ class BarStore:
         async def single(e: PartitionEntry) -> None:
             tables[e.name] = await self._partition(e, sem)
 
-        await asyncio.gather(*(batch(direct[i:i + READ_BATCH]) for i in range(0, len(direct), READ_BATCH)))
+        async def from_cache() -> None:
+            if cached:
+                tables.update(await asyncio.to_thread(read_cached))
+
+        await asyncio.gather(from_cache(),
+                             *(batch(direct[i:i + READ_BATCH]) for i in range(0, len(direct), READ_BATCH)))
         await asyncio.gather(*(single(e) for e in entries if e.name not in tables))
         ordered = all(pd.Timestamp(a.end) < pd.Timestamp(b.start) for a, b in itertools.pairwise(entries))
         return await asyncio.to_thread(from_tables, [tables[e.name] for e in entries], ordered=ordered)

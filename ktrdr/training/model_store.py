@@ -31,7 +31,7 @@ from nats.js import JetStreamContext
 
 from events import subjects
 from events.codec import DecodeError, decode_event_on
-from events.messages import OperationCompleted
+from events.messages import OperationCompleted, StartTraining
 from ktrdr.errors import DataError, ValidationError
 from ktrdr.ops.reader import read_views
 from ktrdr.training.registry import (
@@ -59,6 +59,7 @@ _Rows = list[dict[str, Any]]
 _Paths = list[Path]
 Expected = tuple[dict[str, str], str]  # ({file: hex SHA-256}, where the digests come from)
 _MODEL_OBJECT = re.compile(r"^(?P<strategy>[^/]+)/(?P<key>[^/]+)_v(?P<n>\d{1,10})/(?P<file>[^/]+)$")
+_MODEL_VERSION = re.compile(r"^.*_v\d{1,10}$")  # a latest pointer's target, as resolve reads it
 _POINTER = re.compile(r"^(?P<strategy>[^/]+)/(?P<key>[^/]+)_latest$")
 
 
@@ -161,6 +162,20 @@ class ModelStore:
     async def resolve(self, ref: str) -> str:
         """`strategy/KEY_vN` of a model named `strategy`, `strategy/KEY` (its latest) or `strategy/KEY_vN`."""
         strategy, key, version = parse_model_ref(ref)
+        if key is not None and KEY_RE.match(key):
+            # The name given: one look-up of its own record, not a listing of the bucket (which grows
+            # with every version and every backtest's curve stored beside one). Not found: the listing
+            # below decides, and words the error.
+            if version is not None:
+                prefix = f"{strategy}/{version_name(key, version)}"
+                st = await objects.stat(self.js, MODELS, f"{prefix}/metadata.json", direct=True)
+                if st is not None and not st.deleted:
+                    return prefix
+            else:
+                st = await objects.stat(self.js, MODELS, f"{strategy}/{key}_latest", direct=True)
+                target = st.header(LATEST_HEADER) if st is not None and not st.deleted else None
+                if target and _MODEL_VERSION.match(target):
+                    return f"{strategy}/{version_name(key, int(target.rsplit('_v', 1)[1]))}"
         complete, latest = await self._versions()
         if key is not None and version is not None:
             if (strategy, key, version) in complete:
@@ -250,10 +265,12 @@ class ModelStore:
         """(version name, {file: bytes}) of a model's `files`, each checked against its recorded digest
         (model.pt must have one): what a backtest runs."""
         prefix = await self.resolve(ref)
-        expected = await self.expected_digests(prefix)
-        # The files at once (one round trip's wait, not one per file), checked in the order asked.
-        found = await asyncio.gather(*(objects.get(self.js, MODELS, f"{prefix}/{f}", max_bytes=MAX_MODEL_FILE_BYTES
-                                                   if f == "model.pt" else MAX_JSON_FILE_BYTES) for f in files))
+        # The files and the digests they must have at once (one round trip's wait, not one per file nor
+        # the digests' first), each file checked against them below, in the order asked.
+        expected, *found = await asyncio.gather(
+            self.expected_digests(prefix),
+            *(objects.get(self.js, MODELS, f"{prefix}/{f}", max_bytes=MAX_MODEL_FILE_BYTES
+                          if f == "model.pt" else MAX_JSON_FILE_BYTES) for f in files))
         out: dict[str, bytes] = {}
         for f, got in zip(files, found, strict=True):
             if got is None:
@@ -342,7 +359,9 @@ class ModelStore:
             if isinstance(artifacts, dict) and artifacts.get("name") == prefix and len(found) < 100:
                 found.append(ev.op_id)
 
-        await read_events(self.js, [subjects.all_ops(OperationCompleted.name)], on_msg)
+        # Only the training domain's: models are written by trainers alone (their role's permissions),
+        # so the others' completions (every backtest's, every load's) are not read for each model.
+        await read_events(self.js, [f"ops.{StartTraining.domain}.*.{OperationCompleted.name}"], on_msg)
         return found
 
 

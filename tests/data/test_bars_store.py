@@ -66,3 +66,18 @@ def test_cache_evicts_the_least_recently_used_and_never_names_a_file_from_anythi
     assert cache.lookup(digests[1]) is not None and cache.lookup(digests[2]) is not None
     for bad in ("SHA-256=../../etc/passwd", "../x", "", "SHA-256=" + "A" * 43 + "/"):
         assert cache.path(bad) is None and cache.put(bad, b"x") is None
+
+
+async def test_a_damaged_cached_partition_is_only_a_miss_and_is_read_again_from_the_server(client, tmp_path):
+    df = bars(utc(2023, 11, 1), utc(2024, 2, 1))  # two yearly partitions, both cached on the first read
+    meta = SeriesMeta(symbol="AAPL", timeframe="1h", source="sim", simulated=True, start=None, end=None, rows=len(df),
+                      updated_at="")
+    _, manifest = await BarStore(client.js).write_series(df, meta, replaces=None)
+    assert manifest is not None and len(manifest.partitions) == 2
+    cache = DigestCache(tmp_path / "cache")
+    reader = BarStore(client.js, cache)
+    pd.testing.assert_frame_equal(await reader.read("AAPL", "1h"), df, check_freq=False)
+    damaged = tmp_path / "cache" / f"{digest_hex(manifest.partitions[0].digest)}.parquet"
+    damaged.write_bytes(b"not parquet")
+    pd.testing.assert_frame_equal(await reader.read("AAPL", "1h"), df, check_freq=False)
+    assert damaged.exists() and damaged.read_bytes() != b"not parquet"  # fetched again and cached again

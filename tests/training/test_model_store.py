@@ -47,3 +47,16 @@ async def test_model_versions_are_claimed_atomically_listed_shown_and_pulled_int
     with pytest.raises(ValidationError):
         await models.pull("mlp_rsi", tmp_path / "missing")
     assert (await objects.stat(client.js, MODELS, "mlp_rsi/AAPL_1h_latest")) is not None
+
+
+async def test_a_named_version_or_key_resolves_by_its_own_record_and_an_unknown_or_unfinished_one_is_refused(client):
+    models = ModelStore(client.js)
+    await models.save("mlp_rsi", ["AAPL"], ["1h"], artifacts(0.1))
+    await models.save("mlp_rsi", ["AAPL"], ["1h"], artifacts(0.2))
+    assert await models.resolve("mlp_rsi/AAPL_1h_v1") == "mlp_rsi/AAPL_1h_v1"
+    assert await models.resolve("mlp_rsi/AAPL_1h") == "mlp_rsi/AAPL_1h_v2"
+    # a version whose metadata.json (written last: it marks the version complete) is not there
+    await objects.put(client.js, MODELS, "mlp_rsi/AAPL_1h_v3/model.pt", b"weights")
+    for ref in ("mlp_rsi/AAPL_1h_v3", "mlp_rsi/AAPL_1h_v9", "mlp_rsi/MSFT_1h"):
+        with pytest.raises(ValidationError, match="no model"):
+            await models.resolve(ref)

@@ -1,0 +1,88 @@
+"""`python -m bench._steps_actor ROLE ...`: bench._actorproc with the backtest path's steps timed, each
+step's wall-clock start and end appended as a JSON line to KTRDR_BENCH_STEPS_LOG (bench/research_steps.py
+reads them). Wrappers only: what runs is the actors' own code."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import actors._actor as actor_mod
+import actors._leases as leases_mod
+import actors._work as work_mod
+import actors.backtester as backtester_mod
+import ktrdr.data.bars_store as bars_mod
+import ktrdr.training.model_store as models_mod
+
+_LOG = open(os.environ["KTRDR_BENCH_STEPS_LOG"], "a", buffering=1)  # open for the process's life
+
+
+def _mark(step: str, t0: float) -> None:
+    _LOG.write(json.dumps({"step": step, "t0": t0, "t1": time.time()}) + "\n")
+
+
+def _timed_async(owner: Any, attr: str, step: str) -> None:
+    f = getattr(owner, attr)
+
+    @functools.wraps(f)
+    async def timed(*a: Any, **k: Any) -> Any:
+        t0 = time.time()
+        try:
+            return await f(*a, **k)
+        finally:
+            _mark(step, t0)
+
+    setattr(owner, attr, timed)
+
+
+def _timed_sync(owner: Any, attr: str, step: str) -> None:
+    f: Callable[..., Any] = getattr(owner, attr)
+
+    @functools.wraps(f)
+    def timed(*a: Any, **k: Any) -> Any:
+        t0 = time.time()
+        try:
+            return f(*a, **k)
+        finally:
+            _mark(step, t0)
+
+    setattr(owner, attr, timed)
+
+
+STEPS = [  # (owner, attribute, step name, async?)
+    (work_mod, "read_proven", "lifecycle read", True),
+    (leases_mod.Leases, "acquire", "lease claim", True),
+    (backtester_mod.Backtester, "handle", "handle", True),
+    (models_mod.ModelStore, "resolve", "model resolve", True),
+    (models_mod.ModelStore, "load_files", "model files", True),
+    (models_mod.ModelStore, "expected_digests", "expected digests", True),
+    (backtester_mod.Backtester, "_load", "model build", False),
+    (bars_mod.BarStore, "load", "bars read", True),
+    (backtester_mod, "run_backtest", "run", False),
+    (backtester_mod, "curve_bytes", "curve encode", False),
+    (models_mod.ModelStore, "save_backtest", "curve upload", True),
+    (work_mod.WorkRunner, "_still_ours", "verdict lease check", True),
+    (actor_mod.Actor, "publish_event", "verdict publish", True),
+]
+for owner, attr, step, is_async in STEPS:
+    (_timed_async if is_async else _timed_sync)(owner, attr, step)
+
+_on_cancel = actor_mod.Actor._on_cancel_msg
+
+
+async def _cancel_seen(self: actor_mod.Actor, msg: Any) -> None:
+    _mark("cancel received", time.time())
+    await _on_cancel(self, msg)
+
+
+actor_mod.Actor._on_cancel_msg = _cancel_seen  # type: ignore[method-assign]
+
+if __name__ == "__main__":
+    from bench._actorproc import main
+
+    main(sys.argv[1:])
