@@ -78,6 +78,9 @@ def _shared_word() -> tuple[int, mmap.mmap]:
     return fd, mmap.mmap(fd, frames.CANCEL_WORD_SIZE)
 
 
+_WAIT_SLICE_S = 0.1  # how often a wait for the child's start (or for another start holding it) checks its cancel
+
+
 class TrainingProcess:
     """One training child, reused job after job; restarted on the next run if it died."""
 
@@ -103,15 +106,16 @@ class TrainingProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
-    def start(self) -> None:
-        """Start the child and wait until it has imported torch (idempotent while it lives)."""
+    def start(self, cancel: CancellationToken | None = None) -> None:
+        """Start the child and wait until it has imported torch (idempotent while it lives). A cancel
+        of `cancel` meanwhile kills the half-started child and raises OperationCancelledError."""
         with self._lock:
             if self._closed:
                 raise KtrdrError("the training process has been closed")
             if self._proc is None or self._proc.poll() is not None:
-                self._start()
+                self._start(cancel)
 
-    def _start(self) -> None:
+    def _start(self, cancel: CancellationToken | None = None) -> None:
         self._reset()
         began = time.monotonic()
         parent_sock, child_sock = socket.socketpair()
@@ -131,10 +135,15 @@ class TrainingProcess:
             os.close(life_r)
         self._lifeline_w = life_w
         self._conn = Connection(parent_sock.detach())
+        deadline = began + self.startup_timeout_s
         try:
-            if not self._conn.poll(self.startup_timeout_s):
-                self._kill()
-                raise KtrdrError(f"the training process did not start within {self.startup_timeout_s:.0f} s")
+            while not self._conn.poll(_WAIT_SLICE_S):
+                if cancel is not None and cancel.is_cancelled:
+                    self._kill()
+                    cancel.raise_if_cancelled("starting the training process")
+                if time.monotonic() > deadline:
+                    self._kill()
+                    raise KtrdrError(f"the training process did not start within {self.startup_timeout_s:.0f} s")
             frame = self._recv()
         except (EOFError, OSError) as exc:  # it died while importing (or close() killed it)
             raise self._died() from exc
@@ -205,9 +214,14 @@ class TrainingProcess:
             resume: bytes | None = None, on_checkpoint: OnCheckpoint | None = None) -> TrainingOutcome:
         """Run `job` in the child; blocks until it ends. Progress and checkpoints are delivered on the
         calling thread, in the order the child produced them."""
-        with self._lock:
+        # The lock is held by a start in progress, the actor's warm-up among them (torch's import: ~2 s
+        # on a quiet host, 70 s measured under a load of 10-14 on 2 cores): a cancel meanwhile must not
+        # wait for it (a sweep's cancelled variant stayed `running` 70 s). Waited for in slices.
+        while not self._lock.acquire(timeout=_WAIT_SLICE_S):
+            cancel.raise_if_cancelled("waiting for the training process to start")
+        try:
             cancel.raise_if_cancelled("starting the training process")
-            self.start()
+            self.start(cancel)
             self._seq += 1
             seq = self._seq
             unregister = cancel.on_cancel(lambda: self._request_cancel(seq))
@@ -230,6 +244,8 @@ class TrainingProcess:
                     # We stop listening mid-job (emit or on_checkpoint raised, or we are being torn
                     # down): its later frames would be read as the next job's. Start afresh.
                     self._kill()
+        finally:
+            self._lock.release()
 
     def _request_cancel(self, seq: int) -> None:
         self._cancel_word[0 : frames.CANCEL_WORD_SIZE] = frames.cancel_word_value(seq)

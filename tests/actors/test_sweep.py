@@ -105,7 +105,9 @@ async def test_at_most_k_trainings_run_at_once_and_a_cancelled_variant_does_not_
         start_actors, settings, client):
     await store_bars(client)
     await start_actors("orchestrator", "trainer", "trainer")
-    cmd = sweep(("model.training.learning_rate", [0.01, 0.005, 0.001]), epochs=200, max_parallel=1)
+    # Variant 0 trains long enough to be cancelled while it runs; the two after it train 2 epochs each
+    # (it was 200 each, ~2 minutes of training under a load of 10 on 2 cores: past the test's timeout).
+    cmd = sweep(("model.training.epochs", [500, 2, 2]), epochs=None, max_parallel=1)
     await client.submit(cmd)
     first = subjects.child_op_id(cmd.op_id, "training", "v0")
     await wait_for_event(client, first, lambda ev, v: v.status == "running", timeout=60)

@@ -196,10 +196,14 @@ async def test_ops_watch_rides_out_a_long_outage_and_refuses_an_unknown_id(start
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2 and f"no operation {unknown} is stored" in err.decode()
 
-    await start_actors("orchestrator", "dummy")
+    # The operation waits, queued, for a worker that only starts after the outage: it cannot end before
+    # the watch is attached and the server gone (a 5 s dummy running meanwhile could: the watch's own
+    # start-up takes longer than that under load, and it then had nothing to ride out).
+    patient = make_settings(settings.home, settings.nats_url, orphan_timeout_s=3600.0)
+    await start_actors("orchestrator", settings=patient)
     cmd = dummy(iterations=100, interval=0.05)
     await client.submit(cmd)
-    await wait_for_event(client, cmd.op_id, lambda ev, v: v.current_step >= 2, timeout=60)
+    await wait_for_event(client, cmd.op_id, lambda ev, v: v.status == "queued", timeout=60)
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ktrdr", "ops", "watch", cmd.op_id, env=env,
                                                 stdout=pipe, stderr=pipe)
     assert proc.stdout is not None and proc.stderr is not None
@@ -212,6 +216,7 @@ async def test_ops_watch_rides_out_a_long_outage_and_refuses_an_unknown_id(start
         said += line
     await asyncio.sleep(6)  # the outage itself (the fault, not a wait for an outcome): twice what it survived before
     nats_server.restart()
+    await start_actors("dummy")  # the operation runs, after the outage
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     said += err
     assert proc.returncode == 0, said.decode()

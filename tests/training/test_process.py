@@ -9,6 +9,8 @@ import select
 import signal
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +221,65 @@ def test_a_closed_process_refuses_new_work(aapl) -> None:
     with pytest.raises(KtrdrError, match="closed"):
         tp.run(TrainingJob(op_id="op", strategy_yaml=SMALL_STRATEGY), aapl, emit=Recorder(),
                cancel=CancellationToken())
+
+
+# A child that starts only when the test says so: an interpreter that first waits on a FIFO (the
+# stand-in for torch's import on a loaded host, measured at over a minute under a load of 10-14).
+def _gated_python(tmp_path: Path) -> tuple[str, Path]:
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    starter = tmp_path / "gated-python"
+    # (the shell opens the FIFO itself, no child of its own: a kill leaves nothing behind at the gate)
+    starter.write_text(f'#!/bin/sh\n: < "{gate}"\nexec "{sys.executable}" "$@"\n')
+    starter.chmod(0o755)
+    return str(starter), gate
+
+
+def _spawned(tp: TrainingProcess, timeout: float = 30.0) -> int:
+    """The pid of tp's child once it is spawned (still starting: held at its gate)."""
+    deadline = time.monotonic() + timeout
+    while tp.pid is None:
+        assert time.monotonic() < deadline, "the training child was not spawned"
+        time.sleep(0.02)  # poll interval
+    return tp.pid
+
+
+def test_a_cancel_while_the_warm_up_still_starts_the_child_lands_without_waiting_for_it(tmp_path, aapl) -> None:
+    """The trainer warms its child at start; a training taken meanwhile waited for the whole start
+    before it looked at its cancel (a sweep's cancelled variant stayed `running` 70 s under load)."""
+    python, _gate = _gated_python(tmp_path)
+    tp = TrainingProcess(python=python)
+    pool = ThreadPoolExecutor(2)
+    try:
+        warming = pool.submit(tp.start)  # the actor's warm-up
+        _spawned(tp)
+        token = CancellationToken()
+        running = pool.submit(child_run, tp, aapl, cancel=token)
+        token.cancel("not this one")
+        with pytest.raises(OperationCancelledError) as info:
+            running.result(timeout=60)
+        err = info.value
+        assert (err.where, err.reason) == ("waiting for the training process to start", "not this one")
+        assert not warming.done() and tp.pid is not None  # the start it did not wait for goes on
+    finally:
+        tp.close()  # kills the child still held at its gate (the warm-up's start then raises)
+        pool.shutdown()
+
+
+def test_a_cancel_while_a_run_starts_its_own_child_kills_that_start_and_the_next_run_starts_afresh(
+        tmp_path, aapl) -> None:
+    python, _gate = _gated_python(tmp_path)
+    tp = TrainingProcess(python=python)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            token = CancellationToken()
+            running = pool.submit(child_run, tp, aapl, cancel=token)  # no warm-up: the run starts it
+            pid = _spawned(tp)
+            token.cancel("changed my mind")
+            with pytest.raises(OperationCancelledError) as info:
+                running.result(timeout=60)
+        assert info.value.where == "starting the training process" and tp.pid is None
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the half-started child is gone, not left waiting at its gate
+    finally:
+        tp.close()
