@@ -30,7 +30,8 @@ _TEXT = re.compile(SEARCH_TEXT_PATTERN)
 # The start of an op id: its domain, then as much of `-yyyymmddTHHMMSSffffff-hex` as was typed.
 _ID_START = re.compile(r"^(?P<domain>[a-z]+)(?:-(?P<date>\d{0,8})(?:(?<=\d{8})t(?P<time>\d{0,12}))?"
                        r"(?:(?<=\d{12})-(?P<hex>[0-9a-f]{0,6}))?)?$")
-_TIME_START = re.compile(r"^(?P<date>\d{4,8})(?:(?<=\d{8})t(?P<time>\d{0,12}))?$")  # an id's time, typed alone
+# An id's time typed alone: its whole date at least (six digits could be an id's random part).
+_TIME_START = re.compile(r"^(?P<date>\d{8})(?:t(?P<time>\d{0,12}))?$")
 
 
 def check_text(text: str) -> str:
@@ -84,7 +85,7 @@ def op_of_word_key(key: str) -> str:
 
 def id_start(text: str) -> tuple[str, str] | None:
     """(the id start lower-cased, the yyyymmddHH digits it fixes) when a query is the start of an op
-    id of a known domain (its domain at least) or of an id's time (yyyy at least), else None."""
+    id of a known domain (its domain at least) or of an id's time (yyyymmdd at least), else None."""
     m = _ID_START.match(text.strip().lower()) or _TIME_START.match(text.strip().lower())
     if m is None or m.groupdict().get("domain", "") not in (*subjects.DOMAINS, ""):
         return None

@@ -200,10 +200,10 @@ async def has_words(js: JetStreamContext) -> bool:
     """Whether every summary in the index has its search words filed (ktrdr.ops.search): an index
     built by an indexer from before them has not, until `ops reindex`."""
     try:
-        await js.get_last_msg(STREAM, _PREFIX + WORDS_MARK_KEY, direct=True)
+        raw = await js.get_last_msg(STREAM, _PREFIX + WORDS_MARK_KEY, direct=True)
     except (NotFoundError, nats.errors.NoRespondersError):
         return False
-    return True
+    return bool(raw.data) and not (raw.headers or {}).get("KV-Operation")  # (a delete or purge marker: none)
 
 
 async def ops_of_word(js: JetStreamContext, word: str, hour: str | None = None) -> list[str] | None:
