@@ -430,9 +430,10 @@ class Client:
         if known:  # the rarest words' operations, all at once (each of them is filed under every word asked)
             await take(list(set.intersection(*known)))
             return found
-        for hour in to_walk:  # every word is common: its operations hour by hour, newest first
-            got = await opsindex.ops_of_word(self.js, asked[0], hour)
-            if got and await take(got):
+        for hour in to_walk:  # every word is common: the operations filed under all of them, hour by hour
+            per_word = await asyncio.gather(*(opsindex.ops_of_word(self.js, w, hour) for w in asked))
+            got = set.intersection(*(set(ids or ()) for ids in per_word))
+            if got and await take(list(got)):
                 break
         return found
 
