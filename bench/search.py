@@ -13,6 +13,7 @@ Median of 5 (3 for the whole-history scan) with the range, and how many summarie
 index's catch-up from empty (the indexer files the words as it goes).
 
     python -m bench.search [N ...]      (default 1000 10000 100000)
+    python -m bench.search filing [N]   (what filing the words costs beside storing the summaries)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from bench._common import ActorProcess, BenchServer, report, wait_alive
 from bench.scale import _caught_up
 from events import subjects
 from events.codec import encode
-from events.messages import LoadData, OperationCreated, OperationRejected
+from events.messages import LoadData, OperationCreated, OperationRejected, OpSummary
 from ktrdr.client import Client
 from ktrdr.ops.index import Filters
 from ktrdr.transport import opsindex
@@ -117,6 +118,39 @@ async def run(levels: tuple[int, ...]) -> dict[str, Any]:
             "target": "a search's first page well under 1 s at 100,000 operations, without reading the index"}
 
 
+async def filing_cost(n: int = 5000, rounds: int = 3) -> dict[str, Any]:
+    """What filing the words adds to the indexer's writes: the same n summaries (data loads, ended)
+    stored as the indexer stores them (IndexWriter.put_all) and their words filed (file_words), each
+    into a fresh part of the bucket, `rounds` times, in process; seconds and the ratio, median and range."""
+    from ktrdr.transport.opsindex import IndexWriter
+
+    puts, words, keys = [], [], 0
+    with BenchServer("search-filing") as srv:
+        async with Client(srv.settings) as c:
+            kv = await c.js.key_value(subjects.OPS_INDEX_BUCKET)
+            for _ in range(rounds):
+                summaries = []
+                for _i in range(n):
+                    when = datetime.now(UTC) - timedelta(seconds=random.uniform(60.0, SPREAD_S))
+                    sym = random.choice(SYMBOLS)
+                    op_id = f"data-{when:%Y%m%dT%H%M%S%f}-{secrets.token_hex(3)}"
+                    summaries.append(OpSummary(op_id=op_id, op_type="data_load", pool="any", status="rejected",
+                                               symbols=[sym], description=f"load {sym} 1h (full)", seq=1,
+                                               created_at=when))
+                writer = IndexWriter(kv, c.js)
+                t0 = time.perf_counter()
+                await writer.put_all(summaries, without_live={s.op_id for s in summaries})
+                puts.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                keys = await writer.file_words(summaries)
+                words.append(time.perf_counter() - t0)
+    ratios = [w / p for w, p in zip(words, puts, strict=True)]
+    return {"summaries": n, "word_keys": keys, "put_all_s": [round(x, 2) for x in puts],
+            "file_words_s": [round(x, 2) for x in words],
+            "words_over_summaries_median": round(statistics.median(ratios), 3),
+            "range": [round(min(ratios), 3), round(max(ratios), 3)]}
+
+
 def _cell(m: dict[str, Any]) -> str:
     return f"{m['median_s']} s ({m['min_s']}-{m['max_s']}; read {m['read']:,})"
 
@@ -134,6 +168,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["filing"]:  # python -m bench.search filing [N]
+        cost = asyncio.run(filing_cost(int(sys.argv[2]) if sys.argv[2:] else 5000))
+        report("search-filing", {"filing": cost})
+        sys.exit(0)
     result = asyncio.run(run(tuple(int(a) for a in sys.argv[1:]) or LEVELS))
     print(table(result["rows"]))
     report("search", {"search": result})
