@@ -430,11 +430,27 @@ class Client:
         if known:  # the rarest words' operations, all at once (each of them is filed under every word asked)
             await take(list(set.intersection(*known)))
             return found
-        for hour in to_walk:  # every word is common: the operations filed under all of them, hour by hour
-            per_word = await asyncio.gather(*(opsindex.ops_of_word(self.js, w, hour) for w in asked))
-            got = set.intersection(*(set(ids or ()) for ids in per_word))
-            if got and await take(list(got)):
+        # Every word is common: the operations filed under them a stretch of hours at a time, newest
+        # first (the stretch halves when a read would answer too many, doubles when few); after the
+        # first stretch only the word that had the fewest there is read (the text filter checks the rest).
+        i, span, ws = 0, 8, asked
+        while i < len(to_walk):
+            hours_now = to_walk[i:i + span]
+            if span == 1:
+                per_word: list[list[str] | None] = [await opsindex.ops_of_word(self.js, ws[0], hours_now[0])]
+            else:
+                per_word = list(await asyncio.gather(*(opsindex.ops_of_word_in(self.js, w, hours_now) for w in ws)))
+            if any(ids is None for ids in per_word):
+                span = max(1, span // 2)
+                continue
+            got = [set(ids or ()) for ids in per_word]
+            if len(ws) > 1:
+                ws = [min(zip(ws, got, strict=True), key=lambda wg: len(wg[1]))[0]]
+            if await take(list(set.intersection(*got))):
                 break
+            i += len(hours_now)
+            if max(len(g) for g in got) < opsindex.MULTI_LAST_MAX // 4:
+                span = min(256, span * 2)
         return found
 
     async def _views_of(self, op_ids: set[str]) -> dict[str, OperationView]:

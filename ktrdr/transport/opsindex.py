@@ -217,6 +217,15 @@ async def ops_of_word(js: JetStreamContext, word: str, hour: str | None = None) 
         return [op_of_word_key(k) for k, _v in await scan(js, word_filter(word, hour))]
 
 
+async def ops_of_word_in(js: JetStreamContext, word: str, hours: list[str]) -> list[str] | None:
+    """The op ids filed under a search word in these hours (one read); None when they are more than
+    one read answers (MULTI_LAST_MAX)."""
+    try:
+        return [op_of_word_key(k) for k, _v in await _multi_last(js, [word_filter(word, h) for h in hours])]
+    except _TooMany:
+        return None
+
+
 async def summaries_of(js: JetStreamContext, op_ids: list[str]) -> dict[str, OpSummary]:
     """The stored summaries of these operations (those that have one), by their keys: one read per
     MULTI_LAST_MAX of them."""
