@@ -242,12 +242,40 @@ async def live(js: JetStreamContext) -> list[OpSummary]:
     return _summaries(await read_keys(js, f"{LIVE_PREFIX}*"))
 
 
+async def _put_empty(js: JetStreamContext, keys: list[str]) -> None:
+    """Store an empty value under each of these subjects of the bucket's stream, pipelined: every
+    publish carries the reply subject `<inbox>.<n>` under one wildcard subscription, and the PubAcks
+    are counted (nats-py's publish_async spends most of its time on a future and an inbox each)."""
+    nc = js._nc  # nats-py exposes no public accessor for the connection behind a context
+    inbox = nc.new_inbox()
+    left, failed = len(keys), 0
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def on_ack(msg: Msg) -> None:
+        nonlocal left, failed
+        failed += b'"error"' in msg.data or bool(msg.headers and msg.headers.get("Status"))
+        left -= 1
+        if left <= 0 and not done.done():
+            done.set_result(None)
+
+    sub = await nc.subscribe(f"{inbox}.*", cb=on_ack)
+    try:
+        for n, key in enumerate(keys):
+            await nc.publish(key, b"", reply=f"{inbox}.{n}")
+        await asyncio.wait_for(done, READ_TIMEOUT_S)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    if failed:
+        raise RuntimeError(f"{failed} of {len(keys)} search words not stored")
+
+
 class IndexWriter:
     """The active orchestrator's writes (kv: the bucket bound with its credentials)."""
 
     def __init__(self, kv: KeyValue, js: JetStreamContext | None = None) -> None:
         self.kv = kv
-        self.js = js  # word keys go out as async publishes on it (else one put each)
+        self.js = js  # word keys go out pipelined on its connection (else one put each)
         # op id -> (its words, ended) as last filed: words are filed again only when they change, and
         # once more when the operation ends (so they age out of the bucket no sooner than its summary)
         self.filed: collections.OrderedDict[str, tuple[tuple[str, ...], bool]] = collections.OrderedDict()
@@ -332,9 +360,8 @@ class IndexWriter:
             chunk = keys[i:i + WORD_BATCH]
             if self.js is None:
                 await asyncio.gather(*(self.kv.put(k, b"") for k in chunk))
-                continue
-            acks = [await self.js.publish_async(_PREFIX + k, b"") for k in chunk]
-            await asyncio.gather(*acks)  # (an error: the batch is not acked, so it is indexed again)
+            else:  # (an error raises: the batch is not acked, so it is indexed again)
+                await _put_empty(self.js, [_PREFIX + k for k in chunk])
         for op_id, state in done:
             self.filed[op_id] = state
             self.filed.move_to_end(op_id)
