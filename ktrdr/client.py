@@ -436,7 +436,8 @@ class Client:
         i, span, ws = 0, 8, asked
         while i < len(to_walk):
             hours_now = to_walk[i:i + span]
-            if span == 1:
+            if span == 1:  # one busy hour: one word's (read whole, by a scan if need be)
+                ws = ws[:1]
                 per_word: list[list[str] | None] = [await opsindex.ops_of_word(self.js, ws[0], hours_now[0])]
             else:
                 per_word = list(await asyncio.gather(*(opsindex.ops_of_word_in(self.js, w, hours_now) for w in ws)))

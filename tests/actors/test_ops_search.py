@@ -84,6 +84,8 @@ async def test_a_word_most_operations_have_is_read_hour_by_hour_newest_first(sta
     rows = await client.list_operations(limit=5, filters=Filters(text="msft"))
     assert _ids(rows) == list(made)[-5:] and client.next_before == list(made)[-5]
     assert client.index_read < 200  # the newest hour's candidates, newest first, until the page was full
+    rows = await client.list_operations(limit=5, filters=Filters(text="load MSFT 1h"))  # every word common
+    assert _ids(rows) == list(made)[-5:] and client.index_read < 200
 
 
 async def test_the_start_of_an_op_id_reads_only_the_hours_it_can_be_in(start_actors, client):
