@@ -34,11 +34,12 @@ from nats.js.errors import NotFoundError
 
 from events import subjects
 from events.codec import DecodeError, decode, decode_event_on, encode
-from events.messages import IndexMark, OperationCreated, OperationsReindexed, ReindexOperations
+from events.messages import IndexMark, OperationCreated, OperationsReindexed, OpSummary, ReindexOperations
 from events.proof import HEADER
 from ktrdr.ops.fold import fold
 from ktrdr.ops.index import HOUR_PREFIX, LIVE_PREFIX, TIME_PREFIX, hour_marker, summarize
 from ktrdr.ops.reader import admit, latest_progress, read_views, read_views_of
+from ktrdr.ops.search import word_keys
 from ktrdr.ops.view import TERMINAL, OperationView
 from ktrdr.transport import opsindex
 from ktrdr.transport.opsindex import IndexMissing, IndexWriter, read_keys, read_mark, scan
@@ -79,12 +80,13 @@ class Indexer:
         """Bind the bucket and follow OPS from the watermark (called in Succession.activate)."""
         js = self.orch.js
         assert js is not None
-        self.writer = IndexWriter(await js.key_value(subjects.OPS_INDEX_BUCKET))
+        self.writer = IndexWriter(await js.key_value(subjects.OPS_INDEX_BUCKET), js)
         try:
             self.applied = (await read_mark(js)).seq
         except IndexMissing:  # a new bucket (or a stack from before the index): built from the whole log
             self.applied = 0
             await self._mark(0, force=True)  # readers use it at once (and the log past it while it builds)
+            await self.writer.mark_words()  # built by us from empty: every summary gets its words
         await self._follow()
         self.orch.succession.tasks.append(self.orch.spawn(self.loop(), name=f"{self.orch.id}-index"))
 
@@ -231,6 +233,7 @@ class Indexer:
         self.orch.leadership.epoch()  # type: ignore[union-attr]  # NotLeader: a stale one writes nothing
         summaries = [summarize(v, self.views[o][1]) for o, v in touched.items()
                      if v.created_at is not None or v.terminal]
+        await self.writer.file_words(summaries)  # before the summaries: a stored one always has its words
         await self.writer.put_all(summaries, without_live=self.unlived)
         for s in summaries:
             self.unlived.discard(s.op_id)  # ended (nothing to remove) or its live key written now
@@ -264,7 +267,7 @@ class Indexer:
         async with self.lock:
             started = time.monotonic()
             await ensure_streams(js, self.orch.settings, upgrade=True)  # the bucket back, if it was deleted
-            self.writer = IndexWriter(await js.key_value(subjects.OPS_INDEX_BUCKET))
+            self.writer = IndexWriter(await js.key_value(subjects.OPS_INDEX_BUCKET), js)
             views: dict[str, tuple[OperationView, int]] = {}
             events = top = 0
             async with contextlib.aclosing(walk_from(js, subjects.lifecycle_filters(), 1)) as walk:
@@ -278,22 +281,33 @@ class Indexer:
             await self._last_progress(v for v, _s in views.values())
             summaries = [summarize(v, s) for v, s in views.values() if v.created_at is not None or v.terminal]
             had_live = {k[len(LIVE_PREFIX):] for k, _v in await read_keys(js, f"{LIVE_PREFIX}*")}
+            await self.writer.file_words(summaries)
             await self.writer.put_all(summaries, without_live={s.op_id for s in summaries} - had_live)
             kept = {s.op_id for s in summaries}
             live = {s.op_id for s in summaries if s.status not in TERMINAL}
             hours = {hour_marker(o) for o in kept}
-            stale = [k for k, _v in await scan(js, f"{TIME_PREFIX}>") if k.rsplit(".", 1)[-1] not in kept]
+            gone = [(k, v) for k, v in await scan(js, f"{TIME_PREFIX}>") if k.rsplit(".", 1)[-1] not in kept]
+            stale = [k for k, _v in gone]
+            stale += [k for _k, v in gone if (old := _summary_or_none(v)) is not None for k in word_keys([old])]
             stale += [LIVE_PREFIX + o for o in had_live - kept]
             stale += [k for k, _v in await read_keys(js, f"{HOUR_PREFIX}*") if k not in hours]
             for k in stale:
                 await self.writer.remove(k)
             await self._mark(top, force=True)
+            await self.writer.mark_words()  # every summary stored now has its words
             await self._follow()
             self.orch.log.info("ops reindex: %d operations (%d live) from %d lifecycle events, %d keys removed, "
                                "in %.2f s", len(summaries), len(live), events, len(stale), time.monotonic() - started)
             return OperationsReindexed(operations=len(summaries), live=len(live),
                                        removed=sum(1 for k in stale if k.startswith(TIME_PREFIX)),
                                        events=events, seq=self.applied)
+
+
+def _summary_or_none(data: bytes) -> OpSummary | None:
+    try:
+        return decode(data, OpSummary)
+    except DecodeError:
+        return None
 
 
 def _fold_raw(view: OperationView, subject: str, data: bytes, proof: bytes | None) -> None:

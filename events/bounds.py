@@ -44,6 +44,17 @@ PARAM_PATH_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.([A-Za-z_][A-Za-z0-9_]{0,6
 MAX_TOKEN_LENGTH = 32
 TOKEN_PATTERN = rf"^[a-z0-9][a-z0-9_-]{{0,{MAX_TOKEN_LENGTH - 1}}}$"  # pools, roles, actor-id parts
 
+# --- free-text search (`ops list --text`, the page's search box) ---------------------------------
+MAX_SEARCH_TEXT = 64  # characters of a query
+# What a query may hold: letters, digits, spaces and the separators op ids, symbols, strategies and
+# descriptions use; anything else (quotes, wildcards, control characters) is refused at the boundary.
+SEARCH_TEXT_PATTERN = r"^[A-Za-z0-9_ .:/+()-]+$"
+# The words an operation is found by (ktrdr.ops.search.words_of): lower-case letters and digits, cut to
+# MAX_SEARCH_WORD, at least MIN_SEARCH_WORD long, at most MAX_SEARCH_WORDS per operation (one index key each).
+MIN_SEARCH_WORD = 2
+MAX_SEARCH_WORD = 32
+MAX_SEARCH_WORDS = 24
+
 # --- commands ------------------------------------------------------------------------------------
 MAX_LABEL = 512  # requested_by, strategy_path: labels for people, never paths
 MAX_STRATEGY_BYTES = 256 * 1024  # a strategy file's text, in UTF-8 bytes

@@ -814,6 +814,7 @@ class OpSummary(msgspec.Struct, kw_only=True, frozen=True):
     worker: Label = ""
     started_at: datetime | None = None
     strategy: Label = ""  # a training's or backtest's strategy (free-text search finds it)
+    schedule: Label = ""  # the schedule whose firing made it (free-text search finds it)
 
 
 class IndexMark(Message, tag="IndexMark", kw_only=True):

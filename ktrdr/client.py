@@ -42,7 +42,7 @@ from events.proof import HEADER
 from ktrdr.config import Settings
 from ktrdr.errors import KtrdrError
 from ktrdr.ops import TERMINAL, OperationView, fold
-from ktrdr.ops.index import Filters, hour_of, hour_start, hours_to_walk, page, row_view, summarize
+from ktrdr.ops.index import Filters, before_key, hour_of, hour_start, hours_to_walk, page, row_view, summarize
 from ktrdr.ops.reader import (
     collect_views,
     latest_progress,
@@ -51,6 +51,7 @@ from ktrdr.ops.reader import (
     read_view,
     read_views_of,
 )
+from ktrdr.ops.search import words
 from ktrdr.transport import connect, ensure_streams, last_message, opsindex, publish
 from ktrdr.transport.lastvalues import live_kv_values
 from ktrdr.transport.publish import retrying
@@ -350,6 +351,11 @@ class Client:
         cursor = None
         full = False
         to_walk = hours_to_walk(set(await opsindex.hours(self.js)) | set(by_hour), filters, before)
+        found = await self._by_words(filters, before, limit, to_walk, set(fresh) | set(views))
+        if found is not None:  # the search's words looked up: only their operations were read
+            rows.update({o: s for o, s in fresh.items() if filters.keeps(s)})
+            rows.update(found)
+            to_walk = []
         for i, hour in enumerate(to_walk):
             # Only the rows the filters keep are held: paging re-sorts what is held after each
             # bucket, so holding every row walked made a search that keeps few rows quadratic (a
@@ -381,6 +387,72 @@ class Client:
         views.update(ended)
         views.update(await self._views_of({s.op_id for s in chosen} - set(views)))
         return [views[s.op_id] for s in chosen if s.op_id in views], cursor
+
+    async def _by_words(self, filters: Filters, before: str | None, limit: int | None, to_walk: list[str],
+                        skip: set[str]) -> dict[str, OpSummary] | None:
+        """A free-text search through the words the index files operations under (ktrdr.ops.search):
+        the newest `limit` + 1 summaries kept by `filters` (made before the cursor, in the hours to
+        walk, not among `skip`: those read from the log), reading only candidates' summaries. None
+        when the words cannot serve it (no text, the start of an op id: the hour walk serves it; no
+        whole word, or an index from before words: the walk, and `index_note` says so)."""
+        if filters.text is None or filters.id_digits is not None:
+            return None
+        asked = words(filters.text)
+        if not asked:
+            self.index_note = "the search text has no whole word to look up: searched by reading the index"
+            return None
+        if not await opsindex.has_words(self.js):
+            self.index_note = ("this operations index has no search words (built before them): searched by reading "
+                               "the index; `ktrdr ops reindex` files them")
+            return None
+        hours = set(to_walk)
+        cut = before_key(before) if before else None
+
+        def wanted(o: str) -> bool:
+            return o not in skip and hour_of(o) in hours and (cut is None or (subjects.created_at_of(o), o) < cut)
+
+        found: dict[str, OpSummary] = {}
+
+        async def take(ids: list[str]) -> bool:
+            """Read the candidates' summaries newest first, keep what the filters keep; True once full."""
+            ids = sorted({o for o in ids if wanted(o)}, key=lambda o: (subjects.created_at_of(o), o), reverse=True)
+            step = max(64, 2 * (limit or 0))
+            for i in range(0, len(ids), step):
+                got = await opsindex.summaries_of(self.js, ids[i:i + step])
+                self.index_read += len(got)
+                found.update({o: s for o, s in got.items() if filters.keeps(s)})
+                if limit and len(found) > limit:
+                    return True
+            return False
+
+        answers = await asyncio.gather(*(opsindex.ops_of_word(self.js, w) for w in asked))
+        known = [set(a) for a in answers if a is not None]
+        if known:  # the rarest words' operations, all at once (each of them is filed under every word asked)
+            await take(list(set.intersection(*known)))
+            return found
+        # Every word is common: the operations filed under them a stretch of hours at a time, newest
+        # first (the stretch halves when a read would answer too many, doubles when few); after the
+        # first stretch only the word that had the fewest there is read (the text filter checks the rest).
+        i, span, ws = 0, 8, asked
+        while i < len(to_walk):
+            hours_now = to_walk[i:i + span]
+            if span == 1:  # one busy hour: one word's (read whole, by a scan if need be)
+                ws = ws[:1]
+                per_word: list[list[str] | None] = [await opsindex.ops_of_word(self.js, ws[0], hours_now[0])]
+            else:
+                per_word = list(await asyncio.gather(*(opsindex.ops_of_word_in(self.js, w, hours_now) for w in ws)))
+            if any(ids is None for ids in per_word):
+                span = max(1, span // 2)
+                continue
+            got = [set(ids or ()) for ids in per_word]
+            if len(ws) > 1:
+                ws = [min(zip(ws, got, strict=True), key=lambda wg: len(wg[1]))[0]]
+            if await take(list(set.intersection(*got))):
+                break
+            i += len(hours_now)
+            if max(len(g) for g in got) < opsindex.MULTI_LAST_MAX // 4:
+                span = min(256, span * 2)
+        return found
 
     async def _views_of(self, op_ids: set[str]) -> dict[str, OperationView]:
         """Those operations' views from their stored lifecycle events only."""

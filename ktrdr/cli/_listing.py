@@ -58,7 +58,8 @@ def run_list(limit: int = 50, flat: bool = False, status: str | None = None, op_
     """Check the options as given on the command line, list, and return the exit code."""
     from typing import get_args
 
-    from ktrdr.ops.index import MAX_PAGE, MAX_TEXT, Filters, before_key, parse_when
+    from ktrdr.ops.index import MAX_PAGE, Filters, before_key, parse_when
+    from ktrdr.ops.search import check_text
     from ktrdr.ops.view import Status
 
     statuses = get_args(Status)
@@ -68,9 +69,8 @@ def run_list(limit: int = 50, flat: bool = False, status: str | None = None, op_
         return _fail(f"--status must be one of {', '.join(statuses)}, got {status[:40]!r}")
     if parent is not None and (problem := op_id_problem(parent)) is not None:
         return _fail(problem)
-    if text is not None and not 0 < len(text) <= MAX_TEXT:
-        return _fail(f"--text must be 1 to {MAX_TEXT} characters, got {len(text)}")
     try:
+        text = check_text(text) if text is not None else None
         filters = Filters(status=status, op_type=op_type, pool=pool, symbol=symbol, parent=parent, text=text,
                           since=parse_when(since) if since else None, until=parse_when(until) if until else None)
         if before:

@@ -16,8 +16,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
 from events import subjects
-from events.bounds import MAX_LABEL, MAX_REASON, MAX_SYMBOLS, PRIORITIES, SYMBOL_PATTERN
+from events.bounds import MAX_LABEL, MAX_REASON, MAX_SEARCH_TEXT, MAX_SYMBOLS, PRIORITIES, SYMBOL_PATTERN
 from events.messages import CancelReason, OpSummary
+from ktrdr.ops.search import hour_fits, id_start
 from ktrdr.ops.view import TERMINAL, OperationView
 from ktrdr.rendering import ProgressRenderer
 
@@ -68,7 +69,8 @@ def summarize(view: OperationView, seq: int = 0) -> OpSummary:
         reason_code=(view.error_code or view.reason_code or "")[:64], created_at=view.created_at,
         updated_at=view.updated_at, ended_at=view.finished_at if ended else None,
         symbols=_symbols(view.command), parent=view.parent_op_id or "", attempts=view.attempts,
-        epoch=view.epoch, seq=seq, strategy=_strategy(view.command), **row)
+        epoch=view.epoch, seq=seq, strategy=_strategy(view.command), schedule=_cut(view.schedule_name, MAX_LABEL),
+        **row)
 
 
 def view_domain(view: OperationView) -> str:
@@ -140,7 +142,8 @@ def hours_to_walk(hours: Iterable[str], filters: Filters, before: str | None) ->
             continue  # not an hour key: nothing of ours
         if (filters.since is not None and start + HOUR <= filters.since) or \
                 (filters.until is not None and start >= filters.until) or \
-                (cut is not None and (start > cut or (start == cut and not cut_id))):  # a time cursor: before it
+                (cut is not None and (start > cut or (start == cut and not cut_id))) or \
+                (filters.id_digits is not None and not hour_fits(h, filters.id_digits)):  # a time cursor: before it
             continue
         out.append(h)
     return sorted(out, reverse=True)
@@ -169,7 +172,7 @@ def parse_when(text: str) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
-MAX_TEXT = 64  # a free-text filter (`ops list --text`, the page's search box) is at most this long
+MAX_TEXT = MAX_SEARCH_TEXT  # a free-text filter (`ops list --text`, the page's search box) is at most this long
 
 
 class Filters:
@@ -182,6 +185,8 @@ class Filters:
         self.status, self.op_type, self.pool = status, op_type, pool
         self.since, self.until, self.symbol, self.parent = since, until, symbol, parent
         self.text = text.lower() if text else None
+        # A text that is the start of an op id fixes the hours its operations can be in.
+        self.id_digits = start[1] if self.text and (start := id_start(self.text)) is not None else None
 
     @property
     def any(self) -> bool:

@@ -13,6 +13,7 @@ late write change nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 from collections.abc import AsyncIterator, Collection, Iterable
@@ -27,6 +28,7 @@ from events import subjects
 from events.codec import DecodeError, decode, encode
 from events.messages import IndexMark, OpSummary
 from ktrdr.ops.index import HOUR_PREFIX, LIVE_PREFIX, MARK_KEY, TIME_PREFIX, hour_key, hour_marker, keys_of, newer
+from ktrdr.ops.search import WORDS_MARK_KEY, op_of_word_key, word_filter, word_key, word_keys, words_of
 from ktrdr.transport.replay import walk_tail
 
 STREAM = f"KV_{subjects.OPS_INDEX_BUCKET}"
@@ -34,6 +36,8 @@ _PREFIX = f"$KV.{subjects.OPS_INDEX_BUCKET}."
 BATCH = 1000  # values per direct-get request
 READ_TIMEOUT_S = 10.0
 MULTI_LAST_MAX = 1024  # keys one multi-last get answers (nats-server: more is 413 Too Many Results)
+WORD_BATCH = 1000  # word keys published before their acks are awaited
+FILED_MAX = 20_000  # operations whose filed words the writer remembers
 MARKER_TTL_S = 60.0  # a removed key's marker goes after this long (per-message TTL, nats-server 2.11+)
 
 
@@ -83,9 +87,10 @@ class _TooMany(Exception):
     """A multi-last get matched more keys than the server answers at once (MULTI_LAST_MAX)."""
 
 
-async def _multi_last(js: JetStreamContext, key_filter: str) -> list[tuple[str, bytes]]:
-    """The values of the keys matching `key_filter`, found through the stream's subject index (cost:
-    the keys matched, not the stream's length): one request; _TooMany beyond MULTI_LAST_MAX keys."""
+async def _multi_last(js: JetStreamContext, key_filter: str | list[str]) -> list[tuple[str, bytes]]:
+    """The values of the keys matching `key_filter` (a pattern, or several keys), found through the
+    stream's subject index (cost: the keys matched, not the stream's length): one request; _TooMany
+    beyond MULTI_LAST_MAX keys."""
     nc = js._nc
     got: list[tuple[str, bytes]] = []
     done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -101,14 +106,15 @@ async def _multi_last(js: JetStreamContext, key_filter: str) -> list[tuple[str, 
 
     sub = await nc.subscribe(nc.new_inbox(), cb=on_msg)
     try:
-        request = {"multi_last": [_PREFIX + key_filter], "batch": MULTI_LAST_MAX}
+        filters = [key_filter] if isinstance(key_filter, str) else key_filter
+        request = {"multi_last": [_PREFIX + f for f in filters], "batch": MULTI_LAST_MAX}
         await nc.publish(subjects.direct_get_api(STREAM), json.dumps(request).encode(), reply=sub.subject)
         status = await asyncio.wait_for(done, READ_TIMEOUT_S)
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
     if status == "413":
-        raise _TooMany(key_filter)
+        raise _TooMany(str(key_filter))
     return got
 
 
@@ -190,16 +196,89 @@ async def hour_buckets(js: JetStreamContext, hour: str) -> AsyncIterator[list[Op
         yield _summaries(await read_keys(js, f"{TIME_PREFIX}{hour}.{m:02d}.*"))
 
 
+async def has_words(js: JetStreamContext) -> bool:
+    """Whether every summary in the index has its search words filed (ktrdr.ops.search): an index
+    built by an indexer from before them has not, until `ops reindex`."""
+    try:
+        raw = await js.get_last_msg(STREAM, _PREFIX + WORDS_MARK_KEY, direct=True)
+    except (NotFoundError, nats.errors.NoRespondersError):
+        return False
+    return bool(raw.data) and not (raw.headers or {}).get("KV-Operation")  # (a delete or purge marker: none)
+
+
+async def ops_of_word(js: JetStreamContext, word: str, hour: str | None = None) -> list[str] | None:
+    """The op ids filed under a search word (in one hour when given); None when they are more than
+    one read answers (MULTI_LAST_MAX): read them hour by hour instead."""
+    try:
+        return [op_of_word_key(k) for k, _v in await _multi_last(js, word_filter(word, hour))]
+    except _TooMany:
+        if hour is None:
+            return None
+        return [op_of_word_key(k) for k, _v in await scan(js, word_filter(word, hour))]
+
+
+async def ops_of_word_in(js: JetStreamContext, word: str, hours: list[str]) -> list[str] | None:
+    """The op ids filed under a search word in these hours (one read); None when they are more than
+    one read answers (MULTI_LAST_MAX)."""
+    try:
+        return [op_of_word_key(k) for k, _v in await _multi_last(js, [word_filter(word, h) for h in hours])]
+    except _TooMany:
+        return None
+
+
+async def summaries_of(js: JetStreamContext, op_ids: list[str]) -> dict[str, OpSummary]:
+    """The stored summaries of these operations (those that have one), by their keys: one read per
+    MULTI_LAST_MAX of them."""
+    out: dict[str, OpSummary] = {}
+    for i in range(0, len(op_ids), MULTI_LAST_MAX):
+        for _k, v in await _multi_last(js, [hour_key(o) for o in op_ids[i:i + MULTI_LAST_MAX]]):
+            if (s := _summary(v)) is not None:
+                out[s.op_id] = s
+    return out
+
+
 async def live(js: JetStreamContext) -> list[OpSummary]:
     """The summaries of the operations that have not ended."""
     return _summaries(await read_keys(js, f"{LIVE_PREFIX}*"))
 
 
+async def _put_empty(js: JetStreamContext, keys: list[str]) -> None:
+    """Store an empty value under each of these subjects of the bucket's stream, pipelined: every
+    publish carries the reply subject `<inbox>.<n>` under one wildcard subscription, and the PubAcks
+    are counted (nats-py's publish_async spends most of its time on a future and an inbox each)."""
+    nc = js._nc  # nats-py exposes no public accessor for the connection behind a context
+    inbox = nc.new_inbox()
+    left, failed = len(keys), 0
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def on_ack(msg: Msg) -> None:
+        nonlocal left, failed
+        failed += b'"error"' in msg.data or bool(msg.headers and msg.headers.get("Status"))
+        left -= 1
+        if left <= 0 and not done.done():
+            done.set_result(None)
+
+    sub = await nc.subscribe(f"{inbox}.*", cb=on_ack)
+    try:
+        for n, key in enumerate(keys):
+            await nc.publish(key, b"", reply=f"{inbox}.{n}")
+        await asyncio.wait_for(done, READ_TIMEOUT_S)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    if failed:
+        raise RuntimeError(f"{failed} of {len(keys)} search words not stored")
+
+
 class IndexWriter:
     """The active orchestrator's writes (kv: the bucket bound with its credentials)."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext | None = None) -> None:
         self.kv = kv
+        self.js = js  # word keys go out pipelined on its connection (else one put each)
+        # op id -> (its words, ended) as last filed: words are filed again only when they change, and
+        # once more when the operation ends (so they age out of the bucket no sooner than its summary)
+        self.filed: collections.OrderedDict[str, tuple[tuple[str, ...], bool]] = collections.OrderedDict()
         self.revisions: dict[str, int] = {}  # op id -> revision of its hour key as we last wrote it
         self.hours: set[str] = set()  # hour markers known to exist
         self.skipped = 0  # writes not made: the stored summary already folded a later event
@@ -264,6 +343,40 @@ class IndexWriter:
                 return await self.put(s, live_exists=False if s.op_id in without_live else None)
 
         return sum(await asyncio.gather(*(one(s) for s in summaries)))
+
+    async def file_words(self, summaries: Iterable[OpSummary]) -> int:
+        """File the summaries' search words (an empty key each, ktrdr.ops.search.word_key); called
+        before the summaries are stored, so a word is never missing for a stored summary (a kill -9
+        in between leaves words whose summary the next activation stores: a search checks each
+        candidate against its summary). How many keys were written."""
+        keys: list[str] = []
+        done: list[tuple[str, tuple[tuple[str, ...], bool]]] = []
+        for s in summaries:
+            state = (tuple(words_of(s)), s.status in ("completed", "failed", "cancelled", "rejected"))
+            if self.filed.get(s.op_id) != state:
+                keys += [word_key(w, s.op_id) for w in state[0]]
+                done.append((s.op_id, state))
+        for i in range(0, len(keys), WORD_BATCH):
+            chunk = keys[i:i + WORD_BATCH]
+            if self.js is None:
+                await asyncio.gather(*(self.kv.put(k, b"") for k in chunk))
+            else:  # (an error raises: the batch is not acked, so it is indexed again)
+                await _put_empty(self.js, [_PREFIX + k for k in chunk])
+        for op_id, state in done:
+            self.filed[op_id] = state
+            self.filed.move_to_end(op_id)
+        while len(self.filed) > FILED_MAX:
+            self.filed.popitem(last=False)
+        return len(keys)
+
+    async def remove_words(self, s: OpSummary) -> None:
+        for k in word_keys([s]):
+            await self.remove(k)
+        self.filed.pop(s.op_id, None)
+
+    async def mark_words(self) -> None:
+        """Say that every summary in the index has its words filed (a search may trust them)."""
+        await self.kv.put(WORDS_MARK_KEY, b"1")
 
     async def mark(self, mark: IndexMark) -> None:
         await self.kv.put(MARK_KEY, encode(mark))

@@ -38,6 +38,7 @@ from events.subjects import is_op_id, is_token
 from ktrdr.config import Settings
 from ktrdr.config import settings as default_settings
 from ktrdr.ops.index import MAX_PAGE, MAX_TEXT, Filters, before_key, parse_when
+from ktrdr.ops.search import check_text
 from ktrdr.runfiles import web_url_file
 from ktrdr.web import (
     DEFAULT_HOST,
@@ -273,6 +274,8 @@ def _filters(query: Any) -> tuple[Filters, str | None, int]:
             raise ValueError(f"{k} must be at most {MAX_TEXT} characters")
     if got["status"] is not None and got["status"] not in get_args(Status):
         raise ValueError(f"status must be one of {', '.join(get_args(Status))}")
+    if got["text"] is not None:
+        got["text"] = check_text(got["text"])
     for k in ("type", "pool"):
         if got[k] is not None and not is_token(got[k]):
             raise ValueError(f"{k} {got[k]!r} is not a name (letters, digits, - and _)")

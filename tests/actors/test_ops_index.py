@@ -16,6 +16,7 @@ from events.messages import OperationCreated, OperationRejected, OpSummary, RunD
 from ktrdr.client import Client
 from ktrdr.ops import fold_all
 from ktrdr.ops.index import Filters, parse_when
+from ktrdr.ops.search import WORDS_MARK_KEY
 from ktrdr.transport import opsindex
 from ktrdr.web.views import row_json
 from tests.actors.test_ha import orchestrators  # noqa: F401  (the fixture)
@@ -84,15 +85,22 @@ async def test_a_page_walks_only_the_newest_hours_and_the_cursor_and_window_page
     assert rows == []
 
 
-async def test_a_search_that_keeps_few_rows_walks_a_bounded_stretch_per_call_and_goes_on_from_there(
+async def test_a_search_of_an_index_without_words_walks_a_bounded_stretch_per_call_and_says_so(
         start_actors, client):
     await start_actors("orchestrator")
     made = await store_history(client, ["2026110110", "2026110111", "2026110112", "2026110113"], per_hour=3)
     await until(lambda: caught_up(client))
-    wanted = Filters(text=made[1].split("-")[1])  # its time token: the second oldest operation alone
+    wanted = Filters(text=made[1].split("-")[1][8:])  # T + its time: a piece of a word of the second oldest id
+    # Through the search words (ktrdr.ops.search): whole words only, so a piece of one finds nothing
+    # and reads no summary.
+    assert await client.list_operations(limit=50, filters=wanted) == [] and client.index_read == 0
+    # An index built before words were filed (no meta.words): the scan, which finds pieces too.
+    kv = await client.js.key_value(subjects.OPS_INDEX_BUCKET)
+    await kv.delete(WORDS_MARK_KEY)
     # Unbounded (the CLI): the whole history in one call.
     assert [v.op_id for v in await client.list_operations(limit=50, filters=wanted)] == [made[1]]
     assert client.searched_to is None and client.next_before is None and client.index_read == 12
+    assert client.index_note is not None and "no search words" in client.index_note
     # Bounded (the page): an hour at a time here; each call says how far back it looked.
     pages, before, reads = [], None, []
     while True:
@@ -151,6 +159,8 @@ async def test_a_kill_9_between_a_terminal_event_and_its_summary_is_repaired_at_
     assert await opsindex.live(client.js) == []
     rows = await client.list_operations()
     assert [v.status for v in rows] == ["completed"] and client.index_note is None
+    rows = await client.list_operations(filters=Filters(text=op_id[-6:]))  # its words were filed at the repair
+    assert [v.op_id for v in rows] == [op_id] and client.index_read == 1 and client.index_note is None
 
 
 async def _status_of(c: Client, op_id: str, status: str) -> OpSummary | None:
@@ -178,6 +188,9 @@ async def test_reindex_after_the_bucket_was_deleted_gives_the_same_list(start_ac
     assert f"reindexed {len(made) + 1} operations (0 live)" in out
     assert [(v.op_id, v.status) for v in await client.list_operations()] == listed
     assert client.index_note is None
+    assert await opsindex.has_words(client.js)  # rebuilt with the search words
+    assert [v.op_id for v in await client.list_operations(filters=Filters(text=done[-6:]))] == [done]
+    assert client.index_read == 1 and client.index_note is None
 
 
 async def test_a_restarted_orchestrator_reads_only_the_live_operations_and_refuses_an_existing_op_id(

@@ -91,6 +91,7 @@ def cases(f: dict[str, str]) -> list[list[str]]:
         ["ops", "show", "ops.>"], ["ops", "show", "*"], ["ops", "watch", f"{OP}.x"], ["ops", "replay", ""],
         ["ops", "cancel", long_id], ["ops", "show", "nope-20261128T174900123456-3f9a1c"],
         ["ops", "replay", OP, "--speed", "-1"], ["ops", "list", "--limit", "-3"],
+        ["ops", "list", "--text", "aapl*"], ["ops", "list", "--text", "x" * 65], ["ops", "list", "--text", " "],
         # numbers and options
         ["dummy", "--iterations", "0"], ["dummy", "--iterations", "abc"], ["dummy", "--interval", "-1"],
         ["dummy", "--iterations", "1000000", "--interval", "0"], ["dummy", "--timeout", "0"],

@@ -368,8 +368,10 @@ async def test_the_list_filters_pages_back_and_an_operation_downloads_its_events
         out: dict[str, Any] = {}
         browser.get(web.at("/?limit=2"))  # two rows a page, so that three pages hold the five
         wait_until(browser, lambda d: len(shown(d)) == 5)  # the live list first
-        submit(browser, text="msft")
+        submit(browser, text="msft")  # through the search words the index files (ktrdr.ops.search)
         wait_until(browser, lambda d: shown(d) == [ops["load"]])
+        submit(browser, text="msft*")  # a character no searched field has: the server's one line
+        wait_until(browser, lambda d: "letters, digits" in d.find_element(By.ID, "filter-note").text)
         submit(browser, text="", status="completed")
         wait_until(browser, lambda d: sorted(shown(d)) == sorted([ops["done1"], ops["done2"]]))
         save_screenshot(browser, "list-filtered.png", tmp_path)

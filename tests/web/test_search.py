@@ -72,7 +72,8 @@ async def test_the_list_filters_and_pages_on_the_server(start_actors, client, we
 
 async def test_bad_filters_are_one_line_and_400(web, http):
     for query in ("?status=done", "?limit=0", "?limit=5000", "?limit=x", "?since=yesterday", "?until=2026-13-01",
-                  "?type=a%20b", "?pool=*", "?colour=red", "?text=" + "x" * 65, "?before=not-a-cursor"):
+                  "?type=a%20b", "?pool=*", "?colour=red", "?text=" + "x" * 65, "?text=a*b", "?text=%22quoted%22",
+                  "?before=not-a-cursor"):
         async with http.get(web.at("/ops.json" + query)) as r:
             body = await r.json()
             assert r.status == 400 and body["error"] and "\n" not in body["error"], (query, body)
