@@ -9,7 +9,9 @@ KTRDR_BENCH_STALL_PAUSE_MS (0: off) stops the nats-server or the backtester for 
 every 0-1 s: a starved host without loading it. KTRDR_BENCH_STALL_COMPARE=1 alternates, in blocks
 of KTRDR_BENCH_STALL_BLOCK (4) runs, the orchestrator's pull loop fetching through nats-py's
 PullSubscription.fetch ("before": the code before the fix) and through actors._pull.fetch
-("after"). Per run the time line of what happened: command published, command handled by the
+("after"); KTRDR_BENCH_STALL_DELAY_MS (0: off) connects the orchestrator through a proxy that
+delays what it sends by that long (its pulls late at the server, as on a loaded host). Per run
+the time line of what happened: command published, command handled by the
 orchestrator, the operation's events, the worker's pull answered, the lease asked and granted, its
 steps; a run whose submit -> verdict exceeds KTRDR_BENCH_STALL_MS (1,000) is printed whole. Prints
 per mode the stall count, the median and p99 of submit -> verdict."""
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -97,6 +100,44 @@ _timed(intake_mod.CommandIntake, "on_command", "orch: command handled")
 _timed(orch_leases_mod.LeaseService, "on_request", "orch: lease request answered")
 
 
+async def _delay_proxy(port: int, delay_s: float) -> tuple[asyncio.Server, int]:
+    """127.0.0.1:<its port> -> 127.0.0.1:`port`, what the client sends arriving `delay_s` later, in
+    order: the orchestrator's pulls reaching the server late, as on a loaded host (tests/actors/test_pull.py)."""
+    loop = asyncio.get_running_loop()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", port)
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def read_up() -> None:
+            while data := await reader.read(65536):
+                queue.put_nowait((loop.time() + delay_s, data))
+
+        async def send_up() -> None:
+            while True:
+                at, data = await queue.get()
+                await asyncio.sleep(max(at - loop.time(), 0))
+                up_w.write(data)
+                await up_w.drain()
+
+        async def down() -> None:
+            while data := await up_r.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(t()) for t in (read_up, send_up, down)]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for w in (writer, up_w):
+                w.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
 async def _one(c: Client, ref: str, symbol: str) -> tuple[float, list[tuple[str, float]]]:
     cmd = RunBacktest(op_id=subjects.new_op_id("backtest"), model=ref, symbols=[symbol])
     seen: list[tuple[str, float]] = []
@@ -124,6 +165,7 @@ async def main() -> dict[str, Any]:
     stall_ms = float(os.environ.get("KTRDR_BENCH_STALL_MS", "1000"))
     bare = os.environ.get("KTRDR_BENCH_STALL_BARE") == "1"
     pause_ms = float(os.environ.get("KTRDR_BENCH_STALL_PAUSE_MS", "0"))
+    delay_ms = float(os.environ.get("KTRDR_BENCH_STALL_DELAY_MS", "0"))
     compare = os.environ.get("KTRDR_BENCH_STALL_COMPARE") == "1"
     block = int(os.environ.get("KTRDR_BENCH_STALL_BLOCK", "4"))
     rng = random.Random(int(os.environ.get("KTRDR_BENCH_STALL_SEED", "1")))
@@ -131,7 +173,11 @@ async def main() -> dict[str, Any]:
     totals: list[float] = []
     stalls: list[dict[str, Any]] = []
     with BenchServer("stall", heartbeat_s=1.0, device="cpu") as srv:
-        orchestrator = Orchestrator(srv.settings)
+        orch_settings, proxy = srv.settings, None
+        if delay_ms:
+            proxy, port = await _delay_proxy(int(srv.url.rsplit(":", 1)[1]), delay_ms / 1000)
+            orch_settings = dataclasses.replace(srv.settings, nats_url=f"nats://127.0.0.1:{port}")
+        orchestrator = Orchestrator(orch_settings)
         await orchestrator.start()
         proc = await asyncio.to_thread(
             subprocess.Popen, [sys.executable, "-m", "bench._steps_actor", "backtester"], cwd=ROOT,
@@ -189,6 +235,8 @@ async def main() -> dict[str, Any]:
             proc.terminate()
             await asyncio.to_thread(proc.wait, 20)
             await orchestrator.stop()
+            if proxy is not None:
+                proxy.close()
             log.unlink(missing_ok=True)
     by_mode: dict[str, Any] = {}
     for mode in sorted(set(modes)):
@@ -197,6 +245,7 @@ async def main() -> dict[str, Any]:
             "runs": len(xs), "stalls": sum(t >= stall_ms for t in xs), "median_ms": round(statistics.median(xs), 1),
             "p99_ms": round(pct(xs, 99), 1), "range_ms": [round(min(xs), 1), round(max(xs), 1)]}
     return {"case": {"bars": n, "runs": runs, "gap_s": gap, "bare": bare, "pause_ms": pause_ms, "compare": compare,
+                     "delay_ms": delay_ms,
                      "block": block, "stall_ms": stall_ms},
             **by_mode,
             "stalled_runs": {str(s["run"]): s for s in stalls},
