@@ -31,7 +31,7 @@ from nats.js import api as js_api
 from nats.js.kv import KeyValue
 
 from actors._orch_leases import LeaseService
-from actors._pull import pull_loop
+from actors._pull import Consumer, pull_loop
 from events import subjects
 from events.codec import DecodeError, decode, encode, sniff_op_id
 from events.messages import Leader, OperationCreated
@@ -225,20 +225,17 @@ class Succession:
             name=subjects.ORCHESTRATOR_CONSUMER, durable_name=subjects.ORCHESTRATOR_CONSUMER,
             filter_subject=subjects.CMD_ALL, ack_policy=js_api.AckPolicy.EXPLICIT, ack_wait=CMD_ACK_WAIT_S,
             max_deliver=10))
-        psub = await orch.js.pull_subscribe_bind(durable=subjects.ORCHESTRATOR_CONSUMER, stream=subjects.STREAM_CMD)
-        self.subs.append(psub)
         on_command = orch.discovery.counted("commands", subjects.CMD_ALL, orch.intake.on_command,
                                             subjects.ORCHESTRATOR_CONSUMER, kind="jetstream-pull",
                                             consumer=subjects.ORCHESTRATOR_CONSUMER)
+        commands = Consumer(orch.nc, subjects.STREAM_CMD, subjects.ORCHESTRATOR_CONSUMER)
         self.tasks += [
-            orch.spawn(pull_loop(psub, on_command, stopped=lambda: orch.stopping, on_fault=orch.on_fault,
+            orch.spawn(pull_loop(commands, on_command, stopped=lambda: orch.stopping, on_fault=orch.on_fault,
                                  batch=orch.settings.orch_cmd_batch or 16,
                                  key=command_key if orch.settings.orch_cmd_batch else None),
                        name=f"{orch.id}-commands"),
             orch.spawn(orch.supervisor.loop(), name=f"{orch.id}-supervise")]
-        psched, tsched = await orch.schedules.start()  # firings of nats-server's message schedules
-        self.subs.append(psched)
-        self.tasks.append(tsched)
+        self.tasks.append(await orch.schedules.start())  # firings of nats-server's message schedules
         self.ready = True
         orch.log.info("%s is the active orchestrator (leader epoch %d; %d live operations, %d read from the log; "
                       "ready in %.2f s)", orch.id, orch.leadership.current, len(orch.live), orch.rebuild_read,

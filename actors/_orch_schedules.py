@@ -23,7 +23,7 @@ from nats.errors import NoRespondersError
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
-from actors._pull import pull_loop
+from actors._pull import Consumer, pull_loop
 from events import subjects
 from events.bounds import SCHEDULE_HISTORY
 from events.codec import encode
@@ -53,18 +53,18 @@ class ScheduleRunner:
         assert self.orch.js is not None
         return self.orch.js
 
-    async def start(self) -> tuple[JetStreamContext.PullSubscription, asyncio.Task[None]]:
-        """The durable consumer of firings and its loop, for the leader to undo when it steps down."""
+    async def start(self) -> asyncio.Task[None]:
+        """The durable consumer of firings and its loop, for the leader to stop when it steps down."""
         await self.js.add_consumer(subjects.STREAM_SCHEDULES, js_api.ConsumerConfig(
             name=subjects.SCHEDULES_CONSUMER, durable_name=subjects.SCHEDULES_CONSUMER,
             filter_subject=subjects.SCHED_FIRE_ALL, ack_policy=js_api.AckPolicy.EXPLICIT,
             ack_wait=FIRING_ACK_WAIT_S, max_deliver=20, max_ack_pending=SCHEDULE_HISTORY))
-        psub = await self.js.pull_subscribe_bind(durable=subjects.SCHEDULES_CONSUMER,
-                                                 stream=subjects.STREAM_SCHEDULES)
-        task = self.orch.spawn(pull_loop(psub, self.on_firing, stopped=lambda: self.orch.stopping,
+        assert self.orch.nc is not None
+        consumer = Consumer(self.orch.nc, subjects.STREAM_SCHEDULES, subjects.SCHEDULES_CONSUMER)
+        task = self.orch.spawn(pull_loop(consumer, self.on_firing, stopped=lambda: self.orch.stopping,
                                          on_fault=self.orch.on_fault, fetch_timeout=2.0),
                                name=f"{self.orch.id}-schedules")
-        return psub, task
+        return task
 
     def stop(self) -> None:
         for t in self.tasks:

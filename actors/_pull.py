@@ -26,8 +26,72 @@ Handler = Callable[[Msg], Awaitable[None]]
 OnFault = Callable[[BaseException, str], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Consumer:
+    """A durable pull consumer, named by its stream and its name, on the connection that pulls it."""
+
+    nc: NATS
+    stream: str
+    name: str
+
+    @property
+    def next_api(self) -> str:
+        return subjects.next_msg_api(self.stream, self.name)
+
+
+async def fetch(consumer: Consumer, batch: int, expires_s: float) -> list[Msg]:
+    """Up to `batch` messages of `consumer`, as soon as any is stored (within `expires_s`, else
+    TimeoutError): one pull request, no_wait with an expiry (the server answers as soon as it has
+    any message, sends what it has then, and ends the request with a status), on an inbox of its
+    own unsubscribed when it ends.
+
+    Not nats-py's PullSubscription.fetch: its pulls of a batch share one inbox, so the status of an
+    earlier pull that expired after the client gave up (the client's clock runs out first whenever
+    the request reaches the server later than 0.1 ms after the fetch began: a loaded host) is taken
+    as the answer to the next fetch's first pull; that fetch then sends a second, lingering pull for
+    the whole batch, which outlives it. The next message goes to that orphan, which then waits for
+    the rest of its batch and sends no status, so the fetch that received the message keeps waiting
+    too: until the consumer's ack wait redelivers it (CMD: 2 s, then handled twice, the second as a
+    duplicate) or the orphan expires. That was the 1.8-2.4 s stall of some operations between their
+    command and `created` (bench/stall.py; tests/actors/test_pull.py). Here a status is read only by
+    the pull it answers."""
+    loop = asyncio.get_running_loop()
+    replies: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_reply(msg: Msg) -> None:
+        replies.put_nowait(msg)
+
+    sub = await consumer.nc.subscribe(consumer.nc.new_inbox(), cb=on_reply)
+    msgs: list[Msg] = []
+    try:
+        req = {"batch": batch, "expires": int(expires_s * 1e9), "no_wait": True}
+        await consumer.nc.publish(consumer.next_api, json.dumps(req).encode(), reply=sub.subject)
+        # the server's expiry first; a server away answers nothing (a message delivered after this
+        # gives up, to an inbox with no interest left, is redelivered after the ack wait)
+        deadline = loop.time() + expires_s + NO_WAIT_TIMEOUT_S
+        while len(msgs) < batch:
+            try:
+                msg = await asyncio.wait_for(replies.get(), max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                break
+            status = (msg.headers or {}).get("Status")
+            if status is None:
+                msgs.append(msg)
+            elif status in ("404", "408"):  # nothing (more) stored / the request expired
+                break
+            elif status != "100":  # 100: a heartbeat (not asked for)
+                raise RuntimeError(f"pull from {consumer.name}: {status} "
+                                   f"{(msg.headers or {}).get('Description', '')}")
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    if not msgs:
+        raise TimeoutError
+    return msgs
+
+
 async def pull_loop(
-    psub: JetStreamContext.PullSubscription,
+    consumer: Consumer,
     handle: Handler,
     *,
     stopped: Callable[[], bool],
@@ -57,7 +121,7 @@ async def pull_loop(
         if slots is not None:
             await _free_slot(slots)
         try:
-            msgs = await psub.fetch(batch, timeout=fetch_timeout)
+            msgs = await fetch(consumer, batch, fetch_timeout)
         except TimeoutError:
             continue
         except asyncio.CancelledError:

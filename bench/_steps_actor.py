@@ -14,6 +14,7 @@ from typing import Any
 
 import actors._actor as actor_mod
 import actors._leases as leases_mod
+import actors._pull as pull_mod
 import actors._work as work_mod
 import actors.backtester as backtester_mod
 import ktrdr.data.bars_store as bars_mod
@@ -55,6 +56,7 @@ def _timed_sync(owner: Any, attr: str, step: str) -> None:
 
 
 STEPS = [  # (owner, attribute, step name, async?)
+    (work_mod.WorkRunner, "_spawn", "work item taken", True),
     (work_mod, "read_proven", "lifecycle read", True),
     (leases_mod.Leases, "acquire", "lease claim", True),
     (backtester_mod.Backtester, "handle", "handle", True),
@@ -71,6 +73,20 @@ STEPS = [  # (owner, attribute, step name, async?)
 ]
 for owner, attr, step, is_async in STEPS:
     (_timed_async if is_async else _timed_sync)(owner, attr, step)
+
+_pull_next = pull_mod.pull_next
+
+
+async def _pull_timed(nc: Any, level: Any, expires_s: float | None) -> Any:
+    """Each pull that brought a message (a no_wait one or a long poll), with its level."""
+    t0 = time.time()
+    msg = await _pull_next(nc, level, expires_s)
+    if msg is not None:
+        _mark(f"pull {'no_wait' if expires_s is None else 'long poll'} answered ({level.priority})", t0)
+    return msg
+
+
+pull_mod.pull_next = _pull_timed
 
 _on_cancel = actor_mod.Actor._on_cancel_msg
 
