@@ -177,7 +177,8 @@ MAX_TEXT = MAX_SEARCH_TEXT  # a free-text filter (`ops list --text`, the page's 
 
 class Filters:
     """What `ops list` keeps: each field None keeps everything. `text`: a piece of the op id, a
-    symbol, the strategy or the description, in any case."""
+    symbol, the strategy, the pool, the schedule or the description, in any case (the fields the
+    search words are filed from, ktrdr.ops.search)."""
 
     def __init__(self, *, status: str | None = None, op_type: str | None = None, pool: str | None = None,
                  since: datetime | None = None, until: datetime | None = None, symbol: str | None = None,
@@ -201,8 +202,8 @@ class Filters:
                 and (self.until is None or made < self.until)
                 and (self.symbol is None or self.symbol.upper() in s.symbols)
                 and (self.parent is None or s.parent == self.parent)
-                and (self.text is None or self.text in " ".join((s.op_id, *s.symbols, s.strategy,
-                                                                 s.description)).lower()))
+                and (self.text is None or self.text in " ".join((s.op_id, *s.symbols, s.strategy, s.pool,
+                                                                 s.schedule, s.description)).lower()))
 
 
 def before_key(cursor: str) -> tuple[datetime, str]:

@@ -75,6 +75,19 @@ async def test_a_search_finds_exactly_the_matching_operations_newest_first_and_p
     assert client.index_read == 1
 
 
+async def test_a_schedules_firing_is_found_by_the_schedules_name(start_actors, client):
+    await start_actors("orchestrator")
+    made = await store_loads(client, HOURS[:1], per_hour=5)
+    fired = "data-20261101T120000000000-00ffff"
+    await client.js.publish(subjects.ops(fired, "created"), encode(OperationCreated(
+        op_id=fired, actor="orchestrator-test", domain="data", op_type="data_load", schedule_name="nightly-bars",
+        description="load MSFT 1h (tail)", command=LoadData(op_id=fired, symbol="MSFT", mode="tail"))))
+    await until(lambda: caught_up(client))
+    assert len(made) == 5
+    assert _ids(await client.list_operations(filters=Filters(text="nightly"))) == [fired]
+    assert _ids(await client.list_operations(filters=Filters(text="Nightly-Bars"))) == [fired]
+
+
 async def test_a_word_most_operations_have_is_read_hour_by_hour_newest_first(start_actors, client):
     await start_actors("orchestrator")
     per_hour = opsindex.MULTI_LAST_MAX // 2 + 40  # more MSFT loads than one read of a word answers
