@@ -124,6 +124,7 @@ async def test_kill_9_of_the_active_orchestrator_mid_workflow_the_standby_comple
     assert next(e for e in train if isinstance(e, OperationCreated)).epoch == epoch + 1  # planned by the new one
 
 
+@pytest.mark.slow
 async def test_an_orchestrator_paused_past_its_lease_changes_nothing_when_it_resumes(
         orchestrators, start_actors, settings, client):
     orch = orchestrators(settings)

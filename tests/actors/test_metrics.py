@@ -111,6 +111,7 @@ async def test_metrics_off_advertises_no_url(start_actors, settings, client):
     assert records[dummy.id].metrics_url == ""
 
 
+@pytest.mark.slow
 async def test_a_publish_retried_while_the_server_is_paused_moves_the_retry_and_resend_counters(
         start_actors, client, settings, nats_server):
     """The server stops answering (SIGSTOP: its sockets stay open, nothing is acknowledged) while a

@@ -10,6 +10,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from events import subjects
 from events.messages import (
     DataContext,
@@ -64,6 +66,7 @@ def assert_one_line_error(rc: int, err: str, says: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], err
 
 
+@pytest.mark.slow
 async def test_ops_plot_of_a_training_draws_its_epochs(start_actors, client, settings, tmp_path):
     from ktrdr.data.bars_store import BarStore
 
@@ -163,6 +166,7 @@ def _cycle_bars():
     return make_bars(3000, seed=1)
 
 
+@pytest.mark.slow
 async def test_data_plot_draws_candles_or_close_with_the_gaps(settings, client, tmp_path):
     from ktrdr.data.bars_store import BarStore
 
@@ -182,6 +186,7 @@ async def test_data_plot_draws_candles_or_close_with_the_gaps(settings, client, 
     assert_png(few)
 
 
+@pytest.mark.slow
 async def test_data_plot_refuses_bad_input_in_one_line(settings, client, tmp_path):
     png = str(tmp_path / "x.png")
     cases = [
@@ -197,6 +202,7 @@ async def test_data_plot_refuses_bad_input_in_one_line(settings, client, tmp_pat
         assert_one_line_error(rc, err, says)
 
 
+@pytest.mark.slow
 async def test_ops_plot_of_a_backtest_draws_equity_and_drawdown_against_buy_and_hold(
         start_actors, client, settings, tmp_path):
     from events.messages import RunBacktest

@@ -12,6 +12,8 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from events import subjects
 from events.messages import StartTraining
 from ktrdr.commands import validate
@@ -68,6 +70,7 @@ def test_help_says_what_timeframes_may_be() -> None:
     assert "--timeframes" in out and "the strategy's own" in " ".join(out.split())
 
 
+@pytest.mark.slow
 async def test_train_with_backtest_backtests_the_trained_model_on_its_test_period(start_actors, settings, client):
     """`ktrdr train --backtest`: one workflow, training then a backtest child of the model it saved on
     the held-out test period; the parent's result carries the backtest's figures, the CLI prints them,

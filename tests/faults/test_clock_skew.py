@@ -12,6 +12,7 @@ from bench.nemesis import clock
 pytestmark = pytest.mark.skipif(clock.unavailable() is not None, reason=str(clock.unavailable()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("skew", ["+1h"])  # -1h and a 2x rate: python -m bench nemesis (clock_skew)
 async def test_a_skewed_holder_is_taken_over_only_after_it_is_killed_and_nothing_runs_twice(skew: str) -> None:
     row = await clock.clock_skew(skew)

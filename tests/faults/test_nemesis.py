@@ -1,7 +1,7 @@
 """The nemesis on a real 3-node cluster in network namespaces this test makes (bench.nemesis): a
-fault while dummy operations run, healed, then the checker's rules. One partition case runs in the
-normal suite (the node the workers are connected to cut off from the other two); two orchestrator
-faults (the active one of two paused past its lease, cut off with its node) are marked slow. The
+fault while dummy operations run, healed, then the checker's rules. Three cases, all marked slow (CI
+runs them): a partition (the node the workers are connected to cut off from the other two) and two
+orchestrator faults (the active one of two paused past its lease, cut off with its node). The
 other classes (server and holder pauses, a client cut, delay and loss through tc netem or the
 userspace proxy, tests/faults/test_proxy.py, the active orchestrator killed, the disk faults) run in
 `python -m bench nemesis`, which keeps the suite inside its time. Needs root and `ip netns`;
@@ -45,6 +45,7 @@ def assert_held(found: dict[str, list[str]]) -> None:
     # fold) is the leader-lease work's to close; the bench's table reports it.
 
 
+@pytest.mark.slow
 async def test_the_workers_node_cut_off_from_the_majority_loses_nothing_and_heals():
     assert_held(await judged("partition-worker-node", faults._isolate_workers_node))
 

@@ -49,6 +49,7 @@ def child_run(tp: TrainingProcess, bars: dict[str, Any], *, emit: Any = None, ca
                   resume=resume, on_checkpoint=on_checkpoint)
 
 
+@pytest.mark.slow
 def test_a_run_in_the_child_equals_the_same_run_in_process(tp, aapl) -> None:
     rec, ckpts = Recorder(), Checkpoints()
     outcome = child_run(tp, aapl, emit=rec, on_checkpoint=ckpts)
@@ -186,6 +187,7 @@ tp.run(TrainingJob(op_id="op", strategy_yaml=SMALL_STRATEGY, device="cpu", epoch
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="Linux pidfd")
 def test_child_exits_when_its_parent_is_killed_mid_training() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

@@ -101,6 +101,7 @@ async def test_cancel_on_the_operation_page_cancels_it(start_actors, client, web
     assert line.startswith("Operation cancelled at iteration") or "cancelled" in line
 
 
+@pytest.mark.slow
 async def test_training_page_draws_a_point_per_epoch_as_epochs_finish(start_actors, client, web, browser,
                                                                       bars_in_store, tmp_path):
     from selenium.webdriver.common.by import By
