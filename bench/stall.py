@@ -41,6 +41,7 @@ import actors._pull as pull_mod
 from actors.orchestrator import Orchestrator
 from bench import research
 from bench._common import ROOT, BenchServer, child_env, pct, report, wait_alive
+from bench.nemesis.proxy import upstream_delay_proxy
 from events import subjects
 from events.messages import RunBacktest
 from ktrdr.backtest.run import DEFAULT_CHUNK_BARS
@@ -100,44 +101,6 @@ _timed(intake_mod.CommandIntake, "on_command", "orch: command handled")
 _timed(orch_leases_mod.LeaseService, "on_request", "orch: lease request answered")
 
 
-async def _delay_proxy(port: int, delay_s: float) -> tuple[asyncio.Server, int]:
-    """127.0.0.1:<its port> -> 127.0.0.1:`port`, what the client sends arriving `delay_s` later, in
-    order: the orchestrator's pulls reaching the server late, as on a loaded host (tests/actors/test_pull.py)."""
-    loop = asyncio.get_running_loop()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection("127.0.0.1", port)
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-        async def read_up() -> None:
-            while data := await reader.read(65536):
-                queue.put_nowait((loop.time() + delay_s, data))
-
-        async def send_up() -> None:
-            while True:
-                at, data = await queue.get()
-                await asyncio.sleep(max(at - loop.time(), 0))
-                up_w.write(data)
-                await up_w.drain()
-
-        async def down() -> None:
-            while data := await up_r.read(65536):
-                writer.write(data)
-                await writer.drain()
-
-        tasks = [asyncio.create_task(t()) for t in (read_up, send_up, down)]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in tasks:
-                t.cancel()
-            for w in (writer, up_w):
-                w.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
 async def _one(c: Client, ref: str, symbol: str) -> tuple[float, list[tuple[str, float]]]:
     cmd = RunBacktest(op_id=subjects.new_op_id("backtest"), model=ref, symbols=[symbol])
     seen: list[tuple[str, float]] = []
@@ -175,7 +138,7 @@ async def main() -> dict[str, Any]:
     with BenchServer("stall", heartbeat_s=1.0, device="cpu") as srv:
         orch_settings, proxy = srv.settings, None
         if delay_ms:
-            proxy, port = await _delay_proxy(int(srv.url.rsplit(":", 1)[1]), delay_ms / 1000)
+            proxy, port = await upstream_delay_proxy(int(srv.url.rsplit(":", 1)[1]), delay_ms / 1000)
             orch_settings = dataclasses.replace(srv.settings, nats_url=f"nats://127.0.0.1:{port}")
         orchestrator = Orchestrator(orch_settings)
         await orchestrator.start()

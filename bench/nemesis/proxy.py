@@ -33,6 +33,45 @@ BUFFER_CHUNKS = 64  # per direction of a connection: at most 4 MiB held, then th
 CONNECT_TIMEOUT_S = 5.0  # the proxy's own connection to its target
 
 
+async def upstream_delay_proxy(port: int, delay_s: float) -> tuple[asyncio.Server, int]:
+    """In process, for one test or bench: 127.0.0.1:<its port> -> 127.0.0.1:`port`, what the client
+    sends arriving `delay_s` later, in order (a client's requests reaching the server late, as on a
+    loaded host: tests/actors/test_pull.py, bench/stall.py); the answers come back at once."""
+    loop = asyncio.get_running_loop()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection("127.0.0.1", port)
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def read_up() -> None:
+            while data := await reader.read(65536):
+                queue.put_nowait((loop.time() + delay_s, data))
+
+        async def send_up() -> None:
+            while True:
+                at, data = await queue.get()
+                await asyncio.sleep(max(at - loop.time(), 0))
+                up_w.write(data)
+                await up_w.drain()
+
+        async def down() -> None:
+            while data := await up_r.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(t()) for t in (read_up, send_up, down)]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for w in (writer, up_w):
+                w.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
 class Proxy:
     def __init__(self, target: tuple[str, int], rate: float = 0.0, seed: int | None = None) -> None:
         self.target = target

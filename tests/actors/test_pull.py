@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from nats.js import api as js_api
 
 from actors._pull import Consumer, fetch, pull_loop
+from bench.nemesis.proxy import upstream_delay_proxy
 from events import subjects
 from ktrdr.client import Client
 from ktrdr.config import Settings
@@ -25,46 +26,9 @@ STREAM, CONSUMER = "PULLTEST", "loop"
 DELAY_S = 0.05  # client -> server: far more than the 0.1 ms nats-py allows between its deadline and the server's
 
 
-async def delay_proxy(port: int, delay_s: float) -> tuple[asyncio.Server, int]:
-    """127.0.0.1:<its port> -> 127.0.0.1:`port`; what the client sends arrives `delay_s` later, in order."""
-    loop = asyncio.get_running_loop()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection("127.0.0.1", port)
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-        async def read_up() -> None:
-            while data := await reader.read(65536):
-                queue.put_nowait((loop.time() + delay_s, data))
-
-        async def send_up() -> None:
-            while True:
-                at, data = await queue.get()
-                await asyncio.sleep(max(at - loop.time(), 0))
-                up_w.write(data)
-                await up_w.drain()
-
-        async def down() -> None:
-            while data := await up_r.read(65536):
-                writer.write(data)
-                await writer.drain()
-
-        tasks = [asyncio.create_task(t()) for t in (read_up, send_up, down)]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in tasks:
-                t.cancel()
-            for w in (writer, up_w):
-                w.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
 async def test_a_message_is_handled_at_its_first_delivery_when_pulls_reach_the_server_late(
         settings: Settings, nats_server: NatsServer) -> None:
-    proxy, port = await delay_proxy(nats_server.port, DELAY_S)
+    proxy, port = await upstream_delay_proxy(nats_server.port, DELAY_S)
     late = make_settings(settings.home, f"nats://127.0.0.1:{port}")
     stop = asyncio.Event()
     async with Client(settings) as direct, Client(late) as c:
