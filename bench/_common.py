@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,30 @@ class BenchServer:
         self.proc.terminate()
         self.proc.wait(10)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def time_calls(owner: Any, attr: str, on_end: Callable[[float, float], None], is_async: bool = True) -> None:
+    """Wrap `owner.attr` so each call reports its wall-clock start and end to `on_end(t0, t1)`, for
+    the step timers (bench/_steps_actor.py in a backtester process, bench/stall.py in its own). What
+    runs is still the wrapped code."""
+    f: Callable[..., Any] = getattr(owner, attr)
+    if is_async:
+        @functools.wraps(f)
+        async def timed(*a: Any, **k: Any) -> Any:
+            t0 = time.time()
+            try:
+                return await f(*a, **k)
+            finally:
+                on_end(t0, time.time())
+    else:
+        @functools.wraps(f)
+        def timed(*a: Any, **k: Any) -> Any:
+            t0 = time.time()
+            try:
+                return f(*a, **k)
+            finally:
+                on_end(t0, time.time())
+    setattr(owner, attr, timed)
 
 
 def pct(values: list[float], p: float) -> float:

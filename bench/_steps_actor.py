@@ -9,7 +9,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import actors._actor as actor_mod
@@ -19,40 +18,13 @@ import actors._work as work_mod
 import actors.backtester as backtester_mod
 import ktrdr.data.bars_store as bars_mod
 import ktrdr.training.model_store as models_mod
+from bench._common import time_calls
 
 _LOG = open(os.environ["KTRDR_BENCH_STEPS_LOG"], "a", buffering=1)  # open for the process's life
 
 
-def _mark(step: str, t0: float) -> None:
-    _LOG.write(json.dumps({"step": step, "t0": t0, "t1": time.time()}) + "\n")
-
-
-def _timed_async(owner: Any, attr: str, step: str) -> None:
-    f = getattr(owner, attr)
-
-    @functools.wraps(f)
-    async def timed(*a: Any, **k: Any) -> Any:
-        t0 = time.time()
-        try:
-            return await f(*a, **k)
-        finally:
-            _mark(step, t0)
-
-    setattr(owner, attr, timed)
-
-
-def _timed_sync(owner: Any, attr: str, step: str) -> None:
-    f: Callable[..., Any] = getattr(owner, attr)
-
-    @functools.wraps(f)
-    def timed(*a: Any, **k: Any) -> Any:
-        t0 = time.time()
-        try:
-            return f(*a, **k)
-        finally:
-            _mark(step, t0)
-
-    setattr(owner, attr, timed)
+def _mark(step: str, t0: float, t1: float | None = None) -> None:
+    _LOG.write(json.dumps({"step": step, "t0": t0, "t1": time.time() if t1 is None else t1}) + "\n")
 
 
 STEPS = [  # (owner, attribute, step name, async?)
@@ -72,7 +44,7 @@ STEPS = [  # (owner, attribute, step name, async?)
     (actor_mod.Actor, "publish_event", "verdict publish", True),
 ]
 for owner, attr, step, is_async in STEPS:
-    (_timed_async if is_async else _timed_sync)(owner, attr, step)
+    time_calls(owner, attr, functools.partial(_mark, step), is_async)
 
 _pull_next = pull_mod.pull_next
 

@@ -12,6 +12,7 @@ the median and range of its duration, and writes bench/results/research_steps.js
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from bench._common import ROOT, BenchServer, child_env, report, wait_alive
 from events import subjects
 from events.messages import RunBacktest
 from ktrdr.client import Client
+from ktrdr.config import Settings
 from ktrdr.data.bars_store import BarStore
 from ktrdr.training.model_store import ModelStore
 
@@ -58,6 +61,38 @@ async def _one(c: Client, ref: str, symbol: str, cancel: bool) -> tuple[float, l
     return t0, seen
 
 
+Stack = tuple[Client, "subprocess.Popen[bytes]", str, str, dict[str, bytes], Any]
+
+
+@contextlib.asynccontextmanager
+async def stepped_backtester(srv: BenchServer, orch_settings: Settings, log: Path, tf: str, n: int
+                             ) -> AsyncIterator[Stack]:
+    """An orchestrator in this process (on `orch_settings`' connection), a backtester process whose
+    steps are timed into `log` (bench._steps_actor), and a stored model of `n` bars of `tf` with its
+    bars: (client, the backtester's process, the model ref, the symbol, the model's files, the bars).
+    For this bench and bench/stall.py."""
+    orchestrator = Orchestrator(orch_settings)
+    await orchestrator.start()
+    proc = await asyncio.to_thread(
+        subprocess.Popen, [sys.executable, "-m", "bench._steps_actor", "backtester"], cwd=ROOT,
+        env=child_env(srv.settings, KTRDR_BENCH_STEPS_LOG=str(log)), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        async with Client(srv.settings) as c:
+            await wait_alive(c, ["orchestrator", "backtester"])
+            symbol = research.SYMBOLS[tf]
+            frame = research.bars(n, tf)
+            files = research.model_files(research.STRATEGY.replace("TF", tf).replace("AAPL", symbol), frame, tf,
+                                         symbol)
+            await BarStore(c.js).merge(symbol, tf, frame, "sim")
+            ref = (await ModelStore(c.js).save("bench_bt", [symbol], [tf], files))["name"]
+            yield c, proc, ref, symbol, files, frame
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 20)
+        await orchestrator.stop()
+
+
 async def main() -> dict[str, Any]:
     tf = os.environ.get("KTRDR_BENCH_STEPS_TF", "1h")
     cancel = os.environ.get("KTRDR_BENCH_STEPS_CANCEL") == "1"
@@ -67,42 +102,24 @@ async def main() -> dict[str, Any]:
     starts: dict[str, list[float]] = {}
     durations: dict[str, list[float]] = {}
     totals: list[float] = []
-    with BenchServer("steps", heartbeat_s=1.0, device="cpu") as srv:
-        orchestrator = Orchestrator(srv.settings)
-        await orchestrator.start()
-        proc = await asyncio.to_thread(
-            subprocess.Popen, [sys.executable, "-m", "bench._steps_actor", "backtester"], cwd=ROOT,
-            env=child_env(srv.settings, KTRDR_BENCH_STEPS_LOG=str(log)), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        try:
-            async with Client(srv.settings) as c:
-                await wait_alive(c, ["orchestrator", "backtester"])
-                symbol = research.SYMBOLS[tf]
-                frame = research.bars(n, tf)
-                files = research.model_files(research.STRATEGY.replace("TF", tf).replace("AAPL", symbol), frame, tf,
-                                             symbol)
-                await BarStore(c.js).merge(symbol, tf, frame, "sim")
-                ref = (await ModelStore(c.js).save("bench_bt", [symbol], [tf], files))["name"]
-                await _one(c, ref, symbol, cancel)  # warms the digest cache and the imports
-                for _ in range(reps):
-                    offset = log.stat().st_size
-                    t0, seen = await _one(c, ref, symbol, cancel)
-                    with log.open() as f:
-                        f.seek(offset)
-                        steps = [json.loads(line) for line in f]
-                    for name, t in seen:
-                        if name != "progress":
-                            starts.setdefault(f"event {name}", []).append((t - t0) * 1000)
-                    for s in steps:
-                        if s["t1"] >= t0:  # in cancel mode only what came after the cancel
-                            starts.setdefault(s["step"], []).append((s["t0"] - t0) * 1000)
-                            durations.setdefault(s["step"], []).append((s["t1"] - s["t0"]) * 1000)
-                    totals.append((seen[-1][1] - t0) * 1000)
-        finally:
-            proc.terminate()
-            await asyncio.to_thread(proc.wait, 20)
-            await orchestrator.stop()
-            log.unlink(missing_ok=True)
+    with BenchServer("steps", heartbeat_s=1.0, device="cpu") as srv, contextlib.ExitStack() as done:
+        done.callback(log.unlink, missing_ok=True)
+        async with stepped_backtester(srv, srv.settings, log, tf, n) as (c, _proc, ref, symbol, _files, _frame):
+            await _one(c, ref, symbol, cancel)  # warms the digest cache and the imports
+            for _ in range(reps):
+                offset = log.stat().st_size
+                t0, seen = await _one(c, ref, symbol, cancel)
+                with log.open() as f:
+                    f.seek(offset)
+                    steps = [json.loads(line) for line in f]
+                for name, t in seen:
+                    if name != "progress":
+                        starts.setdefault(f"event {name}", []).append((t - t0) * 1000)
+                for s in steps:
+                    if s["t1"] >= t0:  # in cancel mode only what came after the cancel
+                        starts.setdefault(s["step"], []).append((s["t0"] - t0) * 1000)
+                        durations.setdefault(s["step"], []).append((s["t1"] - s["t0"]) * 1000)
+                totals.append((seen[-1][1] - t0) * 1000)
     rows = sorted(starts, key=lambda k: statistics.median(starts[k]))
     out: dict[str, Any] = {"case": {"timeframe": tf, "bars": n, "reps": reps, "from": "cancel" if cancel else "submit",
                                     "total_ms_median": round(statistics.median(totals), 1),

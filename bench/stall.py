@@ -21,14 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import json
 import os
 import random
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,16 +35,13 @@ from typing import Any
 import actors._orch_intake as intake_mod
 import actors._orch_leases as orch_leases_mod
 import actors._pull as pull_mod
-from actors.orchestrator import Orchestrator
-from bench import research
-from bench._common import ROOT, BenchServer, child_env, pct, report, wait_alive
+from bench import research, research_steps
+from bench._common import BenchServer, pct, report, time_calls
 from bench.nemesis.proxy import upstream_delay_proxy
 from events import subjects
 from events.messages import RunBacktest
 from ktrdr.backtest.run import DEFAULT_CHUNK_BARS
 from ktrdr.client import Client
-from ktrdr.data.bars_store import BarStore
-from ktrdr.training.model_store import ModelStore
 
 _MARKS: list[tuple[str, float, float]] = []
 _MODE = ["after"]
@@ -84,17 +78,7 @@ def _pauser(pids: list[int], pause_ms: float, stop: threading.Event, seed: int) 
 
 
 def _timed(owner: Any, attr: str, step: str) -> None:
-    f = getattr(owner, attr)
-
-    @functools.wraps(f)
-    async def timed(*a: Any, **k: Any) -> Any:
-        t0 = time.time()
-        try:
-            return await f(*a, **k)
-        finally:
-            _MARKS.append((step, t0, time.time()))
-
-    setattr(owner, attr, timed)
+    time_calls(owner, attr, lambda t0, t1: _MARKS.append((step, t0, t1)))
 
 
 _timed(intake_mod.CommandIntake, "on_command", "orch: command handled")
@@ -140,24 +124,12 @@ async def main() -> dict[str, Any]:
         if delay_ms:
             proxy, port = await upstream_delay_proxy(int(srv.url.rsplit(":", 1)[1]), delay_ms / 1000)
             orch_settings = dataclasses.replace(srv.settings, nats_url=f"nats://127.0.0.1:{port}")
-        orchestrator = Orchestrator(orch_settings)
-        await orchestrator.start()
-        proc = await asyncio.to_thread(
-            subprocess.Popen, [sys.executable, "-m", "bench._steps_actor", "backtester"], cwd=ROOT,
-            env=child_env(srv.settings, KTRDR_BENCH_STEPS_LOG=str(log)), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+        stop = threading.Event()
         try:
-            async with Client(srv.settings) as c:
-                await wait_alive(c, ["orchestrator", "backtester"])
-                tf = "1h"
-                symbol = research.SYMBOLS[tf]
-                frame = research.bars(n, tf)
-                files = research.model_files(research.STRATEGY.replace("TF", tf).replace("AAPL", symbol), frame, tf,
-                                             symbol)
-                await BarStore(c.js).merge(symbol, tf, frame, "sim")
-                ref = (await ModelStore(c.js).save("bench_bt", [symbol], [tf], files))["name"]
+            tf = "1h"
+            async with research_steps.stepped_backtester(srv, orch_settings, log, tf, n) as (
+                    c, proc, ref, symbol, files, frame):
                 await _one(c, ref, symbol)  # warms the digest cache and the imports
-                stop = threading.Event()
                 if pause_ms:
                     threading.Thread(target=_pauser, args=([srv.proc.pid, proc.pid], pause_ms, stop, 2),
                                      daemon=True).start()
@@ -195,9 +167,6 @@ async def main() -> dict[str, Any]:
                         print("      " + row, flush=True)
         finally:
             stop.set()
-            proc.terminate()
-            await asyncio.to_thread(proc.wait, 20)
-            await orchestrator.stop()
             if proxy is not None:
                 proxy.close()
             log.unlink(missing_ok=True)
